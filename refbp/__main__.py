@@ -1,0 +1,7 @@
+"""``python -m refbp``: the same as the ``refbp`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

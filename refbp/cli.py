@@ -1,0 +1,66 @@
+"""The ``refbp`` command: report, check, explain, bugs.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
+``run(args) -> int``. Exit codes: 0 all good, 1 a check failed, 2 bad usage (one line on
+stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["SUBCOMMANDS", "UsageError", "main"]
+
+SUBCOMMANDS = {
+    "report": ("refbp.report", "sweep networks, check every gradient, write reports/REPORT.md + report.json"),
+    "check": ("refbp.check_cli", "check one network described in a JSON file (--spec) or string (--case)"),
+    "explain": ("refbp.explain", "walk the seed's network forward and backward, one chain-rule step at a time"),
+    "bugs": ("refbp.bugs_cli", "run the catalogue of classic backprop bugs through the harness"),
+}
+
+
+class UsageError(Exception):
+    """Bad usage of the command line: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="refbp", description="refbp: backpropagation by hand, verified against torch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.run(args))
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Central finite differences in float64: the reference that assumes nothing but J itself.
+
+    dJ/dp_k  ~  (J(p + h_k e_k) - J(p - h_k e_k)) / (2 h_k)        full mode, every entry k
+    v . dJ/dp ~  (J(p + h v) - J(p - h v)) / (2 h)                  directional mode, k vectors v
+
+Steps are FD_STEP * max(1, |p_k|) (see refbp.tolerances.FD_STEP for why). Whatever the dtype
+under test, differences are taken on a float64 copy of the network, evaluated with torch's own
+functions (refbp.reference), not with refbp's manual forward.
+
+For refbp's MLPs both modes are vectorised: P perturbed copies run as one batched forward pass
+(P, N, d), chunked to bound memory. They also use the layer structure: perturbing W(l)[j, k]
+only adds delta * a(l-1)[:, k] to column j of z(l) and changes nothing below layer l, so each
+perturbation starts at layer l from the cached z(l) instead of at X.
+
+Intermediates z(l), a(l) are checked the same way: perturb the intermediate, run the rest of
+the network from that layer. When a perturbation moves any pre-activation of a relu or
+leaky_relu layer across 0 (a kink), the difference quotient mixes two slopes and means
+nothing: such entries (or directions) are flagged ``excluded`` and counted, not compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .activations import get_activation
+from .network import MLP
+from .reference import TORCH_ACTIVATIONS
+from .tolerances import FD_STEP
+
+__all__ = ["CHUNK_BYTES", "FDResult", "function_finite_differences", "mlp_finite_differences", "random_directions"]
+
+CHUNK_BYTES = 64 * 2**20
+"""Memory for one batch of perturbed activations (P, N, d): 64 MiB, so a check never needs
+more than a few hundred MiB whatever the network's size."""
+
+
+@dataclass
+class FDResult:
+    """Finite differences for one tensor.
+
+    Attributes:
+        values: full mode: dJ/dp, the tensor's shape. Directional: (k,) estimates of v_k . dJ/dp.
+        excluded: bool, like ``values``: entries (directions) whose perturbation crossed a kink.
+        directions: directional mode only: (k, *shape) float64, the v_k used.
+        J: the loss at the unperturbed point, float64.
+    """
+
+    values: Tensor
+    excluded: Tensor
+    directions: Tensor | None
+    J: float
+
+
+def random_directions(shape: tuple[int, ...], k: int, *, seed: int) -> Tensor:
+    """k signed random directions (k, *shape), float64, each scaled to max |v| = 1.
+
+    Gaussian entries, so signs and sizes vary: unlike one fixed all-positive direction, a
+    wrong gradient cannot stay orthogonal to all of them except on a set of probability 0."""
+    generator = torch.Generator().manual_seed(seed)
+    V = torch.randn((k, *shape), dtype=torch.float64, generator=generator)
+    norms = V.reshape(k, -1).abs().amax(dim=1).clamp_min(1e-300)
+    return V / norms.reshape((k,) + (1,) * len(shape))
+
+
+class _Network64:
+    """A float64 copy of an MLP, its base forward pass, and a batched J evaluator."""
+
+    def __init__(self, net: MLP, X: Tensor, y: Tensor) -> None:
+        self.Ws = [W.detach().to(torch.float64) for W in net.weights]
+        self.bs = [b.detach().to(torch.float64) for b in net.biases]
+        self.names = list(net.activations)
+        self.kinked = [get_activation(name).kinked for name in self.names]
+        self.loss_name = net.loss_name
+        self.weight_decay = float(net.weight_decay)
+        self.y = y.detach().to(torch.float64) if y.is_floating_point() else y.detach()
+        self.L = len(self.Ws)
+        # base forward, indexed as in the equations: a[0] = X, z[0] unused
+        self.a: list[Tensor] = [X.detach().to(torch.float64)]
+        self.z: list[Tensor] = [self.a[0]]
+        for i in range(1, self.L + 1):
+            self.z.append(F.linear(self.a[i - 1], self.Ws[i - 1], self.bs[i - 1]))
+            self.a.append(TORCH_ACTIVATIONS[self.names[i - 1]](self.z[i]))
+        self.wd_base = sum(float((W * W).sum()) for W in self.Ws)
+        self.J = float(self.batched_loss(self.a[-1].unsqueeze(0))[0]) + 0.5 * self.weight_decay * self.wd_base
+
+    def batched_loss(self, y_hat: Tensor) -> Tensor:
+        """The data loss of P outputs at once: (P, N, d_L) -> (P,), torch's own functions."""
+        P, N, d = y_hat.shape
+        if self.loss_name == "cross_entropy":
+            per_row = F.cross_entropy(y_hat.reshape(P * N, d), self.y.repeat(P), reduction="none")
+            return per_row.reshape(P, N).mean(dim=1)
+        y = self.y.expand_as(y_hat)
+        if self.loss_name == "half_sse":
+            return 0.5 * F.mse_loss(y_hat, y, reduction="none").sum(dim=(1, 2))
+        if self.loss_name == "mse":
+            return F.mse_loss(y_hat, y, reduction="none").mean(dim=(1, 2))
+        return F.binary_cross_entropy(y_hat, y, reduction="none").mean(dim=(1, 2))
+
+    def run_from(self, layer: int, *, Z: Tensor | None = None, A: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """J for P perturbed states, and whether each crossed a kink.
+
+        Give either Z, a perturbed z(layer) (P, N, d_layer), or A, a perturbed a(layer); the
+        rest of the network runs from there. Returns (J (P,), crossed (P,) bool)."""
+        assert (Z is None) != (A is None)
+        P = (Z if Z is not None else A).shape[0]  # type: ignore[union-attr]
+        crossed = torch.zeros(P, dtype=torch.bool)
+        first = layer if Z is not None else layer + 1
+        for i in range(first, self.L + 1):
+            if i > first or Z is None:
+                Z = torch.matmul(A, self.Ws[i - 1].T) + self.bs[i - 1]  # (P, N, d_i)
+            if self.kinked[i - 1]:
+                flipped = (Z > 0) != (self.z[i] > 0)  # a pre-activation moved across 0
+                crossed |= flipped.reshape(P, -1).any(dim=1)
+            A = TORCH_ACTIVATIONS[self.names[i - 1]](Z)
+        assert A is not None
+        return self.batched_loss(A), crossed
+
+
+def _steps(p: Tensor) -> tuple[Tensor, Tensor]:
+    """Exactly representable steps up and down for each entry: h+ = (p + h) - p, h- = p - (p - h)."""
+    h = FD_STEP * p.abs().clamp_min(1.0)
+    return (p + h) - p, p - (p - h)
+
+
+def mlp_finite_differences(
+    net: MLP,
+    X: Tensor,
+    y: Tensor,
+    names: list[str],
+    *,
+    mode: str = "full",
+    directions: int = 8,
+    seed: int = 0,
+) -> dict[str, FDResult]:
+    """Finite differences of J for the tensors named (keys as in Gradients.as_dict()).
+
+    Args:
+        mode: "full" (every entry) or "directional" (``directions`` random signed vectors).
+        seed: seeds the directions; the same seed gives the same directions.
+    """
+    if mode not in ("full", "directional"):
+        raise ValueError(f"mode={mode!r}; expected 'full' or 'directional'")
+    net64 = _Network64(net, X, y)
+    N = X.shape[0]
+    width = max(net.dims)
+    chunk = max(1, CHUNK_BYTES // (2 * 8 * N * width * 3))  # perturbations per batch
+    out: dict[str, FDResult] = {}
+    for offset, name in enumerate(names):
+        kind, layer = name[0], (0 if name == "X" else int(name[1:]))
+        base = _tensor_of(net64, kind, layer)
+        if mode == "full":
+            out[name] = _full(net64, kind, layer, base, chunk)
+        else:
+            V = random_directions(tuple(base.shape), directions, seed=seed + 1009 * offset)
+            out[name] = _directional(net64, kind, layer, base, V, chunk)
+    return out
+
+
+def _tensor_of(net64: _Network64, kind: str, layer: int) -> Tensor:
+    if kind == "W":
+        return net64.Ws[layer - 1]
+    if kind == "b":
+        return net64.bs[layer - 1]
+    if kind == "z":
+        return net64.z[layer]
+    return net64.a[layer]  # "a" and "X" (= a(0))
+
+
+def _evaluate(net64: _Network64, kind: str, layer: int, delta: Tensor, wd_change: Tensor) -> tuple[Tensor, Tensor]:
+    """J and kink flags for P perturbations ``delta`` (P, *shape) of tensor (kind, layer)."""
+    if kind == "W":  # z(l) + a(l-1) dW^T: only layer l onwards changes
+        Z = net64.z[layer] + torch.matmul(net64.a[layer - 1], delta.transpose(1, 2))  # (P, N, d_l)
+        J, crossed = net64.run_from(layer, Z=Z)
+    elif kind == "b":
+        J, crossed = net64.run_from(layer, Z=net64.z[layer] + delta.unsqueeze(1))  # (P, N, d_l)
+    elif kind == "z":
+        J, crossed = net64.run_from(layer, Z=net64.z[layer] + delta)
+    else:  # "a" or "X"
+        J, crossed = net64.run_from(layer, A=net64.a[layer] + delta)
+    return J + 0.5 * net64.weight_decay * (net64.wd_base + wd_change), crossed
+
+
+def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int) -> FDResult:
+    n = base.numel()
+    h_up, h_down = _steps(base.reshape(-1))  # (n,)
+    values = torch.empty(n, dtype=torch.float64)
+    excluded = torch.zeros(n, dtype=torch.bool)
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(start + chunk, n))
+        P = idx.numel()
+        steps = torch.cat([h_up[idx], -h_down[idx]])  # (2P,)  +h then -h
+        delta = torch.zeros((2 * P, n), dtype=torch.float64)
+        delta[torch.arange(2 * P), idx.repeat(2)] = steps  # one entry moved per row
+        wd_change = torch.zeros(2 * P, dtype=torch.float64)
+        if kind == "W":  # ||W + delta||^2 - ||W||^2 = 2 w delta + delta^2
+            w = base.reshape(-1)[idx.repeat(2)]
+            wd_change = 2 * w * steps + steps * steps
+        J, crossed = _evaluate(net64, kind, layer, delta.reshape(2 * P, *base.shape), wd_change)
+        values[idx] = (J[:P] - J[P:]) / (h_up[idx] + h_down[idx])
+        excluded[idx] = crossed[:P] | crossed[P:]
+    return FDResult(values.reshape(base.shape), excluded.reshape(base.shape), None, net64.J)
+
+
+def _directional(net64: _Network64, kind: str, layer: int, base: Tensor, V: Tensor, chunk: int) -> FDResult:
+    k = V.shape[0]
+    h = FD_STEP * max(1.0, float(base.abs().max()) if base.numel() else 1.0)
+    values = torch.empty(k, dtype=torch.float64)
+    excluded = torch.zeros(k, dtype=torch.bool)
+    for start in range(0, k, chunk):
+        sl = slice(start, min(start + chunk, k))
+        Vc = V[sl]
+        P = Vc.shape[0]
+        delta = torch.cat([h * Vc, -h * Vc])  # (2P, *shape)
+        wd_change = torch.zeros(2 * P, dtype=torch.float64)
+        if kind == "W":  # ||W + delta||^2 - ||W||^2
+            flat = delta.reshape(2 * P, -1)
+            wd_change = 2 * flat @ base.reshape(-1) + (flat * flat).sum(dim=1)
+        J, crossed = _evaluate(net64, kind, layer, delta, wd_change)
+        values[sl] = (J[:P] - J[P:]) / (2 * h)
+        excluded[sl] = crossed[:P] | crossed[P:]
+    return FDResult(values, excluded, V, net64.J)
+
+
+# ---- any function of named arrays ------------------------------------------------------
+def function_finite_differences(
+    loss: Callable[[dict[str, Any]], float],
+    params: Mapping[str, Any],
+    *,
+    mode: str = "full",
+    directions: int = 8,
+    seed: int = 0,
+) -> dict[str, FDResult]:
+    """Finite differences of a scalar function of named arrays (NumPy or torch).
+
+    ``loss`` is called with a dict like ``params`` in which one array has been perturbed; the
+    arrays passed are float64 and of the type given (NumPy stays NumPy, torch stays torch, on
+    its device). Full mode makes 2 calls per entry, directional mode 2 per direction and array:
+    use directional for parameter vectors of more than a few thousand entries.
+    """
+    if mode not in ("full", "directional"):
+        raise ValueError(f"mode={mode!r}; expected 'full' or 'directional'")
+    base = {name: _as_float64_tensor(value) for name, value in params.items()}
+
+    def call(name: str, new_value: Tensor) -> float:
+        args = {key: _like(params[key], new_value if key == name else base[key]) for key in params}
+        return float(loss(args))
+
+    J0 = float(loss({key: _like(params[key], base[key]) for key in params}))
+    out: dict[str, FDResult] = {}
+    for offset, (name, p) in enumerate(base.items()):
+        if mode == "full":
+            flat = p.reshape(-1)
+            h_up, h_down = _steps(flat)
+            values = torch.empty(flat.numel(), dtype=torch.float64)
+            for k in range(flat.numel()):
+                up, down = flat.clone(), flat.clone()
+                up[k] += h_up[k]
+                down[k] -= h_down[k]
+                J_up, J_down = call(name, up.reshape(p.shape)), call(name, down.reshape(p.shape))
+                values[k] = (J_up - J_down) / (h_up[k] + h_down[k])
+            out[name] = FDResult(values.reshape(p.shape), torch.zeros(p.shape, dtype=torch.bool), None, J0)
+        else:
+            V = random_directions(tuple(p.shape), directions, seed=seed + 1009 * offset)
+            h = FD_STEP * max(1.0, float(p.abs().max()) if p.numel() else 1.0)
+            values = torch.empty(directions, dtype=torch.float64)
+            for k in range(directions):
+                values[k] = (call(name, p + h * V[k]) - call(name, p - h * V[k])) / (2 * h)
+            out[name] = FDResult(values, torch.zeros(directions, dtype=torch.bool), V, J0)
+    return out
+
+
+def _as_float64_tensor(value: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().to(device="cpu", dtype=torch.float64)
+    return torch.as_tensor(np.asarray(value, dtype=np.float64))
+
+
+def _like(original: Any, value: Tensor) -> Any:
+    """``value`` as the caller's type: a float64 torch tensor on the original device, or NumPy."""
+    if isinstance(original, Tensor):
+        return value.to(original.device)
+    return value.numpy().copy()

@@ -1,0 +1,89 @@
+"""Named tolerances: how far a gradient may be from its reference and still count as right.
+
+The rule (normwise, per tensor). A gradient g passes against a reference r when every
+element satisfies
+
+    |g_k - r_k| <= atol + rtol * ||r||_inf
+
+Why normwise and not torch.testing's elementwise ``atol + rtol * |r_k|``: backprop's rounding
+error in an entry is proportional to the magnitudes of the terms summed into it (a batch sum
+in dJ/dW, a width sum in dJ/da), not to the entry itself, which cancellation may make
+arbitrarily small. The tensor's largest entry is a cheap, honest stand-in for that scale. A
+real bug moves entries by a sizeable fraction of ||r||_inf and is far above these tolerances
+(the bug catalogue measures this).
+
+Each constant was checked against the false-positive measurement in
+``scripts/false_positive_rate.py`` (the README states its result).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "FD_STEP",
+    "FD_TOLERANCE",
+    "TOLERANCES",
+    "Tolerance",
+    "combine",
+    "tolerance_for",
+]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """|g - r| <= atol + rtol * ||r||_inf, elementwise; see the module docstring."""
+
+    rtol: float
+    atol: float
+
+    def allowed(self, scale: float) -> float:
+        """The largest admissible |g_k - r_k| for a reference of inf-norm ``scale``."""
+        return self.atol + self.rtol * scale
+
+
+TOLERANCES: dict[torch.dtype, Tolerance] = {
+    # float64 against a float64 reference: both sides round at eps = 2.2e-16; a depth-5,
+    # width-16 network accumulates a few hundred roundings per entry at worst, ~1e-13
+    # normwise. rtol 1e-9 leaves 4 orders of margin and still sees a float32 constant
+    # (1e-8 relative, e.g. 0.01 rounded to float32) slipping into a float64 path.
+    torch.float64: Tolerance(rtol=1e-9, atol=1e-12),
+    # float32 against a float64 reference: eps = 1.2e-7; the same few hundred roundings
+    # give ~1e-5 at worst. rtol 1e-4 is 1000 ulps: no correct case of the 10,000+ measured
+    # exceeded it, while every catalogued bug errs by > 1e-2.
+    torch.float32: Tolerance(rtol=1e-4, atol=1e-7),
+    # float16 (eps 9.8e-4) and bfloat16 (eps 7.8e-3), meant for CUDA: about 10 ulps of
+    # headroom over eps times depth. Not measured on this CPU-only machine.
+    torch.float16: Tolerance(rtol=2e-2, atol=1e-4),
+    torch.bfloat16: Tolerance(rtol=1e-1, atol=1e-3),
+}
+"""Tolerance for a gradient computed in a dtype, against a float64 autograd reference."""
+
+FD_STEP = float(torch.finfo(torch.float64).eps) ** (1.0 / 3.0)
+"""Relative step of central differences, eps^(1/3) = 6.06e-6 for float64.
+
+(J(p + h) - J(p - h)) / 2h errs by h^2 J'''/6 (truncation) plus about eps |J| / h (rounding);
+the sum is smallest at h ~ eps^(1/3), where both are ~eps^(2/3) = 4e-11 relative. The step for
+an entry p is FD_STEP * max(1, |p|): relative to p's magnitude, so that p + h changes p's
+float64 value by many ulps, and never below FD_STEP, so small entries still move."""
+
+FD_TOLERANCE = Tolerance(rtol=1e-6, atol=1e-8)
+"""Tolerance of a float64 finite-difference reference, itself accurate to about 1e-9 (see
+FD_STEP): 1e-6 relative keeps a 1000x margin over that for smooth activations (gelu and silu
+have J''' of order 1). ``atol`` is multiplied by (1 + |J|): the rounding part of the error
+grows with the loss value, not with the gradient."""
+
+
+def tolerance_for(dtype: torch.dtype) -> Tolerance:
+    """The tolerance of gradients computed in ``dtype``; a clear error for other dtypes."""
+    if dtype not in TOLERANCES:
+        raise ValueError(f"no tolerance is defined for dtype {dtype}; expected one of {list(TOLERANCES)}")
+    return TOLERANCES[dtype]
+
+
+def combine(a: Tolerance, b: Tolerance) -> Tolerance:
+    """The looser of two tolerances, entry by entry: a float32 gradient checked against finite
+    differences must allow both float32's rounding and the differences' own error."""
+    return Tolerance(rtol=max(a.rtol, b.rtol), atol=max(a.atol, b.atol))
