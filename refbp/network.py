@@ -11,6 +11,7 @@ W(i) has torch.nn.Linear's layout (d_out, d_in), so refbp and torch share parame
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ class MLP:
         target = resolve_device(device)
         generator = torch.Generator().manual_seed(seed)
         weights, biases = [], []
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in itertools.pairwise(dims):  # (d_{i-1}, d_i)
             bound = 1.0 / math.sqrt(d_in)
             W = torch.empty(d_out, d_in, dtype=torch.float64).uniform_(-bound, bound, generator=generator)
             b = torch.empty(d_out, dtype=torch.float64).uniform_(-bound, bound, generator=generator)
