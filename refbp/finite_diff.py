@@ -108,19 +108,22 @@ class _Network64:
 
         Give either Z, a perturbed z(layer) (P, N, d_layer), or A, a perturbed a(layer); the
         rest of the network runs from there. Returns (J (P,), crossed (P,) bool)."""
-        assert (Z is None) != (A is None)
-        P = (Z if Z is not None else A).shape[0]  # type: ignore[union-attr]
+        if Z is not None:
+            first, state = layer, Z  # start by applying f_layer to the perturbed z(layer)
+        elif A is not None:
+            first, state = layer + 1, A  # start with layer+1's linear map of the perturbed a(layer)
+        else:
+            raise ValueError("run_from needs Z or A")
+        P = state.shape[0]
         crossed = torch.zeros(P, dtype=torch.bool)
-        first = layer if Z is not None else layer + 1
         for i in range(first, self.L + 1):
             if i > first or Z is None:
-                Z = torch.matmul(A, self.Ws[i - 1].T) + self.bs[i - 1]  # (P, N, d_i)
+                state = torch.matmul(state, self.Ws[i - 1].T) + self.bs[i - 1]  # z(i)  (P, N, d_i)
             if self.kinked[i - 1]:
-                flipped = (Z > 0) != (self.z[i] > 0)  # a pre-activation moved across 0
+                flipped = (state > 0) != (self.z[i] > 0)  # a pre-activation moved across 0
                 crossed |= flipped.reshape(P, -1).any(dim=1)
-            A = TORCH_ACTIVATIONS[self.names[i - 1]](Z)
-        assert A is not None
-        return self.batched_loss(A), crossed
+            state = TORCH_ACTIVATIONS[self.names[i - 1]](state)  # a(i)  (P, N, d_i)
+        return self.batched_loss(state), crossed
 
 
 def _steps(p: Tensor) -> tuple[Tensor, Tensor]:
