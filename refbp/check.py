@@ -235,7 +235,7 @@ def check_function(
     extra = [name for name in grads if name not in params]
     if extra:
         raise ValueError(f"fn returned gradients for {extra}, which are not in params ({list(params)})")
-    total = sum(int(np.size(v)) for v in params.values())
+    total = sum(int(v.numel()) if isinstance(v, Tensor) else int(np.size(v)) for v in params.values())
     if mode == "auto":
         mode = "full" if total <= FD_AUTO_MAX_ENTRIES // 10 else "directional"
 

@@ -257,6 +257,8 @@ class MLP:
                 k = int(bad.nonzero()[0, 0])
                 raise ValueError(f"y[{k}] = {int(y[k])} is not a class index; expected 0 <= y < {d_L} (d_L classes)")
             return y
+        if isinstance(y, Tensor) and y.dim() != 2:
+            raise ValueError(f"y must have shape ({N}, {d_L}) = (N, d_L) like y_hat, got {describe(y)}")
         y = check_tensor(y, "y", ndim=2)
         if tuple(y.shape) != (N, d_L):
             raise ValueError(f"y must have shape ({N}, {d_L}) = (N, d_L) like y_hat, got {describe(y)}")
