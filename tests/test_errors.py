@@ -3,6 +3,8 @@ says what was expected: never a deep torch traceback."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ F64 = torch.float64
 
 def _params(dims: tuple[int, ...] = (3, 4, 2)) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
-    Ws = [torch.randn(o, i, generator=g, dtype=F64) for i, o in zip(dims[:-1], dims[1:], strict=True)]
+    Ws = [torch.randn(o, i, generator=g, dtype=F64) for i, o in itertools.pairwise(dims)]
     bs = [torch.randn(o, generator=g, dtype=F64) for o in dims[1:]]
     return Ws, bs
 
@@ -66,7 +68,9 @@ def test_unknown_activation_and_loss_list_the_valid_names() -> None:
         refbp.MLP.from_params(weights=Ws, biases=bs, activations=["tanh", "identity"], loss="l1")
 
 
-@pytest.mark.parametrize(("loss", "last", "needed"), [("bce", "identity", "sigmoid"), ("cross_entropy", "softplus", "identity")])
+@pytest.mark.parametrize(
+    ("loss", "last", "needed"), [("bce", "identity", "sigmoid"), ("cross_entropy", "softplus", "identity")]
+)
 def test_nonsense_loss_activation_pairing_is_refused(loss: str, last: str, needed: str) -> None:
     with pytest.raises(ValueError, match=f"loss='{loss}' needs activations\\[-1\\]='{needed}'.*got '{last}'"):
         _net(loss, last)
@@ -90,9 +94,14 @@ def test_parameters_of_mixed_dtype_or_non_tensor() -> None:
         refbp.MLP.from_params(weights=Ws, biases=bs, activations=["tanh", "identity"], loss="mse")
     Ws, bs = _params()
     with pytest.raises(TypeError, match=r"weights\[0\] \(W1\) must be a torch.Tensor, got list"):
-        refbp.MLP.from_params(weights=[[[1.0]]] + Ws[1:], biases=bs, activations=["tanh", "identity"], loss="mse")  # type: ignore[list-item]
+        refbp.MLP.from_params(weights=[[[1.0]], *Ws[1:]], biases=bs, activations=["tanh", "identity"], loss="mse")  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"must have a floating dtype .* got shape \(4, 3\), dtype int64"):
-        refbp.MLP.from_params(weights=[torch.ones(4, 3, dtype=torch.int64), Ws[1]], biases=bs, activations=["tanh", "identity"], loss="mse")
+        refbp.MLP.from_params(
+            weights=[torch.ones(4, 3, dtype=torch.int64), Ws[1]],
+            biases=bs,
+            activations=["tanh", "identity"],
+            loss="mse",
+        )
 
 
 def test_empty_parameter_lists_and_bad_weight_decay() -> None:
@@ -159,7 +168,9 @@ def test_bad_class_indices_for_cross_entropy() -> None:
         net.backward(cache, torch.tensor([0, 1, 2, 0]))
     with pytest.raises(ValueError, match=r"y\[0\] = -1 is not a class index"):
         net.loss(cache, torch.tensor([-1, 1, 1, 0]))
-    with pytest.raises(TypeError, match=r"y must hold int64 class indices for loss='cross_entropy', got shape \(4,\), dtype float64"):
+    with pytest.raises(
+        TypeError, match=r"y must hold int64 class indices for loss='cross_entropy', got shape \(4,\), dtype float64"
+    ):
         net.loss(cache, torch.zeros(4, dtype=F64))
     with pytest.raises(ValueError, match=r"y must have shape \(4,\) = \(N,\)"):
         net.loss(cache, torch.zeros(3, dtype=torch.int64))

@@ -1,0 +1,149 @@
+"""The command line: the report job writes complete, deterministic files atomically; bad
+usage exits 2 with one readable line and no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import refbp
+from refbp.cli import main
+from refbp.io import write_atomic
+from refbp.report import CaseOutcome, build_json, render_markdown, sweep_specs, write_plot
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "refbp", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_report_writes_markdown_json_and_plot_and_exits_0(tmp_path: Path) -> None:
+    assert main(["report", "--examples", "6", "--seed", "3", "--out", str(tmp_path), "--no-progress"]) == 0
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["schema"] == "refbp.report/1"
+    assert set(doc) == {"schema", "environment", "settings", "summary", "coverage", "cases", "timing"}
+    assert doc["summary"]["cases"] == 7 * 2 and doc["summary"]["failed"] == 0
+    assert doc["cases"][0]["label"].startswith("seed network")
+    text = (tmp_path / "REPORT.md").read_text()
+    for heading in [
+        "# refbp validation report",
+        "## Coverage",
+        "## Worst cases",
+        "## Failures",
+        "## Error distribution",
+    ]:
+        assert heading in text
+    assert (tmp_path / "errors.png").read_bytes().startswith(b"\x89PNG")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_report_json_is_identical_apart_from_timing(tmp_path: Path) -> None:
+    docs = []
+    for k in range(2):
+        out = tmp_path / str(k)
+        assert (
+            main(["report", "--examples", "4", "--seed", "9", "--out", str(out), "--no-progress", "--dtype", "float32"])
+            == 0
+        )
+        doc = json.loads((out / "report.json").read_text())
+        doc.pop("timing")
+        docs.append(doc)
+    assert docs[0] == docs[1]
+
+
+def test_sweep_covers_every_activation_and_loss() -> None:
+    specs = [spec for _, spec in sweep_specs(72, seed=0)]
+    assert {a for s in specs for a in s.activations} == set(refbp.activations.ACTIVATIONS)
+    assert {s.loss for s in specs} == set(refbp.losses.LOSSES)
+
+
+def test_a_failing_case_is_shown_with_the_command_that_reproduces_it(tmp_path: Path) -> None:
+    label, spec = sweep_specs(1, seed=0)[1]
+    case = spec.build()
+    grads = case.net.backward(case.net.forward(case.X), case.y).as_dict()
+    grads["X"] = -grads["X"]
+    outcome = CaseOutcome(1, label, spec, refbp.check(case.net, case.X, case.y, grads=grads))
+    doc = build_json(
+        [outcome], {"examples": 1, "seed": 0, "devices": ["cpu"], "dtypes": ["float64"], "fd_mode": "auto"}, 1.0
+    )
+    text = render_markdown(doc, write_plot([outcome], tmp_path / "e.png"), [])
+    assert doc["summary"]["failed"] == 1 and "1 FAILED" in text
+    assert f"    refbp check --case '{spec.to_json()}'" in text
+    assert doc["cases"][0]["failures"][0]["name"] == "X"
+
+
+def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    note = write_plot([], tmp_path / "e.png")
+    assert note.startswith("Plot skipped: matplotlib is not installed") and not (tmp_path / "e.png").exists()
+
+
+def test_check_subcommand_reads_a_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "net.json"
+    spec.write_text(
+        json.dumps({"dims": [3, 5, 2], "activations": ["elu", "identity"], "loss": "cross_entropy", "seed": 4})
+    )
+    assert main(["check", "--spec", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "refbp check PASSED (18 comparisons)" in out and "fd-full" in out  # 9 tensors x 2 references
+    assert main(["check", "--case", spec.read_text(), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["report", "--examples", "-1"], "--examples -1: expected 0 or more"),
+        (["report", "--device", "tpu"], "--device 'tpu': expected auto, cpu or cuda"),
+        (["report", "--examples", "many"], "argument --examples: invalid int value: 'many'"),
+        (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+        (["check", "--spec", "/no/such/net.json"], "--spec /no/such/net.json: no such file"),
+        (["check", "--case", "{not json"], "--case: not valid JSON"),
+        (
+            ["check", "--case", '{"dims": [3, 2], "activations": ["tanh"], "loss": "hinge"}'],
+            "loss='hinge' is not a known loss",
+        ),
+        (["check", "--case", '{"dims": [3, 2], "activations": ["tanh"]}'], "the case spec needs 'loss'"),
+        (
+            ["check", "--case", '{"dims": [3, 2], "activations": ["tanh"], "loss": "mse", "depth": 3}'],
+            "unknown keys ['depth']",
+        ),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("error: ")
+
+
+def test_the_installed_command_prints_no_traceback() -> None:
+    """The same path end to end in a fresh interpreter: python -m refbp."""
+    done = _run("check", "--case", '{"dims": [3, 2], "activations": ["tanh"], "loss": "bce"}')
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: loss='bce' needs activations[-1]='sigmoid' on the last layer, got 'tanh'"
+
+
+def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "REPORT.md"
+    write_atomic(target, "old\n")
+
+    def fail(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, "new\n" * 1000)
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["REPORT.md"]
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("report", "check", "explain", "bugs"))
