@@ -17,3 +17,13 @@ __all__ = [
     "check_function",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``refbp.strategies`` and ``refbp.testing`` load on first use: they import hypothesis
+    and pytest-facing helpers that plain users of the backward pass do not need."""
+    if name in ("strategies", "testing"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -73,16 +73,18 @@ class _Network64:
     """A float64 copy of an MLP, its base forward pass, and a batched J evaluator."""
 
     def __init__(self, net: MLP, X: Tensor, y: Tensor) -> None:
-        self.Ws = [W.detach().to(torch.float64) for W in net.weights]
-        self.bs = [b.detach().to(torch.float64) for b in net.biases]
+        # float64 on the CPU whatever the network's dtype and device: the reference is the same
+        # everywhere, and float16/bfloat16/CUDA networks are checked against it as they are.
+        self.Ws = [W.detach().to(device="cpu", dtype=torch.float64) for W in net.weights]
+        self.bs = [b.detach().to(device="cpu", dtype=torch.float64) for b in net.biases]
         self.names = list(net.activations)
         self.kinked = [get_activation(name).kinked for name in self.names]
         self.loss_name = net.loss_name
         self.weight_decay = float(net.weight_decay)
-        self.y = y.detach().to(torch.float64) if y.is_floating_point() else y.detach()
+        self.y = y.detach().to(device="cpu", dtype=torch.float64) if y.is_floating_point() else y.detach().cpu()
         self.L = len(self.Ws)
         # base forward, indexed as in the equations: a[0] = X, z[0] unused
-        self.a: list[Tensor] = [X.detach().to(torch.float64)]
+        self.a: list[Tensor] = [X.detach().to(device="cpu", dtype=torch.float64)]
         self.z: list[Tensor] = [self.a[0]]
         for i in range(1, self.L + 1):
             self.z.append(F.linear(self.a[i - 1], self.Ws[i - 1], self.bs[i - 1]))

@@ -59,7 +59,9 @@ def assert_gradients_close(
     return result
 
 
-def assert_gradients_correct(net: MLP, X: Tensor, y: Tensor, grads: Mapping[str, Any] | None = None, **options: Any) -> CheckResult:
+def assert_gradients_correct(
+    net: MLP, X: Tensor, y: Tensor, grads: Mapping[str, Any] | None = None, **options: Any
+) -> CheckResult:
     """``refbp.check(net, X, y, grads, **options).raise_if_failed()``, returning the result."""
     result = check(net, X, y, grads, **options)
     result.raise_if_failed()
