@@ -1,0 +1,54 @@
+"""Write the generated docs: docs/explain.md, docs/seed_corrected.md, docs/equations.md.
+
+    python scripts/make_docs.py            # (re)write them
+    python scripts/make_docs.py --check    # exit 1 if any differs from what the code generates
+
+tests/test_docs.py asserts that the committed files equal ``generate()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from refbp.explain import explain, render_equation_map
+from refbp.io import write_atomic
+from refbp.seed import render_seed_document
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DOCS: dict[str, Callable[[], str]] = {
+    "docs/explain.md": lambda: explain(markdown=True),
+    "docs/seed_corrected.md": render_seed_document,
+    "docs/equations.md": render_equation_map,
+}
+"""Each generated file, relative to the repository root, and the function that writes it."""
+
+
+def generate() -> dict[str, str]:
+    """{relative path: text} for every generated doc."""
+    return {path: render() for path, render in DOCS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in generate().items():
+        target = ROOT / path
+        if args.check:
+            if not target.is_file() or target.read_text(encoding="utf-8") != text:
+                stale.append(path)
+        else:
+            write_atomic(target, text)
+            print(f"wrote {path}")
+    for path in stale:
+        print(f"{path} is out of date: run python scripts/make_docs.py", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
