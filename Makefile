@@ -49,5 +49,9 @@ docs: $(STAMP)
 false-positives: $(STAMP)
 	$(BIN)/python scripts/false_positive_rate.py --cases 10000 --seed 1 --out reports
 
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt mutmut
+	$(BIN)/python scripts/mutation.py --max-children 2
+
 clean:
 	rm -rf $(VENV) .tox .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants

@@ -14,8 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from .cases import CaseSpec
 from .check import check
+from .report import DEFAULT_THREADS
 
 __all__ = ["add_arguments", "run"]
 
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a JSON object with dims, activations and loss")
     spec = CaseSpec.from_dict(data)
+    torch.set_num_threads(DEFAULT_THREADS)  # one small network: one thread is fastest
     case = spec.build()
     result = check(case.net, case.X, case.y, fd_mode=args.fd_mode, seed=spec.seed)
     if args.json:

@@ -24,6 +24,10 @@ settings.register_profile(
 )  # fmt: skip
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# The tests' networks are tiny; a second torch thread only adds synchronisation, which on a
+# shared 2-core machine made the suite several times slower (see refbp.report.DEFAULT_THREADS).
+torch.set_num_threads(1)
+
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU visible to torch on this machine")
 
