@@ -107,7 +107,9 @@ def backward(net: MLP, cache: ForwardCache, y: Tensor, *, intermediates: bool = 
         if t is None:
             raise ValueError(f"cache.z[{i}] is None but {act.name}'s derivative needs z({i})")
 
-        dJ_dz_i = act.derivative(t).mul_(dJ_da_i)  # (5) dJ/dz(i) = dJ/da(i) o f'(z(i))   (N, d_i)
+        # (5) dJ/dz(i) = dJ/da(i) o f'(z(i))   (N, d_i), computed in place by act.chain: on a
+        # copy when dJ/da(i) is kept, in dJ/da(i)'s own storage when it is not
+        dJ_dz_i = act.chain(t, dJ_da_i.clone() if intermediates else dJ_da_i)
 
         if net.weight_decay:  # (6) dJ/dW(i) = dJ/dz(i)^T a(i-1) + lambda W(i)
             dJ_dW[i] = torch.addmm(W, dJ_dz_i.T, a_prev, beta=net.weight_decay)

@@ -1,0 +1,1 @@
+"""refbp's benchmarks (issue 6): run them all with ``python benchmarks/run.py`` (``make bench``)."""

@@ -1,0 +1,88 @@
+"""Run refbp's benchmarks (issue 6) and write reports/BENCHMARKS.md and reports/benchmarks.json.
+
+    python benchmarks/run.py                 # everything (make bench), about 10 minutes on 2 cores
+    python benchmarks/run.py --quick         # a smoke run on tiny sizes, under a minute
+    python benchmarks/run.py --cuda-only     # item 5 alone, on a GPU machine (benchmarks/cuda.sh)
+
+Timings are medians of interleaved repeats taken in one process: the machines are shared
+and noisy, so only ratios measured side by side are quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import finite_differences, harness, memory, time_backprop
+from benchmarks.common import environment
+from benchmarks.report import render_markdown
+from refbp.io import write_atomic
+
+__all__ = ["main", "run"]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the items asked for; returns the JSON document."""
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    doc: dict[str, Any] = {"environment": environment(args.threads), "quick": args.quick, "command": args.command}
+    cuda = torch.cuda.is_available()
+    repeats = 3 if args.quick else args.repeats
+    if not args.cuda_only:
+        print("item 1: manual vs autograd vs bare GEMMs, CPU", flush=True)
+        grid = time_backprop.QUICK_GRID if args.quick else time_backprop.FULL_GRID
+        work = 3e6 if args.quick else time_backprop.WORK_PER_REPEAT
+        doc["time_cpu"] = time_backprop.time_grid(grid, repeats=repeats, work_per_repeat=work)
+        print("item 2: peak memory, fresh process per configuration", flush=True)
+        doc["memory"] = memory.measure_memory([64] if args.quick else [1024, 8192], 256 if args.quick else 2048,
+                                              threads=args.threads)  # fmt: skip
+        print("item 3: finite differences vs gradcheck", flush=True)
+        widths = finite_differences.QUICK_WIDTHS if args.quick else finite_differences.FULL_WIDTHS
+        doc["finite_differences"] = finite_differences.time_fd(widths)
+        print("item 4: harness throughput", flush=True)
+        doc["harness"] = harness.time_report_sweep(5 if args.quick else harness.DEFAULT_EXAMPLES)
+        doc["test_suite"] = None if args.skip_suite else harness.time_test_suite()
+    print("item 5: CUDA", flush=True)
+    if cuda:
+        grid = time_backprop.QUICK_GRID if args.quick else time_backprop.FULL_GRID
+        doc["time_cuda"] = time_backprop.time_grid(grid, repeats=repeats, device="cuda")
+    else:
+        doc["time_cuda"] = None
+        print("  skipped: no CUDA GPU visible", flush=True)
+    doc["seconds"] = time.perf_counter() - start
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="reports", help="folder for BENCHMARKS.md and benchmarks.json")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every code path")
+    parser.add_argument("--cuda-only", action="store_true", help="only item 5 (needs a CUDA GPU)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats per timing (default 7)")
+    parser.add_argument("--skip-suite", action="store_true", help="do not time the test suite")
+    args = parser.parse_args(argv)
+    args.command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.cuda_only and not torch.cuda.is_available():
+        print("--cuda-only: torch sees no CUDA GPU on this machine", file=sys.stderr)
+        return 2
+    doc = run(args)
+    out = Path(args.out)
+    name = "BENCHMARKS_CUDA" if args.cuda_only else "BENCHMARKS"
+    write_atomic(out / f"{name.lower()}.json", json.dumps(doc, indent=2, default=str) + "\n")
+    write_atomic(out / f"{name}.md", render_markdown(doc))
+    print(f"wrote {out / (name + '.md')} and {out / (name.lower() + '.json')} in {doc['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
