@@ -139,8 +139,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "## 1. Manual vs autograd, time (CPU)",
             "",
             "Depth 3, every layer `width` wide, the activation on layers 1-2, identity output, half_sse. "
-            "*manual*: `net.backward(net.forward(X, keep_z=False), y, intermediates=False)`, the training "
-            "step (input checks included); *full*: `net.backward(net.forward(X), y)`, every intermediate "
+            "*manual*: `net.backward(net.forward(X, keep_z=False), y, intermediates=False, release_cache=True)`, "
+            "the training step (input checks included); *full*: `net.backward(net.forward(X), y)`, every intermediate "
             "kept. *autograd*: the same network in `torch.nn.functional`, `J.backward()`, X requiring grad "
             "so that dJ/dX is computed too. *GEMM*: the 9 bare matrix products of backprop (3 forward, "
             "3 for dJ/dW, 3 for dJ/da down to dJ/dX) into preallocated outputs: the floor on this machine.",

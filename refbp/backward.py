@@ -71,7 +71,9 @@ class Gradients:
         return out
 
 
-def backward(net: MLP, cache: ForwardCache, y: Tensor, *, intermediates: bool = True) -> Gradients:
+def backward(
+    net: MLP, cache: ForwardCache, y: Tensor, *, intermediates: bool = True, release_cache: bool = False
+) -> Gradients:
     """Compute eqs. (4)-(9) for ``net`` from its forward ``cache``, without autograd.
 
     Args:
@@ -81,11 +83,17 @@ def backward(net: MLP, cache: ForwardCache, y: Tensor, *, intermediates: bool = 
         intermediates: keep every dJ/dz(i) and dJ/da(i) (the default). With False only what a
             training step needs is kept (dJ/dW, dJ/db and dJ/dX); each dJ/dz(i), dJ/da(i) is
             freed as soon as the layer below has used it.
+        release_cache: drop each a(i), z(i) from the cache as soon as it has been used for the
+            last time, as autograd frees its saved tensors: with ``intermediates=False`` this
+            is the leanest training step. The cache is only read otherwise, and cannot be used
+            again after a release.
 
     Returns:
         Gradients with dJ/dW(i), dJ/db(i) for every layer, dJ/dX, and (by default) every
         dJ/dz(i) and dJ/da(i).
     """
+    if cache.released:
+        raise ValueError("cache was released by an earlier backward(..., release_cache=True); run net.forward(X) again")
     if cache.L != net.L or tuple(cache.a[0].shape[1:]) != (net.dims[0],):
         raise ValueError(
             f"cache has {cache.L} layers and input width {cache.a[0].shape[1]}; it does not come from "
@@ -121,7 +129,9 @@ def backward(net: MLP, cache: ForwardCache, y: Tensor, *, intermediates: bool = 
         if intermediates:
             dJ_dz[i], dJ_da[i] = dJ_dz_i, dJ_da_i
         dJ_da_i = dJ_da_prev  # the layer below starts from this; the old ones are freed
-        del dJ_dz_i, dJ_da_prev
+        del dJ_dz_i, dJ_da_prev, t
+        if release_cache:  # a(i), z(i) have been used for the last time
+            cache.release(i)
 
     dJ_da[0] = dJ_da_i  # (9) dJ/dX = dJ/da(0)   (N, d_0)
     return Gradients(dJ_dW=dJ_dW, dJ_db=dJ_db, dJ_dz=dJ_dz, dJ_da=dJ_da)

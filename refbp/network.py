@@ -43,6 +43,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+_RELEASED = torch.empty(0)
+"""What a released cache entry holds: no data (a real a(i) always has N, d_i >= 1)."""
+
+
 @dataclass
 class ForwardCache:
     """Everything the forward pass computed, indexed as in the equations.
@@ -56,6 +60,17 @@ class ForwardCache:
 
     a: list[Tensor]
     z: list[Tensor | None]
+    released: bool = False
+
+    def release(self, i: int) -> None:
+        """Drop a(i) and z(i), i >= 1, once the backward pass has used them for the last time.
+
+        Only ``backward(..., release_cache=True)`` calls this: like autograd freeing its saved
+        tensors during ``J.backward()``, it keeps a training step's peak memory down, and the
+        cache cannot be used again afterwards."""
+        self.a[i] = _RELEASED
+        self.z[i] = None
+        self.released = True
 
     @property
     def L(self) -> int:
@@ -222,11 +237,13 @@ class MLP:
             J = J + 0.5 * self.weight_decay * sum(torch.sum(W * W) for W in self.weights)
         return J
 
-    def backward(self, cache: ForwardCache, y: Tensor, *, intermediates: bool = True) -> Gradients:
+    def backward(
+        self, cache: ForwardCache, y: Tensor, *, intermediates: bool = True, release_cache: bool = False
+    ) -> Gradients:
         """Every gradient of J, by hand, from the cache (eqs. 4-9); see ``refbp.backward``."""
         from .backward import backward
 
-        return backward(self, cache, y, intermediates=intermediates)
+        return backward(self, cache, y, intermediates=intermediates, release_cache=release_cache)
 
     # ---- validation ---------------------------------------------------------------------
     def check_input(self, X: object) -> Tensor:

@@ -148,3 +148,24 @@ def test_cuda_and_cpu_agree() -> None:
     cpu, gpu = spec.build(), CaseSpec(**{**spec.__dict__, "device": "cuda"}).build()
     for name, g in _manual(gpu).items():
         torch.testing.assert_close(g.cpu(), _manual(cpu)[name], rtol=1e-12, atol=1e-14)
+
+
+@given(cases(dtypes=["float64"], max_depth=3))
+def test_releasing_the_cache_changes_no_gradient_and_forbids_reuse(case: Case) -> None:
+    kept = case.net.backward(case.net.forward(case.X, keep_z=False), case.y, intermediates=False).as_dict()
+    cache = case.net.forward(case.X, keep_z=False)
+    released = case.net.backward(cache, case.y, intermediates=False, release_cache=True).as_dict()
+    assert released.keys() == kept.keys() and all(torch.equal(released[k], kept[k]) for k in kept)
+    assert cache.released and cache.a[0] is not None and all(a.numel() == 0 for a in cache.a[1:])
+    with pytest.raises(ValueError, match=r"cache was released by an earlier backward\(\.\.\., release_cache=True\)"):
+        case.net.backward(cache, case.y)
+
+
+def test_a_finite_sum_of_huge_entries_still_gets_the_exact_finiteness_check() -> None:
+    """check_finite's one-pass shortcut must not hide NaN/inf, nor refuse finite entries whose
+    sum overflows."""
+    net = refbp.MLP.random([2, 1], activations=["identity"], loss="mse", dtype=torch.float32)
+    huge = torch.full((3, 2), 3e38, dtype=torch.float32)  # finite entries, the sum is inf
+    assert net.forward(huge).a[0] is not None
+    with pytest.raises(ValueError, match="X has 1 non-finite entries"):
+        net.forward(torch.tensor([[1.0, float("-inf")], [3.0, 2.0]]))
