@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from .activations import get_activation
+from .validation import check_same_dtype_device, describe
 
 if TYPE_CHECKING:
     from .network import MLP, ForwardCache
 
-__all__ = ["Gradients", "backward"]
+__all__ = ["Gradients", "backward", "backward_from"]
 
 
 @dataclass
@@ -78,7 +79,7 @@ def backward(
 
     Args:
         net: the network whose forward pass produced ``cache``.
-        cache: the ForwardCache of ``net.forward(X)``; read, never modified.
+        cache: the ForwardCache of ``net.forward(X)``; read, never modified (unless released).
         y: targets, as for ``net.loss``.
         intermediates: keep every dJ/dz(i) and dJ/da(i) (the default). With False only what a
             training step needs is kept (dJ/dW, dJ/db and dJ/dX); each dJ/dz(i), dJ/da(i) is
@@ -92,21 +93,42 @@ def backward(
         Gradients with dJ/dW(i), dJ/db(i) for every layer, dJ/dX, and (by default) every
         dJ/dz(i) and dJ/da(i).
     """
-    if cache.released:
-        raise ValueError("cache was released by an earlier backward(..., release_cache=True); run net.forward(X) again")
-    if cache.L != net.L or tuple(cache.a[0].shape[1:]) != (net.dims[0],):
-        raise ValueError(
-            f"cache has {cache.L} layers and input width {cache.a[0].shape[1]}; it does not come from "
-            f"this network ({net.L} layers, d_0 = {net.dims[0]}): pass the cache of net.forward(X)"
-        )
+    _check_cache(net, cache)
     y = net.check_targets(y, cache)
+    dJ_da_L = net.loss_fn.gradient(cache.y_hat, y)  # (4) dJ/da(L) = dloss/dy_hat   (N, d_L)
+    return backward_from(
+        net, cache, dJ_da_L, intermediates=intermediates, release_cache=release_cache, overwrite_dJ_da_L=True
+    )
+
+
+def backward_from(
+    net: MLP,
+    cache: ForwardCache,
+    dJ_da_L: Tensor,
+    *,
+    intermediates: bool = True,
+    release_cache: bool = False,
+    overwrite_dJ_da_L: bool = False,
+) -> Gradients:
+    """Eqs. (5)-(9) from a given dJ/da(L) (N, d_L) instead of a loss's eq. (4).
+
+    This is how a gradient crosses from one network into another: when a(L) feeds something
+    above it (a second network, a score), dJ/da(L) is what that something hands down, e.g. its
+    own dJ/dX. ``backward`` is this function started from the loss. Options as for ``backward``;
+    ``dJ_da_L`` is left as it is unless ``overwrite_dJ_da_L`` (then, with intermediates=False,
+    its storage is reused for dJ/dz(L); ``backward`` does this with its fresh loss gradient)."""
+    _check_cache(net, cache)
+    if not isinstance(dJ_da_L, Tensor) or dJ_da_L.shape != cache.y_hat.shape:
+        got = describe(dJ_da_L) if isinstance(dJ_da_L, Tensor) else type(dJ_da_L).__name__
+        raise ValueError(f"dJ_da_L must have a(L)'s shape {tuple(cache.y_hat.shape)} = (N, d_L), got {got}")
+    check_same_dtype_device(dJ_da_L, "dJ_da_L", dtype=net.dtype, device=net.device)
     L = net.L
     dJ_dW: list[Tensor | None] = [None] * (L + 1)
     dJ_db: list[Tensor | None] = [None] * (L + 1)
     dJ_dz: list[Tensor | None] = [None] * (L + 1)
     dJ_da: list[Tensor | None] = [None] * (L + 1)
 
-    dJ_da_i = net.loss_fn.gradient(cache.y_hat, y)  # (4) dJ/da(L)     (N, d_L)
+    dJ_da_i = dJ_da_L.detach() if dJ_da_L.requires_grad else dJ_da_L  # dJ/da(L)   (N, d_L)
     for i in range(L, 0, -1):
         W = net.weights[i - 1]  # (d_i, d_{i-1})
         a_prev = cache.a[i - 1]  # a(i-1)          (N, d_{i-1})
@@ -116,8 +138,9 @@ def backward(
             raise ValueError(f"cache.z[{i}] is None but {act.name}'s derivative needs z({i})")
 
         # (5) dJ/dz(i) = dJ/da(i) o f'(z(i))   (N, d_i), computed in place by act.chain: on a
-        # copy when dJ/da(i) is kept, in dJ/da(i)'s own storage when it is not
-        dJ_dz_i = act.chain(t, dJ_da_i.clone() if intermediates else dJ_da_i)
+        # copy when dJ/da(i) is kept (or is a dJ_da_L we may not overwrite), in place otherwise
+        in_place = not intermediates and (i < L or overwrite_dJ_da_L)
+        dJ_dz_i = act.chain(t, dJ_da_i if in_place else dJ_da_i.clone())
 
         if net.weight_decay:  # (6) dJ/dW(i) = dJ/dz(i)^T a(i-1) + lambda W(i)
             dJ_dW[i] = torch.addmm(W, dJ_dz_i.T, a_prev, beta=net.weight_decay)
@@ -135,3 +158,13 @@ def backward(
 
     dJ_da[0] = dJ_da_i  # (9) dJ/dX = dJ/da(0)   (N, d_0)
     return Gradients(dJ_dW=dJ_dW, dJ_db=dJ_db, dJ_dz=dJ_dz, dJ_da=dJ_da)
+
+
+def _check_cache(net: MLP, cache: ForwardCache) -> None:
+    if cache.released:
+        raise ValueError("cache was released by an earlier backward(..., release_cache=True); run net.forward(X) again")
+    if cache.L != net.L or tuple(cache.a[0].shape[1:]) != (net.dims[0],):
+        raise ValueError(
+            f"cache has {cache.L} layers and input width {cache.a[0].shape[1]}; it does not come from "
+            f"this network ({net.L} layers, d_0 = {net.dims[0]}): pass the cache of net.forward(X)"
+        )

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from refbp.backward import backward_from
 from refbp.examples.adversarial import fgsm
 from refbp.examples.adversarial import make_data as circle_data
-from refbp.examples.chain import backward_from
 from refbp.examples.saliency import RELEVANT_FEATURES, make_data, output_gradient, saliency, train
 from refbp.examples.stacked import (
     check_against_autograd,

@@ -3,7 +3,7 @@
     python -m refbp.examples.saliency
 
 A network is trained on data where y depends on features 0 and 2 only. Afterwards the
-backward pass is started from dJ/da(L) = 1 instead of from the loss (refbp.examples.chain):
+backward pass is started from dJ/da(L) = 1 instead of from the loss (refbp.backward.backward_from):
 what comes out at the bottom, eq. (9), is d(sum_n y_hat_n)/dX, and since row n of y_hat
 depends only on row n of X, row n of it is d y_hat_n / dX_n. Averaged |.| per feature, it
 says which inputs the trained network looks at: features 0 and 2.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..backward import backward_from
 from ..network import MLP
-from .chain import backward_from
 
 __all__ = ["RELEVANT_FEATURES", "Saliency", "main", "make_data", "output_gradient", "saliency", "train"]
 

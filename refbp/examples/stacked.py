@@ -24,13 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backward import Gradients
+from ..backward import Gradients, backward_from
 from ..compare import Comparison, compare
 from ..network import MLP
 from ..reference import TORCH_ACTIVATIONS, TORCH_LOSSES
 from ..seed import seed_point
 from ..tolerances import tolerance_for
-from .chain import backward_from
 
 __all__ = [
     "LEARNING_RATE",
