@@ -95,40 +95,42 @@ def backward(
     """
     _check_cache(net, cache)
     y = net.check_targets(y, cache)
-    dJ_da_L = net.loss_fn.gradient(cache.y_hat, y)  # (4) dJ/da(L) = dloss/dy_hat   (N, d_L)
-    return backward_from(
-        net, cache, dJ_da_L, intermediates=intermediates, release_cache=release_cache, overwrite_dJ_da_L=True
-    )
+    # (4) dJ/da(L) = dloss/dy_hat   (N, d_L): a fresh tensor, handed over in a list so that the
+    # loop owns the only reference and can overwrite and free it like every later dJ/da(i)
+    upstream = [net.loss_fn.gradient(cache.y_hat, y)]
+    return _backward_layers(net, cache, upstream, intermediates=intermediates, release_cache=release_cache, owned=True)
 
 
 def backward_from(
-    net: MLP,
-    cache: ForwardCache,
-    dJ_da_L: Tensor,
-    *,
-    intermediates: bool = True,
-    release_cache: bool = False,
-    overwrite_dJ_da_L: bool = False,
+    net: MLP, cache: ForwardCache, dJ_da_L: Tensor, *, intermediates: bool = True, release_cache: bool = False
 ) -> Gradients:
     """Eqs. (5)-(9) from a given dJ/da(L) (N, d_L) instead of a loss's eq. (4).
 
     This is how a gradient crosses from one network into another: when a(L) feeds something
     above it (a second network, a score), dJ/da(L) is what that something hands down, e.g. its
     own dJ/dX. ``backward`` is this function started from the loss. Options as for ``backward``;
-    ``dJ_da_L`` is left as it is unless ``overwrite_dJ_da_L`` (then, with intermediates=False,
-    its storage is reused for dJ/dz(L); ``backward`` does this with its fresh loss gradient)."""
+    ``dJ_da_L`` itself is never modified."""
     _check_cache(net, cache)
     if not isinstance(dJ_da_L, Tensor) or dJ_da_L.shape != cache.y_hat.shape:
         got = describe(dJ_da_L) if isinstance(dJ_da_L, Tensor) else type(dJ_da_L).__name__
         raise ValueError(f"dJ_da_L must have a(L)'s shape {tuple(cache.y_hat.shape)} = (N, d_L), got {got}")
     check_same_dtype_device(dJ_da_L, "dJ_da_L", dtype=net.dtype, device=net.device)
+    upstream = [dJ_da_L.detach() if dJ_da_L.requires_grad else dJ_da_L]
+    return _backward_layers(net, cache, upstream, intermediates=intermediates, release_cache=release_cache, owned=False)
+
+
+def _backward_layers(
+    net: MLP, cache: ForwardCache, upstream: list[Tensor], *, intermediates: bool, release_cache: bool, owned: bool
+) -> Gradients:
+    """Eqs. (5)-(9), layer L down to 1, from ``upstream.pop()`` = dJ/da(L); ``owned``: the
+    caller holds no other reference to it, so it may be overwritten (see ``backward``)."""
     L = net.L
     dJ_dW: list[Tensor | None] = [None] * (L + 1)
     dJ_db: list[Tensor | None] = [None] * (L + 1)
     dJ_dz: list[Tensor | None] = [None] * (L + 1)
     dJ_da: list[Tensor | None] = [None] * (L + 1)
 
-    dJ_da_i = dJ_da_L.detach() if dJ_da_L.requires_grad else dJ_da_L  # dJ/da(L)   (N, d_L)
+    dJ_da_i = upstream.pop()  # dJ/da(L)   (N, d_L)
     for i in range(L, 0, -1):
         W = net.weights[i - 1]  # (d_i, d_{i-1})
         a_prev = cache.a[i - 1]  # a(i-1)          (N, d_{i-1})
@@ -138,8 +140,8 @@ def backward_from(
             raise ValueError(f"cache.z[{i}] is None but {act.name}'s derivative needs z({i})")
 
         # (5) dJ/dz(i) = dJ/da(i) o f'(z(i))   (N, d_i), computed in place by act.chain: on a
-        # copy when dJ/da(i) is kept (or is a dJ_da_L we may not overwrite), in place otherwise
-        in_place = not intermediates and (i < L or overwrite_dJ_da_L)
+        # copy when dJ/da(i) is kept (or is the caller's dJ/da(L)), in place otherwise
+        in_place = not intermediates and (i < L or owned)
         dJ_dz_i = act.chain(t, dJ_da_i if in_place else dJ_da_i.clone())
 
         if net.weight_decay:  # (6) dJ/dW(i) = dJ/dz(i)^T a(i-1) + lambda W(i)
