@@ -20,37 +20,34 @@ TARGETS = {
 
 
 CLOSING_NOTE = """\
-What limits the targets that are not met (profiles taken with torch.profiler on this machine,
-1 thread, while writing the benchmarks; the figures above are the measurement):
+What limits each target, from profiles taken with torch.profiler on this machine (1 thread);
+the tables above are the measurement, so a target this note calls within reach may still read
+"no" in a noisy run:
 
-- **manual/autograd <= 0.9 at widths <= 128.** Met at width 16 with N=256 (about 0.8); at
-  N=1024 and at width 128 manual and autograd are level (0.95-1.1). Both run the same 9 GEMMs
-  (about 60% of either's time at N=1024, w=128) and the same elementwise passes (bias broadcast
-  inside addmm, activation, its derivative, column sums for dJ/db); autograd's engine costs tens
-  of microseconds per step, nothing to win back at 10 ms. What refbp adds is its input checks:
-  `check_finite` on X and y is 5 passes each (isfinite = abs, eq, ne; not; any), about 10% of
-  the step at width 128. A one-pass fast path in refbp/validation.py (a finite `t.sum()` means
-  every entry is finite; fall back to the full check otherwise) measured manual/autograd
-  0.86-0.93 at width 128 and 0.67-0.87 at width 16, interleaved in one process.
+- **manual/autograd <= 0.9 at widths <= 128.** Both run the same 9 GEMMs (about 60% of either's
+  time at N=1024, w=128) and the same elementwise passes (bias inside addmm, activation, its
+  derivative, column sums for dJ/db); autograd's engine costs tens of microseconds per step,
+  nothing to win back at 10 ms. refbp's own extra was its input checks: `check_finite` now
+  takes one pass (a finite sum means every entry is finite) instead of five, which brought
+  width 16 to about 0.8. At width 128, and at N=1024, the two are level (0.9-1.05): there is no
+  redundant work left to remove, only the same kernels.
 - **manual/GEMM <= 1.05 at widths >= 512.** Met or within noise at width 2048; not at 512,
   where autograd/GEMM is itself 1.04-1.14: torch.tanh costs about 3.5 ns per float32 element
   here (4 ms per (1024, 512) tensor, 6% of the GEMM time by itself), so no implementation that
   applies the activation reaches 1.05 at that width on this CPU. manual/autograd is 1.0 there.
-- **Training-step peak memory <= autograd's.** The lean mode keeps no z(i) and frees every
-  dJ/dz(i), dJ/da(i) at once, but the forward cache (a(1) .. a(L), L activation units) lives
-  until backward returns: backward reads the cache and never modifies it, by contract, while
-  autograd frees each saved tensor as soon as its node has run. That is the 1-2 units of
-  difference; closing it needs a backward that releases cache entries as it goes (an API
-  decision). The full mode's extra memory is every z(i), dJ/dz(i) and dJ/da(i): 3 more units
-  per layer, as the table shows.
-- **Full finite differences >= 10x gradcheck at 1e5 parameters.** 13-27x up to 1e4. At 1e5
+- **Training-step peak memory <= autograd's.** Met since `backward(..., intermediates=False,
+  release_cache=True)`: z(i) is not kept where f' reads a(i), each dJ/dz(i), dJ/da(i) is freed
+  at once, and each cache entry is released after its last use, as autograd frees its saved
+  tensors. The full teaching mode keeps every z(i), dJ/dz(i) and dJ/da(i): about 3 more
+  activation units per layer, as the table shows.
+- **Full finite differences >= 10x gradcheck at 1e5 parameters.** 13-30x up to 1e4. At 1e5
   (one repeat, noisy) each perturbation of W(1) still needs one dense layer above it (tanh
   and an (N, d) x (d, d) product), a third of what gradcheck pays per entry: the speed-up there
-  is that factor times the gain of batching: 8.8x and 9.1x in two full runs.
+  is that factor times the gain of batching, 7.7-9.1x in three full runs.
 - **Directional <= 3x fast_mode.** refbp checks each of the 7 tensors on its own with 8 signed
   directions (112 network evaluations, one report row per tensor); gradcheck's fast_mode draws
-  one direction over all inputs together. Within 1.6x up to 1e4 parameters; 3.3x and 3.8x at
-  1e5 in two full runs (57 ms against 15 ms)."""
+  one direction over all inputs together. Within 1.7x up to 1e4 parameters; 3.3-3.8x at 1e5
+  (about 55 ms against 15 ms)."""
 """Why the targets not met are not met: shown at the end of BENCHMARKS.md."""
 
 
