@@ -337,7 +337,7 @@ def write_plot(outcomes: list[CaseOutcome], path: Path) -> str:
     ax.axvline(1.0, color="black", linestyle="--", label="tolerance")
     ax.set_xscale("log")
     ax.set_xlabel("max |g - r| / allowed, per tensor (passes at <= 1)")
-    ax.set_ylabel("tensors")
+    ax.set_ylabel("tensors (exact matches, error 0, not shown)")
     ax.set_title("refbp report: gradient error against tolerance")
     ax.legend(fontsize=8)
     fig.tight_layout()
