@@ -88,6 +88,41 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "torch.where(z >= 0, z, z * LEAKY_RELU_SLOPE)",
         "At z = 0 both branches give 0 (and -0.0 * 0.01 is -0.0): the same value for every z.",
     ),
+    (
+        "_backward_layers",
+        "in_place = None",
+        "Memory, not numbers: with in_place falsy every dJ/dz(i) is computed on a copy of dJ/da(i) "
+        "instead of in its storage, the same values with one more tensor alive (benchmarks/, item 2).",
+    ),
+    (
+        "_backward_layers",
+        "(i < L and owned)",
+        "Memory, not numbers: the in-place update is skipped on some layers and a copy is used "
+        "instead; the values are identical, only the peak memory (benchmarks/, item 2) grows.",
+    ),
+    (
+        "_backward_layers",
+        "if (in_place) and False else",
+        "Memory, not numbers: always computing eq. (5) on a copy gives the same values; the "
+        "in-place path exists only to keep the training step's peak memory at autograd's.",
+    ),
+    (
+        "x_backward__mutmut",
+        "owned=None",
+        "Memory, not numbers: backward's own loss gradient is then copied before eq. (5) instead "
+        "of overwritten; same values, one more (N, d_L) tensor alive.",
+    ),
+    (
+        "x_backward__mutmut",
+        "owned=False",
+        "Memory, not numbers: backward's own loss gradient is then copied before eq. (5) instead "
+        "of overwritten; same values, one more (N, d_L) tensor alive.",
+    ),
+    (
+        "x_backward_from__mutmut",
+        "owned=None",
+        "None is falsy exactly like False: the caller's dJ/da(L) is still copied, never overwritten.",
+    ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 

@@ -69,3 +69,72 @@ def test_a_cache_missing_a_needed_z_is_refused_naming_the_layer() -> None:
 def test_an_unknown_activation_is_named_as_the_activation_argument() -> None:
     with pytest.raises(ValueError, match=r"^activation='swish' is not a known activation"):
         get_activation("swish")
+
+
+# ---- backward_from and release_cache ----------------------------------------------------
+def _small() -> tuple[MLP, torch.Tensor, torch.Tensor]:
+    net = MLP.random([3, 4, 2], activations=["tanh", "identity"], loss="half_sse", seed=3)
+    X = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return net, X, torch.zeros(5, 2, dtype=torch.float64)
+
+
+def test_backward_from_leaves_the_callers_gradient_untouched_in_every_mode() -> None:
+    from refbp.backward import backward_from
+
+    net, X, _ = _small()
+    upstream = torch.randn(5, 2, dtype=torch.float64)
+    before = upstream.clone()
+    for intermediates in (True, False):
+        backward_from(net, net.forward(X), upstream, intermediates=intermediates)
+        assert torch.equal(upstream, before)
+
+
+def test_backward_from_releases_the_cache_only_when_asked() -> None:
+    from refbp.backward import backward_from
+
+    net, X, _ = _small()
+    upstream = torch.ones(5, 2, dtype=torch.float64)
+    kept = net.forward(X)
+    backward_from(net, kept, upstream)
+    assert not kept.released and kept.a[1].shape == (5, 4)
+    released = net.forward(X)
+    backward_from(net, released, upstream, release_cache=True)
+    assert released.released and released.a[1].numel() == 0
+
+
+def test_backward_keeps_the_cache_by_default_and_gives_the_same_gradients_twice() -> None:
+    net, X, y = _small()
+    cache = net.forward(X)
+    first, second = backward(net, cache, y).as_dict(), backward(net, cache, y).as_dict()
+    assert not cache.released and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_backward_from_detaches_an_upstream_gradient_that_requires_grad() -> None:
+    from refbp.backward import backward_from
+
+    net, X, _ = _small()
+    upstream = torch.ones(5, 2, dtype=torch.float64, requires_grad=True)
+    grads = backward_from(net, net.forward(X), upstream).as_dict()
+    assert not any(g.requires_grad for g in grads.values())
+
+
+def test_backward_from_and_released_cache_errors_name_the_argument_and_what_it_got() -> None:
+    from refbp.backward import backward_from
+
+    net, X, y = _small()
+    with pytest.raises(
+        ValueError,
+        match=r"^dJ_da_L must have a\(L\)'s shape \(5, 2\) = \(N, d_L\), got shape \(5, 3\), dtype float64, device cpu",
+    ):
+        backward_from(net, net.forward(X), torch.zeros(5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^dJ_da_L must have a\(L\)'s shape \(5, 2\) = \(N, d_L\), got list$"):
+        backward_from(net, net.forward(X), [[0.0, 0.0]] * 5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^dJ_da_L has shape \(5, 2\), dtype float32, device cpu, but the network"):
+        backward_from(net, net.forward(X), torch.zeros(5, 2))
+    cache = net.forward(X)
+    backward(net, cache, y, release_cache=True)
+    with pytest.raises(
+        ValueError,
+        match=r"^cache was released by an earlier backward\(\.\.\., release_cache=True\); run net\.forward\(X\) again$",
+    ):
+        backward(net, cache, y)
