@@ -73,7 +73,7 @@ def test_an_unknown_activation_is_named_as_the_activation_argument() -> None:
 
 # ---- backward_from and release_cache ----------------------------------------------------
 def _small() -> tuple[MLP, torch.Tensor, torch.Tensor]:
-    net = MLP.random([3, 4, 2], activations=["tanh", "identity"], loss="half_sse", seed=3)
+    net = MLP.random([3, 4, 2], activations=["tanh", "tanh"], loss="half_sse", seed=3)  # f_L in place: not identity
     X = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     return net, X, torch.zeros(5, 2, dtype=torch.float64)
 
