@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..backward import backward_from
 from ..network import MLP
+from .descent import gradient_descent_step
 
 __all__ = ["RELEVANT_FEATURES", "Saliency", "main", "make_data", "output_gradient", "saliency", "train"]
 
@@ -39,11 +40,7 @@ def train(X: Tensor, y: Tensor, *, steps: int = 400, lr: float = 0.05, seed: int
     net = MLP.random([X.shape[1], 8, 1], activations=["tanh", "sigmoid"], loss="half_sse", seed=seed)
     for _ in range(steps):
         grads = net.backward(net.forward(X), y, intermediates=False)
-        for i in range(1, net.L + 1):
-            dJ_dW, dJ_db = grads.dJ_dW[i], grads.dJ_db[i]
-            assert dJ_dW is not None and dJ_db is not None
-            net.weights[i - 1] = net.weights[i - 1] - lr * dJ_dW  # W(i) <- W(i) - lr dJ/dW(i)
-            net.biases[i - 1] = net.biases[i - 1] - lr * dJ_db  # b(i) <- b(i) - lr dJ/db(i)
+        gradient_descent_step(net, grads, lr)  # W(i) <- W(i) - lr dJ/dW(i), b(i) likewise
     return net
 
 

@@ -30,6 +30,7 @@ from ..network import MLP
 from ..reference import TORCH_ACTIVATIONS, TORCH_LOSSES
 from ..seed import seed_point
 from ..tolerances import tolerance_for
+from .descent import gradient_descent_step
 
 __all__ = [
     "LEARNING_RATE",
@@ -148,11 +149,7 @@ def train_stack(
         grads = stacked_gradients(Stack(lower, upper), X, y)
         manual.append(grads.J)
         for net, g in ((lower, grads.lower), (upper, grads.upper)):
-            for i in range(1, net.L + 1):
-                dJ_dW, dJ_db = g.dJ_dW[i], g.dJ_db[i]
-                assert dJ_dW is not None and dJ_db is not None
-                net.weights[i - 1] = net.weights[i - 1] - lr * dJ_dW  # W(i) <- W(i) - lr dJ/dW(i)
-                net.biases[i - 1] = net.biases[i - 1] - lr * dJ_db  # b(i) <- b(i) - lr dJ/db(i)
+            gradient_descent_step(net, g, lr)  # W(i) <- W(i) - lr dJ/dW(i), b(i) likewise
 
     params = {k: v.requires_grad_(True) for k, v in _parameters(stack).items()}
     optimizer = torch.optim.SGD(list(params.values()), lr=lr)

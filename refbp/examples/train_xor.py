@@ -21,6 +21,7 @@ import torch
 from ..io import write_atomic
 from ..network import MLP
 from ..seed import seed_network, seed_point
+from .descent import gradient_descent_step
 
 __all__ = ["LEARNING_RATE", "STEPS", "TrainingCurves", "main", "plot", "train_autograd", "train_manual", "train_xor"]
 
@@ -62,11 +63,7 @@ def train_manual(net: MLP, X: torch.Tensor, y: torch.Tensor, *, steps: int, lr: 
         cache = net.forward(X)
         losses.append(float(net.loss(cache, y)))  # (3)
         grads = net.backward(cache, y, intermediates=False)  # (4)-(9)
-        for i in range(1, net.L + 1):
-            dJ_dW, dJ_db = grads.dJ_dW[i], grads.dJ_db[i]
-            assert dJ_dW is not None and dJ_db is not None
-            net.weights[i - 1] = net.weights[i - 1] - lr * dJ_dW  # W(i) <- W(i) - lr dJ/dW(i)
-            net.biases[i - 1] = net.biases[i - 1] - lr * dJ_db  # b(i) <- b(i) - lr dJ/db(i)
+        gradient_descent_step(net, grads, lr)  # W(i) <- W(i) - lr dJ/dW(i), b(i) likewise
     return losses
 
 
