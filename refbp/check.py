@@ -25,7 +25,7 @@ from .compare import Comparison, compare
 from .finite_diff import FDResult, function_finite_differences, mlp_finite_differences
 from .network import MLP
 from .reference import autograd_gradients
-from .tolerances import FD_TOLERANCE, TOLERANCES, Tolerance, combine, tolerance_for
+from .tolerances import FD_TOLERANCE, TOLERANCES, Tolerance, combine, least_precise, tolerance_for
 
 __all__ = [
     "FD_AUTO_MAX_ENTRIES",
@@ -179,7 +179,7 @@ def check(
     else:
         tested = _user_grads(grads, net.backward(cache, y).as_dict().keys())
     names = list(tested)
-    dtype = _dtype_of(tested, net.dtype)
+    dtype = least_precise({t.dtype for t in tested.values() if t.dtype in TOLERANCES}, net.dtype)
     tol = tolerance or tolerance_for(dtype)
 
     rows: list[Comparison] = []
@@ -244,7 +244,7 @@ def check_function(
 
     fd = function_finite_differences(loss_only, params, mode=mode, directions=directions, seed=seed)
     J = next(iter(fd.values())).J
-    dtype = _dtype_of(grads, torch.float64)
+    dtype = least_precise({t.dtype for t in grads.values() if t.dtype in TOLERANCES}, torch.float64)
     tol = tolerance or combine(tolerance_for(dtype), _fd_tolerance(J))
     rows = [_fd_row(name, grads[name], fd[name], mode, tol, scale_tol=False) for name in params if name in grads]
     for name in missing:
@@ -303,14 +303,6 @@ def _as_tensor(value: Any, argument: str) -> Tensor:
 
 def _to_numpy(value: Any) -> Any:
     return value.detach().cpu().numpy() if isinstance(value, Tensor) else value
-
-
-def _dtype_of(tensors: Mapping[str, Tensor], default: torch.dtype) -> torch.dtype:
-    dtypes = {t.dtype for t in tensors.values() if t.dtype in TOLERANCES}
-    if not dtypes:
-        return default
-    # the least precise dtype present sets the tolerance
-    return max(dtypes, key=lambda d: TOLERANCES[d].rtol)
 
 
 def _key_order(name: str) -> tuple[int, str]:

@@ -59,6 +59,16 @@ class Comparison:
     passed: bool
     note: str = ""
 
+    @property
+    def margin(self) -> float:
+        """max_abs_error / allowed: the row passes at <= 1. inf for a shape mismatch (nothing
+        was allowed) and for any error where nothing was allowed; 0 for no error."""
+        if self.allowed != self.allowed or self.max_abs_error != self.max_abs_error:  # NaN
+            return math.inf
+        if self.allowed > 0:
+            return self.max_abs_error / self.allowed
+        return 0.0 if self.max_abs_error == 0 else math.inf
+
     def message(self) -> str:
         """One paragraph in torch.testing's manner: what differs, by how much, where, what
         was allowed."""

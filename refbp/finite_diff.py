@@ -116,12 +116,7 @@ class _Network64:
 
         Give either Z, a perturbed z(layer) (P, N, d_layer), or A, a perturbed a(layer); the
         rest of the network runs from there. Returns (J (P,), crossed (P,) bool)."""
-        if Z is not None:
-            first, state = layer, Z  # start by applying f_layer to the perturbed z(layer)
-        elif A is not None:
-            first, state = layer + 1, A  # start with layer+1's linear map of the perturbed a(layer)
-        else:
-            raise ValueError("run_from needs Z or A")
+        first, state = _starting_point(layer, Z, A)
         P = state.shape[0]
         crossed = torch.zeros(P, dtype=torch.bool)
         for i in range(first, self.L + 1):
@@ -166,12 +161,7 @@ class _Network64:
 
         Each observation goes through eqs. (1)-(2) on its own, so only row n of every later
         z(i), a(i) changes: the P rows run alone, then replace row n of a copy of y_hat."""
-        if Z is not None:
-            first, state = layer, Z  # start by applying f_layer to the moved row of z(layer)
-        elif A is not None:
-            first, state = layer + 1, A  # start with layer+1's linear map of the moved row of a(layer)
-        else:
-            raise ValueError("run_rows_from needs Z or A")
+        first, state = _starting_point(layer, Z, A)
         P = state.shape[0]
         crossed = torch.zeros(P, dtype=torch.bool)
         for i in range(first, self.L + 1):
@@ -183,6 +173,16 @@ class _Network64:
         y_hat = self.a[-1].expand(P, *self.a[-1].shape).clone()  # (P, N, d_L)
         y_hat[torch.arange(P), n] = state
         return self.batched_loss(y_hat) + 0.5 * self.weight_decay * self.wd_base, crossed
+
+
+def _starting_point(layer: int, Z: Tensor | None, A: Tensor | None) -> tuple[int, Tensor]:
+    """(first layer to run, state): from a perturbed z(layer), f_layer is applied first; from a
+    perturbed a(layer), layer+1's linear map (eq. 1) comes first."""
+    if Z is not None:
+        return layer, Z
+    if A is not None:
+        return layer + 1, A
+    raise ValueError("a perturbed z (Z) or a (A) is needed to start from")
 
 
 def _steps(p: Tensor) -> tuple[Tensor, Tensor]:

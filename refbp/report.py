@@ -66,10 +66,10 @@ class CaseOutcome:
     @property
     def margin(self) -> float:
         """max over rows of max_abs_error / allowed (a row passes at <= 1)."""
-        return max((_margin(row.max_abs_error, row.allowed) for row in self.result.rows), default=0.0)
+        return max((row.margin for row in self.result.rows), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        worst = max(self.result.rows, key=lambda r: _margin(r.max_abs_error, r.allowed))
+        worst = max(self.result.rows, key=lambda r: r.margin)
         return {
             "id": self.id,
             "label": self.label,
@@ -86,12 +86,6 @@ class CaseOutcome:
             "command": self.spec.command(),
             "failures": [row.to_dict() for row in self.result.failures],
         }
-
-
-def _margin(error: float, allowed: float) -> float:
-    if allowed != allowed or error != error:  # NaN: a shape mismatch
-        return float("inf")
-    return error / allowed if allowed > 0 else (0.0 if error == 0 else float("inf"))
 
 
 def _finite(x: float) -> float | str:
@@ -204,7 +198,7 @@ def _worst_margins(outcomes: list[CaseOutcome]) -> dict[str, dict[str, float | s
     worst: dict[str, dict[str, float]] = defaultdict(dict)
     for o in outcomes:
         for row in o.result.rows:
-            m = _margin(row.max_abs_error, row.allowed)
+            m = row.margin
             ref = row.reference
             worst[o.spec.dtype][ref] = max(worst[o.spec.dtype].get(ref, 0.0), m)
     return {dt: {ref: _finite(v) for ref, v in sorted(refs.items())} for dt, refs in sorted(worst.items())}
@@ -325,7 +319,7 @@ def write_plot(outcomes: list[CaseOutcome], path: Path) -> str:
     series: dict[str, list[float]] = defaultdict(list)
     for o in outcomes:
         for row in o.result.rows:
-            m = _margin(row.max_abs_error, row.allowed)
+            m = row.margin
             if 0 < m < float("inf"):
                 series[f"{o.spec.dtype} vs {row.reference.replace('fd-', 'FD ')}"].append(m)
     fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -21,7 +21,7 @@ from torch import Tensor
 from .check import CheckResult, check
 from .compare import compare
 from .network import MLP
-from .tolerances import Tolerance, tolerance_for
+from .tolerances import Tolerance, least_precise, tolerance_for
 
 __all__ = ["assert_gradients_close", "assert_gradients_correct"]
 
@@ -51,8 +51,7 @@ def assert_gradients_close(
         raise KeyError(f"actual has no gradient for {missing}; it has {list(actual)}")
     if tolerance is None:
         dtypes = [t.dtype for t in actual.values() if isinstance(t, Tensor)]
-        least = max(dtypes, key=lambda d: tolerance_for(d).rtol) if dtypes else torch.float64
-        tolerance = tolerance_for(least)
+        tolerance = tolerance_for(least_precise(dtypes, torch.float64))
     rows = [compare(name, reference, actual[name], expected[name], tolerance) for name in expected]
     result = CheckResult(rows=rows, J=float("nan"), dtype="", device="")
     result.raise_if_failed()

@@ -18,6 +18,7 @@ Each constant was checked against the false-positive measurement in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "TOLERANCES",
     "Tolerance",
     "combine",
+    "least_precise",
     "tolerance_for",
 ]
 
@@ -81,6 +83,12 @@ def tolerance_for(dtype: torch.dtype) -> Tolerance:
     if dtype not in TOLERANCES:
         raise ValueError(f"no tolerance is defined for dtype {dtype}; expected one of {list(TOLERANCES)}")
     return TOLERANCES[dtype]
+
+
+def least_precise(dtypes: Iterable[torch.dtype], default: torch.dtype) -> torch.dtype:
+    """The dtype with the loosest tolerance among ``dtypes`` (``default`` if there is none):
+    gradients of mixed dtypes are judged by their least precise one."""
+    return max(dtypes, key=lambda d: tolerance_for(d).rtol, default=default)
 
 
 def combine(a: Tolerance, b: Tolerance) -> Tolerance:
