@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.autograd import gradcheck
 
 import refbp
-from refbp.reference import TORCH_ACTIVATIONS
+from refbp.verify.reference import TORCH_ACTIVATIONS
 
 from .common import benchmark_network
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from refbp.report import DEFAULT_EXAMPLES, run_report
+from refbp.apps.report import DEFAULT_EXAMPLES, run_report
 
 __all__ = ["DEFAULT_EXAMPLES", "time_report_sweep", "time_test_suite"]
 

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from benchmarks import finite_differences, harness, memory, time_backprop
 from benchmarks.common import environment
 from benchmarks.report import render_markdown
-from refbp.io import write_atomic
+from refbp.apps.io import write_atomic
 
 __all__ = ["main", "run"]
 

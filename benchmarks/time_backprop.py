@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import refbp
-from refbp.reference import TORCH_ACTIVATIONS
+from refbp.verify.reference import TORCH_ACTIVATIONS
 
 from .common import benchmark_network, interleaved_medians
 

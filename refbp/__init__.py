@@ -1,9 +1,9 @@
 """refbp: a PyTorch-verified reference implementation of backpropagation."""
 
-from .backward import Gradients, backward
-from .check import CheckResult, GradientMismatchError, check, check_function
-from .compare import Comparison
-from .network import MLP, ForwardCache
+from .nn.backward import Gradients, backward
+from .nn.network import MLP, ForwardCache
+from .verify.check import CheckResult, GradientMismatchError, check, check_function
+from .verify.compare import Comparison
 
 __all__ = [
     "MLP",

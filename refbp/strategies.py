@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from .activations import ACTIVATIONS
-from .cases import KINK_MARGIN, Case, CaseSpec, kink_distance
-from .losses import LOSSES, get_loss
+from .nn.activations import ACTIVATIONS
+from .nn.losses import LOSSES, get_loss
+from .verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 
 __all__ = ["cases", "specs"]
 

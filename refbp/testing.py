@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .check import CheckResult, check
-from .compare import compare
-from .network import MLP
-from .tolerances import Tolerance, least_precise, tolerance_for
+from .nn.network import MLP
+from .verify.check import CheckResult, check
+from .verify.compare import compare
+from .verify.tolerances import Tolerance, least_precise, tolerance_for
 
 __all__ = ["assert_gradients_close", "assert_gradients_correct"]
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from refbp.cases import CaseSpec
-from refbp.check import check
-from refbp.io import write_atomic
-from refbp.report import DEFAULT_THREADS, sweep_specs
+from refbp.apps.io import write_atomic
+from refbp.apps.report import DEFAULT_THREADS, sweep_specs
+from refbp.verify.cases import CaseSpec
+from refbp.verify.check import check
 
 
 def main() -> int:

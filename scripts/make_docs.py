@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from refbp.explain import explain, render_equation_map
-from refbp.io import write_atomic
-from refbp.seed import render_seed_document
+from refbp.apps.explain import explain, render_equation_map
+from refbp.apps.io import write_atomic
+from refbp.apps.seed import render_seed_document
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ from tabulate import tabulate
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from refbp.io import write_atomic  # noqa: E402
+from refbp.apps.io import write_atomic  # noqa: E402
 
 MODULES = ("activations", "losses", "backward")
 

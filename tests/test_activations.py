@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refbp.activations import ACTIVATIONS, get_activation
-from refbp.reference import TORCH_ACTIVATIONS
+from refbp.nn.activations import ACTIVATIONS, get_activation
+from refbp.verify.reference import TORCH_ACTIVATIONS
 
 NAMES = sorted(ACTIVATIONS)
 

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given
 
 import refbp
-from refbp.cases import Case, CaseSpec
-from refbp.reference import autograd_gradients
 from refbp.strategies import cases
+from refbp.verify.cases import Case, CaseSpec
+from refbp.verify.reference import autograd_gradients
 
 from .conftest import devices, requires_cuda
 

@@ -13,12 +13,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import refbp
-from refbp.bugs import BUGS, CORRECT, Bug, backward_order, backward_with, get_bug
-from refbp.bugs_cli import flags, matters, render_bugs_section, run_bug, smallest_exposing
-from refbp.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
-from refbp.cli import main
+from refbp.apps.bugs import BUGS, CORRECT, Bug, backward_order, backward_with, get_bug
+from refbp.apps.bugs_cli import flags, matters, render_bugs_section, run_bug, smallest_exposing
+from refbp.apps.cli import main
 from refbp.strategies import cases
 from refbp.testing import assert_gradients_close
+from refbp.verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 
 NON_EQUIVALENT = [bug for bug in BUGS if not bug.equivalent]
 EQUIVALENT = [bug for bug in BUGS if bug.equivalent]

@@ -1,4 +1,4 @@
-"""refbp.check and refbp.check_function: they pass correct gradients, fail wrong ones with a
+"""refbp.verify.check and refbp.check_function: they pass correct gradients, fail wrong ones with a
 message built from the records, and treat a wrong shape as a failing row, not a crash."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from hypothesis import given
 
 import refbp
-from refbp.cases import Case, CaseSpec
 from refbp.strategies import cases
 from refbp.testing import assert_gradients_close, assert_gradients_correct
+from refbp.verify.cases import Case, CaseSpec
 
 
 def _case(**overrides: object) -> Case:
@@ -115,7 +115,9 @@ def test_float32_gradients_are_checked_against_float64_references() -> None:
     result = refbp.check(case.net, case.X, case.y)
     assert result.passed and result.dtype == "float32"
     assert all(
-        r.rtol == refbp.tolerances.TOLERANCES[torch.float32].rtol for r in result.rows if r.reference == "autograd"
+        r.rtol == refbp.verify.tolerances.TOLERANCES[torch.float32].rtol
+        for r in result.rows
+        if r.reference == "autograd"
     )
 
 
@@ -188,7 +190,7 @@ def test_check_function_accepts_torch_and_reports_missing_gradients() -> None:
 def test_assert_gradients_close_passes_and_fails_with_the_rows_message() -> None:
     case = _case()
     grads = _manual(case)
-    _, reference = refbp.reference.autograd_gradients(case.net, case.X, case.y)
+    _, reference = refbp.verify.reference.autograd_gradients(case.net, case.X, case.y)
     assert_gradients_close(grads, reference, reference="autograd")
     with pytest.raises(AssertionError, match=r"dJ/dz2 vs autograd: MISMATCH"):
         assert_gradients_close({**grads, "z2": grads["z2"] * 1.01}, reference, reference="autograd")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import refbp
-from refbp.cli import main
-from refbp.io import write_atomic
-from refbp.report import CaseOutcome, build_json, render_markdown, sweep_specs, write_plot
+from refbp.apps.cli import main
+from refbp.apps.io import write_atomic
+from refbp.apps.report import CaseOutcome, build_json, render_markdown, sweep_specs, write_plot
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,8 +57,8 @@ def test_report_json_is_identical_apart_from_timing(tmp_path: Path) -> None:
 
 def test_sweep_covers_every_activation_and_loss() -> None:
     specs = [spec for _, spec in sweep_specs(72, seed=0)]
-    assert {a for s in specs for a in s.activations} == set(refbp.activations.ACTIVATIONS)
-    assert {s.loss for s in specs} == set(refbp.losses.LOSSES)
+    assert {a for s in specs for a in s.activations} == set(refbp.nn.activations.ACTIVATIONS)
+    assert {s.loss for s in specs} == set(refbp.nn.losses.LOSSES)
 
 
 def test_a_failing_case_is_shown_with_the_command_that_reproduces_it(tmp_path: Path) -> None:

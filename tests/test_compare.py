@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from refbp.compare import compare
-from refbp.tolerances import TOLERANCES, Tolerance, combine, tolerance_for
+from refbp.verify.compare import compare
+from refbp.verify.tolerances import TOLERANCES, Tolerance, combine, tolerance_for
 
 TOL = Tolerance(rtol=1e-3, atol=1e-6)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from refbp.explain import EQUATIONS, code_line
+from refbp.apps.explain import EQUATIONS, code_line
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refbp.cli import main
-from refbp.explain import EQUATIONS, WIDTH, explain, format_tensor, walkthrough
-from refbp.reference import TORCH_ACTIVATIONS, TORCH_LOSSES
+from refbp.apps.cli import main
+from refbp.apps.explain import EQUATIONS, WIDTH, explain, format_tensor, walkthrough
+from refbp.verify.reference import TORCH_ACTIVATIONS, TORCH_LOSSES
 
 SETTINGS = [
     {},  # the seed's 2-3-1 sigmoid network with J = 1/2 ||y - y_hat||^2

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import refbp
-from refbp.cases import CaseSpec
-from refbp.finite_diff import mlp_finite_differences, random_directions
-from refbp.reference import autograd_gradients, torch_loss
-from refbp.tolerances import FD_STEP
+from refbp.verify.cases import CaseSpec
+from refbp.verify.finite_diff import mlp_finite_differences, random_directions
+from refbp.verify.reference import autograd_gradients, torch_loss
+from refbp.verify.tolerances import FD_STEP
 
 
 def _plain_fd(net: refbp.MLP, X: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refbp.losses import LOSSES, get_loss
-from refbp.reference import TORCH_LOSSES
+from refbp.nn.losses import LOSSES, get_loss
+from refbp.verify.reference import TORCH_LOSSES
 
 
 def _inputs(name: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import refbp
-from refbp import activations, backward, losses, network
-from refbp.cases import CaseSpec
+import refbp.verify.reference
+from refbp.nn import activations, backward, losses, network
+from refbp.verify.cases import CaseSpec
 
 MANUAL_MODULES = [activations, losses, network, backward]
 
@@ -75,7 +76,7 @@ def test_works_when_every_autograd_entry_point_raises(monkeypatch: pytest.Monkey
         raise AssertionError("the manual path called into autograd")
 
     case = next(_every_case()).build()
-    _, reference = refbp.reference.autograd_gradients(case.net, case.X, case.y)  # before the trap
+    _, reference = refbp.verify.reference.autograd_gradients(case.net, case.X, case.y)  # before the trap
     monkeypatch.setattr(torch.autograd, "grad", refuse)
     monkeypatch.setattr(torch.autograd, "backward", refuse)
     monkeypatch.setattr(torch.Tensor, "backward", refuse)

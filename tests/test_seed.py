@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import refbp
-from refbp.seed import SEED_FORMULAS, ShapeMismatchError, dz_dW_tensor, evaluate, seed_network, seed_point
+from refbp.apps.seed import SEED_FORMULAS, ShapeMismatchError, dz_dW_tensor, evaluate, seed_network, seed_point
 
 FORMULAS = {f.key: f for f in SEED_FORMULAS}
 

@@ -10,9 +10,9 @@ from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 import refbp
-from refbp.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
-from refbp.losses import LOSSES
+from refbp.nn.losses import LOSSES
 from refbp.strategies import cases, specs
+from refbp.verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 
 
 @given(specs(max_depth=3, max_width=5, max_batch=4))

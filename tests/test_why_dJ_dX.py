@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refbp.backward import backward_from
+from refbp.apps.seed import seed_point
 from refbp.examples.adversarial import fgsm
 from refbp.examples.adversarial import make_data as circle_data
 from refbp.examples.saliency import RELEVANT_FEATURES, make_data, output_gradient, saliency, train
@@ -18,9 +18,9 @@ from refbp.examples.stacked import (
     stacked_gradients,
     train_stack,
 )
-from refbp.network import MLP
-from refbp.reference import TORCH_ACTIVATIONS
-from refbp.seed import seed_point
+from refbp.nn.backward import backward_from
+from refbp.nn.network import MLP
+from refbp.verify.reference import TORCH_ACTIVATIONS
 
 
 @pytest.mark.parametrize("seed", [0, 2, 5])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..backward import Gradients
-from ..network import MLP
+from ..nn.backward import Gradients
+from ..nn.network import MLP
 
 __all__ = ["gradient_descent_step"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..backward import backward_from
-from ..network import MLP
+from ..nn.backward import backward_from
+from ..nn.network import MLP
 from .descent import gradient_descent_step
 
 __all__ = ["RELEVANT_FEATURES", "Saliency", "main", "make_data", "output_gradient", "saliency", "train"]

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backward import Gradients, backward_from
-from ..compare import Comparison, compare
-from ..network import MLP
-from ..reference import TORCH_ACTIVATIONS, TORCH_LOSSES
-from ..seed import seed_point
-from ..tolerances import tolerance_for
+from ..apps.seed import seed_point
+from ..nn.backward import Gradients, backward_from
+from ..nn.network import MLP
+from ..verify.compare import Comparison, compare
+from ..verify.reference import TORCH_ACTIVATIONS, TORCH_LOSSES
+from ..verify.tolerances import tolerance_for
 from .descent import gradient_descent_step
 
 __all__ = [

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .activations import get_activation
-from .losses import get_loss
-from .network import MLP, resolve_device
+from ..nn.activations import get_activation
+from ..nn.losses import get_loss
+from ..nn.network import MLP, resolve_device
 
 __all__ = ["KINK_MARGIN", "Case", "CaseSpec", "kink_distance"]
 

@@ -21,9 +21,9 @@ import torch
 from tabulate import tabulate
 from torch import Tensor
 
+from ..nn.network import MLP
 from .compare import Comparison, compare
 from .finite_diff import FDResult, function_finite_differences, mlp_finite_differences
-from .network import MLP
 from .reference import autograd_gradients
 from .tolerances import FD_TOLERANCE, TOLERANCES, Tolerance, combine, least_precise, tolerance_for
 

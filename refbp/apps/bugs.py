@@ -25,11 +25,11 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from .activations import ACTIVATIONS, get_activation
-from .cases import CaseSpec
-from .losses import LOSSES
-from .network import MLP, ForwardCache
-from .strategies import specs
+from ..nn.activations import ACTIVATIONS, get_activation
+from ..nn.losses import LOSSES
+from ..nn.network import MLP, ForwardCache
+from ..strategies import specs
+from ..verify.cases import CaseSpec
 
 __all__ = ["BUGS", "CORRECT", "Applies", "Bug", "Steps", "backward_order", "backward_with", "get_bug"]
 

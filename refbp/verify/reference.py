@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .network import MLP
+from ..nn.network import MLP
 
 __all__ = ["TORCH_ACTIVATIONS", "TORCH_LOSSES", "autograd_gradients", "torch_loss"]
 

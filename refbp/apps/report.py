@@ -34,12 +34,12 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from . import __version__
-from .activations import ACTIVATIONS
-from .cases import CaseSpec
-from .check import CheckResult, check
+from .. import __version__
+from ..nn.activations import ACTIVATIONS
+from ..nn.losses import LOSSES
+from ..verify.cases import CaseSpec
+from ..verify.check import CheckResult, check
 from .io import write_atomic
-from .losses import LOSSES
 
 __all__ = ["SCHEMA", "CaseOutcome", "add_arguments", "run", "run_report", "sweep_specs"]
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .activations import get_activation
-from .network import MLP
+from ..nn.activations import get_activation
+from ..nn.network import MLP
 from .reference import TORCH_ACTIVATIONS
 from .tolerances import FD_STEP
 

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 __all__ = ["SUBCOMMANDS", "UsageError", "main"]
 
 SUBCOMMANDS = {
-    "report": ("refbp.report", "sweep networks, check every gradient, write reports/REPORT.md + report.json"),
-    "check": ("refbp.check_cli", "check one network described in a JSON file (--spec) or string (--case)"),
-    "explain": ("refbp.explain", "walk the seed's network forward and backward, one chain-rule step at a time"),
-    "bugs": ("refbp.bugs_cli", "run the catalogue of classic backprop bugs through the harness"),
+    "report": ("refbp.apps.report", "sweep networks, check every gradient, write reports/REPORT.md + report.json"),
+    "check": ("refbp.apps.check_cli", "check one network described in a JSON file (--spec) or string (--case)"),
+    "explain": ("refbp.apps.explain", "walk the seed's network forward and backward, one chain-rule step at a time"),
+    "bugs": ("refbp.apps.bugs_cli", "run the catalogue of classic backprop bugs through the harness"),
 }
 
 

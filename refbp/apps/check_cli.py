@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .cases import CaseSpec
-from .check import check
+from ..verify.cases import CaseSpec
+from ..verify.check import check
 from .report import DEFAULT_THREADS
 
 __all__ = ["add_arguments", "run"]

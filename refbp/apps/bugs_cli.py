@@ -34,12 +34,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 from tabulate import tabulate
 
+from ..verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
+from ..verify.check import check
+from ..verify.compare import compare
+from ..verify.tolerances import tolerance_for
 from .bugs import BUGS, CORRECT, Bug, backward_order, backward_with, get_bug
-from .cases import KINK_MARGIN, Case, CaseSpec, kink_distance
-from .check import check
-from .compare import compare
 from .io import write_atomic
-from .tolerances import tolerance_for
 
 __all__ = [
     "DEFAULT_DRAWS",

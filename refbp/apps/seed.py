@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .check import CheckResult, check
-from .network import MLP
+from ..nn.network import MLP
+from ..verify.check import CheckResult, check
 
 __all__ = [
     "SEED_FORMULAS",

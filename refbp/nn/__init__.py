@@ -1,0 +1,1 @@
+"""The manual path: layers, networks, activations and losses, each differentiated by hand (no autograd)."""

@@ -1,0 +1,1 @@
+"""The harness: the torch oracle, finite differences, tolerances, comparisons and checks."""
