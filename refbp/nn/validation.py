@@ -3,13 +3,20 @@ the argument, shows what it got (shape, dtype, device, value) and says what was 
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
 __all__ = [
     "FLOAT_DTYPES",
+    "MAX_SEED",
+    "available_memory",
     "check_finite",
+    "check_fits_in_memory",
+    "check_int",
     "check_same_dtype_device",
+    "check_seed",
     "check_tensor",
     "describe",
 ]
@@ -57,3 +64,57 @@ def check_same_dtype_device(t: Tensor, name: str, *, dtype: torch.dtype, device:
             f"{str(dtype).removeprefix('torch.')} on device {device}; convert it with "
             f"{name}.to(dtype=..., device=...)"
         )
+
+
+# ---- seeds and sizes ----------------------------------------------------------------------
+MAX_SEED = 2**32 - 1
+"""torch's CPU generator keeps 32 bits of a seed (seeds 5 and 2**32 + 5 draw the same numbers),
+so refbp accepts seeds in [0, 2**32 - 1], where each draws its own numbers."""
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """A seed must be an int (not a bool, float or string) in [0, MAX_SEED]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} must be an int in [0, {MAX_SEED}], got {type(value).__name__}")
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(
+            f"{name}={value} is out of range; expected an int in [0, {MAX_SEED}] (torch's generator keeps 32 bits)"
+        )
+    return value
+
+
+def check_int(value: object, name: str, *, minimum: int, maximum: int | None = None) -> int:
+    """An int (not a bool or float) in [minimum, maximum]."""
+    expected = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} must be {expected}, got {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name}={value} is out of range; expected {expected}")
+    return value
+
+
+def available_memory() -> int:
+    """Bytes of memory this process may still use: MemAvailable from /proc/meminfo where there
+    is one, else the machine's physical memory."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2**63 - 1
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, anything that cannot fit in the memory left on this machine."""
+    free = available_memory()
+    if nbytes > free:
+        raise ValueError(f"{what} needs {_gib(nbytes)} of memory, but only {_gib(free)} is available here")
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**20 else f"{nbytes} bytes"
