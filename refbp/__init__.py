@@ -1,9 +1,19 @@
-"""refbp: a PyTorch-verified reference implementation of backpropagation."""
+"""refbp: a PyTorch-verified reference implementation of backpropagation.
 
-from .nn.backward import Gradients, backward
-from .nn.network import MLP, ForwardCache
-from .verify.check import CheckResult, GradientMismatchError, check, check_function
-from .verify.compare import Comparison
+The public names load on first use (PEP 562): ``import refbp`` itself imports no torch, so the
+command line starts fast, and an interrupt while torch loads is handled like any other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and readers
+    from .nn.backward import Gradients, backward
+    from .nn.network import MLP, ForwardCache
+    from .verify.check import CheckResult, GradientMismatchError, check, check_function
+    from .verify.compare import Comparison
 
 __all__ = [
     "MLP",
@@ -18,12 +28,32 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+_LAZY = {
+    "MLP": "refbp.nn.network",
+    "ForwardCache": "refbp.nn.network",
+    "Gradients": "refbp.nn.backward",
+    "backward": "refbp.nn.backward",
+    "CheckResult": "refbp.verify.check",
+    "GradientMismatchError": "refbp.verify.check",
+    "check": "refbp.verify.check",
+    "check_function": "refbp.verify.check",
+    "Comparison": "refbp.verify.compare",
+}
+"""Public name -> the module that defines it."""
 
-def __getattr__(name: str) -> object:
-    """``refbp.strategies`` and ``refbp.testing`` load on first use: they import hypothesis
-    and pytest-facing helpers that plain users of the backward pass do not need."""
-    if name in ("strategies", "testing"):
-        import importlib
+_SUBMODULES = ("apps", "nn", "verify", "strategies", "testing", "examples")
+"""Subpackages reachable as attributes (``refbp.strategies``, ``refbp.nn.activations``, ...)."""
 
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # the next access skips this function
+        return value
+    if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY, *_SUBMODULES])
