@@ -10,8 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and readers
-    from .nn.backward import Gradients, backward
-    from .nn.network import MLP, ForwardCache
+    from .nn.mlp import MLP, ForwardCache, Gradients, backward
     from .verify.check import CheckResult, GradientMismatchError, check, check_function
     from .verify.compare import Comparison
 
@@ -29,10 +28,10 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
-    "MLP": "refbp.nn.network",
-    "ForwardCache": "refbp.nn.network",
-    "Gradients": "refbp.nn.backward",
-    "backward": "refbp.nn.backward",
+    "MLP": "refbp.nn.mlp",
+    "ForwardCache": "refbp.nn.mlp",
+    "Gradients": "refbp.nn.mlp",
+    "backward": "refbp.nn.mlp",
     "CheckResult": "refbp.verify.check",
     "GradientMismatchError": "refbp.verify.check",
     "check": "refbp.verify.check",

@@ -7,7 +7,8 @@
 
 Both raise refbp.GradientMismatchError (an AssertionError) whose message says, for each
 tensor that disagrees, how many elements differ, by how much at worst, where, and what was
-allowed. For property tests, the strategies are in refbp.strategies.
+allowed; and, for each tensor that could not be verified (a NaN or inf reference), why. For
+property tests, the strategies are in refbp.strategies.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .nn.network import MLP
-from .verify.check import CheckResult, check
+from .nn.network import Network
+from .verify.check import CheckResult, _as_tensor, check
 from .verify.compare import compare
 from .verify.tolerances import Tolerance, least_precise, tolerance_for
 
@@ -36,32 +38,44 @@ def assert_gradients_close(
     """Assert that every tensor in ``expected`` has a close counterpart in ``actual``.
 
     Args:
-        actual: name -> gradient under test.
-        expected: name -> reference gradient; every key must be present in ``actual``.
-        tolerance: default: refbp.tolerances.TOLERANCES for the least precise dtype of
+        actual: name -> gradient under test (torch tensors or NumPy arrays).
+        expected: name -> reference gradient (torch or NumPy), at least one; every key must be
+            present in ``actual``. A NaN or inf in it verifies nothing: that tensor fails as
+            unverified.
+        tolerance: default: refbp.verify.tolerances.TOLERANCES for the least precise dtype of
             ``actual`` (the normwise rule |g - r| <= atol + rtol * max|r|).
         reference: how the reference is called in the message.
 
-    Returns the CheckResult (all rows passed) so callers can inspect or print it.
+    Returns the CheckResult (every tensor verified) so callers can inspect or print it.
     """
-    if not isinstance(actual, Mapping) or not isinstance(expected, Mapping):
-        raise TypeError("actual and expected must both be dicts name -> tensor")
+    for argument, value in (("actual", actual), ("expected", expected)):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{argument} must be a dict name -> tensor, got {type(value).__name__}")
+    if not expected:
+        raise ValueError("expected is empty: there is nothing to compare against (give at least one tensor)")
     missing = [name for name in expected if name not in actual]
     if missing:
-        raise KeyError(f"actual has no gradient for {missing}; it has {list(actual)}")
+        raise ValueError(f"actual has no gradient for {missing}; it has {list(actual)}")
+    if tolerance is not None and not isinstance(tolerance, Tolerance):
+        raise TypeError(
+            f"tolerance={tolerance!r} must be a Tolerance(rtol=..., atol=...), got {type(tolerance).__name__}"
+        )
+    got = {name: _as_tensor(actual[name], f"actual[{name!r}]") for name in expected}
+    want = {name: _as_tensor(expected[name], f"expected[{name!r}]") for name in expected}
     if tolerance is None:
-        dtypes = [t.dtype for t in actual.values() if isinstance(t, Tensor)]
-        tolerance = tolerance_for(least_precise(dtypes, torch.float64))
-    rows = [compare(name, reference, actual[name], expected[name], tolerance) for name in expected]
+        tolerance = tolerance_for(
+            least_precise([t.dtype for t in got.values() if t.is_floating_point()], torch.float64)
+        )
+    rows = [compare(name, reference, got[name], want[name], tolerance) for name in expected]
     result = CheckResult(rows=rows, J=float("nan"), dtype="", device="")
     result.raise_if_failed()
     return result
 
 
 def assert_gradients_correct(
-    net: MLP, X: Tensor, y: Tensor, grads: Mapping[str, Any] | None = None, **options: Any
+    net: Network, X: Tensor | np.ndarray, y: Tensor | np.ndarray, grads: Mapping[str, Any] | None = None, **options: Any
 ) -> CheckResult:
     """``refbp.check(net, X, y, grads, **options).raise_if_failed()``, returning the result."""
-    result = check(net, X, y, grads, **options)
+    result = check(net, X, y, grads, **options)  # type: ignore[arg-type]
     result.raise_if_failed()
     return result

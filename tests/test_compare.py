@@ -47,11 +47,13 @@ def test_nan_in_the_gradient_always_fails() -> None:
     assert not row.passed and row.worst_index == (2,) and "NaN or inf" in row.message()
 
 
-def test_excluded_entries_are_not_compared_but_counted() -> None:
+def test_excluded_entries_are_not_compared_but_counted_as_unverified() -> None:
     r = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     g = torch.tensor([1.0, 99.0, 3.0], dtype=torch.float64)
     row = compare("W1", "fd-full", g, r, TOL, excluded=torch.tensor([False, True, False]))
-    assert row.passed and row.n_excluded == 1 and row.n_elements == 2
+    assert row.verdict == "partial" and row.passed  # the row contradicts nothing and verifies 2 entries
+    assert row.n_excluded == 1 and row.n_unverified == 1 and row.n_elements == 3
+    assert row.verified is not None and row.verified.tolist() == [True, False, True]
 
 
 def test_shape_mismatch_is_a_failing_record_not_an_exception() -> None:

@@ -8,7 +8,8 @@ import torch
 
 import refbp
 from refbp.verify.cases import CaseSpec
-from refbp.verify.finite_diff import mlp_finite_differences, random_directions
+from refbp.verify.fd_mlp import mlp_finite_differences
+from refbp.verify.finite_diff import random_directions
 from refbp.verify.reference import autograd_gradients, torch_loss
 from refbp.verify.tolerances import FD_STEP
 

@@ -7,18 +7,21 @@ point into autograd raises; (3) its source contains no reference to autograd at 
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Iterator
 
 import pytest
 import torch
 
 import refbp
+import refbp.nn
 import refbp.verify.reference
-from refbp.nn import activations, backward, losses, network
 from refbp.verify.cases import CaseSpec
 
-MANUAL_MODULES = [activations, losses, network, backward]
+MANUAL_MODULES = [importlib.import_module(f"refbp.nn.{m.name}") for m in pkgutil.iter_modules(refbp.nn.__path__)]
+"""Every module of refbp.nn, the manual path: layers, networks, activations, losses."""
 
 FORBIDDEN_ATTRIBUTES = {"autograd", "func", "requires_grad_", "retain_grad", "grad", "enable_grad", "vmap", "jacrev"}
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from refbp.nn.activations import SOFTPLUS_THRESHOLD, get_activation
-from refbp.nn.backward import backward
-from refbp.nn.network import MLP, ForwardCache
+from refbp.nn.mlp import MLP, ForwardCache, backward
 
 
 def _torch_derivative(fn: object, z: torch.Tensor) -> torch.Tensor:
@@ -79,7 +78,7 @@ def _small() -> tuple[MLP, torch.Tensor, torch.Tensor]:
 
 
 def test_backward_from_leaves_the_callers_gradient_untouched_in_every_mode() -> None:
-    from refbp.nn.backward import backward_from
+    from refbp.nn.mlp import backward_from
 
     net, X, _ = _small()
     upstream = torch.randn(5, 2, dtype=torch.float64)
@@ -90,7 +89,7 @@ def test_backward_from_leaves_the_callers_gradient_untouched_in_every_mode() -> 
 
 
 def test_backward_from_releases_the_cache_only_when_asked() -> None:
-    from refbp.nn.backward import backward_from
+    from refbp.nn.mlp import backward_from
 
     net, X, _ = _small()
     upstream = torch.ones(5, 2, dtype=torch.float64)
@@ -110,7 +109,7 @@ def test_backward_keeps_the_cache_by_default_and_gives_the_same_gradients_twice(
 
 
 def test_backward_from_detaches_an_upstream_gradient_that_requires_grad() -> None:
-    from refbp.nn.backward import backward_from
+    from refbp.nn.mlp import backward_from
 
     net, X, _ = _small()
     upstream = torch.ones(5, 2, dtype=torch.float64, requires_grad=True)
@@ -119,7 +118,7 @@ def test_backward_from_detaches_an_upstream_gradient_that_requires_grad() -> Non
 
 
 def test_backward_from_and_released_cache_errors_name_the_argument_and_what_it_got() -> None:
-    from refbp.nn.backward import backward_from
+    from refbp.nn.mlp import backward_from
 
     net, X, y = _small()
     with pytest.raises(

@@ -18,8 +18,7 @@ from refbp.examples.stacked import (
     stacked_gradients,
     train_stack,
 )
-from refbp.nn.backward import backward_from
-from refbp.nn.network import MLP
+from refbp.nn.mlp import MLP, backward_from
 from refbp.verify.reference import TORCH_ACTIVATIONS
 
 

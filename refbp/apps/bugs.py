@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..nn.activations import ACTIVATIONS, get_activation
 from ..nn.losses import LOSSES
-from ..nn.network import MLP, ForwardCache
+from ..nn.mlp import MLP, ForwardCache
 from ..strategies import specs
 from ..verify.cases import CaseSpec
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..nn.activations import get_activation
 from ..nn.losses import get_loss
-from ..nn.network import MLP
+from ..nn.mlp import MLP
 from ..verify.compare import Comparison, compare
 from ..verify.reference import TORCH_ACTIVATIONS, autograd_gradients, torch_loss
 from ..verify.tolerances import tolerance_for
@@ -96,27 +96,27 @@ EQUATIONS: tuple[Equation, ...] = (
     Equation(
         1, "z(i) = a(i-1) W(i)^T + b(i),  a(0) = X", "(N, d_i)",
         "the pre-activation: what f_{i} acts on, kept for f_{i}'(z({i})) in (5)",
-        "refbp.nn.network", "MLP.forward",
+        "refbp.nn.dense", "Dense.forward",
         ("tests/test_explain.py::test_forward_steps_equal_torch_functional",),
     ),
     Equation(
         2, "a(i) = f_i(z(i)),  y_hat = a(L)", "(N, d_i)",
         "layer {i}'s output: the input of layer {next} and, in (6), of dJ/dW({next})",
-        "refbp.nn.network", "MLP.forward",
+        "refbp.nn.dense", "Dense.forward",
         ("tests/test_activations.py::test_forward_matches_torch_function",
          "tests/test_explain.py::test_forward_steps_equal_torch_functional"),
     ),
     Equation(
         3, "J = loss(a(L), y) + lambda/2 sum_i ||W(i)||^2", "()",
         "the one number that training makes small",
-        "refbp.nn.network", "MLP.loss",
+        "refbp.nn.network", "Network.loss",
         ("tests/test_losses.py::test_value_and_gradient_match_torch",
          "tests/test_backward.py::test_weight_decay_adds_lambda_W_to_dJ_dW"),
     ),
     Equation(
         4, "dJ/da(L) = dloss/dy_hat", "(N, d_L)",
         "where the backward pass starts: how J moves with each output",
-        "refbp.nn.backward", "backward",
+        "refbp.nn.network", "Network.backward",
         ("tests/test_losses.py::test_value_and_gradient_match_torch",
          "tests/test_losses.py::test_half_sse_gradient_has_the_sign_of_y_hat_minus_y",
          "tests/test_seed.py::test_seed_sign_of_dJ_dy_hat_fails_and_the_corrected_sign_passes"),
@@ -124,14 +124,14 @@ EQUATIONS: tuple[Equation, ...] = (
     Equation(
         5, "dJ/dz(i) = dJ/da(i) o f_i'(z(i))", "(N, d_i)",
         "layer {i}'s error signal: (6), (7) and (8) all start from it",
-        "refbp.nn.backward", "_backward_layers",
+        "refbp.nn.dense", "Dense.backward",
         ("tests/test_activations.py::test_derivative_matches_autograd_of_torch_function",
          "tests/test_backward.py::test_every_gradient_matches_autograd"),
     ),
     Equation(
         6, "dJ/dW(i) = dJ/dz(i)^T a(i-1) + lambda W(i)", "(d_i, d_{i-1})",
         "what gradient descent subtracts, times a step size, from W({i})",
-        "refbp.nn.backward", "_backward_layers",
+        "refbp.nn.dense", "Dense.backward",
         ("tests/test_backward.py::test_every_gradient_matches_autograd",
          "tests/test_backward.py::test_every_gradient_matches_finite_differences",
          "tests/test_backward.py::test_weight_decay_adds_lambda_W_to_dJ_dW",
@@ -140,21 +140,21 @@ EQUATIONS: tuple[Equation, ...] = (
     Equation(
         7, "dJ/db(i) = dJ/dz(i)^T 1  (sum over the batch)", "(d_i,)",
         "what gradient descent subtracts, times a step size, from b({i})",
-        "refbp.nn.backward", "_backward_layers",
+        "refbp.nn.dense", "Dense.backward",
         ("tests/test_backward.py::test_every_gradient_matches_autograd",
          "tests/test_backward.py::test_every_gradient_matches_finite_differences"),
     ),
     Equation(
         8, "dJ/da(i-1) = dJ/dz(i) W(i)", "(N, d_{i-1})",
         "handed down to layer {prev}, where (5) turns it into dJ/dz({prev})",
-        "refbp.nn.backward", "_backward_layers",
+        "refbp.nn.dense", "Dense.backward",
         ("tests/test_backward.py::test_every_gradient_matches_autograd",
          "tests/test_backward.py::test_seed_network_every_gradient_including_dJ_dX"),
     ),
     Equation(
         9, "dJ/dX = dJ/da(0)", "(N, d_0)",
         "trains whatever produced X: an embedding, a lower network (why_dJ_dX)",
-        "refbp.nn.backward", "_backward_layers",
+        "refbp.nn.network", "Network._backward",
         ("tests/test_backward.py::test_seed_network_every_gradient_including_dJ_dX",
          "tests/test_why_dJ_dX.py::test_upper_dJ_dX_trains_the_lower_network_as_autograd_does"),
     ),

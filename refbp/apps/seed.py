@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..nn.network import MLP
+from ..nn.mlp import MLP
 from ..verify.check import CheckResult, check
 
 __all__ = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..nn.network import MLP
+from ..nn.mlp import MLP
 from .saliency import train
 
 __all__ = ["EPSILON", "Attack", "fgsm", "main", "make_data"]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..nn.backward import Gradients
-from ..nn.network import MLP
+from ..nn.mlp import MLP, Gradients
 
 __all__ = ["gradient_descent_step"]
 

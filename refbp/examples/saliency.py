@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..nn.backward import backward_from
-from ..nn.network import MLP
+from ..nn.mlp import MLP, backward_from
 from .descent import gradient_descent_step
 
 __all__ = ["RELEVANT_FEATURES", "Saliency", "main", "make_data", "output_gradient", "saliency", "train"]

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..apps.seed import seed_point
-from ..nn.backward import Gradients, backward_from
-from ..nn.network import MLP
+from ..nn.mlp import MLP, Gradients, backward_from
 from ..verify.compare import Comparison, compare
 from ..verify.reference import TORCH_ACTIVATIONS, TORCH_LOSSES
 from ..verify.tolerances import tolerance_for

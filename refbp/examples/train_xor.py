@@ -20,7 +20,7 @@ import torch
 
 from ..apps.io import write_atomic
 from ..apps.seed import seed_network, seed_point
-from ..nn.network import MLP
+from ..nn.mlp import MLP
 from .descent import gradient_descent_step
 
 __all__ = ["LEARNING_RATE", "STEPS", "TrainingCurves", "main", "plot", "train_autograd", "train_manual", "train_xor"]

@@ -10,8 +10,12 @@ storage. The common activations (identity, sigmoid, tanh, relu) do it in at most
 over the (N, d) tensor and no new one; that is what keeps the manual backward pass as fast
 as autograd's fused kernels (see benchmarks/). The others multiply by ``derivative``.
 
+Each record also carries its oracle, ``torch_fn`` (torch's own implementation, which
+refbp.verify differentiates with autograd and perturbs with finite differences), the torch
+module it corresponds to, and its ``pieces``: where a piecewise definition changes formula.
+
 Conventions at the kinks follow torch, so that autograd can be the oracle:
-relu'(0) = 0 and leaky_relu'(0) = 0.01.
+relu'(0) = 0 and leaky_relu'(0) = slope.
 """
 
 from __future__ import annotations
@@ -21,20 +25,40 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "LEAKY_RELU_SLOPE", "Activation", "get_activation"]
+from .pieces import Pieces
+
+__all__ = [
+    "ACTIVATIONS",
+    "LEAKY_RELU_SLOPE",
+    "SOFTPLUS_THRESHOLD",
+    "Activation",
+    "elu",
+    "gelu",
+    "get_activation",
+    "leaky_relu",
+    "softplus",
+]
 
 LEAKY_RELU_SLOPE = 0.01
 """Slope of leaky_relu for z < 0; torch.nn.functional.leaky_relu's default."""
 
+SOFTPLUS_THRESHOLD = 20.0
+"""torch.nn.functional.softplus returns z itself where beta z > 20; we do the same, so the
+derivative there is exactly 1 (sigmoid(20) differs from 1 by 2e-9)."""
+
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_CUBIC = 0.044715
+"""The cubic coefficient of GELU's tanh approximation (Hendrycks and Gimpel; torch's value)."""
 
 
 @dataclass(frozen=True)
 class Activation:
-    """One activation: its forward map, its derivative and the formula for both.
+    """One activation: its forward map, its derivative, the formula for both, and its oracle.
 
     Attributes:
         name: the name used in ``MLP(activations=[...])``.
@@ -44,8 +68,10 @@ class Activation:
         derivative_of: "a" when f'(z) is exactly a function of a = f(z) (sigmoid, tanh,
             relu, ...), so the forward pass need not keep z; "z" otherwise.
         equation: f and f' in plain text, as printed by ``refbp explain``.
-        kinked: True when f' jumps at z = 0 (relu, leaky_relu); finite differences that
-            straddle z = 0 there are meaningless.
+        torch_fn: torch's own implementation of f (the oracle; never used by the manual path).
+        torch_module: a factory of the equivalent ``torch.nn`` module.
+        pieces: where f changes formula (relu at 0, softplus at its threshold), or None for
+            a function with one formula everywhere.
         chain_in_place: (t, dJ_da) -> dJ_da o f'(z), computed in dJ_da's storage; None to
             use ``derivative``. Always call it through :meth:`chain`.
     """
@@ -55,7 +81,9 @@ class Activation:
     derivative: Callable[[Tensor], Tensor]
     derivative_of: str
     equation: str
-    kinked: bool = False
+    torch_fn: Callable[[Tensor], Tensor]
+    torch_module: Callable[[], torch.nn.Module]
+    pieces: Pieces | None = None
     chain_in_place: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def chain(self, t: Tensor, dJ_da: Tensor) -> Tensor:
@@ -66,6 +94,11 @@ class Activation:
         if self.chain_in_place is not None:
             return self.chain_in_place(t, dJ_da)
         return dJ_da.mul_(self.derivative(t))  # dJ/da <- dJ/da o f'(z)
+
+    @property
+    def kinked(self) -> bool:
+        """True when f' jumps somewhere (relu, leaky_relu): a kink, not just a seam."""
+        return self.pieces is not None and self.name in ("relu", "leaky_relu")
 
 
 # ---- identity -------------------------------------------------------------------------
@@ -121,34 +154,58 @@ def _relu_chain(a: Tensor, dJ_da: Tensor) -> Tensor:
     return dJ_da.mul_(torch.sign(a))  # dJ/da o f'(z)
 
 
-# ---- leaky_relu -----------------------------------------------------------------------
-def _leaky_relu(z: Tensor) -> Tensor:
-    return torch.where(z > 0, z, z * LEAKY_RELU_SLOPE)  # z if z > 0 else 0.01 z
+_KINK_AT_0 = Pieces((0.0,), "z = 0")
 
 
-def _leaky_relu_derivative(a: Tensor) -> Tensor:
-    # f'(z) = 1 if z > 0 else 0.01   (0.01 at z = 0, as torch); a > 0 exactly when z > 0
-    return torch.full_like(a, LEAKY_RELU_SLOPE).masked_fill_(a > 0, 1.0)
+# ---- leaky_relu (any slope > 0) ----------------------------------------------------------
+def leaky_relu(slope: float = LEAKY_RELU_SLOPE) -> Activation:
+    """leaky_relu with the given negative slope (torch.nn.LeakyReLU(negative_slope))."""
+    _check_positive(slope, "slope")
+
+    def f(z: Tensor) -> Tensor:
+        return torch.where(z > 0, z, z * slope)  # z if z > 0 else slope z
+
+    def derivative(a: Tensor) -> Tensor:
+        # f'(z) = 1 if z > 0 else slope   (slope at z = 0, as torch); a > 0 exactly when z > 0
+        return torch.full_like(a, slope).masked_fill_(a > 0, 1.0)
+
+    return Activation(
+        "leaky_relu", f, derivative, "a",
+        f"a = z if z > 0 else {slope:g} z ;  f'(z) = 1 if z > 0 else {slope:g}",
+        torch_fn=lambda z: F.leaky_relu(z, slope),
+        torch_module=lambda: torch.nn.LeakyReLU(slope),
+        pieces=_KINK_AT_0,
+    )  # fmt: skip
 
 
-# ---- softplus -------------------------------------------------------------------------
-SOFTPLUS_THRESHOLD = 20.0
-"""torch.nn.functional.softplus returns z itself for z > 20 (beta = 1); we do the same, so the
-derivative there is exactly 1 (sigmoid(20) differs from 1 by 2e-9)."""
+# ---- softplus (beta > 0, threshold) ------------------------------------------------------
+def softplus(beta: float = 1.0, threshold: float = SOFTPLUS_THRESHOLD) -> Activation:
+    """softplus as torch.nn.Softplus(beta, threshold): log(1 + e^(beta z)) / beta, and z
+    itself where beta z > threshold."""
+    _check_positive(beta, "beta")
+
+    def f(z: Tensor) -> Tensor:
+        bz = z * beta
+        # log(1 + exp(bz)) = max(bz, 0) + log1p(exp(-|bz|)): no overflow at any z
+        a = torch.clamp_min(bz, 0.0).add_(torch.log1p(torch.exp(-torch.abs(bz)))).div_(beta)
+        return torch.where(bz > threshold, z, a)
+
+    def derivative(z: Tensor) -> Tensor:
+        # f'(z) = sigmoid(beta z)   (exactly 1 above the threshold, where f(z) = z)
+        bz = z * beta
+        return torch.where(bz > threshold, 1.0, torch.sigmoid(bz)).to(z.dtype)
+
+    b = "" if beta == 1.0 else f"{beta:g} "
+    return Activation(
+        "softplus", f, derivative, "z",
+        f"a = log(1 + e^({b}z)){'' if beta == 1.0 else f' / {beta:g}'} ;  f'(z) = sigmoid({b}z)",
+        torch_fn=lambda z: F.softplus(z, beta, threshold),
+        torch_module=lambda: torch.nn.Softplus(beta, threshold),
+        pieces=Pieces((threshold / beta,), f"z = {threshold / beta:g} (torch's threshold)"),
+    )  # fmt: skip
 
 
-def _softplus(z: Tensor) -> Tensor:
-    # log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)): no overflow at any z
-    a = torch.clamp_min(z, 0.0).add_(torch.log1p(torch.exp(-torch.abs(z))))
-    return torch.where(z > SOFTPLUS_THRESHOLD, z, a)
-
-
-def _softplus_derivative(z: Tensor) -> Tensor:
-    # f'(z) = sigmoid(z)   (exactly 1 above the threshold, where f(z) = z)
-    return torch.where(z > SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(z)).to(z.dtype)
-
-
-# ---- gelu (exact, erf form: torch's default approximate="none") ------------------------
+# ---- gelu: exact (erf) or tanh approximation ----------------------------------------------
 def _gelu(z: Tensor) -> Tensor:
     Phi = torch.erf(z * _INV_SQRT_2).add_(1.0).mul_(0.5)  # Phi(z), the normal CDF
     return Phi.mul_(z)  # z Phi(z)
@@ -159,6 +216,39 @@ def _gelu_derivative(z: Tensor) -> Tensor:
     Phi = torch.erf(z * _INV_SQRT_2).add_(1.0).mul_(0.5)
     z_phi = torch.mul(z, z).mul_(-0.5).exp_().mul_(_INV_SQRT_2PI).mul_(z)
     return Phi.add_(z_phi)
+
+
+def _gelu_tanh(z: Tensor) -> Tensor:
+    u = torch.mul(z, z).mul_(_GELU_CUBIC).add_(1.0).mul_(z).mul_(_SQRT_2_OVER_PI)  # u = c (z + k z^3)
+    return torch.tanh(u).add_(1.0).mul_(z).mul_(0.5)  # 1/2 z (1 + tanh u)
+
+
+def _gelu_tanh_derivative(z: Tensor) -> Tensor:
+    # f'(z) = 1/2 (1 + t) + 1/2 z (1 - t^2) c (1 + 3 k z^2),   t = tanh(u), u = c (z + k z^3)
+    z2 = torch.mul(z, z)
+    u = (z2 * _GELU_CUBIC).add_(1.0).mul_(z).mul_(_SQRT_2_OVER_PI)
+    t = torch.tanh(u)
+    du_dz = z2.mul_(3.0 * _GELU_CUBIC).add_(1.0).mul_(_SQRT_2_OVER_PI)  # c (1 + 3 k z^2)
+    slope = torch.mul(t, t).neg_().add_(1.0).mul_(du_dz).mul_(z).mul_(0.5)  # 1/2 z (1 - t^2) du/dz
+    return t.add_(1.0).mul_(0.5).add_(slope)
+
+
+def gelu(approximate: str = "none") -> Activation:
+    """GELU as torch.nn.GELU(approximate): "none" is the exact z Phi(z), "tanh" the
+    approximation 1/2 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))."""
+    if approximate == "none":
+        return Activation(
+            "gelu", _gelu, _gelu_derivative, "z", "a = z Phi(z) ;  f'(z) = Phi(z) + z phi(z)",
+            torch_fn=F.gelu, torch_module=lambda: torch.nn.GELU(),
+        )  # fmt: skip
+    if approximate == "tanh":
+        return Activation(
+            "gelu_tanh", _gelu_tanh, _gelu_tanh_derivative, "z",
+            "a = 1/2 z (1 + tanh u), u = sqrt(2/pi) (z + 0.044715 z^3) ;  "
+            "f'(z) = 1/2 (1 + tanh u) + 1/2 z (1 - tanh^2 u) du/dz",
+            torch_fn=lambda z: F.gelu(z, approximate="tanh"), torch_module=lambda: torch.nn.GELU("tanh"),
+        )  # fmt: skip
+    raise ValueError(f"approximate={approximate!r}; expected 'none' (exact erf form) or 'tanh'")
 
 
 # ---- silu -----------------------------------------------------------------------------
@@ -172,81 +262,65 @@ def _silu_derivative(z: Tensor) -> Tensor:
     return (1.0 - s).mul_(z).add_(1.0).mul_(s)
 
 
-# ---- elu (alpha = 1) ------------------------------------------------------------------
-def _elu(z: Tensor) -> Tensor:
-    return torch.where(z > 0, z, torch.expm1(torch.clamp_max(z, 0.0)))  # z if z > 0 else e^z - 1
+# ---- elu (alpha > 0) ------------------------------------------------------------------
+def elu(alpha: float = 1.0) -> Activation:
+    """elu as torch.nn.ELU(alpha): z for z > 0, alpha (e^z - 1) otherwise."""
+    _check_positive(alpha, "alpha")
+
+    def f(z: Tensor) -> Tensor:
+        return torch.where(z > 0, z, torch.expm1(torch.clamp_max(z, 0.0)) * alpha)  # alpha (e^z - 1) for z <= 0
+
+    def derivative(z: Tensor) -> Tensor:
+        # f'(z) = 1 if z > 0 else alpha e^z   (from z, not a + alpha, which loses digits as a -> -alpha)
+        return torch.where(z > 0, 1.0, torch.exp(torch.clamp_max(z, 0.0)) * alpha).to(z.dtype)
+
+    a = "" if alpha == 1.0 else f"{alpha:g} "
+    return Activation(
+        "elu", f, derivative, "z",
+        f"a = z if z > 0 else {a}(e^z - 1) ;  f'(z) = 1 if z > 0 else {a}e^z",
+        torch_fn=lambda z: F.elu(z, alpha), torch_module=lambda: torch.nn.ELU(alpha),
+        # f' is continuous at 0 only for alpha = 1, and f'' jumps there for every alpha: a
+        # central difference straddling 0 errs by about h/4, above the finite-difference tolerance
+        pieces=Pieces((0.0,), "z = 0 (f'' jumps)"),
+    )  # fmt: skip
 
 
-def _elu_derivative(z: Tensor) -> Tensor:
-    # f'(z) = 1 if z > 0 else e^z   (e^z from z, not a + 1, which loses digits as a -> -1)
-    return torch.where(z > 0, 1.0, torch.exp(torch.clamp_max(z, 0.0))).to(z.dtype)
+def _check_positive(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a finite number > 0")
 
 
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
         Activation(
-            "identity", _identity, _identity_derivative, "a", "a = z ;  f'(z) = 1", chain_in_place=_identity_chain
+            "identity", _identity, _identity_derivative, "a", "a = z ;  f'(z) = 1",
+            torch_fn=lambda z: z, torch_module=torch.nn.Identity, chain_in_place=_identity_chain,
         ),
         Activation(
-            "sigmoid",
-            _sigmoid,
-            _sigmoid_derivative,
-            "a",
-            "a = 1 / (1 + e^-z) ;  f'(z) = a (1 - a)",
-            chain_in_place=_sigmoid_chain,
+            "sigmoid", _sigmoid, _sigmoid_derivative, "a", "a = 1 / (1 + e^-z) ;  f'(z) = a (1 - a)",
+            torch_fn=torch.sigmoid, torch_module=torch.nn.Sigmoid, chain_in_place=_sigmoid_chain,
         ),
         Activation(
-            "tanh", torch.tanh, _tanh_derivative, "a", "a = tanh z ;  f'(z) = 1 - a^2", chain_in_place=_tanh_chain
+            "tanh", torch.tanh, _tanh_derivative, "a", "a = tanh z ;  f'(z) = 1 - a^2",
+            torch_fn=torch.tanh, torch_module=torch.nn.Tanh, chain_in_place=_tanh_chain,
         ),
         Activation(
-            "relu",
-            _relu,
-            _relu_derivative,
-            "a",
-            "a = max(z, 0) ;  f'(z) = [z > 0]",
-            kinked=True,
-            chain_in_place=_relu_chain,
+            "relu", _relu, _relu_derivative, "a", "a = max(z, 0) ;  f'(z) = [z > 0]",
+            torch_fn=F.relu, torch_module=torch.nn.ReLU, pieces=_KINK_AT_0, chain_in_place=_relu_chain,
         ),
+        leaky_relu(),
+        softplus(),
+        gelu("none"),
+        gelu("tanh"),
         Activation(
-            "leaky_relu",
-            _leaky_relu,
-            _leaky_relu_derivative,
-            "a",
-            "a = z if z > 0 else 0.01 z ;  f'(z) = 1 if z > 0 else 0.01",
-            kinked=True,
+            "silu", _silu, _silu_derivative, "z", "a = z s, s = sigmoid(z) ;  f'(z) = s (1 + z (1 - s))",
+            torch_fn=F.silu, torch_module=torch.nn.SiLU,
         ),
-        Activation(
-            "softplus",
-            _softplus,
-            _softplus_derivative,
-            "z",
-            "a = log(1 + e^z) ;  f'(z) = sigmoid(z)",
-        ),
-        Activation(
-            "gelu",
-            _gelu,
-            _gelu_derivative,
-            "z",
-            "a = z Phi(z) ;  f'(z) = Phi(z) + z phi(z)",
-        ),
-        Activation(
-            "silu",
-            _silu,
-            _silu_derivative,
-            "z",
-            "a = z s, s = sigmoid(z) ;  f'(z) = s (1 + z (1 - s))",
-        ),
-        Activation(
-            "elu",
-            _elu,
-            _elu_derivative,
-            "z",
-            "a = z if z > 0 else e^z - 1 ;  f'(z) = 1 if z > 0 else e^z",
-        ),
+        elu(),
     )
-}
-"""Every activation refbp knows, by name."""
+}  # fmt: skip
+"""Every activation refbp knows, by name, with torch's default parameters."""
 
 
 def get_activation(name: object, *, argument: str = "activation") -> Activation:

@@ -1,33 +1,45 @@
-"""The multilayer perceptron, its parameters and the forward pass that fills the z/a cache.
+"""Network: any stack of layers with a loss, its manual forward and backward pass, its oracle.
 
-Forward pass, one row per observation (X is (N, d_0)), for layers i = 1 .. L:
+    net = Network([Linear(W1, b1), Elementwise("tanh"), LayerNorm(gamma, beta), Linear(W2, b2)], "mse")
+    cache = net.forward(X)            # cache.a[l]: layer l's output, a[0] = X
+    J = net.loss(cache, y)
+    grads = net.backward(cache, y)    # grads["W1"], grads["a2"], grads["X"], ...: dJ/d(that)
 
-    (1)  z(i) = a(i-1) W(i)^T + b(i)        W(i): (d_i, d_{i-1}),  b(i): (d_i,),  z(i): (N, d_i)
-    (2)  a(i) = f_i(z(i))                   a(0) = X,  y_hat = a(L)
-    (3)  J = loss(a(L), y) + lambda/2 sum_i ||W(i)||_F^2
+Layer l (from 1) names its tensors with keys at path (l,): "W1", "b1", "a1", "gamma3", ...;
+the input is "X" (refbp.nn.keys). The forward and backward loops are refbp.nn.stack's, and
+know nothing of any particular layer. A parameter tensor that appears in two layers (a tied
+weight: pass the same tensor object) has one key, the first, and its gradient is the sum of
+both uses.
 
-W(i) has torch.nn.Linear's layout (d_out, d_in), so refbp and torch share parameters as is.
+The oracle of the whole network, ``torch_J``, chains the layers' torch oracles and the loss's
+torch function: refbp.verify differentiates it with autograd and perturbs it for finite
+differences. It is the one torch definition of the network's function.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .activations import Activation, get_activation
+from .keys import Key, sort_names
+from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
 from .losses import Loss, get_loss
-from .validation import check_finite, check_same_dtype_device, check_tensor, describe
+from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
+from .validation import (
+    FLOAT_DTYPES,
+    check_finite,
+    check_fits_in_memory,
+    check_same_dtype_device,
+    check_tensor,
+    describe,
+)
 
-if TYPE_CHECKING:
-    from .backward import Gradients
-
-__all__ = ["MLP", "ForwardCache", "resolve_device"]
+__all__ = ["Cache", "Network", "NetworkGradients", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -40,37 +52,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device={device!r} is not a device; expected 'auto', 'cpu' or 'cuda[:k]'") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA GPU here")
+    if resolved.type == "meta":
+        raise ValueError(f"device={device!r}: the meta device holds no values to compute with")
     return resolved
 
 
-_RELEASED = torch.empty(0)
-"""What a released cache entry holds: no data (a real a(i) always has N, d_i >= 1)."""
-
-
 @dataclass
-class ForwardCache:
-    """Everything the forward pass computed, indexed as in the equations.
+class Cache(StackCache):
+    """Everything a network's forward pass computed.
 
     Attributes:
-        a: a[0] = X (N, d_0) and a[i] = f_i(z(i)) (N, d_i) for i = 1 .. L.
-        z: z[0] = None (the input has no pre-activation) and z[i] (N, d_i) for i = 1 .. L;
-            z[i] is also None when the forward pass ran with ``keep_z=False`` and layer i's
-            derivative reads a(i) instead (sigmoid, tanh, relu, leaky_relu, identity).
+        a: a[0] = X, a[l] = layer l's output (l = 1 .. L).
+        saved: saved[l] = what layer l's backward needs besides a[l-1] and a[l] (e.g. z(l)).
+        noise: the random draws made (dropout keep-masks), by layer path.
+        released: True once ``backward(..., release_cache=True)`` has dropped the entries.
     """
 
-    a: list[Tensor]
-    z: list[Tensor | None]
+    noise: dict[tuple[int, ...], Tensor] = field(default_factory=dict)
     released: bool = False
-
-    def release(self, i: int) -> None:
-        """Drop a(i) and z(i), i >= 1, once the backward pass has used them for the last time.
-
-        Only ``backward(..., release_cache=True)`` calls this: like autograd freeing its saved
-        tensors during ``J.backward()``, it keeps a training step's peak memory down, and the
-        cache cannot be used again afterwards."""
-        self.a[i] = _RELEASED
-        self.z[i] = None
-        self.released = True
 
     @property
     def L(self) -> int:
@@ -79,255 +78,425 @@ class ForwardCache:
 
     @property
     def X(self) -> Tensor:
-        """The input a(0), (N, d_0)."""
+        """The input a(0)."""
         return self.a[0]
 
     @property
     def y_hat(self) -> Tensor:
-        """The output a(L), (N, d_L)."""
+        """The output a(L)."""
         return self.a[-1]
 
 
-@dataclass
-class MLP:
-    """A multilayer perceptron with a manual forward and backward pass.
+class NetworkGradients:
+    """Every gradient of J a backward pass computed: dJ/d(parameter), dJ/d(intermediate), dJ/dX.
 
-    Build one with :meth:`from_params` or :meth:`random`. ``weights[i-1]`` is W(i) and
-    ``biases[i-1]`` is b(i): Python lists start at 0, layers at 1.
+    ``grads["W1"]``, ``grads.as_dict()`` (names in key order), ``grads.dJ_dX``, and
+    ``grads.torch_named()``: the parameter gradients under the names of the network's torch
+    module (``to_torch().named_parameters()``), plus "input" for dJ/dX."""
 
-    Attributes:
-        weights: [W(1), ..., W(L)], W(i) of shape (d_i, d_{i-1}).
-        biases: [b(1), ..., b(L)], b(i) of shape (d_i,).
-        activations: [f_1, ..., f_L] by name (see ``refbp.activations.ACTIVATIONS``).
-        loss_name: the loss by name (see ``refbp.losses.LOSSES``).
-        weight_decay: lambda >= 0 in eq. (3).
+    def __init__(self, values: dict[str, Tensor], network: Network) -> None:
+        self._values = {name: values[name] for name in sort_names(list(values))}
+        self._network = network
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._values:
+            raise KeyError(f"no gradient for {name!r}; there are {list(self._values)}")
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """name -> dJ/d(that), in key order."""
+        return dict(self._values)
+
+    @property
+    def dJ_dX(self) -> Tensor:
+        """dJ/dX, the input's shape (not defined when the input holds token indices)."""
+        if "X" not in self._values:
+            raise KeyError("this network's input holds integers (token indices): dJ/dX is not defined")
+        return self._values["X"]
+
+    def torch_named(self) -> dict[str, Tensor]:
+        """Parameter gradients under torch's names (``to_torch().named_parameters()``; a tied
+        weight under each of its names, the same tensor), plus "input" for dJ/dX."""
+        out: dict[str, Tensor] = {}
+        for name, torch_names in self._network.torch_parameter_names().items():
+            if name in self._values:
+                out.update(dict.fromkeys(torch_names, self._values[name]))
+        if "X" in self._values:
+            out["input"] = self._values["X"]
+        return out
+
+
+class Network:
+    """A stack of layers and a loss, with a manual forward and backward pass.
+
+    Args:
+        layers: the layers, input first (refbp.nn.layers).
+        loss: a loss name or record (refbp.nn.losses).
+        weight_decay: lambda >= 0: J gains lambda/2 ||W||^2 for every weight of a linear map.
     """
 
-    weights: list[Tensor]
-    biases: list[Tensor]
-    activations: list[str]
-    loss_name: str
-    weight_decay: float = 0.0
+    def __init__(self, layers: Sequence[Layer], loss: str | Loss, *, weight_decay: float = 0.0) -> None:
+        if isinstance(layers, Layer) or not isinstance(layers, Sequence) or not layers:
+            raise TypeError(f"layers must be a non-empty list of refbp layers, got {type(layers).__name__}")
+        for l, layer in enumerate(layers, start=1):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{l - 1}] must be a refbp layer, got {type(layer).__name__}")
+        self.layers = list(layers)
+        self.loss_fn = get_loss(loss)
+        if (
+            isinstance(weight_decay, bool)
+            or not isinstance(weight_decay, (int, float))
+            or not math.isfinite(weight_decay)
+            or weight_decay < 0
+        ):
+            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
+        self.weight_decay = float(weight_decay)
+        self._adopt_parameters()
 
-    def __post_init__(self) -> None:
-        self._validate()
-        # Plain tensors with no autograd history: the manual path never builds a graph.
-        self.weights = [W.detach() for W in self.weights]
-        self.biases = [b.detach() for b in self.biases]
+    # ---- parameters -----------------------------------------------------------------------
+    def _walk(self) -> Iterator[tuple[tuple[int, ...], Layer]]:
+        """Every layer and sub-layer with its path, depth first, in order."""
 
-    # ---- construction -------------------------------------------------------------------
-    @classmethod
-    def from_params(
-        cls,
-        *,
-        weights: Sequence[Tensor],
-        biases: Sequence[Tensor],
-        activations: Sequence[str],
-        loss: str,
-        weight_decay: float = 0.0,
-    ) -> MLP:
-        """A network from given parameters: W(i) (d_i, d_{i-1}) and b(i) (d_i,), in layer order."""
-        for argument, value in (("weights", weights), ("biases", biases), ("activations", activations)):
-            if isinstance(value, (str, Tensor)) or not isinstance(value, Sequence):
-                raise TypeError(f"{argument} must be a list, one entry per layer, got {type(value).__name__}")
-        return cls(list(weights), list(biases), list(activations), loss, weight_decay)
+        def walk(layers: Sequence[Layer], prefix: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], Layer]]:
+            for l, layer in enumerate(layers, start=1):
+                path = (*prefix, l)
+                yield path, layer
+                yield from walk(layer.sublayers(), path)
 
-    @classmethod
-    def random(
-        cls,
-        dims: Sequence[int],
-        *,
-        activations: Sequence[str],
-        loss: str,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float64,
-        device: str | torch.device = "cpu",
-        weight_decay: float = 0.0,
-    ) -> MLP:
-        """A network with dims [d_0, ..., d_L], initialised as torch.nn.Linear does:
-        W(i), b(i) ~ U(-1/sqrt(d_{i-1}), 1/sqrt(d_{i-1})), drawn on the CPU from ``seed`` so
-        that every device gets the same numbers. ``device="auto"`` picks CUDA when present."""
-        if isinstance(dims, (str, Tensor)) or not isinstance(dims, Sequence) or len(dims) < 2:
-            raise ValueError(f"dims={dims!r} must list at least two sizes [d_0, d_1, ...]")
-        for k, d in enumerate(dims):
-            if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-                raise ValueError(f"dims[{k}]={d!r} must be a positive int; got dims={list(dims)}")
-        if isinstance(activations, str) or not isinstance(activations, Sequence):
-            raise TypeError(f"activations must be a list of names, got {type(activations).__name__}")
-        if dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
-            raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
-        target = resolve_device(device)
-        generator = torch.Generator().manual_seed(seed)
-        weights, biases = [], []
-        for d_in, d_out in itertools.pairwise(dims):  # (d_{i-1}, d_i)
-            bound = 1.0 / math.sqrt(d_in)
-            W = torch.empty(d_out, d_in, dtype=torch.float64).uniform_(-bound, bound, generator=generator)
-            b = torch.empty(d_out, dtype=torch.float64).uniform_(-bound, bound, generator=generator)
-            weights.append(W.to(dtype=dtype, device=target))
-            biases.append(b.to(dtype=dtype, device=target))
-        return cls(weights, biases, list(activations), loss, weight_decay)
+        return walk(self.layers, ())
 
-    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MLP:
-        """A copy of this network with parameters converted to ``dtype`` and/or ``device``."""
-        target = None if device is None else resolve_device(device)
-        return MLP(
-            [W.to(dtype=dtype, device=target) for W in self.weights],
-            [b.to(dtype=dtype, device=target) for b in self.biases],
-            list(self.activations),
-            self.loss_name,
-            self.weight_decay,
-        )
+    def _adopt_parameters(self) -> None:
+        """Detach every parameter (the manual path builds no graph), check dtypes, devices and
+        values, and find tied parameters: the same tensor object in two places."""
+        first: dict[int, Key] = {}
+        detached: dict[int, Tensor] = {}
+        self.ties: dict[Key, Key] = {}
+        reference: Tensor | None = None
+        for path, layer in self._walk():
+            for kind, t in list(layer.params.items()):
+                key = Key(kind, path)
+                name = f"{key} ({layer.describe()}.{kind})"
+                if id(t) in first:
+                    self.ties[key] = first[id(t)]
+                    layer.params[kind] = detached[id(t)]
+                    continue
+                check_tensor(t, name)
+                if t.numel() == 0:
+                    raise ValueError(f"{name} has no entries ({describe(t)}); every size must be >= 1")
+                if reference is None:
+                    reference = t
+                check_same_dtype_device(t, name, dtype=reference.dtype, device=reference.device)
+                check_finite(t, name)
+                first[id(t)] = key
+                detached[id(t)] = t.detach()
+                layer.params[kind] = detached[id(t)]
+        self._dtype = reference.dtype if reference is not None else torch.float64
+        self._device = reference.device if reference is not None else torch.device("cpu")
 
-    # ---- properties ---------------------------------------------------------------------
-    @property
-    def L(self) -> int:
-        """Number of layers (weight matrices)."""
-        return len(self.weights)
+    def parameters(self) -> dict[str, Tensor]:
+        """name -> parameter tensor, every parameter once (a tied one under its first key)."""
+        out: dict[str, Tensor] = {}
+        for path, layer in self._walk():
+            for kind, t in layer.params.items():
+                key = Key(kind, path)
+                if key not in self.ties:
+                    out[str(key)] = t
+        return out
 
-    @property
-    def dims(self) -> list[int]:
-        """[d_0, d_1, ..., d_L]."""
-        return [self.weights[0].shape[1]] + [W.shape[0] for W in self.weights]
+    def parameter_keys(self) -> list[Key]:
+        """The keys of ``parameters()``, in order."""
+        return [Key.parse(name) for name in self.parameters()]
+
+    def set_parameter(self, name: str, value: Tensor) -> None:
+        """Replace parameter ``name`` (and every layer that shares it) with ``value``."""
+        key = Key.parse(name)
+        targets = [k for k in (key, *(k for k, v in self.ties.items() if v == key))]
+        for path, layer in self._walk():
+            for kind in layer.params:
+                if Key(kind, path) in targets:
+                    layer.params[kind] = value
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.weights[0].dtype
+        return self._dtype
 
     @property
     def device(self) -> torch.device:
-        return self.weights[0].device
+        return self._device
 
     @property
-    def layer_activations(self) -> list[Activation]:
-        """[f_1, ..., f_L] as Activation records."""
-        return [get_activation(name) for name in self.activations]
+    def L(self) -> int:
+        """Number of layers."""
+        return len(self.layers)
 
     @property
-    def loss_fn(self) -> Loss:
-        """The loss as a Loss record."""
-        return get_loss(self.loss_name)
+    def takes_indices(self) -> bool:
+        """True when the input holds integer indices (the first layer is an embedding)."""
+        return bool(getattr(self.layers[0], "takes_indices", False))
 
-    # ---- the forward pass ---------------------------------------------------------------
-    def forward(self, X: Tensor, *, keep_z: bool = True) -> ForwardCache:
-        """Run eqs. (1)-(2) for every layer and keep every z(i) and a(i).
+    @property
+    def loss_name(self) -> str:
+        return self.loss_fn.name
 
-        Args:
-            X: the input, (N, d_0), same dtype and device as the parameters, N >= 1.
-            keep_z: keep every z(i) (the default, what the teaching API shows). With False,
-                z(i) is dropped for layers whose derivative reads a(i) (sigmoid, tanh, relu,
-                leaky_relu, identity): the backward pass is the same, the cache smaller.
-        """
-        X = self.check_input(X)
-        a: list[Tensor] = [X]  # a[0] = X          (N, d_0)
-        z: list[Tensor | None] = [None]  # no pre-activation for the input
-        for i in range(1, self.L + 1):
-            W, b = self.weights[i - 1], self.biases[i - 1]  # (d_i, d_{i-1}), (d_i,)
-            z_i = torch.addmm(b, a[i - 1], W.T)  # (1) z(i) = a(i-1) W(i)^T + b(i)   (N, d_i)
-            act = get_activation(self.activations[i - 1])
-            a_i = act.f(z_i)  # (2) a(i) = f_i(z(i))                 (N, d_i)
-            a.append(a_i)
-            z.append(z_i if keep_z or act.derivative_of == "z" else None)
-        return ForwardCache(a=a, z=z)
+    @property
+    def training(self) -> bool:
+        return all(layer.training for _, layer in self._walk())
 
-    def loss(self, cache: ForwardCache, y: Tensor) -> Tensor:
-        """J, eq. (3): the loss of the output a(L) against y, plus weight decay; 0-dim tensor."""
-        y = self.check_targets(y, cache)
-        J = self.loss_fn.value(cache.y_hat, y)
-        if self.weight_decay:
-            J = J + 0.5 * self.weight_decay * sum(torch.sum(W * W) for W in self.weights)
-        return J
+    def train(self, mode: bool = True) -> Network:
+        """Training mode (BatchNorm uses batch statistics, Dropout draws masks); returns self."""
+        for layer in self.layers:
+            layer.set_training(mode)
+        return self
 
-    def backward(
-        self, cache: ForwardCache, y: Tensor, *, intermediates: bool = True, release_cache: bool = False
-    ) -> Gradients:
-        """Every gradient of J, by hand, from the cache (eqs. 4-9); see ``refbp.backward``."""
-        from .backward import backward
+    def eval(self) -> Network:
+        """Eval mode (BatchNorm uses its running statistics, Dropout is the identity); returns self."""
+        return self.train(False)
 
-        return backward(self, cache, y, intermediates=intermediates, release_cache=release_cache)
+    def names(self) -> list[str]:
+        """The names ``backward(...).as_dict()`` holds, in order: every layer's parameters,
+        intermediates and output, then X (when the input is not a tensor of indices)."""
+        keys = [key for key in stack_keys(self.layers, ()) if key not in self.ties]
+        names = [str(key) for key in keys]
+        return [*names, "X"] if not self.takes_indices else names
 
-    # ---- validation ---------------------------------------------------------------------
+    def describe(self) -> str:
+        """The layers in one line."""
+        return " -> ".join(layer.describe() for layer in self.layers) + f", loss {self.loss_name}"
+
+    # ---- the forward pass -----------------------------------------------------------------
     def check_input(self, X: object) -> Tensor:
-        """X must be a finite (N, d_0) tensor, N >= 1, with the parameters' dtype and device."""
-        X = check_tensor(X, "X", ndim=2)
-        if X.shape[1] != self.dims[0]:
-            raise ValueError(f"X must have shape (N, {self.dims[0]}) = (N, d_0), got {describe(X)}")
-        if X.shape[0] == 0:
-            raise ValueError(f"X has an empty batch ({describe(X)}); expected N >= 1 rows")
-        check_same_dtype_device(X, "X", dtype=self.dtype, device=self.device)
-        check_finite(X, "X")
+        """X must be a finite tensor with the parameters' dtype and device (int64 indices for
+        an embedding), with at least one row, and a shape the first layer accepts."""
+        name = "X"
+        X = check_tensor(X, name, float_only=not self.takes_indices)
+        if X.dim() == 0 or X.shape[0] == 0:
+            raise ValueError(f"{name} has an empty batch ({describe(X)}); expected N >= 1 rows")
+        if self.takes_indices:
+            if X.dtype != torch.int64:
+                raise TypeError(
+                    f"{name} must hold int64 token indices for {self.layers[0].describe()}, got {describe(X)}"
+                )
+            if X.device != self.device:
+                raise ValueError(f"{name} is on device {X.device}, but the network is on {self.device}")
+        else:
+            check_same_dtype_device(X, name, dtype=self.dtype, device=self.device)
+            check_finite(X, name)
+        self.layers[0].check_input(X, (1,))
+        widest = max([X[0].numel(), *(t.shape[0] for t in self.parameters().values() if t.dim() >= 1)])
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        check_fits_in_memory(
+            3 * X.shape[0] * widest * itemsize * (self.L + 1), f"a forward pass with batch {X.shape[0]}"
+        )
         return X.detach()
 
-    def check_targets(self, y: object, cache: ForwardCache) -> Tensor:
-        """y must match the loss: (N, d_L) values, or (N,) int64 class indices in [0, d_L)."""
-        N, d_L = cache.y_hat.shape
-        loss = self.loss_fn
-        if loss.targets == "classes":
-            y = check_tensor(y, "y", ndim=1, float_only=False)
-            if y.dtype != torch.int64:
-                raise TypeError(f"y must hold int64 class indices for loss={loss.name!r}, got {describe(y)}")
-            if y.shape[0] != N:
-                raise ValueError(f"y must have shape ({N},) = (N,) for loss={loss.name!r}, got {describe(y)}")
-            if y.device != self.device:
-                raise ValueError(f"y is on device {y.device}, but the network is on {self.device}")
-            bad = (y < 0) | (y >= d_L)
-            if bool(bad.any()):
-                k = int(bad.nonzero()[0, 0])
-                raise ValueError(f"y[{k}] = {int(y[k])} is not a class index; expected 0 <= y < {d_L} (d_L classes)")
-            return y
-        if isinstance(y, Tensor) and y.dim() != 2:
-            raise ValueError(f"y must have shape ({N}, {d_L}) = (N, d_L) like y_hat, got {describe(y)}")
-        y = check_tensor(y, "y", ndim=2)
-        if tuple(y.shape) != (N, d_L):
-            raise ValueError(f"y must have shape ({N}, {d_L}) = (N, d_L) like y_hat, got {describe(y)}")
-        check_same_dtype_device(y, "y", dtype=self.dtype, device=self.device)
-        check_finite(y, "y")
-        if loss.name == "bce" and bool(((y < 0) | (y > 1)).any()):
-            raise ValueError(f"y must lie in [0, 1] for loss='bce', got values in [{y.min().item()}, {y.max().item()}]")
-        return y.detach()
+    def forward(
+        self,
+        X: Tensor,
+        *,
+        keep_intermediates: bool = True,
+        update_stats: bool = True,
+        noise: Mapping[tuple[int, ...], Tensor] | None = None,
+    ) -> Cache:
+        """Run every layer on X and keep what the backward pass needs.
 
-    def _validate(self) -> None:
-        if not self.weights:
-            raise ValueError("weights is empty; expected one W(i) per layer, at least one")
-        L = len(self.weights)
-        if len(self.biases) != L:
-            raise ValueError(f"biases has {len(self.biases)} entries but weights has {L}; expected one b(i) per layer")
-        if len(self.activations) != L:
+        Args:
+            X: the input, (N, d_0) (or (N, ...) as the first layer accepts; int64 indices for
+                an embedding), the parameters' dtype and device.
+            keep_intermediates: keep the intermediates the teaching view shows (z(l), ...).
+            update_stats: BatchNorm in training mode updates its running statistics, as torch.
+            noise: dropout keep-masks by layer path, to reuse a draw; None draws new ones.
+        """
+        X = self.check_input(X)
+        ctx = ForwardContext(keep_intermediates=keep_intermediates, update_stats=update_stats, noise=noise)
+        stack = stack_forward(self.layers, X, ctx, ())
+        drawn: dict[tuple[int, ...], Tensor] = {}
+        for l, layer in enumerate(self.layers, start=1):
+            drawn.update(layer.noise_of(stack.saved[l], (l,)))
+        return self._cache(stack.a, stack.saved, drawn)
+
+    def _cache(self, a: list[Tensor], saved: list[Any], noise: dict[tuple[int, ...], Tensor]) -> Cache:
+        return Cache(a=a, saved=saved, noise=noise)
+
+    def loss(self, cache: Cache, y: object) -> Tensor:
+        """J = loss(a(L), y) + lambda/2 sum ||W||^2 (eq. 3); a 0-dim tensor."""
+        self._check_cache(cache)
+        y = self.check_targets(y, cache)
+        J = self.loss_fn.value(cache.y_hat, y)  # (3) J = loss(a(L), y) + lambda/2 sum ||W||^2
+        if self.weight_decay:
+            J = J + 0.5 * self.weight_decay * sum(torch.sum(W * W) for W in self._decayed())
+        return J
+
+    def _decayed(self) -> list[Tensor]:
+        return [
+            t
+            for path, layer in self._walk()
+            for kind, t in layer.params.items()
+            if kind in layer.decayed and Key(kind, path) not in self.ties
+        ]
+
+    # ---- the backward pass ----------------------------------------------------------------
+    def backward(
+        self, cache: Cache, y: object, *, intermediates: bool = True, release_cache: bool = False
+    ) -> NetworkGradients:
+        """Every gradient of J, by hand, from the cache.
+
+        Args:
+            cache: what ``forward`` returned; read, never modified (unless released).
+            y: the targets, as ``loss`` takes them.
+            intermediates: keep dJ/d(every intermediate) (the default). With False only the
+                parameters' gradients and dJ/dX are kept, each intermediate's freed once used.
+            release_cache: drop each cache entry after its last use, as autograd frees its
+                saved tensors; the cache cannot be used again afterwards.
+        """
+        self._check_cache(cache)
+        y = self.check_targets(y, cache)
+        # (4) dJ/da(L) = dloss/dy_hat: a fresh tensor, handed over in a list so that the loop
+        # owns the only reference and can overwrite and free it like every later dJ/da(l)
+        upstream = [self.loss_fn.gradient(cache.y_hat, y)]
+        return self._backward(cache, upstream, intermediates=intermediates, release_cache=release_cache, owned=True)
+
+    def backward_from(
+        self, cache: Cache, dJ_da_L: Tensor, *, intermediates: bool = True, release_cache: bool = False
+    ) -> NetworkGradients:
+        """The backward pass from a given dJ/da(L) (the output's shape) instead of a loss.
+
+        This is how a gradient crosses from one network into another: when a(L) feeds
+        something above it, dJ/da(L) is what that something hands down (its own dJ/dX).
+        ``dJ_da_L`` itself is never modified. Options as for ``backward``."""
+        self._check_cache(cache)
+        if not isinstance(dJ_da_L, Tensor) or dJ_da_L.shape != cache.y_hat.shape:
+            got = describe(dJ_da_L) if isinstance(dJ_da_L, Tensor) else type(dJ_da_L).__name__
+            shape = str(tuple(cache.y_hat.shape)) + self._output_notation
+            raise ValueError(f"dJ_da_L must have a(L)'s shape {shape}, got {got}")
+        check_same_dtype_device(dJ_da_L, "dJ_da_L", dtype=self.dtype, device=self.device)
+        check_finite(dJ_da_L, "dJ_da_L")
+        upstream = [dJ_da_L.detach() if dJ_da_L.requires_grad else dJ_da_L]
+        return self._backward(cache, upstream, intermediates=intermediates, release_cache=release_cache, owned=False)
+
+    def _backward(
+        self, cache: Cache, upstream: list[Tensor], *, intermediates: bool, release_cache: bool, owned: bool
+    ) -> NetworkGradients:
+        ctx = BackwardContext(
+            path=(),
+            keep_intermediates=intermediates,
+            overwrite=owned,
+            need_dx=not self.takes_indices,
+            weight_decay=self.weight_decay,
+        )
+        grads = stack_backward(self.layers, cache, upstream, ctx, self.ties, release=release_cache)
+        if release_cache:
+            cache.released = True
+        values = {str(key): value for key, value in grads.params.items()}
+        values.update({str(key): value for key, value in grads.intermediates.items()})
+        if grads.dJ_dx is not None:
+            values["X"] = grads.dJ_dx  # (9) dJ/dX = dJ/da(0)
+        return self._gradients(values)
+
+    def _gradients(self, values: dict[str, Tensor]) -> NetworkGradients:
+        return NetworkGradients(values, self)
+
+    _output_notation = ""
+    """How messages name the output's sizes beside their values (an MLP: " = (N, d_L)")."""
+
+    def check_targets(self, y: object, cache: Cache) -> Tensor:
+        """y as the loss needs it for the output a(L) in ``cache`` (refbp.nn.losses.Loss.check_targets)."""
+        return self.loss_fn.check_targets(y, cache.y_hat)
+
+    def _check_cache(self, cache: object) -> None:
+        if not isinstance(cache, Cache):
+            raise TypeError(f"cache must be what net.forward(X) returned, got {type(cache).__name__}")
+        if cache.released:
             raise ValueError(
-                f"activations has {len(self.activations)} entries but the network has {L} layers; "
-                "expected one activation per layer"
+                "cache was released by an earlier backward(..., release_cache=True); run net.forward(X) again"
             )
-        W1 = check_tensor(self.weights[0], "weights[0] (W1)", ndim=2)
-        dtype, device = W1.dtype, W1.device
-        for i in range(1, L + 1):
-            W = check_tensor(self.weights[i - 1], f"weights[{i - 1}] (W{i})", ndim=2)
-            b = check_tensor(self.biases[i - 1], f"biases[{i - 1}] (b{i})", ndim=1)
-            d_out, d_in = W.shape
-            if i > 1 and d_in != self.weights[i - 2].shape[0]:
+        if cache.L != self.L:
+            raise ValueError(
+                f"cache has {cache.L} layers; it does not come from this network ({self.L} layers): "
+                "pass the cache of net.forward(X)"
+            )
+        for l, layer in enumerate(self.layers, start=1):
+            try:
+                layer.check_input(cache.a[l - 1], (l,))
+            except ValueError as err:
                 raise ValueError(
-                    f"weights[{i - 1}] (W{i}) has {describe(W)}; expected ({d_out}, "
-                    f"{self.weights[i - 2].shape[0]}) so that its input matches W{i - 1}'s output"
-                )
-            if b.shape[0] != d_out:
-                raise ValueError(f"biases[{i - 1}] (b{i}) has {describe(b)}; expected ({d_out},) to match W{i}")
-            check_same_dtype_device(W, f"weights[{i - 1}] (W{i})", dtype=dtype, device=device)
-            check_same_dtype_device(b, f"biases[{i - 1}] (b{i})", dtype=dtype, device=device)
-            check_finite(W, f"weights[{i - 1}] (W{i})")
-            check_finite(b, f"biases[{i - 1}] (b{i})")
-            get_activation(self.activations[i - 1], argument=f"activations[{i - 1}]")
-        loss = get_loss(self.loss_name)
-        last = self.activations[-1]
-        if loss.output_activation is not None and last != loss.output_activation:
-            raise ValueError(
-                f"loss={loss.name!r} needs activations[-1]={loss.output_activation!r} on the last layer, "
-                f"got {last!r}"
-                + (" (cross_entropy applies softmax to z(L) itself)" if loss.name == "cross_entropy" else "")
-            )
-        if loss.targets == "classes" and self.weights[-1].shape[0] < 2:
-            raise ValueError("loss='cross_entropy' needs d_L >= 2 classes in the last layer, got 1")
-        if (
-            not isinstance(self.weight_decay, (int, float))
-            or isinstance(self.weight_decay, bool)
-            or not math.isfinite(self.weight_decay)
-            or self.weight_decay < 0
-        ):
-            raise ValueError(f"weight_decay={self.weight_decay!r} must be a finite number >= 0")
+                    f"cache does not come from this network: {err}; pass the cache of net.forward(X)"
+                ) from err
+
+    # ---- the oracle -----------------------------------------------------------------------
+    def torch_forward(self, X: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap = NO_TAP) -> Tensor:
+        """The network's output computed by the layers' torch oracles (torch.nn.functional)."""
+        return stack_torch_forward(self.layers, X, p, noise, tap, ())
+
+    def torch_J(
+        self, X: Tensor, y: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap = NO_TAP
+    ) -> Tensor:
+        """J by torch's own functions: the oracle of eq. (3) for the whole network."""
+        J = self.torch_loss(self.torch_forward(X, p, noise, tap), y, tap)
+        if self.weight_decay:
+            decayed = [
+                p(path, kind)
+                for path, layer in self._walk()
+                for kind in layer.decayed
+                if kind in layer.params and Key(kind, path) not in self.ties
+            ]
+            J = J + 0.5 * self.weight_decay * sum((W * W).sum() for W in decayed)
+        return J
+
+    def torch_loss(self, y_hat: Tensor, y: Tensor, tap: Tap = NO_TAP) -> Tensor:
+        """The data term of J by the loss's torch function; the tap hears of its pieces and domain."""
+        loss = self.loss_fn
+        if loss.pieces is not None:
+            tap.piecewise(y_hat, loss.pieces)
+        if loss.domain is not None:
+            y_hat = tap.within(y_hat, loss.domain)
+        return loss.torch_fn(y_hat, y)
+
+    def oracle_params(
+        self, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> dict[Key, Tensor]:
+        """Copies of the parameters by key, in ``dtype`` on ``device`` (default: as they are)."""
+        return {
+            Key.parse(name): t.detach().to(dtype=dtype or t.dtype, device=device or t.device)
+            for name, t in self.parameters().items()
+        }
+
+    # ---- conversions ----------------------------------------------------------------------
+    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> Network:
+        """A copy of this network with parameters converted (ties kept)."""
+        import copy
+
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
+        target = None if device is None else resolve_device(device)
+        clone = copy.deepcopy(self)
+        converted: dict[int, Tensor] = {}
+        for _, layer in clone._walk():
+            for kind, t in layer.params.items():
+                if id(t) not in converted:
+                    converted[id(t)] = t.to(dtype=dtype, device=target)
+                layer.params[kind] = converted[id(t)]
+            for name, buffer in getattr(layer, "buffers", dict)().items():
+                setattr(layer, name, buffer.to(dtype=dtype, device=target))
+        clone._adopt_parameters()
+        return clone
+
+    def torch_parameter_names(self) -> dict[str, tuple[str, ...]]:
+        """Parameter name -> its names in ``to_torch()``'s module (several for a tied weight)."""
+        from .convert import torch_parameter_names
+
+        return torch_parameter_names(self)
+
+    def to_torch(self) -> torch.nn.Module:
+        """The equivalent torch module (a copy of the parameters, the same train/eval mode)."""
+        from .convert import to_torch
+
+        return to_torch(self)

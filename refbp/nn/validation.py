@@ -18,6 +18,7 @@ __all__ = [
     "check_same_dtype_device",
     "check_seed",
     "check_tensor",
+    "check_tensor_any",
     "describe",
 ]
 
@@ -31,16 +32,24 @@ def describe(t: Tensor) -> str:
     return f"shape {shape}, dtype {str(t.dtype).removeprefix('torch.')}, device {t.device}"
 
 
-def check_tensor(value: object, name: str, *, ndim: int, float_only: bool = True) -> Tensor:
-    """Require a torch.Tensor of rank ``ndim`` (and a floating dtype, unless told otherwise)."""
+def check_tensor(value: object, name: str, *, ndim: int | None = None, float_only: bool = True) -> Tensor:
+    """Require a torch.Tensor with data (not on the meta device), of rank ``ndim`` when given,
+    and of a floating dtype unless told otherwise."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dim() != ndim:
+    if value.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device ({describe(value)}): it has a shape but no values to check")
+    if ndim is not None and value.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got {describe(value)}")
     if float_only and value.dtype not in FLOAT_DTYPES:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
         raise TypeError(f"{name} must have a floating dtype ({allowed}), got {describe(value)}")
     return value
+
+
+def check_tensor_any(value: object, name: str) -> Tensor:
+    """Require a torch.Tensor with data, of any rank and dtype."""
+    return check_tensor(value, name, float_only=False)
 
 
 def check_finite(t: Tensor, name: str) -> None:

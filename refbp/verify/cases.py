@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ..nn.activations import get_activation
 from ..nn.losses import get_loss
-from ..nn.network import MLP, resolve_device
+from ..nn.mlp import MLP
+from ..nn.network import resolve_device
 
 __all__ = ["KINK_MARGIN", "Case", "CaseSpec", "kink_distance"]
 
@@ -108,11 +109,12 @@ class Case:
 
 
 def kink_distance(case: Case) -> float:
-    """The smallest |z(i)| over the relu/leaky_relu layers of the case (inf if it has none)."""
+    """The smallest distance of a pre-activation z(i) to a boundary of its activation's pieces
+    (relu's 0, softplus's threshold, ...) over the case's layers; inf if there is none."""
     cache = case.net.to(dtype=torch.float64).forward(case.X.to(torch.float64))
     distance = float("inf")
-    for i, name in enumerate(case.net.activations, start=1):
+    for i, act in enumerate(case.net.layer_activations, start=1):
         z_i = cache.z[i]
-        if get_activation(name).kinked and z_i is not None:
-            distance = min(distance, float(z_i.abs().min()))
+        if act.pieces is not None and z_i is not None:
+            distance = min(distance, act.pieces.distance(z_i))
     return distance

@@ -6,12 +6,20 @@
 
     res = refbp.check_function(fn, params)    # fn(params) -> (loss, grads), NumPy or torch
 
-Every comparison is a ``Comparison`` record (refbp.compare); the verdict, the failure
-message, the Markdown table and the JSON all come from those records.
+**When a gradient passes.** Every entry must be verified by at least one reference and
+contradicted by none (refbp.verify.compare says what each can say). A tensor fails as a
+*mismatch* when some reference contradicts an entry, and as *unverified* when some entry was
+verified by no reference: a NaN reference, a loss that is itself NaN or inf, finite
+differences excluded at a piece boundary with no autograd row to cover them, an empty tensor.
+"passed" therefore always means "verified".
+
+Every comparison is a ``Comparison`` record; the verdicts, the failure message, the Markdown
+table and the JSON all come from those records.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,19 +29,22 @@ import torch
 from tabulate import tabulate
 from torch import Tensor
 
-from ..nn.network import MLP
+from ..nn.network import Network
+from ..nn.validation import check_int, check_seed, describe
 from .compare import Comparison, compare
-from .finite_diff import FDResult, function_finite_differences, mlp_finite_differences
+from .finite_diff import FDResult, function_finite_differences, network_finite_differences
 from .reference import autograd_gradients
-from .tolerances import FD_TOLERANCE, TOLERANCES, Tolerance, combine, least_precise, tolerance_for
+from .tolerances import CONDITIONING_SAFETY, FD_TOLERANCE, TOLERANCES, Tolerance, combine, least_precise, tolerance_for
 
 __all__ = [
     "FD_AUTO_MAX_ENTRIES",
     "REFERENCES",
     "CheckResult",
     "GradientMismatchError",
+    "TensorVerdict",
     "check",
     "check_function",
+    "tensor_verdicts",
 ]
 
 REFERENCES = ("autograd", "fd")
@@ -41,27 +52,105 @@ REFERENCES = ("autograd", "fd")
 
 FD_AUTO_MAX_ENTRIES = 20_000
 """fd_mode="auto" uses full finite differences up to this many entries in all, directional
-above: full mode costs one batched forward per entry, directional a fixed few per tensor."""
+above: full mode costs three batched evaluations per entry, directional a fixed few per tensor."""
 
 
 class GradientMismatchError(AssertionError):
-    """Gradients disagree with their reference. Distinct from ValueError/TypeError, which mean
-    the check itself was misused. Subclasses AssertionError so pytest shows it as a failure."""
+    """Gradients disagree with their reference, or could not be verified. Distinct from
+    ValueError/TypeError, which mean the check itself was misused. Subclasses AssertionError
+    so pytest shows it as a failure."""
 
     def __init__(self, result: CheckResult) -> None:
         self.result = result
         super().__init__(result.failure_message())
 
 
+@dataclass(frozen=True)
+class TensorVerdict:
+    """The verdict on one tensor, across all its rows.
+
+    Attributes:
+        name: the gradient's key.
+        verdict: "passed" (every entry verified, none contradicted), "mismatch" or "unverified".
+        n_elements: entries of the tensor.
+        n_unverified: entries no reference verified (0 when passed).
+        references: the references that judged it.
+        note: for "unverified": why, reference by reference.
+    """
+
+    name: str
+    verdict: str
+    n_elements: int
+    n_unverified: int
+    references: tuple[str, ...]
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"
+
+    def message(self) -> str:
+        n = f"{self.n_unverified} of {self.n_elements}"
+        return f"dJ/d{self.name}: UNVERIFIED, {n} entries verified by no reference ({self.note})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "verdict": self.verdict,
+            "n_elements": self.n_elements,
+            "n_unverified": self.n_unverified,
+            "references": list(self.references),
+            "note": self.note,
+        }
+
+
+def tensor_verdicts(rows: Sequence[Comparison]) -> list[TensorVerdict]:
+    """One verdict per tensor: an entry must be verified by some row and contradicted by none.
+
+    A full row (autograd, full finite differences) verifies entries one by one; a directional
+    row that verified at least one direction and contradicted none verifies the whole tensor
+    (a wrong gradient agrees with a random signed direction with probability 0)."""
+    names = list(dict.fromkeys(row.name for row in rows))  # in the rows' order
+    out = []
+    for name in names:
+        own = [row for row in rows if row.name == name]
+        references = tuple(row.reference for row in own)
+        n = max((row.n_elements for row in own if not row.directions), default=0)
+        if not n:
+            n = max((math.prod(row.shape) for row in own), default=0)
+        if any(row.verdict == "mismatch" for row in own):
+            out.append(TensorVerdict(name, "mismatch", n, 0, references))
+            continue
+        whole = any(row.directions and row.passed for row in own)
+        covered: Tensor | None = None
+        for row in own:
+            if not row.directions and row.verified is not None:
+                mask = row.verified.reshape(-1)
+                covered = mask.clone() if covered is None else covered | mask
+        n_unverified = 0 if whole else (n if covered is None else int((~covered).sum()))
+        if n == 0 or n_unverified:
+            reasons = "; ".join(f"{row.reference}: {_why_not(row)}" for row in own)
+            out.append(TensorVerdict(name, "unverified", n, n_unverified or n, references, reasons or "empty tensor"))
+        else:
+            out.append(TensorVerdict(name, "passed", n, 0, references))
+    return out
+
+
+def _why_not(row: Comparison) -> str:
+    """What a row could not verify, in words."""
+    return row.unverified_reasons() or row.note or f"verified {row.n_elements - row.n_unverified}"
+
+
 @dataclass
 class CheckResult:
-    """The outcome of one check: a Comparison row per tensor and reference.
+    """The outcome of one check: a Comparison row per tensor and reference, and a verdict per tensor.
 
     Attributes:
         rows: the comparisons, in key order, autograd rows before finite-difference rows.
         J: the loss at the point checked (float64 reference value).
         dtype, device: of the gradients under test.
         fd_mode: "full", "directional" or None when finite differences were not used.
+        tensors: one TensorVerdict per tensor (computed from the rows when not given).
     """
 
     rows: list[Comparison]
@@ -70,48 +159,70 @@ class CheckResult:
     device: str
     fd_mode: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    tensors: list[TensorVerdict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.tensors:
+            self.tensors = tensor_verdicts(self.rows)
 
     @property
     def passed(self) -> bool:
-        """True when every row passed."""
-        return all(row.passed for row in self.rows)
+        """True when every tensor was verified (and there was at least one)."""
+        return bool(self.tensors) and all(t.passed for t in self.tensors)
 
     @property
     def failures(self) -> list[Comparison]:
-        return [row for row in self.rows if not row.passed]
+        """The rows that contradict their tensor, or verified nothing of a failing tensor."""
+        failing = {t.name for t in self.tensors if not t.passed}
+        return [row for row in self.rows if row.name in failing and row.verdict != "ok"]
 
     @property
     def n_excluded(self) -> int:
-        """Finite-difference entries left out because their perturbation crossed a kink."""
+        """Finite-difference entries left out because their perturbation crossed a piece boundary."""
         return sum(row.n_excluded for row in self.rows)
 
     def failure_message(self) -> str:
-        """Every failing row's message, worst first, after a one-line summary."""
-        failures = sorted(self.failures, key=lambda r: -r.max_rel_error)
-        names = sorted({row.name for row in failures}, key=_key_order)
-        lines = [f"{len(failures)} of {len(self.rows)} gradient comparisons failed ({', '.join(names)}):"]
-        lines += ["  " + row.message() for row in failures]
+        """A one-line summary, then every contradicting row (worst first), then every
+        unverified tensor with its reasons."""
+        bad = [t for t in self.tensors if not t.passed]
+        if not self.tensors:
+            return "nothing was checked: no gradients were given"
+        mismatches = sorted((r for r in self.rows if r.verdict == "mismatch"), key=lambda r: -r.max_rel_error)
+        summary = ", ".join(f"{t.name} {t.verdict}" for t in bad)
+        lines = [f"{len(bad)} of {len(self.tensors)} gradients failed ({summary}):"]
+        lines += ["  " + row.message() for row in mismatches]
+        lines += ["  " + t.message() for t in bad if t.verdict == "unverified"]
         return "\n".join(lines)
 
     def raise_if_failed(self) -> None:
-        """Raise GradientMismatchError (with the rows' message) if any row failed."""
+        """Raise GradientMismatchError (with the rows' message) if any tensor failed."""
         if not self.passed:
             raise GradientMismatchError(self)
 
     def table(self, *, tablefmt: str = "github") -> str:
         """The rows as a table (Markdown by default)."""
-        headers = ["dJ/d", "reference", "shape", "max abs err", "max rel err", "worst at", "allowed", "excl", "ok"]
+        headers = [
+            "dJ/d",
+            "reference",
+            "shape",
+            "max abs err",
+            "max rel err",
+            "worst at",
+            "allowed",
+            "unverified",
+            "verdict",
+        ]
         body = [
             [
                 row.name,
-                row.reference,
+                row.reference + (f" ({row.directions} dirs)" if row.directions else ""),
                 "x".join(str(s) for s in row.shape) or "()",
                 f"{row.max_abs_error:.2e}",
                 f"{row.max_rel_error:.2e}",
                 "" if row.worst_index is None else str(row.worst_index),
                 f"{row.allowed:.1e}",
-                row.n_excluded,
-                "yes" if row.passed else "NO",
+                row.n_unverified,
+                row.verdict,
             ]
             for row in self.rows
         ]
@@ -120,11 +231,12 @@ class CheckResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
-            "J": self.J,
+            "J": self.J if math.isfinite(self.J) else str(self.J),
             "dtype": self.dtype,
             "device": self.device,
             "fd_mode": self.fd_mode,
             "n_excluded": self.n_excluded,
+            "tensors": [t.to_dict() for t in self.tensors],
             "rows": [row.to_dict() for row in self.rows],
             **self.meta,
         }
@@ -135,7 +247,7 @@ class CheckResult:
 
 
 def check(
-    net: MLP,
+    net: Network,
     X: Tensor,
     y: Tensor,
     grads: Mapping[str, Any] | None = None,
@@ -145,57 +257,80 @@ def check(
     directions: int = 8,
     seed: int = 0,
     tolerance: Tolerance | None = None,
+    noise: Mapping[tuple[int, ...], Tensor] | None = None,
 ) -> CheckResult:
     """Check gradients of ``net``'s J at (X, y) against autograd and finite differences.
 
     Args:
         net, X, y: the network and the point; validated as ``net.forward`` and ``net.loss`` do.
         grads: the gradients under test, a dict name -> tensor (or NumPy array) with any
-            subset of ``Gradients.as_dict()``'s keys ("W1", "b1", "z1", "a1", ..., "X").
-            None checks refbp's own manual backward pass.
+            subset of ``net.keys()`` ("W1", "b1", "z1", "a1", ..., "X"). None checks refbp's
+            own manual backward pass.
         references: any of "autograd" and "fd".
         fd_mode: "full", "directional" or "auto" (full up to FD_AUTO_MAX_ENTRIES entries).
         directions: number of random signed directions per tensor in directional mode.
         seed: seeds the directions.
-        tolerance: overrides the per-dtype tolerance (refbp.tolerances.TOLERANCES).
+        tolerance: overrides the per-dtype tolerance (refbp.verify.tolerances.TOLERANCES).
+        noise: for a network with dropout in training mode, the keep-masks your gradients were
+            computed with (``cache.noise``); None draws new ones (right for refbp's own).
 
     Returns:
-        A CheckResult; ``.passed``, ``.rows``, ``.raise_if_failed()``.
+        A CheckResult; ``.passed``, ``.rows``, ``.tensors``, ``.raise_if_failed()``.
     """
-    if not isinstance(net, MLP):
-        raise TypeError(f"net must be a refbp.MLP, got {type(net).__name__}")
-    unknown = [r for r in references if r not in REFERENCES] if not isinstance(references, str) else [references]
-    if unknown or not references:
-        raise ValueError(f"references={references!r}; expected a non-empty list drawn from {list(REFERENCES)}")
-    if fd_mode not in ("full", "directional", "auto"):
-        raise ValueError(f"fd_mode={fd_mode!r}; expected 'full', 'directional' or 'auto'")
-    if not isinstance(directions, int) or directions < 1:
-        raise ValueError(f"directions={directions!r}; expected an int >= 1")
+    if not isinstance(net, Network):
+        raise TypeError(f"net must be a refbp network (refbp.MLP, refbp.nn.Network), got {type(net).__name__}")
+    _check_options(references, fd_mode, directions, seed, tolerance)
 
-    cache = net.forward(X)
-    y = net.check_targets(y, cache)
+    cache = net.forward(X, update_stats=False, noise=noise)
+    y = net.loss_fn.check_targets(y, cache.y_hat)
+    valid = net.names()
     if grads is None:
-        tested = net.backward(cache, y).as_dict()
+        tested = _tensors(net.backward(cache, y).as_dict())
     else:
-        tested = _user_grads(grads, net.backward(cache, y).as_dict().keys())
+        tested = _user_grads(grads, valid)
     names = list(tested)
     dtype = least_precise({t.dtype for t in tested.values() if t.dtype in TOLERANCES}, net.dtype)
     tol = tolerance or tolerance_for(dtype)
+    widened = _conditioning(net, X, y, cache.noise, dtype, names) if tolerance is None else {}
 
     rows: list[Comparison] = []
-    J = float("nan")
+    J = math.nan
     if "autograd" in references:
-        J_ref, reference = autograd_gradients(net, X, y, dtype=torch.float64)
+        J_ref, reference = autograd_gradients(net, X, y, dtype=torch.float64, noise=cache.noise)
         J = float(J_ref)
-        rows += [compare(name, "autograd", tested[name], reference[name], tol) for name in names]
+        rows += [
+            compare(name, "autograd", tested[name], reference[name], tol, widened=widened.get(name, 0.0),
+                    J_finite=math.isfinite(J))
+            for name in names
+        ]  # fmt: skip
     mode = None
     if "fd" in references:
         total = sum(t.numel() for t in tested.values())
         mode = fd_mode if fd_mode != "auto" else ("full" if total <= FD_AUTO_MAX_ENTRIES else "directional")
-        fd = mlp_finite_differences(net, X, y, names, mode=mode, directions=directions, seed=seed)
+        fd = network_finite_differences(
+            net, X, y, names, noise=cache.noise, mode=mode, directions=directions, seed=seed
+        )
         J = next(iter(fd.values())).J if fd else J
-        rows += [_fd_row(name, tested[name], fd[name], mode, tol) for name in names]
+        rows += [_fd_row(name, tested[name], fd[name], mode, tol, widened.get(name, 0.0)) for name in names]
     return CheckResult(rows=rows, J=J, dtype=str(dtype).removeprefix("torch."), device=str(net.device), fd_mode=mode)
+
+
+def _conditioning(
+    net: Network, X: Tensor, y: Tensor, noise: Mapping[tuple[int, ...], Tensor], dtype: torch.dtype, names: list[str]
+) -> dict[str, float]:
+    """name -> CONDITIONING_SAFETY x max |torch's autograd in ``dtype`` - in float64|: what
+    no code computing in ``dtype`` can be asked to beat at this point (nothing for float64)."""
+    if dtype == torch.float64 or net.dtype == torch.float64:
+        return {}
+    _, low = autograd_gradients(net, X, y, dtype=dtype, noise=noise)
+    _, high = autograd_gradients(net, X, y, dtype=torch.float64, noise=noise)
+    out = {}
+    for name in names:
+        if name in low and name in high:
+            gap = (low[name].double() - high[name]).abs()
+            gap = gap[torch.isfinite(gap)]
+            out[name] = CONDITIONING_SAFETY * float(gap.max()) if gap.numel() else 0.0
+    return out
 
 
 def check_function(
@@ -212,9 +347,10 @@ def check_function(
     Args:
         fn: fn(params) -> (loss, grads): loss a scalar (float, 0-dim array or tensor), grads a
             dict with the same keys as params. NumPy and torch both work; fn is called with
-            float64 arrays of the type it was given.
+            float64 arrays of the type it was given, and a last time with ``params``
+            themselves, so a model that stores its parameters in fn is left as it started.
         params: dict name -> array (NumPy or torch), the point to check at.
-        mode: "full" (2 calls of fn per entry), "directional" (2 per direction and array) or
+        mode: "full" (3 calls of fn per entry), "directional" (3 per direction and array) or
             "auto" (full up to FD_AUTO_MAX_ENTRIES // 10 entries).
         tolerance: default: FD_TOLERANCE combined with the tolerance of the grads' dtype.
     """
@@ -223,66 +359,110 @@ def check_function(
     if not isinstance(params, Mapping) or not params:
         raise ValueError("params must be a non-empty dict name -> array")
     for name, value in params.items():
-        if not isinstance(value, (np.ndarray, Tensor, float, int)):
+        if not isinstance(value, (np.ndarray, Tensor, float, int)) or isinstance(value, bool):
             raise TypeError(f"params[{name!r}] must be a NumPy array or torch tensor, got {type(value).__name__}")
+        if isinstance(value, Tensor) and value.device.type == "meta":
+            raise ValueError(f"params[{name!r}] is on the meta device: it has no values to perturb")
     if mode not in ("full", "directional", "auto"):
         raise ValueError(f"mode={mode!r}; expected 'full', 'directional' or 'auto'")
-    out = fn(dict(params))
-    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping)):
-        raise TypeError("fn(params) must return (loss, grads) with grads a dict name -> array")
-    grads = {name: _as_tensor(value, f"grads[{name!r}]") for name, value in out[1].items()}
-    missing = [name for name in params if name not in grads]
-    extra = [name for name in grads if name not in params]
-    if extra:
-        raise ValueError(f"fn returned gradients for {extra}, which are not in params ({list(params)})")
-    total = sum(int(v.numel()) if isinstance(v, Tensor) else int(np.size(v)) for v in params.values())
-    if mode == "auto":
-        mode = "full" if total <= FD_AUTO_MAX_ENTRIES // 10 else "directional"
+    _check_options(REFERENCES, "auto", directions, seed, tolerance)
+    try:
+        loss, raw = _call(fn, dict(params))
+        grads = {name: _as_tensor(value, f"grads[{name!r}]") for name, value in raw.items()}
+        extra = [name for name in grads if name not in params]
+        if extra:
+            raise ValueError(f"fn returned gradients for {extra}, which are not in params ({list(params)})")
+        missing = [name for name in params if name not in grads]
+        total = sum(int(v.numel()) if isinstance(v, Tensor) else int(np.size(v)) for v in params.values())
+        if mode == "auto":
+            mode = "full" if total <= FD_AUTO_MAX_ENTRIES // 10 else "directional"
 
-    def loss_only(p: dict[str, Any]) -> float:
-        return float(np.asarray(_to_numpy(fn(p)[0])))
+        def loss_only(p: dict[str, Any]) -> float:
+            return _call(fn, p)[0]
 
-    fd = function_finite_differences(loss_only, params, mode=mode, directions=directions, seed=seed)
+        fd = function_finite_differences(loss_only, params, mode=mode, directions=directions, seed=seed)
+    finally:
+        fn(dict(params))  # leave a stateful model at the point it was checked at
     J = next(iter(fd.values())).J
     dtype = least_precise({t.dtype for t in grads.values() if t.dtype in TOLERANCES}, torch.float64)
-    tol = tolerance or combine(tolerance_for(dtype), _fd_tolerance(J))
-    rows = [_fd_row(name, grads[name], fd[name], mode, tol, scale_tol=False) for name in params if name in grads]
+    tol = tolerance or combine(tolerance_for(dtype), _fd_tolerance(J if math.isfinite(J) else 0.0))
+    rows = [_fd_row(name, grads[name], fd[name], mode, tol, 0.0, scale_tol=False) for name in params if name in grads]
     for name in missing:
         rows.append(_missing_row(name, fd[name], mode, tol))
-    return CheckResult(rows=rows, J=J, dtype=str(dtype).removeprefix("torch."), device="cpu", fd_mode=mode)
+    meta = {"loss": loss}
+    return CheckResult(rows=rows, J=J, dtype=str(dtype).removeprefix("torch."), device="cpu", fd_mode=mode, meta=meta)
 
 
 # ---- helpers ---------------------------------------------------------------------------
+def _check_options(references: object, fd_mode: object, directions: object, seed: object, tolerance: object) -> None:
+    if isinstance(references, str) or not isinstance(references, Sequence):
+        raise TypeError(f"references={references!r}; expected a list drawn from {list(REFERENCES)}")
+    unknown = [r for r in references if r not in REFERENCES]
+    if unknown or not references:
+        raise ValueError(f"references={references!r}; expected a non-empty list drawn from {list(REFERENCES)}")
+    if fd_mode not in ("full", "directional", "auto"):
+        raise ValueError(f"fd_mode={fd_mode!r}; expected 'full', 'directional' or 'auto'")
+    check_int(directions, "directions", minimum=1, maximum=10_000)
+    check_seed(seed)
+    if tolerance is not None and not isinstance(tolerance, Tolerance):
+        raise TypeError(
+            f"tolerance={tolerance!r} must be a refbp.verify.tolerances.Tolerance(rtol=..., atol=...), "
+            f"got {type(tolerance).__name__}"
+        )
+
+
+def _call(fn: Callable[[dict[str, Any]], Any], params: dict[str, Any]) -> tuple[float, Mapping[str, Any]]:
+    """fn(params) as (loss as a float, grads), or a TypeError/ValueError saying what is wrong."""
+    out = fn(params)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping)):
+        raise TypeError("fn(params) must return (loss, grads) with grads a dict name -> array")
+    loss = out[0]
+    value = loss.detach().cpu().numpy() if isinstance(loss, Tensor) else np.asarray(loss)
+    if value.size != 1 or value.ndim > 1 or not np.issubdtype(value.dtype, np.number):
+        shape = tuple(value.shape)
+        raise ValueError(f"fn must return a scalar loss; it returned {type(loss).__name__} of shape {shape}")
+    return float(value.reshape(())), out[1]
+
+
 def _fd_tolerance(J: float) -> Tolerance:
-    """FD_TOLERANCE with its atol scaled by (1 + |J|) (see refbp.tolerances.FD_TOLERANCE)."""
+    """FD_TOLERANCE with its atol scaled by (1 + |J|) (see refbp.verify.tolerances.FD_TOLERANCE)."""
     return Tolerance(rtol=FD_TOLERANCE.rtol, atol=FD_TOLERANCE.atol * (1.0 + abs(J)))
 
 
-def _fd_row(name: str, g: Tensor, fd: FDResult, mode: str, tol: Tolerance, *, scale_tol: bool = True) -> Comparison:
+def _fd_row(
+    name: str, g: Tensor, fd: FDResult, mode: str, tol: Tolerance, widened: float, *, scale_tol: bool = True
+) -> Comparison:
     if scale_tol:
-        tol = combine(tol, _fd_tolerance(fd.J))
+        tol = combine(tol, _fd_tolerance(fd.J if math.isfinite(fd.J) else 0.0))
     reference = f"fd-{mode}"
+    J_finite = math.isfinite(fd.J)
     if fd.directions is None:
-        return compare(name, reference, g, fd.values, tol, excluded=fd.excluded)
+        return compare(name, reference, g, fd.values, tol, excluded=fd.excluded, error=fd.error, widened=widened,
+                       J_finite=J_finite)  # fmt: skip
+    k = fd.directions.shape[0]
     if tuple(g.shape) != tuple(fd.directions.shape[1:]):
-        return compare(name, reference, g, fd.directions[0], tol)  # a failing shape row
+        return compare(name, reference, g, fd.directions[0], tol, directions=k)  # a failing shape row
     g64 = g.detach().to(device="cpu", dtype=torch.float64)
     projected = torch.tensordot(fd.directions, g64, dims=g64.dim())  # (k,)  v_k . g
-    return compare(name, reference, projected, fd.values, tol, excluded=fd.excluded)
+    return compare(name, reference, projected, fd.values, tol, excluded=fd.excluded, error=fd.error,
+                   widened=widened, J_finite=J_finite, directions=k, shape=tuple(g.shape))  # fmt: skip
 
 
 def _missing_row(name: str, fd: FDResult, mode: str, tol: Tolerance) -> Comparison:
     shape = tuple(fd.values.shape) if fd.directions is None else tuple(fd.directions.shape[1:])
     return Comparison(
-        name, f"fd-{mode}", (), shape, float("inf"), float("inf"), float("nan"), None, None, None,
-        0, 0, 0, tol.rtol, tol.atol, float("nan"), False, note="fn returned no gradient for it",
+        name, f"fd-{mode}", (), shape, math.inf, math.inf, math.nan, None, None, None,
+        0, 0, 0, tol.rtol, tol.atol, math.nan, "mismatch", note="fn returned no gradient for it",
     )  # fmt: skip
 
 
-def _user_grads(grads: Mapping[str, Any], valid: Any) -> dict[str, Tensor]:
+def _tensors(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {name: value.detach() for name, value in values.items()}
+
+
+def _user_grads(grads: Mapping[str, Any], valid: list[str]) -> dict[str, Tensor]:
     if not isinstance(grads, Mapping):
         raise TypeError(f"grads must be a dict name -> tensor, got {type(grads).__name__}")
-    valid = list(valid)
     unknown = [name for name in grads if name not in valid]
     if unknown:
         raise ValueError(f"grads has unknown keys {unknown}; expected a subset of {valid}")
@@ -292,21 +472,13 @@ def _user_grads(grads: Mapping[str, Any], valid: Any) -> dict[str, Tensor]:
 
 
 def _as_tensor(value: Any, argument: str) -> Tensor:
+    """A gradient as a tensor: torch tensors as they are, NumPy arrays (and numbers) converted."""
     if isinstance(value, Tensor):
+        if value.device.type == "meta":
+            raise ValueError(f"{argument} is on the meta device ({describe(value)}): it has no values to compare")
         return value.detach()
-    try:
-        array = np.asarray(value, dtype=np.float64) if not isinstance(value, np.ndarray) else value
-        return torch.as_tensor(array)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{argument} must be a tensor or NumPy array, got {type(value).__name__}") from err
-
-
-def _to_numpy(value: Any) -> Any:
-    return value.detach().cpu().numpy() if isinstance(value, Tensor) else value
-
-
-def _key_order(name: str) -> tuple[int, str]:
-    """W1, b1, z1, a1, W2, ..., X: layer order for MLP keys; other names after, as given."""
-    if name == "X":
-        return (10**8, name)
-    return (int(name[1:]), name[0]) if name[1:].isdigit() else (10**9, name)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+        return torch.as_tensor(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(value, dtype=torch.float64)
+    raise TypeError(f"{argument} must be a torch tensor or a numeric NumPy array, got {type(value).__name__}")

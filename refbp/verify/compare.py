@@ -1,19 +1,39 @@
-"""Comparison records: one gradient against one reference, with everything a failure message,
-a Markdown table and a JSON report need. Messages are built from the record, never from the
-raw tensors, so all three say the same thing."""
+"""Comparison records: one gradient against one reference, entry by entry, with everything a
+failure message, a Markdown table and a JSON report need. Messages are built from the record,
+never from the raw tensors, so all three say the same thing.
+
+**What an entry's comparison can say.** Each entry k of the gradient g under test is, against
+one reference r (autograd, or finite differences with their error estimate e_k):
+
+- *contradicted*: g_k is NaN or inf, or |g_k - r_k| > allowed + FD_ERROR_SAFETY e_k. The
+  reference says g_k is wrong, even allowing for the reference's own error.
+- *unverified*: the reference cannot say: r_k is NaN or inf (or J itself is), the finite
+  difference was excluded (its perturbation crossed a piece boundary or left the loss's domain),
+  or it is too imprecise (FD_ERROR_SAFETY e_k > allowed) to confirm g_k to the tolerance.
+- *verified*: none of the above: |g_k - r_k| <= allowed.
+
+A row's verdict: "mismatch" when any entry is contradicted; "unverified" when no entry is
+verified (an empty tensor, every entry excluded, a NaN reference); "partial" when some are and
+none is contradicted; "ok" when every entry is verified. Whether a tensor *passes* is decided
+across its rows by refbp.verify.check: an entry must be verified by at least one reference and
+contradicted by none.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .tolerances import Tolerance
+from .tolerances import FD_ERROR_SAFETY, Tolerance
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["VERDICTS", "Comparison", "compare", "unravel"]
+
+VERDICTS = ("ok", "partial", "unverified", "mismatch")
+"""A row's possible verdicts, best first."""
 
 
 @dataclass(frozen=True)
@@ -22,22 +42,30 @@ class Comparison:
 
     Attributes:
         name: the gradient's key, "W1", "b1", "z1", "a1", ..., "X" (dJ/d of that).
-        reference: "autograd", "fd-full" or "fd-directional".
+        reference: "autograd", "fd-full", "fd-directional" (or a caller's label).
         shape: the shape of the gradient under test.
         expected_shape: the reference's shape (a mismatch fails the row).
-        max_abs_error: max_k |g_k - r_k|.
-        max_rel_error: max_k |g_k - r_k| / ||r||_inf: normwise relative error (inf when r is
-            all zero and g is not; 0 when both are).
-        scale: ||r||_inf, the reference's largest magnitude.
-        worst_index: index of the element with the largest |g_k - r_k|.
+        max_abs_error: max_k |g_k - r_k| over the entries the reference could judge.
+        max_rel_error: max_abs_error / ||r||_inf: normwise relative error (inf when r is all
+            zero and g is not; 0 when both are).
+        scale: ||r||_inf over the entries the reference could judge.
+        worst_index: index of the entry with the largest |g_k - r_k| (None if none was judged).
         worst_value: g at worst_index.
         worst_reference: r at worst_index.
-        n_mismatched: elements with |g_k - r_k| > allowed (NaN counts as mismatched).
-        n_elements: elements compared.
-        n_excluded: elements left out (finite differences that crossed a relu kink).
-        rtol, atol, allowed: the tolerance and the resulting bound atol + rtol * scale.
-        passed: the verdict.
+        n_mismatched: entries contradicted (NaN or inf in g counts).
+        n_elements: entries (directions, for a directional row) in all.
+        n_excluded: finite differences left out: their perturbation crossed a piece boundary.
+        rtol, atol, allowed: the tolerance and the resulting bound atol + rtol * scale + widened.
+        verdict: "ok", "partial", "unverified" or "mismatch" (see the module docstring).
         note: why it failed, when the numbers alone do not say (shape, NaN, missing).
+        n_unverified: entries this reference could not verify, for whatever reason.
+        n_nonfinite: entries whose reference value is NaN or inf.
+        n_imprecise: finite differences too imprecise to confirm their entry.
+        widened: extra allowance for the dtype's conditioning at this point (CONDITIONING_SAFETY
+            x torch's own error in that dtype), included in ``allowed``.
+        directions: for a directional row, the number of directions (``shape`` is the tensor's).
+        verified: bool mask of the entries verified (the reference's shape; (k,) for a
+            directional row); not part of the JSON.
     """
 
     name: str
@@ -56,48 +84,95 @@ class Comparison:
     rtol: float
     atol: float
     allowed: float
-    passed: bool
+    verdict: str
     note: str = ""
+    n_unverified: int = 0
+    n_nonfinite: int = 0
+    n_imprecise: int = 0
+    widened: float = 0.0
+    directions: int = 0
+    verified: Tensor | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def passed(self) -> bool:
+        """The row contradicts nothing and verified something ("ok" or "partial")."""
+        return self.verdict in ("ok", "partial")
 
     @property
     def margin(self) -> float:
-        """max_abs_error / allowed: the row passes at <= 1. inf for a shape mismatch (nothing
-        was allowed) and for any error where nothing was allowed; 0 for no error."""
+        """max_abs_error / allowed: the verified entries pass at <= 1. inf for a shape mismatch
+        (nothing was allowed) and for any error where nothing was allowed; 0 for no error."""
         if self.allowed != self.allowed or self.max_abs_error != self.max_abs_error:  # NaN
             return math.inf
         if self.allowed > 0:
             return self.max_abs_error / self.allowed
         return 0.0 if self.max_abs_error == 0 else math.inf
 
+    def unverified_reasons(self) -> str:
+        """Why entries went unverified, in words: "2 excluded (...), 1 non-finite reference"."""
+        unit = "directions" if self.directions else "entries"
+        parts = []
+        if self.n_excluded:
+            parts.append(f"{self.n_excluded} excluded (the perturbation crossed a piece boundary or left the domain)")
+        if self.n_nonfinite:
+            parts.append(f"{self.n_nonfinite} with a NaN or inf reference")
+        if self.n_imprecise:
+            parts.append(f"{self.n_imprecise} where finite differences are too imprecise to confirm them")
+        other = self.n_unverified - self.n_excluded - self.n_nonfinite - self.n_imprecise
+        if other > 0:
+            parts.append(f"{other} not judged ({self.note.rstrip('.') or 'see note'})")
+        return f"{self.n_unverified} {unit} unverified: " + "; ".join(parts) if parts else ""
+
     def message(self) -> str:
         """One paragraph in torch.testing's manner: what differs, by how much, where, what
-        was allowed."""
+        was allowed, and what could not be verified."""
+        shape = "x".join(str(s) for s in self.shape) or "()"
         head = f"dJ/d{self.name} vs {self.reference}"
-        if self.note and self.worst_index is None:
-            return f"{head}: {self.note}"
-        verdict = "ok" if self.passed else "MISMATCH"
-        unit = "directional derivatives" if self.reference == "fd-directional" else "elements"
+        if self.directions:  # the tensor's shape, then how many directions stand for it
+            head = f"dJ/d{self.name} ({shape}, {self.directions} directions) vs {self.reference}"
+        if self.note and self.worst_index is None and self.verdict == "mismatch":
+            return f"{head}: MISMATCH, {self.note}"
+        unit = "directional derivatives" if self.directions else "elements"
+        if self.verdict == "unverified" and self.worst_index is None:
+            reasons = self.unverified_reasons() or self.note
+            return f"{head}: UNVERIFIED, none of {self.n_elements} {unit} could be verified. {reasons}."
+        verdict = {"ok": "ok", "partial": "ok (partly)", "unverified": "UNVERIFIED", "mismatch": "MISMATCH"}
         text = (
-            f"{head}: {verdict}, {self.n_mismatched} / {self.n_elements} {unit} differ by more than "
-            f"{self.allowed:.3g} (atol {self.atol:.3g} + rtol {self.rtol:.3g} x max|ref| {self.scale:.3g}). "
-            f"Greatest difference {self.max_abs_error:.3g} (normwise relative {self.max_rel_error:.3g}) "
-            f"at index {self.worst_index}: got {self.worst_value:.10g}, reference {self.worst_reference:.10g}."
+            f"{head}: {verdict[self.verdict]}, {self.n_mismatched} / {self.n_elements} {unit} "
+            f"differ by more than {self.allowed:.3g} (atol {self.atol:.3g} + rtol {self.rtol:.3g} x max|ref| "
+            f"{self.scale:.3g}{self._widened_text()}). Greatest difference {self.max_abs_error:.3g} (normwise relative "
+            f"{self.max_rel_error:.3g}) at index {self.worst_index}: got {self.worst_value:.10g}, "
+            f"reference {self.worst_reference:.10g}."
         )
-        if self.n_excluded:
-            text += f" {self.n_excluded} entries excluded (kink crossed)."
+        if self.n_unverified:
+            text += f" {self.unverified_reasons()}."
         if self.note:
             text += f" {self.note}"
         return text
 
+    def _widened_text(self) -> str:
+        return f" + {self.widened:.3g} for the dtype's conditioning here" if self.widened else ""
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (inf and NaN as strings, tuples as lists)."""
+        """A JSON-ready dict (inf and NaN as strings, tuples as lists); no tensors."""
         out = asdict(self)
+        del out["verified"]
+        out["passed"] = self.passed
         for key, value in out.items():
             if isinstance(value, float) and not math.isfinite(value):
                 out[key] = str(value)
             elif isinstance(value, tuple):
                 out[key] = list(value)
         return out
+
+
+def unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The index into ``shape`` of flat (row-major) position ``flat``."""
+    index = []
+    for size in reversed(shape):
+        flat, k = divmod(flat, size)
+        index.append(k)
+    return tuple(reversed(index))
 
 
 def compare(
@@ -108,52 +183,87 @@ def compare(
     tolerance: Tolerance,
     *,
     excluded: Tensor | None = None,
+    error: Tensor | None = None,
+    widened: float = 0.0,
+    J_finite: bool = True,
+    directions: int = 0,
+    shape: tuple[int, ...] | None = None,
 ) -> Comparison:
-    """Compare gradient ``g`` with reference ``r`` under ``tolerance`` (normwise rule).
+    """Compare gradient ``g`` with reference ``r`` under ``tolerance`` (normwise rule), entry by
+    entry, as the module docstring says.
 
-    Both are compared in float64 on the CPU. ``excluded`` (bool, r's shape) marks entries to
-    leave out, e.g. finite differences that crossed a kink. A shape mismatch gives a failing
-    record with a note, never an exception: a forgotten transpose is a result, not a crash.
+    Args:
+        excluded: bool, r's shape: entries the reference cannot judge (a crossed piece boundary).
+        error: r's estimated error per entry (finite differences), or None for an exact reference.
+        widened: extra allowance added to atol + rtol * scale (the dtype's conditioning).
+        J_finite: False when the loss at this point is NaN or inf: nothing can be verified.
+        directions: for a directional row, the number of directions (g and r are then (k,)).
+        shape: the shape to report for g (a directional row reports the tensor's).
+
+    Both are compared in float64 on the CPU. A shape mismatch gives a failing record with a
+    note, never an exception: a forgotten transpose is a result, not a crash.
     """
-    shape, expected = tuple(g.shape), tuple(r.shape)
     tol = tolerance
-    if shape != expected:
-        hint = " (transposed?)" if shape == expected[::-1] and len(shape) == 2 else ""
+    shown = tuple(g.shape) if shape is None else shape
+    expected = tuple(r.shape)
+    if tuple(g.shape) != expected:
+        hint = " (transposed?)" if tuple(g.shape) == expected[::-1] and len(expected) == 2 else ""
         return Comparison(
-            name, reference, shape, expected, math.inf, math.inf, math.nan, None, None, None,
-            int(r.numel()), int(r.numel()), 0, tol.rtol, tol.atol, math.nan, False,
-            note=f"shape {shape} but the reference has shape {expected}{hint}",
+            name, reference, shown, expected, math.inf, math.inf, math.nan, None, None, None,
+            int(r.numel()), int(r.numel()), 0, tol.rtol, tol.atol, math.nan, "mismatch",
+            note=f"shape {tuple(g.shape)} but the reference has shape {expected}{hint}",
+            directions=directions, verified=torch.zeros(expected, dtype=torch.bool),
         )  # fmt: skip
     g64 = g.detach().to(device="cpu", dtype=torch.float64)
     r64 = r.detach().to(device="cpu", dtype=torch.float64)
-    keep = torch.ones_like(r64, dtype=torch.bool) if excluded is None else ~excluded.cpu()
-    n_excluded = int((~keep).sum())
-    diff = torch.where(keep, (g64 - r64).abs(), 0.0)
-    diff = torch.where(torch.isnan(g64) & keep, math.inf, diff)  # NaN in g always fails
-    r_kept = torch.where(keep, r64, 0.0)
-    scale = float(r_kept.abs().max()) if r64.numel() else 0.0
-    allowed = tol.allowed(scale)
-    n_mismatched = int((diff > allowed).sum())
-    n_elements = int(keep.sum())
-    if r64.numel() == 0:
-        return Comparison(name, reference, shape, expected, 0.0, 0.0, 0.0, None, None, None,
-                          0, 0, 0, tol.rtol, tol.atol, allowed, True, note="empty tensor")  # fmt: skip
-    flat = int(torch.argmax(diff))
-    index = tuple(int(k) for k in torch.unravel_index(torch.tensor(flat), shape))
-    max_abs = float(diff.reshape(-1)[flat])
-    if scale > 0:
-        max_rel = max_abs / scale
+    n = int(r64.numel())
+    bad_g = ~torch.isfinite(g64)  # NaN or inf in the gradient under test: always wrong
+    finite_r = torch.isfinite(r64)
+    usable = finite_r.clone() if J_finite else torch.zeros_like(finite_r)
+    if excluded is not None:
+        usable &= ~excluded.cpu()
+    scale = float(r64[usable].abs().max()) if bool(usable.any()) else 0.0
+    allowed = tol.allowed(scale) + widened
+    diff = torch.where(usable, (g64 - r64).abs(), 0.0)
+    slack = FD_ERROR_SAFETY * error.cpu() if error is not None else torch.zeros_like(r64)
+    contradicted = bad_g | (usable & (diff > allowed + slack))
+    imprecise = usable & ~contradicted & (slack > allowed)
+    verified = usable & ~contradicted & ~imprecise
+    n_mismatched, n_verified = int(contradicted.sum()), int(verified.sum())
+    n_excluded = 0 if excluded is None else int((excluded.cpu() & finite_r & ~bad_g).sum()) if J_finite else 0
+    n_nonfinite = int((~finite_r & ~bad_g).sum()) if J_finite else 0
+    n_imprecise = int(imprecise.sum())
+    n_unverified = n - n_verified - n_mismatched
+    if n_mismatched:
+        verdict = "mismatch"
+    elif n_verified == 0:
+        verdict = "unverified"
     else:
-        max_rel = 0.0 if max_abs == 0 else math.inf
-    note = ""
-    if bool(torch.isnan(g64).any()) or bool(torch.isinf(g64).any()):
-        note = "the gradient under test has NaN or inf entries."
-    if n_elements == 0:
-        note = "every entry was excluded: nothing was compared."
+        verdict = "partial" if n_unverified else "ok"
+    notes = []
+    if n == 0:
+        notes.append("the tensor is empty: nothing was compared.")
+    if not J_finite:
+        notes.append("the loss J is NaN or inf at this point: its gradient is not defined.")
+    if bool(bad_g.any()):
+        notes.append(f"the gradient under test has {int(bad_g.sum())} NaN or inf entries.")
+    judged = usable | bad_g
+    if not bool(judged.any()):
+        return Comparison(
+            name, reference, shown, expected, 0.0, 0.0, 0.0, None, None, None, n_mismatched, n, n_excluded,
+            tol.rtol, tol.atol, allowed, verdict, " ".join(notes), n_unverified, n_nonfinite, n_imprecise,
+            widened, directions, verified,
+        )  # fmt: skip
+    badness = torch.where(bad_g, math.inf, diff)
+    badness = torch.where(judged, badness, -1.0)
+    flat = int(torch.argmax(badness))
+    index = unravel(flat, expected)
+    max_abs = float(badness.reshape(-1)[flat])
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     return Comparison(
         name=name,
         reference=reference,
-        shape=shape,
+        shape=shown,
         expected_shape=expected,
         max_abs_error=max_abs,
         max_rel_error=max_rel,
@@ -162,11 +272,17 @@ def compare(
         worst_value=float(g64[index]),
         worst_reference=float(r64[index]),
         n_mismatched=n_mismatched,
-        n_elements=n_elements,
+        n_elements=n,
         n_excluded=n_excluded,
         rtol=tol.rtol,
         atol=tol.atol,
         allowed=allowed,
-        passed=n_mismatched == 0,
-        note=note,
+        verdict=verdict,
+        note=" ".join(notes),
+        n_unverified=n_unverified,
+        n_nonfinite=n_nonfinite,
+        n_imprecise=n_imprecise,
+        widened=widened,
+        directions=directions,
+        verified=verified,
     )

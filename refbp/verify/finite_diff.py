@@ -1,50 +1,64 @@
 """Central finite differences in float64: the reference that assumes nothing but J itself.
 
-    dJ/dp_k  ~  (J(p + h_k e_k) - J(p - h_k e_k)) / (2 h_k)        full mode, every entry k
-    v . dJ/dp ~  (J(p + h v) - J(p - h v)) / (2 h)                  directional mode, k vectors v
+    dJ/dp_k   ~  D_k = (J(p + h_k e_k) - J(p - h_k e_k)) / (2 h_k)       full mode, every entry k
+    v . dJ/dp ~  D_v = (J(p + h v) - J(p - h v)) / (2 h)                  directional mode, k vectors v
 
-Steps are FD_STEP * max(1, |p_k|) (see refbp.tolerances.FD_STEP for why). Whatever the dtype
-under test, differences are taken on a float64 copy of the network, evaluated with torch's own
-functions (refbp.reference), not with refbp's manual forward.
+Steps are FD_STEP * max(1, |p_k|) (refbp.verify.tolerances.FD_STEP says why). Whatever the dtype
+under test, differences are taken on a float64 CPU copy of the network, evaluated by its torch
+oracle (``Network.torch_J``), never by refbp's manual forward.
 
-For refbp's MLPs both modes are vectorised: P perturbed copies run as one batched forward pass
-(P, N, d), chunked to bound memory. Full mode also uses the layer structure, so that no copy
-runs the whole network:
+**How far to trust a difference.** D errs by h^2 J'''/6 (truncation) plus rounding. One more
+evaluation, at p + 2h, gives the third difference J(p+2h) - 3 J(p+h) + 3 J(p) - J(p-h) = h^3 J'''
++ O(h^4), hence an estimate of D's truncation error, ``error`` = |third difference| / (6 h).
+Where J curves sharply (a confident sigmoid under binary cross-entropy) the estimate is large,
+and the comparison can tell "finite differences cannot resolve this entry" from "the gradient
+is wrong" (refbp.verify.compare).
 
-- perturbing W(l)[j, k] (or b(l)[j]) only adds delta * a(l-1)[:, k] (or delta) to column j of
-  z(l), and changes nothing below layer l; by eq. (1) the changed column j of a(l) then moves
-  z(l+1) by an outer product, with no matrix product at layer l+1 (``run_from_column``);
-- perturbing entry (n, k) of X, z(l) or a(l) only changes row n of every later layer: the
-  observations of a batch go through the network independently (``run_rows_from``).
+**Pieces.** A perturbation that moves any input of a piecewise function (relu at 0, softplus at
+its threshold, bce's clamps; refbp.nn.pieces) into another piece, or out of a loss's domain,
+makes the difference meaningless: the entry (or direction) is *excluded*, neither verified nor
+contradicted. So is anything that flows through a point where torch's derivative is a
+convention (bce where p (1 - p) < 1e-12).
 
-Intermediates z(l), a(l) are checked the same way: perturb the intermediate, run the rest of
-the network from that layer. When a perturbation moves any pre-activation of a relu or
-leaky_relu layer across 0 (a kink), the difference quotient mixes two slopes and means
-nothing: such entries (or directions) are flagged ``excluded`` and counted, not compared.
+Any network: P perturbed copies of J are evaluated as one ``torch.func.vmap`` over the oracle,
+so layers that mix the batch (BatchNorm) stay exact. MLPs take a faster, layer- and
+row-structured path (refbp.verify.fd_mlp). ``function_finite_differences`` handles any
+function of named arrays (NumPy or torch), one call per evaluation.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..nn.activations import get_activation
-from ..nn.network import MLP
-from .reference import TORCH_ACTIVATIONS
+from ..nn.keys import Key
+from ..nn.layer import Params, Tap
+from ..nn.network import Network
+from ..nn.pieces import Pieces
+from .reference import oracle_point
 from .tolerances import FD_STEP
 
-__all__ = ["CHUNK_BYTES", "FDResult", "function_finite_differences", "mlp_finite_differences", "random_directions"]
+__all__ = [
+    "CHUNK_BYTES",
+    "FDResult",
+    "PieceRecorder",
+    "PieceWatcher",
+    "function_finite_differences",
+    "network_finite_differences",
+    "random_directions",
+    "steps",
+]
 
 CHUNK_BYTES = 4 * 2**20
-"""Memory for one batch of perturbed activations (P, N, d): 4 MiB, so a check needs little
-memory whatever the network's size, and each batch stays in the CPU's cache (2 to 3 times
-faster than 64 MiB batches on a 1 MiB-L2 machine: benchmarks/, item 3)."""
+"""Memory for one batch of perturbed activations: 4 MiB, so a check needs little memory
+whatever the network's size, and each batch stays in the CPU's cache (2 to 3 times faster than
+64 MiB batches on a 1 MiB-L2 machine: benchmarks/, item 3)."""
 
 
 @dataclass
@@ -52,13 +66,15 @@ class FDResult:
     """Finite differences for one tensor.
 
     Attributes:
-        values: full mode: dJ/dp, the tensor's shape. Directional: (k,) estimates of v_k . dJ/dp.
-        excluded: bool, like ``values``: entries (directions) whose perturbation crossed a kink.
+        values: full mode: D, the tensor's shape. Directional: (k,) estimates of v_k . dJ/dp.
+        error: like ``values``: the estimated truncation error of each difference, >= 0.
+        excluded: bool, like ``values``: differences whose perturbation left a piece or the domain.
         directions: directional mode only: (k, *shape) float64, the v_k used.
         J: the loss at the unperturbed point, float64.
     """
 
     values: Tensor
+    error: Tensor
     excluded: Tensor
     directions: Tensor | None
     J: float
@@ -75,236 +91,196 @@ def random_directions(shape: tuple[int, ...], k: int, *, seed: int) -> Tensor:
     return V / norms.reshape((k,) + (1,) * len(shape))
 
 
-class _Network64:
-    """A float64 copy of an MLP, its base forward pass, and a batched J evaluator."""
-
-    def __init__(self, net: MLP, X: Tensor, y: Tensor) -> None:
-        # float64 on the CPU whatever the network's dtype and device: the reference is the same
-        # everywhere, and float16/bfloat16/CUDA networks are checked against it as they are.
-        self.Ws = [W.detach().to(device="cpu", dtype=torch.float64) for W in net.weights]
-        self.bs = [b.detach().to(device="cpu", dtype=torch.float64) for b in net.biases]
-        self.names = list(net.activations)
-        self.kinked = [get_activation(name).kinked for name in self.names]
-        self.loss_name = net.loss_name
-        self.weight_decay = float(net.weight_decay)
-        self.y = y.detach().to(device="cpu", dtype=torch.float64) if y.is_floating_point() else y.detach().cpu()
-        self.L = len(self.Ws)
-        # base forward, indexed as in the equations: a[0] = X, z[0] unused
-        self.a: list[Tensor] = [X.detach().to(device="cpu", dtype=torch.float64)]
-        self.z: list[Tensor] = [self.a[0]]
-        for i in range(1, self.L + 1):
-            self.z.append(F.linear(self.a[i - 1], self.Ws[i - 1], self.bs[i - 1]))
-            self.a.append(TORCH_ACTIVATIONS[self.names[i - 1]](self.z[i]))
-        self.wd_base = sum(float((W * W).sum()) for W in self.Ws)
-        self.J = float(self.batched_loss(self.a[-1].unsqueeze(0))[0]) + 0.5 * self.weight_decay * self.wd_base
-
-    def batched_loss(self, y_hat: Tensor) -> Tensor:
-        """The data loss of P outputs at once: (P, N, d_L) -> (P,), torch's own functions."""
-        P, N, d = y_hat.shape
-        if self.loss_name == "cross_entropy":
-            per_row = F.cross_entropy(y_hat.reshape(P * N, d), self.y.repeat(P), reduction="none")
-            return per_row.reshape(P, N).mean(dim=1)
-        y = self.y.expand_as(y_hat)
-        if self.loss_name == "half_sse":
-            return 0.5 * F.mse_loss(y_hat, y, reduction="none").sum(dim=(1, 2))
-        if self.loss_name == "mse":
-            return F.mse_loss(y_hat, y, reduction="none").mean(dim=(1, 2))
-        return F.binary_cross_entropy(y_hat, y, reduction="none").mean(dim=(1, 2))
-
-    def run_from(self, layer: int, *, Z: Tensor | None = None, A: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """J for P perturbed states, and whether each crossed a kink.
-
-        Give either Z, a perturbed z(layer) (P, N, d_layer), or A, a perturbed a(layer); the
-        rest of the network runs from there. Returns (J (P,), crossed (P,) bool)."""
-        first, state = _starting_point(layer, Z, A)
-        P = state.shape[0]
-        crossed = torch.zeros(P, dtype=torch.bool)
-        for i in range(first, self.L + 1):
-            if i > first or Z is None:
-                N, d_prev = state.shape[1], state.shape[2]
-                # eq. (1) for all P copies as one matrix product, bias added inside it
-                z_i = torch.addmm(self.bs[i - 1], state.reshape(P * N, d_prev), self.Ws[i - 1].T)  # (P N, d_i)
-                state = z_i.reshape(P, N, -1)  # z(i)  (P, N, d_i)
-            if self.kinked[i - 1]:
-                flipped = (state > 0) != (self.z[i] > 0)  # a pre-activation moved across 0
-                crossed |= flipped.reshape(P, -1).any(dim=1)
-            state = TORCH_ACTIVATIONS[self.names[i - 1]](state)  # a(i)  (P, N, d_i)
-        return self.batched_loss(state), crossed
-
-    def run_from_column(self, layer: int, j: Tensor, z_col: Tensor) -> tuple[Tensor, Tensor]:
-        """J for P copies of the network that differ from the base only in column j[p] of
-        z(layer), which holds z_col[p] (P, N); and whether each crossed a kink.
-
-        Only column j of a(layer) changes, so by eq. (1) z(layer+1) moves by the outer product
-        (change of that column) W(layer+1)[:, j]^T: no matrix product is needed at layer+1."""
-        P, N = z_col.shape
-        f = TORCH_ACTIVATIONS[self.names[layer - 1]]
-        crossed = torch.zeros(P, dtype=torch.bool)
-        if self.kinked[layer - 1]:
-            crossed = ((z_col > 0) != (self.z[layer].T[j] > 0)).any(dim=1)
-        a_col = f(z_col)  # (P, N) column j of a(layer), one per copy
-        if layer == self.L:  # the output itself: copy y_hat and replace column j
-            y_hat = self.a[layer].expand(P, N, -1).clone()  # (P, N, d_L)
-            y_hat[torch.arange(P), :, j] = a_col
-            return self.batched_loss(y_hat) + 0.5 * self.weight_decay * self.wd_base, crossed
-        change = a_col - self.a[layer].T[j]  # (P, N)
-        W_col = self.Ws[layer].T[j]  # (P, d_{layer+1}) column j of W(layer+1), one per copy
-        Z = self.z[layer + 1] + change.unsqueeze(2) * W_col.unsqueeze(1)  # (P, N, d_{layer+1})
-        J, crossed_above = self.run_from(layer + 1, Z=Z)
-        return J + 0.5 * self.weight_decay * self.wd_base, crossed | crossed_above
-
-    def run_rows_from(
-        self, layer: int, n: Tensor, *, Z: Tensor | None = None, A: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """J for P copies of the network that differ from the base only in row n[p] of
-        z(layer) (give Z, (P, d_layer)) or of a(layer) (give A); and whether each crossed a kink.
-
-        Each observation goes through eqs. (1)-(2) on its own, so only row n of every later
-        z(i), a(i) changes: the P rows run alone, then replace row n of a copy of y_hat."""
-        first, state = _starting_point(layer, Z, A)
-        P = state.shape[0]
-        crossed = torch.zeros(P, dtype=torch.bool)
-        for i in range(first, self.L + 1):
-            if i > first or Z is None:
-                state = torch.addmm(self.bs[i - 1], state, self.Ws[i - 1].T)  # (1) row n of z(i)  (P, d_i)
-            if self.kinked[i - 1]:
-                crossed |= ((state > 0) != (self.z[i][n] > 0)).any(dim=1)
-            state = TORCH_ACTIVATIONS[self.names[i - 1]](state)  # (2) row n of a(i)  (P, d_i)
-        y_hat = self.a[-1].expand(P, *self.a[-1].shape).clone()  # (P, N, d_L)
-        y_hat[torch.arange(P), n] = state
-        return self.batched_loss(y_hat) + 0.5 * self.weight_decay * self.wd_base, crossed
-
-
-def _starting_point(layer: int, Z: Tensor | None, A: Tensor | None) -> tuple[int, Tensor]:
-    """(first layer to run, state): from a perturbed z(layer), f_layer is applied first; from a
-    perturbed a(layer), layer+1's linear map (eq. 1) comes first."""
-    if Z is not None:
-        return layer, Z
-    if A is not None:
-        return layer + 1, A
-    raise ValueError("a perturbed z (Z) or a (A) is needed to start from")
-
-
-def _steps(p: Tensor) -> tuple[Tensor, Tensor]:
+def steps(p: Tensor) -> tuple[Tensor, Tensor]:
     """Exactly representable steps up and down for each entry: h+ = (p + h) - p, h- = p - (p - h)."""
     h = FD_STEP * p.abs().clamp_min(1.0)
     return (p + h) - p, p - (p - h)
 
 
-def mlp_finite_differences(
-    net: MLP,
+def combine_evaluations(
+    J0: float, J_up: Tensor, J_down: Tensor, J_up2: Tensor, h_up: Tensor, h_down: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(D, error estimate) from J at p + h, p - h and p + 2h (see the module docstring)."""
+    values = (J_up - J_down) / (h_up + h_down)
+    h = 0.5 * (h_up + h_down)
+    third = J_up2 - 3.0 * J_up + 3.0 * J0 - J_down  # h^3 J''' + O(h^4)
+    return values, third.abs() / (6.0 * h)
+
+
+# ---- pieces: noticing a perturbation that crosses a boundary -----------------------------
+class PieceRecorder(Tap):
+    """The base run: records, in call order, which piece every piecewise input is in, and the
+    base values of entries where torch's derivative is a convention; keeps intermediates."""
+
+    def __init__(self) -> None:
+        self.regions: list[Tensor] = []
+        self.conventional: list[tuple[Tensor, Tensor] | None] = []
+        self.inside: list[Tensor] = []
+        self.values: dict[Key, Tensor] = {}
+
+    def intermediate(self, key: Key, t: Tensor) -> Tensor:
+        self.values[key] = t
+        return t
+
+    def piecewise(self, t: Tensor, pieces: Pieces) -> None:
+        self.regions.append(pieces.region_of(t))
+        if pieces.conventional is None:
+            self.conventional.append(None)
+        else:
+            self.conventional.append((pieces.conventional(t), t))
+
+    def within(self, t: Tensor, domain: tuple[float, float]) -> Tensor:
+        self.inside.append(t)
+        return t
+
+
+class PieceWatcher(Tap):
+    """A perturbed run (under vmap): flags ``crossed`` when an input of a piecewise function is
+    in another piece than at the base, leaves a domain, or moves an entry where the derivative
+    is a convention; adds ``delta`` to the intermediate ``target``."""
+
+    def __init__(self, base: PieceRecorder, target: Key | None = None, delta: Tensor | None = None) -> None:
+        self.base, self.target, self.delta = base, target, delta
+        self.crossed = torch.zeros((), dtype=torch.bool)
+        self._piece = 0
+        self._domain = 0
+
+    def intermediate(self, key: Key, t: Tensor) -> Tensor:
+        if key == self.target:
+            assert self.delta is not None
+            return t + self.delta
+        return t
+
+    def piecewise(self, t: Tensor, pieces: Pieces) -> None:
+        k = self._piece
+        self._piece += 1
+        self.crossed = self.crossed | (pieces.region_of(t) != self.base.regions[k]).any()
+        conventional = self.base.conventional[k]
+        if conventional is not None:
+            mask, t0 = conventional
+            self.crossed = self.crossed | (mask & (t != t0)).any()
+
+    def within(self, t: Tensor, domain: tuple[float, float]) -> Tensor:
+        t0 = self.base.inside[self._domain]
+        self._domain += 1
+        outside = (t < domain[0]) | (t > domain[1])
+        self.crossed = self.crossed | outside.any()
+        return torch.where(outside, t0, t)  # evaluate at the base value instead; flagged anyway
+
+
+# ---- any network, through its oracle --------------------------------------------------------
+def network_finite_differences(
+    net: Network,
     X: Tensor,
     y: Tensor,
     names: list[str],
     *,
+    noise: Mapping[tuple[int, ...], Tensor] | None = None,
     mode: str = "full",
     directions: int = 8,
     seed: int = 0,
 ) -> dict[str, FDResult]:
-    """Finite differences of J for the tensors named (keys as in Gradients.as_dict()).
+    """Finite differences of J for the tensors named (keys as in ``backward(...).as_dict()``).
 
     Args:
+        noise: the dropout keep-masks of the forward pass being checked (``cache.noise``).
         mode: "full" (every entry) or "directional" (``directions`` random signed vectors).
         seed: seeds the directions; the same seed gives the same directions.
     """
     if mode not in ("full", "directional"):
         raise ValueError(f"mode={mode!r}; expected 'full' or 'directional'")
-    net64 = _Network64(net, X, y)
-    N = X.shape[0]
-    width = max(net.dims)
-    chunk = max(1, CHUNK_BYTES // (2 * 8 * N * width * 3))  # perturbations per batch
+    from .fd_mlp import is_plain_mlp, mlp_finite_differences
+
+    if is_plain_mlp(net):
+        return mlp_finite_differences(net, X, y, names, mode=mode, directions=directions, seed=seed)
+    cpu = torch.device("cpu")
+    X64, y64, noise64 = oracle_point(net, X, y, noise or {}, dtype=torch.float64, device=cpu)
+    params = net.oracle_params(dtype=torch.float64, device=cpu)
+    record = PieceRecorder()
+    with torch.no_grad():
+        J0 = float(net.torch_J(X64, y64, Params(params, net.ties), noise64, record))
+    per_copy = 8 * 3 * sum(t.numel() for t in record.values.values()) + 8 * X64.numel()
+    chunk = max(1, CHUNK_BYTES // max(1, per_copy))
+
     out: dict[str, FDResult] = {}
     for offset, name in enumerate(names):
-        kind, layer = name[0], (0 if name == "X" else int(name[1:]))
-        base = _tensor_of(net64, kind, layer)
+        key = Key.parse(name)
+        if key.kind == "X":
+            base = X64
+        elif key in params:
+            base = params[key]
+        else:
+            base = record.values[key]
+
+        def J_of(delta: Tensor, key: Key = key) -> tuple[Tensor, Tensor]:
+            watcher = PieceWatcher(record)
+            p, X_in = params, X64
+            if key.kind == "X":
+                X_in = X64 + delta
+            elif key in params:
+                p = {**params, key: params[key] + delta}
+            else:
+                watcher = PieceWatcher(record, key, delta)
+            J = net.torch_J(X_in, y64, Params(p, net.ties), noise64, watcher)
+            return J, watcher.crossed
+
         if mode == "full":
-            out[name] = _full(net64, kind, layer, base, chunk)
+            out[name] = _full(J_of, base, J0, chunk)
         else:
             V = random_directions(tuple(base.shape), directions, seed=seed + 1009 * offset)
-            out[name] = _directional(net64, kind, layer, base, V, chunk)
+            out[name] = _directional(_batched(J_of, chunk), base, V, J0)
     return out
 
 
-def _tensor_of(net64: _Network64, kind: str, layer: int) -> Tensor:
-    if kind == "W":
-        return net64.Ws[layer - 1]
-    if kind == "b":
-        return net64.bs[layer - 1]
-    if kind == "z":
-        return net64.z[layer]
-    return net64.a[layer]  # "a" and "X" (= a(0))
+def _batched(fn: Callable[..., tuple[Tensor, Tensor]], chunk: int) -> Callable[..., tuple[Tensor, Tensor]]:
+    """fn over P copies: arguments with a leading P dimension -> (J (P,), crossed (P,)), by
+    torch.func.vmap over chunks of ``chunk`` copies."""
+    vmapped = torch.func.vmap(fn)
+
+    def evaluate(*batched: Tensor) -> tuple[Tensor, Tensor]:
+        Js, crossed = [], []
+        with torch.no_grad(), warnings.catch_warnings():
+            # an op without a batching rule falls back to a loop: slower, still exact
+            warnings.filterwarnings("ignore", message=".*batching rule.*")
+            for start in range(0, batched[0].shape[0], chunk):
+                J, c = vmapped(*(b[start : start + chunk] for b in batched))
+                Js.append(J)
+                crossed.append(c)
+        return torch.cat(Js), torch.cat(crossed)
+
+    return evaluate
 
 
-def _evaluate(net64: _Network64, kind: str, layer: int, delta: Tensor, wd_change: Tensor) -> tuple[Tensor, Tensor]:
-    """J and kink flags for P perturbations ``delta`` (P, *shape) of tensor (kind, layer)."""
-    if kind == "W":  # z(l) + a(l-1) dW^T: only layer l onwards changes
-        Z = net64.z[layer] + torch.matmul(net64.a[layer - 1], delta.transpose(1, 2))  # (P, N, d_l)
-        J, crossed = net64.run_from(layer, Z=Z)
-    elif kind == "b":
-        J, crossed = net64.run_from(layer, Z=net64.z[layer] + delta.unsqueeze(1))  # (P, N, d_l)
-    elif kind == "z":
-        J, crossed = net64.run_from(layer, Z=net64.z[layer] + delta)
-    else:  # "a" or "X"
-        J, crossed = net64.run_from(layer, A=net64.a[layer] + delta)
-    return J + 0.5 * net64.weight_decay * (net64.wd_base + wd_change), crossed
-
-
-def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int) -> FDResult:
-    """Full mode: each entry moved up and down, 2P perturbed copies of the network per batch.
-
-    No copy runs the whole network: moving W(l)[j, k] or b(l)[j] changes only column j of
-    z(l) (``run_from_column``), and moving entry (n, k) of X, z(l) or a(l) changes only row n
-    of every later layer (``run_rows_from``)."""
+def _full(J_of: Callable[[Tensor], tuple[Tensor, Tensor]], base: Tensor, J0: float, chunk: int) -> FDResult:
+    """Every entry moved by +h, -h and +2h: 3 evaluations per entry, batched. Each copy's
+    perturbation is built inside the vmapped function from (entry, move), so no (P, n) tensor
+    of perturbations is ever stored."""
     n = base.numel()
-    h_up, h_down = _steps(base.reshape(-1))  # (n,)
-    values = torch.empty(n, dtype=torch.float64)
-    excluded = torch.zeros(n, dtype=torch.bool)
-    width = base.shape[-1]  # d_{l-1} for W(l), d_l for z(l), a(l); 1 entry per row for b(l)
-    for start in range(0, n, chunk):
-        idx = torch.arange(start, min(start + chunk, n))
-        P = idx.numel()
-        steps = torch.cat([h_up[idx], -h_down[idx]])  # (2P,)  +h then -h
-        entries = idx.repeat(2)  # (2P,) flat index of the entry moved in each copy
-        if kind == "W":  # W(l)[j, k]: by (1), column j of z(l) moves by step * a(l-1)[:, k]
-            j, k = entries // width, entries % width
-            z_col = net64.z[layer].T[j] + steps.unsqueeze(1) * net64.a[layer - 1].T[k]  # (2P, N)
-            J, crossed = net64.run_from_column(layer, j, z_col)
-            w = base.reshape(-1)[entries]  # ||W + delta||^2 - ||W||^2 = 2 w delta + delta^2
-            J = J + 0.5 * net64.weight_decay * (2 * w * steps + steps * steps)
-        elif kind == "b":  # b(l)[j]: by (1), column j of z(l) moves by the step itself
-            z_col = net64.z[layer].T[entries] + steps.unsqueeze(1)  # (2P, N)
-            J, crossed = net64.run_from_column(layer, entries, z_col)
-        else:  # entry (n, k) of X, z(l) or a(l): only row n of that tensor moves
-            rows, k = entries // width, entries % width
-            moved = base[rows].clone()  # (2P, width) row n of the tensor, one per copy
-            moved[torch.arange(2 * P), k] += steps
-            if kind == "z":
-                J, crossed = net64.run_rows_from(layer, rows, Z=moved)
-            else:
-                J, crossed = net64.run_rows_from(layer, rows, A=moved)
-        values[idx] = (J[:P] - J[P:]) / (h_up[idx] + h_down[idx])
-        excluded[idx] = crossed[:P] | crossed[P:]
-    return FDResult(values.reshape(base.shape), excluded.reshape(base.shape), None, net64.J)
+    positions = torch.arange(n)
+
+    def J_of_entry(entry: Tensor, move: Tensor) -> tuple[Tensor, Tensor]:
+        delta = (positions == entry).to(torch.float64) * move  # move e_entry
+        return J_of(delta.reshape(base.shape))
+
+    evaluate = _batched(J_of_entry, chunk)
+    h_up, h_down = steps(base.reshape(-1))  # (n,)
+    entries = positions.repeat(3)  # (3n,)  +h, then -h, then +2h
+    J, crossed = evaluate(entries, torch.cat([h_up, -h_down, 2.0 * h_up]))
+    values, error = combine_evaluations(J0, J[:n], J[n : 2 * n], J[2 * n :], h_up, h_down)
+    excluded = crossed[:n] | crossed[n : 2 * n] | crossed[2 * n :]
+    shape = base.shape
+    return FDResult(values.reshape(shape), error.reshape(shape), excluded.reshape(shape), None, J0)
 
 
-def _directional(net64: _Network64, kind: str, layer: int, base: Tensor, V: Tensor, chunk: int) -> FDResult:
+def _directional(evaluate: Callable[..., tuple[Tensor, Tensor]], base: Tensor, V: Tensor, J0: float) -> FDResult:
+    """Each direction v moved by +h v, -h v and +2h v."""
     k = V.shape[0]
     h = FD_STEP * max(1.0, float(base.abs().max()) if base.numel() else 1.0)
-    values = torch.empty(k, dtype=torch.float64)
-    excluded = torch.zeros(k, dtype=torch.bool)
-    for start in range(0, k, chunk):
-        sl = slice(start, min(start + chunk, k))
-        Vc = V[sl]
-        P = Vc.shape[0]
-        delta = torch.cat([h * Vc, -h * Vc])  # (2P, *shape)
-        wd_change = torch.zeros(2 * P, dtype=torch.float64)
-        if kind == "W":  # ||W + delta||^2 - ||W||^2
-            flat = delta.reshape(2 * P, -1)
-            wd_change = 2 * flat @ base.reshape(-1) + (flat * flat).sum(dim=1)
-        J, crossed = _evaluate(net64, kind, layer, delta, wd_change)
-        values[sl] = (J[:P] - J[P:]) / (2 * h)
-        excluded[sl] = crossed[:P] | crossed[P:]
-    return FDResult(values, excluded, V, net64.J)
+    J, crossed = evaluate(torch.cat([h * V, -h * V, 2.0 * h * V]))
+    h_k = torch.full((k,), h, dtype=torch.float64)
+    values, error = combine_evaluations(J0, J[:k], J[k : 2 * k], J[2 * k :], h_k, h_k)
+    excluded = crossed[:k] | crossed[k : 2 * k] | crossed[2 * k :]
+    return FDResult(values, error, excluded, V, J0)
 
 
 # ---- any function of named arrays ------------------------------------------------------
@@ -320,8 +296,10 @@ def function_finite_differences(
 
     ``loss`` is called with a dict like ``params`` in which one array has been perturbed; the
     arrays passed are float64 and of the type given (NumPy stays NumPy, torch stays torch, on
-    its device). Full mode makes 2 calls per entry, directional mode 2 per direction and array:
-    use directional for parameter vectors of more than a few thousand entries.
+    its device). Full mode makes 3 calls per entry, directional mode 3 per direction and
+    array: use directional for parameter vectors of more than a few thousand entries. Nothing
+    is known of the function's pieces, so no difference is excluded; a non-finite J makes
+    the difference non-finite, and the comparison counts it as unverified.
     """
     if mode not in ("full", "directional"):
         raise ValueError(f"mode={mode!r}; expected 'full' or 'directional'")
@@ -336,22 +314,27 @@ def function_finite_differences(
     for offset, (name, p) in enumerate(base.items()):
         if mode == "full":
             flat = p.reshape(-1)
-            h_up, h_down = _steps(flat)
-            values = torch.empty(flat.numel(), dtype=torch.float64)
-            for k in range(flat.numel()):
-                up, down = flat.clone(), flat.clone()
-                up[k] += h_up[k]
-                down[k] -= h_down[k]
-                J_up, J_down = call(name, up.reshape(p.shape)), call(name, down.reshape(p.shape))
-                values[k] = (J_up - J_down) / (h_up[k] + h_down[k])
-            out[name] = FDResult(values.reshape(p.shape), torch.zeros(p.shape, dtype=torch.bool), None, J0)
+            h_up, h_down = steps(flat)
+            n = flat.numel()
+            J = torch.empty(3, n, dtype=torch.float64)
+            for k in range(n):
+                for row, move in enumerate((h_up[k], -h_down[k], 2.0 * h_up[k])):
+                    moved = flat.clone()
+                    moved[k] += move
+                    J[row, k] = call(name, moved.reshape(p.shape))
+            values, error = combine_evaluations(J0, J[0], J[1], J[2], h_up, h_down)
+            excluded = torch.zeros(n, dtype=torch.bool)
+            out[name] = FDResult(values.reshape(p.shape), error.reshape(p.shape), excluded.reshape(p.shape), None, J0)
         else:
             V = random_directions(tuple(p.shape), directions, seed=seed + 1009 * offset)
             h = FD_STEP * max(1.0, float(p.abs().max()) if p.numel() else 1.0)
-            values = torch.empty(directions, dtype=torch.float64)
-            for k in range(directions):
-                values[k] = (call(name, p + h * V[k]) - call(name, p - h * V[k])) / (2 * h)
-            out[name] = FDResult(values, torch.zeros(directions, dtype=torch.bool), V, J0)
+            J = torch.tensor(
+                [[call(name, p + s * h * V[k]) for k in range(directions)] for s in (1.0, -1.0, 2.0)],
+                dtype=torch.float64,
+            )
+            h_k = torch.full((directions,), h, dtype=torch.float64)
+            values, error = combine_evaluations(J0, J[0], J[1], J[2], h_k, h_k)
+            out[name] = FDResult(values, error, torch.zeros(directions, dtype=torch.bool), V, J0)
     return out
 
 

@@ -1,94 +1,108 @@
-"""The oracle: the same network and loss built from torch's own functions, differentiated by
-torch.autograd. Nothing here is shared with the manual path (not even the activations), so a
-slip in refbp's formulas cannot hide in both."""
+"""The oracle: each network's function built from torch's own functions, differentiated by
+torch.autograd. Every layer's ``torch_forward`` and every loss's ``torch_fn`` come from
+torch.nn.functional (refbp.nn); none of refbp's manual formulas is used, so a slip in them
+cannot hide in both.
+
+    J, grads = autograd_gradients(net, X, y)      # grads: name -> dJ/d(that), like as_dict()
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..nn.network import MLP
+from ..nn.activations import ACTIVATIONS
+from ..nn.keys import Key
+from ..nn.layer import Params, Tap
+from ..nn.losses import LOSSES
+from ..nn.network import Network
 
-__all__ = ["TORCH_ACTIVATIONS", "TORCH_LOSSES", "autograd_gradients", "torch_loss"]
+__all__ = ["TORCH_ACTIVATIONS", "TORCH_LOSSES", "autograd_gradients", "oracle_point", "torch_loss"]
 
-TORCH_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "identity": lambda z: z,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-    "relu": F.relu,
-    "leaky_relu": F.leaky_relu,  # negative_slope=0.01
-    "softplus": F.softplus,  # beta=1, threshold=20
-    "gelu": F.gelu,  # approximate="none": the exact erf form
-    "silu": F.silu,
-    "elu": F.elu,  # alpha=1
-}
-"""torch's own implementation of each activation refbp knows."""
+TORCH_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {name: act.torch_fn for name, act in ACTIVATIONS.items()}
+"""torch's own implementation of each activation refbp knows (the records' ``torch_fn``)."""
 
-TORCH_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "half_sse": lambda y_hat, y: 0.5 * F.mse_loss(y_hat, y, reduction="sum"),
-    "mse": F.mse_loss,
-    "bce": F.binary_cross_entropy,
-    "cross_entropy": F.cross_entropy,
-}
-"""torch's own implementation of each loss refbp knows."""
+TORCH_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {name: loss.torch_fn for name, loss in LOSSES.items()}
+"""torch's own implementation of each loss refbp knows (the records' ``torch_fn``)."""
 
 
-def torch_loss(net: MLP, X: Tensor, y: Tensor) -> Tensor:
+class _Retain(Tap):
+    """Keeps every intermediate the oracle reports, with retain_grad, to read its gradient."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, Tensor] = {}
+
+    def intermediate(self, key: Key, t: Tensor) -> Tensor:
+        if t.requires_grad:
+            t.retain_grad()
+        self.kept[str(key)] = t
+        return t
+
+
+def oracle_point(
+    net: Network,
+    X: Tensor,
+    y: Tensor,
+    noise: Mapping[tuple[int, ...], Tensor],
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> tuple[Tensor, Tensor, dict[tuple[int, ...], Tensor]]:
+    """X, y and the noise in ``dtype`` on ``device`` (integer tensors keep their dtype)."""
+
+    def move(t: Tensor) -> Tensor:
+        t = t.detach().to(device=device)
+        return t.to(dtype) if t.is_floating_point() else t
+
+    return move(X), move(y), {path: move(mask) for path, mask in noise.items()}
+
+
+def torch_loss(net: Network, X: Tensor, y: Tensor, noise: Mapping[tuple[int, ...], Tensor] | None = None) -> Tensor:
     """J computed by torch's functions (no gradients): an independent check of the forward."""
     with torch.no_grad():
-        return _forward(net, X.detach(), [W.detach() for W in net.weights], [b.detach() for b in net.biases], y)[0]
+        params = net.oracle_params()
+        return net.torch_J(X.detach(), y.detach(), Params(params, net.ties), noise or {})
 
 
 def autograd_gradients(
-    net: MLP, X: Tensor, y: Tensor, *, dtype: torch.dtype | None = None
+    net: Network,
+    X: Tensor,
+    y: Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    noise: Mapping[tuple[int, ...], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """J and every gradient of ``net`` at (X, y), by torch.autograd.
+    """J and every gradient of ``net`` at (X, y), by torch.autograd on the oracle.
 
     Args:
-        dtype: evaluate in this dtype (default: the network's). float32 results are checked
-            against a float64 reference, so that the reference's own rounding is negligible.
+        dtype: evaluate in this dtype (default: the network's). Gradients in float32 and
+            below are checked against a float64 reference, so that the reference's own
+            rounding is negligible.
+        device: evaluate on this device (default: the network's).
+        noise: the dropout keep-masks the manual forward drew (``cache.noise``), by layer path.
 
     Returns:
-        (J, grads) with grads keyed like ``Gradients.as_dict()``: "W1", "b1", "z1", "a1", ...,
-        "X"; intermediates come from ``retain_grad()``.
+        (J, grads), grads keyed like ``as_dict()``: "W1", "b1", "z1", "a1", ..., "X";
+        intermediates come from ``retain_grad()``.
     """
     dtype = dtype or net.dtype
+    device = device or net.device
+    X_ref, y_ref, noise_ref = oracle_point(net, X, y, noise or {}, dtype=dtype, device=device)
     with torch.enable_grad():
-        X_leaf = X.detach().to(dtype).requires_grad_(True)
-        Ws = [W.detach().to(dtype).requires_grad_(True) for W in net.weights]
-        bs = [b.detach().to(dtype).requires_grad_(True) for b in net.biases]
-        y_ref = y.detach().to(dtype) if y.is_floating_point() else y
-        J, zs, as_ = _forward(net, X_leaf, Ws, bs, y_ref)
-        for t in zs + as_:
-            t.retain_grad()
+        params = {key: t.requires_grad_(True) for key, t in net.oracle_params(dtype=dtype, device=device).items()}
+        if X_ref.is_floating_point():
+            X_ref.requires_grad_(True)
+        tap = _Retain()
+        J = net.torch_J(X_ref, y_ref, Params(params, net.ties), noise_ref, tap)
         J.backward()
-    grads: dict[str, Tensor] = {}
-    for i in range(1, net.L + 1):
-        grads[f"W{i}"] = _grad_of(Ws[i - 1])
-        grads[f"b{i}"] = _grad_of(bs[i - 1])
-        grads[f"z{i}"] = _grad_of(zs[i - 1])
-        grads[f"a{i}"] = _grad_of(as_[i - 1])
-    grads["X"] = _grad_of(X_leaf)
-    return J.detach(), grads
-
-
-def _forward(
-    net: MLP, X: Tensor, Ws: list[Tensor], bs: list[Tensor], y: Tensor
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    zs, as_ = [], []
-    a = X
-    for W, b, name in zip(Ws, bs, net.activations, strict=True):
-        z = F.linear(a, W, b)  # a W^T + b, torch.nn.Linear's own op
-        a = TORCH_ACTIVATIONS[name](z)
-        zs.append(z)
-        as_.append(a)
-    J = TORCH_LOSSES[net.loss_name](a, y)
-    if net.weight_decay:
-        J = J + 0.5 * net.weight_decay * sum((W**2).sum() for W in Ws)
-    return J, zs, as_
+    grads: dict[str, Tensor] = {str(key): _grad_of(t) for key, t in params.items()}
+    grads.update({name: _grad_of(t) for name, t in tap.kept.items()})
+    if X_ref.is_floating_point():
+        grads["X"] = _grad_of(X_ref)
+    return J.detach(), {name: grads[name] for name in net.names() if name in grads}
 
 
 def _grad_of(t: Tensor) -> Tensor:

@@ -18,12 +18,15 @@ Each constant was checked against the false-positive measurement in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "CONDITIONING_SAFETY",
+    "FD_ERROR_SAFETY",
     "FD_STEP",
     "FD_TOLERANCE",
     "TOLERANCES",
@@ -40,6 +43,12 @@ class Tolerance:
 
     rtol: float
     atol: float
+
+    def __post_init__(self) -> None:
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"Tolerance({name}={value!r}): expected a finite number >= 0")
 
     def allowed(self, scale: float) -> float:
         """The largest admissible |g_k - r_k| for a reference of inf-norm ``scale``."""
@@ -76,6 +85,23 @@ FD_TOLERANCE = Tolerance(rtol=1e-6, atol=1e-8)
 FD_STEP): 1e-6 relative keeps a 1000x margin over that for smooth activations (gelu and silu
 have J''' of order 1). ``atol`` is multiplied by (1 + |J|): the rounding part of the error
 grows with the loss value, not with the gradient."""
+
+
+FD_ERROR_SAFETY = 4.0
+"""A finite difference counts as precise to FD_ERROR_SAFETY times its estimated truncation
+error (refbp.verify.finite_diff: |third difference| / 6h). The estimate is the leading term of
+the error, taken half a step off the point; where the third derivative of J changes fast (a
+sigmoid near 1 under binary cross-entropy, where it grows like 1/(1 - p)^3) it can be off by a
+factor of 1.3 at the steps used. 4 covers that with room to spare, and still lets a difference
+confirm an entry wherever J is smooth on the scale of the step (there the estimate is ~1e-10
+relative)."""
+
+CONDITIONING_SAFETY = 4.0
+"""A gradient computed in float32 (or below) is allowed CONDITIONING_SAFETY times the error
+torch's own autograd makes in that dtype at the same point (against float64). Where the
+problem is ill-conditioned (dJ/dp of a confident bce output: relative condition 1/(1 - p))
+no float32 code can do better than that error, and refbp's own float32 result differs from
+torch's float32 one by rounding order only; the factor absorbs that difference."""
 
 
 def tolerance_for(dtype: torch.dtype) -> Tolerance:

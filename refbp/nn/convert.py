@@ -1,0 +1,96 @@
+"""From torch, to torch: a torch.nn.Sequential becomes a refbp Network, and back.
+
+    module = torch.nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.LayerNorm(8), nn.Linear(8, 2))
+    net = refbp.from_torch(module, loss="mse")
+    grads = net.backward(net.forward(X), y)
+    grads.torch_named()     # {"0.weight": ..., "0.bias": ..., "2.weight": ..., ..., "input": dJ/dX}
+    module = net.to_torch() # the same function as a torch module again
+
+Parameters are copied (refbp never holds torch's autograd leaves), the module's train/eval mode
+is kept. Module i of the Sequential becomes layer i + 1 of the network, so "W1" is
+"0.weight", "gamma3" is "2.weight", and so on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from .keys import Key
+
+if TYPE_CHECKING:
+    from .layer import Layer
+    from .network import Network
+
+__all__ = ["CONVERTERS", "from_torch", "to_torch", "torch_parameter_names"]
+
+CONVERTERS: dict[type[torch.nn.Module], Callable[[torch.nn.Module], Layer]] = {}
+"""torch module type -> the function that turns such a module into a refbp layer. Each layer
+module registers its own (refbp.nn.layers)."""
+
+
+Converter = Callable[[torch.nn.Module], "Layer"]
+
+
+def register(module_type: type[torch.nn.Module]) -> Callable[[Converter], Converter]:
+    """Decorator: ``fn`` turns a ``module_type`` instance into a refbp layer."""
+
+    def decorate(fn: Converter) -> Converter:
+        CONVERTERS[module_type] = fn
+        return fn
+
+    return decorate
+
+
+def from_torch(module: torch.nn.Module, *, loss: str = "mse", weight_decay: float = 0.0) -> Network:
+    """A refbp Network computing the same function as ``module``, a torch.nn.Sequential of
+    supported modules (``supported()`` lists them), with copies of its parameters and its
+    train/eval mode. An unsupported module is a ValueError naming it and its position."""
+    from . import layers as _layers  # noqa: F401  (registers the converters)
+    from .network import Network
+
+    if not isinstance(module, torch.nn.Sequential):
+        raise TypeError(f"module must be a torch.nn.Sequential, got {type(module).__name__}")
+    if len(module) == 0:
+        raise ValueError("module is an empty torch.nn.Sequential; expected at least one layer")
+    layers = []
+    for index, (name, child) in enumerate(module.named_children()):
+        convert = CONVERTERS.get(type(child))
+        if convert is None:
+            raise ValueError(
+                f"module[{index}] ({name}: {type(child).__name__}) is not supported; expected one of {supported()}"
+            )
+        layer = convert(child)
+        layer.set_training(child.training)
+        layers.append(layer)
+    return Network(layers, loss, weight_decay=weight_decay)
+
+
+def supported() -> list[str]:
+    """The names of the torch modules ``from_torch`` converts."""
+    from . import layers as _layers  # noqa: F401
+
+    return sorted(t.__name__ for t in CONVERTERS)
+
+
+def to_torch(net: Network) -> torch.nn.Sequential:
+    """The network as a torch.nn.Sequential (copied parameters, the same train/eval mode)."""
+    modules = [m for layer in net.layers for m in layer.torch_modules()]
+    sequential = torch.nn.Sequential(*modules)
+    sequential.train(net.training)
+    return sequential
+
+
+def torch_parameter_names(net: Network) -> dict[str, tuple[str, ...]]:
+    """Parameter name -> its names in ``to_torch(net)`` (a tied parameter has several)."""
+    names: dict[Key, list[str]] = {}
+    offset = 0
+    for l, layer in enumerate(net.layers, start=1):
+        for key, relative in layer.torch_param_names((l,)).items():
+            index, rest = relative.split(".", 1)
+            owner = net.ties.get(key, key)
+            names.setdefault(owner, []).append(f"{offset + int(index)}.{rest}")
+        offset += len(layer.torch_modules())
+    return {str(key): tuple(value) for key, value in names.items()}

@@ -1,0 +1,133 @@
+"""Dense: the multilayer perceptron's layer, a linear map and an activation, z and a.
+
+For layer i, with a(i-1) its input (a(0) = X) and "o" the elementwise product:
+
+    (1)  z(i)       = a(i-1) W(i)^T + b(i)                     (N, d_i)
+    (2)  a(i)       = f_i(z(i))                                 (N, d_i)
+    (5)  dJ/dz(i)   = dJ/da(i) o f_i'(z(i))                     (N, d_i)
+    (6)  dJ/dW(i)   = dJ/dz(i)^T a(i-1)  + lambda W(i)          (d_i, d_{i-1})
+    (7)  dJ/db(i)   = dJ/dz(i)^T 1       (sum over the batch)   (d_i,)
+    (8)  dJ/da(i-1) = dJ/dz(i) W(i)                             (N, d_{i-1})
+
+This is the seed's z/a view: z(i), the pre-activation, is the layer's one intermediate. The
+numbers (1)-(9) are those of the README, docs/equations.md and ``refbp explain``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .activations import Activation, get_activation
+from .keys import Key
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .pieces import Pieces
+from .validation import describe
+
+__all__ = ["Dense"]
+
+
+class Dense(Layer):
+    """z = a_prev W^T + b, a = f(z): torch.nn.Linear followed by an activation.
+
+    Args:
+        W: (d_out, d_in), torch.nn.Linear's layout.
+        b: (d_out,).
+        activation: an Activation record or its name.
+    """
+
+    title = "Dense"
+    decayed = ("W",)
+    torch_names: ClassVar[dict[str, str]] = {"W": "0.weight", "b": "0.bias"}
+
+    def __init__(self, W: Tensor, b: Tensor, activation: Activation | str) -> None:
+        self.params = {"W": W, "b": b}
+        self.activation = get_activation(activation) if isinstance(activation, str) else activation
+        self.training = True
+
+    @property
+    def W(self) -> Tensor:
+        return self.params["W"]
+
+    @property
+    def b(self) -> Tensor:
+        return self.params["b"]
+
+    @property
+    def intermediates(self) -> tuple[str, ...]:
+        return ("z",)
+
+    @property
+    def pieces(self) -> Pieces | None:
+        return self.activation.pieces
+
+    def describe(self) -> str:
+        d_out, d_in = self.W.shape
+        return f"Dense({d_in} -> {d_out}, {self.activation.name})"
+
+    def equations(self) -> tuple[str, str]:
+        return (
+            "z = a_prev W^T + b ;  a = f(z), " + self.activation.equation.split(";")[0].strip(),
+            "dJ/dz = dJ/da o f'(z) ;  dJ/dW = dJ/dz^T a_prev ;  dJ/db = sum_n dJ/dz ;  dJ/da_prev = dJ/dz W",
+        )
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        if x.dim() != 2 or x.shape[1] != self.W.shape[1]:
+            raise ValueError(
+                f"layer {path[0]} ({self.describe()}) needs input (N, {self.W.shape[1]}), got {describe(x)}"
+            )
+
+    # ---- the manual path ---------------------------------------------------------------------
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+        """Eqs. (1)-(2). The cache is z(i), or None when f'(z) reads a(i) and z is not asked for."""
+        z = torch.addmm(self.b, x, self.W.T)  # (1) z(i) = a(i-1) W(i)^T + b(i)   (N, d_i)
+        a = self.activation.f(z)  # (2) a(i) = f_i(z(i))                            (N, d_i)
+        keep = ctx.keep_intermediates or self.activation.derivative_of == "z"
+        return a, (z if keep else None)
+
+    def backward(self, dJ_da: Tensor, x: Tensor, out: Tensor, cache: Tensor | None, ctx: BackwardContext) -> LayerGrads:
+        """Eqs. (5)-(8), from dJ/da(i) (N, d_i), a(i-1) = x, a(i) = out and z(i) = cache."""
+        act = self.activation
+        t = out if act.derivative_of == "a" else cache
+        if t is None:
+            raise ValueError(f"cache.z[{ctx.path[0]}] is None but {act.name}'s derivative needs z({ctx.path[0]})")
+        W = self.W  # (d_i, d_{i-1})
+
+        # (5) dJ/dz(i) = dJ/da(i) o f'(z(i))   (N, d_i), computed in place by act.chain: in dJ/da's
+        # own storage when nobody keeps it, on a copy otherwise
+        in_place = ctx.overwrite and not ctx.keep_intermediates
+        dJ_dz = act.chain(t, dJ_da if in_place else dJ_da.clone())
+
+        if ctx.weight_decay:  # (6) dJ/dW(i) = dJ/dz(i)^T a(i-1) + lambda W(i)
+            dJ_dW = torch.addmm(W, dJ_dz.T, x, beta=ctx.weight_decay)
+        else:  # (6) dJ/dW(i) = dJ/dz(i)^T a(i-1)
+            dJ_dW = dJ_dz.T @ x  # (d_i, N) @ (N, d_{i-1}) = (d_i, d_{i-1})
+        dJ_db = dJ_dz.sum(dim=0)  # (7) dJ/db(i) = sum over the batch    (d_i,)
+        # (8) dJ/da(i-1) = dJ/dz(i) W(i)   (N, d_i) @ (d_i, d_{i-1})
+        dJ_dx = dJ_dz @ W if ctx.need_dx else None
+        kept = {ctx.key("z"): dJ_dz} if ctx.keep_intermediates else {}
+        return LayerGrads(dJ_dx, {"W": dJ_dW, "b": dJ_db}, kept)
+
+    # ---- the oracle ---------------------------------------------------------------------------
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        z = tap.intermediate(Key("z", path), F.linear(x, p(path, "W"), p(path, "b")))  # torch.nn.Linear's op
+        if self.activation.pieces is not None:
+            tap.piecewise(z, self.activation.pieces)
+        return self.activation.torch_fn(z)
+
+    def to_torch(self) -> torch.nn.Module:
+        d_out, d_in = self.W.shape
+        linear = torch.nn.Linear(d_in, d_out, dtype=self.W.dtype, device=self.W.device)
+        with torch.no_grad():
+            linear.weight.copy_(self.W)
+            linear.bias.copy_(self.b)
+        return torch.nn.Sequential(linear, self.activation.torch_module())
+
+    def torch_modules(self) -> list[torch.nn.Module]:
+        return list(self.to_torch().children())

@@ -1,0 +1,95 @@
+"""Elementwise: an activation as a layer of its own, a = f(x), dJ/dx = dJ/da o f'(x).
+
+The activation records of refbp.nn.activations (their f, f', pieces and torch functions) as
+a layer, for networks that list activations as separate modules, as torch.nn.Sequential does:
+``Linear, Tanh, Linear`` is the MLP's Dense layer split in two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from .activations import ACTIVATIONS, Activation, elu, gelu, get_activation, leaky_relu, softplus
+from .convert import register
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .pieces import Pieces
+
+__all__ = ["Elementwise"]
+
+
+class Elementwise(Layer):
+    """a = f(x) entry by entry, for an activation record or name ("tanh", leaky_relu(0.2), ...)."""
+
+    title = "Elementwise"
+
+    def __init__(self, activation: Activation | str) -> None:
+        self.activation = get_activation(activation) if isinstance(activation, str) else activation
+        self.params = {}
+        self.training = True
+
+    @property
+    def pieces(self) -> Pieces | None:
+        return self.activation.pieces
+
+    def describe(self) -> str:
+        return self.activation.name
+
+    def equations(self) -> tuple[str, str]:
+        f, f_prime = (part.strip() for part in self.activation.equation.split(";"))
+        return (f.replace("z", "x"), f"dJ/dx = dJ/da o f'(x),  {f_prime.replace('z', 'x')}")
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+        a = self.activation.f(x)  # a = f(x)   (..., d)
+        return a, (x if self.activation.derivative_of == "z" else None)  # f' reads x, or a itself
+
+    def backward(self, dJ_da: Tensor, x: Tensor, out: Tensor, cache: Tensor | None, ctx: BackwardContext) -> LayerGrads:
+        t = out if self.activation.derivative_of == "a" else x
+        in_place = ctx.overwrite and not ctx.keep_intermediates
+        dJ_dx = self.activation.chain(t, dJ_da if in_place else dJ_da.clone())  # dJ/dx = dJ/da o f'(x)
+        return LayerGrads(dJ_dx)
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        if self.activation.pieces is not None:
+            tap.piecewise(x, self.activation.pieces)
+        return self.activation.torch_fn(x)
+
+    def to_torch(self) -> torch.nn.Module:
+        return self.activation.torch_module()
+
+
+def _simple(name: str) -> None:
+    module_type = type(ACTIVATIONS[name].torch_module())
+    register(module_type)(lambda module: Elementwise(name))
+
+
+for _name in ("identity", "sigmoid", "tanh", "relu", "silu"):
+    _simple(_name)
+
+
+@register(torch.nn.LeakyReLU)
+def _from_leaky_relu(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.LeakyReLU)
+    return Elementwise(leaky_relu(module.negative_slope))
+
+
+@register(torch.nn.Softplus)
+def _from_softplus(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.Softplus)
+    return Elementwise(softplus(float(module.beta), float(module.threshold)))
+
+
+@register(torch.nn.GELU)
+def _from_gelu(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.GELU)
+    return Elementwise(gelu(module.approximate))
+
+
+@register(torch.nn.ELU)
+def _from_elu(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.ELU)
+    return Elementwise(elu(float(module.alpha)))

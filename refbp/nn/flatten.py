@@ -1,0 +1,54 @@
+"""Flatten: dimensions start_dim .. end_dim merged into one, as torch.nn.Flatten; the gradient
+is dJ/dy reshaped back to the input's shape (no numbers change, only the shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from .convert import register
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+
+__all__ = ["Flatten"]
+
+
+class Flatten(Layer):
+    """torch.nn.Flatten(start_dim, end_dim); the defaults keep the batch dimension."""
+
+    title = "Flatten"
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self.params = {}
+        self.training = True
+
+    def describe(self) -> str:
+        return f"Flatten({self.start_dim}, {self.end_dim})"
+
+    def equations(self) -> tuple[str, str]:
+        return (f"y = x with dimensions {self.start_dim}..{self.end_dim} merged", "dJ/dx = dJ/dy reshaped to x's shape")
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
+        return torch.flatten(x, self.start_dim, self.end_dim), None
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+        if not ctx.need_dx:
+            return LayerGrads(None)
+        g = dJ_dy if ctx.overwrite and not ctx.keep_intermediates else dJ_dy.clone()  # never share the caller's
+        return LayerGrads(g.reshape(x.shape))
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        return torch.flatten(x, self.start_dim, self.end_dim)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.Flatten(self.start_dim, self.end_dim)
+
+
+@register(torch.nn.Flatten)
+def _from_flatten(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.Flatten)
+    return Flatten(module.start_dim, module.end_dim)

@@ -1,0 +1,109 @@
+"""Key: the one name of a tensor of a network, as people write it: "W1", "z2", "a3.2", "X".
+
+A key is a kind and a layer path. The kind says what the tensor is (W, b, z, a, gamma, beta,
+E, q, ...: names from the math, letters and underscores only); the path says where it is:
+(l,) for layer l, counted from 1 as in the equations, (l, j) for sub-layer j of a composite
+layer l (a Residual, a transformer block), and () for the input X. A gradient dJ/d(that) is
+stored and reported under the same key.
+
+    str(Key("W", (1,)))  == "W1"          Key.parse("W1")   == Key("W", (1,))
+    str(Key("a", (3, 2))) == "a3.2"       Key.parse("a3.2") == Key("a", (3, 2))
+    str(Key("X"))        == "X"           Key.parse("X")    == Key("X")
+
+Keys sort by layer path first (layer 1 before layer 2, X last), then by kind in the order a
+layer's equations produce them (parameters, then intermediates, then the output a).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["KIND_ORDER", "Key", "sort_names"]
+
+_PATTERN = re.compile(r"([A-Za-z_]+?)((?:\d+)(?:\.\d+)*)?")
+
+KIND_ORDER = (
+    "W",
+    "b",
+    "gamma",
+    "beta",
+    "E",
+    "P",
+    "W_qkv",
+    "b_qkv",
+    "W_o",
+    "b_o",
+    "z",
+    "xhat",
+    "q",
+    "k",
+    "v",
+    "att",
+    "y",
+    "a",
+)
+"""The order kinds are listed in within one layer: its parameters, then its intermediates,
+then its output a. Kinds not listed come after, alphabetically."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """The name of one tensor of a network: a parameter, an intermediate, or the input X.
+
+    Attributes:
+        kind: what it is, e.g. "W", "b", "z", "a", "gamma"; "X" for the input.
+        layer: (l,) for layer l (from 1), (l, j) for sub-layer j of layer l, () for X.
+    """
+
+    kind: str
+    layer: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z_]+", self.kind):
+            raise ValueError(f"key kind {self.kind!r} must be letters and underscores only")
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in self.layer):
+            raise ValueError(f"key layer path {self.layer!r} must hold layer numbers >= 1")
+
+    def __str__(self) -> str:
+        return self.kind + ".".join(str(i) for i in self.layer)
+
+    @classmethod
+    def parse(cls, text: str) -> Key:
+        """The key a name stands for: "W1" -> Key("W", (1,)); a ValueError for anything else."""
+        match = _PATTERN.fullmatch(text) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(f"{text!r} is not a tensor name like 'W1', 'a3.2' or 'X'")
+        kind, path = match.group(1), match.group(2)
+        return cls(kind, tuple(int(i) for i in path.split("."))) if path else cls(kind)
+
+    @classmethod
+    def is_valid(cls, text: object) -> bool:
+        """True when ``text`` is a key's name."""
+        try:
+            cls.parse(text)  # type: ignore[arg-type]
+        except ValueError:
+            return False
+        return True
+
+    def child(self, j: int) -> Key:
+        """The same kind one level down: Key("a", (3,)).child(2) == Key("a", (3, 2))."""
+        return Key(self.kind, (*self.layer, j))
+
+    def sort_key(self) -> tuple[int, tuple[int, ...], int, str]:
+        """Layer order (X last), then the kind's place in KIND_ORDER."""
+        rank = KIND_ORDER.index(self.kind) if self.kind in KIND_ORDER else len(KIND_ORDER)
+        return (0 if self.layer else 1, self.layer, rank, self.kind)
+
+
+def sort_names(names: list[str]) -> list[str]:
+    """Names in key order ("W1", "b1", "z1", "a1", "W2", ..., "X"); names that are not keys
+    (a user's "fc1.weight") come after, in natural order ("w2" before "w10")."""
+
+    def order(name: str) -> tuple[int, tuple[object, ...]]:
+        if Key.is_valid(name):
+            return (0, Key.parse(name).sort_key())
+        parts = re.split(r"(\d+)", name)
+        return (1, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts))
+
+    return sorted(names, key=order)

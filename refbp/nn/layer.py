@@ -1,0 +1,241 @@
+"""The layer protocol: what every layer of refbp provides, so that one loop runs any network.
+
+A layer owns its parameters and four things, each written once:
+
+    forward(x)                       -> (out, cache)      the manual forward pass, no autograd;
+                                                          cache holds what backward needs
+    backward(dJ/dout, x, out, cache) -> LayerGrads         the manual backward pass: dJ/dx and
+                                                          dJ/d(each parameter), from the cache
+    torch_forward(x, params, ...)    -> out               the oracle: the same map built from
+                                                          torch.nn.functional, differentiated by
+                                                          autograd and perturbed by finite
+                                                          differences in refbp.verify
+    to_torch()                       -> torch.nn.Module   the equivalent torch module
+
+``backward`` reads its input x and output out from the network's list of activations and the
+rest from its own ``cache`` (a dataclass, or the one tensor it needs); it never recomputes a
+forward quantity. Parameter gradients are returned, and the network *adds* them into its
+gradients, so that a parameter used twice (a tied weight) gets the sum of both uses.
+
+Names: a layer calls its parameters and intermediates by kind ("W", "b", "gamma", "z", ...);
+the network places it at a layer path (l,) and every tensor gets a Key, "W3", "z3", "a3"
+(refbp.nn.keys). a(l), a layer's output, is always there; ``intermediates`` lists the others.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .keys import Key
+from .pieces import Pieces
+
+__all__ = ["NO_TAP", "BackwardContext", "ForwardContext", "Layer", "LayerGrads", "Params", "Tap"]
+
+
+class Tap:
+    """Where a torch oracle reports what it computes; this base class listens to nothing.
+
+    refbp.verify subclasses it: to keep intermediates for autograd (``retain_grad``), to add a
+    finite-difference perturbation to one of them, and to notice when a perturbation moves an
+    input of a piecewise function into another piece."""
+
+    def intermediate(self, key: Key, t: Tensor) -> Tensor:
+        """``t``, the intermediate called ``key``; return it, or a perturbed copy."""
+        return t
+
+    def piecewise(self, t: Tensor, pieces: Pieces) -> None:
+        """``t`` is about to go through a function defined piecewise as ``pieces`` says."""
+
+    def within(self, t: Tensor, domain: tuple[float, float]) -> Tensor:
+        """``t`` must lie in ``domain`` (bce needs probabilities); return it, or a copy moved inside."""
+        return t
+
+
+NO_TAP = Tap()
+"""A tap that listens to nothing: the oracle run plainly."""
+
+
+class Params:
+    """The parameters as an oracle sees them, by key: leaves for autograd, perturbed copies for
+    finite differences. ``ties`` maps a tied parameter's key to the key it shares storage with."""
+
+    def __init__(self, values: Mapping[Key, Tensor], ties: Mapping[Key, Key] | None = None) -> None:
+        self.values = values
+        self.ties = ties or {}
+
+    def __call__(self, path: tuple[int, ...], kind: str) -> Tensor:
+        key = Key(kind, path)
+        return self.values[self.ties.get(key, key)]
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    """How a forward pass runs.
+
+    Attributes:
+        keep_intermediates: keep every intermediate the teaching view shows (z(i), ...); with
+            False a layer keeps only what its backward needs.
+        update_stats: let BatchNorm update its running statistics in training mode, as torch
+            does; the harness runs with False, so checking a network does not change it.
+        noise: given random draws (dropout keep-masks) by layer path, or None to draw new ones.
+    """
+
+    keep_intermediates: bool = True
+    update_stats: bool = True
+    noise: Mapping[tuple[int, ...], Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class BackwardContext:
+    """How a backward pass runs at one layer.
+
+    Attributes:
+        path: where the layer is: (l,) or (l, j) inside a composite layer.
+        keep_intermediates: return dJ/d(every intermediate) of the layer (dJ/dz(l), ...).
+        overwrite: the layer may reuse dJ/dout's storage (the caller keeps no reference to it).
+        need_dx: compute dJ/dx (False for the first layer when the input holds integers).
+        weight_decay: lambda; a layer adds lambda W to the gradient of each ``decayed`` parameter.
+    """
+
+    path: tuple[int, ...]
+    keep_intermediates: bool = True
+    overwrite: bool = False
+    need_dx: bool = True
+    weight_decay: float = 0.0
+
+    def key(self, kind: str) -> Key:
+        """The key of this layer's tensor of the given kind."""
+        return Key(kind, self.path)
+
+
+@dataclass
+class LayerGrads:
+    """What a layer's backward returns.
+
+    Attributes:
+        dJ_dx: dJ/d(its input), the input's shape; None when not asked for (need_dx=False).
+        params: kind -> dJ/d(that parameter of this layer), the parameter's shape.
+        intermediates: key -> dJ/d(that intermediate), when keep_intermediates (sub-layers'
+            ones included, for composite layers).
+        sub_params: key -> dJ/d(a parameter of a sub-layer), for composite layers.
+    """
+
+    dJ_dx: Tensor | None
+    params: dict[str, Tensor] = field(default_factory=dict)
+    intermediates: dict[Key, Tensor] = field(default_factory=dict)
+    sub_params: dict[Key, Tensor] = field(default_factory=dict)
+
+
+class Layer(ABC):
+    """One layer of a network: parameters, manual forward and backward, and a torch oracle.
+
+    Subclasses set ``params`` (kind -> tensor) and implement the abstract methods; see the
+    module docstring for the contract.
+
+    Attributes:
+        params: kind -> parameter tensor, e.g. {"W": (d_out, d_in), "b": (d_out,)}.
+        training: training mode (BatchNorm's batch statistics, Dropout's masks) or eval mode.
+        title: the layer's name in messages and the walk-through, e.g. "LayerNorm".
+        decayed: the parameter kinds weight decay applies to (the weights of linear maps).
+        torch_names: parameter kind -> its name among ``torch_modules()``: "0.weight" is the
+            parameter "weight" of the first module the layer becomes.
+    """
+
+    title: ClassVar[str] = "Layer"
+    decayed: ClassVar[tuple[str, ...]] = ()
+    torch_names: ClassVar[dict[str, str]] = {}
+
+    params: dict[str, Tensor]
+    training: bool = True
+
+    # ---- description -----------------------------------------------------------------------
+    @property
+    def intermediates(self) -> tuple[str, ...]:
+        """Kinds of the intermediates a backward pass reports besides the output a (Dense: z)."""
+        return ()
+
+    @property
+    def pieces(self) -> Pieces | None:
+        """Where this layer's map changes formula, if anywhere (relu: at z = 0)."""
+        return None
+
+    def keys(self, path: tuple[int, ...]) -> list[Key]:
+        """Every key of this layer at ``path``: parameters, intermediates, output (in that order)."""
+        kinds = [*self.params, *self.intermediates, "a"]
+        return [Key(kind, path) for kind in kinds]
+
+    def sublayers(self) -> list[Layer]:
+        """The layers inside a composite layer, in order (none for a plain layer)."""
+        return []
+
+    def describe(self) -> str:
+        """One line: the layer and its sizes, e.g. "Linear(4 -> 8)"."""
+        return self.title
+
+    def equations(self) -> tuple[str, str]:
+        """(forward equation, backward equations) in plain text, for ``refbp explain``."""
+        return (self.title, "")
+
+    @property
+    def stochastic(self) -> bool:
+        """True when the forward pass draws random numbers in training mode (Dropout)."""
+        return any(layer.stochastic for layer in self.sublayers())
+
+    def set_training(self, mode: bool) -> None:
+        """Switch this layer (and every sub-layer) to training or eval mode."""
+        self.training = mode
+        for layer in self.sublayers():
+            layer.set_training(mode)
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:  # noqa: B027 (accepting any input is a fine default)
+        """Raise a ValueError naming the layer when ``x`` cannot be its input (wrong width)."""
+
+    # ---- the manual path ---------------------------------------------------------------------
+    @abstractmethod
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Any]:
+        """The manual forward pass: (output, cache for backward). No autograd."""
+
+    @abstractmethod
+    def backward(self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+        """The manual backward pass from dJ/d(output), the input x, the output and the cache."""
+
+    def noise_of(self, cache: Any, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
+        """The random draws this layer (and its sub-layers) made in the forward pass that filled
+        ``cache``, by layer path: what the oracle needs to run the same function."""
+        return {}
+
+    def release(self, cache: Any) -> None:  # noqa: B027 (most caches hold nothing to release)
+        """Drop what ``cache`` holds, after its last use (``backward(..., release_cache=True)``)."""
+
+    # ---- the oracle ---------------------------------------------------------------------------
+    @abstractmethod
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        """The same map, from torch.nn.functional and plain tensor ops; p(path, kind) gives the
+        parameters, ``tap`` is told about intermediates and piecewise inputs."""
+
+    @abstractmethod
+    def to_torch(self) -> torch.nn.Module:
+        """The equivalent torch.nn module, with a copy of the parameters and the same mode."""
+
+    def torch_modules(self) -> list[torch.nn.Module]:
+        """The modules this layer becomes in a torch.nn.Sequential (Dense: Linear, activation)."""
+        return [self.to_torch()]
+
+    def torch_param_names(self, path: tuple[int, ...]) -> dict[Key, str]:
+        """Each parameter's key -> its name among ``torch_modules()`` ("0.weight", ...)."""
+        return {Key(kind, path): self.torch_names[kind] for kind in self.params}
+
+
+def map_params(layer: Layer, fn: Callable[[Tensor], Tensor]) -> None:
+    """Replace every parameter of ``layer`` (and of its sub-layers) by fn(parameter)."""
+    layer.params = {kind: fn(t) for kind, t in layer.params.items()}
+    for sub in layer.sublayers():
+        map_params(sub, fn)

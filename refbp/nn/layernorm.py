@@ -1,0 +1,168 @@
+"""LayerNorm over the last dimension, with or without the affine gamma (and beta).
+
+For each row x (d entries; every leading dimension is a row):
+
+    mu      = 1/d sum_k x_k                                          ()
+    rstd    = 1 / sqrt(1/d sum_k (x_k - mu)^2 + eps)                 ()   the biased variance, as torch
+    xhat    = (x - mu) rstd                                          (d,)
+    y       = gamma o xhat + beta                                    (d,)
+
+    dJ/dgamma = sum_rows dJ/dy o xhat ;   dJ/dbeta = sum_rows dJ/dy
+    dJ/dxhat  = dJ/dy o gamma
+    dJ/dx     = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat))
+
+The last line is the chain rule through mu and rstd, both functions of every x_k: the mean
+term removes the part of dJ/dxhat along (1, ..., 1), the other the part along xhat. Leaving
+either out is a classic bug (refbp.apps.bugs). The cache keeps xhat and rstd (as llm.c does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .convert import register
+from .keys import Key
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .validation import describe
+
+__all__ = ["LayerNorm", "NormCache"]
+
+LAYER_NORM_EPS = 1e-5
+"""torch.nn.LayerNorm's default eps."""
+
+
+@dataclass
+class NormCache:
+    """What a normalisation's backward needs: xhat (the input's shape) and rstd (one per row
+    for LayerNorm, one per feature for BatchNorm; None in BatchNorm's eval mode)."""
+
+    xhat: Tensor
+    rstd: Tensor
+
+
+class LayerNorm(Layer):
+    """torch.nn.LayerNorm(d) on the last dimension.
+
+    Args:
+        gamma: (d,) the scale, or None for ``elementwise_affine=False``.
+        beta: (d,) the shift, or None (no affine, or ``bias=False``).
+        d: the normalised size; needed only when there is no gamma.
+        eps: added to the variance.
+    """
+
+    title = "LayerNorm"
+    torch_names: ClassVar[dict[str, str]] = {"gamma": "0.weight", "beta": "0.bias"}
+
+    def __init__(
+        self,
+        gamma: Tensor | None = None,
+        beta: Tensor | None = None,
+        *,
+        d: int | None = None,
+        eps: float = LAYER_NORM_EPS,
+    ) -> None:
+        if gamma is None and beta is not None:
+            raise ValueError("LayerNorm: beta without gamma is not a torch.nn.LayerNorm; give gamma too")
+        if gamma is None and d is None:
+            raise ValueError("LayerNorm without gamma needs d, the normalised size")
+        self.params = {}
+        if gamma is not None:
+            self.params["gamma"] = gamma
+        if beta is not None:
+            self.params["beta"] = beta
+        self.d = int(gamma.shape[0]) if gamma is not None else int(d)  # type: ignore[arg-type]
+        self.eps = float(eps)
+        self.training = True
+
+    @property
+    def intermediates(self) -> tuple[str, ...]:
+        return ("xhat",)
+
+    def describe(self) -> str:
+        affine = "" if "gamma" in self.params else ", no affine"
+        bias = "" if "beta" in self.params or "gamma" not in self.params else ", no bias"
+        return f"LayerNorm({self.d}{affine}{bias})"
+
+    def equations(self) -> tuple[str, str]:
+        return (
+            "xhat = (x - mean(x)) / sqrt(var(x) + eps) ;  y = gamma o xhat + beta   (over the last dimension)",
+            "dJ/dxhat = dJ/dy o gamma ;  dJ/dx = rstd (dJ/dxhat - mean(dJ/dxhat) - xhat mean(dJ/dxhat o xhat))",
+        )
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        if x.dim() < 1 or x.shape[-1] != self.d:
+            where = ".".join(map(str, path))
+            raise ValueError(f"layer {where} ({self.describe()}) needs input (..., {self.d}), got {describe(x)}")
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
+        mu = x.mean(dim=-1, keepdim=True)  # (..., 1)
+        centred = x - mu  # (..., d)
+        var = (centred * centred).mean(dim=-1, keepdim=True)  # (..., 1) biased variance
+        rstd = torch.rsqrt(var + self.eps)  # (..., 1)
+        xhat = centred.mul_(rstd)  # (..., d)  xhat = (x - mu) rstd
+        y = xhat
+        if "gamma" in self.params:
+            y = xhat * self.params["gamma"]  # gamma o xhat
+            if "beta" in self.params:
+                y = y.add_(self.params["beta"])  # + beta
+        return y, NormCache(xhat, rstd)
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+        xhat, rstd = cache.xhat, cache.rstd
+        params: dict[str, Tensor] = {}
+        rows = dJ_dy.reshape(-1, self.d)  # (M, d)
+        if "gamma" in self.params:
+            params["gamma"] = (rows * xhat.reshape(-1, self.d)).sum(dim=0)  # dJ/dgamma = sum_rows dJ/dy o xhat
+            if "beta" in self.params:
+                params["beta"] = rows.sum(dim=0)  # dJ/dbeta = sum_rows dJ/dy
+            dJ_dxhat = dJ_dy * self.params["gamma"]  # (..., d)
+        else:
+            dJ_dxhat = dJ_dy  # no scale: dJ/dxhat is dJ/dy (read, never modified)
+        kept = {Key("xhat", ctx.path): dJ_dxhat} if ctx.keep_intermediates else {}
+        dJ_dx = None
+        if ctx.need_dx:
+            mean_g = dJ_dxhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat   (..., 1)
+            mean_gx = (dJ_dxhat * xhat).mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat o xhat   (..., 1)
+            dJ_dx = (dJ_dxhat - mean_g - xhat * mean_gx) * rstd  # (..., d)
+        return LayerGrads(dJ_dx, params, kept)
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        xhat = tap.intermediate(Key("xhat", path), F.layer_norm(x, (self.d,), None, None, self.eps))
+        if "gamma" not in self.params:
+            return xhat
+        y = xhat * p(path, "gamma")
+        return y + p(path, "beta") if "beta" in self.params else y
+
+    def to_torch(self) -> torch.nn.Module:
+        gamma = self.params.get("gamma")
+        module = torch.nn.LayerNorm(
+            self.d, eps=self.eps, elementwise_affine=gamma is not None, bias="beta" in self.params,
+            dtype=None if gamma is None else gamma.dtype, device=None if gamma is None else gamma.device,
+        )  # fmt: skip
+        with torch.no_grad():
+            if gamma is not None:
+                module.weight.copy_(gamma)
+            if "beta" in self.params:
+                module.bias.copy_(self.params["beta"])
+        return module
+
+
+@register(torch.nn.LayerNorm)
+def _from_layer_norm(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.LayerNorm)
+    if len(module.normalized_shape) != 1:
+        raise ValueError(
+            f"LayerNorm{tuple(module.normalized_shape)}: refbp normalises over the last dimension only; "
+            "expected normalized_shape with one size"
+        )
+    gamma = None if module.weight is None else module.weight.detach().clone()
+    beta = None if module.bias is None else module.bias.detach().clone()
+    return LayerNorm(gamma, beta, d=module.normalized_shape[0], eps=module.eps)

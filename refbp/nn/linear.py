@@ -1,0 +1,109 @@
+"""Linear: y = x W^T + b over the last dimension, any leading dimensions ((N, d) or (B, T, d)).
+
+With M = the number of rows once the leading dimensions are flattened (M = N, or B T):
+
+    y        = x W^T + b                      (..., d_out)
+    dJ/dW    = sum_rows dJ/dy^T x  + lambda W (d_out, d_in)     every row's outer product, summed
+    dJ/db    = sum_rows dJ/dy                 (d_out,)
+    dJ/dx    = dJ/dy W                        (..., d_in)
+
+The bias is optional (``b=None``), as in ``torch.nn.Linear(bias=False)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .convert import register
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .validation import describe
+
+__all__ = ["Linear"]
+
+
+class Linear(Layer):
+    """torch.nn.Linear's map on the last dimension.
+
+    Args:
+        W: (d_out, d_in), torch.nn.Linear's layout.
+        b: (d_out,), or None for no bias.
+    """
+
+    title = "Linear"
+    decayed = ("W",)
+    torch_names: ClassVar[dict[str, str]] = {"W": "0.weight", "b": "0.bias"}
+
+    def __init__(self, W: Tensor, b: Tensor | None = None) -> None:
+        self.params = {"W": W} if b is None else {"W": W, "b": b}
+        self.training = True
+
+    @property
+    def W(self) -> Tensor:
+        return self.params["W"]
+
+    def describe(self) -> str:
+        d_out, d_in = self.W.shape
+        return f"Linear({d_in} -> {d_out}{'' if 'b' in self.params else ', no bias'})"
+
+    def equations(self) -> tuple[str, str]:
+        bias = " + b" if "b" in self.params else ""
+        return (
+            f"y = x W^T{bias}",
+            "dJ/dW = sum_rows dJ/dy^T x ;  " + ("dJ/db = sum_rows dJ/dy ;  " if bias else "") + "dJ/dx = dJ/dy W",
+        )
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        d_in = self.W.shape[1]
+        if x.dim() < 1 or x.shape[-1] != d_in:
+            raise ValueError(f"layer {_at(path)} ({self.describe()}) needs input (..., {d_in}), got {describe(x)}")
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
+        W, b = self.W, self.params.get("b")
+        if b is None:
+            return x @ W.T, None  # y = x W^T   (..., d_out)
+        if x.dim() == 2:
+            return torch.addmm(b, x, W.T), None  # y = x W^T + b   (N, d_out), one fused op
+        return torch.matmul(x, W.T).add_(b), None  # y = x W^T + b   (..., d_out)
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+        W = self.W  # (d_out, d_in)
+        g = dJ_dy.reshape(-1, W.shape[0])  # (M, d_out)   every leading dimension is a row
+        rows = x.reshape(-1, W.shape[1])  # (M, d_in)
+        if ctx.weight_decay:
+            dJ_dW = torch.addmm(W, g.T, rows, beta=ctx.weight_decay)  # dJ/dy^T x + lambda W
+        else:
+            dJ_dW = g.T @ rows  # (d_out, M) @ (M, d_in) = (d_out, d_in)
+        params = {"W": dJ_dW}
+        if "b" in self.params:
+            params["b"] = g.sum(dim=0)  # dJ/db = sum over rows   (d_out,)
+        dJ_dx = (dJ_dy @ W) if ctx.need_dx else None  # dJ/dx = dJ/dy W   (..., d_in)
+        return LayerGrads(dJ_dx, params)
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        return F.linear(x, p(path, "W"), p(path, "b") if "b" in self.params else None)
+
+    def to_torch(self) -> torch.nn.Module:
+        d_out, d_in = self.W.shape
+        module = torch.nn.Linear(d_in, d_out, bias="b" in self.params, dtype=self.W.dtype, device=self.W.device)
+        with torch.no_grad():
+            module.weight.copy_(self.W)
+            if "b" in self.params:
+                module.bias.copy_(self.params["b"])
+        return module
+
+
+def _at(path: tuple[int, ...]) -> str:
+    return ".".join(str(i) for i in path)
+
+
+@register(torch.nn.Linear)
+def _from_linear(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.Linear)
+    return Linear(module.weight.detach().clone(), None if module.bias is None else module.bias.detach().clone())

@@ -1,0 +1,474 @@
+"""The multilayer perceptron of the seed: z(i) and a(i), W(i) and b(i), in the seed's notation.
+
+    net = MLP.from_params(weights=[W1, W2], biases=[b1, b2], activations=["sigmoid", "sigmoid"], loss="half_sse")
+    cache = net.forward(X)            # cache.a[i], cache.z[i]; cache.a[0] is X
+    J = net.loss(cache, y)
+    grads = net.backward(cache, y)    # grads.dJ_dW[i], dJ_db[i], dJ_dz[i], dJ_da[i], dJ_dX
+
+An MLP is a Network (refbp.nn.network) of Dense layers (refbp.nn.dense), one per W(i): the
+forward and backward loops are the network's, the equations (1)-(8) are Dense's, and this
+module adds the view a student reads beside the seed: lists indexed by the layer number i,
+from 1 as in the equations (index 0 of z, W, b unused; a[0] = X), and ``net.W(i)``, ``net.b(i)``
+for the parameters by the same number.
+
+One row per observation: X is (N, d_0), z(i) and a(i) are (N, d_i). W(i) has torch.nn.Linear's
+layout (d_out, d_in), so refbp and torch share parameters as is.
+
+    (1)  z(i) = a(i-1) W(i)^T + b(i),  a(0) = X         (N, d_i)
+    (2)  a(i) = f_i(z(i)),  y_hat = a(L)                 (N, d_i)
+    (3)  J = loss(a(L), y) + lambda/2 sum_i ||W(i)||^2   ()
+    (4)  dJ/da(L) = dloss/dy_hat                         (N, d_L)
+    (5)-(8)  Dense.backward, layer L down to 1
+    (9)  dJ/dX = dJ/da(0)                                (N, d_0)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .activations import Activation, get_activation
+from .dense import Dense
+from .losses import get_loss
+from .network import Cache, Network, NetworkGradients, resolve_device
+from .validation import (
+    FLOAT_DTYPES,
+    check_finite,
+    check_fits_in_memory,
+    check_int,
+    check_same_dtype_device,
+    check_seed,
+    check_tensor,
+    describe,
+)
+
+__all__ = ["MLP", "ForwardCache", "Gradients", "backward", "backward_from"]
+
+MAX_LAYERS = 10_000
+"""The deepest MLP refbp builds: far beyond any network people check by hand, and small enough
+that a mistyped depth (a million layers) is refused at once instead of after minutes."""
+
+
+@dataclass
+class ForwardCache(Cache):
+    """Everything the forward pass computed, indexed as in the equations.
+
+    Attributes:
+        a: a[0] = X (N, d_0) and a[i] = f_i(z(i)) (N, d_i) for i = 1 .. L.
+        z: z[0] = None (the input has no pre-activation) and z[i] (N, d_i) for i = 1 .. L;
+            z[i] is also None when the forward pass ran with ``keep_z=False`` and layer i's
+            derivative reads a(i) instead (sigmoid, tanh, relu, leaky_relu, identity).
+    """
+
+    @property
+    def z(self) -> list[Tensor | None]:
+        """z[i] = z(i) (N, d_i); z[0] is None. Dense's cache is its z: this is that list."""
+        return self.saved
+
+
+@dataclass
+class Gradients:
+    """Every gradient of J, indexed as in the equations (index 0 unused for W, b, z).
+
+    Attributes:
+        dJ_dW: [None, dJ/dW(1), ..., dJ/dW(L)], dJ/dW(i) (d_i, d_{i-1}).
+        dJ_db: [None, dJ/db(1), ..., dJ/db(L)], dJ/db(i) (d_i,).
+        dJ_dz: [None, dJ/dz(1), ..., dJ/dz(L)], dJ/dz(i) (N, d_i); None where not kept.
+        dJ_da: [dJ/dX, dJ/da(1), ..., dJ/da(L)], dJ/da(i) (N, d_i); None where not kept.
+    """
+
+    dJ_dW: list[Tensor | None]
+    dJ_db: list[Tensor | None]
+    dJ_dz: list[Tensor | None]
+    dJ_da: list[Tensor | None]
+    L: int = field(init=False)
+    network: NetworkGradients | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.L = len(self.dJ_dW) - 1
+
+    @classmethod
+    def from_network(cls, grads: NetworkGradients, L: int) -> Gradients:
+        """The lists view of a Network's gradients ("W1", "z1", ... -> dJ_dW[1], dJ_dz[1], ...)."""
+        values = grads.as_dict()
+
+        def column(kind: str) -> list[Tensor | None]:
+            return [None] + [values.get(f"{kind}{i}") for i in range(1, L + 1)]
+
+        dJ_da = column("a")
+        dJ_da[0] = values["X"]
+        return cls(dJ_dW=column("W"), dJ_db=column("b"), dJ_dz=column("z"), dJ_da=dJ_da, network=grads)
+
+    @property
+    def dJ_dX(self) -> Tensor:
+        """dJ/dX = dJ/da(0), (N, d_0): eq. (9)."""
+        dJ_dX = self.dJ_da[0]
+        assert dJ_dX is not None  # always computed
+        return dJ_dX
+
+    def W(self, i: int) -> Tensor:
+        """dJ/dW(i), layer i counted from 1 as in the equations (like ``net.W(i)``)."""
+        return _at(self.dJ_dW, i, "dJ_dW")
+
+    def b(self, i: int) -> Tensor:
+        """dJ/db(i), layer i counted from 1."""
+        return _at(self.dJ_db, i, "dJ_db")
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """{"W1", "b1", "z1", "a1", ..., "WL", "bL", "zL", "aL", "X"} -> dJ/d(that).
+
+        Intermediates dropped by ``backward(..., intermediates=False)`` are left out."""
+        out: dict[str, Tensor] = {}
+        for i in range(1, self.L + 1):
+            for key, values in (("W", self.dJ_dW), ("b", self.dJ_db), ("z", self.dJ_dz), ("a", self.dJ_da)):
+                value = values[i]
+                if value is not None:
+                    out[f"{key}{i}"] = value
+        out["X"] = self.dJ_dX
+        return out
+
+    def torch_named(self) -> dict[str, Tensor]:
+        """The parameter gradients under the names of ``net.to_torch()``'s parameters
+        ("0.weight", "0.bias", "2.weight", ...), plus "input" for dJ/dX."""
+        if self.network is None:
+            raise ValueError("these Gradients were built by hand; torch names come from net.backward(...)")
+        return self.network.torch_named()
+
+
+def _at(values: list[Tensor | None], i: int, name: str) -> Tensor:
+    L = len(values) - 1
+    if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= L:
+        raise IndexError(
+            f"layer {i!r} does not exist; {name} has layers 1 .. {L} (counted from 1, as in the equations)"
+        )
+    value = values[i]
+    assert value is not None  # parameter gradients are always kept
+    return value
+
+
+class _LayerParams(Sequence[Tensor]):
+    """``net.weights`` / ``net.biases``: the layers' W(i) or b(i) as a list (index i - 1 is
+    layer i), read and written through to the layers, so ``net.weights[0] = W`` updates W(1)."""
+
+    def __init__(self, net: MLP, kind: str) -> None:
+        self._net, self._kind = net, kind
+
+    def __len__(self) -> int:
+        return len(self._net.layers)
+
+    def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
+        return self._net.layers[index].params[self._kind]
+
+    def __setitem__(self, index: int, value: Tensor) -> None:
+        layer = self._net.layers[index]
+        i = range(1, len(self) + 1)[index]
+        name = f"{'weights' if self._kind == 'W' else 'biases'}[{i - 1}] ({self._kind}{i})"
+        old = layer.params[self._kind]
+        value = check_tensor(value, name, ndim=old.dim())
+        if value.shape != old.shape:
+            raise ValueError(f"{name} must keep its shape {tuple(old.shape)}, got {describe(value)}")
+        check_same_dtype_device(value, name, dtype=old.dtype, device=old.device)
+        layer.params[self._kind] = value.detach()
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (layer.params[self._kind] for layer in self._net.layers)
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
+class MLP(Network):
+    """A multilayer perceptron with a manual forward and backward pass.
+
+    Build one with :meth:`from_params` or :meth:`random`. ``weights[i-1]`` is W(i) and
+    ``biases[i-1]`` is b(i) (Python lists start at 0); ``net.W(i)`` and ``net.b(i)`` count
+    from 1, as the equations and ``grads.dJ_dW[i]`` do.
+
+    Attributes:
+        weights: [W(1), ..., W(L)], W(i) of shape (d_i, d_{i-1}).
+        biases: [b(1), ..., b(L)], b(i) of shape (d_i,).
+        activations: [f_1, ..., f_L] by name (see ``refbp.nn.activations.ACTIVATIONS``).
+        loss_name: the loss by name (see ``refbp.nn.losses.LOSSES``).
+        weight_decay: lambda >= 0 in eq. (3).
+    """
+
+    layers: list[Dense]  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        weights: Sequence[Tensor],
+        biases: Sequence[Tensor],
+        activations: Sequence[str],
+        loss_name: str,
+        weight_decay: float = 0.0,
+    ) -> None:
+        _validate(list(weights), list(biases), list(activations), loss_name)
+        acts = [get_activation(name, argument=f"activations[{k}]") for k, name in enumerate(activations)]
+        layers = [Dense(W, b, act) for W, b, act in zip(weights, biases, acts, strict=True)]
+        super().__init__(layers, loss_name, weight_decay=weight_decay)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_params(
+        cls,
+        *,
+        weights: Sequence[Tensor],
+        biases: Sequence[Tensor],
+        activations: Sequence[str],
+        loss: str,
+        weight_decay: float = 0.0,
+    ) -> MLP:
+        """A network from given parameters: W(i) (d_i, d_{i-1}) and b(i) (d_i,), in layer order."""
+        for argument, value in (("weights", weights), ("biases", biases), ("activations", activations)):
+            if isinstance(value, (str, Tensor)) or not isinstance(value, Sequence):
+                raise TypeError(f"{argument} must be a list, one entry per layer, got {type(value).__name__}")
+        return cls(list(weights), list(biases), list(activations), loss, weight_decay)
+
+    @classmethod
+    def random(
+        cls,
+        dims: Sequence[int],
+        *,
+        activations: Sequence[str],
+        loss: str,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device = "cpu",
+        weight_decay: float = 0.0,
+    ) -> MLP:
+        """A network with dims [d_0, ..., d_L], initialised as torch.nn.Linear does:
+        W(i), b(i) ~ U(-1/sqrt(d_{i-1}), 1/sqrt(d_{i-1})), drawn on the CPU from ``seed`` so
+        that every device gets the same numbers. ``device="auto"`` picks CUDA when present."""
+        dims = _check_dims(dims)
+        if isinstance(activations, str) or not isinstance(activations, Sequence):
+            raise TypeError(f"activations must be a list of names, got {type(activations).__name__}")
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
+        seed = check_seed(seed)
+        target = resolve_device(device)
+        entries = sum(d_in * d_out + d_out for d_in, d_out in itertools.pairwise(dims))
+        check_fits_in_memory(8 * entries, f"an MLP with dims {_short(dims)} ({entries} parameters)")
+        generator = torch.Generator().manual_seed(seed)
+        weights, biases = [], []
+        for d_in, d_out in itertools.pairwise(dims):  # (d_{i-1}, d_i)
+            bound = 1.0 / math.sqrt(d_in)
+            W = torch.empty(d_out, d_in, dtype=torch.float64).uniform_(-bound, bound, generator=generator)
+            b = torch.empty(d_out, dtype=torch.float64).uniform_(-bound, bound, generator=generator)
+            weights.append(W.to(dtype=dtype, device=target))
+            biases.append(b.to(dtype=dtype, device=target))
+        return cls(weights, biases, list(activations), loss, weight_decay)
+
+    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MLP:
+        """A copy of this network with parameters converted to ``dtype`` and/or ``device``."""
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
+        target = None if device is None else resolve_device(device)
+        return MLP(
+            [W.to(dtype=dtype, device=target) for W in self.weights],
+            [b.to(dtype=dtype, device=target) for b in self.biases],
+            list(self.activations),
+            self.loss_name,
+            self.weight_decay,
+        )
+
+    # ---- the seed's view ----------------------------------------------------------------
+    @property
+    def weights(self) -> _LayerParams:
+        """[W(1), ..., W(L)]: ``weights[i - 1]`` is W(i); assigning to it updates the layer."""
+        return _LayerParams(self, "W")
+
+    @property
+    def biases(self) -> _LayerParams:
+        """[b(1), ..., b(L)]: ``biases[i - 1]`` is b(i)."""
+        return _LayerParams(self, "b")
+
+    def W(self, i: int) -> Tensor:
+        """W(i), layer i counted from 1 as in the equations, (d_i, d_{i-1})."""
+        return self._layer(i).W
+
+    def b(self, i: int) -> Tensor:
+        """b(i), layer i counted from 1, (d_i,)."""
+        return self._layer(i).b
+
+    def _layer(self, i: int) -> Dense:
+        if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= self.L:
+            raise IndexError(f"layer {i!r} does not exist; this MLP has layers 1 .. {self.L} (counted from 1)")
+        return self.layers[i - 1]
+
+    @property
+    def activations(self) -> list[str]:
+        """[f_1, ..., f_L] by name."""
+        return [layer.activation.name for layer in self.layers]
+
+    @property
+    def layer_activations(self) -> list[Activation]:
+        """[f_1, ..., f_L] as Activation records."""
+        return [layer.activation for layer in self.layers]
+
+    @property
+    def dims(self) -> list[int]:
+        """[d_0, d_1, ..., d_L]."""
+        return [self.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in self.layers]
+
+    # ---- the forward pass ---------------------------------------------------------------
+    def forward(  # type: ignore[override]
+        self,
+        X: Tensor,
+        *,
+        keep_z: bool = True,
+        update_stats: bool = True,
+        noise: Mapping[tuple[int, ...], Tensor] | None = None,
+    ) -> ForwardCache:
+        """Run eqs. (1)-(2) for every layer and keep every z(i) and a(i).
+
+        Args:
+            X: the input, (N, d_0), same dtype and device as the parameters, N >= 1.
+            keep_z: keep every z(i) (the default, what the teaching API shows). With False,
+                z(i) is dropped for layers whose derivative reads a(i) (sigmoid, tanh, relu,
+                leaky_relu, identity): the backward pass is the same, the cache smaller.
+        """
+        cache = super().forward(X, keep_intermediates=keep_z, update_stats=update_stats, noise=noise)
+        assert isinstance(cache, ForwardCache)
+        return cache
+
+    def _cache(self, a: list[Tensor], saved: list[object], noise: dict[tuple[int, ...], Tensor]) -> Cache:
+        return ForwardCache(a=a, saved=saved, noise=noise)
+
+    def backward(  # type: ignore[override]
+        self, cache: ForwardCache, y: Tensor, *, intermediates: bool = True, release_cache: bool = False
+    ) -> Gradients:
+        """Every gradient of J, by hand, from the cache (eqs. 4-9)."""
+        grads = super().backward(cache, y, intermediates=intermediates, release_cache=release_cache)
+        return Gradients.from_network(grads, self.L)
+
+    def backward_from(  # type: ignore[override]
+        self, cache: ForwardCache, dJ_da_L: Tensor, *, intermediates: bool = True, release_cache: bool = False
+    ) -> Gradients:
+        """Eqs. (5)-(9) from a given dJ/da(L) (N, d_L) instead of a loss's eq. (4)."""
+        grads = super().backward_from(cache, dJ_da_L, intermediates=intermediates, release_cache=release_cache)
+        return Gradients.from_network(grads, self.L)
+
+    # ---- validation ---------------------------------------------------------------------
+    def check_input(self, X: object) -> Tensor:
+        """X must be a finite (N, d_0) tensor, N >= 1, with the parameters' dtype and device."""
+        X = check_tensor(X, "X", ndim=2)
+        if X.shape[1] != self.dims[0]:
+            raise ValueError(f"X must have shape (N, {self.dims[0]}) = (N, d_0), got {describe(X)}")
+        if X.shape[0] == 0:
+            raise ValueError(f"X has an empty batch ({describe(X)}); expected N >= 1 rows")
+        check_same_dtype_device(X, "X", dtype=self.dtype, device=self.device)
+        check_finite(X, "X")
+        itemsize = X.element_size()
+        check_fits_in_memory(2 * X.shape[0] * sum(self.dims) * itemsize, f"a forward pass with batch N = {X.shape[0]}")
+        return X.detach()
+
+    def check_targets(self, y: object, cache: Cache) -> Tensor:
+        """y must match the loss: (N, d_L) values, or (N,) int64 class indices in [0, d_L)."""
+        return self.loss_fn.check_targets(y, cache.y_hat, rows=True)
+
+    _output_notation = " = (N, d_L)"
+
+    def _check_cache(self, cache: object) -> None:
+        if isinstance(cache, Cache) and not cache.released and cache.L == self.L:
+            width = cache.a[0].shape[1] if cache.a[0].dim() == 2 else None
+            if width != self.dims[0]:
+                raise ValueError(
+                    f"cache has {cache.L} layers and input width {width}; it does not come from this network "
+                    f"({self.L} layers, d_0 = {self.dims[0]}): pass the cache of net.forward(X)"
+                )
+        super()._check_cache(cache)
+
+
+def backward(
+    net: MLP, cache: ForwardCache, y: Tensor, *, intermediates: bool = True, release_cache: bool = False
+) -> Gradients:
+    """``net.backward(cache, y, ...)``: eqs. (4)-(9) for ``net`` from its forward ``cache``."""
+    return net.backward(cache, y, intermediates=intermediates, release_cache=release_cache)
+
+
+def backward_from(
+    net: MLP, cache: ForwardCache, dJ_da_L: Tensor, *, intermediates: bool = True, release_cache: bool = False
+) -> Gradients:
+    """Eqs. (5)-(9) from a given dJ/da(L) (N, d_L) instead of a loss's eq. (4).
+
+    This is how a gradient crosses from one network into another: when a(L) feeds something
+    above it (a second network, a score), dJ/da(L) is what that something hands down, e.g. its
+    own dJ/dX. ``dJ_da_L`` itself is never modified."""
+    return net.backward_from(cache, dJ_da_L, intermediates=intermediates, release_cache=release_cache)
+
+
+# ---- validation ---------------------------------------------------------------------------
+def _check_dims(dims: object) -> list[int]:
+    if hasattr(dims, "tolist") and not isinstance(dims, Tensor):  # a NumPy array of sizes
+        dims = dims.tolist()
+    if isinstance(dims, Tensor):
+        dims = dims.tolist()
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or len(dims) < 2:
+        raise ValueError(f"dims={dims!r} must list at least two sizes [d_0, d_1, ...]")
+    if len(dims) - 1 > MAX_LAYERS:
+        raise ValueError(f"dims lists {len(dims) - 1} layers; refbp builds at most MAX_LAYERS = {MAX_LAYERS}")
+    out = []
+    for k, d in enumerate(dims):
+        if hasattr(d, "__index__") and not isinstance(d, bool):
+            d = int(d.__index__())
+        try:
+            out.append(check_int(d, f"dims[{k}]", minimum=1))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"dims[{k}]={d!r} must be a positive int; got dims={list(dims)}") from err
+    return out
+
+
+def _short(dims: Sequence[int]) -> str:
+    text = "-".join(str(d) for d in dims[:8])
+    return text + (f"-... ({len(dims)} sizes)" if len(dims) > 8 else "")
+
+
+def _validate(weights: list[Tensor], biases: list[Tensor], activations: list[str], loss_name: str) -> None:
+    """The MLP's own messages, in the seed's notation (W{i}, b{i}, weights[i-1])."""
+    if not weights:
+        raise ValueError("weights is empty; expected one W(i) per layer, at least one")
+    L = len(weights)
+    if L > MAX_LAYERS:
+        raise ValueError(f"weights has {L} layers; refbp builds at most MAX_LAYERS = {MAX_LAYERS}")
+    if len(biases) != L:
+        raise ValueError(f"biases has {len(biases)} entries but weights has {L}; expected one b(i) per layer")
+    if len(activations) != L:
+        raise ValueError(
+            f"activations has {len(activations)} entries but the network has {L} layers; "
+            "expected one activation per layer"
+        )
+    W1 = check_tensor(weights[0], "weights[0] (W1)", ndim=2)
+    dtype, device = W1.dtype, W1.device
+    for i in range(1, L + 1):
+        W = check_tensor(weights[i - 1], f"weights[{i - 1}] (W{i})", ndim=2)
+        b = check_tensor(biases[i - 1], f"biases[{i - 1}] (b{i})", ndim=1)
+        d_out, d_in = W.shape
+        if d_out == 0 or d_in == 0:
+            raise ValueError(f"weights[{i - 1}] (W{i}) has {describe(W)}; every layer needs at least one unit")
+        if i > 1 and d_in != weights[i - 2].shape[0]:
+            raise ValueError(
+                f"weights[{i - 1}] (W{i}) has {describe(W)}; expected ({d_out}, "
+                f"{weights[i - 2].shape[0]}) so that its input matches W{i - 1}'s output"
+            )
+        if b.shape[0] != d_out:
+            raise ValueError(f"biases[{i - 1}] (b{i}) has {describe(b)}; expected ({d_out},) to match W{i}")
+        check_same_dtype_device(W, f"weights[{i - 1}] (W{i})", dtype=dtype, device=device)
+        check_same_dtype_device(b, f"biases[{i - 1}] (b{i})", dtype=dtype, device=device)
+        check_finite(W, f"weights[{i - 1}] (W{i})")
+        check_finite(b, f"biases[{i - 1}] (b{i})")
+        get_activation(activations[i - 1], argument=f"activations[{i - 1}]")
+    loss = get_loss(loss_name)
+    last = activations[-1]
+    if loss.output_activation is not None and last != loss.output_activation:
+        raise ValueError(
+            f"loss={loss.name!r} needs activations[-1]={loss.output_activation!r} on the last layer, "
+            f"got {last!r}"
+            + (" (cross_entropy applies softmax to z(L) itself)" if loss.name == "cross_entropy" else "")
+        )
+    if loss.targets == "classes" and weights[-1].shape[0] < 2:
+        raise ValueError("loss='cross_entropy' needs d_L >= 2 classes in the last layer, got 1")

@@ -1,0 +1,61 @@
+"""Pieces: where a function changes formula, so that finite differences know where not to look.
+
+A central difference (J(p + h) - J(p - h)) / 2h is only the derivative when J has one formula
+on [p - h, p + h]. relu changes formula at 0, softplus at its threshold, elu's second
+derivative jumps at 0, and binary cross-entropy clamps its logarithms: a difference whose step
+straddles such a boundary measures a mixture of two slopes, not a derivative. Every activation
+and loss that is defined piecewise says where its pieces meet; the finite-difference engine
+records which piece each input entry is in at the base point and flags any perturbation that
+moves an entry into another piece (refbp.verify.finite_diff). Those entries are *excluded*:
+neither verified nor contradicted by finite differences.
+
+Some functions also have points where torch's derivative is a convention rather than a limit
+of difference quotients (``conventional``): binary cross-entropy's backward divides by
+max(p (1 - p), 1e-12), which is not the derivative of its value once p (1 - p) < 1e-12. No
+difference quotient can verify a gradient that flows through such an entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Pieces"]
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """Where an elementwise function of t changes formula.
+
+    Attributes:
+        boundaries: the values of t at which the formula changes, ascending (relu: (0,)).
+        description: the boundaries in words, for messages ("z = 0", "z = 20").
+        region: t -> an integer tensor numbering the piece each entry is in; by default the
+            number of boundaries strictly below t. Give one when the pieces are not intervals
+            of t (binary cross-entropy's clamps).
+        conventional: t -> bool tensor, True where torch's derivative is a convention and not
+            a limit of difference quotients; None when there is no such point.
+    """
+
+    boundaries: tuple[float, ...]
+    description: str
+    region: Callable[[Tensor], Tensor] | None = None
+    conventional: Callable[[Tensor], Tensor] | None = None
+
+    def region_of(self, t: Tensor) -> Tensor:
+        """The piece each entry of ``t`` is in, an integer tensor of t's shape."""
+        if self.region is not None:
+            return self.region(t)
+        out = torch.zeros(t.shape, dtype=torch.int8, device=t.device)
+        for boundary in self.boundaries:
+            out = out + (t > boundary).to(torch.int8)
+        return out
+
+    def distance(self, t: Tensor) -> float:
+        """The smallest |t - boundary| over every entry and boundary (inf without boundaries)."""
+        if not self.boundaries or t.numel() == 0:
+            return float("inf")
+        return min(float((t - boundary).abs().min()) for boundary in self.boundaries)

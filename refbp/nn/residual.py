@@ -1,0 +1,136 @@
+"""Residual: y = x + F(x), F a stack of inner layers; x reaches y by two paths, so its
+gradient is the sum of both.
+
+    y      = x + F(x)                                 x and F(x) of one shape
+    dJ/dx  = dJ/dy  +  dJ/dx through F                the skip path, plus the inner stack's backward
+
+Forgetting the first term (the gradient of the skip connection) is a classic bug
+(refbp.apps.bugs). Inner layer j of the residual at layer l has path (l, j): its tensors are
+"W3.1", "a3.2", ...; the residual's own output is "a3".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .convert import CONVERTERS, register
+from .keys import Key
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
+from .validation import describe
+
+__all__ = ["Residual", "TorchResidual"]
+
+
+class TorchResidual(torch.nn.Module):
+    """x + body(x) as a torch module: what ``Residual.to_torch()`` gives back (torch has no
+    residual module of its own). ``from_torch`` turns it into a Residual again."""
+
+    def __init__(self, body: torch.nn.Sequential) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class Residual(Layer):
+    """y = x + inner(x) for a stack of inner layers (at least one), shapes preserved."""
+
+    title = "Residual"
+
+    def __init__(self, *inner: Layer) -> None:
+        if not inner or not all(isinstance(layer, Layer) for layer in inner):
+            raise TypeError(
+                "Residual(...) needs one or more refbp layers: Residual(Linear(...), Elementwise('relu'), ...)"
+            )
+        if any(getattr(layer, "takes_indices", False) for layer in inner):
+            raise ValueError("an Embedding cannot sit inside a Residual: its input is indices, its output vectors")
+        self.inner: list[Layer] = list(inner)
+        self.params = {}
+        self.training = True
+
+    def sublayers(self) -> list[Layer]:
+        return self.inner
+
+    def keys(self, path: tuple[int, ...]) -> list[Key]:
+        return [*stack_keys(self.inner, path), Key("a", path)]
+
+    def describe(self) -> str:
+        return "Residual(" + ", ".join(layer.describe() for layer in self.inner) + ")"
+
+    def equations(self) -> tuple[str, str]:
+        return ("y = x + F(x)", "dJ/dx = dJ/dy + dJ/dx through F")
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        self.inner[0].check_input(x, (*path, 1))
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, StackCache]:
+        inner = stack_forward(self.inner, x, ctx, path)
+        Fx = inner.a[-1]
+        if Fx.shape != x.shape:
+            where = ".".join(map(str, path))
+            raise ValueError(f"layer {where} ({self.describe()}): F(x) has {describe(Fx)} but x has {describe(x)}")
+        return x + Fx, inner  # y = x + F(x)
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext) -> LayerGrads:
+        inner_ctx = BackwardContext(
+            path=ctx.path, keep_intermediates=ctx.keep_intermediates, overwrite=False, need_dx=ctx.need_dx,
+            weight_decay=ctx.weight_decay,
+        )  # fmt: skip
+        # the inner stack reads dJ/dy (= dJ/dF(x)) and never overwrites it: the skip path needs it too
+        grads = stack_backward(self.inner, cache, [dJ_dy], inner_ctx, {})
+        dJ_dx = None
+        if ctx.need_dx:
+            assert grads.dJ_dx is not None
+            dJ_dx = grads.dJ_dx.add_(dJ_dy) if grads.dJ_dx is not dJ_dy else dJ_dy + grads.dJ_dx  # skip + through F
+        return LayerGrads(dJ_dx, {}, grads.intermediates, grads.params)
+
+    def noise_of(self, cache: StackCache, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
+        out: dict[tuple[int, ...], Tensor] = {}
+        for j, layer in enumerate(self.inner, start=1):
+            out.update(layer.noise_of(cache.saved[j], (*path, j)))
+        return out
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        return x + stack_torch_forward(self.inner, x, p, noise, tap, path)
+
+    def to_torch(self) -> torch.nn.Module:
+        modules = [m for layer in self.inner for m in layer.torch_modules()]
+        module = TorchResidual(torch.nn.Sequential(*modules))
+        module.train(self.training)
+        return module
+
+    def torch_param_names(self, path: tuple[int, ...]) -> dict[Key, str]:
+        out: dict[Key, str] = {}
+        offset = 0
+        for j, layer in enumerate(self.inner, start=1):
+            for key, relative in layer.torch_param_names((*path, j)).items():
+                index, rest = relative.split(".", 1)
+                out[key] = f"0.body.{offset + int(index)}.{rest}"
+            offset += len(layer.torch_modules())
+        return out
+
+
+def residual_from_sequence(children: Sequence[torch.nn.Module]) -> list[Layer]:
+    """The inner layers of a TorchResidual's body, each converted."""
+    layers = []
+    for index, child in enumerate(children):
+        convert = CONVERTERS.get(type(child))
+        if convert is None:
+            raise ValueError(f"Residual body[{index}] ({type(child).__name__}) is not supported")
+        layer = convert(child)
+        layer.set_training(child.training)
+        layers.append(layer)
+    return layers
+
+
+@register(TorchResidual)
+def _from_residual(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, TorchResidual)
+    return Residual(*residual_from_sequence(list(module.body)))

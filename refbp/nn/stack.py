@@ -1,0 +1,129 @@
+"""One loop over a stack of layers, forward and backward: used by every network and by every
+composite layer (a Residual's inner layers, a transformer block's parts).
+
+    forward:   a[0] = x;  a[l], cache[l] = layer_l.forward(a[l-1])          l = 1 .. L
+    backward:  g = dJ/da[L];  for l = L .. 1:  g, dJ/dparams_l = layer_l.backward(g, a[l-1], a[l], cache[l])
+
+The loop knows nothing of any particular layer. It names every tensor with a Key at the layer's
+path (prefix + (l,)), and it *adds* parameter gradients into the result, so that a parameter
+two layers share (a tied weight) gets the sum of both uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .keys import Key
+from .layer import BackwardContext, ForwardContext, Layer, Params, Tap
+
+__all__ = ["StackCache", "StackGrads", "stack_backward", "stack_forward", "stack_keys", "stack_torch_forward"]
+
+_RELEASED = torch.empty(0)
+"""What a released activation holds: no data (a real a(l) always has entries)."""
+
+
+@dataclass
+class StackCache:
+    """What a stack's forward pass keeps.
+
+    Attributes:
+        a: a[0] = the input, a[l] = layer l's output (l = 1 .. L).
+        saved: saved[l] = layer l's own cache (saved[0] is None).
+    """
+
+    a: list[Tensor]
+    saved: list[Any]
+
+
+@dataclass
+class StackGrads:
+    """What a stack's backward pass returns.
+
+    Attributes:
+        dJ_dx: dJ/d(the stack's input), or None when not asked for.
+        params: key -> dJ/d(parameter), tied parameters summed under one key.
+        intermediates: key -> dJ/d(intermediate): every a(l) and the layers' own ones.
+    """
+
+    dJ_dx: Tensor | None
+    params: dict[Key, Tensor] = field(default_factory=dict)
+    intermediates: dict[Key, Tensor] = field(default_factory=dict)
+
+
+def stack_forward(layers: Sequence[Layer], x: Tensor, ctx: ForwardContext, prefix: tuple[int, ...]) -> StackCache:
+    """Run every layer in turn on ``x``; layer l sits at path prefix + (l,)."""
+    a, saved = [x], [None]
+    for l, layer in enumerate(layers, start=1):
+        out, cache = layer.forward(a[l - 1], ctx, (*prefix, l))
+        a.append(out)
+        saved.append(cache)
+    return StackCache(a, saved)
+
+
+def stack_backward(
+    layers: Sequence[Layer],
+    cache: StackCache,
+    dJ_dout: list[Tensor],
+    ctx: BackwardContext,
+    ties: Mapping[Key, Key],
+    *,
+    release: bool = False,
+) -> StackGrads:
+    """Every layer's backward, L down to 1, from ``dJ_dout.pop()`` = dJ/da(L).
+
+    ``ctx.path`` is the stack's prefix; ``ctx.overwrite`` says the caller gave up dJ/da(L)
+    (handed over in a list so that the loop holds the only reference and can free it).
+    ``release`` drops a(l) and layer l's cache once layer l's backward has used them."""
+    out = StackGrads(None)
+    g = dJ_dout.pop()  # dJ/da(L)
+    L = len(layers)
+    for l in range(L, 0, -1):
+        layer, path = layers[l - 1], (*ctx.path, l)
+        if ctx.keep_intermediates:
+            out.intermediates[Key("a", path)] = g
+        layer_ctx = BackwardContext(
+            path=path,
+            keep_intermediates=ctx.keep_intermediates,
+            overwrite=ctx.overwrite or l < L,  # every dJ/da(l) below the top is the loop's own
+            need_dx=ctx.need_dx or l > 1,
+            weight_decay=ctx.weight_decay,
+        )
+        grads = layer.backward(g, cache.a[l - 1], cache.a[l], cache.saved[l], layer_ctx)
+        owned = [(Key(kind, path), value) for kind, value in grads.params.items()]
+        for key, value in [*owned, *grads.sub_params.items()]:
+            key = ties.get(key, key)  # a tied parameter's gradient is the sum of its uses
+            out.params[key] = out.params[key] + value if key in out.params else value
+        out.intermediates.update(grads.intermediates)
+        g = grads.dJ_dx  # type: ignore[assignment]  # None only below layer 1
+        del grads
+        if release:  # a(l) and layer l's cache have been used for the last time
+            layer.release(cache.saved[l])
+            cache.a[l] = _RELEASED
+            cache.saved[l] = None
+    out.dJ_dx = g
+    return out
+
+
+def stack_torch_forward(
+    layers: Sequence[Layer],
+    x: Tensor,
+    p: Params,
+    noise: Mapping[tuple[int, ...], Tensor],
+    tap: Tap,
+    prefix: tuple[int, ...],
+) -> Tensor:
+    """The oracle of the stack: each layer's torch_forward in turn, every a(l) reported to the tap."""
+    for l, layer in enumerate(layers, start=1):
+        path = (*prefix, l)
+        x = tap.intermediate(Key("a", path), layer.torch_forward(x, p, noise, tap, path))
+    return x
+
+
+def stack_keys(layers: Sequence[Layer], prefix: tuple[int, ...]) -> list[Key]:
+    """Every key of the stack, layer by layer (parameters, intermediates, output)."""
+    return [key for l, layer in enumerate(layers, start=1) for key in layer.keys((*prefix, l))]

@@ -1,0 +1,275 @@
+"""Finite differences for MLPs, fast: the layer and row structure of eq. (1) does most of the work.
+
+Same differences as refbp.verify.finite_diff (steps, the +2h evaluation for the error estimate,
+excluded pieces), for networks of Dense layers only, evaluated with the same oracle functions
+(torch.nn.functional.linear and each activation's ``torch_fn``, the loss's ``torch_fn``), but
+arranged so that no perturbed copy runs the whole network:
+
+- perturbing W(l)[j, k] (or b(l)[j]) only adds delta * a(l-1)[:, k] (or delta) to column j of
+  z(l), and changes nothing below layer l; by eq. (1) the changed column j of a(l) then moves
+  z(l+1) by an outer product, with no matrix product at layer l+1 (``run_from_column``);
+- perturbing entry (n, k) of X, z(l) or a(l) only changes row n of every later layer: the
+  observations of a batch go through an MLP independently (``run_rows_from``).
+
+P perturbed copies run as one batched pass (P, N, d), chunked to bound memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..nn.activations import Activation
+from ..nn.dense import Dense
+from ..nn.network import Network
+from .finite_diff import (
+    CHUNK_BYTES,
+    FDResult,
+    PieceRecorder,
+    PieceWatcher,
+    combine_evaluations,
+    random_directions,
+    steps,
+)
+from .tolerances import FD_STEP
+
+__all__ = ["is_plain_mlp", "mlp_finite_differences"]
+
+
+def is_plain_mlp(net: Network) -> bool:
+    """True for a network of Dense layers only: observations independent, layers as eq. (1)."""
+    return all(type(layer) is Dense for layer in net.layers)
+
+
+@dataclass
+class _Evaluated:
+    """J and whether a piece boundary was crossed, for P perturbed copies."""
+
+    J: Tensor  # (P,)
+    crossed: Tensor  # (P,) bool
+
+
+class _Network64:
+    """A float64 CPU copy of an MLP: its base forward pass, and batched evaluators of J."""
+
+    def __init__(self, net: Network, X: Tensor, y: Tensor) -> None:
+        # float64 on the CPU whatever the network's dtype and device: the reference is the same
+        # everywhere, and float16/bfloat16/CUDA networks are checked against it as they are.
+        layers = [layer for layer in net.layers if isinstance(layer, Dense)]
+        self.Ws = [layer.W.detach().to(device="cpu", dtype=torch.float64) for layer in layers]
+        self.bs = [layer.b.detach().to(device="cpu", dtype=torch.float64) for layer in layers]
+        self.acts: list[Activation] = [layer.activation for layer in layers]
+        self.net = net
+        self.weight_decay = float(net.weight_decay)
+        self.y = y.detach().to(device="cpu", dtype=torch.float64) if y.is_floating_point() else y.detach().cpu()
+        self.L = len(self.Ws)
+        # base forward, indexed as in the equations: a[0] = X, z[0] unused
+        self.a: list[Tensor] = [X.detach().to(device="cpu", dtype=torch.float64)]
+        self.z: list[Tensor] = [self.a[0]]
+        self.regions: list[Tensor | None] = [None]
+        for i in range(1, self.L + 1):
+            act = self.acts[i - 1]
+            self.z.append(F.linear(self.a[i - 1], self.Ws[i - 1], self.bs[i - 1]))  # (1), torch.nn.Linear's op
+            self.a.append(act.torch_fn(self.z[i]))  # (2) by torch's own function
+            self.regions.append(act.pieces.region_of(self.z[i]) if act.pieces is not None else None)
+        self.loss_base = PieceRecorder()
+        J_data = float(net.torch_loss(self.a[-1], self.y, self.loss_base))
+        self.wd_base = sum(float((W * W).sum()) for W in self.Ws)
+        self.J = J_data + 0.5 * self.weight_decay * self.wd_base
+        self._batched_loss = torch.func.vmap(self._loss_one)
+
+    def _loss_one(self, y_hat: Tensor) -> tuple[Tensor, Tensor]:
+        watcher = PieceWatcher(self.loss_base)
+        return self.net.torch_loss(y_hat, self.y, watcher), watcher.crossed
+
+    def loss(self, y_hat: Tensor) -> _Evaluated:
+        """The data term of J for P outputs (P, N, d_L), with the loss's own torch function."""
+        J, crossed = self._batched_loss(y_hat)
+        return _Evaluated(J, crossed)
+
+    def crossed_at(self, i: int, z: Tensor, base: Tensor) -> Tensor:
+        """(P,) True where a copy's z(i) sits in another piece of f_i than ``base`` (z(i) at the base point)."""
+        pieces = self.acts[i - 1].pieces
+        if pieces is None:
+            return torch.zeros(z.shape[0], dtype=torch.bool)
+        return (pieces.region_of(z) != base).reshape(z.shape[0], -1).any(dim=1)
+
+    def run_from(self, layer: int, *, Z: Tensor | None = None, A: Tensor | None = None) -> _Evaluated:
+        """J for P perturbed states: Z, a perturbed z(layer) (P, N, d_layer), or A, a perturbed
+        a(layer); the rest of the network runs from there."""
+        first, state = (layer, Z) if Z is not None else (layer + 1, A)
+        assert state is not None
+        crossed = torch.zeros(state.shape[0], dtype=torch.bool)
+        for i in range(first, self.L + 1):
+            if i > first or Z is None:
+                state = F.linear(state, self.Ws[i - 1], self.bs[i - 1])  # (1) z(i) for all P copies   (P, N, d_i)
+            region = self.regions[i]
+            if region is not None:
+                crossed |= self.crossed_at(i, state, region)
+            state = self.acts[i - 1].torch_fn(state)  # (2) a(i)   (P, N, d_i)
+        out = self.loss(state)
+        return _Evaluated(out.J, out.crossed | crossed)
+
+    def run_from_column(self, layer: int, j: Tensor, z_col: Tensor) -> _Evaluated:
+        """J for P copies of the network that differ from the base only in column j[p] of
+        z(layer), which holds z_col[p] (P, N).
+
+        Only column j of a(layer) changes, so by eq. (1) z(layer+1) moves by the outer product
+        (change of that column) W(layer+1)[:, j]^T: no matrix product is needed at layer+1."""
+        P, N = z_col.shape
+        act = self.acts[layer - 1]
+        crossed = torch.zeros(P, dtype=torch.bool)
+        region = self.regions[layer]
+        if region is not None:
+            crossed = self.crossed_at(layer, z_col, region.T[j])
+        a_col = act.torch_fn(z_col)  # (P, N) column j of a(layer), one per copy
+        if layer == self.L:  # the output itself: copy y_hat and replace column j
+            y_hat = self.a[layer].expand(P, N, -1).clone()  # (P, N, d_L)
+            y_hat[torch.arange(P), :, j] = a_col
+            out = self.loss(y_hat)
+            return _Evaluated(out.J, out.crossed | crossed)
+        change = a_col - self.a[layer].T[j]  # (P, N)
+        W_col = self.Ws[layer].T[j]  # (P, d_{layer+1}) column j of W(layer+1), one per copy
+        Z = self.z[layer + 1] + change.unsqueeze(2) * W_col.unsqueeze(1)  # (P, N, d_{layer+1})
+        above = self.run_from(layer + 1, Z=Z)
+        return _Evaluated(above.J, above.crossed | crossed)
+
+    def run_rows_from(self, layer: int, n: Tensor, *, Z: Tensor | None = None, A: Tensor | None = None) -> _Evaluated:
+        """J for P copies of the network that differ from the base only in row n[p] of
+        z(layer) (give Z, (P, d_layer)) or of a(layer) (give A).
+
+        Each observation goes through eqs. (1)-(2) on its own, so only row n of every later
+        z(i), a(i) changes: the P rows run alone, then replace row n of a copy of y_hat."""
+        first, state = (layer, Z) if Z is not None else (layer + 1, A)
+        assert state is not None
+        P = state.shape[0]
+        crossed = torch.zeros(P, dtype=torch.bool)
+        for i in range(first, self.L + 1):
+            if i > first or Z is None:
+                state = F.linear(state, self.Ws[i - 1], self.bs[i - 1])  # (1) row n of z(i)   (P, d_i)
+            region = self.regions[i]
+            if region is not None:
+                crossed |= self.crossed_at(i, state, region[n])
+            state = self.acts[i - 1].torch_fn(state)  # (2) row n of a(i)   (P, d_i)
+        y_hat = self.a[-1].expand(P, *self.a[-1].shape).clone()  # (P, N, d_L)
+        y_hat[torch.arange(P), n] = state
+        out = self.loss(y_hat)
+        return _Evaluated(out.J, out.crossed | crossed)
+
+
+def mlp_finite_differences(
+    net: Network,
+    X: Tensor,
+    y: Tensor,
+    names: list[str],
+    *,
+    mode: str = "full",
+    directions: int = 8,
+    seed: int = 0,
+) -> dict[str, FDResult]:
+    """Finite differences of J for the tensors named (keys as in Gradients.as_dict()).
+
+    Args:
+        mode: "full" (every entry) or "directional" (``directions`` random signed vectors).
+        seed: seeds the directions; the same seed gives the same directions.
+    """
+    net64 = _Network64(net, X, y)
+    N = X.shape[0]
+    width = max([X.shape[1], *(W.shape[0] for W in net64.Ws)])
+    chunk = max(1, CHUNK_BYTES // (2 * 8 * N * width * 3))  # perturbations per batch
+    out: dict[str, FDResult] = {}
+    for offset, name in enumerate(names):
+        kind, layer = name[0], (0 if name == "X" else int(name[1:]))
+        base = _tensor_of(net64, kind, layer)
+        if mode == "full":
+            out[name] = _full(net64, kind, layer, base, chunk)
+        else:
+            V = random_directions(tuple(base.shape), directions, seed=seed + 1009 * offset)
+            out[name] = _directional(net64, kind, layer, base, V, chunk)
+    return out
+
+
+def _tensor_of(net64: _Network64, kind: str, layer: int) -> Tensor:
+    if kind == "W":
+        return net64.Ws[layer - 1]
+    if kind == "b":
+        return net64.bs[layer - 1]
+    if kind == "z":
+        return net64.z[layer]
+    return net64.a[layer]  # "a" and "X" (= a(0))
+
+
+def _decay(net64: _Network64, change: Tensor) -> Tensor:
+    """lambda/2 ||W||^2 for copies whose squared norm changed by ``change`` (P,)."""
+    return 0.5 * net64.weight_decay * (net64.wd_base + change)
+
+
+def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int) -> FDResult:
+    """Full mode: each entry moved by +h, -h and +2h, 3P perturbed copies per batch.
+
+    No copy runs the whole network: moving W(l)[j, k] or b(l)[j] changes only column j of
+    z(l) (``run_from_column``), and moving entry (n, k) of X, z(l) or a(l) changes only row n
+    of every later layer (``run_rows_from``)."""
+    n = base.numel()
+    h_up, h_down = steps(base.reshape(-1))  # (n,)
+    values = torch.empty(n, dtype=torch.float64)
+    error = torch.empty(n, dtype=torch.float64)
+    excluded = torch.zeros(n, dtype=torch.bool)
+    width = base.shape[-1]  # d_{l-1} for W(l), d_l for z(l), a(l); 1 entry per row for b(l)
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(start + chunk, n))
+        P = idx.numel()
+        moves = torch.cat([h_up[idx], -h_down[idx], 2.0 * h_up[idx]])  # (3P,)  +h, -h, +2h
+        entries = idx.repeat(3)  # (3P,) flat index of the entry moved in each copy
+        if kind == "W":  # W(l)[j, k]: by (1), column j of z(l) moves by step * a(l-1)[:, k]
+            j, k = entries // width, entries % width
+            z_col = net64.z[layer].T[j] + moves.unsqueeze(1) * net64.a[layer - 1].T[k]  # (3P, N)
+            ev = net64.run_from_column(layer, j, z_col)
+            w = base.reshape(-1)[entries]  # ||W + delta||^2 - ||W||^2 = 2 w delta + delta^2
+            J = ev.J + _decay(net64, 2 * w * moves + moves * moves)
+        elif kind == "b":  # b(l)[j]: by (1), column j of z(l) moves by the step itself
+            z_col = net64.z[layer].T[entries] + moves.unsqueeze(1)  # (3P, N)
+            ev = net64.run_from_column(layer, entries, z_col)
+            J = ev.J + _decay(net64, torch.zeros_like(moves))
+        else:  # entry (n, k) of X, z(l) or a(l): only row n of that tensor moves
+            rows, k = entries // width, entries % width
+            moved = base[rows].clone()  # (3P, width) row n of the tensor, one per copy
+            moved[torch.arange(3 * P), k] += moves
+            ev = net64.run_rows_from(layer, rows, Z=moved) if kind == "z" else net64.run_rows_from(layer, rows, A=moved)
+            J = ev.J + _decay(net64, torch.zeros_like(moves))
+        up, down, up2 = J[:P], J[P : 2 * P], J[2 * P :]
+        values[idx], error[idx] = combine_evaluations(net64.J, up, down, up2, h_up[idx], h_down[idx])
+        excluded[idx] = ev.crossed[:P] | ev.crossed[P : 2 * P] | ev.crossed[2 * P :]
+    shape = base.shape
+    return FDResult(values.reshape(shape), error.reshape(shape), excluded.reshape(shape), None, net64.J)
+
+
+def _directional(net64: _Network64, kind: str, layer: int, base: Tensor, V: Tensor, chunk: int) -> FDResult:
+    k = V.shape[0]
+    h = FD_STEP * max(1.0, float(base.abs().max()) if base.numel() else 1.0)
+    J = torch.empty(3 * k, dtype=torch.float64)
+    crossed = torch.zeros(3 * k, dtype=torch.bool)
+    deltas = torch.cat([h * V, -h * V, 2.0 * h * V])  # (3k, *shape)
+    for start in range(0, 3 * k, chunk):
+        sl = slice(start, min(start + chunk, 3 * k))
+        delta = deltas[sl]
+        change = torch.zeros(delta.shape[0], dtype=torch.float64)
+        if kind == "W":  # z(l) + a(l-1) dW^T: only layer l onwards changes
+            flat = delta.reshape(delta.shape[0], -1)
+            change = 2 * flat @ base.reshape(-1) + (flat * flat).sum(dim=1)  # ||W + delta||^2 - ||W||^2
+            ev = net64.run_from(layer, Z=net64.z[layer] + torch.matmul(net64.a[layer - 1], delta.transpose(1, 2)))
+        elif kind == "b":
+            ev = net64.run_from(layer, Z=net64.z[layer] + delta.unsqueeze(1))  # (P, N, d_l)
+        elif kind == "z":
+            ev = net64.run_from(layer, Z=net64.z[layer] + delta)
+        else:  # "a" or "X"
+            ev = net64.run_from(layer, A=net64.a[layer] + delta)
+        J[sl] = ev.J + _decay(net64, change)
+        crossed[sl] = ev.crossed
+    h_k = torch.full((k,), h, dtype=torch.float64)
+    values, error = combine_evaluations(net64.J, J[:k], J[k : 2 * k], J[2 * k :], h_k, h_k)
+    excluded = crossed[:k] | crossed[k : 2 * k] | crossed[2 * k :]
+    return FDResult(values, error, excluded, V, net64.J)
