@@ -16,6 +16,7 @@ the smallest batch that still shows it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from hypothesis import assume
 from hypothesis import strategies as st
@@ -23,8 +24,9 @@ from hypothesis import strategies as st
 from .nn.activations import ACTIVATIONS
 from .nn.losses import LOSSES, get_loss
 from .verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
+from .verify.stacks import StackSpec
 
-__all__ = ["cases", "specs"]
+__all__ = ["STACK_KINDS", "cases", "specs", "stack_specs", "stacks"]
 
 
 def _validate(name: str, given: Sequence[str], known: Sequence[str]) -> list[str]:
@@ -86,6 +88,122 @@ def cases(draw: st.DrawFn, *, away_from_kinks: bool = True, **spec_options: obje
     about 1 draw in 20 is rejected at the default sizes."""
     spec = draw(specs(**spec_options))  # type: ignore[arg-type]
     case = spec.build()
+    if away_from_kinks:
+        assume(kink_distance(case) > KINK_MARGIN)
+    return case
+
+
+# ---- layer stacks ---------------------------------------------------------------------------
+STACK_KINDS = ("linear", "activation", "layernorm", "batchnorm", "dropout", "residual", "embedding", "flatten")
+"""What ``stacks`` can draw: a linear map, an activation (any of ACTIVATIONS), LayerNorm,
+BatchNorm1d, Dropout, a Residual around a width-keeping stack, and an Embedding of token
+indices followed (eventually) by a Flatten."""
+
+
+@st.composite
+def _inner(draw: st.DrawFn, width: int, activation_names: Sequence[str], kinds: Sequence[str]) -> list[Any]:
+    """1-2 width-keeping layers for a Residual."""
+    options: list[list[Any]] = [["linear", width]]
+    if "activation" in kinds:
+        options.append([draw(st.sampled_from(list(activation_names)))])
+    if "layernorm" in kinds:
+        options.append(["layernorm"])
+    first = draw(st.sampled_from(options))
+    second = draw(st.sampled_from([None, *options]))
+    return [first] if second is None else [first, second]
+
+
+@st.composite
+def stack_specs(
+    draw: st.DrawFn,
+    *,
+    max_depth: int = 4,
+    max_width: int = 6,
+    max_batch: int = 5,
+    kinds: Sequence[str] = STACK_KINDS,
+    include: Sequence[str] = (),
+    activations: Sequence[str] = tuple(ACTIVATIONS),
+    losses: Sequence[str] = tuple(LOSSES),
+    dtypes: Sequence[str] = ("float64", "float32"),
+    training: bool | None = None,
+    device: str = "cpu",
+) -> StackSpec:
+    """A StackSpec: 1..max_depth layers of the given kinds (with every kind in ``include`` at
+    least once), widths 1..max_width, a loss the output fits, a dtype, a mode and a seed.
+
+    Shrinks towards fewer, narrower layers, a smaller batch, float64 and training mode."""
+    kinds = _validate("kinds", kinds, list(STACK_KINDS))
+    include = list(include)
+    bad = [k for k in include if k not in kinds]
+    if bad:
+        raise ValueError(f"include={include!r}: {bad} are not among kinds={list(kinds)}")
+    activation_names = _validate("activations", activations, list(ACTIVATIONS))
+    loss = draw(st.sampled_from(_validate("losses", losses, list(LOSSES))))
+    dtype = draw(st.sampled_from(_validate("dtypes", dtypes, ["float64", "float32", "float16", "bfloat16"])))
+    mode = draw(st.booleans().map(lambda b: not b)) if training is None else training
+
+    tokens = "embedding" in include or ("embedding" in kinds and draw(st.booleans()))
+    width = draw(st.integers(1, max_width))
+    layers: list[Any] = []
+    vocab = 0
+    rows_of_vectors = True  # (N, d) rather than (N, T, d)
+    if tokens:
+        vocab, width = draw(st.integers(2, 6)), draw(st.integers(1, max_width))
+        length = draw(st.integers(1, 3))
+        layers.append(["embedding", width])
+        rows_of_vectors = False
+    else:
+        length = width
+    body_kinds = [k for k in kinds if k not in ("embedding", "flatten")]
+    wanted = [k for k in include if k not in ("embedding", "flatten")]
+    depth = max(draw(st.integers(1, max_depth)), len(wanted))
+    chosen = [draw(st.sampled_from(body_kinds)) for _ in range(depth - len(wanted))]
+    for kind in wanted:  # every required kind somewhere in the stack
+        chosen.insert(draw(st.integers(0, len(chosen))), kind)
+    for kind in chosen:
+        if kind == "batchnorm" and not rows_of_vectors:
+            layers.append(["flatten"])
+            rows_of_vectors, width = True, width * length
+        if kind == "linear":
+            width = draw(st.integers(1, max_width))
+            layers.append(["linear", width])
+        elif kind == "activation":
+            layers.append([draw(st.sampled_from(activation_names))])
+        elif kind == "layernorm":
+            layers.append(["layernorm", draw(st.sampled_from([{}, {"bias": False}, {"affine": False}]))])
+        elif kind == "batchnorm":
+            layers.append(["batchnorm", draw(st.sampled_from([{}, {"affine": False}]))])
+        elif kind == "dropout":
+            layers.append(["dropout", draw(st.sampled_from([0.25, 0.5]))])
+        elif kind == "residual":
+            layers.append(["residual", draw(_inner(width, activation_names, kinds))])
+    if not rows_of_vectors and ("flatten" in include or draw(st.booleans())):
+        layers.append(["flatten"])
+        rows_of_vectors = True
+    target = get_loss(loss)
+    out = draw(st.integers(2 if target.targets == "classes" else 1, max(2, max_width)))
+    layers.append(["linear", out])
+    if target.output_activation is not None and target.output_activation != "identity":
+        layers.append([target.output_activation])
+    needs_two = mode and any(layer[0] == "batchnorm" for layer in layers)
+    batch = draw(st.integers(2 if needs_two else 1, max(2, max_batch)))
+    return StackSpec(
+        input=length, layers=_frozen(layers), loss=loss, seed=draw(st.integers(0, 2**31 - 1)), vocab=vocab,
+        dtype=dtype, device=device, batch=batch, training=mode,
+    )  # fmt: skip
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+@st.composite
+def stacks(draw: st.DrawFn, *, away_from_kinks: bool = True, **spec_options: Any) -> Case:
+    """A built Case (a layer stack, X, y) from ``stack_specs(**spec_options)``; cases with an
+    input of a piecewise activation within KINK_MARGIN of a boundary are rejected by default."""
+    case = draw(stack_specs(**spec_options)).build()
     if away_from_kinks:
         assume(kink_distance(case) > KINK_MARGIN)
     return case

@@ -29,7 +29,7 @@ from ..nn.activations import ACTIVATIONS, get_activation
 from ..nn.losses import LOSSES
 from ..nn.mlp import MLP, ForwardCache
 from ..strategies import specs
-from ..verify.cases import CaseSpec
+from ..verify.cases import Case, CaseSpec
 
 __all__ = ["BUGS", "CORRECT", "Applies", "Bug", "Steps", "backward_order", "backward_with", "get_bug"]
 
@@ -221,6 +221,21 @@ class Bug:
     def backward(self, net: MLP, cache: ForwardCache, y: Tensor) -> dict[str, Tensor]:
         """The buggy gradients, {"W1", "b1", "z1", "a1", ..., "X"} like Gradients.as_dict()."""
         return backward_with(self.steps, net, cache, y)
+
+    # ---- what every catalogue entry offers (refbp.apps.bugs_cli runs any of them) ------------
+    @property
+    def where(self) -> str:
+        """The networks it applies to, in words."""
+        return self.applies.where
+
+    def specs(self) -> st.SearchStrategy[CaseSpec]:
+        """Small float64 networks it applies to, shrinkable by hypothesis."""
+        return self.applies.specs()
+
+    def gradients(self, case: Case) -> tuple[dict[str, Tensor], dict[tuple[int, ...], Tensor]]:
+        """The buggy gradients at the case's point, and the random draws they used (none: an MLP)."""
+        assert isinstance(case.net, MLP)
+        return self.backward(case.net, case.net.forward(case.X), case.y), {}
 
 
 # ---- the wrong lines -------------------------------------------------------------------

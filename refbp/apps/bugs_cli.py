@@ -34,11 +34,13 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 from tabulate import tabulate
 
+from ..nn.keys import Key
+from ..nn.network import Network
 from ..verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 from ..verify.check import check
 from ..verify.compare import compare
 from ..verify.tolerances import tolerance_for
-from .bugs import BUGS, CORRECT, Bug, backward_order, backward_with, get_bug
+from .catalogue import CATALOGUE, Entry, get_entry
 from .io import write_atomic
 
 __all__ = [
@@ -89,7 +91,7 @@ class BugResult:
 
     name: str
     title: str
-    equation: int
+    equation: int | str
     wrong: str
     right: str
     why: str
@@ -100,10 +102,10 @@ class BugResult:
     caught: dict[str, int] = field(default_factory=dict)
     false_flags: dict[str, int] = field(default_factory=dict)
     missed: list[str] = field(default_factory=list)
-    minimal: CaseSpec | None = None
+    minimal: Any = None
     minimal_flagged: list[str] = field(default_factory=list)
     minimal_caught: dict[str, bool] = field(default_factory=dict)
-    drawn: list[CaseSpec] = field(default_factory=list)
+    drawn: list[Any] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -116,59 +118,84 @@ class BugResult:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["minimal"] = None if self.minimal is None else json.loads(self.minimal.to_json())
+        out["drawn"] = [json.loads(spec.to_json()) for spec in self.drawn]
         out["ok"] = self.ok
         return out
 
 
 # ---- running one entry -----------------------------------------------------------------
-def matters(bug: Bug, case: Case) -> bool:
+def matters(bug: Entry, case: Case) -> bool:
     """True when the entry's gradients differ from the right ones on ``case`` beyond the
-    tolerance of its dtype (a wrong shape always matters)."""
-    cache = case.net.forward(case.X)
-    wrong = bug.backward(case.net, cache, case.y)
-    right = backward_with(CORRECT, case.net, cache, case.y)
+    tolerance of its dtype (a wrong shape, a missing tensor always matters)."""
+    wrong, noise = bug.gradients(case)
+    right = case.net.backward(case.net.forward(case.X, update_stats=False, noise=noise), case.y).as_dict()
     tol = tolerance_for(case.net.dtype)
-    return any(not compare(name, "right", wrong[name], right[name], tol).passed for name in right)
+    return any(
+        name not in wrong or compare(name, "right", wrong[name], right[name], tol).verdict != "ok" for name in right
+    )
 
 
-def flags(bug: Bug, case: Case, *, seed: int = 0) -> dict[str, list[str]]:
+def flags(bug: Entry, case: Case, *, seed: int = 0) -> dict[str, list[str]]:
     """Reference mode -> the tensors it flags, in backward order. The default check already
     holds an autograd and a full finite-difference row per tensor (fd_mode "auto" is full at
-    these sizes), so one default and one directional run give all four modes."""
-    cache = case.net.forward(case.X)
-    grads = bug.backward(case.net, cache, case.y)
-    default = check(case.net, case.X, case.y, grads=grads, seed=seed)
+    these sizes), so one default and one directional run give all four modes. A reference
+    flags a tensor when it contradicts it; the harness flags a tensor when it fails."""
+    grads, noise = bug.gradients(case)
+    default = check(case.net, case.X, case.y, grads=grads, seed=seed, noise=noise)
     rows = list(default.rows)
-    if default.fd_mode != "full":
-        rows += check(case.net, case.X, case.y, grads=grads, seed=seed, **REFERENCE_MODES["fd-full"]).rows
-    rows += check(case.net, case.X, case.y, grads=grads, seed=seed, **REFERENCE_MODES["fd-directional"]).rows
-    failed = {mode: {row.name for row in rows if not row.passed and row.reference == mode} for mode in REFERENCE_MODES}
-    failed["harness"] = {row.name for row in default.failures}
-    order = backward_order(case.net.L)
+    modes = [mode for mode in ("fd-full", "fd-directional") if mode != f"fd-{default.fd_mode}"]
+    for mode in modes:
+        rows += check(case.net, case.X, case.y, grads=grads, seed=seed, noise=noise, **REFERENCE_MODES[mode]).rows
+    failed = {
+        mode: {row.name for row in rows if row.verdict == "mismatch" and row.reference == mode}
+        for mode in REFERENCE_MODES
+    }
+    failed["harness"] = {t.name for t in default.tensors if not t.passed}
+    order = backward_order(case.net)
     return {mode: [name for name in order if name in names] for mode, names in failed.items()}
 
 
-def _flagged_by_autograd(bug: Bug, case: Case) -> bool:
-    cache = case.net.forward(case.X)
-    grads = bug.backward(case.net, cache, case.y)
-    return not check(case.net, case.X, case.y, grads=grads, references=("autograd",)).passed
+def backward_order(net: Network) -> list[str]:
+    """The names in the order a backward pass computes them: layer L's output gradient first,
+    then its intermediates, then its parameters; down to layer 1; X last (a_L, z_L, W_L, b_L,
+    ..., X for an MLP)."""
+    by_layer: dict[int, list[str]] = {}
+    for name in net.names():
+        key = Key.parse(name)
+        by_layer.setdefault(key.layer[0] if key.layer else 0, []).append(name)
+    order: list[str] = []
+    for layer in sorted(by_layer, reverse=True):
+        names = by_layer[layer]
+        outputs = [n for n in names if Key.parse(n).kind == "a"]
+        params = [n for n in names if Key.parse(n) in {Key.parse(p) for p in net.parameters()}]
+        others = [n for n in names if n not in outputs and n not in params]
+        order += outputs[::-1] + others[::-1] + params
+    return order
 
 
-def _usable(spec: CaseSpec) -> Case | None:
+def _flagged_by_autograd(bug: Entry, case: Case) -> bool:
+    grads, noise = bug.gradients(case)
+    return any(
+        row.verdict == "mismatch"
+        for row in check(case.net, case.X, case.y, grads=grads, references=("autograd",), noise=noise).rows
+    )
+
+
+def _usable(spec: Any) -> Case | None:
     case = spec.build()
     return case if kink_distance(case) > KINK_MARGIN else None
 
 
-def draw_specs(bug: Bug, n: int, seed: int) -> list[CaseSpec]:
+def draw_specs(bug: Entry, n: int, seed: int) -> list[Any]:
     """``n`` networks the entry applies to, the same for the same seed; none on a relu kink."""
-    drawn: list[CaseSpec] = []
+    drawn: list[Any] = []
 
     @hypothesis_seed(seed)
     @settings(max_examples=4 * n, database=None, deadline=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(st.data())
     def collect(data: st.DataObject) -> None:
-        spec = data.draw(bug.applies.specs())
+        spec = data.draw(bug.specs())
         if len(drawn) < n and spec not in drawn and _usable(spec) is not None:
             drawn.append(spec)
 
@@ -176,30 +203,30 @@ def draw_specs(bug: Bug, n: int, seed: int) -> list[CaseSpec]:
     return drawn
 
 
-def smallest_exposing(bug: Bug, *, seed: int = 0, max_examples: int = FIND_EXAMPLES) -> CaseSpec | None:
+def smallest_exposing(bug: Entry, *, seed: int = 0, max_examples: int = FIND_EXAMPLES) -> Any:
     """The smallest network the entry applies to on which the default harness flags it,
     found and shrunk by hypothesis; None when none of ``max_examples`` networks exposes it.
 
     The search asks autograd alone (five times cheaper than finite differences): the harness
     runs the same autograd comparison, so it flags every network found."""
 
-    def exposes(spec: CaseSpec) -> bool:
+    def exposes(spec: Any) -> bool:
         case = _usable(spec)
         return case is not None and _flagged_by_autograd(bug, case)
 
     options = settings(max_examples=max_examples, database=None, deadline=None,
                        suppress_health_check=list(HealthCheck))  # fmt: skip
     try:
-        return find(bug.applies.specs(), exposes, settings=options, random=Random(seed))
+        return find(bug.specs(), exposes, settings=options, random=Random(seed))
     except NoSuchExample:
         return None
 
 
-def run_bug(bug: Bug, *, draws: int = DEFAULT_DRAWS, seed: int = 0) -> BugResult:
+def run_bug(bug: Entry, *, draws: int = DEFAULT_DRAWS, seed: int = 0) -> BugResult:
     """Check one entry on ``draws`` drawn networks in every reference mode, and (for a
     non-equivalent entry) find the smallest network that exposes it."""
     result = BugResult(bug.name, bug.title, bug.equation, bug.wrong, bug.right, bug.why, bug.equivalent,
-                       bug.applies.where)  # fmt: skip
+                       bug.where)  # fmt: skip
     result.caught = dict.fromkeys(REFERENCE_MODES, 0)
     result.false_flags = dict.fromkeys(REFERENCE_MODES, 0)
     result.drawn = draw_specs(bug, draws, seed)
@@ -234,10 +261,17 @@ def _correct_false_flags(results: Sequence[BugResult], seed: int) -> tuple[int, 
 
 
 # ---- rendering -------------------------------------------------------------------------
-def describe(spec: CaseSpec) -> str:
+def describe(spec: Any) -> str:
     """A network in one short line: dims, activations, loss, batch (and lambda if > 0)."""
+    if not isinstance(spec, CaseSpec):
+        return str(spec.describe())
     text = f"{'-'.join(map(str, spec.dims))} {'/'.join(spec.activations)}, {spec.loss}, N={spec.batch}"
     return text + (f", lambda={spec.weight_decay:g}" if spec.weight_decay else "")
+
+
+def _equation(result: BugResult) -> str:
+    """ "(6)" for an equation number, the layer's name for a layer's entry."""
+    return f"({result.equation})" if isinstance(result.equation, int) else str(result.equation)
 
 
 def _ratio(result: BugResult, mode: str) -> str:
@@ -263,7 +297,7 @@ def render_bugs_section(results: Sequence[BugResult], *, heading: str = "##") ->
     ]
     rows = [
         [
-            f"`{r.name}`", f"({r.equation})", _ratio(r, "harness"), _ratio(r, "autograd"), _ratio(r, "fd-full"),
+            f"`{r.name}`", _equation(r), _ratio(r, "harness"), _ratio(r, "autograd"), _ratio(r, "fd-full"),
             _ratio(r, "fd-directional"), "not found" if r.minimal is None else describe(r.minimal),
             _first(r.minimal_flagged), "yes" if r.ok else "**NO**",
         ]
@@ -313,7 +347,7 @@ def render_markdown(results: Sequence[BugResult], *, seed: int, draws: int, corr
         "",
     ]
     rows = [
-        [f"`{r.name}`", f"({r.equation})", f"`{r.wrong}`", f"`{r.right}`", r.why, r.where]
+        [f"`{r.name}`", _equation(r), f"`{r.wrong}`", f"`{r.right}`", r.why, r.where]
         for r in results
         if not r.equivalent
     ]
@@ -353,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.draws < 1:
         raise ValueError(f"--draws {args.draws}: expected an int >= 1")
-    entries = [get_bug(name) for name in args.only] if args.only else list(BUGS)
+    entries = [get_entry(name) for name in args.only] if args.only else list(CATALOGUE)
     with _one_thread():
         results = [run_bug(bug, draws=args.draws, seed=args.seed) for bug in entries]
         correct = _correct_false_flags(results, args.seed)

@@ -19,6 +19,9 @@ row, which is why finite differences of a BatchNorm network must perturb the who
 
 Eval mode: xhat = (x - running_mean) / sqrt(running_var + eps), constants as far as x is
 concerned, so dJ/dx = dJ/dxhat rstd.
+
+In float32 and below the statistics and the dJ/dx line are computed in float64 and rounded
+once, as for LayerNorm (refbp.nn.layernorm.accumulation_dtype) and as torch's CPU kernels do.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import Tensor
 from .convert import register
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
-from .layernorm import NormCache
+from .layernorm import NormCache, accumulation_dtype
 from .validation import describe
 
 __all__ = ["BatchNorm1d"]
@@ -136,22 +139,23 @@ class BatchNorm1d(Layer):
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
         self.check_input(x, path)
+        xa = x.to(accumulation_dtype(x.dtype))
         if self.uses_batch_statistics:
             N = x.shape[0]
-            mu = x.mean(dim=0)  # (C,)
-            centred = x - mu  # (N, C)
+            mu = xa.mean(dim=0)  # (C,)
+            centred = xa - mu  # (N, C)
             var = (centred * centred).mean(dim=0)  # (C,) biased
             rstd = torch.rsqrt(var + self.eps)  # (C,)
             xhat = centred.mul_(rstd)  # (N, C)
             if self.training and self.track_running_stats and ctx.update_stats:
-                self._update_running(mu, var * (N / (N - 1)))
+                self._update_running(mu.to(x.dtype), (var * (N / (N - 1))).to(x.dtype))
         else:
             assert self.running_mean is not None and self.running_var is not None
-            rstd = torch.rsqrt(self.running_var + self.eps)  # (C,)
-            xhat = (x - self.running_mean).mul_(rstd)  # (N, C)
-        y = xhat
+            rstd = torch.rsqrt(self.running_var.to(xa.dtype) + self.eps)  # (C,)
+            xhat = (xa - self.running_mean.to(xa.dtype)).mul_(rstd)  # (N, C)
+        y = xhat.to(x.dtype)
         if self.params:
-            y = (xhat * self.params["gamma"]).add_(self.params["beta"])  # y = gamma o xhat + beta
+            y = (y * self.params["gamma"]).add_(self.params["beta"])  # y = gamma o xhat + beta
         return y, NormCache(xhat, rstd)
 
     def _update_running(self, mu: Tensor, var_unbiased: Tensor) -> None:
@@ -164,23 +168,25 @@ class BatchNorm1d(Layer):
         self.running_var = (1.0 - m) * self.running_var + m * var_unbiased
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
-        xhat, rstd = cache.xhat, cache.rstd
+        xhat, rstd = cache.xhat, cache.rstd  # in the accumulation dtype
+        dtype = dJ_dy.dtype
+        g = dJ_dy.to(xhat.dtype)
         params: dict[str, Tensor] = {}
         if self.params:
-            params["gamma"] = (dJ_dy * xhat).sum(dim=0)  # dJ/dgamma = sum_n dJ/dy o xhat   (C,)
-            params["beta"] = dJ_dy.sum(dim=0)  # dJ/dbeta = sum_n dJ/dy   (C,)
-            dJ_dxhat = dJ_dy * self.params["gamma"]  # (N, C)
+            params["gamma"] = (g * xhat).sum(dim=0).to(dtype)  # dJ/dgamma = sum_n dJ/dy o xhat   (C,)
+            params["beta"] = g.sum(dim=0).to(dtype)  # dJ/dbeta = sum_n dJ/dy   (C,)
+            dJ_dxhat = g * self.params["gamma"].to(xhat.dtype)  # (N, C)
         else:
-            dJ_dxhat = dJ_dy  # read, never modified
-        kept = {Key("xhat", ctx.path): dJ_dxhat} if ctx.keep_intermediates else {}
+            dJ_dxhat = g  # read, never modified
+        kept = {Key("xhat", ctx.path): dJ_dxhat.to(dtype)} if ctx.keep_intermediates else {}
         dJ_dx = None
         if ctx.need_dx:
             if self.uses_batch_statistics:
                 mean_g = dJ_dxhat.mean(dim=0)  # mean_n dJ/dxhat   (C,)
                 mean_gx = (dJ_dxhat * xhat).mean(dim=0)  # mean_n dJ/dxhat o xhat   (C,)
-                dJ_dx = (dJ_dxhat - mean_g - xhat * mean_gx) * rstd  # (N, C)
+                dJ_dx = ((dJ_dxhat - mean_g - xhat * mean_gx) * rstd).to(dtype)  # (N, C)
             else:
-                dJ_dx = dJ_dxhat * rstd  # the running statistics do not depend on x
+                dJ_dx = (dJ_dxhat * rstd).to(dtype)  # the running statistics do not depend on x
         return LayerGrads(dJ_dx, params, kept)
 
     def torch_forward(

@@ -14,6 +14,11 @@ For each row x (d entries; every leading dimension is a row):
 The last line is the chain rule through mu and rstd, both functions of every x_k: the mean
 term removes the part of dJ/dxhat along (1, ..., 1), the other the part along xhat. Leaving
 either out is a classic bug (refbp.apps.bugs). The cache keeps xhat and rstd (as llm.c does).
+
+In float32 and below, the statistics and the dJ/dx line are computed in float64 and rounded
+once (``accumulation_dtype``), as torch's CPU kernels accumulate in double: when the three
+terms of dJ/dx nearly cancel (a row of two nearly equal numbers, a batch of two) float32
+arithmetic would lose most of the result's digits.
 """
 
 from __future__ import annotations
@@ -31,16 +36,21 @@ from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .validation import describe
 
-__all__ = ["LayerNorm", "NormCache"]
+__all__ = ["LayerNorm", "NormCache", "accumulation_dtype"]
 
 LAYER_NORM_EPS = 1e-5
 """torch.nn.LayerNorm's default eps."""
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float32 and below (see the module docstring), the dtype itself otherwise."""
+    return torch.float64 if dtype in (torch.float32, torch.float16, torch.bfloat16) else dtype
+
+
 @dataclass
 class NormCache:
     """What a normalisation's backward needs: xhat (the input's shape) and rstd (one per row
-    for LayerNorm, one per feature for BatchNorm; None in BatchNorm's eval mode)."""
+    for LayerNorm, one per feature for BatchNorm), both in the accumulation dtype."""
 
     xhat: Tensor
     rstd: Tensor
@@ -101,35 +111,39 @@ class LayerNorm(Layer):
             raise ValueError(f"layer {where} ({self.describe()}) needs input (..., {self.d}), got {describe(x)}")
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
-        mu = x.mean(dim=-1, keepdim=True)  # (..., 1)
-        centred = x - mu  # (..., d)
+        xa = x.to(accumulation_dtype(x.dtype))
+        mu = xa.mean(dim=-1, keepdim=True)  # (..., 1)
+        centred = xa - mu  # (..., d)
         var = (centred * centred).mean(dim=-1, keepdim=True)  # (..., 1) biased variance
         rstd = torch.rsqrt(var + self.eps)  # (..., 1)
         xhat = centred.mul_(rstd)  # (..., d)  xhat = (x - mu) rstd
-        y = xhat
+        y = xhat.to(x.dtype)
         if "gamma" in self.params:
-            y = xhat * self.params["gamma"]  # gamma o xhat
+            y = y * self.params["gamma"]  # gamma o xhat
             if "beta" in self.params:
                 y = y.add_(self.params["beta"])  # + beta
         return y, NormCache(xhat, rstd)
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
-        xhat, rstd = cache.xhat, cache.rstd
+        xhat, rstd = cache.xhat, cache.rstd  # in the accumulation dtype
+        dtype = dJ_dy.dtype
         params: dict[str, Tensor] = {}
-        rows = dJ_dy.reshape(-1, self.d)  # (M, d)
+        g = dJ_dy.to(xhat.dtype)
+        rows = g.reshape(-1, self.d)  # (M, d)
         if "gamma" in self.params:
-            params["gamma"] = (rows * xhat.reshape(-1, self.d)).sum(dim=0)  # dJ/dgamma = sum_rows dJ/dy o xhat
+            dJ_dgamma = (rows * xhat.reshape(-1, self.d)).sum(dim=0)  # dJ/dgamma = sum_rows dJ/dy o xhat
+            params["gamma"] = dJ_dgamma.to(dtype)
             if "beta" in self.params:
-                params["beta"] = rows.sum(dim=0)  # dJ/dbeta = sum_rows dJ/dy
-            dJ_dxhat = dJ_dy * self.params["gamma"]  # (..., d)
+                params["beta"] = rows.sum(dim=0).to(dtype)  # dJ/dbeta = sum_rows dJ/dy
+            dJ_dxhat = g * self.params["gamma"].to(xhat.dtype)  # (..., d)
         else:
-            dJ_dxhat = dJ_dy  # no scale: dJ/dxhat is dJ/dy (read, never modified)
-        kept = {Key("xhat", ctx.path): dJ_dxhat} if ctx.keep_intermediates else {}
+            dJ_dxhat = g  # no scale: dJ/dxhat is dJ/dy (read, never modified)
+        kept = {Key("xhat", ctx.path): dJ_dxhat.to(dtype)} if ctx.keep_intermediates else {}
         dJ_dx = None
         if ctx.need_dx:
             mean_g = dJ_dxhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat   (..., 1)
             mean_gx = (dJ_dxhat * xhat).mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat o xhat   (..., 1)
-            dJ_dx = (dJ_dxhat - mean_g - xhat * mean_gx) * rstd  # (..., d)
+            dJ_dx = ((dJ_dxhat - mean_g - xhat * mean_gx) * rstd).to(dtype)  # (..., d)
         return LayerGrads(dJ_dx, params, kept)
 
     def torch_forward(

@@ -14,9 +14,11 @@ import torch
 from torch import Tensor
 
 from ..nn.activations import get_activation
+from ..nn.layer import Params, Tap
 from ..nn.losses import get_loss
 from ..nn.mlp import MLP
-from ..nn.network import resolve_device
+from ..nn.network import Network, resolve_device
+from ..nn.pieces import Pieces
 
 __all__ = ["KINK_MARGIN", "Case", "CaseSpec", "kink_distance"]
 
@@ -100,21 +102,39 @@ class CaseSpec:
 
 @dataclass
 class Case:
-    """A network and the point (X, y) where its gradients are checked."""
+    """A network and the point (X, y) where its gradients are checked.
 
-    spec: CaseSpec
-    net: MLP
-    X: Tensor  # (N, d_0)
+    ``spec`` is what built it: a CaseSpec (an MLP), a StackSpec (refbp.verify.stacks) or any
+    other description with ``build()``, ``to_json()`` and ``command()``."""
+
+    spec: Any
+    net: Network
+    X: Tensor  # (N, d_0), or int64 token indices
     y: Tensor  # (N, d_L) values or (N,) class indices
 
 
+class _Distance(Tap):
+    """Records the smallest distance of any input of a piecewise function to its boundaries."""
+
+    def __init__(self) -> None:
+        self.distance = float("inf")
+
+    def piecewise(self, t: Tensor, pieces: Pieces) -> None:
+        self.distance = min(self.distance, pieces.distance(t))
+
+
 def kink_distance(case: Case) -> float:
-    """The smallest distance of a pre-activation z(i) to a boundary of its activation's pieces
-    (relu's 0, softplus's threshold, ...) over the case's layers; inf if there is none."""
-    cache = case.net.to(dtype=torch.float64).forward(case.X.to(torch.float64))
-    distance = float("inf")
-    for i, act in enumerate(case.net.layer_activations, start=1):
-        z_i = cache.z[i]
-        if act.pieces is not None and z_i is not None:
-            distance = min(distance, act.pieces.distance(z_i))
-    return distance
+    """The smallest distance of an input of a piecewise activation (relu's 0, softplus's
+    threshold, ...) to a boundary, over the whole network at the case's point (float64, by
+    the network's oracle); inf if there is none. The loss's own pieces (bce's clamps) are not
+    counted: they are far from any point a sigmoid output reaches in float64 short of 36."""
+    net = case.net
+    tap = _Distance()
+    X = case.X.detach().cpu()
+    X = X.to(torch.float64) if X.is_floating_point() else X
+    noise = net.forward(case.X, update_stats=False).noise
+    with torch.no_grad():
+        params = net.oracle_params(dtype=torch.float64, device="cpu")
+        noise64 = {path: mask.cpu() for path, mask in noise.items()}
+        net.torch_forward(X, Params(params, net.ties), noise64, tap)
+    return tap.distance

@@ -27,10 +27,12 @@ from ..nn.dense import Dense
 from ..nn.network import Network
 from .finite_diff import (
     CHUNK_BYTES,
+    MOVES,
     FDResult,
     PieceRecorder,
     PieceWatcher,
     combine_evaluations,
+    moves,
     random_directions,
     steps,
 )
@@ -179,7 +181,7 @@ def mlp_finite_differences(
     net64 = _Network64(net, X, y)
     N = X.shape[0]
     width = max([X.shape[1], *(W.shape[0] for W in net64.Ws)])
-    chunk = max(1, CHUNK_BYTES // (2 * 8 * N * width * 3))  # perturbations per batch
+    chunk = max(1, CHUNK_BYTES // (2 * 8 * N * width * len(MOVES)))  # perturbations per batch
     out: dict[str, FDResult] = {}
     for offset, name in enumerate(names):
         kind, layer = name[0], (0 if name == "X" else int(name[1:]))
@@ -208,7 +210,7 @@ def _decay(net64: _Network64, change: Tensor) -> Tensor:
 
 
 def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int) -> FDResult:
-    """Full mode: each entry moved by +h, -h and +2h, 3P perturbed copies per batch.
+    """Full mode: each entry moved by +h, -h, +2h and -2h, 4P perturbed copies per batch.
 
     No copy runs the whole network: moving W(l)[j, k] or b(l)[j] changes only column j of
     z(l) (``run_from_column``), and moving entry (n, k) of X, z(l) or a(l) changes only row n
@@ -222,27 +224,26 @@ def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int) ->
     for start in range(0, n, chunk):
         idx = torch.arange(start, min(start + chunk, n))
         P = idx.numel()
-        moves = torch.cat([h_up[idx], -h_down[idx], 2.0 * h_up[idx]])  # (3P,)  +h, -h, +2h
-        entries = idx.repeat(3)  # (3P,) flat index of the entry moved in each copy
+        steps_p = moves(h_up[idx], h_down[idx])  # (4P,)  +h, -h, +2h, -2h
+        entries = idx.repeat(len(MOVES))  # (4P,) flat index of the entry moved in each copy
         if kind == "W":  # W(l)[j, k]: by (1), column j of z(l) moves by step * a(l-1)[:, k]
             j, k = entries // width, entries % width
-            z_col = net64.z[layer].T[j] + moves.unsqueeze(1) * net64.a[layer - 1].T[k]  # (3P, N)
+            z_col = net64.z[layer].T[j] + steps_p.unsqueeze(1) * net64.a[layer - 1].T[k]  # (4P, N)
             ev = net64.run_from_column(layer, j, z_col)
             w = base.reshape(-1)[entries]  # ||W + delta||^2 - ||W||^2 = 2 w delta + delta^2
-            J = ev.J + _decay(net64, 2 * w * moves + moves * moves)
+            J = ev.J + _decay(net64, 2 * w * steps_p + steps_p * steps_p)
         elif kind == "b":  # b(l)[j]: by (1), column j of z(l) moves by the step itself
-            z_col = net64.z[layer].T[entries] + moves.unsqueeze(1)  # (3P, N)
+            z_col = net64.z[layer].T[entries] + steps_p.unsqueeze(1)  # (4P, N)
             ev = net64.run_from_column(layer, entries, z_col)
-            J = ev.J + _decay(net64, torch.zeros_like(moves))
+            J = ev.J + _decay(net64, torch.zeros_like(steps_p))
         else:  # entry (n, k) of X, z(l) or a(l): only row n of that tensor moves
             rows, k = entries // width, entries % width
-            moved = base[rows].clone()  # (3P, width) row n of the tensor, one per copy
-            moved[torch.arange(3 * P), k] += moves
+            moved = base[rows].clone()  # (4P, width) row n of the tensor, one per copy
+            moved[torch.arange(4 * P), k] += steps_p
             ev = net64.run_rows_from(layer, rows, Z=moved) if kind == "z" else net64.run_rows_from(layer, rows, A=moved)
-            J = ev.J + _decay(net64, torch.zeros_like(moves))
-        up, down, up2 = J[:P], J[P : 2 * P], J[2 * P :]
-        values[idx], error[idx] = combine_evaluations(net64.J, up, down, up2, h_up[idx], h_down[idx])
-        excluded[idx] = ev.crossed[:P] | ev.crossed[P : 2 * P] | ev.crossed[2 * P :]
+            J = ev.J + _decay(net64, torch.zeros_like(steps_p))
+        values[idx], error[idx] = combine_evaluations(J.reshape(4, P), h_up[idx], h_down[idx])
+        excluded[idx] = ev.crossed.reshape(4, P).any(dim=0)
     shape = base.shape
     return FDResult(values.reshape(shape), error.reshape(shape), excluded.reshape(shape), None, net64.J)
 
@@ -250,11 +251,11 @@ def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int) ->
 def _directional(net64: _Network64, kind: str, layer: int, base: Tensor, V: Tensor, chunk: int) -> FDResult:
     k = V.shape[0]
     h = FD_STEP * max(1.0, float(base.abs().max()) if base.numel() else 1.0)
-    J = torch.empty(3 * k, dtype=torch.float64)
-    crossed = torch.zeros(3 * k, dtype=torch.bool)
-    deltas = torch.cat([h * V, -h * V, 2.0 * h * V])  # (3k, *shape)
-    for start in range(0, 3 * k, chunk):
-        sl = slice(start, min(start + chunk, 3 * k))
+    J = torch.empty(4 * k, dtype=torch.float64)
+    crossed = torch.zeros(4 * k, dtype=torch.bool)
+    deltas = torch.cat([s * h * V for s in MOVES])  # (4k, *shape)
+    for start in range(0, 4 * k, chunk):
+        sl = slice(start, min(start + chunk, 4 * k))
         delta = deltas[sl]
         change = torch.zeros(delta.shape[0], dtype=torch.float64)
         if kind == "W":  # z(l) + a(l-1) dW^T: only layer l onwards changes
@@ -270,6 +271,6 @@ def _directional(net64: _Network64, kind: str, layer: int, base: Tensor, V: Tens
         J[sl] = ev.J + _decay(net64, change)
         crossed[sl] = ev.crossed
     h_k = torch.full((k,), h, dtype=torch.float64)
-    values, error = combine_evaluations(net64.J, J[:k], J[k : 2 * k], J[2 * k :], h_k, h_k)
-    excluded = crossed[:k] | crossed[k : 2 * k] | crossed[2 * k :]
+    values, error = combine_evaluations(J.reshape(4, k), h_k, h_k)
+    excluded = crossed.reshape(4, k).any(dim=0)
     return FDResult(values, error, excluded, V, net64.J)

@@ -7,12 +7,13 @@ Steps are FD_STEP * max(1, |p_k|) (refbp.verify.tolerances.FD_STEP says why). Wh
 under test, differences are taken on a float64 CPU copy of the network, evaluated by its torch
 oracle (``Network.torch_J``), never by refbp's manual forward.
 
-**How far to trust a difference.** D errs by h^2 J'''/6 (truncation) plus rounding. One more
-evaluation, at p + 2h, gives the third difference J(p+2h) - 3 J(p+h) + 3 J(p) - J(p-h) = h^3 J'''
-+ O(h^4), hence an estimate of D's truncation error, ``error`` = |third difference| / (6 h).
-Where J curves sharply (a confident sigmoid under binary cross-entropy) the estimate is large,
-and the comparison can tell "finite differences cannot resolve this entry" from "the gradient
-is wrong" (refbp.verify.compare).
+**How far to trust a difference.** D(h) errs by c h^2 + O(h^4), c a sixth of J's third derivative
+(truncation), plus rounding. The same difference with twice the step, D(2h), from two more
+evaluations at p + 2h and p - 2h, errs by 4 c h^2, so ``error`` = |D(2h) - D(h)| / 3 estimates
+D(h)'s error (Richardson). Where J curves sharply on the scale of the step (a confident sigmoid
+under binary cross-entropy, a normalisation of two nearly equal numbers) the two disagree, the
+estimate is large, and the comparison can tell "finite differences cannot resolve this entry"
+from "the gradient is wrong" (refbp.verify.compare).
 
 **Pieces.** A perturbation that moves any input of a piecewise function (relu at 0, softplus at
 its threshold, bce's clamps; refbp.nn.pieces) into another piece, or out of a loss's domain,
@@ -46,10 +47,12 @@ from .tolerances import FD_STEP
 
 __all__ = [
     "CHUNK_BYTES",
+    "MOVES",
     "FDResult",
     "PieceRecorder",
     "PieceWatcher",
     "function_finite_differences",
+    "moves",
     "network_finite_differences",
     "random_directions",
     "steps",
@@ -97,14 +100,21 @@ def steps(p: Tensor) -> tuple[Tensor, Tensor]:
     return (p + h) - p, p - (p - h)
 
 
-def combine_evaluations(
-    J0: float, J_up: Tensor, J_down: Tensor, J_up2: Tensor, h_up: Tensor, h_down: Tensor
-) -> tuple[Tensor, Tensor]:
-    """(D, error estimate) from J at p + h, p - h and p + 2h (see the module docstring)."""
-    values = (J_up - J_down) / (h_up + h_down)
-    h = 0.5 * (h_up + h_down)
-    third = J_up2 - 3.0 * J_up + 3.0 * J0 - J_down  # h^3 J''' + O(h^4)
-    return values, third.abs() / (6.0 * h)
+MOVES = (1.0, -1.0, 2.0, -2.0)
+"""The evaluations of one difference, in steps h: D(h) from +h and -h, D(2h) from +2h and -2h."""
+
+
+def moves(h_up: Tensor, h_down: Tensor) -> Tensor:
+    """The four perturbations of each of P entries, (4 P,): +h, -h, +2h, -2h, block by block."""
+    return torch.cat([h_up, -h_down, 2.0 * h_up, -2.0 * h_down])
+
+
+def combine_evaluations(J: Tensor, h_up: Tensor, h_down: Tensor) -> tuple[Tensor, Tensor]:
+    """(D(h), its error estimate |D(2h) - D(h)| / 3) from J (4, P) at the MOVES, for P differences."""
+    J_up, J_down, J_up2, J_down2 = J
+    D1 = (J_up - J_down) / (h_up + h_down)
+    D2 = (J_up2 - J_down2) / (2.0 * (h_up + h_down))
+    return D1, (D2 - D1).abs() / 3.0  # D(2h) - D(h) = 3 c h^2, where D(h) - dJ/dp = c h^2
 
 
 # ---- pieces: noticing a perturbation that crosses a boundary -----------------------------
@@ -252,7 +262,7 @@ def _batched(fn: Callable[..., tuple[Tensor, Tensor]], chunk: int) -> Callable[.
 
 
 def _full(J_of: Callable[[Tensor], tuple[Tensor, Tensor]], base: Tensor, J0: float, chunk: int) -> FDResult:
-    """Every entry moved by +h, -h and +2h: 3 evaluations per entry, batched. Each copy's
+    """Every entry moved by +h, -h, +2h and -2h: 4 evaluations per entry, batched. Each copy's
     perturbation is built inside the vmapped function from (entry, move), so no (P, n) tensor
     of perturbations is ever stored."""
     n = base.numel()
@@ -264,22 +274,22 @@ def _full(J_of: Callable[[Tensor], tuple[Tensor, Tensor]], base: Tensor, J0: flo
 
     evaluate = _batched(J_of_entry, chunk)
     h_up, h_down = steps(base.reshape(-1))  # (n,)
-    entries = positions.repeat(3)  # (3n,)  +h, then -h, then +2h
-    J, crossed = evaluate(entries, torch.cat([h_up, -h_down, 2.0 * h_up]))
-    values, error = combine_evaluations(J0, J[:n], J[n : 2 * n], J[2 * n :], h_up, h_down)
-    excluded = crossed[:n] | crossed[n : 2 * n] | crossed[2 * n :]
+    entries = positions.repeat(len(MOVES))  # (4n,)  +h, then -h, +2h, -2h
+    J, crossed = evaluate(entries, moves(h_up, h_down))
+    values, error = combine_evaluations(J.reshape(4, n), h_up, h_down)
+    excluded = crossed.reshape(4, n).any(dim=0)
     shape = base.shape
     return FDResult(values.reshape(shape), error.reshape(shape), excluded.reshape(shape), None, J0)
 
 
 def _directional(evaluate: Callable[..., tuple[Tensor, Tensor]], base: Tensor, V: Tensor, J0: float) -> FDResult:
-    """Each direction v moved by +h v, -h v and +2h v."""
+    """Each direction v moved by +h v, -h v, +2h v and -2h v."""
     k = V.shape[0]
     h = FD_STEP * max(1.0, float(base.abs().max()) if base.numel() else 1.0)
-    J, crossed = evaluate(torch.cat([h * V, -h * V, 2.0 * h * V]))
+    J, crossed = evaluate(torch.cat([s * h * V for s in MOVES]))
     h_k = torch.full((k,), h, dtype=torch.float64)
-    values, error = combine_evaluations(J0, J[:k], J[k : 2 * k], J[2 * k :], h_k, h_k)
-    excluded = crossed[:k] | crossed[k : 2 * k] | crossed[2 * k :]
+    values, error = combine_evaluations(J.reshape(4, k), h_k, h_k)
+    excluded = crossed.reshape(4, k).any(dim=0)
     return FDResult(values, error, excluded, V, J0)
 
 
@@ -296,7 +306,7 @@ def function_finite_differences(
 
     ``loss`` is called with a dict like ``params`` in which one array has been perturbed; the
     arrays passed are float64 and of the type given (NumPy stays NumPy, torch stays torch, on
-    its device). Full mode makes 3 calls per entry, directional mode 3 per direction and
+    its device). Full mode makes 4 calls per entry, directional mode 4 per direction and
     array: use directional for parameter vectors of more than a few thousand entries. Nothing
     is known of the function's pieces, so no difference is excluded; a non-finite J makes
     the difference non-finite, and the comparison counts it as unverified.
@@ -316,24 +326,24 @@ def function_finite_differences(
             flat = p.reshape(-1)
             h_up, h_down = steps(flat)
             n = flat.numel()
-            J = torch.empty(3, n, dtype=torch.float64)
+            steps_k = moves(h_up, h_down).reshape(4, n)
+            J = torch.empty(4, n, dtype=torch.float64)
             for k in range(n):
-                for row, move in enumerate((h_up[k], -h_down[k], 2.0 * h_up[k])):
+                for row in range(4):
                     moved = flat.clone()
-                    moved[k] += move
+                    moved[k] += steps_k[row, k]
                     J[row, k] = call(name, moved.reshape(p.shape))
-            values, error = combine_evaluations(J0, J[0], J[1], J[2], h_up, h_down)
+            values, error = combine_evaluations(J, h_up, h_down)
             excluded = torch.zeros(n, dtype=torch.bool)
             out[name] = FDResult(values.reshape(p.shape), error.reshape(p.shape), excluded.reshape(p.shape), None, J0)
         else:
             V = random_directions(tuple(p.shape), directions, seed=seed + 1009 * offset)
             h = FD_STEP * max(1.0, float(p.abs().max()) if p.numel() else 1.0)
             J = torch.tensor(
-                [[call(name, p + s * h * V[k]) for k in range(directions)] for s in (1.0, -1.0, 2.0)],
-                dtype=torch.float64,
+                [[call(name, p + s * h * V[k]) for k in range(directions)] for s in MOVES], dtype=torch.float64
             )
             h_k = torch.full((directions,), h, dtype=torch.float64)
-            values, error = combine_evaluations(J0, J[0], J[1], J[2], h_k, h_k)
+            values, error = combine_evaluations(J, h_k, h_k)
             out[name] = FDResult(values, error, torch.zeros(directions, dtype=torch.bool), V, J0)
     return out
 

@@ -35,6 +35,9 @@ class _Retain(Tap):
         self.kept: dict[str, Tensor] = {}
 
     def intermediate(self, key: Key, t: Tensor) -> Tensor:
+        # a node of its own: an identity layer hands on its input itself, and two names for one
+        # tensor would share one .grad (dJ/d(its input) instead of dJ/d(its output))
+        t = t.view_as(t)
         if t.requires_grad:
             t.retain_grad()
         self.kept[str(key)] = t
