@@ -13,6 +13,7 @@ is kept. Module i of the Sequential becomes layer i + 1 of the network, so "W1" 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -44,12 +45,18 @@ def register(module_type: type[torch.nn.Module]) -> Callable[[Converter], Conver
     return decorate
 
 
+def _register_all() -> None:
+    """Import every layer module, each of which registers its converters."""
+    importlib.import_module(f"{__package__}.layers")
+
+
 def from_torch(module: torch.nn.Module, *, loss: str = "mse", weight_decay: float = 0.0) -> Network:
     """A refbp Network computing the same function as ``module``, a torch.nn.Sequential of
     supported modules (``supported()`` lists them), with copies of its parameters and its
     train/eval mode. An unsupported module is a ValueError naming it and its position."""
-    from . import layers as _layers  # noqa: F401  (registers the converters)
     from .network import Network
+
+    _register_all()
 
     if not isinstance(module, torch.nn.Sequential):
         raise TypeError(f"module must be a torch.nn.Sequential, got {type(module).__name__}")
@@ -70,8 +77,7 @@ def from_torch(module: torch.nn.Module, *, loss: str = "mse", weight_decay: floa
 
 def supported() -> list[str]:
     """The names of the torch modules ``from_torch`` converts."""
-    from . import layers as _layers  # noqa: F401
-
+    _register_all()
     return sorted(t.__name__ for t in CONVERTERS)
 
 

@@ -35,15 +35,22 @@ from torch import Tensor
 from .pieces import Pieces
 from .validation import check_finite, check_same_dtype_device, check_tensor_any, describe
 
-__all__ = ["BCE_EPS", "BCE_LOG_FLOOR", "LOSSES", "Loss", "cross_entropy", "get_loss"]
+__all__ = ["BCE_EPS", "BCE_LOG_FLOOR", "BCE_RESOLUTION", "LOSSES", "Loss", "cross_entropy", "get_loss"]
 
 BCE_LOG_FLOOR = -100.0
 """torch.nn.functional.binary_cross_entropy clamps log(p) and log(1 - p) at -100, so that a
 saturated sigmoid (p exactly 0 or 1) gives a finite loss; we clamp identically."""
 
-BCE_EPS = 1e-12
-"""torch's binary_cross_entropy backward divides by max(p (1 - p), 1e-12); so do we, so a
-saturated p gives a finite (and identical) gradient."""
+BCE_EPS = 9.999999960041972e-13
+"""torch's binary_cross_entropy backward divides by max(p (1 - p), EPSILON) with EPSILON the
+float32 constant 1e-12 (9.999999960041972e-13 exactly: at p = 1, y = 0 torch's float64
+dJ/dp is 1000000003995.8029 = 1 / that); we floor with the same number, so a saturated p
+gives a finite gradient identical to torch's to the last digit."""
+
+BCE_RESOLUTION = 1e-4
+"""Within this distance of 0 or 1, a float64 p (stored to about 1e-16) leaves log(p) or
+log(1 - p) with fewer than 12 correct digits, and a finite difference of J through it errs by
+more than the finite-difference tolerance (1e-6 relative): such entries are unresolvable."""
 
 
 @dataclass(frozen=True)
@@ -176,16 +183,17 @@ def _bce_region(p: Tensor) -> Tensor:
     return low.to(torch.int8) + 2 * high.to(torch.int8)
 
 
-def _bce_conventional(p: Tensor) -> Tensor:
-    """Where torch's backward divides by BCE_EPS instead of p (1 - p): not J's derivative."""
-    return (1.0 - p) * p < BCE_EPS
+def _bce_unresolvable(p: Tensor) -> Tensor:
+    """Where no finite difference can verify dJ/dp: torch's backward divides by BCE_EPS instead
+    of p (1 - p) (not J's derivative), or p is within BCE_RESOLUTION of 0 or 1."""
+    return ((1.0 - p) * p < BCE_EPS) | (torch.minimum(p, 1.0 - p) < BCE_RESOLUTION)
 
 
 _BCE_PIECES = Pieces(
     (math.exp(BCE_LOG_FLOOR), 1.0 - math.exp(BCE_LOG_FLOOR)),
     "log(p) or log(1 - p) clamped at -100; p (1 - p) floored at 1e-12 in torch's backward",
     region=_bce_region,
-    conventional=_bce_conventional,
+    unresolvable=_bce_unresolvable,
 )
 
 

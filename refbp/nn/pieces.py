@@ -9,10 +9,13 @@ records which piece each input entry is in at the base point and flags any pertu
 moves an entry into another piece (refbp.verify.finite_diff). Those entries are *excluded*:
 neither verified nor contradicted by finite differences.
 
-Some functions also have points where torch's derivative is a convention rather than a limit
-of difference quotients (``conventional``): binary cross-entropy's backward divides by
-max(p (1 - p), 1e-12), which is not the derivative of its value once p (1 - p) < 1e-12. No
-difference quotient can verify a gradient that flows through such an entry.
+Some functions also have inputs no finite difference can resolve (``unresolvable``): where
+torch's derivative is a convention rather than a limit of difference quotients (binary
+cross-entropy's backward divides by max(p (1 - p), 1e-12), not the derivative of its value
+once p (1 - p) < 1e-12), or where J's own value has lost the digits a difference needs (log(1 - p)
+of a p that float64 stores to 1e-16, within 1e-4 of 1). No difference quotient can verify a
+gradient that flows through such an entry, so while any entry is there, every difference is
+excluded.
 """
 
 from __future__ import annotations
@@ -36,14 +39,14 @@ class Pieces:
         region: t -> an integer tensor numbering the piece each entry is in; by default the
             number of boundaries strictly below t. Give one when the pieces are not intervals
             of t (binary cross-entropy's clamps).
-        conventional: t -> bool tensor, True where torch's derivative is a convention and not
-            a limit of difference quotients; None when there is no such point.
+        unresolvable: t -> bool tensor, True where no finite difference can verify the
+            derivative (see the module docstring); None when there is no such point.
     """
 
     boundaries: tuple[float, ...]
     description: str
     region: Callable[[Tensor], Tensor] | None = None
-    conventional: Callable[[Tensor], Tensor] | None = None
+    unresolvable: Callable[[Tensor], Tensor] | None = None
 
     def region_of(self, t: Tensor) -> Tensor:
         """The piece each entry of ``t`` is in, an integer tensor of t's shape."""

@@ -34,7 +34,16 @@ from ..nn.validation import check_int, check_seed, describe
 from .compare import Comparison, compare
 from .finite_diff import FDResult, function_finite_differences, network_finite_differences
 from .reference import autograd_gradients
-from .tolerances import CONDITIONING_SAFETY, FD_TOLERANCE, TOLERANCES, Tolerance, combine, least_precise, tolerance_for
+from .tolerances import (
+    CONDITIONING_PROBES,
+    CONDITIONING_SAFETY,
+    FD_TOLERANCE,
+    TOLERANCES,
+    Tolerance,
+    combine,
+    least_precise,
+    tolerance_for,
+)
 
 __all__ = [
     "FD_AUTO_MAX_ENTRIES",
@@ -291,7 +300,7 @@ def check(
     names = list(tested)
     dtype = least_precise({t.dtype for t in tested.values() if t.dtype in TOLERANCES}, net.dtype)
     tol = tolerance or tolerance_for(dtype)
-    widened = _conditioning(net, X, y, cache.noise, dtype, names) if tolerance is None else {}
+    widened = _conditioning(net, X, y, cache.noise, dtype, names, seed) if tolerance is None else {}
 
     rows: list[Comparison] = []
     J = math.nan
@@ -316,20 +325,40 @@ def check(
 
 
 def _conditioning(
-    net: Network, X: Tensor, y: Tensor, noise: Mapping[tuple[int, ...], Tensor], dtype: torch.dtype, names: list[str]
+    net: Network,
+    X: Tensor,
+    y: Tensor,
+    noise: Mapping[tuple[int, ...], Tensor],
+    dtype: torch.dtype,
+    names: list[str],
+    seed: int,
 ) -> dict[str, float]:
-    """name -> CONDITIONING_SAFETY x max |torch's autograd in ``dtype`` - in float64|: what
-    no code computing in ``dtype`` can be asked to beat at this point (nothing for float64)."""
-    if dtype == torch.float64 or net.dtype == torch.float64:
-        return {}
-    _, low = autograd_gradients(net, X, y, dtype=dtype, noise=noise)
+    """name -> the allowance for this point's conditioning (tolerances.CONDITIONING_SAFETY):
+    CONDITIONING_SAFETY x the largest change of the float64 gradient when every parameter and
+    input moves by one rounding of ``dtype``, or (below float64) of torch's own autograd in
+    ``dtype`` against float64, whichever is larger."""
+    eps = float(torch.finfo(dtype).eps)
     _, high = autograd_gradients(net, X, y, dtype=torch.float64, noise=noise)
+    runs = []
+    generator = torch.Generator().manual_seed(seed)
+
+    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u = +-1 at random: one rounding of dtype
+        if not t.is_floating_point():
+            return t
+        u = torch.randint(0, 2, t.shape, generator=generator).to(torch.float64).mul_(2.0).sub_(1.0)
+        return t.detach().to(torch.float64) * (1.0 + eps * u.to(t.device))
+
+    for _ in range(CONDITIONING_PROBES):
+        params = {key: rounded(t) for key, t in net.oracle_params(dtype=torch.float64).items()}
+        runs.append(autograd_gradients(net, rounded(X), y, dtype=torch.float64, noise=noise, params=params)[1])
+    if dtype != torch.float64 and net.dtype != torch.float64:
+        runs.append(autograd_gradients(net, X, y, dtype=dtype, noise=noise)[1])
     out = {}
     for name in names:
-        if name in low and name in high:
-            gap = (low[name].double() - high[name]).abs()
-            gap = gap[torch.isfinite(gap)]
-            out[name] = CONDITIONING_SAFETY * float(gap.max()) if gap.numel() else 0.0
+        gaps = [(run[name].double() - high[name]).abs() for run in runs if name in run and name in high]
+        finite = [gap[torch.isfinite(gap)] for gap in gaps]
+        largest = max((float(gap.max()) for gap in finite if gap.numel()), default=0.0)
+        out[name] = CONDITIONING_SAFETY * largest
     return out
 
 

@@ -18,8 +18,8 @@ from "the gradient is wrong" (refbp.verify.compare).
 **Pieces.** A perturbation that moves any input of a piecewise function (relu at 0, softplus at
 its threshold, bce's clamps; refbp.nn.pieces) into another piece, or out of a loss's domain,
 makes the difference meaningless: the entry (or direction) is *excluded*, neither verified nor
-contradicted. So is anything that flows through a point where torch's derivative is a
-convention (bce where p (1 - p) < 1e-12).
+contradicted. So is every difference while some input is *unresolvable* (bce where
+p (1 - p) < 1e-12, or p within 1e-4 of 0 or 1: refbp.nn.pieces).
 
 Any network: P perturbed copies of J are evaluated as one ``torch.func.vmap`` over the oracle,
 so layers that mix the batch (BatchNorm) stay exact. MLPs take a faster, layer- and
@@ -119,12 +119,12 @@ def combine_evaluations(J: Tensor, h_up: Tensor, h_down: Tensor) -> tuple[Tensor
 
 # ---- pieces: noticing a perturbation that crosses a boundary -----------------------------
 class PieceRecorder(Tap):
-    """The base run: records, in call order, which piece every piecewise input is in, and the
-    base values of entries where torch's derivative is a convention; keeps intermediates."""
+    """The base run: records, in call order, which piece every piecewise input is in and
+    whether any of its entries is unresolvable; keeps intermediates."""
 
     def __init__(self) -> None:
         self.regions: list[Tensor] = []
-        self.conventional: list[tuple[Tensor, Tensor] | None] = []
+        self.unresolvable: list[bool] = []
         self.inside: list[Tensor] = []
         self.values: dict[Key, Tensor] = {}
 
@@ -134,10 +134,7 @@ class PieceRecorder(Tap):
 
     def piecewise(self, t: Tensor, pieces: Pieces) -> None:
         self.regions.append(pieces.region_of(t))
-        if pieces.conventional is None:
-            self.conventional.append(None)
-        else:
-            self.conventional.append((pieces.conventional(t), t))
+        self.unresolvable.append(pieces.unresolvable is not None and bool(pieces.unresolvable(t).any()))
 
     def within(self, t: Tensor, domain: tuple[float, float]) -> Tensor:
         self.inside.append(t)
@@ -146,8 +143,8 @@ class PieceRecorder(Tap):
 
 class PieceWatcher(Tap):
     """A perturbed run (under vmap): flags ``crossed`` when an input of a piecewise function is
-    in another piece than at the base, leaves a domain, or moves an entry where the derivative
-    is a convention; adds ``delta`` to the intermediate ``target``."""
+    in another piece than at the base, leaves a domain, or was unresolvable at the base; adds
+    ``delta`` to the intermediate ``target``."""
 
     def __init__(self, base: PieceRecorder, target: Key | None = None, delta: Tensor | None = None) -> None:
         self.base, self.target, self.delta = base, target, delta
@@ -165,10 +162,8 @@ class PieceWatcher(Tap):
         k = self._piece
         self._piece += 1
         self.crossed = self.crossed | (pieces.region_of(t) != self.base.regions[k]).any()
-        conventional = self.base.conventional[k]
-        if conventional is not None:
-            mask, t0 = conventional
-            self.crossed = self.crossed | (mask & (t != t0)).any()
+        if self.base.unresolvable[k]:  # no difference can resolve it, whatever this one moved
+            self.crossed = self.crossed | torch.ones((), dtype=torch.bool)
 
     def within(self, t: Tensor, domain: tuple[float, float]) -> Tensor:
         t0 = self.base.inside[self._domain]

@@ -77,6 +77,7 @@ def autograd_gradients(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     noise: Mapping[tuple[int, ...], Tensor] | None = None,
+    params: Mapping[Key, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """J and every gradient of ``net`` at (X, y), by torch.autograd on the oracle.
 
@@ -86,6 +87,7 @@ def autograd_gradients(
             rounding is negligible.
         device: evaluate on this device (default: the network's).
         noise: the dropout keep-masks the manual forward drew (``cache.noise``), by layer path.
+        params: parameters to use instead of the network's own (``net.oracle_params()``'s keys).
 
     Returns:
         (J, grads), grads keyed like ``as_dict()``: "W1", "b1", "z1", "a1", ..., "X";
@@ -95,13 +97,14 @@ def autograd_gradients(
     device = device or net.device
     X_ref, y_ref, noise_ref = oracle_point(net, X, y, noise or {}, dtype=dtype, device=device)
     with torch.enable_grad():
-        params = {key: t.requires_grad_(True) for key, t in net.oracle_params(dtype=dtype, device=device).items()}
+        given = net.oracle_params(dtype=dtype, device=device) if params is None else params
+        leaves = {key: t.detach().to(dtype=dtype, device=device).requires_grad_(True) for key, t in given.items()}
         if X_ref.is_floating_point():
             X_ref.requires_grad_(True)
         tap = _Retain()
-        J = net.torch_J(X_ref, y_ref, Params(params, net.ties), noise_ref, tap)
+        J = net.torch_J(X_ref, y_ref, Params(leaves, net.ties), noise_ref, tap)
         J.backward()
-    grads: dict[str, Tensor] = {str(key): _grad_of(t) for key, t in params.items()}
+    grads: dict[str, Tensor] = {str(key): _grad_of(t) for key, t in leaves.items()}
     grads.update({name: _grad_of(t) for name, t in tap.kept.items()})
     if X_ref.is_floating_point():
         grads["X"] = _grad_of(X_ref)
