@@ -137,6 +137,9 @@ class BatchNorm1d(Layer):
                 f"(the variance of one row is 0), got {describe(x)}"
             )
 
+    def cached_values(self, cache: NormCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        return {Key("xhat", path): cache.xhat}
+
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
         self.check_input(x, path)
         xa = x.to(accumulation_dtype(x.dtype))

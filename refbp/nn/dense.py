@@ -81,6 +81,9 @@ class Dense(Layer):
                 f"layer {path[0]} ({self.describe()}) needs input (N, {self.W.shape[1]}), got {describe(x)}"
             )
 
+    def cached_values(self, cache: Tensor | None, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        return {} if cache is None else {Key("z", path): cache}
+
     # ---- the manual path ---------------------------------------------------------------------
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
         """Eqs. (1)-(2). The cache is z(i), or None when f'(z) reads a(i) and z is not asked for."""

@@ -210,6 +210,11 @@ class Layer(ABC):
         ``cache``, by layer path: what the oracle needs to run the same function."""
         return {}
 
+    def cached_values(self, cache: Any, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        """The intermediates this layer's forward pass computed, by key (its ``intermediates``
+        and, for a composite layer, its sub-layers' outputs): what the walk-through shows."""
+        return {}
+
     def release(self, cache: Any) -> None:  # noqa: B027 (most caches hold nothing to release)
         """Drop what ``cache`` holds, after its last use (``backward(..., release_cache=True)``)."""
 

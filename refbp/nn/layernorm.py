@@ -110,6 +110,9 @@ class LayerNorm(Layer):
             where = ".".join(map(str, path))
             raise ValueError(f"layer {where} ({self.describe()}) needs input (..., {self.d}), got {describe(x)}")
 
+    def cached_values(self, cache: NormCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        return {Key("xhat", path): cache.xhat}
+
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
         xa = x.to(accumulation_dtype(x.dtype))
         mu = xa.mean(dim=-1, keepdim=True)  # (..., 1)

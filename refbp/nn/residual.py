@@ -89,6 +89,13 @@ class Residual(Layer):
             dJ_dx = grads.dJ_dx.add_(dJ_dy) if grads.dJ_dx is not dJ_dy else dJ_dy + grads.dJ_dx  # skip + through F
         return LayerGrads(dJ_dx, {}, grads.intermediates, grads.params)
 
+    def cached_values(self, cache: StackCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        out: dict[Key, Tensor] = {}
+        for j, layer in enumerate(self.inner, start=1):
+            out.update(layer.cached_values(cache.saved[j], (*path, j)))
+            out[Key("a", (*path, j))] = cache.a[j]
+        return out
+
     def noise_of(self, cache: StackCache, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
         out: dict[tuple[int, ...], Tensor] = {}
         for j, layer in enumerate(self.inner, start=1):

@@ -1,0 +1,227 @@
+"""``refbp explain`` for any network: every layer walked forward and backward, its equation,
+its shapes, its numbers, and torch's verdict on each.
+
+    refbp explain --stack '{"input": 3, "layers": [["linear", 4], ["layernorm"], ["linear", 2]], "loss": "mse"}'
+    refbp explain --model layers        # a built-in stack with LayerNorm and BatchNorm
+
+The MLP of the seed has its own walk-through with the numbered equations (1)-(9)
+(refbp.apps.explain). Here each layer brings its own equations (``Layer.equations``): the
+forward pass shows what the layer computed from its input (checked against the layer's torch
+oracle, torch.nn.functional), the backward pass what it hands down (checked against
+torch.autograd), layer L down to 1.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..nn.keys import Key
+from ..nn.layer import Layer, Params
+from ..nn.network import Network
+from ..verify.compare import Comparison, compare
+from ..verify.finite_diff import PieceRecorder
+from ..verify.reference import autograd_gradients
+from ..verify.stacks import StackSpec
+from ..verify.tolerances import tolerance_for
+from .explain import WIDTH, format_tensor
+
+__all__ = ["BUILT_IN", "LayerStep", "NetworkWalk", "walk_network"]
+
+BUILT_IN = {
+    "layers": StackSpec(
+        input=3,
+        layers=(("linear", 4), ("layernorm",), ("tanh",), ("residual", (("linear", 4), ("relu",))),
+                ("batchnorm",), ("dropout", 0.25), ("linear", 2)),
+        loss="mse", seed=0, batch=4,
+    ),
+}  # fmt: skip
+"""Built-in networks for ``refbp explain --model``: "layers" has a LayerNorm, a residual, a
+BatchNorm1d in training mode and a dropout."""
+
+
+@dataclass(frozen=True)
+class LayerStep:
+    """One layer's step of the walk.
+
+    Attributes:
+        phase: "forward" or "backward".
+        path: the layer's path, "3" or "4.1".
+        title: the layer, e.g. "LayerNorm(4)".
+        formula: its equation (forward) or equations (backward).
+        shapes: input and output shapes.
+        values: (label, tensor, torch's verdict or None) for each quantity shown.
+    """
+
+    phase: str
+    path: str
+    title: str
+    formula: str
+    shapes: str
+    values: tuple[tuple[str, Tensor, Comparison | None], ...]
+
+
+@dataclass(frozen=True)
+class NetworkWalk:
+    """The whole walk: the network, the point, the steps."""
+
+    net: Network
+    X: Tensor
+    y: Tensor
+    description: str
+    steps: tuple[LayerStep, ...]
+
+    @property
+    def checks(self) -> list[Comparison]:
+        return [check for step in self.steps for _, _, check in step.values if check is not None]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.verdict == "ok" for check in self.checks)
+
+    def render(self, *, markdown: bool = False, ascii_only: bool = False) -> str:
+        lines = _markdown(self) if markdown else _text(self, ascii_only)
+        return "\n".join(lines) + "\n"
+
+
+def _layers(layers: Sequence[Layer], prefix: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], Layer]]:
+    for l, layer in enumerate(layers, start=1):
+        path = (*prefix, l)
+        yield path, layer
+        yield from _layers(layer.sublayers(), path)
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ("," if t.dim() == 1 else "") + ")"
+
+
+def walk_network(net: Network, X: Tensor, y: Tensor, *, description: str = "") -> NetworkWalk:
+    """Run ``net`` forward and backward at (X, y) (float64), keeping every step and torch's verdict."""
+    tol = tolerance_for(torch.float64)
+    cache = net.forward(X, update_stats=False)
+    grads = net.backward(cache, y).as_dict()
+    record = PieceRecorder()  # the oracle's forward, every intermediate kept by key
+    with torch.no_grad():
+        params = net.oracle_params(dtype=torch.float64, device="cpu")
+        noise = {path: mask.cpu() for path, mask in cache.noise.items()}
+        X64 = X.detach().cpu()
+        X64 = X64.to(torch.float64) if X64.is_floating_point() else X64
+        J_torch = net.torch_J(X64, y.detach().cpu(), Params(params, net.ties), noise, record)
+    _, reference = autograd_gradients(net, X, y, dtype=torch.float64, noise=cache.noise)
+
+    manual: dict[Key, Tensor] = {Key("X"): cache.a[0]}
+    for l, layer in enumerate(net.layers, start=1):
+        manual[Key("a", (l,))] = cache.a[l]
+        manual.update(layer.cached_values(cache.saved[l], (l,)))
+    inputs: dict[tuple[int, ...], Tensor] = {}
+
+    def input_of(path: tuple[int, ...]) -> Tensor:
+        parent, j = path[:-1], path[-1]
+        if j > 1:
+            return manual[Key("a", (*parent, j - 1))]
+        return manual[Key("X")] if not parent else input_of(parent)
+
+    def forward_check(key: Key) -> Comparison | None:
+        torch_value = record.values.get(key)
+        return None if torch_value is None else compare(str(key), "torch", manual[key], torch_value, tol)
+
+    steps: list[LayerStep] = []
+    walked = list(_layers(net.layers, ()))
+    for path, layer in walked:
+        inputs[path] = input_of(path)
+        where = ".".join(map(str, path))
+        shown = [key for key in layer.keys(path) if key.kind in (*layer.intermediates, "a") and key in manual]
+        if layer.sublayers():
+            shown = [Key("a", path)]
+        values = tuple((f"{key.kind}({where})", manual[key], forward_check(key)) for key in shown)
+        out = manual[Key("a", path)]
+        steps.append(LayerStep("forward", where, layer.describe(), layer.equations()[0],
+                               f"{_shape(inputs[path])} -> {_shape(out)}", values))  # fmt: skip
+    loss_check = compare("J", "torch", net.loss(cache, y), J_torch, tol)
+    steps.append(LayerStep("forward", "J", f"loss {net.loss_name}", net.loss_fn.equation.split(";")[0].strip(),
+                           f"{_shape(cache.y_hat)} -> ()", (("J", net.loss(cache, y), loss_check),)))  # fmt: skip
+    for path, layer in reversed(walked):
+        where = ".".join(map(str, path))
+        names = [str(key) for key in layer.keys(path) if str(key) in grads and key.kind != "a"]
+        if layer.sublayers():
+            names = [str(key) for key in layer.keys(path)[-1:] if str(key) in grads]
+        below = _below(path, walked)
+        arriving = [str(Key("a", path))] if path == (net.L,) else []  # where the backward pass starts
+        values = tuple(
+            (f"dJ/d{name}", grads[name], compare(name, "autograd", grads[name], reference[name], tol))
+            for name in [*arriving, *names, *([below] if below else [])]
+            if name in grads
+        )
+        steps.append(LayerStep("backward", where, layer.describe(), layer.equations()[1] or "(no backward step)",
+                               f"{_shape(grads[str(Key('a', path))])} -> {_shape(inputs[path])}", values))  # fmt: skip
+    return NetworkWalk(net, X, y, description or net.describe(), tuple(steps))
+
+
+def _below(path: tuple[int, ...], walked: list[tuple[tuple[int, ...], Layer]]) -> str | None:
+    """The name of what layer ``path`` hands down: the previous layer's output, or X."""
+    if path == (1,):
+        return "X"
+    parent, j = path[:-1], path[-1]
+    if j > 1:
+        return str(Key("a", (*parent, j - 1)))
+    return None  # the first layer inside a composite hands down to the composite itself
+
+
+# ---- rendering -------------------------------------------------------------------------
+def _mark(check: Comparison | None, ascii_only: bool) -> str:
+    if check is None:
+        return ""
+    ok = check.verdict == "ok"
+    if ascii_only:
+        return "[ok]" if ok else "[FAIL]"
+    return "✓" if ok else "✗"
+
+
+def _text(w: NetworkWalk, ascii_only: bool) -> list[str]:
+    lines = ["refbp explain: backpropagation through any network, one layer at a time", ""]
+    lines += textwrap.wrap(
+        f"{w.description}. N = {w.X.shape[0]}, float64. Forward values are checked against each layer's "
+        "torch oracle (torch.nn.functional), gradients against torch.autograd.",
+        WIDTH,
+    )
+    phase = ""
+    for step in w.steps:
+        if step.phase != phase:
+            phase = step.phase
+            title = "Forward pass" if phase == "forward" else "Backward pass, layer L down to 1"
+            lines += ["", f"== {title} " + "=" * max(0, WIDTH - len(title) - 4)]
+        lines += ["", *textwrap.wrap(f"[{step.path}] {step.title}: {step.formula}", WIDTH, subsequent_indent="    ")]
+        lines += textwrap.wrap(f"shape {step.shapes}", WIDTH, initial_indent="    ", subsequent_indent="      ")
+        for label, value, check in step.values:
+            mark = _mark(check, ascii_only)
+            lines.append(f"    {label} {mark}".rstrip())
+            lines += ["      " + line for line in format_tensor(value)]
+            if check is not None and check.verdict != "ok":
+                lines += textwrap.wrap(check.message(), WIDTH, initial_indent="      ! ", subsequent_indent="        ")
+    n_ok = sum(check.verdict == "ok" for check in w.checks)
+    lines += ["", "=" * WIDTH, f"{n_ok} of {len(w.checks)} quantities agree with torch."]
+    return lines
+
+
+def _markdown(w: NetworkWalk) -> list[str]:
+    lines = [
+        "# `refbp explain`: backpropagation through any network",
+        "",
+        f"{w.description}. N = {w.X.shape[0]}, float64. Forward values are checked against each layer's torch "
+        "oracle (torch.nn.functional), gradients against torch.autograd.",
+    ]
+    phase = ""
+    for step in w.steps:
+        if step.phase != phase:
+            phase = step.phase
+            lines += ["", "## Forward pass" if phase == "forward" else "## Backward pass, layer L down to 1"]
+        lines += ["", f"### [{step.path}] {step.title}", "", f"`{step.formula}`, shape `{step.shapes}`."]
+        for label, value, check in step.values:
+            lines += ["", f"{label} {_mark(check, False)}".rstrip(), "", "```text", *format_tensor(value), "```"]
+    n_ok = sum(check.verdict == "ok" for check in w.checks)
+    lines += ["", f"**{n_ok} of {len(w.checks)} quantities agree with torch.**"]
+    return lines
