@@ -49,8 +49,8 @@ def test_bias_of_wrong_shape() -> None:
 
 def test_bias_of_wrong_rank() -> None:
     Ws, bs = _params()
-    bs[1] = torch.randn(1, 2, dtype=F64)
-    with pytest.raises(ValueError, match=r"biases\[1\] \(b2\) must be 1-dimensional, got shape \(1, 2\)"):
+    bs[1] = torch.randn(2, 2, dtype=F64)  # (d,), (d, 1) and (1, d) are all fine; a matrix is not
+    with pytest.raises(ValueError, match=r"biases\[1\] \(b2\) has shape \(2, 2\).*expected \(d,\), \(d, 1\) or \(1, d\)"):
         refbp.MLP.from_params(weights=Ws, biases=bs, activations=["tanh", "identity"], loss="mse")
 
 
@@ -93,7 +93,7 @@ def test_parameters_of_mixed_dtype_or_non_tensor() -> None:
     with pytest.raises(ValueError, match=r"biases\[1\] \(b2\) has shape \(2,\), dtype float32.*dtype float64"):
         refbp.MLP.from_params(weights=Ws, biases=bs, activations=["tanh", "identity"], loss="mse")
     Ws, bs = _params()
-    with pytest.raises(TypeError, match=r"weights\[0\] \(W1\) must be a torch.Tensor, got list"):
+    with pytest.raises(TypeError, match=r"weights\[0\] \(W1\) must be a torch.Tensor or a NumPy array, got list"):
         refbp.MLP.from_params(weights=[[[1.0]], *Ws[1:]], biases=bs, activations=["tanh", "identity"], loss="mse")  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"must have a floating dtype .* got shape \(4, 3\), dtype int64"):
         refbp.MLP.from_params(
@@ -138,7 +138,7 @@ def test_auto_device_picks_cuda_only_when_present() -> None:
         (torch.randn(0, 3, dtype=F64), r"X has an empty batch \(shape \(0, 3\).*expected N >= 1"),
         (torch.randn(5, 3, dtype=torch.float32), r"X has shape \(5, 3\), dtype float32.*dtype float64"),
         (torch.full((2, 3), float("nan"), dtype=F64), r"X has 6 non-finite entries"),
-        ([[1.0, 2.0, 3.0]], r"X must be a torch.Tensor, got list"),
+        ([[1.0, 2.0, 3.0]], r"X must be a torch.Tensor or a NumPy array, got list"),
     ],
 )
 def test_bad_X_is_refused_clearly(X: object, message: str) -> None:

@@ -29,15 +29,18 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .activations import Activation, get_activation
 from .dense import Dense
+from .layouts import TORCH, Layout, check_layout
 from .losses import get_loss
 from .network import Cache, Network, NetworkGradients, resolve_device
 from .validation import (
     FLOAT_DTYPES,
+    as_tensor,
     check_finite,
     check_fits_in_memory,
     check_int,
@@ -88,12 +91,13 @@ class Gradients:
     dJ_da: list[Tensor | None]
     L: int = field(init=False)
     network: NetworkGradients | None = field(default=None, repr=False, compare=False)
+    layout: Layout = field(default=TORCH, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.L = len(self.dJ_dW) - 1
 
     @classmethod
-    def from_network(cls, grads: NetworkGradients, L: int) -> Gradients:
+    def from_network(cls, grads: NetworkGradients, L: int, layout: Layout = TORCH) -> Gradients:
         """The lists view of a Network's gradients ("W1", "z1", ... -> dJ_dW[1], dJ_dz[1], ...)."""
         values = grads.as_dict()
 
@@ -102,7 +106,7 @@ class Gradients:
 
         dJ_da = column("a")
         dJ_da[0] = values["X"]
-        return cls(dJ_dW=column("W"), dJ_db=column("b"), dJ_dz=column("z"), dJ_da=dJ_da, network=grads)
+        return cls(dJ_dW=column("W"), dJ_db=column("b"), dJ_dz=column("z"), dJ_da=dJ_da, network=grads, layout=layout)
 
     @property
     def dJ_dX(self) -> Tensor:
@@ -119,18 +123,27 @@ class Gradients:
         """dJ/db(i), layer i counted from 1."""
         return _at(self.dJ_db, i, "dJ_db")
 
-    def as_dict(self) -> dict[str, Tensor]:
-        """{"W1", "b1", "z1", "a1", ..., "WL", "bL", "zL", "aL", "X"} -> dJ/d(that).
+    def as_dict(self, layout: str | None = None) -> dict[str, Tensor]:
+        """{"W1", "b1", "z1", "a1", ..., "WL", "bL", "zL", "aL", "X"} -> dJ/d(that), each in
+        ``layout`` ("torch", "in_out" or "columns"; default: the layout the network was built
+        in, refbp.nn.layouts), where dJ/d(T) always has T's shape.
 
         Intermediates dropped by ``backward(..., intermediates=False)`` are left out."""
+        view = self.layout if layout is None else self._standard(layout)
         out: dict[str, Tensor] = {}
         for i in range(1, self.L + 1):
             for key, values in (("W", self.dJ_dW), ("b", self.dJ_db), ("z", self.dJ_dz), ("a", self.dJ_da)):
                 value = values[i]
                 if value is not None:
-                    out[f"{key}{i}"] = value
-        out["X"] = self.dJ_dX
+                    out[f"{key}{i}"] = view.to_user(f"{key}{i}", value)
+        out["X"] = view.to_user("X", self.dJ_dX)
         return out
+
+    def _standard(self, layout: str) -> Layout:
+        if layout == self.layout.name:
+            return self.layout
+        widths = [int(b.shape[0]) for b in self.dJ_db[1:] if b is not None]
+        return Layout.standard(layout, widths)
 
     def torch_named(self) -> dict[str, Tensor]:
         """The parameter gradients under the names of ``net.to_torch()``'s parameters
@@ -162,21 +175,23 @@ class _LayerParams(Sequence[Tensor]):
         return len(self._net.layers)
 
     def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
-        return self._net.layers[index].params[self._kind]
+        i = range(1, len(self) + 1)[index]
+        return self._net.layout.to_user(f"{self._kind}{i}", self._net.layers[index].params[self._kind])
 
     def __setitem__(self, index: int, value: Tensor) -> None:
         layer = self._net.layers[index]
         i = range(1, len(self) + 1)[index]
         name = f"{'weights' if self._kind == 'W' else 'biases'}[{i - 1}] ({self._kind}{i})"
+        shown = self[index]
+        value = check_tensor(value, name, ndim=shown.dim())
+        if value.shape != shown.shape:
+            raise ValueError(f"{name} must keep its shape {tuple(shown.shape)}, got {describe(value)}")
         old = layer.params[self._kind]
-        value = check_tensor(value, name, ndim=old.dim())
-        if value.shape != old.shape:
-            raise ValueError(f"{name} must keep its shape {tuple(old.shape)}, got {describe(value)}")
         check_same_dtype_device(value, name, dtype=old.dtype, device=old.device)
-        layer.params[self._kind] = value.detach()
+        layer.params[self._kind] = self._net.layout.from_user(f"{self._kind}{i}", value.detach())
 
     def __iter__(self) -> Iterator[Tensor]:
-        return (layer.params[self._kind] for layer in self._net.layers)
+        return (self[k] for k in range(len(self)))
 
     def __repr__(self) -> str:
         return repr(list(self))
@@ -189,9 +204,13 @@ class MLP(Network):
     ``biases[i-1]`` is b(i) (Python lists start at 0); ``net.W(i)`` and ``net.b(i)`` count
     from 1, as the equations and ``grads.dJ_dW[i]`` do.
 
+    With ``layout="in_out"`` or ``"columns"`` (refbp.nn.layouts) the network reads X, y and
+    its parameters, and hands back ``weights``, ``biases`` and ``grads.as_dict()``, in that
+    arrangement; it computes in torch's (the lists of the cache and of Gradients stay in it).
+
     Attributes:
-        weights: [W(1), ..., W(L)], W(i) of shape (d_i, d_{i-1}).
-        biases: [b(1), ..., b(L)], b(i) of shape (d_i,).
+        weights: [W(1), ..., W(L)], W(i) of shape (d_i, d_{i-1}) (in the network's layout).
+        biases: [b(1), ..., b(L)], b(i) of shape (d_i,) (or as given).
         activations: [f_1, ..., f_L] by name (see ``refbp.nn.activations.ACTIVATIONS``).
         loss_name: the loss by name (see ``refbp.nn.losses.LOSSES``).
         weight_decay: lambda >= 0 in eq. (3).
@@ -206,11 +225,22 @@ class MLP(Network):
         activations: Sequence[str],
         loss_name: str,
         weight_decay: float = 0.0,
+        layout: str = "torch",
     ) -> None:
-        _validate(list(weights), list(biases), list(activations), loss_name)
+        check_layout(layout)
+        weights = [check_tensor(W, f"weights[{k}] (W{k + 1})", ndim=2) for k, W in enumerate(weights)]
+        biases = [_bias(b, f"biases[{k}] (b{k + 1})") for k, b in enumerate(biases)]
+        bias_shapes = tuple(tuple(b.shape) for b in biases)
+        if layout == "in_out":  # (d_{i-1}, d_i) as given; refbp keeps torch's (d_i, d_{i-1})
+            weights = [W.T for W in weights]
+        flat = [b.reshape(-1) if b.dim() == 2 else b for b in biases]
+        _validate(weights, flat, list(activations), loss_name, layout)
+        if layout == "columns":  # the seed's b is a column (d_i, 1) unless given otherwise
+            bias_shapes = tuple(shape if len(shape) == 2 else (shape[0], 1) for shape in bias_shapes)
         acts = [get_activation(name, argument=f"activations[{k}]") for k, name in enumerate(activations)]
-        layers = [Dense(W, b, act) for W, b, act in zip(weights, biases, acts, strict=True)]
+        layers = [Dense(W, b, act) for W, b, act in zip(weights, flat, acts, strict=True)]
         super().__init__(layers, loss_name, weight_decay=weight_decay)
+        self.layout = Layout(layout, bias_shapes)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -222,12 +252,16 @@ class MLP(Network):
         activations: Sequence[str],
         loss: str,
         weight_decay: float = 0.0,
+        layout: str = "torch",
     ) -> MLP:
-        """A network from given parameters: W(i) (d_i, d_{i-1}) and b(i) (d_i,), in layer order."""
+        """A network from given parameters, in layer order, torch tensors or NumPy arrays:
+        W(i) (d_i, d_{i-1}) and b(i) (d_i,), (d_i, 1) or (1, d_i); with ``layout="in_out"``
+        W(i) is (d_{i-1}, d_i) (``h = x @ W + b``), with ``"columns"`` X, y and every
+        activation hold one observation per column (``z = W a + b``)."""
         for argument, value in (("weights", weights), ("biases", biases), ("activations", activations)):
-            if isinstance(value, (str, Tensor)) or not isinstance(value, Sequence):
+            if isinstance(value, (str, Tensor, np.ndarray)) or not isinstance(value, Sequence):
                 raise TypeError(f"{argument} must be a list, one entry per layer, got {type(value).__name__}")
-        return cls(list(weights), list(biases), list(activations), loss, weight_decay)
+        return cls(list(weights), list(biases), list(activations), loss, weight_decay, layout)
 
     @classmethod
     def random(
@@ -240,10 +274,12 @@ class MLP(Network):
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
         weight_decay: float = 0.0,
+        layout: str = "torch",
     ) -> MLP:
         """A network with dims [d_0, ..., d_L], initialised as torch.nn.Linear does:
         W(i), b(i) ~ U(-1/sqrt(d_{i-1}), 1/sqrt(d_{i-1})), drawn on the CPU from ``seed`` so
-        that every device gets the same numbers. ``device="auto"`` picks CUDA when present."""
+        that every device gets the same numbers. ``device="auto"`` picks CUDA when present.
+        ``layout``: how it reads and hands back arrays (refbp.nn.layouts); the numbers are the same."""
         dims = _check_dims(dims)
         if isinstance(activations, str) or not isinstance(activations, Sequence):
             raise TypeError(f"activations must be a list of names, got {type(activations).__name__}")
@@ -261,20 +297,24 @@ class MLP(Network):
             b = torch.empty(d_out, dtype=torch.float64).uniform_(-bound, bound, generator=generator)
             weights.append(W.to(dtype=dtype, device=target))
             biases.append(b.to(dtype=dtype, device=target))
-        return cls(weights, biases, list(activations), loss, weight_decay)
+        net = cls(weights, biases, list(activations), loss, weight_decay)
+        net.layout = Layout.standard(check_layout(layout), [int(b.shape[0]) for b in biases])
+        return net
 
     def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MLP:
         """A copy of this network with parameters converted to ``dtype`` and/or ``device``."""
         if dtype is not None and dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
         target = None if device is None else resolve_device(device)
-        return MLP(
-            [W.to(dtype=dtype, device=target) for W in self.weights],
-            [b.to(dtype=dtype, device=target) for b in self.biases],
+        net = MLP(
+            [layer.W.to(dtype=dtype, device=target) for layer in self.layers],
+            [layer.b.to(dtype=dtype, device=target) for layer in self.layers],
             list(self.activations),
             self.loss_name,
             self.weight_decay,
         )
+        net.layout = self.layout
+        return net
 
     # ---- the seed's view ----------------------------------------------------------------
     @property
@@ -332,7 +372,9 @@ class MLP(Network):
                 z(i) is dropped for layers whose derivative reads a(i) (sigmoid, tanh, relu,
                 leaky_relu, identity): the backward pass is the same, the cache smaller.
         """
-        cache = super().forward(X, keep_intermediates=keep_z, update_stats=update_stats, noise=noise)
+        cache = super().forward(
+            self.input_from_user(X), keep_intermediates=keep_z, update_stats=update_stats, noise=noise
+        )
         assert isinstance(cache, ForwardCache)
         return cache
 
@@ -344,21 +386,31 @@ class MLP(Network):
     ) -> Gradients:
         """Every gradient of J, by hand, from the cache (eqs. 4-9)."""
         grads = super().backward(cache, y, intermediates=intermediates, release_cache=release_cache)
-        return Gradients.from_network(grads, self.L)
+        return Gradients.from_network(grads, self.L, self.layout)
 
     def backward_from(  # type: ignore[override]
         self, cache: ForwardCache, dJ_da_L: Tensor, *, intermediates: bool = True, release_cache: bool = False
     ) -> Gradients:
         """Eqs. (5)-(9) from a given dJ/da(L) (N, d_L) instead of a loss's eq. (4)."""
-        grads = super().backward_from(cache, dJ_da_L, intermediates=intermediates, release_cache=release_cache)
-        return Gradients.from_network(grads, self.L)
+        upstream = as_tensor(dJ_da_L, "dJ_da_L")
+        if isinstance(upstream, Tensor):  # anything else: Network.backward_from says what is wrong
+            upstream = self.layout.from_user(f"a{self.L}", upstream)
+        grads = super().backward_from(cache, upstream, intermediates=intermediates, release_cache=release_cache)  # type: ignore[arg-type]
+        return Gradients.from_network(grads, self.L, self.layout)
 
     # ---- validation ---------------------------------------------------------------------
+    def input_from_user(self, X: object) -> Tensor:
+        """X as refbp computes with it: a tensor (from NumPy), observations as rows."""
+        X = check_tensor(X, "X", ndim=2)
+        if not self.layout.rows and X.shape[0] != self.dims[0]:
+            raise ValueError(f"X must have shape {self.layout.describe_X(self.dims[0])}, got {describe(X)}")
+        return self.layout.from_user("X", X)
+
     def check_input(self, X: object) -> Tensor:
         """X must be a finite (N, d_0) tensor, N >= 1, with the parameters' dtype and device."""
         X = check_tensor(X, "X", ndim=2)
         if X.shape[1] != self.dims[0]:
-            raise ValueError(f"X must have shape (N, {self.dims[0]}) = (N, d_0), got {describe(X)}")
+            raise ValueError(f"X must have shape {self.layout.describe_X(self.dims[0])}, got {describe(X)}")
         if X.shape[0] == 0:
             raise ValueError(f"X has an empty batch ({describe(X)}); expected N >= 1 rows")
         check_same_dtype_device(X, "X", dtype=self.dtype, device=self.device)
@@ -368,7 +420,14 @@ class MLP(Network):
         return X.detach()
 
     def check_targets(self, y: object, cache: Cache) -> Tensor:
-        """y must match the loss: (N, d_L) values, or (N,) int64 class indices in [0, d_L)."""
+        """y must match the loss: (N, d_L) values ((d_L, N) in "columns"), or (N,) int64 class
+        indices in [0, d_L)."""
+        y = as_tensor(y, "y")
+        if isinstance(y, Tensor) and not self.layout.rows and y.dim() == 2:
+            N, d_L = cache.y_hat.shape
+            if tuple(y.shape) != (d_L, N):
+                raise ValueError(f"y must have shape ({d_L}, {N}) = (d_L, N) like y_hat, got {describe(y)}")
+            y = self.layout.targets_from_user(y)
         return self.loss_fn.check_targets(y, cache.y_hat, rows=True)
 
     _output_notation = " = (N, d_L)"
@@ -428,8 +487,27 @@ def _short(dims: Sequence[int]) -> str:
     return text + (f"-... ({len(dims)} sizes)" if len(dims) > 8 else "")
 
 
-def _validate(weights: list[Tensor], biases: list[Tensor], activations: list[str], loss_name: str) -> None:
+def _bias(b: object, name: str) -> Tensor:
+    """A bias as given, (d,), (d, 1) or (1, d), as a tensor; anything else a clear error."""
+    b = check_tensor(b, name)
+    if b.dim() == 1 or (b.dim() == 2 and 1 in b.shape):
+        return b
+    raise ValueError(f"{name} has {describe(b)}; expected (d,), (d, 1) or (1, d)")
+
+
+def _validate(
+    weights: list[Tensor], biases: list[Tensor], activations: list[str], loss_name: str, layout: str = "torch"
+) -> None:
     """The MLP's own messages, in the seed's notation (W{i}, b{i}, weights[i-1])."""
+    try:
+        _validate_torch_layout(weights, biases, activations, loss_name)
+    except ValueError as err:
+        if layout != "in_out":
+            raise
+        raise ValueError(f"{err} (layout 'in_out': shapes shown as refbp keeps them, W(i) transposed)") from None
+
+
+def _validate_torch_layout(weights: list[Tensor], biases: list[Tensor], activations: list[str], loss_name: str) -> None:
     if not weights:
         raise ValueError("weights is empty; expected one W(i) per layer, at least one")
     L = len(weights)

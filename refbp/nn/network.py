@@ -28,10 +28,12 @@ from torch import Tensor
 
 from .keys import Key, sort_names
 from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
+from .layouts import TORCH, Layout
 from .losses import Loss, get_loss
 from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
 from .validation import (
     FLOAT_DTYPES,
+    as_tensor,
     check_finite,
     check_fits_in_memory,
     check_same_dtype_device,
@@ -273,6 +275,15 @@ class Network:
         return " -> ".join(layer.describe() for layer in self.layers) + f", loss {self.loss_name}"
 
     # ---- the forward pass -----------------------------------------------------------------
+    layout: Layout = TORCH
+    """How the network reads and hands back arrays (refbp.nn.layouts); any Network but an MLP
+    built with ``layout=`` uses torch's."""
+
+    def input_from_user(self, X: object) -> Tensor:
+        """X as refbp computes with it: a tensor (from NumPy) in refbp's layout."""
+        X = check_tensor(X, "X", float_only=not self.takes_indices)
+        return self.layout.from_user("X", X)
+
     def check_input(self, X: object) -> Tensor:
         """X must be a finite tensor with the parameters' dtype and device (int64 indices for
         an embedding), with at least one row, and a shape the first layer accepts."""
@@ -315,7 +326,7 @@ class Network:
             update_stats: BatchNorm in training mode updates its running statistics, as torch.
             noise: dropout keep-masks by layer path, to reuse a draw; None draws new ones.
         """
-        X = self.check_input(X)
+        X = self.check_input(as_tensor(X, "X"))
         ctx = ForwardContext(keep_intermediates=keep_intermediates, update_stats=update_stats, noise=noise)
         stack = stack_forward(self.layers, X, ctx, ())
         drawn: dict[tuple[int, ...], Tensor] = {}
@@ -409,7 +420,7 @@ class Network:
 
     def check_targets(self, y: object, cache: Cache) -> Tensor:
         """y as the loss needs it for the output a(L) in ``cache`` (refbp.nn.losses.Loss.check_targets)."""
-        return self.loss_fn.check_targets(y, cache.y_hat)
+        return self.loss_fn.check_targets(as_tensor(y, "y"), cache.y_hat)
 
     def _check_cache(self, cache: object) -> None:
         if not isinstance(cache, Cache):

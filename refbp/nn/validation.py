@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "FLOAT_DTYPES",
     "MAX_SEED",
+    "as_tensor",
     "available_memory",
     "check_finite",
     "check_fits_in_memory",
@@ -32,11 +34,22 @@ def describe(t: Tensor) -> str:
     return f"shape {shape}, dtype {str(t.dtype).removeprefix('torch.')}, device {t.device}"
 
 
+def as_tensor(value: object, name: str) -> object:
+    """A numeric NumPy array as a tensor of the same dtype (sharing its memory); anything else
+    unchanged, for ``check_tensor`` to accept or refuse."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be a numeric array, got a NumPy array of dtype {value.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
 def check_tensor(value: object, name: str, *, ndim: int | None = None, float_only: bool = True) -> Tensor:
-    """Require a torch.Tensor with data (not on the meta device), of rank ``ndim`` when given,
-    and of a floating dtype unless told otherwise."""
+    """Require a torch.Tensor (or a NumPy array, converted) with data (not on the meta device),
+    of rank ``ndim`` when given, and of a floating dtype unless told otherwise."""
+    value = as_tensor(value, name)
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}")
     if value.device.type == "meta":
         raise ValueError(f"{name} is on the meta device ({describe(value)}): it has a shape but no values to check")
     if ndim is not None and value.dim() != ndim:
