@@ -1,10 +1,9 @@
 """The command line: the report job writes complete, deterministic files atomically; bad
-usage exits 2 with one readable line and no traceback."""
+usage exits 2 with one readable line and no traceback (writing files: test_io.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 
 import refbp
 from refbp.apps.cli import main
-from refbp.apps.io import write_atomic
 from refbp.apps.report import CaseOutcome, build_json, render_markdown, sweep_specs, write_plot
 
 
@@ -125,20 +123,6 @@ def test_the_installed_command_prints_no_traceback() -> None:
     done = _run("check", "--case", '{"dims": [3, 2], "activations": ["tanh"], "loss": "bce"}')
     assert done.returncode == 2
     assert done.stderr.strip() == "error: loss='bce' needs activations[-1]='sigmoid' on the last layer, got 'tanh'"
-
-
-def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "REPORT.md"
-    write_atomic(target, "old\n")
-
-    def fail(src: str, dst: str) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        write_atomic(target, "new\n" * 1000)
-    assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["REPORT.md"]
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
