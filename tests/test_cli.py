@@ -122,7 +122,7 @@ def test_the_installed_command_prints_no_traceback() -> None:
     """The same path end to end in a fresh interpreter: python -m refbp."""
     done = _run("check", "--case", '{"dims": [3, 2], "activations": ["tanh"], "loss": "bce"}')
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: loss='bce' needs activations[-1]='sigmoid' on the last layer, got 'tanh'"
+    assert done.stderr == "error: --case: loss='bce' needs activations[-1]='sigmoid' on the last layer, got 'tanh'\n"
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
