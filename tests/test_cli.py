@@ -95,7 +95,7 @@ def test_check_subcommand_reads_a_spec_file(tmp_path: Path, capsys: pytest.Captu
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["report", "--examples", "-1"], "--examples -1: expected 0 or more"),
+        (["report", "--examples", "-1"], "--examples=-1 is out of range; expected an int >= 0"),
         (["report", "--device", "tpu"], "--device 'tpu': expected auto, cpu or cuda"),
         (["report", "--examples", "many"], "argument --examples: invalid int value: 'many'"),
         (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),

@@ -23,7 +23,6 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from random import Random
 from typing import Any
 
@@ -34,10 +33,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 from tabulate import tabulate
 
+from ..nn.validation import check_seed
 from ..verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 from ..verify.check import check
 from ..verify.compare import compare
 from ..verify.tolerances import tolerance_for
+from .arguments import MAX_DRAWS, check_draws, check_out_folder
 from .bugs import BUGS, CORRECT, Bug, backward_order, backward_with, get_bug
 from .io import write_atomic
 
@@ -343,21 +344,25 @@ def _one_thread() -> Iterator[None]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports", help="folder for bugs.md and bugs.json (default: reports)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the drawn networks and the search (default 0)")
     parser.add_argument(
-        "--draws", type=int, default=DEFAULT_DRAWS, help=f"networks per entry (default {DEFAULT_DRAWS})"
+        "--seed", type=int, default=0, help="seeds the drawn networks and the search, 0 to 2**32 - 1 (default 0)"
     )
+    parser.add_argument(
+        "--draws", type=int, default=DEFAULT_DRAWS,
+        help=f"networks per entry, 1 to {MAX_DRAWS:,} (default {DEFAULT_DRAWS})",
+    )  # fmt: skip
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this entry (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.draws < 1:
-        raise ValueError(f"--draws {args.draws}: expected an int >= 1")
+    """Check every option before any work, run the entries, write bugs.md and bugs.json."""
+    out = check_out_folder(args.out)
+    check_draws(args.draws)
+    check_seed(args.seed, "--seed")
     entries = [get_bug(name) for name in args.only] if args.only else list(BUGS)
     with _one_thread():
         results = [run_bug(bug, draws=args.draws, seed=args.seed) for bug in entries]
         correct = _correct_false_flags(results, args.seed)
-    out = Path(args.out)
     write_atomic(out / "bugs.md", render_markdown(results, seed=args.seed, draws=args.draws, correct=correct))
     summary = {
         "non_equivalent": sum(not r.equivalent for r in results),

@@ -37,8 +37,10 @@ from tabulate import tabulate
 from .. import __version__
 from ..nn.activations import ACTIVATIONS
 from ..nn.losses import LOSSES
+from ..nn.validation import check_seed
 from ..verify.cases import CaseSpec
 from ..verify.check import CheckResult, check
+from .arguments import MAX_EXAMPLES, check_examples, check_out_folder, check_threads
 from .io import write_atomic
 
 __all__ = ["SCHEMA", "CaseOutcome", "add_arguments", "run", "run_report", "sweep_specs"]
@@ -345,14 +347,17 @@ def write_plot(outcomes: list[CaseOutcome], path: Path) -> str:
 # ---- command line -------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--examples", type=int, default=DEFAULT_EXAMPLES, help="random networks to sweep (default %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sweep (default %(default)s)")
+        "--examples", type=int, default=DEFAULT_EXAMPLES,
+        help=f"random networks to sweep, 0 to {MAX_EXAMPLES:,} (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sweep, 0 to 2**32 - 1 (default %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (every available device), cpu or cuda")
     parser.add_argument("--dtype", default="all", help="all (float64 and float32), float64 or float32")
     parser.add_argument("--fd-mode", default="auto", choices=["auto", "full", "directional"])
     parser.add_argument("--out", default="reports", help="folder for REPORT.md, report.json, errors.png")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads (default %(default)s)")
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads, at most the CPUs (default %(default)s)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -376,12 +381,14 @@ def _dtypes(option: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.examples < 0:
-        raise ValueError(f"--examples {args.examples}: expected 0 or more")
-    if args.threads < 1:
-        raise ValueError(f"--threads {args.threads}: expected 1 or more")
-    torch.set_num_threads(args.threads)
+    """Check every option before any work (a bad --out used to fail after the whole sweep),
+    run the sweep, and write the report files."""
+    out = check_out_folder(args.out)
+    check_examples(args.examples)
+    check_seed(args.seed, "--seed")
+    check_threads(args.threads)
     devices, dtypes = _devices(args.device), _dtypes(args.dtype)
+    torch.set_num_threads(args.threads)
     settings = {
         "examples": args.examples,
         "seed": args.seed,
@@ -393,7 +400,6 @@ def run(args: argparse.Namespace) -> int:
         examples=args.examples, seed=args.seed, devices=devices, dtypes=dtypes,
         fd_mode=args.fd_mode, progress=not args.no_progress,
     )  # fmt: skip
-    out = Path(args.out)
     doc = build_json(outcomes, settings, seconds)
     plot_note = write_plot(outcomes, out / "errors.png")
     extra = [_bugs_section(out)]
