@@ -40,7 +40,7 @@ from ..verify.compare import compare
 from ..verify.tolerances import tolerance_for
 from .arguments import MAX_DRAWS, check_draws, check_out_folder
 from .bugs import BUGS, CORRECT, Bug, backward_order, backward_with, get_bug
-from .io import write_atomic
+from .io import write_set
 
 __all__ = [
     "DEFAULT_DRAWS",
@@ -343,7 +343,9 @@ def _one_thread() -> Iterator[None]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="reports", help="folder for bugs.md and bugs.json (default: reports)")
+    parser.add_argument(
+        "--out", default="reports", help="folder for bugs.md and bugs.json, replaced together (default: reports)"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the drawn networks and the search, 0 to 2**32 - 1 (default 0)"
     )
@@ -355,7 +357,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check every option before any work, run the entries, write bugs.md and bugs.json."""
+    """Check every option before any work, run the entries, and replace bugs.md and bugs.json
+    as one set (refbp.apps.io.write_set)."""
     out = check_out_folder(args.out)
     check_draws(args.draws)
     check_seed(args.seed, "--seed")
@@ -363,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
     with _one_thread():
         results = [run_bug(bug, draws=args.draws, seed=args.seed) for bug in entries]
         correct = _correct_false_flags(results, args.seed)
-    write_atomic(out / "bugs.md", render_markdown(results, seed=args.seed, draws=args.draws, correct=correct))
+    markdown = render_markdown(results, seed=args.seed, draws=args.draws, correct=correct)
     summary = {
         "non_equivalent": sum(not r.equivalent for r in results),
         "caught": sum(r.ok for r in results if not r.equivalent),
@@ -373,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
         "correct_flagged": correct[0],
     }
     report = {"seed": args.seed, "draws": args.draws, "summary": summary, "bugs": [r.to_dict() for r in results]}
-    write_atomic(out / "bugs.json", json.dumps(report, indent=1) + "\n")
+    write_set(out, {"bugs.md": markdown, "bugs.json": json.dumps(report, indent=1) + "\n"})
     ok = all(r.ok for r in results) and correct[0] == 0
     print(
         f"refbp bugs: {summary['caught']}/{summary['non_equivalent']} bugs caught, "

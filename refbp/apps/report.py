@@ -41,7 +41,7 @@ from ..nn.validation import check_seed
 from ..verify.cases import CaseSpec
 from ..verify.check import CheckResult, check
 from .arguments import MAX_EXAMPLES, check_examples, check_out_folder, check_threads
-from .io import write_atomic
+from .io import write_atomic, write_set
 
 __all__ = ["SCHEMA", "CaseOutcome", "add_arguments", "run", "run_report", "sweep_specs"]
 
@@ -307,15 +307,23 @@ def _fmt(x: float | str) -> str:
 
 
 def write_plot(outcomes: list[CaseOutcome], path: Path) -> str:
-    """A PNG of error/allowed per dtype and reference (log scale, tolerance at 1). Returns the
-    sentence REPORT.md shows: the image, or why it was skipped."""
+    """Write ``render_plot``'s PNG to ``path`` (when matplotlib is there); returns its sentence."""
+    png, note = render_plot(outcomes, path.name)
+    if png is not None:
+        write_atomic(path, png)
+    return note
+
+
+def render_plot(outcomes: list[CaseOutcome], name: str = "errors.png") -> tuple[bytes | None, str]:
+    """A PNG of error/allowed per dtype and reference (log scale, tolerance at 1), and the
+    sentence REPORT.md shows: the image ``name``, or why it was skipped (the PNG is then None)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "Plot skipped: matplotlib is not installed (`pip install refbp[plot]`)."
+        return None, "Plot skipped: matplotlib is not installed (`pip install refbp[plot]`)."
     import io as _io
 
     series: dict[str, list[float]] = defaultdict(list)
@@ -340,8 +348,7 @@ def write_plot(outcomes: list[CaseOutcome], path: Path) -> str:
     buffer = _io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
-    write_atomic(path, buffer.getvalue())
-    return f"![error distribution]({path.name})"
+    return buffer.getvalue(), f"![error distribution]({name})"
 
 
 # ---- command line -------------------------------------------------------------------------
@@ -354,7 +361,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (every available device), cpu or cuda")
     parser.add_argument("--dtype", default="all", help="all (float64 and float32), float64 or float32")
     parser.add_argument("--fd-mode", default="auto", choices=["auto", "full", "directional"])
-    parser.add_argument("--out", default="reports", help="folder for REPORT.md, report.json, errors.png")
+    parser.add_argument(
+        "--out", default="reports", help="folder for REPORT.md, report.json, errors.png, replaced together"
+    )
     parser.add_argument(
         "--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads, at most the CPUs (default %(default)s)"
     )
@@ -381,8 +390,8 @@ def _dtypes(option: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check every option before any work (a bad --out used to fail after the whole sweep),
-    run the sweep, and write the report files."""
+    """Check every option before any work, run the sweep, and replace the report files as one
+    set (refbp.apps.io.write_set): REPORT.md, report.json and errors.png always match."""
     out = check_out_folder(args.out)
     check_examples(args.examples)
     check_seed(args.seed, "--seed")
@@ -401,10 +410,13 @@ def run(args: argparse.Namespace) -> int:
         fd_mode=args.fd_mode, progress=not args.no_progress,
     )  # fmt: skip
     doc = build_json(outcomes, settings, seconds)
-    plot_note = write_plot(outcomes, out / "errors.png")
+    png, plot_note = render_plot(outcomes, "errors.png")
     extra = [_bugs_section(out)]
-    write_atomic(out / "report.json", json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    write_atomic(out / "REPORT.md", render_markdown(doc, plot_note, [e for e in extra if e]))
+    write_set(out, {
+        "report.json": json.dumps(doc, indent=1, sort_keys=False) + "\n",
+        "REPORT.md": render_markdown(doc, plot_note, [e for e in extra if e]),
+        "errors.png": png,  # None (no matplotlib) removes an old plot the new REPORT.md does not show
+    })  # fmt: skip
     s = doc["summary"]
     print(f"refbp report: {s['passed']}/{s['cases']} cases passed, {s['comparisons']} comparisons, "
           f"{seconds:.1f} s; wrote {out / 'REPORT.md'}, {out / 'report.json'}")  # fmt: skip
