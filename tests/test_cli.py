@@ -1,5 +1,5 @@
-"""The command line: the report job writes complete, deterministic files atomically; bad
-usage exits 2 with one readable line and no traceback (writing files: test_io.py)."""
+"""The command line: the report job writes complete, deterministic files as one set; bad
+usage exits 2 with one readable line and no traceback (more in test_faults.py, test_io.py)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import random
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from ..verify.cases import CaseSpec
 from ..verify.check import CheckResult, check
 from .arguments import MAX_EXAMPLES, check_examples, check_out_folder, check_threads
 from .io import write_atomic, write_set
+from .progress import Progress as _Progress
 
 __all__ = ["SCHEMA", "CaseOutcome", "add_arguments", "run", "run_report", "sweep_specs"]
 
@@ -129,29 +129,6 @@ def sweep_specs(examples: int, seed: int) -> list[tuple[str, CaseSpec]]:
         )
         out.append((f"random #{k + 1}", spec))
     return out
-
-
-class _Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.done, self.step = total, enabled, 0, -1
-        self.tty = sys.stderr.isatty()
-
-    def advance(self, failed: int) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        fraction = self.done / max(1, self.total)
-        if self.tty:
-            bar = "#" * int(30 * fraction)
-            sys.stderr.write(f"\r[{bar:<30}] {self.done}/{self.total} cases, {failed} failed")
-            if self.done == self.total:
-                sys.stderr.write("\n")
-        elif int(10 * fraction) > self.step:
-            self.step = int(10 * fraction)
-            sys.stderr.write(f"refbp report: {self.done}/{self.total} cases, {failed} failed\n")
-        sys.stderr.flush()
 
 
 def run_report(
@@ -367,7 +344,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads, at most the CPUs (default %(default)s)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress on stderr (a bar on a terminal, else a line per 10%%)"
+    )
 
 
 def _devices(option: str) -> list[str]:
