@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from refbp.apps.cli import main
-from refbp.apps.progress import FALLBACK_COLUMNS, Progress, close_all
+from refbp.apps.progress import FALLBACK_SIZE, Progress, close_all
 
 
 def _read_all(fd: int) -> str:
@@ -31,16 +31,16 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def _terminal(columns: int) -> tuple[int, int]:
-    """A pseudo-terminal (leader, follower) that reports ``columns`` columns (0: says nothing)."""
+def _terminal(columns: int, lines: int) -> tuple[int, int]:
+    """A pseudo-terminal (leader, follower) that reports its size as given (0: says nothing)."""
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
     return leader, follower
 
 
-@pytest.mark.parametrize("columns", [100, 0])
-def test_a_terminal_gets_tqdms_bar_with_the_failures(columns: int) -> None:
-    leader, follower = _terminal(columns)
+@pytest.mark.parametrize(("columns", "lines"), [(100, 30), (0, 0), (90, 0)])
+def test_a_terminal_gets_tqdms_bar_with_the_failures(columns: int, lines: int) -> None:
+    leader, follower = _terminal(columns, lines)
     with os.fdopen(follower, "w", encoding="utf-8") as terminal:
         assert terminal.isatty()
         bar = Progress(4, True, stream=terminal)
@@ -50,7 +50,8 @@ def test_a_terminal_gets_tqdms_bar_with_the_failures(columns: int) -> None:
         text = _read_all(leader)
     os.close(leader)
     assert "refbp report: 100%|" in text and "4/4" in text and "1 failed" in text and "\r" in text
-    assert max(len(line) for line in text.split("\r")) <= (columns or FALLBACK_COLUMNS) + 2
+    width = columns if columns and lines else FALLBACK_SIZE.columns
+    assert max(len(line) for line in text.split("\r")) <= width + 2
 
 
 def test_a_log_gets_one_plain_line_per_tenth() -> None:
@@ -75,7 +76,7 @@ def test_no_progress_draws_nothing(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_an_error_line_starts_on_a_line_of_its_own_after_an_unfinished_bar() -> None:
-    leader, follower = _terminal(80)
+    leader, follower = _terminal(80, 24)
     with os.fdopen(follower, "w", encoding="utf-8") as terminal:
         bar = Progress(10, True, stream=terminal)
         bar.advance(failed=0)

@@ -14,11 +14,12 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-__all__ = ["FALLBACK_COLUMNS", "Progress", "close_all"]
+__all__ = ["FALLBACK_SIZE", "Progress", "close_all"]
 
-FALLBACK_COLUMNS = 80
-"""Width of the bar on a terminal that reports 0 columns (a fresh pseudo-terminal, ``docker run
--t`` before its first resize), where tqdm, asked to follow the width, would draw nothing."""
+FALLBACK_SIZE = os.terminal_size((80, 24))
+"""The classic 80 x 24, for a terminal that reports 0 columns or 0 lines (a fresh pseudo-terminal,
+``docker run -t`` before its first resize, ``script``): there tqdm, asked to follow the terminal's
+size, would draw nothing (0 lines hide every bar)."""
 
 _OPEN: weakref.WeakSet[Progress] = weakref.WeakSet()
 """Bars still drawing, so that an error line can first end the bar's line (``close_all``)."""
@@ -40,9 +41,12 @@ class Progress:
         self.tenth = -1  # the last tenth a plain line was printed for
         self.bar: tqdm[Any] | None = None
         if enabled and self.stream.isatty():
-            follow = _columns(self.stream) > 0
-            self.bar = tqdm(total=total, file=self.stream, desc=label, unit="case", dynamic_ncols=follow,
-                            ncols=None if follow else FALLBACK_COLUMNS)  # fmt: skip
+            size = _size(self.stream)
+            follow = size.columns > 0 and size.lines > 0
+            self.bar = tqdm(
+                total=total, file=self.stream, desc=label, unit="case", dynamic_ncols=follow,
+                ncols=None if follow else FALLBACK_SIZE.columns, nrows=None if follow else FALLBACK_SIZE.lines,
+            )  # fmt: skip
             _OPEN.add(self)
 
     def advance(self, failed: int) -> None:
@@ -72,8 +76,8 @@ def close_all() -> None:
         progress.close()
 
 
-def _columns(stream: TextIO) -> int:
+def _size(stream: TextIO) -> os.terminal_size:
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        return os.get_terminal_size(stream.fileno())
     except (OSError, ValueError):
-        return 0
+        return os.terminal_size((0, 0))
