@@ -1,10 +1,9 @@
-"""The command line: the report job writes complete, deterministic files atomically; bad
-usage exits 2 with one readable line and no traceback."""
+"""The command line: the report job writes complete, deterministic files as one set; bad
+usage exits 2 with one readable line and no traceback (more in test_faults.py, test_io.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 
 import refbp
 from refbp.apps.cli import main
-from refbp.apps.io import write_atomic
 from refbp.apps.report import CaseOutcome, build_json, render_markdown, sweep_specs, write_plot
 
 
@@ -97,7 +95,7 @@ def test_check_subcommand_reads_a_spec_file(tmp_path: Path, capsys: pytest.Captu
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["report", "--examples", "-1"], "--examples -1: expected 0 or more"),
+        (["report", "--examples", "-1"], "--examples=-1 is out of range; expected an int >= 0"),
         (["report", "--device", "tpu"], "--device 'tpu': expected auto, cpu or cuda"),
         (["report", "--examples", "many"], "argument --examples: invalid int value: 'many'"),
         (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
@@ -124,21 +122,7 @@ def test_the_installed_command_prints_no_traceback() -> None:
     """The same path end to end in a fresh interpreter: python -m refbp."""
     done = _run("check", "--case", '{"dims": [3, 2], "activations": ["tanh"], "loss": "bce"}')
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: loss='bce' needs activations[-1]='sigmoid' on the last layer, got 'tanh'"
-
-
-def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "REPORT.md"
-    write_atomic(target, "old\n")
-
-    def fail(src: str, dst: str) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        write_atomic(target, "new\n" * 1000)
-    assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["REPORT.md"]
+    assert done.stderr == "error: --case: loss='bce' needs activations[-1]='sigmoid' on the last layer, got 'tanh'\n"
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

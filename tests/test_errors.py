@@ -50,7 +50,9 @@ def test_bias_of_wrong_shape() -> None:
 def test_bias_of_wrong_rank() -> None:
     Ws, bs = _params()
     bs[1] = torch.randn(2, 2, dtype=F64)  # (d,), (d, 1) and (1, d) are all fine; a matrix is not
-    with pytest.raises(ValueError, match=r"biases\[1\] \(b2\) has shape \(2, 2\).*expected \(d,\), \(d, 1\) or \(1, d\)"):
+    with pytest.raises(
+        ValueError, match=r"biases\[1\] \(b2\) has shape \(2, 2\).*expected \(d,\), \(d, 1\) or \(1, d\)"
+    ):
         refbp.MLP.from_params(weights=Ws, biases=bs, activations=["tanh", "identity"], loss="mse")
 
 

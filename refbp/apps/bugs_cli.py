@@ -23,7 +23,6 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from random import Random
 from typing import Any
 
@@ -36,12 +35,14 @@ from tabulate import tabulate
 
 from ..nn.keys import Key
 from ..nn.network import Network
+from ..nn.validation import check_seed
 from ..verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 from ..verify.check import check
 from ..verify.compare import compare
 from ..verify.tolerances import tolerance_for
+from .arguments import MAX_DRAWS, check_draws, check_out_folder
 from .catalogue import CATALOGUE, Entry, get_entry
-from .io import write_atomic
+from .io import write_set
 
 __all__ = [
     "DEFAULT_DRAWS",
@@ -376,23 +377,30 @@ def _one_thread() -> Iterator[None]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="reports", help="folder for bugs.md and bugs.json (default: reports)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the drawn networks and the search (default 0)")
     parser.add_argument(
-        "--draws", type=int, default=DEFAULT_DRAWS, help=f"networks per entry (default {DEFAULT_DRAWS})"
+        "--out", default="reports", help="folder for bugs.md and bugs.json, replaced together (default: reports)"
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the drawn networks and the search, 0 to 2**32 - 1 (default 0)"
+    )
+    parser.add_argument(
+        "--draws", type=int, default=DEFAULT_DRAWS,
+        help=f"networks per entry, 1 to {MAX_DRAWS:,} (default {DEFAULT_DRAWS})",
+    )  # fmt: skip
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this entry (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.draws < 1:
-        raise ValueError(f"--draws {args.draws}: expected an int >= 1")
+    """Check every option before any work, run the entries, and replace bugs.md and bugs.json
+    as one set (refbp.apps.io.write_set)."""
+    out = check_out_folder(args.out)
+    check_draws(args.draws)
+    check_seed(args.seed, "--seed")
     entries = [get_entry(name) for name in args.only] if args.only else list(CATALOGUE)
     with _one_thread():
         results = [run_bug(bug, draws=args.draws, seed=args.seed) for bug in entries]
         correct = _correct_false_flags(results, args.seed)
-    out = Path(args.out)
-    write_atomic(out / "bugs.md", render_markdown(results, seed=args.seed, draws=args.draws, correct=correct))
+    markdown = render_markdown(results, seed=args.seed, draws=args.draws, correct=correct)
     summary = {
         "non_equivalent": sum(not r.equivalent for r in results),
         "caught": sum(r.ok for r in results if not r.equivalent),
@@ -402,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
         "correct_flagged": correct[0],
     }
     report = {"seed": args.seed, "draws": args.draws, "summary": summary, "bugs": [r.to_dict() for r in results]}
-    write_atomic(out / "bugs.json", json.dumps(report, indent=1) + "\n")
+    write_set(out, {"bugs.md": markdown, "bugs.json": json.dumps(report, indent=1) + "\n"})
     ok = all(r.ok for r in results) and correct[0] == 0
     print(
         f"refbp bugs: {summary['caught']}/{summary['non_equivalent']} bugs caught, "

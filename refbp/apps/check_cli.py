@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,7 +21,12 @@ from ..verify.cases import CaseSpec
 from ..verify.check import check
 from .report import DEFAULT_THREADS
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["MAX_SPEC_BYTES", "add_arguments", "run"]
+
+MAX_SPEC_BYTES = 4 * 2**20
+"""Largest --spec file read: 4 MiB. A spec refbp can check is under 20 KB (MAX_LAYERS sizes and
+activation names), so a larger file is not a spec; the cap bounds what reading and json.loads
+may spend on a wrong file (a 4 MiB array parses into about 100 MB of Python objects)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,21 +39,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.spec is not None:
-        path = Path(args.spec)
-        if not path.is_file():
-            raise ValueError(f"--spec {args.spec}: no such file")
-        text, where = path.read_text(encoding="utf-8"), f"--spec {args.spec}"
+        text, where = _read_spec(args.spec), f"--spec {args.spec}"
     else:
         text, where = args.case, "--case"
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
+    except RecursionError:
+        raise ValueError(
+            f"{where}: JSON nested deeper than Python can parse ({sys.getrecursionlimit()} levels); "
+            "expected a flat object with dims, activations and loss"
+        ) from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ValueError(f"{where}: not a JSON refbp can read ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a JSON object with dims, activations and loss")
-    spec = CaseSpec.from_dict(data)
+        raise ValueError(f"{where}: expected a JSON object with dims, activations and loss, got {type(data).__name__}")
+    try:
+        spec = CaseSpec.from_dict(data)
+        case = spec.build()
+    except (ValueError, TypeError) as err:
+        raise (TypeError if isinstance(err, TypeError) else ValueError)(f"{where}: {err}") from None
     torch.set_num_threads(DEFAULT_THREADS)  # one small network: one thread is fastest
-    case = spec.build()
     result = check(case.net, case.X, case.y, fd_mode=args.fd_mode, seed=spec.seed)
     if args.json:
         print(json.dumps({"spec": json.loads(spec.to_json()), **result.to_dict()}, indent=1))
@@ -56,3 +69,25 @@ def run(args: argparse.Namespace) -> int:
         if not result.passed:
             print(result.failure_message())
     return 0 if result.passed else 1
+
+
+def _read_spec(option: str) -> str:
+    """The text of the --spec file: a regular file of at most MAX_SPEC_BYTES bytes of UTF-8."""
+    path = Path(option)
+    if not path.exists():
+        raise ValueError(f"--spec {option}: no such file")
+    if not path.is_file():
+        raise ValueError(f"--spec {option}: not a regular file; expected a JSON file")
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
+    except OSError as err:
+        raise ValueError(f"--spec {option}: cannot be read ({err.strerror})") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise ValueError(
+            f"--spec {option}: larger than {MAX_SPEC_BYTES // 2**20} MiB; expected a JSON case spec (under 20 KB)"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--spec {option}: not UTF-8 text ({err.reason} at byte {err.start})") from None

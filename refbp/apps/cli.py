@@ -1,8 +1,11 @@
 """The ``refbp`` command: report, check, explain, bugs.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
-``run(args) -> int``. Exit codes: 0 all good, 1 a check failed, 2 bad usage (one line on
-stderr, no traceback).
+``run(args) -> int``. Exit codes: 0 all good, 1 a check failed, 2 bad usage (one ``error:``
+line on stderr naming the option or key, its value and what was expected; no traceback),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Interrupted or terminated at any moment,
+even while torch is being imported, the command prints one line and leaves no temporary
+files, and the report files it writes change as a set or not at all (refbp.apps.io).
 """
 
 from __future__ import annotations
@@ -12,7 +15,19 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["SUBCOMMANDS", "UsageError", "main"]
+from .signals import Terminated, stop_signals_raise
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", "SUBCOMMANDS", "UsageError", "main"]
+
+EXIT_USAGE = 2
+"""Bad usage, as argparse and most Unix tools report it."""
+
+EXIT_INTERRUPTED = 128 + 2
+"""Ctrl-C (SIGINT, signal 2): 128 + the signal's number is what a shell reports for a command a
+signal stopped, so scripts see the same status whether or not refbp caught the signal."""
+
+EXIT_TERMINATED = 128 + 15
+"""SIGTERM (signal 15), by the same rule."""
 
 SUBCOMMANDS = {
     "report": ("refbp.apps.report", "sweep networks, check every gradient, write reports/REPORT.md + report.json"),
@@ -47,24 +62,36 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (the console script exits with it)."""
+    """Run the command line; returns the exit code (the console script exits with it).
+
+    SIGTERM raises ``Terminated`` for the whole run, the subcommand's import (torch) included,
+    so ``finally`` blocks run for it as for Ctrl-C."""
     try:
-        argv = list(sys.argv[1:] if argv is None else argv)
-        parser = build_parser(argv)
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help(sys.stderr)
-            return 2
-        return int(args.run(args))
+        with stop_signals_raise():
+            argv = list(sys.argv[1:] if argv is None else argv)
+            parser = build_parser(argv)
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help(sys.stderr)
+                return EXIT_USAGE
+            return int(args.run(args))
     except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err), EXIT_USAGE)
+    except (ValueError, TypeError, OSError) as err:
+        return _fail(str(err), EXIT_USAGE)
+    except Terminated:  # before KeyboardInterrupt, which it is a kind of
+        return _fail("terminated", EXIT_TERMINATED)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, code: int) -> int:
+    """Print the one error line (after ending a progress bar's line, if one is drawing)."""
+    progress = sys.modules.get("refbp.apps.progress")  # loaded only if a bar may be drawing
+    if progress is not None:
+        progress.close_all()
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

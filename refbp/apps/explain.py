@@ -29,6 +29,8 @@ from torch import Tensor
 from ..nn.activations import get_activation
 from ..nn.losses import get_loss
 from ..nn.mlp import MLP
+from ..nn.validation import check_seed
+from ..verify.cases import check_dims, check_network_fits
 from ..verify.compare import Comparison, compare
 from ..verify.reference import TORCH_ACTIVATIONS, autograd_gradients, torch_loss
 from ..verify.tolerances import tolerance_for
@@ -566,14 +568,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--activations", type=_name_list, default=None, help="one per layer, or one for all (default sigmoid)"
     )
     parser.add_argument("--loss", default="half_sse", help="half_sse (default), mse, bce or cross_entropy")
-    parser.add_argument("--seed", type=int, default=0, help="draws the parameters and the point (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="draws the parameters and the point, 0 to 2**32 - 1 (default 0)"
+    )
     parser.add_argument("--batch", type=int, default=2, help="N, the number of observations (default 2)")
     parser.add_argument("--markdown", action="store_true", help="emit the same walk-through as Markdown")
     parser.add_argument("--ascii", action="store_true", help="[ok]/[FAIL] instead of check marks")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the walk-through; 0 when every step agrees with torch, 1 otherwise."""
+    """Print the walk-through; 0 when every step agrees with torch, 1 otherwise. The numbers
+    are checked first: a seed torch would alias, or a network too deep or too large for memory,
+    is refused before anything is drawn."""
+    check_seed(args.seed, "--seed")
+    dims = check_dims(args.dims, "--dims")
+    if args.batch >= 1:  # walkthrough refuses the others, saying why
+        check_network_fits(dims, args.batch, "the --dims network")
     w = walkthrough(dims=args.dims, activations=args.activations, loss=args.loss, seed=args.seed, batch=args.batch)
     encoding = getattr(sys.stdout, "encoding", None) or "ascii"
     try:

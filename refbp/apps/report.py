@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import random
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -37,9 +36,12 @@ from tabulate import tabulate
 from .. import __version__
 from ..nn.activations import ACTIVATIONS
 from ..nn.losses import LOSSES
+from ..nn.validation import check_seed
 from ..verify.cases import CaseSpec
 from ..verify.check import CheckResult, check
-from .io import write_atomic
+from .arguments import MAX_EXAMPLES, check_examples, check_out_folder, check_threads
+from .io import write_atomic, write_set
+from .progress import Progress as _Progress
 
 __all__ = ["SCHEMA", "CaseOutcome", "add_arguments", "run", "run_report", "sweep_specs"]
 
@@ -127,29 +129,6 @@ def sweep_specs(examples: int, seed: int) -> list[tuple[str, CaseSpec]]:
         )
         out.append((f"random #{k + 1}", spec))
     return out
-
-
-class _Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.done, self.step = total, enabled, 0, -1
-        self.tty = sys.stderr.isatty()
-
-    def advance(self, failed: int) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        fraction = self.done / max(1, self.total)
-        if self.tty:
-            bar = "#" * int(30 * fraction)
-            sys.stderr.write(f"\r[{bar:<30}] {self.done}/{self.total} cases, {failed} failed")
-            if self.done == self.total:
-                sys.stderr.write("\n")
-        elif int(10 * fraction) > self.step:
-            self.step = int(10 * fraction)
-            sys.stderr.write(f"refbp report: {self.done}/{self.total} cases, {failed} failed\n")
-        sys.stderr.flush()
 
 
 def run_report(
@@ -305,15 +284,23 @@ def _fmt(x: float | str) -> str:
 
 
 def write_plot(outcomes: list[CaseOutcome], path: Path) -> str:
-    """A PNG of error/allowed per dtype and reference (log scale, tolerance at 1). Returns the
-    sentence REPORT.md shows: the image, or why it was skipped."""
+    """Write ``render_plot``'s PNG to ``path`` (when matplotlib is there); returns its sentence."""
+    png, note = render_plot(outcomes, path.name)
+    if png is not None:
+        write_atomic(path, png)
+    return note
+
+
+def render_plot(outcomes: list[CaseOutcome], name: str = "errors.png") -> tuple[bytes | None, str]:
+    """A PNG of error/allowed per dtype and reference (log scale, tolerance at 1), and the
+    sentence REPORT.md shows: the image ``name``, or why it was skipped (the PNG is then None)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "Plot skipped: matplotlib is not installed (`pip install refbp[plot]`)."
+        return None, "Plot skipped: matplotlib is not installed (`pip install refbp[plot]`)."
     import io as _io
 
     series: dict[str, list[float]] = defaultdict(list)
@@ -338,22 +325,28 @@ def write_plot(outcomes: list[CaseOutcome], path: Path) -> str:
     buffer = _io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
-    write_atomic(path, buffer.getvalue())
-    return f"![error distribution]({path.name})"
+    return buffer.getvalue(), f"![error distribution]({name})"
 
 
 # ---- command line -------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--examples", type=int, default=DEFAULT_EXAMPLES, help="random networks to sweep (default %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sweep (default %(default)s)")
+        "--examples", type=int, default=DEFAULT_EXAMPLES,
+        help=f"random networks to sweep, 0 to {MAX_EXAMPLES:,} (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sweep, 0 to 2**32 - 1 (default %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (every available device), cpu or cuda")
     parser.add_argument("--dtype", default="all", help="all (float64 and float32), float64 or float32")
     parser.add_argument("--fd-mode", default="auto", choices=["auto", "full", "directional"])
-    parser.add_argument("--out", default="reports", help="folder for REPORT.md, report.json, errors.png")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads (default %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--out", default="reports", help="folder for REPORT.md, report.json, errors.png, replaced together"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads, at most the CPUs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress on stderr (a bar on a terminal, else a line per 10%%)"
+    )
 
 
 def _devices(option: str) -> list[str]:
@@ -376,12 +369,14 @@ def _dtypes(option: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.examples < 0:
-        raise ValueError(f"--examples {args.examples}: expected 0 or more")
-    if args.threads < 1:
-        raise ValueError(f"--threads {args.threads}: expected 1 or more")
-    torch.set_num_threads(args.threads)
+    """Check every option before any work, run the sweep, and replace the report files as one
+    set (refbp.apps.io.write_set): REPORT.md, report.json and errors.png always match."""
+    out = check_out_folder(args.out)
+    check_examples(args.examples)
+    check_seed(args.seed, "--seed")
+    check_threads(args.threads)
     devices, dtypes = _devices(args.device), _dtypes(args.dtype)
+    torch.set_num_threads(args.threads)
     settings = {
         "examples": args.examples,
         "seed": args.seed,
@@ -393,12 +388,14 @@ def run(args: argparse.Namespace) -> int:
         examples=args.examples, seed=args.seed, devices=devices, dtypes=dtypes,
         fd_mode=args.fd_mode, progress=not args.no_progress,
     )  # fmt: skip
-    out = Path(args.out)
     doc = build_json(outcomes, settings, seconds)
-    plot_note = write_plot(outcomes, out / "errors.png")
+    png, plot_note = render_plot(outcomes, "errors.png")
     extra = [_bugs_section(out)]
-    write_atomic(out / "report.json", json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    write_atomic(out / "REPORT.md", render_markdown(doc, plot_note, [e for e in extra if e]))
+    write_set(out, {
+        "report.json": json.dumps(doc, indent=1, sort_keys=False) + "\n",
+        "REPORT.md": render_markdown(doc, plot_note, [e for e in extra if e]),
+        "errors.png": png,  # None (no matplotlib) removes an old plot the new REPORT.md does not show
+    })  # fmt: skip
     s = doc["summary"]
     print(f"refbp report: {s['passed']}/{s['cases']} cases passed, {s['comparisons']} comparisons, "
           f"{seconds:.1f} s; wrote {out / 'REPORT.md'}, {out / 'report.json'}")  # fmt: skip

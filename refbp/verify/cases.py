@@ -6,7 +6,10 @@ case is reproducible from its description alone on any device and in any dtype.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,8 +22,9 @@ from ..nn.losses import get_loss
 from ..nn.mlp import MLP
 from ..nn.network import Network, resolve_device
 from ..nn.pieces import Pieces
+from ..nn.validation import check_fits_in_memory, check_int, check_seed
 
-__all__ = ["KINK_MARGIN", "Case", "CaseSpec", "kink_distance"]
+__all__ = ["KINK_MARGIN", "MAX_LAYERS", "Case", "CaseSpec", "check_dims", "check_network_fits", "kink_distance"]
 
 KINK_MARGIN = 1e-4
 """Pre-activations of relu/leaky_relu layers closer than this to 0 put a case "on a kink".
@@ -76,7 +80,16 @@ class CaseSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseSpec:
-        """Build from a dict such as ``refbp check --spec`` reads; unknown keys are refused."""
+        """Build from a dict such as ``refbp check --spec`` reads (JSON), checking every value.
+
+        Strict, because the dict comes from outside: a value of the wrong type is refused, not
+        converted (a seed of 1.7 is not seed 1, and true is not a batch of 1), unknown keys are
+        refused, and a network too deep (MAX_LAYERS) or too large for this machine's memory is
+        refused before anything is allocated. Each error names the key, its value and what was
+        expected.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"a case spec must be a dict (a JSON object), got {type(data).__name__}")
         allowed = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - allowed)
         if unknown:
@@ -84,20 +97,109 @@ class CaseSpec:
         for key in ("dims", "activations", "loss"):
             if key not in data:
                 raise ValueError(f"the case spec needs {key!r}; it has {sorted(data)}")
-        spec = cls(**{**data, "dims": tuple(data["dims"]), "activations": tuple(data["activations"]),
-                      "seed": int(data.get("seed", 0))})  # fmt: skip
-        for k, name in enumerate(spec.activations):
+        dims = check_dims(data["dims"])
+        activations = _check_names(data["activations"], "activations", count=len(dims) - 1)
+        for k, name in enumerate(activations):
             get_activation(name, argument=f"activations[{k}]")
-        get_loss(spec.loss)
-        if spec.dtype not in ("float64", "float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype={spec.dtype!r}; expected float64, float32, float16 or bfloat16")
-        if not isinstance(spec.batch, int) or spec.batch < 1:
-            raise ValueError(f"batch={spec.batch!r}; expected an int >= 1")
-        return spec
+        if not isinstance(data["loss"], str):
+            raise TypeError(f"loss={data['loss']!r} must be a loss name (a str), got {type(data['loss']).__name__}")
+        get_loss(data["loss"])
+        batch = check_int(data.get("batch", cls.batch), "batch", minimum=1)
+        check_network_fits(dims, batch, "the case spec's network")
+        return cls(
+            dims=dims,
+            activations=activations,
+            loss=data["loss"],
+            seed=check_seed(data.get("seed", 0), "seed"),
+            dtype=_check_choice(data.get("dtype", cls.dtype), "dtype", DTYPES),
+            device=_check_device(data.get("device", cls.device)),
+            batch=batch,
+            weight_decay=_check_number(data.get("weight_decay", cls.weight_decay), "weight_decay", positive=False),
+            weight_scale=_check_number(data.get("weight_scale", cls.weight_scale), "weight_scale", positive=True),
+        )
 
     def command(self) -> str:
         """The shell command that checks exactly this case."""
         return f"refbp check --case '{self.to_json()}'"
+
+
+# ---- checking a spec that came from outside (CaseSpec.from_dict) -------------------------
+MAX_LAYERS = 1_000
+"""Most layers a spec may have. Every layer is a step of Python in the forward pass, the
+backward pass and each finite-difference run: 1,000 tanh layers of width 3 check in about 20 s
+on a 2-core machine, while the sweep draws at most 4 and a million would run for days before
+failing. Deeper networks can still be built with MLP directly."""
+
+PARAMETER_COPIES = 5
+"""float64 copies of the parameters a check holds at once: as drawn, in the network, their
+gradients by hand, autograd's copy and autograd's gradients."""
+
+ACTIVATION_COPIES = 8
+"""float64 copies of the activations (N x sum of d_i) a check holds at once: z and a, and
+their gradients dJ/dz and dJ/da, once by hand and once in autograd's graph."""
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+"""The dtypes a case can be built in (float16 and bfloat16 are meant for CUDA)."""
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_dims(value: object, name: str = "dims") -> tuple[int, ...]:
+    """[d_0, ..., d_L]: a list of 2 to MAX_LAYERS + 1 ints >= 1 (the length is checked first,
+    so a million-layer list is refused without looking at its entries)."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name}={value!r} must be a list of layer sizes [d_0, ..., d_L], got {type(value).__name__}")
+    if not 2 <= len(value) <= MAX_LAYERS + 1:
+        raise ValueError(
+            f"{name} lists {len(value)} sizes ({len(value) - 1} layers); expected 2 to {MAX_LAYERS + 1} sizes "
+            f"(1 to MAX_LAYERS={MAX_LAYERS} layers)"
+        )
+    return tuple(check_int(d, f"{name}[{k}]", minimum=1) for k, d in enumerate(value))
+
+
+def check_network_fits(dims: tuple[int, ...], batch: int, what: str) -> None:
+    """Refuse, before allocating, a network and batch whose check cannot fit in memory: a lower
+    bound of what it holds, PARAMETER_COPIES x the parameters and ACTIVATION_COPIES x the
+    activations, in float64."""
+    parameters = sum(d_out * (d_in + 1) for d_in, d_out in itertools.pairwise(dims))
+    activations = batch * sum(dims)
+    nbytes = 8 * (PARAMETER_COPIES * parameters + ACTIVATION_COPIES * activations)
+    check_fits_in_memory(nbytes, f"{what} (dims={_short(dims)}, batch={batch})")
+
+
+def _short(dims: tuple[int, ...]) -> str:
+    return str(list(dims)) if len(dims) <= 8 else f"[{', '.join(map(str, dims[:4]))}, ..., {dims[-1]}]"
+
+
+def _check_names(value: object, name: str, *, count: int) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{name}={value!r} must be a list of names (str), one per layer")
+    if len(value) != count:
+        raise ValueError(f"{name} has {len(value)} names but dims has {count} layers; expected one name per layer")
+    return tuple(value)
+
+
+def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def _check_device(value: object) -> str:
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise ValueError(f"device={value!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:K'")
+    return value
+
+
+def _check_number(value: object, name: str, *, positive: bool) -> float:
+    """A finite real number (int or float, not a bool or a string), > 0 or >= 0."""
+    expected = f"a finite number {'> 0' if positive else '>= 0'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}={value!r} must be {expected}, got {type(value).__name__}")
+    number = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f"{name}={value!r} is out of range; expected {expected}")
+    return number
 
 
 @dataclass
