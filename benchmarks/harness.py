@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from refbp.apps.report import DEFAULT_EXAMPLES, run_report
+from refbp.apps.report import DEFAULT_EXAMPLES
+from refbp.apps.sweep import run_report, sweep_specs
 
 __all__ = ["DEFAULT_EXAMPLES", "time_report_sweep", "time_test_suite"]
 
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def time_report_sweep(examples: int = DEFAULT_EXAMPLES) -> dict[str, Any]:
     """The ``refbp report`` sweep at its default settings (float64 and float32, CPU, fd auto):
     every case checked against autograd and finite differences."""
-    outcomes, seconds = run_report(examples=examples, devices=["cpu"], dtypes=["float64", "float32"], progress=False)
+    specs = sweep_specs(examples, 0)
+    outcomes, seconds = run_report(specs, devices=["cpu"], dtypes=["float64", "float32"], progress=False)
     row = {
         "examples": examples, "checks": len(outcomes), "seconds": seconds,
         "checks_per_second": len(outcomes) / seconds, "all_passed": all(o.result.passed for o in outcomes),

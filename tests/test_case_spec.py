@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from refbp.apps.report import sweep_specs
+from refbp.apps.sweep import sweep_specs
 from refbp.verify.cases import MAX_LAYERS, CaseSpec
+from refbp.verify.stacks import StackSpec
 
 BASE: dict[str, Any] = {"dims": [3, 2], "activations": ["tanh"], "loss": "mse"}
 
@@ -81,7 +82,8 @@ def test_a_million_layers_or_a_gigantic_width_is_refused_at_once() -> None:
 
 def test_every_sweep_spec_round_trips_through_json_unchanged() -> None:
     for _, spec in sweep_specs(60, seed=0):
-        assert CaseSpec.from_dict(json.loads(spec.to_json())) == spec
+        kind = CaseSpec if isinstance(spec, CaseSpec) else StackSpec
+        assert kind.from_dict(json.loads(spec.to_json())) == spec
 
 
 def test_ints_where_floats_are_expected_are_taken_exactly() -> None:

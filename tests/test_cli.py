@@ -12,7 +12,10 @@ import pytest
 
 import refbp
 from refbp.apps.cli import main
-from refbp.apps.report import CaseOutcome, build_json, render_markdown, sweep_specs, write_plot
+from refbp.apps.report import build_json, render_markdown, write_plot
+from refbp.apps.sweep import CaseOutcome, components, sweep_specs
+from refbp.verify.cases import REGIMES, CaseSpec
+from refbp.verify.stacks import StackSpec
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -22,7 +25,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_report_writes_markdown_json_and_plot_and_exits_0(tmp_path: Path) -> None:
     assert main(["report", "--examples", "6", "--seed", "3", "--out", str(tmp_path), "--no-progress"]) == 0
     doc = json.loads((tmp_path / "report.json").read_text())
-    assert doc["schema"] == "refbp.report/1"
+    assert doc["schema"] == "refbp.report/2"
     assert set(doc) == {"schema", "environment", "settings", "summary", "coverage", "cases", "timing"}
     assert doc["summary"]["cases"] == 7 * 2 and doc["summary"]["failed"] == 0
     assert doc["cases"][0]["label"].startswith("seed network")
@@ -53,10 +56,16 @@ def test_report_json_is_identical_apart_from_timing(tmp_path: Path) -> None:
     assert docs[0] == docs[1]
 
 
-def test_sweep_covers_every_activation_and_loss() -> None:
-    specs = [spec for _, spec in sweep_specs(72, seed=0)]
-    assert {a for s in specs for a in s.activations} == set(refbp.nn.activations.ACTIVATIONS)
-    assert {s.loss for s in specs} == set(refbp.nn.losses.LOSSES)
+def test_sweep_covers_every_activation_loss_regime_and_layer() -> None:
+    specs = [spec for _, spec in sweep_specs(200, seed=0)]
+    mlps = [s for s in specs if isinstance(s, CaseSpec)]
+    stacks = [s for s in specs if isinstance(s, StackSpec)]
+    assert {a for s in mlps for a in s.activations} == set(refbp.nn.activations.ACTIVATIONS)
+    assert {s.loss for s in mlps} == {s.loss for s in stacks} == set(refbp.nn.losses.LOSSES)
+    assert {s.regime for s in mlps} == set(REGIMES) and any(s.weight_scale >= 10 for s in mlps)
+    layers = {c for s in stacks for c in components(s)}
+    expected = {"linear", "layernorm", "batchnorm (train)", "batchnorm (eval)", "dropout (train)", "dropout (eval)"}
+    assert expected | {"embedding", "flatten", "residual"} <= layers
 
 
 def test_a_failing_case_is_shown_with_the_command_that_reproduces_it(tmp_path: Path) -> None:

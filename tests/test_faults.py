@@ -20,7 +20,8 @@ import pytest
 from refbp.apps.arguments import MAX_DRAWS, MAX_EXAMPLES
 from refbp.apps.cli import main
 from refbp.apps.io import LOCK_NAME, locked
-from refbp.apps.report import render_plot, run_report
+from refbp.apps.report import render_plot
+from refbp.apps.sweep import run_report, sweep_specs
 
 from .processes import child_env, waiting_on
 
@@ -216,14 +217,15 @@ def _consistent_set(out: Path) -> dict[str, object]:
     text = (out / "REPORT.md").read_text()
     settings, summary = doc["settings"], doc["summary"]
     assert f"`refbp report --examples {settings['examples']} --seed {settings['seed']}`" in text
-    assert f"{summary['passed']} / {summary['cases']} cases, {summary['comparisons']} gradient comparisons" in text
+    assert f"{summary['passed']} / {summary['cases']} cases (" in text
+    assert f"), {summary['comparisons']} gradient comparisons" in text
     assert f"{doc['timing']['seconds']:.1f} s ({doc['timing']['cases_per_second']} cases/s)" in text
     assert (out / "errors.png").read_bytes() == _expected_plot(settings["examples"], settings["seed"])
     return dict(settings)
 
 
 def _expected_plot(examples: int, seed: int) -> bytes:
-    outcomes, _ = run_report(examples=examples, seed=seed, devices=["cpu"], dtypes=["float64"], progress=False)
+    outcomes, _ = run_report(sweep_specs(examples, seed), devices=["cpu"], dtypes=["float64"], progress=False)
     png, _ = render_plot(outcomes)
     assert png is not None
     return png

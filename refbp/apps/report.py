@@ -1,21 +1,26 @@
-"""``refbp report``: the main job. Sweep the seed's network and a seeded set of random networks
-over every activation, loss, dtype and available device; check every gradient against
-autograd and finite differences; write REPORT.md, report.json and a plot.
+"""``refbp report``: the main job. Sweep the seed's network, random MLPs in every regime and
+random layer stacks (refbp.apps.sweep) over every dtype and available device; check every
+gradient against autograd and finite differences; write REPORT.md, report.json and a plot,
+replaced as one set.
 
-report.json schema "refbp.report/1" (every key always present):
+report.json schema "refbp.report/2" (every key always present):
 
-    schema            "refbp.report/1"
+    schema            "refbp.report/2"
     environment       {refbp, torch, python, devices: [..]}
     settings          {examples, seed, devices, dtypes, fd_mode}
-    summary           {cases, passed, failed, comparisons, excluded_entries,
+    summary           {cases, passed, failed, by_kind: {mlp|stack: {cases, passed}}, comparisons,
+                       excluded_entries, unverified_entries,
                        worst_margin: {dtype: {reference: max error/allowed}}}
-    coverage          [{activation, loss, dtype, device, cases, passed}]   one per combination seen
-    cases             [{id, label, spec: CaseSpec fields, passed, margin, n_excluded,
-                        worst: {name, reference, max_rel_error, allowed}, command, failures: [rows]}]
-    timing            {generated, seconds, cases_per_second}     the only key that varies run to run
+    coverage          [{kind, component, loss, dtype, device, cases, passed}]   one per combination seen
+    cases             [{id, label, kind, spec, describe, passed, margin, n_excluded, n_unverified,
+                        worst: {name, reference, max_rel_error, allowed}, command,
+                        failures: [rows], tensors: [failing tensor verdicts]}]
+    timing            {generated, seconds, cases_per_second, processes}   the only key that varies
 
-``margin`` is max over the case's rows of max_abs_error / allowed: a row passes when it is
-<= 1. Rows (in ``failures``) are refbp.compare.Comparison.to_dict() records.
+``margin`` is max over the case's rows of max_abs_error / allowed: a verified entry passes when
+it is <= 1. Rows (in ``failures``) are refbp.verify.compare.Comparison.to_dict() records; a
+case passes when every tensor is verified (refbp.verify.check). ``timing.processes`` is how
+many processes ran the sweep (torchrun: refbp.distributed); nothing else depends on it.
 """
 
 from __future__ import annotations
@@ -23,10 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +38,23 @@ from tabulate import tabulate
 
 from .. import __version__
 from ..nn.activations import ACTIVATIONS
-from ..nn.losses import LOSSES
 from ..nn.validation import check_seed
-from ..verify.cases import CaseSpec
-from ..verify.check import CheckResult, check
 from .arguments import MAX_EXAMPLES, check_examples, check_out_folder, check_threads
 from .io import write_atomic, write_set
-from .progress import Progress as _Progress
+from .sweep import CaseOutcome, components, finite, run_report, sweep_specs
 
-__all__ = ["SCHEMA", "CaseOutcome", "add_arguments", "run", "run_report", "sweep_specs"]
+__all__ = [
+    "SCHEMA",
+    "CaseOutcome",
+    "add_arguments",
+    "build_json",
+    "render_markdown",
+    "run",
+    "run_report",
+    "sweep_specs",
+]
 
-SCHEMA = "refbp.report/1"
+SCHEMA = "refbp.report/2"
 DEFAULT_THREADS = 1
 """torch threads for the sweep. Its tensors are tiny (width <= 12, batch <= 8): a second
 thread only adds synchronisation, and on a shared 2-core machine one thread ran the default
@@ -56,120 +65,17 @@ DEFAULT_EXAMPLES = 200
 activation x loss pair appears several times, small enough to run in well under a minute."""
 
 
-@dataclass
-class CaseOutcome:
-    """One case of the sweep and its CheckResult, reduced to what the report shows."""
-
-    id: int
-    label: str
-    spec: CaseSpec
-    result: CheckResult
-
-    @property
-    def margin(self) -> float:
-        """max over rows of max_abs_error / allowed (a row passes at <= 1)."""
-        return max((row.margin for row in self.result.rows), default=0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        worst = max(self.result.rows, key=lambda r: r.margin)
-        return {
-            "id": self.id,
-            "label": self.label,
-            "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.spec).items()},
-            "passed": self.result.passed,
-            "margin": _finite(self.margin),
-            "n_excluded": self.result.n_excluded,
-            "worst": {
-                "name": worst.name,
-                "reference": worst.reference,
-                "max_rel_error": _finite(worst.max_rel_error),
-                "allowed": _finite(worst.allowed),
-            },
-            "command": self.spec.command(),
-            "failures": [row.to_dict() for row in self.result.failures],
-        }
-
-
-def _finite(x: float) -> float | str:
-    return x if x == x and abs(x) != float("inf") else str(x)
-
-
-# ---- the sweep ----------------------------------------------------------------------------
-def sweep_specs(examples: int, seed: int) -> list[tuple[str, CaseSpec]]:
-    """The seed's network, then ``examples`` random networks drawn from ``seed`` (float64, cpu;
-    the caller sets dtype and device). Losses cycle, and every activation is placed in turn in
-    the first layer, so the coverage matrix fills evenly."""
-    rng = random.Random(seed)
-    names = sorted(ACTIVATIONS)
-    losses = sorted(LOSSES)
-    out = [
-        (
-            "seed network 2-3-1, sigmoid, half_sse",
-            CaseSpec((2, 3, 1), ("sigmoid", "sigmoid"), "half_sse", seed, batch=4),
-        )
-    ]
-    for k in range(examples):
-        loss = losses[k % len(losses)]
-        depth = rng.randint(1, 4)
-        dims = [rng.randint(1, 12) for _ in range(depth)] + [rng.randint(2 if loss == "cross_entropy" else 1, 6)]
-        acts = [names[(k // len(losses) + layer) % len(names)] for layer in range(depth)]
-        required = LOSSES[loss].output_activation
-        if required is not None:
-            acts[-1] = required
-        elif depth > 1:
-            acts[-1] = rng.choice(names)
-        spec = CaseSpec(
-            dims=tuple(dims),
-            activations=tuple(acts),
-            loss=loss,
-            seed=rng.randint(0, 2**31 - 1),
-            batch=rng.randint(1, 8),
-            weight_decay=0.1 if k % 5 == 4 else 0.0,
-            weight_scale=3.0 if k % 4 == 3 else 1.0,
-        )
-        out.append((f"random #{k + 1}", spec))
-    return out
-
-
-def run_report(
-    *,
-    examples: int = DEFAULT_EXAMPLES,
-    seed: int = 0,
-    devices: list[str],
-    dtypes: list[str],
-    fd_mode: str = "auto",
-    progress: bool = True,
-) -> tuple[list[CaseOutcome], float]:
-    """Check every case of the sweep in every dtype and device; returns (outcomes, seconds)."""
-    specs = sweep_specs(examples, seed)
-    total = len(specs) * len(devices) * len(dtypes)
-    bar = _Progress(total, progress)
-    outcomes: list[CaseOutcome] = []
-    failed = 0
-    start = time.perf_counter()
-    for label, base in specs:
-        for device in devices:
-            for dtype in dtypes:
-                spec = CaseSpec(**{**asdict(base), "dtype": dtype, "device": device})
-                case = spec.build()
-                result = check(case.net, case.X, case.y, fd_mode=fd_mode, seed=spec.seed)
-                outcomes.append(CaseOutcome(len(outcomes) + 1, label, spec, result))
-                failed += not result.passed
-                bar.advance(failed)
-    return outcomes, time.perf_counter() - start
-
-
 # ---- rendering ----------------------------------------------------------------------------
 def _coverage(outcomes: list[CaseOutcome]) -> list[dict[str, Any]]:
-    counts: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    counts: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for o in outcomes:
-        for act in sorted(set(o.spec.activations)):
-            cell = counts[(act, o.spec.loss, o.spec.dtype, o.spec.device)]
+        for component in components(o.spec):
+            cell = counts[(o.kind, component, o.spec.loss, o.spec.dtype, o.spec.device)]
             cell[0] += 1
             cell[1] += o.result.passed
     return [
-        {"activation": a, "loss": lo, "dtype": dt, "device": dev, "cases": n, "passed": p}
-        for (a, lo, dt, dev), (n, p) in sorted(counts.items())
+        {"kind": k, "component": c, "loss": lo, "dtype": dt, "device": dev, "cases": n, "passed": p}
+        for (k, c, lo, dt, dev), (n, p) in sorted(counts.items())
     ]
 
 
@@ -180,12 +86,19 @@ def _worst_margins(outcomes: list[CaseOutcome]) -> dict[str, dict[str, float | s
             m = row.margin
             ref = row.reference
             worst[o.spec.dtype][ref] = max(worst[o.spec.dtype].get(ref, 0.0), m)
-    return {dt: {ref: _finite(v) for ref, v in sorted(refs.items())} for dt, refs in sorted(worst.items())}
+    return {dt: {ref: finite(v) for ref, v in sorted(refs.items())} for dt, refs in sorted(worst.items())}
 
 
-def build_json(outcomes: list[CaseOutcome], settings: dict[str, Any], seconds: float) -> dict[str, Any]:
+def build_json(
+    outcomes: list[CaseOutcome], settings: dict[str, Any], seconds: float, *, processes: int = 1
+) -> dict[str, Any]:
     """The report.json document (see the module docstring for the schema)."""
     failed = [o for o in outcomes if not o.result.passed]
+    by_kind: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        counts = by_kind.setdefault(o.kind, {"cases": 0, "passed": 0})
+        counts["cases"] += 1
+        counts["passed"] += o.result.passed
     return {
         "schema": SCHEMA,
         "environment": {
@@ -199,8 +112,10 @@ def build_json(outcomes: list[CaseOutcome], settings: dict[str, Any], seconds: f
             "cases": len(outcomes),
             "passed": len(outcomes) - len(failed),
             "failed": len(failed),
+            "by_kind": dict(sorted(by_kind.items())),
             "comparisons": sum(len(o.result.rows) for o in outcomes),
             "excluded_entries": sum(o.result.n_excluded for o in outcomes),
+            "unverified_entries": sum(row.n_unverified for o in outcomes for row in o.result.rows),
             "worst_margin": _worst_margins(outcomes),
         },
         "coverage": _coverage(outcomes),
@@ -209,6 +124,7 @@ def build_json(outcomes: list[CaseOutcome], settings: dict[str, Any], seconds: f
             "generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "seconds": round(seconds, 3),
             "cases_per_second": round(len(outcomes) / seconds, 2) if seconds > 0 else None,
+            "processes": processes,
         },
     }
 
@@ -220,17 +136,19 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
     lines = [
         "# refbp validation report",
         "",
-        f"**{verdict}**: {s['passed']} / {s['cases']} cases, {s['comparisons']} gradient comparisons "
-        f"(every dJ/dW, dJ/db, dJ/dz, dJ/da and dJ/dX against torch.autograd and against float64 central "
-        f"finite differences).",
+        f"**{verdict}**: {s['passed']} / {s['cases']} cases ({_kinds(s['by_kind'])}), {s['comparisons']} "
+        f"gradient comparisons: every parameter, intermediate and input gradient against torch.autograd and "
+        f"against float64 central finite differences. A case passes when every entry of every gradient is "
+        f"verified by a reference and contradicted by none.",
         "",
         f"Command: `refbp report --examples {settings['examples']} --seed {settings['seed']}` "
         f"(devices: {', '.join(settings['devices'])}; dtypes: {', '.join(settings['dtypes'])}). "
         f"refbp {doc['environment']['refbp']}, torch {doc['environment']['torch']}, "
         f"{doc['timing']['seconds']:.1f} s ({doc['timing']['cases_per_second']} cases/s).",
         "",
-        f"Finite-difference entries excluded because the perturbation crossed a relu/leaky_relu kink: "
-        f"{s['excluded_entries']}.",
+        f"Finite-difference entries excluded because the perturbation crossed a piece boundary (relu's 0, "
+        f"softplus's threshold, bce's clamps) or an unresolvable point: {s['excluded_entries']}; entries some "
+        f"reference could not verify (each verified by another): {s['unverified_entries']}.",
         "",
         "## Worst error relative to the tolerance",
         "",
@@ -240,16 +158,18 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
     refs = sorted({ref for refs in s["worst_margin"].values() for ref in refs})
     rows = [[dt] + [_fmt(s["worst_margin"][dt].get(ref, "")) for ref in refs] for dt in s["worst_margin"]]
     lines += [tabulate(rows, headers=["dtype", *refs], tablefmt="github", disable_numparse=True), ""]
-    lines += ["## Coverage: cases passed / run", "", _coverage_table(doc["coverage"]), ""]
+    lines += ["## Coverage: cases passed / run", "", "MLPs, by activation (any layer) and loss:", ""]
+    lines += [_coverage_table([c for c in doc["coverage"] if c["kind"] == "mlp"]), ""]
+    lines += ["Layer stacks, by layer (BatchNorm and Dropout by mode) and activation:", ""]
+    lines += [_layer_table([c for c in doc["coverage"] if c["kind"] != "mlp"]), ""]
     worst = sorted(doc["cases"], key=lambda c: -_num(c["margin"]))[:8]
     lines += ["## Worst cases", ""]
     table = [
-        [c["id"], c["label"], "-".join(map(str, c["spec"]["dims"])), ",".join(c["spec"]["activations"]),
-         c["spec"]["loss"], c["spec"]["dtype"], f"dJ/d{c['worst']['name']} vs {c['worst']['reference']}",
-         _fmt(c["margin"]), "yes" if c["passed"] else "NO"]
+        [c["id"], c["label"], c["describe"], c["spec"]["dtype"],
+         f"dJ/d{c['worst']['name']} vs {c['worst']['reference']}", _fmt(c["margin"]), "yes" if c["passed"] else "NO"]
         for c in worst
     ]  # fmt: skip
-    headers = ["id", "case", "dims", "activations", "loss", "dtype", "worst comparison", "error/allowed", "ok"]
+    headers = ["id", "case", "network", "dtype", "worst comparison", "error/allowed", "ok"]
     lines += [tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
     failures = [c for c in doc["cases"] if not c["passed"]]
     lines += ["## Failures", ""]
@@ -257,9 +177,11 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
         lines += ["None.", ""]
     for c in failures:
         lines += [f"### case {c['id']} ({c['label']})", "", "Reproduce with:", "", f"    {c['command']}", ""]
+        for r in c["failures"]:
+            row = f"- dJ/d{r['name']} vs {r['reference']}: {r['verdict']}, max rel error {r['max_rel_error']}."
+            lines.append(f"{row} {r['note']}".rstrip())
         lines += [
-            f"- dJ/d{r['name']} vs {r['reference']}: max rel error {r['max_rel_error']}, {r['note']}"
-            for r in c["failures"]
+            f"- dJ/d{v['name']}: {v['verdict']} ({v['note']})" for v in c["tensors"] if v["verdict"] == "unverified"
         ]
         lines.append("")
     lines += ["## Error distribution", "", plot_note, ""]
@@ -267,11 +189,30 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _kinds(by_kind: dict[str, dict[str, int]]) -> str:
+    names = {"mlp": "MLPs", "stack": "layer stacks"}
+    return ", ".join(f"{v['passed']}/{v['cases']} {names.get(k, k)}" for k, v in by_kind.items())
+
+
 def _coverage_table(coverage: list[dict[str, Any]]) -> str:
     columns = sorted({(c["loss"], c["dtype"], c["device"]) for c in coverage})
-    cells = {(c["activation"], c["loss"], c["dtype"], c["device"]): f"{c['passed']}/{c['cases']}" for c in coverage}
+    cells = {(c["component"], c["loss"], c["dtype"], c["device"]): f"{c['passed']}/{c['cases']}" for c in coverage}
     rows = [[act] + [cells.get((act, *col), "-") for col in columns] for act in sorted(ACTIVATIONS)]
     headers = ["activation"] + [f"{lo} {dt} {dev}" for lo, dt, dev in columns]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _layer_table(coverage: list[dict[str, Any]]) -> str:
+    columns = sorted({(c["dtype"], c["device"]) for c in coverage})
+    totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for c in coverage:  # summed over losses
+        cell = totals[(c["component"], c["dtype"], c["device"])]
+        cell[0] += c["cases"]
+        cell[1] += c["passed"]
+    names = sorted({c["component"] for c in coverage}, key=lambda n: (n in ACTIVATIONS, n))
+    rows = [[name] + [f"{totals[(name, *col)][1]}/{totals[(name, *col)][0]}" if (name, *col) in totals else "-"
+                      for col in columns] for name in names]  # fmt: skip
+    headers = ["layer"] + [f"{dt} {dev}" for dt, dev in columns]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -313,8 +254,8 @@ def render_plot(outcomes: list[CaseOutcome], name: str = "errors.png") -> tuple[
     lows = [min(v) for v in series.values() if v]
     low = min(lows) if lows else 1e-6
     bins = [10 ** (k / 4) for k in range(int(4 * torch.log10(torch.tensor(low)).floor()), 9)]
-    for name in sorted(series):
-        ax.hist(series[name], bins=bins, histtype="step", linewidth=1.5, label=f"{name} ({len(series[name])})")
+    for label in sorted(series):
+        ax.hist(series[label], bins=bins, histtype="step", linewidth=1.5, label=f"{label} ({len(series[label])})")
     ax.axvline(1.0, color="black", linestyle="--", label="tolerance")
     ax.set_xscale("log")
     ax.set_xlabel("max |g - r| / allowed, per tensor (passes at <= 1)")
@@ -385,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         "fd_mode": args.fd_mode,
     }
     outcomes, seconds = run_report(
-        examples=args.examples, seed=args.seed, devices=devices, dtypes=dtypes,
+        sweep_specs(args.examples, args.seed), devices=devices, dtypes=dtypes,
         fd_mode=args.fd_mode, progress=not args.no_progress,
     )  # fmt: skip
     doc = build_json(outcomes, settings, seconds)

@@ -24,12 +24,44 @@ from ..nn.network import Network, resolve_device
 from ..nn.pieces import Pieces
 from ..nn.validation import check_fits_in_memory, check_int, check_seed
 
-__all__ = ["KINK_MARGIN", "MAX_LAYERS", "Case", "CaseSpec", "check_dims", "check_network_fits", "kink_distance"]
+__all__ = [
+    "BOUNDARY_OFFSET",
+    "KINK_MARGIN",
+    "MAX_LAYERS",
+    "REGIMES",
+    "TRAIN_STEPS",
+    "Case",
+    "CaseSpec",
+    "check_dims",
+    "check_network_fits",
+    "kink_distance",
+]
 
 KINK_MARGIN = 1e-4
 """Pre-activations of relu/leaky_relu layers closer than this to 0 put a case "on a kink".
 Finite-difference steps move z by about FD_STEP * |a| ~ 1e-5, so 1e-4 keeps central differences
 on one side of every kink; the harness still detects and excludes any crossing that happens."""
+
+
+REGIMES = ("plain", "trained", "boundary")
+"""How a case's network is prepared after it is drawn: "plain" as drawn; "trained" by
+TRAIN_STEPS steps of gradient descent with refbp's own gradients on its (X, y) (bce targets
+rounded to 0 or 1, so that the outputs become confident, as a classifier's do); "boundary"
+with every piecewise activation's first pre-activation moved to BOUNDARY_OFFSET from a
+boundary of its pieces (relu's 0, softplus's threshold, elu's 0), where finite differences
+must notice the crossing."""
+
+TRAIN_STEPS = 200
+"""Gradient-descent steps of the "trained" regime: enough for a small network to fit its few
+points and for sigmoid outputs under bce to come within 1e-4 of 0 or 1."""
+
+TRAIN_LEARNING_RATE = 0.5
+"""The step size of the "trained" regime, halved whenever a step makes J worse (so that no
+drawn network diverges)."""
+
+BOUNDARY_OFFSET = 1e-7
+"""How far from a boundary the "boundary" regime puts a pre-activation: below every
+finite-difference step (>= 6e-6), so that the differences straddle the boundary."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +78,7 @@ class CaseSpec:
     batch: int = 4
     weight_decay: float = 0.0
     weight_scale: float = 1.0
+    regime: str = "plain"
 
     def build(self) -> Case:
         """The network and (X, y), drawn from ``seed``."""
@@ -70,6 +103,11 @@ class CaseSpec:
             y = torch.rand(N, d_L, dtype=torch.float64, generator=generator)  # (N, d_L) in [0, 1]
         else:
             y = torch.empty(N, d_L, dtype=torch.float64).uniform_(-1.0, 1.0, generator=generator)
+        if self.regime == "trained":
+            y = (y > 0.5).to(torch.float64) if self.loss == "bce" else y
+            _train(net64, X, y)
+        elif self.regime == "boundary":
+            _move_to_boundaries(net64, X)
         net = net64.to(dtype=dtype, device=device)
         X = X.to(dtype=dtype, device=device)
         y = y.to(dtype=dtype, device=device) if y.is_floating_point() else y.to(device)
@@ -116,11 +154,55 @@ class CaseSpec:
             batch=batch,
             weight_decay=_check_number(data.get("weight_decay", cls.weight_decay), "weight_decay", positive=False),
             weight_scale=_check_number(data.get("weight_scale", cls.weight_scale), "weight_scale", positive=True),
+            regime=_check_choice(data.get("regime", cls.regime), "regime", REGIMES),
         )
 
     def command(self) -> str:
         """The shell command that checks exactly this case."""
         return f"refbp check --case '{self.to_json()}'"
+
+    def describe(self) -> str:
+        """The network in one short line: dims, activations, loss, batch and what is unusual."""
+        text = f"{'-'.join(map(str, self.dims))} {'/'.join(self.activations)}, {self.loss}, N={self.batch}"
+        if self.weight_decay:
+            text += f", lambda={self.weight_decay:g}"
+        if self.weight_scale != 1.0:
+            text += f", W x {self.weight_scale:g}"
+        return text + ("" if self.regime == "plain" else f", {self.regime}")
+
+
+def _train(net: MLP, X: Tensor, y: Tensor) -> None:
+    """The "trained" regime: gradient descent with refbp's own gradients, in place."""
+    lr = TRAIN_LEARNING_RATE
+    J = float(net.loss(net.forward(X), y))
+    for _ in range(TRAIN_STEPS):
+        grads = net.backward(net.forward(X), y)
+        old = [(layer.W, layer.b) for layer in net.layers]
+        for i, layer in enumerate(net.layers, start=1):
+            layer.params["W"] = layer.W - lr * grads.W(i)  # W(i) <- W(i) - lr dJ/dW(i)
+            layer.params["b"] = layer.b - lr * grads.b(i)  # b(i) <- b(i) - lr dJ/db(i)
+        J_new = float(net.loss(net.forward(X), y))
+        if not J_new <= J:  # worse (or not finite): undo the step and take smaller ones
+            for layer, (W, b) in zip(net.layers, old, strict=True):
+                layer.params["W"], layer.params["b"] = W, b
+            lr *= 0.5
+        else:
+            J = J_new
+
+
+def _move_to_boundaries(net: MLP, X: Tensor) -> None:
+    """The "boundary" regime: for each layer with a piecewise activation, shift b(i)[0] so that
+    z(i)[0, 0] sits BOUNDARY_OFFSET above the activation's first boundary."""
+    for i, layer in enumerate(net.layers, start=1):
+        pieces = layer.activation.pieces
+        if pieces is None:
+            continue
+        z = net.forward(X).z[i]
+        assert z is not None
+        shift = pieces.boundaries[0] + BOUNDARY_OFFSET - float(z[0, 0])
+        b = layer.b.clone()
+        b[0] += shift
+        layer.params["b"] = b
 
 
 # ---- checking a spec that came from outside (CaseSpec.from_dict) -------------------------

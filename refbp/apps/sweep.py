@@ -1,0 +1,245 @@
+"""The sweep ``refbp report`` checks: the seed's network, random MLPs in every regime, random
+layer stacks; each in every dtype and available device.
+
+    specs = sweep_specs(examples=200, seed=0)          # [(label, spec)], float64 on the CPU
+    outcomes, seconds = run_report(specs, devices=["cpu"], dtypes=["float64", "float32"])
+
+Everything is drawn from ``seed`` with Python's own generator, so the same arguments give the
+same cases, in the same order, on any machine: a case's ``id`` is its place in that order
+(``case_order``), which is what lets a sharded sweep (``refbp.distributed``) put its pieces
+back together into the very report one process writes.
+
+Half the random networks are MLPs: losses cycle, every activation takes its turn in the first
+layer; some carry weight decay, some large weights (x3, x10: saturated units), some are
+trained to confident outputs with refbp's own gradients, and some have a pre-activation put
+right at a piecewise boundary (refbp.verify.cases.REGIMES). The other half are layer stacks
+(refbp.verify.stacks): LayerNorm, BatchNorm1d, Dropout, Embedding, Flatten, Residual and every
+activation, in training and in eval mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..nn.activations import ACTIVATIONS
+from ..nn.losses import LOSSES
+from ..verify.cases import CaseSpec
+from ..verify.check import CheckResult, check
+from ..verify.stacks import StackSpec
+from .progress import Progress
+
+__all__ = [
+    "CaseOutcome",
+    "case_order",
+    "check_case",
+    "components",
+    "finite",
+    "random_stack",
+    "run_report",
+    "sweep_specs",
+]
+
+Spec = CaseSpec | StackSpec
+
+
+@dataclass
+class CaseOutcome:
+    """One case of the sweep and its CheckResult, reduced to what the report shows."""
+
+    id: int
+    label: str
+    spec: Spec
+    result: CheckResult
+
+    @property
+    def kind(self) -> str:
+        """ "mlp" or "stack"."""
+        return "mlp" if isinstance(self.spec, CaseSpec) else "stack"
+
+    @property
+    def margin(self) -> float:
+        """max over rows of max_abs_error / allowed (a verified entry passes at <= 1)."""
+        return max((row.margin for row in self.result.rows), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        worst = max(self.result.rows, key=lambda r: r.margin)
+        return {
+            "id": self.id,
+            "label": self.label,
+            "kind": self.kind,
+            "spec": json.loads(self.spec.to_json()),
+            "describe": self.spec.describe(),
+            "passed": self.result.passed,
+            "margin": finite(self.margin),
+            "n_excluded": self.result.n_excluded,
+            "n_unverified": sum(row.n_unverified for row in self.result.rows),
+            "worst": {
+                "name": worst.name,
+                "reference": worst.reference,
+                "max_rel_error": finite(worst.max_rel_error),
+                "allowed": finite(worst.allowed),
+            },
+            "command": self.spec.command(),
+            "failures": [row.to_dict() for row in self.result.failures],
+            "tensors": [t.to_dict() for t in self.result.tensors if not t.passed],
+        }
+
+
+def finite(x: float) -> float | str:
+    """x, or its name ("inf", "nan") where JSON has no number for it."""
+    return x if x == x and abs(x) != float("inf") else str(x)
+
+
+# ---- what is swept ------------------------------------------------------------------------
+def sweep_specs(examples: int, seed: int) -> list[tuple[str, Spec]]:
+    """The seed's network, then ``examples`` random networks drawn from ``seed`` (float64, cpu;
+    the caller sets dtype and device): MLPs and layer stacks in turn."""
+    rng = random.Random(seed)
+    out: list[tuple[str, Spec]] = [
+        (
+            "seed network 2-3-1, sigmoid, half_sse",
+            CaseSpec((2, 3, 1), ("sigmoid", "sigmoid"), "half_sse", seed, batch=4),
+        )
+    ]
+    for k in range(examples):
+        if k % 2 == 0:
+            out.append((f"random MLP #{k // 2 + 1}", _random_mlp(k // 2, rng)))
+        else:
+            out.append((f"random stack #{k // 2 + 1}", random_stack(rng)))
+    return out
+
+
+def _random_mlp(k: int, rng: random.Random) -> CaseSpec:
+    """The k-th random MLP: losses cycle, activations take turns in the first layer, and every
+    tenth network of a kind is trained, put on a boundary, or saturated (weights x10)."""
+    names, losses = sorted(ACTIVATIONS), sorted(LOSSES)
+    loss = losses[k % len(losses)]
+    depth = rng.randint(1, 4)
+    dims = [rng.randint(1, 12) for _ in range(depth)] + [rng.randint(2 if loss == "cross_entropy" else 1, 6)]
+    acts = [names[(k // len(losses) + layer) % len(names)] for layer in range(depth)]
+    required = LOSSES[loss].output_activation
+    if required is not None:
+        acts[-1] = required
+    elif depth > 1:
+        acts[-1] = rng.choice(names)
+    regime = {7: "trained", 9: "boundary"}.get(k % 10, "plain")
+    scale = 10.0 if k % 10 == 5 else 3.0 if k % 4 == 3 else 1.0
+    return CaseSpec(
+        dims=tuple(dims), activations=tuple(acts), loss=loss, seed=rng.randint(0, 2**31 - 1),
+        batch=rng.randint(1, 8), weight_decay=0.1 if k % 5 == 4 else 0.0, weight_scale=scale, regime=regime,
+    )  # fmt: skip
+
+
+def random_stack(rng: random.Random, *, max_depth: int = 4, max_width: int = 8) -> StackSpec:
+    """A random layer stack, as refbp.strategies.stack_specs draws them, from ``rng``."""
+    names, losses = sorted(ACTIVATIONS), sorted(LOSSES)
+    loss = rng.choice(losses)
+    training = rng.random() < 0.6
+    tokens = rng.random() < 0.25
+    width = rng.randint(1, max_width)
+    input_width = width
+    layers: list[Any] = []
+    vocab, length, rows = 0, width, True
+    if tokens:
+        vocab, length, width = rng.randint(2, 8), rng.randint(1, 4), rng.randint(1, max_width)
+        layers.append(["embedding", width])
+        rows = False
+    for _ in range(rng.randint(1, max_depth)):
+        kind = rng.choice(["linear", "activation", "layernorm", "batchnorm", "dropout", "residual"])
+        if kind == "batchnorm" and not rows:
+            layers.append(["flatten"])
+            rows, width = True, width * length
+        if kind == "linear":
+            width = rng.randint(1, max_width)
+            layers.append(["linear", width] + ([{"bias": False}] if rng.random() < 0.2 else []))
+        elif kind == "activation":
+            layers.append([rng.choice(names)])
+        elif kind == "layernorm":
+            layers.append(["layernorm", rng.choice([{}, {"bias": False}, {"affine": False}])])
+        elif kind == "batchnorm":
+            layers.append(["batchnorm", rng.choice([{}, {"affine": False}])])
+        elif kind == "dropout":
+            layers.append(["dropout", rng.choice([0.1, 0.25, 0.5])])
+        else:
+            inner = [["linear", width], [rng.choice(names)]] if rng.random() < 0.7 else [["layernorm"]]
+            layers.append(["residual", inner])
+    if not rows and rng.random() < 0.5:
+        layers.append(["flatten"])
+        rows = True
+    out = rng.randint(2 if LOSSES[loss].targets == "classes" else 1, 5)
+    layers.append(["linear", out])
+    if LOSSES[loss].output_activation not in (None, "identity"):
+        layers.append([LOSSES[loss].output_activation])
+    batchnorm = any(layer[0] == "batchnorm" for layer in layers)
+    spec = {
+        "input": {"vocab": vocab, "length": length} if tokens else input_width,
+        "layers": layers, "loss": loss, "seed": rng.randint(0, 2**31 - 1),
+        "batch": rng.randint(2 if batchnorm and training else 1, 8), "training": training,
+    }  # fmt: skip
+    return StackSpec.from_dict(spec)
+
+
+def components(spec: Spec) -> list[str]:
+    """What a case exercises, for the coverage table: "Dense" and activations for an MLP;
+    layer kinds (BatchNorm and Dropout with their mode) and activations for a stack."""
+    if isinstance(spec, CaseSpec):
+        return sorted({"Dense", *spec.activations})
+    mode = "train" if spec.training else "eval"
+    found: set[str] = set()
+
+    def visit(layers: Sequence[Any]) -> None:
+        for layer in layers:
+            kind = layer[0]
+            found.add(f"{kind} ({mode})" if kind in ("batchnorm", "dropout") else kind)
+            if kind == "residual":
+                visit(layer[1])
+
+    visit(spec.layers)
+    return sorted(found)
+
+
+def case_order(specs: list[tuple[str, Spec]], devices: list[str], dtypes: list[str]) -> list[tuple[str, Spec]]:
+    """Every (label, spec) the sweep checks, in report order: each network in each device and dtype."""
+    return [
+        (label, dataclasses.replace(base, dtype=dtype, device=device))
+        for label, base in specs
+        for device in devices
+        for dtype in dtypes
+    ]
+
+
+def check_case(spec: Spec, fd_mode: str) -> CheckResult:
+    """Build a case and check refbp's own gradients on it."""
+    case = spec.build()
+    return check(case.net, case.X, case.y, fd_mode=fd_mode, seed=spec.seed)
+
+
+def run_report(
+    specs: list[tuple[str, Spec]],
+    *,
+    devices: list[str],
+    dtypes: list[str],
+    fd_mode: str = "auto",
+    progress: bool = True,
+) -> tuple[list[CaseOutcome], float]:
+    """Check every case of the sweep in every dtype and device; returns (outcomes, seconds)."""
+    order = case_order(specs, devices, dtypes)
+    bar = Progress(len(order), progress)
+    outcomes: list[CaseOutcome] = []
+    failed = 0
+    start = time.perf_counter()
+    try:
+        for label, spec in order:
+            result = check_case(spec, fd_mode)
+            outcomes.append(CaseOutcome(len(outcomes) + 1, label, spec, result))
+            failed += not result.passed
+            bar.advance(failed)
+    finally:
+        bar.close()
+    return outcomes, time.perf_counter() - start
