@@ -64,6 +64,8 @@ class Comparison:
         widened: extra allowance for the dtype's conditioning at this point (CONDITIONING_SAFETY
             x torch's own error in that dtype), included in ``allowed``.
         directions: for a directional row, the number of directions (``shape`` is the tensor's).
+        ratio: max over the judged entries of |g_k - r_k| / (allowed + FD_ERROR_SAFETY e_k): an
+            entry is contradicted above 1 (None: computed from max_abs_error and allowed).
         verified: bool mask of the entries verified (the reference's shape; (k,) for a
             directional row); not part of the JSON.
     """
@@ -91,6 +93,7 @@ class Comparison:
     n_imprecise: int = 0
     widened: float = 0.0
     directions: int = 0
+    ratio: float | None = None
     verified: Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -100,8 +103,11 @@ class Comparison:
 
     @property
     def margin(self) -> float:
-        """max_abs_error / allowed: the verified entries pass at <= 1. inf for a shape mismatch
-        (nothing was allowed) and for any error where nothing was allowed; 0 for no error."""
+        """How close the row came to a contradiction: max |g_k - r_k| / (allowed + the entry's
+        finite-difference slack), contradicted above 1. inf for a shape mismatch (nothing was
+        allowed) and for any error where nothing was allowed; 0 for no error."""
+        if self.ratio is not None:
+            return self.ratio
         if self.allowed != self.allowed or self.max_abs_error != self.max_abs_error:  # NaN
             return math.inf
         if self.allowed > 0:
@@ -252,7 +258,7 @@ def compare(
         return Comparison(
             name, reference, shown, expected, 0.0, 0.0, 0.0, None, None, None, n_mismatched, n, n_excluded,
             tol.rtol, tol.atol, allowed, verdict, " ".join(notes), n_unverified, n_nonfinite, n_imprecise,
-            widened, directions, verified,
+            widened=widened, directions=directions, ratio=0.0, verified=verified,
         )  # fmt: skip
     badness = torch.where(bad_g, math.inf, diff)
     badness = torch.where(judged, badness, -1.0)
@@ -260,6 +266,9 @@ def compare(
     index = unravel(flat, expected)
     max_abs = float(badness.reshape(-1)[flat])
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    bound = slack + allowed
+    ratios = torch.where(bound > 0, badness / bound, torch.where(badness > 0, math.inf, 0.0))
+    ratio = float(torch.where(judged, ratios, 0.0).max())
     return Comparison(
         name=name,
         reference=reference,
@@ -284,5 +293,6 @@ def compare(
         n_imprecise=n_imprecise,
         widened=widened,
         directions=directions,
+        ratio=ratio,
         verified=verified,
     )
