@@ -19,6 +19,7 @@ table and the JSON all come from those records.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from torch import Tensor
 from ..nn.network import Network
 from ..nn.validation import check_int, check_seed, describe
 from .compare import Comparison, compare
+from .diagnose import explain_factor, kink_note, proportional
 from .finite_diff import FDResult, function_finite_differences, network_finite_differences
 from .reference import autograd_gradients
 from .tolerances import (
@@ -196,11 +198,14 @@ class CheckResult:
         bad = [t for t in self.tensors if not t.passed]
         if not self.tensors:
             return "nothing was checked: no gradients were given"
-        mismatches = sorted((r for r in self.rows if r.verdict == "mismatch"), key=lambda r: -r.max_rel_error)
+        mismatches = sorted(  # the loss first: a different J explains every gradient after it
+            (r for r in self.rows if r.verdict == "mismatch"), key=lambda r: (r.name != "J", -r.max_rel_error)
+        )
         summary = ", ".join(f"{t.name} {t.verdict}" for t in bad)
         lines = [f"{len(bad)} of {len(self.tensors)} gradients failed ({summary}):"]
         lines += ["  " + row.message() for row in mismatches]
         lines += ["  " + t.message() for t in bad if t.verdict == "unverified"]
+        lines += ["  note: " + hint for hint in self.meta.get("hints", [])]
         return "\n".join(lines)
 
     def raise_if_failed(self) -> None:
@@ -267,14 +272,16 @@ def check(
     seed: int = 0,
     tolerance: Tolerance | None = None,
     noise: Mapping[tuple[int, ...], Tensor] | None = None,
+    J: float | Tensor | np.ndarray | None = None,
 ) -> CheckResult:
     """Check gradients of ``net``'s J at (X, y) against autograd and finite differences.
 
     Args:
-        net, X, y: the network and the point; validated as ``net.forward`` and ``net.loss`` do.
-        grads: the gradients under test, a dict name -> tensor (or NumPy array) with any
-            subset of ``net.keys()`` ("W1", "b1", "z1", "a1", ..., "X"). None checks refbp's
-            own manual backward pass.
+        net, X, y: the network and the point (tensors or NumPy arrays, in the network's
+            layout: refbp.nn.layouts); validated as ``net.forward`` and ``net.loss`` do.
+        grads: the gradients under test, a dict name -> tensor (or NumPy array), in the
+            network's layout, with any subset of ``net.names()`` ("W1", "b1", "z1", "a1", ...,
+            "X"). None checks refbp's own manual backward pass.
         references: any of "autograd" and "fd".
         fd_mode: "full", "directional" or "auto" (full up to FD_AUTO_MAX_ENTRIES entries).
         directions: number of random signed directions per tensor in directional mode.
@@ -282,6 +289,9 @@ def check(
         tolerance: overrides the per-dtype tolerance (refbp.verify.tolerances.TOLERANCES).
         noise: for a network with dropout in training mode, the keep-masks your gradients were
             computed with (``cache.noise``); None draws new ones (right for refbp's own).
+        J: your loss at this point: compared with refbp's first, so that a forward pass or a
+            loss convention that differs (a sum for a mean, another 1/2, another GELU) is
+            reported as such, before any gradient row.
 
     Returns:
         A CheckResult; ``.passed``, ``.rows``, ``.tensors``, ``.raise_if_failed()``.
@@ -290,38 +300,109 @@ def check(
         raise TypeError(f"net must be a refbp network (refbp.MLP, refbp.nn.Network), got {type(net).__name__}")
     _check_options(references, fd_mode, directions, seed, tolerance)
 
-    cache = net.forward(X, update_stats=False, noise=noise)
-    y = net.loss_fn.check_targets(y, cache.y_hat)
-    valid = net.names()
+    X_in = net.input_from_user(X)  # refbp's layout from here on; results go back to the user's
+    cache = Network.forward(net, X_in, update_stats=False, noise=noise)
+    y_in = net.check_targets(y, cache)
+    layout = net.layout
+    sizes = {"N": int(X_in.shape[0]), "d_L": int(cache.y_hat.shape[-1])}  # what a wrong factor may be
     if grads is None:
-        tested = _tensors(net.backward(cache, y).as_dict())
+        own = Network.backward(net, cache, y_in).as_dict()
+        tested = {name: layout.to_user(name, g.detach()) for name, g in own.items()}
     else:
-        tested = _user_grads(grads, valid)
+        tested = _user_grads(grads, net.names())
     names = list(tested)
     dtype = least_precise({t.dtype for t in tested.values() if t.dtype in TOLERANCES}, net.dtype)
     tol = tolerance or tolerance_for(dtype)
-    widened = _conditioning(net, X, y, cache.noise, dtype, names, seed) if tolerance is None else {}
+    widened = _conditioning(net, X_in, y_in, cache.noise, dtype, names, seed) if tolerance is None else {}
 
     rows: list[Comparison] = []
-    J = math.nan
+    J_ref = math.nan
+    kinks = {name: layout.to_user(name, mask) for name, mask in _on_kinks(net, cache).items()}
     if "autograd" in references:
-        J_ref, reference = autograd_gradients(net, X, y, dtype=torch.float64, noise=cache.noise)
-        J = float(J_ref)
-        rows += [
-            compare(name, "autograd", tested[name], reference[name], tol, widened=widened.get(name, 0.0),
-                    J_finite=math.isfinite(J))
-            for name in names
-        ]  # fmt: skip
+        J_autograd, reference = autograd_gradients(net, X_in, y_in, dtype=torch.float64, noise=cache.noise)
+        J_ref = float(J_autograd)
+        for name in names:
+            r = layout.to_user(name, reference[name])
+            row = compare(name, "autograd", tested[name], r, tol, widened=widened.get(name, 0.0),
+                          J_finite=math.isfinite(J_ref))  # fmt: skip
+            row = _with_diagnosis(row, tested[name], r, sizes)
+            rows.append(_with_kink_note(row, tested[name], r, kinks.get(name)))
     mode = None
     if "fd" in references:
         total = sum(t.numel() for t in tested.values())
         mode = fd_mode if fd_mode != "auto" else ("full" if total <= FD_AUTO_MAX_ENTRIES else "directional")
         fd = network_finite_differences(
-            net, X, y, names, noise=cache.noise, mode=mode, directions=directions, seed=seed
+            net, X_in, y_in, names, noise=cache.noise, mode=mode, directions=directions, seed=seed
         )
-        J = next(iter(fd.values())).J if fd else J
-        rows += [_fd_row(name, tested[name], fd[name], mode, tol, widened.get(name, 0.0)) for name in names]
-    return CheckResult(rows=rows, J=J, dtype=str(dtype).removeprefix("torch."), device=str(net.device), fd_mode=mode)
+        J_ref = next(iter(fd.values())).J if fd else J_ref
+        fd = {name: _fd_to_user(layout, name, result) for name, result in fd.items()}
+        rows += [
+            _fd_row(name, tested[name], fd[name], mode, tol, widened.get(name, 0.0), sizes=sizes) for name in names
+        ]
+    if J is not None:
+        rows.insert(0, _loss_row(J, J_ref, tol, sizes))
+    hints = [hint for hint in _kink_hints(net, cache) if any(row.verdict == "mismatch" for row in rows)]
+    return CheckResult(
+        rows=rows, J=J_ref, dtype=str(dtype).removeprefix("torch."), device=str(net.device), fd_mode=mode,
+        meta={"hints": hints} if hints else {},
+    )  # fmt: skip
+
+
+def _fd_to_user(layout: Any, name: str, fd: FDResult) -> FDResult:
+    """Finite differences of ``name`` in the user's layout (directions turned one by one)."""
+    if fd.directions is None:
+        values = layout.to_user(name, fd.values)
+        return FDResult(values, layout.to_user(name, fd.error), layout.to_user(name, fd.excluded), None, fd.J)
+    turned = torch.stack([layout.to_user(name, v) for v in fd.directions])
+    return FDResult(fd.values, fd.error, fd.excluded, turned, fd.J)
+
+
+def _with_diagnosis(row: Comparison, g: Tensor, r: Tensor, sizes: Mapping[str, int]) -> Comparison:
+    """A mismatch row with what its pattern says (refbp.verify.diagnose), when it says something."""
+    if row.verdict != "mismatch" or tuple(g.shape) != tuple(r.shape):
+        return row
+    c = proportional(g, r, row.allowed)
+    if c is None:
+        return row
+    return dataclasses.replace(row, note=(row.note + " " + explain_factor(c, _sizes(sizes)) + ".").strip())
+
+
+def _on_kinks(net: Network, cache: Any) -> dict[str, Tensor]:
+    """ "z{l}" -> where layer l's pre-activation sits exactly on a relu-like kink, for Dense
+    layers whose activation has one (relu, leaky_relu)."""
+    out = {}
+    for l, layer in enumerate(net.layers, start=1):
+        activation = getattr(layer, "activation", None)
+        z = cache.saved[l]
+        if activation is not None and activation.kinked and isinstance(z, Tensor):
+            out[f"z{l}"] = z == activation.pieces.boundaries[0]
+    return out
+
+
+def _with_kink_note(row: Comparison, g: Tensor, r: Tensor, on_kink: Tensor | None) -> Comparison:
+    """A mismatch of dJ/dz(l) whose differing entries are exactly those on a kink, said so."""
+    if on_kink is None or row.verdict != "mismatch" or tuple(g.shape) != tuple(r.shape):
+        return row
+    differs = (g.detach().double().cpu() - r.double().cpu()).abs() > row.allowed
+    note = kink_note(differs, on_kink.cpu())
+    return dataclasses.replace(row, note=(row.note + " " + note + ".").strip()) if note else row
+
+
+def _kink_hints(net: Network, cache: Any) -> list[str]:
+    """One line per layer with pre-activations exactly on a kink: where subgradient conventions differ."""
+    hints = []
+    for name, mask in _on_kinks(net, cache).items():
+        count = int(mask.sum())
+        if count:
+            hints.append(
+                f"layer {name[1:]} has {count} pre-activations exactly on its kink (z == 0), where torch takes "
+                "f'(0) = 0 (leaky_relu: its slope); a gradient that takes the other side's slope differs there"
+            )
+    return hints
+
+
+def _sizes(sizes: Mapping[str, int]) -> dict[str, int]:
+    return {**sizes, "N d_L": sizes["N"] * sizes["d_L"]}
 
 
 def _conditioning(
@@ -334,9 +415,12 @@ def _conditioning(
     seed: int,
 ) -> dict[str, float]:
     """name -> the allowance for this point's conditioning (tolerances.CONDITIONING_SAFETY):
-    CONDITIONING_SAFETY x the largest change of the float64 gradient when every parameter and
-    input moves by one rounding of ``dtype``, or (below float64) of torch's own autograd in
-    ``dtype`` against float64, whichever is larger."""
+    CONDITIONING_SAFETY x the largest change of the float64 gradient when every parameter, the
+    input, and every intermediate and its gradient on the way back, moves by one rounding of
+    ``dtype``; or (below float64) of torch's own autograd in ``dtype`` against float64,
+    whichever is larger. Where a gradient is a sum of large terms that cancel (a bias feeding a
+    BatchNorm, which ignores shifts), the rounding of the terms sets its attainable accuracy,
+    not the size of the result."""
     eps = float(torch.finfo(dtype).eps)
     _, high = autograd_gradients(net, X, y, dtype=torch.float64, noise=noise)
     runs = []
@@ -350,7 +434,10 @@ def _conditioning(
 
     for _ in range(CONDITIONING_PROBES):
         params = {key: rounded(t) for key, t in net.oracle_params(dtype=torch.float64).items()}
-        runs.append(autograd_gradients(net, rounded(X), y, dtype=torch.float64, noise=noise, params=params)[1])
+        probe = autograd_gradients(
+            net, rounded(X), y, dtype=torch.float64, noise=noise, params=params, rounding=eps, generator=generator
+        )
+        runs.append(probe[1])
     if dtype != torch.float64 and net.dtype != torch.float64:
         runs.append(autograd_gradients(net, X, y, dtype=dtype, noise=noise)[1])
     out = {}
@@ -459,22 +546,56 @@ def _fd_tolerance(J: float) -> Tolerance:
 
 
 def _fd_row(
-    name: str, g: Tensor, fd: FDResult, mode: str, tol: Tolerance, widened: float, *, scale_tol: bool = True
+    name: str,
+    g: Tensor,
+    fd: FDResult,
+    mode: str,
+    tol: Tolerance,
+    widened: float,
+    *,
+    scale_tol: bool = True,
+    sizes: Mapping[str, int] | None = None,
 ) -> Comparison:
     if scale_tol:
         tol = combine(tol, _fd_tolerance(fd.J if math.isfinite(fd.J) else 0.0))
     reference = f"fd-{mode}"
     J_finite = math.isfinite(fd.J)
     if fd.directions is None:
-        return compare(name, reference, g, fd.values, tol, excluded=fd.excluded, error=fd.error, widened=widened,
-                       J_finite=J_finite)  # fmt: skip
+        row = compare(name, reference, g, fd.values, tol, excluded=fd.excluded, error=fd.error, widened=widened,
+                      J_finite=J_finite)  # fmt: skip
+        return row if sizes is None else _with_diagnosis(row, g, fd.values, sizes)
     k = fd.directions.shape[0]
     if tuple(g.shape) != tuple(fd.directions.shape[1:]):
         return compare(name, reference, g, fd.directions[0], tol, directions=k)  # a failing shape row
     g64 = g.detach().to(device="cpu", dtype=torch.float64)
     projected = torch.tensordot(fd.directions, g64, dims=g64.dim())  # (k,)  v_k . g
-    return compare(name, reference, projected, fd.values, tol, excluded=fd.excluded, error=fd.error,
-                   widened=widened, J_finite=J_finite, directions=k, shape=tuple(g.shape))  # fmt: skip
+    row = compare(name, reference, projected, fd.values, tol, excluded=fd.excluded, error=fd.error,
+                  widened=widened, J_finite=J_finite, directions=k, shape=tuple(g.shape))  # fmt: skip
+    return row if sizes is None else _with_diagnosis(row, projected, fd.values, sizes)
+
+
+def _loss_row(J: float | Tensor | np.ndarray, J_ref: float, tol: Tolerance, sizes: Mapping[str, int]) -> Comparison:
+    """The user's loss against refbp's (float64, torch's functions), with what a mismatch means."""
+    value = _as_tensor(J, "J").to(torch.float64).reshape(-1)
+    if value.numel() != 1:
+        raise ValueError(f"J must be your loss, one number; got an array of {value.numel()} entries")
+    row = compare("J", "torch", value.reshape(()), torch.tensor(J_ref, dtype=torch.float64), tol)
+    if row.verdict != "mismatch" or J_ref == 0 or not math.isfinite(J_ref):
+        return row
+    c = float(value[0]) / J_ref
+    reasons = []
+    for name, n in _sizes(sizes).items():
+        if n > 1 and abs(c - n) <= 1e-3 * n:
+            reasons.append(f"a sum where refbp (as torch) takes the mean over {name} = {n}?")
+        if n > 1 and abs(c - 1.0 / n) <= 1e-3 / n:
+            reasons.append(f"a mean over {name} = {n} where refbp (as torch) takes the sum?")
+    if abs(c - 2.0) <= 2e-3 or abs(c - 0.5) <= 5e-4:
+        reasons.append("the other 1/2 convention (1/2 ||y_hat - y||^2 or ||y_hat - y||^2)?")
+    if reasons:
+        note = f"your J is {c:.3g}x refbp's: " + " Or ".join(reasons)
+    else:
+        note = "your J differs: a different forward pass or loss (another activation, a GELU variant, another clamp)?"
+    return dataclasses.replace(row, note=note)
 
 
 def _missing_row(name: str, fd: FDResult, mode: str, tol: Tolerance) -> Comparison:

@@ -133,7 +133,7 @@ class Comparison:
         """One paragraph in torch.testing's manner: what differs, by how much, where, what
         was allowed, and what could not be verified."""
         shape = "x".join(str(s) for s in self.shape) or "()"
-        head = f"dJ/d{self.name} vs {self.reference}"
+        head = f"{'J' if self.name == 'J' else 'dJ/d' + self.name} vs {self.reference}"
         if self.directions:  # the tensor's shape, then how many directions stand for it
             head = f"dJ/d{self.name} ({shape}, {self.directions} directions) vs {self.reference}"
         if self.note and self.worst_index is None and self.verdict == "mismatch":

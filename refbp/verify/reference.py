@@ -29,19 +29,38 @@ TORCH_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {name: loss.torch_
 
 
 class _Retain(Tap):
-    """Keeps every intermediate the oracle reports, with retain_grad, to read its gradient."""
+    """Keeps every intermediate the oracle reports, with retain_grad, to read its gradient.
 
-    def __init__(self) -> None:
+    With ``rounding`` > 0 it also imitates a lower precision: every intermediate, and the
+    gradient that flows back into it, is multiplied by (1 + rounding u), u = +-1 at random per
+    entry: one rounding of that precision at each step, as an estimate of how far rounding
+    alone moves the gradients (refbp.verify.check's conditioning allowance)."""
+
+    def __init__(self, rounding: float = 0.0, generator: torch.Generator | None = None) -> None:
         self.kept: dict[str, Tensor] = {}
+        self.rounding = rounding
+        self.generator = generator
+
+    def _jitter(self, t: Tensor) -> Tensor:
+        u = torch.randint(0, 2, t.shape, generator=self.generator).to(t.dtype).mul_(2.0).sub_(1.0)
+        return t * (1.0 + self.rounding * u.to(t.device))
 
     def intermediate(self, key: Key, t: Tensor) -> Tensor:
         # a node of its own: an identity layer hands on its input itself, and two names for one
         # tensor would share one .grad (dJ/d(its input) instead of dJ/d(its output))
-        t = t.view_as(t)
+        t = self._jitter(t) if self.rounding and t.is_floating_point() else t.view_as(t)
         if t.requires_grad:
             t.retain_grad()
+            if self.rounding:
+                t.register_hook(self._jitter)
         self.kept[str(key)] = t
         return t
+
+    def within(self, t: Tensor, domain: tuple[float, float]) -> Tensor:
+        if not self.rounding:
+            return t
+        # a rounding must not push a probability past 0 or 1: keep the value inside, the gradient as is
+        return t + (t.clamp(*domain) - t).detach()
 
 
 def oracle_point(
@@ -78,6 +97,8 @@ def autograd_gradients(
     device: torch.device | str | None = None,
     noise: Mapping[tuple[int, ...], Tensor] | None = None,
     params: Mapping[Key, Tensor] | None = None,
+    rounding: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """J and every gradient of ``net`` at (X, y), by torch.autograd on the oracle.
 
@@ -88,6 +109,7 @@ def autograd_gradients(
         device: evaluate on this device (default: the network's).
         noise: the dropout keep-masks the manual forward drew (``cache.noise``), by layer path.
         params: parameters to use instead of the network's own (``net.oracle_params()``'s keys).
+        rounding, generator: imitate rounding at each intermediate (see _Retain); 0 for none.
 
     Returns:
         (J, grads), grads keyed like ``as_dict()``: "W1", "b1", "z1", "a1", ..., "X";
@@ -101,7 +123,7 @@ def autograd_gradients(
         leaves = {key: t.detach().to(dtype=dtype, device=device).requires_grad_(True) for key, t in given.items()}
         if X_ref.is_floating_point():
             X_ref.requires_grad_(True)
-        tap = _Retain()
+        tap = _Retain(rounding, generator)
         J = net.torch_J(X_ref, y_ref, Params(leaves, net.ties), noise_ref, tap)
         J.backward()
     grads: dict[str, Tensor] = {str(key): _grad_of(t) for key, t in leaves.items()}

@@ -99,12 +99,14 @@ relative)."""
 
 CONDITIONING_SAFETY = 4.0
 """A gradient is also allowed CONDITIONING_SAFETY times how far the float64 gradient moves when
-every parameter and input moves by one rounding of the dtype under test (relative eps, random
-signs; CONDITIONING_PROBES times), and, below float64, times the error torch's own autograd
-makes in that dtype. Where the problem is ill-conditioned (dJ/dp of a confident bce output:
-relative condition 1/(1 - p), 1e13 at p = 1 - 1e-13) no code computing in that dtype can do
-better: refbp's and torch's results differ by rounding order only, and the factor absorbs it.
-Where it is well conditioned both terms are negligible next to the normwise allowance."""
+every parameter, the input, and every intermediate and its gradient on the way back moves by
+one rounding of the dtype under test (relative eps, random signs; CONDITIONING_PROBES times),
+and, below float64, times the error torch's own autograd makes in that dtype. Where the problem
+is ill-conditioned (dJ/dp of a confident bce output: relative condition 1/(1 - p), 1e13 at
+p = 1 - 1e-13), or where a gradient is a sum of large terms that cancel (a bias feeding a
+BatchNorm, which ignores shifts), no code computing in that dtype can do better: refbp's and
+torch's results differ by rounding order only, and the factor absorbs it. Where the problem is
+well conditioned both terms are negligible next to the normwise allowance."""
 
 CONDITIONING_PROBES = 2
 """Random roundings per check: each is one float64 autograd run; two give a stable magnitude
