@@ -3,9 +3,10 @@
     refbp check --spec net.json
     refbp check --case '{"dims": [3, 8, 2], "activations": ["tanh", "identity"], "loss": "mse", "seed": 1}'
 
-The JSON object holds CaseSpec's fields: dims, activations, loss (required); seed, dtype,
-device, batch, weight_decay, weight_scale (optional). Prints the table of comparisons; exits 0
-when all pass, 1 when any fails, 2 on a bad spec.
+The JSON object is an MLP's CaseSpec (dims, activations, loss required; seed, dtype, device,
+batch, weight_decay, weight_scale, regime optional) or a layer stack's StackSpec (input,
+layers, loss; refbp.verify.stacks), as REPORT.md prints them. Prints the table of comparisons;
+exits 0 when all pass, 1 when any fails, 2 on a bad spec.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..verify.cases import CaseSpec
 from ..verify.check import check
+from ..verify.specs import spec_from_dict
 from .report import DEFAULT_THREADS
 
 __all__ = ["MAX_SPEC_BYTES", "add_arguments", "run"]
@@ -54,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:  # e.g. an integer of more than 4300 digits
         raise ValueError(f"{where}: not a JSON refbp can read ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a JSON object with dims, activations and loss, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise ValueError(f"{where}: expected a JSON object (an MLP's dims or a stack's layers), got {kind}")
     try:
-        spec = CaseSpec.from_dict(data)
+        spec = spec_from_dict(data)
         case = spec.build()
     except (ValueError, TypeError) as err:
         raise (TypeError if isinstance(err, TypeError) else ValueError)(f"{where}: {err}") from None
