@@ -14,19 +14,23 @@ README and docs/equations.md all share.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import math
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..nn.activations import get_activation
+from ..nn.layouts import LAYOUTS, check_layout
 from ..nn.losses import get_loss
 from ..nn.mlp import MLP
 from ..nn.validation import check_seed
@@ -247,6 +251,7 @@ class Walkthrough:
     y: Tensor  # (N, d_L) values, or (N,) class indices
     seed: int
     steps: tuple[Step, ...]
+    layout: str = "torch"
 
     @property
     def checks(self) -> list[Comparison]:
@@ -281,6 +286,7 @@ def walkthrough(
     loss: str = "half_sse",
     seed: int = 0,
     batch: int = 2,
+    layout: str = "torch",
 ) -> Walkthrough:
     """Run the forward and backward pass of a float64 network, keeping every step.
 
@@ -290,6 +296,9 @@ def walkthrough(
         loss: a name from refbp.losses.LOSSES; default the seed's half_sse.
         seed: draws the parameters (as MLP.random) and, from seed + 1, the point (X, y).
         batch: N, the number of observations (rows of X).
+        layout: "torch" (one observation per row, the default) or "columns", the seed's own
+            notation: z(i) = W(i) a(i-1) + b(i), one observation per column (refbp.nn.layouts;
+            the same numbers, transposed). "in_out" differs from "torch" in W's layout only.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch={batch!r} must be an int >= 1 (the number of rows of X)")
@@ -304,9 +313,13 @@ def walkthrough(
             f"activations={names} has {len(names)} names but dims={dims} has {len(dims) - 1} layers; "
             "give one name per layer, or one name for all"
         )
+    check_layout(layout)
     net = MLP.random(dims, activations=names, loss=loss, seed=seed, dtype=torch.float64)
     X, y = _draw_point(net, batch, seed)
-    return Walkthrough(net=net, X=X, y=y, seed=seed, steps=tuple(_steps(net, X, y)))
+    steps = _steps(net, X, y)
+    if layout == "columns":
+        steps = _in_columns(steps, net.dims, batch)
+    return Walkthrough(net=net, X=X, y=y, seed=seed, steps=tuple(steps), layout=layout)
 
 
 def _steps(net: MLP, X: Tensor, y: Tensor) -> list[Step]:
@@ -406,6 +419,53 @@ def _steps(net: MLP, X: Tensor, y: Tensor) -> list[Step]:
     return steps
 
 
+_COLUMN_FORMULAS = (
+    (r"z\((\d+)\) = a\((\d+)\) W\((\d+)\)\^T \+ b\((\d+)\)", r"z(\1) = W(\3) a(\2) + b(\4)"),
+    (r"dJ/dW\((\d+)\) = dJ/dz\((\d+)\)\^T a\((\d+)\)", r"dJ/dW(\1) = dJ/dz(\2) a(\3)^T"),
+    (r"dJ/db\((\d+)\) = dJ/dz\((\d+)\)\^T 1  \(column sums\)", r"dJ/db(\1) = dJ/dz(\2) 1  (row sums)"),
+    (r"dJ/da\((\d+)\) = dJ/dz\((\d+)\) W\((\d+)\)", r"dJ/da(\1) = W(\3)^T dJ/dz(\2)"),
+    (r"one row per observation", r"one column per observation"),
+)
+"""The seed's column-vector form of each statement that a row layout writes otherwise."""
+
+
+def _in_columns(steps: list[Step], dims: list[int], N: int) -> list[Step]:
+    """The walk-through in the seed's notation: one observation per column. Every statement is
+    the row form transposed; every value is shown transposed (W(i) and dJ/dW(i) keep their
+    shape, b(i) and dJ/db(i) become columns). The checks are the row form's: the numbers are
+    the same."""
+
+    def dim(k: int) -> str:
+        return str(dims[k])
+
+    out = []
+    for step in steps:
+        formula = step.formula
+        for pattern, replacement in _COLUMN_FORMULAS:
+            formula = re.sub(pattern, replacement, formula)
+        value = step.value
+        if value.dim() == 2 and not formula.startswith(("W(", "dJ/dW(")):
+            value = value.T
+        elif value.dim() == 1 and formula.startswith(("b(", "dJ/db(")):
+            value = value.reshape(-1, 1)
+        numbers = [int(k) for k in re.findall(r"\((\d+)\)", formula)]
+        i = numbers[0] if numbers else len(dims) - 1
+        shapes = {
+            1: f"({dim(i)}, {dim(i - 1)}) ({dim(i - 1)}, {N}) + ({dim(i)}, 1) -> ({dim(i)}, {N})",
+            2: f"({dim(i)}, {N}) -> ({dim(i)}, {N}), elementwise",
+            5: f"({dim(i)}, {N}) o ({dim(i)}, {N}) -> ({dim(i)}, {N})",
+            6: f"({dim(i)}, {N}) ({N}, {dim(i - 1)}) -> ({dim(i)}, {dim(i - 1)}), W({i})'s shape",
+            7: f"({dim(i)}, {N}) ({N}, 1) -> ({dim(i)}, 1)",
+            8: f"({dim(i)}, {dim(i + 1)}) ({dim(i + 1)}, {N}) -> ({dim(i)}, {N})" if i + 1 < len(dims) else "",
+        }.get(step.equation, _shape(value))
+        if step.equation == 8:
+            j = numbers[1]  # dJ/da(j-1) = W(j)^T dJ/dz(j)
+            shapes = f"({dim(j - 1)}, {dim(j)}) ({dim(j)}, {N}) -> ({dim(j - 1)}, {N})"
+        purpose = step.purpose.replace("one row per observation", "one column per observation")
+        out.append(dataclasses.replace(step, formula=formula, shapes=shapes, value=value, purpose=purpose))
+    return out
+
+
 # ---- rendering -------------------------------------------------------------------------
 _TITLES = {0: "Given", 1: "Forward pass", 4: "Backward pass"}
 
@@ -414,7 +474,8 @@ def _header(w: Walkthrough) -> str:
     net = w.net
     return (
         f"Network {'-'.join(str(d) for d in net.dims)}, activations {', '.join(net.activations)}, "
-        f"loss {net.loss_name}, seed {w.seed}, N = {w.X.shape[0]} observations (rows of X), float64. "
+        f"loss {net.loss_name}, seed {w.seed}, N = {w.X.shape[0]} observations "
+        f"({'columns' if w.layout == 'columns' else 'rows'} of X), float64. "
         "Forward numbers are checked against torch.nn.functional, gradients against torch.autograd."
     )
 
@@ -572,6 +633,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="draws the parameters and the point, 0 to 2**32 - 1 (default 0)"
     )
     parser.add_argument("--batch", type=int, default=2, help="N, the number of observations (default 2)")
+    parser.add_argument(
+        "--layout", default="torch", choices=list(LAYOUTS),
+        help="torch (one observation per row, default) or columns (the seed's z = W a + b); in_out is torch's walk",
+    )  # fmt: skip
+    parser.add_argument("--stack", help="walk a layer stack instead (a JSON StackSpec, as refbp check --case takes)")
+    parser.add_argument("--model", choices=sorted(BUILT_IN_MODELS), help="walk a built-in network: " + ", ".join(
+        f"{name} ({text})" for name, text in sorted(BUILT_IN_MODELS.items())))  # fmt: skip
     parser.add_argument("--markdown", action="store_true", help="emit the same walk-through as Markdown")
     parser.add_argument("--ascii", action="store_true", help="[ok]/[FAIL] instead of check marks")
 
@@ -581,10 +649,17 @@ def run(args: argparse.Namespace) -> int:
     are checked first: a seed torch would alias, or a network too deep or too large for memory,
     is refused before anything is drawn."""
     check_seed(args.seed, "--seed")
-    dims = check_dims(args.dims, "--dims")
-    if args.batch >= 1:  # walkthrough refuses the others, saying why
-        check_network_fits(dims, args.batch, "the --dims network")
-    w = walkthrough(dims=args.dims, activations=args.activations, loss=args.loss, seed=args.seed, batch=args.batch)
+    w: Walkthrough | Any
+    if args.stack is not None or args.model is not None:
+        w = _walk_other(args)
+    else:
+        dims = check_dims(args.dims, "--dims")
+        if args.batch >= 1:  # walkthrough refuses the others, saying why
+            check_network_fits(dims, args.batch, "the --dims network")
+        w = walkthrough(
+            dims=args.dims, activations=args.activations, loss=args.loss, seed=args.seed, batch=args.batch,
+            layout=args.layout,
+        )  # fmt: skip
     encoding = getattr(sys.stdout, "encoding", None) or "ascii"
     try:
         "✓✗".encode(encoding)
@@ -593,6 +668,33 @@ def run(args: argparse.Namespace) -> int:
         ascii_only = True
     sys.stdout.write(w.render(markdown=args.markdown, ascii_only=ascii_only))
     return 0 if w.passed else 1
+
+
+BUILT_IN_MODELS = {"layers": "Linear, LayerNorm, tanh, Residual, BatchNorm1d, Dropout, Linear; mse"}
+"""Networks ``refbp explain --model`` walks (refbp.apps.walk.BUILT_IN)."""
+
+
+def _walk_other(args: argparse.Namespace) -> Any:
+    """The walk through a --stack spec or a --model (refbp.apps.walk)."""
+    import json
+
+    from ..verify.stacks import StackSpec
+    from .walk import BUILT_IN, walk_network
+
+    if args.stack is not None and args.model is not None:
+        raise ValueError("--stack and --model: give one network to walk, not two")
+    if args.stack is not None:
+        try:
+            data = json.loads(args.stack)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise ValueError(f"--stack: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--stack: expected a JSON object (a StackSpec), got {type(data).__name__}")
+        spec = StackSpec.from_dict({**data, "dtype": "float64"})
+    else:
+        spec = BUILT_IN[args.model]
+    case = spec.build()
+    return walk_network(case.net, case.X, case.y, description=spec.describe())
 
 
 def explain(
