@@ -76,6 +76,6 @@ def assert_gradients_correct(
     net: Network, X: Tensor | np.ndarray, y: Tensor | np.ndarray, grads: Mapping[str, Any] | None = None, **options: Any
 ) -> CheckResult:
     """``refbp.check(net, X, y, grads, **options).raise_if_failed()``, returning the result."""
-    result = check(net, X, y, grads, **options)  # type: ignore[arg-type]
+    result = check(net, X, y, grads, **options)
     result.raise_if_failed()
     return result

@@ -220,25 +220,25 @@ class MLP(Network):
 
     def __init__(
         self,
-        weights: Sequence[Tensor],
-        biases: Sequence[Tensor],
+        weights: Sequence[Tensor | np.ndarray],
+        biases: Sequence[Tensor | np.ndarray],
         activations: Sequence[str],
         loss_name: str,
         weight_decay: float = 0.0,
         layout: str = "torch",
     ) -> None:
         check_layout(layout)
-        weights = [check_tensor(W, f"weights[{k}] (W{k + 1})", ndim=2) for k, W in enumerate(weights)]
-        biases = [_bias(b, f"biases[{k}] (b{k + 1})") for k, b in enumerate(biases)]
-        bias_shapes = tuple(tuple(b.shape) for b in biases)
+        Ws = [check_tensor(W, f"weights[{k}] (W{k + 1})", ndim=2) for k, W in enumerate(weights)]
+        bs = [_bias(b, f"biases[{k}] (b{k + 1})") for k, b in enumerate(biases)]
+        bias_shapes = tuple(tuple(b.shape) for b in bs)
         if layout == "in_out":  # (d_{i-1}, d_i) as given; refbp keeps torch's (d_i, d_{i-1})
-            weights = [W.T for W in weights]
-        flat = [b.reshape(-1) if b.dim() == 2 else b for b in biases]
-        _validate(weights, flat, list(activations), loss_name, layout)
+            Ws = [W.T for W in Ws]
+        flat = [b.reshape(-1) if b.dim() == 2 else b for b in bs]
+        _validate(Ws, flat, list(activations), loss_name, layout)
         if layout == "columns":  # the seed's b is a column (d_i, 1) unless given otherwise
             bias_shapes = tuple(shape if len(shape) == 2 else (shape[0], 1) for shape in bias_shapes)
         acts = [get_activation(name, argument=f"activations[{k}]") for k, name in enumerate(activations)]
-        layers = [Dense(W, b, act) for W, b, act in zip(weights, flat, acts, strict=True)]
+        layers = [Dense(W, b, act) for W, b, act in zip(Ws, flat, acts, strict=True)]
         super().__init__(layers, loss_name, weight_decay=weight_decay)
         self.layout = Layout(layout, bias_shapes)
 
@@ -247,8 +247,8 @@ class MLP(Network):
     def from_params(
         cls,
         *,
-        weights: Sequence[Tensor],
-        biases: Sequence[Tensor],
+        weights: Sequence[Tensor | np.ndarray],
+        biases: Sequence[Tensor | np.ndarray],
         activations: Sequence[str],
         loss: str,
         weight_decay: float = 0.0,
@@ -384,7 +384,9 @@ class MLP(Network):
     def backward(  # type: ignore[override]
         self, cache: ForwardCache, y: Tensor, *, intermediates: bool = True, release_cache: bool = False
     ) -> Gradients:
-        """Every gradient of J, by hand, from the cache (eqs. 4-9)."""
+        """Every gradient of J, by hand, from the cache (eqs. 4-9); y in the network's layout."""
+        self._check_cache(cache)
+        y = self.targets_from_user(y, cache)
         grads = super().backward(cache, y, intermediates=intermediates, release_cache=release_cache)
         return Gradients.from_network(grads, self.L, self.layout)
 
@@ -419,16 +421,24 @@ class MLP(Network):
         check_fits_in_memory(2 * X.shape[0] * sum(self.dims) * itemsize, f"a forward pass with batch N = {X.shape[0]}")
         return X.detach()
 
-    def check_targets(self, y: object, cache: Cache) -> Tensor:
-        """y must match the loss: (N, d_L) values ((d_L, N) in "columns"), or (N,) int64 class
-        indices in [0, d_L)."""
+    def targets_from_user(self, y: object, cache: Cache) -> Tensor:
+        """y as refbp computes with it: a tensor (from NumPy); (d_L, N) values turned to
+        (N, d_L) in "columns"; then checked as ``check_targets`` does."""
         y = as_tensor(y, "y")
         if isinstance(y, Tensor) and not self.layout.rows and y.dim() == 2:
             N, d_L = cache.y_hat.shape
             if tuple(y.shape) != (d_L, N):
                 raise ValueError(f"y must have shape ({d_L}, {N}) = (d_L, N) like y_hat, got {describe(y)}")
             y = self.layout.targets_from_user(y)
-        return self.loss_fn.check_targets(y, cache.y_hat, rows=True)
+        return self.check_targets(y, cache)
+
+    def check_targets(self, y: object, cache: Cache) -> Tensor:
+        """y must match the loss: (N, d_L) values, or (N,) int64 class indices in [0, d_L)."""
+        return self.loss_fn.check_targets(as_tensor(y, "y"), cache.y_hat, rows=True)
+
+    def loss(self, cache: Cache, y: object) -> Tensor:
+        """J, eq. (3), for y in the network's layout (see Network.loss)."""
+        return super().loss(cache, self.targets_from_user(y, cache))
 
     _output_notation = " = (N, d_L)"
 

@@ -418,6 +418,10 @@ class Network:
     _output_notation = ""
     """How messages name the output's sizes beside their values (an MLP: " = (N, d_L)")."""
 
+    def targets_from_user(self, y: object, cache: Cache) -> Tensor:
+        """y as refbp computes with it (a tensor, from NumPy), checked as ``check_targets`` does."""
+        return self.check_targets(y, cache)
+
     def check_targets(self, y: object, cache: Cache) -> Tensor:
         """y as the loss needs it for the output a(L) in ``cache`` (refbp.nn.losses.Loss.check_targets)."""
         return self.loss_fn.check_targets(as_tensor(y, "y"), cache.y_hat)

@@ -262,8 +262,8 @@ class CheckResult:
 
 def check(
     net: Network,
-    X: Tensor,
-    y: Tensor,
+    X: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
     grads: Mapping[str, Any] | None = None,
     *,
     references: Sequence[str] = REFERENCES,
@@ -302,7 +302,7 @@ def check(
 
     X_in = net.input_from_user(X)  # refbp's layout from here on; results go back to the user's
     cache = Network.forward(net, X_in, update_stats=False, noise=noise)
-    y_in = net.check_targets(y, cache)
+    y_in = net.targets_from_user(y, cache)
     layout = net.layout
     sizes = {"N": int(X_in.shape[0]), "d_L": int(cache.y_hat.shape[-1])}  # what a wrong factor may be
     if grads is None:

@@ -157,7 +157,9 @@ class Comparison:
         return text
 
     def _widened_text(self) -> str:
-        return f" + {self.widened:.3g} for the dtype's conditioning here" if self.widened else ""
+        """The conditioning allowance, when it is a tenth of the rest or more (else it is noise)."""
+        rest = self.allowed - self.widened
+        return f" + {self.widened:.3g} for the conditioning here" if self.widened > 0.1 * rest else ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (inf and NaN as strings, tuples as lists); no tensors."""
