@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 from .nn.activations import ACTIVATIONS
 from .nn.losses import LOSSES, get_loss
+from .nn.mlp import MLP
+from .nn.network import Network
 from .verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 from .verify.stacks import StackSpec
 
@@ -80,7 +82,7 @@ def specs(
 
 
 @st.composite
-def cases(draw: st.DrawFn, *, away_from_kinks: bool = True, **spec_options: object) -> Case:
+def cases(draw: st.DrawFn, *, away_from_kinks: bool = True, **spec_options: object) -> Case[MLP]:
     """A built Case (network, X, y) from ``specs(**spec_options)``.
 
     With ``away_from_kinks`` (the default) cases with a relu/leaky_relu pre-activation within
@@ -200,7 +202,7 @@ def _frozen(value: Any) -> Any:
 
 
 @st.composite
-def stacks(draw: st.DrawFn, *, away_from_kinks: bool = True, **spec_options: Any) -> Case:
+def stacks(draw: st.DrawFn, *, away_from_kinks: bool = True, **spec_options: Any) -> Case[Network]:
     """A built Case (a layer stack, X, y) from ``stack_specs(**spec_options)``; cases with an
     input of a piecewise activation within KINK_MARGIN of a boundary are rejected by default."""
     case = draw(stack_specs(**spec_options)).build()

@@ -53,7 +53,8 @@ def test_every_gradient_step_equals_autograd_and_is_marked(options: dict) -> Non
     steps = {step.formula.split(" =")[0]: step for step in w.steps}
     for name, g in expected.items():
         torch.testing.assert_close(steps[name].value, g, rtol=1e-10, atol=1e-13)
-        assert steps[name].check is not None and steps[name].check.passed, name
+        check = steps[name].check
+        assert check is not None and check.passed, name
     assert w.passed
 
 

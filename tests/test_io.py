@@ -222,7 +222,7 @@ def test_deferred_signals_hold_ctrl_c_and_sigterm_until_the_block_ends() -> None
 def test_a_stop_request_swallowed_by_a_gc_callback_is_raised_again(capsys: pytest.CaptureFixture[str]) -> None:
     """Python runs a signal handler wherever the main thread is; inside a garbage-collector
     callback (hypothesis installs one) it prints the exception as "ignored" and goes on."""
-    sent = []
+    sent: list[str] = []
 
     def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start" and not sent:

@@ -358,7 +358,7 @@ class MLP(Network):
     # ---- the forward pass ---------------------------------------------------------------
     def forward(  # type: ignore[override]
         self,
-        X: Tensor,
+        X: Tensor | np.ndarray,
         *,
         keep_z: bool = True,
         update_stats: bool = True,
@@ -382,7 +382,7 @@ class MLP(Network):
         return ForwardCache(a=a, saved=saved, noise=noise)
 
     def backward(  # type: ignore[override]
-        self, cache: ForwardCache, y: Tensor, *, intermediates: bool = True, release_cache: bool = False
+        self, cache: ForwardCache, y: Tensor | np.ndarray, *, intermediates: bool = True, release_cache: bool = False
     ) -> Gradients:
         """Every gradient of J, by hand, from the cache (eqs. 4-9); y in the network's layout."""
         self._check_cache(cache)

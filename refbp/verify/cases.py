@@ -11,7 +11,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -80,7 +80,7 @@ class CaseSpec:
     weight_scale: float = 1.0
     regime: str = "plain"
 
-    def build(self) -> Case:
+    def build(self) -> Case[MLP]:
         """The network and (X, y), drawn from ``seed``."""
         dtype = getattr(torch, self.dtype)
         device = resolve_device(self.device)
@@ -284,15 +284,18 @@ def _check_number(value: object, name: str, *, positive: bool) -> float:
     return number
 
 
+NetT = TypeVar("NetT", bound=Network)
+
+
 @dataclass
-class Case:
+class Case(Generic[NetT]):
     """A network and the point (X, y) where its gradients are checked.
 
-    ``spec`` is what built it: a CaseSpec (an MLP), a StackSpec (refbp.verify.stacks) or any
-    other description with ``build()``, ``to_json()`` and ``command()``."""
+    ``spec`` is what built it: a CaseSpec (an MLP: Case[MLP]), a StackSpec (refbp.verify.stacks:
+    Case[Network]) or any other description with ``build()``, ``to_json()`` and ``command()``."""
 
     spec: Any
-    net: Network
+    net: NetT
     X: Tensor  # (N, d_0), or int64 token indices
     y: Tensor  # (N, d_L) values or (N,) class indices
 
@@ -307,7 +310,7 @@ class _Distance(Tap):
         self.distance = min(self.distance, pieces.distance(t))
 
 
-def kink_distance(case: Case) -> float:
+def kink_distance(case: Case[Any]) -> float:
     """The smallest distance of an input of a piecewise activation (relu's 0, softplus's
     threshold, ...) to a boundary, over the whole network at the case's point (float64, by
     the network's oracle); inf if there is none. The loss's own pieces (bce's clamps) are not

@@ -180,7 +180,7 @@ class StackSpec:
     weight_decay: float = 0.0
     label: str = field(default="", compare=False)
 
-    def build(self) -> Case:
+    def build(self) -> Case[Network]:
         """The network and (X, y), drawn from ``seed``."""
         layers, out_shape = build_layers(self)
         net64 = Network(layers, self.loss, weight_decay=self.weight_decay).train(self.training)
