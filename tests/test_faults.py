@@ -251,13 +251,11 @@ def test_two_reports_into_one_folder_leave_one_consistent_set(tmp_path: Path) ->
     out.mkdir()
     command = [sys.executable, "-m", "refbp", "report", "--examples", "1", "--dtype", "float64", "--no-progress"]
     with locked(out):
-        children = [
-            subprocess.Popen(
-                [*command, "--seed", str(seed), "--out", str(out)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
-            )  # fmt: skip
-            for seed in (1, 2)
-        ]
+        children = []
+        for seed in (1, 2):
+            arguments = [*command, "--seed", str(seed), "--out", str(out)]
+            pipe = subprocess.PIPE
+            children.append(subprocess.Popen(arguments, stdout=pipe, stderr=pipe, text=True, env=child_env()))
         deadline = time.monotonic() + 300
         while waiting_on(out / LOCK_NAME) != {c.pid for c in children}:
             assert all(c.poll() is None for c in children), [c.communicate() for c in children]

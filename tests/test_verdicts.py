@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refbp
+from refbp.apps.disguises import DISGUISES, Disguise, unmask
 from refbp.examples.descent import gradient_descent_step
 from refbp.testing import assert_gradients_close
 from refbp.verify.check import tensor_verdicts
@@ -201,3 +202,10 @@ def test_a_classifier_trained_to_confidence_with_refbp_s_own_gradients_is_not_a_
     assert float(torch.minimum(y_hat, 1 - y_hat).min()) < 1e-4  # confident: some outputs within 1e-4 of 0 or 1
     result = refbp.check(net.to(dtype=dtype), X.to(dtype), y.to(dtype))
     assert result.passed, result.failure_message()
+
+
+@pytest.mark.parametrize("disguise", DISGUISES, ids=lambda d: d.name)
+def test_every_catalogued_hiding_place_is_seen_through(disguise: Disguise) -> None:
+    caught, verdict = unmask(disguise)
+    assert caught, f"{disguise.name}: {verdict}"
+    assert "unverified" in verdict or "mismatch" in verdict

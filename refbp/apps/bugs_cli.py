@@ -42,6 +42,7 @@ from ..verify.compare import compare
 from ..verify.tolerances import tolerance_for
 from .arguments import MAX_DRAWS, check_draws, check_out_folder
 from .catalogue import CATALOGUE, Entry, get_entry
+from .disguises import DISGUISES, Disguise, unmask
 from .io import write_set
 
 __all__ = [
@@ -331,8 +332,32 @@ def _first(names: Sequence[str], shown: int = 3) -> str:
     return text + (f" (+{len(names) - shown})" if len(names) > shown else "")
 
 
-def render_markdown(results: Sequence[BugResult], *, seed: int, draws: int, correct: tuple[int, int]) -> str:
-    """reports/bugs.md: the section, the right backward pass's own check, and every entry's lines."""
+def render_disguises(unmasked: Sequence[tuple[Disguise, bool, str]], *, heading: str = "##") -> str:
+    """The "harness must not be fooled" section: each hiding place, the verdict, caught or not."""
+    caught = sum(found for _, found, _ in unmasked)
+    lines = [
+        f"{heading} The harness must not be fooled",
+        "",
+        f"**{caught}/{len(unmasked)} wrong gradients caught where a reference can say nothing**: a case passes "
+        "only when every entry is verified by some reference and contradicted by none (refbp.apps.disguises).",
+        "",
+    ]
+    rows = [[f"`{d.name}`", d.title, d.hidden, verdict, "yes" if found else "**NO**"] for d, found, verdict in unmasked]
+    headers = ["disguise", "hidden behind", "what is wrong, and what would hide it", "verdict", "caught"]
+    lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(
+    results: Sequence[BugResult],
+    *,
+    seed: int,
+    draws: int,
+    correct: tuple[int, int],
+    unmasked: Sequence[tuple[Disguise, bool, str]] = (),
+) -> str:
+    """reports/bugs.md: the section, the right backward pass's own check, the disguises, and
+    every entry's lines."""
     flags, checks = correct
     lines = [
         "# refbp bug catalogue",
@@ -344,6 +369,7 @@ def render_markdown(results: Sequence[BugResult], *, seed: int, draws: int, corr
         f"The right backward pass (`refbp.backward`) on the {checks} distinct networks drawn above: "
         f"**{flags} flagged**.",
         "",
+        *([render_disguises(unmasked)] if unmasked else []),
         "## The entries: wrong line, right line, why",
         "",
     ]
@@ -400,7 +426,8 @@ def run(args: argparse.Namespace) -> int:
     with _one_thread():
         results = [run_bug(bug, draws=args.draws, seed=args.seed) for bug in entries]
         correct = _correct_false_flags(results, args.seed)
-    markdown = render_markdown(results, seed=args.seed, draws=args.draws, correct=correct)
+        unmasked = [(d, *unmask(d)) for d in DISGUISES] if not args.only else []
+    markdown = render_markdown(results, seed=args.seed, draws=args.draws, correct=correct, unmasked=unmasked)
     summary = {
         "non_equivalent": sum(not r.equivalent for r in results),
         "caught": sum(r.ok for r in results if not r.equivalent),
@@ -408,10 +435,15 @@ def run(args: argparse.Namespace) -> int:
         "false_flags": sum(sum(r.false_flags.values()) for r in results) + correct[0],
         "correct_checks": correct[1],
         "correct_flagged": correct[0],
+        "disguises": len(unmasked),
+        "disguises_caught": sum(found for _, found, _ in unmasked),
     }
-    report = {"seed": args.seed, "draws": args.draws, "summary": summary, "bugs": [r.to_dict() for r in results]}
+    report = {
+        "seed": args.seed, "draws": args.draws, "summary": summary, "bugs": [r.to_dict() for r in results],
+        "disguises": [{"name": d.name, "title": d.title, "caught": found, "verdict": v} for d, found, v in unmasked],
+    }  # fmt: skip
     write_set(out, {"bugs.md": markdown, "bugs.json": json.dumps(report, indent=1) + "\n"})
-    ok = all(r.ok for r in results) and correct[0] == 0
+    ok = all(r.ok for r in results) and correct[0] == 0 and all(found for _, found, _ in unmasked)
     print(
         f"refbp bugs: {summary['caught']}/{summary['non_equivalent']} bugs caught, "
         f"{summary['false_flags']} false flags ({summary['equivalent']} equivalent mutants, "
