@@ -26,14 +26,19 @@ from ..nn.validation import check_fits_in_memory, check_int, check_seed
 
 __all__ = [
     "BOUNDARY_OFFSET",
+    "DTYPES",
     "KINK_MARGIN",
     "MAX_LAYERS",
     "REGIMES",
     "TRAIN_STEPS",
     "Case",
     "CaseSpec",
+    "check_choice",
+    "check_device",
     "check_dims",
     "check_network_fits",
+    "check_number",
+    "check_spec_keys",
     "kink_distance",
 ]
 
@@ -126,15 +131,7 @@ class CaseSpec:
         refused before anything is allocated. Each error names the key, its value and what was
         expected.
         """
-        if not isinstance(data, dict):
-            raise TypeError(f"a case spec must be a dict (a JSON object), got {type(data).__name__}")
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(f"unknown keys {unknown} in the case spec; expected some of {sorted(allowed)}")
-        for key in ("dims", "activations", "loss"):
-            if key not in data:
-                raise ValueError(f"the case spec needs {key!r}; it has {sorted(data)}")
+        check_spec_keys(data, allowed=set(cls.__dataclass_fields__), required=("dims", "activations", "loss"))
         dims = check_dims(data["dims"])
         activations = _check_names(data["activations"], "activations", count=len(dims) - 1)
         for k, name in enumerate(activations):
@@ -149,12 +146,12 @@ class CaseSpec:
             activations=activations,
             loss=data["loss"],
             seed=check_seed(data.get("seed", 0), "seed"),
-            dtype=_check_choice(data.get("dtype", cls.dtype), "dtype", DTYPES),
-            device=_check_device(data.get("device", cls.device)),
+            dtype=check_choice(data.get("dtype", cls.dtype), "dtype", DTYPES),
+            device=check_device(data.get("device", cls.device)),
             batch=batch,
-            weight_decay=_check_number(data.get("weight_decay", cls.weight_decay), "weight_decay", positive=False),
-            weight_scale=_check_number(data.get("weight_scale", cls.weight_scale), "weight_scale", positive=True),
-            regime=_check_choice(data.get("regime", cls.regime), "regime", REGIMES),
+            weight_decay=check_number(data.get("weight_decay", cls.weight_decay), "weight_decay", positive=False),
+            weight_scale=check_number(data.get("weight_scale", cls.weight_scale), "weight_scale", positive=True),
+            regime=check_choice(data.get("regime", cls.regime), "regime", REGIMES),
         )
 
     def command(self) -> str:
@@ -226,6 +223,18 @@ DTYPES = ("float64", "float32", "float16", "bfloat16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
+def check_spec_keys(data: object, *, allowed: set[str], required: tuple[str, ...], what: str = "case spec") -> None:
+    """A spec from outside is a dict with every ``required`` key and no key outside ``allowed``."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a {what} must be a dict (a JSON object), got {type(data).__name__}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} in the {what}; expected some of {sorted(allowed)}")
+    for key in required:
+        if key not in data:
+            raise ValueError(f"the {what} needs {key!r}; it has {sorted(data)}")
+
+
 def check_dims(value: object, name: str = "dims") -> tuple[int, ...]:
     """[d_0, ..., d_L]: a list of 2 to MAX_LAYERS + 1 ints >= 1 (the length is checked first,
     so a million-layer list is refused without looking at its entries)."""
@@ -261,19 +270,19 @@ def _check_names(value: object, name: str, *, count: int) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}={value!r}; expected one of {', '.join(choices)}")
     return value
 
 
-def _check_device(value: object) -> str:
+def check_device(value: object) -> str:
     if not isinstance(value, str) or not _DEVICE.fullmatch(value):
         raise ValueError(f"device={value!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:K'")
     return value
 
 
-def _check_number(value: object, name: str, *, positive: bool) -> float:
+def check_number(value: object, name: str, *, positive: bool) -> float:
     """A finite real number (int or float, not a bool or a string), > 0 or >= 0."""
     expected = f"a finite number {'> 0' if positive else '>= 0'}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -43,7 +43,7 @@ from ..nn.losses import get_loss
 from ..nn.network import Network, resolve_device
 from ..nn.residual import Residual
 from ..nn.validation import check_int, check_seed
-from .cases import Case
+from .cases import DTYPES, Case, check_choice, check_device, check_number, check_spec_keys
 
 __all__ = ["LAYER_KINDS", "StackSpec", "build_layers"]
 
@@ -209,12 +209,7 @@ class StackSpec:
     def from_dict(cls, data: dict[str, Any]) -> StackSpec:
         """Build from a dict such as ``refbp check --case`` reads; unknown keys are refused."""
         allowed = {"input", "layers", "loss", "seed", "dtype", "device", "batch", "training", "weight_decay"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(f"unknown keys {unknown} in the stack spec; expected some of {sorted(allowed)}")
-        for key in ("input", "layers", "loss"):
-            if key not in data:
-                raise ValueError(f"the stack spec needs {key!r}; it has {sorted(data)}")
+        check_spec_keys(data, allowed=allowed, required=("input", "layers", "loss"), what="stack spec")
         vocab, width = 0, data["input"]
         if isinstance(width, dict):
             vocab = check_int(width.get("vocab"), "input.vocab", minimum=1, maximum=1 << 20)
@@ -225,21 +220,18 @@ class StackSpec:
             raise ValueError(f"layers={layers!r}: expected a non-empty list of [kind, *arguments]")
         if _count(layers) > MAX_STACK_LAYERS:
             raise ValueError(f"the spec has {_count(layers)} layers; at most MAX_STACK_LAYERS = {MAX_STACK_LAYERS}")
+        if not isinstance(data["loss"], str):
+            raise TypeError(f"loss={data['loss']!r} must be a loss name (a str), got {type(data['loss']).__name__}")
         get_loss(data["loss"])
-        dtype = data.get("dtype", "float64")
-        if dtype not in ("float64", "float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype={dtype!r}; expected float64, float32, float16 or bfloat16")
         training = data.get("training", True)
         if not isinstance(training, bool):
             raise TypeError(f"training={training!r} must be true or false")
-        weight_decay = data.get("weight_decay", 0.0)
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
-            raise ValueError(f"weight_decay={weight_decay!r} must be a number >= 0")
         spec = cls(
             input=width, layers=_tuples(layers), loss=data["loss"], seed=check_seed(data.get("seed", 0)), vocab=vocab,
-            dtype=dtype, device=str(data.get("device", "cpu")),
+            dtype=check_choice(data.get("dtype", "float64"), "dtype", DTYPES),
+            device=check_device(data.get("device", "cpu")),
             batch=check_int(data.get("batch", 4), "batch", minimum=1, maximum=1 << 20), training=training,
-            weight_decay=float(weight_decay),
+            weight_decay=check_number(data.get("weight_decay", 0.0), "weight_decay", positive=False),
         )  # fmt: skip
         build_layers(spec)  # every layer must make sense before anything else is drawn
         return spec
