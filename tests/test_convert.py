@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from refbp.nn.network import Cache, Network, NetworkGradients
 from refbp.strategies import stacks
 from refbp.verify.cases import Case
 
-FLOAT64_ROUNDING = {"rtol": 1e-10, "atol": 1e-12}
+FLOAT64_ROUNDING: dict[str, Any] = {"rtol": 1e-10, "atol": 1e-12}
 """refbp and torch compute the same float64 sums in different orders (addmm against matmul,
 two-pass against Welford statistics): the networks here have at most 8 layers of at most 6
 units, so the results differ by a few hundred roundings (eps = 2.2e-16) of the largest term
@@ -31,7 +32,7 @@ at most, about 1e-13 of it. 1e-10 relative (and 1e-12 absolute, for entries that
 leaves a 100x margin over that and is still 1e6 times tighter than any real gradient bug."""
 
 
-def gradient_rounding(grads: NetworkGradients) -> dict[str, float]:
+def gradient_rounding(grads: NetworkGradients) -> dict[str, Any]:
     """FLOAT64_ROUNDING with the absolute part per unit of the largest gradient anywhere in the
     backward pass (intermediates included): a gradient that cancels to 0 (a shift before a
     training BatchNorm, whose output ignores the batch mean) keeps the rounding of its terms,
@@ -131,8 +132,9 @@ def sequentials(draw: st.DrawFn, *, training: bool | None = None) -> Drawn:
             modules.append(nn.Flatten())
             shape = (math.prod(shape),)
     if loss == "cross_entropy":
-        modules.append(nn.Linear(shape[-1], draw(st.integers(2, 4))))
-        shape = (*shape[:-1], modules[-1].out_features)
+        head = nn.Linear(shape[-1], draw(st.integers(2, 4)))
+        modules.append(head)
+        shape = (*shape[:-1], head.out_features)
     elif loss == "bce":
         modules.append(nn.Sigmoid())
     module = nn.Sequential(*modules).to(torch.float64)
@@ -223,7 +225,8 @@ def torch_step(module: nn.Module, X: Tensor, y: Tensor, loss: str) -> tuple[Tens
 def top_level_paths(net: Network) -> dict[int, tuple[int, ...]]:
     """Index of each module in ``net.to_torch()`` -> the path of the layer it comes from (only
     layers that become one module each; that is every layer of the networks drawn here)."""
-    out, offset = {}, 0
+    out: dict[int, tuple[int, ...]] = {}
+    offset = 0
     for l, layer in enumerate(net.layers, start=1):
         modules = layer.torch_modules()
         if len(modules) == 1:
@@ -271,12 +274,17 @@ def batch_statistics_well_conditioned(net: Network, cache: Cache) -> bool:
 
 
 def assert_same(
-    actual: dict[str, Tensor], expected: dict[str, Tensor], tolerance: dict[str, float] = FLOAT64_ROUNDING
+    actual: dict[str, Tensor], expected: dict[str, Tensor], tolerance: dict[str, Any] = FLOAT64_ROUNDING
 ) -> None:
     """The same names, and the same values to float64 rounding (``tolerance``)."""
     assert sorted(actual) == sorted(expected)
     for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], **tolerance, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(actual[name], expected[name], **tolerance, msg=_named(name))
+
+
+def _named(name: str) -> Callable[[str], str]:
+    """assert_close's message, prefixed with the gradient's name."""
+    return lambda message: f"{name}: {message}"
 
 
 # ---- the independent check -----------------------------------------------------------------
@@ -391,11 +399,6 @@ def test_to_torch_computes_the_network_and_autograd_on_it_equals_torch_named(cas
 
 
 # ---- ties ------------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="from_torch clones each module's weight: a weight shared by two nn.Linear loses its tie, "
-    "so torch_named() has '2.weight' (absent from named_parameters()) and '0.weight' gets one use only",
-)
 def test_from_torch_keeps_a_weight_tied_in_torch() -> None:
     gen = torch.Generator().manual_seed(0)
     module = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)).to(torch.float64)
@@ -409,11 +412,6 @@ def test_from_torch_keeps_a_weight_tied_in_torch() -> None:
     assert_same(grads.torch_named(), expected, gradient_rounding(grads))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="to_torch copies a tied weight into each nn.Linear separately: the module's autograd "
-    "gradients are each use's, torch_named() gives both names the sum",
-)
 def test_to_torch_of_a_tied_network_ties_the_weight_in_torch() -> None:
     gen = torch.Generator().manual_seed(0)
     W = torch.randn(3, 3, dtype=torch.float64, generator=gen)
@@ -438,11 +436,6 @@ def test_an_unsupported_module_is_a_value_error_naming_it_and_its_position(posit
     assert "Conv1d" not in supported()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unsupported module inside a TorchResidual is reported as 'Residual body[j]' "
-    "without the residual's own position in the Sequential, and without the supported list",
-)
 def test_an_unsupported_module_inside_a_residual_names_the_residuals_position() -> None:
     inner = nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 1))
     with pytest.raises(ValueError, match=r"module\[1\].*Conv1d.*expected one of"):
@@ -475,11 +468,6 @@ def test_modules_refbp_cannot_reproduce_are_refused_not_converted_wrongly(module
         from_torch(module)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="from_torch builds every Dropout with seed 0: two Dropouts over inputs of one shape draw "
-    "the same mask on every forward pass (torch's are independent)",
-)
 def test_two_dropouts_from_torch_draw_independent_masks() -> None:
     module = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 8), nn.Dropout(0.5)).to(torch.float64)
     net = from_torch(module)

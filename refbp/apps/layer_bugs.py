@@ -18,6 +18,7 @@ checker can or should flag them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -254,8 +255,7 @@ class _EmbeddingOneHot(Embedding):
 
 class _ResidualNoSkip(Residual):
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext) -> LayerGrads:
-        inner_ctx = BackwardContext(ctx.path, ctx.keep_intermediates, False, ctx.need_dx, ctx.weight_decay)
-        grads = stack_backward(self.inner, cache, [dJ_dy], inner_ctx, {})
+        grads = stack_backward(self.inner, cache, [dJ_dy], dataclasses.replace(ctx, overwrite=False))
         return LayerGrads(grads.dJ_dx, {}, grads.intermediates, grads.params)  # wrong: + dJ/dy forgotten
 
 

@@ -40,6 +40,11 @@ class Dropout(Layer):
         self.params = {}
         self.training = True
 
+    def reseed(self, seed: int) -> None:
+        """Draw the masks from ``seed`` from now on (a fresh generator)."""
+        self.seed = check_seed(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
     @property
     def stochastic(self) -> bool:
         return self.training and self.p > 0.0

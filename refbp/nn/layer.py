@@ -101,6 +101,7 @@ class BackwardContext:
         overwrite: the layer may reuse dJ/dout's storage (the caller keeps no reference to it).
         need_dx: compute dJ/dx (False for the first layer when the input holds integers).
         weight_decay: lambda; a layer adds lambda W to the gradient of each ``decayed`` parameter.
+        ties: a tied parameter's key -> the key it shares storage with (the network's ties).
     """
 
     path: tuple[int, ...]
@@ -108,6 +109,7 @@ class BackwardContext:
     overwrite: bool = False
     need_dx: bool = True
     weight_decay: float = 0.0
+    ties: Mapping[Key, Key] = field(default_factory=dict)
 
     def key(self, kind: str) -> Key:
         """The key of this layer's tensor of the given kind."""

@@ -64,7 +64,7 @@ class Layout:
         kind, layer = self._kind(name)
         if kind == "W" and self.name == "in_out":
             return t.T
-        if kind == "b" and 0 < layer <= len(self.bias_shapes):
+        if kind == "b" and 0 < layer <= len(self.bias_shapes) and tuple(t.shape) != self.bias_shapes[layer - 1]:
             return t.reshape(self.bias_shapes[layer - 1])
         if kind in ("z", "a", "X") and not self.rows and t.dim() == 2:
             return t.T

@@ -126,12 +126,12 @@ class NetworkGradients:
         return self._values["X"]
 
     def torch_named(self) -> dict[str, Tensor]:
-        """Parameter gradients under torch's names (``to_torch().named_parameters()``; a tied
-        weight under each of its names, the same tensor), plus "input" for dJ/dX."""
+        """Parameter gradients under the names ``to_torch().named_parameters()`` gives (a tied
+        weight once, under its first name, as torch lists it), plus "input" for dJ/dX."""
         out: dict[str, Tensor] = {}
         for name, torch_names in self._network.torch_parameter_names().items():
             if name in self._values:
-                out.update(dict.fromkeys(torch_names, self._values[name]))
+                out[torch_names[0]] = self._values[name]
         if "X" in self._values:
             out["input"] = self._values["X"]
         return out
@@ -402,8 +402,9 @@ class Network:
             overwrite=owned,
             need_dx=not self.takes_indices,
             weight_decay=self.weight_decay,
+            ties=self.ties,
         )
-        grads = stack_backward(self.layers, cache, upstream, ctx, self.ties, release=release_cache)
+        grads = stack_backward(self.layers, cache, upstream, ctx, release=release_cache)
         if release_cache:
             cache.released = True
         values = {str(key): value for key, value in grads.params.items()}

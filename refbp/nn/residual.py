@@ -11,12 +11,13 @@ Forgetting the first term (the gradient of the skip connection) is a classic bug
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from .convert import CONVERTERS, register
+from .convert import convert_child, register
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
@@ -77,12 +78,9 @@ class Residual(Layer):
         return x + Fx, inner  # y = x + F(x)
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext) -> LayerGrads:
-        inner_ctx = BackwardContext(
-            path=ctx.path, keep_intermediates=ctx.keep_intermediates, overwrite=False, need_dx=ctx.need_dx,
-            weight_decay=ctx.weight_decay,
-        )  # fmt: skip
         # the inner stack reads dJ/dy (= dJ/dF(x)) and never overwrites it: the skip path needs it too
-        grads = stack_backward(self.inner, cache, [dJ_dy], inner_ctx, {})
+        inner_ctx = dataclasses.replace(ctx, overwrite=False)
+        grads = stack_backward(self.inner, cache, [dJ_dy], inner_ctx)
         dJ_dx = None
         if ctx.need_dx:
             assert grads.dJ_dx is not None
@@ -126,15 +124,7 @@ class Residual(Layer):
 
 def residual_from_sequence(children: Sequence[torch.nn.Module]) -> list[Layer]:
     """The inner layers of a TorchResidual's body, each converted."""
-    layers = []
-    for index, child in enumerate(children):
-        convert = CONVERTERS.get(type(child))
-        if convert is None:
-            raise ValueError(f"Residual body[{index}] ({type(child).__name__}) is not supported")
-        layer = convert(child)
-        layer.set_training(child.training)
-        layers.append(layer)
-    return layers
+    return [convert_child(child, f"body[{index}]") for index, child in enumerate(children)]
 
 
 @register(TorchResidual)

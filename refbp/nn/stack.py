@@ -70,7 +70,6 @@ def stack_backward(
     cache: StackCache,
     dJ_dout: list[Tensor],
     ctx: BackwardContext,
-    ties: Mapping[Key, Key],
     *,
     release: bool = False,
 ) -> StackGrads:
@@ -80,10 +79,13 @@ def stack_backward(
     (handed over in a list so that the loop holds the only reference and can free it).
     ``release`` drops a(l) and layer l's cache once layer l's backward has used them."""
     out = StackGrads(None)
+    ties = ctx.ties
     g = dJ_dout.pop()  # dJ/da(L)
     L = len(layers)
     for l in range(L, 0, -1):
         layer, path = layers[l - 1], (*ctx.path, l)
+        # lambda W belongs to a weight once: a tied weight's other uses add only their data term
+        alias = any(Key(kind, path) in ties for kind in layer.decayed if kind in layer.params)
         if ctx.keep_intermediates:
             out.intermediates[Key("a", path)] = g
         layer_ctx = BackwardContext(
@@ -91,7 +93,8 @@ def stack_backward(
             keep_intermediates=ctx.keep_intermediates,
             overwrite=ctx.overwrite or l < L,  # every dJ/da(l) below the top is the loop's own
             need_dx=ctx.need_dx or l > 1,
-            weight_decay=ctx.weight_decay,
+            weight_decay=0.0 if alias else ctx.weight_decay,
+            ties=ties,
         )
         grads = layer.backward(g, cache.a[l - 1], cache.a[l], cache.saved[l], layer_ctx)
         owned = [(Key(kind, path), value) for kind, value in grads.params.items()]
