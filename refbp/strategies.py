@@ -144,7 +144,8 @@ def stack_specs(
     dtype = draw(st.sampled_from(_validate("dtypes", dtypes, ["float64", "float32", "float16", "bfloat16"])))
     mode = draw(st.booleans().map(lambda b: not b)) if training is None else training
 
-    tokens = "embedding" in include or ("embedding" in kinds and draw(st.booleans()))
+    # a Flatten has something to flatten after an Embedding only: asking for one asks for tokens
+    tokens = "embedding" in include or ("embedding" in kinds and ("flatten" in include or draw(st.booleans())))
     width = draw(st.integers(1, max_width))
     layers: list[Any] = []
     vocab = 0
@@ -179,9 +180,12 @@ def stack_specs(
             layers.append(["dropout", draw(st.sampled_from([0.25, 0.5]))])
         elif kind == "residual":
             layers.append(["residual", draw(_inner(width, activation_names, kinds))])
+    flattened = any(layer[0] == "flatten" for layer in layers)
     if not rows_of_vectors and ("flatten" in include or draw(st.booleans())):
         layers.append(["flatten"])
-        rows_of_vectors = True
+        rows_of_vectors = flattened = True
+    if "flatten" in include and not flattened:  # no Embedding among the kinds: flatten rows, a no-op
+        layers.append(["flatten"])
     target = get_loss(loss)
     out = draw(st.integers(2 if target.targets == "classes" else 1, max(2, max_width)))
     layers.append(["linear", out])

@@ -37,6 +37,7 @@ from .convert import register
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .layernorm import NormCache, accumulation_dtype
+from .pieces import Pieces
 from .validation import describe
 
 __all__ = ["BatchNorm1d"]
@@ -192,9 +193,23 @@ class BatchNorm1d(Layer):
                 dJ_dx = (dJ_dxhat * rstd).to(dtype)  # the running statistics do not depend on x
         return LayerGrads(dJ_dx, params, kept)
 
+    @property
+    def pieces(self) -> Pieces | None:
+        """With batch statistics: one piece, curving on the scale of each feature's
+        sqrt(variance + eps) (refbp.nn.pieces); with running statistics: affine, no limit."""
+        if not self.uses_batch_statistics:
+            return None
+        return Pieces((), "a feature's sqrt(variance + eps) over the batch", scale=self._feature_scale)
+
+    def _feature_scale(self, x: Tensor) -> Tensor:
+        spread = x.var(dim=0, unbiased=False, keepdim=True).add(self.eps).sqrt()  # (1, C)
+        return spread.expand_as(x)
+
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
     ) -> Tensor:
+        if self.pieces is not None:
+            tap.piecewise(x, self.pieces)
         if self.uses_batch_statistics:
             xhat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
         else:

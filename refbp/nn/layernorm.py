@@ -34,6 +34,7 @@ from torch import Tensor
 from .convert import register
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .pieces import Pieces
 from .validation import describe
 
 __all__ = ["LayerNorm", "NormCache", "accumulation_dtype"]
@@ -149,9 +150,19 @@ class LayerNorm(Layer):
             dJ_dx = ((dJ_dxhat - mean_g - xhat * mean_gx) * rstd).to(dtype)  # (..., d)
         return LayerGrads(dJ_dx, params, kept)
 
+    @property
+    def pieces(self) -> Pieces:
+        """One piece, curving on the scale of each row's sqrt(variance + eps) (refbp.nn.pieces)."""
+        return Pieces((), "a row's sqrt(variance + eps)", scale=self._row_scale)
+
+    def _row_scale(self, x: Tensor) -> Tensor:
+        spread = x.var(dim=-1, unbiased=False, keepdim=True).add(self.eps).sqrt()  # (..., 1)
+        return spread.expand_as(x)
+
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
     ) -> Tensor:
+        tap.piecewise(x, self.pieces)
         xhat = tap.intermediate(Key("xhat", path), F.layer_norm(x, (self.d,), None, None, self.eps))
         if "gamma" not in self.params:
             return xhat

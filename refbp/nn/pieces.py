@@ -16,6 +16,13 @@ once p (1 - p) < 1e-12), or where J's own value has lost the digits a difference
 of a p that float64 stores to 1e-16, within 1e-4 of 1). No difference quotient can verify a
 gradient that flows through such an entry, so while any entry is there, every difference is
 excluded.
+
+Normalisations have no boundaries but a length over which they stay nearly linear: a row (or
+a feature) of spread sigma is normalised by 1/sqrt(sigma^2 + eps), curving on the scale of
+sqrt(sigma^2 + eps) (``scale``). A row of nearly equal numbers, or one an earlier
+normalisation has already amplified, turns a finite-difference step into a move across that
+curve; a difference whose perturbation moves such an input by more than SMOOTH_FRACTION of its
+scale is excluded too.
 """
 
 from __future__ import annotations
@@ -26,7 +33,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Pieces"]
+__all__ = ["SMOOTH_FRACTION", "Pieces"]
+
+SMOOTH_FRACTION = 1e-2
+"""A perturbation may move the input of a normalisation by at most this fraction of the scale
+it curves on: the difference's truncation error then stays below about 1e-4 relative, where
+its Richardson estimate (refbp.verify.finite_diff) is still a sound bound; beyond, excluded."""
 
 
 @dataclass(frozen=True)
@@ -41,12 +53,15 @@ class Pieces:
             of t (binary cross-entropy's clamps).
         unresolvable: t -> bool tensor, True where no finite difference can verify the
             derivative (see the module docstring); None when there is no such point.
+        scale: t -> a tensor of t's shape: how far each entry may move before the function
+            curves (a normalisation's sqrt(variance + eps)); None for no such limit.
     """
 
     boundaries: tuple[float, ...]
     description: str
     region: Callable[[Tensor], Tensor] | None = None
     unresolvable: Callable[[Tensor], Tensor] | None = None
+    scale: Callable[[Tensor], Tensor] | None = None
 
     def region_of(self, t: Tensor) -> Tensor:
         """The piece each entry of ``t`` is in, an integer tensor of t's shape."""

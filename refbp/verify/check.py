@@ -426,10 +426,10 @@ def _conditioning(
     runs = []
     generator = torch.Generator().manual_seed(seed)
 
-    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u = +-1 at random: one rounding of dtype
+    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u ~ U(-1, 1): a rounding of dtype, or less
         if not t.is_floating_point():
             return t
-        u = torch.randint(0, 2, t.shape, generator=generator).to(torch.float64).mul_(2.0).sub_(1.0)
+        u = torch.rand(t.shape, dtype=torch.float64, generator=generator).mul_(2.0).sub_(1.0)
         return t.detach().to(torch.float64) * (1.0 + eps * u.to(t.device))
 
     for _ in range(CONDITIONING_PROBES):

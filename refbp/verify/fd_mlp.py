@@ -16,6 +16,7 @@ P perturbed copies run as one batched pass (P, N, d), chunked to bound memory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -171,12 +172,15 @@ def mlp_finite_differences(
     mode: str = "full",
     directions: int = 8,
     seed: int = 0,
+    sigma: Mapping[str, float] | None = None,
 ) -> dict[str, FDResult]:
     """Finite differences of J for the tensors named (keys as in Gradients.as_dict()).
 
     Args:
         mode: "full" (every entry) or "directional" (``directions`` random signed vectors).
         seed: seeds the directions; the same seed gives the same directions.
+        sigma: name -> how far rounding may move one evaluation of J with that tensor moved
+            (finite_diff.evaluation_noise); none given, 0.
     """
     net64 = _Network64(net, X, y)
     N = X.shape[0]
@@ -187,10 +191,10 @@ def mlp_finite_differences(
         kind, layer = name[0], (0 if name == "X" else int(name[1:]))
         base = _tensor_of(net64, kind, layer)
         if mode == "full":
-            out[name] = _full(net64, kind, layer, base, chunk)
+            out[name] = _full(net64, kind, layer, base, chunk, (sigma or {}).get(name, 0.0))
         else:
             V = random_directions(tuple(base.shape), directions, seed=seed + 1009 * offset)
-            out[name] = _directional(net64, kind, layer, base, V, chunk)
+            out[name] = _directional(net64, kind, layer, base, V, chunk, (sigma or {}).get(name, 0.0))
     return out
 
 
@@ -209,7 +213,7 @@ def _decay(net64: _Network64, change: Tensor) -> Tensor:
     return 0.5 * net64.weight_decay * (net64.wd_base + change)
 
 
-def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int) -> FDResult:
+def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int, sigma: float) -> FDResult:
     """Full mode: each entry moved by +h, -h, +2h and -2h, 4P perturbed copies per batch.
 
     No copy runs the whole network: moving W(l)[j, k] or b(l)[j] changes only column j of
@@ -242,13 +246,15 @@ def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int) ->
             moved[torch.arange(4 * P), k] += steps_p
             ev = net64.run_rows_from(layer, rows, Z=moved) if kind == "z" else net64.run_rows_from(layer, rows, A=moved)
             J = ev.J + _decay(net64, torch.zeros_like(steps_p))
-        values[idx], error[idx] = combine_evaluations(J.reshape(4, P), h_up[idx], h_down[idx])
+        values[idx], error[idx] = combine_evaluations(J.reshape(4, P), h_up[idx], h_down[idx], sigma)
         excluded[idx] = ev.crossed.reshape(4, P).any(dim=0)
     shape = base.shape
     return FDResult(values.reshape(shape), error.reshape(shape), excluded.reshape(shape), None, net64.J)
 
 
-def _directional(net64: _Network64, kind: str, layer: int, base: Tensor, V: Tensor, chunk: int) -> FDResult:
+def _directional(
+    net64: _Network64, kind: str, layer: int, base: Tensor, V: Tensor, chunk: int, sigma: float
+) -> FDResult:
     k = V.shape[0]
     h = FD_STEP * max(1.0, float(base.abs().max()) if base.numel() else 1.0)
     J = torch.empty(4 * k, dtype=torch.float64)
@@ -271,6 +277,6 @@ def _directional(net64: _Network64, kind: str, layer: int, base: Tensor, V: Tens
         J[sl] = ev.J + _decay(net64, change)
         crossed[sl] = ev.crossed
     h_k = torch.full((k,), h, dtype=torch.float64)
-    values, error = combine_evaluations(J.reshape(4, k), h_k, h_k)
+    values, error = combine_evaluations(J.reshape(4, k), h_k, h_k, sigma)
     excluded = crossed.reshape(4, k).any(dim=0)
     return FDResult(values, error, excluded, V, net64.J)

@@ -29,6 +29,7 @@ function of named arrays (NumPy or torch), one call per evaluation.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,16 +42,18 @@ from torch import Tensor
 from ..nn.keys import Key
 from ..nn.layer import Params, Tap
 from ..nn.network import Network
-from ..nn.pieces import Pieces
+from ..nn.pieces import SMOOTH_FRACTION, Pieces
 from .reference import oracle_point
 from .tolerances import FD_STEP
 
 __all__ = [
     "CHUNK_BYTES",
     "MOVES",
+    "NOISE_PROBES",
     "FDResult",
     "PieceRecorder",
     "PieceWatcher",
+    "evaluation_noise",
     "function_finite_differences",
     "moves",
     "network_finite_differences",
@@ -109,12 +112,70 @@ def moves(h_up: Tensor, h_down: Tensor) -> Tensor:
     return torch.cat([h_up, -h_down, 2.0 * h_up, -2.0 * h_down])
 
 
-def combine_evaluations(J: Tensor, h_up: Tensor, h_down: Tensor) -> tuple[Tensor, Tensor]:
-    """(D(h), its error estimate |D(2h) - D(h)| / 3) from J (4, P) at the MOVES, for P differences."""
+def combine_evaluations(J: Tensor, h_up: Tensor, h_down: Tensor, sigma: float = 0.0) -> tuple[Tensor, Tensor]:
+    """(D(h), its error estimate) from J (4, P) at the MOVES, for P differences: truncation
+    |D(2h) - D(h)| / 3, plus rounding 2 sigma / (h+ + h-) where each J is off by up to sigma."""
     J_up, J_down, J_up2, J_down2 = J
     D1 = (J_up - J_down) / (h_up + h_down)
     D2 = (J_up2 - J_down2) / (2.0 * (h_up + h_down))
-    return D1, (D2 - D1).abs() / 3.0  # D(2h) - D(h) = 3 c h^2, where D(h) - dJ/dp = c h^2
+    truncation = (D2 - D1).abs() / 3.0  # D(2h) - D(h) = 3 c h^2, where D(h) - dJ/dp = c h^2
+    return D1, truncation + 2.0 * sigma / (h_up + h_down)
+
+
+def evaluation_noise(
+    net: Network, X64: Tensor, y64: Tensor, noise64: Mapping[tuple[int, ...], Tensor], names: list[str]
+) -> dict[str, float]:
+    """name -> sigma: how far rounding alone may move an evaluation of J with that tensor moved.
+
+    J+ and J- share every computation upstream of the tensor moved, and its rounding: that part
+    cancels in J+ - J-. What differs is rounded differently: sigma is the largest |J' - J| over
+    NOISE_PROBES evaluations J' in which that tensor (the input, for X) and every intermediate
+    after it is multiplied by (1 + eps u), u ~ U(-1, 1), a float64 rounding at each step.
+    Usually sigma ~ eps |J| and negligible; where the forward pass cancels (a LayerNorm of a row
+    constant up to 1e-5 subtracts numbers that agree to 5 digits) it is orders larger, and the
+    difference (J+ - J-) / 2h inherits sigma / h (``combine_evaluations``)."""
+    order = {name: i for i, name in enumerate(net.names())}
+    params = Params(net.oracle_params(dtype=torch.float64, device=X64.device), net.ties)
+    generator = torch.Generator().manual_seed(0)
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        J0 = float(net.torch_J(X64, y64, params, noise64))
+        for name in names:
+            start = order.get(name, 0)
+            spread = 0.0
+            for _ in range(NOISE_PROBES):
+                tap = _Rounding(generator, {key for key, i in order.items() if i >= start})
+                X_in = tap.jitter(X64) if name == "X" and X64.is_floating_point() else X64
+                J = float(net.torch_J(X_in, y64, params, noise64, tap))
+                if math.isfinite(J):
+                    spread = max(spread, abs(J - J0))
+            out[name] = spread
+    return out
+
+
+class _Rounding(Tap):
+    """Multiplies the intermediates named in ``keys`` by (1 + eps u), u ~ U(-1, 1) per entry:
+    a float64 rounding at each of those steps. A probability stays inside its loss's domain."""
+
+    EPS = float(torch.finfo(torch.float64).eps)
+
+    def __init__(self, generator: torch.Generator, keys: set[str]) -> None:
+        self.generator = generator
+        self.keys = keys
+
+    def jitter(self, t: Tensor) -> Tensor:
+        u = torch.rand(t.shape, dtype=torch.float64, generator=self.generator).mul_(2.0).sub_(1.0)
+        return t * (1.0 + self.EPS * u.to(t.device))
+
+    def intermediate(self, key: Key, t: Tensor) -> Tensor:
+        return self.jitter(t) if str(key) in self.keys and t.is_floating_point() else t
+
+    def within(self, t: Tensor, domain: tuple[float, float]) -> Tensor:
+        return t.clamp(*domain)
+
+
+NOISE_PROBES = 4
+"""Jittered evaluations of J per check (refbp.verify.tolerances.CONDITIONING_PROBES says why 4)."""
 
 
 # ---- pieces: noticing a perturbation that crosses a boundary -----------------------------
@@ -125,6 +186,7 @@ class PieceRecorder(Tap):
     def __init__(self) -> None:
         self.regions: list[Tensor] = []
         self.unresolvable: list[bool] = []
+        self.scales: list[tuple[Tensor, Tensor] | None] = []
         self.inside: list[Tensor] = []
         self.values: dict[Key, Tensor] = {}
 
@@ -135,6 +197,7 @@ class PieceRecorder(Tap):
     def piecewise(self, t: Tensor, pieces: Pieces) -> None:
         self.regions.append(pieces.region_of(t))
         self.unresolvable.append(pieces.unresolvable is not None and bool(pieces.unresolvable(t).any()))
+        self.scales.append(None if pieces.scale is None else (t, pieces.scale(t)))
 
     def within(self, t: Tensor, domain: tuple[float, float]) -> Tensor:
         self.inside.append(t)
@@ -164,6 +227,10 @@ class PieceWatcher(Tap):
         self.crossed = self.crossed | (pieces.region_of(t) != self.base.regions[k]).any()
         if self.base.unresolvable[k]:  # no difference can resolve it, whatever this one moved
             self.crossed = self.crossed | torch.ones((), dtype=torch.bool)
+        scaled = self.base.scales[k]
+        if scaled is not None:  # moved too far along a normalisation's curve
+            t0, scale = scaled
+            self.crossed = self.crossed | ((t - t0).abs() > SMOOTH_FRACTION * scale).any()
 
     def within(self, t: Tensor, domain: tuple[float, float]) -> Tensor:
         t0 = self.base.inside[self._domain]
@@ -196,10 +263,11 @@ def network_finite_differences(
         raise ValueError(f"mode={mode!r}; expected 'full' or 'directional'")
     from .fd_mlp import is_plain_mlp, mlp_finite_differences
 
-    if is_plain_mlp(net):
-        return mlp_finite_differences(net, X, y, names, mode=mode, directions=directions, seed=seed)
     cpu = torch.device("cpu")
     X64, y64, noise64 = oracle_point(net, X, y, noise or {}, dtype=torch.float64, device=cpu)
+    sigma = evaluation_noise(net, X64, y64, noise64, names)
+    if is_plain_mlp(net):
+        return mlp_finite_differences(net, X, y, names, mode=mode, directions=directions, seed=seed, sigma=sigma)
     params = net.oracle_params(dtype=torch.float64, device=cpu)
     record = PieceRecorder()
     with torch.no_grad():
@@ -230,10 +298,10 @@ def network_finite_differences(
             return J, watcher.crossed
 
         if mode == "full":
-            out[name] = _full(J_of, base, J0, chunk)
+            out[name] = _full(J_of, base, J0, chunk, sigma[name])
         else:
             V = random_directions(tuple(base.shape), directions, seed=seed + 1009 * offset)
-            out[name] = _directional(_batched(J_of, chunk), base, V, J0)
+            out[name] = _directional(_batched(J_of, chunk), base, V, J0, sigma[name])
     return out
 
 
@@ -256,7 +324,9 @@ def _batched(fn: Callable[..., tuple[Tensor, Tensor]], chunk: int) -> Callable[.
     return evaluate
 
 
-def _full(J_of: Callable[[Tensor], tuple[Tensor, Tensor]], base: Tensor, J0: float, chunk: int) -> FDResult:
+def _full(
+    J_of: Callable[[Tensor], tuple[Tensor, Tensor]], base: Tensor, J0: float, chunk: int, sigma: float
+) -> FDResult:
     """Every entry moved by +h, -h, +2h and -2h: 4 evaluations per entry, batched. Each copy's
     perturbation is built inside the vmapped function from (entry, move), so no (P, n) tensor
     of perturbations is ever stored."""
@@ -271,19 +341,21 @@ def _full(J_of: Callable[[Tensor], tuple[Tensor, Tensor]], base: Tensor, J0: flo
     h_up, h_down = steps(base.reshape(-1))  # (n,)
     entries = positions.repeat(len(MOVES))  # (4n,)  +h, then -h, +2h, -2h
     J, crossed = evaluate(entries, moves(h_up, h_down))
-    values, error = combine_evaluations(J.reshape(4, n), h_up, h_down)
+    values, error = combine_evaluations(J.reshape(4, n), h_up, h_down, sigma)
     excluded = crossed.reshape(4, n).any(dim=0)
     shape = base.shape
     return FDResult(values.reshape(shape), error.reshape(shape), excluded.reshape(shape), None, J0)
 
 
-def _directional(evaluate: Callable[..., tuple[Tensor, Tensor]], base: Tensor, V: Tensor, J0: float) -> FDResult:
+def _directional(
+    evaluate: Callable[..., tuple[Tensor, Tensor]], base: Tensor, V: Tensor, J0: float, sigma: float
+) -> FDResult:
     """Each direction v moved by +h v, -h v, +2h v and -2h v."""
     k = V.shape[0]
     h = FD_STEP * max(1.0, float(base.abs().max()) if base.numel() else 1.0)
     J, crossed = evaluate(torch.cat([s * h * V for s in MOVES]))
     h_k = torch.full((k,), h, dtype=torch.float64)
-    values, error = combine_evaluations(J.reshape(4, k), h_k, h_k)
+    values, error = combine_evaluations(J.reshape(4, k), h_k, h_k, sigma)
     excluded = crossed.reshape(4, k).any(dim=0)
     return FDResult(values, error, excluded, V, J0)
 

@@ -32,9 +32,10 @@ class _Retain(Tap):
     """Keeps every intermediate the oracle reports, with retain_grad, to read its gradient.
 
     With ``rounding`` > 0 it also imitates a lower precision: every intermediate, and the
-    gradient that flows back into it, is multiplied by (1 + rounding u), u = +-1 at random per
-    entry: one rounding of that precision at each step, as an estimate of how far rounding
-    alone moves the gradients (refbp.verify.check's conditioning allowance)."""
+    gradient that flows back into it, is multiplied by (1 + rounding u), u uniform in [-1, 1]
+    per entry: a rounding of that precision at each step, as an estimate of how far rounding
+    alone moves the gradients (refbp.verify.check's conditioning allowance). Uniform rather
+    than +-1, so that two terms that cancel are not jittered alike half of the time."""
 
     def __init__(self, rounding: float = 0.0, generator: torch.Generator | None = None) -> None:
         self.kept: dict[str, Tensor] = {}
@@ -42,7 +43,7 @@ class _Retain(Tap):
         self.generator = generator
 
     def _jitter(self, t: Tensor) -> Tensor:
-        u = torch.randint(0, 2, t.shape, generator=self.generator).to(t.dtype).mul_(2.0).sub_(1.0)
+        u = torch.rand(t.shape, dtype=t.dtype, generator=self.generator).mul_(2.0).sub_(1.0)  # U(-1, 1)
         return t * (1.0 + self.rounding * u.to(t.device))
 
     def intermediate(self, key: Key, t: Tensor) -> Tensor:
