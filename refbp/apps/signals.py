@@ -61,13 +61,23 @@ def stop_signals_raise() -> Iterator[None]:
         return
     resends: list[threading.Timer] = []
     previous_hook = sys.unraisablehook
+    # A timer that has already fired may be about to send when the block ends; the lock and the
+    # flag make it send only while the block's handler is still there to receive it (after, a
+    # SIGTERM would meet the default action and kill the process).
+    lock = threading.Lock()
+    active = [True]
+
+    def send_again(signum: int) -> None:
+        with lock:
+            if active[0]:
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
     def hook(unraisable: Any) -> None:
         if not isinstance(unraisable.exc_value, KeyboardInterrupt):  # Terminated included
             previous_hook(unraisable)
             return
         signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
-        resend = threading.Timer(RESEND_DELAY, signal.pthread_kill, (threading.main_thread().ident, signum))
+        resend = threading.Timer(RESEND_DELAY, send_again, (signum,))
         resend.daemon = True
         resends.append(resend)
         resend.start()
@@ -77,6 +87,8 @@ def stop_signals_raise() -> Iterator[None]:
     try:
         yield
     finally:
+        with lock:
+            active[0] = False
         sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
         for resend in resends:  # the stop request has been honoured: send no more
