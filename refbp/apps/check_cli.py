@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ from ..verify.check import check
 from ..verify.specs import spec_from_dict
 from .report import DEFAULT_THREADS
 
-__all__ = ["MAX_SPEC_BYTES", "add_arguments", "run"]
+__all__ = ["MAX_SPEC_BYTES", "add_arguments", "parse_spec_json", "read_spec", "run"]
 
 MAX_SPEC_BYTES = 4 * 2**20
 """Largest --spec file read: 4 MiB. A spec refbp can check is under 20 KB (MAX_LAYERS sizes and
@@ -40,23 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.spec is not None:
-        text, where = _read_spec(args.spec), f"--spec {args.spec}"
+        text, where = read_spec(args.spec), f"--spec {args.spec}"
     else:
         text, where = args.case, "--case"
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
-    except RecursionError:
-        raise ValueError(
-            f"{where}: JSON nested deeper than Python can parse ({sys.getrecursionlimit()} levels); "
-            "expected a flat object with dims, activations and loss"
-        ) from None
-    except ValueError as err:  # e.g. an integer of more than 4300 digits
-        raise ValueError(f"{where}: not a JSON refbp can read ({err})") from None
-    if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise ValueError(f"{where}: expected a JSON object (an MLP's dims or a stack's layers), got {kind}")
+    data = parse_spec_json(text, where)
     try:
         spec = spec_from_dict(data)
         case = spec.build()
@@ -73,7 +61,26 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _read_spec(option: str) -> str:
+def parse_spec_json(text: str, where: str) -> dict[str, Any]:
+    """The JSON object of a spec (``where`` names the option it came from, for the errors)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
+    except RecursionError:
+        raise ValueError(
+            f"{where}: JSON nested deeper than Python can parse ({sys.getrecursionlimit()} levels); "
+            "expected a flat object (an MLP's dims or a stack's layers)"
+        ) from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ValueError(f"{where}: not a JSON refbp can read ({err})") from None
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ValueError(f"{where}: expected a JSON object (an MLP's dims or a stack's layers), got {kind}")
+    return data
+
+
+def read_spec(option: str) -> str:
     """The text of the --spec file: a regular file of at most MAX_SPEC_BYTES bytes of UTF-8."""
     path = Path(option)
     if not path.exists():

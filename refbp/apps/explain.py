@@ -637,7 +637,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--layout", default="torch", choices=list(LAYOUTS),
         help="torch (one observation per row, default) or columns (the seed's z = W a + b); in_out is torch's walk",
     )  # fmt: skip
-    parser.add_argument("--stack", help="walk a layer stack instead (a JSON StackSpec, as refbp check --case takes)")
+    parser.add_argument("--spec", help="walk the network a JSON file describes (as refbp check --spec reads)")
+    parser.add_argument("--stack", help="the same JSON, inline (as refbp check --case takes)")
     parser.add_argument("--model", choices=sorted(BUILT_IN_MODELS), help="walk a built-in network: " + ", ".join(
         f"{name} ({text})" for name, text in sorted(BUILT_IN_MODELS.items())))  # fmt: skip
     parser.add_argument("--markdown", action="store_true", help="emit the same walk-through as Markdown")
@@ -650,7 +651,7 @@ def run(args: argparse.Namespace) -> int:
     is refused before anything is drawn."""
     check_seed(args.seed, "--seed")
     w: Walkthrough | Any
-    if args.stack is not None or args.model is not None:
+    if args.spec is not None or args.stack is not None or args.model is not None:
         w = _walk_other(args)
     else:
         dims = check_dims(args.dims, "--dims")
@@ -675,24 +676,22 @@ BUILT_IN_MODELS = {"layers": "Linear, LayerNorm, tanh, Residual, BatchNorm1d, Dr
 
 
 def _walk_other(args: argparse.Namespace) -> Any:
-    """The walk through a --stack spec or a --model (refbp.apps.walk)."""
-    import json
-
-    from ..verify.stacks import StackSpec
+    """The walk through a --spec file, a --stack spec or a --model (refbp.apps.walk), in float64."""
+    from ..verify.specs import spec_from_dict
+    from .check_cli import parse_spec_json, read_spec
     from .walk import BUILT_IN, walk_network
 
-    if args.stack is not None and args.model is not None:
-        raise ValueError("--stack and --model: give one network to walk, not two")
-    if args.stack is not None:
-        try:
-            data = json.loads(args.stack)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise ValueError(f"--stack: not valid JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"--stack: expected a JSON object (a StackSpec), got {type(data).__name__}")
-        spec = StackSpec.from_dict({**data, "dtype": "float64"})
+    given = [option for option in ("spec", "stack", "model") if getattr(args, option) is not None]
+    if len(given) > 1:
+        raise ValueError(f"--{given[0]} and --{given[1]}: give one network to walk, not two")
+    if args.model is not None:
+        spec: Any = BUILT_IN[args.model]
     else:
-        spec = BUILT_IN[args.model]
+        text, where = (read_spec(args.spec), f"--spec {args.spec}") if args.spec else (args.stack, "--stack")
+        try:
+            spec = spec_from_dict({**parse_spec_json(text, where), "dtype": "float64"})
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
     case = spec.build()
     return walk_network(case.net, case.X, case.y, description=spec.describe())
 

@@ -1,0 +1,74 @@
+"""``refbp explain`` for any network (refbp.apps.walk): every layer walked forward and backward,
+each quantity checked against torch, and a wrong layer seen where it is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from refbp.apps.cli import main
+from refbp.apps.layer_bugs import LAYER_BUGS, swap, twin_of
+from refbp.apps.walk import BUILT_IN, walk_network
+
+STACK = {"input": 3, "layers": [["linear", 4], ["layernorm", {}], ["gelu"], ["linear", 2]], "loss": "mse", "seed": 2}
+MLP = {"dims": [2, 3, 1], "activations": ["tanh", "sigmoid"], "loss": "bce", "seed": 1}
+
+
+def test_the_built_in_walk_checks_every_layer_forward_and_backward_and_passes() -> None:
+    case = BUILT_IN["layers"].build()
+    w = walk_network(case.net, case.X, case.y)
+    assert w.passed
+    forward = [s for s in w.steps if s.phase == "forward"]
+    backward = [s for s in w.steps if s.phase == "backward"]
+    paths = [s.path for s in forward[:-1]]  # the last forward step is J
+    assert paths == ["1", "2", "3", "4", "4.1", "4.2", "5", "6", "7"]  # the residual's inner layers too
+    assert [s.path for s in backward] == paths[::-1]  # every layer once on the way back
+    assert all(check is not None for s in forward for _, _, check in s.values)  # torch's verdict on each
+    assert {check.reference for check in w.checks} == {"torch", "autograd"}
+
+
+def test_a_wrong_layer_fails_the_walk_at_that_layer_and_below_not_above() -> None:
+    case = BUILT_IN["layers"].build()
+    bug = next(bug for bug in LAYER_BUGS if bug.name == "layernorm_no_statistic_paths")
+    net = swap(case.net, bug.target, twin_of(bug.twin))  # layer 2's backward drops two paths
+    w = walk_network(net, case.X, case.y)
+    assert not w.passed
+    assert all(check.verdict == "ok" for s in w.steps if s.phase == "forward" for _, _, check in s.values if check)
+    failing = [
+        s.path for s in w.steps if s.phase == "backward" and any(c and c.verdict != "ok" for _, _, c in s.values)
+    ]
+    assert failing == ["2", "1"]  # what layer 2 hands down (dJ/da1), and everything below it
+    assert "✗" in w.render() and "[FAIL]" in w.render(ascii_only=True)
+
+
+@pytest.mark.parametrize("spec", [STACK, MLP], ids=["stack", "mlp"])
+def test_explain_spec_reads_a_file_and_explain_stack_the_same_json_inline(
+    spec: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(spec))
+    assert main(["explain", "--spec", str(path), "--ascii"]) == 0
+    from_file = capsys.readouterr().out
+    assert main(["explain", "--stack", json.dumps(spec), "--ascii"]) == 0
+    assert capsys.readouterr().out == from_file
+    assert "[FAIL]" not in from_file and from_file.rstrip().endswith("agree with torch.")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--spec", "missing.json"], "--spec missing.json: no such file"),
+        (["--stack", "[1, 2]"], "--stack: expected a JSON object"),
+        (["--stack", "{"], "--stack: not valid JSON"),
+        (["--stack", '{"input": 3, "layers": [["conv", 2]], "loss": "mse"}'], "--stack: "),
+        (["--stack", json.dumps(STACK), "--model", "layers"], "--stack and --model: give one network"),
+    ],
+)
+def test_a_bad_network_option_exits_2_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["explain", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
