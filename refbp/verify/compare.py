@@ -256,32 +256,26 @@ def compare(
     if bool(bad_g.any()):
         notes.append(f"the gradient under test has {int(bad_g.sum())} NaN or inf entries.")
     judged = usable | bad_g
-    if not bool(judged.any()):
-        return Comparison(
-            name, reference, shown, expected, 0.0, 0.0, 0.0, None, None, None, n_mismatched, n, n_excluded,
-            tol.rtol, tol.atol, allowed, verdict, " ".join(notes), n_unverified, n_nonfinite, n_imprecise,
-            widened=widened, directions=directions, ratio=0.0, verified=verified,
-        )  # fmt: skip
-    badness = torch.where(bad_g, math.inf, diff)
-    badness = torch.where(judged, badness, -1.0)
-    flat = int(torch.argmax(badness))
-    index = unravel(flat, expected)
-    max_abs = float(badness.reshape(-1)[flat])
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    bound = slack + allowed
-    ratios = torch.where(bound > 0, badness / bound, torch.where(badness > 0, math.inf, 0.0))
-    ratio = float(torch.where(judged, ratios, 0.0).max())
+    max_abs, worst, ratio = 0.0, None, 0.0
+    if bool(judged.any()):
+        badness = torch.where(judged, torch.where(bad_g, math.inf, diff), -1.0)
+        flat = int(torch.argmax(badness))
+        worst = unravel(flat, expected)
+        max_abs = float(badness.reshape(-1)[flat])
+        bound = slack + allowed
+        ratios = torch.where(bound > 0, badness / bound, torch.where(badness > 0, math.inf, 0.0))
+        ratio = float(torch.where(judged, ratios, 0.0).max())
     return Comparison(
         name=name,
         reference=reference,
         shape=shown,
         expected_shape=expected,
         max_abs_error=max_abs,
-        max_rel_error=max_rel,
+        max_rel_error=max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf),
         scale=scale,
-        worst_index=index,
-        worst_value=float(g64[index]),
-        worst_reference=float(r64[index]),
+        worst_index=worst,
+        worst_value=None if worst is None else float(g64[worst]),
+        worst_reference=None if worst is None else float(r64[worst]),
         n_mismatched=n_mismatched,
         n_elements=n,
         n_excluded=n_excluded,
