@@ -217,8 +217,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"(all passed: {h['all_passed']})."
         )
         suite = doc.get("test_suite")
-        lines += ["", (f"Whole test suite, `HYPOTHESIS_PROFILE=ci pytest tests -q`: **{suite['seconds']:.0f} s** "
-                       f"({suite['summary']})." if suite else "Test suite: not timed in this run."), ""]  # fmt: skip
+        lines += ["", _suite_line(suite), ""]
     lines += ["## 5. CUDA", ""]
     if doc.get("time_cuda"):
         lines += [f"Device: {env['cuda_device']}. Same grid and methods as item 1.", "", _time_table(doc["time_cuda"])]
@@ -227,3 +226,17 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if not doc["quick"]:
         lines += ["", "## Closing note", "", CLOSING_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _suite_line(suite: dict[str, Any] | None) -> str:
+    """The test suite's wall time, serial and across the cores (pytest-xdist), from one run."""
+    if not suite:
+        return "Test suite: not timed in this run."
+    if "serial" not in suite:  # a document written before the parallel suite
+        return f"Whole test suite, `HYPOTHESIS_PROFILE=ci pytest tests -q`: **{suite['seconds']:.0f} s**."
+    serial, parallel = suite["serial"], suite["parallel"]
+    return (
+        f"Whole test suite, `HYPOTHESIS_PROFILE=ci pytest tests -q`: **{serial['seconds']:.0f} s** serially, "
+        f"**{parallel['seconds']:.0f} s** with `-n auto` on {suite['cores']} cores (what `make test` runs): "
+        f"{suite['speedup']:.2f}x, measured back to back ({parallel['summary']})."
+    )
