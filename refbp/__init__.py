@@ -10,7 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and readers
+    from .nn.convert import from_torch
     from .nn.mlp import MLP, ForwardCache, Gradients, backward
+    from .nn.network import Network
     from .verify.check import CheckResult, GradientMismatchError, check, check_function
     from .verify.compare import Comparison
 
@@ -21,9 +23,11 @@ __all__ = [
     "ForwardCache",
     "GradientMismatchError",
     "Gradients",
+    "Network",
     "backward",
     "check",
     "check_function",
+    "from_torch",
 ]
 __version__ = "0.1.0"
 
@@ -32,6 +36,8 @@ _LAZY = {
     "ForwardCache": "refbp.nn.mlp",
     "Gradients": "refbp.nn.mlp",
     "backward": "refbp.nn.mlp",
+    "Network": "refbp.nn.network",
+    "from_torch": "refbp.nn.convert",
     "CheckResult": "refbp.verify.check",
     "GradientMismatchError": "refbp.verify.check",
     "check": "refbp.verify.check",

@@ -152,7 +152,7 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
         "",
         "## Worst error relative to the tolerance",
         "",
-        "Largest max|g - r| / allowed over all cases (a comparison passes at <= 1; see refbp/tolerances.py).",
+        "Largest max|g - r| / allowed over all cases (a comparison passes at <= 1; see refbp/verify/tolerances.py).",
         "",
     ]
     refs = sorted({ref for refs in s["worst_margin"].values() for ref in refs})
