@@ -1,0 +1,378 @@
+"""The pre-LayerNorm transformer block (nanoGPT's Block), forward and backward by hand.
+
+For x of shape (B, T, d), with sub-layer j of the block at path (l, j):
+
+    (B1) a(l,1) = ln_1(x)                        LayerNorm                 (B, T, d)
+    (B2) a(l,2) = attn(a(l,1))                   CausalSelfAttention       (B, T, d)
+    (B3) a(l,3) = dropout(a(l,2))                attention's residual dropout
+    (B4) r      = x + a(l,3)                     the residual stream, "resid" (B, T, d)
+    (B5) a(l,4) = ln_2(r)                        LayerNorm                 (B, T, d)
+    (B6) a(l,5) = a(l,4) W_fc^T + b_fc           mlp.c_fc: the MLP hidden  (B, T, 4d)
+    (B7) a(l,6) = GELU(a(l,5))                   the exact GELU, z Phi(z)  (B, T, 4d)
+    (B8) a(l,7) = a(l,6) W_proj^T + b_proj       mlp.c_proj                (B, T, d)
+    (B9) a(l,8) = dropout(a(l,7))                the MLP's dropout
+    (B10) y     = r + a(l,8)                     the block's output a(l)   (B, T, d)
+
+and back, each sub-layer's own backward in reverse order; the two residual connections add
+their skip paths:
+
+    dJ/dr = dJ/dy + (dJ/dr through the MLP: B9 .. B5)                           (B10)
+    dJ/dx = dJ/dr + (dJ/dx through attention: B3 .. B1)                          (B4)
+
+**What the block keeps.** In the teaching mode (``keep_intermediates``) every a(l,j). In a
+training step only what a backward pass reads, as autograd keeps its saved tensors: the
+inputs of ln_1 (x itself, kept by the caller), attn, ln_2, c_fc, GELU and c_proj, and the
+sub-layers' own caches; the outputs of attention, c_proj and the dropouts are not kept.
+The LayerNorms keep their row statistics only (``RowLayerNorm``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .activations import gelu
+from .attention import CausalSelfAttention, TorchCausalSelfAttention
+from .dropout import Dropout
+from .elementwise import Elementwise
+from .keys import Key
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layernorm import LayerNorm
+from .linear import Linear
+from .validation import check_seed, describe
+
+__all__ = ["Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock"]
+
+
+# ---- LayerNorm as a transformer keeps it ----------------------------------------------------
+@dataclass
+class RowStats:
+    """What RowLayerNorm's backward needs besides x: mu and rstd, (..., 1) each."""
+
+    mu: Tensor
+    rstd: Tensor
+
+
+class RowLayerNorm(LayerNorm):
+    """torch.nn.LayerNorm(d) as torch's own kernel runs it: in the input's dtype, keeping only
+    the row statistics mu and rstd (one number each per row) for the backward pass.
+
+        mu = mean_k x_k ;  rstd = 1 / sqrt(mean_k (x_k - mu)^2 + eps) ;  xhat = (x - mu) rstd
+        y  = gamma o xhat + beta
+        dJ/dgamma = sum_rows dJ/dy o xhat ;  dJ/dbeta = sum_rows dJ/dy ;  dJ/dxhat = dJ/dy o gamma
+        dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat))
+
+    The equations are refbp.nn.layernorm's. Two things differ, both for a training step's
+    memory and time: xhat is rebuilt from x in the backward pass (x is kept anyway, as the
+    residual stream; xhat would be one more (B, T, d) tensor per LayerNorm, more than torch
+    keeps), and the arithmetic stays in x's dtype (as torch.nn.LayerNorm's CPU kernel), with
+    the two row means of the last line as matrix-vector products."""
+
+    title = "LayerNorm"
+
+    # the cache is RowStats, not the NormCache of LayerNorm: an override by design
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, RowStats]:  # type: ignore[override]
+        var, mu = torch.var_mean(x, dim=-1, correction=0, keepdim=True)  # (..., 1) each, biased variance
+        rstd = var.add_(self.eps).rsqrt_()  # rstd = 1 / sqrt(var + eps)   (..., 1)
+        xhat = (x - mu).mul_(rstd)  # xhat = (x - mu) rstd   (..., d)
+        if "gamma" not in self.params:
+            return xhat, RowStats(mu, rstd)
+        y = xhat.mul_(self.params["gamma"])  # gamma o xhat, in xhat's storage
+        if "beta" in self.params:
+            y = y.add_(self.params["beta"])  # + beta
+        return y, RowStats(mu, rstd)
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: RowStats, ctx: BackwardContext) -> LayerGrads:  # type: ignore[override]
+        d = self.d
+        xhat = (x - cache.mu).mul_(cache.rstd)  # xhat rebuilt from x   (..., d)
+        g_xhat = dJ_dy * xhat  # dJ/dy o xhat   (..., d)
+        params: dict[str, Tensor] = {}
+        gamma = self.params.get("gamma")
+        if gamma is not None:
+            params["gamma"] = g_xhat.reshape(-1, d).sum(dim=0)  # dJ/dgamma = sum_rows dJ/dy o xhat   (d,)
+            if "beta" in self.params:
+                params["beta"] = dJ_dy.reshape(-1, d).sum(dim=0)  # dJ/dbeta = sum_rows dJ/dy   (d,)
+        kept: dict[Key, Tensor] = {}
+        if ctx.keep_intermediates:
+            kept[Key("xhat", ctx.path)] = dJ_dy * gamma if gamma is not None else dJ_dy.clone()
+        if not ctx.need_dx:
+            return LayerGrads(None, params, kept)
+        if gamma is None:  # dJ/dxhat = dJ/dy
+            dJ_dxhat = dJ_dy.clone()  # (..., d)
+            mean_g = dJ_dy.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat   (..., 1)
+            mean_gx = g_xhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat o xhat   (..., 1)
+        else:
+            dJ_dxhat = dJ_dy * gamma  # dJ/dxhat = dJ/dy o gamma   (..., d)
+            # the row means as matrix-vector products, with no (..., d) temporary:
+            # mean_k dJ/dxhat = dJ/dy gamma / d ;  mean_k dJ/dxhat o xhat = (dJ/dy o xhat) gamma / d
+            mean_g = (dJ_dy @ gamma).unsqueeze_(-1).div_(d)  # (..., 1)
+            mean_gx = (g_xhat @ gamma).unsqueeze_(-1).div_(d)  # (..., 1)
+        del g_xhat
+        # dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat)), in dJ/dxhat's storage
+        dJ_dx = dJ_dxhat.sub_(mean_g).sub_(xhat.mul_(mean_gx)).mul_(cache.rstd)  # (..., d)
+        return LayerGrads(dJ_dx, params, kept)
+
+    def release(self, cache: RowStats) -> None:
+        cache.mu = cache.rstd = torch.empty(0)
+
+
+# ---- the block ------------------------------------------------------------------------------
+@dataclass
+class BlockCache:
+    """What a block's forward pass keeps.
+
+    Attributes:
+        a: a[j] = sub-layer j's output (a[0] unused: the block's input is the caller's); None
+            where no backward reads it (a training step).
+        saved: saved[j] = sub-layer j's own cache.
+        resid: r = x + a(l,3), the residual stream between the two halves (B, T, d).
+    """
+
+    a: list[Tensor | None]
+    saved: list[Any]
+    resid: Tensor
+
+
+ATTENTION_HALF = (1, 2, 3)
+"""The sub-layers of the first residual branch: ln_1, attn, attention's dropout."""
+
+MLP_HALF = (4, 5, 6, 7, 8)
+"""The sub-layers of the second: ln_2, c_fc, GELU, c_proj, dropout."""
+
+READ_BY_BACKWARD = {1, 4, 5, 6}
+"""The a(l,j) some backward pass reads, as its input: attn reads a(l,1), c_fc a(l,4), GELU
+a(l,5) and c_proj a(l,6). ln_1 reads x and ln_2 r, kept apart; the dropouts read their masks."""
+
+
+class Block(Layer):
+    """x + attn(ln_1(x)), then + mlp(ln_2(.)): nanoGPT's Block, with nanoGPT's names.
+
+    Args:
+        ln_1, ln_2: the LayerNorms (RowLayerNorm; a plain LayerNorm is converted).
+        attn: the attention layer.
+        c_fc: (4d <- d) Linear;  c_proj: (d <- 4d) Linear.
+        dropout: p of the residual dropouts after attention and after the MLP (the attention
+            layer has its own, on the probabilities).
+        seed: seeds the two dropouts' masks.
+    """
+
+    title = "Block"
+
+    def __init__(
+        self,
+        ln_1: LayerNorm,
+        attn: CausalSelfAttention,
+        ln_2: LayerNorm,
+        c_fc: Linear,
+        c_proj: Linear,
+        *,
+        dropout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        d = attn.d
+        for name, layer, kind in (("ln_1", ln_1, LayerNorm), ("ln_2", ln_2, LayerNorm), ("c_fc", c_fc, Linear),
+                                  ("c_proj", c_proj, Linear)):  # fmt: skip
+            if not isinstance(layer, kind):
+                raise TypeError(f"{name} must be a refbp {kind.__name__}, got {type(layer).__name__}")
+        for name, norm in (("ln_1", ln_1), ("ln_2", ln_2)):
+            if norm.d != d:
+                raise ValueError(f"{name} normalises {norm.d} features; attention has n_embd = {d}")
+        if c_fc.W.shape[1] != d or c_proj.W.shape != (d, c_fc.W.shape[0]):
+            raise ValueError(f"c_fc ({describe(c_fc.W)}) and c_proj ({describe(c_proj.W)}) must map {d} -> h -> {d}")
+        seed = check_seed(seed)
+        self.inner: list[Layer] = [
+            _row_norm(ln_1), attn, Dropout(dropout, seed=seed), _row_norm(ln_2), c_fc, Elementwise(gelu()), c_proj,
+            Dropout(dropout, seed=(seed + 1) % 2**32),
+        ]  # fmt: skip
+        self.params = {}
+        self.training = True
+
+    @property
+    def d(self) -> int:
+        return self.attn.d
+
+    @property
+    def attn(self) -> CausalSelfAttention:
+        layer = self.inner[1]
+        assert isinstance(layer, CausalSelfAttention)
+        return layer
+
+    def sublayers(self) -> list[Layer]:
+        return self.inner
+
+    @property
+    def intermediates(self) -> tuple[str, ...]:
+        return ("resid",)
+
+    def keys(self, path: tuple[int, ...]) -> list[Key]:
+        """Every sub-layer's keys at (l, j), the residual stream r, and the output a(l)."""
+        sub = [key for j, layer in enumerate(self.inner, start=1) for key in layer.keys((*path, j))]
+        return [*sub, Key("resid", path), Key("a", path)]
+
+    def describe(self) -> str:
+        attn = self.attn
+        bias = "" if "b_qkv" in attn.params else ", no bias"
+        p = self.inner[2]
+        drop = f", dropout {p.p:g}" if isinstance(p, Dropout) and p.p > 0 else ""
+        return f"Block({attn.d}, {attn.n_head} heads{bias}{drop})"
+
+    def equations(self) -> tuple[str, str]:
+        return (
+            "r = x + attn(ln_1(x)) ;  y = r + c_proj(GELU(c_fc(ln_2(r))))",
+            "dJ/dr = dJ/dy + dJ/dr through the MLP ;  dJ/dx = dJ/dr + dJ/dx through attention",
+        )
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        self.attn.check_input(x, (*path, 2))
+
+    # ---- the manual path ---------------------------------------------------------------------
+    def _run(
+        self, half: tuple[int, ...], x: Tensor, cache: BlockCache, ctx: ForwardContext, path: tuple[int, ...]
+    ) -> Tensor:
+        """The sub-layers of one half in turn from x; fills cache.a and cache.saved."""
+        for j in half:
+            x, cache.saved[j] = self.inner[j - 1].forward(x, ctx, (*path, j))
+            cache.a[j] = x if ctx.keep_intermediates or j in READ_BY_BACKWARD else None
+        return x
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, BlockCache]:
+        n = len(self.inner)
+        cache = BlockCache(a=[None] * (n + 1), saved=[None] * (n + 1), resid=x)
+        attn_out = self._run(ATTENTION_HALF, x, cache, ctx, path)  # (B1-B3) a(l,3)   (B, T, d)
+        cache.resid = r = x + attn_out  # (B4) r = x + a(l,3)   (B, T, d)
+        del attn_out
+        mlp_out = self._run(MLP_HALF, r, cache, ctx, path)  # (B5-B9) a(l,8)   (B, T, d)
+        return r + mlp_out, cache  # (B10) y = r + a(l,8)   (B, T, d)
+
+    def _back(
+        self,
+        half: tuple[int, ...],
+        dJ_dout: Tensor,
+        x: Tensor,
+        cache: BlockCache,
+        ctx: BackwardContext,
+        out: LayerGrads,
+    ) -> Tensor:
+        """The sub-layers of one half, last first, from dJ/d(the half's output), which is read
+        and never overwritten (the skip path needs it too); returns dJ/d(the half's input)."""
+        g = dJ_dout
+        for j in reversed(half):
+            path = (*ctx.path, j)
+            if ctx.keep_intermediates:
+                out.intermediates[Key("a", path)] = g
+            sub_ctx = BackwardContext(
+                path=path, keep_intermediates=ctx.keep_intermediates, overwrite=j != half[-1], need_dx=True,
+                weight_decay=ctx.weight_decay,
+            )  # fmt: skip
+            layer_input = x if j == half[0] else cache.a[j - 1]
+            grads = self.inner[j - 1].backward(g, layer_input, cache.a[j], cache.saved[j], sub_ctx)  # type: ignore[arg-type]
+            out.sub_params.update({Key(kind, path): value for kind, value in grads.params.items()})
+            out.sub_params.update(grads.sub_params)
+            out.intermediates.update(grads.intermediates)
+            assert grads.dJ_dx is not None
+            g = grads.dJ_dx
+        return g
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: BlockCache, ctx: BackwardContext) -> LayerGrads:
+        grads = LayerGrads(None)
+        # (B10) y = r + a(l,8): dJ/da(l,8) = dJ/dy, and dJ/dr = dJ/dy + dJ/dr through the MLP
+        dJ_dr = self._back(MLP_HALF, dJ_dy, cache.resid, cache, ctx, grads).add_(dJ_dy)  # (B, T, d)
+        if ctx.keep_intermediates:
+            grads.intermediates[Key("resid", ctx.path)] = dJ_dr
+        # (B4) r = x + a(l,3): dJ/da(l,3) = dJ/dr, and dJ/dx = dJ/dr + dJ/dx through attention
+        grads.dJ_dx = self._back(ATTENTION_HALF, dJ_dr, x, cache, ctx, grads).add_(dJ_dr)  # (B, T, d)
+        return grads
+
+    def noise_of(self, cache: BlockCache, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
+        out: dict[tuple[int, ...], Tensor] = {}
+        for j, layer in enumerate(self.inner, start=1):
+            out.update(layer.noise_of(cache.saved[j], (*path, j)))
+        return out
+
+    def release(self, cache: BlockCache) -> None:
+        for j, layer in enumerate(self.inner, start=1):
+            if cache.saved[j] is not None:
+                layer.release(cache.saved[j])
+        cache.a = [None] * len(cache.a)
+        cache.saved = [None] * len(cache.saved)
+        cache.resid = torch.empty(0)
+
+    # ---- the oracle ---------------------------------------------------------------------------
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        def half(js: tuple[int, ...], h: Tensor) -> Tensor:
+            for j in js:
+                h = self.inner[j - 1].torch_forward(h, p, noise, tap, (*path, j))
+                h = tap.intermediate(Key("a", (*path, j)), h)
+            return h
+
+        r = tap.intermediate(Key("resid", path), x + half(ATTENTION_HALF, x))  # (B4)
+        return r + half(MLP_HALF, r)  # (B10)
+
+    def to_torch(self) -> torch.nn.Module:
+        ln_1, attn, _, ln_2, c_fc, _, c_proj, drop = self.inner
+        assert isinstance(drop, Dropout)
+        module = TorchBlock(ln_1.to_torch(), attn.to_torch(), ln_2.to_torch(), c_fc.to_torch(), c_proj.to_torch(),
+                            dropout=drop.p)  # fmt: skip
+        module.train(self.training)
+        return module
+
+    def torch_param_names(self, path: tuple[int, ...]) -> dict[Key, str]:
+        names = {1: "ln_1", 2: "attn", 4: "ln_2", 5: "mlp.c_fc", 7: "mlp.c_proj"}
+        out: dict[Key, str] = {}
+        for j, prefix in names.items():
+            for key, relative in self.inner[j - 1].torch_param_names((*path, j)).items():
+                rest = relative.split(".", 1)[1]  # "0.weight" -> "weight"
+                out[key] = f"0.{prefix}.{rest}"
+        return out
+
+
+def _row_norm(norm: LayerNorm) -> RowLayerNorm:
+    """``norm`` as a RowLayerNorm sharing its parameters (itself if it is one)."""
+    if isinstance(norm, RowLayerNorm):
+        return norm
+    row = object.__new__(RowLayerNorm)
+    row.__dict__.update(norm.__dict__)
+    row.params = dict(norm.params)
+    return row
+
+
+class TorchMLP(torch.nn.Module):
+    """nanoGPT's MLP: c_fc, GELU, c_proj, dropout."""
+
+    def __init__(self, c_fc: torch.nn.Module, c_proj: torch.nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.c_fc, self.gelu, self.c_proj, self.dropout = c_fc, torch.nn.GELU(), c_proj, torch.nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class TorchBlock(torch.nn.Module):
+    """The block as a torch module with nanoGPT's names (ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj):
+    what ``Block.to_torch()`` gives. Its dropouts draw torch's own masks."""
+
+    def __init__(
+        self,
+        ln_1: torch.nn.Module,
+        attn: torch.nn.Module,
+        ln_2: torch.nn.Module,
+        c_fc: torch.nn.Module,
+        c_proj: torch.nn.Module,
+        *,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        assert isinstance(attn, TorchCausalSelfAttention)
+        self.ln_1, self.attn, self.ln_2 = ln_1, attn, ln_2
+        self.resid_dropout = torch.nn.Dropout(dropout)
+        self.mlp = TorchMLP(c_fc, c_proj, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.resid_dropout(self.attn(self.ln_1(x)))
+        return x + self.mlp(self.ln_2(x))
