@@ -96,9 +96,9 @@ def test_probabilities_rebuilt_in_the_backward_pass_are_the_forward_ones_exactly
     attn = _attention(6, 3)
     x, _ = _point(2, 5, 6)
     _, cache = attn.forward(x, ForwardContext(keep_intermediates=True), (1,))
-    q, k, _ = (attn.split_heads(t) for t in cache.qkv.split(6, dim=2))
+    q, k, _ = cache.heads.unbind(0)
     assert cache.P is not None
-    assert torch.equal(attn.probabilities(q, k, cache.lse), cache.P)
+    assert torch.equal(attn.probabilities(q, k), cache.P)
     torch.testing.assert_close(cache.P.sum(dim=-1), torch.ones(2, 3, 5, dtype=torch.float64))
     assert bool((cache.P.tril() == cache.P).all())  # nothing from the future
 

@@ -6,7 +6,7 @@ x is (B, T, d): B sequences of T positions. n_head heads of size hs = d / n_head
     (A2) q, k, v split into heads                     (B, nh, T, hs) each
     (A3) S = q k^T / sqrt(hs)                          (B, nh, T, T)  scores
     (A4) S[t, t'] = -inf for t' > t                    (B, nh, T, T)  the causal mask
-    (A5) P = softmax(S) row by row = exp(S - lse)      (B, nh, T, T)  lse = log sum_t' exp S[t, t']
+    (A5) P = softmax(S), row by row                   (B, nh, T, T)  P[t, t'] = exp S[t, t'] / sum exp S[t, .]
     (A6) P~ = P o m / (1 - p)                          (B, nh, T, T)  attention dropout (training)
     (A7) Y = P~ v                                      (B, nh, T, hs) weighted values
     (A8) y = heads merged: y[b, t] = [Y[b, 1, t], ..., Y[b, nh, t]]     (B, T, d)
@@ -28,14 +28,15 @@ diag(P) - P P^T, applied to dJ/dP without ever being formed (it would be T x T p
 mask (A4) needs no backward line of its own where P is read: P = 0 at a masked entry, so dJ/dS
 is 0 there too.
 
-**What the cache keeps.** The packed [q k v], the merged y, lse (one number per row) and the
-dropout mask: the T x T probabilities P are *rebuilt* in the backward pass from q, k and lse,
-with the same lines as the forward pass (A3-A5), as FlashAttention and torch's fused attention
-do. P is the largest thing attention could keep (T x T per head against 3d + d numbers per
-position), and keeping it would make a training step need more memory than torch's autograd.
-Rebuilding P is where the causal mask does need a backward line: forget it there and every
-masked score comes back to life (refbp.apps.gpt_bugs). In the teaching mode
-(``keep_intermediates``) the cache also holds P, to be read, not used.
+**What the cache keeps.** q, k and v split into heads, the merged y and the dropout mask. The
+T x T probabilities P are *rebuilt* in the backward pass from q and k by the forward pass's own
+lines (A3-A5), so bit for bit the same P. P is the largest thing attention could keep (T x T
+per head against 4d numbers per position), and keeping it would make a training step need more
+memory than torch's fused attention, which does not keep it either (FlashAttention keeps one
+log-sum-exp per row instead of a softmax's sum). Rebuilding P is where the causal mask does
+need a backward line: forget it there and every masked score comes back to life
+(refbp.apps.gpt_bugs). In the teaching mode (``keep_intermediates``) the cache also holds P, to
+be read, never used.
 
 Intermediates reported (keys at the layer's path): q, k, v (B, nh, T, hs), att = P
 (B, nh, T, T), y (B, T, d); the output a is ``out``.
@@ -81,16 +82,14 @@ class AttentionCache:
     """What attention's backward pass needs besides its input x.
 
     Attributes:
-        qkv: (B, T, 3d) the packed projection; q, k and v are views of it.
-        lse: (B, nh, T, 1) log sum_t' exp S[t, t'] of each row of masked scores: with q and k
-            it gives P back exactly (A5).
+        heads: (3, B, nh, T, hs) q, k and v, each split into heads (contiguous, for the batched
+            matrix products of the backward pass).
         y: (B, T, d) the heads merged (A8), the input of the output projection.
         mask: (B, nh, T, T) bool keep-mask of attention dropout, or None (eval mode, p = 0).
         P: (B, nh, T, T) the probabilities, kept in the teaching mode only (never read back).
     """
 
-    qkv: Tensor
-    lse: Tensor
+    heads: Tensor
     y: Tensor
     mask: Tensor | None
     P: Tensor | None = None
@@ -196,15 +195,18 @@ class CausalSelfAttention(Layer):
         return Y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, d)
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
-        """S = q k^T / sqrt(hs) with S[t, t'] = -inf for t' > t (A3, A4). A new tensor."""
-        T = q.shape[-2]
-        S = (q @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(self.hs))  # (A3) (B, nh, T, T)
-        return S.masked_fill_(causal_mask(T, q.device), float("-inf"))  # (A4) no look at the future
+        """S = q k^T / sqrt(hs) with S[t, t'] = -inf for t' > t (A3, A4), as one fused product
+        that adds the mask as a bias of 0 and -inf. A new (B, nh, T, T) tensor."""
+        B, nh, T, hs = q.shape
+        bias = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(causal_mask(T, q.device), float("-inf"))
+        q3, k3 = q.reshape(B * nh, T, hs), k.reshape(B * nh, T, hs)  # (B nh, T, hs), views
+        S = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (A3, A4) (B nh, T, T)
+        return S.view(B, nh, T, T)
 
-    def probabilities(self, q: Tensor, k: Tensor, lse: Tensor) -> Tensor:
-        """P = exp(S - lse), rebuilt in the backward pass from q, k and the kept lse (A3-A5): the
-        same lines as the forward pass, so the same numbers."""
-        return self.scores(q, k).sub_(lse).exp_()  # (B, nh, T, T)
+    def probabilities(self, q: Tensor, k: Tensor) -> Tensor:
+        """P = softmax(S), S = q k^T / sqrt(hs) masked (A3-A5): in the forward pass, and again in
+        the backward pass, from the same q and k by the same lines, so the same numbers."""
+        return torch.softmax(self.scores(q, k), dim=-1)  # (A5) (B, nh, T, T), softmax by torch's kernel
 
     def scores_backward(self, dJ_dS: Tensor, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """(dJ/dq, dJ/dk) from dJ/dS (A3): dJ/dq = dJ/dS k / sqrt(hs), dJ/dk = dJ/dS^T q / sqrt(hs)."""
@@ -219,21 +221,24 @@ class CausalSelfAttention(Layer):
 
     # ---- the manual path ---------------------------------------------------------------------
     def _project(self, x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
-        """x W^T + b over the last dimension (A1, A9)."""
-        return torch.matmul(x, W.T) if b is None else torch.matmul(x, W.T).add_(b)
+        """x W^T + b over the last dimension (A1, A9), every leading dimension a row."""
+        rows = x.reshape(-1, x.shape[-1])  # (M, d_in)
+        out = rows @ W.T if b is None else torch.addmm(b, rows, W.T)  # (M, d_out), one fused op
+        return out.view(*x.shape[:-1], W.shape[0])
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, AttentionCache]:
-        d = x.shape[-1]  # x: (B, T, d)
+        B, T, _ = x.shape
+        nh, hs = self.n_head, self.hs
         qkv = self._project(x, self.params["W_qkv"], self.params.get("b_qkv"))  # (A1) (B, T, 3d)
-        q, k, v = (self.split_heads(t) for t in qkv.split(d, dim=2))  # (A2) (B, nh, T, hs) each
-        S = self.scores(q, k)  # (A3, A4) (B, nh, T, T)
-        lse = torch.logsumexp(S, dim=-1, keepdim=True)  # (B, nh, T, 1)  log sum_t' exp S[t, t']
-        P = S.sub_(lse).exp_()  # (A5) P = exp(S - lse) = softmax(S)   (B, nh, T, T), in S's storage
+        heads = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).contiguous()  # (A2) (3, B, nh, T, hs)
+        del qkv
+        q, k, v = heads.unbind(0)  # (B, nh, T, hs) each
+        P = self.probabilities(q, k)  # (A3-A5) P = softmax(q k^T / sqrt(hs), masked)   (B, nh, T, T)
         mask = self._mask(P.shape, ctx, path, x.device)
         P_tilde = P if mask is None else P * mask * (1.0 / (1.0 - self.p))  # (A6) P~ = P o m / (1 - p)
         y = self.merge_heads(P_tilde @ v)  # (A7, A8) (B, nh, T, T) @ (B, nh, T, hs), merged: (B, T, d)
         out = self._project(y, self.params["W_o"], self.params.get("b_o"))  # (A9) (B, T, d)
-        return out, AttentionCache(qkv, lse, y, mask, P if ctx.keep_intermediates else None)
+        return out, AttentionCache(heads, y, mask, P if ctx.keep_intermediates else None)
 
     def _mask(
         self, shape: torch.Size, ctx: ForwardContext, path: tuple[int, ...], device: torch.device
@@ -253,7 +258,7 @@ class CausalSelfAttention(Layer):
         self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: AttentionCache, ctx: BackwardContext
     ) -> LayerGrads:
         W_qkv, W_o = self.params["W_qkv"], self.params["W_o"]
-        d = x.shape[-1]  # x: (B, T, d)
+        d = self.d
         keep = ctx.keep_intermediates
         # (A9) the output projection
         g = dJ_dout.reshape(-1, d)  # (M, d)   M = B T rows
@@ -261,15 +266,16 @@ class CausalSelfAttention(Layer):
         if "b_o" in self.params:
             params["b_o"] = g.sum(dim=0)  # dJ/db_o = sum_rows dJ/dout   (d,)
         dJ_dy = dJ_dout @ W_o  # dJ/dy = dJ/dout W_o   (B, T, d)
-        dJ_dY = self.split_heads(dJ_dy)  # (A8) (B, nh, T, hs), a view
-        # (A7) Y = P~ v, with P rebuilt from q, k and lse (A3-A5)
-        q, k, v = (self.split_heads(t) for t in cache.qkv.split(d, dim=2))  # (B, nh, T, hs) each
-        P = self.probabilities(q, k, cache.lse)  # (B, nh, T, T)
+        dJ_dY = self.split_heads(dJ_dy).contiguous()  # (A8) (B, nh, T, hs)
+        # (A7) Y = P~ v, with P rebuilt from q and k (A3-A5)
+        q, k, v = cache.heads.unbind(0)  # (B, nh, T, hs) each
+        P = self.probabilities(q, k)  # (B, nh, T, T)
         scale = 1.0 / (1.0 - self.p)
         P_tilde = P if cache.mask is None else P * cache.mask * scale  # (B, nh, T, T)
         dJ_dv = P_tilde.transpose(-2, -1) @ dJ_dY  # dJ/dv = P~^T dJ/dY   (B, nh, T, hs)
         del P_tilde
         dJ_dP = dJ_dY @ v.transpose(-2, -1)  # dJ/dP~ = dJ/dY v^T   (B, nh, T, T)
+        del dJ_dY
         if cache.mask is not None:
             dJ_dP.mul_(cache.mask).mul_(scale)  # (A6) dJ/dP = dJ/dP~ o m / (1 - p)
         kept = {Key("att", ctx.path): dJ_dP} if keep else {}
@@ -279,14 +285,14 @@ class CausalSelfAttention(Layer):
         del dJ_dS
         # (A1, A2) back through the heads and the packed projection
         dJ_dqkv = torch.cat([self.merge_heads(t) for t in (dJ_dq, dJ_dk, dJ_dv)], dim=2)  # (B, T, 3d)
-        rows = dJ_dqkv.reshape(-1, 3 * d)  # (M, 3d)
+        rows = dJ_dqkv.view(-1, 3 * d)  # (M, 3d)
         params["W_qkv"] = rows.T @ x.reshape(-1, d)  # dJ/dW_qkv = sum_rows dJ/d[qkv]^T x   (3d, d)
         if "b_qkv" in self.params:
             params["b_qkv"] = rows.sum(dim=0)  # dJ/db_qkv   (3d,)
         if ctx.weight_decay:
             for kind in self.decayed:
                 params[kind].add_(self.params[kind], alpha=ctx.weight_decay)  # + lambda W
-        dJ_dx = dJ_dqkv @ W_qkv if ctx.need_dx else None  # dJ/dx = dJ/d[qkv] W_qkv   (B, T, d)
+        dJ_dx = (rows @ W_qkv).view(x.shape) if ctx.need_dx else None  # dJ/dx = dJ/d[qkv] W_qkv   (B, T, d)
         if keep:
             kept.update({Key("q", ctx.path): dJ_dq, Key("k", ctx.path): dJ_dk, Key("v", ctx.path): dJ_dv})
             kept[Key("y", ctx.path)] = dJ_dy
@@ -296,7 +302,7 @@ class CausalSelfAttention(Layer):
         return {} if cache.mask is None else {path: cache.mask}
 
     def release(self, cache: AttentionCache) -> None:
-        cache.qkv = cache.lse = cache.y = torch.empty(0)
+        cache.heads = cache.y = torch.empty(0)
         cache.mask = cache.P = None
 
     # ---- the oracle ---------------------------------------------------------------------------

@@ -28,72 +28,80 @@ The LayerNorms keep their row statistics only (``RowLayerNorm``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .activations import gelu
+from .activations import Activation
 from .attention import CausalSelfAttention, TorchCausalSelfAttention
 from .dropout import Dropout
 from .elementwise import Elementwise
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
-from .layernorm import LayerNorm
+from .layernorm import LayerNorm, accumulation_dtype
 from .linear import Linear
 from .validation import check_seed, describe
 
-__all__ = ["Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock"]
+__all__ = ["GELU", "Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock"]
 
 
 # ---- LayerNorm as a transformer keeps it ----------------------------------------------------
 @dataclass
 class RowStats:
-    """What RowLayerNorm's backward needs besides x: mu and rstd, (..., 1) each."""
+    """What RowLayerNorm's backward needs besides x: mu and rstd, (..., 1) each, in the
+    accumulation dtype."""
 
     mu: Tensor
     rstd: Tensor
 
 
 class RowLayerNorm(LayerNorm):
-    """torch.nn.LayerNorm(d) as torch's own kernel runs it: in the input's dtype, keeping only
-    the row statistics mu and rstd (one number each per row) for the backward pass.
+    """torch.nn.LayerNorm(d) keeping only the row statistics mu and rstd (one number each per
+    row) for the backward pass, as torch's own kernel does.
 
         mu = mean_k x_k ;  rstd = 1 / sqrt(mean_k (x_k - mu)^2 + eps) ;  xhat = (x - mu) rstd
         y  = gamma o xhat + beta
         dJ/dgamma = sum_rows dJ/dy o xhat ;  dJ/dbeta = sum_rows dJ/dy ;  dJ/dxhat = dJ/dy o gamma
         dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat))
 
-    The equations are refbp.nn.layernorm's. Two things differ, both for a training step's
-    memory and time: xhat is rebuilt from x in the backward pass (x is kept anyway, as the
-    residual stream; xhat would be one more (B, T, d) tensor per LayerNorm, more than torch
-    keeps), and the arithmetic stays in x's dtype (as torch.nn.LayerNorm's CPU kernel), with
-    the two row means of the last line as matrix-vector products."""
+    The equations, and the float64 accumulation for float32 and below (``accumulation_dtype``),
+    are refbp.nn.layernorm's: in a short row the three terms of dJ/dx cancel (in a row of two
+    entries dJ/dx is a multiple of 1 - var rstd^2, a few 1e-5), and float32 statistics or
+    arithmetic would keep only their first digits. What differs is the cache, for a training
+    step's memory: mu and rstd, and xhat rebuilt from x in the backward pass. x is kept anyway
+    (it is the residual stream); xhat would be one more (B, T, d) tensor per LayerNorm, in
+    float64, where autograd keeps none."""
 
     title = "LayerNorm"
 
     # the cache is RowStats, not the NormCache of LayerNorm: an override by design
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, RowStats]:  # type: ignore[override]
-        var, mu = torch.var_mean(x, dim=-1, correction=0, keepdim=True)  # (..., 1) each, biased variance
-        rstd = var.add_(self.eps).rsqrt_()  # rstd = 1 / sqrt(var + eps)   (..., 1)
-        xhat = (x - mu).mul_(rstd)  # xhat = (x - mu) rstd   (..., d)
-        if "gamma" not in self.params:
-            return xhat, RowStats(mu, rstd)
-        y = xhat.mul_(self.params["gamma"])  # gamma o xhat, in xhat's storage
-        if "beta" in self.params:
-            y = y.add_(self.params["beta"])  # + beta
+        centred = x.to(accumulation_dtype(x.dtype), copy=True)  # (..., d), float64 for float32
+        mu = centred.mean(dim=-1, keepdim=True)  # (..., 1)
+        centred.sub_(mu)  # x - mu   (..., d)
+        norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)  # sqrt(sum_k (x_k - mu)^2)   (..., 1)
+        rstd = norm.square_().div_(self.d).add_(self.eps).rsqrt_()  # 1 / sqrt(var + eps)   (..., 1)
+        y = centred.mul_(rstd).to(x.dtype)  # xhat = (x - mu) rstd   (..., d), a tensor of ours
+        if "gamma" in self.params:
+            y = y.mul_(self.params["gamma"])  # gamma o xhat
+            if "beta" in self.params:
+                y = y.add_(self.params["beta"])  # + beta
         return y, RowStats(mu, rstd)
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: RowStats, ctx: BackwardContext) -> LayerGrads:  # type: ignore[override]
-        d = self.d
-        xhat = (x - cache.mu).mul_(cache.rstd)  # xhat rebuilt from x   (..., d)
-        g_xhat = dJ_dy * xhat  # dJ/dy o xhat   (..., d)
+        d, acc = self.d, cache.rstd.dtype  # the accumulation dtype
+        xhat = x.to(acc, copy=True).sub_(cache.mu).mul_(cache.rstd)  # xhat rebuilt from x   (..., d)
+        g = dJ_dy.to(acc)  # (..., d)
+        g_xhat = g * xhat  # dJ/dy o xhat   (..., d)
         params: dict[str, Tensor] = {}
         gamma = self.params.get("gamma")
         if gamma is not None:
-            params["gamma"] = g_xhat.reshape(-1, d).sum(dim=0)  # dJ/dgamma = sum_rows dJ/dy o xhat   (d,)
+            params["gamma"] = g_xhat.reshape(-1, d).sum(dim=0).to(dJ_dy.dtype)  # dJ/dgamma = sum_rows dJ/dy o xhat
             if "beta" in self.params:
                 params["beta"] = dJ_dy.reshape(-1, d).sum(dim=0)  # dJ/dbeta = sum_rows dJ/dy   (d,)
         kept: dict[Key, Tensor] = {}
@@ -102,22 +110,47 @@ class RowLayerNorm(LayerNorm):
         if not ctx.need_dx:
             return LayerGrads(None, params, kept)
         if gamma is None:  # dJ/dxhat = dJ/dy
-            dJ_dxhat = dJ_dy.clone()  # (..., d)
-            mean_g = dJ_dy.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat   (..., 1)
             mean_gx = g_xhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat o xhat   (..., 1)
+            dJ_dxhat = g if g is not dJ_dy else g.clone()  # (..., d), ours to overwrite
         else:
-            dJ_dxhat = dJ_dy * gamma  # dJ/dxhat = dJ/dy o gamma   (..., d)
-            # the row means as matrix-vector products, with no (..., d) temporary:
-            # mean_k dJ/dxhat = dJ/dy gamma / d ;  mean_k dJ/dxhat o xhat = (dJ/dy o xhat) gamma / d
-            mean_g = (dJ_dy @ gamma).unsqueeze_(-1).div_(d)  # (..., 1)
-            mean_gx = (g_xhat @ gamma).unsqueeze_(-1).div_(d)  # (..., 1)
+            gamma_a = gamma.to(acc)
+            # mean_k dJ/dxhat o xhat = (dJ/dy o xhat) gamma / d: a matrix-vector product
+            mean_gx = (g_xhat @ gamma_a).unsqueeze_(-1).div_(d)  # (..., 1)
+            dJ_dxhat = g.mul_(gamma_a) if g is not dJ_dy else g * gamma_a  # dJ/dxhat = dJ/dy o gamma   (..., d)
         del g_xhat
+        mean_g = dJ_dxhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat   (..., 1)
         # dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat)), in dJ/dxhat's storage
         dJ_dx = dJ_dxhat.sub_(mean_g).sub_(xhat.mul_(mean_gx)).mul_(cache.rstd)  # (..., d)
-        return LayerGrads(dJ_dx, params, kept)
+        return LayerGrads(dJ_dx.to(dJ_dy.dtype), params, kept)
 
     def release(self, cache: RowStats) -> None:
         cache.mu = cache.rstd = torch.empty(0)
+
+
+# ---- GELU as a transformer's MLP runs it ----------------------------------------------------
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_chain(z: Tensor, dJ_da: Tensor) -> Tensor:
+    """dJ/dz = dJ/da o (Phi(z) + z phi(z)), phi(z) = exp(-z^2 / 2) / sqrt(2 pi), in dJ/da's storage."""
+    Phi = torch.mul(z, _INV_SQRT_2).erf_().mul_(0.5).add_(0.5)  # Phi(z) = (1 + erf(z / sqrt 2)) / 2
+    e = torch.mul(z, z).mul_(-0.5).exp_()  # exp(-z^2 / 2)
+    return dJ_da.mul_(Phi.addcmul_(z, e, value=_INV_SQRT_2PI))  # dJ/da o (Phi(z) + z phi(z))
+
+
+def _gelu_derivative(z: Tensor) -> Tensor:
+    return _gelu_chain(z, torch.ones_like(z))  # f'(z) = Phi(z) + z phi(z)
+
+
+GELU = Activation(
+    "gelu", F.gelu, _gelu_derivative, "z", "a = z Phi(z) ;  f'(z) = Phi(z) + z phi(z)",
+    torch_fn=F.gelu, torch_module=lambda: torch.nn.GELU(), chain_in_place=_gelu_chain,
+)  # fmt: skip
+"""nanoGPT's GELU, the exact z Phi(z) of torch.nn.GELU(). refbp.nn.activations.gelu() computes
+the value by hand in five passes over the tensor; the MLP runs GELU on its widest tensor (4d per
+position), so here the value comes from torch's fused kernel (as refbp's sigmoid and tanh come
+from torch's) and the derivative, by hand, takes four passes fewer."""
 
 
 # ---- the block ------------------------------------------------------------------------------
@@ -185,7 +218,7 @@ class Block(Layer):
             raise ValueError(f"c_fc ({describe(c_fc.W)}) and c_proj ({describe(c_proj.W)}) must map {d} -> h -> {d}")
         seed = check_seed(seed)
         self.inner: list[Layer] = [
-            _row_norm(ln_1), attn, Dropout(dropout, seed=seed), _row_norm(ln_2), c_fc, Elementwise(gelu()), c_proj,
+            _row_norm(ln_1), attn, Dropout(dropout, seed=seed), _row_norm(ln_2), c_fc, Elementwise(GELU), c_proj,
             Dropout(dropout, seed=(seed + 1) % 2**32),
         ]  # fmt: skip
         self.params = {}
@@ -259,22 +292,26 @@ class Block(Layer):
     ) -> Tensor:
         """The sub-layers of one half, last first, from dJ/d(the half's output), which is read
         and never overwritten (the skip path needs it too); returns dJ/d(the half's input)."""
-        g = dJ_dout
+        g, owned = dJ_dout, False  # owned: g is a tensor of this loop's, free to overwrite
         for j in reversed(half):
-            path = (*ctx.path, j)
+            path, layer = (*ctx.path, j), self.inner[j - 1]
             if ctx.keep_intermediates:
                 out.intermediates[Key("a", path)] = g
+            if isinstance(layer, Dropout) and not layer.stochastic:
+                continue  # the identity (eval mode, p = 0): dJ/dx = dJ/dy, handed on as it is
             sub_ctx = BackwardContext(
-                path=path, keep_intermediates=ctx.keep_intermediates, overwrite=j != half[-1], need_dx=True,
+                path=path, keep_intermediates=ctx.keep_intermediates, overwrite=owned, need_dx=True,
                 weight_decay=ctx.weight_decay,
             )  # fmt: skip
             layer_input = x if j == half[0] else cache.a[j - 1]
-            grads = self.inner[j - 1].backward(g, layer_input, cache.a[j], cache.saved[j], sub_ctx)  # type: ignore[arg-type]
+            grads = layer.backward(g, layer_input, cache.a[j], cache.saved[j], sub_ctx)  # type: ignore[arg-type]
             out.sub_params.update({Key(kind, path): value for kind, value in grads.params.items()})
             out.sub_params.update(grads.sub_params)
             out.intermediates.update(grads.intermediates)
             assert grads.dJ_dx is not None
-            g = grads.dJ_dx
+            g, owned = grads.dJ_dx, True
+        if not owned:  # every sub-layer was the identity: dJ/dx is dJ/dy itself, which is not ours
+            g = g.clone()
         return g
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: BlockCache, ctx: BackwardContext) -> LayerGrads:
