@@ -208,6 +208,10 @@ class CausalSelfAttention(Layer):
         the backward pass, from the same q and k by the same lines, so the same numbers."""
         return torch.softmax(self.scores(q, k), dim=-1)  # (A5) (B, nh, T, T), softmax by torch's kernel
 
+    def rebuilt_probabilities(self, q: Tensor, k: Tensor) -> Tensor:
+        """P again, in the backward pass: the forward's lines, the causal mask (A4) included."""
+        return self.probabilities(q, k)  # (B, nh, T, T)
+
     def scores_backward(self, dJ_dS: Tensor, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """(dJ/dq, dJ/dk) from dJ/dS (A3): dJ/dq = dJ/dS k / sqrt(hs), dJ/dk = dJ/dS^T q / sqrt(hs)."""
         scale = 1.0 / math.sqrt(self.hs)
@@ -269,7 +273,7 @@ class CausalSelfAttention(Layer):
         dJ_dY = self.split_heads(dJ_dy).contiguous()  # (A8) (B, nh, T, hs)
         # (A7) Y = P~ v, with P rebuilt from q and k (A3-A5)
         q, k, v = cache.heads.unbind(0)  # (B, nh, T, hs) each
-        P = self.probabilities(q, k)  # (B, nh, T, T)
+        P = self.rebuilt_probabilities(q, k)  # (B, nh, T, T)
         scale = 1.0 / (1.0 - self.p)
         P_tilde = P if cache.mask is None else P * cache.mask * scale  # (B, nh, T, T)
         dJ_dv = P_tilde.transpose(-2, -1) @ dJ_dY  # dJ/dv = P~^T dJ/dY   (B, nh, T, hs)
