@@ -348,6 +348,15 @@ class GPT(Network):
     def check_targets(self, y: object, cache: Cache) -> Tensor:
         return self.loss_fn.check_targets(y, cache.y_hat, argument="targets")
 
+    def backward(
+        self, cache: Cache, y: object, *, intermediates: bool = True, release_cache: bool = False
+    ) -> GPTGradients:
+        """Every gradient of J, by hand, from the cache: Network.backward, whose result also
+        speaks nanoGPT's names (``state_dict()``). ``y``: the targets, (B, T) int64, -1 ignored."""
+        grads = super().backward(cache, y, intermediates=intermediates, release_cache=release_cache)
+        assert isinstance(grads, GPTGradients)
+        return grads
+
     def _gradients(self, values: dict[str, Tensor]) -> GPTGradients:
         return GPTGradients(values, self)
 
