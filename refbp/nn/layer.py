@@ -101,6 +101,8 @@ class BackwardContext:
         overwrite: the layer may reuse dJ/dout's storage (the caller keeps no reference to it).
         need_dx: compute dJ/dx (False for the first layer when the input holds integers).
         weight_decay: lambda; a layer adds lambda W to the gradient of each ``decayed`` parameter.
+        release: the caller drops this layer's cache after this call (``release_cache=True``):
+            a composite layer may drop its sub-layers' caches as it goes, as the network loop does.
     """
 
     path: tuple[int, ...]
@@ -108,6 +110,7 @@ class BackwardContext:
     overwrite: bool = False
     need_dx: bool = True
     weight_decay: float = 0.0
+    release: bool = False
 
     def key(self, kind: str) -> Key:
         """The key of this layer's tensor of the given kind."""

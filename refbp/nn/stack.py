@@ -92,6 +92,7 @@ def stack_backward(
             overwrite=ctx.overwrite or l < L,  # every dJ/da(l) below the top is the loop's own
             need_dx=ctx.need_dx or l > 1,
             weight_decay=ctx.weight_decay,
+            release=release,
         )
         grads = layer.backward(g, cache.a[l - 1], cache.a[l], cache.saved[l], layer_ctx)
         owned = [(Key(kind, path), value) for kind, value in grads.params.items()]
