@@ -96,7 +96,7 @@ def test_probabilities_rebuilt_in_the_backward_pass_are_the_forward_ones_exactly
     attn = _attention(6, 3)
     x, _ = _point(2, 5, 6)
     _, cache = attn.forward(x, ForwardContext(keep_intermediates=True), (1,))
-    q, k, _ = cache.heads.unbind(0)
+    q, k, _ = attn.heads(cache.qkv)
     assert cache.P is not None
     assert torch.equal(attn.probabilities(q, k), cache.P)
     torch.testing.assert_close(cache.P.sum(dim=-1), torch.ones(2, 3, 5, dtype=torch.float64))

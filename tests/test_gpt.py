@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 
 import refbp
+import refbp.nn.chunks
 from refbp.models import GPT, GPTConfig
 from refbp.models.gpt_cases import GPTSpec, gpt_specs, gpts
 from refbp.nn.transformer import Block
@@ -78,6 +79,24 @@ def test_every_gradient_equals_autograd_on_an_independent_nanogpt(
     assert grads["lm_head.weight"] is grads["transformer.wte.weight"]
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["teaching", "training-step"])
+def test_one_row_at_a_time_gives_autograd_s_gradients(lean: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attention, GELU and the LayerNorms in chunks of one sequence or row (refbp.nn.chunks)."""
+    monkeypatch.setattr(refbp.nn.chunks, "CHUNK_BYTES", 1)
+    model = _reference(bias=True, dropout=0.2).train(True)
+    net = GPT.from_state_dict(model.state_dict(), n_head=2, dropout=0.2, seed=5).train(True)
+    idx, targets = _point()
+    cache = net.forward(idx, keep_intermediates=not lean)
+    grads = net.backward(cache, targets, intermediates=not lean, release_cache=lean).state_dict()
+    with reference.use_masks(model, cache.noise):
+        _, loss = model(idx, targets)
+    assert loss is not None
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None
+        _assert_rounding_close(grads[name], p.grad, name)
+
+
 def test_state_dict_has_nanogpt_names_and_the_tie() -> None:
     model = _reference(bias=False)
     net = GPT.from_state_dict(model.state_dict(), n_head=2)
@@ -98,7 +117,7 @@ def test_a_training_step_keeps_no_attention_probabilities_and_no_branch_outputs(
     cache = net.forward(torch.zeros(2, 4, dtype=torch.int64), keep_intermediates=False)
     for block_cache in (cache.saved[layer] for layer in (4, 5)):
         assert block_cache.saved[2].P is None  # the (T, T) probabilities are rebuilt in backward
-        assert [j for j, a in enumerate(block_cache.a) if a is not None] == [1, 4, 5, 6]
+        assert [j for j, a in enumerate(block_cache.a) if a is not None] == [1, 4, 5]  # GELU's output is rebuilt
 
 
 def test_to_torch_computes_the_independent_module_s_loss() -> None:

@@ -28,7 +28,7 @@ diag(P) - P P^T, applied to dJ/dP without ever being formed (it would be T x T p
 mask (A4) needs no backward line of its own where P is read: P = 0 at a masked entry, so dJ/dS
 is 0 there too.
 
-**What the cache keeps.** q, k and v split into heads, the merged y and the dropout mask. The
+**What the cache keeps.** The packed [q k v], the merged y and the dropout mask. The
 T x T probabilities P are *rebuilt* in the backward pass from q and k by the forward pass's own
 lines (A3-A5), so bit for bit the same P. P is the largest thing attention could keep (T x T
 per head against 4d numbers per position), and keeping it would make a training step need more
@@ -37,6 +37,9 @@ log-sum-exp per row instead of a softmax's sum). Rebuilding P is where the causa
 need a backward line: forget it there and every masked score comes back to life
 (refbp.apps.gpt_bugs). In the teaching mode (``keep_intermediates``) the cache also holds P, to
 be read, never used.
+
+Both passes work on a few sequences at a time (refbp.nn.chunks), so that only a few of the
+T x T blocks of scores, probabilities and their gradients exist at once.
 
 Intermediates reported (keys at the layer's path): q, k, v (B, nh, T, hs), att = P
 (B, nh, T, T), y (B, T, d); the output a is ``out``.
@@ -53,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .chunks import chunks
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .validation import check_seed, describe
@@ -82,14 +86,13 @@ class AttentionCache:
     """What attention's backward pass needs besides its input x.
 
     Attributes:
-        heads: (3, B, nh, T, hs) q, k and v, each split into heads (contiguous, for the batched
-            matrix products of the backward pass).
+        qkv: (B, T, 3d) the packed projection: q, k and v side by side (A1).
         y: (B, T, d) the heads merged (A8), the input of the output projection.
         mask: (B, nh, T, T) bool keep-mask of attention dropout, or None (eval mode, p = 0).
         P: (B, nh, T, T) the probabilities, kept in the teaching mode only (never read back).
     """
 
-    heads: Tensor
+    qkv: Tensor
     y: Tensor
     mask: Tensor | None
     P: Tensor | None = None
@@ -189,6 +192,11 @@ class CausalSelfAttention(Layer):
         B, T, _ = t.shape
         return t.view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
 
+    def heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v from the packed (B, T, 3d) [q k v], each split into heads: (B, nh, T, hs) views (A2)."""
+        q, k, v = qkv.split(self.d, dim=2)  # (B, T, d) each
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+
     def merge_heads(self, Y: Tensor) -> Tensor:
         """(B, nh, T, hs) -> (B, T, d): the heads of each position side by side (A8). A copy."""
         B, nh, T, hs = Y.shape
@@ -232,20 +240,23 @@ class CausalSelfAttention(Layer):
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, AttentionCache]:
         B, T, _ = x.shape
-        nh, hs = self.n_head, self.hs
         qkv = self._project(x, self.params["W_qkv"], self.params.get("b_qkv"))  # (A1) (B, T, 3d)
-        heads = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).contiguous()  # (A2) (3, B, nh, T, hs)
-        del qkv
-        q, k, v = heads.unbind(0)  # (B, nh, T, hs) each
-        P = self.probabilities(q, k)  # (A3-A5) P = softmax(q k^T / sqrt(hs), masked)   (B, nh, T, T)
-        mask = self._mask(P.shape, ctx, path, x.device)
-        P_tilde = P if mask is None else P * mask * (1.0 / (1.0 - self.p))  # (A6) P~ = P o m / (1 - p)
-        y = self.merge_heads(P_tilde @ v)  # (A7, A8) (B, nh, T, T) @ (B, nh, T, hs), merged: (B, T, d)
+        mask = self._mask((B, self.n_head, T, T), ctx, path, x.device)
+        y = torch.empty_like(x)  # (B, T, d)
+        kept_P = torch.empty(B, self.n_head, T, T, dtype=x.dtype, device=x.device) if ctx.keep_intermediates else None
+        for part in chunks(B, 2 * self.n_head * T * T * x.element_size()):  # S and P of a few sequences
+            q, k, v = self.heads(qkv[part])  # (A2) (b, nh, T, hs) each
+            P = self.probabilities(q, k)  # (A3-A5) P = softmax(q k^T / sqrt(hs), masked)   (b, nh, T, T)
+            if kept_P is not None:
+                kept_P[part] = P
+            if mask is not None:
+                P = P.mul_(mask[part]).mul_(1.0 / (1.0 - self.p))  # (A6) P~ = P o m / (1 - p)
+            y[part] = self.merge_heads(P @ v)  # (A7, A8) (b, nh, T, T) @ (b, nh, T, hs), merged: (b, T, d)
         out = self._project(y, self.params["W_o"], self.params.get("b_o"))  # (A9) (B, T, d)
-        return out, AttentionCache(heads, y, mask, P if ctx.keep_intermediates else None)
+        return out, AttentionCache(qkv, y, mask, kept_P)
 
     def _mask(
-        self, shape: torch.Size, ctx: ForwardContext, path: tuple[int, ...], device: torch.device
+        self, shape: tuple[int, ...], ctx: ForwardContext, path: tuple[int, ...], device: torch.device
     ) -> Tensor | None:
         """The dropout keep-mask m (A6): given in ``ctx.noise``, or drawn on the CPU from refbp's generator."""
         if not self.stochastic:
@@ -262,33 +273,40 @@ class CausalSelfAttention(Layer):
         self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: AttentionCache, ctx: BackwardContext
     ) -> LayerGrads:
         W_qkv, W_o = self.params["W_qkv"], self.params["W_o"]
-        d = self.d
-        keep = ctx.keep_intermediates
+        B, T, d = x.shape
+        nh, keep, scale = self.n_head, ctx.keep_intermediates, 1.0 / (1.0 - self.p)
         # (A9) the output projection
         g = dJ_dout.reshape(-1, d)  # (M, d)   M = B T rows
         params = {"W_o": g.T @ cache.y.reshape(-1, d)}  # dJ/dW_o = sum_rows dJ/dout^T y   (d, d)
         if "b_o" in self.params:
             params["b_o"] = g.sum(dim=0)  # dJ/db_o = sum_rows dJ/dout   (d,)
         dJ_dy = dJ_dout @ W_o  # dJ/dy = dJ/dout W_o   (B, T, d)
-        dJ_dY = self.split_heads(dJ_dy).contiguous()  # (A8) (B, nh, T, hs)
-        # (A7) Y = P~ v, with P rebuilt from q and k (A3-A5)
-        q, k, v = cache.heads.unbind(0)  # (B, nh, T, hs) each
-        P = self.rebuilt_probabilities(q, k)  # (B, nh, T, T)
-        scale = 1.0 / (1.0 - self.p)
-        P_tilde = P if cache.mask is None else P * cache.mask * scale  # (B, nh, T, T)
-        dJ_dv = P_tilde.transpose(-2, -1) @ dJ_dY  # dJ/dv = P~^T dJ/dY   (B, nh, T, hs)
-        del P_tilde
-        dJ_dP = dJ_dY @ v.transpose(-2, -1)  # dJ/dP~ = dJ/dY v^T   (B, nh, T, T)
-        del dJ_dY
-        if cache.mask is not None:
-            dJ_dP.mul_(cache.mask).mul_(scale)  # (A6) dJ/dP = dJ/dP~ o m / (1 - p)
-        kept = {Key("att", ctx.path): dJ_dP} if keep else {}
-        dJ_dS = self.softmax_backward(P, dJ_dP, overwrite=not keep)  # (A5) (B, nh, T, T)
-        del P, dJ_dP
-        dJ_dq, dJ_dk = self.scores_backward(dJ_dS, q, k)  # (A3) (B, nh, T, hs) each
-        del dJ_dS
-        # (A1, A2) back through the heads and the packed projection
-        dJ_dqkv = torch.cat([self.merge_heads(t) for t in (dJ_dq, dJ_dk, dJ_dv)], dim=2)  # (B, T, 3d)
+        dJ_dqkv = torch.empty_like(cache.qkv)  # (B, T, 3d)
+        kept = {kind: torch.empty(B, nh, T, T if kind == "att" else self.hs, dtype=x.dtype, device=x.device)
+                for kind in ("att", "q", "k", "v")} if keep else {}  # fmt: skip
+        for part in chunks(B, 3 * nh * T * T * x.element_size()):  # P, dJ/dP and a product of a few sequences
+            # contiguous once here, not copied again by each batched product below
+            q, k, v = (t.contiguous() for t in self.heads(cache.qkv[part]))  # (b, nh, T, hs) each
+            dJ_dY = self.split_heads(dJ_dy[part]).contiguous()  # (A8) (b, nh, T, hs)
+            # (A7) Y = P~ v, with P rebuilt from q and k (A3-A5)
+            P = self.rebuilt_probabilities(q, k)  # (b, nh, T, T)
+            mask = None if cache.mask is None else cache.mask[part]
+            P_tilde = P if mask is None else P * mask * scale  # (b, nh, T, T)
+            dJ_dv = P_tilde.transpose(-2, -1) @ dJ_dY  # dJ/dv = P~^T dJ/dY   (b, nh, T, hs)
+            del P_tilde
+            dJ_dP = dJ_dY @ v.transpose(-2, -1)  # dJ/dP~ = dJ/dY v^T   (b, nh, T, T)
+            if mask is not None:
+                dJ_dP.mul_(mask).mul_(scale)  # (A6) dJ/dP = dJ/dP~ o m / (1 - p)
+            if keep:
+                kept["att"][part] = dJ_dP
+            dJ_dS = self.softmax_backward(P, dJ_dP, overwrite=True)  # (A5) (b, nh, T, T)
+            del P, dJ_dP
+            dJ_dq, dJ_dk = self.scores_backward(dJ_dS, q, k)  # (A3) (b, nh, T, hs) each
+            del dJ_dS
+            # (A1, A2) the heads merged back, q's, k's and v's side by side
+            torch.cat([self.merge_heads(t) for t in (dJ_dq, dJ_dk, dJ_dv)], dim=2, out=dJ_dqkv[part])
+            if keep:
+                kept["q"][part], kept["k"][part], kept["v"][part] = dJ_dq, dJ_dk, dJ_dv
         rows = dJ_dqkv.view(-1, 3 * d)  # (M, 3d)
         params["W_qkv"] = rows.T @ x.reshape(-1, d)  # dJ/dW_qkv = sum_rows dJ/d[qkv]^T x   (3d, d)
         if "b_qkv" in self.params:
@@ -297,16 +315,16 @@ class CausalSelfAttention(Layer):
             for kind in self.decayed:
                 params[kind].add_(self.params[kind], alpha=ctx.weight_decay)  # + lambda W
         dJ_dx = (rows @ W_qkv).view(x.shape) if ctx.need_dx else None  # dJ/dx = dJ/d[qkv] W_qkv   (B, T, d)
+        intermediates = {Key(kind, ctx.path): t for kind, t in kept.items()}
         if keep:
-            kept.update({Key("q", ctx.path): dJ_dq, Key("k", ctx.path): dJ_dk, Key("v", ctx.path): dJ_dv})
-            kept[Key("y", ctx.path)] = dJ_dy
-        return LayerGrads(dJ_dx, params, kept)
+            intermediates[Key("y", ctx.path)] = dJ_dy
+        return LayerGrads(dJ_dx, params, intermediates)
 
     def noise_of(self, cache: AttentionCache, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
         return {} if cache.mask is None else {path: cache.mask}
 
     def release(self, cache: AttentionCache) -> None:
-        cache.heads = cache.y = torch.empty(0)
+        cache.qkv = cache.y = torch.empty(0)
         cache.mask = cache.P = None
 
     # ---- the oracle ---------------------------------------------------------------------------

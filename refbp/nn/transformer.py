@@ -20,10 +20,12 @@ their skip paths:
     dJ/dx = dJ/dr + (dJ/dx through attention: B3 .. B1)                          (B4)
 
 **What the block keeps.** In the teaching mode (``keep_intermediates``) every a(l,j). In a
-training step only what a backward pass reads, as autograd keeps its saved tensors: the
-inputs of ln_1 (x itself, kept by the caller), attn, ln_2, c_fc, GELU and c_proj, and the
-sub-layers' own caches; the outputs of attention, c_proj and the dropouts are not kept.
-The LayerNorms keep their row statistics only (``RowLayerNorm``).
+training step only what a backward pass reads: the inputs of ln_1 (x itself, kept by the
+caller), attn, ln_2, c_fc and GELU, and the sub-layers' own caches; c_proj's input GELU(a(l,5))
+is rebuilt for its backward (REBUILT), and the outputs of attention, c_proj and the dropouts
+are not kept. The LayerNorms keep their row statistics only (``RowLayerNorm``), attention no
+T x T probabilities. With ``release_cache`` each sub-layer's cache is dropped once its backward
+has run, as autograd frees its saved tensors.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from torch import Tensor
 
 from .activations import Activation
 from .attention import CausalSelfAttention, TorchCausalSelfAttention
+from .chunks import chunks
 from .dropout import Dropout
 from .elementwise import Elementwise
 from .keys import Key
@@ -81,47 +84,58 @@ class RowLayerNorm(LayerNorm):
 
     # the cache is RowStats, not the NormCache of LayerNorm: an override by design
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, RowStats]:  # type: ignore[override]
-        centred = x.to(accumulation_dtype(x.dtype), copy=True)  # (..., d), float64 for float32
-        mu = centred.mean(dim=-1, keepdim=True)  # (..., 1)
-        centred.sub_(mu)  # x - mu   (..., d)
-        norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)  # sqrt(sum_k (x_k - mu)^2)   (..., 1)
-        rstd = norm.square_().div_(self.d).add_(self.eps).rsqrt_()  # 1 / sqrt(var + eps)   (..., 1)
-        y = centred.mul_(rstd).to(x.dtype)  # xhat = (x - mu) rstd   (..., d), a tensor of ours
-        if "gamma" in self.params:
-            y = y.mul_(self.params["gamma"])  # gamma o xhat
-            if "beta" in self.params:
-                y = y.add_(self.params["beta"])  # + beta
-        return y, RowStats(mu, rstd)
+        acc, d = accumulation_dtype(x.dtype), self.d
+        rows = x.reshape(-1, d)  # (M, d)
+        y = torch.empty_like(rows)  # (M, d)
+        mu = torch.empty(rows.shape[0], 1, dtype=acc, device=x.device)  # (M, 1)
+        rstd = torch.empty_like(mu)  # (M, 1)
+        for part in chunks(rows.shape[0], d * mu.element_size()):
+            torch.mean(rows[part], dim=-1, keepdim=True, dtype=acc, out=mu[part])  # mu   (m, 1)
+            centred = torch.sub(rows[part], mu[part])  # x - mu, in the accumulation dtype   (m, d)
+            norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)  # sqrt(sum_k (x_k - mu)^2)
+            rstd[part] = norm.square_().div_(d).add_(self.eps).rsqrt_()  # rstd = 1 / sqrt(var + eps)
+            torch.mul(centred, rstd[part], out=y[part])  # xhat = (x - mu) rstd, rounded to x's dtype
+        gamma, beta = self.params.get("gamma"), self.params.get("beta")
+        if gamma is not None:
+            y = y.mul_(gamma) if beta is None else torch.addcmul(beta, y, gamma, out=y)  # gamma o xhat + beta
+        shape = (*x.shape[:-1], 1)
+        return y.view(x.shape), RowStats(mu.view(shape), rstd.view(shape))
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: RowStats, ctx: BackwardContext) -> LayerGrads:  # type: ignore[override]
         d, acc = self.d, cache.rstd.dtype  # the accumulation dtype
-        xhat = x.to(acc, copy=True).sub_(cache.mu).mul_(cache.rstd)  # xhat rebuilt from x   (..., d)
-        g = dJ_dy.to(acc)  # (..., d)
-        g_xhat = g * xhat  # dJ/dy o xhat   (..., d)
-        params: dict[str, Tensor] = {}
+        rows_x, rows_g = x.reshape(-1, d), dJ_dy.reshape(-1, d)  # (M, d) each
+        mu, rstd = cache.mu.reshape(-1, 1), cache.rstd.reshape(-1, 1)  # (M, 1) each
         gamma = self.params.get("gamma")
+        gamma_a = None if gamma is None else gamma.to(acc)
+        dJ_dgamma = torch.zeros(d, dtype=acc, device=x.device)  # sum_rows dJ/dy o xhat, chunk by chunk
+        dJ_dx = torch.empty_like(rows_x) if ctx.need_dx else None  # (M, d)
+        # (float32 operands meet float64 ones: torch computes in float64, without a separate copy)
+        for part in chunks(rows_x.shape[0], 3 * d * rstd.element_size()):
+            xhat = torch.sub(rows_x[part], mu[part]).mul_(rstd[part])  # xhat rebuilt from x   (m, d)
+            g_xhat = torch.mul(rows_g[part], xhat)  # dJ/dy o xhat   (m, d)
+            dJ_dgamma += g_xhat.sum(dim=0)
+            if dJ_dx is None:
+                continue
+            if gamma_a is None:  # dJ/dxhat = dJ/dy
+                mean_gx = g_xhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat o xhat   (m, 1)
+                dJ_dxhat = rows_g[part].to(acc, copy=True)  # (m, d)
+            else:
+                # mean_k dJ/dxhat o xhat = (dJ/dy o xhat) gamma / d: a matrix-vector product
+                mean_gx = (g_xhat @ gamma_a).unsqueeze_(-1).div_(d)  # (m, 1)
+                dJ_dxhat = torch.mul(rows_g[part], gamma_a)  # dJ/dxhat = dJ/dy o gamma   (m, d)
+            del g_xhat
+            mean_g = dJ_dxhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat   (m, 1)
+            # dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat)), rounded to x's dtype
+            torch.mul(dJ_dxhat.sub_(mean_g).sub_(xhat.mul_(mean_gx)), rstd[part], out=dJ_dx[part])
+        params: dict[str, Tensor] = {}
         if gamma is not None:
-            params["gamma"] = g_xhat.reshape(-1, d).sum(dim=0).to(dJ_dy.dtype)  # dJ/dgamma = sum_rows dJ/dy o xhat
+            params["gamma"] = dJ_dgamma.to(dJ_dy.dtype)  # dJ/dgamma = sum_rows dJ/dy o xhat   (d,)
             if "beta" in self.params:
-                params["beta"] = dJ_dy.reshape(-1, d).sum(dim=0)  # dJ/dbeta = sum_rows dJ/dy   (d,)
+                params["beta"] = rows_g.sum(dim=0)  # dJ/dbeta = sum_rows dJ/dy   (d,)
         kept: dict[Key, Tensor] = {}
         if ctx.keep_intermediates:
             kept[Key("xhat", ctx.path)] = dJ_dy * gamma if gamma is not None else dJ_dy.clone()
-        if not ctx.need_dx:
-            return LayerGrads(None, params, kept)
-        if gamma is None:  # dJ/dxhat = dJ/dy
-            mean_gx = g_xhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat o xhat   (..., 1)
-            dJ_dxhat = g if g is not dJ_dy else g.clone()  # (..., d), ours to overwrite
-        else:
-            gamma_a = gamma.to(acc)
-            # mean_k dJ/dxhat o xhat = (dJ/dy o xhat) gamma / d: a matrix-vector product
-            mean_gx = (g_xhat @ gamma_a).unsqueeze_(-1).div_(d)  # (..., 1)
-            dJ_dxhat = g.mul_(gamma_a) if g is not dJ_dy else g * gamma_a  # dJ/dxhat = dJ/dy o gamma   (..., d)
-        del g_xhat
-        mean_g = dJ_dxhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat   (..., 1)
-        # dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat)), in dJ/dxhat's storage
-        dJ_dx = dJ_dxhat.sub_(mean_g).sub_(xhat.mul_(mean_gx)).mul_(cache.rstd)  # (..., d)
-        return LayerGrads(dJ_dx.to(dJ_dy.dtype), params, kept)
+        return LayerGrads(None if dJ_dx is None else dJ_dx.view(x.shape), params, kept)
 
     def release(self, cache: RowStats) -> None:
         cache.mu = cache.rstd = torch.empty(0)
@@ -133,10 +147,16 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _gelu_chain(z: Tensor, dJ_da: Tensor) -> Tensor:
-    """dJ/dz = dJ/da o (Phi(z) + z phi(z)), phi(z) = exp(-z^2 / 2) / sqrt(2 pi), in dJ/da's storage."""
-    Phi = torch.mul(z, _INV_SQRT_2).erf_().mul_(0.5).add_(0.5)  # Phi(z) = (1 + erf(z / sqrt 2)) / 2
-    e = torch.mul(z, z).mul_(-0.5).exp_()  # exp(-z^2 / 2)
-    return dJ_da.mul_(Phi.addcmul_(z, e, value=_INV_SQRT_2PI))  # dJ/da o (Phi(z) + z phi(z))
+    """dJ/dz = dJ/da o (Phi(z) + z phi(z)), phi(z) = exp(-z^2 / 2) / sqrt(2 pi), in dJ/da's
+    storage, a few rows at a time (two temporaries per row: refbp.nn.chunks)."""
+    g = dJ_da if dJ_da.is_contiguous() else dJ_da.contiguous()
+    rows_z, rows_g = z.reshape(-1, z.shape[-1]), g.view(-1, z.shape[-1])  # (M, h) each
+    for part in chunks(rows_z.shape[0], 2 * rows_z.shape[1] * z.element_size()):
+        zc = rows_z[part]
+        Phi = torch.mul(zc, _INV_SQRT_2).erf_().mul_(0.5).add_(0.5)  # Phi(z) = (1 + erf(z / sqrt 2)) / 2
+        e = torch.mul(zc, zc).mul_(-0.5).exp_()  # exp(-z^2 / 2)
+        rows_g[part].mul_(Phi.addcmul_(zc, e, value=_INV_SQRT_2PI))  # dJ/da o (Phi(z) + z phi(z))
+    return g
 
 
 def _gelu_derivative(z: Tensor) -> Tensor:
@@ -170,15 +190,24 @@ class BlockCache:
     resid: Tensor
 
 
+_RELEASED = torch.empty(0)
+"""What a released tensor of the cache holds: no data."""
+
 ATTENTION_HALF = (1, 2, 3)
 """The sub-layers of the first residual branch: ln_1, attn, attention's dropout."""
 
 MLP_HALF = (4, 5, 6, 7, 8)
 """The sub-layers of the second: ln_2, c_fc, GELU, c_proj, dropout."""
 
-READ_BY_BACKWARD = {1, 4, 5, 6}
-"""The a(l,j) some backward pass reads, as its input: attn reads a(l,1), c_fc a(l,4), GELU
-a(l,5) and c_proj a(l,6). ln_1 reads x and ln_2 r, kept apart; the dropouts read their masks."""
+READ_BY_BACKWARD = {1, 4, 5}
+"""The a(l,j) a training step keeps for some backward pass, which reads it as its input: attn
+reads a(l,1), c_fc a(l,4), GELU a(l,5). ln_1 reads x and ln_2 r, kept apart; the dropouts read
+their masks; c_proj's input a(l,6) is rebuilt (REBUILT)."""
+
+REBUILT = {6: 5}
+"""a(l,6) = GELU(a(l,5)), c_proj's input, is not kept in a training step: c_proj's backward gets
+it from GELU's forward on a(l,5) again, one pass of torch's GELU kernel. Keeping it would make
+the MLP keep 8 activations per position (4d each for a(l,5) and a(l,6)), as autograd does."""
 
 
 class Block(Layer):
@@ -304,12 +333,22 @@ class Block(Layer):
                 weight_decay=ctx.weight_decay,
             )  # fmt: skip
             layer_input = x if j == half[0] else cache.a[j - 1]
+            if layer_input is None and j - 1 in REBUILT:  # a(l,j-1) rebuilt from a(l,REBUILT[j-1])
+                source = cache.a[REBUILT[j - 1]]
+                assert source is not None
+                layer_input, _ = self.inner[j - 2].forward(source, ForwardContext(keep_intermediates=False), path)
             grads = layer.backward(g, layer_input, cache.a[j], cache.saved[j], sub_ctx)  # type: ignore[arg-type]
             out.sub_params.update({Key(kind, path): value for kind, value in grads.params.items()})
             out.sub_params.update(grads.sub_params)
             out.intermediates.update(grads.intermediates)
             assert grads.dJ_dx is not None
             g, owned = grads.dJ_dx, True
+            del grads
+            if ctx.release:  # as autograd frees saved tensors: sub-layer j's cache, output and input
+                layer.release(cache.saved[j])  # are read by no later step (no sub-layer reads its output)
+                cache.saved[j] = cache.a[j] = cache.a[j - 1] = None
+                if j == half[0] and half[0] > 1:
+                    cache.resid = _RELEASED  # ln_2's input r
         if not owned:  # every sub-layer was the identity: dJ/dx is dJ/dy itself, which is not ours
             g = g.clone()
         return g
@@ -336,7 +375,7 @@ class Block(Layer):
                 layer.release(cache.saved[j])
         cache.a = [None] * len(cache.a)
         cache.saved = [None] * len(cache.saved)
-        cache.resid = torch.empty(0)
+        cache.resid = _RELEASED
 
     # ---- the oracle ---------------------------------------------------------------------------
     def torch_forward(
