@@ -169,8 +169,9 @@ GELU = Activation(
 )  # fmt: skip
 """nanoGPT's GELU, the exact z Phi(z) of torch.nn.GELU(). refbp.nn.activations.gelu() computes
 the value by hand in five passes over the tensor; the MLP runs GELU on its widest tensor (4d per
-position), so here the value comes from torch's fused kernel (as refbp's sigmoid and tanh come
-from torch's) and the derivative, by hand, takes four passes fewer."""
+position) and a training step runs it twice (c_proj's input is rebuilt), so here the value comes
+from torch's fused kernel (as refbp's sigmoid and tanh come from torch's). The derivative is by
+hand, in two passes fewer than the general one and a few rows at a time."""
 
 
 # ---- the block ------------------------------------------------------------------------------
