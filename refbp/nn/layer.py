@@ -102,6 +102,8 @@ class BackwardContext:
         need_dx: compute dJ/dx (False for the first layer when the input holds integers).
         weight_decay: lambda; a layer adds lambda W to the gradient of each ``decayed`` parameter.
         ties: a tied parameter's key -> the key it shares storage with (the network's ties).
+        release: the caller drops this layer's cache after this call (``release_cache=True``):
+            a composite layer may drop its sub-layers' caches as it goes, as the network loop does.
     """
 
     path: tuple[int, ...]
@@ -110,6 +112,7 @@ class BackwardContext:
     need_dx: bool = True
     weight_decay: float = 0.0
     ties: Mapping[Key, Key] = field(default_factory=dict)
+    release: bool = False
 
     def key(self, kind: str) -> Key:
         """The key of this layer's tensor of the given kind."""

@@ -23,6 +23,7 @@ arithmetic would lose most of the result's digits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -156,6 +157,8 @@ class LayerNorm(Layer):
         return Pieces((), "a row's sqrt(variance + eps)", scale=self._row_scale)
 
     def _row_scale(self, x: Tensor) -> Tensor:
+        if self.d == 1:  # a single entry is normalised to exactly 0 wherever it is: no curve at all
+            return torch.full_like(x, math.inf)
         spread = x.var(dim=-1, unbiased=False, keepdim=True).add(self.eps).sqrt()  # (..., 1)
         return spread.expand_as(x)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -57,6 +57,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if resolved.type == "meta":
         raise ValueError(f"device={device!r}: the meta device holds no values to compute with")
     return resolved
+
+
+NetT = TypeVar("NetT", bound="Network")
+"""A network type: ``train`` and ``eval`` return the network itself, its own class kept."""
 
 
 @dataclass
@@ -253,13 +257,13 @@ class Network:
     def training(self) -> bool:
         return all(layer.training for _, layer in self._walk())
 
-    def train(self, mode: bool = True) -> Network:
+    def train(self: NetT, mode: bool = True) -> NetT:
         """Training mode (BatchNorm uses batch statistics, Dropout draws masks); returns self."""
         for layer in self.layers:
             layer.set_training(mode)
         return self
 
-    def eval(self) -> Network:
+    def eval(self: NetT) -> NetT:
         """Eval mode (BatchNorm uses its running statistics, Dropout is the identity); returns self."""
         return self.train(False)
 

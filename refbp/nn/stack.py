@@ -95,6 +95,7 @@ def stack_backward(
             need_dx=ctx.need_dx or l > 1,
             weight_decay=0.0 if alias else ctx.weight_decay,
             ties=ties,
+            release=release,
         )
         grads = layer.backward(g, cache.a[l - 1], cache.a[l], cache.saved[l], layer_ctx)
         owned = [(Key(kind, path), value) for kind, value in grads.params.items()]

@@ -1,0 +1,455 @@
+"""The pre-LayerNorm transformer block (nanoGPT's Block), forward and backward by hand.
+
+For x of shape (B, T, d), with sub-layer j of the block at path (l, j):
+
+    (B1) a(l,1) = ln_1(x)                        LayerNorm                 (B, T, d)
+    (B2) a(l,2) = attn(a(l,1))                   CausalSelfAttention       (B, T, d)
+    (B3) a(l,3) = dropout(a(l,2))                attention's residual dropout
+    (B4) r      = x + a(l,3)                     the residual stream, "resid" (B, T, d)
+    (B5) a(l,4) = ln_2(r)                        LayerNorm                 (B, T, d)
+    (B6) a(l,5) = a(l,4) W_fc^T + b_fc           mlp.c_fc: the MLP hidden  (B, T, 4d)
+    (B7) a(l,6) = GELU(a(l,5))                   the exact GELU, z Phi(z)  (B, T, 4d)
+    (B8) a(l,7) = a(l,6) W_proj^T + b_proj       mlp.c_proj                (B, T, d)
+    (B9) a(l,8) = dropout(a(l,7))                the MLP's dropout
+    (B10) y     = r + a(l,8)                     the block's output a(l)   (B, T, d)
+
+and back, each sub-layer's own backward in reverse order; the two residual connections add
+their skip paths:
+
+    dJ/dr = dJ/dy + (dJ/dr through the MLP: B9 .. B5)                           (B10)
+    dJ/dx = dJ/dr + (dJ/dx through attention: B3 .. B1)                          (B4)
+
+**What the block keeps.** In the teaching mode (``keep_intermediates``) every a(l,j). In a
+training step only what a backward pass reads: the inputs of ln_1 (x itself, kept by the
+caller), attn, ln_2, c_fc and GELU, and the sub-layers' own caches; c_proj's input GELU(a(l,5))
+is rebuilt for its backward (REBUILT), and the outputs of attention, c_proj and the dropouts
+are not kept. The LayerNorms keep their row statistics only (``RowLayerNorm``), attention no
+T x T probabilities. With ``release_cache`` each sub-layer's cache is dropped once its backward
+has run, as autograd frees its saved tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .activations import Activation
+from .attention import CausalSelfAttention, TorchCausalSelfAttention
+from .chunks import chunks
+from .dropout import Dropout
+from .elementwise import Elementwise
+from .keys import Key
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layernorm import LayerNorm, accumulation_dtype
+from .linear import Linear
+from .validation import check_seed, describe
+
+__all__ = ["GELU", "Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock"]
+
+
+# ---- LayerNorm as a transformer keeps it ----------------------------------------------------
+@dataclass
+class RowStats:
+    """What RowLayerNorm's backward needs besides x: mu and rstd, (..., 1) each, in the
+    accumulation dtype."""
+
+    mu: Tensor
+    rstd: Tensor
+
+
+class RowLayerNorm(LayerNorm):
+    """torch.nn.LayerNorm(d) keeping only the row statistics mu and rstd (one number each per
+    row) for the backward pass, as torch's own kernel does.
+
+        mu = mean_k x_k ;  rstd = 1 / sqrt(mean_k (x_k - mu)^2 + eps) ;  xhat = (x - mu) rstd
+        y  = gamma o xhat + beta
+        dJ/dgamma = sum_rows dJ/dy o xhat ;  dJ/dbeta = sum_rows dJ/dy ;  dJ/dxhat = dJ/dy o gamma
+        dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat))
+
+    The equations, and the float64 accumulation for float32 and below (``accumulation_dtype``),
+    are refbp.nn.layernorm's: in a short row the three terms of dJ/dx cancel (in a row of two
+    entries dJ/dx is a multiple of 1 - var rstd^2, a few 1e-5), and float32 statistics or
+    arithmetic would keep only their first digits. What differs is the cache, for a training
+    step's memory: mu and rstd, and xhat rebuilt from x in the backward pass. x is kept anyway
+    (it is the residual stream); xhat would be one more (B, T, d) tensor per LayerNorm, in
+    float64, where autograd keeps none."""
+
+    title = "LayerNorm"
+
+    # the cache is RowStats, not the NormCache of LayerNorm: an override by design
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, RowStats]:  # type: ignore[override]
+        acc, d = accumulation_dtype(x.dtype), self.d
+        rows = x.reshape(-1, d)  # (M, d)
+        y = torch.empty_like(rows)  # (M, d)
+        mu = torch.empty(rows.shape[0], 1, dtype=acc, device=x.device)  # (M, 1)
+        rstd = torch.empty_like(mu)  # (M, 1)
+        for part in chunks(rows.shape[0], d * mu.element_size()):
+            torch.mean(rows[part], dim=-1, keepdim=True, dtype=acc, out=mu[part])  # mu   (m, 1)
+            centred = torch.sub(rows[part], mu[part])  # x - mu, in the accumulation dtype   (m, d)
+            norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)  # sqrt(sum_k (x_k - mu)^2)
+            rstd[part] = norm.square_().div_(d).add_(self.eps).rsqrt_()  # rstd = 1 / sqrt(var + eps)
+            torch.mul(centred, rstd[part], out=y[part])  # xhat = (x - mu) rstd, rounded to x's dtype
+        gamma, beta = self.params.get("gamma"), self.params.get("beta")
+        if gamma is not None:
+            y = y.mul_(gamma) if beta is None else torch.addcmul(beta, y, gamma, out=y)  # gamma o xhat + beta
+        shape = (*x.shape[:-1], 1)
+        return y.view(x.shape), RowStats(mu.view(shape), rstd.view(shape))
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: RowStats, ctx: BackwardContext) -> LayerGrads:  # type: ignore[override]
+        d, acc = self.d, cache.rstd.dtype  # the accumulation dtype
+        rows_x, rows_g = x.reshape(-1, d), dJ_dy.reshape(-1, d)  # (M, d) each
+        mu, rstd = cache.mu.reshape(-1, 1), cache.rstd.reshape(-1, 1)  # (M, 1) each
+        gamma = self.params.get("gamma")
+        gamma_a = None if gamma is None else gamma.to(acc)
+        dJ_dgamma = torch.zeros(d, dtype=acc, device=x.device)  # sum_rows dJ/dy o xhat, chunk by chunk
+        dJ_dx = torch.empty_like(rows_x) if ctx.need_dx else None  # (M, d)
+        # (float32 operands meet float64 ones: torch computes in float64, without a separate copy)
+        for part in chunks(rows_x.shape[0], 3 * d * rstd.element_size()):
+            xhat = torch.sub(rows_x[part], mu[part]).mul_(rstd[part])  # xhat rebuilt from x   (m, d)
+            g_xhat = torch.mul(rows_g[part], xhat)  # dJ/dy o xhat   (m, d)
+            dJ_dgamma += g_xhat.sum(dim=0)
+            if dJ_dx is None:
+                continue
+            if gamma_a is None:  # dJ/dxhat = dJ/dy
+                mean_gx = g_xhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat o xhat   (m, 1)
+                dJ_dxhat = rows_g[part].to(acc, copy=True)  # (m, d)
+            else:
+                # mean_k dJ/dxhat o xhat = (dJ/dy o xhat) gamma / d: a matrix-vector product
+                mean_gx = (g_xhat @ gamma_a).unsqueeze_(-1).div_(d)  # (m, 1)
+                dJ_dxhat = torch.mul(rows_g[part], gamma_a)  # dJ/dxhat = dJ/dy o gamma   (m, d)
+            del g_xhat
+            mean_g = dJ_dxhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat   (m, 1)
+            # dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat)), rounded to x's dtype
+            torch.mul(dJ_dxhat.sub_(mean_g).sub_(xhat.mul_(mean_gx)), rstd[part], out=dJ_dx[part])
+        params: dict[str, Tensor] = {}
+        if gamma is not None:
+            params["gamma"] = dJ_dgamma.to(dJ_dy.dtype)  # dJ/dgamma = sum_rows dJ/dy o xhat   (d,)
+            if "beta" in self.params:
+                params["beta"] = rows_g.sum(dim=0)  # dJ/dbeta = sum_rows dJ/dy   (d,)
+        kept: dict[Key, Tensor] = {}
+        if ctx.keep_intermediates:
+            kept[Key("xhat", ctx.path)] = dJ_dy * gamma if gamma is not None else dJ_dy.clone()
+        return LayerGrads(None if dJ_dx is None else dJ_dx.view(x.shape), params, kept)
+
+    def release(self, cache: RowStats) -> None:
+        cache.mu = cache.rstd = torch.empty(0)
+
+
+# ---- GELU as a transformer's MLP runs it ----------------------------------------------------
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_chain(z: Tensor, dJ_da: Tensor) -> Tensor:
+    """dJ/dz = dJ/da o (Phi(z) + z phi(z)), phi(z) = exp(-z^2 / 2) / sqrt(2 pi), in dJ/da's
+    storage, a few rows at a time (two temporaries per row: refbp.nn.chunks)."""
+    g = dJ_da if dJ_da.is_contiguous() else dJ_da.contiguous()
+    rows_z, rows_g = z.reshape(-1, z.shape[-1]), g.view(-1, z.shape[-1])  # (M, h) each
+    for part in chunks(rows_z.shape[0], 2 * rows_z.shape[1] * z.element_size()):
+        zc = rows_z[part]
+        Phi = torch.mul(zc, _INV_SQRT_2).erf_().mul_(0.5).add_(0.5)  # Phi(z) = (1 + erf(z / sqrt 2)) / 2
+        e = torch.mul(zc, zc).mul_(-0.5).exp_()  # exp(-z^2 / 2)
+        rows_g[part].mul_(Phi.addcmul_(zc, e, value=_INV_SQRT_2PI))  # dJ/da o (Phi(z) + z phi(z))
+    return g
+
+
+def _gelu_derivative(z: Tensor) -> Tensor:
+    return _gelu_chain(z, torch.ones_like(z))  # f'(z) = Phi(z) + z phi(z)
+
+
+GELU = Activation(
+    "gelu", F.gelu, _gelu_derivative, "z", "a = z Phi(z) ;  f'(z) = Phi(z) + z phi(z)",
+    torch_fn=F.gelu, torch_module=lambda: torch.nn.GELU(), chain_in_place=_gelu_chain,
+)  # fmt: skip
+"""nanoGPT's GELU, the exact z Phi(z) of torch.nn.GELU(). refbp.nn.activations.gelu() computes
+the value by hand in five passes over the tensor; the MLP runs GELU on its widest tensor (4d per
+position) and a training step runs it twice (c_proj's input is rebuilt), so here the value comes
+from torch's fused kernel (as refbp's sigmoid and tanh come from torch's). The derivative is by
+hand, in two passes fewer than the general one and a few rows at a time."""
+
+
+# ---- the block ------------------------------------------------------------------------------
+@dataclass
+class BlockCache:
+    """What a block's forward pass keeps.
+
+    Attributes:
+        a: a[j] = sub-layer j's output (a[0] unused: the block's input is the caller's); None
+            where no backward reads it (a training step).
+        saved: saved[j] = sub-layer j's own cache.
+        resid: r = x + a(l,3), the residual stream between the two halves (B, T, d).
+    """
+
+    a: list[Tensor | None]
+    saved: list[Any]
+    resid: Tensor
+
+
+_RELEASED = torch.empty(0)
+"""What a released tensor of the cache holds: no data."""
+
+ATTENTION_HALF = (1, 2, 3)
+"""The sub-layers of the first residual branch: ln_1, attn, attention's dropout."""
+
+MLP_HALF = (4, 5, 6, 7, 8)
+"""The sub-layers of the second: ln_2, c_fc, GELU, c_proj, dropout."""
+
+READ_BY_BACKWARD = {1, 4, 5}
+"""The a(l,j) a training step keeps for some backward pass, which reads it as its input: attn
+reads a(l,1), c_fc a(l,4), GELU a(l,5). ln_1 reads x and ln_2 r, kept apart; the dropouts read
+their masks; c_proj's input a(l,6) is rebuilt (REBUILT)."""
+
+REBUILT = {6: 5}
+"""a(l,6) = GELU(a(l,5)), c_proj's input, is not kept in a training step: c_proj's backward gets
+it from GELU's forward on a(l,5) again, one pass of torch's GELU kernel. Keeping it would make
+the MLP keep 8 activations per position (4d each for a(l,5) and a(l,6)), as autograd does."""
+
+
+class Block(Layer):
+    """x + attn(ln_1(x)), then + mlp(ln_2(.)): nanoGPT's Block, with nanoGPT's names.
+
+    Args:
+        ln_1, ln_2: the LayerNorms (RowLayerNorm; a plain LayerNorm is converted).
+        attn: the attention layer.
+        c_fc: (4d <- d) Linear;  c_proj: (d <- 4d) Linear.
+        dropout: p of the residual dropouts after attention and after the MLP (the attention
+            layer has its own, on the probabilities).
+        seed: seeds the two dropouts' masks.
+    """
+
+    title = "Block"
+
+    def __init__(
+        self,
+        ln_1: LayerNorm,
+        attn: CausalSelfAttention,
+        ln_2: LayerNorm,
+        c_fc: Linear,
+        c_proj: Linear,
+        *,
+        dropout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        d = attn.d
+        for name, layer, kind in (("ln_1", ln_1, LayerNorm), ("ln_2", ln_2, LayerNorm), ("c_fc", c_fc, Linear),
+                                  ("c_proj", c_proj, Linear)):  # fmt: skip
+            if not isinstance(layer, kind):
+                raise TypeError(f"{name} must be a refbp {kind.__name__}, got {type(layer).__name__}")
+        for name, norm in (("ln_1", ln_1), ("ln_2", ln_2)):
+            if norm.d != d:
+                raise ValueError(f"{name} normalises {norm.d} features; attention has n_embd = {d}")
+        if c_fc.W.shape[1] != d or c_proj.W.shape != (d, c_fc.W.shape[0]):
+            raise ValueError(f"c_fc ({describe(c_fc.W)}) and c_proj ({describe(c_proj.W)}) must map {d} -> h -> {d}")
+        seed = check_seed(seed)
+        self.inner: list[Layer] = [
+            _row_norm(ln_1), attn, Dropout(dropout, seed=seed), _row_norm(ln_2), c_fc, Elementwise(GELU), c_proj,
+            Dropout(dropout, seed=(seed + 1) % 2**32),
+        ]  # fmt: skip
+        self.params = {}
+        self.training = True
+
+    @property
+    def d(self) -> int:
+        return self.attn.d
+
+    @property
+    def attn(self) -> CausalSelfAttention:
+        layer = self.inner[1]
+        assert isinstance(layer, CausalSelfAttention)
+        return layer
+
+    def sublayers(self) -> list[Layer]:
+        return self.inner
+
+    @property
+    def intermediates(self) -> tuple[str, ...]:
+        return ("resid",)
+
+    def keys(self, path: tuple[int, ...]) -> list[Key]:
+        """Every sub-layer's keys at (l, j), the residual stream r, and the output a(l)."""
+        sub = [key for j, layer in enumerate(self.inner, start=1) for key in layer.keys((*path, j))]
+        return [*sub, Key("resid", path), Key("a", path)]
+
+    def describe(self) -> str:
+        attn = self.attn
+        bias = "" if "b_qkv" in attn.params else ", no bias"
+        p = self.inner[2]
+        drop = f", dropout {p.p:g}" if isinstance(p, Dropout) and p.p > 0 else ""
+        return f"Block({attn.d}, {attn.n_head} heads{bias}{drop})"
+
+    def equations(self) -> tuple[str, str]:
+        return (
+            "r = x + attn(ln_1(x)) ;  y = r + c_proj(GELU(c_fc(ln_2(r))))",
+            "dJ/dr = dJ/dy + dJ/dr through the MLP ;  dJ/dx = dJ/dr + dJ/dx through attention",
+        )
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        self.attn.check_input(x, (*path, 2))
+
+    # ---- the manual path ---------------------------------------------------------------------
+    def _run(
+        self, half: tuple[int, ...], x: Tensor, cache: BlockCache, ctx: ForwardContext, path: tuple[int, ...]
+    ) -> Tensor:
+        """The sub-layers of one half in turn from x; fills cache.a and cache.saved."""
+        for j in half:
+            x, cache.saved[j] = self.inner[j - 1].forward(x, ctx, (*path, j))
+            cache.a[j] = x if ctx.keep_intermediates or j in READ_BY_BACKWARD else None
+        return x
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, BlockCache]:
+        n = len(self.inner)
+        cache = BlockCache(a=[None] * (n + 1), saved=[None] * (n + 1), resid=x)
+        attn_out = self._run(ATTENTION_HALF, x, cache, ctx, path)  # (B1-B3) a(l,3)   (B, T, d)
+        cache.resid = r = x + attn_out  # (B4) r = x + a(l,3)   (B, T, d)
+        del attn_out
+        mlp_out = self._run(MLP_HALF, r, cache, ctx, path)  # (B5-B9) a(l,8)   (B, T, d)
+        return r + mlp_out, cache  # (B10) y = r + a(l,8)   (B, T, d)
+
+    def _back(
+        self,
+        half: tuple[int, ...],
+        dJ_dout: Tensor,
+        x: Tensor,
+        cache: BlockCache,
+        ctx: BackwardContext,
+        out: LayerGrads,
+    ) -> Tensor:
+        """The sub-layers of one half, last first, from dJ/d(the half's output), which is read
+        and never overwritten (the skip path needs it too); returns dJ/d(the half's input)."""
+        g, owned = dJ_dout, False  # owned: g is a tensor of this loop's, free to overwrite
+        for j in reversed(half):
+            path, layer = (*ctx.path, j), self.inner[j - 1]
+            if ctx.keep_intermediates:
+                out.intermediates[Key("a", path)] = g
+            if isinstance(layer, Dropout) and not layer.stochastic:
+                continue  # the identity (eval mode, p = 0): dJ/dx = dJ/dy, handed on as it is
+            sub_ctx = BackwardContext(
+                path=path, keep_intermediates=ctx.keep_intermediates, overwrite=owned, need_dx=True,
+                weight_decay=ctx.weight_decay,
+            )  # fmt: skip
+            layer_input = x if j == half[0] else cache.a[j - 1]
+            if layer_input is None and j - 1 in REBUILT:  # a(l,j-1) rebuilt from a(l,REBUILT[j-1])
+                source = cache.a[REBUILT[j - 1]]
+                assert source is not None
+                layer_input, _ = self.inner[j - 2].forward(source, ForwardContext(keep_intermediates=False), path)
+            grads = layer.backward(g, layer_input, cache.a[j], cache.saved[j], sub_ctx)  # type: ignore[arg-type]
+            out.sub_params.update({Key(kind, path): value for kind, value in grads.params.items()})
+            out.sub_params.update(grads.sub_params)
+            out.intermediates.update(grads.intermediates)
+            assert grads.dJ_dx is not None
+            g, owned = grads.dJ_dx, True
+            del grads
+            if ctx.release:  # as autograd frees saved tensors: sub-layer j's cache, output and input
+                layer.release(cache.saved[j])  # are read by no later step (no sub-layer reads its output)
+                cache.saved[j] = cache.a[j] = cache.a[j - 1] = None
+                if j == half[0] and half[0] > 1:
+                    cache.resid = _RELEASED  # ln_2's input r
+        if not owned:  # every sub-layer was the identity: dJ/dx is dJ/dy itself, which is not ours
+            g = g.clone()
+        return g
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: BlockCache, ctx: BackwardContext) -> LayerGrads:
+        grads = LayerGrads(None)
+        # (B10) y = r + a(l,8): dJ/da(l,8) = dJ/dy, and dJ/dr = dJ/dy + dJ/dr through the MLP
+        dJ_dr = self._back(MLP_HALF, dJ_dy, cache.resid, cache, ctx, grads).add_(dJ_dy)  # (B, T, d)
+        if ctx.keep_intermediates:
+            grads.intermediates[Key("resid", ctx.path)] = dJ_dr
+        # (B4) r = x + a(l,3): dJ/da(l,3) = dJ/dr, and dJ/dx = dJ/dr + dJ/dx through attention
+        grads.dJ_dx = self._back(ATTENTION_HALF, dJ_dr, x, cache, ctx, grads).add_(dJ_dr)  # (B, T, d)
+        return grads
+
+    def noise_of(self, cache: BlockCache, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
+        out: dict[tuple[int, ...], Tensor] = {}
+        for j, layer in enumerate(self.inner, start=1):
+            out.update(layer.noise_of(cache.saved[j], (*path, j)))
+        return out
+
+    def release(self, cache: BlockCache) -> None:
+        for j, layer in enumerate(self.inner, start=1):
+            if cache.saved[j] is not None:
+                layer.release(cache.saved[j])
+        cache.a = [None] * len(cache.a)
+        cache.saved = [None] * len(cache.saved)
+        cache.resid = _RELEASED
+
+    # ---- the oracle ---------------------------------------------------------------------------
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        def half(js: tuple[int, ...], h: Tensor) -> Tensor:
+            for j in js:
+                h = self.inner[j - 1].torch_forward(h, p, noise, tap, (*path, j))
+                h = tap.intermediate(Key("a", (*path, j)), h)
+            return h
+
+        r = tap.intermediate(Key("resid", path), x + half(ATTENTION_HALF, x))  # (B4)
+        return r + half(MLP_HALF, r)  # (B10)
+
+    def to_torch(self) -> torch.nn.Module:
+        ln_1, attn, _, ln_2, c_fc, _, c_proj, drop = self.inner
+        assert isinstance(drop, Dropout)
+        module = TorchBlock(ln_1.to_torch(), attn.to_torch(), ln_2.to_torch(), c_fc.to_torch(), c_proj.to_torch(),
+                            dropout=drop.p)  # fmt: skip
+        module.train(self.training)
+        return module
+
+    def torch_param_names(self, path: tuple[int, ...]) -> dict[Key, str]:
+        names = {1: "ln_1", 2: "attn", 4: "ln_2", 5: "mlp.c_fc", 7: "mlp.c_proj"}
+        out: dict[Key, str] = {}
+        for j, prefix in names.items():
+            for key, relative in self.inner[j - 1].torch_param_names((*path, j)).items():
+                rest = relative.split(".", 1)[1]  # "0.weight" -> "weight"
+                out[key] = f"0.{prefix}.{rest}"
+        return out
+
+
+def _row_norm(norm: LayerNorm) -> RowLayerNorm:
+    """``norm`` as a RowLayerNorm sharing its parameters (itself if it is one)."""
+    if isinstance(norm, RowLayerNorm):
+        return norm
+    row = object.__new__(RowLayerNorm)
+    row.__dict__.update(norm.__dict__)
+    row.params = dict(norm.params)
+    return row
+
+
+class TorchMLP(torch.nn.Module):
+    """nanoGPT's MLP: c_fc, GELU, c_proj, dropout."""
+
+    def __init__(self, c_fc: torch.nn.Module, c_proj: torch.nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.c_fc, self.gelu, self.c_proj, self.dropout = c_fc, torch.nn.GELU(), c_proj, torch.nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class TorchBlock(torch.nn.Module):
+    """The block as a torch module with nanoGPT's names (ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj):
+    what ``Block.to_torch()`` gives. Its dropouts draw torch's own masks."""
+
+    def __init__(
+        self,
+        ln_1: torch.nn.Module,
+        attn: torch.nn.Module,
+        ln_2: torch.nn.Module,
+        c_fc: torch.nn.Module,
+        c_proj: torch.nn.Module,
+        *,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        assert isinstance(attn, TorchCausalSelfAttention)
+        self.ln_1, self.attn, self.ln_2 = ln_1, attn, ln_2
+        self.resid_dropout = torch.nn.Dropout(dropout)
+        self.mlp = TorchMLP(c_fc, c_proj, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.resid_dropout(self.attn(self.ln_1(x)))
+        return x + self.mlp(self.ln_2(x))
