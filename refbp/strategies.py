@@ -11,6 +11,10 @@ use, exported so that you can property-test your own backprop the same way.
 Shapes, activations, loss, dtype and an integer seed are drawn by hypothesis; the numbers are
 drawn from the seed. A failure therefore shrinks to the shallowest, narrowest network with
 the smallest batch that still shows it.
+
+    cases, specs              MLPs (refbp.MLP) and their CaseSpecs
+    stacks, stack_specs       layer stacks (refbp.Network): LayerNorm, BatchNorm1d, Dropout, ...
+    gpts, gpt_specs           tiny GPTs (refbp.models.GPT) with token inputs and ignored targets
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from .models.gpt_cases import gpt_specs, gpts
 from .nn.activations import ACTIVATIONS
 from .nn.losses import LOSSES, get_loss
 from .nn.mlp import MLP
@@ -28,7 +33,7 @@ from .nn.network import Network
 from .verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 from .verify.stacks import StackSpec
 
-__all__ = ["STACK_KINDS", "cases", "specs", "stack_specs", "stacks"]
+__all__ = ["STACK_KINDS", "cases", "gpt_specs", "gpts", "specs", "stack_specs", "stacks"]
 
 
 def _validate(name: str, given: Sequence[str], known: Sequence[str]) -> list[str]:

@@ -6,9 +6,10 @@ manual gradients) and count how many are flagged.
 Cases come from refbp.apps.sweep.sweep_specs, the report's own sweep: half MLPs (every
 activation and loss, depths 1-4, widths 1-12, batches 1-8; weight decay in 1 of 5; weights x3
 in 1 of 4 and x10 in 1 of 10: saturated units; 1 in 10 trained to confident outputs with refbp's
-own gradients; 1 in 10 with a pre-activation 1e-7 from a piecewise boundary), half random layer
+own gradients; 1 in 10 with a pre-activation 1e-7 from a piecewise boundary), 40% random layer
 stacks (LayerNorm, BatchNorm1d, Dropout, Embedding, Flatten, Residual, every activation, in
-training and eval mode). Each runs in float64 and float32, against autograd and full finite
+training and eval mode) and 10% tiny GPTs (attention, tied embeddings, ignored targets,
+dropout). Each runs in float64 and float32, against autograd and full finite
 differences. Writes reports/false_positives.md and .json: the count, a breakdown by kind and
 regime, and the closest calls (error/allowed).
 """
@@ -31,6 +32,7 @@ from tabulate import tabulate
 from refbp.apps.io import write_set
 from refbp.apps.report import DEFAULT_THREADS
 from refbp.apps.sweep import Spec, check_case, sweep_specs
+from refbp.models.gpt_cases import GPTSpec
 from refbp.verify.cases import CaseSpec
 
 DTYPES = ("float64", "float32")
@@ -38,6 +40,8 @@ DTYPES = ("float64", "float32")
 
 def group(spec: Spec) -> str:
     """The breakdown a case counts under: its kind and, for an MLP, its regime."""
+    if isinstance(spec, GPTSpec):
+        return "GPT (train)" if spec.training else "GPT (eval)"
     if not isinstance(spec, CaseSpec):
         return "stack (train)" if spec.training else "stack (eval)"
     if spec.regime != "plain":

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from refbp.apps.sweep import sweep_specs
+from refbp.models.gpt_cases import GPTSpec
 from refbp.verify.cases import MAX_LAYERS, CaseSpec
+from refbp.verify.specs import spec_from_dict
 from refbp.verify.stacks import StackSpec
 
 BASE: dict[str, Any] = {"dims": [3, 2], "activations": ["tanh"], "loss": "mse"}
@@ -81,9 +83,11 @@ def test_a_million_layers_or_a_gigantic_width_is_refused_at_once() -> None:
 
 
 def test_every_sweep_spec_round_trips_through_json_unchanged() -> None:
-    for _, spec in sweep_specs(60, seed=0):
-        kind = CaseSpec if isinstance(spec, CaseSpec) else StackSpec
-        assert kind.from_dict(json.loads(spec.to_json())) == spec
+    specs = [spec for _, spec in sweep_specs(60, seed=0)]
+    assert {type(spec) for spec in specs} == {CaseSpec, StackSpec, GPTSpec}  # every kind the report sweeps
+    for spec in specs:
+        assert type(spec).from_dict(json.loads(spec.to_json())) == spec
+        assert spec_from_dict(json.loads(spec.to_json())) == spec  # what refbp check --case reads
 
 
 def test_ints_where_floats_are_expected_are_taken_exactly() -> None:

@@ -14,6 +14,7 @@ import refbp
 from refbp.apps.cli import main
 from refbp.apps.report import build_json, render_markdown, write_plot
 from refbp.apps.sweep import CaseOutcome, components, sweep_specs
+from refbp.models.gpt_cases import GPTSpec
 from refbp.verify.cases import REGIMES, CaseSpec
 from refbp.verify.stacks import StackSpec
 
@@ -140,3 +141,10 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("report", "check", "explain", "bugs"))
+
+
+def test_check_case_rebuilds_a_gpt_the_report_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = GPTSpec(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=4, batch=2, length=3, ignored=1, seed=1)
+    assert main(["check", "--case", spec.to_json()]) == 0
+    out = capsys.readouterr().out
+    assert "W_qkv4.2" in out and "fd-" in out and "autograd" in out

@@ -72,3 +72,19 @@ def test_a_bad_network_option_exits_2_with_one_line(
     assert main(["explain", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_gpt_walk_visits_embeddings_every_sub_layer_of_the_block_and_the_tied_head(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = BUILT_IN["gpt"]
+    case = spec.build()
+    w = walk_network(case.net, case.X, case.y)
+    assert w.passed
+    forward = [s.path for s in w.steps if s.phase == "forward"]
+    assert forward == ["1", "2", "3", "4", *(f"4.{j}" for j in range(1, 9)), "5", "6", "J"]
+    titles = {s.path: s.title for s in w.steps}
+    assert titles["4.2"].startswith("CausalSelfAttention") and titles["1"].startswith("Embedding")
+    assert main(["explain", "--model", "gpt", "--ascii"]) == 0
+    out = capsys.readouterr().out
+    assert "[FAIL]" not in out and "dJ/dE1" in out  # the tied weight: both uses summed into E

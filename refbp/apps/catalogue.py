@@ -1,11 +1,11 @@
 """The bug catalogue, every part of it: what an entry is, and the list ``refbp bugs`` runs.
 
 An entry is one wrong line of a backward pass beside the right one. The MLP's classic bugs
-(refbp.apps.bugs) replace one line of eqs. (4)-(8); the layers' (refbp.apps.layer_bugs) are
-twins of the right layers with the wrong line. Whatever its kind, an entry offers the same
-few things, and refbp.apps.bugs_cli runs them all alike: draw small networks it applies to,
-check its gradients with the harness, and let hypothesis shrink to the smallest network that
-exposes it.
+(refbp.apps.bugs) replace one line of eqs. (4)-(8); the layers' (refbp.apps.layer_bugs) and the
+GPT's (refbp.apps.gpt_bugs) are twins of the right layers with the wrong line. Whatever its
+kind, an entry offers the same few things, and refbp.apps.bugs_cli runs them all alike: draw
+small networks it applies to, check its gradients with the harness, and let hypothesis shrink
+to the smallest network that exposes it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..verify.cases import Case
 from .bugs import BUGS
+from .gpt_bugs import GPT_BUGS
 from .layer_bugs import LAYER_BUGS
 
 __all__ = ["CATALOGUE", "Entry", "get_entry"]
@@ -74,8 +75,8 @@ class Entry(Protocol):
         ...
 
 
-CATALOGUE: tuple[Entry, ...] = (*BUGS, *LAYER_BUGS)
-"""Every entry: the MLP's, then the layers'."""
+CATALOGUE: tuple[Entry, ...] = (*BUGS, *LAYER_BUGS, *GPT_BUGS)
+"""Every entry: the MLP's, then the layers', then the GPT's."""
 
 
 def get_entry(name: str) -> Entry:

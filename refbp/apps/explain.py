@@ -671,7 +671,11 @@ def run(args: argparse.Namespace) -> int:
     return 0 if w.passed else 1
 
 
-BUILT_IN_MODELS = {"layers": "Linear, LayerNorm, tanh, Residual, BatchNorm1d, Dropout, Linear; mse"}
+BUILT_IN_MODELS = {
+    "layers": "Linear, LayerNorm, tanh, Residual, BatchNorm1d, Dropout, Linear; mse",
+    "gpt": "a GPT: token and position embeddings, one block of causal self-attention (2 heads) and a GELU MLP, "
+    "final LayerNorm, tied LM head; cross-entropy",
+}
 """Networks ``refbp explain --model`` walks (refbp.apps.walk.BUILT_IN)."""
 
 

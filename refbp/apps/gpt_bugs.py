@@ -16,20 +16,16 @@ references, and refbp.apps.bugs_cli.run_bug shrinks to the smallest GPT that exp
 
 and variants that compute the same numbers by another route, which nothing should flag.
 
-    python -m refbp.apps.gpt_bugs --out reports     # every entry through run_bug: gpt_bugs.md, .json
+    refbp bugs --only softmax_no_rowsum     # one entry; plain ``refbp bugs`` runs the whole catalogue
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 import math
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,12 +41,9 @@ from ..nn.network import Network
 from ..nn.position import PositionEmbedding
 from ..nn.transformer import Block
 from ..verify.cases import Case
-from ..verify.check import check
-from .bugs_cli import DEFAULT_DRAWS, render_markdown, run_bug
-from .io import write_atomic
 from .layer_bugs import twin_of
 
-__all__ = ["GPT_BUGS", "GPTBug", "main"]
+__all__ = ["GPT_BUGS", "GPTBug"]
 
 SMALL: dict[str, Any] = {
     "max_layers": 1, "max_heads": 2, "max_head_size": 2, "max_vocab": 4, "max_block_size": 3, "max_batch": 2,
@@ -274,43 +267,3 @@ GPT_BUGS: tuple[GPTBug, ...] = (
     ),
 )  # fmt: skip
 """The GPT entries of the catalogue: classic bugs first, then equivalent variants."""
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run every GPT entry through refbp.apps.bugs_cli.run_bug (four reference modes, shrinking)
-    and write gpt_bugs.md and gpt_bugs.json, as ``refbp bugs`` does for the catalogue."""
-    parser = argparse.ArgumentParser(prog="python -m refbp.apps.gpt_bugs", description=main.__doc__)
-    parser.add_argument("--out", default="reports", help="folder for gpt_bugs.md and gpt_bugs.json")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--draws", type=int, default=DEFAULT_DRAWS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # tiny tensors: a second thread only adds waiting (refbp.apps.bugs_cli)
-    results = [run_bug(bug, draws=args.draws, seed=args.seed) for bug in GPT_BUGS]
-    specs = {spec.to_json(): spec for r in results for spec in r.drawn}
-    right_flagged = 0
-    for spec in specs.values():  # the right GPT on every network drawn for any entry
-        case = spec.build()
-        right_flagged += not check(case.net, case.X, case.y, seed=args.seed).passed
-    out = Path(args.out)
-    text = render_markdown(results, seed=args.seed, draws=args.draws, correct=(right_flagged, len(specs)))
-    for generic, own in (
-        ("# refbp bug catalogue", "# refbp bug catalogue: GPT entries"),
-        (f"`refbp bugs --seed {args.seed} --draws {args.draws}`",
-         f"`python -m refbp.apps.gpt_bugs --seed {args.seed} --draws {args.draws}`"),
-        ("Each entry of `refbp.bugs`", "Each entry of `refbp.apps.gpt_bugs.GPT_BUGS`"),
-        ("run on networks drawn from `refbp.strategies`", "run on GPTs drawn from `refbp.models.gpt_cases`"),
-        ("The right backward pass (`refbp.backward`)", "The right GPT (`refbp.models.GPT`)"),
-    ):  # fmt: skip
-        text = text.replace(generic, own, 1)
-    write_atomic(out / "gpt_bugs.md", text)
-    doc = {"seed": args.seed, "draws": args.draws, "right_flagged": right_flagged, "right_checks": len(specs),
-           "bugs": [r.to_dict() for r in results]}  # fmt: skip
-    write_atomic(out / "gpt_bugs.json", json.dumps(doc, indent=1) + "\n")
-    caught = sum(r.ok for r in results if not r.equivalent)
-    print(f"GPT bugs: {caught}/{sum(not r.equivalent for r in results)} caught, {right_flagged} of {len(specs)} "
-          f"right GPTs flagged; wrote {out / 'gpt_bugs.md'}")  # fmt: skip
-    return 0 if all(r.ok for r in results) and right_flagged == 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

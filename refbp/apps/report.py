@@ -8,7 +8,7 @@ report.json schema "refbp.report/2" (every key always present):
     schema            "refbp.report/2"
     environment       {refbp, torch, python, devices: [..]}
     settings          {examples, seed, devices, dtypes, fd_mode}
-    summary           {cases, passed, failed, by_kind: {mlp|stack: {cases, passed}}, comparisons,
+    summary           {cases, passed, failed, by_kind: {mlp|stack|gpt: {cases, passed}}, comparisons,
                        excluded_entries, unverified_entries,
                        worst_margin: {dtype: {reference: max error/allowed}}}
     coverage          [{kind, component, loss, dtype, device, cases, passed}]   one per combination seen
@@ -160,7 +160,7 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
     lines += [tabulate(rows, headers=["dtype", *refs], tablefmt="github", disable_numparse=True), ""]
     lines += ["## Coverage: cases passed / run", "", "MLPs, by activation (any layer) and loss:", ""]
     lines += [_coverage_table([c for c in doc["coverage"] if c["kind"] == "mlp"]), ""]
-    lines += ["Layer stacks, by layer (BatchNorm and Dropout by mode) and activation:", ""]
+    lines += ["Layer stacks and GPTs, by layer (BatchNorm and Dropout by mode) and activation:", ""]
     lines += [_layer_table([c for c in doc["coverage"] if c["kind"] != "mlp"]), ""]
     worst = sorted(doc["cases"], key=lambda c: -_num(c["margin"]))[:8]
     lines += ["## Worst cases", ""]
@@ -190,7 +190,7 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
 
 
 def _kinds(by_kind: dict[str, dict[str, int]]) -> str:
-    names = {"mlp": "MLPs", "stack": "layer stacks"}
+    names = {"mlp": "MLPs", "stack": "layer stacks", "gpt": "GPTs"}
     return ", ".join(f"{v['passed']}/{v['cases']} {names.get(k, k)}" for k, v in by_kind.items())
 
 

@@ -12,9 +12,10 @@ back together into the very report one process writes.
 Half the random networks are MLPs: losses cycle, every activation takes its turn in the first
 layer; some carry weight decay, some large weights (x3, x10: saturated units), some are
 trained to confident outputs with refbp's own gradients, and some have a pre-activation put
-right at a piecewise boundary (refbp.verify.cases.REGIMES). The other half are layer stacks
-(refbp.verify.stacks): LayerNorm, BatchNorm1d, Dropout, Embedding, Flatten, Residual and every
-activation, in training and in eval mode.
+right at a piecewise boundary (refbp.verify.cases.REGIMES). Of the other half, four in five
+are layer stacks (refbp.verify.stacks): LayerNorm, BatchNorm1d, Dropout, Embedding, Flatten,
+Residual and every activation, in training and in eval mode; one in five is a tiny GPT
+(refbp.models.gpt_cases): causal self-attention, tied embeddings, ignored targets, dropout.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..models.gpt_cases import GPTSpec
 from ..nn.activations import ACTIVATIONS
 from ..nn.losses import LOSSES
 from ..verify.cases import CaseSpec
@@ -40,12 +42,13 @@ __all__ = [
     "check_case",
     "components",
     "finite",
+    "random_gpt",
     "random_stack",
     "run_report",
     "sweep_specs",
 ]
 
-Spec = CaseSpec | StackSpec
+Spec = CaseSpec | StackSpec | GPTSpec
 
 
 @dataclass
@@ -59,8 +62,8 @@ class CaseOutcome:
 
     @property
     def kind(self) -> str:
-        """ "mlp" or "stack"."""
-        return "mlp" if isinstance(self.spec, CaseSpec) else "stack"
+        """ "mlp", "stack" or "gpt"."""
+        return kind_of(self.spec)
 
     @property
     def margin(self) -> float:
@@ -91,6 +94,11 @@ class CaseOutcome:
         }
 
 
+def kind_of(spec: Spec) -> str:
+    """ "mlp", "stack" or "gpt": the kind of network a spec describes."""
+    return "mlp" if isinstance(spec, CaseSpec) else "gpt" if isinstance(spec, GPTSpec) else "stack"
+
+
 def finite(x: float) -> float | str:
     """x, or its name ("inf", "nan") where JSON has no number for it."""
     return x if x == x and abs(x) != float("inf") else str(x)
@@ -110,8 +118,10 @@ def sweep_specs(examples: int, seed: int) -> list[tuple[str, Spec]]:
     for k in range(examples):
         if k % 2 == 0:
             out.append((f"random MLP #{k // 2 + 1}", _random_mlp(k // 2, rng)))
+        elif k % 10 == 9:
+            out.append((f"random GPT #{k // 10 + 1}", random_gpt(rng)))
         else:
-            out.append((f"random stack #{k // 2 + 1}", random_stack(rng)))
+            out.append((f"random stack #{k // 2 + 1 - k // 10}", random_stack(rng)))
     return out
 
 
@@ -185,11 +195,34 @@ def random_stack(rng: random.Random, *, max_depth: int = 4, max_width: int = 8) 
     return StackSpec.from_dict(spec)
 
 
+def random_gpt(rng: random.Random) -> GPTSpec:
+    """A tiny random GPT, as refbp.strategies.gpt_specs draws them, from ``rng``: 1-2 blocks,
+    1-2 heads of size 1-3, a vocabulary of 2-6, T <= block size <= 4, a batch of 1-3, biases
+    or not, dropout 0.25 in one of three, some targets ignored in one of three."""
+    n_head, head_size = rng.randint(1, 2), rng.randint(1, 3)
+    block_size = rng.randint(1, 4)
+    length, batch = rng.randint(1, block_size), rng.randint(1, 3)
+    ignored = rng.randint(1, batch * length - 1) if batch * length > 1 and rng.random() < 1 / 3 else 0
+    return GPTSpec(
+        vocab_size=rng.randint(2, 6), block_size=block_size, n_layer=rng.randint(1, 2), n_head=n_head,
+        n_embd=n_head * head_size, bias=rng.random() < 0.5, dropout=0.25 if rng.random() < 1 / 3 else 0.0,
+        training=rng.random() < 0.6, batch=batch, length=length, ignored=ignored, seed=rng.randint(0, 2**31 - 1),
+    )  # fmt: skip
+
+
+GPT_COMPONENTS = ("embedding", "position embedding", "attention", "transformer block", "layernorm", "gelu")
+"""What every GPT exercises, for the coverage table (dropout, by mode, when it has some)."""
+
+
 def components(spec: Spec) -> list[str]:
     """What a case exercises, for the coverage table: "Dense" and activations for an MLP;
-    layer kinds (BatchNorm and Dropout with their mode) and activations for a stack."""
+    layer kinds (BatchNorm and Dropout with their mode) and activations for a stack; a GPT's
+    layers for a GPT."""
     if isinstance(spec, CaseSpec):
         return sorted({"Dense", *spec.activations})
+    if isinstance(spec, GPTSpec):
+        mode = "train" if spec.training else "eval"
+        return sorted({*GPT_COMPONENTS, *([f"dropout ({mode})"] if spec.dropout else [])})
     mode = "train" if spec.training else "eval"
     found: set[str] = set()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..models.gpt_cases import GPTSpec
 from ..nn.keys import Key
 from ..nn.layer import Layer, Params
 from ..nn.network import Network
@@ -32,7 +33,8 @@ from .explain import WIDTH, format_tensor
 
 __all__ = ["BUILT_IN", "LayerStep", "NetworkWalk", "walk_network"]
 
-BUILT_IN = {
+BUILT_IN: dict[str, StackSpec | GPTSpec] = {
+    "gpt": GPTSpec(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=4, batch=1, length=3, seed=0),
     "layers": StackSpec(
         input=3,
         layers=(("linear", 4), ("layernorm",), ("tanh",), ("residual", (("linear", 4), ("relu",))),
@@ -41,7 +43,8 @@ BUILT_IN = {
     ),
 }  # fmt: skip
 """Built-in networks for ``refbp explain --model``: "layers" has a LayerNorm, a residual, a
-BatchNorm1d in training mode and a dropout."""
+BatchNorm1d in training mode and a dropout; "gpt" is one transformer block of two heads over
+three tokens, its LM head tied to the token embedding."""
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,11 @@ class GPTSpec:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {list(DTYPES)}")
 
     @property
+    def loss(self) -> str:
+        """The loss, as the other specs name theirs: cross-entropy over the counted positions."""
+        return "cross_entropy"
+
+    @property
     def config(self) -> GPTConfig:
         return GPTConfig(self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd, self.bias,
                          self.dropout)  # fmt: skip

@@ -82,6 +82,9 @@ class RowLayerNorm(LayerNorm):
 
     title = "LayerNorm"
 
+    def cached_values(self, cache: RowStats, path: tuple[int, ...]) -> dict[Key, Tensor]:  # type: ignore[override]
+        return {}  # xhat is not kept (it is rebuilt in the backward pass): the walk shows y only
+
     # the cache is RowStats, not the NormCache of LayerNorm: an override by design
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, RowStats]:  # type: ignore[override]
         acc, d = accumulation_dtype(x.dtype), self.d
@@ -363,6 +366,16 @@ class Block(Layer):
         # (B4) r = x + a(l,3): dJ/da(l,3) = dJ/dr, and dJ/dx = dJ/dr + dJ/dx through attention
         grads.dJ_dx = self._back(ATTENTION_HALF, dJ_dr, x, cache, ctx, grads).add_(dJ_dr)  # (B, T, d)
         return grads
+
+    def cached_values(self, cache: BlockCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        out: dict[Key, Tensor] = {}
+        for j, layer in enumerate(self.inner, start=1):
+            out.update(layer.cached_values(cache.saved[j], (*path, j)))
+            a = cache.a[j]
+            if a is not None:  # kept unless a training step left it out
+                out[Key("a", (*path, j))] = a
+        out[Key("resid", path)] = cache.resid
+        return out
 
     def noise_of(self, cache: BlockCache, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
         out: dict[tuple[int, ...], Tensor] = {}
