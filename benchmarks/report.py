@@ -6,7 +6,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-__all__ = ["CLOSING_NOTE", "TARGETS", "render_markdown", "target_verdicts"]
+__all__ = ["CLOSING_NOTE", "LAYERS_NOTE", "TARGETS", "layers_section", "render_markdown", "target_verdicts"]
 
 TARGETS = {
     "manual/autograd, width <= 128": 0.9,
@@ -15,6 +15,7 @@ TARGETS = {
     "gradcheck / refbp full mode (speed-up)": 10.0,
     "refbp directional / gradcheck fast_mode": 3.0,
     "manual/autograd on CUDA": 1.0,
+    "each layer: manual / autograd, time and peak memory": 1.0,
 }
 """The issue's targets: ratios at most (speed-up at least, for gradcheck) these values."""
 
@@ -51,6 +52,55 @@ the tables above are the measurement, so a target this note calls within reach m
 """Why the targets not met are not met: shown at the end of BENCHMARKS.md."""
 
 
+LAYERS_NOTE = """\
+What limits the layers that miss, from torch.profiler and single-op timings on this machine
+(1 thread, N=1024, d=512, float32; one *unit* is one (N, d) float32 tensor, 2 MiB). The table
+is the measurement; ratios near 1 move by a few hundredths from run to run.
+
+- **LayerNorm, BatchNorm1d (train, eval): about 3-4.5x the time, 2.3-2.45x the memory.** Before
+  this round they were 9-14x and 3.8-4.8x: every formula made a fresh (N, d) float64 tensor
+  (13 per LayerNorm step), and fresh 4 MiB tensors page-fault here (3-4 ms per operation in
+  profiles). Now the forward turns a float64 copy of x into xhat in place, and the backward
+  keeps one float64 work buffer that holds dJ/dy, then dJ/dy o xhat, then dJ/dx, with the
+  means of dJ/dx taken from matrix-vector products (LayerNorm) or from the very column sums
+  that give dJ/dgamma and dJ/dbeta (BatchNorm); the float64 arithmetic and the one rounding at
+  the end are unchanged. What is left is the number of passes: torch runs one fused kernel
+  each way (native_layer_norm about 0.2-0.3 ms, its backward 0.25-0.45 ms), refbp's eager ops
+  make 7 passes forward (float64 copy, mean, subtract, norm, scale, rounding, gamma and beta)
+  and 11 backward (float64 copy, two column sums, two matrix-vector products, the xhat
+  product, a reload of dJ/dy, three fused updates, rounding), BatchNorm 8 and 9, at 0.07-0.2 ms
+  each. Memory is 7 units against autograd's 3 (y, dJ/dy, dJ/dx): the cache keeps xhat in
+  float64 (2 units: NormCache is read by the backward and by the bug catalogue's twins,
+  refbp.apps.layer_bugs), and the float64 work buffer is 2 more. autograd keeps only a mean
+  and rstd per row and recomputes xhat inside its fused backward; doing that here would break
+  STYLE rule 5 (the backward never recomputes a forward quantity), and doing the elementwise
+  work in float32 would lose the digits the float64 rule exists for.
+- **gelu: about 3-4x the time, 1.33x the memory.** refbp's f is 5 eager ops around torch.erf
+  (2.0 ms) and f' 10 ops around erf and exp (3.8 ms); torch's fused F.gelu takes 0.31 ms and
+  its gelu_backward 0.46 ms. torch.erf alone (0.70 ms) costs twice torch's whole GELU forward.
+  f' also makes Phi(z) and z phi(z) as (N, d) temporaries: 4 units against 3. Both are in
+  refbp/nn/activations.py, outside this round's files.
+- **Residual(Linear, relu): time level (0.98-1.04 from run to run), 1.44-1.46x the memory**,
+  2 units more: the stack loop (refbp/nn/stack.py) keeps every a(l), here the Linear's output
+  z, which no backward reads (autograd frees it: ReLU saves its output, Linear its input), and
+  relu's chain in refbp/nn/activations.py multiplies by sign(a), an (N, d) temporary. relu
+  alone is level in memory only because its chain works in the upstream gradient's storage.
+- **Linear: level (0.95-1.05 from run to run)**: the same three matrix products and column
+  sum, and the same tensors in memory; the verdict on time is the noise's.
+- **Embedding: level (0.92-1.04).** Both gather with index_select and scatter into a zeroed
+  (V, d) table; refbp's index_add_ is the faster scatter (0.3 ms against 0.7 ms for
+  embedding_dense_backward's loop). What moves the ratio is whether glibc hands the fresh
+  16 MiB dJ/dE pages it holds or new ones from the kernel (up to 1,200 page faults per manual
+  step in some stretches, none in others).
+
+Changed in this round besides the norms: Dropout multiplies in place (in dJ/dy's storage when
+the loop owns it): 0.8x autograd's memory, from 1.08x; Embedding gathers with index_select
+(0.08 ms) instead of advanced indexing E[idx] (0.35 ms). Not a layer's cost but worth knowing:
+Network refuses float32 inputs when it has no parameters (its dtype defaults to float64), which
+is why this item times each layer in refbp's stack loop rather than through Network."""
+"""Section 6's reading: what limits each layer that misses the target, from profiles on this machine."""
+
+
 def _table(rows: list[list[Any]], headers: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
@@ -85,6 +135,20 @@ def target_verdicts(doc: dict[str, Any]) -> list[list[str]]:
         out.append(["refbp full mode >= 10x faster than gradcheck", f"worst {worst:.1f}x", _mark(worst >= 10.0)])
         worst = max(r["refbp_directional/gradcheck_fast"] for r in fd)
         out.append(["refbp directional <= 3x gradcheck fast_mode", f"worst {worst:.2f}x", _mark(worst <= 3.0)])
+    layer_rows = (doc.get("layers") or {}).get("rows") or []
+    layer_target = "each layer's manual step <= 1.0x autograd's time and peak memory (CPU, float32)"
+    if layer_rows and doc["layers"]["quick"]:
+        out.append([layer_target, "not judged: quick run, tiny sizes", "n/a"])
+    elif layer_rows:
+        judged = [r for r in layer_rows if r["met"] is not None]
+        worst_t = max(layer_rows, key=lambda r: r["time_ratio"])
+        measured = f"met {sum(bool(r['met']) for r in judged)}/{len(judged)}; worst time {worst_t['time_ratio']:.2f}x"
+        measured += f" ({worst_t['layer']})"
+        mem = [r for r in layer_rows if r["memory_ratio"] is not None]
+        if mem:
+            worst_m = max(mem, key=lambda r: r["memory_ratio"])
+            measured += f", worst memory {worst_m['memory_ratio']:.2f}x ({worst_m['layer']})"
+        out.append([layer_target, measured, _mark(bool(judged) and all(r["met"] for r in judged))])
     cuda = doc.get("time_cuda")
     if cuda:
         worst = max(r["manual/autograd"] for r in cuda)
@@ -110,6 +174,54 @@ def _time_table(rows: list[dict[str, Any]]) -> str:
     headers = ["N", "width", "dtype", "act", "manual ms", "autograd ms", "GEMM ms", "manual/autograd",
                "full/autograd", "manual/GEMM", "autograd/GEMM", "target"]  # fmt: skip
     return _table(body, headers)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def layers_section(entry: dict[str, Any]) -> list[str]:
+    """Section 6: one row per layer, time and peak memory of manual against autograd."""
+    sizes = entry["sizes"]
+    body = [
+        [
+            r["layer"], r["sizes"], f"{1e3 * r['t_manual']:.3f}", f"{1e3 * r['t_autograd']:.3f}",
+            f"**{r['time_ratio']:.2f}**", f"{r['peak_manual_bytes'] / 2**20:.2f}",
+            f"{r['peak_autograd_bytes'] / 2**20:.2f}", f"**{_ratio(r['memory_ratio'])}**",
+            "n/a" if r["time_met"] is None else _mark(r["time_met"]),
+            "n/a" if r["memory_met"] is None else _mark(r["memory_met"]),
+        ]
+        for r in entry["rows"]
+    ]  # fmt: skip
+    headers = ["layer", "sizes", "manual ms", "autograd ms", "time ratio", "manual MiB", "autograd MiB",
+               "memory ratio", "time met", "memory met"]  # fmt: skip
+    env = entry["environment"]
+    method = "each (layer, mode) in a fresh process" if entry["fresh_process"] else "one process per mode (--quick)"
+    lines = [
+        "## 6. Each layer: manual vs autograd, time and peak memory (CPU, float32)",
+        "",
+        f"`{entry['command']}` ({'quick smoke run, tiny sizes' if entry['quick'] else 'full run'}), "
+        f"{entry['seconds']:.0f} s, {env['date']}, torch {env['torch']}, {entry['threads']} thread(s), "
+        f"N={sizes['N']}, d={sizes['d']}, V={sizes['V']}.",
+        "",
+        "*manual*: the layer's lean training step in refbp's own loop (refbp.nn.stack, what Network.forward and "
+        "Network.backward run after their input checks): forward with `keep_intermediates=False` and "
+        "`update_stats=True`, backward with `intermediates=False` and `release_cache=True`. *autograd*: "
+        "`module(X).backward(G)` on `layer.to_torch()`, X requiring grad, so that both compute dJ/dX and "
+        "dJ/d(every parameter). Both start from the same dJ/d(output) G, each from a fresh copy of it (the "
+        "fresh loss gradient of a training step: refbp's loop owns it and may overwrite it). Time: median "
+        f"of {entry['repeats']} interleaved repeats, several calls per repeat for cheap layers. Peak memory: "
+        f"benchmarks/memory_probe.py's method (the step's VmHWM above the resident set before it, glibc's "
+        f"mmap threshold at 64 KiB, its heap trimmed at once), the least of 3 steps after one warm-up "
+        f"step, {method}; a manual peak within {entry['memory_resolution_bytes'] // 1024} KiB of autograd's "
+        "counts as met (the method's resolution: the same tensors measure up to about 150 KiB apart). A ratio below 1 "
+        "means refbp is faster or leaner.",
+        "",
+        _table(body, headers),
+    ]
+    if not entry["quick"]:
+        lines += ["", LAYERS_NOTE]
+    return lines
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -223,6 +335,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines += [f"Device: {env['cuda_device']}. Same grid and methods as item 1.", "", _time_table(doc["time_cuda"])]
     else:
         lines += ["skipped: no CUDA GPU visible. On a GPU machine run `bash benchmarks/cuda.sh` (item 5 alone)."]
+    if doc.get("layers"):
+        lines += ["", *layers_section(doc["layers"])]
     if not doc["quick"]:
         lines += ["", "## Closing note", "", CLOSING_NOTE]
     return "\n".join(lines) + "\n"

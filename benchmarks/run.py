@@ -1,8 +1,10 @@
-"""Run refbp's benchmarks (issue 6) and write reports/BENCHMARKS.md and reports/benchmarks.json.
+"""Run refbp's benchmarks (issues 6 and 11) and write reports/BENCHMARKS.md and reports/benchmarks.json.
 
-    python benchmarks/run.py                 # everything (make bench), about 10 minutes on 2 cores
+    python benchmarks/run.py                 # everything (make bench), about 12 minutes on 2 cores
     python benchmarks/run.py --quick         # a smoke run on tiny sizes, under a minute
     python benchmarks/run.py --cuda-only     # item 5 alone, on a GPU machine (benchmarks/cuda.sh)
+    python benchmarks/run.py --layers-only   # item 6 alone (about 2 minutes), merged into the
+                                             # benchmarks.json already in --out; the report is rendered again
 
 Timings are medians of interleaved repeats taken in one process: the machines are shared
 and noisy, so only ratios measured side by side are quoted.
@@ -22,7 +24,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import finite_differences, harness, memory, time_backprop
+from benchmarks import finite_differences, harness, layers, memory, time_backprop
 from benchmarks.common import environment
 from benchmarks.report import render_markdown
 from refbp.apps.io import write_atomic
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("item 4: harness throughput", flush=True)
         doc["harness"] = harness.time_report_sweep(5 if args.quick else harness.DEFAULT_EXAMPLES)
         doc["test_suite"] = None if args.skip_suite else harness.time_test_suite()
+        doc["layers"] = run_layers(args)
     print("item 5: CUDA", flush=True)
     if cuda:
         grid = time_backprop.QUICK_GRID if args.quick else time_backprop.FULL_GRID
@@ -62,6 +65,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def run_layers(args: argparse.Namespace) -> dict[str, Any]:
+    """Item 6 alone: the ``layers`` entry of the JSON document, with its own command and date."""
+    torch.set_num_threads(args.threads)
+    print("item 6: each layer, manual vs autograd, time and peak memory", flush=True)
+    start = time.perf_counter()
+    entry = layers.run_layers(quick=args.quick, threads=args.threads, repeats=3 if args.quick else layers.REPEATS)
+    entry.update({"quick": args.quick, "command": args.command, "environment": environment(args.threads),
+                  "seconds": time.perf_counter() - start})  # fmt: skip
+    return entry
+
+
+def merge_layers(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """--layers-only: item 6 measured again and put into the document already in ``out``, so that
+    the report keeps the other items as they were measured (a document with item 6 alone if none)."""
+    path = out / "benchmarks.json"
+    doc: dict[str, Any]
+    if path.exists():
+        doc = json.loads(path.read_text())
+    else:
+        doc = {"environment": environment(args.threads), "quick": args.quick, "command": args.command,
+               "time_cuda": None, "seconds": 0.0}  # fmt: skip
+    doc["layers"] = run_layers(args)
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports", help="folder for BENCHMARKS.md and benchmarks.json")
@@ -70,17 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats per timing (default 7)")
     parser.add_argument("--skip-suite", action="store_true", help="do not time the test suite")
+    parser.add_argument("--layers-only", action="store_true",
+                        help="only item 6, merged into the benchmarks.json already in --out")  # fmt: skip
     args = parser.parse_args(argv)
     args.command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.cuda_only and args.layers_only:
+        print("--cuda-only and --layers-only each run one item: choose one", file=sys.stderr)
+        return 2
     if args.cuda_only and not torch.cuda.is_available():
         print("--cuda-only: torch sees no CUDA GPU on this machine", file=sys.stderr)
         return 2
-    doc = run(args)
     out = Path(args.out)
+    doc = merge_layers(args, out) if args.layers_only else run(args)
     name = "BENCHMARKS_CUDA" if args.cuda_only else "BENCHMARKS"
     write_atomic(out / f"{name.lower()}.json", json.dumps(doc, indent=2, default=str) + "\n")
     write_atomic(out / f"{name}.md", render_markdown(doc))
-    print(f"wrote {out / (name + '.md')} and {out / (name.lower() + '.json')} in {doc['seconds']:.0f} s")
+    seconds = doc["layers"]["seconds"] if args.layers_only else doc["seconds"]
+    print(f"wrote {out / (name + '.md')} and {out / (name.lower() + '.json')} in {seconds:.0f} s")
     return 0
 
 

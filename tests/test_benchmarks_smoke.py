@@ -6,12 +6,14 @@ report has the expected shape."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
-from benchmarks import memory, time_backprop
+from benchmarks import layers, memory, time_backprop
 from benchmarks.common import benchmark_network
 from benchmarks.report import render_markdown, target_verdicts
 
@@ -51,3 +53,31 @@ def test_quick_run_writes_markdown_and_json_with_every_section(tmp_path: Path) -
         assert "skipped: no CUDA GPU visible" in text
     assert render_markdown(doc) == text
     assert target_verdicts(doc)
+    assert "## 6. Each layer" in text
+    assert [r["layer"] for r in doc["layers"]["rows"]] == list(layers.LAYERS)
+
+
+@pytest.mark.parametrize("name", layers.LAYERS)
+def test_each_layers_timed_steps_compute_the_same_gradients(name: str) -> None:
+    case = layers.make_case(name, N=8, d=16, V=10)
+    manual = layers.manual_gradients(case, layers.manual_step(case)())
+    autograd = layers.autograd_step(case)()
+    assert sorted(manual) == sorted(autograd)
+    for key, value in autograd.items():
+        if case.layer.stochastic:  # torch draws its own dropout mask: only the shapes can agree
+            assert manual[key].shape == value.shape
+        else:
+            torch.testing.assert_close(manual[key], value, msg=lambda m, key=key: f"{name}, {key}: {m}")
+
+
+def test_layers_only_merges_item_6_into_the_existing_report(tmp_path: Path) -> None:
+    from benchmarks.run import main
+
+    shutil.copy(Path(__file__).resolve().parent.parent / "reports" / "benchmarks.json", tmp_path)
+    before = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert main(["--layers-only", "--quick", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert {k: v for k, v in doc.items() if k != "layers"} == {k: v for k, v in before.items() if k != "layers"}
+    assert doc["layers"]["quick"] and doc["layers"]["command"].endswith("--layers-only --quick --out " + str(tmp_path))
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## 1." in text and "## 6. Each layer" in text

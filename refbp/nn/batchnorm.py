@@ -143,23 +143,24 @@ class BatchNorm1d(Layer):
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
         self.check_input(x, path)
-        xa = x.to(accumulation_dtype(x.dtype))
+        xhat = x.to(accumulation_dtype(x.dtype), copy=True)  # (N, C) a copy of x, made xhat in place
         if self.uses_batch_statistics:
             N = x.shape[0]
-            mu = xa.mean(dim=0)  # (C,)
-            centred = xa - mu  # (N, C)
+            mu = xhat.mean(dim=0)  # (C,)
+            centred = xhat.sub_(mu)  # x - mu   (N, C)
             var = (centred * centred).mean(dim=0)  # (C,) biased
             rstd = torch.rsqrt(var + self.eps)  # (C,)
-            xhat = centred.mul_(rstd)  # (N, C)
+            xhat = centred.mul_(rstd)  # (N, C)  xhat = (x - mu) rstd
             if self.training and self.track_running_stats and ctx.update_stats:
                 self._update_running(mu.to(x.dtype), (var * (N / (N - 1))).to(x.dtype))
         else:
             assert self.running_mean is not None and self.running_var is not None
-            rstd = torch.rsqrt(self.running_var.to(xa.dtype) + self.eps)  # (C,)
-            xhat = (xa - self.running_mean.to(xa.dtype)).mul_(rstd)  # (N, C)
-        y = xhat.to(x.dtype)
-        if self.params:
-            y = (y * self.params["gamma"]).add_(self.params["beta"])  # y = gamma o xhat + beta
+            rstd = torch.rsqrt(self.running_var.to(xhat.dtype) + self.eps)  # (C,)
+            xhat = xhat.sub_(self.running_mean.to(xhat.dtype)).mul_(rstd)  # (N, C)
+        if not self.params:
+            return xhat.to(x.dtype), NormCache(xhat, rstd)  # y = xhat
+        y = xhat.to(x.dtype, copy=True)  # (N, C) storage of its own: the cache keeps xhat
+        y = torch.addcmul(self.params["beta"], y, self.params["gamma"], out=y)  # y = gamma o xhat + beta
         return y, NormCache(xhat, rstd)
 
     def _update_running(self, mu: Tensor, var_unbiased: Tensor) -> None:
@@ -173,24 +174,33 @@ class BatchNorm1d(Layer):
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
         xhat, rstd = cache.xhat, cache.rstd  # in the accumulation dtype
-        dtype = dJ_dy.dtype
-        g = dJ_dy.to(xhat.dtype)
+        dtype, N = dJ_dy.dtype, dJ_dy.shape[0]
+        gamma = self.params["gamma"].to(xhat.dtype) if self.params else None
         params: dict[str, Tensor] = {}
-        if self.params:
-            params["gamma"] = (g * xhat).sum(dim=0).to(dtype)  # dJ/dgamma = sum_n dJ/dy o xhat   (C,)
-            params["beta"] = g.sum(dim=0).to(dtype)  # dJ/dbeta = sum_n dJ/dy   (C,)
-            dJ_dxhat = g * self.params["gamma"].to(xhat.dtype)  # (N, C)
+        # One work buffer in the accumulation dtype holds dJ/dy, then dJ/dy o xhat, then dJ/dx
+        # (dJ/dy itself is only read). Its two column sums give dJ/dbeta and dJ/dgamma, and with
+        # dJ/dxhat = dJ/dy o gamma they give the two means of dJ/dx too:
+        # mean_n(dJ/dxhat) = gamma sum_n(dJ/dy) / N,  mean_n(dJ/dxhat o xhat) = gamma sum_n(dJ/dy o xhat) / N.
+        g = dJ_dy.to(xhat.dtype, copy=True)  # (N, C)
+        sum_g = g.sum(dim=0)  # sum_n dJ/dy   (C,)
+        sum_gx = g.mul_(xhat).sum(dim=0)  # sum_n dJ/dy o xhat   (C,)
+        if gamma is not None:
+            params["gamma"] = sum_gx.to(dtype)  # dJ/dgamma = sum_n dJ/dy o xhat   (C,)
+            params["beta"] = sum_g.to(dtype)  # dJ/dbeta = sum_n dJ/dy   (C,)
+        kept: dict[Key, Tensor] = {}
+        if ctx.keep_intermediates:
+            dJ_dxhat = dJ_dy.to(xhat.dtype) * gamma if gamma is not None else dJ_dy.to(xhat.dtype)  # dJ/dy o gamma
+            kept = {Key("xhat", ctx.path): dJ_dxhat.to(dtype, copy=True)}
+        if not ctx.need_dx:
+            return LayerGrads(None, params, kept)
+        scale = rstd * gamma if gamma is not None else rstd  # (C,)
+        g.copy_(dJ_dy)  # dJ/dy again, in the buffer
+        if self.uses_batch_statistics:
+            # dJ/dx = rstd (dJ/dxhat - mean_n(dJ/dxhat) - xhat mean_n(dJ/dxhat o xhat))
+            #       = rstd gamma (dJ/dy - sum_n(dJ/dy) / N - xhat sum_n(dJ/dy o xhat) / N), rounded once
+            dJ_dx = g.sub_(sum_g / N).addcmul_(xhat, sum_gx / N, value=-1.0).mul_(scale).to(dtype)  # (N, C)
         else:
-            dJ_dxhat = g  # read, never modified
-        kept = {Key("xhat", ctx.path): dJ_dxhat.to(dtype)} if ctx.keep_intermediates else {}
-        dJ_dx = None
-        if ctx.need_dx:
-            if self.uses_batch_statistics:
-                mean_g = dJ_dxhat.mean(dim=0)  # mean_n dJ/dxhat   (C,)
-                mean_gx = (dJ_dxhat * xhat).mean(dim=0)  # mean_n dJ/dxhat o xhat   (C,)
-                dJ_dx = ((dJ_dxhat - mean_g - xhat * mean_gx) * rstd).to(dtype)  # (N, C)
-            else:
-                dJ_dx = (dJ_dxhat * rstd).to(dtype)  # the running statistics do not depend on x
+            dJ_dx = g.mul_(scale).to(dtype)  # dJ/dx = dJ/dxhat rstd: the running statistics do not depend on x
         return LayerGrads(dJ_dx, params, kept)
 
     @property

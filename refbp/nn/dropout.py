@@ -68,14 +68,16 @@ class Dropout(Layer):
         else:
             keep = torch.rand(x.shape, dtype=torch.float64, generator=self.generator) >= self.p  # on the CPU
             mask = keep.to(x.device)
-        return x * mask * (1.0 / (1.0 - self.p)), mask  # y = x o m / (1 - p)
+        return torch.mul(x, mask).mul_(1.0 / (1.0 - self.p)), mask  # y = x o m / (1 - p)
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, mask: Tensor | None, ctx: BackwardContext) -> LayerGrads:
         if not ctx.need_dx:
             return LayerGrads(None)
         if mask is None:  # the identity: hand dJ/dy down (a copy unless it may be overwritten)
             return LayerGrads(dJ_dy if ctx.overwrite and not ctx.keep_intermediates else dJ_dy.clone())
-        return LayerGrads(dJ_dy * mask * (1.0 / (1.0 - self.p)))  # dJ/dx = dJ/dy o m / (1 - p)
+        in_place = ctx.overwrite and not ctx.keep_intermediates  # dJ/dy is ours to overwrite
+        dJ_dx = dJ_dy.mul_(mask) if in_place else torch.mul(dJ_dy, mask)
+        return LayerGrads(dJ_dx.mul_(1.0 / (1.0 - self.p)))  # dJ/dx = dJ/dy o m / (1 - p)
 
     def noise_of(self, cache: Tensor | None, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
         return {} if cache is None else {path: cache}

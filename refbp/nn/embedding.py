@@ -65,7 +65,8 @@ class Embedding(Layer):
             )
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
-        return self.params["E"][x], None  # y = E[idx]   (..., d)
+        E = self.params["E"]
+        return E.index_select(0, x.reshape(-1)).view(*x.shape, E.shape[1]), None  # y = E[idx]   (..., d)
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
         E = self.params["E"]

@@ -116,39 +116,52 @@ class LayerNorm(Layer):
         return {Key("xhat", path): cache.xhat}
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
-        xa = x.to(accumulation_dtype(x.dtype))
-        mu = xa.mean(dim=-1, keepdim=True)  # (..., 1)
-        centred = xa - mu  # (..., d)
-        var = (centred * centred).mean(dim=-1, keepdim=True)  # (..., 1) biased variance
-        rstd = torch.rsqrt(var + self.eps)  # (..., 1)
+        xhat = x.to(accumulation_dtype(x.dtype), copy=True)  # (..., d) a copy of x, made xhat in place
+        mu = xhat.mean(dim=-1, keepdim=True)  # (..., 1)
+        centred = xhat.sub_(mu)  # x - mu   (..., d)
+        var = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_().div_(self.d)  # (..., 1) biased
+        rstd = torch.rsqrt(var.add_(self.eps))  # (..., 1)
         xhat = centred.mul_(rstd)  # (..., d)  xhat = (x - mu) rstd
-        y = xhat.to(x.dtype)
-        if "gamma" in self.params:
-            y = y * self.params["gamma"]  # gamma o xhat
-            if "beta" in self.params:
-                y = y.add_(self.params["beta"])  # + beta
+        if "gamma" not in self.params:
+            return xhat.to(x.dtype), NormCache(xhat, rstd)  # y = xhat
+        y = xhat.to(x.dtype, copy=True)  # (..., d) storage of its own: the cache keeps xhat
+        if "beta" in self.params:
+            y = torch.addcmul(self.params["beta"], y, self.params["gamma"], out=y)  # y = gamma o xhat + beta
+        else:
+            y = y.mul_(self.params["gamma"])  # y = gamma o xhat
         return y, NormCache(xhat, rstd)
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
         xhat, rstd = cache.xhat, cache.rstd  # in the accumulation dtype
-        dtype = dJ_dy.dtype
+        dtype, d = dJ_dy.dtype, self.d
+        gamma = self.params["gamma"].to(xhat.dtype) if "gamma" in self.params else None
         params: dict[str, Tensor] = {}
-        g = dJ_dy.to(xhat.dtype)
-        rows = g.reshape(-1, self.d)  # (M, d)
-        if "gamma" in self.params:
-            dJ_dgamma = (rows * xhat.reshape(-1, self.d)).sum(dim=0)  # dJ/dgamma = sum_rows dJ/dy o xhat
-            params["gamma"] = dJ_dgamma.to(dtype)
-            if "beta" in self.params:
-                params["beta"] = rows.sum(dim=0).to(dtype)  # dJ/dbeta = sum_rows dJ/dy
-            dJ_dxhat = g * self.params["gamma"].to(xhat.dtype)  # (..., d)
-        else:
-            dJ_dxhat = g  # no scale: dJ/dxhat is dJ/dy (read, never modified)
-        kept = {Key("xhat", ctx.path): dJ_dxhat.to(dtype)} if ctx.keep_intermediates else {}
-        dJ_dx = None
-        if ctx.need_dx:
-            mean_g = dJ_dxhat.mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat   (..., 1)
-            mean_gx = (dJ_dxhat * xhat).mean(dim=-1, keepdim=True)  # mean_k dJ/dxhat o xhat   (..., 1)
-            dJ_dx = ((dJ_dxhat - mean_g - xhat * mean_gx) * rstd).to(dtype)  # (..., d)
+
+        def mean_k_times_gamma(t: Tensor) -> Tensor:  # mean_k (t o gamma)   (..., 1)
+            return (t @ gamma if gamma is not None else t.sum(dim=-1)).unsqueeze(-1).div_(d)
+
+        # One work buffer in the accumulation dtype holds dJ/dy, then dJ/dy o xhat, then dJ/dx
+        # (dJ/dy itself is only read). With dJ/dxhat = dJ/dy o gamma, the two means of dJ/dx are
+        # mean_k(dJ/dy o gamma) and mean_k(dJ/dy o xhat o gamma): one matrix-vector product each.
+        g = dJ_dy.to(xhat.dtype, copy=True)  # (..., d)
+        if "beta" in self.params:
+            params["beta"] = g.reshape(-1, d).sum(dim=0).to(dtype)  # dJ/dbeta = sum_rows dJ/dy
+        mean_g = mean_k_times_gamma(g) if ctx.need_dx else None  # mean_k dJ/dxhat
+        g.mul_(xhat)  # dJ/dy o xhat   (..., d)
+        if gamma is not None:
+            params["gamma"] = g.reshape(-1, d).sum(dim=0).to(dtype)  # dJ/dgamma = sum_rows dJ/dy o xhat
+        mean_gx = mean_k_times_gamma(g) if ctx.need_dx else None  # mean_k dJ/dxhat o xhat
+        kept: dict[Key, Tensor] = {}
+        if ctx.keep_intermediates:
+            dJ_dxhat = dJ_dy.to(xhat.dtype) * gamma if gamma is not None else dJ_dy.to(xhat.dtype)  # dJ/dy o gamma
+            kept = {Key("xhat", ctx.path): dJ_dxhat.to(dtype, copy=True)}
+        if mean_g is None or mean_gx is None:
+            return LayerGrads(None, params, kept)
+        g.copy_(dJ_dy)  # dJ/dy again, in the buffer
+        # dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat)), rounded once
+        # first dJ/dxhat - mean_k(dJ/dxhat) = dJ/dy o gamma - mean_g (one fused pass), then the xhat term, then rstd
+        g = torch.addcmul(mean_g.neg_(), g, gamma, out=g) if gamma is not None else g.sub_(mean_g)
+        dJ_dx = g.addcmul_(xhat, mean_gx, value=-1.0).mul_(rstd).to(dtype)  # (..., d)
         return LayerGrads(dJ_dx, params, kept)
 
     @property

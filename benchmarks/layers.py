@@ -1,0 +1,325 @@
+"""Item 6 (issue 11): each layer's manual forward + backward against torch.autograd on the
+layer's own torch module, one layer at a time: the time ratio and the peak-memory ratio.
+
+    python benchmarks/run.py --layers-only        # this item alone, merged into reports/
+    python benchmarks/layers.py --probe MODES N D V THREADS NAME [NAME ...]   # memory, in this process
+
+*manual* is the lean training step of refbp.nn.stack, the loop Network.forward and
+Network.backward run once their input checks are done: forward with keep_intermediates=False
+(update_stats=True: BatchNorm updates its running statistics, as torch's module does), backward
+with intermediates=False and release_cache=True. *autograd* is ``module(X).backward(G)`` on
+``layer.to_torch()``, with X requiring grad, so that it computes dJ/dX and dJ/d(every parameter)
+as refbp does. Both start from the same dJ/d(output) G, each from a fresh copy of it, as a
+training step starts from a fresh loss gradient (refbp's loop owns it and may overwrite it).
+
+The layers are timed one by one rather than through ``Network``, because a Network without
+parameters (Elementwise, Dropout, Flatten alone) takes float64 inputs only.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+if __package__ in (None, ""):  # run as a script (the memory probe): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import interleaved_medians
+from benchmarks.memory import MMAP_THRESHOLD
+from benchmarks.memory_probe import _status_kib
+from refbp.nn.layer import BackwardContext, ForwardContext, Layer
+from refbp.nn.layers import BatchNorm1d, Dropout, Elementwise, Embedding, Flatten, LayerNorm, Linear, Residual
+from refbp.nn.stack import StackGrads, stack_backward, stack_forward
+
+__all__ = [
+    "FULL_SIZES",
+    "LAYERS",
+    "MEMORY_RESOLUTION",
+    "QUICK_SIZES",
+    "REPEATS",
+    "TARGET",
+    "LayerCase",
+    "autograd_step",
+    "make_case",
+    "manual_gradients",
+    "manual_step",
+    "measure_layer_memory",
+    "probe",
+    "run_layers",
+    "time_layers",
+]
+
+LAYERS = (
+    "Linear",
+    "tanh",
+    "relu",
+    "gelu",
+    "sigmoid",
+    "LayerNorm",
+    "BatchNorm1d train",
+    "BatchNorm1d eval",
+    "Dropout train",
+    "Embedding",
+    "Flatten",
+    "Residual(Linear, relu)",
+)
+"""The layers benchmarked; each activation is an Elementwise layer."""
+
+FULL_SIZES = {"N": 1024, "d": 512, "V": 8192}
+"""The issue's realistic sizes: a batch of N = 1024 rows (tokens, for the embedding) of width
+d = 512; an embedding table of V = 8192 rows."""
+
+QUICK_SIZES = {"N": 64, "d": 32, "V": 128}
+"""--quick: tiny sizes, every code path in seconds."""
+
+TARGET = 1.0
+"""The issue's target: manual at most 1.0x autograd's time and 1.0x its peak memory."""
+
+DROPOUT_P = 0.1
+FLATTEN_CHANNELS = 8
+"""Flatten merges (N, 8, d / 8) into (N, d): a small feature map becoming a vector."""
+
+REPEATS = 21
+"""Interleaved repeats per layer in a full run (--quick: 3); each lasts REPEAT_SECONDS."""
+
+REPEAT_SECONDS = {False: 0.05, True: 0.002}
+"""How long one timed repeat lasts (full run, --quick): cheap layers are called several times
+per repeat, so that the timer's resolution and Python's per-call noise do not decide a ratio."""
+
+MODES = ("manual", "autograd")
+
+MALLOC_TRIM = {"MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
+"""Besides memory_probe.py's mmap threshold: glibc also returns the top of its small-object heap
+to the OS as soon as it is free, so that small transient allocations do not stay resident."""
+
+MEMORY_RESOLUTION = 256 * 1024
+"""Bytes: two probes of the same set of tensors differ by up to about 150 KiB (pages of glibc's
+small-object heap that a step's history leaves resident), so a manual peak within this of
+autograd's counts as equal when the target is judged."""
+
+PROBE_STEPS = 3
+"""Measured steps per memory probe, after one warm-up step; the least peak is reported."""
+
+PROBE = Path(__file__).resolve()
+
+
+@dataclass
+class LayerCase:
+    """One benchmarked layer with its input, its upstream gradient and its torch twin.
+
+    Attributes:
+        name: one of LAYERS.
+        layer: the refbp layer, float32.
+        module: ``layer.to_torch()``, with a copy of the parameters.
+        X: the input: (N, d) float32, (N, 8, d / 8) for Flatten, (N,) int64 for Embedding.
+        G: dJ/d(output), (N, d) float32, fixed.
+        sizes: the sizes in words, for the table.
+    """
+
+    name: str
+    layer: Layer
+    module: torch.nn.Module
+    X: Tensor
+    G: Tensor
+    sizes: str
+
+    @property
+    def takes_indices(self) -> bool:
+        return bool(getattr(self.layer, "takes_indices", False))
+
+
+def make_case(name: str, *, N: int, d: int, V: int, seed: int = 0) -> LayerCase:
+    """The layer called ``name`` at sizes N, d (V for the embedding), float32, parameters and
+    X, G ~ N(0, 1) (W scaled by 1/sqrt(d), running variances in [0.5, 1.5])."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    def linear() -> Linear:
+        return Linear(randn(d, d) / d**0.5, randn(d))  # W (d, d), b (d,)
+
+    X = randn(N, d)
+    sizes = f"N={N}, d={d}"
+    layer: Layer
+    if name == "Linear":
+        layer = linear()
+    elif name in ("tanh", "relu", "gelu", "sigmoid"):
+        layer = Elementwise(name)
+    elif name == "LayerNorm":
+        layer = LayerNorm(randn(d), randn(d))
+    elif name.startswith("BatchNorm1d"):
+        running_var = torch.rand(d, generator=generator) + 0.5  # (d,) in [0.5, 1.5)
+        layer = BatchNorm1d(randn(d), randn(d), running_mean=randn(d), running_var=running_var)
+        layer.set_training(name.endswith("train"))
+    elif name == "Dropout train":
+        layer = Dropout(DROPOUT_P, seed=seed)
+        sizes += f", p={DROPOUT_P:g}"
+    elif name == "Embedding":
+        layer = Embedding(randn(V, d))
+        X = torch.randint(V, (N,), generator=generator)  # N token indices
+        sizes = f"N={N} tokens, V={V}, d={d}"
+    elif name == "Flatten":
+        layer = Flatten()
+        X = X.reshape(N, FLATTEN_CHANNELS, d // FLATTEN_CHANNELS)
+        sizes = f"(N, {FLATTEN_CHANNELS}, {d // FLATTEN_CHANNELS}) -> (N, d), N={N}, d={d}"
+    elif name == "Residual(Linear, relu)":
+        layer = Residual(linear(), Elementwise("relu"))
+    else:
+        raise ValueError(f"layer {name!r} is not benchmarked; expected one of {LAYERS}")
+    G = randn(N, d)  # dJ/d(output)
+    return LayerCase(name, layer, layer.to_torch(), X, G, sizes)
+
+
+def manual_step(case: LayerCase) -> Callable[[], StackGrads]:
+    """refbp's lean training step for the one layer: forward keeping only what backward
+    needs, backward keeping only dJ/dX and the parameters' gradients, the cache released."""
+    layers = [case.layer]
+    forward_ctx = ForwardContext(keep_intermediates=False, update_stats=True)
+    backward_ctx = BackwardContext(path=(), keep_intermediates=False, overwrite=True, need_dx=not case.takes_indices)
+
+    def step() -> StackGrads:
+        cache = stack_forward(layers, case.X, forward_ctx, ())
+        # a fresh dJ/da(1), handed over in a list: the loop owns it, as Network.backward owns the loss gradient
+        return stack_backward(layers, cache, [case.G.clone()], backward_ctx, {}, release=True)
+
+    return step
+
+
+def autograd_step(case: LayerCase) -> Callable[[], dict[str, Tensor]]:
+    """torch.autograd on ``layer.to_torch()``: forward, then backward from a fresh copy of G,
+    X requiring grad (not for the embedding's indices). Returns every gradient by torch name,
+    and leaves no ``.grad`` behind: the caller holds the gradients, as it holds refbp's, so
+    that both steps' gradients live equally long (and the next step starts with none)."""
+    module = case.module
+    params = [(f"0.{name}", p) for name, p in module.named_parameters()]  # the names of layer.torch_modules()
+
+    def step() -> dict[str, Tensor]:
+        X = case.X if case.takes_indices else case.X.detach().requires_grad_(True)
+        module(X).backward(case.G.clone())
+        grads = {name: p.grad for name, p in params if p.grad is not None}
+        for _, p in params:
+            p.grad = None
+        if X.grad is not None:
+            grads["input"] = X.grad
+        return grads
+
+    return step
+
+
+def manual_gradients(case: LayerCase, grads: StackGrads) -> dict[str, Tensor]:
+    """The manual step's gradients under the torch names ``autograd_step`` uses."""
+    names = case.layer.torch_param_names((1,))
+    out = {names[key]: value for key, value in grads.params.items()}
+    if grads.dJ_dx is not None:
+        out["input"] = grads.dJ_dx
+    return out
+
+
+def _inner(case: LayerCase, seconds: float) -> int:
+    """Calls per timed repeat so that one repeat of autograd lasts about ``seconds``."""
+    step = autograd_step(case)
+    step()
+    single = min(interleaved_medians({"autograd": step}, repeats=3).values())
+    return max(1, min(1000, round(seconds / max(single, 1e-7))))
+
+
+def time_layers(names: Sequence[str], sizes: dict[str, int], *, repeats: int, quick: bool) -> list[dict[str, Any]]:
+    """Median seconds of the manual and the autograd step for each layer, timed in turns."""
+    rows = []
+    for name in names:
+        case = make_case(name, **sizes)
+        inner = _inner(case, REPEAT_SECONDS[quick])
+        t = interleaved_medians({"manual": manual_step(case), "autograd": autograd_step(case)}, repeats=repeats,
+                                inner=inner)  # fmt: skip
+        rows.append({
+            "layer": name, "sizes": case.sizes, "repeats": repeats, "inner": inner,
+            "t_manual": t["manual"], "t_autograd": t["autograd"], "time_ratio": t["manual"] / t["autograd"],
+        })  # fmt: skip
+        print(f"  time {name}: manual/autograd {rows[-1]['time_ratio']:.2f} "
+              f"({1e3 * t['manual']:.3f} / {1e3 * t['autograd']:.3f} ms)", flush=True)  # fmt: skip
+    return rows
+
+
+# ---- peak memory: a fresh process per measurement ------------------------------------------
+def probe(modes: Sequence[str], names: Sequence[str], sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """In this process: the peak memory of one step of each layer in each mode, in turn, by
+    memory_probe.py's method (VmHWM after the step minus VmRSS before it, with glibc's mmap
+    threshold at 64 KiB, set by the parent). One warm-up step first, so that torch's lazy
+    initialisation is not counted, then the least of PROBE_STEPS measured steps: a step's
+    tensors give the same peak every time, and the allocator's small heaps can only add to it."""
+    out = []
+    for name in names:
+        for mode in modes:
+            case = make_case(name, **sizes)
+            step = {"manual": manual_step, "autograd": autograd_step}[mode](case)
+            peaks = []
+            for _ in range(1 + PROBE_STEPS):
+                gc.collect()
+                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+                before = _status_kib("VmRSS")
+                result = step()
+                peaks.append((_status_kib("VmHWM") - before) * 1024)
+                del result
+            out.append({"layer": name, "mode": mode, "peak_bytes": min(peaks[1:])})  # peaks[0]: the warm-up
+    return out
+
+
+def measure_layer_memory(names: Sequence[str], sizes: dict[str, int], *, threads: int, fresh: bool) -> dict[str, Any]:
+    """layer -> {"manual": bytes, "autograd": bytes}: with ``fresh`` each (layer, mode) in a
+    process of its own; without (--quick), one process measures them all in turn."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), **MALLOC_TRIM}
+    runs = [([mode], [name]) for name in names for mode in MODES] if fresh else [(list(MODES), list(names))]
+    peaks: dict[str, dict[str, int]] = {name: {} for name in names}
+    for modes, group in runs:
+        args = [",".join(modes), str(sizes["N"]), str(sizes["d"]), str(sizes["V"]), str(threads), *group]
+        out = subprocess.run([sys.executable, str(PROBE), "--probe", *args], env=env,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        for record in json.loads(out.stdout.strip().splitlines()[-1]):
+            peaks[record["layer"]][record["mode"]] = record["peak_bytes"]
+    for name in names:
+        p = peaks[name]
+        print(f"  memory {name}: manual {p['manual'] / 2**20:.2f} MiB, autograd {p['autograd'] / 2**20:.2f} MiB")
+    return peaks
+
+
+def run_layers(*, quick: bool, threads: int, repeats: int) -> dict[str, Any]:
+    """Time and memory of every layer; returns the ``layers`` entry of benchmarks.json."""
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    rows = time_layers(LAYERS, sizes, repeats=repeats, quick=quick)
+    peaks = measure_layer_memory(LAYERS, sizes, threads=threads, fresh=not quick)
+    for row in rows:
+        p = peaks[row["layer"]]
+        ratio = p["manual"] / p["autograd"] if p["autograd"] > 0 else None  # tiny sizes may not move the resident set
+        time_met = None if quick else row["time_ratio"] <= TARGET  # --quick: tiny sizes, nothing to judge
+        memory_met = None if quick else p["manual"] <= TARGET * p["autograd"] + MEMORY_RESOLUTION
+        row.update({
+            "peak_manual_bytes": p["manual"], "peak_autograd_bytes": p["autograd"], "memory_ratio": ratio,
+            "time_met": time_met, "memory_met": memory_met,
+            "met": None if quick else bool(time_met and memory_met),
+        })  # fmt: skip
+    return {"sizes": sizes, "dtype": "float32", "threads": threads, "repeats": repeats, "fresh_process": not quick,
+            "memory_resolution_bytes": MEMORY_RESOLUTION, "rows": rows}  # fmt: skip
+
+
+def _probe_main(argv: list[str]) -> None:
+    modes, N, d, V, threads, *names = argv
+    torch.set_num_threads(int(threads))
+    print(json.dumps(probe(modes.split(","), names, {"N": int(N), "d": int(d), "V": int(V)})))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
+        _probe_main(sys.argv[2:])
+    else:
+        print(__doc__)
