@@ -191,7 +191,7 @@ def manual_step(case: LayerCase) -> Callable[[], StackGrads]:
     def step() -> StackGrads:
         cache = stack_forward(layers, case.X, forward_ctx, ())
         # a fresh dJ/da(1), handed over in a list: the loop owns it, as Network.backward owns the loss gradient
-        return stack_backward(layers, cache, [case.G.clone()], backward_ctx, {}, release=True)
+        return stack_backward(layers, cache, [case.G.clone()], backward_ctx, release=True)
 
     return step
 
