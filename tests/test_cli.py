@@ -3,6 +3,7 @@ usage exits 2 with one readable line and no traceback (more in test_faults.py, t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -82,6 +83,19 @@ def test_a_failing_case_is_shown_with_the_command_that_reproduces_it(tmp_path: P
     assert doc["summary"]["failed"] == 1 and "1 FAILED" in text
     assert f"    refbp check --case '{spec.to_json()}'" in text
     assert doc["cases"][0]["failures"][0]["name"] == "X"
+
+
+def test_the_plot_takes_margins_below_float32s_range(tmp_path: Path) -> None:
+    """A margin of 1e-200 (an error of one float64 rounding on a huge allowance) is a bin of the
+    histogram, not a crash (float32 arithmetic made it 0 and its log -inf)."""
+    pytest.importorskip("matplotlib")
+    label, spec = sweep_specs(1, seed=0)[1]
+    case = spec.build()
+    result = refbp.check(case.net, case.X, case.y)
+    result.rows[0] = dataclasses.replace(result.rows[0], ratio=1e-200)
+    assert result.rows[0].margin == 1e-200
+    note = write_plot([CaseOutcome(1, label, spec, result)], tmp_path / "e.png")
+    assert (tmp_path / "e.png").read_bytes().startswith(b"\x89PNG") and "e.png" in note
 
 
 def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -684,3 +684,19 @@ def test_mlp_keep_z_false_drops_z_only_where_f_prime_reads_a_and_changes_no_grad
         torch.testing.assert_close(g_lean.W(i), g_full.W(i), rtol=0, atol=0)
         torch.testing.assert_close(g_lean.b(i), g_full.b(i), rtol=0, atol=0)
     torch.testing.assert_close(g_lean.dJ_dX, g_full.dJ_dX, rtol=0, atol=0)
+
+
+def test_a_network_without_parameters_takes_the_dtype_to_gives_it() -> None:
+    """Activations and dropout alone have no parameter to carry a dtype: ``to`` sets it."""
+    net = Network([Elementwise("tanh"), Dropout(0.25, seed=1)], "mse")
+    assert net.dtype == torch.float64  # the default
+    single = net.to(torch.float32)
+    assert single.dtype == torch.float32 and net.dtype == torch.float64  # a copy; the original is unchanged
+    gen = torch.Generator().manual_seed(0)
+    X, y = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    cache = single.forward(X)
+    grads = single.backward(cache, y).as_dict()
+    assert {t.dtype for t in grads.values()} == {torch.float32}
+    assert refbp.check(single, X, y, noise=cache.noise).passed
+    with pytest.raises(ValueError, match="float32"):
+        net.forward(X)  # the float64 network still refuses float32 input, naming it

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from collections import defaultdict
@@ -253,7 +254,8 @@ def render_plot(outcomes: list[CaseOutcome], name: str = "errors.png") -> tuple[
     fig, ax = plt.subplots(figsize=(8, 4.5))
     lows = [min(v) for v in series.values() if v]
     low = min(lows) if lows else 1e-6
-    bins = [10 ** (k / 4) for k in range(int(4 * torch.log10(torch.tensor(low)).floor()), 9)]
+    # a margin can be as small as 1e-300: float64 arithmetic (a float32 tensor would make it 0, log -inf)
+    bins = [10 ** (k / 4) for k in range(math.floor(4 * math.log10(low)), 9)]
     for label in sorted(series):
         ax.hist(series[label], bins=bins, histtype="step", linewidth=1.5, label=f"{label} ({len(series[label])})")
     ax.axvline(1.0, color="black", linestyle="--", label="tolerance")

@@ -205,8 +205,9 @@ class Network:
                 first[id(t)] = key
                 detached[id(t)] = t.detach()
                 layer.params[kind] = detached[id(t)]
-        self._dtype = reference.dtype if reference is not None else torch.float64
-        self._device = reference.device if reference is not None else torch.device("cpu")
+        # a network without parameters (activations, dropout) keeps what it was given by ``to``
+        self._dtype = reference.dtype if reference is not None else getattr(self, "_dtype", torch.float64)
+        self._device = reference.device if reference is not None else getattr(self, "_device", torch.device("cpu"))
 
     def parameters(self) -> dict[str, Tensor]:
         """name -> parameter tensor, every parameter once (a tied one under its first key)."""
@@ -506,6 +507,8 @@ class Network:
                 layer.params[kind] = converted[id(t)]
             for name, buffer in getattr(layer, "buffers", dict)().items():
                 setattr(layer, name, buffer.to(dtype=dtype, device=target))
+        clone._dtype = dtype or clone._dtype
+        clone._device = target or clone._device
         clone._adopt_parameters()
         return clone
 
