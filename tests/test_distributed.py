@@ -1,18 +1,21 @@
 """Data-parallel backprop by hand on real gloo ranks: forked processes with torchrun's environment
-(tests/ranks.py).
+(tests/ranks.py), and torchrun itself for ``refbp distributed`` end to end.
 
 Every test reaps every process it starts, also when it fails (run_ranks and torchrun kill what
-is left at their deadline), and keeps torchrun's temporary folders in its own tmp_path."""
+is left at their deadline), and keeps torchrun's temporary folders in its own tmp_path.
+refbp report under torchrun: tests/test_distributed_report.py."""
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from refbp.apps.cli import main
 from refbp.apps.distributed_bugs import DISTRIBUTED_BUGS
 from refbp.distributed.cases import DataParallelSpec, draw_specs
 from refbp.distributed.data_parallel import data_parallel_gradients, train_step
@@ -23,7 +26,7 @@ from refbp.testing import assert_gradients_close
 from refbp.verify.cases import CaseSpec
 from refbp.verify.stacks import StackSpec
 
-from .ranks import run_ranks
+from .ranks import run_ranks, torchrun
 
 TIMEOUT = 20.0
 """The process groups' timeout in these tests: no healthy test rank waits a second for another,
@@ -151,3 +154,50 @@ def test_a_refused_shard_stops_every_rank_with_the_reason_and_no_wait(tmp_path: 
     assert run.values[1] == (
         "rank 1's shard: X must have shape (N, 3) = (N, d_0), got shape (2, 5), dtype float64, device cpu"
     )
+
+
+# ---- the command ---------------------------------------------------------------------------------
+def test_refbp_distributed_outside_torchrun_exits_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["distributed", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: refbp distributed runs on several processes: start it with")
+    assert not Path("unused").exists()
+
+
+def test_bad_usage_on_ranks_is_said_once_by_rank_0(tmp_path: Path) -> None:
+    commands = {
+        "one rank": (1, ["distributed", "--out", str(tmp_path)], "WORLD_SIZE=1: a data-parallel check needs"),
+        "examples": (2, ["distributed", "--examples", "0"], "--examples=0 is out of range"),
+        "timeout": (2, ["distributed", "--timeout", "-1"], "--timeout=-1.0 is out of range"),
+    }
+    for what, (world_size, args, message) in commands.items():
+        run = run_ranks(lambda r, a=args: main(a), world_size, tmp_path / what)
+        assert run.values == [2] * world_size, (what, run.output)
+        assert run.output[0].startswith("error: ") and message in run.output[0] and run.output[0].count("\n") == 1
+        assert run.output[1:] == [""] * (world_size - 1), what
+
+
+def test_refbp_distributed_on_three_ranks_writes_its_files_from_rank_0(tmp_path: Path) -> None:
+    run = run_ranks(lambda r: main(["distributed", "--examples", "6", "--out", str(tmp_path / "out")]), 3,
+                    tmp_path / "logs")  # fmt: skip
+    assert run.values == [0, 0, 0], run.output
+    assert run.output[0].startswith("refbp distributed: 6/6 networks passed on 3 ranks")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["DISTRIBUTED.json", "DISTRIBUTED.md"]
+    doc = json.loads((tmp_path / "out" / "DISTRIBUTED.json").read_text())
+    assert doc["schema"] == "refbp.distributed/1" and doc["settings"] == {"seed": 0, "examples": 6, "world_size": 3}
+    assert doc["summary"]["failed"] == 0 and all(len(c["shards"]) == 3 for c in doc["cases"])
+    text = (tmp_path / "out" / "DISTRIBUTED.md").read_text()
+    assert "**ALL PASSED**: 6 / 6 networks on 3 ranks" in text and "(D4)" in text and "BatchNorm" in text
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_data_parallel_check(tmp_path: Path) -> None:
+    job = torchrun(["--nproc-per-node=3", "-m", "refbp", "distributed", "--examples", "4", "--out",
+                    str(tmp_path / "dp")], tmp_path)  # fmt: skip
+    assert job.returncode == 0 and not job.left_behind, job.stderr
+    assert "4/4 networks passed on 3 ranks" in job.stdout
+    assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == ["DISTRIBUTED.json", "DISTRIBUTED.md"]
