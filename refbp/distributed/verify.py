@@ -72,6 +72,7 @@ class ShardedCheck:
             "id": self.id,
             "spec": _json(self.spec),
             "describe": self.spec.describe(),
+            "network": self.spec.network.describe() + (" (some targets ignored)" if self.spec.ignore else ""),
             "shards": list(self.spec.shards),
             "loss": self.spec.network.loss,
             "passed": self.passed,
