@@ -46,6 +46,15 @@ def test_the_sharded_report_is_the_single_process_report(world_size: int, tmp_pa
     assert untimed[0] == untimed[1]
 
 
+def test_rank_0_shows_the_progress_of_every_rank_and_the_others_stay_quiet(tmp_path: Path) -> None:
+    run = run_ranks(lambda r: main(["report", "--examples", "9", "--out", str(tmp_path / "out")]), 3, tmp_path / "logs")
+    assert run.values == [0, 0, 0], run.output
+    progress = [line for line in run.output[0].splitlines() if line.startswith("refbp report: ") and "cases," in line]
+    done = [int(line.split()[2].split("/")[0]) for line in progress]
+    assert done == sorted(done) and progress[-1] == "refbp report: 20/20 cases, 0 failed"  # every rank's cases
+    assert run.output[1:] == ["", ""]
+
+
 def _old_report(folder: Path) -> dict[str, bytes]:
     assert main(["report", "--examples", "1", "--dtype", "float64", "--no-progress", "--out", str(folder)]) == 0
     return _report_files(folder)

@@ -57,13 +57,12 @@ def run_sharded_report(
             result = sweep.check_case(spec, fd_mode)
             mine.append(CaseOutcome(i + 1, label, spec, result))
             if progress:  # every rank counts, rank 0 draws
-                failed = job.add("report/failed", int(not result.passed))
-                done = job.add("report/done")
-                while bar.done < done:
-                    bar.advance(failed)
+                _advance(bar, job.add("report/done"), job.add("report/failed", int(not result.passed)))
+        job.barrier("the sharded sweep")
+        if progress:  # the other ranks' last cases, finished while rank 0 waited
+            _advance(bar, job.add("report/done", 0), job.add("report/failed", 0))
     finally:
         bar.close()
-    job.barrier("the sharded sweep")
     gathered = job.gather([_portable(o) for o in mine], "gathering the cases")
     if gathered is None:
         return None
@@ -91,6 +90,11 @@ def run_report_on_ranks(
 
 
 Masks = list[np.ndarray[Any, Any] | None]
+
+
+def _advance(bar: Progress, done: int, failed: int) -> None:
+    while bar.done < done:
+        bar.advance(failed)
 
 
 def _portable(outcome: CaseOutcome) -> tuple[CaseOutcome, Masks]:
