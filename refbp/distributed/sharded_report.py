@@ -63,10 +63,12 @@ def run_sharded_report(
             _advance(bar, job.add("report/done", 0), job.add("report/failed", 0))
     finally:
         bar.close()
-    gathered = job.gather([_portable(o) for o in mine], "gathering the cases")
+    # rank 0 keeps its own outcomes as they are: only the others' need pickling
+    gathered = job.gather(None if job.leader else [_portable(o) for o in mine], "gathering the cases")
     if gathered is None:
         return None
-    outcomes = sorted((_restored(*packed) for packed in chain.from_iterable(gathered)), key=lambda o: o.id)
+    others = (_restored(*packed) for packed in chain.from_iterable(gathered[1:]))
+    outcomes = sorted([*mine, *others], key=lambda o: o.id)
     ids = [o.id for o in outcomes]
     if ids != list(range(1, len(order) + 1)):
         raise RuntimeError(f"the ranks returned cases {ids[:10]}...; expected each of 1 .. {len(order)} once")
