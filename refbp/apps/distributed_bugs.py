@@ -133,7 +133,7 @@ DISTRIBUTED_BUGS: tuple[DataParallelBug, ...] = (
     DataParallelBug(
         "dp_decay_on_every_rank", "weight decay added on every rank, then summed", "data parallel (D4)",
         "dJ_r/dW = (backward of the shard) + lam * W;  dJ/dW = all_reduce(dJ_r/dW)", _RIGHT_LINE,
-        "The penalty lam/2 ||W||^2 is in J once, not once per shard: added on every rank before the sum, its "
+        "The penalty lam/2 sum(W * W) is in J once, not once per shard: added on every rank before the sum, its "
         "gradient lam W counts R times.",
         Recipe("decay_on_every_rank", decay="every rank"), "lambda > 0", draw={"weight_decay": True},
     ),
