@@ -25,6 +25,7 @@ other rank at once, and its summary names the rank that failed first.)
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import re
@@ -274,6 +275,11 @@ def joined(launch: Launch, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Job]
     try:
         yield Job(launch, store, timeout)
     finally:
+        # DistributedDataParallel's reducer holds the group and sits in a reference cycle with
+        # the parameters it hooks; left to the interpreter's exit, it outlived the group and
+        # gloo aborted the process ("terminate called without an active exception", 3 runs
+        # of 32 of refbp distributed on 3 ranks). Collected now, it goes first: 0 of 40.
+        gc.collect()
         dist.destroy_process_group()
 
 
