@@ -31,7 +31,7 @@ def inject(action: str, case: int) -> None:
             time.sleep(3600)
         return check_case(*args, **kwargs)
 
-    sweep.check_case = faulty  # type: ignore[assignment]
+    sweep.check_case = faulty
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ refbp report under torchrun: tests/test_distributed_report.py."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def test_every_recipe_on_real_ranks_computes_what_its_simulation_computes(tmp_pa
     specs, recipes = _even_and_uneven_cases(), [RIGHT, *(bug.recipe for bug in DISTRIBUTED_BUGS)]
 
     def rank(r: int) -> Any:
-        held = []
+        held: list[Any] = []
         with _group():
             for spec in specs:
                 case = spec.build()
@@ -168,6 +169,10 @@ def test_refbp_distributed_outside_torchrun_exits_2_with_one_line(
     assert not Path("unused").exists()
 
 
+def _command(args: list[str], rank: int) -> int:
+    return main(args)
+
+
 def test_bad_usage_on_ranks_is_said_once_by_rank_0(tmp_path: Path) -> None:
     commands = {
         "one rank": (1, ["distributed", "--out", str(tmp_path)], "WORLD_SIZE=1: a data-parallel check needs"),
@@ -175,7 +180,7 @@ def test_bad_usage_on_ranks_is_said_once_by_rank_0(tmp_path: Path) -> None:
         "timeout": (2, ["distributed", "--timeout", "-1"], "--timeout=-1.0 is out of range"),
     }
     for what, (world_size, args, message) in commands.items():
-        run = run_ranks(lambda r, a=args: main(a), world_size, tmp_path / what)
+        run = run_ranks(functools.partial(_command, args), world_size, tmp_path / what)
         assert run.values == [2] * world_size, (what, run.output)
         assert run.output[0].startswith("error: ") and message in run.output[0] and run.output[0].count("\n") == 1
         assert run.output[1:] == [""] * (world_size - 1), what
