@@ -34,6 +34,7 @@ SUBCOMMANDS = {
     "check": ("refbp.apps.check_cli", "check one network described in a JSON file (--spec) or string (--case)"),
     "explain": ("refbp.apps.explain", "walk the seed's network forward and backward, one chain-rule step at a time"),
     "bugs": ("refbp.apps.bugs_cli", "run the catalogue of classic backprop bugs through the harness"),
+    "distributed": ("refbp.apps.distributed_cli", "under torchrun: data-parallel backprop by hand vs autograd and DDP"),
 }
 
 

@@ -38,10 +38,13 @@ import torch
 from tabulate import tabulate
 
 from .. import __version__
+from ..distributed.launch import DEFAULT_TIMEOUT, timeout_from_environment, torchrun_launch
+from ..distributed.sharded_report import run_report_on_ranks
 from ..nn.activations import ACTIVATIONS
 from ..nn.validation import check_seed
 from .arguments import MAX_EXAMPLES, check_examples, check_out_folder, check_threads
 from .io import write_atomic, write_set
+from .ranks import on_ranks
 from .sweep import CaseOutcome, components, finite, run_report, sweep_specs
 
 __all__ = [
@@ -311,9 +314,15 @@ def _dtypes(option: str) -> list[str]:
     return [option]
 
 
+@on_ranks
 def run(args: argparse.Namespace) -> int:
     """Check every option before any work, run the sweep, and replace the report files as one
-    set (refbp.apps.io.write_set): REPORT.md, report.json and errors.png always match."""
+    set (refbp.apps.io.write_set): REPORT.md, report.json and errors.png always match.
+
+    Under torchrun the ranks share the sweep and rank 0 writes the report
+    (refbp.distributed.sharded_report)."""
+    launch = torchrun_launch()  # None unless torchrun started this process
+    timeout = timeout_from_environment() if launch is not None else DEFAULT_TIMEOUT
     out = check_out_folder(args.out)
     check_examples(args.examples)
     check_seed(args.seed, "--seed")
@@ -327,11 +336,15 @@ def run(args: argparse.Namespace) -> int:
         "dtypes": dtypes,
         "fd_mode": args.fd_mode,
     }
-    outcomes, seconds = run_report(
-        sweep_specs(args.examples, args.seed), devices=devices, dtypes=dtypes,
-        fd_mode=args.fd_mode, progress=not args.no_progress,
-    )  # fmt: skip
-    doc = build_json(outcomes, settings, seconds)
+    options = {"devices": devices, "dtypes": dtypes, "fd_mode": args.fd_mode, "progress": not args.no_progress}
+    if launch is None:
+        outcomes, seconds = run_report(sweep_specs(args.examples, args.seed), **options)
+    else:
+        shared = run_report_on_ranks(launch, sweep_specs(args.examples, args.seed), timeout=timeout, **options)
+        if shared is None:
+            return 0  # rank 0 writes the report and tells how the checks went
+        outcomes, seconds = shared
+    doc = build_json(outcomes, settings, seconds, processes=1 if launch is None else launch.world_size)
     png, plot_note = render_plot(outcomes, "errors.png")
     extra = [_bugs_section(out)]
     write_set(out, {

@@ -1,0 +1,158 @@
+"""The classic bugs of data-parallel training, as catalogue entries (refbp.apps.catalogue.Entry).
+
+Each entry is a recipe of refbp.distributed.recipe with one wrong line: how a rank weighs its
+own loss, what the all-reduce sums, what is done to the sum, where the weight decay goes.
+
+    dp_mean_of_rank_means         each rank's mean loss, the R means averaged (uneven shards)
+    dp_divided_by_world_size      the summed gradients divided by R instead of M
+    dp_biases_not_reduced         the weights all-reduced, the biases forgotten
+    dp_dX_all_reduced             dJ/dX all-reduced like a parameter gradient
+    dp_decay_on_every_rank        lambda W added on every rank, then summed: R lambda W
+
+and two equivalent recipes (no checker can or should flag them): the local sums all-reduced and
+divided once by M, and DistributedDataParallel's way (R w_r, then DDP's average over R).
+
+``refbp bugs`` checks an entry in one process, so ``gradients(case)`` simulates the ranks
+(refbp.distributed.recipe.simulate): the batch split into the spec's uneven shards, refbp's
+manual backward pass on each, combined as the recipe says, with a sum where the ranks
+all-reduce. It is the arithmetic the ranks do (refbp.distributed.data_parallel runs the same
+recipe between real all-reduces; tests/test_distributed.py checks that the two agree), and the
+result is checked against the references of the whole batch like any other entry's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import strategies as st
+from torch import Tensor
+
+from ..distributed.cases import data_parallel_specs
+from ..distributed.recipe import Recipe, World, simulate
+from ..verify.cases import Case
+
+__all__ = ["DISTRIBUTED_BUGS", "DataParallelBug"]
+
+
+@dataclass(frozen=True)
+class DataParallelBug:
+    """One catalogue entry for data-parallel training: a recipe with one wrong line.
+
+    Attributes:
+        name, title, equation, wrong, right, why, equivalent, where: as refbp.apps.bugs.Bug
+            (``equation``: the equation of refbp.distributed.recipe the wrong line breaks).
+        recipe: how the ranks combine, with the wrong line.
+        draw: options of refbp.distributed.cases.data_parallel_specs (even shards, decay, ...).
+    """
+
+    name: str
+    title: str
+    equation: str
+    wrong: str
+    right: str
+    why: str
+    recipe: Recipe
+    where: str
+    equivalent: bool = False
+    draw: Mapping[str, Any] | None = None
+
+    def specs(self) -> st.SearchStrategy[Any]:
+        """Small float64 networks with their batch split among 2 or 3 ranks (shrinkable)."""
+        return data_parallel_specs(**(self.draw or {}))
+
+    def gradients(self, case: Case) -> tuple[dict[str, Tensor], dict[tuple[int, ...], Tensor]]:
+        """Every gradient of the batch as the ranks would hold them after the recipe (simulated),
+        and the batch's dropout masks (drawn by a copy, so the case is left as it was)."""
+        noise = copy.deepcopy(case.net).forward(case.X, update_stats=False).noise
+        _, grads = simulate(self.recipe, case.net, case.X, case.y, case.spec.shards, noise=noise)
+        return grads, noise
+
+
+# ---- the wrong lines -------------------------------------------------------------------------
+def _own_mean(world: World, rank: int) -> float:
+    return 1.0  # the shard's own mean loss, unweighted
+
+
+def _own_sum(world: World, rank: int) -> float:
+    return world.local_sum(rank)  # m_r x the shard's mean: the sum of its terms
+
+
+def _over_ranks(world: World) -> float:
+    return 1.0 / world.size  # divided by R
+
+
+def _over_terms(world: World) -> float:
+    return 1.0 / world.normaliser  # divided by M, once
+
+
+def _scaled_for_ddp(world: World, rank: int) -> float:
+    return world.size * world.share(rank)  # R w_r, which DDP's average then divides by R
+
+
+_RIGHT_LINE = "dJ_r/da(L) = (m_r / M) * dloss_r/dy_hat;  dJ/dW = all_reduce(dJ_r/dW) + lam * W"
+
+DISTRIBUTED_BUGS: tuple[DataParallelBug, ...] = (
+    DataParallelBug(
+        "dp_mean_of_rank_means", "each rank's mean loss, the ranks' means averaged", "data parallel (D2)",
+        "dJ_r/da(L) = dloss_r/dy_hat;  dJ/dW = all_reduce(dJ_r/dW) / R", _RIGHT_LINE,
+        "Each rank's mean divides by its own count m_r; averaging the R means then weighs every rank alike, "
+        "so a row of a small shard counts more than a row of a large one. Right only when every shard holds "
+        "as many terms, which is what DistributedDataParallel's average of per-rank mean losses assumes.",
+        Recipe("mean_of_rank_means", weight=_own_mean, after=_over_ranks),
+        "uneven shards (or as many rows but unequal counted targets)",
+    ),
+    DataParallelBug(
+        "dp_divided_by_world_size", "gradients summed over the ranks, divided by R instead of M",
+        "data parallel (D4)",
+        "dJ_r/da(L) = m_r * dloss_r/dy_hat;  dJ/dW = all_reduce(dJ_r/dW) / R", _RIGHT_LINE,
+        "The batch's mean divides the sum of all M terms by M, the number of terms, not by R, the number of "
+        "ranks: every gradient comes out M/R times too large (for half_sse, a sum, nothing is to be divided, "
+        "and the division by R makes it R times too small).",
+        Recipe("divided_by_world_size", weight=_own_sum, after=_over_ranks), "any split",
+    ),
+    DataParallelBug(
+        "dp_biases_not_reduced", "the weights' gradients all-reduced, the biases' forgotten", "data parallel (D4)",
+        "dJ_dW = all_reduce(dJ_r/dW);  dJ_db = dJ_r/db", "dJ_dW = all_reduce(dJ_r/dW);  dJ_db = all_reduce(dJ_r/db)",
+        "b(l) is added to every row of the batch, on every rank, just as W(l) multiplies every row: its gradient "
+        "is a sum over all rows too. Left out of the all-reduce, each rank holds only its own shard's part "
+        "(rank 0's is checked here), and the ranks' biases drift apart as they train.",
+        Recipe("biases_not_reduced", unreduced=("b",)), "a layer with a bias",
+    ),
+    DataParallelBug(
+        "dp_dX_all_reduced", "dJ/dX all-reduced like a parameter gradient", "data parallel (D5)",
+        "dJ_dX = all_reduce(dJ_r/dX)", "dJ_dX[S_r] = dJ_r/dX   (each rank's own rows)",
+        "X is data, not a parameter: row n of X reaches J only through its own terms, on its own rank. Summing "
+        "the ranks' dJ/dX adds row 1 of rank 0 to row 1 of rank 1, two different observations. (Uneven shards "
+        "do not even have one shape to sum; even ones mix rows without a word.)",
+        Recipe("dX_all_reduced", reduced_rows=("X",)), "float inputs, shards of equal size",
+        draw={"even": True, "float_input": True},
+    ),
+    DataParallelBug(
+        "dp_decay_on_every_rank", "weight decay added on every rank, then summed", "data parallel (D4)",
+        "dJ_r/dW = (backward of the shard) + lam * W;  dJ/dW = all_reduce(dJ_r/dW)", _RIGHT_LINE,
+        "The penalty lam/2 sum(W * W) is in J once, not once per shard: added on every rank before the sum, its "
+        "gradient lam W counts R times.",
+        Recipe("decay_on_every_rank", decay="every rank"), "lambda > 0", draw={"weight_decay": True},
+    ),
+    # ---- equivalent recipes: the same numbers by another route ------------------------------
+    DataParallelBug(
+        "dp_sum_then_divide_once", "local sums all-reduced, divided once by the global count", "data parallel (D4)",
+        "dJ_r/da(L) = m_r * dloss_r/dy_hat;  dJ/dW = all_reduce(dJ_r/dW) / M + lam * W", _RIGHT_LINE,
+        "Each rank sums its terms' gradients, the all-reduce sums the sums, and one division by the global "
+        "count M makes the mean: the same numbers as each rank dividing by M before the sum, up to round-off.",
+        Recipe("sum_then_divide_once", weight=_own_sum, after=_over_terms), "any split", equivalent=True,
+    ),
+    DataParallelBug(
+        "dp_scaled_for_ddp_average", "each rank's loss scaled by R m_r / M, the sum divided by R (DDP's way)",
+        "data parallel (D4)",
+        "dJ_r/da(L) = R * (m_r / M) * dloss_r/dy_hat;  dJ/dW = all_reduce(dJ_r/dW) / R + lam * W", _RIGHT_LINE,
+        "What DistributedDataParallel needs, since it averages the ranks' gradients: the factor R on each rank "
+        "and the division by R in the average cancel, leaving the weights m_r / M. (DDP's average reaches the "
+        "parameters only: a rank that also wants dJ/dX of its rows divides it by R itself, as this recipe does.)",
+        Recipe("scaled_for_ddp_average", weight=_scaled_for_ddp, after=_over_ranks), "any split", equivalent=True,
+    ),
+)  # fmt: skip
+"""The data-parallel entries of the catalogue: classic bugs first, then equivalent recipes."""

@@ -1,0 +1,301 @@
+"""torchrun's environment and the job it starts: is this process one rank of several, and the
+gloo process group the ranks share.
+
+torchrun starts one process per rank and tells each where it stands in its environment:
+
+    RANK                      this process's rank, 0 .. WORLD_SIZE - 1 (rank 0 leads)
+    WORLD_SIZE                how many processes the job has, on every machine together
+    LOCAL_RANK                its rank on this machine
+    MASTER_ADDR, MASTER_PORT  where the job's rendezvous store listens
+
+``torchrun_launch()`` reads them, and returns None when they are absent: a plain ``refbp
+report`` starts no process group. ``joined(launch, timeout=...)`` joins the gloo group for the
+length of a ``with`` block and always leaves it.
+
+**A rank that dies or hangs does not hang the others.** Every collective gives up after
+``timeout`` seconds (``init_process_group(timeout=...)``). Before rank 0 gathers the ranks'
+results, ``Job.barrier`` waits for every rank with gloo's monitored barrier, which fails at once
+when a rank's connection closes (it died) and after ``timeout`` when one does not come (it
+hung); each rank notes its arrival in the job's store first, so the store then says which
+ranks never came. Every failure becomes one ``RankFailedError`` naming the rank(s) when they
+are known. (Under torchrun a rank that *dies* usually ends the job sooner: torchrun stops every
+other rank at once, and its summary names the rank that failed first.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "TIMEOUT_VARIABLE",
+    "TORCHRUN_VARIABLES",
+    "Job",
+    "Launch",
+    "RankFailedError",
+    "check_timeout",
+    "has_joined",
+    "joined",
+    "timeout_from_environment",
+    "torchrun_launch",
+]
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""What torchrun sets in every rank's environment and a process group needs (``env://``). All
+four present: this process is a rank; none: a plain process; some: a broken launch, refused."""
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a rank waits for the others in any collective before the job is declared broken.
+The ranks take cases from one shared queue (refbp.distributed.sharded_report) and reach each
+meeting point within one case of each other: the slowest case of the default sweep takes under
+a second, and a few seconds on a loaded 2-core machine. A minute is far beyond that, and short
+enough that a hung rank costs a minute, not the hours of torch's default (30 minutes)."""
+
+TIMEOUT_VARIABLE = "REFBP_DISTRIBUTED_TIMEOUT"
+"""The environment variable that sets the timeout of ``refbp report`` under torchrun (in
+seconds; ``refbp distributed`` has ``--timeout``)."""
+
+MAX_TIMEOUT = 24 * 3600.0
+"""The longest timeout accepted: a day. Longer is a typo, and timedelta and gloo overflow long
+before 1e300."""
+
+
+class RankFailedError(RuntimeError):
+    """A rank died, hung or lost contact: the job cannot finish.
+
+    Attributes:
+        ranks: the ranks that failed, when known (empty when the group could not say).
+    """
+
+    def __init__(self, message: str, ranks: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.ranks = ranks
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process stands in a job torchrun started.
+
+    Attributes:
+        rank: 0 .. world_size - 1; rank 0 leads (gathers and writes).
+        world_size: the number of processes in the job.
+        local_rank: its rank on this machine.
+        run_id: torchrun's id of the run and attempt, so that keys in a shared store never meet
+            those of an earlier attempt.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int = 0
+    run_id: str = ""
+
+    @property
+    def leader(self) -> bool:
+        """True on rank 0, which gathers the results and writes the files."""
+        return self.rank == 0
+
+
+def torchrun_launch(environ: Mapping[str, str] | None = None) -> Launch | None:
+    """This process's place in a torchrun job, or None when torchrun did not start it.
+
+    A ValueError names a variable that is set wrongly, or missing beside the others."""
+    env = os.environ if environ is None else environ
+    present = [name for name in TORCHRUN_VARIABLES if env.get(name)]
+    if not present:
+        return None
+    missing = [name for name in TORCHRUN_VARIABLES if name not in present]
+    if missing:
+        raise ValueError(
+            f"the environment sets {', '.join(present)} but not {', '.join(missing)}: start the ranks with "
+            f"torchrun (torchrun --standalone --nproc-per-node=2 -m refbp ...), which sets all of "
+            f"{', '.join(TORCHRUN_VARIABLES)}"
+        )
+    world_size = _integer(env, "WORLD_SIZE", minimum=1)
+    rank = _integer(env, "RANK", minimum=0)
+    if rank >= world_size:
+        raise ValueError(f"RANK={rank} but WORLD_SIZE={world_size}; expected 0 <= RANK < WORLD_SIZE")
+    local_rank = _integer(env, "LOCAL_RANK", minimum=0) if env.get("LOCAL_RANK") else 0
+    run_id = f"{env.get('TORCHELASTIC_RUN_ID', 'run')}.{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return Launch(rank, world_size, local_rank, run_id)
+
+
+def _integer(env: Mapping[str, str], name: str, *, minimum: int) -> int:
+    text = env[name]
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not an integer; expected an int >= {minimum}") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} is out of range; expected an int >= {minimum}")
+    return value
+
+
+def check_timeout(value: object, name: str = "--timeout") -> float:
+    """A timeout in seconds: a finite number > 0 and at most MAX_TIMEOUT."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}={value!r} must be a number of seconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise ValueError(f"{name}={value!r} is out of range; expected seconds in (0, {MAX_TIMEOUT:g}]")
+    return float(value)
+
+
+def timeout_from_environment(environ: Mapping[str, str] | None = None) -> float:
+    """The timeout TIMEOUT_VARIABLE sets, or DEFAULT_TIMEOUT."""
+    env = os.environ if environ is None else environ
+    text = env.get(TIMEOUT_VARIABLE)
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_VARIABLE}={text!r} is not a number; expected seconds, e.g. 60") from None
+    return check_timeout(value, TIMEOUT_VARIABLE)
+
+
+class Job:
+    """The joined process group, as the ranks use it: a shared counter, a monitored barrier, a
+    gather to rank 0. Every failure of the group is a RankFailedError."""
+
+    def __init__(self, launch: Launch, store: dist.Store, timeout: float) -> None:
+        self.launch = launch
+        self.store = store
+        self.timeout = timeout
+        self._meetings = 0
+
+    @property
+    def rank(self) -> int:
+        return self.launch.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.world_size
+
+    @property
+    def leader(self) -> bool:
+        return self.launch.leader
+
+    def _key(self, name: str) -> str:
+        return f"refbp/{self.launch.run_id}/{name}"
+
+    def add(self, name: str, amount: int = 1) -> int:
+        """Add ``amount`` to the job-wide counter ``name`` (0 at first) and return its new value:
+        atomic across ranks, so ``add(name) - 1`` hands each caller a different number."""
+        try:
+            return int(self.store.add(self._key(name), amount))
+        except RuntimeError as err:
+            first = (str(err).strip() or type(err).__name__).splitlines()[0]
+            ranks: tuple[int, ...] = ()
+            if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+                keeper = "torchrun's agent, which keeps the job's store,"
+            else:
+                keeper, ranks = "rank 0, which keeps the job's store,", (0,)
+            raise RankFailedError(
+                f"the job's counter {name!r}: rank {self.rank} lost {keeper} (it died or hung): {first}", ranks
+            ) from err
+
+    def barrier(self, what: str) -> None:
+        """Wait until every rank gets here, at most ``timeout`` seconds. A rank that arrives
+        says so in the job's store first, so that when the barrier fails (a rank's connection
+        closed, or the time ran out) the store tells which ranks never came."""
+        self._meetings += 1
+        arrived = f"meeting{self._meetings}/arrived/"
+        start = time.monotonic()
+        try:
+            self.store.set(self._key(f"{arrived}{self.rank}"), "1")
+            dist.monitored_barrier(timeout=timedelta(seconds=self.timeout), wait_all_ranks=True)
+        except RuntimeError as err:
+            elapsed = time.monotonic() - start
+            absent = self._absent(arrived)
+            if not absent:
+                raise _lost(what, self.rank, err) from err
+            who = f"rank {absent[0]}" if len(absent) == 1 else "ranks " + ", ".join(map(str, absent))
+            how = (
+                f"did not arrive within {self.timeout:g} s (hung, or died)"
+                if elapsed >= self.timeout
+                else "died (its connection closed)"
+            )
+            raise RankFailedError(f"{what}: {who} {how}", absent) from err
+
+    def _absent(self, arrived: str) -> tuple[int, ...]:
+        """The ranks that have not said they arrived (none when the store cannot say)."""
+        try:
+            return tuple(r for r in range(self.world_size) if not self.store.check([self._key(f"{arrived}{r}")]))
+        except RuntimeError:
+            return ()
+
+    def gather(self, value: Any, what: str) -> list[Any] | None:
+        """Every rank's ``value`` (picklable), in rank order, on rank 0; None elsewhere."""
+        out: list[Any] | None = [None] * self.world_size if self.leader else None
+        try:
+            dist.gather_object(value, out, dst=0)
+        except RuntimeError as err:
+            raise _lost(what, self.rank, err) from err
+        return out
+
+
+_JOINED = False
+"""True once this process has joined a process group with ``joined`` (see ``has_joined``)."""
+
+
+def has_joined() -> bool:
+    """True once this process has joined its job's process group (even if it has left it since):
+    an error raised before then is the command's own (the same on every rank), one raised
+    after it may be this rank's alone."""
+    return _JOINED
+
+
+@contextlib.contextmanager
+def joined(launch: Launch, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Job]:
+    """Join the job's gloo process group for the block and leave it afterwards, whatever happens.
+
+    The rendezvous store is torchrun's (``env://``: MASTER_ADDR, MASTER_PORT); every
+    collective, the rendezvous included, gives up after ``timeout`` seconds."""
+    check_timeout(timeout, "timeout")
+    if dist.is_initialized():
+        raise RuntimeError("a torch.distributed process group is already initialised in this process")
+    global _JOINED
+    _JOINED = True
+    wait = timedelta(seconds=timeout)
+    try:
+        store, _, _ = next(dist.rendezvous("env://", timeout=wait))
+        dist.init_process_group("gloo", store=store, rank=launch.rank, world_size=launch.world_size, timeout=wait)
+    except RuntimeError as err:
+        raise _lost(f"joining the process group (within {timeout:g} s)", launch.rank, err) from err
+    try:
+        yield Job(launch, store, timeout)
+    finally:
+        # DistributedDataParallel's reducer holds the group and sits in a reference cycle with
+        # the parameters it hooks; left to the interpreter's exit, it outlived the group and
+        # gloo aborted the process ("terminate called without an active exception", 3 runs
+        # of 32 of refbp distributed on 3 ranks). Collected now, it goes first: 0 of 40.
+        gc.collect()
+        dist.destroy_process_group()
+
+
+def _lost(what: str, rank: int, err: RuntimeError) -> RankFailedError:
+    """The error of a rank that lost contact with the job, naming the rank the message names
+    (gloo's monitored barrier names the ranks it waited for in vain)."""
+    text = str(err).strip()
+    found = re.search(r"Ranks? ([0-9, ]+) failed to pass monitoredBarrier", text) or re.search(
+        r"from rank ([0-9]+)", text
+    )
+    ranks = tuple(int(r) for r in re.findall(r"[0-9]+", found.group(1))) if found else ()
+    first = text.splitlines()[0] if text else type(err).__name__
+    if ranks:
+        who = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+        return RankFailedError(f"{what}: {who} did not answer rank {rank} (died or hung): {first}", ranks)
+    return RankFailedError(
+        f"{what}: rank {rank} lost contact with the job (a rank died, or the job's store with it: rank 0 "
+        f"keeps it when torchrun does not): {first}"
+    )
