@@ -46,7 +46,7 @@ _LAZY = {
 }
 """Public name -> the module that defines it."""
 
-_SUBMODULES = ("apps", "nn", "verify", "strategies", "testing", "examples", "models")
+_SUBMODULES = ("apps", "nn", "verify", "strategies", "testing", "examples", "distributed", "models")
 """Subpackages reachable as attributes (``refbp.strategies``, ``refbp.nn.activations``, ...)."""
 
 

@@ -2,10 +2,11 @@
 
 An entry is one wrong line of a backward pass beside the right one. The MLP's classic bugs
 (refbp.apps.bugs) replace one line of eqs. (4)-(8); the layers' (refbp.apps.layer_bugs) and the
-GPT's (refbp.apps.gpt_bugs) are twins of the right layers with the wrong line. Whatever its
-kind, an entry offers the same few things, and refbp.apps.bugs_cli runs them all alike: draw
-small networks it applies to, check its gradients with the harness, and let hypothesis shrink
-to the smallest network that exposes it.
+GPT's (refbp.apps.gpt_bugs) are twins of the right layers with the wrong line; data-parallel
+training's (refbp.apps.distributed_bugs) are wrong all-reduce recipes, run on simulated ranks.
+Whatever its kind, an entry offers the same few things, and refbp.apps.bugs_cli runs them all
+alike: draw small networks it applies to, check its gradients with the harness, and let
+hypothesis shrink to the smallest network that exposes it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from ..verify.cases import Case
 from .bugs import BUGS
+from .distributed_bugs import DISTRIBUTED_BUGS
 from .gpt_bugs import GPT_BUGS
 from .layer_bugs import LAYER_BUGS
 
@@ -75,8 +77,8 @@ class Entry(Protocol):
         ...
 
 
-CATALOGUE: tuple[Entry, ...] = (*BUGS, *LAYER_BUGS, *GPT_BUGS)
-"""Every entry: the MLP's, then the layers', then the GPT's."""
+CATALOGUE: tuple[Entry, ...] = (*BUGS, *LAYER_BUGS, *GPT_BUGS, *DISTRIBUTED_BUGS)
+"""Every entry: the MLP's, then the layers', the GPT's, and data-parallel training's."""
 
 
 def get_entry(name: str) -> Entry:

@@ -1,11 +1,12 @@
-"""The ``refbp`` command: report, check, explain, bugs.
+"""The ``refbp`` command: report, check, explain, bugs, distributed.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int``. Exit codes: 0 all good, 1 a check failed, 2 bad usage (one ``error:``
 line on stderr naming the option or key, its value and what was expected; no traceback),
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Interrupted or terminated at any moment,
-even while torch is being imported, the command prints one line and leaves no temporary
-files, and the report files it writes change as a set or not at all (refbp.apps.io).
+3 a rank of a torchrun job died or hung (the line names it; refbp.apps.ranks), 130
+interrupted (Ctrl-C), 143 terminated (SIGTERM). Interrupted or terminated at any moment, even
+while torch is being imported, the command prints one line and leaves no temporary files, and
+the report files it writes change as a set or not at all (refbp.apps.io).
 """
 
 from __future__ import annotations
