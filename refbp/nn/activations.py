@@ -7,8 +7,9 @@ a or z from the forward cache, whichever gives the exact value most cheaply and 
 
 ``Activation.chain`` is eq. (5) itself, dJ/dz = dJ/da o f'(z), written into dJ/da's own
 storage. The common activations (identity, sigmoid, tanh, relu) do it in at most two passes
-over the (N, d) tensor and no new one; that is what keeps the manual backward pass as fast
-as autograd's fused kernels (see benchmarks/). The others multiply by ``derivative``.
+over the (N, d) tensor and no new one, gelu a few rows at a time; that is what keeps the
+manual backward pass near autograd's fused kernels (see benchmarks/). The others multiply by
+``derivative``.
 
 Each record also carries its oracle, ``torch_fn`` (torch's own implementation, which
 refbp.verify differentiates with autograd and perturbs with finite differences), the torch
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .chunks import chunks
 from .pieces import Pieces
 
 __all__ = [
@@ -207,15 +209,27 @@ def softplus(beta: float = 1.0, threshold: float = SOFTPLUS_THRESHOLD) -> Activa
 
 # ---- gelu: exact (erf) or tanh approximation ----------------------------------------------
 def _gelu(z: Tensor) -> Tensor:
-    Phi = torch.erf(z * _INV_SQRT_2).add_(1.0).mul_(0.5)  # Phi(z), the normal CDF
-    return Phi.mul_(z)  # z Phi(z)
+    # a = z Phi(z), Phi the normal CDF: the value from torch's fused kernel, one pass over the
+    # tensor, as sigmoid and tanh take theirs; the derivative below is refbp's own
+    return F.gelu(z)
+
+
+def _gelu_chain(z: Tensor, dJ_da: Tensor) -> Tensor:
+    """dJ/dz = dJ/da o (Phi(z) + z phi(z)), phi(z) = exp(-z^2 / 2) / sqrt(2 pi), in dJ/da's
+    storage, a few rows at a time (two temporaries per row: refbp.nn.chunks)."""
+    g = dJ_da if dJ_da.is_contiguous() else dJ_da.contiguous()
+    width = z.shape[-1] if z.dim() else 1
+    rows_z, rows_g = z.reshape(-1, width), g.view(-1, width)  # (M, h) each
+    for part in chunks(rows_z.shape[0], 2 * width * z.element_size()):
+        zc = rows_z[part]
+        Phi = torch.mul(zc, _INV_SQRT_2).erf_().mul_(0.5).add_(0.5)  # Phi(z) = (1 + erf(z / sqrt 2)) / 2
+        e = torch.mul(zc, zc).mul_(-0.5).exp_()  # exp(-z^2 / 2)
+        rows_g[part].mul_(Phi.addcmul_(zc, e, value=_INV_SQRT_2PI))  # dJ/da o (Phi(z) + z phi(z))
+    return g
 
 
 def _gelu_derivative(z: Tensor) -> Tensor:
-    # f'(z) = Phi(z) + z phi(z),   phi(z) = exp(-z^2 / 2) / sqrt(2 pi)
-    Phi = torch.erf(z * _INV_SQRT_2).add_(1.0).mul_(0.5)
-    z_phi = torch.mul(z, z).mul_(-0.5).exp_().mul_(_INV_SQRT_2PI).mul_(z)
-    return Phi.add_(z_phi)
+    return _gelu_chain(z, torch.ones_like(z))  # f'(z) = Phi(z) + z phi(z)
 
 
 def _gelu_tanh(z: Tensor) -> Tensor:
@@ -239,7 +253,7 @@ def gelu(approximate: str = "none") -> Activation:
     if approximate == "none":
         return Activation(
             "gelu", _gelu, _gelu_derivative, "z", "a = z Phi(z) ;  f'(z) = Phi(z) + z phi(z)",
-            torch_fn=F.gelu, torch_module=lambda: torch.nn.GELU(),
+            torch_fn=F.gelu, torch_module=lambda: torch.nn.GELU(), chain_in_place=_gelu_chain,
         )  # fmt: skip
     if approximate == "tanh":
         return Activation(

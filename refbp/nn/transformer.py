@@ -30,16 +30,13 @@ has run, as autograd frees its saved tensors.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .activations import Activation
 from .attention import CausalSelfAttention, TorchCausalSelfAttention
 from .chunks import chunks
 from .dropout import Dropout
@@ -50,7 +47,7 @@ from .layernorm import LayerNorm, accumulation_dtype
 from .linear import Linear
 from .validation import check_seed, describe
 
-__all__ = ["GELU", "Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock"]
+__all__ = ["Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock"]
 
 
 # ---- LayerNorm as a transformer keeps it ----------------------------------------------------
@@ -144,39 +141,6 @@ class RowLayerNorm(LayerNorm):
         cache.mu = cache.rstd = torch.empty(0)
 
 
-# ---- GELU as a transformer's MLP runs it ----------------------------------------------------
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _gelu_chain(z: Tensor, dJ_da: Tensor) -> Tensor:
-    """dJ/dz = dJ/da o (Phi(z) + z phi(z)), phi(z) = exp(-z^2 / 2) / sqrt(2 pi), in dJ/da's
-    storage, a few rows at a time (two temporaries per row: refbp.nn.chunks)."""
-    g = dJ_da if dJ_da.is_contiguous() else dJ_da.contiguous()
-    rows_z, rows_g = z.reshape(-1, z.shape[-1]), g.view(-1, z.shape[-1])  # (M, h) each
-    for part in chunks(rows_z.shape[0], 2 * rows_z.shape[1] * z.element_size()):
-        zc = rows_z[part]
-        Phi = torch.mul(zc, _INV_SQRT_2).erf_().mul_(0.5).add_(0.5)  # Phi(z) = (1 + erf(z / sqrt 2)) / 2
-        e = torch.mul(zc, zc).mul_(-0.5).exp_()  # exp(-z^2 / 2)
-        rows_g[part].mul_(Phi.addcmul_(zc, e, value=_INV_SQRT_2PI))  # dJ/da o (Phi(z) + z phi(z))
-    return g
-
-
-def _gelu_derivative(z: Tensor) -> Tensor:
-    return _gelu_chain(z, torch.ones_like(z))  # f'(z) = Phi(z) + z phi(z)
-
-
-GELU = Activation(
-    "gelu", F.gelu, _gelu_derivative, "z", "a = z Phi(z) ;  f'(z) = Phi(z) + z phi(z)",
-    torch_fn=F.gelu, torch_module=lambda: torch.nn.GELU(), chain_in_place=_gelu_chain,
-)  # fmt: skip
-"""nanoGPT's GELU, the exact z Phi(z) of torch.nn.GELU(). refbp.nn.activations.gelu() computes
-the value by hand in five passes over the tensor; the MLP runs GELU on its widest tensor (4d per
-position) and a training step runs it twice (c_proj's input is rebuilt), so here the value comes
-from torch's fused kernel (as refbp's sigmoid and tanh come from torch's). The derivative is by
-hand, in two passes fewer than the general one and a few rows at a time."""
-
-
 # ---- the block ------------------------------------------------------------------------------
 @dataclass
 class BlockCache:
@@ -251,7 +215,7 @@ class Block(Layer):
             raise ValueError(f"c_fc ({describe(c_fc.W)}) and c_proj ({describe(c_proj.W)}) must map {d} -> h -> {d}")
         seed = check_seed(seed)
         self.inner: list[Layer] = [
-            _row_norm(ln_1), attn, Dropout(dropout, seed=seed), _row_norm(ln_2), c_fc, Elementwise(GELU), c_proj,
+            _row_norm(ln_1), attn, Dropout(dropout, seed=seed), _row_norm(ln_2), c_fc, Elementwise("gelu"), c_proj,
             Dropout(dropout, seed=(seed + 1) % 2**32),
         ]  # fmt: skip
         self.params = {}
