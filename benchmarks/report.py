@@ -6,6 +6,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from benchmarks.startup import render_startup
+
 __all__ = ["CLOSING_NOTE", "LAYERS_NOTE", "TARGETS", "layers_section", "render_markdown", "target_verdicts"]
 
 TARGETS = {
@@ -337,6 +339,17 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines += ["skipped: no CUDA GPU visible. On a GPU machine run `bash benchmarks/cuda.sh` (item 5 alone)."]
     if doc.get("layers"):
         lines += ["", *layers_section(doc["layers"])]
+    if doc.get("startup"):
+        lines += ["", *render_startup(doc["startup"])]
+    lines += [
+        "",
+        "## Elsewhere",
+        "",
+        "- A GPT training step, manual vs autograd, eager and compiled: [GPT_BENCHMARKS.md](GPT_BENCHMARKS.md) "
+        "(`python benchmarks/gpt.py --out reports`).",
+        "- The sharded `refbp report` under torchrun, 1 to 4 processes: "
+        "[DISTRIBUTED_BENCHMARK.md](DISTRIBUTED_BENCHMARK.md) (`python benchmarks/distributed.py --out reports`).",
+    ]
     if not doc["quick"]:
         lines += ["", "## Closing note", "", CLOSING_NOTE]
     return "\n".join(lines) + "\n"

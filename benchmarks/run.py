@@ -24,7 +24,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import finite_differences, harness, layers, memory, time_backprop
+from benchmarks import finite_differences, harness, layers, memory, startup, time_backprop
 from benchmarks.common import environment
 from benchmarks.report import render_markdown
 from refbp.apps.io import write_atomic
@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         doc["harness"] = harness.time_report_sweep(5 if args.quick else harness.DEFAULT_EXAMPLES)
         doc["test_suite"] = None if args.skip_suite else harness.time_test_suite()
         doc["layers"] = run_layers(args)
+        print("item 7: cold start, fresh processes", flush=True)
+        doc["startup"] = startup.measure_startup(3 if args.quick else 7)
     print("item 5: CUDA", flush=True)
     if cuda:
         grid = time_backprop.QUICK_GRID if args.quick else time_backprop.FULL_GRID

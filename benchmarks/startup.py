@@ -94,7 +94,7 @@ def measure_startup(repeats: int = 7) -> dict[str, Any]:
 def render_startup(s: dict[str, Any]) -> list[str]:
     """The Markdown section of BENCHMARKS.md."""
     return [
-        "## Cold start: import and first check",
+        "## 7. Cold start: import and first check",
         "",
         f"Medians over {s['repeats']} fresh processes (warm: repeats within each). `import refbp` does not "
         "import torch; the first network does.",

@@ -55,6 +55,8 @@ def test_quick_run_writes_markdown_and_json_with_every_section(tmp_path: Path) -
     assert target_verdicts(doc)
     assert "## 6. Each layer" in text
     assert [r["layer"] for r in doc["layers"]["rows"]] == list(layers.LAYERS)
+    assert "## 7. Cold start" in text and not doc["startup"]["sympy_loaded"]  # a check imports no sympy
+    assert 0 < doc["startup"]["import_refbp_s"] < doc["startup"]["import_torch_s"]  # import refbp skips torch
 
 
 @pytest.mark.parametrize("name", layers.LAYERS)
