@@ -14,7 +14,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 WORKERS ?= auto
 
-.PHONY: all report test test-serial test-thorough lint format bench bugs docs false-positives mutation clean
+.PHONY: all report test test-serial test-thorough lint format bench bench-gpt bench-distributed bugs distributed \
+	docs false-positives mutation clean
 
 all: lint test
 
@@ -50,8 +51,18 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --out reports
 
+bench-gpt: $(STAMP)
+	$(BIN)/python benchmarks/gpt.py --out reports
+
+bench-distributed: $(STAMP)
+	$(BIN)/python benchmarks/distributed.py --out reports
+
 bugs: $(STAMP)
 	$(BIN)/refbp bugs --out reports
+
+# data-parallel manual backprop on 3 gloo ranks, against one process, autograd and DDP
+distributed: $(STAMP)
+	$(BIN)/torchrun --standalone --nproc-per-node=3 -m refbp distributed --out reports
 
 docs: $(STAMP)
 	$(BIN)/python scripts/make_docs.py
