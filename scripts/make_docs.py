@@ -1,4 +1,4 @@
-"""Write the generated docs: docs/explain.md, docs/seed_corrected.md, docs/equations.md.
+"""Write the generated docs: docs/explain.md, explain_layers.md, explain_gpt.md, seed_corrected.md, equations.md.
 
     python scripts/make_docs.py            # (re)write them
     python scripts/make_docs.py --check    # exit 1 if any differs from what the code generates
@@ -19,8 +19,20 @@ from refbp.apps.seed import render_seed_document
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def _walk(model: str) -> str:
+    """``refbp explain --model MODEL --markdown``: the walk through a built-in network."""
+    from refbp.apps.walk import BUILT_IN, walk_network
+
+    spec = BUILT_IN[model]
+    case = spec.build()
+    return walk_network(case.net, case.X, case.y, description=spec.describe()).render(markdown=True)
+
+
 DOCS: dict[str, Callable[[], str]] = {
     "docs/explain.md": lambda: explain(markdown=True),
+    "docs/explain_layers.md": lambda: _walk("layers"),
+    "docs/explain_gpt.md": lambda: _walk("gpt"),
     "docs/seed_corrected.md": render_seed_document,
     "docs/equations.md": render_equation_map,
 }

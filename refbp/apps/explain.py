@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import importlib
 import inspect
+import itertools
 import math
 import re
 import sys
@@ -183,11 +184,25 @@ def _number(value: float, decimals: int | None) -> str:
     return f"{value:.3e}" if decimals is None else f"{value:.{decimals}f}"
 
 
+def _matrix_lines(t: Tensor, decimals: int | None, width: int = 0) -> list[str]:
+    """A 1- or 2-dimensional tensor as rows of numbers, right-aligned to ``width`` at least."""
+    columns = t.shape[-1]
+    rows = t.reshape(-1, columns) if t.dim() == 2 else t.reshape(1, columns)
+    cells = [[_number(float(v), decimals) for v in row] for row in rows]
+    width = max(width, *(len(c) for row in cells for c in row))
+    lines = ["[" + "  ".join(c.rjust(width) for c in row) + "]" for row in cells]
+    if t.dim() == 1:
+        return lines
+    if len(lines) == 1:
+        return ["[" + lines[0] + "]"]
+    return ["[" + lines[0]] + [" " + line for line in lines[1:-1]] + [" " + lines[-1] + "]"]
+
+
 def format_tensor(t: Tensor) -> list[str]:
     """``t`` as lines of text: in full when small, else a one-line summary plus first entries.
 
     Small means at most FULL_DISPLAY_MAX_ELEMENTS entries and FULL_DISPLAY_MAX_COLUMNS
-    columns; 0-, 1- and 2-dimensional tensors are shown as numbers, others summarised. The
+    columns; a tensor of 3 or more dimensions is shown as one matrix per leading index. The
     decimals are chosen per tensor so that its largest entry keeps four significant digits."""
     if not t.is_floating_point():  # class indices
         values = [str(int(v)) for v in t.reshape(-1)[:FULL_DISPLAY_MAX_ELEMENTS]]
@@ -197,16 +212,16 @@ def format_tensor(t: Tensor) -> list[str]:
     if t.dim() == 0:
         return [_number(float(t), decimals)]
     columns = t.shape[-1]
-    if t.dim() <= 2 and t.numel() <= FULL_DISPLAY_MAX_ELEMENTS and columns <= FULL_DISPLAY_MAX_COLUMNS:
-        rows = t.reshape(-1, columns) if t.dim() == 2 else t.reshape(1, columns)
-        cells = [[_number(float(v), decimals) for v in row] for row in rows]
-        width = max(len(c) for row in cells for c in row)
-        lines = ["[" + "  ".join(c.rjust(width) for c in row) + "]" for row in cells]
-        if t.dim() == 1:
-            return lines
-        if len(lines) == 1:
-            return ["[" + lines[0] + "]"]
-        return ["[" + lines[0]] + [" " + line for line in lines[1:-1]] + [" " + lines[-1] + "]"]
+    if t.numel() <= FULL_DISPLAY_MAX_ELEMENTS and columns <= FULL_DISPLAY_MAX_COLUMNS and t.numel() > 0:
+        if t.dim() <= 2:
+            return _matrix_lines(t, decimals)
+        # (B, T, d) or (B, heads, T, T): one matrix per leading index, labelled as numpy prints slices
+        width = max(len(_number(float(v), decimals)) for v in t.reshape(-1))
+        lines = []
+        for lead in itertools.product(*(range(n) for n in t.shape[:-2])):
+            lines.append("[" + ", ".join(map(str, lead)) + ", :, :]")
+            lines += ["  " + line for line in _matrix_lines(t[lead], decimals, width)]
+        return lines
     flat = t.reshape(-1)
     head = "  ".join(_number(float(v), decimals) for v in flat[:4])
     return [

@@ -187,6 +187,13 @@ class CausalSelfAttention(Layer):
             raise ValueError(f"layer {where} ({self.describe()}) needs input (B, T, {self.d}), got {describe(x)}")
 
     # ---- the steps, one method each (the bug catalogue replaces one of them) -----------------
+    def cached_values(self, cache: AttentionCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        q, k, v = self.heads(cache.qkv)  # (B, nh, T, hs) each
+        out = {Key("q", path): q, Key("k", path): k, Key("v", path): v, Key("y", path): cache.y}
+        if cache.P is not None:  # kept in the teaching mode
+            out[Key("att", path)] = cache.P  # (B, nh, T, T)
+        return out
+
     def split_heads(self, t: Tensor) -> Tensor:
         """(B, T, d) -> (B, nh, T, hs): head h of position t is t[b, t, h hs : (h + 1) hs] (A2). A view."""
         B, T, _ = t.shape
