@@ -11,6 +11,7 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -18,36 +19,63 @@ import torch
 import refbp
 import refbp.nn
 import refbp.verify.reference
+from refbp.models.gpt_cases import GPTSpec
 from refbp.verify.cases import CaseSpec
+from refbp.verify.stacks import StackSpec
 
-MANUAL_MODULES = [importlib.import_module(f"refbp.nn.{m.name}") for m in pkgutil.iter_modules(refbp.nn.__path__)]
-"""Every module of refbp.nn, the manual path: layers, networks, activations, losses."""
+MANUAL_MODULES = [
+    *(importlib.import_module(f"refbp.nn.{m.name}") for m in pkgutil.iter_modules(refbp.nn.__path__)),
+    importlib.import_module("refbp.models.gpt"),
+    *(importlib.import_module(f"refbp.distributed.{name}") for name in ("data_parallel", "recipe", "normalisation")),
+]
+"""The manual path: every module of refbp.nn (layers, networks, activations, losses), the GPT,
+and the data-parallel step (refbp.distributed.ddp, the DDP reference, uses autograd by design)."""
 
 FORBIDDEN_ATTRIBUTES = {"autograd", "func", "requires_grad_", "retain_grad", "grad", "enable_grad", "vmap", "jacrev"}
 
+STACK = {"loss": "cross_entropy", "seed": 5, "batch": 4, "training": True}
 
-def _every_case() -> Iterator[CaseSpec]:
+
+def _every_case() -> Iterator[Any]:
+    """MLPs with every activation and loss, stacks with every other layer (BatchNorm and dropout
+    in training mode), and a GPT with dropout and ignored targets."""
     yield CaseSpec(dims=(3, 5, 4, 2), activations=("gelu", "relu", "identity"), loss="cross_entropy", seed=1)
     yield CaseSpec(dims=(3, 4, 2), activations=("silu", "sigmoid"), loss="bce", seed=2, weight_decay=0.1)
     yield CaseSpec(dims=(2, 3, 1), activations=("sigmoid", "sigmoid"), loss="half_sse", seed=0)
     yield CaseSpec(dims=(2, 6, 6, 6, 2), activations=("elu", "softplus", "leaky_relu", "tanh"), loss="mse", seed=4)
+    yield StackSpec.from_dict({**STACK, "input": {"vocab": 5, "length": 3}, "layers": [
+        ["embedding", 4], ["layernorm", {}], ["dropout", 0.25], ["flatten"], ["batchnorm", {}],
+        ["residual", [["linear", 12], ["gelu_tanh"]]], ["linear", 3]]})  # fmt: skip
+    yield GPTSpec(vocab_size=5, block_size=4, n_layer=2, n_head=2, n_embd=4, dropout=0.25, batch=2, length=3,
+                  ignored=1, seed=3)  # fmt: skip
 
 
-@pytest.mark.parametrize("spec", list(_every_case()), ids=lambda s: "-".join(s.activations) + "-" + s.loss)
-def test_runs_under_inference_mode_and_returns_plain_tensors(spec: CaseSpec) -> None:
+def _name(spec: Any) -> str:
+    return spec.describe().split(",")[0].replace(" ", "")
+
+
+def _every_tensor(cache: Any, J: torch.Tensor, grads: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Every tensor the manual path handed back: the forward's outputs, J, every gradient."""
+    values = [a for a in cache.a if isinstance(a, torch.Tensor)]
+    values += [t for t in getattr(cache, "z", []) if isinstance(t, torch.Tensor)]
+    return [*values, J, *grads.values()]
+
+
+@pytest.mark.parametrize("spec", list(_every_case()), ids=_name)
+def test_runs_under_inference_mode_and_returns_plain_tensors(spec: Any) -> None:
     case = spec.build()
     with torch.inference_mode():
         cache = case.net.forward(case.X)
         J = case.net.loss(cache, case.y)
-        grads = case.net.backward(cache, case.y)
-    tensors = [*cache.a, *(z for z in cache.z if z is not None), J, *grads.as_dict().values()]
-    assert not any(t.requires_grad for t in tensors)
+        grads = case.net.backward(cache, case.y).as_dict()
+    assert not any(t.requires_grad for t in _every_tensor(cache, J, grads))
     # and the numbers are the right ones
-    refbp.check(case.net, case.X, case.y, grads=grads.as_dict(), references=("autograd",)).raise_if_failed()
+    refbp.check(case.net, case.X, case.y, grads=grads, references=("autograd",), noise=cache.noise).raise_if_failed()
 
 
-def test_runs_with_autograd_disabled_globally() -> None:
-    case = next(_every_case()).build()
+@pytest.mark.parametrize("spec", list(_every_case()), ids=_name)
+def test_runs_with_autograd_disabled_globally(spec: Any) -> None:
+    case = spec.build()
     previous = torch.is_grad_enabled()
     torch.set_grad_enabled(False)
     try:
@@ -74,19 +102,25 @@ def test_parameters_that_require_grad_build_no_graph() -> None:
         assert not t.requires_grad and t.grad_fn is None
 
 
-def test_works_when_every_autograd_entry_point_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("spec", list(_every_case()), ids=_name)
+def test_works_when_every_autograd_entry_point_raises(spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the manual path called into autograd")
 
-    case = next(_every_case()).build()
-    _, reference = refbp.verify.reference.autograd_gradients(case.net, case.X, case.y)  # before the trap
+    case = spec.build()
+    noise = case.net.forward(case.X, update_stats=False).noise  # the dropout masks both sides use
+    _, reference = refbp.verify.reference.autograd_gradients(case.net, case.X, case.y, noise=noise)  # before the trap
     monkeypatch.setattr(torch.autograd, "grad", refuse)
     monkeypatch.setattr(torch.autograd, "backward", refuse)
     monkeypatch.setattr(torch.Tensor, "backward", refuse)
     monkeypatch.setattr(torch.Tensor, "requires_grad_", refuse)
-    grads = case.net.backward(case.net.forward(case.X), case.y).as_dict()
+    monkeypatch.setattr(torch.func, "vjp", refuse)
+    monkeypatch.setattr(torch.func, "grad", refuse)
+    cache = case.net.forward(case.X, update_stats=False, noise=noise)
+    grads = case.net.backward(cache, case.y).as_dict()
+    assert set(grads) == set(reference)
     for name, g in grads.items():
-        torch.testing.assert_close(g, reference[name])
+        torch.testing.assert_close(g, reference[name], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("module", MANUAL_MODULES, ids=lambda m: m.__name__)
