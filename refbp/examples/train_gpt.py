@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import io
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..apps.io import write_atomic
 from ..models.gpt import GPT
-from .train_xor import TrainingCurves
+from .curves import TrainingCurves, plot_curves
 
 __all__ = ["LEARNING_RATE", "STEPS", "TEXT_MODULES", "GPTRun", "batches", "corpus", "main", "plot", "train_gpt"]
 
@@ -128,35 +126,12 @@ def train_gpt(
 
 def plot(run: GPTRun, path: str | Path) -> Path | None:
     """Both loss curves and their relative difference as a PNG; None (and a message) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping the plot (pip install 'refbp[plot]')", file=sys.stderr)
-        return None
-    curves = run.curves
-    steps = range(len(curves.manual))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[3, 2])
-    top.plot(steps, curves.autograd, lw=4, alpha=0.4, label="torch.autograd (GPT.to_torch()) + AdamW")
-    top.plot(steps, curves.manual, lw=1.0, ls="--", color="black", label="refbp manual gradients + AdamW")
-    top.set_ylabel("J, cross-entropy per character")
     c = run.net.config
-    top.set_title(f"Character-level GPT ({c.n_layer} layers, n_embd {c.n_embd}, vocab {c.vocab_size}) on refbp's docs")
-    top.legend()
-    difference = [abs(m - a) / abs(a) for m, a in zip(curves.manual, curves.autograd, strict=True)]
-    bottom.plot(steps, [max(d, 1e-18) for d in difference], lw=0.8, color="tab:red")
-    bottom.set_yscale("log")
-    bottom.set_ylabel("|J_manual - J_autograd| / J")
-    bottom.set_xlabel("AdamW step (float64)")
-    bottom.axhline(float(torch.finfo(torch.float64).eps), color="gray", ls=":", label="float64 eps")
-    bottom.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return write_atomic(path, buffer.getvalue())
+    return plot_curves(
+        run.curves, path, title=f"Character-level GPT ({c.n_layer} layers, n_embd {c.n_embd}, vocab {c.vocab_size}) "
+        "on refbp's docs", labels=("torch.autograd (GPT.to_torch()) + AdamW", "refbp manual gradients + AdamW"),
+        ylabel="J, cross-entropy per character", xlabel="AdamW step (float64)",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

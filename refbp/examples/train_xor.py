@@ -11,16 +11,14 @@ the two loss curves coincide to round-off: what differs is only the order of a f
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..apps.io import write_atomic
 from ..apps.seed import seed_network, seed_point
 from ..nn.mlp import MLP
+from .curves import TrainingCurves, plot_curves
 from .descent import gradient_descent_step
 
 __all__ = ["LEARNING_RATE", "STEPS", "TrainingCurves", "main", "plot", "train_autograd", "train_manual", "train_xor"]
@@ -31,28 +29,6 @@ network leaves the plateau at J = 0.5 within a few thousand steps."""
 
 STEPS = 4000
 """Gradient-descent steps; from seed 0 the network solves XOR (J < 0.01) well before this."""
-
-
-@dataclass(frozen=True)
-class TrainingCurves:
-    """J before each step, for both runs.
-
-    Attributes:
-        manual: refbp forward/backward and W <- W - lr dJ/dW.
-        autograd: torch.nn.Linear + torch.sigmoid, J.backward(), torch.optim.SGD.
-    """
-
-    manual: list[float]
-    autograd: list[float]
-
-    @property
-    def max_abs_difference(self) -> float:
-        return max(abs(m - a) for m, a in zip(self.manual, self.autograd, strict=True))
-
-    @property
-    def max_rel_difference(self) -> float:
-        """max_t |J_manual(t) - J_autograd(t)| / |J_autograd(t)|."""
-        return max(abs(m - a) / abs(a) for m, a in zip(self.manual, self.autograd, strict=True))
 
 
 def train_manual(net: MLP, X: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float) -> list[float]:
@@ -103,34 +79,11 @@ def train_xor(*, steps: int = STEPS, lr: float = LEARNING_RATE, seed: int = 0) -
 
 def plot(curves: TrainingCurves, path: str | Path) -> Path | None:
     """Both loss curves and their difference as a PNG; None (and a message) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping the plot (pip install 'refbp[plot]')", file=sys.stderr)
-        return None
-    steps = range(len(curves.manual))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[3, 2])
-    top.plot(steps, curves.autograd, lw=4, alpha=0.4, label="torch.autograd + torch.optim.SGD")
-    top.plot(steps, curves.manual, lw=1.2, ls="--", color="black", label="refbp manual gradients + plain GD")
-    top.set_yscale("log")
-    top.set_ylabel("J = 1/2 ||y - y_hat||^2")
-    top.set_title("The seed's 2-3-1 sigmoid network on XOR, float64")
-    top.legend()
-    difference = [abs(m - a) / abs(a) for m, a in zip(curves.manual, curves.autograd, strict=True)]
-    bottom.plot(steps, [max(d, 1e-18) for d in difference], lw=0.8, color="tab:red")
-    bottom.set_yscale("log")
-    bottom.set_ylabel("|J_manual - J_autograd| / J")
-    bottom.set_xlabel("gradient-descent step")
-    bottom.axhline(float(torch.finfo(torch.float64).eps), color="gray", ls=":", label="float64 eps")
-    bottom.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return write_atomic(path, buffer.getvalue())
+    return plot_curves(
+        curves, path, title="The seed's 2-3-1 sigmoid network on XOR, float64", log_y=True,
+        labels=("torch.autograd + torch.optim.SGD", "refbp manual gradients + plain GD"),
+        ylabel="J = 1/2 ||y - y_hat||^2", xlabel="gradient-descent step",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,80 @@
+"""Two training runs side by side: refbp's manual gradients and torch.autograd's, their loss
+curves and their difference, as the training examples (train_xor, train_gpt) plot them."""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..apps.io import write_atomic
+
+__all__ = ["TrainingCurves", "plot_curves"]
+
+
+@dataclass(frozen=True)
+class TrainingCurves:
+    """J before each step, for both runs.
+
+    Attributes:
+        manual: refbp's forward/backward and the example's update.
+        autograd: the same model in torch, J.backward(), torch's optimizer.
+    """
+
+    manual: list[float]
+    autograd: list[float]
+
+    @property
+    def max_abs_difference(self) -> float:
+        return max(abs(m - a) for m, a in zip(self.manual, self.autograd, strict=True))
+
+    @property
+    def max_rel_difference(self) -> float:
+        """max_t |J_manual(t) - J_autograd(t)| / |J_autograd(t)|."""
+        return max(abs(m - a) / abs(a) for m, a in zip(self.manual, self.autograd, strict=True))
+
+
+def plot_curves(
+    curves: TrainingCurves,
+    path: str | Path,
+    *,
+    title: str,
+    labels: tuple[str, str],
+    ylabel: str,
+    xlabel: str,
+    log_y: bool = False,
+) -> Path | None:
+    """Both loss curves (``labels``: autograd's, manual's) and their relative difference as a
+    PNG at ``path``; None (and a message) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: skipping the plot (pip install 'refbp[plot]')", file=sys.stderr)
+        return None
+    steps = range(len(curves.manual))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[3, 2])
+    top.plot(steps, curves.autograd, lw=4, alpha=0.4, label=labels[0])
+    top.plot(steps, curves.manual, lw=1.2, ls="--", color="black", label=labels[1])
+    if log_y:
+        top.set_yscale("log")
+    top.set_ylabel(ylabel)
+    top.set_title(title)
+    top.legend()
+    difference = [abs(m - a) / abs(a) for m, a in zip(curves.manual, curves.autograd, strict=True)]
+    bottom.plot(steps, [max(d, 1e-18) for d in difference], lw=0.8, color="tab:red")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("|J_manual - J_autograd| / J")
+    bottom.set_xlabel(xlabel)
+    bottom.axhline(float(torch.finfo(torch.float64).eps), color="gray", ls=":", label="float64 eps")
+    bottom.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return write_atomic(path, buffer.getvalue())
