@@ -30,18 +30,11 @@ from .nn.activations import ACTIVATIONS
 from .nn.losses import LOSSES, get_loss
 from .nn.mlp import MLP
 from .nn.network import Network
+from .nn.validation import check_subset
 from .verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 from .verify.stacks import StackSpec
 
 __all__ = ["STACK_KINDS", "cases", "gpt_specs", "gpts", "specs", "stack_specs", "stacks"]
-
-
-def _validate(name: str, given: Sequence[str], known: Sequence[str]) -> list[str]:
-    values = list(given)
-    bad = [v for v in values if v not in known]
-    if bad or not values:
-        raise ValueError(f"{name}={values!r}: expected a non-empty list drawn from {sorted(known)}")
-    return values
 
 
 @st.composite
@@ -61,9 +54,9 @@ def specs(
     per layer, a loss (the output activation made to fit it), a dtype and a seed."""
     if not (max_depth >= 1 and max_width >= 1 and max_batch >= 1):
         raise ValueError(f"max_depth={max_depth}, max_width={max_width}, max_batch={max_batch}: all must be >= 1")
-    activation_names = _validate("activations", activations, list(ACTIVATIONS))
-    loss_names = _validate("losses", losses, list(LOSSES))
-    dtype_names = _validate("dtypes", dtypes, ["float64", "float32", "float16", "bfloat16"])
+    activation_names = check_subset(activations, "activations", list(ACTIVATIONS))
+    loss_names = check_subset(losses, "losses", list(LOSSES))
+    dtype_names = check_subset(dtypes, "dtypes", ["float64", "float32", "float16", "bfloat16"])
 
     loss = draw(st.sampled_from(loss_names))
     depth = draw(st.integers(1, max_depth))
@@ -139,14 +132,14 @@ def stack_specs(
     least once), widths 1..max_width, a loss the output fits, a dtype, a mode and a seed.
 
     Shrinks towards fewer, narrower layers, a smaller batch, float64 and training mode."""
-    kinds = _validate("kinds", kinds, list(STACK_KINDS))
+    kinds = check_subset(kinds, "kinds", list(STACK_KINDS))
     include = list(include)
     bad = [k for k in include if k not in kinds]
     if bad:
         raise ValueError(f"include={include!r}: {bad} are not among kinds={list(kinds)}")
-    activation_names = _validate("activations", activations, list(ACTIVATIONS))
-    loss = draw(st.sampled_from(_validate("losses", losses, list(LOSSES))))
-    dtype = draw(st.sampled_from(_validate("dtypes", dtypes, ["float64", "float32", "float16", "bfloat16"])))
+    activation_names = check_subset(activations, "activations", list(ACTIVATIONS))
+    loss = draw(st.sampled_from(check_subset(losses, "losses", list(LOSSES))))
+    dtype = draw(st.sampled_from(check_subset(dtypes, "dtypes", ["float64", "float32", "float16", "bfloat16"])))
     mode = draw(st.booleans().map(lambda b: not b)) if training is None else training
 
     # a Flatten has something to flatten after an Embedding only: asking for one asks for tokens

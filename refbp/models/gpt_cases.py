@@ -33,7 +33,7 @@ import torch
 from hypothesis import strategies as st
 
 from ..nn.network import resolve_device
-from ..nn.validation import check_int, check_seed
+from ..nn.validation import check_int, check_seed, check_subset
 from ..verify.cases import Case
 from .gpt import GPT, IGNORE_INDEX, GPTConfig
 
@@ -167,13 +167,6 @@ class GPTSpec:
         return f"refbp check --case '{self.to_json()}'"
 
 
-def _validated(name: str, values: Sequence[str], known: Sequence[str]) -> list[str]:
-    values = list(values)
-    if not values or any(v not in known for v in values):
-        raise ValueError(f"{name}={values!r}: expected a non-empty list drawn from {list(known)}")
-    return values
-
-
 @st.composite
 def gpt_specs(
     draw: st.DrawFn,
@@ -202,7 +195,7 @@ def gpt_specs(
                         ("max_block_size", max_block_size), ("max_batch", max_batch)):  # fmt: skip
         check_int(value, name, minimum=1, maximum=64)
     check_int(max_vocab, "max_vocab", minimum=2, maximum=1 << 16)
-    dtype_names = _validated("dtypes", dtypes, DTYPES)
+    dtype_names = check_subset(dtypes, "dtypes", DTYPES)
     ps = list(dropout)
     if not ps or any(not 0.0 <= p < 1.0 for p in ps):
         raise ValueError(f"dropout={ps!r}: expected a non-empty list of probabilities in [0, 1)")

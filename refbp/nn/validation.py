@@ -4,6 +4,7 @@ the argument, shows what it got (shape, dtype, device, value) and says what was 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ __all__ = [
     "check_int",
     "check_same_dtype_device",
     "check_seed",
+    "check_subset",
     "check_tensor",
     "check_tensor_any",
     "describe",
@@ -103,6 +105,14 @@ def check_seed(value: object, name: str = "seed") -> int:
             f"{name}={value} is out of range; expected an int in [0, {MAX_SEED}] (torch's generator keeps 32 bits)"
         )
     return value
+
+
+def check_subset(values: Sequence[str], name: str, known: Sequence[str]) -> list[str]:
+    """``values`` as a list: non-empty, each one of ``known`` (a strategy's options)."""
+    given = list(values)
+    if not given or any(v not in known for v in given):
+        raise ValueError(f"{name}={given!r}: expected a non-empty list drawn from {sorted(known)}")
+    return given
 
 
 def check_int(value: object, name: str, *, minimum: int, maximum: int | None = None) -> int:
