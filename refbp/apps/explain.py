@@ -123,7 +123,7 @@ EQUATIONS: tuple[Equation, ...] = (
     Equation(
         4, "dJ/da(L) = dloss/dy_hat", "(N, d_L)",
         "where the backward pass starts: how J moves with each output",
-        "refbp.nn.network", "Network.backward",
+        "refbp.nn.network", "Network._backward_loss",
         ("tests/test_losses.py::test_value_and_gradient_match_torch",
          "tests/test_losses.py::test_half_sse_gradient_has_the_sign_of_y_hat_minus_y",
          "tests/test_seed.py::test_seed_sign_of_dJ_dy_hat_fails_and_the_corrected_sign_passes"),

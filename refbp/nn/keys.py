@@ -16,12 +16,14 @@ layer's equations produce them (parameters, then intermediates, then the output 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 __all__ = ["KIND_ORDER", "Key", "sort_names"]
 
 _PATTERN = re.compile(r"([A-Za-z_]+?)((?:\d+)(?:\.\d+)*)?")
+_KIND = re.compile(r"[A-Za-z_]+")
 
 KIND_ORDER = (
     "W",
@@ -60,7 +62,7 @@ class Key:
     layer: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z_]+", self.kind):
+        if not (isinstance(self.kind, str) and _KIND.fullmatch(self.kind)):
             raise ValueError(f"key kind {self.kind!r} must be letters and underscores only")
         if any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in self.layer):
             raise ValueError(f"key layer path {self.layer!r} must hold layer numbers >= 1")
@@ -71,20 +73,15 @@ class Key:
     @classmethod
     def parse(cls, text: str) -> Key:
         """The key a name stands for: "W1" -> Key("W", (1,)); a ValueError for anything else."""
-        match = _PATTERN.fullmatch(text) if isinstance(text, str) else None
-        if match is None:
+        key = _parse(text) if isinstance(text, str) else None
+        if key is None:
             raise ValueError(f"{text!r} is not a tensor name like 'W1', 'a3.2' or 'X'")
-        kind, path = match.group(1), match.group(2)
-        return cls(kind, tuple(int(i) for i in path.split("."))) if path else cls(kind)
+        return key
 
     @classmethod
     def is_valid(cls, text: object) -> bool:
         """True when ``text`` is a key's name."""
-        try:
-            cls.parse(text)  # type: ignore[arg-type]
-        except ValueError:
-            return False
-        return True
+        return isinstance(text, str) and _parse(text) is not None
 
     def child(self, j: int) -> Key:
         """The same kind one level down: Key("a", (3,)).child(2) == Key("a", (3, 2))."""
@@ -96,14 +93,28 @@ class Key:
         return (0 if self.layer else 1, self.layer, rank, self.kind)
 
 
+# Parsing and ordering names run on every backward pass (a Gradients sorts its names), so both
+# are remembered: a key is immutable, and a network uses the same few dozen names again and again.
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Key | None:
+    """The key ``text`` names, or None when it names none."""
+    match = _PATTERN.fullmatch(text)
+    if match is None:
+        return None
+    kind, path = match.group(1), match.group(2)
+    return Key(kind, tuple(int(i) for i in path.split("."))) if path else Key(kind)
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_order(name: str) -> tuple[int, tuple[object, ...]]:
+    key = _parse(name)
+    if key is not None:
+        return (0, key.sort_key())
+    parts = re.split(r"(\d+)", name)
+    return (1, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts))
+
+
 def sort_names(names: list[str]) -> list[str]:
     """Names in key order ("W1", "b1", "z1", "a1", "W2", ..., "X"); names that are not keys
     (a user's "fc1.weight") come after, in natural order ("w2" before "w10")."""
-
-    def order(name: str) -> tuple[int, tuple[object, ...]]:
-        if Key.is_valid(name):
-            return (0, Key.parse(name).sort_key())
-        parts = re.split(r"(\d+)", name)
-        return (1, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts))
-
-    return sorted(names, key=order)
+    return sorted(names, key=_name_order)

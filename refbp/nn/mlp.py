@@ -387,7 +387,7 @@ class MLP(Network):
         """Every gradient of J, by hand, from the cache (eqs. 4-9); y in the network's layout."""
         self._check_cache(cache)
         y = self.targets_from_user(y, cache)
-        grads = super().backward(cache, y, intermediates=intermediates, release_cache=release_cache)
+        grads = self._backward_loss(cache, y, intermediates=intermediates, release_cache=release_cache)
         return Gradients.from_network(grads, self.L, self.layout)
 
     def backward_from(  # type: ignore[override]

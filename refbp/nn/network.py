@@ -375,6 +375,10 @@ class Network:
         """
         self._check_cache(cache)
         y = self.check_targets(y, cache)
+        return self._backward_loss(cache, y, intermediates=intermediates, release_cache=release_cache)
+
+    def _backward_loss(self, cache: Cache, y: Tensor, *, intermediates: bool, release_cache: bool) -> NetworkGradients:
+        """``backward`` once the cache and the targets are checked."""
         # (4) dJ/da(L) = dloss/dy_hat: a fresh tensor, handed over in a list so that the loop
         # owns the only reference and can overwrite and free it like every later dJ/da(l)
         upstream = [self.loss_fn.gradient(cache.y_hat, y)]

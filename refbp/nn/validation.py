@@ -141,8 +141,15 @@ def available_memory() -> int:
         return 2**63 - 1
 
 
+_SMALL = 64 * 2**20
+"""Sizes below this (64 MiB) are not checked against the free memory: reading /proc/meminfo
+costs more than a small network's whole training step, and torch's own error says enough."""
+
+
 def check_fits_in_memory(nbytes: int, what: str) -> None:
     """Refuse, before allocating, anything that cannot fit in the memory left on this machine."""
+    if nbytes < _SMALL:
+        return
     free = available_memory()
     if nbytes > free:
         raise ValueError(f"{what} needs {_gib(nbytes)} of memory, but only {_gib(free)} is available here")
