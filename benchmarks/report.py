@@ -30,10 +30,12 @@ the tables above are the measurement, so a target this note calls within reach m
 - **manual/autograd <= 0.9 at widths <= 128.** Both run the same 9 GEMMs (about 60% of either's
   time at N=1024, w=128) and the same elementwise passes (bias inside addmm, activation, its
   derivative, column sums for dJ/db); autograd's engine costs tens of microseconds per step,
-  nothing to win back at 10 ms. refbp's own extra was its input checks: `check_finite` now
-  takes one pass (a finite sum means every entry is finite) instead of five, which brought
-  width 16 to about 0.8. At width 128, and at N=1024, the two are level (0.9-1.05): there is no
-  redundant work left to remove, only the same kernels.
+  nothing to win back at 10 ms. At width 16 a step takes 0.2-0.8 ms, so refbp's Python
+  bookkeeping is what decides: after the layer redesign it was 1.4-1.7x autograd there, until
+  key parsing and ordering were remembered (a Gradients sorts its names on every backward
+  pass), /proc/meminfo was read only for sizes of 64 MiB and more, and the targets were checked
+  once instead of twice (0.33 -> 0.19 ms per step at N=256, width 16). Now the two are level
+  (0.93-0.99) at every width <= 128: the same kernels, no redundant work left to remove.
 - **manual/GEMM <= 1.05 at widths >= 512.** Met or within noise at width 2048; not at 512,
   where autograd/GEMM is itself 1.04-1.14: torch.tanh costs about 3.5 ns per float32 element
   here (4 ms per (1024, 512) tensor, 6% of the GEMM time by itself), so no implementation that
@@ -43,14 +45,19 @@ the tables above are the measurement, so a target this note calls within reach m
   at once, and each cache entry is released after its last use, as autograd frees its saved
   tensors. The full teaching mode keeps every z(i), dJ/dz(i) and dJ/da(i): about 3 more
   activation units per layer, as the table shows.
-- **Full finite differences >= 10x gradcheck at 1e5 parameters.** 13-30x up to 1e4. At 1e5
-  (one repeat, noisy) each perturbation of W(1) still needs one dense layer above it (tanh
-  and an (N, d) x (d, d) product), a third of what gradcheck pays per entry: the speed-up there
-  is that factor times the gain of batching, 7.7-9.1x in three full runs.
-- **Directional <= 3x fast_mode.** refbp checks each of the 7 tensors on its own with 8 signed
-  directions (112 network evaluations, one report row per tensor); gradcheck's fast_mode draws
-  one direction over all inputs together. Within 1.7x up to 1e4 parameters; 3.3-3.8x at 1e5
-  (about 55 ms against 15 ms)."""
+- **Full finite differences >= 10x gradcheck at 1e5 parameters.** Not met since the verdicts
+  issue, by design: each finite difference now carries its own error estimate, so that an entry
+  the difference cannot resolve is left unverified rather than failed or passed. Richardson's
+  estimate takes a second central difference at 2h (4 evaluations of J per entry where
+  gradcheck takes 2), and J's rounding over the step is measured by jittering the computation
+  downstream of the perturbed tensor (a few more evaluations per tensor). That costs half to
+  two thirds of the speed-up that batching buys (13-30x up to 1e4 parameters before the
+  estimate, 7.7-9.1x at 1e5). gradcheck's pass says nothing about the difference's own accuracy.
+- **Directional <= 3x fast_mode.** Not met (about 4.5x at 90 parameters, 11x at 1e5). refbp
+  checks each of the 7 tensors on its own, one report row per tensor, with 8 signed directions,
+  each a difference at h and at 2h (4 evaluations of J) plus the noise estimate: over 200
+  evaluations of the network against the handful of fast_mode's one direction over all inputs
+  together, which estimates no error."""
 """Why the targets not met are not met: shown at the end of BENCHMARKS.md."""
 
 
@@ -77,11 +84,12 @@ is the measurement; ratios near 1 move by a few hundredths from run to run.
   and rstd per row and recomputes xhat inside its fused backward; doing that here would break
   STYLE rule 5 (the backward never recomputes a forward quantity), and doing the elementwise
   work in float32 would lose the digits the float64 rule exists for.
-- **gelu: about 3-4x the time, 1.33x the memory.** refbp's f is 5 eager ops around torch.erf
-  (2.0 ms) and f' 10 ops around erf and exp (3.8 ms); torch's fused F.gelu takes 0.31 ms and
-  its gelu_backward 0.46 ms. torch.erf alone (0.70 ms) costs twice torch's whole GELU forward.
-  f' also makes Phi(z) and z phi(z) as (N, d) temporaries: 4 units against 3. Both are in
-  refbp/nn/activations.py, outside this round's files.
+- **gelu: about 2.1-2.4x the time, memory met (0.92-0.94x).** The value f(z) now comes from torch's
+  fused F.gelu, and f'(z) = Phi(z) + z phi(z) is chained in place into dJ/da a few rows at a
+  time, so no (N, d) temporary outlives a chunk (it was 3-4x and 1.33x with 5 eager ops for f
+  and 10 for f'). What is left is f' itself: torch.erf and torch.exp over (N, d) cost about
+  1.3 ms (erf 0.8, exp 0.4), against 0.46 ms for torch's fused gelu_backward; a fused kernel
+  for f' would need code outside torch's public ops.
 - **Residual(Linear, relu): time level (0.98-1.04 from run to run), 1.44-1.46x the memory**,
   2 units more: the stack loop (refbp/nn/stack.py) keeps every a(l), here the Linear's output
   z, which no backward reads (autograd frees it: ReLU saves its output, Linear its input), and
