@@ -14,11 +14,16 @@ nanoGPT's initialisation, B = 8 sequences, a vocabulary of 65 characters, heads 
 - *manual compiled*: the manual step function under ``torch.compile``.
 
 Time: medians of interleaved repeats in one process, of CPU time (the step's own; wall time is
-recorded too), compilation done in a warm-up. Peak memory: with glibc's mmap threshold at
-64 KiB (set before Python starts, as benchmarks/memory_probe.py does), every tensor of 64 KiB or
-more is its own mapping, returned to the system when freed, so the resident set follows the live
-tensors; a step's peak is the high-water mark (VmHWM, reset first) minus the resident set just
-before it, parameters' gradients included for both (autograd's are set to None before the step).
+recorded too), compilation done in a warm-up, with glibc's allocator as a user has it. Peak
+memory: in a second process with glibc's mmap threshold at 64 KiB (set before Python starts, as
+benchmarks/memory_probe.py does), every tensor of 64 KiB or more is its own mapping, returned to
+the system when freed, so the resident set follows the live tensors; a step's peak is the
+high-water mark (VmHWM, reset first) minus the resident set just before it, parameters'
+gradients included for both (autograd's are set to None before the step). The two are kept
+apart because a mapping per tensor makes every allocation a system call and its pages fresh
+faults: timed that way, a step that allocates more temporaries (refbp's) is penalised far more
+than it is with the allocator people run (1.86x autograd's time against 1.40x, measured side by
+side at n_embd 128, T 64).
 """
 
 from __future__ import annotations
@@ -77,15 +82,21 @@ LIMITS = (
     "passes (GELU 2-3x), and attention rebuilds its T x T probabilities in the backward pass (one more scores "
     "product and softmax per block) so as not to keep them, while torch's CPU flash attention also skips the "
     "masked half of the scores (attention 1.2-1.3x). Per block that is 1.15-1.3x. These passes are bound by "
-    "memory bandwidth and suffer most from other processes: at a load average near 5 the same step measured "
-    "1.3-1.4x, near 10 (this run) 1.4-1.9x.",
+    "memory bandwidth and suffer most from other processes and from fresh pages: the first version of this "
+    "benchmark timed the steps under the 64 KiB mmap threshold that the memory measurement needs (every "
+    "tensor a system call and fresh page faults) on a machine at a load average near 10, and read 1.4-1.9x; "
+    "timed under the allocator users run, on a quiet machine, the same code reads 1.16-1.43x.",
     "- **Manual memory.** The forward caches match autograd's saved tensors; the backward frees each "
     "sub-layer's cache once used (as autograd does), attention's probabilities, LayerNorm's xhat and GELU's "
     "output are rebuilt instead of kept, and attention, GELU and LayerNorm do their temporaries 1 MiB at a "
     "time (refbp.nn.chunks).",
-    "- **Manual compiled.** torch.compile fuses refbp's elementwise chains, which brings the step to eager "
+    "- **Manual compiled.** Measured in the one full run with torch.compile (`python benchmarks/gpt.py --out "
+    "reports`, 52 minutes, most of it compiling the manual step at n_embd 256; timed under the mmap threshold "
+    "at a load average near 10, and not rerun since): autograd compiled 0.87-0.92x eager autograd's time, the "
+    "manual step compiled 0.99-1.29x its time and 1.34-1.63x its memory. torch.compile fuses refbp's "
+    "elementwise chains, which brings the step to eager "
     "autograd's time at n_embd 128, but the step splits into 8 graphs (graph breaks at the input checks: "
-    "`.item()`, reading /proc/meminfo), Dynamo unrolls the chunk loops (compilation takes minutes, growing "
+    "`.item()`), Dynamo unrolls the chunk loops (compilation takes minutes, growing "
     "with T), and inductor plans each graph's buffers without the backward's release-as-you-go order, so the "
     "compiled step needs 1.3-1.6x autograd's memory.",
 )
@@ -170,11 +181,11 @@ def steps(
     return methods, reset, failures
 
 
-def measure(config: dict[str, int], *, repeats: int, compile_: bool) -> dict[str, Any]:
-    """Time and peak memory of every method on one configuration."""
-    methods, reset, failures = steps(config, compile_=compile_)
-    compile_seconds: dict[str, float] = {}
-    for name in list(methods):  # warm-up: compilation, allocator, lazy initialisation
+def _warm(methods: dict[str, Callable[[], object]], failures: dict[str, str]) -> dict[str, float]:
+    """Run each method twice (compilation, allocator, lazy initialisation); drop the ones that
+    cannot run, saying why; return the seconds each warm-up took."""
+    seconds: dict[str, float] = {}
+    for name in list(methods):
         start = time.perf_counter()
         try:
             methods[name]()
@@ -183,9 +194,22 @@ def measure(config: dict[str, int], *, repeats: int, compile_: bool) -> dict[str
             failures[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
             del methods[name]
             continue
-        compile_seconds[name] = time.perf_counter() - start
+        seconds[name] = time.perf_counter() - start
+    return seconds
+
+
+def measure_memory(config: dict[str, int], *, compile_: bool) -> dict[str, int]:
+    """Peak bytes of one step of every method that runs (call with the 64 KiB mmap threshold set)."""
+    methods, reset, failures = steps(config, compile_=compile_)
+    _warm(methods, failures)
+    return {name: peak_bytes(fn, reset) for name, fn in methods.items()}
+
+
+def measure(config: dict[str, int], *, repeats: int, compile_: bool, memory: dict[str, int]) -> dict[str, Any]:
+    """Time of every method on one configuration, beside its peak memory measured apart."""
+    methods, _, failures = steps(config, compile_=compile_)
+    compile_seconds = _warm(methods, failures)
     wall, times = interleaved(methods, repeats=repeats)
-    memory = {name: peak_bytes(fn, reset) for name, fn in methods.items()}
     row: dict[str, Any] = {**config, "n_head": config["n_embd"] // HEAD_SIZE, "vocab": VOCAB}
     row["seconds"] = times  # CPU seconds: the ratios are taken from these
     row["wall_seconds"] = wall
@@ -202,7 +226,8 @@ def measure(config: dict[str, int], *, repeats: int, compile_: bool) -> dict[str
     print(
         f"  n_embd {config['n_embd']}, T {config['block_size']}: "
         + ", ".join(
-            f"{n} {times[n] * 1e3:.0f} ms CPU ({wall[n] * 1e3:.0f} wall) / {memory[n] / 2**20:.0f} MiB" for n in times
+            f"{n} {times[n] * 1e3:.0f} ms CPU ({wall[n] * 1e3:.0f} wall) / {memory.get(n, 0) / 2**20:.0f} MiB"
+            for n in times
         ),
         flush=True,
     )
@@ -225,11 +250,12 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "",
         "One step = forward + loss + backward, float32, CPU, B = 8, vocabulary 65, heads of 32, nanoGPT's "
         "initialisation. Ratios are to autograd on the same model as a torch module (`GPT.to_torch()`: "
-        "nanoGPT's layout, attention by `F.scaled_dot_product_attention`), from one process, medians of "
-        f"{doc['repeats']} interleaved repeats of CPU time (`time.process_time`: what the step itself used, "
-        "which other processes on this shared 2-core machine do not change; wall times, which they do, are "
-        "listed below); peak memory is the resident set's high-water mark during one "
-        "step above the resident set before it (allocations of 64 KiB and more are mappings of their own), "
+        "nanoGPT's layout, attention by `F.scaled_dot_product_attention`). Time: from one process with glibc's "
+        f"allocator as users have it, medians of {doc['repeats']} interleaved repeats of CPU time "
+        "(`time.process_time`: what the step itself used, which other processes on this shared 2-core machine "
+        "do not change; wall times, which they do, are listed below). Peak memory, from a second process: the "
+        "resident set's high-water mark during one step above the resident set before it (there, allocations "
+        "of 64 KiB and more are mappings of their own, so that freed tensors leave the resident set at once), "
         "parameter gradients included for both. Only ratios taken side by side are meaningful on this "
         "shared machine.",
         "",
@@ -252,7 +278,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             if m in row["seconds"]:
                 lines.append(
                     f"| {row['n_embd']} | {row['block_size']} | {m} | {row['seconds'][m] * 1e3:.1f} | "
-                    f"{row['wall_seconds'][m] * 1e3:.1f} | {row['peak_bytes'][m] / 2**20:.1f} | "
+                    f"{row['wall_seconds'][m] * 1e3:.1f} | {row['peak_bytes'].get(m, 0) / 2**20:.1f} | "
                     f"{row['warmup_seconds'].get(m, 0.0):.1f} |"
                 )
         for m, why in row["failures"].items():
@@ -296,6 +322,20 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     return write_atomic(path, buffer.getvalue())
 
 
+def _memory_in_child(argv: list[str]) -> list[dict[str, int]]:
+    """Each configuration's peak bytes per method, from a fresh process with glibc's mmap threshold
+    at 64 KiB (glibc reads it at start-up only, so it cannot be set in this process)."""
+    import tempfile
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "memory.json"
+        script = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-json", str(path)]
+        subprocess.run(script, env=env, check=True)
+        peaks: list[dict[str, int]] = json.loads(path.read_text())
+    return peaks
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports", help="folder for GPT_BENCHMARKS.md, gpt_benchmarks.json/png")
@@ -303,18 +343,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile methods")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats per timing (default 7)")
+    parser.add_argument("--memory-json", help=argparse.SUPPRESS)  # internal: the memory child's output
     args = parser.parse_args(argv)
     command = "python benchmarks/gpt.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != str(MMAP_THRESHOLD):  # glibc reads it at start-up only
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
-        script = [sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:])]
-        return subprocess.run(script, env=env, check=False).returncode
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
     configs = QUICK_CONFIGS if args.quick else CONFIGS
+    if args.memory_json:  # the child: peak memory only, under the mmap threshold its parent set
+        peaks = [measure_memory(config, compile_=not args.no_compile) for config in configs]
+        Path(args.memory_json).write_text(json.dumps(peaks))
+        return 0
+    start = time.perf_counter()
     repeats = 3 if args.quick else args.repeats
     load_before = os.getloadavg()[0]  # other processes' load changes wall times (and caches): recorded
-    rows = [measure(config, repeats=repeats, compile_=not args.no_compile) for config in configs]
+    peaks = _memory_in_child(argv if argv is not None else sys.argv[1:])
+    rows = [measure(config, repeats=repeats, compile_=not args.no_compile, memory=peak)
+            for config, peak in zip(configs, peaks, strict=True)]  # fmt: skip
     doc = {"environment": environment(args.threads), "command": command, "repeats": repeats, "rows": rows,
            "seconds": time.perf_counter() - start, "load_average": [load_before, os.getloadavg()[0]]}  # fmt: skip
     out = Path(args.out)
