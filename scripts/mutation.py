@@ -1,11 +1,14 @@
-"""Mutation testing of the manual backprop: mutmut over activations.py, losses.py, backward.py.
+"""Mutation testing of the MLP's manual backprop: mutmut over refbp/nn/{activations,losses,dense}.py.
 
     python scripts/mutation.py                 # run mutmut (fast "ci" profile), write reports/mutation.md
     python scripts/mutation.py --report-only   # rewrite the report from the last run in mutants/
 
-mutmut's configuration is the [mutmut] section of setup.cfg. Each surviving mutant is matched
-against EXPLAINED below (why it computes the same gradients, so no test can kill it); a
-survivor that matches nothing is listed as UNEXPLAINED, and the script exits 1.
+The three modules hold the MLP's activations, its losses and its layer, Dense, whose forward and
+backward are eqs. (1)-(8); the generic loop over layers (nn/stack.py) and the other layers are
+not mutated, to keep a run near 20 minutes on 2 cores (1041 mutants). mutmut's configuration
+is the [mutmut] section of setup.cfg. Each surviving mutant is matched against EXPLAINED below
+(why it computes the same gradients, so no test can kill it); a survivor that matches nothing is
+listed as UNEXPLAINED, and the script exits 1.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from refbp.apps.io import write_atomic  # noqa: E402
 
-MODULES = ("activations", "losses", "backward")
+MODULES = ("activations", "losses", "dense")
+"""The mutated modules, in refbp/nn/."""
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 5: "no tests", 34: "skipped", None: "not checked"}
 TIMEOUT_CODES = {24, -24, 36, 152, 255}
@@ -34,94 +38,153 @@ TIMEOUT_CODES = {24, -24, 36, 152, 255}
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
-        "_derivative",
-        ".to(None)",
+        "x_leaky_relu__",
+        "torch.where(z >= 0, z, z * slope)",
+        "At z = 0 both branches give 0 (and -0.0 * slope is -0.0): the same value for every z.",
+    ),
+    (
+        "x_softplus__",
+        "torch.sigmoid(bz)).to(None)",
         "torch.where(cond, 1.0, t) already has t's (z's) dtype: a Python scalar does not promote, so the "
         "trailing .to(z.dtype) is a no-op and .to(None) is the same no-op.",
     ),
     (
-        "elu_derivative",
-        "torch.where(z >= 0, 1.0",
-        "At z = 0 the other branch is exp(min(0, 0)) = 1 as well: the same value for every z.",
+        "x_elu__",
+        "* alpha).to(None)",
+        "torch.where(cond, 1.0, t) already has t's (z's) dtype: a Python scalar does not promote, so the "
+        "trailing .to(z.dtype) is a no-op and .to(None) is the same no-op.",
     ),
     (
-        "elu_derivative",
-        "torch.where(z > 1, 1.0",
-        "For 0 < z <= 1 the other branch is exp(min(z, 0)) = exp(0) = 1: the clamp makes the threshold "
-        "moot anywhere in [0, inf).",
-    ),
-    (
-        "elu_derivative",
-        "torch.exp(torch.clamp_max(z, 1.0))",
-        "The exp branch is selected only where z <= 0, where clamping at 1 instead of 0 changes nothing; "
-        "the clamp only keeps the unused branch (z > 0) from overflowing.",
-    ),
-    (
-        "x__elu__",
-        "torch.expm1(torch.clamp_max(z, 1.0))",
-        "As for elu's derivative: expm1 is selected only where z <= 0, where either clamp leaves z as is.",
-    ),
-    (
-        "x__elu__",
+        "x_elu__",
         "torch.where(z >= 0, z, torch.expm1",
-        "At z = 0 the other branch is expm1(0) = 0 = z: the same value for every z.",
+        "At z = 0 the other branch is alpha expm1(0) = 0 = z (and -0.0 for z = -0.0): the same value for every z.",
     ),
     (
-        "cross_entropy_gradient",
-        "torch.arange(N, ",
-        "Where the row indices live does not change the numbers: a CPU index tensor indexes a CPU or CUDA "
-        "tensor alike (torch moves it); device=z.device only saves that copy on a GPU.",
+        "x_elu__",
+        "torch.expm1(torch.clamp_max(z, 1.0))",
+        "expm1 is selected only where z <= 0, where clamping at 1 instead of 0 leaves z as is; the clamp "
+        "only keeps the unused branch (z > 0) from overflowing.",
     ),
     (
-        "cross_entropy_gradient",
-        "torch.arange(N, device=None)",
-        "As above: device=None puts the indices on the CPU, which indexes z's device just as well.",
+        "x_elu__",
+        "torch.exp(torch.clamp_max(z, 1.0))",
+        "The exp branch of f' is selected only where z <= 0, where clamping at 1 instead of 0 changes "
+        "nothing; the clamp only keeps the unused branch (z > 0) from overflowing.",
     ),
     (
-        "x_backward",
-        "if (intermediates) or True else",
-        "Always cloning dJ/da(i) before the in-place chain rule only costs a copy when intermediates=False; "
-        "the numbers are the same.",
+        "x_gelu__",
+        "chain_in_place=None",
+        "Memory, not numbers: Activation.chain then multiplies dJ/da by _gelu_derivative(z), which is "
+        "_gelu_chain on ones, the same factor Phi(z) + z phi(z) with one (N, d) temporary more.",
     ),
     (
-        "leaky_relu",
-        "torch.where(z >= 0, z, z * LEAKY_RELU_SLOPE)",
-        "At z = 0 both branches give 0 (and -0.0 * 0.01 is -0.0): the same value for every z.",
+        "x_gelu__",
+        "torch_module=lambda: torch.nn.GELU(), )",
+        "Memory, not numbers: without chain_in_place, Activation.chain multiplies dJ/da by "
+        "_gelu_derivative(z), the same factor Phi(z) + z phi(z) with one (N, d) temporary more.",
     ),
     (
-        "_backward_layers",
+        "x__gelu_chain__",
+        "g = dJ_da if (dJ_da.is_contiguous()) and False else dJ_da.contiguous()",
+        "Tensor.contiguous() returns the tensor itself when it is already contiguous: the same storage, "
+        "the same result.",
+    ),
+    (
+        "x__gelu_chain__",
+        "width = z.shape[-1] if (z.dim()) and False else 1",
+        "The chain is elementwise: viewing z and dJ/da as rows of width 1 instead of d gives every entry "
+        "the same arithmetic, only in smaller chunks (speed, not numbers).",
+    ),
+    (
+        "x__gelu_chain__",
+        "chunks(rows_z.shape[0], 3 * width",
+        "Memory, not numbers: the chunk of rows processed at once is 2/3 as large; every entry gets the "
+        "same elementwise arithmetic.",
+    ),
+    (
+        "x__bce_unresolvable__",
+        ") | (torch.minimum(p, 1.0 - p) < BCE_RESOLUTION)",
+        "The first term is redundant for p in [0, 1]: p (1 - p) < 1e-12 (or any of these variants of it) "
+        "implies min(p, 1 - p) < 1e-4, which the second term already marks.",
+    ),
+    (
+        "x__bce_region__",
+        "low = torch.log(p) < BCE_LOG_FLOOR",
+        "Differs only where log(p) is exactly -100 (p = e^-100), where the clamped and unclamped log(p) "
+        "agree, so the point belongs to either piece: a measure-zero boundary with the same J and dJ/dp.",
+    ),
+    (
+        "x__bce_region__",
+        "high = torch.log(1.0 - p) < BCE_LOG_FLOOR",
+        "log(1 - p) is never exactly -100 for a float p in [0, 1] (1 - p is 0 or at least 2^-53), so < "
+        "and <= mark the same points.",
+    ),
+    (
+        "x__bce_region__",
+        "low.to(None) + 2 * high.to(torch.int8)",
+        "bool + int8 is int8: the same region numbers in the same dtype.",
+    ),
+    (
+        "x__bce_region__",
+        "low.to(torch.int8) + 2 * high.to(None)",
+        "The same region numbers in int64 instead of int8: regions are only compared for equality "
+        "(refbp.verify.finite_diff, fd_mlp), so only the dtype differs.",
+    ),
+    (
+        "x__bce_region__",
+        "low.to(torch.int8) - 2 * high.to(torch.int8)",
+        "Regions are labels, only compared for equality: {0, 1, -2} separates the same points as {0, 1, 2}.",
+    ),
+    (
+        "x__bce_region__",
+        "low.to(torch.int8) + 3 * high.to(torch.int8)",
+        "Regions are labels, only compared for equality: {0, 1, 3} separates the same points as {0, 1, 2}.",
+    ),
+    (
+        "x__bce_unresolvable__",
+        "torch.minimum(p, 1.0 - p) <= BCE_RESOLUTION",
+        "Differs only where min(p, 1 - p) is exactly 1e-4, refbp's own cut-off (no torch convention); it "
+        "decides whether the verifier trusts a finite difference there and changes no J or gradient.",
+    ),
+    (
+        "x_cross_entropy__",
+        "torch.arange(z2.shape[0], device=None)",
+        "device=None puts the row indices on the CPU, and a CPU index tensor indexes a CPU or CUDA "
+        "tensor alike (torch moves it): the same numbers; device=z.device only saves that copy on a GPU.",
+    ),
+    (
+        "x_cross_entropy__",
+        "torch.arange(z2.shape[0], ",
+        "Without device= the row indices are on the CPU, as with device=None: a CPU index tensor indexes "
+        "a CPU or CUDA tensor alike (torch moves it), so the numbers are the same.",
+    ),
+    (
+        "x_cross_entropy__",
+        "index = -101 if ignore_index is None",
+        "Without ignore_index the targets are class indices in [0, C) (check_targets refuses any other), "
+        "and torch ignores no such target whether its ignore_index is -100 or -101.",
+    ),
+    (
+        "xǁDenseǁbackward__mutmut",
         "in_place = None",
-        "Memory, not numbers: with in_place falsy every dJ/dz(i) is computed on a copy of dJ/da(i) "
-        "instead of in its storage, the same values with one more tensor alive (benchmarks/, item 2).",
+        "Memory, not numbers: with in_place falsy eq. (5) is computed on a copy of dJ/da(i) instead of "
+        "in its storage, the same values with one more (N, d_i) tensor alive (benchmarks/, item 2).",
     ),
     (
-        "_backward_layers",
-        "(i < L and owned)",
-        "Memory, not numbers: the in-place update is skipped on some layers and a copy is used "
-        "instead; the values are identical, only the peak memory (benchmarks/, item 2) grows.",
+        "xǁDenseǁbackward__mutmut",
+        "dJ_da if (in_place) and False else dJ_da.clone()",
+        "Memory, not numbers: always computing eq. (5) on a copy gives the same values; the in-place "
+        "path exists only to keep the training step's peak memory at autograd's.",
     ),
     (
-        "_backward_layers",
-        "if (in_place) and False else",
-        "Memory, not numbers: always computing eq. (5) on a copy gives the same values; the "
-        "in-place path exists only to keep the training step's peak memory at autograd's.",
+        "sample_targets",
+        "torch.randint(C, tuple(lead), generator=generator)",
+        "torch.randint(high, size) is torch.randint(0, high, size): the same call, the same draws.",
     ),
     (
-        "x_backward__mutmut",
-        "owned=None",
-        "Memory, not numbers: backward's own loss gradient is then copied before eq. (5) instead "
-        "of overwritten; same values, one more (N, d_L) tensor alive.",
-    ),
-    (
-        "x_backward__mutmut",
-        "owned=False",
-        "Memory, not numbers: backward's own loss gradient is then copied before eq. (5) instead "
-        "of overwritten; same values, one more (N, d_L) tensor alive.",
-    ),
-    (
-        "x_backward_from__mutmut",
-        "owned=None",
-        "None is falsy exactly like False: the caller's dJ/da(L) is still copied, never overwritten.",
+        "sample_targets",
+        "uniform_(-1.0, generator=generator)",
+        "uniform_'s upper bound defaults to 1: uniform_(-1.0) is uniform_(-1.0, 1.0), the same draws.",
     ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
@@ -152,7 +215,7 @@ def read_results() -> dict[str, int | None]:
     """Mutant name -> mutmut's exit code, for the three modules."""
     codes: dict[str, int | None] = {}
     for module in MODULES:
-        meta = ROOT / "mutants" / "refbp" / f"{module}.py.meta"
+        meta = ROOT / "mutants" / "refbp" / "nn" / f"{module}.py.meta"
         if not meta.is_file():
             raise FileNotFoundError(f"{meta} is missing: run this script without --report-only first")
         codes.update(json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"])
@@ -195,9 +258,9 @@ def render(codes: dict[str, int | None], seconds: float | None) -> tuple[str, in
     rate = killed / checked if checked else 0.0
     adjusted = (killed + equivalent) / checked if checked else 0.0
     lines = [
-        "# Mutation testing: the manual backprop",
+        "# Mutation testing: the MLP's manual backprop",
         "",
-        f"mutmut over `refbp/{{{','.join(MODULES)}}}.py` with the fast `ci` hypothesis profile "
+        f"mutmut over `refbp/nn/{{{','.join(MODULES)}}}.py` with the fast `ci` hypothesis profile "
         "(`python scripts/mutation.py`; configuration in setup.cfg)"
         + (f", {seconds / 60:.0f} min on {os.cpu_count()} cores." if seconds else "."),
         "",

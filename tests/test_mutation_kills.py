@@ -9,6 +9,8 @@ import torch
 from refbp.nn.activations import SOFTPLUS_THRESHOLD, get_activation
 from refbp.nn.mlp import MLP, ForwardCache, backward
 
+from .conftest import requires_cuda
+
 
 def _torch_derivative(fn: object, z: torch.Tensor) -> torch.Tensor:
     z = z.clone().requires_grad_(True)
@@ -137,3 +139,440 @@ def test_backward_from_and_released_cache_errors_name_the_argument_and_what_it_g
         match=r"^cache was released by an earlier backward\(\.\.\., release_cache=True\); run net\.forward\(X\) again$",
     ):
         backward(net, cache, y)
+
+
+# ---- the parametrised activation factories, called afresh --------------------------------
+# ACTIVATIONS is built once, at import: these call the factories themselves with torch's
+# defaults and with other parameters, and hold each record to torch's own function and module.
+def _record_against_torch(act: object, fn: object, module_type: type, z: torch.Tensor) -> None:
+    from refbp.nn.activations import Activation
+
+    assert isinstance(act, Activation) and callable(fn)
+    torch.testing.assert_close(act.f(z), fn(z), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(act.torch_fn(z), fn(z), rtol=0, atol=0)
+    module = act.torch_module()
+    assert isinstance(module, module_type)
+    torch.testing.assert_close(module(z), fn(z), rtol=0, atol=0)
+    a = act.f(z)
+    d = act.derivative(a if act.derivative_of == "a" else z)  # the cache entry it says it reads
+    torch.testing.assert_close(d, _torch_derivative(fn, z), rtol=1e-12, atol=1e-15)
+
+
+_Z = torch.tensor([-30.0, -3.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 3.0, 9.9, 10.0, 10.1, 30.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("slope", [0.01, 0.2, 3.0])
+def test_leaky_relu_factory_builds_torch_s_leaky_relu_for_any_slope(slope: float) -> None:
+    from refbp.nn.activations import ACTIVATIONS, leaky_relu
+
+    act = leaky_relu(slope)
+    fn = lambda z: torch.nn.functional.leaky_relu(z, slope)  # noqa: E731
+    _record_against_torch(act, fn, torch.nn.LeakyReLU, _Z)
+    assert act.torch_module().negative_slope == slope
+    assert act.name == "leaky_relu" and act.derivative_of == "a" and act.kinked
+    assert act.pieces is not None and act.pieces == ACTIVATIONS["relu"].pieces  # the kink at z = 0
+    assert f"{slope:g} z" in act.equation and act.equation.count(f"{slope:g}") == 2
+
+
+@pytest.mark.parametrize(("beta", "threshold"), [(1.0, SOFTPLUS_THRESHOLD), (2.0, SOFTPLUS_THRESHOLD), (0.5, 3.0)])
+def test_softplus_factory_builds_torch_s_softplus_for_any_beta_and_threshold(beta: float, threshold: float) -> None:
+    from refbp.nn.activations import softplus
+
+    act = softplus(beta, threshold)
+    fn = lambda z: torch.nn.functional.softplus(z, beta, threshold)  # noqa: E731
+    _record_against_torch(act, fn, torch.nn.Softplus, _Z)
+    module = act.torch_module()
+    assert (module.beta, module.threshold) == (beta, threshold)
+    assert act.name == "softplus" and act.derivative_of == "z" and not act.kinked
+    assert act.pieces is not None and act.pieces.boundaries == (threshold / beta,)  # where torch switches to z
+    assert f"z = {threshold / beta:g}" in act.pieces.description
+    # the equation shows beta only where it is not 1: log(1 + e^(z)) or log(1 + e^(2 z)) / 2
+    if beta == 1.0:
+        assert act.equation.split(" ;  ")[0].endswith("e^(z))")  # no "/ 1" after it
+    else:
+        assert f"e^({beta:g} z)" in act.equation and f"/ {beta:g}" in act.equation
+        assert f"sigmoid({beta:g} z)" in act.equation
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0])
+def test_elu_factory_builds_torch_s_elu_for_any_alpha(alpha: float) -> None:
+    from refbp.nn.activations import elu
+
+    act = elu(alpha)
+    fn = lambda z: torch.nn.functional.elu(z, alpha)  # noqa: E731
+    _record_against_torch(act, fn, torch.nn.ELU, _Z)
+    assert act.torch_module().alpha == alpha
+    assert act.name == "elu" and act.derivative_of == "z" and not act.kinked
+    assert act.pieces is not None and act.pieces.boundaries == (0.0,)  # f'' jumps at z = 0
+    assert act.pieces.description.startswith("z = 0")
+    # the equation shows alpha only where it is not 1: e^z - 1 or 2 (e^z - 1)
+    if alpha == 1.0:
+        assert "else (e^z - 1)" in act.equation and "else e^z" in act.equation
+    else:
+        assert f"else {alpha:g} (e^z - 1)" in act.equation and f"else {alpha:g} e^z" in act.equation
+
+
+@pytest.mark.parametrize(("approximate", "name"), [(None, "gelu"), ("none", "gelu"), ("tanh", "gelu_tanh")])
+def test_gelu_factory_builds_torch_s_gelu_in_both_forms(approximate: str | None, name: str) -> None:
+    from refbp.nn.activations import gelu
+
+    act = gelu() if approximate is None else gelu(approximate)
+    form = approximate or "none"
+    fn = lambda z: torch.nn.functional.gelu(z, approximate=form)  # noqa: E731
+    _record_against_torch(act, fn, torch.nn.GELU, _Z)
+    assert act.torch_module().approximate == form
+    assert act.name == name and act.derivative_of == "z" and act.pieces is None
+    f_text, d_text = act.equation.split(" ;  ")  # "a = ..." and "f'(z) = ...", as refbp explain prints
+    assert f_text.startswith("a = ") and d_text.startswith("f'(z) = ")
+    if form == "none":  # Phi the normal CDF, phi its density
+        assert f_text == "a = z Phi(z)" and d_text == "f'(z) = Phi(z) + z phi(z)"
+    else:  # torch's tanh form, with its cubic coefficient
+        assert "tanh u" in f_text and "0.044715 z^3" in f_text and d_text.endswith("du/dz")
+        assert "1/2 z (1 - tanh^2 u)" in d_text
+    upstream = torch.linspace(-2.0, 2.0, _Z.numel(), dtype=torch.float64)
+    dJ_dz = act.chain(_Z, upstream.clone())  # eq. (5): dJ/da o f'(z)
+    torch.testing.assert_close(dJ_dz, upstream * _torch_derivative(fn, _Z), rtol=1e-12, atol=1e-15)
+
+
+def test_gelu_factory_refuses_an_unknown_form_naming_the_two() -> None:
+    from refbp.nn.activations import gelu
+
+    with pytest.raises(ValueError, match=r"^approximate='erf'; expected 'none' \(exact erf form\) or 'tanh'$"):
+        gelu("erf")
+
+
+def test_the_factories_defaults_are_torch_s_defaults() -> None:
+    from refbp.nn.activations import elu, leaky_relu, softplus
+
+    F = torch.nn.functional
+    _record_against_torch(leaky_relu(), F.leaky_relu, torch.nn.LeakyReLU, _Z)
+    _record_against_torch(softplus(), F.softplus, torch.nn.Softplus, _Z)
+    _record_against_torch(elu(), F.elu, torch.nn.ELU, _Z)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_the_factories_name_the_parameter_they_refuse(bad: object) -> None:
+    from refbp.nn.activations import elu, leaky_relu, softplus
+
+    for factory, name in ((leaky_relu, "slope"), (softplus, "beta"), (elu, "alpha")):
+        with pytest.raises(ValueError, match=rf"^{name}=.* must be a finite number > 0$"):
+            factory(bad)  # type: ignore[arg-type]
+
+
+# ---- Dense: what it hands to the walk and to torch ---------------------------------------
+def test_dense_cached_values_name_its_z_which_is_torch_s_linear_output() -> None:
+    from refbp.nn.keys import Key
+
+    net, X, _ = _small()
+    cache = net.forward(X)
+    layer = net.layers[0]
+    values = layer.cached_values(cache.z[1], (1,))
+    assert list(values) == [Key("z", (1,))]
+    torch.testing.assert_close(values[Key("z", (1,))], torch.nn.functional.linear(X, net.W(1), net.b(1)))
+    assert layer.cached_values(None, (1,)) == {}
+
+
+def test_dense_equations_state_its_forward_and_eqs_5_to_8() -> None:
+    net, _, _ = _small()
+    forward, backward_eq = net.layers[0].equations()
+    assert forward.startswith("z = a_prev W^T + b ;  a = f(z), ")
+    assert "tanh" in forward and "f'" not in forward  # the activation's f, not its derivative
+    for eq in ("dJ/dz = dJ/da o f'(z)", "dJ/dW = dJ/dz^T a_prev", "dJ/db = sum_n dJ/dz", "dJ/da_prev = dJ/dz W"):
+        assert eq in backward_eq
+    assert backward_eq.startswith("dJ/dz = ") and backward_eq.endswith("dJ/dz W")
+
+
+def test_dense_to_torch_keeps_the_layer_s_dtype_and_device() -> None:
+    from refbp.nn.dense import Dense
+
+    net, X, _ = _small()
+    module = net.layers[0].to_torch()
+    assert isinstance(module, torch.nn.Sequential) and isinstance(module[0], torch.nn.Linear)
+    assert module[0].weight.dtype == torch.float64
+    torch.testing.assert_close(module(X), torch.tanh(torch.nn.functional.linear(X, net.W(1), net.b(1))))
+    on_meta = Dense(torch.empty(4, 3, device="meta"), torch.empty(4, device="meta"), "tanh").to_torch()
+    assert isinstance(on_meta, torch.nn.Sequential) and isinstance(on_meta[0], torch.nn.Linear)
+    assert on_meta[0].weight.device.type == "meta" and on_meta[0].bias.device.type == "meta"
+
+
+# ---- Loss.sample_targets: reproducible draws that the loss and torch accept ------------------
+@pytest.mark.parametrize("name", ["half_sse", "mse", "bce", "cross_entropy"])
+def test_sample_targets_are_reproducible_draws_over_the_whole_target_range(name: str) -> None:
+    from refbp.nn.losses import LOSSES
+
+    loss, shape = LOSSES[name], (400, 5)
+
+    def draw(seed: int) -> torch.Tensor:
+        return loss.sample_targets(shape, torch.Generator().manual_seed(seed))
+
+    y = draw(0)
+    assert torch.equal(y, draw(0)) and not torch.equal(y, draw(1))  # the generator decides, alone
+    y_hat = torch.full(shape, 0.5, dtype=torch.float64)
+    assert torch.isfinite(loss.torch_fn(y_hat, loss.check_targets(y, y_hat)))  # torch takes them as targets
+    if loss.targets == "classes":  # every class index 0 .. C-1, and nothing else
+        assert y.dtype == torch.int64 and y.shape == shape[:-1]
+        assert sorted(y.unique().tolist()) == list(range(shape[-1]))
+    elif loss.domain is not None:  # probabilities in [0, 1)
+        assert y.dtype == torch.float64 and y.shape == shape
+        assert 0.0 <= y.min() < 0.01 and 0.99 < y.max() < 1.0
+    else:  # values in [-1, 1], both signs
+        assert y.dtype == torch.float64 and y.shape == shape
+        assert -1.0 <= y.min() < -0.99 and 0.99 < y.max() <= 1.0
+
+
+# ---- cross_entropy, called afresh, with and without ignored targets --------------------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("lead", [(6,), (2, 3)])
+@pytest.mark.parametrize("ignore_index", [None, -100, 2, 7])
+def test_cross_entropy_factory_matches_torch_with_and_without_ignored_targets(
+    ignore_index: int | None, lead: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    from refbp.nn.losses import cross_entropy
+
+    loss = cross_entropy() if ignore_index is None else cross_entropy(ignore_index)
+    C, g = 4, torch.Generator().manual_seed(5)
+    z = (torch.randn(*lead, C, dtype=torch.float64, generator=g) * 3).to(dtype)
+    y = torch.randint(0, C, lead, generator=g)
+    if ignore_index is not None:
+        y.view(-1)[::3] = ignore_index  # some targets ignored, not all
+    leaf = z.clone().requires_grad_(True)
+    index = -100 if ignore_index is None else ignore_index
+    J = torch.nn.functional.cross_entropy(leaf.reshape(-1, C), y.reshape(-1), ignore_index=index)
+    (grad,) = torch.autograd.grad(J, leaf)
+    torch.testing.assert_close(loss.value(z, y), J.detach())
+    torch.testing.assert_close(loss.gradient(z, y), grad)
+    assert loss.gradient(z, y).dtype == dtype and loss.gradient(z, y).shape == z.shape
+    torch.testing.assert_close(loss.torch_fn(z, y), J.detach())
+    assert loss.check_targets(y, z) is y
+    assert (loss.name, loss.targets, loss.output_activation) == ("cross_entropy", "classes", "identity")
+    assert loss.ignore_index == ignore_index and loss.pieces is None and loss.domain is None
+    assert loss.torch_equivalent.startswith("torch.nn.functional.cross_entropy(z, y")
+    assert (f"ignore_index={ignore_index})" in loss.torch_equivalent) == (ignore_index is not None)
+    if len(lead) == 1:  # the torch call it names, run as written, gives torch's J
+        named = eval(loss.torch_equivalent, {"torch": torch, "z": z, "y": y})
+        torch.testing.assert_close(named, J.detach())
+    J_text, grad_text = loss.equation.split(" ;  ")
+    assert J_text == "J = mean_n (logsumexp(z_n) - z_n[y_n])" and grad_text == "dJ/dz = (softmax(z) - onehot(y)) / M"
+
+
+def test_cross_entropy_with_one_class_and_ignored_targets_matches_torch() -> None:
+    # one class: every counted target is class 0, J = 0 and dJ/dz = 0; ignored rows index nothing
+    from refbp.nn.losses import cross_entropy
+
+    loss = cross_entropy(-100)
+    z = torch.tensor([[0.5], [-2.0], [3.0]], dtype=torch.float64)
+    y = torch.tensor([0, -100, 0])
+    leaf = z.clone().requires_grad_(True)
+    J = torch.nn.functional.cross_entropy(leaf, y, ignore_index=-100)
+    (grad,) = torch.autograd.grad(J, leaf)
+    torch.testing.assert_close(loss.value(z, y), J.detach())
+    torch.testing.assert_close(loss.gradient(z, y), grad)
+
+
+def test_cross_entropy_oracle_counts_every_class_of_a_wide_output() -> None:
+    # without ignore_index every class counts, class 100 of 128 included (torch's default -100
+    # is no class index, 100 is)
+    from refbp.nn.losses import cross_entropy
+
+    loss = cross_entropy()
+    z = torch.randn(4, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([100, 3, 100, 127])
+    J = torch.nn.functional.cross_entropy(z, y)
+    torch.testing.assert_close(loss.torch_fn(z, y), J)
+    torch.testing.assert_close(loss.value(z, y), J)
+
+
+# ---- gelu's chunked chain at any shape and layout ------------------------------------------
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5), (2, 3, 4)])
+def test_gelu_derivative_and_chain_match_autograd_at_any_rank(shape: tuple[int, ...]) -> None:
+    act = get_activation("gelu")
+    z = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 3
+    expected = _torch_derivative(torch.nn.functional.gelu, z)
+    torch.testing.assert_close(act.derivative(z), expected, rtol=1e-12, atol=1e-15)
+    upstream = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(act.chain(z, upstream.clone()), upstream * expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("order", [(1, 0), (2, 1, 0)])
+def test_gelu_chain_accepts_a_non_contiguous_upstream_gradient(order: tuple[int, ...]) -> None:
+    act = get_activation("gelu")
+    shape = (4, 6) if len(order) == 2 else (2, 3, 4)
+    z = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    stored = torch.randn(shape[::-1], dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    upstream = stored.permute(order)  # z's shape, transposed strides
+    assert upstream.shape == z.shape and not upstream.is_contiguous()
+    expected = upstream * _torch_derivative(torch.nn.functional.gelu, z)
+    torch.testing.assert_close(act.chain(z, upstream.clone()), expected, rtol=1e-12, atol=1e-15)
+
+
+# ---- bce's pieces: which logarithm torch clamps, and where no finite difference can tell -------
+def test_bce_regions_separate_exactly_the_points_torch_clamps_differently() -> None:
+    from refbp.nn.losses import LOSSES
+
+    bce = torch.nn.functional.binary_cross_entropy
+    p = torch.tensor([0.0, 1e-60, 1e-30, 0.25, 0.5, 1 - 1e-12, 1.0], dtype=torch.float64)
+    # torch clamps log(p) (resp. log(1 - p)) at -100: J(p, y = 1) (resp. J(p, y = 0)) is then 100
+    clamped_low = bce(p, torch.ones_like(p), reduction="none") == 100
+    clamped_high = bce(p, torch.zeros_like(p), reduction="none") == 100
+    assert clamped_low.any() and clamped_high.any()
+    pieces = LOSSES["bce"].pieces
+    assert pieces is not None
+    region = pieces.region_of(p)
+    for i in range(len(p)):
+        for j in range(len(p)):
+            same_torch = bool(clamped_low[i] == clamped_low[j]) and bool(clamped_high[i] == clamped_high[j])
+            assert bool(region[i] == region[j]) == same_torch, (p[i].item(), p[j].item())
+
+
+def test_bce_unresolvable_points_are_those_within_the_resolution_of_0_or_1() -> None:
+    from refbp.nn.losses import BCE_EPS, BCE_RESOLUTION, LOSSES
+
+    p = torch.tensor([0.0, 1e-13, 1e-6, 5e-5, 2e-4, 0.5, 1 - 2e-4, 1 - 5e-5, 1 - 1e-6, 1.0], dtype=torch.float64)
+    pieces = LOSSES["bce"].pieces
+    assert pieces is not None and pieces.unresolvable is not None
+    got = pieces.unresolvable(p)
+    assert torch.equal(got, torch.minimum(p, 1.0 - p) < BCE_RESOLUTION)
+    # and every point where torch's backward floors p (1 - p) at its epsilon is among them
+    leaf = p.clone().requires_grad_(True)
+    y = torch.full_like(p, 0.5)
+    (grad,) = torch.autograd.grad(torch.nn.functional.binary_cross_entropy(leaf, y, reduction="sum"), leaf)
+    floored = (p * (1.0 - p) < BCE_EPS) & (grad != 0)
+    assert floored.any() and bool(got[floored].all())
+
+
+# ---- class targets: the errors name the argument and y_hat's leading shape, at any rank -------
+def test_class_target_errors_name_the_argument_and_the_expected_shape_at_any_rank() -> None:
+    from refbp.nn.losses import LOSSES
+
+    loss, int64 = LOSSES["cross_entropy"], torch.int64
+    with pytest.raises(ValueError, match=r"^y must have shape \(2, 3\) for loss='cross_entropy', got shape \(3,\)"):
+        loss.check_targets(torch.zeros(3, dtype=int64), torch.zeros(2, 3, 4))  # logits (2, 3, C): targets (2, 3)
+    with pytest.raises(ValueError, match=r"^t must have shape \(5,\) for loss='cross_entropy', got shape \(4,\)"):
+        loss.check_targets(torch.zeros(4, dtype=int64), torch.zeros(5, 4), argument="t")
+    with pytest.raises(ValueError, match=r"^y must have shape \(5,\) = \(N,\) for loss='cross_entropy', got"):
+        loss.check_targets(torch.zeros(4, dtype=int64), torch.zeros(5, 4), rows=True)
+    with pytest.raises(TypeError, match=r"^labels must be a torch\.Tensor"):
+        loss.check_targets([1, 2], torch.zeros(2, 4), argument="labels")
+
+
+def test_a_bad_class_index_is_named_by_its_position_and_the_allowed_range() -> None:
+    from refbp.nn.losses import LOSSES, cross_entropy
+
+    y = torch.tensor([[0, 1, 2], [3, 0, 9]])  # 9 is no class of 4, at (1, 2)
+    logits = torch.zeros(2, 3, 4)
+    with pytest.raises(ValueError, match=r"^y\[\(1, 2\)\] = 9 is not a class index; expected 0 <= y < 4$"):
+        LOSSES["cross_entropy"].check_targets(y, logits)
+    with pytest.raises(
+        ValueError, match=r"^y\[\(1, 2\)\] = 9 is not a class index; expected 0 <= y < 4 \(or -1, ignored\)$"
+    ):
+        cross_entropy(-1).check_targets(y, logits)
+    with pytest.raises(ValueError, match=r"^y\[1\] = 9 is not a class index; expected 0 <= y < 4 \(d_L classes\)$"):
+        LOSSES["cross_entropy"].check_targets(torch.tensor([0, 9]), torch.zeros(2, 4), rows=True)
+
+
+def test_ignored_targets_are_accepted_unless_every_one_is_ignored() -> None:
+    from refbp.nn.losses import cross_entropy
+
+    loss, logits = cross_entropy(-1), torch.zeros(3, 4, dtype=torch.float64)
+    for y in (torch.tensor([0, 1, 3]), torch.tensor([0, -1, 3])):  # none or some ignored: torch's mean has terms
+        assert loss.check_targets(y, logits) is y
+        assert torch.isfinite(torch.nn.functional.cross_entropy(logits, y, ignore_index=-1))
+    everything_ignored = torch.tensor([-1, -1, -1])  # torch's mean would be 0 / 0
+    assert torch.isnan(torch.nn.functional.cross_entropy(logits, everything_ignored, ignore_index=-1))
+    with pytest.raises(ValueError, match=r"^every entry of t is -1 \(ignored\): the mean has no terms$"):
+        loss.check_targets(everything_ignored, logits, argument="t")
+
+
+def test_class_targets_on_another_device_than_the_output_are_refused_naming_both() -> None:
+    # a CPU-only stand-in for a second device: logits on the meta device (shape, no values)
+    from refbp.nn.losses import LOSSES
+
+    with pytest.raises(ValueError, match=r"^y is on device cpu, but the network is on meta$"):
+        LOSSES["cross_entropy"].check_targets(torch.tensor([0, 1]), torch.zeros(2, 4, device="meta"))
+
+
+@requires_cuda
+def test_class_targets_on_another_device_than_the_logits_are_refused_naming_both() -> None:
+    from refbp.nn.losses import LOSSES
+
+    with pytest.raises(ValueError, match=r"^y is on device cuda:0, but the network is on cpu$"):
+        LOSSES["cross_entropy"].check_targets(torch.tensor([0, 1], device="cuda"), torch.zeros(2, 4))
+
+
+# ---- Dense.backward and check_input called directly, in every mode ----------------------------
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("overwrite", [True, False])
+@pytest.mark.parametrize("need_dx", [True, False])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_dense_backward_equals_autograd_of_linear_and_activation_in_every_mode(
+    keep: bool, overwrite: bool, need_dx: bool, weight_decay: float
+) -> None:
+    from refbp.nn.dense import Dense
+    from refbp.nn.keys import Key
+    from refbp.nn.layer import BackwardContext
+
+    g = torch.Generator().manual_seed(8)
+    W, b = torch.randn(4, 3, dtype=torch.float64, generator=g), torch.randn(4, dtype=torch.float64, generator=g)
+    x, dJ_da = torch.randn(5, 3, dtype=torch.float64, generator=g), torch.randn(5, 4, dtype=torch.float64, generator=g)
+    layer = Dense(W, b, "gelu")  # f'(z) reads z: the cache
+    z = torch.addmm(b, x, W.T)
+    leaves = [t.clone().requires_grad_(True) for t in (W, b, x)]
+    z_t = torch.nn.functional.linear(leaves[2], leaves[0], leaves[1])
+    z_t.retain_grad()
+    (torch.nn.functional.gelu(z_t) * dJ_da).sum().backward()
+    before = dJ_da.clone()
+    ctx = BackwardContext(
+        path=(2,), keep_intermediates=keep, overwrite=overwrite, need_dx=need_dx, weight_decay=weight_decay
+    )
+    grads = layer.backward(dJ_da, x, torch.nn.functional.gelu(z), z, ctx)
+    assert leaves[0].grad is not None
+    torch.testing.assert_close(grads.params["W"], leaves[0].grad + weight_decay * W)
+    torch.testing.assert_close(grads.params["b"], leaves[1].grad)
+    if need_dx:
+        torch.testing.assert_close(grads.dJ_dx, leaves[2].grad)
+    else:
+        assert grads.dJ_dx is None  # not asked for: not computed
+    assert list(grads.intermediates) == ([Key("z", (2,))] if keep else [])
+    if keep:
+        torch.testing.assert_close(grads.intermediates[Key("z", (2,))], z_t.grad)
+    if not overwrite or keep:  # the caller keeps dJ/da: it must come back untouched
+        assert torch.equal(dJ_da, before)
+
+
+def test_dense_check_input_names_the_layer_the_width_and_what_it_got() -> None:
+    from refbp.nn.dense import Dense
+
+    layer = Dense(torch.zeros(4, 3), torch.zeros(4), "tanh")
+    layer.check_input(torch.zeros(5, 3), (2,))  # (N, d_in): fine
+    for bad, got in ((torch.zeros(5, 2), r"shape \(5, 2\)"), (torch.zeros(5, 3, 1), r"shape \(5, 3, 1\)")):
+        with pytest.raises(ValueError, match=rf"^layer 2 \(Dense\(3 -> 4, tanh\)\) needs input \(N, 3\), got {got}"):
+            layer.check_input(bad, (2,))
+
+
+def test_a_new_dense_layer_takes_an_activation_name_and_starts_in_training_mode_like_torch() -> None:
+    from refbp.nn.dense import Dense
+
+    layer = Dense(torch.zeros(4, 3), torch.zeros(4), "relu")
+    assert layer.activation is get_activation("relu")
+    module = torch.nn.Linear(3, 4)
+    assert layer.training is module.training is True  # torch modules start in training mode
+    net, _, _ = _small()
+    assert net.training is True and net.to_torch().training is True
+
+
+# ---- value targets: the errors name the argument and y_hat's shape --------------------------
+def test_value_target_errors_name_the_argument_and_the_expected_shape() -> None:
+    from refbp.nn.losses import LOSSES
+
+    loss, y_hat = LOSSES["mse"], torch.zeros(5, 2, dtype=torch.float64)
+    wrong = torch.zeros(5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^y must have shape \(5, 2\) like y_hat, got shape \(5, 3\)"):
+        loss.check_targets(wrong, y_hat)
+    with pytest.raises(ValueError, match=r"^y must have shape \(5, 2\) = \(N, d_L\) like y_hat, got shape \(5, 3\)"):
+        loss.check_targets(wrong, y_hat, rows=True)
+    with pytest.raises(TypeError, match=r"^t must be a torch\.Tensor"):
+        loss.check_targets([[0.0, 0.0]] * 5, y_hat, argument="t")
+    nan_at_1_0 = torch.zeros(5, 2, dtype=torch.float64)
+    nan_at_1_0[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^t has 1 non-finite entries \(NaN or inf\), the first at index \(1, 0\)"):
+        loss.check_targets(nan_at_1_0, y_hat, argument="t")
