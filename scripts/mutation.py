@@ -5,7 +5,7 @@
 
 The three modules hold the MLP's activations, its losses and its layer, Dense, whose forward and
 backward are eqs. (1)-(8); the generic loop over layers (nn/stack.py) and the other layers are
-not mutated, to keep a run near 20 minutes on 2 cores (1041 mutants). mutmut's configuration
+not mutated, to keep a run near 10 minutes on 2 cores (1041 mutants). mutmut's configuration
 is the [mutmut] section of setup.cfg. Each surviving mutant is matched against EXPLAINED below
 (why it computes the same gradients, so no test can kill it); a survivor that matches nothing is
 listed as UNEXPLAINED, and the script exits 1.
