@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -222,10 +222,23 @@ def _signal_from_another_thread(signum: int) -> tuple[threading.Thread, threadin
     return thread, go
 
 
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raising KeyboardInterrupt, as in an interactive Python. A process started in the
+    background by a non-interactive shell (`make test &`, nohup) inherits SIGINT ignored, and then
+    Python installs no handler: deferred_signals rightly restores "ignored", and nothing is raised."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_deferred_signals_hold_ctrl_c_and_sigterm_until_the_block_ends() -> None:
-    # Each signal is sent to one thread, not to the process: a signal sent with os.kill may reach
-    # whichever thread the kernel picks whenever it is next scheduled, on a busy machine after the
-    # block has ended, where the restored handler acts on it (as it should) but the test cannot tell.
+    # Each signal is sent to one chosen thread, not to the process (os.kill lets the kernel pick
+    # the thread), so that both paths are taken on purpose: the main thread, whose mask holds the
+    # signal pending, and another thread, whose signal the recording handler holds.
     finished = []
     sigterm_handler = signal.getsignal(signal.SIGTERM)
     # the main thread: its mask holds the signal pending until the block ends
