@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from typing import Any
 
 import torch
 from tabulate import tabulate
 
-from .. import __version__
 from ..distributed.cases import draw_specs
 from ..distributed.launch import DEFAULT_TIMEOUT, check_timeout, joined, torchrun_launch
 from ..distributed.verify import REFERENCES, ShardedCheck, check_on_ranks
@@ -36,6 +34,7 @@ from ..nn.validation import check_int, check_seed
 from .arguments import check_out_folder
 from .io import write_set
 from .ranks import on_ranks
+from .report import versions
 
 __all__ = ["DEFAULT_EXAMPLES", "MAX_EXAMPLES", "SCHEMA", "add_arguments", "build_json", "render_markdown", "run"]
 
@@ -117,11 +116,7 @@ def build_json(checks: list[ShardedCheck], settings: dict[str, Any], seconds: fl
     worst = {ref: max((_number(c["margin"][ref]) for c in cases), default=0.0) for ref in REFERENCES}
     return {
         "schema": SCHEMA,
-        "environment": {
-            "refbp": __version__,
-            "torch": torch.__version__.split("+")[0],
-            "python": platform.python_version(),
-        },
+        "environment": versions(),
         "settings": settings,
         "summary": {
             "networks": len(cases),

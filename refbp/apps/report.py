@@ -56,6 +56,7 @@ __all__ = [
     "run",
     "run_report",
     "sweep_specs",
+    "versions",
 ]
 
 SCHEMA = "refbp.report/2"
@@ -93,6 +94,11 @@ def _worst_margins(outcomes: list[CaseOutcome]) -> dict[str, dict[str, float | s
     return {dt: {ref: finite(v) for ref, v in sorted(refs.items())} for dt, refs in sorted(worst.items())}
 
 
+def versions() -> dict[str, str]:
+    """The versions a JSON report records: refbp's, torch's (without its build tag) and Python's."""
+    return {"refbp": __version__, "torch": torch.__version__.split("+")[0], "python": platform.python_version()}
+
+
 def build_json(
     outcomes: list[CaseOutcome], settings: dict[str, Any], seconds: float, *, processes: int = 1
 ) -> dict[str, Any]:
@@ -105,12 +111,7 @@ def build_json(
         counts["passed"] += o.result.passed
     return {
         "schema": SCHEMA,
-        "environment": {
-            "refbp": __version__,
-            "torch": torch.__version__.split("+")[0],
-            "python": platform.python_version(),
-            "devices": settings["devices"],
-        },
+        "environment": {**versions(), "devices": settings["devices"]},
         "settings": settings,
         "summary": {
             "cases": len(outcomes),
