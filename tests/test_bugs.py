@@ -4,7 +4,6 @@ neither the right backward pass nor an equivalent mutant is ever flagged."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from refbp.verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 NON_EQUIVALENT = [bug for bug in BUGS if not bug.equivalent]
 EQUIVALENT = [bug for bug in BUGS if bug.equivalent]
 EXAMPLES = max(10, settings().max_examples // 3)  # per entry: 23 entries share the profile's budget
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one torch thread is much faster than the pool (see refbp.bugs_cli)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _draw_case(data: st.DataObject, bug: Bug) -> Case:

@@ -4,10 +4,7 @@ flagged wherever it matters, the equivalent recipes never, and ``refbp bugs``'s 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -21,14 +18,6 @@ from refbp.verify.cases import KINK_MARGIN, Case, kink_distance
 NON_EQUIVALENT = [bug for bug in DISTRIBUTED_BUGS if not bug.equivalent]
 EQUIVALENT = [bug for bug in DISTRIBUTED_BUGS if bug.equivalent]
 EXAMPLES = max(8, settings().max_examples // 4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _draw_case(data: st.DataObject, bug: DataParallelBug) -> Case:
