@@ -36,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -325,8 +326,6 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
 def _memory_in_child(argv: list[str]) -> list[dict[str, int]]:
     """Each configuration's peak bytes per method, from a fresh process with glibc's mmap threshold
     at 64 KiB (glibc reads it at start-up only, so it cannot be set in this process)."""
-    import tempfile
-
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "memory.json"
