@@ -16,7 +16,7 @@ numbers (1)-(9) are those of the README, docs/equations.md and ``refbp explain``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,12 @@ class Dense(Layer):
     @property
     def intermediates(self) -> tuple[str, ...]:
         return ("z",)
+
+    def kinks(self, cache: Any, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        """z(l) == 0 for relu and leaky_relu (their kink), when the forward pass kept z(l)."""
+        if not self.activation.kinked or not isinstance(cache, Tensor) or self.activation.pieces is None:
+            return {}
+        return {Key("z", path): cache == self.activation.pieces.boundaries[0]}
 
     @property
     def pieces(self) -> Pieces | None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .convert import register
+from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .validation import describe
 
@@ -45,6 +46,15 @@ class Embedding(Layer):
             raise ValueError(f"padding_idx={padding_idx} is not a row of the ({V}, {E.shape[1]}) table")
         self.padding_idx = None if padding_idx is None else padding_idx % V
         self.training = True
+
+    def fixed_gradients(self, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        """The padding row: torch defines its gradient as zero, and so does refbp."""
+        if self.padding_idx is None:
+            return {}
+        E = self.params["E"]
+        mask = torch.zeros(E.shape, dtype=torch.bool, device=E.device)
+        mask[self.padding_idx] = True
+        return {Key("E", path): mask}
 
     def describe(self) -> str:
         V, d = self.params["E"].shape

@@ -201,6 +201,37 @@ class Layer(ABC):
     def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:  # noqa: B027 (accepting any input is a fine default)
         """Raise a ValueError naming the layer when ``x`` cannot be its input (wrong width)."""
 
+    # ---- optional parts: what only some layers know, asked by the loops, never by type ------
+    takes_indices: ClassVar[bool] = False
+    """True when the layer's input holds int64 indices (Embedding): dJ/dx does not exist."""
+
+    def buffers(self) -> dict[str, Tensor]:
+        """State that is not a parameter but that the forward pass reads, by attribute name
+        (BatchNorm's running statistics): converted with the parameters by ``Network.to``."""
+        return {}
+
+    @property
+    def uses_batch_statistics(self) -> bool:
+        """True when one row's output depends on the other rows of the batch (BatchNorm in
+        training mode): the rows of a batch are then not independent observations."""
+        return any(layer.uses_batch_statistics for layer in self.sublayers())
+
+    def reseed(self, seed: int) -> None:
+        """Draw random numbers from ``seed`` from now on (a stochastic layer and its sub-layers)."""
+        for layer in self.sublayers():
+            layer.reseed(seed)
+
+    def kinks(self, cache: Any, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        """Intermediate key -> boolean mask of its entries that sit exactly on a kink of this
+        layer's map (Dense with relu: z(l) == 0), where subgradient conventions differ."""
+        return {}
+
+    def fixed_gradients(self, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        """Parameter key -> boolean mask of the entries whose gradient is zero by this layer's
+        definition (Embedding's padding row, as torch's ``padding_idx``): every reference
+        follows the convention, so finite differences do not perturb those entries."""
+        return {}
+
     # ---- the manual path ---------------------------------------------------------------------
     @abstractmethod
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Any]:
