@@ -11,7 +11,7 @@ two layers share (a tied weight) gets the sum of both uses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,15 @@ from torch import Tensor
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, Params, Tap
 
-__all__ = ["StackCache", "StackGrads", "stack_backward", "stack_forward", "stack_keys", "stack_torch_forward"]
+__all__ = [
+    "StackCache",
+    "StackGrads",
+    "stack_backward",
+    "stack_forward",
+    "stack_keys",
+    "stack_torch_forward",
+    "walk_layers",
+]
 
 _RELEASED = torch.empty(0)
 """What a released activation holds: no data (a real a(l) always has entries)."""
@@ -131,3 +139,15 @@ def stack_torch_forward(
 def stack_keys(layers: Sequence[Layer], prefix: tuple[int, ...]) -> list[Key]:
     """Every key of the stack, layer by layer (parameters, intermediates, output)."""
     return [key for l, layer in enumerate(layers, start=1) for key in layer.keys((*prefix, l))]
+
+
+def walk_layers(layers: Sequence[Layer], prefix: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, ...], Layer]]:
+    """Every layer and sub-layer with its path, depth first, in order: (1,), (2,), (2, 1), ...
+
+    Iterative (an explicit stack, not recursion), so any depth of nesting is walked."""
+    todo: list[tuple[tuple[int, ...], Layer]] = [((*prefix, l), layer) for l, layer in enumerate(layers, start=1)]
+    todo.reverse()
+    while todo:
+        path, layer = todo.pop()
+        yield path, layer
+        todo.extend(reversed([((*path, j), sub) for j, sub in enumerate(layer.sublayers(), start=1)]))
