@@ -12,7 +12,7 @@ own loss, what the all-reduce sums, what is done to the sum, where the weight de
 and two equivalent recipes (no checker can or should flag them): the local sums all-reduced and
 divided once by M, and DistributedDataParallel's way (R w_r, then DDP's average over R).
 
-``refbp bugs`` checks an entry in one process, so ``gradients(case)`` simulates the ranks
+``refbp bugs`` checks an entry in one process, so its ``backward`` (OnRanks) simulates the ranks
 (refbp.distributed.recipe.simulate): the batch split into the spec's uneven shards, refbp's
 manual backward pass on each, combined as the recipe says, with a sum where the ranks
 all-reduce. It is the arithmetic the ranks do (refbp.distributed.data_parallel runs the same

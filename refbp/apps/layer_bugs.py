@@ -2,8 +2,9 @@
 
 Each entry is a subclass of a refbp layer whose backward (or forward) has the one wrong line
 people write, beside the right one. The twin shares the right layer's parameters and state,
-so swapping it into a network changes exactly that line; the harness then checks the twin's
-gradients against the right network's references.
+so swapping it into a network (the entry's ``rewire``, refbp.apps.bug_record.swap) changes
+exactly that line; the harness then checks the twin's gradients against the right network's
+references.
 
     LayerNorm / BatchNorm  drops the paths through the mean and the variance; the wrong axis;
                            normalises by the unbiased variance
