@@ -170,3 +170,14 @@ def test_bugs_command_bad_usage_exits_2(
 def test_render_bugs_section_has_the_detection_table() -> None:
     section = render_bugs_section([run_bug(get_bug("first_layer_skipped"), draws=1)], heading="###")
     assert section.startswith("### Harness sensitivity") and "| bug" in section and "smallest network" in section
+
+
+@pytest.mark.parametrize("name", ["dropout_fresh_mask", "dropout_not_rescaled"])
+def test_the_smallest_network_found_exposes_the_bug_when_rebuilt_from_its_spec(name: str) -> None:
+    # the search must judge the network as the report's JSON rebuilds it: with dropout, the same
+    # first draw of masks (measuring the kink distance on the case itself used to draw them first)
+    bug = get_bug(name)
+    minimal = smallest_exposing(bug)
+    assert minimal is not None
+    rebuilt = minimal.build()
+    assert matters(bug, rebuilt) and flags(bug, rebuilt)["harness"], minimal.to_json()

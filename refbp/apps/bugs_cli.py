@@ -19,10 +19,11 @@ bugs on networks where they do not matter); 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from random import Random
 from typing import Any
 
@@ -185,8 +186,11 @@ def _flagged_by_autograd(bug: Bug, case: Case) -> bool:
 
 
 def _usable(spec: Any) -> Case | None:
+    """The case ``spec`` builds, or None when it sits on a relu kink. The distance is measured
+    on a copy of the network: its forward pass draws dropout masks, and the case must go on to
+    draw the masks a case rebuilt from ``spec`` draws (the smallest network is reported as its spec)."""
     case = spec.build()
-    return case if kink_distance(case) > KINK_MARGIN else None
+    return case if kink_distance(replace(case, net=copy.deepcopy(case.net))) > KINK_MARGIN else None
 
 
 def draw_specs(bug: Bug, n: int, seed: int) -> list[Any]:
