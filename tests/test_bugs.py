@@ -3,7 +3,9 @@ neither the right backward pass nor an equivalent mutant is ever flagged."""
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,36 +14,47 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import refbp
-from refbp.apps.bugs import BUGS, CORRECT, Bug, backward_order, backward_with, get_bug
-from refbp.apps.bugs_cli import flags, matters, render_bugs_section, run_bug, smallest_exposing
+from refbp.apps.bug_record import Bug
+from refbp.apps.bugs_cli import backward_order, flags, matters, render_bugs_section, run_bug, smallest_exposing
+from refbp.apps.catalogue import CATALOGUE, get_bug
 from refbp.apps.cli import main
-from refbp.strategies import cases
-from refbp.testing import assert_gradients_close
+from refbp.apps.mlp_bugs import MLP_BUGS
 from refbp.verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 
-NON_EQUIVALENT = [bug for bug in BUGS if not bug.equivalent]
-EQUIVALENT = [bug for bug in BUGS if bug.equivalent]
+NON_EQUIVALENT = [bug for bug in MLP_BUGS if not bug.equivalent]
+EQUIVALENT = [bug for bug in MLP_BUGS if bug.equivalent]
 EXAMPLES = max(10, settings().max_examples // 3)  # per entry: 23 entries share the profile's budget
 
 
 def _draw_case(data: st.DataObject, bug: Bug) -> Case:
-    case = data.draw(bug.applies.specs()).build()
+    case = data.draw(bug.specs()).build()
     assume(kink_distance(case) > KINK_MARGIN)
     return case
 
 
 def _buggy(bug: Bug, case: Case) -> dict[str, torch.Tensor]:
-    return bug.backward(case.net, case.net.forward(case.X), case.y)
+    grads, _ = bug.gradients(case)
+    return grads
 
 
-@settings(max_examples=EXAMPLES)
-@given(cases(max_depth=3, max_width=5))
-def test_catalogue_right_lines_equal_refbp_backward(case: Case) -> None:
-    cache = case.net.forward(case.X)
-    expected = case.net.backward(cache, case.y).as_dict()
-    actual = backward_with(CORRECT, case.net, cache, case.y)
-    assert list(actual) == list(expected)
-    assert_gradients_close(actual, expected)  # the same lines, up to round-off (addmm vs + lambda W)
+@pytest.mark.parametrize("bug", MLP_BUGS, ids=lambda b: b.name)
+@settings(max_examples=max(5, EXAMPLES // 4))
+@given(data=st.data())
+def test_a_twin_changes_the_backward_pass_only_and_keeps_intermediates_or_not_as_asked(
+    bug: Bug, data: st.DataObject
+) -> None:
+    case = _draw_case(data, bug)
+    wrong = bug.rewire(copy.deepcopy(case.net))
+    right_cache, wrong_cache = case.net.forward(case.X), wrong.forward(case.X)
+    assert all(torch.equal(a, a_right) for a, a_right in zip(wrong_cache.a, right_cache.a, strict=True))  # same f
+    assert torch.equal(wrong.loss(wrong_cache, case.y), case.net.loss(right_cache, case.y))
+    kept = wrong.backward(wrong_cache, case.y).as_dict()
+    assert list(kept) == case.net.names()  # the right network's names, every one
+    lean = wrong.backward(wrong.forward(case.X), case.y, intermediates=False).as_dict()
+    expected = case.net.backward(case.net.forward(case.X), case.y, intermediates=False).as_dict()
+    assert list(lean) == list(expected)  # no intermediate kept that was not asked for
+    for name, g in lean.items():  # the wrong line does not depend on what is kept
+        assert g.shape == kept[name].shape and torch.allclose(g, kept[name], rtol=1e-12, atol=1e-15), name
 
 
 @pytest.mark.parametrize("bug", NON_EQUIVALENT, ids=lambda b: b.name)
@@ -99,24 +112,25 @@ def test_the_smallest_exposing_network_is_the_one_the_bug_needs(name: str, needs
 
 
 def test_flags_are_reported_in_backward_order() -> None:
-    assert backward_order(2) == ["a2", "z2", "W2", "b2", "a1", "z1", "W1", "b1", "X"]
     case = CaseSpec((2, 3, 2), ("tanh", "tanh"), "mse", seed=3).build()
+    assert backward_order(case.net) == ["a2", "z2", "W2", "b2", "a1", "z1", "W1", "b1", "X"]
     flagged = flags(get_bug("hidden_derivative_forgotten"), case)
     assert flagged["harness"][:4] == ["z1", "W1", "b1", "X"]  # dJ/da1 is right; dJ/dz1 is the first wrong one
     assert flagged["autograd"] == flagged["fd-full"] == flagged["harness"] and flagged["fd-directional"]
 
 
 def test_catalogue_covers_the_classic_bugs_with_wrong_and_right_lines() -> None:
-    names = [bug.name for bug in BUGS]
+    names = [bug.name for bug in CATALOGUE]
     assert len(set(names)) == len(names) and len(NON_EQUIVALENT) >= 12 and len(EQUIVALENT) >= 2
+    assert all(type(bug) is Bug and isinstance(bug.equation, str) for bug in CATALOGUE)  # one record type
     for required in ("seed_sign_slip", "dW_missing_transpose", "db_batch_mean", "sigmoid_derivative_of_z",
                      "hidden_derivative_forgotten", "dW_from_a_i", "half_sse_gradient_doubled",
                      "mse_not_divided_by_batch", "softmax_ce_extra_factor", "dX_without_W", "da_prev_without_W",
                      "weight_decay_overwrites_data", "first_layer_skipped", "last_layer_skipped",
                      "relu_derivative_from_z"):  # fmt: skip
         get_bug(required)
-    for bug in BUGS:
-        assert bug.wrong != bug.right and bug.why and 4 <= bug.equation <= 9
+    for bug in MLP_BUGS:
+        assert bug.wrong != bug.right and bug.why and bug.where and re.fullmatch(r"\([4-9]\)", bug.equation)
     with pytest.raises(ValueError, match="not in the catalogue"):
         get_bug("no_such_bug")
 
@@ -156,3 +170,14 @@ def test_bugs_command_bad_usage_exits_2(
 def test_render_bugs_section_has_the_detection_table() -> None:
     section = render_bugs_section([run_bug(get_bug("first_layer_skipped"), draws=1)], heading="###")
     assert section.startswith("### Harness sensitivity") and "| bug" in section and "smallest network" in section
+
+
+@pytest.mark.parametrize("name", ["dropout_fresh_mask", "dropout_not_rescaled"])
+def test_the_smallest_network_found_exposes_the_bug_when_rebuilt_from_its_spec(name: str) -> None:
+    # the search must judge the network as the report's JSON rebuilds it: with dropout, the same
+    # first draw of masks (measuring the kink distance on the case itself used to draw them first)
+    bug = get_bug(name)
+    minimal = smallest_exposing(bug)
+    assert minimal is not None
+    rebuilt = minimal.build()
+    assert matters(bug, rebuilt) and flags(bug, rebuilt)["harness"], minimal.to_json()

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from refbp.apps.cli import main
-from refbp.apps.distributed_bugs import DISTRIBUTED_BUGS
+from refbp.apps.distributed_bugs import RECIPES
 from refbp.distributed.cases import DataParallelSpec, draw_specs
 from refbp.distributed.data_parallel import data_parallel_gradients, train_step
 from refbp.distributed.launch import joined, torchrun_launch
@@ -76,7 +76,7 @@ def test_every_recipe_on_real_ranks_computes_what_its_simulation_computes(tmp_pa
     """The bug catalogue's simulation is the ranks' arithmetic: the same recipe between real
     all-reduces gives the same numbers (a recipe that all-reduces dJ/dX on uneven shards is
     refused on every rank, as no all-reduce could take it)."""
-    specs, recipes = _even_and_uneven_cases(), [RIGHT, *(bug.recipe for bug in DISTRIBUTED_BUGS)]
+    specs, recipes = _even_and_uneven_cases(), [RIGHT, *RECIPES]
 
     def rank(r: int) -> Any:
         held: list[Any] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from refbp.apps.cli import main
-from refbp.apps.layer_bugs import LAYER_BUGS, swap, twin_of
+from refbp.apps.layer_bugs import LAYER_BUGS
 from refbp.apps.walk import BUILT_IN, walk_network
 
 STACK = {"input": 3, "layers": [["linear", 4], ["layernorm", {}], ["gelu"], ["linear", 2]], "loss": "mse", "seed": 2}
@@ -32,7 +32,7 @@ def test_the_built_in_walk_checks_every_layer_forward_and_backward_and_passes() 
 def test_a_wrong_layer_fails_the_walk_at_that_layer_and_below_not_above() -> None:
     case = BUILT_IN["layers"].build()
     bug = next(bug for bug in LAYER_BUGS if bug.name == "layernorm_no_statistic_paths")
-    net = swap(case.net, bug.target, twin_of(bug.twin))  # layer 2's backward drops two paths
+    net = bug.rewire(case.net)  # layer 2's backward drops two paths
     w = walk_network(net, case.X, case.y)
     assert not w.passed
     assert all(check.verdict == "ok" for s in w.steps if s.phase == "forward" for _, _, check in s.values if check)

@@ -1,4 +1,4 @@
-"""``refbp bugs``: run every catalogue entry (refbp.bugs) through the harness and report what catches it.
+"""``refbp bugs``: run every catalogue entry (refbp.apps.catalogue) through the harness and report what catches it.
 
     refbp bugs                       # every entry; writes reports/bugs.md and reports/bugs.json
     refbp bugs --only db_batch_mean  # one entry
@@ -19,10 +19,11 @@ bugs on networks where they do not matter); 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from random import Random
 from typing import Any
 
@@ -41,7 +42,8 @@ from ..verify.check import check
 from ..verify.compare import compare
 from ..verify.tolerances import tolerance_for
 from .arguments import MAX_DRAWS, check_draws, check_out_folder
-from .catalogue import CATALOGUE, Entry, get_entry
+from .bug_record import Bug
+from .catalogue import CATALOGUE, get_bug
 from .disguises import DISGUISES, Disguise, unmask
 from .io import write_set
 
@@ -79,7 +81,7 @@ class BugResult:
     """What the harness made of one catalogue entry.
 
     Attributes:
-        name, title, equation, wrong, right, why, equivalent, where: from the Bug record.
+        name, title, equation, wrong, right, why, equivalent, where: from the entry (refbp.apps.bug_record.Bug).
         draws: networks drawn (none on a relu kink); ``drawn`` lists them.
         matters: draws on which the wrong line changes some gradient beyond tolerance.
         caught: reference mode -> draws it flagged among those where the bug matters.
@@ -93,7 +95,7 @@ class BugResult:
 
     name: str
     title: str
-    equation: int | str
+    equation: str
     wrong: str
     right: str
     why: str
@@ -126,7 +128,7 @@ class BugResult:
 
 
 # ---- running one entry -----------------------------------------------------------------
-def matters(bug: Entry, case: Case) -> bool:
+def matters(bug: Bug, case: Case) -> bool:
     """True when the entry's gradients differ from the right ones on ``case`` beyond the
     tolerance of its dtype (a wrong shape, a missing tensor always matters)."""
     wrong, noise = bug.gradients(case)
@@ -137,7 +139,7 @@ def matters(bug: Entry, case: Case) -> bool:
     )
 
 
-def flags(bug: Entry, case: Case, *, seed: int = 0) -> dict[str, list[str]]:
+def flags(bug: Bug, case: Case, *, seed: int = 0) -> dict[str, list[str]]:
     """Reference mode -> the tensors it flags, in backward order. The default check already
     holds an autograd and a full finite-difference row per tensor (fd_mode "auto" is full at
     these sizes), so one default and one directional run give all four modes. A reference
@@ -175,7 +177,7 @@ def backward_order(net: Network) -> list[str]:
     return order
 
 
-def _flagged_by_autograd(bug: Entry, case: Case) -> bool:
+def _flagged_by_autograd(bug: Bug, case: Case) -> bool:
     grads, noise = bug.gradients(case)
     return any(
         row.verdict == "mismatch"
@@ -184,11 +186,14 @@ def _flagged_by_autograd(bug: Entry, case: Case) -> bool:
 
 
 def _usable(spec: Any) -> Case | None:
+    """The case ``spec`` builds, or None when it sits on a relu kink. The distance is measured
+    on a copy of the network: its forward pass draws dropout masks, and the case must go on to
+    draw the masks a case rebuilt from ``spec`` draws (the smallest network is reported as its spec)."""
     case = spec.build()
-    return case if kink_distance(case) > KINK_MARGIN else None
+    return case if kink_distance(replace(case, net=copy.deepcopy(case.net))) > KINK_MARGIN else None
 
 
-def draw_specs(bug: Entry, n: int, seed: int) -> list[Any]:
+def draw_specs(bug: Bug, n: int, seed: int) -> list[Any]:
     """``n`` networks the entry applies to, the same for the same seed; none on a relu kink."""
     drawn: list[Any] = []
 
@@ -205,7 +210,7 @@ def draw_specs(bug: Entry, n: int, seed: int) -> list[Any]:
     return drawn
 
 
-def smallest_exposing(bug: Entry, *, seed: int = 0, max_examples: int = FIND_EXAMPLES) -> Any:
+def smallest_exposing(bug: Bug, *, seed: int = 0, max_examples: int = FIND_EXAMPLES) -> Any:
     """The smallest network the entry applies to on which the default harness flags it,
     found and shrunk by hypothesis; None when none of ``max_examples`` networks exposes it.
 
@@ -224,7 +229,7 @@ def smallest_exposing(bug: Entry, *, seed: int = 0, max_examples: int = FIND_EXA
         return None
 
 
-def run_bug(bug: Entry, *, draws: int = DEFAULT_DRAWS, seed: int = 0) -> BugResult:
+def run_bug(bug: Bug, *, draws: int = DEFAULT_DRAWS, seed: int = 0) -> BugResult:
     """Check one entry on ``draws`` drawn networks in every reference mode, and (for a
     non-equivalent entry) find the smallest network that exposes it."""
     result = BugResult(bug.name, bug.title, bug.equation, bug.wrong, bug.right, bug.why, bug.equivalent,
@@ -252,7 +257,7 @@ def run_bug(bug: Entry, *, draws: int = DEFAULT_DRAWS, seed: int = 0) -> BugResu
 
 
 def _correct_false_flags(results: Sequence[BugResult], seed: int) -> tuple[int, int]:
-    """(flags, checks): the right backward pass (refbp.backward) on every network drawn for
+    """(flags, checks): the right backward pass (Network.backward) on every network drawn for
     any entry, through the default harness."""
     specs = {spec.to_json(): spec for r in results for spec in r.drawn}
     flags = 0
@@ -269,11 +274,6 @@ def describe(spec: Any) -> str:
         return str(spec.describe())
     text = f"{'-'.join(map(str, spec.dims))} {'/'.join(spec.activations)}, {spec.loss}, N={spec.batch}"
     return text + (f", lambda={spec.weight_decay:g}" if spec.weight_decay else "")
-
-
-def _equation(result: BugResult) -> str:
-    """ "(6)" for an equation number, the layer's name for a layer's entry."""
-    return f"({result.equation})" if isinstance(result.equation, int) else str(result.equation)
 
 
 def _ratio(result: BugResult, mode: str) -> str:
@@ -299,7 +299,7 @@ def render_bugs_section(results: Sequence[BugResult], *, heading: str = "##") ->
     ]
     rows = [
         [
-            f"`{r.name}`", _equation(r), _ratio(r, "harness"), _ratio(r, "autograd"), _ratio(r, "fd-full"),
+            f"`{r.name}`", r.equation, _ratio(r, "harness"), _ratio(r, "autograd"), _ratio(r, "fd-full"),
             _ratio(r, "fd-directional"), "not found" if r.minimal is None else describe(r.minimal),
             _first(r.minimal_flagged), "yes" if r.ok else "**NO**",
         ]
@@ -362,11 +362,11 @@ def render_markdown(
     lines = [
         "# refbp bug catalogue",
         "",
-        f"Generated by `refbp bugs --seed {seed} --draws {draws}`. Each entry of `refbp.bugs` is one wrong "
+        f"Generated by `refbp bugs --seed {seed} --draws {draws}`. Each entry of `refbp.apps.catalogue` is one wrong "
         "line of the manual backward pass, run on networks drawn from `refbp.strategies` (float64).",
         "",
         render_bugs_section(results),
-        f"The right backward pass (`refbp.backward`) on the {checks} distinct networks drawn above: "
+        f"The right backward pass (`Network.backward`) on the {checks} distinct networks drawn above: "
         f"**{flags} flagged**.",
         "",
         *([render_disguises(unmasked)] if unmasked else []),
@@ -374,9 +374,7 @@ def render_markdown(
         "",
     ]
     rows = [
-        [f"`{r.name}`", _equation(r), f"`{r.wrong}`", f"`{r.right}`", r.why, r.where]
-        for r in results
-        if not r.equivalent
+        [f"`{r.name}`", r.equation, f"`{r.wrong}`", f"`{r.right}`", r.why, r.where] for r in results if not r.equivalent
     ]
     headers = ["bug", "eq.", "wrong line", "right line", "why it is wrong", "applies to"]
     lines += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
@@ -422,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_out_folder(args.out)
     check_draws(args.draws)
     check_seed(args.seed, "--seed")
-    entries = [get_entry(name) for name in args.only] if args.only else list(CATALOGUE)
+    entries = [get_bug(name) for name in args.only] if args.only else list(CATALOGUE)
     with _one_thread():
         results = [run_bug(bug, draws=args.draws, seed=args.seed) for bug in entries]
         correct = _correct_false_flags(results, args.seed)

@@ -21,29 +21,28 @@ and variants that compute the same numbers by another route, which nothing shoul
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from ..models.gpt import GPT, IGNORE_INDEX
+from ..models.gpt import IGNORE_INDEX
 from ..models.gpt_cases import GPTSpec, gpt_specs
 from ..nn.attention import CausalSelfAttention, causal_mask
 from ..nn.layer import BackwardContext, Layer, LayerGrads
-from ..nn.losses import cross_entropy
+from ..nn.losses import Loss
 from ..nn.network import Network
 from ..nn.position import PositionEmbedding
 from ..nn.transformer import Block
-from ..verify.cases import Case
-from .layer_bugs import twin_of
+from .bug_record import Bug, Rewire, loss_gradient, twin_of
 
-__all__ = ["GPT_BUGS", "GPTBug"]
+__all__ = ["GPT_BUGS", "SMALL", "GPTBug"]
+
+GPTBug = Bug
+"""The old name of a GPT entry's record: every catalogue entry is a refbp.apps.bug_record.Bug."""
 
 SMALL: dict[str, Any] = {
     "max_layers": 1, "max_heads": 2, "max_head_size": 2, "max_vocab": 4, "max_block_size": 3, "max_batch": 2,
@@ -54,54 +53,23 @@ SMALL: dict[str, Any] = {
 head of size 2 at most), and a full check of one takes a fraction of a second."""
 
 
-@dataclass(frozen=True)
-class GPTBug:
-    """One catalogue entry for a GPT: the wrong line, the right line, why, and the wrong GPT.
+def _gpts(applies: Callable[[GPTSpec], bool] | None = None, **draw: Any) -> Callable[[], st.SearchStrategy[GPTSpec]]:
+    """Small float64 GPTs (SMALL, with ``draw``'s options such as ignored targets) on which the
+    bug can show at all (``applies``, the entry's ``where`` as a test on the spec): the entry
+    draws, and shrinks within, those only."""
 
-    Attributes:
-        name, title, wrong, right, why, equivalent, where: as refbp.apps.bugs.Bug.
-        equation: the part of the model it breaks, with its equation ("attention (A5)", ...).
-        rewire: a deep copy of the right GPT -> the network with the wrong line (sharing nothing
-            with the right one).
-        draw: options for ``gpt_specs`` beyond SMALL (e.g. ignored targets).
-        applies: the GPTs the bug can show on at all (``where``, as a test on the spec); the
-            entry draws, and shrinks within, those only.
-    """
+    def specs() -> st.SearchStrategy[GPTSpec]:
+        drawn = gpt_specs(**{**SMALL, **draw})
+        return drawn if applies is None else drawn.filter(applies)
 
-    name: str
-    title: str
-    equation: str
-    wrong: str
-    right: str
-    why: str
-    where: str
-    rewire: Callable[[GPT], Network]
-    equivalent: bool = False
-    draw: Mapping[str, Any] | None = None
-    applies: Callable[[GPTSpec], bool] | None = None
-
-    def specs(self) -> st.SearchStrategy[GPTSpec]:
-        """Small float64 GPTs it applies to (shrinkable by hypothesis)."""
-        specs = gpt_specs(**{**SMALL, **(self.draw or {})})
-        return specs if self.applies is None else specs.filter(self.applies)
-
-    def gradients(self, case: Case) -> tuple[dict[str, Tensor], dict[tuple[int, ...], Tensor]]:
-        """The wrong GPT's gradients at the case's point, and the dropout masks they used (the
-        right GPT's own draw, made on a copy so that the case is left as it was)."""
-        noise = copy.deepcopy(case.net).forward(case.X, update_stats=False).noise
-        assert isinstance(case.net, GPT)
-        wrong = self.rewire(copy.deepcopy(case.net))
-        cache = wrong.forward(case.X, update_stats=False, noise=noise)
-        grads = wrong.backward(cache, case.y).as_dict()
-        names = set(case.net.names())  # an untied head's own gradient has no name in the right GPT
-        return {name: g for name, g in grads.items() if name in names}, noise
+    return specs
 
 
-# ---- rewiring ------------------------------------------------------------------------------------
-def _attention_twin(cls: type[CausalSelfAttention]) -> Callable[[GPT], Network]:
+# ---- rewiring (each gets a deep copy of the right GPT, its own to change) ------------------------
+def _attention_twin(cls: type[CausalSelfAttention]) -> Rewire:
     """Every block's attention replaced by a twin of class ``cls``."""
 
-    def rewire(net: GPT) -> Network:
+    def rewire(net: Network) -> Network:
         for layer in net.layers:
             if isinstance(layer, Block):
                 layer.inner[1] = twin_of(cls)(layer.inner[1])
@@ -110,25 +78,21 @@ def _attention_twin(cls: type[CausalSelfAttention]) -> Callable[[GPT], Network]:
     return rewire
 
 
-def _position_twin(cls: type[PositionEmbedding]) -> Callable[[GPT], Network]:
-    def rewire(net: GPT) -> Network:
+def _position_twin(cls: type[PositionEmbedding]) -> Rewire:
+    def rewire(net: Network) -> Network:
         net.layers[1] = twin_of(cls)(net.layers[1])
         return net
 
     return rewire
 
 
-def _untied(net: GPT) -> Network:
+def _untied(net: Network) -> Network:
     """The LM head with a weight of its own (equal values, another tensor): the network loop no
     longer sums the two uses, and the embedding's gradient is what dJ/dE ends up holding, as
     when the head's contribution is written first and then overwritten."""
     head: Layer = net.layers[-1]
     head.params["W"] = head.params["W"].clone()
     return Network(net.layers, net.loss_fn)
-
-
-def _counting_ignored(net: GPT) -> Network:
-    return Network(net.layers, dataclasses.replace(cross_entropy(IGNORE_INDEX), gradient=_mean_over_every_position))
 
 
 # ---- the wrong lines -----------------------------------------------------------------------------
@@ -165,7 +129,7 @@ class _PositionAssigned(PositionEmbedding):
         return grads
 
 
-def _mean_over_every_position(z: Tensor, y: Tensor) -> Tensor:
+def _mean_over_every_position(loss: Loss, z: Tensor, y: Tensor) -> Tensor:
     C = z.shape[-1]
     z2, y2 = z.reshape(-1, C), y.reshape(-1)  # (M', C), (M',)
     keep = y2 != IGNORE_INDEX
@@ -194,76 +158,76 @@ class _SoftmaxMaskedAgain(CausalSelfAttention):
 
 _ANY = "any GPT"
 
-GPT_BUGS: tuple[GPTBug, ...] = (
-    GPTBug(
+GPT_BUGS: tuple[Bug, ...] = (
+    Bug(
         "softmax_no_rowsum", "softmax backward without the row-sum term", "attention (A5)",
         "dJ_dS = P * dJ_dP", "dJ_dS = P * (dJ_dP - (dJ_dP * P).sum(-1, keepdim=True))",
         "Each P[t, t'] depends on every score of row t through the normalising sum: the Jacobian of a row is "
         "diag(P) - P P^T, and its rank-one part is the row sum. Without it the gradient does not even sum to "
         "zero along a row, as the gradient of a softmax must.",
-        _ANY, _attention_twin(_SoftmaxNoRowSum),
+        where=_ANY, specs=_gpts(), rewire=_attention_twin(_SoftmaxNoRowSum),
     ),
-    GPTBug(
+    Bug(
         "causal_mask_not_rebuilt", "causal mask applied in forward but not in backward", "attention (A4)",
         "P = softmax(q @ k.T / sqrt(hs))", "P = softmax(q @ k.T / sqrt(hs) + causal_mask)",
         "The backward pass rebuilds P from q and k (the T x T probabilities are not kept); without the mask, "
         "every position gets weights on its future, which the forward pass never used: dJ/dv and dJ/dS "
         "are those of another function.",
-        "a GPT with T >= 2", _attention_twin(_MaskNotRebuilt), applies=lambda s: s.length >= 2,
+        where="a GPT with T >= 2", specs=_gpts(lambda s: s.length >= 2), rewire=_attention_twin(_MaskNotRebuilt),
     ),
-    GPTBug(
+    Bug(
         "scores_backward_no_scale", "missing 1/sqrt(hs) in the scores' backward", "attention (A3)",
         "dJ_dq = dJ_dS @ k", "dJ_dq = dJ_dS @ k / sqrt(hs)",
         "S = q k^T / sqrt(hs): the scale multiplies both q's and k's gradients. It goes unnoticed with "
         "heads of size 1, where it is 1, and with one position, where the softmax is constant.",
-        "a GPT with heads of size >= 2, T >= 2", _attention_twin(_ScoresNoScale),
-        applies=lambda s: s.n_embd >= 2 * s.n_head and s.length >= 2,
+        where="a GPT with heads of size >= 2, T >= 2",
+        specs=_gpts(lambda s: s.n_embd >= 2 * s.n_head and s.length >= 2), rewire=_attention_twin(_ScoresNoScale),
     ),
-    GPTBug(
+    Bug(
         "tied_weight_overwritten", "tied weight's gradient overwritten, not summed", "tied head",
         "dJ_dE = dJ_dE_from_embedding", "dJ_dE = dJ_dE_from_embedding + dJ_dE_from_lm_head",
         "The LM head is the token embedding (weight tying): one tensor used twice, whose gradient is the "
         "sum of both uses. Writing each use's gradient in turn keeps only the last one written.",
-        _ANY, _untied,
+        where=_ANY, specs=_gpts(), rewire=_untied,
     ),
-    GPTBug(
+    Bug(
         "position_gradient_assigned", "position-embedding gradient not summed over the batch",
         "position embedding", "for b in range(B): dJ_dP[:T] = dJ_dy[b]", "dJ_dP[:T] = dJ_dy.sum(dim=0)",
         "Every sequence of the batch adds the same row P[t]: its gradient is the sum over the batch. "
         "Assigned in a loop, the last sequence's overwrites the others'.",
-        "a GPT, batch B >= 2", _position_twin(_PositionAssigned), applies=lambda s: s.batch >= 2,
+        where="a GPT, batch B >= 2", specs=_gpts(lambda s: s.batch >= 2), rewire=_position_twin(_PositionAssigned),
     ),
-    GPTBug(
+    Bug(
         "heads_merged_wrong_order", "heads merged in the wrong order", "attention (A8)",
         "y = Y.reshape(B, T, d)", "y = Y.transpose(1, 2).reshape(B, T, d)",
         "Y is (B, nh, T, hs): position t's heads are not next to each other in memory. Reshaped without the "
         "transpose, each 'position' of y gets pieces of several positions of one head.",
-        "a GPT with n_head >= 2 and T >= 2", _attention_twin(_HeadsMergedWrongOrder),
-        applies=lambda s: s.n_head >= 2 and s.length >= 2,
+        where="a GPT with n_head >= 2 and T >= 2", specs=_gpts(lambda s: s.n_head >= 2 and s.length >= 2),
+        rewire=_attention_twin(_HeadsMergedWrongOrder),
     ),
-    GPTBug(
+    Bug(
         "ignored_targets_counted", "ignore_index counted in the mean", "cross_entropy",
         "dJ_dz = (softmax(z) - onehot(y)) * counted / y.numel()",
         "dJ_dz = (softmax(z) - onehot(y)) * counted / counted.sum()",
         "J is the mean over the targets that count (F.cross_entropy's ignore_index=-1); dividing by every "
         "position shrinks every gradient by the share of ignored targets.",
-        "a GPT with some targets -1", _counting_ignored, draw={"ignored": True},
+        where="a GPT with some targets -1", specs=_gpts(ignored=True), rewire=loss_gradient(_mean_over_every_position),
     ),
     # ---- equivalent variants: the same numbers by another route --------------------------------
-    GPTBug(
+    Bug(
         "softmax_jacobian_rows", "softmax backward through each row's Jacobian", "attention (A5)",
         "dJ_dS = (diag(P) - P P^T) @ dJ_dP, row by row", "dJ_dS = P * (dJ_dP - (dJ_dP * P).sum(-1, keepdim=True))",
         "The Jacobian of each row, formed (T x T per row) and applied: the same numbers as the Jacobian-vector "
         "product, at T times the memory.",
-        _ANY, _attention_twin(_SoftmaxJacobianRows), equivalent=True,
+        where=_ANY, specs=_gpts(), rewire=_attention_twin(_SoftmaxJacobianRows), equivalent=True,
     ),
-    GPTBug(
+    Bug(
         "softmax_backward_masked_again", "causal mask applied to dJ/dS as well", "attention (A4)",
         "dJ_dS = P * (dJ_dP - rowsum(dJ_dP * P)); dJ_dS[future] = 0",
         "dJ_dS = P * (dJ_dP - rowsum(dJ_dP * P))",
         "Where the mask hides a score, P = 0, so dJ/dS = P o (...) is 0 there already: masking it again "
         "changes nothing.",
-        _ANY, _attention_twin(_SoftmaxMaskedAgain), equivalent=True,
+        where=_ANY, specs=_gpts(), rewire=_attention_twin(_SoftmaxMaskedAgain), equivalent=True,
     ),
 )  # fmt: skip
 """The GPT entries of the catalogue: classic bugs first, then equivalent variants."""

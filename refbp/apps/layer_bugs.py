@@ -2,8 +2,9 @@
 
 Each entry is a subclass of a refbp layer whose backward (or forward) has the one wrong line
 people write, beside the right one. The twin shares the right layer's parameters and state,
-so swapping it into a network changes exactly that line; the harness then checks the twin's
-gradients against the right network's references.
+so swapping it into a network (the entry's ``rewire``, refbp.apps.bug_record.swap) changes
+exactly that line; the harness then checks the twin's gradients against the right network's
+references.
 
     LayerNorm / BatchNorm  drops the paths through the mean and the variance; the wrong axis;
                            normalises by the unbiased variance
@@ -17,10 +18,9 @@ checker can or should flag them.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,82 +32,24 @@ from ..nn.dropout import Dropout
 from ..nn.embedding import Embedding
 from ..nn.layer import BackwardContext, ForwardContext, Layer, LayerGrads
 from ..nn.layernorm import LayerNorm, NormCache, accumulation_dtype
-from ..nn.network import Network
 from ..nn.residual import Residual
 from ..nn.stack import StackCache, stack_backward
 from ..strategies import stack_specs
-from ..verify.cases import Case
+from .bug_record import Bug, Rewire, swap, twin_of
 
-__all__ = ["LAYER_BUGS", "LayerBug", "swap"]
-
-
-def swap(net: Network, target: type[Layer], twin: Callable[[Layer], Layer]) -> Network:
-    """A network with every layer of type ``target`` (inner ones included) replaced by
-    ``twin(layer)``, which shares that layer's parameters; the other layers are the same objects."""
-
-    def replace(layer: Layer) -> Layer:
-        if isinstance(layer, Residual):  # the inner layers first: a twin residual holds twins too
-            outer = twin_of(type(layer))(layer)
-            assert isinstance(outer, Residual)
-            outer.inner = [replace(inner) for inner in layer.inner]
-            layer = outer
-        return twin(layer) if type(layer) is target else layer
-
-    return Network([replace(layer) for layer in net.layers], net.loss_fn, weight_decay=net.weight_decay)
+__all__ = ["LAYER_BUGS"]
 
 
-def twin_of(cls: type[Layer]) -> Callable[[Layer], Layer]:
-    """layer -> an instance of ``cls`` (a subclass of the layer's class) with the same state."""
-
-    def make(layer: Layer) -> Layer:
-        twin = object.__new__(cls)
-        twin.__dict__.update(layer.__dict__)  # parameters, mode, running statistics, generator
-        return twin
-
-    return make
+def _stacks(*kinds: str, **draw: Any) -> Callable[[], st.SearchStrategy[Any]]:
+    """Small float64 stacks that contain a layer of each kind (refbp.strategies.stack_specs
+    ``include``), with ``draw``'s options (training mode, ...); shrinkable by hypothesis."""
+    return partial(stack_specs, include=kinds, **{"max_depth": 3, "max_width": 4, "max_batch": 4,
+                                                  "dtypes": ("float64",), **draw})  # fmt: skip
 
 
-@dataclass(frozen=True)
-class LayerBug:
-    """One catalogue entry for a layer: the wrong line, the right line, why, and the twin.
-
-    Attributes:
-        name, title, wrong, right, why, equivalent: as refbp.apps.bugs.Bug.
-        equation: the layer it breaks ("LayerNorm", ...): its equations are in that module.
-        target: the layer class whose line is wrong.
-        twin: the subclass with the wrong line.
-        kinds: layer kinds the drawn stacks contain (refbp.strategies.stack_specs ``include``).
-        where: the networks it applies to, in words.
-        draw: extra options for ``stack_specs``.
-    """
-
-    name: str
-    title: str
-    equation: str
-    wrong: str
-    right: str
-    why: str
-    target: type[Layer]
-    twin: type[Layer]
-    kinds: tuple[str, ...]
-    where: str
-    equivalent: bool = False
-    draw: Mapping[str, Any] | None = None
-
-    def specs(self) -> st.SearchStrategy[Any]:
-        """Small float64 stacks that contain the layer (shrinkable by hypothesis)."""
-        options: dict[str, Any] = {"max_depth": 3, "max_width": 4, "max_batch": 4, "dtypes": ("float64",)}
-        options.update(self.draw or {})
-        return stack_specs(include=self.kinds, **options)
-
-    def gradients(self, case: Case) -> tuple[dict[str, Tensor], dict[tuple[int, ...], Tensor]]:
-        """The twin network's gradients at the case's point, and the dropout masks they used
-        (the right network's own draw, so that the references see the same function)."""
-        # a copy draws the masks, so that every call sees the same ones and the case is left as it was
-        noise = copy.deepcopy(case.net).forward(case.X, update_stats=False).noise
-        wrong = swap(case.net, self.target, twin_of(self.twin))
-        cache = wrong.forward(case.X, update_stats=False, noise=noise)
-        return wrong.backward(cache, case.y).as_dict(), noise
+def _twins(target: type[Layer], twin: type[Layer]) -> Rewire:
+    """Every layer of class ``target`` (inner ones included) swapped for its twin of class ``twin``."""
+    return lambda net: swap(net, target, twin_of(twin))
 
 
 # ---- the wrong lines -------------------------------------------------------------------
@@ -263,93 +205,96 @@ _ROWS = "any stack with a LayerNorm"
 _BATCH = "a BatchNorm1d in training mode, batch N >= 2"
 _DROP = "a Dropout in training mode"
 
-LAYER_BUGS: tuple[LayerBug, ...] = (
-    LayerBug(
+LAYER_BUGS: tuple[Bug, ...] = (
+    Bug(
         "layernorm_no_statistic_paths", "LayerNorm backward as if mean and variance were constants", "LayerNorm",
         "dJ_dx = dJ_dxhat * rstd", "dJ_dx = rstd * (dJ_dxhat - mean(dJ_dxhat) - xhat * mean(dJ_dxhat * xhat))",
         "mu and rstd are functions of every entry of the row: moving x_k moves them too. Their two paths "
         "are the two subtracted terms; without them dJ/dx is not even orthogonal to (1, ..., 1).",
-        LayerNorm, _NormNoStatisticPaths, ("layernorm",), _ROWS,
+        where=_ROWS, specs=_stacks("layernorm"), rewire=_twins(LayerNorm, _NormNoStatisticPaths),
     ),
-    LayerBug(
+    Bug(
         "layernorm_no_variance_path", "LayerNorm backward without the variance's path", "LayerNorm",
         "dJ_dx = rstd * (dJ_dxhat - mean(dJ_dxhat))",
         "dJ_dx = rstd * (dJ_dxhat - mean(dJ_dxhat) - xhat * mean(dJ_dxhat * xhat))",
         "The mean's path is there, the variance's is not: the part of dJ/dxhat along xhat, which a change "
         "of scale of the row would absorb, is wrongly passed on.",
-        LayerNorm, _NormNoVariancePath, ("layernorm",), _ROWS,
+        where=_ROWS, specs=_stacks("layernorm"), rewire=_twins(LayerNorm, _NormNoVariancePath),
     ),
-    LayerBug(
+    Bug(
         "layernorm_wrong_axis", "LayerNorm over the batch axis", "LayerNorm",
         "mu = x.mean(dim=0)", "mu = x.mean(dim=-1)",
         "LayerNorm normalises each row over its features; over dim 0 it normalises each feature over the "
         "batch, which is BatchNorm's statistic (and mixes the observations).",
-        LayerNorm, _NormWrongAxis, ("layernorm",), "a LayerNorm, batch N >= 2", draw={"max_batch": 4},
+        where="a LayerNorm, batch N >= 2", specs=_stacks("layernorm", max_batch=4),
+        rewire=_twins(LayerNorm, _NormWrongAxis),
     ),
-    LayerBug(
+    Bug(
         "batchnorm_no_statistic_paths", "BatchNorm backward as if batch mean and variance were constants",
         "BatchNorm1d", "dJ_dx = dJ_dxhat * rstd",
         "dJ_dx = rstd * (dJ_dxhat - mean_n(dJ_dxhat) - xhat * mean_n(dJ_dxhat * xhat))",
         "In training mode the statistics come from the batch itself: each x_n moves mu and var, and with "
         "them every row's xhat. (In eval mode the short line is right: the running statistics are constants.)",
-        BatchNorm1d, _BatchNormNoStatisticPaths, ("batchnorm",), _BATCH, draw={"training": True},
+        where=_BATCH, specs=_stacks("batchnorm", training=True), rewire=_twins(BatchNorm1d, _BatchNormNoStatisticPaths),
     ),
-    LayerBug(
+    Bug(
         "batchnorm_unbiased_variance", "BatchNorm normalised by the unbiased variance", "BatchNorm1d",
         "var = ((x - mu) ** 2).sum(0) / (N - 1)", "var = ((x - mu) ** 2).mean(0)",
         "torch normalises by the biased variance (1/N) and keeps the unbiased one (1/(N - 1)) only for "
         "running_var. Normalising by the unbiased one is another function: its gradients are another's too.",
-        BatchNorm1d, _BatchNormUnbiased, ("batchnorm",), _BATCH, draw={"training": True},
+        where=_BATCH, specs=_stacks("batchnorm", training=True), rewire=_twins(BatchNorm1d, _BatchNormUnbiased),
     ),
-    LayerBug(
+    Bug(
         "dropout_fresh_mask", "dropout's backward draws a new mask", "Dropout",
         "dJ_dx = dJ_dy * new_mask / (1 - p)", "dJ_dx = dJ_dy * mask / (1 - p)",
         "The backward pass differentiates the function the forward pass computed, with the entries that "
         "forward pass kept: the mask must come from the cache.",
-        Dropout, _DropoutFreshMask, ("dropout",), _DROP, draw={"training": True},
+        where=_DROP, specs=_stacks("dropout", training=True), rewire=_twins(Dropout, _DropoutFreshMask),
     ),
-    LayerBug(
+    Bug(
         "dropout_not_rescaled", "dropout's backward without 1/(1 - p)", "Dropout",
         "dJ_dx = dJ_dy * mask", "dJ_dx = dJ_dy * mask / (1 - p)",
         "Inverted dropout scales the kept entries by 1/(1 - p) in the forward pass; the same factor "
         "multiplies their gradient.",
-        Dropout, _DropoutNotRescaled, ("dropout",), _DROP, draw={"training": True},
+        where=_DROP, specs=_stacks("dropout", training=True), rewire=_twins(Dropout, _DropoutNotRescaled),
     ),
-    LayerBug(
+    Bug(
         "embedding_assigned", "embedding gradient assigned, not accumulated", "Embedding",
         "dJ_dE[idx] = dJ_dy", "dJ_dE.index_add_(0, idx, dJ_dy)",
         "A token that appears at several positions takes a gradient from each; indexed assignment keeps "
         "only one of them. Right only when no index repeats.",
-        Embedding, _EmbeddingAssigned, ("embedding",), "an Embedding, some index repeated",
+        where="an Embedding, some index repeated", specs=_stacks("embedding"),
+        rewire=_twins(Embedding, _EmbeddingAssigned),
     ),
-    LayerBug(
+    Bug(
         "residual_forgets_skip", "residual backward without the skip connection's gradient", "Residual",
         "dJ_dx = dJ_dx_through_F", "dJ_dx = dJ_dy + dJ_dx_through_F",
         "x reaches y = x + F(x) by two paths, and its gradient is the sum of both; the skip path "
         "contributes dJ/dy itself.",
-        Residual, _ResidualNoSkip, ("residual",), "a Residual",
+        where="a Residual", specs=_stacks("residual"), rewire=_twins(Residual, _ResidualNoSkip),
     ),
     # ---- equivalent variants: the same numbers by another route --------------------------------
-    LayerBug(
+    Bug(
         "layernorm_multiplied_out", "LayerNorm backward multiplied out", "LayerNorm",
         "dJ_dx = rstd / d * (d * dJ_dxhat - dJ_dxhat.sum() - xhat * (dJ_dxhat * xhat).sum())",
         "dJ_dx = rstd * (dJ_dxhat - mean(dJ_dxhat) - xhat * mean(dJ_dxhat * xhat))",
         "The same expression with 1/d taken out of the means: the same numbers up to round-off.",
-        LayerNorm, _NormAlternativeForm, ("layernorm",), _ROWS, equivalent=True,
+        where=_ROWS, specs=_stacks("layernorm"), rewire=_twins(LayerNorm, _NormAlternativeForm), equivalent=True,
     ),
-    LayerBug(
+    Bug(
         "batchnorm_long_form", "BatchNorm backward through dJ/dvar and dJ/dmu", "BatchNorm1d",
         "dJ_dvar = ...; dJ_dmu = ...; dJ_dx = dJ_dxhat * rstd + dJ_dvar * 2 (x - mu) / N + dJ_dmu / N",
         "dJ_dx = rstd * (dJ_dxhat - mean_n(dJ_dxhat) - xhat * mean_n(dJ_dxhat * xhat))",
         "The step-by-step chain rule through the variance and the mean (as course notes derive it) "
         "simplifies to the short form: the same numbers up to round-off.",
-        BatchNorm1d, _BatchNormLongForm, ("batchnorm",), _BATCH, equivalent=True, draw={"training": True},
+        where=_BATCH, specs=_stacks("batchnorm", training=True),
+        rewire=_twins(BatchNorm1d, _BatchNormLongForm), equivalent=True,
     ),
-    LayerBug(
+    Bug(
         "embedding_one_hot", "embedding gradient as onehot(idx)^T dJ/dy", "Embedding",
         "dJ_dE = one_hot(idx).T @ dJ_dy", "dJ_dE.index_add_(0, idx, dJ_dy)",
         "The one-hot matrix product sums the rows of each token, which is what index_add_ does.",
-        Embedding, _EmbeddingOneHot, ("embedding",), "an Embedding", equivalent=True,
+        where="an Embedding", specs=_stacks("embedding"), rewire=_twins(Embedding, _EmbeddingOneHot), equivalent=True,
     ),
 )  # fmt: skip
 """The layer entries of the catalogue: classic bugs first, then equivalent variants."""
