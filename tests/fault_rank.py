@@ -4,7 +4,7 @@
 
 Rank RANK, as it starts the CASE-th case of its share of the sweep, does ACTION: "die"
 (SIGKILL, which nothing can catch) or "hang" (sleeps, as a deadlocked rank would). Every other
-rank runs ``refbp`` as it is. The fault is injected around refbp.apps.sweep.check_case, which
+rank runs ``refbp`` as it is. The fault is injected around refbp.verify.sweep.check_case, which
 the sharded report calls for each case; nothing in refbp knows about it."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Any
 
-from refbp.apps import sweep
 from refbp.apps.cli import main
+from refbp.verify import sweep
 
 
 def inject(action: str, case: int) -> None:

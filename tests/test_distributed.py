@@ -7,6 +7,7 @@ refbp report under torchrun: tests/test_distributed_report.py."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import json
@@ -206,3 +207,35 @@ def test_torchrun_runs_the_data_parallel_check(tmp_path: Path) -> None:
     assert job.returncode == 0 and not job.left_behind, job.stderr
     assert "4/4 networks passed on 3 ranks" in job.stdout
     assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == ["DISTRIBUTED.json", "DISTRIBUTED.md"]
+
+
+# ---- the house --------------------------------------------------------------------------------------
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function, as an absolute name."""
+    package = "refbp.distributed"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            found |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+            "import_module",
+            "__import__",
+        ):
+            found |= {arg.value for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)}
+    return found
+
+
+def test_distributed_imports_nothing_from_the_command_line_floor() -> None:
+    """refbp.distributed sits beside refbp.apps, not above it: what both need (the sweep's cases,
+    the progress bar) lives a floor down (refbp.verify.sweep, refbp.progress)."""
+    folder = Path(__file__).parents[1] / "refbp" / "distributed"
+    reaching_up = {
+        path.name: sorted(m for m in _imported_modules(path) if m == "refbp.apps" or m.startswith("refbp.apps."))
+        for path in sorted(folder.glob("*.py"))
+    }
+    assert {name: found for name, found in reaching_up.items() if found} == {}
+    assert "refbp.verify.sweep" in _imported_modules(folder / "sharded_report.py")  # the scan sees relative imports

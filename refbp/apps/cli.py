@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(message: str, code: int) -> int:
     """Print the one error line (after ending a progress bar's line, if one is drawing)."""
-    progress = sys.modules.get("refbp.apps.progress")  # loaded only if a bar may be drawing
+    progress = sys.modules.get("refbp.progress")  # loaded only if a bar may be drawing
     if progress is not None:
         progress.close_all()
     print(f"error: {message}", file=sys.stderr)

@@ -17,8 +17,8 @@ import functools
 import sys
 from collections.abc import Callable
 
+from .. import progress
 from ..distributed.launch import RankFailedError, has_joined, torchrun_launch
-from . import progress
 from .signals import Terminated
 
 __all__ = ["EXIT_RANK_FAILED", "EXIT_TERMINATED", "EXIT_USAGE", "on_ranks"]
