@@ -127,6 +127,18 @@ def test_a_bad_timeout_variable_is_said_once_by_rank_0(tmp_path: Path) -> None:
     assert run.output == ["error: REFBP_DISTRIBUTED_TIMEOUT='soon' is not a number; expected seconds, e.g. 60\n", ""]
 
 
+def test_an_argparse_error_on_ranks_is_said_once_by_rank_0(tmp_path: Path) -> None:
+    for args in (["report", "--examples", "many"], ["report", "--no-such-option"], []):
+        run = run_ranks(lambda r, args=args: main(args), 3, tmp_path / "logs")
+        assert run.values == [2, 2, 2], run.output
+        assert run.output[1:] == ["", ""], run.output  # the other ranks exit 2 without a word
+        lines = run.output[0].splitlines()
+        if args:
+            assert len(lines) == 1 and lines[0].startswith("error: refbp"), run.output[0]
+        else:
+            assert lines[0].startswith("usage: refbp"), run.output[0]  # the help, from rank 0 only
+
+
 # ---- torchrun itself -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_torchrun_runs_the_sharded_report(tmp_path: Path) -> None:
@@ -138,6 +150,13 @@ def test_torchrun_runs_the_sharded_report(tmp_path: Path) -> None:
     assert docs[1].pop("timing")["processes"] == 2 and (docs[0].pop("timing"), docs[0])[1] == docs[1]
     leftovers = [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchelastic_")]
     assert not leftovers  # torchrun's own log folders are all it left, in the test's folder
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_bad_option_is_said_once(tmp_path: Path) -> None:
+    job = torchrun(["--nproc-per-node=2", "-m", "refbp", "report", "--examples", "many"], tmp_path)
+    assert job.returncode not in (0, None) and not job.left_behind, job.stderr
+    assert job.stderr.count("error: refbp report: argument --examples: invalid int value: 'many'") == 1, job.stderr
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ import sys
 from collections.abc import Callable
 
 from .. import progress
-from ..distributed.launch import RankFailedError, has_joined, torchrun_launch
+from ..distributed.environment import leads
+from ..distributed.launch import RankFailedError, has_joined
 from .signals import Terminated
 
 __all__ = ["EXIT_RANK_FAILED", "EXIT_TERMINATED", "EXIT_USAGE", "on_ranks"]
@@ -42,7 +43,7 @@ def on_ranks(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
         try:
             return run(args)
         except (ValueError, TypeError):
-            if has_joined() or _leads():
+            if has_joined() or leads():
                 raise
             return EXIT_USAGE  # rank 0 says why, once
         except RankFailedError as err:
@@ -63,12 +64,3 @@ def _fail(message: str, code: int) -> int:
     progress.close_all()
     print(f"error: {message}", file=sys.stderr)
     return code
-
-
-def _leads() -> bool:
-    """True unless this process is a rank other than 0 of a torchrun job."""
-    try:
-        launch = torchrun_launch()
-    except ValueError:
-        return True
-    return launch is None or launch.leader
