@@ -7,6 +7,7 @@ is left at their deadline), and keeps torchrun's temporary folders in its own tm
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -127,9 +128,13 @@ def test_a_bad_timeout_variable_is_said_once_by_rank_0(tmp_path: Path) -> None:
     assert run.output == ["error: REFBP_DISTRIBUTED_TIMEOUT='soon' is not a number; expected seconds, e.g. 60\n", ""]
 
 
+def _command(args: list[str], rank: int) -> int:
+    return main(args)
+
+
 def test_an_argparse_error_on_ranks_is_said_once_by_rank_0(tmp_path: Path) -> None:
     for args in (["report", "--examples", "many"], ["report", "--no-such-option"], []):
-        run = run_ranks(lambda r, args=args: main(args), 3, tmp_path / "logs")
+        run = run_ranks(functools.partial(_command, args), 3, tmp_path / "logs")
         assert run.values == [2, 2, 2], run.output
         assert run.output[1:] == ["", ""], run.output  # the other ranks exit 2 without a word
         lines = run.output[0].splitlines()
