@@ -4,14 +4,19 @@
 process is a rank, and which; ``joined(launch, timeout=...)`` joins the gloo group for the
 length of a ``with`` block and always leaves it.
 
-**A rank that dies or hangs does not hang the others.** Every collective gives up after
-``timeout`` seconds (``init_process_group(timeout=...)``). Before rank 0 gathers the ranks'
-results, ``Job.barrier`` waits for every rank with gloo's monitored barrier, which fails at once
-when a rank's connection closes (it died) and after ``timeout`` when one does not come (it
-hung); each rank notes its arrival in the job's store first, so the store then says which
-ranks never came. Every failure becomes one ``RankFailedError`` naming the rank(s) when they
-are known. (Under torchrun a rank that *dies* usually ends the job sooner: torchrun stops every
-other rank at once, and its summary names the rank that failed first.)
+**A rank that dies, stops or hangs does not hang the others.** Every collective gives up
+after ``timeout`` seconds (``init_process_group(timeout=...)``), and ``Job.collective`` turns
+gloo's error into one naming the rank. While the ranks are joined, each beats a heartbeat in the
+job's store (refbp.distributed.heartbeat): a rank silent for half the timeout (SIGSTOP, SIGKILL,
+a frozen machine), or one that failed with an error (it says so as it leaves), is found by the
+others between two cases (``Job.check_alive``) or while they wait for it, so every rank ends
+within the timeout of the stop (half of it to notice, the rest for the case in progress: every
+case of the sweep takes far less). Before rank 0 gathers the ranks' results, ``Job.barrier``
+waits for every rank in the store (each notes its arrival), listening to the heartbeat; a rank
+that still beats but never comes (hung) is named after ``timeout``. Every failure becomes one
+``RankFailedError`` naming the rank(s) when they are known. (Under torchrun a rank that
+*dies* usually ends the job sooner: torchrun stops every other rank at once, and its summary
+names the rank that failed first.)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import torch.distributed as dist
 
 from .environment import TORCHRUN_VARIABLES, Launch, torchrun_launch
+from .heartbeat import STORE_LOST, Heartbeat
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -54,6 +60,14 @@ enough that a hung rank costs a minute, not the hours of torch's default (30 min
 TIMEOUT_VARIABLE = "REFBP_DISTRIBUTED_TIMEOUT"
 """The environment variable that sets the timeout of ``refbp report`` under torchrun (in
 seconds; ``refbp distributed`` has ``--timeout``)."""
+
+SILENCE_SHARE = 0.5
+"""A rank whose heartbeat has not moved for this share of the timeout is declared stopped or
+dead (refbp.distributed.heartbeat): half, so that the others end within the timeout of the
+stop even when they notice it one case later."""
+
+BARRIER_POLL = 0.02
+"""Seconds between two looks at the store while a rank waits for the others at a barrier."""
 
 MAX_TIMEOUT = 24 * 3600.0
 """The longest timeout accepted: a day. Longer is a typo, and timedelta and gloo overflow long
@@ -103,6 +117,9 @@ class Job:
         self.store = store
         self.timeout = timeout
         self._meetings = 0
+        self.heart = Heartbeat(
+            store, rank=launch.rank, world_size=launch.world_size, key=self._key, silence=timeout * SILENCE_SHARE
+        )
 
     @property
     def rank(self) -> int:
@@ -135,15 +152,57 @@ class Job:
                 f"the job's counter {name!r}: rank {self.rank} lost {keeper} (it died or hung): {first}", ranks
             ) from err
 
+    def check_alive(self, what: str) -> None:
+        """Raise RankFailedError if this rank has heard that another failed, died or stopped
+        (refbp.distributed.heartbeat): call it between steps of work that meets no other rank."""
+        heard = self.heart.verdict()
+        if heard is not None:
+            raise self._failure(what, heard)
+
+    def _failure(self, what: str, heard: tuple[str, tuple[int, ...]]) -> RankFailedError:
+        why, ranks = heard
+        if ranks == (STORE_LOST,):
+            keeper, ranks = self._store_keeper()
+            return RankFailedError(f"{what}: {why}: rank {self.rank} lost {keeper} (it died or stopped)", ranks)
+        return RankFailedError(f"{what}: {why}", ranks)
+
+    def _store_keeper(self) -> tuple[str, tuple[int, ...]]:
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            return "torchrun's agent, which keeps the job's store,", ()
+        return "rank 0, which keeps the job's store,", (0,)
+
+    @contextlib.contextmanager
+    def collective(self, what: str) -> Iterator[None]:
+        """Run collectives (all-reduces, DDP) in the block: an error of the process group
+        (gloo's timeout after ``timeout`` seconds, a closed connection) becomes a RankFailedError
+        that names the rank this rank has heard stop, when it has."""
+        try:
+            yield
+        except RuntimeError as err:
+            if isinstance(err, RankFailedError) or not _from_the_group(err):
+                raise
+            heard = self.heart.verdict()
+            raise (self._failure(what, heard) if heard else _lost(what, self.rank, err)) from err
+
     def barrier(self, what: str) -> None:
         """Wait until every rank gets here, at most ``timeout`` seconds. A rank that arrives
-        says so in the job's store first, so that when the barrier fails (a rank's connection
-        closed, or the time ran out) the store tells which ranks never came."""
+        says so in the job's store first, and the wait is on the store, listening to the
+        heartbeat meanwhile: a rank that stops or fails while the others wait is named within
+        the heartbeat's silence, one that works on and never comes after ``timeout``."""
         self._meetings += 1
         arrived = f"meeting{self._meetings}/arrived/"
         start = time.monotonic()
         try:
             self.store.set(self._key(f"{arrived}{self.rank}"), "1")
+        except RuntimeError as err:
+            raise _lost(what, self.rank, err) from err
+        while absent := self._absent(arrived):
+            self.check_alive(what)
+            if time.monotonic() - start >= self.timeout:
+                who = f"rank {absent[0]}" if len(absent) == 1 else "ranks " + ", ".join(map(str, absent))
+                raise RankFailedError(f"{what}: {who} did not arrive within {self.timeout:g} s (hung, or died)", absent)
+            time.sleep(BARRIER_POLL)
+        try:  # every rank has arrived: this passes at once, and keeps gloo's ranks in step
             dist.monitored_barrier(timeout=timedelta(seconds=self.timeout), wait_all_ranks=True)
         except RuntimeError as err:
             elapsed = time.monotonic() - start
@@ -171,7 +230,8 @@ class Job:
         try:
             dist.gather_object(value, out, dst=0)
         except RuntimeError as err:
-            raise _lost(what, self.rank, err) from err
+            heard = self.heart.verdict()
+            raise (self._failure(what, heard) if heard else _lost(what, self.rank, err)) from err
         return out
 
 
@@ -203,15 +263,36 @@ def joined(launch: Launch, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Job]
         dist.init_process_group("gloo", store=store, rank=launch.rank, world_size=launch.world_size, timeout=wait)
     except RuntimeError as err:
         raise _lost(f"joining the process group (within {timeout:g} s)", launch.rank, err) from err
+    job = Job(launch, store, timeout)
+    job.heart.start()
+    failure: str | None = None
     try:
-        yield Job(launch, store, timeout)
+        with job.collective("the job"):
+            yield job
+    except RankFailedError:
+        raise  # another rank's: the others find it themselves
+    except BaseException as err:
+        failure = _first_line(err)  # this rank's own: told to the others, who then end at once
+        raise
     finally:
+        job.heart.stop(failure)
         # DistributedDataParallel's reducer holds the group and sits in a reference cycle with
         # the parameters it hooks; left to the interpreter's exit, it outlived the group and
         # gloo aborted the process ("terminate called without an active exception", 3 runs
         # of 32 of refbp distributed on 3 ranks). Collected now, it goes first: 0 of 40.
         gc.collect()
         dist.destroy_process_group()
+
+
+def _from_the_group(err: RuntimeError) -> bool:
+    """True for an error of the process group (gloo's own messages name its source files), not
+    of the code between collectives."""
+    return isinstance(err, dist.DistError) or "gloo" in str(err)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def _lost(what: str, rank: int, err: RuntimeError) -> RankFailedError:

@@ -54,6 +54,7 @@ def run_sharded_report(
     start = time.perf_counter()
     try:
         while (i := job.add("report/next") - 1) < len(order):  # the next case nobody has taken
+            job.check_alive("the sharded sweep")  # a rank that stopped ends the job now, not at the end
             label, spec = order[i]
             result = sweep.check_case(spec, fd_mode)
             mine.append(CaseOutcome(i + 1, label, spec, result))
