@@ -54,6 +54,9 @@ class Heartbeat:
         self._failed: dict[int, str] = {}
         self._store_call_since: float | None = None  # set while the thread waits on the store
         self._stopping = threading.Event()
+        self.on_verdict: Callable[[], None] | None = None
+        """Called (from the heartbeat's thread) once, when ``verdict`` first finds something."""
+        self._told = False
         self._thread = threading.Thread(target=self._run, name="refbp-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -107,6 +110,10 @@ class Heartbeat:
                     failures = now_failures
                     for r in self.others:
                         self._read_left(r)
+                tell = self.on_verdict
+                if tell is not None and not self._told and self.verdict() is not None:
+                    self._told = True
+                    tell()
         except RuntimeError:
             return  # the store is gone; the main thread's next call to it says so
 

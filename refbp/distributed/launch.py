@@ -21,14 +21,19 @@ names the rank that failed first.)
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import functools
 import gc
 import math
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
+from types import FrameType
 from typing import Any
 
 import torch.distributed as dist
@@ -65,6 +70,10 @@ SILENCE_SHARE = 0.5
 """A rank whose heartbeat has not moved for this share of the timeout is declared stopped or
 dead (refbp.distributed.heartbeat): half, so that the others end within the timeout of the
 stop even when they notice it one case later."""
+
+INTERRUPT_SIGNAL = signal.SIGUSR1
+"""The signal whose Python handler stops the main thread when the heartbeat finds a rank lost
+(tripped in-process by ``_thread.interrupt_main``, never sent)."""
 
 BARRIER_POLL = 0.02
 """Seconds between two looks at the store while a rank waits for the others at a barrier."""
@@ -117,6 +126,9 @@ class Job:
         self.store = store
         self.timeout = timeout
         self._meetings = 0
+        self.doing = "the job"
+        """What this rank is doing with the others (the sweep, a network): the head of a lost
+        rank's line."""
         self.heart = Heartbeat(
             store, rank=launch.rank, world_size=launch.world_size, key=self._key, silence=timeout * SILENCE_SHARE
         )
@@ -155,6 +167,7 @@ class Job:
     def check_alive(self, what: str) -> None:
         """Raise RankFailedError if this rank has heard that another failed, died or stopped
         (refbp.distributed.heartbeat): call it between steps of work that meets no other rank."""
+        self.doing = what
         heard = self.heart.verdict()
         if heard is not None:
             raise self._failure(what, heard)
@@ -176,6 +189,7 @@ class Job:
         """Run collectives (all-reduces, DDP) in the block: an error of the process group
         (gloo's timeout after ``timeout`` seconds, a closed connection) becomes a RankFailedError
         that names the rank this rank has heard stop, when it has."""
+        self.doing = what
         try:
             yield
         except RuntimeError as err:
@@ -267,7 +281,7 @@ def joined(launch: Launch, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Job]
     job.heart.start()
     failure: str | None = None
     try:
-        with job.collective("the job"):
+        with _interrupted_when_lost(job), job.collective("the job"):
             yield job
     except RankFailedError:
         raise  # another rank's: the others find it themselves
@@ -282,6 +296,30 @@ def joined(launch: Launch, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Job]
         # of 32 of refbp distributed on 3 ranks). Collected now, it goes first: 0 of 40.
         gc.collect()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _interrupted_when_lost(job: Job) -> Iterator[None]:
+    """Within the block, the heartbeat's verdict stops the main thread where it is (mid-case)
+    with the RankFailedError, so that the case in progress does not delay the end. The
+    heartbeat trips INTERRUPT_SIGNAL's Python handler (``_thread.interrupt_main``: no signal is
+    sent to any process); only in the main thread, where Python runs handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def lost(signum: int, frame: FrameType | None) -> None:
+        heard = job.heart.verdict()
+        if heard is not None:  # else a real SIGUSR1 from elsewhere: nothing to do
+            raise job._failure(job.doing, heard)
+
+    previous = signal.signal(INTERRUPT_SIGNAL, lost)
+    job.heart.on_verdict = functools.partial(_thread.interrupt_main, INTERRUPT_SIGNAL)
+    try:
+        yield
+    finally:
+        job.heart.on_verdict = None
+        signal.signal(INTERRUPT_SIGNAL, previous)  # SIG_DFL: a late trip is ignored
 
 
 def _from_the_group(err: RuntimeError) -> bool:
