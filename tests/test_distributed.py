@@ -7,9 +7,13 @@ refbp report under torchrun: tests/test_distributed_report.py."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import json
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,8 @@ import torch
 
 from refbp.apps.cli import main
 from refbp.apps.distributed_bugs import RECIPES
+from refbp.apps.ranks import EXIT_RANK_FAILED
+from refbp.distributed import verify as verify_module
 from refbp.distributed.cases import DataParallelSpec, draw_specs
 from refbp.distributed.data_parallel import data_parallel_gradients, train_step
 from refbp.distributed.launch import joined, torchrun_launch
@@ -206,3 +212,67 @@ def test_torchrun_runs_the_data_parallel_check(tmp_path: Path) -> None:
     assert job.returncode == 0 and not job.left_behind, job.stderr
     assert "4/4 networks passed on 3 ranks" in job.stdout
     assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == ["DISTRIBUTED.json", "DISTRIBUTED.md"]
+
+
+# ---- the house --------------------------------------------------------------------------------------
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function, as an absolute name."""
+    package = "refbp.distributed"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            found |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+            "import_module",
+            "__import__",
+        ):
+            found |= {arg.value for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)}
+    return found
+
+
+def test_distributed_imports_nothing_from_the_command_line_floor() -> None:
+    """refbp.distributed sits beside refbp.apps, not above it: what both need (the sweep's cases,
+    the progress bar) lives a floor down (refbp.verify.sweep, refbp.progress)."""
+    folder = Path(__file__).parents[1] / "refbp" / "distributed"
+    reaching_up = {
+        path.name: sorted(m for m in _imported_modules(path) if m == "refbp.apps" or m.startswith("refbp.apps."))
+        for path in sorted(folder.glob("*.py"))
+    }
+    assert {name: found for name, found in reaching_up.items() if found} == {}
+    assert "refbp.verify.sweep" in _imported_modules(folder / "sharded_report.py")  # the scan sees relative imports
+
+
+def test_a_rank_stopped_during_refbp_distributed_is_the_fault_exit_not_a_failed_check(tmp_path: Path) -> None:
+    """Rank 1 stops (SIGSTOP) inside its third network: rank 0's all-reduce times out in gloo,
+    which must come out as the lost-rank exit (3) with one line naming rank 1, within the
+    timeout of the stop, not as gloo's traceback and exit 1 ("a check failed")."""
+    timeout = 4.0
+    stopped, ended = tmp_path / "stopped", tmp_path / "ended"
+
+    def rank(r: int) -> int:
+        if r == 1:
+            real, calls = verify_module.data_parallel_gradients, []
+
+            def stopping(*args: Any, **kwargs: Any) -> Any:
+                calls.append(1)
+                if len(calls) == 3:
+                    stopped.write_text(repr(time.monotonic()))
+                    os.kill(os.getpid(), signal.SIGSTOP)
+                return real(*args, **kwargs)
+
+            verify_module.data_parallel_gradients = stopping
+        code = main(["distributed", "--examples", "40", "--timeout", str(timeout), "--out", str(tmp_path / "out")])
+        if r == 0:
+            ended.write_text(repr(time.monotonic()))
+        return code
+
+    run = run_ranks(rank, 2, tmp_path / "logs", like_torchrun=True)
+    assert run.values[0] == EXIT_RANK_FAILED and "Traceback" not in run.output[0], run.output[0]
+    errors = [line for line in run.output[0].splitlines() if line.startswith("error: ")]
+    assert errors == ["error: network 3: rank 1 gave no sign of life for 2 s (stopped, or died)"], run.output[0]
+    assert 0 < float(ended.read_text()) - float(stopped.read_text()) <= timeout + 2.0  # + rank 0's own network
+    assert not (tmp_path / "out").exists()

@@ -7,8 +7,11 @@ is left at their deadline), and keeps torchrun's temporary folders in its own tm
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from refbp.apps.cli import main
 from refbp.apps.ranks import EXIT_RANK_FAILED
 
 from .fault_rank import inject
-from .ranks import run_ranks, torchrun
+from .ranks import RankRun, run_ranks, torchrun
 
 TIMEOUT = 20.0
 """The process groups' timeout where a test does not shorten it: no healthy test rank waits a
@@ -68,11 +71,94 @@ def test_a_rank_that_dies_mid_sweep_is_named_and_the_old_report_stays(tmp_path: 
             inject("die", 3)
         return main(["report", "--examples", "12", "--no-progress", "--out", str(tmp_path / "out")])
 
-    run = run_ranks(rank, 2, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": str(TIMEOUT)})
+    run = run_ranks(rank, 2, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": "4"})
     assert run.codes[1] == -9 and run.values[0] == EXIT_RANK_FAILED, run.output
     errors = [line for line in run.output[0].splitlines() if line.startswith("error: ")]
-    assert errors == ["error: the sharded sweep: rank 1 died (its connection closed)"], run.output[0]
+    assert errors == ["error: the sharded sweep: rank 1 gave no sign of life for 2 s (stopped, or died)"], run.output[0]
     assert _report_files(tmp_path / "out") == old  # nothing written, no temporary left
+
+
+LONG_SWEEP = ["report", "--examples", "60", "--dtype", "float64", "--no-progress", "--out"]
+"""A sweep of several seconds: a rank that stops or fails early leaves the others much to do."""
+
+STOP_TIMEOUT = 6.0
+"""The timeout of the tests that stop a rank: its heartbeat's silence is 3 s, which leaves 3 s
+for the case in progress on a loaded machine; the rest of the sweep of --examples 60 takes far
+longer, so a rank that noticed only at the end would be late."""
+
+
+def _ended_within_the_timeout_of_the_stop(rank_fn: Callable[[int], int], tmp_path: Path) -> RankRun:
+    """Run ``rank_fn`` on 2 ranks, rank 1 noting when it stops (``tmp_path / "stopped"``) and
+    rank 0 when it ended; check that rank 0 ended within STOP_TIMEOUT of the stop."""
+    ended = tmp_path / "ended"
+
+    def rank(r: int) -> int:
+        code = rank_fn(r)
+        if r == 0:
+            ended.write_text(repr(time.monotonic()))
+        return code
+
+    env = {"REFBP_DISTRIBUTED_TIMEOUT": str(STOP_TIMEOUT)}
+    run = run_ranks(rank, 2, tmp_path / "logs", env=env, like_torchrun=True)
+    assert run.values[0] == EXIT_RANK_FAILED, run.output
+    assert "Traceback" not in run.output[0], run.output[0]
+    seconds = float(ended.read_text()) - float((tmp_path / "stopped").read_text())
+    assert 0 < seconds <= STOP_TIMEOUT, (seconds, run.output[0])
+    return run
+
+
+def test_a_rank_stopped_mid_sweep_ends_the_job_within_the_timeout_of_the_stop(tmp_path: Path) -> None:
+    """SIGSTOP: the process stands still, its connections stay open, so nothing fails; only its
+    silence tells. Rank 0 must not work through the rest of the sweep first."""
+    old = _old_report(tmp_path / "out")
+
+    def rank(r: int) -> int:
+        if r == 1:
+            inject("stop", 2, note=tmp_path / "stopped")
+        return main(
+            ["report", "--examples", "60", "--dtype", "float64", "--no-progress", "--out", str(tmp_path / "out")]
+        )
+
+    run = _ended_within_the_timeout_of_the_stop(rank, tmp_path)
+    errors = [line for line in run.output[0].splitlines() if line.startswith("error: ")]
+    assert errors == ["error: the sharded sweep: rank 1 gave no sign of life for 3 s (stopped, or died)"], run.output[0]
+    assert _report_files(tmp_path / "out") == old
+
+
+def test_a_rank_whose_check_raises_is_named_at_once_by_the_others(tmp_path: Path) -> None:
+    old = _old_report(tmp_path / "out")
+
+    def rank(r: int) -> int:
+        if r == 1:
+            inject("raise", 2)
+        return main(
+            ["report", "--examples", "60", "--dtype", "float64", "--no-progress", "--out", str(tmp_path / "out")]
+        )
+
+    run = run_ranks(rank, 2, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": str(TIMEOUT)})
+    assert run.codes[1] == 1 and "RuntimeError: a fault injected at case 2" in run.output[1], run.output
+    assert run.values[0] == EXIT_RANK_FAILED and run.seconds < TIMEOUT / 2, (run.seconds, run.output)
+    errors = [line for line in run.output[0].splitlines() if line.startswith("error: ")]
+    assert errors == ["error: the sharded sweep: rank 1 failed: RuntimeError: a fault injected at case 2"], run.output
+    assert _report_files(tmp_path / "out") == old
+
+
+def test_a_rank_that_torchrun_terminates_exits_3_with_one_line(tmp_path: Path) -> None:
+    """torchrun sends SIGTERM to every other rank once one fails (run_ranks does the same with
+    like_torchrun): the job could not finish, so the surviving rank's status is 3, not 143."""
+
+    def rank(r: int) -> int:
+        if r == 1:
+            inject("die", 2)
+        return main(
+            ["report", "--examples", "60", "--dtype", "float64", "--no-progress", "--out", str(tmp_path / "out")]
+        )
+
+    run = run_ranks(rank, 2, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": str(TIMEOUT)}, like_torchrun=True)
+    assert run.codes[1] == -9 and run.values[0] == EXIT_RANK_FAILED, run.output
+    errors = [line for line in run.output[0].splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: terminated: torchrun stops every rank"), run.output[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_rank_that_hangs_is_named_after_the_timeout_and_the_job_ends(tmp_path: Path) -> None:
@@ -127,6 +213,22 @@ def test_a_bad_timeout_variable_is_said_once_by_rank_0(tmp_path: Path) -> None:
     assert run.output == ["error: REFBP_DISTRIBUTED_TIMEOUT='soon' is not a number; expected seconds, e.g. 60\n", ""]
 
 
+def _command(args: list[str], rank: int) -> int:
+    return main(args)
+
+
+def test_an_argparse_error_on_ranks_is_said_once_by_rank_0(tmp_path: Path) -> None:
+    for args in (["report", "--examples", "many"], ["report", "--no-such-option"], []):
+        run = run_ranks(functools.partial(_command, args), 3, tmp_path / "logs")
+        assert run.values == [2, 2, 2], run.output
+        assert run.output[1:] == ["", ""], run.output  # the other ranks exit 2 without a word
+        lines = run.output[0].splitlines()
+        if args:
+            assert len(lines) == 1 and lines[0].startswith("error: refbp"), run.output[0]
+        else:
+            assert lines[0].startswith("usage: refbp"), run.output[0]  # the help, from rank 0 only
+
+
 # ---- torchrun itself -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_torchrun_runs_the_sharded_report(tmp_path: Path) -> None:
@@ -138,6 +240,13 @@ def test_torchrun_runs_the_sharded_report(tmp_path: Path) -> None:
     assert docs[1].pop("timing")["processes"] == 2 and (docs[0].pop("timing"), docs[0])[1] == docs[1]
     leftovers = [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchelastic_")]
     assert not leftovers  # torchrun's own log folders are all it left, in the test's folder
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_bad_option_is_said_once(tmp_path: Path) -> None:
+    job = torchrun(["--nproc-per-node=2", "-m", "refbp", "report", "--examples", "many"], tmp_path)
+    assert job.returncode not in (0, None) and not job.left_behind, job.stderr
+    assert job.stderr.count("error: refbp report: argument --examples: invalid int value: 'many'") == 1, job.stderr
 
 
 @pytest.mark.slow

@@ -243,6 +243,23 @@ def test_sigterm_between_two_renames_waits_for_the_whole_report_set(tmp_path: Pa
     assert _consistent_set(out)["seed"] == 5  # every file is the new run's
 
 
+def test_a_report_file_that_cannot_be_replaced_exits_2_and_leaves_the_old_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """errors.png is a folder: the set is committed, report.json and REPORT.md are renamed into
+    place, then the rename onto the folder fails; the two must be put back."""
+    out = tmp_path / "out"
+    (out / "errors.png").mkdir(parents=True)
+    for name in ("REPORT.md", "report.json"):
+        (out / name).write_text("from an older run\n")
+    args = ["report", "--examples", "1", "--seed", "5", "--dtype", "float64", "--no-progress", "--out", str(out)]
+    assert main(args) == 2
+    line = _one_error_line(capsys)
+    assert "errors.png: a folder stands where the set has a file; nothing was replaced" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["REPORT.md", "errors.png", "report.json"]  # nothing left over
+    assert [(out / name).read_text() for name in ("REPORT.md", "report.json")] == ["from an older run\n"] * 2
+
+
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks to see waiting writers")
 def test_two_reports_into_one_folder_leave_one_consistent_set(tmp_path: Path) -> None:
     """Both runs are held at the folder's lock until both are ready to write, so that their

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -141,6 +142,47 @@ def test_write_atomic_keeps_the_old_file_when_the_commit_fails(tmp_path: Path, m
     with pytest.raises(OSError, match="disk full"):
         write_atomic(target, "new\n" * 1000)
     assert _contents(tmp_path) == {"REPORT.md": "old\n"}
+
+
+def _entries(folder: Path) -> dict[str, str]:
+    """Every entry of ``folder``: a file's text, or "<folder>"."""
+    return {p.name: "<folder>" if p.is_dir() else p.read_text() for p in sorted(folder.iterdir())}
+
+
+def test_a_folder_in_a_targets_place_puts_the_previous_set_back(tmp_path: Path) -> None:
+    """The kernel lets the first renames through (a.txt, b.txt, c.bin, and new.txt, which had
+    no old file), then d.txt cannot be replaced: every one of them must be undone."""
+    folder = _old_folder(tmp_path, "out")
+    (folder / "d.txt").mkdir()
+    before = _entries(folder)
+    with pytest.raises(OSError, match=r"d\.txt: a folder stands where the set has a file; nothing was replaced: "
+                       r"the previous set in .* stands"):  # fmt: skip
+        write_set(folder, {**NEW, "new.txt": "new\n", "d.txt": "new d\n", "gone.txt": None})
+    assert _entries(folder) == before  # no temporary, backup, journal or lock file
+    (folder / "d.txt").rmdir()
+    write_set(folder, {**NEW, "d.txt": "new d\n", "gone.txt": None})  # nothing left over that stops the next
+    assert _entries(folder) == {**NEW, "d.txt": "new d\n"}
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    """chattr +i / -i: True if it worked (root with CAP_LINUX_IMMUTABLE, a file system with the flag)."""
+    done = subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr")
+def test_an_immutable_target_puts_the_previous_set_back(tmp_path: Path) -> None:
+    folder = _old_folder(tmp_path, "out")
+    (folder / "REPORT.md").write_text("old report\n")
+    if not _immutable(folder / "REPORT.md", True):
+        pytest.skip("chattr +i is not allowed here (needs CAP_LINUX_IMMUTABLE and ext4, xfs or btrfs)")
+    try:
+        before = _entries(folder)
+        with pytest.raises(OSError, match=r"REPORT\.md.*: Operation not permitted; nothing was replaced"):
+            write_set(folder, {**NEW, "REPORT.md": "new report\n", "gone.txt": None})
+        assert _entries(folder) == before
+    finally:
+        _immutable(folder / "REPORT.md", False)
 
 
 def test_a_sigkill_at_any_step_leaves_a_set_the_next_writer_completes_or_rolls_back(tmp_path: Path) -> None:

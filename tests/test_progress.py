@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from refbp.apps.cli import main
-from refbp.apps.progress import FALLBACK_SIZE, Progress, close_all
+from refbp.progress import FALLBACK_SIZE, Progress, close_all
 
 
 def _read_all(fd: int) -> str:

@@ -16,6 +16,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ..distributed.environment import leads
 from .signals import Terminated, stop_signals_raise
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", "SUBCOMMANDS", "UsageError", "main"]
@@ -74,10 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser(argv)
             args = parser.parse_args(argv)
             if args.command is None:
-                parser.print_help(sys.stderr)
+                if leads():
+                    parser.print_help(sys.stderr)
                 return EXIT_USAGE
             return int(args.run(args))
     except UsageError as err:
+        if not leads():  # under torchrun every rank parsed the same options: rank 0 says why, once
+            return EXIT_USAGE
         return _fail(str(err), EXIT_USAGE)
     except (ValueError, TypeError, OSError) as err:
         return _fail(str(err), EXIT_USAGE)
@@ -89,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(message: str, code: int) -> int:
     """Print the one error line (after ending a progress bar's line, if one is drawing)."""
-    progress = sys.modules.get("refbp.apps.progress")  # loaded only if a bar may be drawing
+    progress = sys.modules.get("refbp.progress")  # loaded only if a bar may be drawing
     if progress is not None:
         progress.close_all()
     print(f"error: {message}", file=sys.stderr)

@@ -6,8 +6,11 @@ only rank 0 reports an error raised before the ranks join their process group; t
 exit 2 (EXIT_USAGE) without a word. A rank that dies or hangs (refbp.distributed.launch.
 RankFailedError) ends the command with one ``error:`` line that names it, exit code
 EXIT_RANK_FAILED, and no file written (rank 0 writes only after every rank has answered).
-Under torchrun a rank that dies usually ends the job sooner: torchrun sends SIGTERM to every
-other rank at once, and each says so in one line that points to torchrun's summary.
+A rank that stops (SIGSTOP) or fails with an error is found by the others' heartbeat
+(refbp.distributed.heartbeat) within half the timeout. Under torchrun a rank that dies usually
+ends the job sooner: torchrun sends SIGTERM to every other rank at once, and each says so in one
+line that points to torchrun's summary and exits EXIT_RANK_FAILED too (the job could not
+finish); torchrun itself then exits nonzero.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import functools
 import sys
 from collections.abc import Callable
 
-from ..distributed.launch import RankFailedError, has_joined, torchrun_launch
-from . import progress
+from .. import progress
+from ..distributed.environment import leads
+from ..distributed.launch import RankFailedError, has_joined
 from .signals import Terminated
 
 __all__ = ["EXIT_RANK_FAILED", "EXIT_TERMINATED", "EXIT_USAGE", "on_ranks"]
@@ -42,7 +46,7 @@ def on_ranks(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
         try:
             return run(args)
         except (ValueError, TypeError):
-            if has_joined() or _leads():
+            if has_joined() or leads():
                 raise
             return EXIT_USAGE  # rank 0 says why, once
         except RankFailedError as err:
@@ -53,7 +57,7 @@ def on_ranks(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
             return _fail(
                 "terminated: torchrun stops every rank as soon as one fails (its summary names the rank that "
                 "failed first), or when it is stopped itself; nothing was written",
-                EXIT_TERMINATED,
+                EXIT_RANK_FAILED,  # the job could not finish: the status of a lost rank, whoever noticed
             )
 
     return wrapped
@@ -63,12 +67,3 @@ def _fail(message: str, code: int) -> int:
     progress.close_all()
     print(f"error: {message}", file=sys.stderr)
     return code
-
-
-def _leads() -> bool:
-    """True unless this process is a rank other than 0 of a torchrun job."""
-    try:
-        launch = torchrun_launch()
-    except ValueError:
-        return True
-    return launch is None or launch.leader

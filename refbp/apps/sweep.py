@@ -16,92 +16,43 @@ right at a piecewise boundary (refbp.verify.cases.REGIMES). Of the other half, f
 are layer stacks (refbp.verify.stacks): LayerNorm, BatchNorm1d, Dropout, Embedding, Flatten,
 Residual and every activation, in training and in eval mode; one in five is a tiny GPT
 (refbp.models.gpt_cases): causal self-attention, tied embeddings, ignored targets, dropout.
+
+Drawing a stack, ordering, checking and the outcome record live a floor down, in
+refbp.verify.sweep (the sharded sweep of refbp.distributed uses them too); they are
+re-exported here under their old names.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..models.gpt_cases import GPTSpec
 from ..nn.activations import ACTIVATIONS
 from ..nn.losses import LOSSES
+from ..progress import Progress
 from ..verify.cases import CaseSpec
-from ..verify.check import CheckResult, check
 from ..verify.stacks import StackSpec
-from .progress import Progress
+from ..verify.sweep import CaseOutcome, SweepSpec, case_order, check_case, finite, kind_of, random_stack
+
+Spec = CaseSpec | StackSpec | GPTSpec
+"""The kinds of network the report sweeps (each a refbp.verify.sweep.SweepSpec)."""
 
 __all__ = [
     "CaseOutcome",
+    "Spec",
     "case_order",
     "check_case",
     "components",
     "finite",
+    "kind_of",
     "random_gpt",
     "random_stack",
     "run_report",
     "sweep_specs",
 ]
-
-Spec = CaseSpec | StackSpec | GPTSpec
-
-
-@dataclass
-class CaseOutcome:
-    """One case of the sweep and its CheckResult, reduced to what the report shows."""
-
-    id: int
-    label: str
-    spec: Spec
-    result: CheckResult
-
-    @property
-    def kind(self) -> str:
-        """ "mlp", "stack" or "gpt"."""
-        return kind_of(self.spec)
-
-    @property
-    def margin(self) -> float:
-        """max over rows of max_abs_error / allowed (a verified entry passes at <= 1)."""
-        return max((row.margin for row in self.result.rows), default=0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        worst = max(self.result.rows, key=lambda r: r.margin)
-        return {
-            "id": self.id,
-            "label": self.label,
-            "kind": self.kind,
-            "spec": json.loads(self.spec.to_json()),
-            "describe": self.spec.describe(),
-            "passed": self.result.passed,
-            "margin": finite(self.margin),
-            "n_excluded": self.result.n_excluded,
-            "n_unverified": sum(row.n_unverified for row in self.result.rows),
-            "worst": {
-                "name": worst.name,
-                "reference": worst.reference,
-                "max_rel_error": finite(worst.max_rel_error),
-                "allowed": finite(worst.allowed),
-            },
-            "command": self.spec.command(),
-            "failures": [row.to_dict() for row in self.result.failures],
-            "tensors": [t.to_dict() for t in self.result.tensors if not t.passed],
-        }
-
-
-def kind_of(spec: Spec) -> str:
-    """ "mlp", "stack" or "gpt": the kind of network a spec describes."""
-    return "mlp" if isinstance(spec, CaseSpec) else "gpt" if isinstance(spec, GPTSpec) else "stack"
-
-
-def finite(x: float) -> float | str:
-    """x, or its name ("inf", "nan") where JSON has no number for it."""
-    return x if x == x and abs(x) != float("inf") else str(x)
 
 
 # ---- what is swept ------------------------------------------------------------------------
@@ -146,55 +97,6 @@ def _random_mlp(k: int, rng: random.Random) -> CaseSpec:
     )  # fmt: skip
 
 
-def random_stack(rng: random.Random, *, max_depth: int = 4, max_width: int = 8) -> StackSpec:
-    """A random layer stack, as refbp.strategies.stack_specs draws them, from ``rng``."""
-    names, losses = sorted(ACTIVATIONS), sorted(LOSSES)
-    loss = rng.choice(losses)
-    training = rng.random() < 0.6
-    tokens = rng.random() < 0.25
-    width = rng.randint(1, max_width)
-    input_width = width
-    layers: list[Any] = []
-    vocab, length, rows = 0, width, True
-    if tokens:
-        vocab, length, width = rng.randint(2, 8), rng.randint(1, 4), rng.randint(1, max_width)
-        layers.append(["embedding", width])
-        rows = False
-    for _ in range(rng.randint(1, max_depth)):
-        kind = rng.choice(["linear", "activation", "layernorm", "batchnorm", "dropout", "residual"])
-        if kind == "batchnorm" and not rows:
-            layers.append(["flatten"])
-            rows, width = True, width * length
-        if kind == "linear":
-            width = rng.randint(1, max_width)
-            layers.append(["linear", width] + ([{"bias": False}] if rng.random() < 0.2 else []))
-        elif kind == "activation":
-            layers.append([rng.choice(names)])
-        elif kind == "layernorm":
-            layers.append(["layernorm", rng.choice([{}, {"bias": False}, {"affine": False}])])
-        elif kind == "batchnorm":
-            layers.append(["batchnorm", rng.choice([{}, {"affine": False}])])
-        elif kind == "dropout":
-            layers.append(["dropout", rng.choice([0.1, 0.25, 0.5])])
-        else:
-            inner = [["linear", width], [rng.choice(names)]] if rng.random() < 0.7 else [["layernorm"]]
-            layers.append(["residual", inner])
-    if not rows and rng.random() < 0.5:
-        layers.append(["flatten"])
-        rows = True
-    out = rng.randint(2 if LOSSES[loss].targets == "classes" else 1, 5)
-    layers.append(["linear", out])
-    if LOSSES[loss].output_activation not in (None, "identity"):
-        layers.append([LOSSES[loss].output_activation])
-    batchnorm = any(layer[0] == "batchnorm" for layer in layers)
-    spec = {
-        "input": {"vocab": vocab, "length": length} if tokens else input_width,
-        "layers": layers, "loss": loss, "seed": rng.randint(0, 2**31 - 1),
-        "batch": rng.randint(2 if batchnorm and training else 1, 8), "training": training,
-    }  # fmt: skip
-    return StackSpec.from_dict(spec)
-
-
 def random_gpt(rng: random.Random) -> GPTSpec:
     """A tiny random GPT, as refbp.strategies.gpt_specs draws them, from ``rng``: 1-2 blocks,
     1-2 heads of size 1-3, a vocabulary of 2-6, T <= block size <= 4, a batch of 1-3, biases
@@ -214,7 +116,7 @@ GPT_COMPONENTS = ("embedding", "position embedding", "attention", "transformer b
 """What every GPT exercises, for the coverage table (dropout, by mode, when it has some)."""
 
 
-def components(spec: Spec) -> list[str]:
+def components(spec: SweepSpec) -> list[str]:
     """What a case exercises, for the coverage table: "Dense" and activations for an MLP;
     layer kinds (BatchNorm and Dropout with their mode) and activations for a stack; a GPT's
     layers for a GPT."""
@@ -223,6 +125,8 @@ def components(spec: Spec) -> list[str]:
     if isinstance(spec, GPTSpec):
         mode = "train" if spec.training else "eval"
         return sorted({*GPT_COMPONENTS, *([f"dropout ({mode})"] if spec.dropout else [])})
+    if not isinstance(spec, StackSpec):
+        raise TypeError(f"components: {type(spec).__name__} is no CaseSpec, StackSpec or GPTSpec")
     mode = "train" if spec.training else "eval"
     found: set[str] = set()
 
@@ -235,22 +139,6 @@ def components(spec: Spec) -> list[str]:
 
     visit(spec.layers)
     return sorted(found)
-
-
-def case_order(specs: list[tuple[str, Spec]], devices: list[str], dtypes: list[str]) -> list[tuple[str, Spec]]:
-    """Every (label, spec) the sweep checks, in report order: each network in each device and dtype."""
-    return [
-        (label, dataclasses.replace(base, dtype=dtype, device=device))
-        for label, base in specs
-        for device in devices
-        for dtype in dtypes
-    ]
-
-
-def check_case(spec: Spec, fd_mode: str) -> CheckResult:
-    """Build a case and check refbp's own gradients on it."""
-    case = spec.build()
-    return check(case.net, case.X, case.y, fd_mode=fd_mode, seed=spec.seed)
 
 
 def run_report(

@@ -16,7 +16,8 @@ recipe             what each rank computes and how the ranks combine (D2-D5), an
                    same arithmetic in one process (``simulate``, for the bug catalogue)
 data_parallel      the same recipe between real all-reduces; ``train_step``
 ddp                the reference: DistributedDataParallel on the same shards
-launch             torchrun's environment, the process group, timeouts, a lost rank
+environment        torchrun's environment: is this process a rank, and which (no torch)
+launch             the process group, timeouts, a lost rank
 sharded_report     ``refbp report``'s sweep shared among ranks through one queue
 cases              networks with their batch split among ranks (DataParallelSpec)
 verify             ``refbp distributed``'s comparisons

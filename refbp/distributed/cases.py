@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
-from ..apps.sweep import random_stack
 from ..nn.activations import ACTIVATIONS
 from ..nn.losses import LOSSES, cross_entropy, get_loss
 from ..nn.network import Network
 from ..strategies import STACK_KINDS, specs, stack_specs
 from ..verify.cases import Case, CaseSpec
 from ..verify.stacks import StackSpec
+from ..verify.sweep import random_stack
 
 __all__ = ["IGNORED_FRACTION", "IGNORE_INDEX", "DataParallelSpec", "data_parallel_specs", "draw_specs"]
 

@@ -1,41 +1,45 @@
-"""torchrun's environment and the job it starts: is this process one rank of several, and the
-gloo process group the ranks share.
+"""The job torchrun starts: the gloo process group the ranks share, its timeouts, a lost rank.
 
-torchrun starts one process per rank and tells each where it stands in its environment:
-
-    RANK                      this process's rank, 0 .. WORLD_SIZE - 1 (rank 0 leads)
-    WORLD_SIZE                how many processes the job has, on every machine together
-    LOCAL_RANK                its rank on this machine
-    MASTER_ADDR, MASTER_PORT  where the job's rendezvous store listens
-
-``torchrun_launch()`` reads them, and returns None when they are absent: a plain ``refbp
-report`` starts no process group. ``joined(launch, timeout=...)`` joins the gloo group for the
+``torchrun_launch()`` (refbp.distributed.environment, re-exported here) says whether this
+process is a rank, and which; ``joined(launch, timeout=...)`` joins the gloo group for the
 length of a ``with`` block and always leaves it.
 
-**A rank that dies or hangs does not hang the others.** Every collective gives up after
-``timeout`` seconds (``init_process_group(timeout=...)``). Before rank 0 gathers the ranks'
-results, ``Job.barrier`` waits for every rank with gloo's monitored barrier, which fails at once
-when a rank's connection closes (it died) and after ``timeout`` when one does not come (it
-hung); each rank notes its arrival in the job's store first, so the store then says which
-ranks never came. Every failure becomes one ``RankFailedError`` naming the rank(s) when they
-are known. (Under torchrun a rank that *dies* usually ends the job sooner: torchrun stops every
-other rank at once, and its summary names the rank that failed first.)
+**A rank that dies, stops or hangs does not hang the others.** Every collective gives up
+after ``timeout`` seconds (``init_process_group(timeout=...)``), and ``Job.collective`` turns
+gloo's error into one naming the rank. While the ranks are joined, each beats a heartbeat in the
+job's store (refbp.distributed.heartbeat): a rank silent for half the timeout (SIGSTOP, SIGKILL,
+a frozen machine), or one that failed with an error (it says so as it leaves), is found by the
+others between two cases (``Job.check_alive``) or while they wait for it, so every rank ends
+within the timeout of the stop (half of it to notice, the rest for the case in progress: every
+case of the sweep takes far less). Before rank 0 gathers the ranks' results, ``Job.barrier``
+waits for every rank in the store (each notes its arrival), listening to the heartbeat; a rank
+that still beats but never comes (hung) is named after ``timeout``. Every failure becomes one
+``RankFailedError`` naming the rank(s) when they are known. (Under torchrun a rank that
+*dies* usually ends the job sooner: torchrun stops every other rank at once, and its summary
+names the rank that failed first.)
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import functools
 import gc
 import math
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
+from types import FrameType
 from typing import Any
 
 import torch.distributed as dist
+
+from .environment import TORCHRUN_VARIABLES, Launch, torchrun_launch
+from .heartbeat import STORE_LOST, Heartbeat
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -51,10 +55,6 @@ __all__ = [
     "torchrun_launch",
 ]
 
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-"""What torchrun sets in every rank's environment and a process group needs (``env://``). All
-four present: this process is a rank; none: a plain process; some: a broken launch, refused."""
-
 DEFAULT_TIMEOUT = 60.0
 """Seconds a rank waits for the others in any collective before the job is declared broken.
 The ranks take cases from one shared queue (refbp.distributed.sharded_report) and reach each
@@ -65,6 +65,18 @@ enough that a hung rank costs a minute, not the hours of torch's default (30 min
 TIMEOUT_VARIABLE = "REFBP_DISTRIBUTED_TIMEOUT"
 """The environment variable that sets the timeout of ``refbp report`` under torchrun (in
 seconds; ``refbp distributed`` has ``--timeout``)."""
+
+SILENCE_SHARE = 0.5
+"""A rank whose heartbeat has not moved for this share of the timeout is declared stopped or
+dead (refbp.distributed.heartbeat): half, so that the others end within the timeout of the
+stop even when they notice it one case later."""
+
+INTERRUPT_SIGNAL = signal.SIGUSR1
+"""The signal whose Python handler stops the main thread when the heartbeat finds a rank lost
+(tripped in-process by ``_thread.interrupt_main``, never sent)."""
+
+BARRIER_POLL = 0.02
+"""Seconds between two looks at the store while a rank waits for the others at a barrier."""
 
 MAX_TIMEOUT = 24 * 3600.0
 """The longest timeout accepted: a day. Longer is a typo, and timedelta and gloo overflow long
@@ -81,64 +93,6 @@ class RankFailedError(RuntimeError):
     def __init__(self, message: str, ranks: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.ranks = ranks
-
-
-@dataclass(frozen=True)
-class Launch:
-    """Where this process stands in a job torchrun started.
-
-    Attributes:
-        rank: 0 .. world_size - 1; rank 0 leads (gathers and writes).
-        world_size: the number of processes in the job.
-        local_rank: its rank on this machine.
-        run_id: torchrun's id of the run and attempt, so that keys in a shared store never meet
-            those of an earlier attempt.
-    """
-
-    rank: int
-    world_size: int
-    local_rank: int = 0
-    run_id: str = ""
-
-    @property
-    def leader(self) -> bool:
-        """True on rank 0, which gathers the results and writes the files."""
-        return self.rank == 0
-
-
-def torchrun_launch(environ: Mapping[str, str] | None = None) -> Launch | None:
-    """This process's place in a torchrun job, or None when torchrun did not start it.
-
-    A ValueError names a variable that is set wrongly, or missing beside the others."""
-    env = os.environ if environ is None else environ
-    present = [name for name in TORCHRUN_VARIABLES if env.get(name)]
-    if not present:
-        return None
-    missing = [name for name in TORCHRUN_VARIABLES if name not in present]
-    if missing:
-        raise ValueError(
-            f"the environment sets {', '.join(present)} but not {', '.join(missing)}: start the ranks with "
-            f"torchrun (torchrun --standalone --nproc-per-node=2 -m refbp ...), which sets all of "
-            f"{', '.join(TORCHRUN_VARIABLES)}"
-        )
-    world_size = _integer(env, "WORLD_SIZE", minimum=1)
-    rank = _integer(env, "RANK", minimum=0)
-    if rank >= world_size:
-        raise ValueError(f"RANK={rank} but WORLD_SIZE={world_size}; expected 0 <= RANK < WORLD_SIZE")
-    local_rank = _integer(env, "LOCAL_RANK", minimum=0) if env.get("LOCAL_RANK") else 0
-    run_id = f"{env.get('TORCHELASTIC_RUN_ID', 'run')}.{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    return Launch(rank, world_size, local_rank, run_id)
-
-
-def _integer(env: Mapping[str, str], name: str, *, minimum: int) -> int:
-    text = env[name]
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{name}={text!r} is not an integer; expected an int >= {minimum}") from None
-    if value < minimum:
-        raise ValueError(f"{name}={value} is out of range; expected an int >= {minimum}")
-    return value
 
 
 def check_timeout(value: object, name: str = "--timeout") -> float:
@@ -172,6 +126,12 @@ class Job:
         self.store = store
         self.timeout = timeout
         self._meetings = 0
+        self.doing = "the job"
+        """What this rank is doing with the others (the sweep, a network): the head of a lost
+        rank's line."""
+        self.heart = Heartbeat(
+            store, rank=launch.rank, world_size=launch.world_size, key=self._key, silence=timeout * SILENCE_SHARE
+        )
 
     @property
     def rank(self) -> int:
@@ -204,15 +164,59 @@ class Job:
                 f"the job's counter {name!r}: rank {self.rank} lost {keeper} (it died or hung): {first}", ranks
             ) from err
 
+    def check_alive(self, what: str) -> None:
+        """Raise RankFailedError if this rank has heard that another failed, died or stopped
+        (refbp.distributed.heartbeat): call it between steps of work that meets no other rank."""
+        self.doing = what
+        heard = self.heart.verdict()
+        if heard is not None:
+            raise self._failure(what, heard)
+
+    def _failure(self, what: str, heard: tuple[str, tuple[int, ...]]) -> RankFailedError:
+        why, ranks = heard
+        if ranks == (STORE_LOST,):
+            keeper, ranks = self._store_keeper()
+            return RankFailedError(f"{what}: {why}: rank {self.rank} lost {keeper} (it died or stopped)", ranks)
+        return RankFailedError(f"{what}: {why}", ranks)
+
+    def _store_keeper(self) -> tuple[str, tuple[int, ...]]:
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            return "torchrun's agent, which keeps the job's store,", ()
+        return "rank 0, which keeps the job's store,", (0,)
+
+    @contextlib.contextmanager
+    def collective(self, what: str) -> Iterator[None]:
+        """Run collectives (all-reduces, DDP) in the block: an error of the process group
+        (gloo's timeout after ``timeout`` seconds, a closed connection) becomes a RankFailedError
+        that names the rank this rank has heard stop, when it has."""
+        self.doing = what
+        try:
+            yield
+        except RuntimeError as err:
+            if isinstance(err, RankFailedError) or not _from_the_group(err):
+                raise
+            heard = self.heart.verdict()
+            raise (self._failure(what, heard) if heard else _lost(what, self.rank, err)) from err
+
     def barrier(self, what: str) -> None:
         """Wait until every rank gets here, at most ``timeout`` seconds. A rank that arrives
-        says so in the job's store first, so that when the barrier fails (a rank's connection
-        closed, or the time ran out) the store tells which ranks never came."""
+        says so in the job's store first, and the wait is on the store, listening to the
+        heartbeat meanwhile: a rank that stops or fails while the others wait is named within
+        the heartbeat's silence, one that works on and never comes after ``timeout``."""
         self._meetings += 1
         arrived = f"meeting{self._meetings}/arrived/"
         start = time.monotonic()
         try:
             self.store.set(self._key(f"{arrived}{self.rank}"), "1")
+        except RuntimeError as err:
+            raise _lost(what, self.rank, err) from err
+        while absent := self._absent(arrived):
+            self.check_alive(what)
+            if time.monotonic() - start >= self.timeout:
+                who = f"rank {absent[0]}" if len(absent) == 1 else "ranks " + ", ".join(map(str, absent))
+                raise RankFailedError(f"{what}: {who} did not arrive within {self.timeout:g} s (hung, or died)", absent)
+            time.sleep(BARRIER_POLL)
+        try:  # every rank has arrived: this passes at once, and keeps gloo's ranks in step
             dist.monitored_barrier(timeout=timedelta(seconds=self.timeout), wait_all_ranks=True)
         except RuntimeError as err:
             elapsed = time.monotonic() - start
@@ -240,7 +244,8 @@ class Job:
         try:
             dist.gather_object(value, out, dst=0)
         except RuntimeError as err:
-            raise _lost(what, self.rank, err) from err
+            heard = self.heart.verdict()
+            raise (self._failure(what, heard) if heard else _lost(what, self.rank, err)) from err
         return out
 
 
@@ -272,15 +277,60 @@ def joined(launch: Launch, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Job]
         dist.init_process_group("gloo", store=store, rank=launch.rank, world_size=launch.world_size, timeout=wait)
     except RuntimeError as err:
         raise _lost(f"joining the process group (within {timeout:g} s)", launch.rank, err) from err
+    job = Job(launch, store, timeout)
+    job.heart.start()
+    failure: str | None = None
     try:
-        yield Job(launch, store, timeout)
+        with _interrupted_when_lost(job), job.collective("the job"):
+            yield job
+    except RankFailedError:
+        raise  # another rank's: the others find it themselves
+    except BaseException as err:
+        failure = _first_line(err)  # this rank's own: told to the others, who then end at once
+        raise
     finally:
+        job.heart.stop(failure)
         # DistributedDataParallel's reducer holds the group and sits in a reference cycle with
         # the parameters it hooks; left to the interpreter's exit, it outlived the group and
         # gloo aborted the process ("terminate called without an active exception", 3 runs
         # of 32 of refbp distributed on 3 ranks). Collected now, it goes first: 0 of 40.
         gc.collect()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _interrupted_when_lost(job: Job) -> Iterator[None]:
+    """Within the block, the heartbeat's verdict stops the main thread where it is (mid-case)
+    with the RankFailedError, so that the case in progress does not delay the end. The
+    heartbeat trips INTERRUPT_SIGNAL's Python handler (``_thread.interrupt_main``: no signal is
+    sent to any process); only in the main thread, where Python runs handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def lost(signum: int, frame: FrameType | None) -> None:
+        heard = job.heart.verdict()
+        if heard is not None:  # else a real SIGUSR1 from elsewhere: nothing to do
+            raise job._failure(job.doing, heard)
+
+    previous = signal.signal(INTERRUPT_SIGNAL, lost)
+    job.heart.on_verdict = functools.partial(_thread.interrupt_main, INTERRUPT_SIGNAL)
+    try:
+        yield
+    finally:
+        job.heart.on_verdict = None
+        signal.signal(INTERRUPT_SIGNAL, previous)  # SIG_DFL: a late trip is ignored
+
+
+def _from_the_group(err: RuntimeError) -> bool:
+    """True for an error of the process group (gloo's own messages name its source files), not
+    of the code between collectives."""
+    return isinstance(err, dist.DistError) or "gloo" in str(err)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def _lost(what: str, rank: int, err: RuntimeError) -> RankFailedError:

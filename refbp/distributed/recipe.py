@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from ..nn.keys import Key, sort_names
-from ..nn.layer import Layer
 from ..nn.network import Cache, Network
+from ..nn.stack import walk_layers
 from .normalisation import is_mean, terms
 
 __all__ = [
@@ -183,8 +183,8 @@ class Local:
 def check_shardable(net: Network) -> None:
     """Refuse a network whose function is not the same when the batch is split: a BatchNorm that
     normalises with batch statistics (training mode)."""
-    for path, layer in _walk(net.layers, ()):
-        if getattr(layer, "uses_batch_statistics", False):
+    for path, layer in walk_layers(net.layers):
+        if layer.uses_batch_statistics and not any(sub.uses_batch_statistics for sub in layer.sublayers()):
             at = ".".join(map(str, path))
             raise ValueError(
                 f"layer {at} ({layer.describe()}) normalises with statistics of the whole batch: each rank's "
@@ -257,20 +257,11 @@ def _without_decay(net: Network) -> Network:
     return bare
 
 
-def _walk(layers: Sequence[Layer], prefix: tuple[int, ...]) -> list[tuple[tuple[int, ...], Layer]]:
-    out = []
-    for l, layer in enumerate(layers, start=1):
-        path = (*prefix, l)
-        out.append((path, layer))
-        out += _walk(layer.sublayers(), path)
-    return out
-
-
 def decayed(net: Network) -> dict[str, Tensor]:
     """name -> parameter, for the parameters weight decay applies to (the weights of linear maps,
     each once: a tied weight under its first name)."""
     parameters = net.parameters()
-    names = [str(Key(kind, path)) for path, layer in _walk(net.layers, ()) for kind in layer.decayed]
+    names = [str(Key(kind, path)) for path, layer in walk_layers(net.layers) for kind in layer.decayed]
     return {name: parameters[name] for name in names if name in parameters}
 
 

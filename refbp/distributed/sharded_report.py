@@ -3,7 +3,7 @@ and writes the very report one process would.
 
     torchrun --standalone --nproc-per-node=2 -m refbp report --examples 200 --seed 0
 
-Every rank builds the same list of cases (refbp.apps.sweep.case_order: seeded, the same on
+Every rank builds the same list of cases (refbp.verify.sweep.case_order: seeded, the same on
 every machine). The ranks take cases from one queue, a counter in the job's store that hands
 out 0, 1, 2, ... once each: a rank that finishes a quick case takes the next, so no rank idles
 while another still has a backlog (a fixed split, case i to rank i % R, left one rank of four
@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..apps import sweep
-from ..apps.progress import Progress
-from ..apps.sweep import CaseOutcome, Spec, case_order
+from ..progress import Progress
+from ..verify import sweep
+from ..verify.sweep import CaseOutcome, SweepSpec, case_order
 from .launch import DEFAULT_TIMEOUT, Job, Launch, joined
 
 __all__ = ["run_report_on_ranks", "run_sharded_report"]
@@ -36,7 +37,7 @@ __all__ = ["run_report_on_ranks", "run_sharded_report"]
 
 def run_sharded_report(
     job: Job,
-    specs: list[tuple[str, Spec]],
+    specs: Sequence[tuple[str, SweepSpec]],
     *,
     devices: list[str],
     dtypes: list[str],
@@ -44,7 +45,7 @@ def run_sharded_report(
     progress: bool = True,
 ) -> tuple[list[CaseOutcome], float] | None:
     """Check this rank's share of the sweep; on rank 0 return every outcome, in report order,
-    and the seconds the sweep took (refbp.apps.sweep.run_report's result); None on the others.
+    and the seconds the sweep took (what refbp.apps.sweep.run_report returns); None on the others.
 
     Rank 0 draws the progress of the whole job (every rank's finished cases)."""
     order = case_order(specs, devices, dtypes)
@@ -53,6 +54,7 @@ def run_sharded_report(
     start = time.perf_counter()
     try:
         while (i := job.add("report/next") - 1) < len(order):  # the next case nobody has taken
+            job.check_alive("the sharded sweep")  # a rank that stopped ends the job now, not at the end
             label, spec = order[i]
             result = sweep.check_case(spec, fd_mode)
             mine.append(CaseOutcome(i + 1, label, spec, result))
@@ -77,7 +79,7 @@ def run_sharded_report(
 
 def run_report_on_ranks(
     launch: Launch,
-    specs: list[tuple[str, Spec]],
+    specs: Sequence[tuple[str, SweepSpec]],
     *,
     devices: list[str],
     dtypes: list[str],

@@ -104,8 +104,9 @@ def check_on_ranks(job: Job, spec: DataParallelSpec, *, id: int) -> ShardedCheck
     noise = copy.deepcopy(net).forward(X, update_stats=False).noise  # the batch's one draw, the same on every rank
     rows = World(spec.shards, spec.shards, True).rows_of(job.rank)
     mine = shard_noise(noise, rows)
-    dp = data_parallel_gradients(net, X[rows], y[rows], noise=mine)
-    ddp = ddp_gradients(net, X[rows], y[rows], world=dp.world, noise=mine)
+    with job.collective(f"network {id}"):  # a rank that stops: its line, not gloo's traceback
+        dp = data_parallel_gradients(net, X[rows], y[rows], noise=mine)
+        ddp = ddp_gradients(net, X[rows], y[rows], world=dp.world, noise=mine)
     held = {"params": dp.params, "dJ_dX": dp.dJ_dX, "J": dp.J, "ddp": ddp}
     gathered = job.gather(held, f"network {id}")
     if gathered is None:
