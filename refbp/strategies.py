@@ -261,9 +261,9 @@ class ModuleCase:
         return Case(spec=self, net=from_torch(self.module, loss=self.loss), X=self.X, y=self.y)
 
     def describe(self) -> str:
-        names = ", ".join(type(m).__name__ for m in self.module)
+        names = "-".join(type(m).__name__ for m in self.module)
         mode = "train" if self.module.training else "eval"
-        return f"Sequential({names}), {mode}, X {tuple(self.X.shape)}, loss {self.loss}"
+        return f"Sequential({names}) in {mode} mode, X {tuple(self.X.shape)}, loss {self.loss}"
 
     def __repr__(self) -> str:  # what hypothesis prints for a failing example
         return f"ModuleCase({self.describe()}: {self.module})"

@@ -281,3 +281,97 @@ def test_a_classic_mistake_in_a_backward_fails_the_check(bug: str) -> None:
     result = refbp.check(wrong, X, y)
     assert not result.passed
     assert {row.reference.split("-")[0] for row in result.rows if row.verdict == "mismatch"} == {"autograd", "fd"}
+
+
+# ---- BatchNorm2d's running statistics, to_torch, conversions refused -------------------------------
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum=0.1", "momentum=None"])
+def test_batchnorm2d_running_stats_follow_torch_over_several_steps_then_eval_uses_them(momentum: float | None) -> None:
+    gen = torch.Generator().manual_seed(3)
+    module = nn.Sequential(nn.Conv2d(2, 3, 2), nn.BatchNorm2d(3, momentum=momentum), nn.Flatten(), nn.Linear(12, 2))
+    module = module.double()
+    net = refbp.from_torch(module, loss="mse")
+    for _ in range(3):
+        X = 2.0 + 3.0 * torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=gen)  # far from the initial 0 and 1
+        y = torch.randn(4, 2, dtype=torch.float64, generator=gen)
+        net.forward(X)
+        module(X)
+        assert_same(running_stats(net.to_torch()), running_stats(module))
+    module.eval()
+    net.eval()
+    case = ModuleCase(module, X, y, "mse")
+    cache = net.forward(X)
+    out, expected = torch_step(case)
+    torch.testing.assert_close(cache.y_hat, out, **FLOAT64_ROUNDING)
+    assert_same(net.backward(cache, y).torch_named(), expected)
+
+
+@settings(max_examples=EXAMPLES)
+@given(case=module_cases())
+def test_to_torch_of_from_torch_is_the_same_module(case: ModuleCase) -> None:
+    again = refbp.from_torch(case.module, loss=case.loss).to_torch()
+    children = list(again.children())
+    assert [type(m) for m in children] == [type(m) for m in case.module]
+    assert again.training == case.module.training
+    assert [repr(m) for m in children] == [repr(m) for m in case.module]  # every setting
+    assert_same(dict(again.state_dict()), dict(case.module.state_dict()))
+    with torch.no_grad():
+        torch.testing.assert_close(again(case.X), case.module(case.X), **FLOAT64_ROUNDING)
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"), "padding_mode='reflect'"),
+        (nn.Conv1d(1, 1, 3, padding=1, padding_mode="circular"), "padding_mode='circular'"),
+        (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True"),
+        (nn.MaxPool2d(2, return_indices=True), "return_indices=True"),
+        (nn.AvgPool2d(2, ceil_mode=True), "ceil_mode=True"),
+        (nn.AvgPool2d(2, divisor_override=3), "divisor_override=3"),
+        (nn.Softmax(), "dim=None"),
+        (nn.LogSoftmax(), "dim=None"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_options_refbp_cannot_reproduce_are_refused_naming_the_module(module: nn.Module, message: str) -> None:
+    with pytest.raises(ValueError, match=rf"module\[0\] \(0: {type(module).__name__}\): .*{message}"):
+        refbp.from_torch(nn.Sequential(module, nn.Flatten()), loss="mse")
+
+
+@pytest.mark.parametrize(
+    ("layers", "X", "message"),
+    [
+        ([Conv2d(torch.zeros(2, 3, 3, 3, dtype=torch.float64))], torch.zeros(1, 2, 5, 5, dtype=torch.float64),
+         r"layer 1 \(Conv2d\(3 -> 2, .*\) needs input \(N, 3, H, W\), got shape \(1, 2, 5, 5\)"),
+        ([Conv2d(torch.zeros(2, 3, 3, 3, dtype=torch.float64))], torch.zeros(1, 3, 2, 5, dtype=torch.float64),
+         r"smaller than the dilated kernel"),
+        ([MaxPool2d((2, 3), (2, 3), 1, (2, 1))], torch.zeros(1, 1, 1, 4, dtype=torch.float64),
+         r"entirely in the padding"),
+        ([MaxPool2d(2)], torch.zeros(2, 4, dtype=torch.float64), r"needs input \(N, C, H, W\)"),
+        ([GroupNorm(2, C=2)], torch.zeros(3, 2, dtype=torch.float64), r"at least 2 values per group"),
+        ([Softmax(2)], torch.zeros(3, 2, dtype=torch.float64), r"dim 2 is not a dimension"),
+    ],
+    ids=["channels", "kernel", "padding only", "rank", "group of one", "dim"],
+)  # fmt: skip
+def test_an_input_a_layer_cannot_take_is_a_value_error_naming_the_layer(
+    layers: list[Any], X: Tensor, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Network(layers, "mse").forward(X)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Conv2d(torch.zeros(2, 3, 3), None), r"W must be \(C_out, C_in / groups, k, k\)"),
+        (lambda: Conv2d(torch.zeros(3, 1, 3, 3), None, groups=2), r"groups=2 must be an int >= 1 dividing C_out = 3"),
+        (lambda: Conv2d(torch.zeros(2, 1, 3, 3), None, padding="same", stride=2), r"'same' needs stride 1"),
+        (lambda: Conv2d(torch.zeros(2, 1, 3, 3), None, padding="full"), r"padding='full'"),
+        (lambda: Conv2d(torch.zeros(2, 1, 3, 3), None, stride=0), r"stride=0: expected an int >= 1"),
+        (lambda: MaxPool2d(2, padding=2), r"padding=\(2, 2\) must be at most half the kernel"),
+        (lambda: GroupNorm(3, C=4), r"num_groups=3 must be an int >= 1 dividing C = 4"),
+    ],
+    ids=["W rank", "groups", "same with stride", "padding name", "stride", "pool padding", "groups of C"],
+)
+def test_a_layer_built_with_impossible_sizes_is_a_value_error(make: Callable[[], Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
