@@ -20,6 +20,10 @@ and the backward is three products with the same columns:
     (3) dJ/dx  = fold(W_g^T dJ/dz_g)   (col2im: each column added back where its window was)
                = conv_transpose(dJ/dz, W; stride s, padding p, dilation d, groups G)
 
+Line (2) never builds X_col whole (k_h k_w copies of x): its rows for kernel offset (u, v) are
+the strided slice x_pad[:, c, i s + u d, j s + v d] of the padded input, so dJ/dW[:, :, u, v]
+is one (grouped) matrix product per offset, with one slice's copy alive at a time.
+
 Line (3) is the transposed convolution: dJ/dz spread out by the stride, correlated with the
 kernel flipped in both spatial directions, the padding cut off again. ``output_padding`` adds
 the rows (columns) at the bottom (right) that no window reached when (H + 2p - d (k - 1) - 1)
@@ -200,15 +204,21 @@ class _Conv(Layer):
         if "b" in self.params:
             params["b"] = g2.sum(dim=(0, 2, 3))  # (1) dJ/db = sum over n and positions   (C_out,)
 
-        # (2) im2col: every window of the padded input as a column, rows ordered (c, u, v) like W's
-        if symmetric:
-            cols = F.unfold(x2, (kh, kw), dilation=dilation, padding=(ph[0], pw[0]), stride=stride)
-        else:  # "same" with an even dilated kernel: the extra zero row (column) goes at the end
-            cols = F.unfold(F.pad(x2, (pw[0], pw[1], ph[0], ph[1])), (kh, kw), dilation=dilation, stride=stride)
-        cols = cols.view(N, G, C_g * kh * kw, H_out * W_out)  # (N, G, C_in/G k_h k_w, L)
-        dz = g2.reshape(N, G, C_out // G, H_out * W_out)  # (N, G, C_out/G, L)
-        dJ_dW = torch.einsum("ngol,ngkl->gok", dz, cols).reshape(W.shape)  # sum_n dJ/dz X_col^T per group
-        del cols
+        # (2) im2col one kernel offset at a time: the rows of X_col for offset (u, v) are the strided
+        # slice x_pad[:, c, i s + u d, j s + v d], so X_col is never built whole (k_h k_w times x)
+        padded = F.pad(x2, (pw[0], pw[1], ph[0], ph[1])) if ph != (0, 0) or pw != (0, 0) else x2  # (N, C_in, Hp, Wp)
+        L = H_out * W_out
+        dz = g2.reshape(N, G, C_out // G, L).permute(1, 2, 0, 3).reshape(G, C_out // G, N * L)  # (G, C_out/G, N L)
+        dJ_dW = torch.empty(C_out, C_g, kh, kw, dtype=g2.dtype, device=g2.device)
+        for u in range(kh):
+            for v in range(kw):
+                rows = slice(u * dilation[0], u * dilation[0] + stride[0] * (H_out - 1) + 1, stride[0])
+                columns = slice(v * dilation[1], v * dilation[1] + stride[1] * (W_out - 1) + 1, stride[1])
+                x_uv = padded[:, :, rows, columns].reshape(N, G, C_g, L)  # X_col's rows for (u, v)
+                x_uv = x_uv.permute(1, 0, 3, 2).reshape(G, N * L, C_g)  # (G, N L, C_in/G)
+                dJ_dW[:, :, u, v] = torch.bmm(dz, x_uv).reshape(C_out, C_g)  # sum_{n,i,j} dJ/dz x   per group
+        del padded
+        dJ_dW = dJ_dW.reshape(W.shape)  # (C_out, C_in/G, *k)
         if ctx.weight_decay:
             dJ_dW = dJ_dW.add_(W, alpha=ctx.weight_decay)  # + lambda W
         params["W"] = dJ_dW  # (C_out, C_in/G, *k)

@@ -17,8 +17,8 @@ Conv1d, Conv2d  cross-correlation; dJ/dW by im2col,       nn.Conv1d, nn.Conv2d (
                 dJ/dx a transposed convolution
 MaxPool2d       max of each window; ties: the first       nn.MaxPool2d (ceil_mode=False)
 AvgPool2d       mean of each window                       nn.AvgPool2d (ceil_mode=False)
-AdaptiveAvg-    mean of torch's adaptive windows          nn.AdaptiveAvgPool2d
- Pool2d
+AdaptiveAvgPool2d
+                mean of torch's adaptive windows          nn.AdaptiveAvgPool2d
 BatchNorm2d     BatchNorm1d over N H W per channel        nn.BatchNorm2d
 GroupNorm       LayerNorm of each image's channel groups  nn.GroupNorm
 Softmax         exp(x) / sum exp(x) along dim             nn.Softmax

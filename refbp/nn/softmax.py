@@ -8,6 +8,7 @@ Along the dimension ``dim`` (each slice separately), with g = dJ/dy and "o" the 
                 dJ/dx = g - softmax(x) o sum(g),   softmax(x) = exp(y)
 
 Subtracting max x changes neither function (the shift cancels) and keeps exp from overflowing.
+The forward pass is torch's fused softmax (one pass over x); the backward is by hand.
 The Jacobian of the softmax is a full matrix per slice: keeping only its diagonal, s o (1 - s) o g,
 forgets that every output moves when one input does (the - s s^T part), a classic bug. The
 backward reads the layer's output (s, or y for LogSoftmax), not x.
@@ -58,15 +59,15 @@ class Softmax(_AlongDim):
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         self.check_input(x, path)
-        e = (x - x.amax(dim=self.dim, keepdim=True)).exp_()  # exp(x - max x)
-        return e.div_(e.sum(dim=self.dim, keepdim=True)), None  # s   (x's shape)
+        return torch.softmax(x, dim=self.dim), None  # s = exp(x - max x) / sum exp(x - max x), one fused pass
 
     def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
         if not ctx.need_dx:
             return LayerGrads(None)
         s = out
-        along = (dJ_ds * s).sum(dim=self.dim, keepdim=True)  # sum(g o s) per slice
-        return LayerGrads((dJ_ds - along).mul_(s))  # dJ/dx = s o (g - sum(g o s))
+        g_s = dJ_ds * s  # g o s
+        along = g_s.sum(dim=self.dim, keepdim=True)  # sum(g o s) per slice
+        return LayerGrads(g_s.addcmul_(s, along, value=-1.0))  # dJ/dx = s o (g - sum(g o s)) = g o s - s sum(g o s)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
@@ -87,9 +88,7 @@ class LogSoftmax(_AlongDim):
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         self.check_input(x, path)
-        shifted = x - x.amax(dim=self.dim, keepdim=True)  # x - max x
-        log_sum = shifted.exp().sum(dim=self.dim, keepdim=True).log_()  # log sum exp(x - max x)
-        return shifted.sub_(log_sum), None  # y   (x's shape)
+        return torch.log_softmax(x, dim=self.dim), None  # y = x - max x - log sum exp(x - max x), fused
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
         if not ctx.need_dx:
