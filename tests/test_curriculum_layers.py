@@ -26,6 +26,10 @@ from refbp.nn.network import Network
 from refbp.nn.pool import PoolCache
 from refbp.strategies import MODULE_KINDS, ModuleCase, module_cases
 
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
+"""torch's modules (and refbp's oracle, which calls torch's functions) warn that "same" padding with an
+even kernel copies the input: expected here, not a problem."""
+
 FLOAT64_ROUNDING: dict[str, Any] = {"rtol": 1e-10, "atol": 1e-12}
 """refbp and torch compute the same float64 sums in different orders (im2col and a matrix
 product against torch's convolution kernels, two-pass against Welford statistics): for these
@@ -375,3 +379,39 @@ def test_an_input_a_layer_cannot_take_is_a_value_error_naming_the_layer(
 def test_a_layer_built_with_impossible_sizes_is_a_value_error(make: Callable[[], Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+# ---- the strategies ---------------------------------------------------------------------------------
+KIND_MODULES = {
+    "conv": (nn.Conv1d, nn.Conv2d), "maxpool": (nn.MaxPool2d,), "avgpool": (nn.AvgPool2d,),
+    "adaptive": (nn.AdaptiveAvgPool2d,), "batchnorm2d": (nn.BatchNorm2d,), "groupnorm": (nn.GroupNorm, nn.Tanh),
+    "softmax": (nn.Softmax,), "logsoftmax": (nn.LogSoftmax,), "activation": (nn.ReLU, nn.Tanh, nn.GELU),
+}  # fmt: skip
+"""The modules each kind of module_cases may become (a GroupNorm with no group of 2 values: Tanh)."""
+
+
+@settings(max_examples=EXAMPLES)
+@given(data=st.data())
+def test_module_cases_draw_the_kinds_asked_for_within_their_bounds(data: st.DataObject) -> None:
+    kinds = data.draw(st.lists(st.sampled_from(MODULE_KINDS), min_size=1, max_size=4, unique=True), label="kinds")
+    include = data.draw(st.lists(st.sampled_from(kinds), max_size=2, unique=True), label="include")
+    case = data.draw(module_cases(kinds=kinds, include=include, max_layers=2, max_channels=2, max_size=4))
+    *body, flatten, head = case.module
+    assert isinstance(flatten, nn.Flatten) and isinstance(head, nn.Linear)
+    assert len(include) <= len(body) <= max(2, len(include))
+    allowed = tuple(t for kind in kinds for t in KIND_MODULES[kind])
+    assert all(isinstance(m, allowed) for m in body)
+    for kind in include:
+        assert any(isinstance(m, KIND_MODULES[kind]) for m in body), kind
+    assert case.X.shape[1] <= 2 and max(case.X.shape[2:]) <= 4 and case.X.shape[0] <= 3
+    with torch.no_grad():
+        assert case.module(case.X).shape == (case.X.shape[0], head.out_features)  # every geometry fits
+
+
+def test_module_cases_refuse_an_included_kind_that_is_not_among_the_kinds() -> None:
+    @given(data=st.data())
+    def draw(data: st.DataObject) -> None:
+        data.draw(module_cases(kinds=["conv"], include=["maxpool"]))
+
+    with pytest.raises(ValueError, match=r"include=\['maxpool'\]: \['maxpool'\] are not among kinds=\['conv'\]"):
+        draw()
