@@ -38,11 +38,30 @@ from benchmarks.common import interleaved_medians
 from benchmarks.memory import MMAP_THRESHOLD
 from benchmarks.memory_probe import _status_kib
 from refbp.nn.layer import BackwardContext, ForwardContext, Layer
-from refbp.nn.layers import BatchNorm1d, Dropout, Elementwise, Embedding, Flatten, LayerNorm, Linear, Residual
+from refbp.nn.layers import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv1d,
+    Conv2d,
+    Dropout,
+    Elementwise,
+    Embedding,
+    Flatten,
+    GroupNorm,
+    LayerNorm,
+    Linear,
+    LogSoftmax,
+    MaxPool2d,
+    Residual,
+    Softmax,
+)
 from refbp.nn.stack import StackGrads, stack_backward, stack_forward
 
 __all__ = [
     "FULL_SIZES",
+    "IMAGE_CHANNELS",
     "LAYERS",
     "MEMORY_RESOLUTION",
     "QUICK_SIZES",
@@ -50,6 +69,7 @@ __all__ = [
     "TARGET",
     "LayerCase",
     "autograd_step",
+    "image_shape",
     "make_case",
     "manual_gradients",
     "manual_step",
@@ -72,8 +92,31 @@ LAYERS = (
     "Embedding",
     "Flatten",
     "Residual(Linear, relu)",
+    "Conv1d",
+    "Conv2d",
+    "Conv2d stride 2",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "BatchNorm2d train",
+    "BatchNorm2d eval",
+    "GroupNorm",
+    "Softmax",
+    "LogSoftmax",
 )
-"""The layers benchmarked; each activation is an Elementwise layer."""
+"""The layers benchmarked; each activation is an Elementwise layer. The convolutions, pools
+and spatial norms run on images (IMAGE_CHANNELS channels, see ``image_shape``)."""
+
+IMAGE_CHANNELS = 16
+"""Channels of the benchmarks' images and sequences: a small CNN's early layers."""
+
+
+def image_shape(N: int, d: int) -> tuple[int, int, int, int]:
+    """(N / 16 images, 16 channels, d / 16, d / 16): at the full sizes 64 images of 16 x 32 x 32,
+    about as many numbers as the vector layers' N x d, in a CNN's proportions."""
+    side = max(4, d // 16)
+    return (max(2, N // 16), IMAGE_CHANNELS, side, side)
+
 
 FULL_SIZES = {"N": 1024, "d": 512, "V": 8192}
 """The issue's realistic sizes: a batch of N = 1024 rows (tokens, for the embedding) of width
@@ -121,8 +164,9 @@ class LayerCase:
         name: one of LAYERS.
         layer: the refbp layer, float32.
         module: ``layer.to_torch()``, with a copy of the parameters.
-        X: the input: (N, d) float32, (N, 8, d / 8) for Flatten, (N,) int64 for Embedding.
-        G: dJ/d(output), (N, d) float32, fixed.
+        X: the input: (N, d) float32, (N, 8, d / 8) for Flatten, (N,) int64 for Embedding,
+            ``image_shape(N, d)`` for the convolutions, pools and spatial norms.
+        G: dJ/d(output), the output's shape, float32, fixed.
         sizes: the sizes in words, for the table.
     """
 
@@ -175,10 +219,44 @@ def make_case(name: str, *, N: int, d: int, V: int, seed: int = 0) -> LayerCase:
         sizes = f"(N, {FLATTEN_CHANNELS}, {d // FLATTEN_CHANNELS}) -> (N, d), N={N}, d={d}"
     elif name == "Residual(Linear, relu)":
         layer = Residual(linear(), Elementwise("relu"))
+    elif name in ("Softmax", "LogSoftmax"):
+        layer = Softmax(-1) if name == "Softmax" else LogSoftmax(-1)
     else:
-        raise ValueError(f"layer {name!r} is not benchmarked; expected one of {LAYERS}")
-    G = randn(N, d)  # dJ/d(output)
+        layer, X, sizes = _spatial_case(name, N, d, randn)
+    with torch.no_grad():
+        G = randn(*layer.to_torch()(X).shape)  # dJ/d(output), the output's shape
     return LayerCase(name, layer, layer.to_torch(), X, G, sizes)
+
+
+def _spatial_case(name: str, N: int, d: int, randn: Callable[..., Tensor]) -> tuple[Layer, Tensor, str]:
+    """The convolution, pooling or spatial norm called ``name``, its image input and its sizes in words."""
+    shape = image_shape(N, d)
+    n, C, H, W = shape
+    X = randn(*shape)
+    kernel = f"{C} -> {C} channels, 3 x 3"
+    layer: Layer
+    if name == "Conv1d":
+        X = randn(n, C, H * W)  # (n, C, L): each image as one sequence
+        layer = Conv1d(randn(C, C, 3) / (3 * C) ** 0.5, randn(C), padding=1)
+        return layer, X, f"({n}, {C}, {H * W}), {C} -> {C} channels, k = 3, padding 1"
+    if name.startswith("Conv2d"):
+        stride = 2 if name.endswith("stride 2") else 1
+        layer = Conv2d(randn(C, C, 3, 3) / (9 * C) ** 0.5, randn(C), stride=stride, padding=1)
+        return layer, X, f"{shape}, {kernel}, stride {stride}, padding 1"
+    if name == "MaxPool2d":
+        return MaxPool2d(3, 2, 1), X, f"{shape}, 3 x 3 windows, stride 2, padding 1 (overlapping)"
+    if name == "AvgPool2d":
+        return AvgPool2d(3, 2, 1, count_include_pad=False), X, f"{shape}, 3 x 3, stride 2, padding 1 not counted"
+    if name == "AdaptiveAvgPool2d":
+        return AdaptiveAvgPool2d((3, 5)), X, f"{shape} -> (3, 5)"
+    if name.startswith("BatchNorm2d"):
+        running_var = torch.rand(C) + 0.5  # (C,) in [0.5, 1.5)
+        layer = BatchNorm2d(randn(C), randn(C), running_mean=randn(C), running_var=running_var)
+        layer.set_training(name.endswith("train"))
+        return layer, X, f"{shape}"
+    if name == "GroupNorm":
+        return GroupNorm(4, randn(C), randn(C)), X, f"{shape}, 4 groups"
+    raise ValueError(f"layer {name!r} is not benchmarked; expected one of {LAYERS}")
 
 
 def manual_step(case: LayerCase) -> Callable[[], StackGrads]:

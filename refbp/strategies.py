@@ -15,18 +15,26 @@ the smallest batch that still shows it.
     cases, specs              MLPs (refbp.MLP) and their CaseSpecs
     stacks, stack_specs       layer stacks (refbp.Network): LayerNorm, BatchNorm1d, Dropout, ...
     gpts, gpt_specs           tiny GPTs (refbp.models.GPT) with token inputs and ignored targets
+    module_cases              torch.nn.Sequential CNNs (convolutions, pooling, spatial norms,
+                              softmax) with a point, for from_torch and autograd on the module
+    conv_geometries, pool_geometries   kernel, stride, padding, dilation that fit a given size
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from hypothesis import assume
 from hypothesis import strategies as st
+from torch import Tensor, nn
 
 from .models.gpt_cases import gpt_specs, gpts
 from .nn.activations import ACTIVATIONS
+from .nn.convert import from_torch
 from .nn.losses import LOSSES, get_loss
 from .nn.mlp import MLP
 from .nn.network import Network
@@ -34,7 +42,20 @@ from .nn.validation import check_subset
 from .verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 from .verify.stacks import StackSpec
 
-__all__ = ["STACK_KINDS", "cases", "gpt_specs", "gpts", "specs", "stack_specs", "stacks"]
+__all__ = [
+    "MODULE_KINDS",
+    "STACK_KINDS",
+    "ModuleCase",
+    "cases",
+    "conv_geometries",
+    "gpt_specs",
+    "gpts",
+    "module_cases",
+    "pool_geometries",
+    "specs",
+    "stack_specs",
+    "stacks",
+]
 
 
 @st.composite
@@ -211,3 +232,190 @@ def stacks(draw: st.DrawFn, *, away_from_kinks: bool = True, **spec_options: Any
     if away_from_kinks:
         assume(kink_distance(case) > KINK_MARGIN)
     return case
+
+
+# ---- torch modules: convolutions, pooling, spatial norms, softmax ------------------------------
+MODULE_KINDS = ("conv", "maxpool", "avgpool", "adaptive", "batchnorm2d", "groupnorm", "softmax", "logsoftmax",
+                "activation")  # fmt: skip
+"""What ``module_cases`` can draw before its Flatten and Linear: Conv1d/Conv2d, MaxPool2d,
+AvgPool2d, AdaptiveAvgPool2d, BatchNorm2d, GroupNorm, Softmax, LogSoftmax (over a drawn
+dimension) and an activation module (ReLU, Tanh, GELU). Pooling and BatchNorm2d need images:
+asking for them makes the input (N, C, H, W); otherwise it may be (N, C, L) for Conv1d."""
+
+IMAGE_ONLY = ("maxpool", "avgpool", "adaptive", "batchnorm2d")
+
+
+@dataclass
+class ModuleCase:
+    """A float64 torch.nn.Sequential in its mode, a point (X, y) for it and refbp's loss name.
+
+    ``build()`` converts it (``refbp.from_torch``): the Case the harness checks; the module
+    itself is the independent reference (autograd on its own parameters)."""
+
+    module: nn.Sequential
+    X: Tensor
+    y: Tensor
+    loss: str
+
+    def build(self) -> Case[Network]:
+        return Case(spec=self, net=from_torch(self.module, loss=self.loss), X=self.X, y=self.y)
+
+    def describe(self) -> str:
+        names = "-".join(type(m).__name__ for m in self.module)
+        mode = "train" if self.module.training else "eval"
+        return f"Sequential({names}) in {mode} mode, X {tuple(self.X.shape)}, loss {self.loss}"
+
+    def __repr__(self) -> str:  # what hypothesis prints for a failing example
+        return f"ModuleCase({self.describe()}: {self.module})"
+
+
+def _fits(n: int, kernel: int, dilation: int, before: int, after: int) -> bool:
+    return n + before + after >= dilation * (kernel - 1) + 1
+
+
+@st.composite
+def conv_geometries(draw: st.DrawFn, sizes: Sequence[int], *, max_kernel: int = 3) -> dict[str, Any]:
+    """Keyword arguments of torch.nn.Conv1d/Conv2d (kernel_size, stride, padding, dilation)
+    whose windows fit an input of spatial size ``sizes``: padding "same" (stride 1), "valid" or
+    0..2 per side, stride 1..2, dilation 1..2, a kernel 1..max_kernel no larger than the
+    padded input allows."""
+    if not sizes or min(sizes) < 1 or max_kernel < 1:
+        raise ValueError(f"sizes={list(sizes)}, max_kernel={max_kernel}: expected sizes >= 1 and max_kernel >= 1")
+    padding: Any = draw(st.sampled_from(["ints", "same", "valid"]))
+    stride = tuple(1 if padding == "same" else draw(st.integers(1, 2)) for _ in sizes)
+    dilation = tuple(draw(st.integers(1, 2)) for _ in sizes)
+    if padding == "ints":
+        padding = tuple(draw(st.integers(0, 2)) for _ in sizes)
+    kernel = []
+    for i, n in enumerate(sizes):
+        pad = 0 if padding == "valid" else (10**6 if padding == "same" else padding[i])  # "same" always fits
+        largest = max(k for k in range(1, max_kernel + 1) if k == 1 or _fits(n, k, dilation[i], pad, pad))
+        kernel.append(draw(st.integers(1, largest)))
+    return {"kernel_size": tuple(kernel), "stride": stride, "padding": padding, "dilation": dilation}
+
+
+@st.composite
+def pool_geometries(
+    draw: st.DrawFn, sizes: Sequence[int], *, max_kernel: int = 3, dilation: bool = True
+) -> dict[str, Any]:
+    """Keyword arguments of torch.nn.MaxPool2d/AvgPool2d (kernel_size, stride, padding, and
+    dilation when asked) that fit an (H, W) input: padding at most half the kernel, as torch
+    requires, stride 1..kernel + 1 (windows that overlap, touch or skip), dilation 2 only
+    without padding (so that no window lies in the padding alone)."""
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ValueError(f"sizes={list(sizes)}: expected (H, W), both >= 1")
+    kernel, stride, padding, dilated = [], [], [], []
+    for n in sizes:
+        k = draw(st.integers(1, max(1, min(max_kernel, n))))
+        p = draw(st.integers(0, k // 2))
+        d = draw(st.integers(1, 2)) if dilation and p == 0 and 2 * (k - 1) + 1 <= n else 1
+        kernel.append(k)
+        padding.append(p)
+        dilated.append(d)
+        stride.append(draw(st.integers(1, k + 1)))
+    out = {"kernel_size": tuple(kernel), "stride": tuple(stride), "padding": tuple(padding)}
+    return {**out, "dilation": tuple(dilated)} if dilation else out
+
+
+@st.composite
+def _spatial_module(draw: st.DrawFn, kind: str, shape: tuple[int, ...], max_channels: int, training: bool) -> nn.Module:
+    """One module of ``kind`` for an input of shape (C, *spatial)."""
+    C, sizes = shape[0], shape[1:]
+    if kind == "conv":
+        groups = draw(st.sampled_from([g for g in range(1, C + 1) if C % g == 0]))
+        C_out = groups * draw(st.integers(1, max(1, max_channels // groups)))
+        conv = nn.Conv1d if len(sizes) == 1 else nn.Conv2d
+        return conv(C, C_out, groups=groups, bias=draw(st.booleans()), **draw(conv_geometries(sizes)))
+    if kind == "maxpool":
+        return nn.MaxPool2d(**draw(pool_geometries(sizes)))
+    if kind == "avgpool":
+        return nn.AvgPool2d(**draw(pool_geometries(sizes, dilation=False)), count_include_pad=draw(st.booleans()))
+    if kind == "adaptive":
+        return nn.AdaptiveAvgPool2d(tuple(draw(st.sampled_from([None, 1, 2, 3])) for _ in sizes))
+    if kind == "batchnorm2d":
+        return nn.BatchNorm2d(C, momentum=draw(st.sampled_from([0.1, None])), affine=draw(st.booleans()),
+                              track_running_stats=draw(st.booleans()) or not training)  # fmt: skip
+    if kind == "groupnorm":  # torch normalises groups of at least 2 values only
+        positions = math.prod(sizes)
+        group_counts = [g for g in range(1, C + 1) if C % g == 0 and (C // g) * positions > 1]
+        if group_counts:
+            return nn.GroupNorm(draw(st.sampled_from(group_counts)), C, affine=draw(st.booleans()))
+        return nn.Tanh()
+    if kind in ("softmax", "logsoftmax"):
+        dim = draw(st.sampled_from([d for d in range(1, len(shape) + 1)] + [-1]))
+        return nn.Softmax(dim) if kind == "softmax" else nn.LogSoftmax(dim)
+    return draw(st.sampled_from([nn.ReLU(), nn.Tanh(), nn.GELU()]))
+
+
+def _randomise(module: nn.Module, generator: torch.Generator) -> None:
+    """Parameters and buffers from ``generator``, away from neutral values (gamma 1, beta 0,
+    running statistics 0 and 1), so that no term of a backward pass hides behind them."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                p.copy_((1.0 if name == "weight" else 0.0) + 0.3 * torch.randn(p.shape, generator=generator))
+            else:
+                fan_in = p[0].numel() if p.dim() > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=generator) / fan_in**0.5)
+        if isinstance(module, nn.BatchNorm2d) and module.running_mean is not None and module.running_var is not None:
+            module.running_mean.copy_(0.3 * torch.randn(module.num_features, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+
+
+@st.composite
+def module_cases(
+    draw: st.DrawFn,
+    *,
+    kinds: Sequence[str] = MODULE_KINDS,
+    include: Sequence[str] = (),
+    max_layers: int = 3,
+    max_channels: int = 3,
+    max_size: int = 6,
+    max_batch: int = 3,
+    losses: Sequence[str] = ("cross_entropy", "mse"),
+    training: bool | None = None,
+    integer_input: bool = False,
+) -> ModuleCase:
+    """A ModuleCase: 1..max_layers modules of ``kinds`` (every one of ``include`` at least
+    once) on (N, C, H, W) images, or (N, C, L) sequences when no image-only kind is wanted,
+    then Flatten and Linear to the loss's output; a mode; parameters and the point from one
+    drawn seed. ``integer_input`` draws X from -2..2 so that pooling windows hold ties."""
+    kinds = check_subset(kinds, "kinds", list(MODULE_KINDS))
+    bad = [k for k in include if k not in kinds]
+    if bad:
+        raise ValueError(f"include={list(include)!r}: {bad} are not among kinds={list(kinds)}")
+    if not (max_layers >= 1 and max_channels >= 1 and max_size >= 1 and max_batch >= 1):
+        raise ValueError(f"max_layers={max_layers}, max_channels={max_channels}, max_size={max_size}, "
+                         f"max_batch={max_batch}: all must be >= 1")  # fmt: skip
+    loss = draw(st.sampled_from(check_subset(losses, "losses", ["cross_entropy", "mse", "half_sse"])))
+    mode = draw(st.booleans()) if training is None else training
+    depth = max(draw(st.integers(1, max_layers)), len(include))
+    chosen = [draw(st.sampled_from(list(kinds))) for _ in range(depth - len(include))]
+    for kind in include:
+        chosen.insert(draw(st.integers(0, len(chosen))), kind)
+    images = any(k in IMAGE_ONLY for k in chosen) or draw(st.booleans())
+    sizes = tuple(draw(st.integers(1, max_size)) for _ in range(2 if images else 1))
+    shape: tuple[int, ...] = (draw(st.integers(1, max_channels)), *sizes)
+    input_shape = (draw(st.integers(1, max_batch)), *shape)  # (N, C, *sizes)
+    if "batchnorm2d" in chosen and input_shape[0] < 2:  # batch statistics of one 1 x 1 image would be 0 / 0
+        input_shape = (2, *shape)
+    seed = draw(st.integers(0, 2**31 - 1))
+    generator = torch.Generator().manual_seed(seed)
+    modules: list[nn.Module] = []
+    for kind in chosen:
+        module = draw(_spatial_module(kind, shape, max_channels, mode)).double()
+        _randomise(module, generator)
+        with torch.no_grad():
+            shape = tuple(module.eval()(torch.zeros(2, *shape, dtype=torch.float64)).shape[1:])
+        modules.append(module)
+    features = math.prod(shape)
+    out = draw(st.integers(2, 3))
+    head = nn.Linear(features, out).double()
+    _randomise(head, generator)
+    sequential = nn.Sequential(*modules, nn.Flatten(), head).train(mode)
+    if integer_input:
+        X = torch.randint(-2, 3, input_shape, generator=generator).double()
+    else:
+        X = torch.empty(input_shape, dtype=torch.float64).uniform_(-2.0, 2.0, generator=generator)
+    y = get_loss(loss).sample_targets((input_shape[0], out), generator)
+    return ModuleCase(sequential, X, y, loss)

@@ -429,16 +429,16 @@ def test_to_torch_of_a_tied_network_ties_the_weight_in_torch() -> None:
 @pytest.mark.parametrize("position", [0, 2])
 def test_an_unsupported_module_is_a_value_error_naming_it_and_its_position(position: int) -> None:
     modules: list[nn.Module] = [nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)]
-    modules.insert(position, nn.Conv1d(1, 1, 1))
-    with pytest.raises(ValueError, match=rf"module\[{position}\] \({position}: Conv1d\) is not supported") as err:
+    modules.insert(position, nn.PixelShuffle(2))
+    with pytest.raises(ValueError, match=rf"module\[{position}\] \({position}: PixelShuffle\) is not supported") as err:
         from_torch(nn.Sequential(*modules))
     assert "Linear" in str(err.value) and "LayerNorm" in str(err.value)  # what is supported instead
-    assert "Conv1d" not in supported()
+    assert "PixelShuffle" not in supported()
 
 
 def test_an_unsupported_module_inside_a_residual_names_the_residuals_position() -> None:
-    inner = nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 1))
-    with pytest.raises(ValueError, match=r"module\[1\].*Conv1d.*expected one of"):
+    inner = nn.Sequential(nn.Linear(4, 4), nn.PixelShuffle(2))
+    with pytest.raises(ValueError, match=r"module\[1\].*PixelShuffle.*expected one of"):
         from_torch(nn.Sequential(nn.Linear(4, 4), TorchResidual(inner)))
 
 

@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 import refbp
 import refbp.nn
 import refbp.verify.reference
 from refbp.models.gpt_cases import GPTSpec
+from refbp.strategies import ModuleCase
 from refbp.verify.cases import CaseSpec
 from refbp.verify.stacks import StackSpec
 
@@ -38,7 +40,8 @@ STACK = {"loss": "cross_entropy", "seed": 5, "batch": 4, "training": True}
 
 def _every_case() -> Iterator[Any]:
     """MLPs with every activation and loss, stacks with every other layer (BatchNorm and dropout
-    in training mode), and a GPT with dropout and ignored targets."""
+    in training mode), torch CNNs with every convolution, pooling, spatial-norm and softmax
+    layer, and a GPT with dropout and ignored targets."""
     yield CaseSpec(dims=(3, 5, 4, 2), activations=("gelu", "relu", "identity"), loss="cross_entropy", seed=1)
     yield CaseSpec(dims=(3, 4, 2), activations=("silu", "sigmoid"), loss="bce", seed=2, weight_decay=0.1)
     yield CaseSpec(dims=(2, 3, 1), activations=("sigmoid", "sigmoid"), loss="half_sse", seed=0)
@@ -46,8 +49,35 @@ def _every_case() -> Iterator[Any]:
     yield StackSpec.from_dict({**STACK, "input": {"vocab": 5, "length": 3}, "layers": [
         ["embedding", 4], ["layernorm", {}], ["dropout", 0.25], ["flatten"], ["batchnorm", {}],
         ["residual", [["linear", 12], ["gelu_tanh"]]], ["linear", 3]]})  # fmt: skip
+    yield _torch_case(  # every convolution, pooling, spatial-norm and softmax layer, in training mode
+        nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2, 1),
+                      nn.GroupNorm(2, 4), nn.AvgPool2d(2, 1, 1, count_include_pad=False), nn.AdaptiveAvgPool2d((2, 3)),
+                      nn.Softmax(dim=1), nn.Flatten(), nn.Linear(24, 3)),
+        (3, 2, 5, 6), training=True, seed=6)  # fmt: skip
+    yield _torch_case(  # "same" padding with an even kernel, BatchNorm2d by its running statistics
+        nn.Sequential(nn.Conv2d(2, 4, (2, 3), padding="same", dilation=(1, 2), groups=2, bias=False),
+                      nn.BatchNorm2d(4), nn.LogSoftmax(dim=-1), nn.Flatten(), nn.Linear(80, 3)),
+        (2, 2, 4, 5), training=False, seed=7)  # fmt: skip
+    yield _torch_case(
+        nn.Sequential(nn.Conv1d(2, 4, 3, dilation=2), nn.GroupNorm(1, 4, affine=False), nn.Softmax(dim=-1),
+                      nn.Flatten(), nn.Linear(12, 3)),
+        (2, 2, 7), training=True, seed=8)  # fmt: skip
     yield GPTSpec(vocab_size=5, block_size=4, n_layer=2, n_head=2, n_embd=4, dropout=0.25, batch=2, length=3,
                   ignored=1, seed=3)  # fmt: skip
+
+
+def _torch_case(
+    module: nn.Sequential, shape: tuple[int, ...], *, training: bool, seed: int, classes: int = 3
+) -> ModuleCase:
+    """A float64 torch model in the given mode with a random input of ``shape`` and targets
+    among ``classes`` classes (the last Linear's outputs)."""
+    gen = torch.Generator().manual_seed(seed)
+    module = module.double().train(training)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=gen))  # away from 1 and 0 (norms)
+    X = torch.randn(shape, dtype=torch.float64, generator=gen)
+    return ModuleCase(module, X, torch.randint(0, classes, (shape[0],), generator=gen), "cross_entropy")
 
 
 def _name(spec: Any) -> str:

@@ -13,12 +13,23 @@ Dropout         x o m / (1 - p), refbp's seeded masks     nn.Dropout
 Embedding       E[idx]                                    nn.Embedding
 Flatten         merge dimensions                          nn.Flatten
 Residual        x + F(x)                                  refbp.nn.residual.TorchResidual
+Conv1d, Conv2d  cross-correlation; dJ/dW by im2col,       nn.Conv1d, nn.Conv2d (zero padding)
+                dJ/dx a transposed convolution
+MaxPool2d       max of each window; ties: the first       nn.MaxPool2d (ceil_mode=False)
+AvgPool2d       mean of each window                       nn.AvgPool2d (ceil_mode=False)
+AdaptiveAvgPool2d
+                mean of torch's adaptive windows          nn.AdaptiveAvgPool2d
+BatchNorm2d     BatchNorm1d over N H W per channel        nn.BatchNorm2d
+GroupNorm       LayerNorm of each image's channel groups  nn.GroupNorm
+Softmax         exp(x) / sum exp(x) along dim             nn.Softmax
+LogSoftmax      x - log sum exp(x) along dim              nn.LogSoftmax
 =============== ========================================= ==================================
 """
 
 from __future__ import annotations
 
 from .batchnorm import BatchNorm1d
+from .conv import Conv1d, Conv2d
 from .dense import Dense
 from .dropout import Dropout
 from .elementwise import Elementwise
@@ -27,18 +38,30 @@ from .flatten import Flatten
 from .layer import Layer
 from .layernorm import LayerNorm
 from .linear import Linear
+from .norm2d import BatchNorm2d, GroupNorm
+from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .residual import Residual, TorchResidual
+from .softmax import LogSoftmax, Softmax
 
 __all__ = [
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
     "BatchNorm1d",
+    "BatchNorm2d",
+    "Conv1d",
+    "Conv2d",
     "Dense",
     "Dropout",
     "Elementwise",
     "Embedding",
     "Flatten",
+    "GroupNorm",
     "Layer",
     "LayerNorm",
     "Linear",
+    "LogSoftmax",
+    "MaxPool2d",
     "Residual",
+    "Softmax",
     "TorchResidual",
 ]

@@ -1,0 +1,309 @@
+"""Conv1d and Conv2d: cross-correlation of an image with a bank of kernels, by hand.
+
+For Conv2d with input x (N, C_in, H, W), kernels W (C_out, C_in / G, k_h, k_w), bias b
+(C_out,), stride s, zero padding p, dilation d and G groups (channel group g of the output
+sees only channel group g of the input):
+
+    z[n, o, i, j] = b[o] + sum_{c in group(o), u, v} W[o, c, u, v] x_pad[n, c, i s + u d, j s + v d]
+                                                                             (N, C_out, H_out, W_out)
+    H_out = floor((H + p_top + p_bottom - d (k_h - 1) - 1) / s) + 1
+
+im2col turns it into a matrix product: unfold(x) gathers every window as a column,
+
+    X_col = unfold(x)                         (N, G, C_in/G k_h k_w, L)    L = H_out W_out
+    z     = W_g X_col + b                     (N, G, C_out/G, L)            one product per group
+
+and the backward is three products with the same columns:
+
+    (1) dJ/db  = sum over n and every position of dJ/dz                    (C_out,)
+    (2) dJ/dW  = sum_n dJ/dz_g X_col^T  + lambda W                         (G, C_out/G, C_in/G k_h k_w)
+    (3) dJ/dx  = fold(W_g^T dJ/dz_g)   (col2im: each column added back where its window was)
+               = conv_transpose(dJ/dz, W; stride s, padding p, dilation d, groups G)
+
+Line (2) never builds X_col whole (k_h k_w copies of x): its rows for kernel offset (u, v) are
+the strided slice x_pad[:, c, i s + u d, j s + v d] of the padded input, so dJ/dW[:, :, u, v]
+is one (grouped) matrix product per offset, with one slice's copy alive at a time.
+
+Line (3) is the transposed convolution: dJ/dz spread out by the stride, correlated with the
+kernel flipped in both spatial directions, the padding cut off again. ``output_padding`` adds
+the rows (columns) at the bottom (right) that no window reached when (H + 2p - d (k - 1) - 1)
+is not a multiple of s: their gradient is 0. It is a forward operation (torch's
+``conv_transpose2d``), not torch's backward kernel; dJ/dW is im2col and a matrix product.
+
+The forward pass is torch's ``conv1d``/``conv2d`` (the same cross-correlation, fast). Conv1d is
+Conv2d on (N, C_in, 1, L) with a (1, k) kernel. ``padding="same"`` pads d (k - 1) in all,
+the odd one at the end, as torch does; ``"valid"`` pads nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .convert import register
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .validation import describe
+
+__all__ = ["Conv1d", "Conv2d", "as_tuple", "transposed_output_padding"]
+
+Padding = tuple[int, ...] | str
+
+
+def as_tuple(value: object, n: int, name: str, *, minimum: int) -> tuple[int, ...]:
+    """An int or a sequence of n ints, each >= minimum, as an n-tuple; a ValueError naming
+    ``name`` otherwise."""
+    items: list[Any] = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * n
+    ok = len(items) == n and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in items)
+    if not ok:
+        raise ValueError(f"{name}={value!r}: expected an int >= {minimum} or {n} of them")
+    return tuple(int(v) for v in items)
+
+
+def transposed_output_padding(size: int, out: int, kernel: int, stride: int, dilation: int) -> int:
+    """The rows a transposed convolution must add so that it gives back ``size`` rows from
+    ``out``: size - ((out - 1) s + d (k - 1) + 1), always < s (the rows no window reached)."""
+    return size - ((out - 1) * stride + dilation * (kernel - 1) + 1)
+
+
+class _Conv(Layer):
+    """The convolution of ``dims`` spatial dimensions; Conv1d and Conv2d set ``dims``."""
+
+    dims: ClassVar[int] = 2
+    decayed = ("W",)
+    torch_names: ClassVar[dict[str, str]] = {"W": "0.weight", "b": "0.bias"}
+
+    def __init__(
+        self,
+        W: Tensor,
+        b: Tensor | None = None,
+        *,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+    ) -> None:
+        k = self.dims
+        if not isinstance(W, Tensor) or W.dim() != k + 2:
+            got = describe(W) if isinstance(W, Tensor) else type(W).__name__
+            raise ValueError(f"{self.title}: W must be (C_out, C_in / groups, {', '.join('k' * k)}), got {got}")
+        if b is not None and (not isinstance(b, Tensor) or tuple(b.shape) != (W.shape[0],)):
+            got = describe(b) if isinstance(b, Tensor) else type(b).__name__
+            raise ValueError(f"{self.title}: b must be ({W.shape[0]},), one per output channel, got {got}")
+        if not isinstance(groups, int) or groups < 1 or W.shape[0] % groups:
+            raise ValueError(f"{self.title}: groups={groups!r} must be an int >= 1 dividing C_out = {W.shape[0]}")
+        self.params = {"W": W} if b is None else {"W": W, "b": b}
+        self.stride = as_tuple(stride, k, "stride", minimum=1)
+        self.dilation = as_tuple(dilation, k, "dilation", minimum=1)
+        self.groups = groups
+        self.padding: Padding
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"{self.title}: padding={padding!r}; expected an int, a tuple, 'same' or 'valid'")
+            if padding == "same" and self.stride != (1,) * k:
+                raise ValueError(f"{self.title}: padding='same' needs stride 1 (as torch), got stride={stride!r}")
+            self.padding = padding
+        else:
+            self.padding = as_tuple(padding, k, "padding", minimum=0)
+        self.training = True
+
+    # ---- sizes ---------------------------------------------------------------------------------
+    @property
+    def W(self) -> Tensor:
+        return self.params["W"]
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.W.shape[2:])
+
+    @property
+    def C_in(self) -> int:
+        return int(self.W.shape[1]) * self.groups
+
+    @property
+    def C_out(self) -> int:
+        return int(self.W.shape[0])
+
+    def pads(self) -> tuple[tuple[int, int], ...]:
+        """(before, after) zero padding per spatial dimension."""
+        if not isinstance(self.padding, str):
+            return tuple((p, p) for p in self.padding)
+        if self.padding == "valid":
+            return ((0, 0),) * self.dims
+        # "same": d (k - 1) in all, the odd one at the end (torch's rule)
+        totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+
+    def out_size(self, size: Sequence[int]) -> tuple[int, ...]:
+        """The output's spatial size for an input of spatial size ``size``."""
+        geometry = zip(size, self.pads(), self.kernel_size, self.stride, self.dilation, strict=True)
+        return tuple((n + p0 + p1 - d * (k - 1) - 1) // s + 1 for n, (p0, p1), k, s, d in geometry)
+
+    def describe(self) -> str:
+        extras = f"kernel {self.kernel_size}, stride {self.stride}, padding {self.padding}"
+        extras += f", dilation {self.dilation}" if any(d > 1 for d in self.dilation) else ""
+        extras += f", groups {self.groups}" if self.groups > 1 else ""
+        extras += "" if "b" in self.params else ", no bias"
+        return f"{self.title}({self.C_in} -> {self.C_out}, {extras})"
+
+    def equations(self) -> tuple[str, str]:
+        bias = " + b" if "b" in self.params else ""
+        return (
+            f"z = W * x{bias}  (cross-correlation; im2col: z = W X_col{bias}, X_col = unfold(x))",
+            ("dJ/db = sum_{n, positions} dJ/dz ;  " if bias else "")
+            + "dJ/dW = sum_n dJ/dz X_col^T ;  dJ/dx = fold(W^T dJ/dz) = conv_transpose(dJ/dz, W)",
+        )
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        where = ".".join(map(str, path))
+        spatial = "L" if self.dims == 1 else "H, W"
+        if x.dim() != self.dims + 2 or x.shape[1] != self.C_in:
+            raise ValueError(
+                f"layer {where} ({self.describe()}) needs input (N, {self.C_in}, {spatial}), got {describe(x)}"
+            )
+        if any(n < 1 for n in self.out_size(x.shape[2:])):
+            raise ValueError(
+                f"layer {where} ({self.describe()}): input {describe(x)} is smaller than the dilated kernel "
+                f"after padding {self.pads()}; the output would be empty"
+            )
+
+    # ---- the manual path -------------------------------------------------------------------------
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
+        self.check_input(x, path)
+        conv = F.conv1d if self.dims == 1 else F.conv2d
+        pads = self.pads()
+        padding: Padding = tuple(before for before, _ in pads)
+        if any(before != after for before, after in pads):  # "same", even dilated kernel: one more zero at the end
+            x = F.pad(x, [p for before, after in reversed(pads) for p in (before, after)])  # F.pad: last dim first
+            padding = (0,) * self.dims
+        z = conv(x, self.W, self.params.get("b"), self.stride, padding, self.dilation, self.groups)
+        return z, None  # (N, C_out, *out_size); backward reads x itself, nothing else
+
+    def _as_2d(self) -> tuple[tuple[int, int], tuple[int, int], tuple[tuple[int, int], tuple[int, int]]]:
+        """stride, dilation and pads of the same convolution on (N, C, 1, L) for Conv1d."""
+        if self.dims == 2:
+            (sh, sw), (dh, dw) = self.stride, self.dilation
+            ph, pw = self.pads()
+            return (sh, sw), (dh, dw), (ph, pw)
+        return (1, self.stride[0]), (1, self.dilation[0]), ((0, 0), self.pads()[0])
+
+    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+        W, G = self.W, self.groups
+        stride, dilation, (ph, pw) = self._as_2d()
+        x2 = x if self.dims == 2 else x.unsqueeze(2)  # (N, C_in, H, W)    Conv1d: H = 1
+        g2 = dJ_dz if self.dims == 2 else dJ_dz.unsqueeze(2)  # (N, C_out, H_out, W_out)
+        W2 = W if self.dims == 2 else W.unsqueeze(2)  # (C_out, C_in/G, k_h, k_w)
+        N, _, H, Wd = x2.shape
+        C_out, C_g, kh, kw = W2.shape
+        H_out, W_out = g2.shape[2:]
+        symmetric = ph[0] == ph[1] and pw[0] == pw[1]
+        params: dict[str, Tensor] = {}
+        if "b" in self.params:
+            params["b"] = g2.sum(dim=(0, 2, 3))  # (1) dJ/db = sum over n and positions   (C_out,)
+
+        # (2) im2col one kernel offset at a time: the rows of X_col for offset (u, v) are the strided
+        # slice x_pad[:, c, i s + u d, j s + v d], so X_col is never built whole (k_h k_w times x)
+        padded = F.pad(x2, (pw[0], pw[1], ph[0], ph[1])) if ph != (0, 0) or pw != (0, 0) else x2  # (N, C_in, Hp, Wp)
+        L = H_out * W_out
+        dz = g2.reshape(N, G, C_out // G, L).permute(1, 2, 0, 3).reshape(G, C_out // G, N * L)  # (G, C_out/G, N L)
+        dJ_dW = torch.empty(C_out, C_g, kh, kw, dtype=g2.dtype, device=g2.device)
+        for u in range(kh):
+            for v in range(kw):
+                rows = slice(u * dilation[0], u * dilation[0] + stride[0] * (H_out - 1) + 1, stride[0])
+                columns = slice(v * dilation[1], v * dilation[1] + stride[1] * (W_out - 1) + 1, stride[1])
+                x_uv = padded[:, :, rows, columns].reshape(N, G, C_g, L)  # X_col's rows for (u, v)
+                x_uv = x_uv.permute(1, 0, 3, 2).reshape(G, N * L, C_g)  # (G, N L, C_in/G)
+                dJ_dW[:, :, u, v] = torch.bmm(dz, x_uv).reshape(C_out, C_g)  # sum_{n,i,j} dJ/dz x   per group
+        del padded
+        dJ_dW = dJ_dW.reshape(W.shape)  # (C_out, C_in/G, *k)
+        if ctx.weight_decay:
+            dJ_dW = dJ_dW.add_(W, alpha=ctx.weight_decay)  # + lambda W
+        params["W"] = dJ_dW  # (C_out, C_in/G, *k)
+        if not ctx.need_dx:
+            return LayerGrads(None, params)
+
+        # (3) dJ/dx = conv_transpose(dJ/dz, W): the output padding restores the rows no window reached
+        Hp, Wp = H + ph[0] + ph[1], Wd + pw[0] + pw[1]
+        extra = (
+            transposed_output_padding(Hp, H_out, kh, stride[0], dilation[0]),
+            transposed_output_padding(Wp, W_out, kw, stride[1], dilation[1]),
+        )
+        cut = (ph[0], pw[0]) if symmetric else (0, 0)  # conv_transpose cuts symmetric padding itself
+        dJ_dx = F.conv_transpose2d(g2, W2, None, stride, cut, extra, G, dilation)  # (N, C_in, H, W) or padded
+        if not symmetric:
+            dJ_dx = dJ_dx[:, :, ph[0] : ph[0] + H, pw[0] : pw[0] + Wd]  # cut the padding: (N, C_in, H, W)
+        dJ_dx = dJ_dx if self.dims == 2 else dJ_dx.squeeze(2)
+        return LayerGrads(dJ_dx, params)
+
+    # ---- the oracle ------------------------------------------------------------------------------
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        conv = F.conv1d if self.dims == 1 else F.conv2d
+        b = p(path, "b") if "b" in self.params else None
+        return conv(x, p(path, "W"), b, self.stride, self.padding, self.dilation, self.groups)
+
+    def to_torch(self) -> torch.nn.Module:
+        module_type: Any = torch.nn.Conv1d if self.dims == 1 else torch.nn.Conv2d  # sizes typed per module
+        module = module_type(
+            self.C_in, self.C_out, self.kernel_size, stride=self.stride, padding=self.padding,
+            dilation=self.dilation, groups=self.groups, bias="b" in self.params,
+            dtype=self.W.dtype, device=self.W.device,
+        )  # fmt: skip
+        with torch.no_grad():
+            module.weight.copy_(self.W)
+            if module.bias is not None:
+                module.bias.copy_(self.params["b"])
+        return module
+
+
+class Conv1d(_Conv):
+    """torch.nn.Conv1d on (N, C_in, L).
+
+    Args:
+        W: (C_out, C_in / groups, k), torch's layout.
+        b: (C_out,), or None for no bias.
+        stride, padding, dilation, groups: as torch.nn.Conv1d (padding: an int, "same", "valid").
+    """
+
+    title = "Conv1d"
+    dims = 1
+
+
+class Conv2d(_Conv):
+    """torch.nn.Conv2d on (N, C_in, H, W).
+
+    Args:
+        W: (C_out, C_in / groups, k_h, k_w), torch's layout.
+        b: (C_out,), or None for no bias.
+        stride, padding, dilation: an int or a pair; padding also "same" or "valid".
+        groups: G, dividing C_in and C_out.
+    """
+
+    title = "Conv2d"
+    dims = 2
+
+
+def _from_conv(module: torch.nn.Module, layer_type: type[_Conv]) -> Layer:
+    assert isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d))
+    if module.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={module.padding_mode!r} is not supported; refbp pads with zeros only")
+    b = None if module.bias is None else module.bias.detach().clone()
+    padding = module.padding if isinstance(module.padding, str) else tuple(module.padding)
+    return layer_type(
+        module.weight.detach().clone(), b, stride=tuple(module.stride), padding=padding,
+        dilation=tuple(module.dilation), groups=module.groups,
+    )  # fmt: skip
+
+
+@register(torch.nn.Conv1d)
+def _from_conv1d(module: torch.nn.Module) -> Layer:
+    return _from_conv(module, Conv1d)
+
+
+@register(torch.nn.Conv2d)
+def _from_conv2d(module: torch.nn.Module) -> Layer:
+    return _from_conv(module, Conv2d)

@@ -1,0 +1,362 @@
+"""Spatial normalisations of (N, C, H, W): BatchNorm2d and GroupNorm, by the row normalisations.
+
+BatchNorm2d normalises each channel over the batch *and* every position: it is BatchNorm1d on
+the N H W rows of x's channels (every position of every image is one more observation),
+
+    rows = x moved to (N, H, W, C), then (N H W, C)
+    y    = BatchNorm1d(rows) moved back to (N, C, H, W)                   refbp.nn.batchnorm
+
+so its mean, biased variance, running statistics (unbiased over N H W values, as torch keeps
+them) and its backward
+
+    dJ/dx = rstd (dJ/dxhat - mean_{n,h,w}(dJ/dxhat) - xhat mean_{n,h,w}(dJ/dxhat o xhat))
+
+are BatchNorm1d's, reduced over N H W instead of N. Reducing over N only is a classic bug.
+
+GroupNorm(G, C) normalises each image's channel group g (C / G channels, every position) on
+its own and then scales each channel: a LayerNorm without affine on the N G rows of
+(C / G) H W entries, then the per-channel affine,
+
+    xhat  = LayerNorm(x as (N G, C/G H W)) as (N, C, H, W)                 refbp.nn.layernorm
+    y     = gamma[c] xhat + beta[c]
+    dJ/dgamma[c] = sum_{n,h,w} dJ/dy o xhat ;  dJ/dbeta[c] = sum_{n,h,w} dJ/dy
+    dJ/dxhat     = dJ/dy o gamma[c] ;  dJ/dx = LayerNorm's dJ/dx of those rows
+
+Both reuse those layers' code on a reshaped view (one copy of the layer per call, sharing the
+parameter tensors), so the arithmetic and its float64 accumulation are exactly theirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .batchnorm import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, BatchNorm1d
+from .convert import register
+from .keys import Key
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layernorm import LAYER_NORM_EPS, LayerNorm, NormCache
+from .pieces import Pieces
+from .validation import describe
+
+__all__ = ["BatchNorm2d", "GroupNorm"]
+
+GROUP_NORM_EPS = LAYER_NORM_EPS
+"""torch.nn.GroupNorm's default eps, 1e-5 as LayerNorm's."""
+
+
+def _channels_last_rows(t: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N H W, C): one row per position of each image."""
+    return t.movedim(1, -1).reshape(-1, t.shape[1])
+
+
+def _channels_first(rows: Tensor, shape: torch.Size) -> Tensor:
+    """(N H W, C) -> (N, C, H, W), the inverse of ``_channels_last_rows`` (a view)."""
+    N, C, H, W = shape
+    return rows.view(N, H, W, C).movedim(-1, 1)
+
+
+class BatchNorm2d(Layer):
+    """torch.nn.BatchNorm2d(C) on (N, C, H, W): BatchNorm1d on the channels of every position.
+
+    Args: as refbp.nn.batchnorm.BatchNorm1d (gamma, beta (C,) or None; C; eps; momentum;
+    running_mean, running_var; track_running_stats; num_batches_tracked).
+    """
+
+    title = "BatchNorm2d"
+    torch_names: ClassVar[dict[str, str]] = {"gamma": "0.weight", "beta": "0.bias"}
+
+    def __init__(
+        self,
+        gamma: Tensor | None = None,
+        beta: Tensor | None = None,
+        *,
+        C: int | None = None,
+        eps: float = BATCH_NORM_EPS,
+        momentum: float | None = BATCH_NORM_MOMENTUM,
+        running_mean: Tensor | None = None,
+        running_var: Tensor | None = None,
+        track_running_stats: bool = True,
+        num_batches_tracked: int = 0,
+    ) -> None:
+        rows = BatchNorm1d(
+            gamma,
+            beta,
+            C=C,
+            eps=eps,
+            momentum=momentum,
+            running_mean=running_mean,
+            running_var=running_var,
+            track_running_stats=track_running_stats,
+            num_batches_tracked=num_batches_tracked,
+        )  # fmt: skip   validates the arguments and fills the defaults once
+        self.params = rows.params
+        self.C, self.eps, self.momentum = rows.C, rows.eps, rows.momentum
+        self.track_running_stats = rows.track_running_stats
+        self.running_mean, self.running_var = rows.running_mean, rows.running_var
+        self.num_batches_tracked = rows.num_batches_tracked
+        self.training = True
+
+    def _rows(self) -> BatchNorm1d:
+        """BatchNorm1d with this layer's parameters, statistics and mode, for (N H W, C) rows."""
+        rows = BatchNorm1d(
+            self.params.get("gamma"), self.params.get("beta"), C=self.C, eps=self.eps, momentum=self.momentum,
+            running_mean=self.running_mean, running_var=self.running_var,
+            track_running_stats=self.track_running_stats, num_batches_tracked=self.num_batches_tracked,
+        )  # fmt: skip
+        rows.set_training(self.training)
+        return rows
+
+    def buffers(self) -> dict[str, Tensor]:
+        """The running statistics (converted with the parameters by ``Network.to``)."""
+        if self.running_mean is None or self.running_var is None:
+            return {}
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    @property
+    def uses_batch_statistics(self) -> bool:
+        """True in training mode, and always without running statistics (as torch)."""
+        return self.training or not self.track_running_stats
+
+    @property
+    def intermediates(self) -> tuple[str, ...]:
+        return ("xhat",)
+
+    def describe(self) -> str:
+        mode = "batch statistics" if self.uses_batch_statistics else "running statistics"
+        return f"BatchNorm2d({self.C}, {mode}{'' if self.params else ', no affine'})"
+
+    def equations(self) -> tuple[str, str]:
+        forward, backward = self._rows().equations()
+        over = "  [mean_n, var_n over the N H W positions of each channel]"
+        return forward.replace("(over the batch)", "") + over, backward
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        where = ".".join(map(str, path))
+        if x.dim() != 4 or x.shape[1] != self.C:
+            raise ValueError(f"layer {where} ({self.describe()}) needs input (N, {self.C}, H, W), got {describe(x)}")
+        if self.uses_batch_statistics and x.shape[0] * x.shape[2] * x.shape[3] < 2:
+            raise ValueError(
+                f"layer {where} ({self.describe()}) needs N H W >= 2 values per channel in training mode "
+                f"(the variance of one value is 0), got {describe(x)}"
+            )
+
+    def cached_values(self, cache: NormCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        return {Key("xhat", path): cache.xhat}
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
+        self.check_input(x, path)
+        rows = self._rows()
+        y, cache = rows.forward(_channels_last_rows(x), ctx, path)  # (N H W, C)
+        self.running_mean, self.running_var = rows.running_mean, rows.running_var  # as torch, when updated
+        self.num_batches_tracked = rows.num_batches_tracked
+        return _channels_first(y, x.shape), NormCache(_channels_first(cache.xhat, x.shape), cache.rstd)
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+        rows_cache = NormCache(_channels_last_rows(cache.xhat), cache.rstd)  # (N H W, C): a view when it was one
+        grads = self._rows().backward(_channels_last_rows(dJ_dy), x, out, rows_cache, ctx)
+        dJ_dx = None if grads.dJ_dx is None else _channels_first(grads.dJ_dx, x.shape)  # (N, C, H, W)
+        kept = {key: _channels_first(t, x.shape) for key, t in grads.intermediates.items()}  # dJ/dxhat
+        return LayerGrads(dJ_dx, grads.params, kept)
+
+    @property
+    def pieces(self) -> Pieces | None:
+        """With batch statistics: one piece, curving on the scale of each channel's
+        sqrt(variance + eps) over N H W (refbp.nn.pieces); with running statistics: affine."""
+        if not self.uses_batch_statistics:
+            return None
+        return Pieces((), "a channel's sqrt(variance + eps) over the batch and positions", scale=self._channel_scale)
+
+    def _channel_scale(self, x: Tensor) -> Tensor:
+        spread = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True).add(self.eps).sqrt()  # (1, C, 1, 1)
+        return spread.expand_as(x)
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        if self.pieces is not None:
+            tap.piecewise(x, self.pieces)
+        if self.uses_batch_statistics:
+            xhat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+        else:
+            assert self.running_mean is not None and self.running_var is not None
+            rm, rv = self.running_mean.to(x.dtype).to(x.device), self.running_var.to(x.dtype).to(x.device)
+            xhat = F.batch_norm(x, rm, rv, None, None, False, 0.0, self.eps)
+        xhat = tap.intermediate(Key("xhat", path), xhat)
+        if not self.params:
+            return xhat
+        return xhat * p(path, "gamma").view(-1, 1, 1) + p(path, "beta").view(-1, 1, 1)  # per channel
+
+    def to_torch(self) -> torch.nn.Module:
+        like = self.params.get("gamma", self.running_mean)
+        module = torch.nn.BatchNorm2d(
+            self.C, eps=self.eps, momentum=self.momentum, affine=bool(self.params),
+            track_running_stats=self.track_running_stats,
+            dtype=None if like is None else like.dtype, device=None if like is None else like.device,
+        )  # fmt: skip
+        module.load_state_dict(self._rows().to_torch().state_dict())  # BatchNorm1d's: the same names and values
+        module.train(self.training)
+        return module
+
+
+class GroupNorm(Layer):
+    """torch.nn.GroupNorm(num_groups, C) on (N, C, *): each image's channel groups normalised.
+
+    Args:
+        num_groups: G, dividing C.
+        gamma, beta: (C,) the per-channel affine, or both None (``affine=False``).
+        C: the number of channels; needed only without gamma.
+        eps: added to the variance.
+    """
+
+    title = "GroupNorm"
+    torch_names: ClassVar[dict[str, str]] = {"gamma": "0.weight", "beta": "0.bias"}
+
+    def __init__(
+        self,
+        num_groups: int,
+        gamma: Tensor | None = None,
+        beta: Tensor | None = None,
+        *,
+        C: int | None = None,
+        eps: float = GROUP_NORM_EPS,
+    ) -> None:
+        if (gamma is None) != (beta is None):
+            raise ValueError("GroupNorm: give both gamma and beta (affine) or neither")
+        if gamma is None and C is None:
+            raise ValueError("GroupNorm without gamma needs C, the number of channels")
+        self.C = int(gamma.shape[0]) if gamma is not None else int(C)  # type: ignore[arg-type]
+        if not isinstance(num_groups, int) or num_groups < 1 or self.C % num_groups:
+            raise ValueError(f"GroupNorm: num_groups={num_groups!r} must be an int >= 1 dividing C = {self.C}")
+        self.G = num_groups
+        self.params = {} if gamma is None or beta is None else {"gamma": gamma, "beta": beta}
+        self.eps = float(eps)
+        self.training = True
+
+    @property
+    def intermediates(self) -> tuple[str, ...]:
+        return ("xhat",)
+
+    def describe(self) -> str:
+        return f"GroupNorm({self.G} groups, {self.C} channels{'' if self.params else ', no affine'})"
+
+    def equations(self) -> tuple[str, str]:
+        return (
+            "xhat = (x - mean_g(x)) / sqrt(var_g(x) + eps) per image and channel group ;  y = gamma[c] xhat + beta[c]",
+            "dJ/dxhat = dJ/dy o gamma[c] ;  dJ/dx = rstd (dJ/dxhat - mean_g(dJ/dxhat) - xhat mean_g(dJ/dxhat o xhat))",
+        )
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        if x.dim() < 2 or x.shape[1] != self.C:
+            where = ".".join(map(str, path))
+            raise ValueError(f"layer {where} ({self.describe()}) needs input (N, {self.C}, ...), got {describe(x)}")
+        if x[0].numel() // self.G < 2:
+            where = ".".join(map(str, path))
+            raise ValueError(
+                f"layer {where} ({self.describe()}) needs at least 2 values per group (as torch), got {describe(x)}"
+            )
+
+    def _rows(self, x: Tensor) -> LayerNorm:
+        """A LayerNorm without affine over one group's (C / G) H W entries."""
+        return LayerNorm(d=x[0].numel() // self.G, eps=self.eps)
+
+    def _per_channel(self, t: Tensor, ndim: int) -> Tensor:
+        return t.view(-1, *([1] * (ndim - 2)))  # (C, 1, ..., 1): broadcasts over the positions
+
+    def cached_values(self, cache: NormCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        return {Key("xhat", path): cache.xhat}
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
+        self.check_input(x, path)
+        N = x.shape[0]
+        xhat_rows, rows_cache = self._rows(x).forward(x.reshape(N * self.G, -1), ctx, path)  # (N G, C/G H W)
+        xhat = rows_cache.xhat.view(x.shape)  # (N, C, *) in the accumulation dtype
+        cache = NormCache(xhat, rows_cache.rstd)  # rstd: (N G, 1)
+        if not self.params:
+            return xhat_rows.view(x.shape), cache
+        gamma, beta = (self._per_channel(self.params[k], x.dim()) for k in ("gamma", "beta"))
+        return torch.addcmul(beta, xhat_rows.view(x.shape), gamma), cache  # y = gamma[c] xhat + beta[c]
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+        dtype, N = dJ_dy.dtype, x.shape[0]
+        over = [0, *range(2, x.dim())]  # the batch and every position: what a channel's parameters see
+        params: dict[str, Tensor] = {}
+        dJ_dxhat = dJ_dy
+        if self.params:
+            params["gamma"] = (dJ_dy * cache.xhat).sum(dim=over).to(dtype)  # dJ/dgamma = sum dJ/dy o xhat   (C,)
+            params["beta"] = dJ_dy.sum(dim=over)  # dJ/dbeta = sum dJ/dy   (C,)
+            dJ_dxhat = dJ_dy * self._per_channel(self.params["gamma"], x.dim())  # dJ/dy o gamma[c]   (N, C, *)
+        kept: dict[Key, Tensor] = {}
+        if ctx.keep_intermediates:  # dJ/dxhat, in storage of its own
+            kept[Key("xhat", ctx.path)] = dJ_dxhat.clone() if dJ_dxhat is dJ_dy else dJ_dxhat
+        if not ctx.need_dx:
+            return LayerGrads(None, params, kept)
+        rows = self._rows(x)
+        rows_cache = NormCache(cache.xhat.reshape(N * self.G, -1), cache.rstd)  # (N G, C/G H W)
+        inner = dataclasses.replace(ctx, keep_intermediates=False)
+        g = rows.backward(dJ_dxhat.reshape(N * self.G, -1), x, out, rows_cache, inner)  # LayerNorm's dJ/dx
+        assert g.dJ_dx is not None
+        return LayerGrads(g.dJ_dx.view(x.shape), params, kept)
+
+    @property
+    def pieces(self) -> Pieces:
+        """One piece, curving on the scale of each group's sqrt(variance + eps) (refbp.nn.pieces)."""
+        return Pieces((), "a channel group's sqrt(variance + eps)", scale=self._group_scale)
+
+    def _group_scale(self, x: Tensor) -> Tensor:
+        groups = x.reshape(x.shape[0], self.G, -1)  # (N, G, C/G H W)
+        if groups.shape[2] == 1:  # a single entry is normalised to exactly 0 wherever it is
+            return torch.full_like(x, math.inf)
+        spread = groups.var(dim=2, unbiased=False, keepdim=True).add(self.eps).sqrt()  # (N, G, 1)
+        return spread.expand_as(groups).reshape(x.shape)
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        tap.piecewise(x, self.pieces)
+        xhat = tap.intermediate(Key("xhat", path), F.group_norm(x, self.G, None, None, self.eps))
+        if not self.params:
+            return xhat
+        gamma, beta = (self._per_channel(p(path, k), x.dim()) for k in ("gamma", "beta"))
+        return xhat * gamma + beta
+
+    def to_torch(self) -> torch.nn.Module:
+        gamma = self.params.get("gamma")
+        module = torch.nn.GroupNorm(
+            self.G, self.C, eps=self.eps, affine=gamma is not None,
+            dtype=None if gamma is None else gamma.dtype, device=None if gamma is None else gamma.device,
+        )  # fmt: skip
+        with torch.no_grad():
+            if gamma is not None:
+                module.weight.copy_(gamma)
+                module.bias.copy_(self.params["beta"])
+        return module
+
+
+@register(torch.nn.BatchNorm2d)
+def _from_batch_norm_2d(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.BatchNorm2d)
+    gamma = None if module.weight is None else module.weight.detach().clone()
+    beta = None if module.bias is None else module.bias.detach().clone()
+    mean, var, batches = module.running_mean, module.running_var, module.num_batches_tracked
+    return BatchNorm2d(
+        gamma, beta, C=module.num_features, eps=module.eps, momentum=module.momentum,
+        running_mean=None if mean is None else mean.detach().clone(),
+        running_var=None if var is None else var.detach().clone(),
+        track_running_stats=mean is not None and var is not None,
+        num_batches_tracked=0 if batches is None else int(batches),
+    )  # fmt: skip
+
+
+@register(torch.nn.GroupNorm)
+def _from_group_norm(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.GroupNorm)
+    gamma = None if module.weight is None else module.weight.detach().clone()
+    beta = None if module.bias is None else module.bias.detach().clone()
+    return GroupNorm(module.num_groups, gamma, beta, C=module.num_channels, eps=module.eps)

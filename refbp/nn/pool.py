@@ -1,0 +1,327 @@
+"""Pooling on (N, C, H, W): MaxPool2d, AvgPool2d and AdaptiveAvgPool2d, backward by hand.
+
+Each output entry summarises one window of its channel (k_h x k_w entries, every s-th
+position, the input padded by p; MaxPool2d's windows may be dilated by d):
+
+    MaxPool2d   y[n, c, i, j] = max over the window of x_pad      (padding: -inf, never the max)
+                dJ/dx[argmax of window (i, j)] += dJ/dy[n, c, i, j]
+    AvgPool2d   y[n, c, i, j] = 1/D sum over the window of x_pad  (zero padding)
+                dJ/dx[every entry of window (i, j)] += dJ/dy[n, c, i, j] / D
+                D = k_h k_w (count_include_pad), or the number of the window's entries inside x
+    AdaptiveAvgPool2d(h_o, w_o): window i of a dimension of size n is [floor(i n / h_o), ceil((i + 1) n / h_o)),
+                y = A_h x A_w^T,  dJ/dx = A_h^T dJ/dy A_w,  A the (h_o, n) matrices of 1 / (window length)
+
+Windows overlap when the stride is smaller than the kernel: an input entry in two windows
+gets both windows' gradients, so the backward *adds* (scatter_add, fold); assigning keeps only
+one of them. MaxPool2d credits the first maximal entry of a window in its scan order (row by
+row, left to right) when several are equal, as torch does: only that entry gets the gradient.
+At such a tie the maximum has no derivative (it is a kink, as relu's 0 is); finite differences
+see it move to another entry and are excluded there (``pieces``).
+
+Outputs are floor((H + 2p - d (k - 1) - 1) / s) + 1 rows (ceil_mode=False, torch's default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .conv import as_tuple
+from .convert import register
+from .keys import Key
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .pieces import Pieces
+from .validation import describe
+
+__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "MaxPool2d", "PoolCache", "adaptive_windows"]
+
+
+@dataclass
+class PoolCache:
+    """What MaxPool2d's backward needs.
+
+    Attributes:
+        argmax: (N, C, H_out W_out) int64: which entry of each window (0 .. k_h k_w - 1, in
+            scan order) is its first maximum.
+        ties: (N, C, H_out, W_out) bool, True where a window's maximum is attained more than
+            once (a kink), or None when the forward pass kept no intermediates.
+    """
+
+    argmax: Tensor
+    ties: Tensor | None
+
+
+class _Pool(Layer):
+    """Kernel, stride and padding of a 2-d pooling window, and the checks they need."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+    ) -> None:
+        self.kernel_size = as_tuple(kernel_size, 2, "kernel_size", minimum=1)
+        self.stride = self.kernel_size if stride is None else as_tuple(stride, 2, "stride", minimum=1)
+        self.padding = as_tuple(padding, 2, "padding", minimum=0)
+        self.dilation = as_tuple(dilation, 2, "dilation", minimum=1)
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size, strict=True)):
+            raise ValueError(
+                f"{self.title}: padding={self.padding} must be at most half the kernel {self.kernel_size} (as torch)"
+            )
+        self.params = {}
+        self.training = True
+
+    def out_size(self, H: int, W: int) -> tuple[int, int]:
+        """floor((n + 2p - d (k - 1) - 1) / s) + 1 per dimension (ceil_mode=False)."""
+        geometry = zip((H, W), self.padding, self.kernel_size, self.stride, self.dilation, strict=True)
+        h, w = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, k, s, d in geometry)
+        return h, w
+
+    def describe(self) -> str:
+        dilated = f", dilation {self.dilation}" if self.dilation != (1, 1) else ""
+        return f"{self.title}(kernel {self.kernel_size}, stride {self.stride}, padding {self.padding}{dilated})"
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        where = ".".join(map(str, path))
+        if x.dim() != 4:
+            raise ValueError(f"layer {where} ({self.describe()}) needs input (N, C, H, W), got {describe(x)}")
+        if min(self.out_size(x.shape[2], x.shape[3])) < 1:
+            raise ValueError(f"layer {where} ({self.describe()}): input {describe(x)} is smaller than one window")
+        if not self._every_window_reaches_the_input(x.shape[2], x.shape[3]):
+            raise ValueError(
+                f"layer {where} ({self.describe()}): with input {describe(x)} some window lies entirely in the "
+                "padding (its maximum would be -inf); expected less padding or a smaller dilation"
+            )
+
+    def _every_window_reaches_the_input(self, H: int, W: int) -> bool:
+        """Whether each window holds at least one entry of x, not only padding."""
+        sizes = ((H, W), self.out_size(H, W), self.padding, self.kernel_size, self.stride, self.dilation)
+        geometry = zip(*sizes, strict=True)
+        return all(
+            any(0 <= i * s + u * d - p < n for u in range(k)) for n, out, p, k, s, d in geometry for i in range(out)
+        )
+
+
+class MaxPool2d(_Pool):
+    """torch.nn.MaxPool2d(kernel_size, stride, padding, dilation), ceil_mode=False."""
+
+    title = "MaxPool2d"
+
+    def equations(self) -> tuple[str, str]:
+        return (
+            "y = max over each window of x (padding -inf)",
+            "dJ/dx[first argmax of each window] += dJ/dy (windows that overlap add up)",
+        )
+
+    def _windows(self, x: Tensor) -> Tensor:
+        """Every window of the (-inf padded) input as a column: (N, C, k_h k_w, H_out W_out)."""
+        ph, pw = self.padding
+        padded = F.pad(x, (pw, pw, ph, ph), value=-math.inf) if ph or pw else x
+        cols = F.unfold(padded, self.kernel_size, dilation=self.dilation, stride=self.stride)  # (N, C k_h k_w, L)
+        return cols.view(x.shape[0], x.shape[1], self.kernel_size[0] * self.kernel_size[1], -1)
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, PoolCache]:
+        self.check_input(x, path)
+        H_out, W_out = self.out_size(x.shape[2], x.shape[3])
+        cols = self._windows(x)  # (N, C, k_h k_w, L)
+        y, argmax = cols.max(dim=2)  # the first maximal entry of each window, in scan order   (N, C, L)
+        ties = None
+        if ctx.keep_intermediates:  # windows whose maximum is attained twice: the kinks
+            ties = (cols == y.unsqueeze(2)).sum(dim=2).gt(1).view(*x.shape[:2], H_out, W_out)
+        return y.view(*x.shape[:2], H_out, W_out), PoolCache(argmax, ties)  # (N, C, H_out, W_out)
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGrads:
+        if not ctx.need_dx:
+            return LayerGrads(None)
+        N, C, H, W = x.shape
+        (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
+        kw = self.kernel_size[1]
+        H_out, W_out = dJ_dy.shape[2:]
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        # where each window's maximum sits in the padded input: row i s_h + u d_h, column j s_w + v d_w
+        argmax = cache.argmax.view(N, C, H_out, W_out)  # 0 .. k_h k_w - 1, in scan order
+        u, v = argmax.div(kw, rounding_mode="floor"), argmax.remainder(kw)  # the window's row, column
+        rows = torch.arange(H_out, device=x.device).view(H_out, 1) * sh + u * dh  # (N, C, H_out, W_out)
+        columns = torch.arange(W_out, device=x.device) * sw + v * dw  # (N, C, H_out, W_out)
+        where = (rows * Wp + columns).view(N, C, H_out * W_out)  # flat index into the padded (Hp Wp)
+        # dJ/dx_pad[argmax] += dJ/dy: windows that share their maximum add up, never overwrite
+        dJ_dx = torch.zeros(N, C, Hp * Wp, dtype=dJ_dy.dtype, device=dJ_dy.device)
+        dJ_dx.scatter_add_(2, where, dJ_dy.reshape(N, C, H_out * W_out))  # (N, C, Hp Wp)
+        dJ_dx = dJ_dx.view(N, C, Hp, Wp)[:, :, ph : ph + H, pw : pw + W]  # the padding cut off   (N, C, H, W)
+        return LayerGrads(dJ_dx)
+
+    def kinks(self, cache: Any, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        """The outputs a(l) whose window holds its maximum twice (the tie rule decides there)."""
+        if not isinstance(cache, PoolCache) or cache.ties is None:
+            return {}
+        return {Key("a", path): cache.ties}
+
+    @property
+    def pieces(self) -> Pieces:
+        """The pieces of the max are which entry of each window is the (first) maximum: a
+        perturbation that moves the maximum to another entry crosses a kink."""
+        return Pieces((), "two entries of a pooling window equal (the maximum moves)", region=self._argmax)
+
+    def _argmax(self, x: Tensor) -> Tensor:
+        return self._windows(x).argmax(dim=2)  # (N, C, L): the piece of the max each window is in
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        tap.piecewise(x, self.pieces)
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.MaxPool2d(self.kernel_size, self.stride, self.padding, self.dilation)
+
+
+class AvgPool2d(_Pool):
+    """torch.nn.AvgPool2d(kernel_size, stride, padding, count_include_pad), ceil_mode=False.
+
+    With ``count_include_pad=False`` a window that overlaps the padding divides by the number
+    of its entries inside the input instead of k_h k_w."""
+
+    title = "AvgPool2d"
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+        *,
+        count_include_pad: bool = True,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding)
+        self.count_include_pad = bool(count_include_pad)
+
+    def describe(self) -> str:
+        counted = "" if self.count_include_pad else ", count_include_pad=False"
+        return super().describe()[:-1] + counted + ")"
+
+    def equations(self) -> tuple[str, str]:
+        D = "k_h k_w" if self.count_include_pad else "the window's entries inside x"
+        return (f"y = 1/D sum over each window of x (zero padding), D = {D}", "dJ/dx = fold(dJ/dy / D)")
+
+    def divisor(self, H: int, W: int, like: Tensor) -> Tensor | float:
+        """D for every window: k_h k_w, or (count_include_pad=False) the count of each window's
+        entries inside the H x W input, (H_out W_out,), by unfolding a padded map of ones."""
+        if self.count_include_pad or self.padding == (0, 0):
+            return float(self.kernel_size[0] * self.kernel_size[1])
+        ones = torch.ones(1, 1, H, W, dtype=like.dtype, device=like.device)
+        return F.unfold(ones, self.kernel_size, padding=self.padding, stride=self.stride).sum(dim=1)[0]  # (L,)
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
+        self.check_input(x, path)
+        y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, False, self.count_include_pad)
+        return y, None  # (N, C, H_out, W_out); the backward needs only the shapes
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+        if not ctx.need_dx:
+            return LayerGrads(None)
+        N, C, H, W = x.shape
+        kk = self.kernel_size[0] * self.kernel_size[1]
+        share = dJ_dy.reshape(N * C, 1, -1) / self.divisor(H, W, dJ_dy)  # dJ/dy / D per window   (N C, 1, L)
+        columns = share.expand(N * C, kk, share.shape[2])  # every entry of a window gets it  (N C, k_h k_w, L)
+        # col2im: each window's column added back where the window was, the padding dropped
+        dJ_dx = F.fold(columns, (H, W), self.kernel_size, padding=self.padding, stride=self.stride)  # (N C, 1, H, W)
+        return LayerGrads(dJ_dx.view(N, C, H, W))
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, False, self.count_include_pad)
+
+    def to_torch(self) -> torch.nn.Module:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return torch.nn.AvgPool2d((kh, kw), (sh, sw), (ph, pw), count_include_pad=self.count_include_pad)
+
+
+def adaptive_windows(n: int, out: int, like: Tensor) -> Tensor:
+    """A (out, n): row i averages torch's window [floor(i n / out), ceil((i + 1) n / out))."""
+    A = torch.zeros(out, n, dtype=like.dtype, device=like.device)
+    for i in range(out):
+        start, end = (i * n) // out, -((-(i + 1) * n) // out)  # floor and ceil in integers
+        A[i, start:end] = 1.0 / (end - start)
+    return A
+
+
+class AdaptiveAvgPool2d(Layer):
+    """torch.nn.AdaptiveAvgPool2d(output_size): any (h_o, w_o); None keeps that input size."""
+
+    title = "AdaptiveAvgPool2d"
+
+    def __init__(self, output_size: int | Sequence[int | None] | None) -> None:
+        sizes = list(output_size) if isinstance(output_size, Sequence) else [output_size, output_size]
+        if len(sizes) != 2 or not all(s is None or (isinstance(s, int) and s >= 1) for s in sizes):
+            raise ValueError(f"AdaptiveAvgPool2d: output_size={output_size!r}; expected an int >= 1, None, or two")
+        self.output_size: tuple[int | None, int | None] = (sizes[0], sizes[1])
+        self.params = {}
+        self.training = True
+
+    def describe(self) -> str:
+        return f"AdaptiveAvgPool2d({self.output_size})"
+
+    def equations(self) -> tuple[str, str]:
+        return ("y = A_h x A_w^T  (A: 1/window length on each window)", "dJ/dx = A_h^T dJ/dy A_w")
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        if x.dim() != 4:
+            where = ".".join(map(str, path))
+            raise ValueError(f"layer {where} ({self.describe()}) needs input (N, C, H, W), got {describe(x)}")
+
+    def _matrices(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        H, W = x.shape[2:]
+        h_o, w_o = (n if o is None else o for o, n in zip(self.output_size, (H, W), strict=True))
+        return adaptive_windows(H, h_o, x), adaptive_windows(W, w_o, x)  # (h_o, H), (w_o, W)
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
+        self.check_input(x, path)
+        A_h, A_w = self._matrices(x)
+        return A_h @ x @ A_w.T, None  # y = A_h x A_w^T   (N, C, h_o, w_o)
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+        if not ctx.need_dx:
+            return LayerGrads(None)
+        A_h, A_w = self._matrices(x)
+        return LayerGrads(A_h.T @ dJ_dy @ A_w)  # dJ/dx = A_h^T dJ/dy A_w   (N, C, H, W)
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.AdaptiveAvgPool2d(self.output_size)
+
+
+@register(torch.nn.MaxPool2d)
+def _from_max_pool(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.MaxPool2d)
+    if module.ceil_mode:
+        raise ValueError("ceil_mode=True is not supported; expected ceil_mode=False (torch's default)")
+    if module.return_indices:
+        raise ValueError("return_indices=True is not supported: a Sequential passes one tensor on")
+    return MaxPool2d(module.kernel_size, module.stride, module.padding, module.dilation)
+
+
+@register(torch.nn.AvgPool2d)
+def _from_avg_pool(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.AvgPool2d)
+    if module.ceil_mode:
+        raise ValueError("ceil_mode=True is not supported; expected ceil_mode=False (torch's default)")
+    if module.divisor_override is not None:
+        raise ValueError(f"divisor_override={module.divisor_override} is not supported; expected None")
+    return AvgPool2d(module.kernel_size, module.stride, module.padding, count_include_pad=module.count_include_pad)
+
+
+@register(torch.nn.AdaptiveAvgPool2d)
+def _from_adaptive_avg_pool(module: torch.nn.Module) -> Layer:
+    assert isinstance(module, torch.nn.AdaptiveAvgPool2d)
+    return AdaptiveAvgPool2d(module.output_size)

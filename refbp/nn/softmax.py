@@ -1,0 +1,123 @@
+"""Softmax and LogSoftmax as layers, over one dimension, backward without the Jacobian.
+
+Along the dimension ``dim`` (each slice separately), with g = dJ/dy and "o" the elementwise product:
+
+    Softmax     s = exp(x - max x) / sum exp(x - max x)
+                dJ/dx = s o (g - sum(g o s))                   J_s = diag(s) - s s^T, applied to g
+    LogSoftmax  y = x - max x - log sum exp(x - max x)
+                dJ/dx = g - softmax(x) o sum(g),   softmax(x) = exp(y)
+
+Subtracting max x changes neither function (the shift cancels) and keeps exp from overflowing.
+The forward pass is torch's fused softmax (one pass over x); the backward is by hand.
+The Jacobian of the softmax is a full matrix per slice: keeping only its diagonal, s o (1 - s) o g,
+forgets that every output moves when one input does (the - s s^T part), a classic bug. The
+backward reads the layer's output (s, or y for LogSoftmax), not x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .convert import register
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .validation import describe
+
+__all__ = ["LogSoftmax", "Softmax"]
+
+
+class _AlongDim(Layer):
+    """A map over the slices of one dimension."""
+
+    def __init__(self, dim: int) -> None:
+        if not isinstance(dim, int) or isinstance(dim, bool):
+            raise ValueError(f"{self.title}: dim={dim!r}; expected an int (torch's implicit dim=None is not supported)")
+        self.dim = dim
+        self.params = {}
+        self.training = True
+
+    def describe(self) -> str:
+        return f"{self.title}(dim={self.dim})"
+
+    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
+        if not -x.dim() <= self.dim < max(x.dim(), 1):
+            where = ".".join(map(str, path))
+            raise ValueError(f"layer {where} ({self.describe()}): dim {self.dim} is not a dimension of {describe(x)}")
+
+
+class Softmax(_AlongDim):
+    """torch.nn.Softmax(dim): s = exp(x) / sum exp(x) along ``dim``."""
+
+    title = "Softmax"
+
+    def equations(self) -> tuple[str, str]:
+        return ("s = exp(x) / sum exp(x)  (along dim)", "dJ/dx = s o (dJ/ds - sum(dJ/ds o s))")
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
+        self.check_input(x, path)
+        return torch.softmax(x, dim=self.dim), None  # s = exp(x - max x) / sum exp(x - max x), one fused pass
+
+    def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+        if not ctx.need_dx:
+            return LayerGrads(None)
+        s = out
+        g_s = dJ_ds * s  # g o s
+        along = g_s.sum(dim=self.dim, keepdim=True)  # sum(g o s) per slice
+        return LayerGrads(g_s.addcmul_(s, along, value=-1.0))  # dJ/dx = s o (g - sum(g o s)) = g o s - s sum(g o s)
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        return F.softmax(x, dim=self.dim)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.Softmax(dim=self.dim)
+
+
+class LogSoftmax(_AlongDim):
+    """torch.nn.LogSoftmax(dim): y = x - log sum exp(x) along ``dim``."""
+
+    title = "LogSoftmax"
+
+    def equations(self) -> tuple[str, str]:
+        return ("y = x - log sum exp(x)  (along dim)", "dJ/dx = dJ/dy - exp(y) o sum(dJ/dy)")
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
+        self.check_input(x, path)
+        return torch.log_softmax(x, dim=self.dim), None  # y = x - max x - log sum exp(x - max x), fused
+
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+        if not ctx.need_dx:
+            return LayerGrads(None)
+        total = dJ_dy.sum(dim=self.dim, keepdim=True)  # sum(g) per slice
+        return LayerGrads(dJ_dy - out.exp().mul_(total))  # dJ/dx = g - softmax(x) o sum(g)
+
+    def torch_forward(
+        self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
+    ) -> Tensor:
+        return F.log_softmax(x, dim=self.dim)
+
+    def to_torch(self) -> torch.nn.Module:
+        return torch.nn.LogSoftmax(dim=self.dim)
+
+
+def _dim_of(module: torch.nn.Module) -> int:
+    assert isinstance(module, (torch.nn.Softmax, torch.nn.LogSoftmax))
+    dim = module.dim
+    if dim is None:
+        raise ValueError("dim=None (torch's implicit, deprecated choice of dimension) is not supported; give dim")
+    return int(dim)
+
+
+@register(torch.nn.Softmax)
+def _from_softmax(module: torch.nn.Module) -> Layer:
+    return Softmax(_dim_of(module))
+
+
+@register(torch.nn.LogSoftmax)
+def _from_log_softmax(module: torch.nn.Module) -> Layer:
+    return LogSoftmax(_dim_of(module))
