@@ -13,6 +13,10 @@ Dropout         x o m / (1 - p), refbp's seeded masks     nn.Dropout
 Embedding       E[idx]                                    nn.Embedding
 Flatten         merge dimensions                          nn.Flatten
 Residual        x + F(x)                                  refbp.nn.residual.TorchResidual
+RNN             h_t = f(x_t W_ih^T + h_(t-1) W_hh^T + b),  nn.RNN (its output sequence passed
+                f = tanh or relu; stacked; BPTT           on: refbp.nn.recurrent's TorchRNN)
+LSTM            gates i f g o, cell state c_t; BPTT       nn.LSTM (likewise: TorchLSTM)
+GRU             gates r z n; BPTT                         nn.GRU (likewise: TorchGRU)
 =============== ========================================= ==================================
 """
 
@@ -27,9 +31,14 @@ from .flatten import Flatten
 from .layer import Layer
 from .layernorm import LayerNorm
 from .linear import Linear
+from .recurrent import GRU, LSTM, RNN, recurrent_from_torch
+from .recurrent_layer import TorchGRU, TorchLSTM, TorchRNN
 from .residual import Residual, TorchResidual
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
     "BatchNorm1d",
     "Dense",
     "Dropout",
@@ -40,5 +49,9 @@ __all__ = [
     "LayerNorm",
     "Linear",
     "Residual",
+    "TorchGRU",
+    "TorchLSTM",
+    "TorchRNN",
     "TorchResidual",
+    "recurrent_from_torch",
 ]
