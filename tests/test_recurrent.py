@@ -14,6 +14,7 @@ from hypothesis import given
 from torch import Tensor, nn
 
 import refbp
+from benchmarks.recurrent import QUICK_SIZES, autograd_step, make_case, manual_step, oracle_step
 from refbp.nn.convert import from_torch
 from refbp.nn.gru import GRULayer
 from refbp.nn.keys import Key, sort_names
@@ -255,3 +256,16 @@ def test_wrong_initial_state_and_input_are_clear_errors() -> None:
         RNN(RNNLayer(torch.zeros(3, 2), torch.zeros(3, 3), nonlinearity="gelu"))
     with pytest.raises(ValueError, match=r"W_hh must be \(3 H, H\)"):
         GRU(GRULayer(torch.zeros(6, 2), torch.zeros(3, 3)))
+
+
+def test_lstm_benchmark_steps_compute_the_same_gradients() -> None:
+    """benchmarks/recurrent.py times three steps; they must compute the same thing."""
+    case = make_case(QUICK_SIZES, num_layers=2, dtype=torch.float64)
+    manual = manual_step(case)()
+    on_torch, on_oracle = autograd_step(case)(), oracle_step(case)()
+    assert manual.dJ_dx is not None
+    for reference in (on_torch["input"], on_oracle["input"]):
+        torch.testing.assert_close(manual.dJ_dx, reference, **FLOAT64_ROUNDING)
+    for key, g in manual.params.items():
+        torch.testing.assert_close(g, on_oracle[str(key)], **FLOAT64_ROUNDING)
+        torch.testing.assert_close(g, on_torch[case.layer.torch_param_names((1,))[key][2:]], **FLOAT64_ROUNDING)

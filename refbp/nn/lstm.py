@@ -114,12 +114,16 @@ class LSTMLayer(RecurrentLayer):
         W_hh, H, c = self.params["W_hh"], self.H, cache.c
         assert c is not None
         T, B, _ = dJ_dout.shape
+        # the gates gate-major, each gate of each step one contiguous (B, H) block: one copy here
+        # makes every elementwise operation below run on contiguous memory (2-3x faster than on
+        # the column slices of (B, 4H))
+        gates = cache.gates.view(T, B, 4, H).permute(2, 0, 1, 3).contiguous()  # (4, T, B, H)
         da = torch.empty_like(cache.gates)  # (T, B, 4H) dJ/d[a_i a_f a_g a_o] at every step
         kept = {kind: torch.empty_like(dJ_dout) for kind in self.step_kinds} if keep else {}
         dh_next = dJ_dout.new_zeros(B, H)  # dJ/dh_T through step T + 1: nothing
         dc_next = dJ_dout.new_zeros(B, H)  # dJ/dc_(T+1) o f_(T+1): nothing
         for t in range(T, 0, -1):
-            i, f, g, o = cache.gates[t - 1].split(H, dim=1)  # (B, H) each
+            i, f, g, o = gates[:, t - 1]  # (B, H) each
             dJ_dh = self.total_dJ_dh(dJ_dout[t - 1], dh_next)  # (R1)
             tanh_c = torch.tanh(c[t])  # rebuilt from c_t: one elementwise op, and T B H numbers less to keep
             dJ_do = dJ_dh * tanh_c  # (L4) dJ/do = dJ/dh_t o tanh(c_t)
@@ -129,11 +133,12 @@ class LSTMLayer(RecurrentLayer):
             if keep:
                 for kind, value in zip(self.step_kinds, (dJ_di, dJ_df, dJ_dg, dJ_do, dJ_dc, dJ_dh), strict=True):
                     kept[kind][t - 1] = value
-            da_i, da_f, da_g, da_o = da[t - 1].split(H, dim=1)  # views into da
-            torch.mul(dJ_di, i, out=da_i).addcmul_(da_i, i, value=-1.0)  # (L2) dJ/di o i (1 - i)
-            torch.mul(dJ_df, f, out=da_f).addcmul_(da_f, f, value=-1.0)  # (L2) dJ/df o f (1 - f)
-            torch.mul(g, g, out=da_g).neg_().add_(1.0).mul_(dJ_dg)  # (L2) dJ/dg o (1 - g^2)
-            torch.mul(dJ_do, o, out=da_o).addcmul_(da_o, o, value=-1.0)  # (L2) dJ/do o o (1 - o)
+            # (L2) through the sigmoids and the tanh, in place (the kept copies are made)
+            da_i = dJ_di.mul_(i).addcmul_(dJ_di, i, value=-1.0)  # dJ/di o i (1 - i)
+            da_f = dJ_df.mul_(f).addcmul_(dJ_df, f, value=-1.0)  # dJ/df o f (1 - f)
+            da_g = dJ_dg.addcmul_(dJ_dg, g.square(), value=-1.0)  # dJ/dg o (1 - g^2)
+            da_o = dJ_do.mul_(o).addcmul_(dJ_do, o, value=-1.0)  # dJ/do o o (1 - o)
+            torch.cat([da_i, da_f, da_g, da_o], dim=1, out=da[t - 1])  # da_t   (B, 4H)
             dh_next = da[t - 1] @ W_hh  # (L1) dJ/dh_(t-1) through step t   (B, 4H) @ (4H, H)
             dc_next = dJ_dc.mul_(f)  # (L3) dJ/dc_(t-1) through step t = dJ/dc_t o f (dJ/dc_t is used up)
         return BPTTGrads(da, da, {"h": dh_next, "c": dc_next}, kept)

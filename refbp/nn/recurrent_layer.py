@@ -264,7 +264,8 @@ class RecurrentLayer(Layer):
         xs = self.time_major(x)  # (T, B, d_in)
         T, B, _ = xs.shape
         G_H = self.gate_count * self.H
-        grads = self.through_time(self.time_major(dJ_dout), cache, keep=ctx.keep_intermediates)
+        g = self.time_major(dJ_dout).contiguous()  # (T, B, H), each step's rows contiguous (a copy if batch_first)
+        grads = self.through_time(g, cache, keep=ctx.keep_intermediates)
         da_x = grads.da_x.reshape(T * B, G_H)  # (T B, G H)
         da_h = grads.da_h.reshape(T * B, G_H)  # (T B, G H)
         params = {
