@@ -269,3 +269,31 @@ def test_lstm_benchmark_steps_compute_the_same_gradients() -> None:
     for key, g in manual.params.items():
         torch.testing.assert_close(g, on_oracle[str(key)], **FLOAT64_ROUNDING)
         torch.testing.assert_close(g, on_torch[case.layer.torch_param_names((1,))[key][2:]], **FLOAT64_ROUNDING)
+
+
+def test_relu_rnn_reports_its_kinks_at_every_step() -> None:
+    """z_t == 0 is relu's kink (torch takes f'(0) = 0): reported per step and stacked layer."""
+    W_ih, W_hh = torch.tensor([[1.0], [-1.0]], dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
+    layer = RNN(RNNLayer(W_ih, W_hh, nonlinearity="relu"), RNNLayer(W_hh.clone(), W_hh.clone(), nonlinearity="relu"))
+    x = torch.tensor([[[0.0]], [[2.0]]], dtype=torch.float64)  # (T, B, d) = (2, 1, 1): z_1 = 0 exactly
+    cache = Network([layer], "mse").forward(x)
+    kinks = layer.kinks(cache.saved[1], (1,))
+    assert set(kinks) == {Key("z", (1, k, t)) for k in (1, 2) for t in (1, 2)}
+    assert kinks[Key("z", (1, 1, 1))].tolist() == [[True, True]]
+    assert kinks[Key("z", (1, 1, 2))].tolist() == [[False, False]]  # z_2 = (2, -2)
+    assert kinks[Key("z", (1, 2, 2))].all()  # layer 2's weights are 0: always on the kink
+    tanh = RNN(RNNLayer(W_ih, W_hh))
+    assert tanh.kinks(Network([tanh], "mse").forward(x).saved[1], (1,)) == {}
+
+
+def test_network_to_converts_the_initial_state_with_the_parameters() -> None:
+    spec = RecurrentSpec("LSTM", 2, 3, 2, True, False, length=2, batch=2, initial_state=True, seed=1)
+    module, x, h0, c0 = spec.build()
+    net = Network([recurrent_from_torch(module, h0=h0, c0=c0)], "mse").to(torch.float32)
+    stack = net.layers[0]
+    assert isinstance(stack, LSTM)
+    for layer in stack.layers:
+        assert isinstance(layer, LSTMLayer) and layer.h0 is not None and layer.c0 is not None
+        assert layer.h0.dtype == layer.c0.dtype == torch.float32
+    expected, _ = module(x, (h0, c0))
+    torch.testing.assert_close(net.forward(x.float()).y_hat, expected.detach().float())
