@@ -18,6 +18,7 @@ the smallest batch that still shows it.
     module_cases              torch.nn.Sequential CNNs (convolutions, pooling, spatial norms,
                               softmax) with a point, for from_torch and autograd on the module
     conv_geometries, pool_geometries   kernel, stride, padding, dilation that fit a given size
+    recurrent_specs           torch.nn.RNN/LSTM/GRU modules and a sequence to run them on
 """
 
 from __future__ import annotations
@@ -44,14 +45,17 @@ from .verify.stacks import StackSpec
 
 __all__ = [
     "MODULE_KINDS",
+    "RECURRENT_KINDS",
     "STACK_KINDS",
     "ModuleCase",
+    "RecurrentSpec",
     "cases",
     "conv_geometries",
     "gpt_specs",
     "gpts",
     "module_cases",
     "pool_geometries",
+    "recurrent_specs",
     "specs",
     "stack_specs",
     "stacks",
@@ -419,3 +423,91 @@ def module_cases(
         X = torch.empty(input_shape, dtype=torch.float64).uniform_(-2.0, 2.0, generator=generator)
     y = get_loss(loss).sample_targets((input_shape[0], out), generator)
     return ModuleCase(sequential, X, y, loss)
+
+
+# ---- recurrent modules (torch.nn.RNN, LSTM, GRU) ---------------------------------------------
+RECURRENT_KINDS = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+"""The recurrent modules ``recurrent_specs`` draws: torch.nn.RNN with tanh or relu, LSTM, GRU."""
+
+
+@dataclass(frozen=True)
+class RecurrentSpec:
+    """A torch recurrent module and a point to run it at, all drawn from ``seed``.
+
+    Attributes:
+        kind: one of RECURRENT_KINDS.
+        input_size, hidden_size, num_layers, bias, batch_first: torch's arguments.
+        length: T, the sequence length.  batch: B.
+        initial_state: pass a random h0 (and c0) instead of zeros.
+        seed: seeds the parameters and the numbers.
+    """
+
+    kind: str
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bias: bool
+    batch_first: bool
+    length: int
+    batch: int
+    initial_state: bool
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in RECURRENT_KINDS:
+            raise ValueError(f"kind={self.kind!r} must be one of {list(RECURRENT_KINDS)}")
+
+    def build(self) -> tuple[torch.nn.Module, Tensor, Tensor | None, Tensor | None]:
+        """(module, x, h0, c0) in float64: x is (B, T, d_in) with batch_first, else (T, B, d_in);
+        h0 and c0 (num_layers, B, H) or None (c0 for an LSTM only)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        options: dict[str, Any] = {"num_layers": self.num_layers, "bias": self.bias, "batch_first": self.batch_first}
+        if self.kind.startswith("RNN"):
+            options["nonlinearity"] = self.kind.removeprefix("RNN_").lower()
+        module_type = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}.get(self.kind, torch.nn.RNN)
+        module = module_type(self.input_size, self.hidden_size, dtype=torch.float64, **options)
+        with torch.no_grad():
+            for p in module.parameters():  # torch's U(-1/sqrt(H), 1/sqrt(H)), from our generator
+                p.uniform_(-1.0, 1.0, generator=generator).div_(self.hidden_size**0.5)
+        B, T = self.batch, self.length
+        shape = (B, T, self.input_size) if self.batch_first else (T, B, self.input_size)
+        x = torch.randn(shape, dtype=torch.float64, generator=generator)
+        state = (self.num_layers, B, self.hidden_size)
+        h0 = torch.randn(state, dtype=torch.float64, generator=generator) if self.initial_state else None
+        c0 = None
+        if self.initial_state and self.kind == "LSTM":
+            c0 = torch.randn(state, dtype=torch.float64, generator=generator)
+        return module, x, h0, c0
+
+
+@st.composite
+def recurrent_specs(
+    draw: st.DrawFn,
+    *,
+    kinds: Sequence[str] = RECURRENT_KINDS,
+    max_length: int = 5,
+    max_layers: int = 2,
+    max_size: int = 5,
+    max_batch: int = 3,
+) -> RecurrentSpec:
+    """A RecurrentSpec: a kind, sizes 1..max_size, num_layers 1..max_layers, sequence length
+    1..max_length, batch 1..max_batch, bias and batch_first either way, with or without an
+    initial state, and a seed."""
+    if not (max_length >= 1 and max_layers >= 1 and max_size >= 1 and max_batch >= 1):
+        raise ValueError(
+            f"max_length={max_length}, max_layers={max_layers}, max_size={max_size}, max_batch={max_batch}: "
+            "all must be >= 1"
+        )
+    kind_names = check_subset(kinds, "kinds", list(RECURRENT_KINDS))
+    return RecurrentSpec(
+        kind=draw(st.sampled_from(kind_names)),
+        input_size=draw(st.integers(1, max_size)),
+        hidden_size=draw(st.integers(1, max_size)),
+        num_layers=draw(st.integers(1, max_layers)),
+        bias=draw(st.booleans()),
+        batch_first=draw(st.booleans()),
+        length=draw(st.integers(1, max_length)),
+        batch=draw(st.integers(1, max_batch)),
+        initial_state=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )

@@ -11,6 +11,7 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -21,8 +22,11 @@ import refbp
 import refbp.nn
 import refbp.verify.reference
 from refbp.models.gpt_cases import GPTSpec
+from refbp.nn.convert import from_torch
+from refbp.nn.layers import recurrent_from_torch
+from refbp.nn.network import Network
 from refbp.strategies import ModuleCase
-from refbp.verify.cases import CaseSpec
+from refbp.verify.cases import Case, CaseSpec
 from refbp.verify.stacks import StackSpec
 
 MANUAL_MODULES = [
@@ -38,10 +42,40 @@ FORBIDDEN_ATTRIBUTES = {"autograd", "func", "requires_grad_", "retain_grad", "gr
 STACK = {"loss": "cross_entropy", "seed": 5, "batch": 4, "training": True}
 
 
+@dataclass(frozen=True)
+class RecurrentCase:
+    """A recurrent network: Sequential(Embedding, cell of 2 layers, Linear) on characters with
+    cross-entropy at every step, or (``initial_state``) the cell alone on a float sequence,
+    time-major, from a given h0 (and c0), with mse."""
+
+    cell: str
+    initial_state: bool = False
+    nonlinearity: str = "tanh"
+
+    def describe(self) -> str:
+        return f"{self.cell}{'-h0' if self.initial_state else ''}{'-relu' if self.nonlinearity == 'relu' else ''},"
+
+    def build(self) -> Case[Network]:
+        torch.manual_seed(7)
+        cell = getattr(torch.nn, self.cell)
+        options: dict[str, Any] = {"nonlinearity": self.nonlinearity} if self.cell == "RNN" else {}
+        if not self.initial_state:
+            model = torch.nn.Sequential(
+                torch.nn.Embedding(5, 3), cell(3, 4, num_layers=2, batch_first=True, **options), torch.nn.Linear(4, 5)
+            ).double()
+            X, y = torch.randint(0, 5, (2, 3)), torch.randint(0, 5, (2, 3))
+            return Case(self, from_torch(model, loss="cross_entropy"), X, y)
+        module = cell(3, 4, num_layers=2, **options).double()
+        h0, c0 = torch.randn(2, 2, 4, dtype=torch.float64), torch.randn(2, 2, 4, dtype=torch.float64)
+        layer = recurrent_from_torch(module, h0=h0, c0=c0 if self.cell == "LSTM" else None)
+        X, y = torch.randn(3, 2, 3, dtype=torch.float64), torch.randn(3, 2, 4, dtype=torch.float64)
+        return Case(self, Network([layer], "mse"), X, y)
+
+
 def _every_case() -> Iterator[Any]:
     """MLPs with every activation and loss, stacks with every other layer (BatchNorm and dropout
     in training mode), torch CNNs with every convolution, pooling, spatial-norm and softmax
-    layer, and a GPT with dropout and ignored targets."""
+    layer, a GPT with dropout and ignored targets, and RNN/LSTM/GRU models."""
     yield CaseSpec(dims=(3, 5, 4, 2), activations=("gelu", "relu", "identity"), loss="cross_entropy", seed=1)
     yield CaseSpec(dims=(3, 4, 2), activations=("silu", "sigmoid"), loss="bce", seed=2, weight_decay=0.1)
     yield CaseSpec(dims=(2, 3, 1), activations=("sigmoid", "sigmoid"), loss="half_sse", seed=0)
@@ -64,6 +98,8 @@ def _every_case() -> Iterator[Any]:
         (2, 2, 7), training=True, seed=8)  # fmt: skip
     yield GPTSpec(vocab_size=5, block_size=4, n_layer=2, n_head=2, n_embd=4, dropout=0.25, batch=2, length=3,
                   ignored=1, seed=3)  # fmt: skip
+    yield from (RecurrentCase("LSTM"), RecurrentCase("GRU"), RecurrentCase("RNN", nonlinearity="relu"))
+    yield from (RecurrentCase("LSTM", initial_state=True), RecurrentCase("GRU", initial_state=True))
 
 
 def _torch_case(

@@ -23,6 +23,10 @@ BatchNorm2d     BatchNorm1d over N H W per channel        nn.BatchNorm2d
 GroupNorm       LayerNorm of each image's channel groups  nn.GroupNorm
 Softmax         exp(x) / sum exp(x) along dim             nn.Softmax
 LogSoftmax      x - log sum exp(x) along dim              nn.LogSoftmax
+RNN             h_t = f(x_t W_ih^T + h_(t-1) W_hh^T + b),  nn.RNN (its output sequence passed
+                f = tanh or relu; stacked; BPTT           on: refbp.nn.recurrent's TorchRNN)
+LSTM            gates i f g o, cell state c_t; BPTT       nn.LSTM (likewise: TorchLSTM)
+GRU             gates r z n; BPTT                         nn.GRU (likewise: TorchGRU)
 =============== ========================================= ==================================
 """
 
@@ -40,10 +44,15 @@ from .layernorm import LayerNorm
 from .linear import Linear
 from .norm2d import BatchNorm2d, GroupNorm
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .recurrent import GRU, LSTM, RNN, recurrent_from_torch
+from .recurrent_layer import TorchGRU, TorchLSTM, TorchRNN
 from .residual import Residual, TorchResidual
 from .softmax import LogSoftmax, Softmax
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "BatchNorm1d",
@@ -63,5 +72,9 @@ __all__ = [
     "MaxPool2d",
     "Residual",
     "Softmax",
+    "TorchGRU",
+    "TorchLSTM",
+    "TorchRNN",
     "TorchResidual",
+    "recurrent_from_torch",
 ]

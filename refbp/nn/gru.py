@@ -1,0 +1,115 @@
+"""The GRU (torch.nn.GRU): one step forward, and back through time.
+
+At each step t = 1 .. T, from x_t (B, d_in) and h_{t-1} (B, H), with torch's gate order
+r, z, n stacked in W_ih (3H, d_in), W_hh (3H, H), b_ih, b_hh (3H,):
+
+    (G1) [x_r x_z x_n] = x_t W_ih^T + b_ih ;  [h_r h_z h_n] = h_{t-1} W_hh^T + b_hh     (B, 3H) each
+    (G2) r = sigmoid(x_r + h_r) ;  z = sigmoid(x_z + h_z)                               (B, H) each
+    (G3) n = tanh(x_n + r o h_n)                                                       (B, H)
+    (G4) h_t = (1 - z) o n + z o h_{t-1}                                               (B, H)
+
+r multiplies h_n = W_hn h_{t-1} + b_hn *after* the hidden projection, as torch (and cuDNN)
+do, so b_hn cannot be folded into b_in. Back, t = T .. 1, with refbp.nn.recurrent_layer's
+(R1)-(R5):
+
+    (R1) dJ/dh_t = dJ/dout_t + dJ/dh_t through step t + 1
+    (G4) dJ/dn = dJ/dh_t o (1 - z) ;  dJ/dz = dJ/dh_t o (h_{t-1} - n) ;  direct dJ/dh_{t-1} = dJ/dh_t o z
+    (G3) da_n = dJ/dn o (1 - n^2) ;  dJ/dr = da_n o h_n ;  dJ/dh_n = da_n o r
+    (G2) da_r = dJ/dr o r (1 - r) ;  da_z = dJ/dz o z (1 - z)
+    (G1) input side [da_r da_z da_n], hidden side [da_r da_z dJ/dh_n]:
+         dJ/dh_{t-1} through step t = dJ/dh_t o z + [da_r da_z dJ/dh_n] W_hh
+
+Intermediates at each step (keys at (l, k, t)): r, z, n (after their sigmoid/tanh) and h_t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .keys import Key
+from .layer import Tap
+from .recurrent_layer import BPTTGrads, RecurrentCache, RecurrentLayer
+
+__all__ = ["GRULayer"]
+
+
+class GRULayer(RecurrentLayer):
+    """One layer of torch.nn.GRU (see RecurrentLayer for the arguments)."""
+
+    title = "GRU"
+    gate_count = 3
+    step_kinds = ("r", "z", "n", "h")
+
+    @property
+    def mode(self) -> str:
+        return "GRU"
+
+    def equations(self) -> tuple[str, str]:
+        return (
+            "r = sig(x_r + h_r) ;  z = sig(x_z + h_z) ;  n = tanh(x_n + r o h_n) ;  h_t = (1 - z) o n + z o h_(t-1)",
+            "dJ/dh_t = dJ/dout_t + dJ/dh_t through t+1 ;  dJ/dn = dJ/dh_t o (1 - z) ;  "
+            "dJ/dz = dJ/dh_t o (h_(t-1) - n) ;  "
+            "dJ/dr = dJ/dn o (1 - n^2) o h_n ;  dJ/dh_(t-1) = dJ/dh_t o z + [da_r da_z dJ/dh_n] W_hh",
+        )
+
+    def step_values(self, cache: RecurrentCache) -> dict[str, Tensor]:
+        r, z, n = cache.gates.split(self.H, dim=2)  # (T, B, H) each
+        return {"r": r, "z": z, "n": n, "h": cache.h[1:]}
+
+    def run(self, xw: Tensor, state: dict[str, Tensor]) -> RecurrentCache:
+        W_hh, b_hh, H = self.params["W_hh"], self.params.get("b_hh"), self.H
+        T, B, _ = xw.shape
+        gates = xw  # [x_r x_z x_n] of every step (T, B, 3H), made [r z n] in place
+        h = xw.new_empty(T + 1, B, H)  # h[0] = h_0, h[t] = h_t
+        hn = xw.new_empty(T, B, H)  # h_n of every step, which r multiplies
+        h[0] = state["h"]
+        for t in range(1, T + 1):
+            hh = h[t - 1] @ W_hh.T if b_hh is None else torch.addmm(b_hh, h[t - 1], W_hh.T)  # (G1) (B, 3H)
+            rz = gates[t - 1, :, : 2 * H].add_(hh[:, : 2 * H]).sigmoid_()  # (G2) [r z]   (B, 2H)
+            r, z = rz.split(H, dim=1)
+            hn[t - 1] = hh[:, 2 * H :]
+            n = gates[t - 1, :, 2 * H :].addcmul_(r, hn[t - 1]).tanh_()  # (G3) n = tanh(x_n + r o h_n)
+            torch.sub(h[t - 1], n, out=h[t]).mul_(z).add_(n)  # (G4) h_t = n + z o (h_(t-1) - n)
+        return RecurrentCache(h, gates, hn=hn)
+
+    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGrads:
+        W_hh, H, h, hn = self.params["W_hh"], self.H, cache.h, cache.hn
+        assert hn is not None
+        T, B, _ = dJ_dout.shape
+        da_x = torch.empty_like(cache.gates)  # (T, B, 3H) [da_r da_z da_n] at every step
+        da_h = torch.empty_like(cache.gates)  # (T, B, 3H) [da_r da_z dJ/dh_n] at every step
+        kept = {kind: torch.empty_like(dJ_dout) for kind in self.step_kinds} if keep else {}
+        from_next = dJ_dout.new_zeros(B, H)  # nothing comes back from step T + 1
+        for t in range(T, 0, -1):
+            r, z, n = cache.gates[t - 1].split(H, dim=1)  # (B, H) each
+            dJ_dh = self.total_dJ_dh(dJ_dout[t - 1], from_next)  # (R1)
+            dJ_dn = dJ_dh - dJ_dh * z  # (G4) dJ/dh_t o (1 - z)
+            dJ_dz = dJ_dh * (h[t - 1] - n)  # (G4) dJ/dh_t o (h_(t-1) - n)
+            da_r, da_z, da_n = da_x[t - 1].split(H, dim=1)  # views into da_x
+            torch.mul(n, n, out=da_n).neg_().add_(1.0).mul_(dJ_dn)  # (G3) da_n = dJ/dn o (1 - n^2)
+            dJ_dr = da_n * hn[t - 1]  # (G3) dJ/dr = da_n o h_n
+            if keep:
+                for kind, value in zip(self.step_kinds, (dJ_dr, dJ_dz, dJ_dn, dJ_dh), strict=True):
+                    kept[kind][t - 1] = value
+            torch.mul(dJ_dr, r, out=da_r).addcmul_(da_r, r, value=-1.0)  # (G2) dJ/dr o r (1 - r)
+            torch.mul(dJ_dz, z, out=da_z).addcmul_(da_z, z, value=-1.0)  # (G2) dJ/dz o z (1 - z)
+            da_h[t - 1, :, : 2 * H] = da_x[t - 1, :, : 2 * H]  # (G1) r and z: the same on both sides
+            torch.mul(da_n, r, out=da_h[t - 1, :, 2 * H :])  # (G3) dJ/dh_n = da_n o r
+            from_next = torch.addmm(dJ_dh * z, da_h[t - 1], W_hh)  # (G1, G4) dJ/dh_t o z + da_h W_hh   (B, H)
+        return BPTTGrads(da_x, da_h, {"h": from_next}, kept)
+
+    def torch_step(
+        self, x_t: Tensor, state: dict[str, Tensor], w: Mapping[str, Tensor | None], tap: Tap, path: tuple[int, ...]
+    ) -> dict[str, Tensor]:
+        W_ih, W_hh = w["W_ih"], w["W_hh"]
+        assert W_ih is not None and W_hh is not None
+        x_r, x_z, x_n = F.linear(x_t, W_ih, w["b_ih"]).chunk(3, dim=1)  # (B, H) each
+        h_r, h_z, h_n = F.linear(state["h"], W_hh, w["b_hh"]).chunk(3, dim=1)
+        r = tap.intermediate(Key("r", path), torch.sigmoid(x_r + h_r))
+        z = tap.intermediate(Key("z", path), torch.sigmoid(x_z + h_z))
+        n = tap.intermediate(Key("n", path), torch.tanh(x_n + r * h_n))
+        return {"h": tap.intermediate(Key("h", path), (1 - z) * n + z * state["h"])}

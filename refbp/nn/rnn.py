@@ -1,0 +1,128 @@
+"""The Elman RNN (torch.nn.RNN), tanh or relu: one step forward, and back through time.
+
+At each step t = 1 .. T, from x_t (B, d_in) and h_{t-1} (B, H):
+
+    (E1) z_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh          (B, H)
+    (E2) h_t = f(z_t)                                              (B, H)   f = tanh or relu
+
+and back, t = T .. 1, with refbp.nn.recurrent_layer's (R1)-(R5):
+
+    (R1) dJ/dh_t = dJ/dout_t + dJ/dh_t through step t + 1
+    (E2) dJ/dz_t = dJ/dh_t o f'(z_t)                               tanh: 1 - h_t^2 ;  relu: 1 if z_t > 0
+    (E1) da_t = dJ/dz_t ;  dJ/dh_{t-1} through step t = dJ/dz_t W_hh
+
+Intermediates at each step (keys at (l, k, t)): z_t and h_t. relu's kink (z_t = 0, where
+torch takes f'(0) = 0) is reported by ``kinks``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .activations import ACTIVATIONS
+from .keys import Key
+from .layer import Tap
+from .pieces import Pieces
+from .recurrent_layer import BPTTGrads, RecurrentCache, RecurrentLayer
+
+__all__ = ["NONLINEARITIES", "RNNLayer"]
+
+NONLINEARITIES = ("tanh", "relu")
+"""The f of (E2) torch.nn.RNN offers."""
+
+
+class RNNLayer(RecurrentLayer):
+    """One layer of torch.nn.RNN (see RecurrentLayer for the arguments), f = tanh or relu.
+
+    Args:
+        nonlinearity: "tanh" (torch's default) or "relu".
+    """
+
+    title = "RNN"
+    gate_count = 1
+    step_kinds = ("z", "h")
+
+    def __init__(
+        self,
+        W_ih: Tensor,
+        W_hh: Tensor,
+        b_ih: Tensor | None = None,
+        b_hh: Tensor | None = None,
+        *,
+        nonlinearity: str = "tanh",
+        h0: Tensor | None = None,
+        batch_first: bool = False,
+        index: int = 0,
+    ) -> None:
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity={nonlinearity!r}: torch.nn.RNN has one of {list(NONLINEARITIES)}")
+        super().__init__(W_ih, W_hh, b_ih, b_hh, h0=h0, batch_first=batch_first, index=index)
+        self.activation = ACTIVATIONS[nonlinearity]
+
+    @property
+    def mode(self) -> str:
+        return "RNN_RELU" if self.activation.name == "relu" else "RNN_TANH"
+
+    @property
+    def pieces(self) -> Pieces | None:
+        return self.activation.pieces
+
+    def describe(self) -> str:
+        return super().describe()[:-1] + f", {self.activation.name})"
+
+    def equations(self) -> tuple[str, str]:
+        return (
+            f"z_t = x_t W_ih^T + b_ih + h_(t-1) W_hh^T + b_hh ;  h_t = {self.activation.name}(z_t)",
+            "dJ/dh_t = dJ/dout_t + dJ/dz_(t+1) W_hh ;  dJ/dz_t = dJ/dh_t o f'(z_t) ;  "
+            "dJ/dW_ih = sum_t dJ/dz_t^T x_t ;  dJ/dW_hh = sum_t dJ/dz_t^T h_(t-1)",
+        )
+
+    def kinks(self, cache: Any, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        """z_t == 0 with relu, at every step (where torch takes f'(0) = 0)."""
+        if not self.activation.kinked or not isinstance(cache, RecurrentCache):
+            return {}
+        return {Key("z", (*path, t)): cache.gates[t - 1] == 0 for t in range(1, cache.gates.shape[0] + 1)}
+
+    def step_values(self, cache: RecurrentCache) -> dict[str, Tensor]:
+        return {"z": cache.gates, "h": cache.h[1:]}
+
+    def run(self, xw: Tensor, state: dict[str, Tensor]) -> RecurrentCache:
+        W_hh, b_hh = self.params["W_hh"], self.params.get("b_hh")
+        T, B, H = xw.shape
+        z = xw if b_hh is None else xw.add_(b_hh)  # x_t W_ih^T + b_ih + b_hh, every step   (T, B, H)
+        h = xw.new_empty(T + 1, B, H)  # h[0] = h_0, h[t] = h_t
+        h[0] = state["h"]
+        for t in range(1, T + 1):
+            z[t - 1].addmm_(h[t - 1], W_hh.T)  # (E1) z_t = ... + h_(t-1) W_hh^T   (B, H)
+            h[t] = self.activation.f(z[t - 1])  # (E2) h_t = f(z_t)   (B, H)
+        return RecurrentCache(h, z)
+
+    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGrads:
+        W_hh = self.params["W_hh"]  # (H, H)
+        T, B, H = dJ_dout.shape
+        dJ_dz = torch.empty_like(cache.gates)  # (T, B, H)
+        kept_h = torch.empty_like(cache.gates) if keep else None
+        from_next = dJ_dout.new_zeros(B, H)  # nothing comes back from step T + 1
+        for t in range(T, 0, -1):
+            dJ_dh = self.total_dJ_dh(dJ_dout[t - 1], from_next)  # (R1) (B, H), a new tensor
+            if kept_h is not None:
+                kept_h[t - 1] = dJ_dh
+            dJ_dz[t - 1] = self.activation.chain(cache.h[t], dJ_dh)  # (E2) dJ/dh_t o f'(z_t), from h_t
+            from_next = dJ_dz[t - 1] @ W_hh  # (E1) dJ/dh_(t-1) through step t   (B, H) @ (H, H)
+        steps = {"z": dJ_dz, "h": kept_h} if kept_h is not None else {}
+        return BPTTGrads(dJ_dz, dJ_dz, {"h": from_next}, steps)
+
+    def torch_step(
+        self, x_t: Tensor, state: dict[str, Tensor], w: Mapping[str, Tensor | None], tap: Tap, path: tuple[int, ...]
+    ) -> dict[str, Tensor]:
+        W_ih, W_hh = w["W_ih"], w["W_hh"]
+        assert W_ih is not None and W_hh is not None
+        z = tap.intermediate(Key("z", path), F.linear(x_t, W_ih, w["b_ih"]) + F.linear(state["h"], W_hh, w["b_hh"]))
+        if self.activation.pieces is not None:
+            tap.piecewise(z, self.activation.pieces)
+        return {"h": tap.intermediate(Key("h", path), self.activation.torch_fn(z))}
