@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from hypothesis import strategies as st
@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from ..nn.network import resolve_device
 from ..nn.validation import check_int, check_seed, check_subset
 from ..verify.cases import Case
+from ..verify.specs import register_spec_kind
 from .gpt import GPT, IGNORE_INDEX, GPTConfig
 
 __all__ = ["GPTSpec", "gpt_specs", "gpts"]
@@ -54,8 +55,11 @@ class GPTSpec:
         ignored: how many targets are -1 (not counted); fewer than batch * length.
         seed: draws the parameters, the dropout masks and the point.
         dtype, device: of the model and the point.
+
+    The kind "gpt" of refbp.verify.specs, told apart by "model" (registered on import).
     """
 
+    kind: ClassVar[str] = "gpt"
     vocab_size: int
     block_size: int
     n_layer: int
@@ -129,8 +133,12 @@ class GPTSpec:
         assert isinstance(net, GPT)
         return Case(spec=self, net=net, X=idx.to(device), y=targets.to(device))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object ``from_dict`` reads back."""
+        return {"model": "gpt", **asdict(self)}
+
     def to_json(self) -> str:
-        return json.dumps({"model": "gpt", **asdict(self)}, sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GPTSpec:
@@ -165,6 +173,9 @@ class GPTSpec:
     def command(self) -> str:
         """The shell command that checks exactly this case."""
         return f"refbp check --case '{self.to_json()}'"
+
+
+register_spec_kind(GPTSpec, marker="model")
 
 
 @st.composite
