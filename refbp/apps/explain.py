@@ -26,7 +26,7 @@ from ..nn.mlp import MLP
 from ..nn.validation import check_int, check_seed
 from ..verify.compare import Comparison
 from .equations import EQUATIONS, Equation, code_line, render_equation_map
-from .render import Entry, Page, Quantity, render
+from .render import Entry, Page, Quantity, agrees, render
 from .tensor_format import FULL_DISPLAY_MAX_COLUMNS, FULL_DISPLAY_MAX_ELEMENTS, WIDTH, format_tensor, shape_text
 from .walk import NetworkWalk, walk_network
 
@@ -89,7 +89,7 @@ class Walkthrough:
     @property
     def passed(self) -> bool:
         """True when every step agrees with torch."""
-        return all(c.passed for c in self.checks)
+        return all(agrees(c) for c in self.checks)
 
     def page(self) -> Page:
         """The walk-through as the renderer's Page (refbp.apps.render)."""

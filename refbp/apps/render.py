@@ -12,7 +12,7 @@ from torch import Tensor
 from ..verify.compare import Comparison
 from .tensor_format import WIDTH, format_tensor
 
-__all__ = ["Entry", "Page", "Quantity", "mark", "render"]
+__all__ = ["Entry", "Page", "Quantity", "agrees", "mark", "render"]
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,22 @@ class Page:
 
     @property
     def passed(self) -> bool:
-        """True when every quantity torch checked agrees with it."""
-        return all(check.passed for check in self.checks)
+        """True when every quantity torch checked agrees with it (``agrees``)."""
+        return all(agrees(check) for check in self.checks)
 
     def summary(self) -> tuple[str, str]:
         """The closing line as (count, verdict): "15 of 15 steps agree with torch", "; ..."."""
         checks = self.checks
-        count = f"{sum(c.passed for c in checks)} of {len(checks)} {self.noun} agree with torch"
+        count = f"{sum(agrees(c) for c in checks)} of {len(checks)} {self.noun} agree with torch"
         if self.passed:
             return count, " (normwise, within refbp's float64 tolerance)."
         return count, "; those marked with a cross do not."
+
+
+def agrees(check: Comparison) -> bool:
+    """A walk shows a quantity as agreeing with torch only when every entry was compared and
+    agreed (verdict "ok"); a "partial" verdict, some entries unverified, is not agreement."""
+    return check.verdict == "ok"
 
 
 def mark(check: Comparison | None, *, ascii_only: bool = False) -> str:
@@ -99,8 +105,8 @@ def mark(check: Comparison | None, *, ascii_only: bool = False) -> str:
     if check is None:
         return ""
     if ascii_only:
-        return "[ok]" if check.passed else "[FAIL]"
-    return "✓" if check.passed else "✗"
+        return "[ok]" if agrees(check) else "[FAIL]"
+    return "✓" if agrees(check) else "✗"
 
 
 def render(page: Page, *, markdown: bool = False, ascii_only: bool = False) -> str:
@@ -138,7 +144,7 @@ def _text(page: Page, ascii_only: bool) -> list[str]:
             if not headed:
                 lines.append(f"    {q.label} {mark(q.check, ascii_only=ascii_only)}".rstrip())
             lines += [indent + line for line in format_tensor(q.value)]
-            if q.check is not None and not q.check.passed:
+            if q.check is not None and not agrees(q.check):
                 message = q.check.message()
                 lines += textwrap.wrap(message, WIDTH, initial_indent=indent + "! ", subsequent_indent=indent + "  ")
     count, verdict = page.summary()
@@ -168,7 +174,7 @@ def _markdown(page: Page) -> list[str]:
         for q in entry.quantities:
             if not headed:
                 lines += ["", f"{q.label} {mark(q.check)}".rstrip()]
-            if q.check is not None and not q.check.passed:
+            if q.check is not None and not agrees(q.check):
                 lines += ["", f"**Mismatch:** {q.check.message()}"]
             lines += ["", "```text", *format_tensor(q.value), "```"]
     count, verdict = page.summary()

@@ -28,7 +28,7 @@ from ..verify.finite_diff import PieceRecorder
 from ..verify.reference import autograd_gradients
 from ..verify.stacks import StackSpec
 from ..verify.tolerances import tolerance_for
-from .render import Entry, Page, Quantity, render
+from .render import Entry, Page, Quantity, agrees, render
 from .tensor_format import shape_text
 
 __all__ = ["BUILT_IN", "LayerStep", "NetworkWalk", "walk_network"]
@@ -86,7 +86,7 @@ class NetworkWalk:
     @property
     def passed(self) -> bool:
         """True when every quantity agrees with torch."""
-        return all(check.passed for check in self.checks)
+        return all(agrees(check) for check in self.checks)
 
     def value(self, phase: str, label: str) -> tuple[Tensor, Comparison | None]:
         """The quantity shown as ``label`` ("z(1)", "dJ/dW2") in ``phase``, and torch's verdict."""

@@ -37,6 +37,7 @@ from ..nn.validation import check_int, check_seed, check_subset
 from ..verify.cases import Case
 from ..verify.specs import register_spec_kind
 from .gpt import GPT, IGNORE_INDEX, GPTConfig
+from .gpt_memory import check_gpt_fits
 
 __all__ = ["GPTSpec", "gpt_specs", "gpts"]
 
@@ -85,6 +86,19 @@ class GPTSpec:
             raise TypeError(f"training={self.training!r} must be true or false")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {list(DTYPES)}")
+        check_gpt_fits(
+            vocab_size=self.vocab_size,
+            block_size=self.block_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            bias=self.bias,
+            dtype=torch.float64,
+            parameter_copies=2,
+            batch=self.batch,
+            length=self.length,
+            what="the GPT spec's model and its pass",
+        )  # fmt: skip  (drawn in float64, then loaded as a copy: two copies of the parameters)
 
     @property
     def loss(self) -> str:

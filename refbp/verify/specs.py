@@ -31,7 +31,9 @@ class Spec(Protocol):
     """
 
     kind: ClassVar[str]
-    seed: int
+
+    @property
+    def seed(self) -> int: ...
 
     @property
     def loss(self) -> str: ...
