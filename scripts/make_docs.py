@@ -13,17 +13,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from refbp.apps.explain import explain, render_equation_map
+from refbp.apps.equations import render_equation_map
+from refbp.apps.explain import explain
 from refbp.apps.io import write_atomic
 from refbp.apps.seed import render_seed_document
+from refbp.apps.walk import BUILT_IN, walk_network
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _walk(model: str) -> str:
     """``refbp explain --model MODEL --markdown``: the walk through a built-in network."""
-    from refbp.apps.walk import BUILT_IN, walk_network
-
     spec = BUILT_IN[model]
     case = spec.build()
     return walk_network(case.net, case.X, case.y, description=spec.describe()).render(markdown=True)

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from refbp.apps.cli import main
-from refbp.apps.explain import EQUATIONS, WIDTH, explain, format_tensor, walkthrough
+from refbp.apps.equations import EQUATIONS
+from refbp.apps.explain import explain, walkthrough
+from refbp.apps.tensor_format import WIDTH, format_tensor
 from refbp.verify.reference import TORCH_ACTIVATIONS, TORCH_LOSSES
 
 SETTINGS = [
@@ -120,7 +122,9 @@ def test_cli_prints_the_walk_through_and_exits_0(capsys: pytest.CaptureFixture[s
         (["explain", "--activations", "sigmoid,tanh,relu"], "has 3 names but dims=[2, 3, 1] has 2 layers"),
         (["explain", "--activations", "swish"], "is not a known activation"),
         (["explain", "--loss", "hinge"], "is not a known loss"),
-        (["explain", "--batch", "0"], "batch=0 must be an int >= 1"),
+        (["explain", "--batch", "0"], "--batch=0 is out of range"),
+        (["explain", "--batch", "-5"], "--batch=-5 is out of range"),
+        (["explain", "--seed", "-1"], "--seed"),
         (["explain", "--loss", "cross_entropy"], "needs activations[-1]='identity'"),
     ],
 )
@@ -133,3 +137,21 @@ def test_bad_options_exit_2_with_one_line(args: list[str], message: str, capsys:
 def test_equations_are_numbered_1_to_9_with_a_purpose() -> None:
     assert [eq.number for eq in EQUATIONS] == list(range(1, 10))
     assert all(eq.purpose_for("i") and eq.tests for eq in EQUATIONS)
+
+
+def test_columns_layout_is_the_row_walk_transposed_with_the_seeds_statements() -> None:
+    rows, columns = walkthrough(dims=(3, 4, 2), batch=5), walkthrough(dims=(3, 4, 2), batch=5, layout="columns")
+    assert [s.equation for s in rows.steps] == [s.equation for s in columns.steps]
+    for row, column in zip(rows.steps, columns.steps, strict=True):
+        if row.formula.startswith(("W(", "dJ/dW(")) or row.value.dim() == 0:
+            torch.testing.assert_close(column.value, row.value, rtol=0, atol=0)
+        elif row.value.dim() == 1 and row.formula.startswith(("b(", "dJ/db(")):
+            torch.testing.assert_close(column.value, row.value.reshape(-1, 1), rtol=0, atol=0)
+        elif row.value.dim() == 2:
+            torch.testing.assert_close(column.value, row.value.T, rtol=0, atol=0)
+        shape = "(" + ", ".join(map(str, column.value.shape)) + ("," if column.value.dim() == 1 else "") + ")"
+        if "->" in column.shapes:  # the statement's result has the shape of the value shown
+            assert column.shapes.split("->")[1].strip().startswith(shape), column.formula
+    formulas = {s.formula for s in columns.steps}
+    assert {"z(1) = W(1) a(0) + b(1)", "dJ/dW(2) = dJ/dz(2) a(1)^T", "dJ/da(1) = W(2)^T dJ/dz(2)"} <= formulas
+    assert columns.passed and "one column per observation" in columns.render()

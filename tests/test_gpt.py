@@ -5,6 +5,7 @@ rounding; property tests against autograd and finite differences over drawn tiny
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 
 import refbp
 import refbp.nn.chunks
+from refbp.apps.cli import main
 from refbp.models import GPT, GPTConfig
 from refbp.models.gpt_cases import GPTSpec, gpt_specs, gpts
 from refbp.nn.transformer import Block
@@ -239,3 +241,51 @@ def test_the_blocks_are_nanogpt_s_in_order() -> None:
     blocks = [layer for layer in net.layers if isinstance(layer, Block)]
     assert len(blocks) == 3 and net.L == 3 + 3 + 2
     assert net.describe() == "GPT(vocab 5, block 4, 3 layers, 2 heads, n_embd 4, no bias, dropout 0.1)"
+
+
+def test_from_state_dict_names_a_string_dtype_and_a_key_that_is_not_a_str() -> None:
+    sd = _state_dict()
+    with pytest.raises(TypeError, match=r"dtype='float32' \(str\) must be a floating torch.dtype"):
+        GPT.from_state_dict(sd, n_head=2, dtype="float32")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"dtype=torch.int64 \(dtype\) must be a floating torch.dtype"):
+        GPT.from_state_dict(sd, n_head=2, dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"state_dict has the key 3 \(int\); expected str keys"):
+        GPT.from_state_dict({**sd, 3: sd["transformer.wte.weight"]}, n_head=2)  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"state_dict has the key \('transformer', 'wte'\) \(tuple\)"):
+        GPT.from_state_dict({("transformer", "wte"): sd["transformer.wte.weight"]}, n_head=2)  # type: ignore[dict-item]
+    assert GPT.from_state_dict(sd, n_head=2, dtype=torch.float32).dtype == torch.float32  # a real dtype works
+
+
+@pytest.mark.parametrize(
+    ("sizes", "needs"),
+    [
+        ({"vocab_size": 1 << 24, "n_embd": 1 << 22, "n_layer": 1, "n_head": 1}, "vocab_size=16777216, n_embd=4194304"),
+        ({"vocab_size": 5, "n_embd": 1 << 12, "n_layer": 1 << 24, "n_head": 1}, "n_layer=16777216"),
+    ],
+    ids=["vocab-x-n_embd", "n_layer"],
+)
+def test_a_gpt_too_large_for_memory_is_refused_before_it_is_drawn(sizes: dict[str, Any], needs: str) -> None:
+    with pytest.raises(ValueError, match=r"GPT.random \(.*needs .* GiB of memory, but only") as raised:
+        GPT.random(block_size=4, **sizes)
+    assert needs in str(raised.value) and "parameters" in str(raised.value)
+    with pytest.raises(ValueError, match=r"needs .* GiB of memory") as raised:
+        GPTSpec(block_size=4, **sizes)  # what refbp check --case builds from
+    assert needs in str(raised.value)
+
+
+def test_a_forward_pass_whose_attention_scores_cannot_fit_is_refused_naming_b_heads_and_t() -> None:
+    net = GPT.random(vocab_size=5, block_size=1 << 17, n_layer=1, n_head=16, n_embd=16)
+    idx = torch.zeros(64, 1 << 17, dtype=torch.int64)  # 64 x 16 x 2**17 x 2**17 attention scores
+    with pytest.raises(ValueError, match=r"forward and backward pass .*B=64 x T=131072 tokens with n_head=16"):
+        net.forward(idx)
+    assert net.forward(idx[:1, :3]).y_hat.shape == (1, 3, 5)  # a pass that fits still runs
+
+
+def test_the_command_line_refuses_a_gpt_spec_too_large_for_memory_with_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = {"model": "gpt", "vocab_size": 5, "block_size": 1 << 16, "n_layer": 1, "n_head": 16, "n_embd": 16,
+            "batch": 64, "length": 1 << 16}  # fmt: skip
+    assert main(["check", "--case", json.dumps(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --case: ") and "GiB of memory" in err and len(err.strip().splitlines()) == 1

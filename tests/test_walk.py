@@ -53,7 +53,7 @@ def test_explain_spec_reads_a_file_and_explain_stack_the_same_json_inline(
     from_file = capsys.readouterr().out
     assert main(["explain", "--stack", json.dumps(spec), "--ascii"]) == 0
     assert capsys.readouterr().out == from_file
-    assert "[FAIL]" not in from_file and from_file.rstrip().endswith("agree with torch.")
+    assert "[FAIL]" not in from_file and "agree with torch" in from_file.split("=" * 80)[-1]
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,42 @@ def test_the_gpt_walk_visits_embeddings_every_sub_layer_of_the_block_and_the_tie
     assert main(["explain", "--model", "gpt", "--ascii"]) == 0
     out = capsys.readouterr().out
     assert "[FAIL]" not in out and "dJ/dE1" in out  # the tied weight: both uses summed into E
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "gpt", "--batch", "-5"], "--batch=-5 is out of range"),
+        (["--model", "layers", "--batch", "0"], "--batch=0 is out of range"),
+        (["--model", "gpt", "--loss", "mse"], "--loss mse: --model gpt is trained with cross_entropy"),
+        (["--model", "layers", "--loss", "bce"], "--loss bce: --model layers is trained with mse"),
+        (["--model", "layers", "--activations", "relu"], "--activations describes the seed's MLP"),
+        (["--model", "gpt", "--dims", "2,3,1"], "--dims describes the seed's MLP"),
+        (["--model", "gpt", "--layout", "columns"], "--layout describes the seed's MLP"),
+        (["--model", "gpt", "--seed", "-1"], "--seed"),
+        (["--model", "gpt", "--batch", "100000"], "--batch=100000 is out of range"),
+        (["--stack", json.dumps(STACK), "--seed", "3"], "--seed: --stack carries its own seed"),
+    ],
+)
+def test_every_option_the_chosen_model_cannot_take_exits_2_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["explain", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_seed_and_batch_change_the_gpt_that_explain_walks(capsys: pytest.CaptureFixture[str]) -> None:
+    outputs = []
+    for extra in ([], ["--seed", "0"], ["--seed", "5"], ["--batch", "2"]):
+        assert main(["explain", "--model", "gpt", "--ascii", *extra]) == 0
+        outputs.append(capsys.readouterr().out)
+    default, seed0, seed5, batch2 = outputs
+    assert seed0 == default  # the built-in model's seed is 0
+    assert seed5 != default and "[FAIL]" not in seed5
+    assert "B=2" in batch2 and "B=1" in default
+    spec = BUILT_IN["gpt"]
+    case = type(spec).from_dict({**spec.to_dict(), "seed": 5}).build()
+    expected = walk_network(case.net, case.X, case.y).render(ascii_only=True)
+    tokens = next(line for line in expected.splitlines() if line.startswith("      ["))
+    assert tokens in seed5  # the seed-5 model's own token indices, as drawn by its spec

@@ -4,8 +4,9 @@
     refbp check --case '{"dims": [3, 8, 2], "activations": ["tanh", "identity"], "loss": "mse", "seed": 1}'
 
 The JSON object is an MLP's CaseSpec (dims, activations, loss required; seed, dtype, device,
-batch, weight_decay, weight_scale, regime optional) or a layer stack's StackSpec (input,
-layers, loss; refbp.verify.stacks), as REPORT.md prints them. Prints the table of comparisons;
+batch, weight_decay, weight_scale, regime optional), a layer stack's StackSpec (input,
+layers, loss; refbp.verify.stacks) or a GPT's GPTSpec ("model": "gpt"; refbp.models.gpt_cases),
+as REPORT.md prints them; refbp.verify.specs reads whichever it is. Prints the table of comparisons;
 exits 0 when all pass, 1 when any fails, 2 on a bad spec.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .. import models  # noqa: F401  (importing refbp.models registers the GPT's spec kind)
 from ..verify.check import check
 from ..verify.specs import spec_from_dict
 from .report import DEFAULT_THREADS

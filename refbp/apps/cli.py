@@ -34,7 +34,7 @@ EXIT_TERMINATED = 128 + 15
 SUBCOMMANDS = {
     "report": ("refbp.apps.report", "sweep networks, check every gradient, write reports/REPORT.md + report.json"),
     "check": ("refbp.apps.check_cli", "check one network described in a JSON file (--spec) or string (--case)"),
-    "explain": ("refbp.apps.explain", "walk the seed's network forward and backward, one chain-rule step at a time"),
+    "explain": ("refbp.apps.explain_cli", "walk a network forward and backward, one chain-rule step at a time"),
     "bugs": ("refbp.apps.bugs_cli", "run the catalogue of classic backprop bugs through the harness"),
     "distributed": ("refbp.apps.distributed_cli", "under torchrun: data-parallel backprop by hand vs autograd and DDP"),
 }

@@ -4,17 +4,15 @@ its shapes, its numbers, and torch's verdict on each.
     refbp explain --stack '{"input": 3, "layers": [["linear", 4], ["layernorm"], ["linear", 2]], "loss": "mse"}'
     refbp explain --model layers        # a built-in stack with LayerNorm and BatchNorm
 
-The MLP of the seed has its own walk-through with the numbered equations (1)-(9)
-(refbp.apps.explain). Here each layer brings its own equations (``Layer.equations``): the
-forward pass shows what the layer computed from its input (checked against the layer's torch
-oracle, torch.nn.functional), the backward pass what it hands down (checked against
-torch.autograd), layer L down to 1.
+Each layer brings its own equations (``Layer.equations``): the forward pass shows what the
+layer computed from its input (checked against the layer's torch oracle, torch.nn.functional),
+the backward pass what it hands down (checked against torch.autograd), layer L down to 1. The
+seed's MLP is walked here too; refbp.apps.explain presents that walk in the seed's numbered
+equations (1)-(9). refbp.apps.render prints either.
 """
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,12 +22,14 @@ from ..models.gpt_cases import GPTSpec
 from ..nn.keys import Key
 from ..nn.layer import Layer, Params
 from ..nn.network import Network
+from ..nn.stack import walk_layers
 from ..verify.compare import Comparison, compare
 from ..verify.finite_diff import PieceRecorder
 from ..verify.reference import autograd_gradients
 from ..verify.stacks import StackSpec
 from ..verify.tolerances import tolerance_for
-from .explain import WIDTH, format_tensor
+from .render import Entry, Page, Quantity, agrees, render
+from .tensor_format import shape_text
 
 __all__ = ["BUILT_IN", "LayerStep", "NetworkWalk", "walk_network"]
 
@@ -80,26 +80,43 @@ class NetworkWalk:
 
     @property
     def checks(self) -> list[Comparison]:
+        """torch's verdicts, in the order of the walk."""
         return [check for step in self.steps for _, _, check in step.values if check is not None]
 
     @property
     def passed(self) -> bool:
-        return all(check.verdict == "ok" for check in self.checks)
+        """True when every quantity agrees with torch."""
+        return all(agrees(check) for check in self.checks)
+
+    def value(self, phase: str, label: str) -> tuple[Tensor, Comparison | None]:
+        """The quantity shown as ``label`` ("z(1)", "dJ/dW2") in ``phase``, and torch's verdict."""
+        for step in self.steps:
+            if step.phase == phase:
+                for shown, tensor, check in step.values:
+                    if shown == label:
+                        return tensor, check
+        raise KeyError(f"the walk shows no {label!r} in its {phase} pass")
+
+    def page(self) -> Page:
+        """The walk as the renderer's Page: one entry per layer, forward then backward."""
+        sections = {"forward": "Forward pass", "backward": "Backward pass, layer L down to 1"}
+        entries = tuple(
+            Entry(
+                sections[step.phase], f"[{step.path}]", step.title, step.shapes,
+                tuple(Quantity(label, value, check) for label, value, check in step.values),
+                formula=step.formula, code=False,
+            )
+            for step in self.steps
+        )  # fmt: skip
+        intro = (
+            f"{self.description}. N = {self.X.shape[0]}, float64. Forward values are checked against each "
+            "layer's torch oracle (torch.nn.functional), gradients against torch.autograd."
+        )
+        return Page("backpropagation through any network, one layer at a time", intro, entries)
 
     def render(self, *, markdown: bool = False, ascii_only: bool = False) -> str:
-        lines = _markdown(self) if markdown else _text(self, ascii_only)
-        return "\n".join(lines) + "\n"
-
-
-def _layers(layers: Sequence[Layer], prefix: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], Layer]]:
-    for l, layer in enumerate(layers, start=1):
-        path = (*prefix, l)
-        yield path, layer
-        yield from _layers(layer.sublayers(), path)
-
-
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ("," if t.dim() == 1 else "") + ")"
+        """The walk as 80-column text or as Markdown (refbp.apps.render)."""
+        return render(self.page(), markdown=markdown, ascii_only=ascii_only)
 
 
 def walk_network(net: Network, X: Tensor, y: Tensor, *, description: str = "") -> NetworkWalk:
@@ -133,7 +150,7 @@ def walk_network(net: Network, X: Tensor, y: Tensor, *, description: str = "") -
         return None if torch_value is None else compare(str(key), "torch", manual[key], torch_value, tol)
 
     steps: list[LayerStep] = []
-    walked = list(_layers(net.layers, ()))
+    walked = list(walk_layers(net.layers))
     for path, layer in walked:
         inputs[path] = input_of(path)
         where = ".".join(map(str, path))
@@ -143,10 +160,10 @@ def walk_network(net: Network, X: Tensor, y: Tensor, *, description: str = "") -
         values = tuple((f"{key.kind}({where})", manual[key], forward_check(key)) for key in shown)
         out = manual[Key("a", path)]
         steps.append(LayerStep("forward", where, layer.describe(), layer.equations()[0],
-                               f"{_shape(inputs[path])} -> {_shape(out)}", values))  # fmt: skip
+                               f"{shape_text(inputs[path])} -> {shape_text(out)}", values))  # fmt: skip
     loss_check = compare("J", "torch", net.loss(cache, y), J_torch, tol)
     steps.append(LayerStep("forward", "J", f"loss {net.loss_name}", net.loss_fn.equation.split(";")[0].strip(),
-                           f"{_shape(cache.y_hat)} -> ()", (("J", net.loss(cache, y), loss_check),)))  # fmt: skip
+                           f"{shape_text(cache.y_hat)} -> ()", (("J", net.loss(cache, y), loss_check),)))  # fmt: skip
     for path, layer in reversed(walked):
         where = ".".join(map(str, path))
         names = [str(key) for key in layer.keys(path) if str(key) in grads and key.kind != "a"]
@@ -159,8 +176,9 @@ def walk_network(net: Network, X: Tensor, y: Tensor, *, description: str = "") -
             for name in [*arriving, *names, *([below] if below else [])]
             if name in grads
         )
-        steps.append(LayerStep("backward", where, layer.describe(), layer.equations()[1] or "(no backward step)",
-                               f"{_shape(grads[str(Key('a', path))])} -> {_shape(inputs[path])}", values))  # fmt: skip
+        shapes = f"{shape_text(grads[str(Key('a', path))])} -> {shape_text(inputs[path])}"
+        formula = layer.equations()[1] or "(no backward step)"
+        steps.append(LayerStep("backward", where, layer.describe(), formula, shapes, values))
     return NetworkWalk(net, X, y, description or net.describe(), tuple(steps))
 
 
@@ -172,59 +190,3 @@ def _below(path: tuple[int, ...], walked: list[tuple[tuple[int, ...], Layer]]) -
     if j > 1:
         return str(Key("a", (*parent, j - 1)))
     return None  # the first layer inside a composite hands down to the composite itself
-
-
-# ---- rendering -------------------------------------------------------------------------
-def _mark(check: Comparison | None, ascii_only: bool) -> str:
-    if check is None:
-        return ""
-    ok = check.verdict == "ok"
-    if ascii_only:
-        return "[ok]" if ok else "[FAIL]"
-    return "✓" if ok else "✗"
-
-
-def _text(w: NetworkWalk, ascii_only: bool) -> list[str]:
-    lines = ["refbp explain: backpropagation through any network, one layer at a time", ""]
-    lines += textwrap.wrap(
-        f"{w.description}. N = {w.X.shape[0]}, float64. Forward values are checked against each layer's "
-        "torch oracle (torch.nn.functional), gradients against torch.autograd.",
-        WIDTH,
-    )
-    phase = ""
-    for step in w.steps:
-        if step.phase != phase:
-            phase = step.phase
-            title = "Forward pass" if phase == "forward" else "Backward pass, layer L down to 1"
-            lines += ["", f"== {title} " + "=" * max(0, WIDTH - len(title) - 4)]
-        lines += ["", *textwrap.wrap(f"[{step.path}] {step.title}: {step.formula}", WIDTH, subsequent_indent="    ")]
-        lines += textwrap.wrap(f"shape {step.shapes}", WIDTH, initial_indent="    ", subsequent_indent="      ")
-        for label, value, check in step.values:
-            mark = _mark(check, ascii_only)
-            lines.append(f"    {label} {mark}".rstrip())
-            lines += ["      " + line for line in format_tensor(value)]
-            if check is not None and check.verdict != "ok":
-                lines += textwrap.wrap(check.message(), WIDTH, initial_indent="      ! ", subsequent_indent="        ")
-    n_ok = sum(check.verdict == "ok" for check in w.checks)
-    lines += ["", "=" * WIDTH, f"{n_ok} of {len(w.checks)} quantities agree with torch."]
-    return lines
-
-
-def _markdown(w: NetworkWalk) -> list[str]:
-    lines = [
-        "# `refbp explain`: backpropagation through any network",
-        "",
-        f"{w.description}. N = {w.X.shape[0]}, float64. Forward values are checked against each layer's torch "
-        "oracle (torch.nn.functional), gradients against torch.autograd.",
-    ]
-    phase = ""
-    for step in w.steps:
-        if step.phase != phase:
-            phase = step.phase
-            lines += ["", "## Forward pass" if phase == "forward" else "## Backward pass, layer L down to 1"]
-        lines += ["", f"### [{step.path}] {step.title}", "", f"`{step.formula}`, shape `{step.shapes}`."]
-        for label, value, check in step.values:
-            lines += ["", f"{label} {_mark(check, False)}".rstrip(), "", "```text", *format_tensor(value), "```"]
-    n_ok = sum(check.verdict == "ok" for check in w.checks)
-    lines += ["", f"**{n_ok} of {len(w.checks)} quantities agree with torch.**"]
-    return lines

@@ -52,6 +52,7 @@ from ..nn.network import Cache, Network, NetworkGradients, resolve_device
 from ..nn.position import PositionEmbedding
 from ..nn.transformer import Block, RowLayerNorm, TorchBlock
 from ..nn.validation import FLOAT_DTYPES, check_int, check_seed, describe
+from .gpt_memory import check_gpt_fits
 
 __all__ = [
     "FIRST_BLOCK",
@@ -245,8 +246,15 @@ class GPT(Network):
 
         Raises:
             ValueError: a missing, unexpected or misshapen entry, mixed dtypes or devices, biases in
-                some places only, or an lm_head.weight that is not transformer.wte.weight (untied).
+                some places only, or an lm_head.weight that is not transformer.wte.weight (untied);
+                a model whose copy cannot fit in memory.
+            TypeError: a key that is not a str, a ``dtype`` that is not a floating torch.dtype.
         """
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"dtype={dtype!r} ({type(dtype).__name__}) must be a floating torch.dtype such as torch.float32, "
+                "or None to keep the state dict's"
+            )
         sd = _strip_prefix(state_dict)
         for name in ("transformer.wte.weight", "transformer.wpe.weight"):
             if name not in sd:
@@ -273,6 +281,8 @@ class GPT(Network):
         config = GPTConfig(V, block_size, n_layer, n_head, d, bias=bool(present), dropout=dropout)
         kept = {name: t for name, t in sd.items() if not _MASK_BUFFER.fullmatch(name)}
         _checked(config, kept)  # names, shapes, dtypes and the tie, before anything is copied
+        copy_dtype = sd["transformer.wte.weight"].dtype if dtype is None else dtype
+        check_gpt_fits(**_sizes(config), dtype=copy_dtype, what="copying the state dict's GPT")
         target = None if device is None else resolve_device(device)
         params = {
             name: t.detach().to(dtype=dtype, device=target, copy=True)
@@ -301,6 +311,9 @@ class GPT(Network):
         config = GPTConfig(vocab_size, block_size, n_layer, n_head, n_embd, bias=bias, dropout=dropout)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
+        # drawn in float64, then converted: both copies at once unless dtype is float64 (counted at 8 bytes)
+        copies = 1 if dtype == torch.float64 else 2
+        check_gpt_fits(**_sizes(config), dtype=torch.float64, parameter_copies=copies, what="GPT.random")
         generator = torch.Generator().manual_seed(check_seed(seed))
         residual_std = NANOGPT_INIT_STD / math.sqrt(2 * n_layer)
         params: dict[str, Tensor] = {}
@@ -343,6 +356,9 @@ class GPT(Network):
                 f"idx has T = {X.shape[1]} positions; this GPT's block_size is {self.config.block_size}: expected "
                 f"T <= {self.config.block_size}"
             )
+        B, T = X.shape
+        check_gpt_fits(**_sizes(self.config), dtype=self.dtype, parameter_copies=0, batch=B, length=T,
+                       what="the GPT's forward and backward pass")  # fmt: skip
         return super().check_input(X)
 
     def check_targets(self, y: object, cache: Cache) -> Tensor:
@@ -419,10 +435,23 @@ class TorchGPT(torch.nn.Module):
         return logits, loss
 
 
+def _sizes(config: GPTConfig) -> dict[str, Any]:
+    """The sizes check_gpt_fits reads, from ``config``."""
+    c = config
+    return {"vocab_size": c.vocab_size, "block_size": c.block_size, "n_layer": c.n_layer, "n_head": c.n_head,
+            "n_embd": c.n_embd, "bias": c.bias}  # fmt: skip
+
+
 def _strip_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The state dict with torch.compile's "_orig_mod." prefix taken off every name."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping name -> tensor, got {type(state_dict).__name__}")
+    for name in state_dict:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"state_dict has the key {name!r} ({type(name).__name__}); expected str keys, nanoGPT's "
+                "parameter names such as 'transformer.wte.weight'"
+            )
     return {
         (name[len(_COMPILED_PREFIX) :] if isinstance(name, str) and name.startswith(_COMPILED_PREFIX) else name): t
         for name, t in state_dict.items()

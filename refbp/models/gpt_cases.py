@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from hypothesis import strategies as st
@@ -35,7 +35,9 @@ from hypothesis import strategies as st
 from ..nn.network import resolve_device
 from ..nn.validation import check_int, check_seed, check_subset
 from ..verify.cases import Case
+from ..verify.specs import register_spec_kind
 from .gpt import GPT, IGNORE_INDEX, GPTConfig
+from .gpt_memory import check_gpt_fits
 
 __all__ = ["GPTSpec", "gpt_specs", "gpts"]
 
@@ -54,8 +56,11 @@ class GPTSpec:
         ignored: how many targets are -1 (not counted); fewer than batch * length.
         seed: draws the parameters, the dropout masks and the point.
         dtype, device: of the model and the point.
+
+    The kind "gpt" of refbp.verify.specs, told apart by "model" (registered on import).
     """
 
+    kind: ClassVar[str] = "gpt"
     vocab_size: int
     block_size: int
     n_layer: int
@@ -81,6 +86,19 @@ class GPTSpec:
             raise TypeError(f"training={self.training!r} must be true or false")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {list(DTYPES)}")
+        check_gpt_fits(
+            vocab_size=self.vocab_size,
+            block_size=self.block_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            bias=self.bias,
+            dtype=torch.float64,
+            parameter_copies=2,
+            batch=self.batch,
+            length=self.length,
+            what="the GPT spec's model and its pass",
+        )  # fmt: skip  (drawn in float64, then loaded as a copy: two copies of the parameters)
 
     @property
     def loss(self) -> str:
@@ -129,8 +147,12 @@ class GPTSpec:
         assert isinstance(net, GPT)
         return Case(spec=self, net=net, X=idx.to(device), y=targets.to(device))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object ``from_dict`` reads back."""
+        return {"model": "gpt", **asdict(self)}
+
     def to_json(self) -> str:
-        return json.dumps({"model": "gpt", **asdict(self)}, sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GPTSpec:
@@ -165,6 +187,9 @@ class GPTSpec:
     def command(self) -> str:
         """The shell command that checks exactly this case."""
         return f"refbp check --case '{self.to_json()}'"
+
+
+register_spec_kind(GPTSpec, marker="model")
 
 
 @st.composite

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -72,8 +72,10 @@ finite-difference step (>= 6e-6), so that the differences straddle the boundary.
 @dataclass(frozen=True)
 class CaseSpec:
     """What defines a case; ``build()`` makes the tensors. JSON-friendly, so a failing case
-    can be written down and rebuilt exactly."""
+    can be written down and rebuilt exactly (refbp.verify.specs: the kind "mlp", told apart by
+    "dims")."""
 
+    kind: ClassVar[str] = "mlp"
     dims: tuple[int, ...]
     activations: tuple[str, ...]
     loss: str
@@ -118,8 +120,12 @@ class CaseSpec:
         y = y.to(dtype=dtype, device=device) if y.is_floating_point() else y.to(device)
         return Case(spec=self, net=net, X=X, y=y)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object ``from_dict`` reads back."""
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseSpec:
@@ -282,13 +288,14 @@ def check_device(value: object) -> str:
     return value
 
 
-def check_number(value: object, name: str, *, positive: bool) -> float:
-    """A finite real number (int or float, not a bool or a string), > 0 or >= 0."""
-    expected = f"a finite number {'> 0' if positive else '>= 0'}"
+def check_number(value: object, name: str, *, positive: bool, signed: bool = False) -> float:
+    """A finite real number (int or float, not a bool or a string), > 0 or >= 0 (any sign with
+    ``signed``)."""
+    expected = "a finite number" if signed else f"a finite number {'> 0' if positive else '>= 0'}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}={value!r} must be {expected}, got {type(value).__name__}")
     number = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+    if not math.isfinite(number) or (not signed and (number < 0 or (positive and number == 0))):
         raise ValueError(f"{name}={value!r} is out of range; expected {expected}")
     return number
 

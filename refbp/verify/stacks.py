@@ -25,7 +25,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -55,6 +55,53 @@ MAX_STACK_LAYERS = 1_000
 people check by hand; a larger spec is refused before anything is built."""
 
 
+_OPTIONS: dict[str, dict[str, type]] = {
+    "linear": {"bias": bool},
+    "layernorm": {"affine": bool, "bias": bool},
+    "batchnorm": {"affine": bool},
+    "leaky_relu": {"slope": float},
+    "elu": {"alpha": float},
+    "softplus": {"beta": float, "threshold": float},
+}
+"""The options each kind takes in its trailing {...}, with their types (float: any finite
+number); a kind not listed takes none."""
+
+_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "linear": ("d_out",), "dropout": ("p",), "embedding": ("d",), "residual": ("layers",),
+}  # fmt: skip
+"""The positional arguments each kind takes after its name; a kind not listed takes none."""
+
+
+def _parse(spec: object, where: str) -> tuple[str, list[Any], dict[str, Any]]:
+    """``spec`` as (kind, positional arguments, options), every one checked against what the
+    kind takes: an unknown kind, an unknown option ("bais"), an option of the wrong type
+    ("bias": "no") or too many arguments (["tanh", 3]) is refused, naming ``where``."""
+    if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence) or not spec or not isinstance(spec[0], str):
+        raise ValueError(f"{where}={spec!r}: expected a list [kind, *arguments], kind one of {list(LAYER_KINDS)}")
+    kind, args = spec[0], list(spec[1:])
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"{where}: unknown layer kind {kind!r}; expected one of {list(LAYER_KINDS)}")
+    options: dict[str, Any] = args.pop() if args and isinstance(args[-1], dict) else {}
+    allowed = _OPTIONS.get(kind, {})
+    for key, value in options.items():
+        if key not in allowed:
+            expected = f"some of {sorted(allowed)}" if allowed else "none"
+            raise ValueError(f"{where}: {kind} has no option {key!r}; its options are {expected}")
+        wanted = allowed[key]
+        if wanted is bool and not isinstance(value, bool):
+            raise TypeError(f"{where}: {kind}'s option {key!r}={value!r} must be true or false")
+        if wanted is float:
+            check_number(value, f"{where}: {kind}'s option {key!r}", positive=False, signed=True)
+    names = _ARGUMENTS.get(kind, ())
+    if len(args) > len(names):
+        takes = f"takes {', '.join(names)}" if names else "takes no arguments"
+        raise ValueError(
+            f"{where}={_lists(spec)!r}: {kind} {takes}, got {len(args)} ({', '.join(map(repr, args))}); "
+            "options go in a trailing {...}"
+        )
+    return kind, args, options
+
+
 def _activation(name: str, options: dict[str, Any]) -> Activation:
     if name == "leaky_relu" and "slope" in options:
         return leaky_relu(float(options["slope"]))
@@ -62,8 +109,6 @@ def _activation(name: str, options: dict[str, Any]) -> Activation:
         return elu(float(options["alpha"]))
     if name == "softplus" and ("beta" in options or "threshold" in options):
         return softplus(float(options.get("beta", 1.0)), float(options.get("threshold", 20.0)))
-    if options:
-        raise ValueError(f"[{name!r}, {options}]: unknown options for {name}")
     return ACTIVATIONS[name]
 
 
@@ -80,10 +125,7 @@ class _Builder:
 
     def layer(self, spec: Sequence[Any], shape: tuple[int, ...], where: str) -> tuple[Layer, tuple[int, ...]]:
         """The layer described by ``spec`` for an input of ``shape`` (without the batch), and its output shape."""
-        if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence) or not spec or not isinstance(spec[0], str):
-            raise ValueError(f"{where}={spec!r}: expected a list [kind, *arguments], kind one of {list(LAYER_KINDS)}")
-        kind, args = spec[0], list(spec[1:])
-        options: dict[str, Any] = args.pop() if args and isinstance(args[-1], dict) else {}
+        kind, args, options = _parse(spec, where)
         self.count += 1
         d = shape[-1] if shape else 0
         if kind == "linear":
@@ -110,7 +152,9 @@ class _Builder:
             mean, var = self.uniform((d,), -0.5, 0.5), self.uniform((d,), 0.5, 1.5)
             return BatchNorm1d(gamma, beta, C=d, running_mean=mean, running_var=var), shape
         if kind == "dropout":
-            p = float(args[0]) if args else 0.5
+            p = check_number(args[0], f"{where}[1] (p)", positive=False) if args else 0.5
+            if not p < 1.0:
+                raise ValueError(f"{where}[1] (p)={args[0]!r} is out of range; expected a probability in [0, 1)")
             return Dropout(p, seed=(self.seed + 7919 * self.count) % 2**32), shape
         if kind == "flatten":
             return Flatten(), (math.prod(shape),)
@@ -141,7 +185,8 @@ def build_layers(spec: StackSpec) -> tuple[list[Layer], tuple[int, ...]]:
         first = specs.pop(0) if specs else None
         if not (isinstance(first, (list, tuple)) and first and first[0] == "embedding"):
             raise ValueError('an input of token indices needs ["embedding", d] as the first layer')
-        d = check_int(first[1] if len(first) > 1 else None, "layers[0][1] (d)", minimum=1, maximum=1 << 16)
+        _, args, _ = _parse(first, "layers[0]")
+        d = check_int(args[0] if args else None, "layers[0][1] (d)", minimum=1, maximum=1 << 16)
         layers.append(Embedding(torch.randn(spec.vocab, d, dtype=torch.float64, generator=builder.generator)))
         shape: tuple[int, ...] = (spec.input, d)
     else:
@@ -166,8 +211,11 @@ class StackSpec:
         batch: N.
         training: training mode (BatchNorm's batch statistics, Dropout's masks) or eval mode.
         weight_decay: lambda.
+
+    The kind "stack" of refbp.verify.specs, told apart by "layers".
     """
 
+    kind: ClassVar[str] = "stack"
     input: int
     layers: tuple[Any, ...]
     loss: str
@@ -198,12 +246,15 @@ class StackSpec:
         return Case(spec=self, net=net, X=X, y=y)
 
     def to_json(self) -> str:
-        data = {
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object ``from_dict`` reads back."""
+        return {
             "input": self.input if not self.vocab else {"vocab": self.vocab, "length": self.input},
             "layers": _lists(self.layers), "loss": self.loss, "seed": self.seed, "dtype": self.dtype,
             "device": self.device, "batch": self.batch, "training": self.training, "weight_decay": self.weight_decay,
         }  # fmt: skip
-        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StackSpec:
