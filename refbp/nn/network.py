@@ -29,7 +29,7 @@ from torch import Tensor
 from .keys import Key, sort_names
 from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
 from .layouts import TORCH, Layout
-from .losses import Loss, get_loss
+from .losses import Loss, check_output_range, get_loss
 from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
 from .validation import (
     FLOAT_DTYPES,
@@ -158,6 +158,7 @@ class Network:
                 raise TypeError(f"layers[{l - 1}] must be a refbp layer, got {type(layer).__name__}")
         self.layers = list(layers)
         self.loss_fn = get_loss(loss)
+        check_output_range(self.loss_fn, self.layers[-1].output_range, f"layer {self.L} ({self.layers[-1].describe()})")
         if (
             isinstance(weight_decay, bool)
             or not isinstance(weight_decay, (int, float))
