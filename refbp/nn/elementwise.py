@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from .activations import ACTIVATIONS, Activation, elu, gelu, get_activation, leaky_relu, softplus
-from .convert import register
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .pieces import Pieces
+from .registry import register
 
 __all__ = ["OUTPUT_RANGES", "Elementwise"]
 
