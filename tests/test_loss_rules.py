@@ -4,6 +4,8 @@ leave [0, 1], at construction of any Network; cross_entropy's ignore_index as F.
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,3 +83,21 @@ def test_a_target_that_is_neither_a_class_nor_the_ignore_index_is_still_refused(
 def test_cross_entropy_refuses_an_ignore_index_that_is_not_an_int() -> None:
     with pytest.raises(TypeError, match=r"ignore_index=True must be an int or None"):
         cross_entropy(ignore_index=True)
+
+
+@pytest.mark.parametrize("option", ["explain --stack", "check --spec"])
+def test_a_layer_spec_with_bce_after_a_linear_exits_2_with_one_line(
+    option: str, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    """Layer specs build a Network, so the CLI gets the refusal with no code of its own."""
+    import json
+
+    from refbp.apps.cli import main
+
+    spec = {"input": 3, "layers": [["linear", 4], ["tanh"], ["linear", 2]], "loss": "bce", "seed": 0}
+    command, flag = option.split()
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(spec))
+    assert main([command, flag, json.dumps(spec) if flag == "--stack" else str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "loss='bce' needs outputs in [0, 1]" in err and len(err.strip().splitlines()) == 1
