@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and readers
-    from .nn.convert import from_torch
+    from .nn.convert import capture_noise, from_torch
     from .nn.mlp import MLP, ForwardCache, Gradients, backward
     from .nn.network import Network
     from .verify.check import CheckResult, GradientMismatchError, check, check_function
@@ -25,6 +25,7 @@ __all__ = [
     "Gradients",
     "Network",
     "backward",
+    "capture_noise",
     "check",
     "check_function",
     "from_torch",
@@ -38,6 +39,7 @@ _LAZY = {
     "backward": "refbp.nn.mlp",
     "Network": "refbp.nn.network",
     "from_torch": "refbp.nn.convert",
+    "capture_noise": "refbp.nn.convert",
     "CheckResult": "refbp.verify.check",
     "GradientMismatchError": "refbp.verify.check",
     "check": "refbp.verify.check",

@@ -329,7 +329,7 @@ def test_cross_entropy_factory_matches_torch_with_and_without_ignored_targets(
 ) -> None:
     from refbp.nn.losses import cross_entropy
 
-    loss = cross_entropy() if ignore_index is None else cross_entropy(ignore_index)
+    loss = cross_entropy(ignore_index)
     C, g = 4, torch.Generator().manual_seed(5)
     z = (torch.randn(*lead, C, dtype=torch.float64, generator=g) * 3).to(dtype)
     y = torch.randint(0, C, lead, generator=g)
@@ -460,13 +460,17 @@ def test_a_bad_class_index_is_named_by_its_position_and_the_allowed_range() -> N
 
     y = torch.tensor([[0, 1, 2], [3, 0, 9]])  # 9 is no class of 4, at (1, 2)
     logits = torch.zeros(2, 3, 4)
-    with pytest.raises(ValueError, match=r"^y\[\(1, 2\)\] = 9 is not a class index; expected 0 <= y < 4$"):
-        LOSSES["cross_entropy"].check_targets(y, logits)
+    with pytest.raises(
+        ValueError, match=r"^y\[\(1, 2\)\] = 9 is not a class index; expected 0 <= y < 4 \(or -100, ignored\)$"
+    ):
+        LOSSES["cross_entropy"].check_targets(y, logits)  # F.cross_entropy's default ignore_index
     with pytest.raises(
         ValueError, match=r"^y\[\(1, 2\)\] = 9 is not a class index; expected 0 <= y < 4 \(or -1, ignored\)$"
     ):
         cross_entropy(-1).check_targets(y, logits)
-    with pytest.raises(ValueError, match=r"^y\[1\] = 9 is not a class index; expected 0 <= y < 4 \(d_L classes\)$"):
+    with pytest.raises(
+        ValueError, match=r"^y\[1\] = 9 is not a class index; expected 0 <= y < 4 \(d_L classes\) \(or -100, ignored\)$"
+    ):
         LOSSES["cross_entropy"].check_targets(torch.tensor([0, 9]), torch.zeros(2, 4), rows=True)
 
 

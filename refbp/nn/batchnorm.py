@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .convert import register
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .layernorm import NormCache, accumulation_dtype
 from .pieces import Pieces
+from .registry import register
 from .validation import describe
 
 __all__ = ["BatchNorm1d"]

@@ -1,106 +1,172 @@
-"""From torch, to torch: a torch.nn.Sequential becomes a refbp Network, and back.
+"""From torch: a torch.nn.Sequential becomes a refbp Network computing the same function, checked.
 
     module = torch.nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.LayerNorm(8), nn.Linear(8, 2))
-    net = refbp.from_torch(module, loss="mse")
+    net = refbp.from_torch(module, loss="mse")      # refuses if the network computes anything else
     grads = net.backward(net.forward(X), y)
     grads.torch_named()     # {"0.weight": ..., "0.bias": ..., "2.weight": ..., ..., "input": dJ/dX}
-    module = net.to_torch() # the same function as a torch module again
+    module = net.to_torch() # the same function as a torch module again (Network.to_torch)
+    noise = refbp.capture_noise(module, X)   # the dropout masks torch draws, as refbp's noise=
 
-Parameters are copied (refbp never holds torch's autograd leaves), the module's train/eval mode
-is kept. Module i of the Sequential becomes layer i + 1 of the network, so "W1" is
-"0.weight", "gamma3" is "2.weight", and so on.
+Parameters are copied (refbp never holds torch's autograd leaves), and every module's own
+train/eval mode is kept. Module i of the Sequential becomes layer i + 1 of the network, so "W1"
+is "0.weight", "gamma3" is "2.weight"; a nested Sequential is one layer holding its modules
+("W2.1" is "1.0.weight"). A module that appears twice is converted twice, its parameters tied.
+
+The converters themselves live with their layers and register on the ground floor
+(refbp.nn.registry); importing refbp.nn.layers here fills the registry.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .keys import Key
+from . import layers as _layers  # noqa: F401  (each layer module registers its converters)
+from . import sequential as _sequential  # noqa: F401  (registers torch.nn.Sequential: a nested one)
+from .layer import Layer
+from .losses import Loss
+from .network import Network
+from .registry import CONVERTERS, convert_module, register, registered
+from .stack import walk_layers
+from .torch_run import ModuleFailedError, check_inputs, describe_inputs, run_module
+from .validation import FLOAT_DTYPES, check_seed, derived_seed
 
-if TYPE_CHECKING:
-    from .layer import Layer
-    from .network import Network
+__all__ = [
+    "CONVERTERS",
+    "SELF_CHECK_TOLERANCE",
+    "capture_noise",
+    "convert_child",
+    "from_torch",
+    "register",
+    "supported",
+    "to_torch",
+    "torch_parameter_names",
+]
 
-__all__ = ["CONVERTERS", "convert_child", "from_torch", "supported", "to_torch", "torch_parameter_names"]
+convert_child = convert_module
+"""The older name of ``refbp.nn.registry.convert_module``."""
 
-CONVERTERS: dict[type[torch.nn.Module], Callable[[torch.nn.Module], Layer]] = {}
-"""torch module type -> the function that turns such a module into a refbp layer. Each layer
-module registers its own (refbp.nn.layers)."""
+SELF_CHECK_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-7, 1e-9),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (1e-2, 1e-3),
+    torch.bfloat16: (5e-2, 1e-2),
+}
+"""dtype -> (rtol, atol per unit of the largest output entry) for ``from_torch``'s self-check.
+refbp and torch sum in different orders, so equal functions differ by rounding: a few hundred
+roundings of the largest term at most for the small networks and inputs the check runs
+(float64 eps 2.2e-16, float32 1.2e-7, float16 9.8e-4, bfloat16 7.8e-3). The bounds leave a
+wide margin over that; a converted network that computes another function (a layer dropped, a
+variant of an activation, another eps) differs by far more."""
 
-
-Converter = Callable[[torch.nn.Module], "Layer"]
-
-
-def register(module_type: type[torch.nn.Module]) -> Callable[[Converter], Converter]:
-    """Decorator: ``fn`` turns a ``module_type`` instance into a refbp layer."""
-
-    def decorate(fn: Converter) -> Converter:
-        CONVERTERS[module_type] = fn
-        return fn
-
-    return decorate
-
-
-def _register_all() -> None:
-    """Import every layer module, each of which registers its converters."""
-    importlib.import_module(f"{__package__}.layers")
+EXAMPLE_BATCH = 2
+"""Rows of the input ``from_torch`` builds for its self-check: two, so that a BatchNorm in
+training mode has a batch to normalise over."""
 
 
-def from_torch(module: torch.nn.Module, *, loss: str = "mse", weight_decay: float = 0.0, seed: int = 0) -> Network:
-    """A refbp Network computing the same function as ``module``, a torch.nn.Sequential of
-    supported modules (``supported()`` lists them), with copies of its parameters and its
-    train/eval mode. A parameter the module uses twice (a tied weight: one nn.Parameter in two
-    modules) stays one tensor, its gradient the sum of both uses. Dropout k (counted in order)
-    draws its masks from ``seed + k``. An unsupported module is a ValueError naming it and its
-    position."""
-    from .dropout import Dropout
-    from .network import Network
+# ---- conversion ------------------------------------------------------------------------------
+def from_torch(
+    module: torch.nn.Module,
+    *,
+    loss: str | Loss = "mse",
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    example_inputs: Sequence[Tensor] | Tensor | None = None,
+) -> Network:
+    """A refbp Network computing the same function as ``module``, checked on an input.
 
-    _register_all()
+    Args:
+        module: a torch.nn.Sequential of supported modules (``supported()`` lists them; a
+            nested Sequential is one layer holding its modules). A module used twice is one
+            set of parameters used twice (a tied weight: its gradient is the sum of both uses);
+            a module with running statistics used twice is refused (refbp would keep two copies).
+        loss: a loss name or record (refbp.nn.losses), e.g. ``cross_entropy(ignore_index=-1)``.
+        weight_decay: lambda >= 0, as ``Network``.
+        seed: refbp's own dropout masks (``net.forward(X)`` without ``noise=``): dropout k
+            (counted from 0, depth first) draws from ``seed + k``, which must be <= MAX_SEED
+            (a seed is never wrapped around 2**32).
+        example_inputs: the self-check's input, a tuple of one tensor (or the tensor); None
+            builds one from the first module: (2, in_features) random values of the module's
+            dtype for a Linear (likewise LayerNorm, BatchNorm1d), int64 indices for an Embedding.
+
+    The self-check: the network (``update_stats=False``) and a deep copy of the module run on
+    the input, each module in its own train/eval mode, the network's dropout masks those torch
+    drew (``capture_noise``); the output of every position of the Sequential must agree to
+    rounding (``SELF_CHECK_TOLERANCE``), or a ValueError names the first that does not. Neither
+    the module (its running statistics) nor torch's random state changes. The check needs an
+    input: when ``example_inputs`` is None and none can be built (the first module fixes no
+    width, the module has no parameters, the module itself refuses the built input, e.g. an
+    Embedding whose output is reshaped to a width that the built indices do not give, or the
+    network refuses it where torch does not check the shape), the conversion is not checked:
+    pass ``example_inputs`` to have it checked.
+
+    An unsupported module is a ValueError naming it and its position."""
+    inputs = None if example_inputs is None else check_inputs(example_inputs, "example_inputs")
+    sequential, layers = _convert(module, seed)
+    net = Network(layers, loss, weight_decay=weight_decay)
+    built = inputs is None
+    if inputs is None:
+        inputs = _example_inputs(module)
+    if inputs is not None:
+        _self_check(net, sequential, inputs, built=built)
+    return net
+
+
+def _convert(module: object, seed: object) -> tuple[torch.nn.Sequential, list[Layer]]:
+    """``module`` checked to be a non-empty Sequential, and its layers, ties and seeds set."""
+    seed = check_seed(seed)
     if not isinstance(module, torch.nn.Sequential):
         raise TypeError(f"module must be a torch.nn.Sequential, got {type(module).__name__}")
     if len(module) == 0:
         raise ValueError("module is an empty torch.nn.Sequential; expected at least one layer")
-    layers = [
-        convert_child(child, f"module[{index}]", name) for index, (name, child) in enumerate(module.named_children())
-    ]
-    _retie(layers, module)
-    dropouts = [layer for _, layer in _walk(layers, ()) if isinstance(layer, Dropout)]
-    for k, layer in enumerate(dropouts):
-        layer.reseed((seed + k) % 2**32)
-    return Network(layers, loss, weight_decay=weight_decay)
+    _refuse_repeated_state(module)
+    children = list(module._modules.items())  # every position, a module used twice included
+    layers = [convert_module(child, f"module[{i}]", name) for i, (name, child) in enumerate(children)]
+    devices = sorted({t.device.index or 0 for t in module.parameters() if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):  # building torch modules to read names draws values
+        _retie(layers, module)
+    random = [layer for _, layer in walk_layers(layers) if _draws_in_training(layer)]
+    for k, layer in enumerate(random):  # each gets its own stream, also one in eval mode now
+        layer.reseed(derived_seed(seed, k, f"dropout {k} of {len(random)}"))
+    return module, layers
 
 
-def convert_child(child: torch.nn.Module, where: str, name: str | None = None) -> Layer:
-    """One module as a refbp layer in the module's mode; a ValueError naming it and ``where``
-    ("module[2]", with its ``name`` in the Sequential) otherwise."""
-    what = f"{where} ({type(child).__name__})" if name is None else f"{where} ({name}: {type(child).__name__})"
-    convert = CONVERTERS.get(type(child))
-    if convert is None:
-        raise ValueError(f"{what} is not supported; expected one of {supported()}")
-    try:
-        layer = convert(child)
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"{what}: {err}") from None
-    layer.set_training(child.training)
-    return layer
+def _draws_in_training(layer: Layer) -> bool:
+    """True for a layer without sub-layers that draws random numbers in training mode, whatever
+    its mode now (a Dropout converted from a module in eval may be switched to training later)."""
+    if layer.sublayers():
+        return False
+    mode = layer.training
+    layer.set_training(True)
+    random = layer.stochastic
+    layer.set_training(mode)
+    return random
 
 
-def _walk(layers: list[Layer], prefix: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], Layer]]:
-    for l, layer in enumerate(layers, start=1):
-        yield (*prefix, l), layer
-        yield from _walk(layer.sublayers(), (*prefix, l))
+def _refuse_repeated_state(module: torch.nn.Module) -> None:
+    """A module with buffers (BatchNorm's running statistics) used in two places is one state
+    updated twice by torch; refbp's converted layers would each hold a copy."""
+    seen: dict[int, str] = {}
+    for name, child in module.named_modules(remove_duplicate=False):
+        if not name or not any(True for _ in child.buffers(recurse=False)):
+            continue
+        if id(child) in seen:
+            raise ValueError(
+                f"module.{seen[id(child)]} ({type(child).__name__}) is used again as module.{name}: its "
+                "buffers (running statistics) would be one state in torch but two copies in refbp; "
+                "expected a separate module for each use"
+            )
+        seen[id(child)] = name
 
 
 def _retie(layers: list[Layer], module: torch.nn.Sequential) -> None:
-    """Where the torch module uses one nn.Parameter in several places, make the refbp layers
-    hold one tensor there too (the copies were made module by module)."""
-    by_path = dict(_walk(layers, ()))
+    """Where the torch module uses one nn.Parameter in several places (one module used twice,
+    or one Parameter assigned to two modules), make the refbp layers hold one tensor there too
+    (the copies were made module by module): Network then sees the tie."""
+    by_path = dict(walk_layers(layers))
     first: dict[int, Tensor] = {}
     offset = 0
     for l, layer in enumerate(layers, start=1):
@@ -117,32 +183,141 @@ def _retie(layers: list[Layer], module: torch.nn.Sequential) -> None:
 
 def supported() -> list[str]:
     """The names of the torch modules ``from_torch`` converts."""
-    _register_all()
-    return sorted(t.__name__ for t in CONVERTERS)
+    return registered()
 
 
-def to_torch(net: Network) -> torch.nn.Sequential:
-    """The network as a torch.nn.Sequential (copied parameters, the same train/eval mode); a
-    tied parameter is one nn.Parameter in every module that uses it."""
-    modules = [m for layer in net.layers for m in layer.torch_modules()]
-    sequential = torch.nn.Sequential(*modules)
-    sequential.train(net.training)
-    for names in torch_parameter_names(net).values():
-        shared = sequential.get_parameter(names[0])
-        for name in names[1:]:
-            owner, _, attribute = name.rpartition(".")
-            setattr(sequential.get_submodule(owner), attribute, shared)
-    return sequential
+def to_torch(net: Network) -> torch.nn.Module:
+    """``net.to_torch()``: the network as a torch.nn.Sequential."""
+    return net.to_torch()
 
 
 def torch_parameter_names(net: Network) -> dict[str, tuple[str, ...]]:
-    """Parameter name -> its names in ``to_torch(net)`` (a tied parameter has several)."""
-    names: dict[Key, list[str]] = {}
-    offset = 0
-    for l, layer in enumerate(net.layers, start=1):
-        for key, relative in layer.torch_param_names((l,)).items():
-            index, rest = relative.split(".", 1)
-            owner = net.ties.get(key, key)
-            names.setdefault(owner, []).append(f"{offset + int(index)}.{rest}")
-        offset += len(layer.torch_modules())
-    return {str(key): tuple(value) for key, value in names.items()}
+    """``net.torch_parameter_names()``: parameter name -> its names in ``net.to_torch()``."""
+    return net.torch_parameter_names()
+
+
+# ---- running the module: outputs and dropout masks ---------------------------------------------
+def capture_noise(module: torch.nn.Module, *inputs: Tensor) -> dict[tuple[int, ...], Tensor]:
+    """The dropout keep-masks torch draws when ``module`` runs on ``inputs``, as the ``noise=``
+    mapping of ``from_torch(module)``'s network: layer path -> boolean mask of the layer's
+    input shape, for every Dropout in training mode with p > 0 (``Network.forward(noise=...)``,
+    ``refbp.check(noise=...)``).
+
+    The module runs as a deep copy (its running statistics do not move) and torch's random
+    state is restored afterwards, so the module's next call on the same inputs draws exactly
+    these masks: ``noise = capture_noise(module, X); out = module(X)`` uses them both.
+
+    A mask is recovered by drawing again from torch's random state saved before each dropout
+    call, and checked against the output's zeros (refbp.nn.torch_run says why and how): an
+    input entry that is exactly 0 is right even though the output cannot show its mask."""
+    checked = check_inputs(inputs, "inputs")
+    sequential, layers = _convert(module, 0)
+    return run_module(sequential, layers, checked).noise
+
+
+# ---- the self-check ----------------------------------------------------------------------------
+def _first_leaf(module: torch.nn.Module) -> torch.nn.Module:
+    """The first module without children inside ``module`` (itself when it has none)."""
+    while True:
+        children = list(module.children())
+        if not children:
+            return module
+        module = children[0]
+
+
+def _width(module: torch.nn.Module) -> int | None:
+    """The size of the last input dimension the module needs, from torch's own attributes
+    (Linear's in_features, BatchNorm1d's num_features, a 1-d LayerNorm's normalized_shape)."""
+    for attribute in ("in_features", "num_features"):
+        value = getattr(module, attribute, None)
+        if isinstance(value, int):
+            return value
+    shape = getattr(module, "normalized_shape", None)
+    if isinstance(shape, tuple) and len(shape) == 1:
+        return int(shape[0])
+    return None
+
+
+def _example_inputs(module: object) -> tuple[Tensor, ...] | None:
+    """A small input for ``module`` built from its first module, or None when none can be."""
+    if not isinstance(module, torch.nn.Sequential):
+        return None
+    floats = [p for p in module.parameters() if p.dtype in FLOAT_DTYPES]
+    if not floats:
+        return None
+    dtype, device = floats[0].dtype, floats[0].device
+    generator = torch.Generator().manual_seed(0)  # its own generator: torch's global state is untouched
+    first = _first_leaf(module[0])
+    V = getattr(first, "num_embeddings", None)
+    if isinstance(V, int):  # indices (N,), or (N, T) when a Flatten then merges T vectors of d into one row
+        d = int(getattr(first, "embedding_dim", 1))
+        T = None
+        for child in list(module)[1:]:
+            leaf = _first_leaf(child)
+            if isinstance(leaf, torch.nn.Flatten):
+                T = 0
+            elif (width := _width(leaf)) is not None:
+                T = width // d if T == 0 and width % d == 0 else None
+                break
+        shape = (EXAMPLE_BATCH,) if not T else (EXAMPLE_BATCH, T)
+        return (torch.randint(0, V, shape, generator=generator).to(device),)
+    width = _width(first)
+    if width is None:
+        return None
+    X = torch.empty(EXAMPLE_BATCH, width, dtype=torch.float64).uniform_(-1.0, 1.0, generator=generator)
+    return (X.to(dtype=dtype, device=device),)
+
+
+def _self_check(net: Network, module: torch.nn.Sequential, inputs: tuple[Tensor, ...], *, built: bool) -> None:
+    """Refuse the conversion, naming the first position where the network and the module differ."""
+    try:
+        run = run_module(module, net.layers, inputs)
+    except ModuleFailedError:
+        if built:  # the module refuses the input we made up for it: nothing to compare
+            return
+        raise
+    try:
+        cache = net.forward(inputs[0], keep_intermediates=False, update_stats=False, noise=run.noise)
+    except (ValueError, TypeError) as err:
+        if built:  # refbp checks shapes torch lets pass (a BatchNorm without statistics): not an input for it
+            return
+        raise ValueError(
+            f"from_torch: the module runs on the check's input ({describe_inputs(inputs)}) but the converted "
+            f"network refuses it: {err}"
+        ) from err
+    rtol, atol = SELF_CHECK_TOLERANCE.get(cache.y_hat.dtype, SELF_CHECK_TOLERANCE[torch.float32])
+    pairs = list(zip(cache.a[1:], run.calls, strict=False)) if len(run.calls) == net.L else []
+    pairs.append((cache.y_hat, run.output))
+    for l, (ours, theirs) in enumerate(pairs, start=1):
+        differs = _difference(ours, theirs, rtol, atol)
+        if differs is None:
+            continue
+        if l > net.L or len(run.calls) != net.L:
+            where = "the module's output (every position alone agrees: does its forward do more than a Sequential?)"
+        else:
+            where = f"module[{l - 1}] ({type(module[l - 1]).__name__}), layer {l} ({net.layers[l - 1].describe()})"
+        raise ValueError(
+            f"from_torch: the converted network computes another function than the module: at {where}, "
+            f"{differs} (each module in its own train/eval mode, torch's dropout masks, input "
+            f"{describe_inputs(inputs)}); this is a refbp bug, please report it with the module"
+        )
+
+
+def _difference(ours: Tensor, theirs: Tensor, rtol: float, atol: float) -> str | None:
+    """None when two outputs agree to rounding; else how they differ."""
+    if ours.shape != theirs.shape:
+        return f"refbp's output has shape {tuple(ours.shape)}, torch's {tuple(theirs.shape)}"
+    ours, theirs = ours.to(theirs.dtype), theirs.detach()
+    scale = float(theirs.abs().max()) if theirs.numel() else 0.0
+    allowed = atol * max(1.0, scale) + rtol * theirs.abs()
+    gap = (ours - theirs).abs()
+    bad = ~(gap <= allowed)  # NaN counts as bad
+    if not bool(bad.any()):
+        return None
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    worst = float(gap[bad].max()) if bool(torch.isfinite(gap[bad]).any()) else math.nan
+    return (
+        f"{int(bad.sum())} of {bad.numel()} entries differ, the first at index {first} "
+        f"(refbp {ours[first].item():.6g}, torch {theirs[first].item():.6g}), the largest by {worst:.3g} "
+        f"(allowed {atol:g} x max(1, {scale:.3g}) + {rtol:g} |torch|)"
+    )

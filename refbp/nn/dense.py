@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import Activation, get_activation
+from .elementwise import OUTPUT_RANGES
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .pieces import Pieces
@@ -70,6 +71,10 @@ class Dense(Layer):
     @property
     def pieces(self) -> Pieces | None:
         return self.activation.pieces
+
+    @property
+    def output_range(self) -> tuple[float, float] | None:
+        return OUTPUT_RANGES.get(self.activation.name)
 
     def describe(self) -> str:
         d_out, d_in = self.W.shape

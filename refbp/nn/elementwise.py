@@ -13,11 +13,15 @@ import torch
 from torch import Tensor
 
 from .activations import ACTIVATIONS, Activation, elu, gelu, get_activation, leaky_relu, softplus
-from .convert import register
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .pieces import Pieces
+from .registry import register
 
-__all__ = ["Elementwise"]
+__all__ = ["OUTPUT_RANGES", "Elementwise"]
+
+OUTPUT_RANGES: dict[str, tuple[float, float]] = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+"""Activation name -> the closed range of its values in floating point (a saturated sigmoid
+gives exactly 0 or 1); the others are unbounded on at least one side."""
 
 
 class Elementwise(Layer):
@@ -33,6 +37,10 @@ class Elementwise(Layer):
     @property
     def pieces(self) -> Pieces | None:
         return self.activation.pieces
+
+    @property
+    def output_range(self) -> tuple[float, float] | None:
+        return OUTPUT_RANGES.get(self.activation.name)
 
     def describe(self) -> str:
         return self.activation.name

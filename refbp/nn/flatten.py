@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .convert import register
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .registry import register
 
 __all__ = ["Flatten"]
 

@@ -232,6 +232,12 @@ class Layer(ABC):
         follows the convention, so finite differences do not perturb those entries."""
         return {}
 
+    @property
+    def output_range(self) -> tuple[float, float] | None:
+        """[low, high] that holds every output entry whatever the input (a sigmoid's [0, 1]), or
+        None when not bounded or not known: a loss defined only on a range (bce) asks the last layer."""
+        return None
+
     # ---- the manual path ---------------------------------------------------------------------
     @abstractmethod
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Any]:

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .convert import register
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .pieces import Pieces
+from .registry import register
 from .validation import describe
 
 __all__ = ["LayerNorm", "NormCache", "accumulation_dtype"]

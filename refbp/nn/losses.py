@@ -35,7 +35,17 @@ from torch import Tensor
 from .pieces import Pieces
 from .validation import check_finite, check_same_dtype_device, check_tensor_any, describe
 
-__all__ = ["BCE_EPS", "BCE_LOG_FLOOR", "BCE_RESOLUTION", "LOSSES", "Loss", "cross_entropy", "get_loss"]
+__all__ = [
+    "BCE_EPS",
+    "BCE_LOG_FLOOR",
+    "BCE_RESOLUTION",
+    "IGNORE_INDEX",
+    "LOSSES",
+    "Loss",
+    "check_output_range",
+    "cross_entropy",
+    "get_loss",
+]
 
 BCE_LOG_FLOOR = -100.0
 """torch.nn.functional.binary_cross_entropy clamps log(p) and log(1 - p) at -100, so that a
@@ -135,8 +145,9 @@ class Loss:
             index = k[0] if len(k) == 1 else k
             allowed = "" if self.ignore_index is None else f" (or {self.ignore_index}, ignored)"
             raise ValueError(
-                f"{argument}[{index}] = {int(y[k])} is not a class index; expected 0 <= {argument} < {C}{allowed}"
+                f"{argument}[{index}] = {int(y[k])} is not a class index; expected 0 <= {argument} < {C}"
                 + (" (d_L classes)" if rows else "")
+                + allowed
             )
         if self.ignore_index is not None and y.numel() and bool((y == self.ignore_index).all()):
             raise ValueError(f"every entry of {argument} is {self.ignore_index} (ignored): the mean has no terms")
@@ -198,10 +209,17 @@ _BCE_PIECES = Pieces(
 
 
 # ---- cross_entropy: softmax + negative log-likelihood on the logits ---------------------
-def cross_entropy(ignore_index: int | None = None) -> Loss:
+IGNORE_INDEX = -100
+"""F.cross_entropy's default ignore_index: a target equal to it is not counted in the mean."""
+
+
+def cross_entropy(ignore_index: int | None = IGNORE_INDEX) -> Loss:
     """Softmax cross-entropy on logits (..., C) against int64 classes (...,), as
     ``F.cross_entropy(z.reshape(-1, C), y.reshape(-1), ignore_index=...)``: the mean over the
-    targets that are counted (all of them when ``ignore_index`` is None)."""
+    targets that are counted. Targets equal to ``ignore_index`` (torch's default -100; -1 for
+    nanoGPT) are not; None counts every target and refuses any that is not a class."""
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index={ignore_index!r} must be an int or None, got {type(ignore_index).__name__}")
 
     def counted(y: Tensor) -> Tensor:
         return torch.ones_like(y, dtype=torch.bool) if ignore_index is None else y != ignore_index
@@ -228,7 +246,7 @@ def cross_entropy(ignore_index: int | None = None) -> Loss:
 
     def torch_fn(z: Tensor, y: Tensor) -> Tensor:
         C = z.shape[-1]
-        index = -100 if ignore_index is None else ignore_index
+        index = IGNORE_INDEX if ignore_index is None else ignore_index
         return F.cross_entropy(z.reshape(-1, C), y.reshape(-1), ignore_index=index)
 
     ignored = "" if ignore_index is None else f", ignore_index={ignore_index}"
@@ -266,6 +284,22 @@ LOSSES: dict[str, Loss] = {
     )
 }  # fmt: skip
 """Every loss refbp knows, by name."""
+
+
+def check_output_range(loss: Loss, output_range: tuple[float, float] | None, last: str) -> None:
+    """A loss defined on a range only (bce: probabilities in [0, 1]) needs a last layer whose
+    every output lies in it (a sigmoid); ``last`` names that layer, ``output_range`` is its
+    ``Layer.output_range``. A ValueError otherwise, at construction, before any NaN."""
+    if loss.domain is None:
+        return
+    low, high = loss.domain
+    if output_range is None or not low <= output_range[0] <= output_range[1] <= high:
+        values = "any value" if output_range is None else f"values in [{output_range[0]:g}, {output_range[1]:g}]"
+        needs = f"a last layer ending in {loss.output_activation}" if loss.output_activation else "another last layer"
+        raise ValueError(
+            f"loss={loss.name!r} needs outputs in [{low:g}, {high:g}], but the last layer, {last}, can give "
+            f"{values}; expected {needs}"
+        )
 
 
 def get_loss(name: object) -> Loss:

@@ -18,6 +18,7 @@ differences. It is the one torch definition of the network's function.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from torch import Tensor
 from .keys import Key, sort_names
 from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
 from .layouts import TORCH, Layout
-from .losses import Loss, get_loss
+from .losses import Loss, check_output_range, get_loss
+from .sequential import torch_modules_in_mode
 from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
 from .validation import (
     FLOAT_DTYPES,
@@ -158,6 +160,7 @@ class Network:
                 raise TypeError(f"layers[{l - 1}] must be a refbp layer, got {type(layer).__name__}")
         self.layers = list(layers)
         self.loss_fn = get_loss(loss)
+        check_output_range(self.loss_fn, self.layers[-1].output_range, f"layer {self.L} ({self.layers[-1].describe()})")
         if (
             isinstance(weight_decay, bool)
             or not isinstance(weight_decay, (int, float))
@@ -517,13 +520,34 @@ class Network:
         return clone
 
     def torch_parameter_names(self) -> dict[str, tuple[str, ...]]:
-        """Parameter name -> its names in ``to_torch()``'s module (several for a tied weight)."""
-        from .convert import torch_parameter_names
+        """Parameter name -> its names in ``to_torch()``'s module (several for a tied weight):
+        layer l's modules follow those of the layers before it, so a layer's own name "0.weight"
+        becomes "<offset>.weight"."""
+        names: dict[Key, list[str]] = {}
+        offset = 0
+        with self._torch_random_state_kept():  # building torch modules draws their initial values
+            for l, layer in enumerate(self.layers, start=1):
+                for key, relative in layer.torch_param_names((l,)).items():
+                    index, rest = relative.split(".", 1)
+                    names.setdefault(self.ties.get(key, key), []).append(f"{offset + int(index)}.{rest}")
+                offset += len(layer.torch_modules())
+        return {str(key): tuple(value) for key, value in names.items()}
 
-        return torch_parameter_names(self)
+    def _torch_random_state_kept(self) -> contextlib.AbstractContextManager[None]:
+        """torch's random state restored on exit: a torch module's constructor draws initial
+        values (overwritten by the copies) from it, which must not shift the user's draws."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
 
     def to_torch(self) -> torch.nn.Module:
-        """The equivalent torch module (a copy of the parameters, the same train/eval mode)."""
-        from .convert import to_torch
-
-        return to_torch(self)
+        """The equivalent torch.nn.Sequential: a copy of the parameters (a tied parameter is one
+        nn.Parameter in every module that uses it), each module in its own layer's train/eval mode."""
+        with self._torch_random_state_kept():
+            sequential = torch.nn.Sequential(*[m for layer in self.layers for m in torch_modules_in_mode(layer)])
+        sequential.training = self.training  # its own flag only: each module keeps its layer's mode
+        for names in self.torch_parameter_names().values():
+            shared = sequential.get_parameter(names[0])
+            for name in names[1:]:
+                owner, _, attribute = name.rpartition(".")
+                setattr(sequential.get_submodule(owner), attribute, shared)
+        return sequential

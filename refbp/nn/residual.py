@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .convert import convert_child, register
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .registry import convert_module as convert_child
+from .registry import register
 from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
 from .validation import describe
 

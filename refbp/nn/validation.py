@@ -23,6 +23,7 @@ __all__ = [
     "check_subset",
     "check_tensor",
     "check_tensor_any",
+    "derived_seed",
     "describe",
 ]
 
@@ -105,6 +106,20 @@ def check_seed(value: object, name: str = "seed") -> int:
             f"{name}={value} is out of range; expected an int in [0, {MAX_SEED}] (torch's generator keeps 32 bits)"
         )
     return value
+
+
+def derived_seed(seed: int, k: int, what: str, name: str = "seed") -> int:
+    """seed + k, the seed of the k-th of several random streams drawn from one ``seed``: it must
+    itself be <= MAX_SEED. It is never wrapped around 2**32: a wrapped seed would repeat the
+    streams of small seeds (MAX_SEED + 1 would draw what 0 draws), so a seed too close to
+    MAX_SEED for the streams it feeds is a ValueError naming ``name`` and the largest allowed."""
+    seed = check_seed(seed, name)
+    if seed + k > MAX_SEED:
+        raise ValueError(
+            f"{name}={seed} is too large: {what} draws from {name} + {k} = {seed + k} > MAX_SEED = {MAX_SEED} "
+            f"(seeds are never wrapped); expected {name} <= {MAX_SEED - k}"
+        )
+    return seed + k
 
 
 def check_subset(values: Sequence[str], name: str, known: Sequence[str]) -> list[str]:
