@@ -30,7 +30,7 @@ __all__ = [
     "check_function",
     "from_torch",
 ]
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
     "MLP": "refbp.nn.mlp",

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from .. import __version__
+from ..version import __version__
 from ..distributed.launch import DEFAULT_TIMEOUT, timeout_from_environment, torchrun_launch
 from ..distributed.sharded_report import run_report_on_ranks
 from ..nn.activations import ACTIVATIONS

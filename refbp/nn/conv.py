@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .convert import register
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .registry import register
 from .validation import describe
 
 __all__ = ["Conv1d", "Conv2d", "as_tuple", "transposed_output_padding"]

@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .batchnorm import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, BatchNorm1d
-from .convert import register
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .layernorm import LAYER_NORM_EPS, LayerNorm, NormCache
 from .pieces import Pieces
+from .registry import register
 from .validation import describe
 
 __all__ = ["BatchNorm2d", "GroupNorm"]

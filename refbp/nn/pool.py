@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .conv import as_tuple
-from .convert import register
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .pieces import Pieces
+from .registry import register
 from .validation import describe
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "MaxPool2d", "PoolCache", "adaptive_windows"]

@@ -32,12 +32,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .convert import register
 from .gru import GRULayer
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .lstm import LSTMLayer
 from .recurrent_layer import RecurrentLayer, TorchGRU, TorchLSTM, TorchRNN, torch_recurrent
+from .registry import register
 from .rnn import RNNLayer
 from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
 from .validation import describe

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .convert import register
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .registry import register
 from .validation import describe
 
 __all__ = ["LogSoftmax", "Softmax"]
