@@ -30,7 +30,7 @@ __all__ = [
     "check_function",
     "from_torch",
 ]
-from .version import __version__
+from .version import __version__ as __version__
 
 _LAZY = {
     "MLP": "refbp.nn.mlp",

@@ -37,11 +37,11 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from ..version import __version__
 from ..distributed.launch import DEFAULT_TIMEOUT, timeout_from_environment, torchrun_launch
 from ..distributed.sharded_report import run_report_on_ranks
 from ..nn.activations import ACTIVATIONS
 from ..nn.validation import check_seed
+from ..version import __version__
 from .arguments import MAX_EXAMPLES, check_examples, check_out_folder, check_threads
 from .io import write_atomic, write_set
 from .ranks import on_ranks
