@@ -56,6 +56,8 @@ def run_module(module: torch.nn.Sequential, layers: list[Layer], inputs: tuple[T
     masks: list[Tensor] = []
     failures: list[str] = []
     handles = []
+    for m in {id(m): m for m in twin.modules() if isinstance(m, torch.nn.RNNBase)}.values():
+        handles.append(m.register_forward_hook(_output_sequence))  # before the recording hook below
     for child in {id(c): c for c in twin}.values():  # a module used twice is hooked once, heard twice
         handles.append(child.register_forward_hook(lambda m, args, out: calls.append(out.detach())))
     for m in {id(m): m for m in twin.modules() if type(m) in _DROPOUT_TYPES}.values():
@@ -78,6 +80,12 @@ def run_module(module: torch.nn.Sequential, layers: list[Layer], inputs: tuple[T
             f"({paths}); does its forward call its modules other than in order, once each?"
         )
     return TorchRun(calls, output, dict(zip(paths, masks, strict=True)))
+
+
+def _output_sequence(module: torch.nn.Module, args: tuple[Tensor, ...], out: tuple[Tensor, Any]) -> Tensor:
+    """A recurrent module inside a Sequential passes its output sequence on, as refbp converts it
+    (torch's own Sequential would hand the next module the tuple (output, final state))."""
+    return out[0]
 
 
 _DROPOUT_TYPES: tuple[type[torch.nn.Module], ...] = (torch.nn.Dropout,)
