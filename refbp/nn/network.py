@@ -222,6 +222,7 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         ):
             raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
         self.weight_decay = float(weight_decay)
+        self._entries_by_shape: dict[tuple[object, ...], int] = {}  # check_forward_memory's counts
         self._adopt_parameters()
 
     # ---- parameters -----------------------------------------------------------------------
@@ -373,8 +374,17 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
 
     def check_forward_memory(self, shape: tuple[int, ...]) -> None:
         """Refuse, before allocating, a forward pass on an input of ``shape`` that cannot fit
-        in the free memory, naming the size it needs (refbp.nn.validation.check_fits_in_memory)."""
-        entries = self.forward_entries(shape)
+        in the free memory, naming the size it needs (refbp.nn.validation.check_fits_in_memory).
+
+        The count is remembered by shape for these very layers: a training loop runs the same
+        shapes again and again, and the walk over the layers would cost more than its step."""
+        seen = self._entries_by_shape
+        key = (shape, *map(id, self.layers))
+        entries = seen.get(key)
+        if entries is None:
+            if len(seen) > 64:  # a few shapes are reused; anything else is not worth keeping
+                seen.clear()
+            entries = seen[key] = self.forward_entries(shape)
         itemsize = _ITEMSIZE.get(self.dtype) or torch.empty((), dtype=self.dtype).element_size()
         what = f"a forward and backward pass on X of shape {shape} ({entries} entries of {itemsize} bytes)"
         check_fits_in_memory(entries * itemsize, what)
