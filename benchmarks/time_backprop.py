@@ -33,8 +33,11 @@ repeat lasts milliseconds, not microseconds, and the timer's resolution does not
 
 
 def manual_step(net: refbp.MLP, X: Tensor, y: Tensor) -> Callable[[], object]:
-    """refbp's training step: lean cache (keep_z=False), only dJ/dW, dJ/db, dJ/dX kept."""
-    return lambda: net.backward(net.forward(X, keep_z=False), y, intermediates=False, release_cache=True)
+    """refbp's training step: lean cache (keep_intermediates=False, the seed's keep_z=False),
+    only dJ/dW, dJ/db, dJ/dX kept."""
+    return lambda: net.backward(
+        net.forward(X, keep_intermediates=False), y, keep_intermediates=False, release_cache=True
+    )
 
 
 def manual_full(net: refbp.MLP, X: Tensor, y: Tensor) -> Callable[[], object]:

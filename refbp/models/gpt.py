@@ -365,11 +365,19 @@ class GPT(Network):
         return self.loss_fn.check_targets(y, cache.y_hat, argument="targets")
 
     def backward(
-        self, cache: Cache, y: object, *, intermediates: bool = True, release_cache: bool = False
+        self,
+        cache: Cache,
+        y: object,
+        *,
+        keep_intermediates: bool | None = None,
+        release_cache: bool = False,
+        intermediates: bool | None = None,
     ) -> GPTGradients:
         """Every gradient of J, by hand, from the cache: Network.backward, whose result also
         speaks nanoGPT's names (``state_dict()``). ``y``: the targets, (B, T) int64, -1 ignored."""
-        grads = super().backward(cache, y, intermediates=intermediates, release_cache=release_cache)
+        grads = super().backward(
+            cache, y, keep_intermediates=keep_intermediates, release_cache=release_cache, intermediates=intermediates
+        )
         assert isinstance(grads, GPTGradients)
         return grads
 

@@ -186,6 +186,15 @@ class CausalSelfAttention(Layer):
             where = ".".join(map(str, path))
             raise ValueError(f"layer {where} ({self.describe()}) needs input (B, T, {self.d}), got {describe(x)}")
 
+    def forward_size(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+        """qkv (B, T, 3d), y and the output (B, T, d) each, the T x T mask bias, S and P of one
+        sequence at a time (the forward pass runs in chunks of sequences), and every P kept in
+        the teaching mode or masked by dropout: (B, nh, T, T)."""
+        if len(shape) != 3:
+            return shape, 2 * math.prod(shape)  # check_input refuses it with its own message
+        B, T, d = shape
+        return shape, 5 * B * T * d + T * T + self.n_head * T * T * (B + 2)
+
     # ---- the steps, one method each (the bug catalogue replaces one of them) -----------------
     def cached_values(self, cache: AttentionCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
         q, k, v = self.heads(cache.qkv)  # (B, nh, T, hs) each

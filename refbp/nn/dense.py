@@ -10,11 +10,13 @@ For layer i, with a(i-1) its input (a(0) = X) and "o" the elementwise product:
     (8)  dJ/da(i-1) = dJ/dz(i) W(i)                             (N, d_{i-1})
 
 This is the seed's z/a view: z(i), the pre-activation, is the layer's one intermediate. The
-numbers (1)-(9) are those of the README, docs/equations.md and ``refbp explain``.
+numbers (1)-(9) are those of the README, docs/equations.md and ``refbp explain``. Eqs. (1) and
+(6)-(8) are Linear's map and gradients (refbp.nn.linear), called here, not written again.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -26,6 +28,7 @@ from .activations import Activation, get_activation
 from .elementwise import OUTPUT_RANGES
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .linear import bias_gradient, input_gradient, linear_map, weight_gradient
 from .pieces import Pieces
 from .validation import describe
 
@@ -92,13 +95,17 @@ class Dense(Layer):
                 f"layer {path[0]} ({self.describe()}) needs input (N, {self.W.shape[1]}), got {describe(x)}"
             )
 
+    def forward_size(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+        out = (*shape[:-1], self.W.shape[0])
+        return out, 2 * math.prod(out)  # z(i) and a(i)
+
     def cached_values(self, cache: Tensor | None, path: tuple[int, ...]) -> dict[Key, Tensor]:
         return {} if cache is None else {Key("z", path): cache}
 
     # ---- the manual path ---------------------------------------------------------------------
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
         """Eqs. (1)-(2). The cache is z(i), or None when f'(z) reads a(i) and z is not asked for."""
-        z = torch.addmm(self.b, x, self.W.T)  # (1) z(i) = a(i-1) W(i)^T + b(i)   (N, d_i)
+        z = linear_map(x, self.W, self.b)  # (1) z(i) = a(i-1) W(i)^T + b(i)   (N, d_i)
         a = self.activation.f(z)  # (2) a(i) = f_i(z(i))                            (N, d_i)
         keep = ctx.keep_intermediates or self.activation.derivative_of == "z"
         return a, (z if keep else None)
@@ -116,13 +123,11 @@ class Dense(Layer):
         in_place = ctx.overwrite and not ctx.keep_intermediates
         dJ_dz = act.chain(t, dJ_da if in_place else dJ_da.clone())
 
-        if ctx.weight_decay:  # (6) dJ/dW(i) = dJ/dz(i)^T a(i-1) + lambda W(i)
-            dJ_dW = torch.addmm(W, dJ_dz.T, x, beta=ctx.weight_decay)
-        else:  # (6) dJ/dW(i) = dJ/dz(i)^T a(i-1)
-            dJ_dW = dJ_dz.T @ x  # (d_i, N) @ (N, d_{i-1}) = (d_i, d_{i-1})
-        dJ_db = dJ_dz.sum(dim=0)  # (7) dJ/db(i) = sum over the batch    (d_i,)
+        # (6) dJ/dW(i) = dJ/dz(i)^T a(i-1) + lambda W(i)   (d_i, N) @ (N, d_{i-1}) = (d_i, d_{i-1})
+        dJ_dW = weight_gradient(dJ_dz, x, W, ctx.weight_decay)
+        dJ_db = bias_gradient(dJ_dz)  # (7) dJ/db(i) = sum over the batch    (d_i,)
         # (8) dJ/da(i-1) = dJ/dz(i) W(i)   (N, d_i) @ (d_i, d_{i-1})
-        dJ_dx = dJ_dz @ W if ctx.need_dx else None
+        dJ_dx = input_gradient(dJ_dz, W) if ctx.need_dx else None
         kept = {ctx.key("z"): dJ_dz} if ctx.keep_intermediates else {}
         return LayerGrads(dJ_dx, {"W": dJ_dW, "b": dJ_db}, kept)
 

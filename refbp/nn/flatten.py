@@ -3,6 +3,7 @@ is dJ/dy reshaped back to the input's shape (no numbers change, only the shape).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -29,6 +30,13 @@ class Flatten(Layer):
 
     def equations(self) -> tuple[str, str]:
         return (f"y = x with dimensions {self.start_dim}..{self.end_dim} merged", "dJ/dx = dJ/dy reshaped to x's shape")
+
+    def forward_size(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+        if len(shape) < 2:
+            return shape, math.prod(shape)  # torch refuses it in the forward pass
+        start, end = self.start_dim % len(shape), self.end_dim % len(shape)
+        out = (*shape[:start], math.prod(shape[start : end + 1]), *shape[end + 1 :])
+        return out, math.prod(out)  # a view of x where torch can, else one copy
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         return torch.flatten(x, self.start_dim, self.end_dim), None

@@ -68,7 +68,19 @@ class Key:
             raise ValueError(f"key layer path {self.layer!r} must hold layer numbers >= 1")
 
     def __str__(self) -> str:
+        return self.name
+
+    @functools.cached_property
+    def name(self) -> str:
+        """The key as people write it: "W1", "a3.2", "X" (computed once per key)."""
         return self.kind + ".".join(str(i) for i in self.layer)
+
+    @classmethod
+    def at(cls, kind: str, layer: tuple[int, ...]) -> Key:
+        """``Key(kind, layer)``, the same object for the same arguments: the loops name every
+        tensor of every pass with a key, and a network has only a few dozen of them, so each is
+        built and checked once (and its ``name`` computed once)."""
+        return _key_at(kind, layer)
 
     @classmethod
     def parse(cls, text: str) -> Key:
@@ -91,6 +103,11 @@ class Key:
         """Layer order (X last), then the kind's place in KIND_ORDER."""
         rank = KIND_ORDER.index(self.kind) if self.kind in KIND_ORDER else len(KIND_ORDER)
         return (0 if self.layer else 1, self.layer, rank, self.kind)
+
+
+@functools.lru_cache(maxsize=65536)
+def _key_at(kind: str, layer: tuple[int, ...]) -> Key:
+    return Key(kind, layer)
 
 
 # Parsing and ordering names run on every backward pass (a Gradients sorts its names), so both

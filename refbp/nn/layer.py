@@ -24,8 +24,9 @@ the network places it at a layer path (l,) and every tensor gets a Key, "W3", "z
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -116,7 +117,7 @@ class BackwardContext:
 
     def key(self, kind: str) -> Key:
         """The key of this layer's tensor of the given kind."""
-        return Key(kind, self.path)
+        return Key.at(kind, self.path)
 
 
 @dataclass
@@ -201,6 +202,20 @@ class Layer(ABC):
     def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:  # noqa: B027 (accepting any input is a fine default)
         """Raise a ValueError naming the layer when ``x`` cannot be its input (wrong width)."""
 
+    def forward_size(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+        """(the output's shape, the entries the forward pass allocates: output and cache) for an
+        input of ``shape``, found without running anything: what ``Network.forward`` checks
+        against the free memory before it allocates. The default is an elementwise map (the
+        output and one saved tensor of the input's shape); a composite layer's sub-layers in
+        turn, plus its output. Layers that change the shape or keep more say so."""
+        entries, out = 0, shape
+        for layer in self.sublayers():
+            out, kept = layer.forward_size(out)
+            entries += kept
+        if self.sublayers():
+            return shape, entries + math.prod(shape)
+        return shape, 2 * math.prod(shape)
+
     # ---- optional parts: what only some layers know, asked by the loops, never by type ------
     takes_indices: ClassVar[bool] = False
     """True when the layer's input holds int64 indices (Embedding): dJ/dx does not exist."""
@@ -279,10 +294,3 @@ class Layer(ABC):
     def torch_param_names(self, path: tuple[int, ...]) -> dict[Key, str]:
         """Each parameter's key -> its name among ``torch_modules()`` ("0.weight", ...)."""
         return {Key(kind, path): self.torch_names[kind] for kind in self.params}
-
-
-def map_params(layer: Layer, fn: Callable[[Tensor], Tensor]) -> None:
-    """Replace every parameter of ``layer`` (and of its sub-layers) by fn(parameter)."""
-    layer.params = {kind: fn(t) for kind, t in layer.params.items()}
-    for sub in layer.sublayers():
-        map_params(sub, fn)

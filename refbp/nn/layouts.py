@@ -18,6 +18,8 @@ shape they were given. Class indices (cross_entropy's y) are (N,) in every layou
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -43,10 +45,37 @@ class Layout:
 
     ``to_user(name, t)`` turns refbp's tensor called ``name`` ("W2", "z1", "X", ...) into the
     user's arrangement, ``from_user`` the other way; both are transposes or reshapes, never
-    copies of the numbers into new places."""
+    copies of the numbers into new places.
+
+    Attributes:
+        name: one of LAYOUTS.
+        bias_shapes: the shape each b(i) was given in, layer i at index i - 1.
+        named_sizes: messages name the sizes beside their values, "(5, 2) = (N, d_L)", as the
+            seed writes them: True for a network of numbered layers (an MLP).
+    """
 
     name: str = "torch"
     bias_shapes: tuple[tuple[int, ...], ...] = ()
+    named_sizes: bool = False
+
+    @functools.cached_property
+    def identity(self) -> bool:
+        """True when nothing is turned: torch's layout, every bias given as (d,)."""
+        return self.name == "torch" and all(len(shape) == 1 for shape in self.bias_shapes)
+
+    @property
+    def output_sizes(self) -> str:
+        """How messages name the output's sizes after its shape: " = (N, d_L)", or nothing."""
+        if not self.named_sizes:
+            return ""
+        return " = (N, d_L)" if self.rows else " = (d_L, N)"
+
+    def named(self, name: str) -> Layout:
+        """The layout ``name`` for the same network: this one, or ``name`` with its usual bias
+        shapes for the same layer widths (``standard``)."""
+        if name == self.name:
+            return self
+        return Layout.standard(name, [math.prod(shape) for shape in self.bias_shapes])
 
     @property
     def rows(self) -> bool:
@@ -61,6 +90,8 @@ class Layout:
 
     def to_user(self, name: str, t: Tensor) -> Tensor:
         """refbp's tensor ``name`` in the user's layout."""
+        if self.identity:
+            return t
         kind, layer = self._kind(name)
         if kind == "W" and self.name == "in_out":
             return t.T
@@ -72,6 +103,8 @@ class Layout:
 
     def from_user(self, name: str, t: Tensor) -> Tensor:
         """The user's tensor ``name`` in refbp's layout (a transpose or reshape of it)."""
+        if self.name == "torch" and (t.dim() != 2 or not Key.is_valid(name) or Key.parse(name).kind != "b"):
+            return t  # torch's layout: only a bias given as (d, 1) or (1, d) is reshaped
         kind, _ = self._kind(name)
         if kind == "W" and self.name == "in_out" and t.dim() == 2:
             return t.T
@@ -90,7 +123,7 @@ class Layout:
         """The layout ``name`` with its usual bias shapes for layers of widths d_1 .. d_L:
         (d, 1) columns in "columns", (d,) otherwise."""
         check_layout(name)
-        return cls(name, tuple((d, 1) if name == "columns" else (d,) for d in widths))
+        return cls(name, tuple((d, 1) if name == "columns" else (d,) for d in widths), named_sizes=True)
 
     def describe_X(self, d_0: int) -> str:
         """The shape X must have, in words: "(N, 3) = (N, d_0)" or "(3, N) = (d_0, N)"."""

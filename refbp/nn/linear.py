@@ -7,11 +7,14 @@ With M = the number of rows once the leading dimensions are flattened (M = N, or
     dJ/db    = sum_rows dJ/dy                 (d_out,)
     dJ/dx    = dJ/dy W                        (..., d_in)
 
-The bias is optional (``b=None``), as in ``torch.nn.Linear(bias=False)``.
+The bias is optional (``b=None``), as in ``torch.nn.Linear(bias=False)``. The four lines are
+module functions, written once: Dense (refbp.nn.dense), the MLP's layer, is this map followed
+by an activation and calls them for its eqs. (1), (6), (7) and (8).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -23,7 +26,35 @@ from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, T
 from .registry import register
 from .validation import describe
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "bias_gradient", "input_gradient", "linear_map", "weight_gradient"]
+
+
+def linear_map(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+    """y = x W^T + b   (..., d_out), from x (..., d_in), W (d_out, d_in), b (d_out,) or None."""
+    if b is None:
+        return x @ W.T  # y = x W^T   (..., d_out)
+    if x.dim() == 2:
+        return torch.addmm(b, x, W.T)  # y = x W^T + b   (N, d_out), one fused op
+    return torch.matmul(x, W.T).add_(b)  # y = x W^T + b   (..., d_out)
+
+
+def weight_gradient(dJ_dy: Tensor, x: Tensor, W: Tensor, weight_decay: float = 0.0) -> Tensor:
+    """dJ/dW = sum_rows dJ/dy^T x + lambda W   (d_out, d_in): every row's outer product, summed."""
+    g = dJ_dy if dJ_dy.dim() == 2 else dJ_dy.reshape(-1, W.shape[0])  # (M, d_out)   every leading dim a row
+    rows = x if x.dim() == 2 else x.reshape(-1, W.shape[1])  # (M, d_in)
+    if weight_decay:
+        return torch.addmm(W, g.T, rows, beta=weight_decay)  # dJ/dy^T x + lambda W
+    return g.T @ rows  # (d_out, M) @ (M, d_in) = (d_out, d_in)
+
+
+def bias_gradient(dJ_dy: Tensor) -> Tensor:
+    """dJ/db = sum_rows dJ/dy   (d_out,)."""
+    return (dJ_dy if dJ_dy.dim() == 2 else dJ_dy.reshape(-1, dJ_dy.shape[-1])).sum(dim=0)
+
+
+def input_gradient(dJ_dy: Tensor, W: Tensor) -> Tensor:
+    """dJ/dx = dJ/dy W   (..., d_in)."""
+    return dJ_dy @ W
 
 
 class Linear(Layer):
@@ -62,26 +93,19 @@ class Linear(Layer):
         if x.dim() < 1 or x.shape[-1] != d_in:
             raise ValueError(f"layer {_at(path)} ({self.describe()}) needs input (..., {d_in}), got {describe(x)}")
 
+    def forward_size(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+        out = (*shape[:-1], self.W.shape[0])
+        return out, math.prod(out)  # y; the backward pass reads x, kept by the caller
+
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
-        W, b = self.W, self.params.get("b")
-        if b is None:
-            return x @ W.T, None  # y = x W^T   (..., d_out)
-        if x.dim() == 2:
-            return torch.addmm(b, x, W.T), None  # y = x W^T + b   (N, d_out), one fused op
-        return torch.matmul(x, W.T).add_(b), None  # y = x W^T + b   (..., d_out)
+        return linear_map(x, self.W, self.params.get("b")), None  # y = x W^T + b   (..., d_out)
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
         W = self.W  # (d_out, d_in)
-        g = dJ_dy.reshape(-1, W.shape[0])  # (M, d_out)   every leading dimension is a row
-        rows = x.reshape(-1, W.shape[1])  # (M, d_in)
-        if ctx.weight_decay:
-            dJ_dW = torch.addmm(W, g.T, rows, beta=ctx.weight_decay)  # dJ/dy^T x + lambda W
-        else:
-            dJ_dW = g.T @ rows  # (d_out, M) @ (M, d_in) = (d_out, d_in)
-        params = {"W": dJ_dW}
+        params = {"W": weight_gradient(dJ_dy, x, W, ctx.weight_decay)}  # dJ/dW = sum_rows dJ/dy^T x + lambda W
         if "b" in self.params:
-            params["b"] = g.sum(dim=0)  # dJ/db = sum over rows   (d_out,)
-        dJ_dx = (dJ_dy @ W) if ctx.need_dx else None  # dJ/dx = dJ/dy W   (..., d_in)
+            params["b"] = bias_gradient(dJ_dy)  # dJ/db = sum over rows   (d_out,)
+        dJ_dx = input_gradient(dJ_dy, W) if ctx.need_dx else None  # dJ/dx = dJ/dy W   (..., d_in)
         return LayerGrads(dJ_dx, params)
 
     def torch_forward(

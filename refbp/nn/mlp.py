@@ -24,23 +24,24 @@ layout (d_out, d_in), so refbp and torch share parameters as is.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .activations import Activation, get_activation
+from .activations import get_activation
 from .dense import Dense
-from .layouts import TORCH, Layout, check_layout
+from .layouts import Layout, check_layout
 from .losses import get_loss
-from .network import Cache, Network, NetworkGradients, resolve_device
+from .network import Cache, GradientsT, Network, NetworkGradients, resolve_device
 from .validation import (
     FLOAT_DTYPES,
-    as_tensor,
     check_finite,
     check_fits_in_memory,
     check_int,
@@ -56,10 +57,17 @@ MAX_LAYERS = 10_000
 """The deepest MLP refbp builds: far beyond any network people check by hand, and small enough
 that a mistyped depth (a million layers) is refused at once instead of after minutes."""
 
+MAX_PARAMETERS = 10**8
+"""The most parameters ``MLP.random`` draws: 800 MB in float64, far beyond any MLP people
+check by hand (the benchmarks' widest, 2048 x 3 layers, has 13 million), and small enough that
+a mistyped width (``[3, 2 * 10**8, 1]``, a billion parameters, 8 GB) is refused at once, with
+the size it would need, instead of after minutes of allocating, or a process killed for memory
+where the free memory reported is not the memory this process may use (a container)."""
+
 
 @dataclass
 class ForwardCache(Cache):
-    """Everything the forward pass computed, indexed as in the equations.
+    """A Network's cache (refbp.nn.network.Cache), with the seed's z list beside a.
 
     Attributes:
         a: a[0] = X (N, d_0) and a[i] = f_i(z(i)) (N, d_i) for i = 1 .. L.
@@ -74,9 +82,10 @@ class ForwardCache(Cache):
         return self.saved
 
 
-@dataclass
-class Gradients:
-    """Every gradient of J, indexed as in the equations (index 0 unused for W, b, z).
+class Gradients(NetworkGradients):
+    """A Network's gradients (refbp.nn.network.NetworkGradients: ``grads["W1"]``,
+    ``as_dict()``, ``torch_named()``), with the seed's lists beside them, indexed as in the
+    equations (index 0 unused for W, b, z), in refbp's own layout.
 
     Attributes:
         dJ_dW: [None, dJ/dW(1), ..., dJ/dW(L)], dJ/dW(i) (d_i, d_{i-1}).
@@ -85,35 +94,34 @@ class Gradients:
         dJ_da: [dJ/dX, dJ/da(1), ..., dJ/da(L)], dJ/da(i) (N, d_i); None where not kept.
     """
 
-    dJ_dW: list[Tensor | None]
-    dJ_db: list[Tensor | None]
-    dJ_dz: list[Tensor | None]
-    dJ_da: list[Tensor | None]
-    L: int = field(init=False)
-    network: NetworkGradients | None = field(default=None, repr=False, compare=False)
-    layout: Layout = field(default=TORCH, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.L = len(self.dJ_dW) - 1
-
-    @classmethod
-    def from_network(cls, grads: NetworkGradients, L: int, layout: Layout = TORCH) -> Gradients:
-        """The lists view of a Network's gradients ("W1", "z1", ... -> dJ_dW[1], dJ_dz[1], ...)."""
-        values = grads.as_dict()
-
-        def column(kind: str) -> list[Tensor | None]:
-            return [None] + [values.get(f"{kind}{i}") for i in range(1, L + 1)]
-
-        dJ_da = column("a")
-        dJ_da[0] = values["X"]
-        return cls(dJ_dW=column("W"), dJ_db=column("b"), dJ_dz=column("z"), dJ_da=dJ_da, network=grads, layout=layout)
-
     @property
-    def dJ_dX(self) -> Tensor:
-        """dJ/dX = dJ/da(0), (N, d_0): eq. (9)."""
-        dJ_dX = self.dJ_da[0]
-        assert dJ_dX is not None  # always computed
-        return dJ_dX
+    def L(self) -> int:
+        """Number of layers."""
+        return self.network.L
+
+    def _column(self, kind: str) -> list[Tensor | None]:
+        """[None, dJ/d(kind 1), ..., dJ/d(kind L)]: the keys "W1", "W2", ... as a list."""
+        return [None] + [self._values.get(f"{kind}{i}") for i in range(1, self.L + 1)]
+
+    @functools.cached_property
+    def dJ_dW(self) -> list[Tensor | None]:
+        """[None, dJ/dW(1), ..., dJ/dW(L)]: eq. (6) by layer."""
+        return self._column("W")
+
+    @functools.cached_property
+    def dJ_db(self) -> list[Tensor | None]:
+        """[None, dJ/db(1), ..., dJ/db(L)]: eq. (7) by layer."""
+        return self._column("b")
+
+    @functools.cached_property
+    def dJ_dz(self) -> list[Tensor | None]:
+        """[None, dJ/dz(1), ..., dJ/dz(L)]: eq. (5) by layer; None where not kept."""
+        return self._column("z")
+
+    @functools.cached_property
+    def dJ_da(self) -> list[Tensor | None]:
+        """[dJ/dX, dJ/da(1), ..., dJ/da(L)]: eq. (8) by layer, dJ/da(0) = dJ/dX (eq. 9)."""
+        return [self._values.get("X"), *self._column("a")[1:]]
 
     def W(self, i: int) -> Tensor:
         """dJ/dW(i), layer i counted from 1 as in the equations (like ``net.W(i)``)."""
@@ -122,35 +130,6 @@ class Gradients:
     def b(self, i: int) -> Tensor:
         """dJ/db(i), layer i counted from 1."""
         return _at(self.dJ_db, i, "dJ_db")
-
-    def as_dict(self, layout: str | None = None) -> dict[str, Tensor]:
-        """{"W1", "b1", "z1", "a1", ..., "WL", "bL", "zL", "aL", "X"} -> dJ/d(that), each in
-        ``layout`` ("torch", "in_out" or "columns"; default: the layout the network was built
-        in, refbp.nn.layouts), where dJ/d(T) always has T's shape.
-
-        Intermediates dropped by ``backward(..., intermediates=False)`` are left out."""
-        view = self.layout if layout is None else self._standard(layout)
-        out: dict[str, Tensor] = {}
-        for i in range(1, self.L + 1):
-            for key, values in (("W", self.dJ_dW), ("b", self.dJ_db), ("z", self.dJ_dz), ("a", self.dJ_da)):
-                value = values[i]
-                if value is not None:
-                    out[f"{key}{i}"] = view.to_user(f"{key}{i}", value)
-        out["X"] = view.to_user("X", self.dJ_dX)
-        return out
-
-    def _standard(self, layout: str) -> Layout:
-        if layout == self.layout.name:
-            return self.layout
-        widths = [int(b.shape[0]) for b in self.dJ_db[1:] if b is not None]
-        return Layout.standard(layout, widths)
-
-    def torch_named(self) -> dict[str, Tensor]:
-        """The parameter gradients under the names of ``net.to_torch()``'s parameters
-        ("0.weight", "0.bias", "2.weight", ...), plus "input" for dJ/dX."""
-        if self.network is None:
-            raise ValueError("these Gradients were built by hand; torch names come from net.backward(...)")
-        return self.network.torch_named()
 
 
 def _at(values: list[Tensor | None], i: int, name: str) -> Tensor:
@@ -174,7 +153,15 @@ class _LayerParams(Sequence[Tensor]):
     def __len__(self) -> int:
         return len(self._net.layers)
 
-    def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> Tensor: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Tensor]: ...
+
+    def __getitem__(self, index: int | slice) -> Tensor | list[Tensor]:
+        if isinstance(index, slice):
+            return [self[k] for k in range(len(self))[index]]
         i = range(1, len(self) + 1)[index]
         return self._net.layout.to_user(f"{self._kind}{i}", self._net.layers[index].params[self._kind])
 
@@ -197,12 +184,17 @@ class _LayerParams(Sequence[Tensor]):
         return repr(list(self))
 
 
-class MLP(Network):
+class MLP(Network[ForwardCache, Gradients, Dense]):
     """A multilayer perceptron with a manual forward and backward pass.
 
     Build one with :meth:`from_params` or :meth:`random`. ``weights[i-1]`` is W(i) and
     ``biases[i-1]`` is b(i) (Python lists start at 0); ``net.W(i)`` and ``net.b(i)`` count
     from 1, as the equations and ``grads.dJ_dW[i]`` do.
+
+    An MLP is a Network of Dense layers and nothing more: ``forward``, ``loss``, ``backward``
+    and ``backward_from`` are the Network's, and what this class adds is the seed's view,
+    written once: ``net.W(i)``, ``weights``, ``dims``; ``cache.z`` (ForwardCache);
+    ``grads.dJ_dW`` and the other lists (Gradients); messages in the seed's notation.
 
     With ``layout="in_out"`` or ``"columns"`` (refbp.nn.layouts) the network reads X, y and
     its parameters, and hands back ``weights``, ``biases`` and ``grads.as_dict()``, in that
@@ -215,8 +207,6 @@ class MLP(Network):
         loss_name: the loss by name (see ``refbp.nn.losses.LOSSES``).
         weight_decay: lambda >= 0 in eq. (3).
     """
-
-    layers: list[Dense]  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -240,7 +230,7 @@ class MLP(Network):
         acts = [get_activation(name, argument=f"activations[{k}]") for k, name in enumerate(activations)]
         layers = [Dense(W, b, act) for W, b, act in zip(Ws, flat, acts, strict=True)]
         super().__init__(layers, loss_name, weight_decay=weight_decay)
-        self.layout = Layout(layout, bias_shapes)
+        self.layout = Layout(layout, bias_shapes, named_sizes=True)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -287,8 +277,7 @@ class MLP(Network):
             raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
         seed = check_seed(seed)
         target = resolve_device(device)
-        entries = sum(d_in * d_out + d_out for d_in, d_out in itertools.pairwise(dims))
-        check_fits_in_memory(8 * entries, f"an MLP with dims {_short(dims)} ({entries} parameters)")
+        _check_size(dims, dtype)
         generator = torch.Generator().manual_seed(seed)
         weights, biases = [], []
         for d_in, d_out in itertools.pairwise(dims):  # (d_{i-1}, d_i)
@@ -299,21 +288,6 @@ class MLP(Network):
             biases.append(b.to(dtype=dtype, device=target))
         net = cls(weights, biases, list(activations), loss, weight_decay)
         net.layout = Layout.standard(check_layout(layout), [int(b.shape[0]) for b in biases])
-        return net
-
-    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MLP:
-        """A copy of this network with parameters converted to ``dtype`` and/or ``device``."""
-        if dtype is not None and dtype not in FLOAT_DTYPES:
-            raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
-        target = None if device is None else resolve_device(device)
-        net = MLP(
-            [layer.W.to(dtype=dtype, device=target) for layer in self.layers],
-            [layer.b.to(dtype=dtype, device=target) for layer in self.layers],
-            list(self.activations),
-            self.loss_name,
-            self.weight_decay,
-        )
-        net.layout = self.layout
         return net
 
     # ---- the seed's view ----------------------------------------------------------------
@@ -346,129 +320,74 @@ class MLP(Network):
         return [layer.activation.name for layer in self.layers]
 
     @property
-    def layer_activations(self) -> list[Activation]:
-        """[f_1, ..., f_L] as Activation records."""
-        return [layer.activation for layer in self.layers]
+    def d_0(self) -> int:
+        """The input's width d_0."""
+        return int(self.layers[0].params["W"].shape[1])
 
     @property
     def dims(self) -> list[int]:
         """[d_0, d_1, ..., d_L]."""
-        return [self.layers[0].W.shape[1]] + [layer.W.shape[0] for layer in self.layers]
+        return [self.d_0] + [layer.W.shape[0] for layer in self.layers]
 
-    # ---- the forward pass ---------------------------------------------------------------
-    def forward(  # type: ignore[override]
-        self,
-        X: Tensor | np.ndarray,
-        *,
-        keep_z: bool = True,
-        update_stats: bool = True,
-        noise: Mapping[tuple[int, ...], Tensor] | None = None,
-    ) -> ForwardCache:
-        """Run eqs. (1)-(2) for every layer and keep every z(i) and a(i).
-
-        Args:
-            X: the input, (N, d_0), same dtype and device as the parameters, N >= 1.
-            keep_z: keep every z(i) (the default, what the teaching API shows). With False,
-                z(i) is dropped for layers whose derivative reads a(i) (sigmoid, tanh, relu,
-                leaky_relu, identity): the backward pass is the same, the cache smaller.
-        """
-        cache = super().forward(
-            self.input_from_user(X), keep_intermediates=keep_z, update_stats=update_stats, noise=noise
-        )
-        assert isinstance(cache, ForwardCache)
-        return cache
-
-    def _cache(self, a: list[Tensor], saved: list[object], noise: dict[tuple[int, ...], Tensor]) -> Cache:
-        return ForwardCache(a=a, saved=saved, noise=noise)
-
-    def backward(  # type: ignore[override]
-        self, cache: ForwardCache, y: Tensor | np.ndarray, *, intermediates: bool = True, release_cache: bool = False
-    ) -> Gradients:
-        """Every gradient of J, by hand, from the cache (eqs. 4-9); y in the network's layout."""
-        self._check_cache(cache)
-        y = self.targets_from_user(y, cache)
-        grads = self._backward_loss(cache, y, intermediates=intermediates, release_cache=release_cache)
-        return Gradients.from_network(grads, self.L, self.layout)
-
-    def backward_from(  # type: ignore[override]
-        self, cache: ForwardCache, dJ_da_L: Tensor, *, intermediates: bool = True, release_cache: bool = False
-    ) -> Gradients:
-        """Eqs. (5)-(9) from a given dJ/da(L) (N, d_L) instead of a loss's eq. (4)."""
-        upstream = as_tensor(dJ_da_L, "dJ_da_L")
-        if isinstance(upstream, Tensor):  # anything else: Network.backward_from says what is wrong
-            upstream = self.layout.from_user(f"a{self.L}", upstream)
-        grads = super().backward_from(cache, upstream, intermediates=intermediates, release_cache=release_cache)  # type: ignore[arg-type]
-        return Gradients.from_network(grads, self.L, self.layout)
-
-    # ---- validation ---------------------------------------------------------------------
+    # ---- the seed's messages and results ----------------------------------------------------
     def input_from_user(self, X: object) -> Tensor:
-        """X as refbp computes with it: a tensor (from NumPy), observations as rows."""
+        """X as refbp computes with it: a tensor (from NumPy), observations as rows; a shape
+        that is not (N, d_0) (or (d_0, N) in "columns") is refused in the seed's notation."""
         X = check_tensor(X, "X", ndim=2)
-        if not self.layout.rows and X.shape[0] != self.dims[0]:
-            raise ValueError(f"X must have shape {self.layout.describe_X(self.dims[0])}, got {describe(X)}")
+        if X.shape[1 if self.layout.rows else 0] != self.d_0:
+            raise ValueError(f"X must have shape {self.layout.describe_X(self.d_0)}, got {describe(X)}")
         return self.layout.from_user("X", X)
 
-    def check_input(self, X: object) -> Tensor:
-        """X must be a finite (N, d_0) tensor, N >= 1, with the parameters' dtype and device."""
-        X = check_tensor(X, "X", ndim=2)
-        if X.shape[1] != self.dims[0]:
-            raise ValueError(f"X must have shape {self.layout.describe_X(self.dims[0])}, got {describe(X)}")
-        if X.shape[0] == 0:
-            raise ValueError(f"X has an empty batch ({describe(X)}); expected N >= 1 rows")
-        check_same_dtype_device(X, "X", dtype=self.dtype, device=self.device)
-        check_finite(X, "X")
-        itemsize = X.element_size()
-        check_fits_in_memory(2 * X.shape[0] * sum(self.dims) * itemsize, f"a forward pass with batch N = {X.shape[0]}")
-        return X.detach()
-
-    def targets_from_user(self, y: object, cache: Cache) -> Tensor:
-        """y as refbp computes with it: a tensor (from NumPy); (d_L, N) values turned to
-        (N, d_L) in "columns"; then checked as ``check_targets`` does."""
-        y = as_tensor(y, "y")
-        if isinstance(y, Tensor) and not self.layout.rows and y.dim() == 2:
-            N, d_L = cache.y_hat.shape
-            if tuple(y.shape) != (d_L, N):
-                raise ValueError(f"y must have shape ({d_L}, {N}) = (d_L, N) like y_hat, got {describe(y)}")
-            y = self.layout.targets_from_user(y)
-        return self.check_targets(y, cache)
-
-    def check_targets(self, y: object, cache: Cache) -> Tensor:
-        """y must match the loss: (N, d_L) values, or (N,) int64 class indices in [0, d_L)."""
-        return self.loss_fn.check_targets(as_tensor(y, "y"), cache.y_hat, rows=True)
-
-    def loss(self, cache: Cache, y: object) -> Tensor:
-        """J, eq. (3), for y in the network's layout (see Network.loss)."""
-        return super().loss(cache, self.targets_from_user(y, cache))
-
-    _output_notation = " = (N, d_L)"
-
     def _check_cache(self, cache: object) -> None:
+        """The Network's check, a foreign cache named by its widths in the seed's notation."""
         if isinstance(cache, Cache) and not cache.released and cache.L == self.L:
             width = cache.a[0].shape[1] if cache.a[0].dim() == 2 else None
-            if width != self.dims[0]:
+            if width != self.d_0:
                 raise ValueError(
                     f"cache has {cache.L} layers and input width {width}; it does not come from this network "
-                    f"({self.L} layers, d_0 = {self.dims[0]}): pass the cache of net.forward(X)"
+                    f"({self.L} layers, d_0 = {self.d_0}): pass the cache of net.forward(X)"
                 )
         super()._check_cache(cache)
 
+    def _cache(self, a: list[Tensor], saved: list[Any], noise: dict[tuple[int, ...], Tensor]) -> ForwardCache:
+        return ForwardCache(a=a, saved=saved, noise=noise)
+
+    def _gradients(self, values: dict[str, Tensor]) -> Gradients:
+        return Gradients(values, self)
+
 
 def backward(
-    net: MLP, cache: ForwardCache, y: Tensor, *, intermediates: bool = True, release_cache: bool = False
-) -> Gradients:
+    net: Network[Any, GradientsT],
+    cache: Cache,
+    y: Tensor,
+    *,
+    keep_intermediates: bool | None = None,
+    release_cache: bool = False,
+    intermediates: bool | None = None,
+) -> GradientsT:
     """``net.backward(cache, y, ...)``: eqs. (4)-(9) for ``net`` from its forward ``cache``."""
-    return net.backward(cache, y, intermediates=intermediates, release_cache=release_cache)
+    return net.backward(
+        cache, y, keep_intermediates=keep_intermediates, release_cache=release_cache, intermediates=intermediates
+    )
 
 
 def backward_from(
-    net: MLP, cache: ForwardCache, dJ_da_L: Tensor, *, intermediates: bool = True, release_cache: bool = False
-) -> Gradients:
+    net: Network[Any, GradientsT],
+    cache: Cache,
+    dJ_da_L: Tensor,
+    *,
+    keep_intermediates: bool | None = None,
+    release_cache: bool = False,
+    intermediates: bool | None = None,
+) -> GradientsT:
     """Eqs. (5)-(9) from a given dJ/da(L) (N, d_L) instead of a loss's eq. (4).
 
     This is how a gradient crosses from one network into another: when a(L) feeds something
     above it (a second network, a score), dJ/da(L) is what that something hands down, e.g. its
     own dJ/dX. ``dJ_da_L`` itself is never modified."""
-    return net.backward_from(cache, dJ_da_L, intermediates=intermediates, release_cache=release_cache)
+    return net.backward_from(
+        cache, dJ_da_L, keep_intermediates=keep_intermediates, release_cache=release_cache, intermediates=intermediates
+    )
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -490,6 +409,23 @@ def _check_dims(dims: object) -> list[int]:
         except (TypeError, ValueError) as err:
             raise ValueError(f"dims[{k}]={d!r} must be a positive int; got dims={list(dims)}") from err
     return out
+
+
+def _check_size(dims: list[int], dtype: torch.dtype) -> None:
+    """Refuse, before drawing anything, an MLP of more than MAX_PARAMETERS parameters, or one
+    whose parameters and their gradients (what every use of it computes) do not fit in the
+    free memory, with the size it needs. The draws are float64, one layer at a time."""
+    entries = sum(d_in * d_out + d_out for d_in, d_out in itertools.pairwise(dims))
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    largest = max(d_in * d_out for d_in, d_out in itertools.pairwise(dims))
+    nbytes = 2 * entries * itemsize + 8 * largest  # W(i), b(i), their gradients; one float64 draw
+    what = f"an MLP with dims {_short(dims)} ({entries} parameters)"
+    if entries > MAX_PARAMETERS:
+        raise ValueError(
+            f"{what} would need {nbytes / 2**30:.3g} GiB for its parameters and their gradients; "
+            f"refbp builds at most MAX_PARAMETERS = {MAX_PARAMETERS} (refbp.nn.mlp.MAX_PARAMETERS)"
+        )
+    check_fits_in_memory(nbytes, f"{what}, with their gradients,")
 
 
 def _short(dims: Sequence[int]) -> str:

@@ -14,25 +14,32 @@ both uses.
 The oracle of the whole network, ``torch_J``, chains the layers' torch oracles and the loss's
 torch function: refbp.verify differentiates it with autograd and perturbs it for finite
 differences. It is the one torch definition of the network's function.
+
+Every network reads its arrays (X, y, dJ/da(L)) and hands back its gradients in its ``layout``
+(refbp.nn.layouts): torch's own for any network built from layers; an MLP (refbp.nn.mlp) can be
+built in another. The loops themselves always compute in torch's layout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, cast
 
+import numpy as np
 import torch
 from torch import Tensor
+from typing_extensions import TypeVar
 
 from .keys import Key, sort_names
 from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
 from .layouts import TORCH, Layout
 from .losses import Loss, check_output_range, get_loss
 from .sequential import torch_modules_in_mode
-from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
+from .stack import StackCache, check_depth, stack_backward, stack_forward, stack_keys, stack_torch_forward, walk_layers
 from .validation import (
     FLOAT_DTYPES,
     as_tensor,
@@ -43,7 +50,7 @@ from .validation import (
     describe,
 )
 
-__all__ = ["Cache", "Network", "NetworkGradients", "resolve_device"]
+__all__ = ["Cache", "Network", "NetworkGradients", "keep_flag", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -61,8 +68,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-NetT = TypeVar("NetT", bound="Network")
-"""A network type: ``train`` and ``eval`` return the network itself, its own class kept."""
+def keep_flag(value: bool | None, old: bool | None, old_name: str) -> bool:
+    """The "keep intermediates" flag from its one name and an older spelling of it (``keep_z``
+    for the forward pass, ``intermediates`` for the backward pass); True when neither is given."""
+    if value is not None and old is not None and value != old:
+        raise TypeError(f"{old_name}={old!r} is the older spelling of keep_intermediates={value!r}: pass one of them")
+    flag = value if value is not None else (old if old is not None else True)
+    if not isinstance(flag, bool):
+        name = "keep_intermediates" if value is not None else old_name
+        raise TypeError(f"{name}={flag!r} must be True or False")
+    return flag
+
+
+_ITEMSIZE = {torch.float64: 8, torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+"""Bytes per entry of the floating dtypes, without building a tensor to ask."""
+
+
+NetT = TypeVar("NetT", bound="Network[Any, Any]")
+"""A network type: ``train``, ``eval`` and ``to`` return a network of its own class."""
 
 
 @dataclass
@@ -98,7 +121,8 @@ class Cache(StackCache):
 class NetworkGradients:
     """Every gradient of J a backward pass computed: dJ/d(parameter), dJ/d(intermediate), dJ/dX.
 
-    ``grads["W1"]``, ``grads.as_dict()`` (names in key order), ``grads.dJ_dX``, and
+    ``grads["W1"]``, ``grads.as_dict()`` (names in key order), ``grads.dJ_dX``, each in the
+    network's layout (refbp.nn.layouts; torch's unless the network was built in another), and
     ``grads.torch_named()``: the parameter gradients under the names of the network's torch
     module (``to_torch().named_parameters()``), plus "input" for dJ/dX."""
 
@@ -106,10 +130,20 @@ class NetworkGradients:
         self._values = {name: values[name] for name in sort_names(list(values))}
         self._network = network
 
+    @property
+    def layout(self) -> Layout:
+        """The layout ``as_dict`` and ``grads[name]`` hand the gradients back in: the network's."""
+        return self._network.layout
+
+    @property
+    def network(self) -> Network:
+        """The network whose backward pass computed these gradients."""
+        return self._network
+
     def __getitem__(self, name: str) -> Tensor:
         if name not in self._values:
             raise KeyError(f"no gradient for {name!r}; there are {list(self._values)}")
-        return self._values[name]
+        return self.layout.to_user(name, self._values[name])
 
     def __contains__(self, name: object) -> bool:
         return name in self._values
@@ -120,13 +154,18 @@ class NetworkGradients:
     def __len__(self) -> int:
         return len(self._values)
 
-    def as_dict(self) -> dict[str, Tensor]:
-        """name -> dJ/d(that), in key order."""
-        return dict(self._values)
+    def as_dict(self, layout: str | None = None) -> dict[str, Tensor]:
+        """name -> dJ/d(that), in key order, in ``layout`` ("torch", "in_out" or "columns"; the
+        default: the network's, refbp.nn.layouts), where dJ/d(T) always has T's shape."""
+        view = self.layout if layout is None else self.layout.named(layout)
+        if view.identity:
+            return dict(self._values)
+        return {name: view.to_user(name, t) for name, t in self._values.items()}
 
     @property
     def dJ_dX(self) -> Tensor:
-        """dJ/dX, the input's shape (not defined when the input holds token indices)."""
+        """dJ/dX, the input's shape, in refbp's rows (not defined when the input holds token
+        indices); ``grads["X"]`` is the same in the network's layout."""
         if "X" not in self._values:
             raise KeyError("this network's input holds integers (token indices): dJ/dX is not defined")
         return self._values["X"]
@@ -143,8 +182,23 @@ class NetworkGradients:
         return out
 
 
-class Network:
+CacheT = TypeVar("CacheT", bound=Cache, default=Cache, covariant=True)
+"""What a network's forward pass returns: a Cache (an MLP's adds the seed's z list)."""
+
+GradientsT = TypeVar("GradientsT", bound=NetworkGradients, default=NetworkGradients, covariant=True)
+"""What a network's backward pass returns: NetworkGradients (an MLP's adds the seed's lists)."""
+
+
+LayerT = TypeVar("LayerT", bound=Layer, default=Layer, covariant=True)
+"""The type of a network's layers (an MLP's are Dense)."""
+
+
+class Network(Generic[CacheT, GradientsT, LayerT]):
     """A stack of layers and a loss, with a manual forward and backward pass.
+
+    The type parameters are the cache and gradients types its passes return and its layers'
+    type, so that a view of a network (refbp.nn.mlp.MLP) presents the same results otherwise,
+    with the same methods; a plain Network returns Cache and NetworkGradients.
 
     Args:
         layers: the layers, input first (refbp.nn.layers).
@@ -158,7 +212,9 @@ class Network:
         for l, layer in enumerate(layers, start=1):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{l - 1}] must be a refbp layer, got {type(layer).__name__}")
-        self.layers = list(layers)
+        self.layers: list[LayerT] = cast(list[LayerT], list(layers))
+        for layer in self.layers:
+            check_depth(layer)
         self.loss_fn = get_loss(loss)
         check_output_range(self.loss_fn, self.layers[-1].output_range, f"layer {self.L} ({self.layers[-1].describe()})")
         if (
@@ -169,19 +225,13 @@ class Network:
         ):
             raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
         self.weight_decay = float(weight_decay)
+        self._entries_by_shape: dict[tuple[object, ...], int] = {}  # check_forward_memory's counts
         self._adopt_parameters()
 
     # ---- parameters -----------------------------------------------------------------------
     def _walk(self) -> Iterator[tuple[tuple[int, ...], Layer]]:
-        """Every layer and sub-layer with its path, depth first, in order."""
-
-        def walk(layers: Sequence[Layer], prefix: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], Layer]]:
-            for l, layer in enumerate(layers, start=1):
-                path = (*prefix, l)
-                yield path, layer
-                yield from walk(layer.sublayers(), path)
-
-        return walk(self.layers, ())
+        """Every layer and sub-layer with its path, depth first, in order (refbp.nn.stack.walk_layers)."""
+        return walk_layers(self.layers)
 
     def _adopt_parameters(self) -> None:
         """Detach every parameter (the manual path builds no graph), check dtypes, devices and
@@ -251,7 +301,7 @@ class Network:
     @property
     def takes_indices(self) -> bool:
         """True when the input holds integer indices (the first layer is an embedding)."""
-        return bool(getattr(self.layers[0], "takes_indices", False))
+        return self.layers[0].takes_indices
 
     @property
     def loss_name(self) -> str:
@@ -284,19 +334,21 @@ class Network:
 
     # ---- the forward pass -----------------------------------------------------------------
     layout: Layout = TORCH
-    """How the network reads and hands back arrays (refbp.nn.layouts); any Network but an MLP
-    built with ``layout=`` uses torch's."""
+    """How the network reads X, y and dJ/da(L) and hands back gradients (refbp.nn.layouts):
+    torch's, rows of observations, for any network built from layers; the loops compute in it."""
 
     def input_from_user(self, X: object) -> Tensor:
-        """X as refbp computes with it: a tensor (from NumPy) in refbp's layout."""
+        """X as refbp computes with it: a tensor (from NumPy) turned from the network's layout
+        into refbp's (a transpose or nothing)."""
         X = check_tensor(X, "X", float_only=not self.takes_indices)
         return self.layout.from_user("X", X)
 
     def check_input(self, X: object) -> Tensor:
-        """X must be a finite tensor with the parameters' dtype and device (int64 indices for
-        an embedding), with at least one row, and a shape the first layer accepts."""
+        """X in the network's layout -> X in refbp's, checked: a finite tensor with the
+        parameters' dtype and device (int64 indices for an embedding), with at least one row, a
+        shape the first layer accepts, and a forward pass that fits in the free memory."""
         name = "X"
-        X = check_tensor(X, name, float_only=not self.takes_indices)
+        X = self.input_from_user(X)
         if X.dim() == 0 or X.shape[0] == 0:
             raise ValueError(f"{name} has an empty batch ({describe(X)}); expected N >= 1 rows")
         if self.takes_indices:
@@ -310,107 +362,159 @@ class Network:
             check_same_dtype_device(X, name, dtype=self.dtype, device=self.device)
             check_finite(X, name)
         self.layers[0].check_input(X, (1,))
-        widest = max([X[0].numel(), *(t.shape[0] for t in self.parameters().values() if t.dim() >= 1)])
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        check_fits_in_memory(
-            3 * X.shape[0] * widest * itemsize * (self.L + 1), f"a forward pass with batch {X.shape[0]}"
-        )
+        self.check_forward_memory(tuple(X.shape))
         return X.detach()
+
+    def forward_entries(self, shape: tuple[int, ...]) -> int:
+        """How many entries a forward pass and its backward pass allocate for an input of
+        ``shape``, counted layer by layer (``Layer.forward_size``) without running anything:
+        what the forward pass keeps, and as many again for the backward pass's gradients."""
+        entries = math.prod(shape)
+        for layer in self.layers:
+            shape, kept = layer.forward_size(shape)
+            entries += kept
+        return 2 * entries
+
+    def check_forward_memory(self, shape: tuple[int, ...]) -> None:
+        """Refuse, before allocating, a forward pass on an input of ``shape`` that cannot fit
+        in the free memory, naming the size it needs (refbp.nn.validation.check_fits_in_memory).
+
+        The count is remembered by shape for these very layers: a training loop runs the same
+        shapes again and again, and the walk over the layers would cost more than its step."""
+        seen = self._entries_by_shape
+        key = (shape, *map(id, self.layers))
+        entries = seen.get(key)
+        if entries is None:
+            if len(seen) > 64:  # a few shapes are reused; anything else is not worth keeping
+                seen.clear()
+            entries = seen[key] = self.forward_entries(shape)
+        itemsize = _ITEMSIZE.get(self.dtype) or torch.empty((), dtype=self.dtype).element_size()
+        what = f"a forward and backward pass on X of shape {shape} ({entries} entries of {itemsize} bytes)"
+        check_fits_in_memory(entries * itemsize, what)
 
     def forward(
         self,
-        X: Tensor,
+        X: Tensor | np.ndarray,
         *,
-        keep_intermediates: bool = True,
+        keep_intermediates: bool | None = None,
         update_stats: bool = True,
         noise: Mapping[tuple[int, ...], Tensor] | None = None,
-    ) -> Cache:
+        keep_z: bool | None = None,
+    ) -> CacheT:
         """Run every layer on X and keep what the backward pass needs.
 
         Args:
-            X: the input, (N, d_0) (or (N, ...) as the first layer accepts; int64 indices for
-                an embedding), the parameters' dtype and device.
-            keep_intermediates: keep the intermediates the teaching view shows (z(l), ...).
+            X: the input in the network's layout: (N, d_0) rows (or (N, ...) as the first
+                layer accepts; int64 indices for an embedding), the parameters' dtype and device.
+            keep_intermediates: keep the intermediates the teaching view shows (z(l), ...; the
+                default). With False a layer keeps only what its backward reads (Dense drops
+                z(l) where f' reads a(l)): the backward pass is the same, the cache smaller.
+                ``keep_z`` is the seed's older spelling of the same flag.
             update_stats: BatchNorm in training mode updates its running statistics, as torch.
             noise: dropout keep-masks by layer path, to reuse a draw; None draws new ones.
         """
-        X = self.check_input(as_tensor(X, "X"))
-        ctx = ForwardContext(keep_intermediates=keep_intermediates, update_stats=update_stats, noise=noise)
+        keep = keep_flag(keep_intermediates, keep_z, "keep_z")
+        X = self.check_input(X)
+        ctx = ForwardContext(keep_intermediates=keep, update_stats=update_stats, noise=noise)
         stack = stack_forward(self.layers, X, ctx, ())
         drawn: dict[tuple[int, ...], Tensor] = {}
         for l, layer in enumerate(self.layers, start=1):
             drawn.update(layer.noise_of(stack.saved[l], (l,)))
         return self._cache(stack.a, stack.saved, drawn)
 
-    def _cache(self, a: list[Tensor], saved: list[Any], noise: dict[tuple[int, ...], Tensor]) -> Cache:
-        return Cache(a=a, saved=saved, noise=noise)
+    def _cache(self, a: list[Tensor], saved: list[Any], noise: dict[tuple[int, ...], Tensor]) -> CacheT:
+        """The result object of a forward pass (a view of the network may present it otherwise)."""
+        return cast(CacheT, Cache(a=a, saved=saved, noise=noise))
 
     def loss(self, cache: Cache, y: object) -> Tensor:
-        """J = loss(a(L), y) + lambda/2 sum ||W||^2 (eq. 3); a 0-dim tensor."""
+        """J = loss(a(L), y) + lambda/2 sum ||W||^2 (eq. 3); a 0-dim tensor; y in the network's layout."""
         self._check_cache(cache)
-        y = self.check_targets(y, cache)
+        y = self.targets_from_user(y, cache)
         J = self.loss_fn.value(cache.y_hat, y)  # (3) J = loss(a(L), y) + lambda/2 sum ||W||^2
         if self.weight_decay:
-            J = J + 0.5 * self.weight_decay * sum(torch.sum(W * W) for W in self._decayed())
+            params = self.parameters()
+            decayed = [params[str(key)] for key in self.decayed_keys()]
+            J = J + 0.5 * self.weight_decay * sum(torch.sum(W * W) for W in decayed)
         return J
 
-    def _decayed(self) -> list[Tensor]:
+    def decayed_keys(self) -> list[Key]:
+        """The keys of the parameters weight decay applies to (each layer's ``decayed`` kinds:
+        the weights of linear maps), each once: a tied weight under its first key."""
         return [
-            t
+            Key(kind, path)
             for path, layer in self._walk()
-            for kind, t in layer.params.items()
-            if kind in layer.decayed and Key(kind, path) not in self.ties
+            for kind in layer.decayed
+            if kind in layer.params and Key(kind, path) not in self.ties
         ]
 
     # ---- the backward pass ----------------------------------------------------------------
     def backward(
-        self, cache: Cache, y: object, *, intermediates: bool = True, release_cache: bool = False
-    ) -> NetworkGradients:
+        self,
+        cache: Cache,
+        y: object,
+        *,
+        keep_intermediates: bool | None = None,
+        release_cache: bool = False,
+        intermediates: bool | None = None,
+    ) -> GradientsT:
         """Every gradient of J, by hand, from the cache.
 
         Args:
             cache: what ``forward`` returned; read, never modified (unless released).
-            y: the targets, as ``loss`` takes them.
-            intermediates: keep dJ/d(every intermediate) (the default). With False only the
-                parameters' gradients and dJ/dX are kept, each intermediate's freed once used.
+            y: the targets, as ``loss`` takes them (in the network's layout).
+            keep_intermediates: keep dJ/d(every intermediate) (the default). With False only
+                the parameters' gradients and dJ/dX are kept, each intermediate's freed once
+                used. ``intermediates`` is the older spelling of the same flag.
             release_cache: drop each cache entry after its last use, as autograd frees its
                 saved tensors; the cache cannot be used again afterwards.
         """
+        keep = keep_flag(keep_intermediates, intermediates, "intermediates")
         self._check_cache(cache)
-        y = self.check_targets(y, cache)
-        return self._backward_loss(cache, y, intermediates=intermediates, release_cache=release_cache)
+        y = self.targets_from_user(y, cache)
+        return self._backward_loss(cache, y, keep_intermediates=keep, release_cache=release_cache)
 
-    def _backward_loss(self, cache: Cache, y: Tensor, *, intermediates: bool, release_cache: bool) -> NetworkGradients:
+    def _backward_loss(self, cache: Cache, y: Tensor, *, keep_intermediates: bool, release_cache: bool) -> GradientsT:
         """``backward`` once the cache and the targets are checked."""
         # (4) dJ/da(L) = dloss/dy_hat: a fresh tensor, handed over in a list so that the loop
         # owns the only reference and can overwrite and free it like every later dJ/da(l)
         upstream = [self.loss_fn.gradient(cache.y_hat, y)]
-        return self._backward(cache, upstream, intermediates=intermediates, release_cache=release_cache, owned=True)
+        return self._backward(cache, upstream, keep=keep_intermediates, release_cache=release_cache, owned=True)
 
     def backward_from(
-        self, cache: Cache, dJ_da_L: Tensor, *, intermediates: bool = True, release_cache: bool = False
-    ) -> NetworkGradients:
-        """The backward pass from a given dJ/da(L) (the output's shape) instead of a loss.
+        self,
+        cache: Cache,
+        dJ_da_L: Tensor,
+        *,
+        keep_intermediates: bool | None = None,
+        release_cache: bool = False,
+        intermediates: bool | None = None,
+    ) -> GradientsT:
+        """The backward pass from a given dJ/da(L) (the output's shape, in the network's
+        layout) instead of a loss.
 
         This is how a gradient crosses from one network into another: when a(L) feeds
         something above it, dJ/da(L) is what that something hands down (its own dJ/dX).
         ``dJ_da_L`` itself is never modified. Options as for ``backward``."""
+        keep = keep_flag(keep_intermediates, intermediates, "intermediates")
         self._check_cache(cache)
-        if not isinstance(dJ_da_L, Tensor) or dJ_da_L.shape != cache.y_hat.shape:
+        upstream = as_tensor(dJ_da_L, "dJ_da_L")
+        if isinstance(upstream, Tensor):
+            upstream = self.layout.from_user(f"a{self.L}", upstream)
+        if not isinstance(upstream, Tensor) or upstream.shape != cache.y_hat.shape:
             got = describe(dJ_da_L) if isinstance(dJ_da_L, Tensor) else type(dJ_da_L).__name__
-            shape = str(tuple(cache.y_hat.shape)) + self._output_notation
-            raise ValueError(f"dJ_da_L must have a(L)'s shape {shape}, got {got}")
-        check_same_dtype_device(dJ_da_L, "dJ_da_L", dtype=self.dtype, device=self.device)
-        check_finite(dJ_da_L, "dJ_da_L")
-        upstream = [dJ_da_L.detach() if dJ_da_L.requires_grad else dJ_da_L]
-        return self._backward(cache, upstream, intermediates=intermediates, release_cache=release_cache, owned=False)
+            shape = self.layout.to_user(f"a{self.L}", cache.y_hat).shape
+            raise ValueError(f"dJ_da_L must have a(L)'s shape {tuple(shape)}{self.layout.output_sizes}, got {got}")
+        check_same_dtype_device(upstream, "dJ_da_L", dtype=self.dtype, device=self.device)
+        check_finite(upstream, "dJ_da_L")
+        owned = [upstream.detach() if upstream.requires_grad else upstream]
+        return self._backward(cache, owned, keep=keep, release_cache=release_cache, owned=False)
 
     def _backward(
-        self, cache: Cache, upstream: list[Tensor], *, intermediates: bool, release_cache: bool, owned: bool
-    ) -> NetworkGradients:
+        self, cache: Cache, upstream: list[Tensor], *, keep: bool, release_cache: bool, owned: bool
+    ) -> GradientsT:
         ctx = BackwardContext(
             path=(),
-            keep_intermediates=intermediates,
+            keep_intermediates=keep,
             overwrite=owned,
             need_dx=not self.takes_indices,
             weight_decay=self.weight_decay,
@@ -425,23 +529,32 @@ class Network:
             values["X"] = grads.dJ_dx  # (9) dJ/dX = dJ/da(0)
         return self._gradients(values)
 
-    def _gradients(self, values: dict[str, Tensor]) -> NetworkGradients:
-        return NetworkGradients(values, self)
-
-    _output_notation = ""
-    """How messages name the output's sizes beside their values (an MLP: " = (N, d_L)")."""
+    def _gradients(self, values: dict[str, Tensor]) -> GradientsT:
+        """The result object of a backward pass (a view of the network may present it otherwise)."""
+        return cast(GradientsT, NetworkGradients(values, self))
 
     def targets_from_user(self, y: object, cache: Cache) -> Tensor:
-        """y as refbp computes with it (a tensor, from NumPy), checked as ``check_targets`` does."""
+        """y as refbp computes with it: a tensor (from NumPy) turned from the network's layout
+        into refbp's ((d_L, N) values to (N, d_L) in "columns"), then checked as
+        ``check_targets`` does."""
+        y = as_tensor(y, "y")
+        if isinstance(y, Tensor) and not self.layout.rows and y.dim() == 2:
+            N, d_L = cache.y_hat.shape
+            if tuple(y.shape) != (d_L, N):
+                raise ValueError(f"y must have shape ({d_L}, {N}) = (d_L, N) like y_hat, got {describe(y)}")
+            y = self.layout.targets_from_user(y)
         return self.check_targets(y, cache)
 
     def check_targets(self, y: object, cache: Cache) -> Tensor:
-        """y as the loss needs it for the output a(L) in ``cache`` (refbp.nn.losses.Loss.check_targets)."""
-        return self.loss_fn.check_targets(as_tensor(y, "y"), cache.y_hat)
+        """y in refbp's layout as the loss needs it for the output a(L) in ``cache``
+        (refbp.nn.losses.Loss.check_targets)."""
+        return self.loss_fn.check_targets(as_tensor(y, "y"), cache.y_hat, rows=self.layout.named_sizes)
 
     def _check_cache(self, cache: object) -> None:
         if not isinstance(cache, Cache):
-            raise TypeError(f"cache must be what net.forward(X) returned, got {type(cache).__name__}")
+            raise TypeError(
+                f"cache must be what net.forward(X) returned (a refbp.nn.network.Cache), got {type(cache).__name__}"
+            )
         if cache.released:
             raise ValueError(
                 "cache was released by an earlier backward(..., release_cache=True); run net.forward(X) again"
@@ -470,12 +583,7 @@ class Network:
         """J by torch's own functions: the oracle of eq. (3) for the whole network."""
         J = self.torch_loss(self.torch_forward(X, p, noise, tap), y, tap)
         if self.weight_decay:
-            decayed = [
-                p(path, kind)
-                for path, layer in self._walk()
-                for kind in layer.decayed
-                if kind in layer.params and Key(kind, path) not in self.ties
-            ]
+            decayed = [p(key.layer, key.kind) for key in self.decayed_keys()]
             J = J + 0.5 * self.weight_decay * sum((W * W).sum() for W in decayed)
         return J
 
@@ -498,10 +606,9 @@ class Network:
         }
 
     # ---- conversions ----------------------------------------------------------------------
-    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> Network:
-        """A copy of this network with parameters converted (ties kept)."""
-        import copy
-
+    def to(self: NetT, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> NetT:
+        """A copy of this network, of its own class, with parameters and buffers converted to
+        ``dtype`` and/or ``device`` (ties kept)."""
         if dtype is not None and dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype={dtype!r} must be a floating torch dtype")
         target = None if device is None else resolve_device(device)
@@ -512,7 +619,7 @@ class Network:
                 if id(t) not in converted:
                     converted[id(t)] = t.to(dtype=dtype, device=target)
                 layer.params[kind] = converted[id(t)]
-            for name, buffer in getattr(layer, "buffers", dict)().items():
+            for name, buffer in layer.buffers().items():
                 setattr(layer, name, buffer.to(dtype=dtype, device=target))
         clone._dtype = dtype or clone._dtype
         clone._device = target or clone._device

@@ -5,7 +5,8 @@ gradient is the sum of both.
     dJ/dx  = dJ/dy  +  dJ/dx through F                the skip path, plus the inner stack's backward
 
 Forgetting the first term (the gradient of the skip connection) is a classic bug
-(refbp.apps.bugs). Inner layer j of the residual at layer l has path (l, j): its tensors are
+(refbp.apps.bugs). Residuals nest (a Residual inside a Residual) up to refbp.nn.stack.MAX_DEPTH
+levels, refused at construction beyond. Inner layer j of the residual at layer l has path (l, j): its tensors are
 "W3.1", "a3.2", ...; the residual's own output is "a3".
 """
 
@@ -21,7 +22,7 @@ from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .registry import convert_module as convert_child
 from .registry import register
-from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
+from .stack import StackCache, check_depth, stack_backward, stack_forward, stack_keys, stack_torch_forward
 from .validation import describe
 
 __all__ = ["Residual", "TorchResidual"]
@@ -49,11 +50,12 @@ class Residual(Layer):
             raise TypeError(
                 "Residual(...) needs one or more refbp layers: Residual(Linear(...), Elementwise('relu'), ...)"
             )
-        if any(getattr(layer, "takes_indices", False) for layer in inner):
+        if any(layer.takes_indices for layer in inner):
             raise ValueError("an Embedding cannot sit inside a Residual: its input is indices, its output vectors")
         self.inner: list[Layer] = list(inner)
         self.params = {}
         self.training = True
+        check_depth(self)  # nesting past MAX_DEPTH is refused here, before any pass recurses
 
     def sublayers(self) -> list[Layer]:
         return self.inner

@@ -1,5 +1,7 @@
-"""One loop over a stack of layers, forward and backward: used by every network and by every
-composite layer (a Residual's inner layers, a transformer block's parts).
+"""One loop over a stack of layers, forward and backward: used by every network and by the
+Residual's inner layers. (A transformer Block, refbp.nn.transformer, runs its two residual
+halves with its own short loop, because a training step there keeps only the activations some
+backward pass reads and rebuilds GELU's output, which this loop, keeping every a(l), does not.)
 
     forward:   a[0] = x;  a[l], cache[l] = layer_l.forward(a[l-1])          l = 1 .. L
     backward:  g = dJ/da[L];  for l = L .. 1:  g, dJ/dparams_l = layer_l.backward(g, a[l-1], a[l], cache[l])
@@ -22,8 +24,10 @@ from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, Params, Tap
 
 __all__ = [
+    "MAX_DEPTH",
     "StackCache",
     "StackGrads",
+    "check_depth",
     "stack_backward",
     "stack_forward",
     "stack_keys",
@@ -33,6 +37,14 @@ __all__ = [
 
 _RELEASED = torch.empty(0)
 """What a released activation holds: no data (a real a(l) always has entries)."""
+
+MAX_DEPTH = 64
+"""The deepest nesting of composite layers refbp builds (a Residual inside a Residual inside
+...; a plain layer has depth 1). The forward and backward passes of a composite layer run its
+sub-layers through this module's loops, torch's modules call their children, and copy.deepcopy
+(``Network.to``) descends the same way: each level costs a handful of Python frames (about six
+in a torch module call), and Python stops at 1000. 64 levels keep every one of those walks far
+inside that limit, and are far beyond real networks (a ResNet nests two or three)."""
 
 
 @dataclass
@@ -93,9 +105,9 @@ def stack_backward(
     for l in range(L, 0, -1):
         layer, path = layers[l - 1], (*ctx.path, l)
         # lambda W belongs to a weight once: a tied weight's other uses add only their data term
-        alias = any(Key(kind, path) in ties for kind in layer.decayed if kind in layer.params)
+        alias = bool(ties) and any(Key.at(kind, path) in ties for kind in layer.decayed if kind in layer.params)
         if ctx.keep_intermediates:
-            out.intermediates[Key("a", path)] = g
+            out.intermediates[Key.at("a", path)] = g
         layer_ctx = BackwardContext(
             path=path,
             keep_intermediates=ctx.keep_intermediates,
@@ -106,8 +118,8 @@ def stack_backward(
             release=release,
         )
         grads = layer.backward(g, cache.a[l - 1], cache.a[l], cache.saved[l], layer_ctx)
-        owned = [(Key(kind, path), value) for kind, value in grads.params.items()]
-        for key, value in [*owned, *grads.sub_params.items()]:
+        owned = [(Key.at(kind, path), value) for kind, value in grads.params.items()]
+        for key, value in [*owned, *grads.sub_params.items()] if grads.sub_params else owned:
             key = ties.get(key, key)  # a tied parameter's gradient is the sum of its uses
             out.params[key] = out.params[key] + value if key in out.params else value
         out.intermediates.update(grads.intermediates)
@@ -139,6 +151,20 @@ def stack_torch_forward(
 def stack_keys(layers: Sequence[Layer], prefix: tuple[int, ...]) -> list[Key]:
     """Every key of the stack, layer by layer (parameters, intermediates, output)."""
     return [key for l, layer in enumerate(layers, start=1) for key in layer.keys((*prefix, l))]
+
+
+def check_depth(layer: Layer) -> int:
+    """The nesting depth of ``layer`` (1 for a plain layer), or a ValueError past MAX_DEPTH.
+
+    Measured with ``walk_layers`` (iterative), so a layer tree of any depth is measured."""
+    depth = max(len(path) for path, _ in walk_layers([layer]))
+    if depth > MAX_DEPTH:
+        raise ValueError(
+            f"{layer.title} nests composite layers {depth} levels deep; refbp builds at most MAX_DEPTH = "
+            f"{MAX_DEPTH} levels (refbp.nn.stack.MAX_DEPTH: deeper nesting would exhaust Python's recursion "
+            "limit in the forward and backward passes and in torch's modules)"
+        )
+    return depth
 
 
 def walk_layers(layers: Sequence[Layer], prefix: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, ...], Layer]]:

@@ -56,8 +56,8 @@ def run_module(module: torch.nn.Sequential, layers: list[Layer], inputs: tuple[T
     masks: list[Tensor] = []
     failures: list[str] = []
     handles = []
-    for m in {id(m): m for m in twin.modules() if isinstance(m, torch.nn.RNNBase)}.values():
-        handles.append(m.register_forward_hook(_output_sequence))  # before the recording hook below
+    for rnn in {id(m): m for m in twin.modules() if isinstance(m, torch.nn.RNNBase)}.values():
+        handles.append(rnn.register_forward_hook(_output_sequence))  # before the recording hook below
     for child in {id(c): c for c in twin}.values():  # a module used twice is hooked once, heard twice
         handles.append(child.register_forward_hook(lambda m, args, out: calls.append(out.detach())))
     for m in {id(m): m for m in twin.modules() if type(m) in _DROPOUT_TYPES}.values():

@@ -300,14 +300,12 @@ def check(
         raise TypeError(f"net must be a refbp network (refbp.MLP, refbp.nn.Network), got {type(net).__name__}")
     _check_options(references, fd_mode, directions, seed, tolerance)
 
-    X_in = net.input_from_user(X)  # refbp's layout from here on; results go back to the user's
-    cache = Network.forward(net, X_in, update_stats=False, noise=noise)
-    y_in = net.targets_from_user(y, cache)
+    cache = net.forward(X, update_stats=False, noise=noise)  # X, y, grads in the network's layout
+    X_in, y_in = cache.X, net.targets_from_user(y, cache)  # refbp's layout from here on
     layout = net.layout
     sizes = {"N": int(X_in.shape[0]), "d_L": int(cache.y_hat.shape[-1])}  # what a wrong factor may be
     if grads is None:
-        own = Network.backward(net, cache, y_in).as_dict()
-        tested = {name: layout.to_user(name, g.detach()) for name, g in own.items()}
+        tested = {name: g.detach() for name, g in net.backward(cache, y).as_dict().items()}
     else:
         tested = _user_grads(grads, net.names())
     names = list(tested)
