@@ -41,6 +41,13 @@ RANK_DEADLINE = 60.0
 timeout, a few); a minute leaves room for a loaded 2-core machine and still ends a stuck test."""
 
 
+LEAVING = 4.0
+"""Seconds a rank may take, after it noticed, to leave the process group and exit (garbage
+collection, gloo's teardown): well under one on a quiet machine, up to 3.9 s seen with the
+whole suite running on 2 cores under a load average of 20. Against the default timeout of 60 s
+it is nothing; a rank that noticed only at the end of the sweep ends ~50 s after the stop."""
+
+
 @dataclass
 class RankRun:
     """What each rank did.

@@ -3,7 +3,8 @@
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int``. Exit codes: 0 all good, 1 a check failed, 2 bad usage (one ``error:``
 line on stderr naming the option or key, its value and what was expected; no traceback),
-3 a rank of a torchrun job died or hung (the line names it; refbp.apps.ranks), 130
+3 a rank of a torchrun job died, stopped, failed or hung, or torchrun stopped this one because
+another did (the line names it; refbp.apps.ranks), 130
 interrupted (Ctrl-C), 143 terminated (SIGTERM). Interrupted or terminated at any moment, even
 while torch is being imported, the command prints one line and leaves no temporary files, and
 the report files it writes change as a set or not at all (refbp.apps.io).

@@ -68,6 +68,8 @@ class Heartbeat:
         rank's failure in one line, which the others then name."""
         self._stopping.set()
         self._thread.join(timeout=self.interval + 1.0)
+        if self._thread.is_alive():  # stuck in a call to a store that does not answer: another
+            return  # call would wait its full timeout, and nobody would hear it
         try:
             if failure is None:
                 self.store.set(self.key(f"left/{self.rank}"), "done")
