@@ -232,6 +232,12 @@ class Layer(ABC):
         follows the convention, so finite differences do not perturb those entries."""
         return {}
 
+    def row_map(self) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Pieces | None] | None:
+        """(W, b, f, f's pieces) when this layer is a = f(x W^T + b) with f elementwise and
+        torch's own (Dense), each row of the batch on its own; None otherwise. A network of
+        such layers only gets the structured finite-difference path (refbp.verify.fd_mlp)."""
+        return None
+
     # ---- the manual path ---------------------------------------------------------------------
     @abstractmethod
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Any]:
