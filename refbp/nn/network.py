@@ -30,6 +30,7 @@ from .keys import Key, sort_names
 from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
 from .layouts import TORCH, Layout
 from .losses import Loss, get_loss
+from .noise import check_noise
 from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
 from .validation import (
     FLOAT_DTYPES,
@@ -332,6 +333,7 @@ class Network:
             noise: dropout keep-masks by layer path, to reuse a draw; None draws new ones.
         """
         X = self.check_input(as_tensor(X, "X"))
+        check_noise(self.layers, noise)
         ctx = ForwardContext(keep_intermediates=keep_intermediates, update_stats=update_stats, noise=noise)
         stack = stack_forward(self.layers, X, ctx, ())
         drawn: dict[tuple[int, ...], Tensor] = {}
