@@ -176,3 +176,16 @@ def test_every_gradient_failing_names_batchnorms_variance_convention_when_there_
     wrong = {name: 1.5 * value for name, value in grads.items()}
     message = refbp.check(net, X, y, grads=wrong).failure_message()
     assert ALL_FAIL in message and "variance" in message and "BatchNorm1d" in message
+
+
+def test_masks_given_for_some_dropout_layers_only_name_the_others() -> None:
+    g = torch.Generator().manual_seed(7)
+    W1, W2 = torch.randn(6, 4, dtype=torch.float64, generator=g), torch.randn(2, 6, dtype=torch.float64, generator=g)
+    net = Network([Linear(W1, None), Dropout(0.5, seed=1), Elementwise("tanh"), Dropout(0.5, seed=2), Linear(W2, None)],
+                  "mse")  # fmt: skip
+    X, y = _point()
+    cache = net.forward(X)
+    grads = net.backward(cache, y).as_dict()
+    assert refbp.check(net, X, y, grads=grads, noise=cache.noise).passed
+    message = refbp.check(net, X, y, grads=grads, noise={(2,): cache.noise[(2,)]}).failure_message()
+    assert NOISE_WORDS in message and "noise= has none for [(4,)]" in message

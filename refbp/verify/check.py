@@ -136,7 +136,7 @@ def check(
     )
     if not result.passed:
         hints = [
-            noise_note(net) if noise is None and grads is not None else "",  # the likelier cause, first
+            noise_note(net, noise) if grads is not None else "",  # the likelier cause, first
             all_fail_note(net, result.tensors, J_given=J is not None),
             *(kink_hints(net, cache) if any(row.verdict == "mismatch" for row in rows) else []),
         ]

@@ -168,15 +168,16 @@ def kink_hints(net: Network, cache: Any) -> list[str]:
     return hints
 
 
-def noise_note(net: Network) -> str:
-    """Why every gradient of a network with dropout in training mode may fail when checked
-    without ``noise=``: the references ran with masks refbp drew, not the gradients' own."""
-    drawing = noise_layers(net.layers)
-    if not drawing:
+def noise_note(net: Network, given: Mapping[tuple[int, ...], Tensor] | None) -> str:
+    """Why the gradients of a network with dropout in training mode may fail when checked
+    without (all) their masks: the references ran with masks refbp drew, not the gradients' own."""
+    drawn = {path: layer for path, layer in noise_layers(net.layers).items() if given is None or path not in given}
+    if not drawn:
         return ""
-    where = ", ".join(f"{path} {layer.describe()}" for path, layer in drawing.items())
+    where = ", ".join(f"{path} {layer.describe()}" for path, layer in drawn.items())
+    which = "none were given" if not given else f"noise= has none for {sorted(drawn)}"
     return (
-        f"the network draws dropout masks in training mode ({where}) and none were given: refbp drew its own "
+        f"the network draws dropout masks in training mode ({where}) and {which}: refbp drew its own "
         "dropout masks; pass the masks your gradients used as noise= (refbp's own: cache.noise; a torch "
         "module's: refbp.capture_noise(module, *inputs)), or check in eval mode"
     )
