@@ -189,3 +189,10 @@ def test_masks_given_for_some_dropout_layers_only_name_the_others() -> None:
     assert refbp.check(net, X, y, grads=grads, noise=cache.noise).passed
     message = refbp.check(net, X, y, grads=grads, noise={(2,): cache.noise[(2,)]}).failure_message()
     assert NOISE_WORDS in message and "noise= has none for [(4,)]" in message
+
+
+def test_a_failure_without_a_hint_adds_no_hints_key_to_the_json() -> None:
+    net, X, y = _mlp_point()
+    grads = net.backward(net.forward(X), y).as_dict()
+    result = refbp.check(net, X, y, grads={"W1": 2 * grads["W1"]})
+    assert not result.passed and "hints" not in result.to_dict()
