@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from .nn.network import Network
-from .verify.check import CheckResult, _as_tensor, check
+from .verify.check import CheckResult, check
 from .verify.compare import compare
+from .verify.inputs import as_tensor
 from .verify.tolerances import Tolerance, least_precise, tolerance_for
 
 __all__ = ["assert_gradients_close", "assert_gradients_correct"]
@@ -60,8 +61,8 @@ def assert_gradients_close(
         raise TypeError(
             f"tolerance={tolerance!r} must be a Tolerance(rtol=..., atol=...), got {type(tolerance).__name__}"
         )
-    got = {name: _as_tensor(actual[name], f"actual[{name!r}]") for name in expected}
-    want = {name: _as_tensor(expected[name], f"expected[{name!r}]") for name in expected}
+    got = {name: as_tensor(actual[name], f"actual[{name!r}]") for name in expected}
+    want = {name: as_tensor(expected[name], f"expected[{name!r}]") for name in expected}
     if tolerance is None:
         tolerance = tolerance_for(
             least_precise([t.dtype for t in got.values() if t.is_floating_point()], torch.float64)

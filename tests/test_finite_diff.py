@@ -7,10 +7,13 @@ import pytest
 import torch
 
 import refbp
+from refbp.nn.layers import Elementwise, Linear
+from refbp.nn.network import Network
 from refbp.verify.cases import CaseSpec
-from refbp.verify.fd_mlp import mlp_finite_differences
+from refbp.verify.fd_mlp import has_row_structure, mlp_finite_differences
+from refbp.verify.fd_network import oracle_finite_differences
 from refbp.verify.finite_diff import random_directions
-from refbp.verify.reference import autograd_gradients, torch_loss
+from refbp.verify.reference import autograd_gradients, oracle_point, torch_loss
 from refbp.verify.tolerances import FD_STEP
 
 
@@ -93,3 +96,43 @@ def test_directional_mode_excludes_directions_that_cross_a_kink() -> None:
     net, X, y = _relu_net_on_a_kink()
     fd = mlp_finite_differences(net, X, y, ["b1", "W2"], mode="directional", directions=4)
     assert fd["b1"].excluded.all() and not fd["W2"].excluded.any()
+
+
+# ---- one core under two paths, dispatched by the layer protocol --------------------------------
+def test_structured_and_general_paths_give_the_same_differences() -> None:
+    case = CaseSpec(
+        dims=(3, 4, 2), activations=("tanh", "identity"), loss="mse", seed=9, batch=4, weight_decay=0.1
+    ).build()
+    net, X, y = case.net, case.X, case.y
+    assert has_row_structure(net)
+    names = ["W1", "b1", "z1", "a1", "W2", "X"]
+    X64, y64, noise64 = oracle_point(net, X, y, {}, dtype=torch.float64, device="cpu")
+    for mode in ("full", "directional"):
+        sigma = dict.fromkeys(names, 0.0)
+        structured = mlp_finite_differences(net, X, y, names, mode=mode, directions=3, seed=1, sigma=sigma, fixed={})
+        general = oracle_finite_differences(
+            net, X64, y64, noise64, names, mode=mode, directions=3, seed=1, sigma=sigma, fixed={}
+        )
+        for name in names:
+            torch.testing.assert_close(structured[name].values, general[name].values, rtol=1e-7, atol=1e-9)
+
+
+def test_only_networks_whose_every_layer_has_row_structure_take_the_structured_path() -> None:
+    net = refbp.MLP.random([3, 4, 2], activations=["tanh", "identity"], loss="mse", seed=0, dtype=torch.float64)
+    assert all(layer.row_map() is not None for layer in net.layers) and has_row_structure(net)
+    W = torch.ones(2, 3, dtype=torch.float64)
+    assert not has_row_structure(Network([Linear(W, None), Elementwise("tanh")], "mse"))
+
+
+def test_tied_mlp_weights_are_moved_together_not_by_the_structured_path() -> None:
+    """W(2) is W(1): the structured path would move one use only (a false alarm before)."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(3, 3, dtype=torch.float64, generator=g)
+    b1, b2 = torch.randn(3, dtype=torch.float64, generator=g), torch.randn(3, dtype=torch.float64, generator=g)
+    net = refbp.MLP.from_params(weights=[W, W], biases=[b1, b2], activations=["tanh", "identity"], loss="mse")
+    X, y = torch.randn(4, 3, dtype=torch.float64, generator=g), torch.randn(4, 3, dtype=torch.float64, generator=g)
+    assert net.ties and not has_row_structure(net)
+    result = refbp.check(net, X, y, references=("fd",))
+    assert result.passed, result.failure_message()
+    grads = net.backward(net.forward(X), y).as_dict()
+    assert not refbp.check(net, X, y, grads={**grads, "W1": grads["W1"] * 1.01}, references=("fd",)).passed

@@ -17,7 +17,7 @@ numbers (1)-(9) are those of the README, docs/equations.md and ``refbp explain``
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -70,6 +70,10 @@ class Dense(Layer):
         if not self.activation.kinked or not isinstance(cache, Tensor) or self.activation.pieces is None:
             return {}
         return {Key("z", path): cache == self.activation.pieces.boundaries[0]}
+
+    def row_map(self) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Pieces | None]:
+        """(W, b, f, pieces): eqs. (1)-(2), row by row, with f by torch's own function."""
+        return self.params["W"], self.params["b"], self.activation.torch_fn, self.activation.pieces
 
     @property
     def pieces(self) -> Pieces | None:

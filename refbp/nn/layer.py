@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -251,6 +251,12 @@ class Layer(ABC):
     def output_range(self) -> tuple[float, float] | None:
         """[low, high] that holds every output entry whatever the input (a sigmoid's [0, 1]), or
         None when not bounded or not known: a loss defined only on a range (bce) asks the last layer."""
+        return None
+
+    def row_map(self) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Pieces | None] | None:
+        """(W, b, f, f's pieces) when this layer is a = f(x W^T + b) with f elementwise and
+        torch's own (Dense), each row of the batch on its own; None otherwise. A network of
+        such layers only gets the structured finite-difference path (refbp.verify.fd_mlp)."""
         return None
 
     # ---- the manual path ---------------------------------------------------------------------

@@ -38,6 +38,7 @@ from .keys import Key, sort_names
 from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
 from .layouts import TORCH, Layout
 from .losses import Loss, check_output_range, get_loss
+from .noise import check_noise
 from .sequential import torch_modules_in_mode
 from .stack import StackCache, check_depth, stack_backward, stack_forward, stack_keys, stack_torch_forward, walk_layers
 from .validation import (
@@ -415,6 +416,7 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         """
         keep = keep_flag(keep_intermediates, keep_z, "keep_z")
         X = self.check_input(X)
+        check_noise(self.layers, noise)
         ctx = ForwardContext(keep_intermediates=keep, update_stats=update_stats, noise=noise)
         stack = stack_forward(self.layers, X, ctx, ())
         drawn: dict[tuple[int, ...], Tensor] = {}

@@ -1,8 +1,9 @@
 """Finite differences for MLPs, fast: the layer and row structure of eq. (1) does most of the work.
 
-Same differences as refbp.verify.finite_diff (steps, the +2h evaluation for the error estimate,
-excluded pieces), for networks of Dense layers only, evaluated with the same oracle functions
-(torch.nn.functional.linear and each activation's ``torch_fn``, the loss's ``torch_fn``), but
+The same differences as every path (refbp.verify.fd_core: steps, moves, the +2h evaluation for
+the error estimate, excluded pieces, chunks), for networks whose every layer is a = f(x W^T + b)
+row by row (``Layer.row_map``: Dense), evaluated with the same oracle functions
+(torch.nn.functional.linear, each activation's ``torch_fn``, the loss's ``torch_fn``), but
 arranged so that no perturbed copy runs the whole network:
 
 - perturbing W(l)[j, k] (or b(l)[j]) only adds delta * a(l-1)[:, k] (or delta) to column j of
@@ -11,40 +12,42 @@ arranged so that no perturbed copy runs the whole network:
 - perturbing entry (n, k) of X, z(l) or a(l) only changes row n of every later layer: the
   observations of a batch go through an MLP independently (``run_rows_from``).
 
-P perturbed copies run as one batched pass (P, N, d), chunked to bound memory.
+P perturbed copies run as one batched pass (P, N, d); this module only says how to evaluate
+them (an evaluator per tensor), fd_core moves the entries and chunks the copies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..nn.activations import Activation
-from ..nn.dense import Dense
 from ..nn.network import Network
-from .finite_diff import (
+from ..nn.pieces import Pieces
+from .fd_core import (
     CHUNK_BYTES,
     MOVES,
+    EntryEvaluator,
     FDResult,
+    Fixed,
+    MoveEvaluator,
     PieceRecorder,
     PieceWatcher,
-    combine_evaluations,
-    moves,
+    directional_differences,
+    full_differences,
     random_directions,
-    steps,
 )
-from .tolerances import FD_STEP
 
-__all__ = ["is_plain_mlp", "mlp_finite_differences"]
+__all__ = ["has_row_structure", "mlp_finite_differences"]
 
 
-def is_plain_mlp(net: Network) -> bool:
-    """True for a network of Dense layers only: observations independent, layers as eq. (1)."""
-    return all(type(layer) is Dense for layer in net.layers)
+def has_row_structure(net: Network) -> bool:
+    """True when every layer is a = f(x W^T + b) row by row (``Layer.row_map``) and no
+    parameter is tied: observations independent, layers as eqs. (1)-(2), each W moved alone."""
+    return bool(net.layers) and not net.ties and all(layer.row_map() is not None for layer in net.layers)
 
 
 @dataclass
@@ -61,10 +64,12 @@ class _Network64:
     def __init__(self, net: Network, X: Tensor, y: Tensor) -> None:
         # float64 on the CPU whatever the network's dtype and device: the reference is the same
         # everywhere, and float16/bfloat16/CUDA networks are checked against it as they are.
-        layers = [layer for layer in net.layers if isinstance(layer, Dense)]
-        self.Ws = [layer.W.detach().to(device="cpu", dtype=torch.float64) for layer in layers]
-        self.bs = [layer.b.detach().to(device="cpu", dtype=torch.float64) for layer in layers]
-        self.acts: list[Activation] = [layer.activation for layer in layers]
+        maps = [layer.row_map() for layer in net.layers]
+        parts = [m for m in maps if m is not None]
+        self.Ws = [W.detach().to(device="cpu", dtype=torch.float64) for W, _, _, _ in parts]
+        self.bs = [b.detach().to(device="cpu", dtype=torch.float64) for _, b, _, _ in parts]
+        self.fs: list[Callable[[Tensor], Tensor]] = [f for _, _, f, _ in parts]
+        self.pieces: list[Pieces | None] = [pieces for _, _, _, pieces in parts]
         self.net = net
         self.weight_decay = float(net.weight_decay)
         self.y = y.detach().to(device="cpu", dtype=torch.float64) if y.is_floating_point() else y.detach().cpu()
@@ -74,10 +79,10 @@ class _Network64:
         self.z: list[Tensor] = [self.a[0]]
         self.regions: list[Tensor | None] = [None]
         for i in range(1, self.L + 1):
-            act = self.acts[i - 1]
+            pieces = self.pieces[i - 1]
             self.z.append(F.linear(self.a[i - 1], self.Ws[i - 1], self.bs[i - 1]))  # (1), torch.nn.Linear's op
-            self.a.append(act.torch_fn(self.z[i]))  # (2) by torch's own function
-            self.regions.append(act.pieces.region_of(self.z[i]) if act.pieces is not None else None)
+            self.a.append(self.fs[i - 1](self.z[i]))  # (2) by torch's own function
+            self.regions.append(pieces.region_of(self.z[i]) if pieces is not None else None)
         self.loss_base = PieceRecorder()
         J_data = float(net.torch_loss(self.a[-1], self.y, self.loss_base))
         self.wd_base = sum(float((W * W).sum()) for W in self.Ws)
@@ -95,7 +100,7 @@ class _Network64:
 
     def crossed_at(self, i: int, z: Tensor, base: Tensor) -> Tensor:
         """(P,) True where a copy's z(i) sits in another piece of f_i than ``base`` (z(i) at the base point)."""
-        pieces = self.acts[i - 1].pieces
+        pieces = self.pieces[i - 1]
         if pieces is None:
             return torch.zeros(z.shape[0], dtype=torch.bool)
         return (pieces.region_of(z) != base).reshape(z.shape[0], -1).any(dim=1)
@@ -112,7 +117,7 @@ class _Network64:
             region = self.regions[i]
             if region is not None:
                 crossed |= self.crossed_at(i, state, region)
-            state = self.acts[i - 1].torch_fn(state)  # (2) a(i)   (P, N, d_i)
+            state = self.fs[i - 1](state)  # (2) a(i)   (P, N, d_i)
         out = self.loss(state)
         return _Evaluated(out.J, out.crossed | crossed)
 
@@ -123,12 +128,11 @@ class _Network64:
         Only column j of a(layer) changes, so by eq. (1) z(layer+1) moves by the outer product
         (change of that column) W(layer+1)[:, j]^T: no matrix product is needed at layer+1."""
         P, N = z_col.shape
-        act = self.acts[layer - 1]
         crossed = torch.zeros(P, dtype=torch.bool)
         region = self.regions[layer]
         if region is not None:
             crossed = self.crossed_at(layer, z_col, region.T[j])
-        a_col = act.torch_fn(z_col)  # (P, N) column j of a(layer), one per copy
+        a_col = self.fs[layer - 1](z_col)  # (P, N) column j of a(layer), one per copy
         if layer == self.L:  # the output itself: copy y_hat and replace column j
             y_hat = self.a[layer].expand(P, N, -1).clone()  # (P, N, d_L)
             y_hat[torch.arange(P), :, j] = a_col
@@ -156,7 +160,7 @@ class _Network64:
             region = self.regions[i]
             if region is not None:
                 crossed |= self.crossed_at(i, state, region[n])
-            state = self.acts[i - 1].torch_fn(state)  # (2) row n of a(i)   (P, d_i)
+            state = self.fs[i - 1](state)  # (2) row n of a(i)   (P, d_i)
         y_hat = self.a[-1].expand(P, *self.a[-1].shape).clone()  # (P, N, d_L)
         y_hat[torch.arange(P), n] = state
         out = self.loss(y_hat)
@@ -173,28 +177,34 @@ def mlp_finite_differences(
     directions: int = 8,
     seed: int = 0,
     sigma: Mapping[str, float] | None = None,
+    fixed: Mapping[str, Fixed] | None = None,
 ) -> dict[str, FDResult]:
-    """Finite differences of J for the tensors named (keys as in Gradients.as_dict()).
+    """Finite differences of J for the tensors named (keys as in ``as_dict()``), for a network
+    with ``has_row_structure``.
 
     Args:
         mode: "full" (every entry) or "directional" (``directions`` random signed vectors).
         seed: seeds the directions; the same seed gives the same directions.
         sigma: name -> how far rounding may move one evaluation of J with that tensor moved
-            (finite_diff.evaluation_noise); none given, 0.
+            (fd_core.evaluation_noise); none given, 0.
+        fixed: name -> entries not to move (fd_core.Fixed); none given, none.
     """
     net64 = _Network64(net, X, y)
     N = X.shape[0]
     width = max([X.shape[1], *(W.shape[0] for W in net64.Ws)])
-    chunk = max(1, CHUNK_BYTES // (2 * 8 * N * width * len(MOVES)))  # perturbations per batch
+    chunk = len(MOVES) * max(1, CHUNK_BYTES // (2 * 8 * N * width * len(MOVES)))  # perturbed copies per batch
     out: dict[str, FDResult] = {}
     for offset, name in enumerate(names):
         kind, layer = name[0], (0 if name == "X" else int(name[1:]))
         base = _tensor_of(net64, kind, layer)
+        noise = (sigma or {}).get(name, 0.0)
         if mode == "full":
-            out[name] = _full(net64, kind, layer, base, chunk, (sigma or {}).get(name, 0.0))
+            evaluate = _entry_evaluator(net64, kind, layer, base)
+            out[name] = full_differences(evaluate, base, net64.J, chunk, noise, (fixed or {}).get(name))
         else:
             V = random_directions(tuple(base.shape), directions, seed=seed + 1009 * offset)
-            out[name] = _directional(net64, kind, layer, base, V, chunk, (sigma or {}).get(name, 0.0))
+            move = _move_evaluator(net64, kind, layer, base)
+            out[name] = directional_differences(move, base, V, net64.J, chunk, noise, (fixed or {}).get(name))
     return out
 
 
@@ -213,56 +223,40 @@ def _decay(net64: _Network64, change: Tensor) -> Tensor:
     return 0.5 * net64.weight_decay * (net64.wd_base + change)
 
 
-def _full(net64: _Network64, kind: str, layer: int, base: Tensor, chunk: int, sigma: float) -> FDResult:
-    """Full mode: each entry moved by +h, -h, +2h and -2h, 4P perturbed copies per batch.
+def _entry_evaluator(net64: _Network64, kind: str, layer: int, base: Tensor) -> EntryEvaluator:
+    """J for copies that each move one entry of the tensor (full mode).
 
     No copy runs the whole network: moving W(l)[j, k] or b(l)[j] changes only column j of
     z(l) (``run_from_column``), and moving entry (n, k) of X, z(l) or a(l) changes only row n
     of every later layer (``run_rows_from``)."""
-    n = base.numel()
-    h_up, h_down = steps(base.reshape(-1))  # (n,)
-    values = torch.empty(n, dtype=torch.float64)
-    error = torch.empty(n, dtype=torch.float64)
-    excluded = torch.zeros(n, dtype=torch.bool)
     width = base.shape[-1]  # d_{l-1} for W(l), d_l for z(l), a(l); 1 entry per row for b(l)
-    for start in range(0, n, chunk):
-        idx = torch.arange(start, min(start + chunk, n))
-        P = idx.numel()
-        steps_p = moves(h_up[idx], h_down[idx])  # (4P,)  +h, -h, +2h, -2h
-        entries = idx.repeat(len(MOVES))  # (4P,) flat index of the entry moved in each copy
+
+    def evaluate(entries: Tensor, steps_p: Tensor) -> tuple[Tensor, Tensor]:  # (P,) flat indices, (P,) moves
         if kind == "W":  # W(l)[j, k]: by (1), column j of z(l) moves by step * a(l-1)[:, k]
             j, k = entries // width, entries % width
-            z_col = net64.z[layer].T[j] + steps_p.unsqueeze(1) * net64.a[layer - 1].T[k]  # (4P, N)
+            z_col = net64.z[layer].T[j] + steps_p.unsqueeze(1) * net64.a[layer - 1].T[k]  # (P, N)
             ev = net64.run_from_column(layer, j, z_col)
             w = base.reshape(-1)[entries]  # ||W + delta||^2 - ||W||^2 = 2 w delta + delta^2
-            J = ev.J + _decay(net64, 2 * w * steps_p + steps_p * steps_p)
-        elif kind == "b":  # b(l)[j]: by (1), column j of z(l) moves by the step itself
-            z_col = net64.z[layer].T[entries] + steps_p.unsqueeze(1)  # (4P, N)
+            return ev.J + _decay(net64, 2 * w * steps_p + steps_p * steps_p), ev.crossed
+        if kind == "b":  # b(l)[j]: by (1), column j of z(l) moves by the step itself
+            z_col = net64.z[layer].T[entries] + steps_p.unsqueeze(1)  # (P, N)
             ev = net64.run_from_column(layer, entries, z_col)
-            J = ev.J + _decay(net64, torch.zeros_like(steps_p))
-        else:  # entry (n, k) of X, z(l) or a(l): only row n of that tensor moves
-            rows, k = entries // width, entries % width
-            moved = base[rows].clone()  # (4P, width) row n of the tensor, one per copy
-            moved[torch.arange(4 * P), k] += steps_p
-            ev = net64.run_rows_from(layer, rows, Z=moved) if kind == "z" else net64.run_rows_from(layer, rows, A=moved)
-            J = ev.J + _decay(net64, torch.zeros_like(steps_p))
-        values[idx], error[idx] = combine_evaluations(J.reshape(4, P), h_up[idx], h_down[idx], sigma)
-        excluded[idx] = ev.crossed.reshape(4, P).any(dim=0)
-    shape = base.shape
-    return FDResult(values.reshape(shape), error.reshape(shape), excluded.reshape(shape), None, net64.J)
+            return ev.J + _decay(net64, torch.zeros_like(steps_p)), ev.crossed
+        # entry (n, k) of X, z(l) or a(l): only row n of that tensor moves
+        rows, k = entries // width, entries % width
+        moved = base[rows].clone()  # (P, width) row n of the tensor, one per copy
+        moved[torch.arange(entries.numel()), k] += steps_p
+        ev = net64.run_rows_from(layer, rows, Z=moved) if kind == "z" else net64.run_rows_from(layer, rows, A=moved)
+        return ev.J + _decay(net64, torch.zeros_like(steps_p)), ev.crossed
+
+    return evaluate
 
 
-def _directional(
-    net64: _Network64, kind: str, layer: int, base: Tensor, V: Tensor, chunk: int, sigma: float
-) -> FDResult:
-    k = V.shape[0]
-    h = FD_STEP * max(1.0, float(base.abs().max()) if base.numel() else 1.0)
-    J = torch.empty(4 * k, dtype=torch.float64)
-    crossed = torch.zeros(4 * k, dtype=torch.bool)
-    deltas = torch.cat([s * h * V for s in MOVES])  # (4k, *shape)
-    for start in range(0, 4 * k, chunk):
-        sl = slice(start, min(start + chunk, 4 * k))
-        delta = deltas[sl]
+def _move_evaluator(net64: _Network64, kind: str, layer: int, base: Tensor) -> MoveEvaluator:
+    """J for copies that each move the whole tensor by a delta (directional mode): only layer
+    l onwards runs."""
+
+    def evaluate(delta: Tensor) -> tuple[Tensor, Tensor]:  # (P, *shape)
         change = torch.zeros(delta.shape[0], dtype=torch.float64)
         if kind == "W":  # z(l) + a(l-1) dW^T: only layer l onwards changes
             flat = delta.reshape(delta.shape[0], -1)
@@ -274,9 +268,6 @@ def _directional(
             ev = net64.run_from(layer, Z=net64.z[layer] + delta)
         else:  # "a" or "X"
             ev = net64.run_from(layer, A=net64.a[layer] + delta)
-        J[sl] = ev.J + _decay(net64, change)
-        crossed[sl] = ev.crossed
-    h_k = torch.full((k,), h, dtype=torch.float64)
-    values, error = combine_evaluations(J.reshape(4, k), h_k, h_k, sigma)
-    excluded = crossed.reshape(4, k).any(dim=0)
-    return FDResult(values, error, excluded, V, net64.J)
+        return ev.J + _decay(net64, change), ev.crossed
+
+    return evaluate

@@ -1,0 +1,61 @@
+"""How much a gradient may differ from float64 at this point through rounding alone: the
+allowance ``check`` adds to the tolerance where a point is ill-conditioned
+(refbp.verify.tolerances.CONDITIONING_SAFETY says why and by how much).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ..nn.network import Network
+from .reference import autograd_gradients
+from .tolerances import CONDITIONING_PROBES, CONDITIONING_SAFETY
+
+__all__ = ["conditioning_allowance"]
+
+
+def conditioning_allowance(
+    net: Network,
+    X: Tensor,
+    y: Tensor,
+    noise: Mapping[tuple[int, ...], Tensor],
+    dtype: torch.dtype,
+    names: list[str],
+    seed: int,
+) -> dict[str, float]:
+    """name -> the allowance for this point's conditioning (tolerances.CONDITIONING_SAFETY):
+    CONDITIONING_SAFETY x the largest change of the float64 gradient when every parameter, the
+    input, and every intermediate and its gradient on the way back, moves by one rounding of
+    ``dtype``; or (below float64) of torch's own autograd in ``dtype`` against float64,
+    whichever is larger. Where a gradient is a sum of large terms that cancel (a bias feeding a
+    BatchNorm, which ignores shifts), the rounding of the terms sets its attainable accuracy,
+    not the size of the result."""
+    eps = float(torch.finfo(dtype).eps)
+    _, high = autograd_gradients(net, X, y, dtype=torch.float64, noise=noise)
+    runs = []
+    generator = torch.Generator().manual_seed(seed)
+
+    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u ~ U(-1, 1): a rounding of dtype, or less
+        if not t.is_floating_point():
+            return t
+        u = torch.rand(t.shape, dtype=torch.float64, generator=generator).mul_(2.0).sub_(1.0)
+        return t.detach().to(torch.float64) * (1.0 + eps * u.to(t.device))
+
+    for _ in range(CONDITIONING_PROBES):
+        params = {key: rounded(t) for key, t in net.oracle_params(dtype=torch.float64).items()}
+        probe = autograd_gradients(
+            net, rounded(X), y, dtype=torch.float64, noise=noise, params=params, rounding=eps, generator=generator
+        )
+        runs.append(probe[1])
+    if dtype != torch.float64 and net.dtype != torch.float64:
+        runs.append(autograd_gradients(net, X, y, dtype=dtype, noise=noise)[1])
+    out = {}
+    for name in names:
+        gaps = [(run[name].double() - high[name]).abs() for run in runs if name in run and name in high]
+        finite = [gap[torch.isfinite(gap)] for gap in gaps]
+        largest = max((float(gap.max()) for gap in finite if gap.numel()), default=0.0)
+        out[name] = CONDITIONING_SAFETY * largest
+    return out

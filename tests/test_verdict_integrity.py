@@ -1,0 +1,198 @@
+"""Verdict integrity on the newer surfaces (issue 16): a gradient convention is part of the
+reference (Embedding's padding row), a dropout network checked without its masks says why it
+fails, bad ``noise=`` entries are refused, and a check where every gradient fails says what
+that usually means."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import refbp
+from refbp.nn.layers import BatchNorm1d, Dropout, Elementwise, Embedding, Flatten, Linear
+from refbp.nn.network import Network
+
+V, D, T, N, C = 7, 3, 4, 5, 3  # vocabulary, embedding width, tokens per row, rows, classes
+
+
+def _tokens(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) int64 tokens in which the padding token 0 appears, and (N,) class targets."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, V, (N, T), generator=g)
+    idx[:, 0] = 0  # every row starts with the padding token: its row of E is read
+    return idx, torch.randint(0, C, (N,), generator=g)
+
+
+def _embedding_net() -> Network:
+    g = torch.Generator().manual_seed(1)
+    E = torch.randn(V, D, dtype=torch.float64, generator=g)
+    W = torch.randn(C, T * D, dtype=torch.float64, generator=g)
+    return Network([Embedding(E, padding_idx=0), Flatten(), Linear(W, torch.zeros(C, dtype=torch.float64))],
+                   "cross_entropy")  # fmt: skip
+
+
+def _converted_embedding_net() -> Network:
+    torch.manual_seed(2)
+    module = nn.Sequential(nn.Embedding(V, D, padding_idx=0), nn.Flatten(), nn.Tanh(), nn.Linear(T * D, C))
+    return refbp.from_torch(module.double(), loss="cross_entropy")
+
+
+@pytest.mark.parametrize("build", [_embedding_net, _converted_embedding_net], ids=["direct", "from_torch"])
+@pytest.mark.parametrize("fd_mode", ["full", "directional"])
+def test_padding_row_gradient_zero_by_convention_passes_against_finite_differences(
+    build: Callable[[], Network], fd_mode: str
+) -> None:
+    net = build()
+    idx, y = _tokens()
+    result = refbp.check(net, idx, y, fd_mode=fd_mode)
+    assert result.passed, result.failure_message()
+    E_rows = [row for row in result.rows if row.name == "E1"]
+    assert {row.reference for row in E_rows} == {"autograd", f"fd-{fd_mode}"}
+
+
+@pytest.mark.parametrize("build", [_embedding_net, _converted_embedding_net], ids=["direct", "from_torch"])
+@pytest.mark.parametrize("fd_mode", ["full", "directional"])
+def test_nonzero_padding_row_gradient_fails_against_finite_differences_alone(
+    build: Callable[[], Network], fd_mode: str
+) -> None:
+    net = build()
+    idx, y = _tokens()
+    grads = net.backward(net.forward(idx), y).as_dict()
+    true_derivative = refbp.check(net, idx, y, references=("fd",), fd_mode="full")  # sanity: it passes
+    assert true_derivative.passed
+    wrong = {**grads, "E1": grads["E1"].clone()}
+    wrong["E1"][0] += 0.5  # the padding row gets a gradient torch defines as zero
+    result = refbp.check(net, idx, y, grads=wrong, references=("fd",), fd_mode=fd_mode)
+    assert not result.passed
+    assert [row.name for row in result.failures] == ["E1"]
+    assert not refbp.check(net, idx, y, grads=wrong).passed  # and with both references
+
+
+# ---- dropout without its masks ---------------------------------------------------------------
+def _dropout_net() -> Network:
+    g = torch.Generator().manual_seed(3)
+    W1, W2 = torch.randn(6, 4, dtype=torch.float64, generator=g), torch.randn(2, 6, dtype=torch.float64, generator=g)
+    return Network([Linear(W1, None), Elementwise("tanh"), Dropout(0.5, seed=11), Linear(W2, None)], "mse")
+
+
+def _point() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(8, 4, dtype=torch.float64, generator=g), torch.randn(8, 2, dtype=torch.float64, generator=g)
+
+
+NOISE_WORDS = "refbp drew its own dropout masks; pass the masks your gradients used as noise="
+
+
+def test_dropout_network_checked_without_its_masks_says_why_it_fails() -> None:
+    net, (X, y) = _dropout_net(), _point()
+    cache = net.forward(X)
+    grads = net.backward(cache, y).as_dict()  # computed with this forward's masks
+    result = refbp.check(net, X, y, grads=grads)  # check draws others
+    assert not result.passed
+    assert NOISE_WORDS in result.failure_message()
+    assert "capture_noise" in result.failure_message()
+    assert refbp.check(net, X, y, grads=grads, noise=cache.noise).passed
+
+
+def test_dropout_hint_is_absent_when_the_masks_were_given_or_there_is_no_dropout() -> None:
+    net, (X, y) = _dropout_net(), _point()
+    cache = net.forward(X)
+    grads = net.backward(cache, y).as_dict()
+    wrong = {**grads, "W1": 2 * grads["W1"]}
+    message = refbp.check(net, X, y, grads=wrong, noise=cache.noise).failure_message()
+    assert "W1" in message and NOISE_WORDS not in message
+    net.eval()
+    grads = net.backward(net.forward(X), y).as_dict()
+    message = refbp.check(net, X, y, grads={**grads, "W1": 2 * grads["W1"]}).failure_message()
+    assert NOISE_WORDS not in message
+
+
+@pytest.mark.parametrize(
+    ("noise", "error", "words"),
+    [
+        ({(1,): torch.ones(8, 6, dtype=torch.bool)}, ValueError, "noise[(1,)]"),  # a Linear: no dropout
+        ({(9,): torch.ones(8, 6, dtype=torch.bool)}, ValueError, "noise[(9,)]"),  # no layer 9
+        ({(3,): torch.ones(8, 6)}, TypeError, "torch.bool"),  # a float mask
+        ({(3,): [[True] * 6] * 8}, TypeError, "noise[(3,)]"),  # not a tensor
+        ({3: torch.ones(8, 6, dtype=torch.bool)}, TypeError, "layer path"),  # not a path
+        ({(3,): torch.ones(8, 5, dtype=torch.bool)}, ValueError, "(8, 6)"),  # the wrong shape
+        ([torch.ones(8, 6, dtype=torch.bool)], TypeError, "noise"),  # not a mapping
+    ],
+)
+def test_bad_noise_entries_are_refused_naming_the_entry(noise: object, error: type, words: str) -> None:
+    net, (X, y) = _dropout_net(), _point()
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        refbp.check(net, X, y, noise=noise)  # type: ignore[arg-type]
+    with pytest.raises(error):
+        net.forward(X, noise=noise)  # type: ignore[arg-type]
+
+
+def test_noise_for_a_dropout_layer_in_eval_mode_is_refused() -> None:
+    net, (X, y) = _dropout_net(), _point()
+    noise = net.forward(X).noise
+    net.eval()
+    with pytest.raises(ValueError, match="draws no noise"):
+        refbp.check(net, X, y, noise=noise)
+
+
+# ---- when every gradient fails ----------------------------------------------------------------
+ALL_FAIL = "gradients differ: the forward pass or the loss is probably not the same model"
+
+
+def _mlp_point() -> tuple[refbp.MLP, torch.Tensor, torch.Tensor]:
+    net = refbp.MLP.random([3, 5, 2], activations=["gelu", "identity"], loss="mse", seed=0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    return net, torch.randn(6, 3, dtype=torch.float64, generator=g), torch.randn(6, 2, dtype=torch.float64, generator=g)
+
+
+def test_every_gradient_failing_is_read_as_a_different_model() -> None:
+    net, X, y = _mlp_point()
+    other = refbp.MLP(net.weights, net.biases, ["relu", "identity"], "mse")  # another activation
+    grads = other.backward(other.forward(X), y).as_dict()
+    result = refbp.check(net, X, y, grads=grads)
+    n = len(result.tensors)
+    assert all(not t.passed for t in result.tensors)
+    message = result.failure_message()
+    assert f"all {n} {ALL_FAIL}" in message and "pass J= to compare losses first" in message
+    assert "BatchNorm" not in message
+
+
+def test_some_gradients_failing_is_not_read_as_a_different_model() -> None:
+    net, X, y = _mlp_point()
+    grads = net.backward(net.forward(X), y).as_dict()
+    message = refbp.check(net, X, y, grads={**grads, "W1": 2 * grads["W1"]}).failure_message()
+    assert ALL_FAIL not in message
+
+
+def test_every_gradient_failing_names_batchnorms_variance_convention_when_there_is_one() -> None:
+    g = torch.Generator().manual_seed(6)
+    W1, W2 = torch.randn(4, 3, dtype=torch.float64, generator=g), torch.randn(2, 4, dtype=torch.float64, generator=g)
+    net = Network([Linear(W1, None), BatchNorm1d(C=4), Elementwise("tanh"), Linear(W2, None)], "mse")
+    X, y = torch.randn(6, 3, dtype=torch.float64, generator=g), torch.randn(6, 2, dtype=torch.float64, generator=g)
+    grads = net.backward(net.forward(X, update_stats=False), y).as_dict()
+    wrong = {name: 1.5 * value for name, value in grads.items()}
+    message = refbp.check(net, X, y, grads=wrong).failure_message()
+    assert ALL_FAIL in message and "variance" in message and "BatchNorm1d" in message
+
+
+def test_masks_given_for_some_dropout_layers_only_name_the_others() -> None:
+    g = torch.Generator().manual_seed(7)
+    W1, W2 = torch.randn(6, 4, dtype=torch.float64, generator=g), torch.randn(2, 6, dtype=torch.float64, generator=g)
+    net = Network([Linear(W1, None), Dropout(0.5, seed=1), Elementwise("tanh"), Dropout(0.5, seed=2), Linear(W2, None)],
+                  "mse")  # fmt: skip
+    X, y = _point()
+    cache = net.forward(X)
+    grads = net.backward(cache, y).as_dict()
+    assert refbp.check(net, X, y, grads=grads, noise=cache.noise).passed
+    message = refbp.check(net, X, y, grads=grads, noise={(2,): cache.noise[(2,)]}).failure_message()
+    assert NOISE_WORDS in message and "noise= has none for [(4,)]" in message
+
+
+def test_a_failure_without_a_hint_adds_no_hints_key_to_the_json() -> None:
+    net, X, y = _mlp_point()
+    grads = net.backward(net.forward(X), y).as_dict()
+    result = refbp.check(net, X, y, grads={"W1": 2 * grads["W1"]})
+    assert not result.passed and "hints" not in result.to_dict()
