@@ -10,8 +10,13 @@ own gradients; 1 in 10 with a pre-activation 1e-7 from a piecewise boundary), 40
 stacks (LayerNorm, BatchNorm1d, Dropout, Embedding, Flatten, Residual, every activation, in
 training and eval mode) and 10% tiny GPTs (attention, tied embeddings, ignored targets,
 dropout). Each runs in float64 and float32, against autograd and full finite
-differences. Writes reports/false_positives.md and .json: the count, a breakdown by kind and
-regime, and the closest calls (error/allowed).
+differences. Beside the sweep, ``--torch-cases`` users' own torch models (default 1 in 10 of
+``--cases``): a random ``nn.Sequential`` with an ``nn.Embedding(padding_idx=...)`` whose padding
+token occurs in the input, a Dropout in training mode, LayerNorm or not, an activation, converted
+by ``refbp.from_torch``; the gradients checked are torch's own (autograd on the module), with
+the masks torch drew passed as ``noise=refbp.capture_noise(module, idx)``. Writes
+reports/false_positives.md and .json: the count, a breakdown by kind and regime, and the
+closest calls (error/allowed).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from typing import Any
 
 import torch
 from tabulate import tabulate
+from torch import nn
 
+import refbp
 from refbp.apps.io import write_set
 from refbp.apps.report import DEFAULT_THREADS
 from refbp.apps.sweep import Spec, check_case, sweep_specs
@@ -66,11 +73,53 @@ def check_chunk(specs: list[Spec]) -> list[dict[str, Any]]:
     return out
 
 
+def torch_model_case(seed: int, dtype: str) -> dict[str, Any]:
+    """One user's torch model, its own autograd gradients and captured dropout masks, checked."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (), generator=g))
+
+    V, d, T, width, classes, N = draw(3, 12), draw(1, 6), draw(1, 4), draw(1, 10), draw(2, 5), draw(1, 6)
+    padding_idx = draw(0, V - 1)
+    activation = [nn.Tanh, nn.GELU, nn.Sigmoid, nn.SiLU][draw(0, 3)]()
+    torch.manual_seed(seed)  # the module's parameters and, below, torch's dropout masks
+    modules: list[nn.Module] = [nn.Embedding(V, d, padding_idx=padding_idx), nn.Flatten()]
+    if draw(0, 1):
+        modules.append(nn.LayerNorm(T * d))
+    modules += [nn.Linear(T * d, width), activation, nn.Dropout(0.1 + 0.4 * draw(0, 4) / 4), nn.Linear(width, classes)]
+    module = nn.Sequential(*modules).to(getattr(torch, dtype)).train()
+    idx = torch.randint(0, V, (N, T), generator=g)
+    idx[draw(0, N - 1), draw(0, T - 1)] = padding_idx  # the padding token occurs
+    y = torch.randint(0, classes, (N,), generator=g)
+    net = refbp.from_torch(module, loss="cross_entropy")
+    noise = refbp.capture_noise(module, idx)
+    loss = nn.functional.cross_entropy(module(idx), y)  # torch's own step, drawing those very masks
+    loss.backward()
+    named = dict(module.named_parameters())
+    grads = {name: named[torch_names[0]].grad for name, torch_names in net.torch_parameter_names().items()}
+    result = refbp.check(net, idx, y, grads=grads, noise=noise, fd_mode="full")
+    worst = max(result.rows, key=lambda r: r.margin)
+    spec = {"torch_model": seed, "dtype": dtype, "module": repr(module).replace("\n", "")}
+    return {
+        "group": "torch model (padding_idx, dropout, captured noise)", "dtype": dtype, "ratio": worst.margin,
+        "passed": result.passed, "comparison": f"dJ/d{worst.name} vs {worst.reference}", "spec": spec,
+        "message": "" if result.passed else result.failure_message(),
+    }  # fmt: skip
+
+
+def check_torch_models(seeds: list[int]) -> list[dict[str, Any]]:
+    """Each seed's torch model in each dtype (in a worker process: one torch thread)."""
+    torch.set_num_threads(DEFAULT_THREADS)
+    return [torch_model_case(seed, dtype) for seed in seeds for dtype in DTYPES]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=10_000, help="cases in all (half per dtype)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
+    parser.add_argument("--torch-cases", type=int, default=None, help="users' torch models (default: cases / 10)")
     parser.add_argument("--out", default="reports")
     args = parser.parse_args()
 
@@ -78,8 +127,11 @@ def main() -> int:
     chunks = [specs[k :: args.workers * 8] for k in range(args.workers * 8)]
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
+    torch_cases = args.cases // 10 if args.torch_cases is None else args.torch_cases
+    seeds = [args.seed * 1_000_003 + k for k in range(torch_cases // len(DTYPES))]
+    seed_chunks = [seeds[k :: args.workers * 4] for k in range(args.workers * 4)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for done in pool.map(check_chunk, chunks):
+        for done in [*pool.map(check_chunk, chunks), *pool.map(check_torch_models, seed_chunks)]:
             records += done
             print(f"{len(records)} cases, {sum(not r['passed'] for r in records)} flagged", file=sys.stderr)
     seconds = time.perf_counter() - start
@@ -97,7 +149,10 @@ def main() -> int:
         for name, rs in sorted(groups.items())
     }
     closest = sorted(records, key=lambda r: -r["ratio"])[:10]
-    command = f"python scripts/false_positive_rate.py --cases {args.cases} --seed {args.seed} --workers {args.workers}"
+    command = (
+        f"python scripts/false_positive_rate.py --cases {args.cases} --seed {args.seed} --workers {args.workers}"
+        + ("" if args.torch_cases is None else f" --torch-cases {args.torch_cases}")
+    )
     doc = {
         "cases": len(records), "flagged": len(flagged), "false_positive_rate": len(flagged) / len(records),
         "worst_ratio_by_dtype": by_dtype, "breakdown": breakdown,
