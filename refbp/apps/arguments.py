@@ -23,8 +23,8 @@ about 0.85 KB to report.json: --examples 3000 (6,002 cases in two dtypes) took 3
 is neither readable nor quick, and 10**12 would exhaust memory before checking anything."""
 
 MAX_DRAWS = 1_000
-"""Most networks per entry ``refbp bugs --draws`` draws. The default 12 take 14 s for all 24
-entries on a 2-core machine, so 1,000 take about 20 minutes; the entries' strategies draw at
+"""Most networks per entry ``refbp bugs --draws`` draws. 1,000 draws cost about 80 times the
+default 12 (minutes for a few entries, hours for the whole catalogue); the entries' strategies draw at
 most 3 layers of width 4, so by then further draws mostly repeat architectures already seen,
 and 10**9 would run for years."""
 

@@ -5,7 +5,7 @@
     python -m refbp.examples.adversarial   a step along sign(dJ/dX) that raises the loss
     python -m refbp.examples.train_xor     manual gradient descent vs torch.optim.SGD
 
-``refbp.backward.backward_from`` runs the backward pass from any dJ/da(L), which is
+``Network.backward_from`` (refbp.nn.network) runs the backward pass from any dJ/da(L), which is
 how a network is trained by the gradient that the network above it hands down.
 """
 

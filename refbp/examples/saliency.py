@@ -3,7 +3,7 @@
     python -m refbp.examples.saliency
 
 A network is trained on data where y depends on features 0 and 2 only. Afterwards the
-backward pass is started from dJ/da(L) = 1 instead of from the loss (refbp.backward.backward_from):
+backward pass is started from dJ/da(L) = 1 instead of from the loss (Network.backward_from):
 what comes out at the bottom, eq. (9), is d(sum_n y_hat_n)/dX, and since row n of y_hat
 depends only on row n of X, row n of it is d y_hat_n / dX_n. Averaged |.| per feature, it
 says which inputs the trained network looks at: features 0 and 2.

@@ -7,7 +7,7 @@
 
 The mask m is drawn once per forward pass, kept in the cache, and handed to the oracle and
 to finite differences (``cache.noise``), so all three evaluate the same function of x.
-Forgetting the mask, or the 1/(1 - p), in the backward pass is a classic bug (refbp.apps.bugs).
+Forgetting the mask, or the 1/(1 - p), in the backward pass is a classic bug (refbp.apps.layer_bugs).
 Masks are drawn on the CPU, so every device sees the same ones for the same seed.
 """
 

@@ -6,7 +6,7 @@ With E the (V, d) table and idx any integer tensor (N,) or (B, T):
     dJ/dE[v]   = sum over every position where idx == v of dJ/dy at that position     (V, d)
 
 A token that appears twice contributes twice: writing dJ/dE[idx] = dJ/dy (assignment instead
-of accumulation) keeps only one of them, a classic bug (refbp.apps.bugs). Rows at
+of accumulation) keeps only one of them, a classic bug (refbp.apps.layer_bugs). Rows at
 ``padding_idx`` get no gradient, as torch's. The input holds integers, so there is no dJ/dX.
 """
 

@@ -13,7 +13,7 @@ For each row x (d entries; every leading dimension is a row):
 
 The last line is the chain rule through mu and rstd, both functions of every x_k: the mean
 term removes the part of dJ/dxhat along (1, ..., 1), the other the part along xhat. Leaving
-either out is a classic bug (refbp.apps.bugs). The cache keeps xhat and rstd (as llm.c does).
+either out is a classic bug (refbp.apps.layer_bugs). The cache keeps xhat and rstd (as llm.c does).
 
 In float32 and below, the statistics and the dJ/dx line are computed in float64 and rounded
 once (``accumulation_dtype``), as torch's CPU kernels accumulate in double: when the three

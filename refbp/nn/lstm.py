@@ -22,7 +22,7 @@ backwards, h and c:
 
 Missing the second term of (L5), the cell-state path, is the LSTM's classic bug: the cell
 state is what lets the gradient reach far back, and without it the network learns no long
-dependency (refbp.apps.bugs). Intermediates at each step (keys at (l, k, t)): the gates i, f,
+dependency (tests/test_recurrent.py catches it). Intermediates at each step (keys at (l, k, t)): the gates i, f,
 g, o (after their sigmoid/tanh), c_t and h_t.
 """
 

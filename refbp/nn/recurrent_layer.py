@@ -22,7 +22,7 @@ by every step, so (as for any tied weight) its gradient is the sum over the step
 
 (the GRU's n gate reads W_hn h + b_hn inside r o (...), so its hidden-side da differs from
 the input side's; the cells hand back both). A BPTT that drops the second term of (R1) is a
-classic bug: every gradient then sees one step of the past only (refbp.apps.bugs).
+classic bug: every gradient then sees one step of the past only (tests/test_recurrent.py catches it).
 
 **Names.** The layer's parameters are W_ih, W_hh, b_ih, b_hh at its path; in a stacked
 RNN/LSTM/GRU (refbp.nn.recurrent) stacked layer k of network layer l has path (l, k):

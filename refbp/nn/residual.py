@@ -5,7 +5,7 @@ gradient is the sum of both.
     dJ/dx  = dJ/dy  +  dJ/dx through F                the skip path, plus the inner stack's backward
 
 Forgetting the first term (the gradient of the skip connection) is a classic bug
-(refbp.apps.bugs). Residuals nest (a Residual inside a Residual) up to refbp.nn.stack.MAX_DEPTH
+(refbp.apps.layer_bugs). Residuals nest (a Residual inside a Residual) up to refbp.nn.stack.MAX_DEPTH
 levels, refused at construction beyond. Inner layer j of the residual at layer l has path (l, j): its tensors are
 "W3.1", "a3.2", ...; the residual's own output is "a3".
 """
