@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .conv import as_tuple
+from .conv import as_tuple, transposed_output_padding
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .pieces import Pieces
@@ -207,7 +207,10 @@ class AvgPool2d(_Pool):
 
     def equations(self) -> tuple[str, str]:
         D = "k_h k_w" if self.count_include_pad else "the window's entries inside x"
-        return (f"y = 1/D sum over each window of x (zero padding), D = {D}", "dJ/dx = fold(dJ/dy / D)")
+        return (
+            f"y = 1/D sum over each window of x (zero padding), D = {D}",
+            "dJ/dx = fold(dJ/dy / D) = conv_transpose(dJ/dy / D, ones)",
+        )
 
     def divisor(self, H: int, W: int, like: Tensor) -> Tensor | float:
         """D for every window: k_h k_w, or (count_include_pad=False) the count of each window's
@@ -225,13 +228,19 @@ class AvgPool2d(_Pool):
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
         if not ctx.need_dx:
             return LayerGrads(None)
-        N, C, H, W = x.shape
-        kk = self.kernel_size[0] * self.kernel_size[1]
-        share = dJ_dy.reshape(N * C, 1, -1) / self.divisor(H, W, dJ_dy)  # dJ/dy / D per window   (N C, 1, L)
-        columns = share.expand(N * C, kk, share.shape[2])  # every entry of a window gets it  (N C, k_h k_w, L)
-        # col2im: each window's column added back where the window was, the padding dropped
-        dJ_dx = F.fold(columns, (H, W), self.kernel_size, padding=self.padding, stride=self.stride)  # (N C, 1, H, W)
-        return LayerGrads(dJ_dx.view(N, C, H, W))
+        _, C, H, W = x.shape  # (N, C, H, W)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        H_out, W_out = dJ_dy.shape[2:]
+        D = self.divisor(H, W, dJ_dy)  # k_h k_w, or (H_out W_out,) counts
+        share = dJ_dy / (D if isinstance(D, float) else D.view(H_out, W_out))  # dJ/dy / D   (N, C, H_out, W_out)
+        # fold(every entry of a window gets dJ/dy / D) = a transposed convolution with a kernel of ones per channel
+        ones = torch.ones(C, 1, kh, kw, dtype=dJ_dy.dtype, device=dJ_dy.device)  # (C, 1, k_h, k_w)
+        extra = (
+            transposed_output_padding(H + 2 * self.padding[0], H_out, kh, sh, 1),
+            transposed_output_padding(W + 2 * self.padding[1], W_out, kw, sw, 1),
+        )  # the rows (columns) no window reached
+        dJ_dx = F.conv_transpose2d(share, ones, None, self.stride, self.padding, extra, C)  # (N, C, H, W)
+        return LayerGrads(dJ_dx)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
