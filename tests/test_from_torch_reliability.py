@@ -282,3 +282,12 @@ def test_no_layer_module_and_not_the_network_imports_convert() -> None:
     from refbp.nn.registry import register as registry_register
 
     assert register is registry_register
+
+
+def test_to_torch_keeps_each_inner_modules_mode_in_a_residual() -> None:
+    """A residual whose inner BatchNorm is in eval mode next to a Dropout in training comes back so."""
+    body = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4).eval(), nn.Dropout(0.3).train())
+    net = refbp.from_torch(nn.Sequential(TorchResidual(body), nn.Linear(4, 2)).double())
+    back = net.to_torch()
+    modes = [m.training for m in back.modules() if isinstance(m, (nn.BatchNorm1d, nn.Dropout))]
+    assert modes == [False, True]

@@ -261,8 +261,7 @@ def decayed(net: Network) -> dict[str, Tensor]:
     """name -> parameter, for the parameters weight decay applies to (the weights of linear maps,
     each once: a tied weight under its first name)."""
     parameters = net.parameters()
-    names = [str(Key(kind, path)) for path, layer in walk_layers(net.layers) for kind in layer.decayed]
-    return {name: parameters[name] for name in names if name in parameters}
+    return {str(key): parameters[str(key)] for key in net.decayed_keys()}
 
 
 def decay_value(net: Network) -> Tensor:

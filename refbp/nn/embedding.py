@@ -12,6 +12,7 @@ of accumulation) keeps only one of them, a classic bug (refbp.apps.layer_bugs). 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -55,6 +56,10 @@ class Embedding(Layer):
         mask = torch.zeros(E.shape, dtype=torch.bool, device=E.device)
         mask[self.padding_idx] = True
         return {Key("E", path): mask}
+
+    def forward_size(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+        out = (*shape, self.params["E"].shape[1])  # (..., d): one row of E per index
+        return out, math.prod(out)
 
     def describe(self) -> str:
         V, d = self.params["E"].shape

@@ -212,8 +212,8 @@ class Layer(ABC):
         for layer in self.sublayers():
             out, kept = layer.forward_size(out)
             entries += kept
-        if self.sublayers():
-            return shape, entries + math.prod(shape)
+        if self.sublayers():  # a Residual's output has its input's shape; a Sequential's, its last layer's
+            return out, entries + math.prod(out)
         return shape, 2 * math.prod(shape)
 
     # ---- optional parts: what only some layers know, asked by the loops, never by type ------

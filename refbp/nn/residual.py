@@ -111,7 +111,7 @@ class Residual(Layer):
     def to_torch(self) -> torch.nn.Module:
         modules = [m for layer in self.inner for m in layer.torch_modules()]
         module = TorchResidual(torch.nn.Sequential(*modules))
-        module.train(self.training)
+        module.training = module.body.training = self.training  # the inner modules keep their own modes
         return module
 
     def torch_param_names(self, path: tuple[int, ...]) -> dict[Key, str]:
