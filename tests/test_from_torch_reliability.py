@@ -291,3 +291,12 @@ def test_to_torch_keeps_each_inner_modules_mode_in_a_residual() -> None:
     back = net.to_torch()
     modes = [m.training for m in back.modules() if isinstance(m, (nn.BatchNorm1d, nn.Dropout))]
     assert modes == [False, True]
+
+
+def test_a_gpt_seed_too_close_to_max_seed_is_refused_not_wrapped() -> None:
+    """The GPT's dropouts draw from seed + 7919 k: near MAX_SEED that would wrap onto small seeds."""
+    from refbp.models import GPT
+    from refbp.nn.validation import MAX_SEED
+
+    with pytest.raises(ValueError, match="seeds are never wrapped"):
+        GPT.random(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, dropout=0.1, seed=MAX_SEED)

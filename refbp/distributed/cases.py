@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from ..nn.activations import ACTIVATIONS
 from ..nn.losses import LOSSES, cross_entropy, get_loss
 from ..nn.network import Network
+from ..nn.validation import derived_seed
 from ..strategies import STACK_KINDS, specs, stack_specs
 from ..verify.cases import Case, CaseSpec
 from ..verify.stacks import StackSpec
@@ -76,7 +77,7 @@ class DataParallelSpec:
         if not self.ignore:
             return Case(self, case.net, case.X, case.y)
         net = Network(case.net.layers, cross_entropy(IGNORE_INDEX), weight_decay=case.net.weight_decay)
-        generator = torch.Generator().manual_seed((self.network.seed + 2) % 2**32)
+        generator = torch.Generator().manual_seed(derived_seed(self.network.seed, 2, "the ignored targets"))
         ignored = torch.rand(case.y.shape, generator=generator) < IGNORED_FRACTION  # (N,) or (N, T)
         ignored.view(-1)[0] = False  # at least one target counts
         y = torch.where(ignored.to(case.y.device), IGNORE_INDEX, case.y)

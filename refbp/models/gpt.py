@@ -51,7 +51,7 @@ from ..nn.losses import cross_entropy
 from ..nn.network import Cache, Network, NetworkGradients, resolve_device
 from ..nn.position import PositionEmbedding
 from ..nn.transformer import Block, RowLayerNorm, TorchBlock
-from ..nn.validation import FLOAT_DTYPES, check_int, check_seed, describe
+from ..nn.validation import FLOAT_DTYPES, check_int, check_seed, derived_seed, describe
 from .gpt_memory import check_gpt_fits
 
 __all__ = [
@@ -202,7 +202,7 @@ class GPT(Network):
             return Linear(P[prefix + ".weight"], get(prefix + ".bias"))
 
         def layer_seed(k: int) -> int:
-            return (seed + 7919 * k) % 2**32  # a different stream of masks for every dropout
+            return derived_seed(seed, 7919 * k, "the GPT's dropouts")  # a stream of masks for every dropout
 
         layers: list[Layer] = [
             Embedding(E),

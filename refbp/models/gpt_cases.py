@@ -33,7 +33,7 @@ import torch
 from hypothesis import strategies as st
 
 from ..nn.network import resolve_device
-from ..nn.validation import check_int, check_seed, check_subset
+from ..nn.validation import check_int, check_seed, check_subset, derived_seed
 from ..verify.cases import Case
 from ..verify.specs import register_spec_kind
 from .gpt import GPT, IGNORE_INDEX, GPTConfig
@@ -138,7 +138,7 @@ class GPTSpec:
         net = GPT.from_state_dict(self.state_dict(), n_head=self.n_head, dropout=self.dropout, seed=self.seed,
                                   dtype=dtype, device=device)  # fmt: skip
         net.train(self.training)
-        generator = torch.Generator().manual_seed((self.seed + 1) % 2**32)
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, 1, "the point (idx, targets)"))
         shape = (self.batch, self.length)
         idx = torch.randint(0, self.vocab_size, shape, generator=generator)  # (B, T) tokens
         targets = torch.randint(0, self.vocab_size, shape, generator=generator)  # (B, T) next tokens

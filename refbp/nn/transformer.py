@@ -45,7 +45,7 @@ from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .layernorm import LayerNorm, accumulation_dtype
 from .linear import Linear
-from .validation import check_seed, describe
+from .validation import check_seed, derived_seed, describe
 
 __all__ = ["Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock"]
 
@@ -216,7 +216,7 @@ class Block(Layer):
         seed = check_seed(seed)
         self.inner: list[Layer] = [
             _row_norm(ln_1), attn, Dropout(dropout, seed=seed), _row_norm(ln_2), c_fc, Elementwise("gelu"), c_proj,
-            Dropout(dropout, seed=(seed + 1) % 2**32),
+            Dropout(dropout, seed=derived_seed(seed, 1, "the block's second dropout")),
         ]  # fmt: skip
         self.params = {}
         self.training = True
