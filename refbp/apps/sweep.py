@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
-from typing import Any
 
 from ..models.gpt_cases import GPTSpec
 from ..nn.activations import ACTIVATIONS
@@ -112,33 +110,9 @@ def random_gpt(rng: random.Random) -> GPTSpec:
     )  # fmt: skip
 
 
-GPT_COMPONENTS = ("embedding", "position embedding", "attention", "transformer block", "layernorm", "gelu")
-"""What every GPT exercises, for the coverage table (dropout, by mode, when it has some)."""
-
-
 def components(spec: SweepSpec) -> list[str]:
-    """What a case exercises, for the coverage table: "Dense" and activations for an MLP;
-    layer kinds (BatchNorm and Dropout with their mode) and activations for a stack; a GPT's
-    layers for a GPT."""
-    if isinstance(spec, CaseSpec):
-        return sorted({"Dense", *spec.activations})
-    if isinstance(spec, GPTSpec):
-        mode = "train" if spec.training else "eval"
-        return sorted({*GPT_COMPONENTS, *([f"dropout ({mode})"] if spec.dropout else [])})
-    if not isinstance(spec, StackSpec):
-        raise TypeError(f"components: {type(spec).__name__} is no CaseSpec, StackSpec or GPTSpec")
-    mode = "train" if spec.training else "eval"
-    found: set[str] = set()
-
-    def visit(layers: Sequence[Any]) -> None:
-        for layer in layers:
-            kind = layer[0]
-            found.add(f"{kind} ({mode})" if kind in ("batchnorm", "dropout") else kind)
-            if kind == "residual":
-                visit(layer[1])
-
-    visit(spec.layers)
-    return sorted(found)
+    """What a case exercises, for the coverage table: the spec's own answer (``Spec.components``)."""
+    return spec.components()
 
 
 def run_report(

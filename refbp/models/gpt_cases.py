@@ -39,10 +39,14 @@ from ..verify.specs import register_spec_kind
 from .gpt import GPT, IGNORE_INDEX, GPTConfig
 from .gpt_memory import check_gpt_fits
 
-__all__ = ["GPTSpec", "gpt_specs", "gpts"]
+__all__ = ["GPT_COMPONENTS", "GPTSpec", "gpt_specs", "gpts"]
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 """The dtypes a GPTSpec may ask for (float16 and bfloat16 are for CUDA)."""
+
+
+GPT_COMPONENTS = ("embedding", "position embedding", "attention", "transformer block", "layernorm", "gelu")
+"""What every GPT exercises, for the coverage table (dropout, by mode, when it has some)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,11 @@ class GPTSpec:
         if absent:
             raise ValueError(f"the GPT spec needs {absent}; it has {sorted(fields)}")
         return cls(**fields)
+
+    def components(self) -> list[str]:
+        """What every GPT exercises, and dropout by mode when it has some."""
+        mode = "train" if self.training else "eval"
+        return sorted({*GPT_COMPONENTS, *([f"dropout ({mode})"] if self.dropout else [])})
 
     def describe(self) -> str:
         """The GPT and the point in one short line."""

@@ -164,6 +164,10 @@ class CaseSpec:
         """The shell command that checks exactly this case."""
         return f"refbp check --case '{self.to_json()}'"
 
+    def components(self) -> list[str]:
+        """ "Dense" and the activations."""
+        return sorted({"Dense", *self.activations})
+
     def describe(self) -> str:
         """The network in one short line: dims, activations, loss, batch and what is unusual."""
         text = f"{'-'.join(map(str, self.dims))} {'/'.join(self.activations)}, {self.loss}, N={self.batch}"

@@ -46,6 +46,10 @@ class Spec(Protocol):
         """The network and the point in one short line."""
         ...
 
+    def components(self) -> list[str]:
+        """What the case exercises, for the report's coverage table (layers, activations, modes)."""
+        ...
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object that ``spec_from_dict`` turns back into this spec."""
         ...

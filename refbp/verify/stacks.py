@@ -287,6 +287,19 @@ class StackSpec:
         build_layers(spec)  # every layer must make sense before anything else is drawn
         return spec
 
+    def components(self) -> list[str]:
+        """The layer kinds (BatchNorm and Dropout with their mode), residuals' inner ones included."""
+        mode = "train" if self.training else "eval"
+        found: set[str] = set()
+        todo = list(self.layers)
+        while todo:
+            layer = todo.pop()
+            kind = layer[0]
+            found.add(f"{kind} ({mode})" if kind in ("batchnorm", "dropout") else kind)
+            if kind == "residual":
+                todo.extend(layer[1])
+        return sorted(found)
+
     def describe(self) -> str:
         """The stack in one short line."""
         first = f"tokens {self.vocab}x{self.input}" if self.vocab else f"in {self.input}"
