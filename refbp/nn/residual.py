@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .registry import convert_module as convert_child
 from .registry import register
-from .stack import StackCache, check_depth, stack_backward, stack_forward, stack_keys, stack_torch_forward
+from .sequential import Sequential
+from .stack import StackCache, check_depth, stack_backward
 from .validation import describe
 
 __all__ = ["Residual", "TorchResidual"]
@@ -40,10 +40,12 @@ class TorchResidual(torch.nn.Module):
         return x + self.body(x)
 
 
-class Residual(Layer):
-    """y = x + inner(x) for a stack of inner layers (at least one), shapes preserved."""
+class Residual(Sequential):
+    """y = x + inner(x) for a stack of inner layers (at least one), shapes preserved: a
+    Sequential (its inner stack, keys, caches and walk) with the skip path added."""
 
     title = "Residual"
+    torch_prefix = "0.body."
 
     def __init__(self, *inner: Layer) -> None:
         if not inner or not all(isinstance(layer, Layer) for layer in inner):
@@ -52,16 +54,8 @@ class Residual(Layer):
             )
         if any(layer.takes_indices for layer in inner):
             raise ValueError("an Embedding cannot sit inside a Residual: its input is indices, its output vectors")
-        self.inner: list[Layer] = list(inner)
-        self.params = {}
-        self.training = True
+        super().__init__(*inner)
         check_depth(self)  # nesting past MAX_DEPTH is refused here, before any pass recurses
-
-    def sublayers(self) -> list[Layer]:
-        return self.inner
-
-    def keys(self, path: tuple[int, ...]) -> list[Key]:
-        return [*stack_keys(self.inner, path), Key("a", path)]
 
     def describe(self) -> str:
         return "Residual(" + ", ".join(layer.describe() for layer in self.inner) + ")"
@@ -69,12 +63,8 @@ class Residual(Layer):
     def equations(self) -> tuple[str, str]:
         return ("y = x + F(x)", "dJ/dx = dJ/dy + dJ/dx through F")
 
-    def check_input(self, x: Tensor, path: tuple[int, ...]) -> None:
-        self.inner[0].check_input(x, (*path, 1))
-
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, StackCache]:
-        inner = stack_forward(self.inner, x, ctx, path)
-        Fx = inner.a[-1]
+        Fx, inner = super().forward(x, ctx, path)
         if Fx.shape != x.shape:
             where = ".".join(map(str, path))
             raise ValueError(f"layer {where} ({self.describe()}): F(x) has {describe(Fx)} but x has {describe(x)}")
@@ -90,39 +80,17 @@ class Residual(Layer):
             dJ_dx = grads.dJ_dx.add_(dJ_dy) if grads.dJ_dx is not dJ_dy else dJ_dy + grads.dJ_dx  # skip + through F
         return LayerGrads(dJ_dx, {}, grads.intermediates, grads.params)
 
-    def cached_values(self, cache: StackCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
-        out: dict[Key, Tensor] = {}
-        for j, layer in enumerate(self.inner, start=1):
-            out.update(layer.cached_values(cache.saved[j], (*path, j)))
-            out[Key("a", (*path, j))] = cache.a[j]
-        return out
-
-    def noise_of(self, cache: StackCache, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
-        out: dict[tuple[int, ...], Tensor] = {}
-        for j, layer in enumerate(self.inner, start=1):
-            out.update(layer.noise_of(cache.saved[j], (*path, j)))
-        return out
-
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
     ) -> Tensor:
-        return x + stack_torch_forward(self.inner, x, p, noise, tap, path)
+        return x + super().torch_forward(x, p, noise, tap, path)
 
     def to_torch(self) -> torch.nn.Module:
-        modules = [m for layer in self.inner for m in layer.torch_modules()]
-        module = TorchResidual(torch.nn.Sequential(*modules))
-        module.training = module.body.training = self.training  # the inner modules keep their own modes
+        body = super().to_torch()  # the inner modules, each in its own mode
+        assert isinstance(body, torch.nn.Sequential)
+        module = TorchResidual(body)
+        module.training = self.training
         return module
-
-    def torch_param_names(self, path: tuple[int, ...]) -> dict[Key, str]:
-        out: dict[Key, str] = {}
-        offset = 0
-        for j, layer in enumerate(self.inner, start=1):
-            for key, relative in layer.torch_param_names((*path, j)).items():
-                index, rest = relative.split(".", 1)
-                out[key] = f"0.body.{offset + int(index)}.{rest}"
-            offset += len(layer.torch_modules())
-        return out
 
 
 def residual_from_sequence(children: Sequence[torch.nn.Module]) -> list[Layer]:

@@ -40,6 +40,8 @@ class Sequential(Layer):
     """y = inner_n(... inner_1(x)) for a stack of inner layers (at least one)."""
 
     title = "Sequential"
+    torch_prefix = "0."
+    """Where the inner modules sit in ``to_torch()``'s module: "0.j" (a Residual's: "0.body.j")."""
 
     def __init__(self, *inner: Layer) -> None:
         if not inner or not all(isinstance(layer, Layer) for layer in inner):
@@ -107,7 +109,7 @@ class Sequential(Layer):
         for j, layer in enumerate(self.inner, start=1):
             for key, relative in layer.torch_param_names((*path, j)).items():
                 index, rest = relative.split(".", 1)
-                out[key] = f"0.{offset + int(index)}.{rest}"
+                out[key] = f"{self.torch_prefix}{offset + int(index)}.{rest}"
             offset += len(layer.torch_modules())
         return out
 
