@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -131,7 +132,8 @@ def main() -> int:
     seeds = [args.seed * 1_000_003 + k for k in range(torch_cases // len(DTYPES))]
     seed_chunks = [seeds[k :: args.workers * 4] for k in range(args.workers * 4)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for done in [*pool.map(check_chunk, chunks), *pool.map(check_torch_models, seed_chunks)]:
+        sweep, models = pool.map(check_chunk, chunks), pool.map(check_torch_models, seed_chunks)  # all submitted
+        for done in itertools.chain(sweep, models):  # each chunk counted as it arrives
             records += done
             print(f"{len(records)} cases, {sum(not r['passed'] for r in records)} flagged", file=sys.stderr)
     seconds = time.perf_counter() - start
