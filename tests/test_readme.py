@@ -138,11 +138,11 @@ def test_readme_example_runs_as_written(block: str) -> None:
     expected_failure = "raise_if_failed()" in block and "mine[" in block and "/ 5" in block
     if expected_failure:  # the README's example of a failure message
         with pytest.raises(refbp.GradientMismatchError) as failure:
-            exec(compile(block, "README.md", "exec"), namespace)
+            exec(compile(block, "<a README.md example>", "exec"), namespace)
         shown = next(text for text in _blocks("") if "gradients failed" in text)
         assert str(failure.value).strip() == shown.strip()
         return
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "<a README.md example>", "exec"), namespace)
     for name, value in list(namespace.items()):
         if name.startswith("test_") and callable(value):
             settings(max_examples=10)(value)()  # a hypothesis test the example defines: a few draws
