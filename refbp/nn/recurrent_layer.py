@@ -332,9 +332,10 @@ class RecurrentLayer(Layer):
         return {Key(kind, path): f"0.{TORCH_PARAM_NAMES[kind]}_l{self.index}" for kind in self.params}
 
 
-class TorchRNN(torch.nn.RNN):
-    """torch.nn.RNN that returns its output sequence only (what a Sequential passes on), from
-    its stored initial state ``h0`` (num_layers, B, H), or zeros: what ``RNN.to_torch()`` gives."""
+class _SequenceOnly(torch.nn.Module):
+    """What TorchRNN and TorchGRU add to torch's module: a stored initial state ``h0``
+    (num_layers, B, H) or None for zeros, and a forward that returns the output sequence only
+    (what a Sequential passes on). Listed before torch's class, so ``super()`` is torch's."""
 
     h0: Tensor | None
 
@@ -342,21 +343,17 @@ class TorchRNN(torch.nn.RNN):
         super().__init__(*args, **kwargs)
         self.register_buffer("h0", h0)
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         return super().forward(input, self.h0 if hx is None else hx)[0]
 
 
-class TorchGRU(torch.nn.GRU):
+class TorchRNN(_SequenceOnly, torch.nn.RNN):  # type: ignore[misc]  # forward returns the sequence only
+    """torch.nn.RNN that returns its output sequence only, from its stored ``h0`` or zeros:
+    what ``RNN.to_torch()`` gives."""
+
+
+class TorchGRU(_SequenceOnly, torch.nn.GRU):  # type: ignore[misc]  # likewise
     """torch.nn.GRU that returns its output sequence only, from its stored ``h0`` or zeros."""
-
-    h0: Tensor | None
-
-    def __init__(self, *args: Any, h0: Tensor | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("h0", h0)
-
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        return super().forward(input, self.h0 if hx is None else hx)[0]
 
 
 class TorchLSTM(torch.nn.LSTM):
