@@ -196,3 +196,62 @@ def test_a_failure_without_a_hint_adds_no_hints_key_to_the_json() -> None:
     grads = net.backward(net.forward(X), y).as_dict()
     result = refbp.check(net, X, y, grads={"W1": 2 * grads["W1"]})
     assert not result.passed and "hints" not in result.to_dict()
+
+
+def _torch_module_gradients(
+    module: nn.Module, net: Network, X: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The gradients torch's own autograd gives ``module`` (its fused float32 kernels), by refbp name."""
+    module.zero_grad()
+    nn.functional.cross_entropy(module(X), y).backward()
+    named = dict(module.named_parameters())
+    return {name: named[names[0]].grad for name, names in net.torch_parameter_names().items()}
+
+
+NEAR_MEAN_MODULES: dict[str, Callable[[], nn.Module]] = {
+    # x - mean cancels: exactly 0 in float64, rounding-sized in torch's float32 kernels
+    "LayerNorm over one feature": lambda: nn.Sequential(
+        nn.Linear(3, 1), nn.LayerNorm(1), nn.Linear(1, 9), nn.Tanh(), nn.Linear(9, 2)
+    ),
+    "BatchNorm1d of a feature constant over the batch": lambda: nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)
+    ),
+    "GroupNorm of a channel constant over its positions": lambda: nn.Sequential(
+        nn.Conv2d(3, 2, 1), nn.GroupNorm(2, 2), nn.Flatten(), nn.Linear(4, 2)
+    ),
+}
+
+
+@pytest.mark.parametrize("what", NEAR_MEAN_MODULES)
+def test_torch_float32_normalisation_of_a_near_constant_input_is_not_a_false_alarm(what: str) -> None:
+    """A normalised value that is exactly 0 in float64 (x equal to its mean) is u (|x| + |mean|) /
+    sigma in float32: the allowance must see the operands' rounding, not x_hat's (found by the
+    false-positive measurement: dJ/dgamma of a LayerNorm over one feature, 9x its allowance)."""
+    flagged = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        module = NEAR_MEAN_MODULES[what]().train()
+        X, y = torch.randn(6, 3) * 3, torch.randint(0, 2, (6,))
+        if "GroupNorm" in what:  # each image 2 x 1 pixels, both alike
+            X = X[:, :, None, None].expand(6, 3, 2, 1)
+        if "BatchNorm1d" in what:  # a unit that ignores its input: its feature is constant over the batch
+            with torch.no_grad():
+                module[0].weight[0] = 0.0
+                module[0].bias[0] = 1.7
+        net = refbp.from_torch(module, loss="cross_entropy")
+        result = refbp.check(net, X, y, grads=_torch_module_gradients(module, net, X, y), fd_mode="full")
+        if not result.passed:
+            flagged.append((seed, result.failure_message()))
+    assert not flagged
+
+
+def test_a_wrong_gamma_gradient_of_a_single_feature_layer_norm_still_fails() -> None:
+    torch.manual_seed(0)
+    module = NEAR_MEAN_MODULES["LayerNorm over one feature"]().train()
+    X, y = torch.randn(6, 3) * 3, torch.randint(0, 2, (6,))
+    net = refbp.from_torch(module, loss="cross_entropy")
+    grads = _torch_module_gradients(module, net, X, y)
+    gamma = next(name for name in grads if name.startswith("gamma"))
+    grads[gamma] = grads[gamma] + 1e-3  # the true dJ/dgamma is 0: x_hat = 0 on every row
+    result = refbp.check(net, X, y, grads=grads, fd_mode="full")
+    assert not result.passed and gamma in result.failure_message()

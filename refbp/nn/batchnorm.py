@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cancellation import centred_size
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .layernorm import NormCache, accumulation_dtype
@@ -222,11 +223,12 @@ class BatchNorm1d(Layer):
             tap.piecewise(x, self.pieces)
         if self.uses_batch_statistics:
             xhat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+            mean, var = x.mean(0), x.var(0, unbiased=False)  # (C,): the statistics F.batch_norm used
         else:
             assert self.running_mean is not None and self.running_var is not None
-            rm, rv = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
-            xhat = F.batch_norm(x, rm.to(x.device), rv.to(x.device), None, None, False, 0.0, self.eps)
-        xhat = tap.intermediate(Key("xhat", path), xhat)
+            mean, var = (s.to(dtype=x.dtype, device=x.device) for s in (self.running_mean, self.running_var))
+            xhat = F.batch_norm(x, mean, var, None, None, False, 0.0, self.eps)
+        xhat = tap.centred(Key("xhat", path), xhat, lambda: centred_size(x, mean, var, self.eps))
         return xhat * p(path, "gamma") + p(path, "beta") if self.params else xhat
 
     def to_torch(self) -> torch.nn.Module:

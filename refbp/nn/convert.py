@@ -18,6 +18,7 @@ The converters themselves live with their layers and register on the ground floo
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -269,7 +270,14 @@ def _example_inputs(module: object) -> tuple[Tensor, ...] | None:
 
 
 def _self_check(net: Network, module: torch.nn.Sequential, inputs: tuple[Tensor, ...], *, built: bool) -> None:
-    """Refuse the conversion, naming the first position where the network and the module differ."""
+    """Refuse the conversion, naming the first position where the network and the module differ.
+
+    Both run in float64 (copies; the module's own parameters, exactly): "the same function" is a
+    statement about the maps, and in float32 rounding can pass for a difference (x - mean is 0
+    exactly and u-sized in torch's float32 kernels, scaled by 1/sigma: refbp.nn.cancellation)."""
+    module = copy.deepcopy(module).to(torch.float64)
+    net = net.to(dtype=torch.float64)
+    inputs = tuple(t.to(torch.float64) if t.is_floating_point() else t for t in inputs)
     try:
         run = run_module(module, net.layers, inputs)
     except ModuleFailedError:

@@ -50,6 +50,14 @@ class Tap:
         """``t``, the intermediate called ``key``; return it, or a perturbed copy."""
         return t
 
+    def centred(self, key: Key, t: Tensor, size: Callable[[], Tensor]) -> Tensor:
+        """``t``, the intermediate called ``key``, is a difference of operands whose size, entry by
+        entry, ``size()`` gives (x_hat = (x - mean) / sigma: refbp.nn.cancellation). Rounding those
+        operands moves ``t`` by up to eps size(), however near 0 the difference itself is (a
+        cancellation); a tap that imitates rounding needs that, the others treat ``t`` as any
+        intermediate."""
+        return self.intermediate(key, t)
+
     def piecewise(self, t: Tensor, pieces: Pieces) -> None:
         """``t`` is about to go through a function defined piecewise as ``pieces`` says."""
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cancellation import centred_size
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .pieces import Pieces
@@ -179,7 +180,11 @@ class LayerNorm(Layer):
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
     ) -> Tensor:
         tap.piecewise(x, self.pieces)
-        xhat = tap.intermediate(Key("xhat", path), F.layer_norm(x, (self.d,), None, None, self.eps))
+        xhat = tap.centred(
+            Key("xhat", path),
+            F.layer_norm(x, (self.d,), None, None, self.eps),
+            lambda: centred_size(x, x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True), self.eps),
+        )
         if "gamma" not in self.params:
             return xhat
         y = xhat * p(path, "gamma")

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .batchnorm import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, BatchNorm1d
+from .cancellation import centred_size, grouped_centred_size
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
 from .layernorm import LAYER_NORM_EPS, LayerNorm, NormCache
@@ -184,11 +185,15 @@ class BatchNorm2d(Layer):
             tap.piecewise(x, self.pieces)
         if self.uses_batch_statistics:
             xhat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+            mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)  # (C,): the statistics F.batch_norm used
         else:
             assert self.running_mean is not None and self.running_var is not None
-            rm, rv = self.running_mean.to(x.dtype).to(x.device), self.running_var.to(x.dtype).to(x.device)
-            xhat = F.batch_norm(x, rm, rv, None, None, False, 0.0, self.eps)
-        xhat = tap.intermediate(Key("xhat", path), xhat)
+            mean, var = (s.to(dtype=x.dtype, device=x.device) for s in (self.running_mean, self.running_var))
+            xhat = F.batch_norm(x, mean, var, None, None, False, 0.0, self.eps)
+        per_channel = (1, -1, 1, 1)
+        xhat = tap.centred(
+            Key("xhat", path), xhat, lambda: centred_size(x, mean.view(per_channel), var.view(per_channel), self.eps)
+        )
         if not self.params:
             return xhat
         return xhat * p(path, "gamma").view(-1, 1, 1) + p(path, "beta").view(-1, 1, 1)  # per channel
@@ -320,7 +325,11 @@ class GroupNorm(Layer):
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
     ) -> Tensor:
         tap.piecewise(x, self.pieces)
-        xhat = tap.intermediate(Key("xhat", path), F.group_norm(x, self.G, None, None, self.eps))
+        xhat = tap.centred(
+            Key("xhat", path),
+            F.group_norm(x, self.G, None, None, self.eps),
+            lambda: grouped_centred_size(x, self.G, self.eps),
+        )
         if not self.params:
             return xhat
         gamma, beta = (self._per_channel(p(path, k), x.dim()) for k in ("gamma", "beta"))

@@ -50,6 +50,17 @@ class _Retain(Tap):
         # a node of its own: an identity layer hands on its input itself, and two names for one
         # tensor would share one .grad (dJ/d(its input) instead of dJ/d(its output))
         t = self._jitter(t) if self.rounding and t.is_floating_point() else t.view_as(t)
+        return self._keep(key, t)
+
+    def centred(self, key: Key, t: Tensor, size: Callable[[], Tensor]) -> Tensor:
+        if not (self.rounding and t.is_floating_point()):
+            return self.intermediate(key, t)
+        u = torch.rand(t.shape, dtype=t.dtype, generator=self.generator).mul_(2.0).sub_(1.0)  # U(-1, 1)
+        # a rounding of the operands, eps (|x| + |mean|) / sigma, not of the difference: x_hat = 0
+        # exactly in float64 is u-sized in float32 (refbp.nn.cancellation)
+        return self._keep(key, t + self.rounding * u.to(t.device) * size().to(t.dtype))
+
+    def _keep(self, key: Key, t: Tensor) -> Tensor:
         if t.requires_grad:
             t.retain_grad()
             if self.rounding:
