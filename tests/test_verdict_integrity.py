@@ -205,10 +205,12 @@ def _torch_module_gradients(
     module.zero_grad()
     nn.functional.cross_entropy(module(X), y).backward()
     named = dict(module.named_parameters())
-    return {name: named[names[0]].grad for name, names in net.torch_parameter_names().items()}
+    grads = {name: named[names[0]].grad for name, names in net.torch_parameter_names().items()}
+    assert all(g is not None for g in grads.values())
+    return {name: g for name, g in grads.items() if g is not None}
 
 
-NEAR_MEAN_MODULES: dict[str, Callable[[], nn.Module]] = {
+NEAR_MEAN_MODULES: dict[str, Callable[[], nn.Sequential]] = {
     # x - mean cancels: exactly 0 in float64, rounding-sized in torch's float32 kernels
     "LayerNorm over one feature": lambda: nn.Sequential(
         nn.Linear(3, 1), nn.LayerNorm(1), nn.Linear(1, 9), nn.Tanh(), nn.Linear(9, 2)
@@ -235,9 +237,11 @@ def test_torch_float32_normalisation_of_a_near_constant_input_is_not_a_false_ala
         if "GroupNorm" in what:  # each image 2 x 1 pixels, both alike
             X = X[:, :, None, None].expand(6, 3, 2, 1)
         if "BatchNorm1d" in what:  # a unit that ignores its input: its feature is constant over the batch
+            first = module[0]
+            assert isinstance(first, nn.Linear)
             with torch.no_grad():
-                module[0].weight[0] = 0.0
-                module[0].bias[0] = 1.7
+                first.weight[0] = 0.0
+                first.bias[0] = 1.7
         net = refbp.from_torch(module, loss="cross_entropy")
         result = refbp.check(net, X, y, grads=_torch_module_gradients(module, net, X, y), fd_mode="full")
         if not result.passed:
