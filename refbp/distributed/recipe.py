@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..nn.keys import Key, sort_names
+from ..nn.keys import Key
 from ..nn.network import Cache, Network
 from ..nn.stack import walk_layers
 from .normalisation import is_mean, terms
@@ -341,4 +341,4 @@ def simulate(
         held[name] = total if name in parameters else torch.cat([total] * len(ranks))
     J = sum((rank.J for rank in ranks[1:]), ranks[0].J)
     J, held = finish(recipe, net, world, J, held)
-    return J, {name: held[name] for name in sort_names(list(held))}  # in as_dict()'s order
+    return J, {name: held[name] for name in net.in_order(held)}  # in as_dict()'s order

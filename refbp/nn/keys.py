@@ -25,28 +25,10 @@ __all__ = ["KIND_ORDER", "Key", "sort_names"]
 _PATTERN = re.compile(r"([A-Za-z_]+?)((?:\d+)(?:\.\d+)*)?")
 _KIND = re.compile(r"[A-Za-z_]+")
 
-KIND_ORDER = (
-    "W",
-    "b",
-    "gamma",
-    "beta",
-    "E",
-    "P",
-    "W_qkv",
-    "b_qkv",
-    "W_o",
-    "b_o",
-    "z",
-    "xhat",
-    "q",
-    "k",
-    "v",
-    "att",
-    "y",
-    "a",
-)
-"""The order kinds are listed in within one layer: its parameters, then its intermediates,
-then its output a. Kinds not listed come after, alphabetically."""
+KIND_ORDER = ("W", "b", "gamma", "beta", "E", "P", "z", "xhat", "a")
+"""The order of the common kinds within one layer, for names sorted without their network
+(``sort_names``): parameters, then intermediates, then the output a; other kinds come after,
+alphabetically. A network orders its own names as its layers list them (Network.in_order)."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, cast
 
@@ -128,7 +128,7 @@ class NetworkGradients:
     module (``to_torch().named_parameters()``), plus "input" for dJ/dX."""
 
     def __init__(self, values: dict[str, Tensor], network: Network) -> None:
-        self._values = {name: values[name] for name in sort_names(list(values))}
+        self._values = {name: values[name] for name in network.in_order(values)}
         self._network = network
 
     @property
@@ -328,6 +328,19 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         keys = [key for key in stack_keys(self.layers, ()) if key not in self.ties]
         names = [str(key) for key in keys]
         return [*names, "X"] if not self.takes_indices else names
+
+    def in_order(self, names: Iterable[str]) -> list[str]:
+        """``names`` in the order of ``names()`` (each layer's parameters, intermediates and
+        output, as the layer lists them); any other name (a user's "fc1.weight") after, in
+        refbp.nn.keys.sort_names' order."""
+        names = list(names)
+        if self._name_rank is None or self._name_rank[1] is not self.layers:  # backward sorts at every call
+            self._name_rank = ({name: i for i, name in enumerate(self.names())}, self.layers)
+        place = self._name_rank[0]
+        known = sorted((name for name in names if name in place), key=place.__getitem__)
+        return known + sort_names([name for name in names if name not in place])
+
+    _name_rank: tuple[dict[str, int], object] | None = None  # (name -> place, the layer list it is for)
 
     def describe(self) -> str:
         """The layers in one line."""
