@@ -13,8 +13,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and readers
     from .nn.convert import capture_noise, from_torch
     from .nn.mlp import MLP, ForwardCache, Gradients, backward
     from .nn.network import Network
+    from .nn.second_order import gvp, hvp, jvp
     from .verify.check import CheckResult, GradientMismatchError, check, check_function
     from .verify.compare import Comparison
+    from .verify.second_order import check_second_order
 
 __all__ = [
     "MLP",
@@ -28,7 +30,11 @@ __all__ = [
     "capture_noise",
     "check",
     "check_function",
+    "check_second_order",
     "from_torch",
+    "gvp",
+    "hvp",
+    "jvp",
 ]
 from .version import __version__ as __version__
 
@@ -45,6 +51,10 @@ _LAZY = {
     "check": "refbp.verify.check",
     "check_function": "refbp.verify.check",
     "Comparison": "refbp.verify.compare",
+    "hvp": "refbp.nn.second_order",
+    "gvp": "refbp.nn.second_order",
+    "jvp": "refbp.nn.second_order",
+    "check_second_order": "refbp.verify.second_order",
 }
 """Public name -> the module that defines it."""
 

@@ -1,0 +1,304 @@
+"""Check a Hessian-vector product (or a Gauss-Newton product, or forward-mode tangents) in
+refbp's verdict language.
+
+    res = refbp.check_second_order(net, X, y)            # refbp's manual H v, random v
+    res = refbp.check_second_order(net, X, y, hvp=mine)  # a user's: mine(v) -> {name: (H v)_name}
+
+The product under test is compared with three references, each in float64:
+
+- "forward-over-reverse": torch.func.jvp of torch.func.grad of the oracle J (torch's functions);
+- "reverse-over-reverse": autograd of <dJ/dw, v> (double backward);
+- "fd-gradient": central differences of the MANUAL gradient along v,
+  (g(w + h v) - g(w - h v)) / 2h, with the Richardson error estimate |D(h) - D(2h)| / 3 as
+  the entries' slack. Where a difference step moves an input of a piecewise function (relu's
+  kink, bce's clamps, elu's jump in f'') into another piece, the second derivative is not what
+  the differences measure: that reference leaves every entry unverified, never passed or
+  failed on a guess.
+
+For the Gauss-Newton product the torch route is J_f^T (H_loss (J_f v)) with torch.func (jvp
+of the network's output, the loss Hessian as a jvp of its gradient, vjp back); differences
+of a gradient measure H v, not G v, so they are not a reference for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..nn.dense import Dense
+from ..nn.elementwise import Elementwise
+from ..nn.keys import Key
+from ..nn.layer import Params, Tap
+from ..nn.network import Network
+from ..nn.second_order import SecondOrder, gvp, hvp, jvp, supported_layer
+from .compare import Comparison, compare
+from .result import CheckResult
+from .tolerances import FD_TOLERANCE, Tolerance, combine, tolerance_for
+
+__all__ = ["SECOND_ORDER_REFERENCES", "check_second_order", "random_direction"]
+
+SECOND_ORDER_REFERENCES = ("forward-over-reverse", "reverse-over-reverse", "fd-gradient")
+"""The references a second-order product is checked against (see the module docstring)."""
+
+FD_GRADIENT_STEP = 1e-5
+"""h for the differences of the gradient, relative to max(1, ||w||_inf) / ||v||_inf: about
+eps^(1/3) for float64, where a central difference's truncation and rounding errors balance."""
+
+
+def random_direction(net: Network, X: Tensor, seed: int = 0, *, input_too: bool = True) -> dict[str, Tensor]:
+    """A direction v of standard normal entries for every parameter (and X when it is floating)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(t: Tensor) -> Tensor:
+        return torch.randn(t.shape, dtype=torch.float64, generator=generator).to(dtype=t.dtype, device=t.device)
+
+    v = {name: draw(p) for name, p in net.parameters().items()}
+    if input_too and X.is_floating_point():
+        v["X"] = draw(X)
+    return v
+
+
+def check_second_order(
+    net: Network,
+    X: Tensor,
+    y: Tensor,
+    v: Mapping[str, Tensor] | None = None,
+    *,
+    product: str = "hessian",
+    hvp_fn: Callable[[dict[str, Tensor]], Mapping[str, Any]] | None = None,
+    forward: bool = False,
+    seed: int = 0,
+    tolerance: Tolerance | None = None,
+) -> CheckResult:
+    """Check H v (``product="hessian"``) or G v (``"gauss_newton"``) of ``net``'s J at (X, y).
+
+    Args:
+        v: the direction, name -> tensor ("W1", "b1", ..., and "X"); None draws one (``seed``).
+        hvp_fn: a user's product, v -> {name: (H v)_name}; None checks refbp's own
+            (refbp.nn.second_order), whose R{intermediates} are in ``result.meta["R"]``.
+        forward: also check the tangents R{J} and R{a(l)} (forward mode) against torch.func.jvp.
+        tolerance: default: the tolerance of the network's dtype (refbp.verify.tolerances).
+    """
+    if product not in ("hessian", "gauss_newton"):
+        raise ValueError(f"product={product!r}; expected 'hessian' or 'gauss_newton'")
+    for l, layer in enumerate(net.layers, start=1):
+        if not supported_layer(layer):
+            raise NotImplementedError(f"layer {l} ({layer.describe()}) has no second-order rule yet")
+    drawn = v is None
+    v = dict(random_direction(net, X, seed) if v is None else v)
+    tol = tolerance or tolerance_for(net.dtype)
+    manual: SecondOrder | None = None
+    if hvp_fn is None:
+        manual = (hvp if product == "hessian" else gvp)(net, X, y, v)
+        under_test = manual.Hv
+    else:
+        under_test = {name: _as_tensor(t, name) for name, t in hvp_fn(v).items()}
+    net64 = net.to(dtype=torch.float64)
+    X64 = X.to(torch.float64) if X.is_floating_point() else X
+    y64 = y.to(torch.float64) if y.is_floating_point() else y
+    v64 = {name: t.to(torch.float64) for name, t in v.items()}
+    J, references = _torch_products(net64, X64, y64, v64, product)
+    if product == "hessian":
+        references["fd-gradient"] = _gradient_differences(net64, X64, y64, v64)
+    rows: list[Comparison] = []
+    known = next(iter(references.values()))[0]
+    for name in under_test:
+        if name not in known:
+            raise ValueError(f"the product names {name!r}, which is neither a parameter of the network nor 'X'")
+    for reference, (values, errors, excluded) in references.items():
+        for name, r in values.items():
+            g = under_test.get(name)
+            if g is None:
+                continue
+            row_tol = combine(tol, FD_TOLERANCE) if errors else tol
+            rows.append(
+                compare(f"Hv[{name}]", reference, g, r, row_tol, error=errors.get(name), excluded=excluded.get(name))
+            )
+    if forward:
+        rows += _tangent_rows(net, net64, X, X64, y, y64, v, v64, tol)
+    meta: dict[str, Any] = {"product": product, "direction_seed": seed if drawn else None}
+    if manual is not None:
+        meta["R"] = {name: t.detach() for name, t in manual.R_delta.items()}
+    return CheckResult(rows=rows, J=J, dtype=str(net.dtype).removeprefix("torch."), device=str(net.device), meta=meta)
+
+
+def _as_tensor(t: Any, name: str) -> Tensor:
+    if isinstance(t, Tensor):
+        return t.detach()
+    try:
+        return torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"the product's {name!r} must be a tensor or array, got {type(t).__name__}") from err
+
+
+References = dict[str, tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]]
+
+
+def _oracle_J(net: Network, y: Tensor) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+    """(params by name, X) -> J by the network's torch oracle (torch.nn.functional)."""
+
+    def J(params: dict[str, Tensor], X: Tensor) -> Tensor:
+        return net.torch_J(X, y, Params({Key.parse(n): t for n, t in params.items()}, net.ties), {})
+
+    return J
+
+
+def _torch_products(
+    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], product: str
+) -> tuple[float, References]:
+    """J and the torch routes' products, float64."""
+    params = {name: t.detach() for name, t in net.parameters().items()}
+    with_x, y_real = X.is_floating_point(), y.is_floating_point()
+    V = {name: v.get(name, torch.zeros_like(t)) for name, t in params.items()}
+    VX = v.get("X", torch.zeros_like(X)) if with_x else None
+    J_fn = _oracle_J(net, y)
+    J = float(J_fn(params, X))
+    if product == "gauss_newton":
+        return J, {"torch-gauss-newton": (_gauss_newton(net, X, y, params, V, VX), {}, {})}
+
+    # forward-over-reverse: the jvp of torch.func.grad. Real targets ride along with a
+    # materialised zero tangent: F.mse_loss's double backward cannot take torch.func's ZeroTensor.
+    primals: list[Any] = [params, *([X] if with_x else []), *([y] if y_real else [])]
+    tangents: list[Any] = [V, *([VX] if with_x else []), *([torch.zeros_like(y)] if y_real else [])]
+
+    def gradient(*args: Any) -> dict[str, Tensor]:
+        x, t = (args[1] if with_x else X), (args[-1] if y_real else y)
+        grads = torch.func.grad(_oracle_J(net, t), argnums=(0, 1) if with_x else 0)(args[0], x)
+        return {**grads[0], "X": grads[1]} if with_x else dict(grads)
+
+    forward_over_reverse: dict[str, Tensor] = torch.func.jvp(gradient, tuple(primals), tuple(tangents))[1]
+    leaves = {name: t.clone().requires_grad_(True) for name, t in params.items()}
+    X_leaf = X.clone().requires_grad_(True) if with_x else X
+    with torch.enable_grad():
+        inputs = [*leaves.values(), *([X_leaf] if with_x else [])]
+        grads: tuple[Tensor, ...] = torch.autograd.grad(J_fn(leaves, X_leaf), inputs, create_graph=True)
+        directions = [*V.values(), *([VX] if VX is not None else [])]
+        dot = torch.zeros((), dtype=torch.float64, device=X.device)
+        for g, d in zip(grads, directions, strict=True):
+            dot = dot + (g * d).sum()  # <dJ/dw, v>
+        second = torch.autograd.grad(dot, inputs, allow_unused=True)
+    names = [*leaves, *(["X"] if with_x else [])]
+    reverse_over_reverse = {
+        n: (torch.zeros_like(t) if h is None else h) for n, t, h in zip(names, inputs, second, strict=True)
+    }
+    return J, {
+        "forward-over-reverse": ({n: t.detach() for n, t in forward_over_reverse.items()}, {}, {}),
+        "reverse-over-reverse": ({n: t.detach() for n, t in reverse_over_reverse.items()}, {}, {}),
+    }
+
+
+def _gauss_newton(
+    net: Network, X: Tensor, y: Tensor, params: dict[str, Tensor], V: dict[str, Tensor], VX: Tensor | None
+) -> dict[str, Tensor]:
+    """J_f^T H_loss J_f v by torch.func, plus the penalty's lambda V on decayed weights."""
+
+    def output(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return net.torch_forward(x, Params({Key.parse(n): t for n, t in p.items()}, net.ties), {})
+
+    with_x = VX is not None
+    primals = (params, X) if with_x else (params,)
+    tangents = (V, VX) if with_x else (V,)
+    f = output if with_x else (lambda p: output(p, X))
+    out, Jv = torch.func.jvp(f, primals, tangents)[:2]  # J_f v
+    loss_grad = torch.func.grad(lambda o, t: net.torch_loss(o, t))
+    if y.is_floating_point():  # a materialised zero tangent for real targets (see _torch_products)
+        HJv = torch.func.jvp(loss_grad, (out, y), (Jv, torch.zeros_like(y)))[1]  # H_loss J_f v
+    else:
+        HJv = torch.func.jvp(lambda o: loss_grad(o, y), (out,), (Jv,))[1]
+    pullback = torch.func.vjp(f, *primals)[1]
+    back = pullback(HJv)  # J_f^T H_loss J_f v
+    result = dict(back[0])
+    if with_x:
+        result["X"] = back[1]
+    if net.weight_decay:
+        for key in net.decayed_keys():
+            result[str(key)] = result[str(key)] + net.weight_decay * V[str(key)]
+    return {n: t.detach() for n, t in result.items()}
+
+
+def _gradient_differences(
+    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """(g(w + h v) - g(w - h v)) / 2h of the manual gradient, its Richardson estimate and error,
+    and the entries to exclude (all of them, where a step crosses a piece boundary)."""
+    params = net.parameters()
+    norm_v = max((float(t.abs().max()) for t in v.values() if t.numel()), default=0.0)
+    norm_w = max((float(t.abs().max()) for t in params.values() if t.numel()), default=1.0)
+    if norm_v == 0.0:
+        zero = {name: torch.zeros_like(t) for name, t in (*params.items(), *([("X", X)] if "X" in v else []))}
+        return zero, {}, {}
+    h = FD_GRADIENT_STEP * max(1.0, norm_w) / norm_v
+
+    def gradient_at(step: float) -> tuple[dict[str, Tensor], list[Tensor]]:
+        moved = net.to(dtype=torch.float64)
+        for name, p in params.items():
+            if name in v:
+                moved.set_parameter(name, p + step * v[name])
+        Xs = X + step * v["X"] if "X" in v and X.is_floating_point() else X
+        cache = moved.forward(Xs, keep_intermediates=True)
+        grads = moved.backward(cache, y).as_dict()
+        return grads, _piecewise_regions(moved, cache)
+
+    g_p1, r_p1 = gradient_at(h)
+    g_m1, r_m1 = gradient_at(-h)
+    g_p2, r_p2 = gradient_at(2 * h)
+    g_m2, r_m2 = gradient_at(-2 * h)
+    base = _piecewise_regions(net, net.forward(X, keep_intermediates=True))
+    crossed = any(
+        not torch.equal(b, r) for regions in (r_p1, r_m1, r_p2, r_m2) for b, r in zip(base, regions, strict=True)
+    )
+    names = [*params, *(["X"] if "X" in v and X.is_floating_point() else [])]
+    values, errors, excluded = {}, {}, {}
+    for name in names:
+        d1 = (g_p1[name] - g_m1[name]) / (2 * h)  # D(h)
+        d2 = (g_p2[name] - g_m2[name]) / (4 * h)  # D(2h)
+        values[name] = d1 + (d1 - d2) / 3.0  # Richardson: the h^2 term removed
+        errors[name] = (d1 - d2).abs() / 3.0 + 1e-12 * d1.abs()
+        excluded[name] = torch.full(d1.shape, crossed, dtype=torch.bool)
+    return values, errors, excluded
+
+
+def _piecewise_regions(net: Network, cache: Any) -> list[Tensor]:
+    """The piece each input of a piecewise activation (z(l) of a Dense, x of an Elementwise),
+    and of the loss, is in."""
+    out = []
+    for l, layer in enumerate(net.layers, start=1):
+        if isinstance(layer, Dense) and layer.activation.pieces is not None:
+            out.append(layer.activation.pieces.region_of(cache.saved[l]))
+        elif isinstance(layer, Elementwise) and layer.activation.pieces is not None:
+            out.append(layer.activation.pieces.region_of(cache.a[l - 1]))
+    if net.loss_fn.pieces is not None:
+        out.append(net.loss_fn.pieces.region_of(cache.a[-1]))
+    return out
+
+
+def _tangent_rows(
+    net: Network, net64: Network, X: Tensor, X64: Tensor, y: Tensor, y64: Tensor,
+    v: Mapping[str, Tensor], v64: Mapping[str, Tensor], tol: Tolerance,
+) -> list[Comparison]:  # fmt: skip
+    """The manual tangents R{a(l)} and R{J} against torch.func.jvp of the oracle."""
+    tangents = jvp(net, X, y, v).as_dict()
+    params = {name: t.detach() for name, t in net64.parameters().items()}
+    V = {name: v64.get(name, torch.zeros_like(t)) for name, t in params.items()}
+    VX = v64.get("X", torch.zeros_like(X64)) if X64.is_floating_point() else None
+    kept: dict[str, Tensor] = {}
+
+    def J_and_outputs(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        class Keep(Tap):
+            def intermediate(self, key: Key, t: Tensor) -> Tensor:
+                kept[str(key)] = t
+                return t
+
+        J = net64.torch_J(x, y64, Params({Key.parse(n): t for n, t in p.items()}, net64.ties), {}, Keep())
+        return J, {name: t for name, t in kept.items() if name in tangents}
+
+    if VX is not None:
+        RJ, Ra = torch.func.jvp(J_and_outputs, (params, X64), (V, VX))[1]
+    else:
+        RJ, Ra = torch.func.jvp(lambda p: J_and_outputs(p, X64), (params,), (V,))[1]
+    rows = [compare("R{J}", "forward-mode", tangents["J"].reshape(()), RJ.detach().reshape(()), tol)]
+    rows += [compare(f"R{{{name}}}", "forward-mode", tangents[name], t.detach(), tol) for name, t in Ra.items()]
+    return rows

@@ -1,0 +1,154 @@
+"""Second order by hand (refbp.nn.second_order): the manual H v, G v and tangents against
+torch.func forward-over-reverse, double backward, and differences of the manual gradient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refbp.nn import second_order
+from refbp.nn.layers import Elementwise, Flatten, LayerNorm, Linear
+from refbp.nn.mlp import MLP
+from refbp.nn.network import Network
+from refbp.strategies import cases
+from refbp.verify.cases import Case
+from refbp.verify.second_order import check_second_order, random_direction
+
+SMOOTH = ("identity", "sigmoid", "tanh", "softplus", "gelu", "gelu_tanh", "silu", "elu")
+
+
+@settings(max_examples=12)
+@given(case=cases(activations=SMOOTH, dtypes=("float64",), max_depth=3, max_width=6, max_batch=4))
+def test_manual_hessian_vector_product_agrees_with_both_torch_routes_and_differences(case: Case) -> None:
+    result = check_second_order(case.net, case.X, case.y, seed=1)
+    assert result.passed, result.failure_message()
+    references = {row.reference for row in result.rows}
+    assert references == {"forward-over-reverse", "reverse-over-reverse", "fd-gradient"}
+
+
+@settings(max_examples=8)
+@given(case=cases(dtypes=("float64",), max_depth=3, max_width=6, max_batch=4))
+def test_gauss_newton_product_and_tangents_agree_with_torch_func(case: Case) -> None:
+    result = check_second_order(case.net, case.X, case.y, product="gauss_newton", forward=True, seed=2)
+    assert result.passed, result.failure_message()
+    assert {"R{J}", "Hv[X]"} <= {row.name for row in result.rows}
+
+
+@settings(max_examples=8)
+@given(case=cases(activations=SMOOTH, dtypes=("float32",), max_depth=2, max_width=5, max_batch=4))
+def test_float32_products_pass_against_float64_references(case: Case) -> None:
+    result = check_second_order(case.net, case.X, case.y, seed=3)
+    assert result.passed, result.failure_message()
+
+
+def test_hessian_is_symmetric_in_the_manual_product() -> None:
+    """u . (H v) = v . (H u): a wrong transpose in an R-rule breaks it."""
+    net = MLP.random([3, 4, 2], activations=["tanh", "identity"], loss="cross_entropy", seed=0)
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1])
+    u, v = random_direction(net, X, 1), random_direction(net, X, 2)
+    Hu, Hv = second_order.hvp(net, X, y, u).Hv, second_order.hvp(net, X, y, v).Hv
+    uHv = sum(float((u[n] * Hv[n]).sum()) for n in Hv)
+    vHu = sum(float((v[n] * Hu[n]).sum()) for n in Hu)
+    assert uHv == pytest.approx(vHu, rel=1e-12)
+
+
+def test_a_layer_stack_with_a_tied_weight_gets_both_uses() -> None:
+    W = torch.randn(3, 3, dtype=torch.float64)
+    net = Network([Linear(W), Elementwise("tanh"), Linear(W, torch.randn(3, dtype=torch.float64)), Flatten()], "mse")
+    X, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    result = check_second_order(net, X, y, forward=True)
+    assert result.passed, result.failure_message()
+
+
+def test_relu_kinks_leave_the_differences_unverified_never_failed() -> None:
+    net = MLP.random([2, 3, 1], activations=["relu", "identity"], loss="mse", seed=0)
+    X = torch.zeros(2, 2, dtype=torch.float64)  # z1 = b1: move b1 to 0 to sit on the kink
+    net.set_parameter("b1", torch.zeros(3, dtype=torch.float64))
+    y = torch.randn(2, 1, dtype=torch.float64)
+    result = check_second_order(net, X, y, seed=0)
+    fd_rows = [row for row in result.rows if row.reference == "fd-gradient"]
+    assert fd_rows and all(row.verdict == "unverified" for row in fd_rows)
+    assert all(row.verdict == "ok" for row in result.rows if row.reference != "fd-gradient")
+
+
+@pytest.fixture
+def dropped_second_derivative(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The classic slip: R{dJ/dz} = R{dJ/da} o f'(z), without dJ/da o f''(z) o R{z}."""
+    monkeypatch.setattr(second_order, "second_derivative", lambda act, z, a: torch.zeros_like(z))
+    yield
+
+
+def test_dropping_the_second_derivative_term_is_caught(dropped_second_derivative: None) -> None:
+    net = MLP.random([3, 4, 2], activations=["tanh", "identity"], loss="mse", seed=0)
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    result = check_second_order(net, X, y)
+    assert not result.passed
+    assert all(t.verdict == "mismatch" for t in result.tensors if t.name in ("Hv[W1]", "Hv[b1]"))
+
+
+def test_users_product_with_a_transposed_weight_block_is_caught() -> None:
+    net = MLP.random([3, 3, 2], activations=["sigmoid", "identity"], loss="half_sse", seed=4)
+    X, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+
+    def mine(v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        Hv = dict(second_order.hvp(net, X, y, v).Hv)
+        Hv["W1"] = Hv["W1"].T.contiguous()  # a square block transposed: shapes cannot tell
+        return Hv
+
+    result = check_second_order(net, X, y, hvp_fn=mine)
+    failed = {t.name for t in result.tensors if not t.passed}
+    assert failed == {"Hv[W1]"}
+
+
+def test_users_product_that_is_right_passes() -> None:
+    net = MLP.random([3, 3, 2], activations=["sigmoid", "identity"], loss="half_sse", seed=4)
+    X, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    result = check_second_order(net, X, y, hvp_fn=lambda v: second_order.hvp(net, X, y, v).Hv)
+    assert result.passed, result.failure_message()
+
+
+def test_layers_without_rules_are_refused_by_name() -> None:
+    d = 3
+    net = Network([Linear(torch.randn(d, d, dtype=torch.float64)), LayerNorm(None, None, d=d)], "mse")
+    with pytest.raises(NotImplementedError, match=r"layer 2 \(LayerNorm"):
+        check_second_order(net, torch.randn(4, d, dtype=torch.float64), torch.randn(4, d, dtype=torch.float64))
+
+
+@given(st.sampled_from(["W1", "X"]))
+def test_bad_directions_name_the_entry(name: str) -> None:
+    net = MLP.random([2, 2, 1], activations=["tanh", "identity"], loss="mse", seed=0)
+    X, y = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"v\['{name}'\]"):
+        second_order.hvp(net, X, y, {name: torch.ones(7, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="not parameters"):
+        second_order.hvp(net, X, y, {"W9": torch.ones(1)})
+
+
+def test_the_manual_products_are_honestly_manual(monkeypatch: pytest.MonkeyPatch) -> None:
+    """H v, G v and the tangents run under inference_mode and with every autograd entry point
+    raising, and agree with the torch routes computed before the trap (refbp.nn.second_order's
+    source is in tests/test_manual.py's proof that no nn module mentions autograd)."""
+    net = MLP.random([3, 4, 2], activations=["gelu", "identity"], loss="cross_entropy", seed=0)
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1])
+    v = random_direction(net, X, 0)
+    assert check_second_order(net, X, y, v).passed  # the torch routes, before the trap
+    before = second_order.hvp(net, X, y, v).Hv
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the manual path called into autograd")
+
+    for owner, name in [(torch.autograd, "grad"), (torch.autograd, "backward"), (torch.Tensor, "backward"),
+                        (torch.Tensor, "requires_grad_"), (torch.func, "jvp"), (torch.func, "grad"),
+                        (torch.func, "vjp")]:  # fmt: skip
+        monkeypatch.setattr(owner, name, refuse)
+    with torch.inference_mode():
+        products = [second_order.hvp(net, X, y, v), second_order.gvp(net, X, y, v)]
+        tangents = second_order.jvp(net, X, y, v)
+    for t in [*products[0].Hv.values(), *products[1].Hv.values(), *tangents.as_dict().values()]:
+        assert not t.requires_grad
+    for name, t in products[0].Hv.items():
+        assert torch.equal(t, before[name])  # the verified product, computed with autograd unreachable
