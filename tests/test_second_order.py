@@ -3,7 +3,9 @@ torch.func forward-over-reverse, double backward, and differences of the manual 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +154,32 @@ def test_the_manual_products_are_honestly_manual(monkeypatch: pytest.MonkeyPatch
         assert not t.requires_grad
     for name, t in products[0].Hv.items():
         assert torch.equal(t, before[name])  # the verified product, computed with autograd unreachable
+
+
+def test_the_benchmarked_routes_compute_the_same_product() -> None:
+    """benchmarks/hvp.py times three routes to one H v: they must agree, or the ratio means nothing."""
+    from benchmarks.hvp import routes
+
+    results = {name: fn() for name, fn in routes(4, 3, torch.float64).items()}
+    manual = results["manual"]
+    assert isinstance(manual, dict)
+    names = [name for name in manual if name != "X"]  # the torch routes differentiate the parameters only
+    for other in ("forward-over-reverse", "double backward"):
+        theirs = results[other]
+        values = list(theirs.values()) if isinstance(theirs, dict) else list(theirs)  # type: ignore[call-overload]
+        for name, t in zip(names, values, strict=True):
+            torch.testing.assert_close(manual[name], t, rtol=1e-10, atol=1e-12)
+
+
+def test_curvature_example_agrees_with_torch_and_writes_its_files(tmp_path: Path) -> None:
+    from refbp.examples import curvature
+
+    runs = curvature.curvature(iterations=6, newton_steps=2, seed=0)
+    for kind in ("power", "newton"):
+        torch.testing.assert_close(
+            torch.tensor(runs[f"{kind}_manual"]), torch.tensor(runs[f"{kind}_torch"]), rtol=1e-10, atol=0
+        )
+    assert runs["newton_manual"][-1] < runs["newton_manual"][0]  # Newton-CG lowers J
+    assert curvature.main(["--iterations", "3", "--newton-steps", "1", "--out", str(tmp_path)]) == 0
+    assert set(json.loads((tmp_path / "curvature.json").read_text())) == set(runs)
+    assert curvature.main(["--iterations", "0", "--out", str(tmp_path)]) == 2

@@ -210,6 +210,8 @@ class Tangents:
     RJ: Tensor
     Ra: list[Tensor]
     Rz: dict[str, Tensor] = field(default_factory=dict)
+    slopes: dict[int, Tensor] = field(default_factory=dict, repr=False)
+    """f'(z) of each activation, by layer: the R-backward reads it again."""
 
     def as_dict(self) -> dict[str, Tensor]:
         """Every tangent by the name of its tensor: "z1", "a1", ..., "J"."""
@@ -264,7 +266,7 @@ def _input_direction(v: Mapping[str, Any], X: Tensor) -> Tensor:
 def _tangents(
     net: Network, a: list[Tensor], saved: list[Any], y: Tensor, V: Mapping[Key, Tensor], RX: Tensor
 ) -> Tangents:
-    Ra, Rz = [RX], {}
+    Ra, Rz, slopes = [RX], {}, {}
     for l, layer in enumerate(net.layers, start=1):
         path, x, Rx = (l,), a[l - 1], Ra[l - 1]
         if isinstance(layer, (Linear, Dense)):
@@ -274,10 +276,12 @@ def _tangents(
                 Rlin = Rlin + _parameter(net, "b", path, V)
             if isinstance(layer, Dense):
                 Rz[f"z{l}"] = Rlin
-                Rlin = _first_derivative(layer.activation, saved[l], a[l]) * Rlin  # R{a} = f'(z) o R{z}
+                slopes[l] = _first_derivative(layer.activation, saved[l], a[l])
+                Rlin = slopes[l] * Rlin  # R{a} = f'(z) o R{z}
             Ra.append(Rlin)
         elif isinstance(layer, Elementwise):
-            Ra.append(_first_derivative(layer.activation, x, a[l]) * Rx)  # R{a} = f'(x) o R{x}
+            slopes[l] = _first_derivative(layer.activation, x, a[l])
+            Ra.append(slopes[l] * Rx)  # R{a} = f'(x) o R{x}
         else:  # Flatten, Dropout in eval: a reshape or the identity
             Ra.append(Rx.reshape(a[l].shape))
     g_L = net.loss_fn.gradient(a[-1], y)  # dJ/da(L)
@@ -288,7 +292,7 @@ def _tangents(
         for key in net.decayed_keys():
             RJ = RJ + net.weight_decay * (params[str(key)] * V[key]).sum()  # + lambda <W, V_W>
             J = J + 0.5 * net.weight_decay * (params[str(key)] ** 2).sum()
-    return Tangents(J, RJ, Ra, Rz)
+    return Tangents(J, RJ, Ra, Rz, slopes)
 
 
 def hvp(net: Network, X: Tensor, y: object, v: Mapping[str, Any]) -> SecondOrder:
@@ -325,7 +329,7 @@ def _r_backward(net: Network, X: Tensor, y: object, v: Mapping[str, Any], *, gau
         if isinstance(layer, (Linear, Dense)):
             if isinstance(layer, Dense):
                 z = saved[l]
-                fp = _first_derivative(layer.activation, z, a[l])
+                fp = tangents.slopes[l]  # f'(z)
                 Rz = tangents.Rz[f"z{l}"]
                 # R{dJ/dz} = R{dJ/da} o f'(z) + dJ/da o f''(z) o R{z};   dJ/dz = dJ/da o f'(z)
                 Rg = Rg * fp + first * g * second_derivative(layer.activation, z, a[l]) * Rz
@@ -342,7 +346,7 @@ def _r_backward(net: Network, X: Tensor, y: object, v: Mapping[str, Any], *, gau
             g = g @ W  # dJ/da_prev = dJ/dz W
         elif isinstance(layer, Elementwise):
             act, t = layer.activation, x
-            fp = _first_derivative(act, t, a[l])
+            fp = tangents.slopes[l]  # f'(x)
             Rg = Rg * fp + first * g * second_derivative(act, t, a[l]) * Rx  # as Dense's f-part
             g = g * fp
         else:  # Flatten, Dropout in eval
@@ -350,8 +354,7 @@ def _r_backward(net: Network, X: Tensor, y: object, v: Mapping[str, Any], *, gau
     if net.weight_decay:
         for key in net.decayed_keys():
             add(key, net.weight_decay * V[key])  # the penalty's Hessian: lambda V_W
-    params = net.parameters()
-    out = {name: Hv.get(Key.parse(name), torch.zeros_like(p)) for name, p in params.items()}
+    out = {str(key): Hv.get(key, torch.zeros_like(direction)) for key, direction in V.items()}
     if a[0].is_floating_point():
         out["X"] = Rg  # (H v)_X = R{dJ/dX}
     return SecondOrder("gauss_newton" if gauss_newton else "hessian", out, R_delta, tangents)
