@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import refbp
 from refbp.nn import second_order
 from refbp.nn.layers import Elementwise, Flatten, LayerNorm, Linear
 from refbp.nn.mlp import MLP
@@ -183,3 +186,24 @@ def test_curvature_example_agrees_with_torch_and_writes_its_files(tmp_path: Path
     assert curvature.main(["--iterations", "3", "--newton-steps", "1", "--out", str(tmp_path)]) == 0
     assert set(json.loads((tmp_path / "curvature.json").read_text())) == set(runs)
     assert curvature.main(["--iterations", "0", "--out", str(tmp_path)]) == 2
+
+
+def _quadratic_and_cubic(p: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """J = 1/2 w^T A w + sum(w^3) / 3 (NumPy): gradient A w + w^2, Hessian A + diag(2 w)."""
+    w = p["w"]
+    return 0.5 * w @ _A @ w + (w**3).sum() / 3.0, {"w": _A @ w + w**2}
+
+
+_A = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, -0.3], [0.0, -0.3, 3.0]])
+
+
+def test_a_users_hessian_vector_product_is_checked_by_check_function() -> None:
+    params = {"w": np.array([0.3, -1.2, 0.7])}
+    right = refbp.check_function(
+        _quadratic_and_cubic, params, order=2, hvp=lambda p, v: {"w": _A @ v["w"] + 2 * p["w"] * v["w"]}
+    )
+    assert right.passed, right.failure_message()
+    dropped = refbp.check_function(_quadratic_and_cubic, params, order=2, hvp=lambda p, v: {"w": _A @ v["w"]})
+    assert not dropped.passed  # the diag(2 w) term of the cubic forgotten
+    with pytest.raises(ValueError, match="order=2"):
+        refbp.check_function(_quadratic_and_cubic, params, order=2)

@@ -19,6 +19,7 @@ from .finite_diff import function_finite_differences
 from .inputs import FD_AUTO_MAX_ENTRIES, REFERENCES, as_tensor, check_options
 from .result import CheckResult
 from .rows import fd_row, fd_tolerance, missing_row
+from .second_order import check_hvp_function
 from .tolerances import TOLERANCES, Tolerance, combine, least_precise, tolerance_for
 
 __all__ = ["check_function"]
@@ -32,8 +33,14 @@ def check_function(
     directions: int = 8,
     seed: int = 0,
     tolerance: Tolerance | None = None,
+    order: int = 1,
+    hvp: Callable[[dict[str, Any], dict[str, Any]], Mapping[str, Any]] | None = None,
 ) -> CheckResult:
     """Check any (loss, gradients) function against finite differences of its own loss.
+
+    With ``order=2`` it checks your Hessian-vector product instead: ``hvp(params, v) ->
+    {name: (H v)_name}`` against central differences of fn's own gradient along a random v
+    (``seed``), with their error estimate (refbp.verify.second_order.check_hvp_function).
 
     Args:
         fn: fn(params) -> (loss, grads): loss a scalar (float, 0-dim array or tensor), grads a
@@ -47,6 +54,12 @@ def check_function(
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if order not in (1, 2) or isinstance(order, bool):
+        raise ValueError(f"order={order!r}; expected 1 (gradients) or 2 (a Hessian-vector product, with hvp=)")
+    if (order == 2) != (hvp is not None) or (hvp is not None and not callable(hvp)):
+        raise ValueError("order=2 checks hvp(params, v), a callable, and needs it; order=1 takes no hvp")
+    if order == 2 and hvp is not None:
+        return check_hvp_function(lambda p: _call(fn, p)[1], params, hvp, seed=seed, tolerance=tolerance)
     if not isinstance(params, Mapping) or not params:
         raise ValueError("params must be a non-empty dict name -> array")
     for name, value in params.items():

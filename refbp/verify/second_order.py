@@ -22,9 +22,11 @@ of a gradient measure H v, not G v, so they are not a reference for it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,10 +37,11 @@ from ..nn.layer import Params, Tap
 from ..nn.network import Network
 from ..nn.second_order import SecondOrder, gvp, hvp, jvp, supported_layer
 from .compare import Comparison, compare
+from .inputs import as_tensor
 from .result import CheckResult
 from .tolerances import FD_TOLERANCE, Tolerance, combine, tolerance_for
 
-__all__ = ["SECOND_ORDER_REFERENCES", "check_second_order", "random_direction"]
+__all__ = ["SECOND_ORDER_REFERENCES", "check_hvp_function", "check_second_order", "random_direction"]
 
 SECOND_ORDER_REFERENCES = ("forward-over-reverse", "reverse-over-reverse", "fd-gradient")
 """The references a second-order product is checked against (see the module docstring)."""
@@ -302,3 +305,70 @@ def _tangent_rows(
     rows = [compare("R{J}", "forward-mode", tangents["J"].reshape(()), RJ.detach().reshape(()), tol)]
     rows += [compare(f"R{{{name}}}", "forward-mode", tangents[name], t.detach(), tol) for name, t in Ra.items()]
     return rows
+
+
+def check_hvp_function(
+    gradient: Callable[[dict[str, Any]], Mapping[str, Any]],
+    params: Mapping[str, Any],
+    hvp_fn: Callable[[dict[str, Any], dict[str, Any]], Mapping[str, Any]],
+    *,
+    v: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    tolerance: Tolerance | None = None,
+) -> CheckResult:
+    """A user's H v routine, ``hvp_fn(params, v) -> {name: (H v)_name}``, against central
+    differences of their own gradient along v, (g(w + h v) - g(w - h v)) / 2h with the
+    Richardson estimate and its error (refbp.check_function(..., order=2, hvp=...)).
+
+    ``gradient(params) -> {name: dJ/d(name)}``; params and v are NumPy arrays or torch tensors,
+    used in float64 of their own kind. A kink between the points makes the error estimate large:
+    those entries are imprecise (unverified), never failed on a guess."""
+    point = {name: _float64(value, f"params[{name!r}]") for name, value in params.items()}
+    if v is None:
+        generator = torch.Generator().manual_seed(seed)
+        v = {
+            name: _like(torch.randn(tuple(np.shape(value)), generator=generator, dtype=torch.float64), value)
+            for name, value in point.items()
+        }
+    direction = {name: _float64(v.get(name, 0.0 * point[name]), f"v[{name!r}]") for name in point}
+    product = {name: as_tensor(t, f"hvp[{name!r}]") for name, t in hvp_fn(dict(point), dict(direction)).items()}
+    norm_v = max((float(np.max(np.abs(np.asarray(t)))) for t in map(_numpy, direction.values())), default=0.0)
+    norm_w = max((float(np.max(np.abs(np.asarray(t)))) for t in map(_numpy, point.values())), default=1.0)
+    h = FD_GRADIENT_STEP * max(1.0, norm_w) / max(norm_v, 1e-300)
+
+    def gradient_at(step: float) -> dict[str, Tensor]:
+        moved = {name: point[name] + step * direction[name] for name in point}
+        return {name: as_tensor(g, f"grads[{name!r}]").to(torch.float64) for name, g in gradient(moved).items()}
+
+    try:
+        g_p1, g_m1, g_p2, g_m2 = (gradient_at(s) for s in (h, -h, 2 * h, -2 * h))
+    finally:
+        gradient(dict(params))  # leave a stateful model at the point it was checked at
+    tol = tolerance or combine(tolerance_for(torch.float64), FD_TOLERANCE)
+    rows = []
+    for name in point:
+        d1 = (g_p1[name] - g_m1[name]) / (2 * h)  # D(h)
+        d2 = (g_p2[name] - g_m2[name]) / (4 * h)  # D(2h)
+        reference = d1 + (d1 - d2) / 3.0  # Richardson: the h^2 term removed
+        error = (d1 - d2).abs() / 3.0 + 1e-12 * d1.abs()
+        got = product.get(name)
+        if got is None:
+            raise ValueError(f"hvp returned no product for {name!r}; expected every name of params ({list(point)})")
+        rows.append(compare(f"Hv[{name}]", "fd-gradient", got, reference, tol, error=error))
+    return CheckResult(rows=rows, J=math.nan, dtype="float64", device="cpu", fd_mode="full", meta={"order": 2})
+
+
+def _float64(value: Any, what: str) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().to(torch.float64)
+    if isinstance(value, (np.ndarray, float, int)) and not isinstance(value, bool):
+        return np.asarray(value, dtype=np.float64)
+    raise TypeError(f"{what} must be a NumPy array or torch tensor, got {type(value).__name__}")
+
+
+def _like(t: Tensor, value: Any) -> Any:
+    return t if isinstance(value, Tensor) else t.numpy()
+
+
+def _numpy(value: Any) -> Any:
+    return value.cpu().numpy() if isinstance(value, Tensor) else value
