@@ -207,3 +207,23 @@ def test_a_users_hessian_vector_product_is_checked_by_check_function() -> None:
     assert not dropped.passed  # the diag(2 w) term of the cubic forgotten
     with pytest.raises(ValueError, match="order=2"):
         refbp.check_function(_quadratic_and_cubic, params, order=2)
+
+
+def test_explain_order_2_walks_the_seed_network_with_every_line_verified(capsys: pytest.CaptureFixture[str]) -> None:
+    from refbp.apps.cli import main
+
+    assert main(["explain", "--order", "2", "--seed", "1", "--ascii"]) == 0
+    out = capsys.readouterr().out
+    for line in ("R{z(1)} = R{a(0)} W(1)^T + a(0) V_W1^T + V_b1", "R{dJ/dz(2)}", "(H v)_W1", "f''(z(1))"):
+        assert line in out
+    assert "[FAIL]" not in out and "13 of 13 quantities agree with torch" in out
+    assert main(["explain", "--order", "2", "--loss", "mse"]) == 2
+    assert "--order 2 walks the seed's network; it takes no --loss" in capsys.readouterr().err
+
+
+def test_explain_order_2_marks_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from refbp.apps.explain_order2 import explain_order2
+
+    monkeypatch.setattr(second_order, "second_derivative", lambda act, z, a: torch.zeros_like(z))
+    walk = explain_order2(0)
+    assert not walk.passed and "[FAIL]" in walk.render(ascii_only=True)

@@ -24,6 +24,7 @@ from ..verify.cases import check_dims, check_network_fits
 from ..verify.specs import Spec, spec_from_dict
 from .check_cli import parse_spec_json, read_spec
 from .explain import walkthrough
+from .explain_order2 import explain_order2
 from .walk import BUILT_IN, NetworkWalk, walk_network
 
 __all__ = ["BUILT_IN_MODELS", "MAX_BATCH", "add_arguments", "run"]
@@ -73,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", help="the same JSON, inline (as refbp check --case takes)")
     parser.add_argument("--model", choices=sorted(BUILT_IN_MODELS), help="walk a built-in network: " + ", ".join(
         f"{name} ({text})" for name, text in sorted(BUILT_IN_MODELS.items())))  # fmt: skip
+    parser.add_argument(
+        "--order", type=int, choices=(1, 2), default=1,
+        help="2: the R-operator on the seed's network (tangents, R{dJ/d.}, H v), each checked by torch",
+    )  # fmt: skip
     parser.add_argument("--markdown", action="store_true", help="emit the same walk-through as Markdown")
     parser.add_argument("--ascii", action="store_true", help="[ok]/[FAIL] instead of check marks")
 
@@ -85,7 +90,16 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is not None:
         check_int(args.batch, "--batch", minimum=1, maximum=MAX_BATCH)
     w: Any
-    if args.spec is not None or args.stack is not None or args.model is not None:
+    if args.order == 2:
+        given = {
+            "--dims": args.dims, "--activations": args.activations, "--loss": args.loss, "--batch": args.batch,
+            "--spec": args.spec, "--stack": args.stack, "--model": args.model, "--layout": args.layout,
+        }  # fmt: skip
+        others = [option for option, value in given.items() if value is not None]
+        if others:
+            raise ValueError(f"--order 2 walks the seed's network; it takes no {', '.join(others)}")
+        w = explain_order2(seed)
+    elif args.spec is not None or args.stack is not None or args.model is not None:
         w = _walk_other(args)
     else:
         dims = check_dims([2, 3, 1] if args.dims is None else args.dims, "--dims")

@@ -120,6 +120,13 @@ def check_second_order(
             rows.append(
                 compare(f"Hv[{name}]", reference, g, r, row_tol, error=errors.get(name), excluded=excluded.get(name))
             )
+    if manual is not None and product == "hessian":  # R{dJ/d(intermediate)}: d/dr of the manual dJ/dz, dJ/da
+        values, errors, excluded = references["fd-gradient"]
+        for name, R in manual.R_delta.items():
+            rows.append(
+                compare(f"R{{dJ/d{name}}}", "fd-gradient", R, values[name], combine(tol, FD_TOLERANCE),
+                        error=errors[name], excluded=excluded[name])
+            )  # fmt: skip
     if forward:
         rows += _tangent_rows(net, net64, X, X64, y, y64, v, v64, tol)
     meta: dict[str, Any] = {"product": product, "direction_seed": seed if drawn else None}
@@ -253,7 +260,7 @@ def _gradient_differences(
     crossed = any(
         not torch.equal(b, r) for regions in (r_p1, r_m1, r_p2, r_m2) for b, r in zip(base, regions, strict=True)
     )
-    names = [*params, *(["X"] if "X" in v and X.is_floating_point() else [])]
+    names = list(g_p1)  # every gradient the backward pass gives: parameters, intermediates, X
     values, errors, excluded = {}, {}, {}
     for name in names:
         d1 = (g_p1[name] - g_m1[name]) / (2 * h)  # D(h)
