@@ -4,6 +4,7 @@ wrong layer is seen where it is wrong."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,3 +166,10 @@ def test_a_bad_option_for_a_guided_model_exits_2_with_one_line(
     assert main(["explain", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("path", "walkthrough"), [("docs/explain_cnn.md", cnn_walkthrough),
+                                                   ("docs/explain_lstm.md", lstm_walkthrough)])  # fmt: skip
+def test_the_committed_guided_docs_equal_what_explain_markdown_generates(path: str, walkthrough: Any) -> None:
+    committed = (Path(__file__).resolve().parent.parent / path).read_text(encoding="utf-8")
+    assert committed == walkthrough().render(markdown=True), f"{path} is stale: run python scripts/make_docs.py"
