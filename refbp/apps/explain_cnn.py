@@ -164,7 +164,8 @@ def walk_cnn(net: Network, X: Tensor, y: Tensor, *, seed: int = 0) -> GuidedWalk
     ]  # fmt: skip
     intro = (
         f"{net.describe()}, seed {seed}, N = {N} images of {C} x {H} x {W}, float64. Every number is the "
-        "layers' own; forward values are checked against torch.nn.functional, gradients against torch.autograd."
+        "layers' own; forward values are checked against torch.nn.functional, gradients against torch.autograd:"
+        " a check mark says torch agrees, a cross that it differs (and where, by how much)."
     )
     links = ("The layers: refbp/nn/conv.py, pool.py; any network's walk: [explain_layers.md](explain_layers.md).",)
     page = Page("a convolutional network, im2col and max-pool by hand", intro, tuple(entries), links=links)

@@ -144,7 +144,8 @@ def walk_lstm(net: Network, X: Tensor, y: Tensor, *, seed: int = 0) -> GuidedWal
     intro = (
         f"{net.describe()}, seed {seed}, B = {B} sequence{'s' if B > 1 else ''} of T = {T} steps, float64. "
         "Every number is the layers' own; forward values are checked against torch's step-by-step oracle, "
-        "gradients against torch.autograd."
+        "gradients against torch.autograd: a check mark says torch agrees, a cross that it differs (and where, by how "
+        "much)."
     )
     links = (
         "The layers: refbp/nn/lstm.py, recurrent_layer.py; any network's walk: [explain_layers.md](explain_layers.md).",
