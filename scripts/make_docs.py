@@ -1,4 +1,4 @@
-"""Write the generated docs: docs/explain.md, explain_layers.md, explain_gpt.md, seed_corrected.md, equations.md.
+"""Write the generated docs: docs/explain*.md (the seed's MLP, layers, gpt, cnn, lstm), seed_corrected.md, equations.md.
 
     python scripts/make_docs.py            # (re)write them
     python scripts/make_docs.py --check    # exit 1 if any differs from what the code generates
@@ -15,6 +15,8 @@ from pathlib import Path
 
 from refbp.apps.equations import render_equation_map
 from refbp.apps.explain import explain
+from refbp.apps.explain_cnn import cnn_walkthrough
+from refbp.apps.explain_lstm import lstm_walkthrough
 from refbp.apps.io import write_atomic
 from refbp.apps.seed import render_seed_document
 from refbp.apps.walk import BUILT_IN, walk_network
@@ -33,6 +35,8 @@ DOCS: dict[str, Callable[[], str]] = {
     "docs/explain.md": lambda: explain(markdown=True),
     "docs/explain_layers.md": lambda: _walk("layers"),
     "docs/explain_gpt.md": lambda: _walk("gpt"),
+    "docs/explain_cnn.md": lambda: cnn_walkthrough().render(markdown=True),
+    "docs/explain_lstm.md": lambda: lstm_walkthrough().render(markdown=True),
     "docs/seed_corrected.md": render_seed_document,
     "docs/equations.md": render_equation_map,
 }

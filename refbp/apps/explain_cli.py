@@ -4,6 +4,8 @@
     refbp explain --dims 3,4,2 --activations tanh,identity --loss mse --seed 1 --layout columns
     refbp explain --stack '{"input": 3, "layers": [["linear", 2]], "loss": "mse"}'   # refbp.apps.walk
     refbp explain --model gpt --seed 3 --batch 2
+    refbp explain --model cnn                       # im2col and max-pool (refbp.apps.explain_cnn)
+    refbp explain --model lstm --seed 4             # BPTT step by step (refbp.apps.explain_lstm)
 
 Every option is checked first and a bad one is a ValueError/TypeError naming it (the command
 prints one ``error:`` line and exits 2): an option that does not apply to the network chosen
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..nn.layouts import LAYOUTS
@@ -24,17 +27,26 @@ from ..verify.cases import check_dims, check_network_fits
 from ..verify.specs import Spec, spec_from_dict
 from .check_cli import parse_spec_json, read_spec
 from .explain import walkthrough
+from .explain_cnn import cnn_walkthrough
+from .explain_guided import GuidedWalk
+from .explain_lstm import lstm_walkthrough
 from .explain_order2 import explain_order2
 from .walk import BUILT_IN, NetworkWalk, walk_network
 
-__all__ = ["BUILT_IN_MODELS", "MAX_BATCH", "add_arguments", "run"]
+__all__ = ["BUILT_IN_MODELS", "GUIDED_MODELS", "MAX_BATCH", "add_arguments", "run"]
 
 BUILT_IN_MODELS = {
     "layers": "Linear, LayerNorm, tanh, Residual, BatchNorm1d, Dropout, Linear; mse",
     "gpt": "a GPT: token and position embeddings, one block of causal self-attention (2 heads) and a GELU MLP, "
     "final LayerNorm, tied LM head; cross-entropy",
+    "cnn": "Conv2d, relu, MaxPool2d, Flatten, Linear on 4x4 images; cross-entropy; im2col and argmax shown",
+    "lstm": "a 1-layer LSTM over T=3 steps and a Linear head; cross-entropy; BPTT step by step",
 }
-"""Networks ``refbp explain --model`` walks (refbp.apps.walk.BUILT_IN)."""
+"""Networks ``refbp explain --model`` walks (refbp.apps.walk.BUILT_IN, and GUIDED_MODELS)."""
+
+GUIDED_MODELS: dict[str, Callable[..., GuidedWalk]] = {"cnn": cnn_walkthrough, "lstm": lstm_walkthrough}
+"""Models walked in the chain rule's order with their own equations (refbp.apps.explain_cnn,
+explain_lstm), each called with ``seed=`` and ``batch=``; both are trained with cross_entropy."""
 
 MAX_BATCH = 1 << 16
 """Most observations (rows of X, or sequences of a GPT) a walk-through shows: it prints every
@@ -99,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         if others:
             raise ValueError(f"--order 2 walks the seed's network; it takes no {', '.join(others)}")
         w = explain_order2(seed)
+    elif args.model in GUIDED_MODELS and args.spec is None and args.stack is None:
+        w = _walk_guided(args, seed)
     elif args.spec is not None or args.stack is not None or args.model is not None:
         w = _walk_other(args)
     else:
@@ -119,15 +133,29 @@ def run(args: argparse.Namespace) -> int:
     return 0 if w.passed else 1
 
 
+def _refuse_seed_mlp_options(args: argparse.Namespace, where: str) -> None:
+    for option in _SEED_MLP_OPTIONS:
+        if getattr(args, option) is not None:
+            raise ValueError(f"--{option} describes the seed's MLP; {where} brings its own network (drop --{option})")
+
+
+def _walk_guided(args: argparse.Namespace, seed: int) -> GuidedWalk:
+    """The guided walk of --model cnn or lstm, with --seed and --batch (its own default batch)."""
+    where = f"--model {args.model}"
+    _refuse_seed_mlp_options(args, where)
+    if args.loss is not None and args.loss != "cross_entropy":
+        raise ValueError(f"--loss {args.loss}: {where} is trained with cross_entropy; it takes no other loss")
+    options = {"seed": seed} if args.batch is None else {"seed": seed, "batch": args.batch}
+    return GUIDED_MODELS[args.model](**options)
+
+
 def _walk_other(args: argparse.Namespace) -> NetworkWalk:
     """The walk through a --spec file, a --stack spec or a --model (refbp.apps.walk), in float64."""
     given = [option for option in ("spec", "stack", "model") if getattr(args, option) is not None]
     if len(given) > 1:
         raise ValueError(f"--{given[0]} and --{given[1]}: give one network to walk, not two")
     where = f"--{given[0]}" + (f" {args.model}" if args.model is not None else "")
-    for option in _SEED_MLP_OPTIONS:
-        if getattr(args, option) is not None:
-            raise ValueError(f"--{option} describes the seed's MLP; {where} brings its own network (drop --{option})")
+    _refuse_seed_mlp_options(args, where)
     if args.model is not None:
         spec = _model_spec(args, where)
     else:

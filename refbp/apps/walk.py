@@ -13,7 +13,8 @@ equations (1)-(9). refbp.apps.render prints either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -21,7 +22,7 @@ from torch import Tensor
 from ..models.gpt_cases import GPTSpec
 from ..nn.keys import Key
 from ..nn.layer import Layer, Params
-from ..nn.network import Network
+from ..nn.network import Cache, Network
 from ..nn.stack import walk_layers
 from ..verify.compare import Comparison, compare
 from ..verify.finite_diff import PieceRecorder
@@ -70,13 +71,22 @@ class LayerStep:
 
 @dataclass(frozen=True)
 class NetworkWalk:
-    """The whole walk: the network, the point, the steps."""
+    """The whole walk: the network, the point, the steps.
+
+    Attributes:
+        grads: refbp's manual gradients by name (``backward(...).as_dict()``), what the steps show.
+        reference: torch.autograd's gradients by the same names.
+        cache: the manual forward pass (the layers' caches: MaxPool2d's argmax, ...).
+    """
 
     net: Network
     X: Tensor
     y: Tensor
     description: str
     steps: tuple[LayerStep, ...]
+    grads: Mapping[str, Tensor] = field(default_factory=dict, repr=False)
+    reference: Mapping[str, Tensor] = field(default_factory=dict, repr=False)
+    cache: Cache | None = field(default=None, repr=False)
 
     @property
     def checks(self) -> list[Comparison]:
@@ -154,10 +164,13 @@ def walk_network(net: Network, X: Tensor, y: Tensor, *, description: str = "") -
     for path, layer in walked:
         inputs[path] = input_of(path)
         where = ".".join(map(str, path))
-        shown = [key for key in layer.keys(path) if key.kind in (*layer.intermediates, "a") and key in manual]
+        # everything the layer computed, its parameters aside (a recurrent layer's every step too)
+        shown = [key for key in layer.keys(path) if key.kind not in layer.params and key in manual]
         if layer.sublayers():
             shown = [Key("a", path)]
-        values = tuple((f"{key.kind}({where})", manual[key], forward_check(key)) for key in shown)
+        values = tuple(
+            (f"{key.kind}({'.'.join(map(str, key.layer))})", manual[key], forward_check(key)) for key in shown
+        )
         out = manual[Key("a", path)]
         steps.append(LayerStep("forward", where, layer.describe(), layer.equations()[0],
                                f"{shape_text(inputs[path])} -> {shape_text(out)}", values))  # fmt: skip
@@ -179,7 +192,7 @@ def walk_network(net: Network, X: Tensor, y: Tensor, *, description: str = "") -
         shapes = f"{shape_text(grads[str(Key('a', path))])} -> {shape_text(inputs[path])}"
         formula = layer.equations()[1] or "(no backward step)"
         steps.append(LayerStep("backward", where, layer.describe(), formula, shapes, values))
-    return NetworkWalk(net, X, y, description or net.describe(), tuple(steps))
+    return NetworkWalk(net, X, y, description or net.describe(), tuple(steps), grads, reference, cache)
 
 
 def _below(path: tuple[int, ...], walked: list[tuple[tuple[int, ...], Layer]]) -> str | None:

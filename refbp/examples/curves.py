@@ -1,18 +1,31 @@
 """Two training runs side by side: refbp's manual gradients and torch.autograd's, their loss
-curves and their difference, as the training examples (train_xor, train_gpt) plot them."""
+curves and their difference, as the training examples (train_xor, train_gpt, train_cnn,
+char_rnn) plot them and write them down."""
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 
-from ..apps.io import write_atomic
+from ..apps.io import write_atomic, write_set
 
-__all__ = ["TrainingCurves", "plot_curves"]
+__all__ = [
+    "ExampleParser",
+    "TrainingCurves",
+    "curves_json",
+    "curves_png",
+    "plot_curves",
+    "run_example",
+    "write_curves",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,37 @@ def plot_curves(
 ) -> Path | None:
     """Both loss curves (``labels``: autograd's, manual's) and their relative difference as a
     PNG at ``path``; None (and a message) without matplotlib."""
+    png = curves_png(curves, title=title, labels=labels, ylabel=ylabel, xlabel=xlabel, log_y=log_y)
+    return None if png is None else write_atomic(path, png)
+
+
+def curves_json(curves: TrainingCurves, **about: Any) -> str:
+    """Both curves as JSON, with their largest differences and ``about`` (the run's settings)."""
+    record = {
+        **about,
+        "manual": curves.manual,
+        "autograd": curves.autograd,
+        "max_abs_difference": curves.max_abs_difference,
+        "max_rel_difference": curves.max_rel_difference,
+    }
+    return json.dumps(record, indent=1) + "\n"
+
+
+def write_curves(
+    folder: str | Path, stem: str, curves: TrainingCurves, png: bytes | None, about: Mapping[str, Any]
+) -> list[Path]:
+    """STEM.json (``curves_json``) and STEM.png (when there is a plot) in ``folder``, written
+    together or not at all (refbp.apps.io.write_set)."""
+    files: dict[str, str | bytes | None] = {f"{stem}.json": curves_json(curves, **about)}
+    if png is not None:
+        files[f"{stem}.png"] = png
+    return write_set(folder, files)
+
+
+def curves_png(
+    curves: TrainingCurves, *, title: str, labels: tuple[str, str], ylabel: str, xlabel: str, log_y: bool = False
+) -> bytes | None:
+    """The PNG of ``plot_curves``, as bytes; None (and a message) without matplotlib."""
     try:
         import matplotlib
 
@@ -77,4 +121,22 @@ def plot_curves(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    return write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+class ExampleParser(argparse.ArgumentParser):
+    """The training examples' command line: a bad option is one ``error:`` line and exit
+    status 2, as for ``refbp`` itself (``run_example``), instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def run_example(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """``main(argv)``, with a ValueError (a bad option or setting) printed as one ``error:``
+    line and exit status 2."""
+    try:
+        return main(argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
