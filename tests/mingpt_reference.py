@@ -143,3 +143,24 @@ def masks_applied(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def masks_recorded(modules: Mapping[tuple[int, ...], nn.Module]) -> Iterator[dict[tuple[int, ...], Tensor]]:
+    """Within the block, the keep-mask each dropout module draws (torch's own) is recorded by
+    path: an entry is kept where the output is not 0. Where the input is exactly 0 (attention's
+    masked future) the mask cannot be read and does not matter: 0 either way, and no gradient
+    flows there (dJ/dS = P o (...) = 0 where P = 0)."""
+    recorded: dict[tuple[int, ...], Tensor] = {}
+    handles = []
+    for path, module in modules.items():
+
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, path: tuple[int, ...] = path) -> None:
+            recorded[path] = output != 0
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()

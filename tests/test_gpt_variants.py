@@ -94,6 +94,25 @@ def test_mingpt_state_dict_loads_and_every_gradient_equals_autograd(dropout: boo
         _close(grads[name], p.grad, name)
 
 
+def test_torch_s_own_masks_in_each_of_the_three_places_go_in_as_noise() -> None:
+    """Each minGPT dropout draws torch's mask; refbp's forward(noise=...) with those masks by
+    path computes the module's loss and gradients."""
+    model = _mingpt(dropout=True).train(True)
+    net = GPT.from_state_dict(model.state_dict(), n_head=2, gelu="tanh", **RATES).train(True)
+    idx, targets = _point()
+    torch.manual_seed(9)
+    with mingpt.masks_recorded(mingpt.dropout_modules(model)) as masks:
+        _, loss = model(idx, targets)
+    assert loss is not None and len(masks) == 1 + 3 * 2
+    loss.backward()
+    cache = net.forward(idx, noise=masks)
+    _close(net.loss(cache, targets), loss.detach(), "J")
+    grads = net.backward(cache, targets).state_dict()
+    for name, p in model.named_parameters():
+        assert p.grad is not None
+        _close(grads[name], p.grad, name)
+
+
 def test_the_head_is_tied_or_not_as_the_state_dict_says() -> None:
     tied_sd = nanogpt.GPT(nanogpt.Config(5, 4, 1, 2, 4)).double().state_dict()  # one tensor twice
     assert GPT.from_state_dict(tied_sd, n_head=2).config.tied
