@@ -144,14 +144,10 @@ class GPT(Network):
         for i in range(config.n_layer):
             h = f"transformer.h.{i}."
             attn = CausalSelfAttention(
-                P[h + "attn.c_attn.weight"],
-                P[h + "attn.c_proj.weight"],
-                get(h + "attn.c_attn.bias"),
-                get(h + "attn.c_proj.bias"),
-                n_head=n_head,
-                dropout=config.p_attn,
+                P[h + "attn.c_attn.weight"], P[h + "attn.c_proj.weight"], get(h + "attn.c_attn.bias"),
+                get(h + "attn.c_proj.bias"), n_head=n_head, dropout=config.p_attn,  # attn_pdrop, on the probabilities
                 seed=layer_seed(3 * i + 1),
-            )  # fmt: skip  (attn_pdrop, on the attention probabilities)
+            )  # fmt: skip
             block = Block(norm(h + "ln_1"), attn, norm(h + "ln_2"), linear(h + "mlp.c_fc"), linear(h + "mlp.c_proj"),
                           dropout=config.p_resid, seed=layer_seed(3 * i + 2), gelu=config.gelu)  # fmt: skip
             layers.append(block)
