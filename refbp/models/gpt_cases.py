@@ -104,7 +104,7 @@ class GPTSpec:
     resid_pdrop: float | None = None
 
     def __post_init__(self) -> None:
-        self.config  # noqa: B018  (GPTConfig checks the sizes, the variants and the rates)
+        _ = self.config  # building the GPTConfig checks the sizes, the variants and the rates
         check_int(self.batch, "batch", minimum=1, maximum=1 << 16)
         check_int(self.length, "length", minimum=1, maximum=self.block_size)
         check_int(self.ignored, "ignored", minimum=0, maximum=self.batch * self.length - 1)
