@@ -5,6 +5,10 @@ hypothesis strategies that draw them and shrink a failure to the smallest GPT th
      "bias": true, "dropout": 0.25, "training": true, "batch": 2, "length": 3, "ignored": 1,
      "seed": 0, "dtype": "float64", "device": "cpu"}
 
+and minGPT's variants, written only when they differ from nanoGPT's (so a nanoGPT spec's JSON
+stays as it was): "tied": false (an LM head of its own), "gelu": "tanh", and the dropout rates
+"embd_pdrop", "attn_pdrop", "resid_pdrop" (each defaults to "dropout").
+
     from hypothesis import given
     from refbp.models.gpt_cases import gpts
 
@@ -14,7 +18,8 @@ hypothesis strategies that draw them and shrink a failure to the smallest GPT th
 
 The parameters are drawn in float64 on the CPU from ``seed`` and loaded through
 ``GPT.from_state_dict`` (so every case also runs the loader): linear maps as torch.nn.Linear
-initialises them, embeddings N(0, 1), LayerNorm weights in [0.5, 1.5] and biases in [-0.5, 0.5].
+initialises them, embeddings (and an untied head, drawn last) N(0, 1), LayerNorm weights in
+[0.5, 1.5] and biases in [-0.5, 0.5].
 Not nanoGPT's initialisation: its LayerNorm weights 1, biases 0 and weights of 0.02 would hide
 terms of the backward pass behind neutral values (a gamma of 1, near-uniform attention).
 The point: idx (batch, length) tokens, targets (batch, length) tokens of which ``ignored``
@@ -33,20 +38,32 @@ import torch
 from hypothesis import strategies as st
 
 from ..nn.network import resolve_device
+from ..nn.transformer import gelu_form
 from ..nn.validation import check_int, check_seed, check_subset, derived_seed
 from ..verify.cases import Case
 from ..verify.specs import register_spec_kind
 from .gpt import GPT, IGNORE_INDEX, GPTConfig
+from .gpt_config import HEAD_NAME
 from .gpt_memory import check_gpt_fits
 
-__all__ = ["GPT_COMPONENTS", "GPTSpec", "gpt_specs", "gpts"]
+__all__ = ["GPT_COMPONENTS", "VARIANT_SHARE", "GPTSpec", "gpt_specs", "gpts"]
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 """The dtypes a GPTSpec may ask for (float16 and bfloat16 are for CUDA)."""
 
 
 GPT_COMPONENTS = ("embedding", "position embedding", "attention", "transformer block", "layernorm", "gelu")
-"""What every GPT exercises, for the coverage table (dropout, by mode, when it has some)."""
+"""What every GPT exercises, for the coverage table (dropout, by mode, when it has some; a tanh
+GELU as "gelu_tanh", the activation's name; an untied head as "untied head")."""
+
+VARIANT_SHARE = 4
+"""gpt_specs, told to draw minGPT's variants (an untied head, the tanh GELU, three dropout rates
+of their own: ``tied=None`` ...), draws each in one case of VARIANT_SHARE: a small share, so
+that most drawn cases stay nanoGPT's."""
+
+_VARIANTS: dict[str, Any] = {"tied": True, "gelu": "exact", "embd_pdrop": None, "attn_pdrop": None,
+                             "resid_pdrop": None}  # fmt: skip
+"""minGPT's variants with their nanoGPT values: left out of a spec's JSON when they have these."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,7 @@ class GPTSpec:
 
     Attributes:
         vocab_size, block_size, n_layer, n_head, n_embd, bias, dropout: as GPTConfig.
+        tied, gelu, embd_pdrop, attn_pdrop, resid_pdrop: minGPT's variants, as GPTConfig.
         training: training mode (dropout masks) or eval mode.
         batch: B, the number of sequences.  length: T <= block_size, positions per sequence.
         ignored: how many targets are -1 (not counted); fewer than batch * length.
@@ -79,9 +97,14 @@ class GPTSpec:
     seed: int = 0
     dtype: str = "float64"
     device: str = "cpu"
+    tied: bool = True
+    gelu: str = "exact"
+    embd_pdrop: float | None = None
+    attn_pdrop: float | None = None
+    resid_pdrop: float | None = None
 
     def __post_init__(self) -> None:
-        GPTConfig(self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd, self.bias, self.dropout)
+        _ = self.config  # building the GPTConfig checks the sizes, the variants and the rates
         check_int(self.batch, "batch", minimum=1, maximum=1 << 16)
         check_int(self.length, "length", minimum=1, maximum=self.block_size)
         check_int(self.ignored, "ignored", minimum=0, maximum=self.batch * self.length - 1)
@@ -97,6 +120,7 @@ class GPTSpec:
             n_head=self.n_head,
             n_embd=self.n_embd,
             bias=self.bias,
+            tied=self.tied,
             dtype=torch.float64,
             parameter_copies=2,
             batch=self.batch,
@@ -111,8 +135,11 @@ class GPTSpec:
 
     @property
     def config(self) -> GPTConfig:
-        return GPTConfig(self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd, self.bias,
-                         self.dropout)  # fmt: skip
+        return GPTConfig(
+            self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd, self.bias, self.dropout,
+            tied=self.tied, gelu=self.gelu, embd_pdrop=self.embd_pdrop, attn_pdrop=self.attn_pdrop,
+            resid_pdrop=self.resid_pdrop,
+        )  # fmt: skip
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The parameters, in nanoGPT's names, float64 on the CPU, drawn from ``seed``."""
@@ -124,9 +151,9 @@ class GPTSpec:
         shapes = self.config.shapes()
         out: dict[str, torch.Tensor] = {}
         for name, shape in shapes.items():
-            if name == "lm_head.weight":
+            if name == HEAD_NAME and self.tied:
                 continue  # tied: the token embedding
-            if name in ("transformer.wte.weight", "transformer.wpe.weight"):
+            if name in ("transformer.wte.weight", "transformer.wpe.weight", HEAD_NAME):
                 out[name] = torch.randn(shape, dtype=torch.float64, generator=generator)
             elif ".ln_" in name:
                 out[name] = uniform(shape, 0.5, 1.5) if name.endswith("weight") else uniform(shape, -0.5, 0.5)
@@ -139,8 +166,12 @@ class GPTSpec:
     def build(self) -> Case:
         """The GPT and (idx, targets), drawn from ``seed``."""
         dtype, device = getattr(torch, self.dtype), resolve_device(self.device)
-        net = GPT.from_state_dict(self.state_dict(), n_head=self.n_head, dropout=self.dropout, seed=self.seed,
-                                  dtype=dtype, device=device)  # fmt: skip
+        c = self.config
+        net = GPT.from_state_dict(
+            self.state_dict(), n_head=self.n_head, tied=c.tied, gelu=c.gelu, dropout=c.dropout,
+            embd_pdrop=c.embd_pdrop, attn_pdrop=c.attn_pdrop, resid_pdrop=c.resid_pdrop, seed=self.seed,
+            dtype=dtype, device=device,
+        )  # fmt: skip
         net.train(self.training)
         generator = torch.Generator().manual_seed(derived_seed(self.seed, 1, "the point (idx, targets)"))
         shape = (self.batch, self.length)
@@ -152,8 +183,12 @@ class GPTSpec:
         return Case(spec=self, net=net, X=idx.to(device), y=targets.to(device))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object ``from_dict`` reads back."""
-        return {"model": "gpt", **asdict(self)}
+        """The JSON object ``from_dict`` reads back; minGPT's variants only where they differ
+        from nanoGPT's."""
+        fields = {
+            name: value for name, value in asdict(self).items() if name not in _VARIANTS or value != _VARIANTS[name]
+        }
+        return {"model": "gpt", **fields}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -178,9 +213,12 @@ class GPTSpec:
         return cls(**fields)
 
     def components(self) -> list[str]:
-        """What every GPT exercises, and dropout by mode when it has some."""
-        mode = "train" if self.training else "eval"
-        return sorted({*GPT_COMPONENTS, *([f"dropout ({mode})"] if self.dropout else [])})
+        """What every GPT exercises, and dropout by mode when it has some, the tanh GELU, an untied head."""
+        c, mode = self.config, "train" if self.training else "eval"
+        found = {*GPT_COMPONENTS, *([f"dropout ({mode})"] if c.p_embd or c.p_attn or c.p_resid else [])}
+        if c.gelu == "tanh":
+            found = (found - {"gelu"}) | {"gelu_tanh"}
+        return sorted(found | ({"untied head"} if not c.tied else set()))
 
     def describe(self) -> str:
         """The GPT and the point in one short line."""
@@ -188,8 +226,10 @@ class GPTSpec:
             f"GPT V={self.vocab_size} block={self.block_size} L={self.n_layer} heads={self.n_head} d={self.n_embd}",
             "bias" if self.bias else "no bias",
         ]
-        if self.dropout:
-            parts.append(f"dropout {self.dropout:g}" + ("" if self.training else " (eval)"))
+        c = self.config
+        parts += [*(["untied head"] if not c.tied else []), *(["tanh GELU"] if c.gelu == "tanh" else [])]
+        if c.describe_dropout():
+            parts.append(c.describe_dropout().removeprefix(", ") + ("" if self.training else " (eval)"))
         parts.append(f"B={self.batch} T={self.length}" + (f", {self.ignored} ignored" if self.ignored else ""))
         return ", ".join(parts) + ("" if self.dtype == "float64" else f", {self.dtype}")
 
@@ -217,19 +257,31 @@ def gpt_specs(
     training: bool | None = None,
     ignored: bool | None = None,
     device: str = "cpu",
+    tied: bool | None = True,
+    gelu: str | None = "exact",
+    separate_dropouts: bool | None = False,
 ) -> GPTSpec:
     """A tiny GPTSpec: 1..max_layers blocks, 1..max_heads heads of 1..max_head_size (n_embd =
     heads x head size), a vocabulary of 2..max_vocab, T <= block_size <= max_block_size, a batch
     of 1..max_batch, biases or none, a dropout, a mode, ignored targets (with ``ignored`` None
-    any number, True at least one, False none), a dtype and a seed.
+    any number, True at least one, False none), a dtype and a seed; and minGPT's variants: an
+    untied head (``tied=False``), the tanh GELU (``gelu="tanh"``), embd/attn/resid dropout
+    rates of their own, each drawn from ``dropout`` (``separate_dropouts=True``); each of them
+    None draws that variant in one case of VARIANT_SHARE. The defaults are nanoGPT's GPT and
+    draw nothing, so that what the catalogue and the older tests draw stays as it was.
 
     Shrinks towards one layer, one head, the smallest sizes, biases, no dropout, training mode,
-    no ignored target and float64."""
+    no ignored target, float64 and nanoGPT's GPT (tied, exact GELU, one dropout rate)."""
     for name, value in (("max_layers", max_layers), ("max_heads", max_heads), ("max_head_size", max_head_size),
                         ("max_block_size", max_block_size), ("max_batch", max_batch)):  # fmt: skip
         check_int(value, name, minimum=1, maximum=64)
     check_int(max_vocab, "max_vocab", minimum=2, maximum=1 << 16)
     dtype_names = check_subset(dtypes, "dtypes", DTYPES)
+    for name, flag in (("tied", tied), ("separate_dropouts", separate_dropouts)):
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"{name}={flag!r} must be True, False or None (None: drawn)")
+    if gelu is not None:
+        gelu_form(gelu)
     ps = list(dropout)
     if not ps or any(not 0.0 <= p < 1.0 for p in ps):
         raise ValueError(f"dropout={ps!r}: expected a non-empty list of probabilities in [0, 1)")
@@ -253,10 +305,21 @@ def gpt_specs(
         n_ignored = draw(st.integers(1, positions - 1))
     else:
         n_ignored = 0
+    seed, dtype = draw(st.integers(0, 2**31 - 1)), draw(st.sampled_from(dtype_names))
+
+    def rarely() -> bool:  # True in one case of VARIANT_SHARE; shrinks to False
+        return draw(st.integers(0, VARIANT_SHARE - 1)) == VARIANT_SHARE - 1
+
+    # minGPT's variants, drawn after everything else: the draws above are as they were without them
+    has_tie = not rarely() if tied is None else tied
+    form = ("tanh" if rarely() else "exact") if gelu is None else gelu
+    rates: dict[str, float] = {}
+    if rarely() if separate_dropouts is None else separate_dropouts:
+        rates = {name: draw(st.sampled_from(ps)) for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop")}
     return GPTSpec(
         vocab_size=vocab, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_head * head_size,
-        bias=has_bias, dropout=p, training=mode, batch=batch, length=length, ignored=n_ignored,
-        seed=draw(st.integers(0, 2**31 - 1)), dtype=draw(st.sampled_from(dtype_names)), device=device,
+        bias=has_bias, dropout=p, training=mode, batch=batch, length=length, ignored=n_ignored, seed=seed,
+        dtype=dtype, device=device, tied=has_tie, gelu=form, **rates,
     )  # fmt: skip
 
 

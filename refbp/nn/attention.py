@@ -383,9 +383,12 @@ class CausalSelfAttention(Layer):
 
 
 class TorchCausalSelfAttention(torch.nn.Module):
-    """The same layer as a torch module with nanoGPT's names (c_attn, c_proj), computed by
-    F.scaled_dot_product_attention (is_causal=True): what ``CausalSelfAttention.to_torch()``
-    gives. Its dropout draws torch's own masks, not refbp's."""
+    """The same layer as a torch module with nanoGPT's names (c_attn, c_proj): what
+    ``CausalSelfAttention.to_torch()`` gives. Without an active dropout it is computed by
+    F.scaled_dot_product_attention (is_causal=True); in training mode with p > 0 by the explicit
+    masked softmax, whose probabilities go through the module ``attn_dropout`` (nanoGPT's
+    non-flash path), so that a forward hook there can apply refbp's masks (tests do). Its dropout
+    draws torch's own masks, not refbp's."""
 
     def __init__(
         self,
@@ -400,12 +403,18 @@ class TorchCausalSelfAttention(torch.nn.Module):
         super().__init__()
         self.c_attn = torch.nn.Linear(n_embd, 3 * n_embd, bias=bias, dtype=dtype, device=device)
         self.c_proj = torch.nn.Linear(n_embd, n_embd, bias=bias, dtype=dtype, device=device)
+        self.attn_dropout = torch.nn.Dropout(dropout)  # (A6) on the probabilities; no parameters
         self.n_head, self.n_embd, self.dropout = n_head, n_embd, dropout
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, d = x.shape
         q, k, v = self.c_attn(x).split(d, dim=2)
         q, k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
+        if self.training and self.dropout > 0:
+            S = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.n_head)  # (B, nh, T, T)
+            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)
+            P = F.softmax(S.masked_fill(future, float("-inf")), dim=-1)  # (B, nh, T, T)
+            y = self.attn_dropout(P) @ v  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, d))

@@ -8,10 +8,13 @@ For x of shape (B, T, d), with sub-layer j of the block at path (l, j):
     (B4) r      = x + a(l,3)                     the residual stream, "resid" (B, T, d)
     (B5) a(l,4) = ln_2(r)                        LayerNorm                 (B, T, d)
     (B6) a(l,5) = a(l,4) W_fc^T + b_fc           mlp.c_fc: the MLP hidden  (B, T, 4d)
-    (B7) a(l,6) = GELU(a(l,5))                   the exact GELU, z Phi(z)  (B, T, 4d)
+    (B7) a(l,6) = GELU(a(l,5))                   z Phi(z), or its tanh form (B, T, 4d)
     (B8) a(l,7) = a(l,6) W_proj^T + b_proj       mlp.c_proj                (B, T, d)
     (B9) a(l,8) = dropout(a(l,7))                the MLP's dropout
     (B10) y     = r + a(l,8)                     the block's output a(l)   (B, T, d)
+
+GELU is nanoGPT's exact z Phi(z) (``gelu="exact"``, torch.nn.GELU()) or minGPT's NewGELU,
+1/2 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) (``gelu="tanh"``, torch.nn.GELU("tanh")).
 
 and back, each sub-layer's own backward in reverse order; the two residual connections add
 their skip paths:
@@ -47,7 +50,24 @@ from .layernorm import LayerNorm, accumulation_dtype
 from .linear import Linear
 from .validation import check_seed, derived_seed, describe
 
-__all__ = ["Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock"]
+__all__ = ["GELU_FORMS", "Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock", "TorchMLP", "gelu_form"]
+
+GELU_FORMS: dict[str, str] = {"exact": "gelu", "tanh": "gelu_tanh"}
+"""A block's GELU -> the activation of refbp.nn.activations computing it: the exact z Phi(z)
+(nanoGPT's torch.nn.GELU()) or the tanh approximation (minGPT's NewGELU, GPT-2's)."""
+
+_TORCH_APPROXIMATE = {"exact": "none", "tanh": "tanh"}
+"""A GELU form -> torch.nn.GELU's ``approximate`` for it."""
+
+
+def gelu_form(value: object, *, argument: str = "gelu") -> str:
+    """``value`` checked as a GELU form, "exact" or "tanh"; a ValueError naming it otherwise."""
+    if not isinstance(value, str) or value not in GELU_FORMS:
+        raise ValueError(
+            f"{argument}={value!r}; expected 'exact' (z Phi(z), nanoGPT's) or 'tanh' (the tanh approximation, "
+            "minGPT's NewGELU)"
+        )
+    return value
 
 
 # ---- LayerNorm as a transformer keeps it ----------------------------------------------------
@@ -185,9 +205,10 @@ class Block(Layer):
         ln_1, ln_2: the LayerNorms (RowLayerNorm; a plain LayerNorm is converted).
         attn: the attention layer.
         c_fc: (4d <- d) Linear;  c_proj: (d <- 4d) Linear.
-        dropout: p of the residual dropouts after attention and after the MLP (the attention
-            layer has its own, on the probabilities).
+        dropout: p of the residual dropouts after attention and after the MLP (minGPT's
+            resid_pdrop; the attention layer has its own, on the probabilities: attn_pdrop).
         seed: seeds the two dropouts' masks.
+        gelu: the MLP's GELU, "exact" (z Phi(z)) or "tanh" (GELU_FORMS).
     """
 
     title = "Block"
@@ -202,8 +223,10 @@ class Block(Layer):
         *,
         dropout: float = 0.0,
         seed: int = 0,
+        gelu: str = "exact",
     ) -> None:
         d = attn.d
+        self.gelu = gelu_form(gelu)
         for name, layer, kind in (("ln_1", ln_1, LayerNorm), ("ln_2", ln_2, LayerNorm), ("c_fc", c_fc, Linear),
                                   ("c_proj", c_proj, Linear)):  # fmt: skip
             if not isinstance(layer, kind):
@@ -215,7 +238,8 @@ class Block(Layer):
             raise ValueError(f"c_fc ({describe(c_fc.W)}) and c_proj ({describe(c_proj.W)}) must map {d} -> h -> {d}")
         seed = check_seed(seed)
         self.inner: list[Layer] = [
-            _row_norm(ln_1), attn, Dropout(dropout, seed=seed), _row_norm(ln_2), c_fc, Elementwise("gelu"), c_proj,
+            _row_norm(ln_1), attn, Dropout(dropout, seed=seed), _row_norm(ln_2), c_fc,
+            Elementwise(GELU_FORMS[self.gelu]), c_proj,
             Dropout(dropout, seed=derived_seed(seed, 1, "the block's second dropout")),
         ]  # fmt: skip
         self.params = {}
@@ -248,7 +272,8 @@ class Block(Layer):
         bias = "" if "b_qkv" in attn.params else ", no bias"
         p = self.inner[2]
         drop = f", dropout {p.p:g}" if isinstance(p, Dropout) and p.p > 0 else ""
-        return f"Block({attn.d}, {attn.n_head} heads{bias}{drop})"
+        act = ", tanh GELU" if self.gelu == "tanh" else ""
+        return f"Block({attn.d}, {attn.n_head} heads{bias}{drop}{act})"
 
     def equations(self) -> tuple[str, str]:
         return (
@@ -372,7 +397,7 @@ class Block(Layer):
         ln_1, attn, _, ln_2, c_fc, _, c_proj, drop = self.inner
         assert isinstance(drop, Dropout)
         module = TorchBlock(ln_1.to_torch(), attn.to_torch(), ln_2.to_torch(), c_fc.to_torch(), c_proj.to_torch(),
-                            dropout=drop.p)  # fmt: skip
+                            dropout=drop.p, gelu=self.gelu)  # fmt: skip
         module.train(self.training)
         return module
 
@@ -397,11 +422,12 @@ def _row_norm(norm: LayerNorm) -> RowLayerNorm:
 
 
 class TorchMLP(torch.nn.Module):
-    """nanoGPT's MLP: c_fc, GELU, c_proj, dropout."""
+    """nanoGPT's MLP: c_fc, GELU (exact or its tanh form, GELU_FORMS), c_proj, dropout."""
 
-    def __init__(self, c_fc: torch.nn.Module, c_proj: torch.nn.Module, dropout: float) -> None:
+    def __init__(self, c_fc: torch.nn.Module, c_proj: torch.nn.Module, dropout: float, *, gelu: str = "exact") -> None:
         super().__init__()
-        self.c_fc, self.gelu, self.c_proj, self.dropout = c_fc, torch.nn.GELU(), c_proj, torch.nn.Dropout(dropout)
+        self.c_fc, self.c_proj, self.dropout = c_fc, c_proj, torch.nn.Dropout(dropout)
+        self.gelu = torch.nn.GELU(approximate=_TORCH_APPROXIMATE[gelu_form(gelu)])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -409,7 +435,8 @@ class TorchMLP(torch.nn.Module):
 
 class TorchBlock(torch.nn.Module):
     """The block as a torch module with nanoGPT's names (ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj):
-    what ``Block.to_torch()`` gives. Its dropouts draw torch's own masks."""
+    what ``Block.to_torch()`` gives. ``dropout``: the residual dropouts' p (after attention and
+    after the MLP); ``gelu``: the MLP's GELU form. Its dropouts draw torch's own masks."""
 
     def __init__(
         self,
@@ -420,12 +447,13 @@ class TorchBlock(torch.nn.Module):
         c_proj: torch.nn.Module,
         *,
         dropout: float = 0.0,
+        gelu: str = "exact",
     ) -> None:
         super().__init__()
         assert isinstance(attn, TorchCausalSelfAttention)
         self.ln_1, self.attn, self.ln_2 = ln_1, attn, ln_2
         self.resid_dropout = torch.nn.Dropout(dropout)
-        self.mlp = TorchMLP(c_fc, c_proj, dropout)
+        self.mlp = TorchMLP(c_fc, c_proj, dropout, gelu=gelu)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.resid_dropout(self.attn(self.ln_1(x)))
