@@ -31,7 +31,7 @@ from refbp.verify.stacks import StackSpec
 
 MANUAL_MODULES = [
     *(importlib.import_module(f"refbp.nn.{m.name}") for m in pkgutil.iter_modules(refbp.nn.__path__)),
-    importlib.import_module("refbp.models.gpt"),
+    *(importlib.import_module(f"refbp.models.{name}") for name in ("gpt", "gpt_config", "gpt_load")),
     *(importlib.import_module(f"refbp.distributed.{name}") for name in ("data_parallel", "recipe", "normalisation")),
 ]
 """The manual path: every module of refbp.nn (layers, networks, activations, losses), the GPT,
