@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import refbp
 from refbp.nn import second_order
-from refbp.nn.layers import Elementwise, Flatten, LayerNorm, Linear
+from refbp.nn.layers import Elementwise, Embedding, Flatten, LayerNorm, Linear, LogSoftmax, Softmax
 from refbp.nn.mlp import MLP
 from refbp.nn.network import Network
 from refbp.strategies import cases
@@ -227,3 +227,32 @@ def test_explain_order_2_marks_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(second_order, "second_derivative", lambda act, z, a: torch.zeros_like(z))
     walk = explain_order2(0)
     assert not walk.passed and "[FAIL]" in walk.render(ascii_only=True)
+
+
+def _stack(kind: str) -> tuple[Network, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(len(kind))
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    y = torch.tensor([0, 1, 1])
+    if kind.startswith("embedding"):
+        padding = 2 if kind.endswith("padding") else None
+        layers = [Embedding(randn(7, 3), padding_idx=padding), Flatten(), Linear(randn(4, 6), randn(4))]
+        return (
+            Network([*layers, Elementwise("tanh"), Linear(randn(2, 4))], "cross_entropy"),
+            torch.tensor([[1, 2], [3, 4], [2, 6]]),
+            y,
+        )
+    last = Softmax(-1) if kind == "softmax" else LogSoftmax(-1)
+    return Network([Linear(randn(3, 3), randn(3)), last, Linear(randn(2, 3))], "cross_entropy"), randn(3, 3), y
+
+
+@pytest.mark.parametrize("kind", ["embedding", "embedding-padding", "softmax", "log_softmax"])
+def test_embedding_and_softmax_layers_have_exact_second_order_rules(kind: str) -> None:
+    net, X, y = _stack(kind)
+    result = check_second_order(net, X, y, forward=True)
+    assert result.passed, result.failure_message()
+    references = {row.reference for row in result.rows if row.name.startswith("Hv[")}
+    # a padding row's gradient is 0 by convention, not J's derivative: double backward gives H^T v there
+    assert ("reverse-over-reverse" in references) == (kind != "embedding-padding")

@@ -24,8 +24,8 @@ its Hessian lambda I exact, and both products keep it.
 
 The rules live here, beside each other, rather than in each layer's module: a layer that has
 no rule yet is refused by name (NotImplementedError), never approximated. Layers with rules:
-Linear, Dense, Elementwise (every activation refbp knows), Flatten, Dropout in eval mode;
-losses: half_sse, mse, bce, cross_entropy. Everything here is manual: torch's forward
+Linear, Dense, Elementwise (every activation refbp knows), Flatten, Embedding, Softmax,
+LogSoftmax, Dropout in eval mode; losses: half_sse, mse, bce, cross_entropy. Everything here is manual: torch's forward
 operations only, no autograd (tests/test_manual.py proves it).
 """
 
@@ -43,12 +43,14 @@ from .activations import Activation
 from .dense import Dense
 from .dropout import Dropout
 from .elementwise import Elementwise
+from .embedding import Embedding
 from .flatten import Flatten
 from .keys import Key
 from .layer import Layer
 from .linear import Linear
 from .losses import BCE_EPS, Loss
 from .network import Network
+from .softmax import LogSoftmax, Softmax
 from .validation import describe
 
 __all__ = [
@@ -149,7 +151,7 @@ def supported_layer(layer: Layer) -> bool:
     """True when ``layer`` has tangent and R-backward rules here."""
     if isinstance(layer, Dropout):
         return not layer.training or layer.p == 0.0
-    return isinstance(layer, (Linear, Dense, Elementwise, Flatten))
+    return isinstance(layer, (Linear, Dense, Elementwise, Flatten, Embedding, Softmax, LogSoftmax))
 
 
 def _check(net: Network) -> None:
@@ -164,7 +166,7 @@ def _check(net: Network) -> None:
         if not supported_layer(layer):
             raise NotImplementedError(
                 f"layer {l} ({layer.describe()}) has no second-order rule yet; refbp.nn.second_order covers "
-                "Linear, Dense, Elementwise, Flatten and Dropout in eval mode"
+                "Linear, Dense, Elementwise, Flatten, Embedding, Softmax, LogSoftmax and Dropout in eval mode"
             )
     if net.loss_fn.name not in LOSSES_WITH_HESSIAN:
         raise NotImplementedError(
@@ -282,6 +284,14 @@ def _tangents(
         elif isinstance(layer, Elementwise):
             slopes[l] = _first_derivative(layer.activation, x, a[l])
             Ra.append(slopes[l] * Rx)  # R{a} = f'(x) o R{x}
+        elif isinstance(layer, Embedding):
+            Ra.append(_parameter(net, "E", path, V)[x])  # out = E[idx]: R{out} = V_E[idx]
+        elif isinstance(layer, Softmax):  # s = softmax(x): R{s} = s o (R{x} - sum(s o R{x}))
+            s = a[l]
+            Ra.append(s * (Rx - (s * Rx).sum(layer.dim, keepdim=True)))
+        elif isinstance(layer, LogSoftmax):  # a = x - logsumexp(x): R{a} = R{x} - sum(s o R{x}), s = e^a
+            s = a[l].exp()
+            Ra.append(Rx - (s * Rx).sum(layer.dim, keepdim=True))
         else:  # Flatten, Dropout in eval: a reshape or the identity
             Ra.append(Rx.reshape(a[l].shape))
     g_L = net.loss_fn.gradient(a[-1], y)  # dJ/da(L)
@@ -349,6 +359,26 @@ def _r_backward(net: Network, X: Tensor, y: object, v: Mapping[str, Any], *, gau
             fp = tangents.slopes[l]  # f'(x)
             Rg = Rg * fp + first * g * second_derivative(act, t, a[l]) * Rx  # as Dense's f-part
             g = g * fp
+        elif isinstance(layer, Embedding):  # dJ/dE[i] = sum over positions with idx = i of dJ/dout: linear in g
+            E = layer.params["E"]
+            HE = torch.zeros_like(E).index_add_(0, x.reshape(-1), Rg.reshape(-1, E.shape[1]))
+            if layer.padding_idx is not None:
+                HE[layer.padding_idx] = 0.0  # the padding row's gradient is 0 by definition, and so its R
+            add(Key("E", path), HE)
+        elif isinstance(layer, Softmax):
+            # dJ/dx = s o (g - sum(g o s)):  R{dJ/dx} = R{s} o (g - sum(g o s)) + s o (R{g} - sum(R{g} o s + g o R{s}))
+            s, Rs, d = a[l], Ra[l], layer.dim
+            Rg_x = s * (Rg - (Rg * s).sum(d, keepdim=True)) + first * (
+                Rs * (g - (g * s).sum(d, keepdim=True)) - s * (g * Rs).sum(d, keepdim=True)
+            )
+            g = s * (g - (g * s).sum(d, keepdim=True))
+            Rg = Rg_x
+        elif isinstance(layer, LogSoftmax):
+            # dJ/dx = g - s sum(g):  R{dJ/dx} = R{g} - s sum(R{g}) - R{s} sum(g),  R{s} = s o R{a}
+            s, d = a[l].exp(), layer.dim
+            Rs = s * Ra[l]
+            Rg = Rg - s * Rg.sum(d, keepdim=True) - first * Rs * g.sum(d, keepdim=True)
+            g = g - s * g.sum(d, keepdim=True)
         else:  # Flatten, Dropout in eval
             Rg, g = Rg.reshape(x.shape), g.reshape(x.shape)
     if net.weight_decay:
