@@ -80,7 +80,7 @@ def _random_mlp(k: int, rng: random.Random) -> CaseSpec:
     names, losses = sorted(ACTIVATIONS), sorted(LOSSES)
     loss = losses[k % len(losses)]
     depth = rng.randint(1, 4)
-    dims = [rng.randint(1, 12) for _ in range(depth)] + [rng.randint(2 if loss == "cross_entropy" else 1, 6)]
+    dims = [rng.randint(1, 12) for _ in range(depth)] + [rng.randint(2 if LOSSES[loss].targets == "classes" else 1, 6)]
     acts = [names[(k // len(losses) + layer) % len(names)] for layer in range(depth)]
     required = LOSSES[loss].output_activation
     if required is not None:

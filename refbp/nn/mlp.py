@@ -495,4 +495,4 @@ def _validate_torch_layout(weights: list[Tensor], biases: list[Tensor], activati
             + (" (cross_entropy applies softmax to z(L) itself)" if loss.name == "cross_entropy" else "")
         )
     if loss.targets == "classes" and weights[-1].shape[0] < 2:
-        raise ValueError("loss='cross_entropy' needs d_L >= 2 classes in the last layer, got 1")
+        raise ValueError(f"loss={loss.name!r} needs d_L >= 2 classes in the last layer, got 1")
