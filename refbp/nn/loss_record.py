@@ -105,13 +105,17 @@ class Loss:
 
     def _check_classes(self, y: object, y_hat: Tensor, argument: str, rows: bool) -> Tensor:
         *lead, C = y_hat.shape
-        expected = "(" + ", ".join(str(s) for s in lead) + ("," if len(lead) == 1 else "") + ")"
-        expected += " = (N,)" if rows else f", y_hat's shape {tuple(y_hat.shape)} without its last dimension (classes)"
+        expected = (
+            "(" + ", ".join(str(s) for s in lead) + ("," if len(lead) == 1 else "") + ")" + (" = (N,)" if rows else "")
+        )
         y = check_tensor_any(y, argument)
         if y.dtype != torch.int64:
             raise TypeError(f"{argument} must hold int64 class indices for loss={self.name!r}, got {describe(y)}")
         if tuple(y.shape) != tuple(lead):
-            raise ValueError(f"{argument} must have shape {expected} for loss={self.name!r}, got {describe(y)}")
+            raise ValueError(
+                f"{argument} must have shape {expected} for loss={self.name!r}, got {describe(y)}"
+                + ("" if rows else f": y_hat's shape {tuple(y_hat.shape)} without its last dimension (the classes)")
+            )
         if y.device != y_hat.device:
             raise ValueError(f"{argument} is on device {y.device}, but the network is on {y_hat.device}")
         bad = (y < 0) | (y >= C)
