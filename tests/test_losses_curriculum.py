@@ -203,6 +203,22 @@ def test_a_hinge_that_credits_the_correct_class_once_fails_check() -> None:
     assert {row.name for row in result.rows if row.verdict == "mismatch"} >= {"a3", "X"}
 
 
+@pytest.mark.parametrize(
+    ("loss", "activations"),
+    [(multi_margin(reduction="sum"), ["relu", "identity"]), (nll(reduction="sum"), ["tanh", "tanh"])],
+    ids=["multi_margin-sum", "nll-sum-after-tanh"],
+)
+def test_an_mlp_takes_a_loss_record_and_check_passes_it(loss: Loss, activations: list[str]) -> None:
+    net = refbp.MLP.random([3, 4, 3], activations=activations, loss=loss, seed=0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(6)
+    X, y = torch.randn(5, 3, dtype=torch.float64, generator=g), loss.sample_targets((5, 3), g)
+    cache = net.forward(X)
+    torch.testing.assert_close(net.loss(cache, y), _torch_F(loss.name, "sum")(cache.y_hat, y))
+    refbp.check(net, X, y).raise_if_failed()
+    with pytest.raises(ValueError, match=r"loss='multi_margin' needs d_L >= 2 classes in the last layer, got 1"):
+        refbp.MLP.random([3, 1], activations=["identity"], loss="multi_margin")
+
+
 # ---- distributed: a summed loss is its shards' sums ------------------------------------------------
 @pytest.mark.parametrize("name", ["mse", "cross_entropy", "nll", "multi_margin"])
 def test_a_summed_loss_over_shards_is_the_sum_of_their_losses(name: str) -> None:
