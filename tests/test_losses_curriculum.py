@@ -305,3 +305,20 @@ def test_a_stack_spec_takes_a_reduction_and_round_trips_it() -> None:
     refbp.check(case.net, case.X, case.y).raise_if_failed()
     with pytest.raises(ValueError, match=r"reduction='none' for loss='multi_margin'; expected one of"):
         spec_from_dict({**data, "reduction": "none"})
+
+
+def test_the_trained_regime_refuses_nll_whose_J_has_no_floor_on_an_mlp() -> None:
+    """nll on an MLP's free outputs is -z[y]: gradient descent runs the weights to infinity (the
+    report's trained cases reached 1e162 and J = -inf), so the regime refuses it and the sweep
+    draws such networks plain."""
+    import random
+
+    from refbp.apps.sweep import _random_mlp
+    from refbp.verify.cases import CaseSpec
+
+    with pytest.raises(ValueError, match=r"regime='trained' with loss='nll': J has no floor"):
+        CaseSpec.from_dict({"dims": [3, 2], "activations": ["identity"], "loss": "nll", "regime": "trained"})
+    rng = random.Random(0)
+    drawn = [_random_mlp(k, rng) for k in range(120)]
+    assert {s.regime for s in drawn if s.loss == "nll"} == {"plain", "boundary"}
+    assert "trained" in {s.regime for s in drawn if s.loss == "cross_entropy"}

@@ -87,7 +87,8 @@ def _random_mlp(k: int, rng: random.Random) -> CaseSpec:
         acts[-1] = required
     elif depth > 1:
         acts[-1] = rng.choice(names)
-    regime = {7: "trained", 9: "boundary"}.get(k % 10, "plain")
+    trained = "trained" if LOSSES[loss].bounded_below else "plain"  # nll on an MLP's free outputs diverges
+    regime = {7: trained, 9: "boundary"}.get(k % 10, "plain")
     scale = 10.0 if k % 10 == 5 else 3.0 if k % 4 == 3 else 1.0
     return CaseSpec(
         dims=tuple(dims), activations=tuple(acts), loss=loss, seed=rng.randint(0, 2**31 - 1),

@@ -147,6 +147,7 @@ def nll(ignore_index: int | None = IGNORE_INDEX, *, reduction: str = "mean") -> 
         f"J = -{'mean' if reduction == 'mean' else 'sum'}_n logp_n[y_n] ;  "
         f"dJ/dlogp = -onehot(y)" + (" / M" if reduction == "mean" else ""),
         output_activation=None, targets="classes", ignore_index=ignore_index, reduction=reduction,
+        bounded_below=False,
     )  # fmt: skip
 
 

@@ -52,6 +52,9 @@ class Loss:
         reduction: "mean" (J divides its sum of terms by their number) or "sum" (REDUCTIONS).
         piece_input: (y_hat, y) -> the tensor ``pieces`` is a function of, when that is not
             y_hat itself (multi_margin: the hinge arguments margin - z_y + z_j); None for y_hat.
+        bounded_below: J has a floor whatever y_hat is (every loss's J >= 0 but nll's, -logp[y],
+            which is >= 0 only on log-probabilities: on a free output it falls without bound,
+            and gradient descent on it diverges instead of fitting).
     """
 
     name: str
@@ -67,6 +70,7 @@ class Loss:
     domain: tuple[float, float] | None = None
     reduction: str = "mean"
     piece_input: Callable[[Tensor, Tensor], Tensor] | None = None
+    bounded_below: bool = True
 
     def pieces_of(self, y_hat: Tensor, y: Tensor) -> Tensor:
         """The tensor whose entries ``pieces`` sorts into pieces: y_hat, or ``piece_input``'s."""
