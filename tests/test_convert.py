@@ -49,8 +49,13 @@ TORCH_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "half_sse": lambda out, y: 0.5 * ((out - y) ** 2).sum(),
     "cross_entropy": lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)),
     "bce": F.binary_cross_entropy,
+    "nll": lambda out, y: F.nll_loss(out.reshape(-1, out.shape[-1]), y.reshape(-1)),
+    "multi_margin": lambda out, y: F.multi_margin_loss(out.reshape(-1, out.shape[-1]), y.reshape(-1)),
 }
 """Each loss written with torch's own functions, independently of refbp.nn.losses."""
+
+SEQUENTIAL_LOSSES = ("mse", "half_sse", "cross_entropy", "bce")
+"""The losses ``sequentials`` draws a head and targets for."""
 
 
 # ---- random torch.nn.Sequential models ---------------------------------------------------------
@@ -92,7 +97,7 @@ def sequentials(draw: st.DrawFn, *, training: bool | None = None) -> Drawn:
     point. Everything numeric comes from one drawn seed."""
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     mode = draw(st.booleans()) if training is None else training
-    loss = draw(st.sampled_from(list(TORCH_LOSSES)))
+    loss = draw(st.sampled_from(SEQUENTIAL_LOSSES))
     modules: list[nn.Module] = []
     tokens = draw(st.booleans())
     if tokens:

@@ -12,8 +12,10 @@ from refbp.verify.reference import TORCH_LOSSES
 
 def _inputs(name: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    if name == "cross_entropy":
-        return torch.randn(6, 4, generator=g, dtype=torch.float64).to(dtype) * 3, torch.randint(0, 4, (6,), generator=g)
+    if name in ("cross_entropy", "multi_margin", "nll"):
+        z = torch.randn(6, 4, generator=g, dtype=torch.float64) * 3
+        z = torch.log_softmax(z, dim=1) if name == "nll" else z
+        return z.to(dtype), torch.randint(0, 4, (6,), generator=g)
     if name == "bce":
         p = torch.rand(6, 3, generator=g, dtype=torch.float64).to(dtype) * 0.98 + 0.01
         return p, torch.rand(6, 3, generator=g, dtype=torch.float64).to(dtype)
@@ -73,7 +75,7 @@ def test_pairings_declared() -> None:
     assert LOSSES["cross_entropy"].targets == "classes"
 
 
-@pytest.mark.parametrize("bad", ["MSE", "nll", None])
+@pytest.mark.parametrize("bad", ["MSE", "svm", None])
 def test_unknown_loss_lists_the_valid_names(bad: object) -> None:
     with pytest.raises(ValueError, match=r"not a known loss; expected one of \['bce', 'cross_entropy'"):
         get_loss(bad)

@@ -88,7 +88,7 @@ class Applies:
         if self.weight_decay:
             spec = replace(spec, weight_decay=WEIGHT_DECAY)
         if self.equal_widths:
-            width = max(spec.dims[0], 2 if spec.loss == "cross_entropy" else 1)
+            width = max(spec.dims[0], 2 if LOSSES[spec.loss].targets == "classes" else 1)
             spec = replace(spec, dims=(width,) * len(spec.dims))
         return spec
 

@@ -80,14 +80,15 @@ def _random_mlp(k: int, rng: random.Random) -> CaseSpec:
     names, losses = sorted(ACTIVATIONS), sorted(LOSSES)
     loss = losses[k % len(losses)]
     depth = rng.randint(1, 4)
-    dims = [rng.randint(1, 12) for _ in range(depth)] + [rng.randint(2 if loss == "cross_entropy" else 1, 6)]
+    dims = [rng.randint(1, 12) for _ in range(depth)] + [rng.randint(2 if LOSSES[loss].targets == "classes" else 1, 6)]
     acts = [names[(k // len(losses) + layer) % len(names)] for layer in range(depth)]
     required = LOSSES[loss].output_activation
     if required is not None:
         acts[-1] = required
     elif depth > 1:
         acts[-1] = rng.choice(names)
-    regime = {7: "trained", 9: "boundary"}.get(k % 10, "plain")
+    trained = "trained" if LOSSES[loss].bounded_below else "plain"  # nll on an MLP's free outputs diverges
+    regime = {7: trained, 9: "boundary"}.get(k % 10, "plain")
     scale = 10.0 if k % 10 == 5 else 3.0 if k % 4 == 3 else 1.0
     return CaseSpec(
         dims=tuple(dims), activations=tuple(acts), loss=loss, seed=rng.randint(0, 2**31 - 1),

@@ -149,7 +149,8 @@ def draw_specs(seed: int, examples: int, world_size: int) -> list[DataParallelSp
         if k % 2 == 0:
             loss = losses[(k // 2) % len(losses)]
             depth = rng.randint(1, 3)
-            dims = [rng.randint(1, 8) for _ in range(depth)] + [rng.randint(2 if loss == "cross_entropy" else 1, 5)]
+            classes = get_loss(loss).targets == "classes"
+            dims = [rng.randint(1, 8) for _ in range(depth)] + [rng.randint(2 if classes else 1, 5)]
             acts = [rng.choice(names) for _ in range(depth)]
             acts[-1] = get_loss(loss).output_activation or acts[-1]
             network = CaseSpec(tuple(dims), tuple(acts), loss, seed=rng.randint(0, 2**31 - 1))

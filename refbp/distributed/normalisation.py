@@ -10,6 +10,8 @@ one row of the batch, divided by a normaliser M:
     bce             -(y log p + (1 - y) log(1 - p))         N d_L
     cross_entropy   logsumexp(z_n) - z_n[y_n], per target   M = the counted targets (those not
                                                                 equal to ignore_index)
+    nll             -logp_n[y_n], per target                M = the counted targets
+    multi_margin    1/C sum_(j != y_n) max(0, 1 - z_n[y_n] + z_nj), per row   M = N
 
 So when the batch is split into shards S_1, ..., S_R with m_r terms each (R ranks),
 
@@ -29,10 +31,13 @@ from ..nn.losses import Loss
 
 __all__ = ["REDUCTIONS", "is_mean", "share", "terms"]
 
-REDUCTIONS: dict[str, str] = {"half_sse": "sum", "mse": "mean", "bce": "mean", "cross_entropy": "mean"}
-"""How each loss of refbp.nn.losses reduces its terms: "sum" (no normaliser) or "mean" (divided
-by the number of terms, ``terms``). tests/test_distributed_normalisation.py checks it against the
-losses' own values, shard by shard."""
+REDUCTIONS: dict[str, str] = {
+    "half_sse": "sum", "mse": "mean", "bce": "mean", "cross_entropy": "mean", "nll": "mean", "multi_margin": "mean",
+}  # fmt: skip
+"""Every loss of refbp.nn.losses, and how it reduces its terms by default: "sum" (no normaliser)
+or "mean" (divided by the number of terms, ``terms``); a record built with another reduction
+(``mse(reduction="sum")``) says so itself, in ``Loss.reduction``. tests/test_distributed_arithmetic.py
+checks it against the losses' own values, shard by shard."""
 
 
 def is_mean(loss: Loss) -> bool:
@@ -42,7 +47,7 @@ def is_mean(loss: Loss) -> bool:
             f"loss {loss.name!r}: refbp.distributed does not know how it normalises; expected one of "
             f"{sorted(REDUCTIONS)} (add it to REDUCTIONS)"
         )
-    return REDUCTIONS[loss.name] == "mean"
+    return loss.reduction == "mean"  # mse(reduction="sum") is a sum whatever its name
 
 
 def terms(loss: Loss, y: Tensor) -> int:

@@ -38,7 +38,7 @@ from torch import Tensor
 from .activations import get_activation
 from .dense import Dense
 from .layouts import Layout, check_layout
-from .losses import get_loss
+from .losses import Loss, get_loss
 from .network import Cache, GradientsT, Network, NetworkGradients, resolve_device
 from .validation import (
     FLOAT_DTYPES,
@@ -204,7 +204,7 @@ class MLP(Network[ForwardCache, Gradients, Dense]):
         weights: [W(1), ..., W(L)], W(i) of shape (d_i, d_{i-1}) (in the network's layout).
         biases: [b(1), ..., b(L)], b(i) of shape (d_i,) (or as given).
         activations: [f_1, ..., f_L] by name (see ``refbp.nn.activations.ACTIVATIONS``).
-        loss_name: the loss by name (see ``refbp.nn.losses.LOSSES``).
+        loss_name: the loss by name (see ``refbp.nn.losses.LOSSES``) or a record (``mse(reduction="sum")``).
         weight_decay: lambda >= 0 in eq. (3).
     """
 
@@ -213,7 +213,7 @@ class MLP(Network[ForwardCache, Gradients, Dense]):
         weights: Sequence[Tensor | np.ndarray],
         biases: Sequence[Tensor | np.ndarray],
         activations: Sequence[str],
-        loss_name: str,
+        loss_name: str | Loss,
         weight_decay: float = 0.0,
         layout: str = "torch",
     ) -> None:
@@ -240,7 +240,7 @@ class MLP(Network[ForwardCache, Gradients, Dense]):
         weights: Sequence[Tensor | np.ndarray],
         biases: Sequence[Tensor | np.ndarray],
         activations: Sequence[str],
-        loss: str,
+        loss: str | Loss,
         weight_decay: float = 0.0,
         layout: str = "torch",
     ) -> MLP:
@@ -259,7 +259,7 @@ class MLP(Network[ForwardCache, Gradients, Dense]):
         dims: Sequence[int],
         *,
         activations: Sequence[str],
-        loss: str,
+        loss: str | Loss,
         seed: int = 0,
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
@@ -442,7 +442,7 @@ def _bias(b: object, name: str) -> Tensor:
 
 
 def _validate(
-    weights: list[Tensor], biases: list[Tensor], activations: list[str], loss_name: str, layout: str = "torch"
+    weights: list[Tensor], biases: list[Tensor], activations: list[str], loss_name: str | Loss, layout: str = "torch"
 ) -> None:
     """The MLP's own messages, in the seed's notation (W{i}, b{i}, weights[i-1])."""
     try:
@@ -453,7 +453,9 @@ def _validate(
         raise ValueError(f"{err} (layout 'in_out': shapes shown as refbp keeps them, W(i) transposed)") from None
 
 
-def _validate_torch_layout(weights: list[Tensor], biases: list[Tensor], activations: list[str], loss_name: str) -> None:
+def _validate_torch_layout(
+    weights: list[Tensor], biases: list[Tensor], activations: list[str], loss_name: str | Loss
+) -> None:
     if not weights:
         raise ValueError("weights is empty; expected one W(i) per layer, at least one")
     L = len(weights)
@@ -495,4 +497,4 @@ def _validate_torch_layout(weights: list[Tensor], biases: list[Tensor], activati
             + (" (cross_entropy applies softmax to z(L) itself)" if loss.name == "cross_entropy" else "")
         )
     if loss.targets == "classes" and weights[-1].shape[0] < 2:
-        raise ValueError("loss='cross_entropy' needs d_L >= 2 classes in the last layer, got 1")
+        raise ValueError(f"loss={loss.name!r} needs d_L >= 2 classes in the last layer, got 1")

@@ -605,8 +605,8 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
     def torch_loss(self, y_hat: Tensor, y: Tensor, tap: Tap = NO_TAP) -> Tensor:
         """The data term of J by the loss's torch function; the tap hears of its pieces and domain."""
         loss = self.loss_fn
-        if loss.pieces is not None:
-            tap.piecewise(y_hat, loss.pieces)
+        if loss.pieces is not None:  # bce's clamps on y_hat; multi_margin's hinge on margin - z_y + z_j
+            tap.piecewise(loss.pieces_of(y_hat, y), loss.pieces)
         if loss.domain is not None:
             y_hat = tap.within(y_hat, loss.domain)
         return loss.torch_fn(y_hat, y)

@@ -111,6 +111,7 @@ class CaseSpec:
         else:
             y = torch.empty(N, d_L, dtype=torch.float64).uniform_(-1.0, 1.0, generator=generator)
         if self.regime == "trained":
+            _check_trainable(self.loss)
             y = (y > 0.5).to(torch.float64) if self.loss == "bce" else y
             _train(net64, X, y)
         elif self.regime == "boundary":
@@ -147,7 +148,7 @@ class CaseSpec:
         get_loss(data["loss"])
         batch = check_int(data.get("batch", cls.batch), "batch", minimum=1)
         check_network_fits(dims, batch, "the case spec's network")
-        return cls(
+        spec = cls(
             dims=dims,
             activations=activations,
             loss=data["loss"],
@@ -159,6 +160,9 @@ class CaseSpec:
             weight_scale=check_number(data.get("weight_scale", cls.weight_scale), "weight_scale", positive=True),
             regime=check_choice(data.get("regime", cls.regime), "regime", REGIMES),
         )
+        if spec.regime == "trained":
+            _check_trainable(spec.loss)
+        return spec
 
     def command(self) -> str:
         """The shell command that checks exactly this case."""
@@ -176,6 +180,16 @@ class CaseSpec:
         if self.weight_scale != 1.0:
             text += f", W x {self.weight_scale:g}"
         return text + ("" if self.regime == "plain" else f", {self.regime}")
+
+
+def _check_trainable(loss: str) -> None:
+    """The "trained" regime needs a loss with a floor (``Loss.bounded_below``): on nll, -z[y] of
+    an MLP's free outputs, gradient descent runs the weights to infinity instead of fitting."""
+    if not get_loss(loss).bounded_below:
+        raise ValueError(
+            f"regime='trained' with loss={loss!r}: J has no floor on an MLP's outputs (no LogSoftmax before it), "
+            "so training diverges; expected regime 'plain' or 'boundary'"
+        )
 
 
 def _train(net: MLP, X: Tensor, y: Tensor) -> None:

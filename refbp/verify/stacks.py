@@ -16,7 +16,8 @@
 Parameters are drawn on the CPU in float64 from ``seed`` (linear maps as torch.nn.Linear
 initialises them; norms' gamma and beta away from 1 and 0, and BatchNorm's running statistics
 away from 0 and 1, so that no term of a backward pass hides behind a neutral value), then
-converted to ``dtype`` and ``device``. ``refbp check --case`` accepts the same JSON.
+converted to ``dtype`` and ``device``. ``refbp check --case`` accepts the same JSON. An optional
+"reduction": "sum" (or "mean") builds the loss with that reduction (refbp.nn.losses).
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ class StackSpec:
         batch: N.
         training: training mode (BatchNorm's batch statistics, Dropout's masks) or eval mode.
         weight_decay: lambda.
+        reduction: the loss's reduction, "mean" or "sum"; None for the loss's own (torch's mean).
 
     The kind "stack" of refbp.verify.specs, told apart by "layers".
     """
@@ -226,19 +228,21 @@ class StackSpec:
     batch: int = 4
     training: bool = True
     weight_decay: float = 0.0
+    reduction: str | None = None
     label: str = field(default="", compare=False)
 
     def build(self) -> Case[Network]:
         """The network and (X, y), drawn from ``seed``."""
         layers, out_shape = build_layers(self)
-        net64 = Network(layers, self.loss, weight_decay=self.weight_decay).train(self.training)
+        loss = get_loss(self.loss, reduction=self.reduction)
+        net64 = Network(layers, loss, weight_decay=self.weight_decay).train(self.training)
         generator = torch.Generator().manual_seed((self.seed + 1) % 2**32)
         N = self.batch
         if self.vocab:
             X = torch.randint(0, self.vocab, (N, self.input), generator=generator)  # (N, T) token indices
         else:
             X = torch.empty(N, self.input, dtype=torch.float64).uniform_(-2.0, 2.0, generator=generator)
-        y = get_loss(self.loss).sample_targets((N, *out_shape), generator)
+        y = loss.sample_targets((N, *out_shape), generator)
         dtype, device = getattr(torch, self.dtype), resolve_device(self.device)
         net = net64.to(dtype=dtype, device=device).train(self.training)
         X = X.to(device=device, dtype=dtype if X.is_floating_point() else X.dtype)
@@ -250,16 +254,19 @@ class StackSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object ``from_dict`` reads back."""
-        return {
+        data = {
             "input": self.input if not self.vocab else {"vocab": self.vocab, "length": self.input},
             "layers": _lists(self.layers), "loss": self.loss, "seed": self.seed, "dtype": self.dtype,
             "device": self.device, "batch": self.batch, "training": self.training, "weight_decay": self.weight_decay,
         }  # fmt: skip
+        return data if self.reduction is None else {**data, "reduction": self.reduction}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StackSpec:
         """Build from a dict such as ``refbp check --case`` reads; unknown keys are refused."""
-        allowed = {"input", "layers", "loss", "seed", "dtype", "device", "batch", "training", "weight_decay"}
+        allowed = {
+            "input", "layers", "loss", "seed", "dtype", "device", "batch", "training", "weight_decay", "reduction",
+        }  # fmt: skip
         check_spec_keys(data, allowed=allowed, required=("input", "layers", "loss"), what="stack spec")
         vocab, width = 0, data["input"]
         if isinstance(width, dict):
@@ -273,7 +280,8 @@ class StackSpec:
             raise ValueError(f"the spec has {_count(layers)} layers; at most MAX_STACK_LAYERS = {MAX_STACK_LAYERS}")
         if not isinstance(data["loss"], str):
             raise TypeError(f"loss={data['loss']!r} must be a loss name (a str), got {type(data['loss']).__name__}")
-        get_loss(data["loss"])
+        reduction = data.get("reduction")
+        get_loss(data["loss"], reduction=reduction)  # a reduction that is not "mean" or "sum": a ValueError
         training = data.get("training", True)
         if not isinstance(training, bool):
             raise TypeError(f"training={training!r} must be true or false")
@@ -283,6 +291,7 @@ class StackSpec:
             device=check_device(data.get("device", "cpu")),
             batch=check_int(data.get("batch", 4), "batch", minimum=1, maximum=1 << 20), training=training,
             weight_decay=check_number(data.get("weight_decay", 0.0), "weight_decay", positive=False),
+            reduction=reduction,
         )  # fmt: skip
         build_layers(spec)  # every layer must make sense before anything else is drawn
         return spec
@@ -305,7 +314,8 @@ class StackSpec:
         first = f"tokens {self.vocab}x{self.input}" if self.vocab else f"in {self.input}"
         parts = [first, *(_short(layer) for layer in self.layers)]
         mode = "" if self.training else ", eval"
-        return " > ".join(parts) + f", {self.loss}, N={self.batch}{mode}"
+        loss = self.loss if self.reduction is None else f"{self.loss} ({self.reduction})"
+        return " > ".join(parts) + f", {loss}, N={self.batch}{mode}"
 
     def command(self) -> str:
         """The shell command that checks exactly this case."""
