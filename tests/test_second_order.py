@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 import refbp
 from refbp.nn import second_order
+from refbp.nn.layer import Layer
 from refbp.nn.layers import Elementwise, Embedding, Flatten, LayerNorm, Linear, LogSoftmax, Softmax
+from refbp.nn.losses import get_loss
 from refbp.nn.mlp import MLP
 from refbp.nn.network import Network
 from refbp.strategies import cases
@@ -256,3 +258,40 @@ def test_embedding_and_softmax_layers_have_exact_second_order_rules(kind: str) -
     references = {row.reference for row in result.rows if row.name.startswith("Hv[")}
     # a padding row's gradient is 0 by convention, not J's derivative: double backward gives H^T v there
     assert ("reverse-over-reverse" in references) == (kind != "embedding-padding")
+
+
+LOSS_CASES = [
+    *(
+        (name, reduction)
+        for name in ("mse", "bce", "cross_entropy", "nll", "multi_margin")
+        for reduction in ("mean", "sum")
+    ),
+    ("half_sse", "sum"),
+]
+"""Every loss in each reduction it has (half_sse is a sum by definition)."""
+
+
+@pytest.mark.parametrize(("name", "reduction"), LOSS_CASES)
+def test_every_loss_and_reduction_has_its_hessian_product(name: str, reduction: str) -> None:
+    g = torch.Generator().manual_seed(3)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    outputs: dict[str, list[Layer]] = {"bce": [Elementwise("sigmoid")], "nll": [LogSoftmax(-1)]}
+    last = outputs.get(name, [])
+    net = Network(
+        [Linear(randn(4, 3), randn(4)), Elementwise("tanh"), Linear(randn(3, 4), randn(3)), *last],
+        get_loss(name, reduction=reduction),
+    )
+    X = randn(5, 3)
+    classes = name in ("cross_entropy", "nll", "multi_margin")
+    y = torch.tensor([0, 2, 1, 1, 2]) if classes else torch.rand(5, 3, generator=g, dtype=torch.float64)
+    # torch differentiates multi_margin_loss only once: its H v is judged by the differences alone,
+    # and its G v (no difference measures it) has no reference: not passed, never a pass on nothing
+    torch_routes = name != "multi_margin"
+    result = check_second_order(net, X, y, product="hessian", forward=torch_routes)
+    assert result.passed, result.failure_message()
+    references = {row.reference for row in result.rows if row.name.startswith("Hv[")}
+    assert references == {"fd-gradient"} | ({"forward-over-reverse", "reverse-over-reverse"} if torch_routes else set())
+    assert check_second_order(net, X, y, product="gauss_newton").passed == torch_routes

@@ -25,7 +25,8 @@ its Hessian lambda I exact, and both products keep it.
 The rules live here, beside each other, rather than in each layer's module: a layer that has
 no rule yet is refused by name (NotImplementedError), never approximated. Layers with rules:
 Linear, Dense, Elementwise (every activation refbp knows), Flatten, Embedding, Softmax,
-LogSoftmax, Dropout in eval mode; losses: half_sse, mse, bce, cross_entropy. Everything here is manual: torch's forward
+LogSoftmax, Dropout in eval mode; losses: half_sse, mse, bce, cross_entropy, nll, multi_margin
+(either reduction). Everything here is manual: torch's forward
 operations only, no autograd (tests/test_manual.py proves it).
 """
 
@@ -65,7 +66,7 @@ __all__ = [
     "supported_layer",
 ]
 
-LOSSES_WITH_HESSIAN = ("half_sse", "mse", "bce", "cross_entropy")
+LOSSES_WITH_HESSIAN = ("half_sse", "mse", "bce", "cross_entropy", "nll", "multi_margin")
 """The losses whose Hessian product ``loss_hessian_product`` knows."""
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -123,26 +124,30 @@ def _first_derivative(act: Activation, z: Tensor, a: Tensor) -> Tensor:
 def loss_hessian_product(loss: Loss, y_hat: Tensor, y: Tensor, r: Tensor) -> Tensor:
     """R{dJ/dy_hat} = H_loss r: the derivative of the loss gradient along r = R{y_hat}.
 
-    half_sse: r.  mse: 2 r / (N d).  bce: g'(p) r with g(p) = (p - y) / (p (1 - p) N d), so
-    g'(p) = (p^2 - 2 p y + y) / (p (1 - p))^2 / (N d), and 1 / (eps N d) where torch floors
-    p (1 - p) at eps.  cross_entropy, per counted row: (s o r - s (s . r)) / M, s = softmax(z)."""
-    name = loss.name
+    With n the mean's count (N d, or M counted targets; 1 for reduction="sum"):
+    half_sse: r.  mse: 2 r / n.  bce: g'(p) r / n with g(p) = (p - y) / (p (1 - p)), so
+    g'(p) = (p^2 - 2 p y + y) / (p (1 - p))^2, and 1 / eps where torch floors p (1 - p) at eps.
+    cross_entropy, per counted row: (s o r - s (s . r)) / n, s = softmax(z).  nll and
+    multi_margin are linear in y_hat on each piece: H_loss = 0 (undefined on multi_margin's hinge)."""
+    name, mean = loss.name, loss.reduction == "mean"
     if name == "half_sse":
         return r.clone()
     if name == "mse":
-        return r * (2.0 / y_hat.numel())
+        return r * (2.0 / (y_hat.numel() if mean else 1))
     if name == "bce":
-        p, n = y_hat, y_hat.numel()
+        p = y_hat
         q = (1.0 - p) * p
         curvature = torch.where(q < BCE_EPS, 1.0 / BCE_EPS, (p * p - 2.0 * p * y + y) / (q * q))
-        return curvature * r / n
+        return curvature * r / (y_hat.numel() if mean else 1)
     if name == "cross_entropy":
         C = y_hat.shape[-1]
         z2, r2, y2 = y_hat.reshape(-1, C), r.reshape(-1, C), y.reshape(-1)  # (M', C), (M', C), (M',)
         keep = torch.ones_like(y2, dtype=torch.bool) if loss.ignore_index is None else y2 != loss.ignore_index
         s = torch.softmax(z2, dim=1)  # (M', C)
         Rg = s * r2 - s * (s * r2).sum(dim=1, keepdim=True)  # d softmax(z) along r: s o r - s (s . r)
-        return (Rg * keep.unsqueeze(1) / keep.sum()).reshape(y_hat.shape)
+        return (Rg * keep.unsqueeze(1) / (keep.sum() if mean else 1)).reshape(y_hat.shape)
+    if name in ("nll", "multi_margin"):
+        return torch.zeros_like(r)  # J is linear in y_hat on each piece
     raise NotImplementedError(f"loss {name!r} has no Hessian product in refbp.nn.second_order")
 
 

@@ -113,7 +113,7 @@ def check_second_order(
     if product == "hessian":
         references["fd-gradient"] = _gradient_differences(net64, X64, y64, v64)
     rows: list[Comparison] = []
-    known = next(iter(references.values()))[0]
+    known = {*net.parameters(), *(["X"] if X.is_floating_point() else [])}
     for name in under_test:
         if name not in known:
             raise ValueError(f"the product names {name!r}, which is neither a parameter of the network nor 'X'")
@@ -173,7 +173,8 @@ def _torch_products(
     J_fn = _oracle_J(net, y)
     J = float(J_fn(params, X))
     if product == "gauss_newton":
-        return J, {"torch-gauss-newton": (_gauss_newton(net, X, y, params, V, VX), {}, {})}
+        route = _gauss_newton(net, X, y, params, V, VX)
+        return J, {} if route is None else {"torch-gauss-newton": (route, {}, {})}
 
     # forward-over-reverse: the jvp of torch.func.grad. Real targets ride along with a
     # materialised zero tangent: F.mse_loss's double backward cannot take torch.func's ZeroTensor.
@@ -185,7 +186,10 @@ def _torch_products(
         grads = torch.func.grad(_oracle_J(net, t), argnums=(0, 1) if with_x else 0)(args[0], x)
         return {**grads[0], "X": grads[1]} if with_x else dict(grads)
 
-    forward_over_reverse: dict[str, Tensor] = torch.func.jvp(gradient, tuple(primals), tuple(tangents))[1]
+    try:
+        forward_over_reverse: dict[str, Tensor] | None = torch.func.jvp(gradient, tuple(primals), tuple(tangents))[1]
+    except NotImplementedError:  # torch has no forward-mode rule for an op (multi_margin_loss): no such reference
+        forward_over_reverse = None
     leaves = {name: t.clone().requires_grad_(True) for name, t in params.items()}
     X_leaf = X.clone().requires_grad_(True) if with_x else X
     with torch.enable_grad():
@@ -195,21 +199,27 @@ def _torch_products(
         dot = torch.zeros((), dtype=torch.float64, device=X.device)
         for g, d in zip(grads, directions, strict=True):
             dot = dot + (g * d).sum()  # <dJ/dw, v>
-        second = torch.autograd.grad(dot, inputs, allow_unused=True)
+        try:
+            second: tuple[Tensor | None, ...] | None = torch.autograd.grad(dot, inputs, allow_unused=True)
+        except RuntimeError:  # an op without a double backward (multi_margin_loss): no such reference
+            second = None
     names = [*leaves, *(["X"] if with_x else [])]
-    reverse_over_reverse = {
-        n: (torch.zeros_like(t) if h is None else h) for n, t, h in zip(names, inputs, second, strict=True)
-    }
-    return J, {
-        "forward-over-reverse": ({n: t.detach() for n, t in forward_over_reverse.items()}, {}, {}),
-        "reverse-over-reverse": ({n: t.detach() for n, t in reverse_over_reverse.items()}, {}, {}),
-    }
+    references: References = {}
+    if forward_over_reverse is not None:
+        references["forward-over-reverse"] = ({n: t.detach() for n, t in forward_over_reverse.items()}, {}, {})
+    if second is not None:
+        reverse_over_reverse = {
+            n: (torch.zeros_like(t) if h is None else h.detach()) for n, t, h in zip(names, inputs, second, strict=True)
+        }
+        references["reverse-over-reverse"] = (reverse_over_reverse, {}, {})
+    return J, references
 
 
 def _gauss_newton(
     net: Network, X: Tensor, y: Tensor, params: dict[str, Tensor], V: dict[str, Tensor], VX: Tensor | None
-) -> dict[str, Tensor]:
-    """J_f^T H_loss J_f v by torch.func, plus the penalty's lambda V on decayed weights."""
+) -> dict[str, Tensor] | None:
+    """J_f^T H_loss J_f v by torch.func, plus the penalty's lambda V on decayed weights; None where
+    torch cannot differentiate the loss twice."""
 
     def output(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return net.torch_forward(x, Params({Key.parse(n): t for n, t in p.items()}, net.ties), {})
@@ -219,11 +229,13 @@ def _gauss_newton(
     tangents = (V, VX) if with_x else (V,)
     f = output if with_x else (lambda p: output(p, X))
     out, Jv = torch.func.jvp(f, primals, tangents)[:2]  # J_f v
-    loss_grad = torch.func.grad(lambda o, t: net.torch_loss(o, t))
-    if y.is_floating_point():  # a materialised zero tangent for real targets (see _torch_products)
-        HJv = torch.func.jvp(loss_grad, (out, y), (Jv, torch.zeros_like(y)))[1]  # H_loss J_f v
-    else:
-        HJv = torch.func.jvp(lambda o: loss_grad(o, y), (out,), (Jv,))[1]
+    o = out.detach().requires_grad_(True)
+    with torch.enable_grad():  # H_loss J_f v by double backward (more losses have it than forward mode)
+        (dJ_do,) = torch.autograd.grad(net.torch_loss(o, y), o, create_graph=True)
+        try:
+            (HJv,) = torch.autograd.grad((dJ_do * Jv).sum(), o, allow_unused=True, materialize_grads=True)
+        except RuntimeError:  # a loss without a double backward (multi_margin_loss): no torch route
+            return None
     pullback = torch.func.vjp(f, *primals)[1]
     back = pullback(HJv)  # J_f^T H_loss J_f v
     result = dict(back[0])
@@ -256,13 +268,13 @@ def _gradient_differences(
         Xs = X + step * v["X"] if "X" in v and X.is_floating_point() else X
         cache = moved.forward(Xs, keep_intermediates=True)
         grads = moved.backward(cache, y).as_dict()
-        return grads, _piecewise_regions(moved, cache)
+        return grads, _piecewise_regions(moved, cache, y)
 
     g_p1, r_p1 = gradient_at(h)
     g_m1, r_m1 = gradient_at(-h)
     g_p2, r_p2 = gradient_at(2 * h)
     g_m2, r_m2 = gradient_at(-2 * h)
-    base = _piecewise_regions(net, net.forward(X, keep_intermediates=True))
+    base = _piecewise_regions(net, net.forward(X, keep_intermediates=True), y)
     crossed = any(
         not torch.equal(b, r) for regions in (r_p1, r_m1, r_p2, r_m2) for b, r in zip(base, regions, strict=True)
     )
@@ -277,7 +289,7 @@ def _gradient_differences(
     return values, errors, excluded
 
 
-def _piecewise_regions(net: Network, cache: Any) -> list[Tensor]:
+def _piecewise_regions(net: Network, cache: Any, y: Tensor) -> list[Tensor]:
     """The piece each input of a piecewise activation (z(l) of a Dense, x of an Elementwise),
     and of the loss, is in."""
     out = []
@@ -287,7 +299,7 @@ def _piecewise_regions(net: Network, cache: Any) -> list[Tensor]:
         elif isinstance(layer, Elementwise) and layer.activation.pieces is not None:
             out.append(layer.activation.pieces.region_of(cache.a[l - 1]))
     if net.loss_fn.pieces is not None:
-        out.append(net.loss_fn.pieces.region_of(cache.a[-1]))
+        out.append(net.loss_fn.pieces.region_of(net.loss_fn.pieces_of(cache.a[-1], y)))
     return out
 
 
