@@ -19,8 +19,9 @@ from torch import Tensor, nn
 
 import refbp
 from refbp.nn.convert import capture_noise, from_torch
-from refbp.nn.graph import GraphNetwork
-from refbp.nn.layers import Elementwise
+from refbp.nn.graph import GraphNetwork, Node
+from refbp.nn.joins import Add, Cat
+from refbp.nn.layers import Elementwise, Linear
 from refbp.nn.registry import FUNCTIONS
 
 FLOAT64_ROUNDING: dict[str, Any] = {"rtol": 1e-10, "atol": 1e-12}
@@ -239,7 +240,7 @@ class Program(nn.Module):
 
     def __init__(self, steps: list[tuple[Any, ...]], d: int, training: bool) -> None:
         super().__init__()
-        self.steps = steps
+        self.steps, self.d = steps, d
         self.mods = nn.ModuleList()
         for step in steps:
             kind = step[0]
@@ -263,6 +264,8 @@ class Program(nn.Module):
                 v.append(torch.sub(a, b, alpha=c))
             elif kind == "scale":
                 v.append(c * a)
+            elif kind == "layer_norm":
+                v.append(F.layer_norm(a, (self.d,)))
             else:
                 v.append(ACTIVATIONS[kind](a))
         return v[-1] + v[1]  # at least one skip connection, and the first step always used
@@ -279,7 +282,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 @st.composite
 def programs(draw: st.DrawFn) -> tuple[Program, Tensor, Tensor]:
     d = draw(st.integers(1, 3))
-    kinds = ["linear", "cat", "norm", "dropout", "add", "sub", "scale", "relu", "tanh", "gelu", "sigmoid"]
+    kinds = ["linear", "cat", "norm", "layer_norm", "dropout", "add", "sub", "scale", "relu", "tanh", "gelu", "sigmoid"]
     first = ("linear", 0, 0, 1.0)
     rest = draw(
         st.lists(
@@ -299,6 +302,40 @@ def programs(draw: st.DrawFn) -> tuple[Program, Tensor, Tensor]:
 def test_random_graphs_match_autograd_on_the_module(drawn: tuple[Program, Tensor, Tensor]) -> None:
     module, X, y = drawn
     assert_matches_autograd(module, X, y, "mse", example_inputs=(X,))
+
+
+# ---- a graph built by hand -------------------------------------------------------------------------
+def test_a_graph_built_from_nodes_matches_autograd_on_its_own_torch_module() -> None:
+    torch.manual_seed(7)
+    W1, W2 = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    nodes = [
+        Node("fc1", Linear(W1), (0,), module="fc1"),
+        Node("act", Elementwise("tanh"), (1,)),
+        Node("both", Cat(dim=1), (1, 2)),  # fc1's output read twice: by act and here
+        Node("fc2", Linear(W2), (3,), module="fc2"),
+        Node("skip", Add((1.0, -2.0)), (4, 2)),  # y = fc2 - 2 act
+    ]
+    net = GraphNetwork(nodes, "mse")
+    X, y = _float(4, 2), _float(4, 3)
+    grads = net.backward(net.forward(X), y).torch_named()
+    expected = autograd_of(net.to_torch(), X, y, "mse")
+    assert set(expected) == {"fc1.weight", "fc2.weight", "input"}
+    for name, g in expected.items():
+        torch.testing.assert_close(grads[name], g, **FLOAT64_ROUNDING)
+
+
+@pytest.mark.parametrize(
+    ("wiring", "message"),
+    [
+        ([(1,), (1,)], r"node 1 \(n1\) reads \[1\]: a node reads X \(0\) or earlier nodes only"),
+        ([(0,), (0,)], r"nodes \['n1'\] are read by no later node"),
+        ([(0,), (0, 1)], r"Node 'n2': tanh reads one tensor, got inputs \(0, 1\)"),
+    ],
+    ids=["reads-itself", "unread", "two-inputs"],
+)
+def test_a_graph_wired_wrongly_is_refused(wiring: list[tuple[int, ...]], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GraphNetwork([Node(f"n{l}", Elementwise("tanh"), inputs) for l, inputs in enumerate(wiring, 1)], "mse")
 
 
 # ---- what is refused --------------------------------------------------------------------------------

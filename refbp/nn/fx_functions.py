@@ -45,6 +45,11 @@ FUNCTIONAL_MODULES: dict[str, tuple[tuple[object, ...], tuple[str, ...], dict[st
         {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None},
     ),
     "adaptive_avg_pool2d": ((F.adaptive_avg_pool2d,), ("output_size",), {}),
+    "layer_norm": (
+        (F.layer_norm,),
+        ("normalized_shape", "weight", "bias", "eps"),
+        {"weight": None, "bias": None, "eps": 1e-5},
+    ),
 }
 """Function name -> (the functions and tensor methods that compute it, its arguments after the
 input, their defaults): what ``_module`` reads to build the torch module."""
@@ -58,6 +63,10 @@ def _module(name: str, bound: dict[str, Any]) -> torch.nn.Module:
     if name == "dropout":
         module: torch.nn.Module = torch.nn.Dropout(bound["p"], inplace=bound["inplace"])
         return module.train(bool(bound["training"]))  # training=self.training, as it was traced
+    if name == "layer_norm":  # without weight and bias: a parameter read outside a module is refused
+        if bound.pop("weight") is not None or bound.pop("bias") is not None:
+            raise ValueError("F.layer_norm with a weight or bias is not supported; nn.LayerNorm is")
+        return torch.nn.LayerNorm(bound["normalized_shape"], eps=bound["eps"], elementwise_affine=False)
     if name == "max_pool2d":
         bound["stride"] = bound["stride"] or bound["kernel_size"]  # torch's default: the kernel
     if name == "avg_pool2d":
