@@ -194,7 +194,8 @@ def capture_noise(module: torch.nn.Module, *inputs: Tensor) -> dict[tuple[int, .
     """The dropout keep-masks torch draws when ``module`` runs on ``inputs``, as the ``noise=``
     mapping of ``from_torch(module)``'s network: layer path -> boolean mask of the layer's
     input shape, for every Dropout in training mode with p > 0 (``Network.forward(noise=...)``,
-    ``refbp.check(noise=...)``).
+    ``refbp.check(noise=...)``). For a traced module (not a Sequential) the path is the node's,
+    (l,), and ``F.dropout`` calls count as well as nn.Dropout modules.
 
     The module runs as a deep copy (its running statistics do not move) and torch's random
     state is restored afterwards, so the module's next call on the same inputs draws exactly
