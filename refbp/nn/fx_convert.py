@@ -527,9 +527,15 @@ def _recover_mask(state: Tensor, x: Tensor, out: Tensor, p: float) -> Tensor:
     return mask
 
 
-def _run(module: torch.nn.Module, graph: torch.fx.Graph, inputs: tuple[Tensor, ...]) -> tuple[Tensor, _Recorder]:
-    """Run a copy of the traced module on ``inputs``, torch's random state restored afterwards."""
+def _run(
+    module: torch.nn.Module, graph: torch.fx.Graph, inputs: tuple[Tensor, ...], *, float64: bool = False
+) -> tuple[Tensor, _Recorder]:
+    """Run a copy of the traced module on ``inputs`` (in float64 when asked: parameters,
+    buffers and float inputs), torch's random state restored afterwards."""
     twin = torch.fx.GraphModule(copy.deepcopy(module), graph)
+    if float64:
+        twin = twin.to(torch.float64)
+        inputs = tuple(t.to(torch.float64) if t.is_floating_point() else t for t in inputs)
     recorder = _Recorder(twin)
     devices = sorted({t.device.index or 0 for t in (*inputs, *twin.parameters()) if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -547,10 +553,15 @@ def _noise(converted: _Converted, recorder: _Recorder) -> dict[tuple[int, ...], 
 
 
 def _self_check(module: torch.nn.Module, converted: _Converted, inputs: tuple[Tensor, ...], *, built: bool) -> None:
-    """Refuse the conversion, naming the first node where the network and the module differ."""
-    net = converted.net
+    """Refuse the conversion, naming the first node where the network and the module differ.
+
+    Both run in float64 (copies; the module's own parameters, exactly), as the Sequential's
+    self-check does: "the same function" is a statement about the maps, and in float32 rounding
+    can pass for a difference (x - mean is 0 exactly in refbp and u-sized in torch's kernels)."""
+    net = converted.net.to(dtype=torch.float64)
+    inputs = tuple(t.to(torch.float64) if t.is_floating_point() else t for t in inputs)
     try:
-        _, recorder = _run(module, converted.graph, inputs)
+        _, recorder = _run(module, converted.graph, inputs, float64=True)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         if built:  # the module refuses the input we made up for it: nothing to compare
             return
