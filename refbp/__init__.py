@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and readers
     from .nn.convert import capture_noise, from_torch
+    from .nn.graph import GraphNetwork
     from .nn.mlp import MLP, ForwardCache, Gradients, backward
     from .nn.network import Network
     from .nn.second_order import gvp, hvp, jvp
@@ -25,6 +26,7 @@ __all__ = [
     "ForwardCache",
     "GradientMismatchError",
     "Gradients",
+    "GraphNetwork",
     "Network",
     "backward",
     "capture_noise",
@@ -44,6 +46,7 @@ _LAZY = {
     "Gradients": "refbp.nn.mlp",
     "backward": "refbp.nn.mlp",
     "Network": "refbp.nn.network",
+    "GraphNetwork": "refbp.nn.graph",
     "from_torch": "refbp.nn.convert",
     "capture_noise": "refbp.nn.convert",
     "CheckResult": "refbp.verify.check",

@@ -448,13 +448,21 @@ def test_an_unsupported_module_inside_a_residual_names_the_residuals_position() 
 
 
 @pytest.mark.parametrize(
-    "module",
-    [nn.Linear(2, 2), nn.ModuleList([nn.Linear(2, 2)]), TorchResidual(nn.Sequential(nn.Linear(2, 2)))],
-    ids=["Linear", "ModuleList", "TorchResidual"],
+    ("module", "error", "message"),
+    [
+        (nn.Linear(2, 2), TypeError, r"a single Linear; wrap it as torch.nn.Sequential\(module\)"),
+        (TorchResidual(nn.Sequential(nn.Linear(2, 2))), TypeError, r"a single TorchResidual; wrap it"),
+        (nn.ModuleList([nn.Linear(2, 2)]), ValueError, r"ModuleList's forward cannot be traced by torch.fx"),
+        ([nn.Linear(2, 2)], TypeError, r"module must be a torch.nn.Module, got list"),
+    ],
+    ids=["Linear", "TorchResidual", "ModuleList", "list"],
 )
-def test_a_module_that_is_not_a_sequential_is_a_type_error(module: nn.Module) -> None:
-    with pytest.raises(TypeError, match=rf"module must be a torch.nn.Sequential, got {type(module).__name__}"):
-        from_torch(module)
+def test_what_is_neither_a_sequential_nor_a_traceable_model_is_refused(
+    module: object, error: type[Exception], message: str
+) -> None:
+    # any other nn.Module is traced by torch.fx (tests/test_fx_convert.py)
+    with pytest.raises(error, match=message):
+        from_torch(module)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

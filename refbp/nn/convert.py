@@ -1,4 +1,4 @@
-"""From torch: a torch.nn.Sequential becomes a refbp Network computing the same function, checked.
+"""From torch: any torch.nn.Module becomes a refbp network computing the same function, checked.
 
     module = torch.nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.LayerNorm(8), nn.Linear(8, 2))
     net = refbp.from_torch(module, loss="mse")      # refuses if the network computes anything else
@@ -7,10 +7,14 @@
     module = net.to_torch() # the same function as a torch module again (Network.to_torch)
     noise = refbp.capture_noise(module, X)   # the dropout masks torch draws, as refbp's noise=
 
-Parameters are copied (refbp never holds torch's autograd leaves), and every module's own
-train/eval mode is kept. Module i of the Sequential becomes layer i + 1 of the network, so "W1"
-is "0.weight", "gamma3" is "2.weight"; a nested Sequential is one layer holding its modules
-("W2.1" is "1.0.weight"). A module that appears twice is converted twice, its parameters tied.
+A torch.nn.Sequential becomes a Network (a stack): module i is layer i + 1, so "W1" is
+"0.weight", "gamma3" is "2.weight"; a nested Sequential is one layer holding its modules
+("W2.1" is "1.0.weight"). Any other module is traced by torch.fx into a GraphNetwork
+(refbp.nn.fx_convert: skip connections, functional calls, nested containers), whose
+``grads.torch_named()`` holds the parameters under ``named_parameters()``'s names and every
+node's output under the traced node's name. Parameters are copied (refbp never holds torch's
+autograd leaves), and every module's own train/eval mode is kept. A module used twice is
+converted twice, its parameters tied.
 
 The converters themselves live with their layers and register on the ground floor
 (refbp.nn.registry); importing refbp.nn.layers here fills the registry.
@@ -19,7 +23,6 @@ The converters themselves live with their layers and register on the ground floo
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
@@ -27,13 +30,15 @@ from torch import Tensor
 
 from . import layers as _layers  # noqa: F401  (each layer module registers its converters)
 from . import sequential as _sequential  # noqa: F401  (registers torch.nn.Sequential: a nested one)
+from .fx_convert import capture_graph_noise, graph_from_torch, reseed_dropouts
 from .layer import Layer
 from .losses import Loss
 from .network import Network
-from .registry import CONVERTERS, convert_module, register, registered
+from .registry import CONVERTERS, convert_module, register, registered, registered_functions
+from .self_check import EXAMPLE_BATCH, SELF_CHECK_TOLERANCE, difference
 from .stack import walk_layers
 from .torch_run import ModuleFailedError, check_inputs, describe_inputs, run_module
-from .validation import FLOAT_DTYPES, check_seed, derived_seed
+from .validation import FLOAT_DTYPES, check_seed
 
 __all__ = [
     "CONVERTERS",
@@ -43,29 +48,13 @@ __all__ = [
     "from_torch",
     "register",
     "supported",
+    "supported_functions",
     "to_torch",
     "torch_parameter_names",
 ]
 
 convert_child = convert_module
 """The older name of ``refbp.nn.registry.convert_module``."""
-
-SELF_CHECK_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
-    torch.float64: (1e-7, 1e-9),
-    torch.float32: (1e-4, 1e-5),
-    torch.float16: (1e-2, 1e-3),
-    torch.bfloat16: (5e-2, 1e-2),
-}
-"""dtype -> (rtol, atol per unit of the largest output entry) for ``from_torch``'s self-check.
-refbp and torch sum in different orders, so equal functions differ by rounding: a few hundred
-roundings of the largest term at most for the small networks and inputs the check runs
-(float64 eps 2.2e-16, float32 1.2e-7, float16 9.8e-4, bfloat16 7.8e-3). The bounds leave a
-wide margin over that; a converted network that computes another function (a layer dropped, a
-variant of an activation, another eps) differs by far more."""
-
-EXAMPLE_BATCH = 2
-"""Rows of the input ``from_torch`` builds for its self-check: two, so that a BatchNorm in
-training mode has a batch to normalise over."""
 
 
 # ---- conversion ------------------------------------------------------------------------------
@@ -77,11 +66,14 @@ def from_torch(
     seed: int = 0,
     example_inputs: Sequence[Tensor] | Tensor | None = None,
 ) -> Network:
-    """A refbp Network computing the same function as ``module``, checked on an input.
+    """A refbp network computing the same function as ``module``, checked on an input.
 
     Args:
         module: a torch.nn.Sequential of supported modules (``supported()`` lists them; a
-            nested Sequential is one layer holding its modules). A module used twice is one
+            nested Sequential is one layer holding its modules): a Network. Any other
+            nn.Module whose forward torch.fx traces into supported modules and functions
+            (``supported_functions()``): a GraphNetwork (refbp.nn.fx_convert, refbp.nn.graph),
+            checked node by node. A module used twice is one
             set of parameters used twice (a tied weight: its gradient is the sum of both uses);
             a module with running statistics used twice is refused (refbp would keep two copies).
         loss: a loss name or record (refbp.nn.losses), e.g. ``cross_entropy(ignore_index=-1)``.
@@ -104,8 +96,18 @@ def from_torch(
     network refuses it where torch does not check the shape), the conversion is not checked:
     pass ``example_inputs`` to have it checked.
 
-    An unsupported module is a ValueError naming it and its position."""
+    An unsupported module is a ValueError naming it and its position (for a traced module:
+    the node and the line of its forward). For a traced module the input is built from its
+    first module (Linear, LayerNorm, BatchNorm1d: (2, width); Embedding: (2, 3) indices;
+    Conv1d/Conv2d: (2, C, 8[, 8])) when ``example_inputs`` is None, under the same rules."""
     inputs = None if example_inputs is None else check_inputs(example_inputs, "example_inputs")
+    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.nn.Sequential):
+        if type(module) in CONVERTERS:
+            raise TypeError(
+                f"module is a single {type(module).__name__}; wrap it as torch.nn.Sequential(module), or convert "
+                "the model that calls it"
+            )
+        return graph_from_torch(module, loss=loss, weight_decay=weight_decay, seed=seed, example_inputs=inputs)
     sequential, layers = _convert(module, seed)
     net = Network(layers, loss, weight_decay=weight_decay)
     built = inputs is None
@@ -120,7 +122,7 @@ def _convert(module: object, seed: object) -> tuple[torch.nn.Sequential, list[La
     """``module`` checked to be a non-empty Sequential, and its layers, ties and seeds set."""
     seed = check_seed(seed)
     if not isinstance(module, torch.nn.Sequential):
-        raise TypeError(f"module must be a torch.nn.Sequential, got {type(module).__name__}")
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if len(module) == 0:
         raise ValueError("module is an empty torch.nn.Sequential; expected at least one layer")
     _refuse_repeated_state(module)
@@ -129,22 +131,8 @@ def _convert(module: object, seed: object) -> tuple[torch.nn.Sequential, list[La
     devices = sorted({t.device.index or 0 for t in module.parameters() if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices):  # building torch modules to read names draws values
         _retie(layers, module)
-    random = [layer for _, layer in walk_layers(layers) if _draws_in_training(layer)]
-    for k, layer in enumerate(random):  # each gets its own stream, also one in eval mode now
-        layer.reseed(derived_seed(seed, k, f"dropout {k} of {len(random)}"))
+    reseed_dropouts(layers, seed)  # each random layer gets its own stream, also one in eval mode now
     return module, layers
-
-
-def _draws_in_training(layer: Layer) -> bool:
-    """True for a layer without sub-layers that draws random numbers in training mode, whatever
-    its mode now (a Dropout converted from a module in eval may be switched to training later)."""
-    if layer.sublayers():
-        return False
-    mode = layer.training
-    layer.set_training(True)
-    random = layer.stochastic
-    layer.set_training(mode)
-    return random
 
 
 def _refuse_repeated_state(module: torch.nn.Module) -> None:
@@ -187,6 +175,11 @@ def supported() -> list[str]:
     return registered()
 
 
+def supported_functions() -> list[str]:
+    """The functions and tensor methods a traced forward may call ("F.relu", "torch.cat", ".view")."""
+    return registered_functions()
+
+
 def to_torch(net: Network) -> torch.nn.Module:
     """``net.to_torch()``: the network as a torch.nn.Sequential."""
     return net.to_torch()
@@ -202,7 +195,8 @@ def capture_noise(module: torch.nn.Module, *inputs: Tensor) -> dict[tuple[int, .
     """The dropout keep-masks torch draws when ``module`` runs on ``inputs``, as the ``noise=``
     mapping of ``from_torch(module)``'s network: layer path -> boolean mask of the layer's
     input shape, for every Dropout in training mode with p > 0 (``Network.forward(noise=...)``,
-    ``refbp.check(noise=...)``).
+    ``refbp.check(noise=...)``). For a traced module (not a Sequential) the path is the node's,
+    (l,), and ``F.dropout`` calls count as well as nn.Dropout modules.
 
     The module runs as a deep copy (its running statistics do not move) and torch's random
     state is restored afterwards, so the module's next call on the same inputs draws exactly
@@ -212,6 +206,8 @@ def capture_noise(module: torch.nn.Module, *inputs: Tensor) -> dict[tuple[int, .
     call, and checked against the output's zeros (refbp.nn.torch_run says why and how): an
     input entry that is exactly 0 is right even though the output cannot show its mask."""
     checked = check_inputs(inputs, "inputs")
+    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.nn.Sequential):
+        return capture_graph_noise(module, checked)
     sequential, layers = _convert(module, 0)
     return run_module(sequential, layers, checked).noise
 
@@ -293,11 +289,10 @@ def _self_check(net: Network, module: torch.nn.Sequential, inputs: tuple[Tensor,
             f"from_torch: the module runs on the check's input ({describe_inputs(inputs)}) but the converted "
             f"network refuses it: {err}"
         ) from err
-    rtol, atol = SELF_CHECK_TOLERANCE.get(cache.y_hat.dtype, SELF_CHECK_TOLERANCE[torch.float32])
     pairs = list(zip(cache.a[1:], run.calls, strict=False)) if len(run.calls) == net.L else []
     pairs.append((cache.y_hat, run.output))
     for l, (ours, theirs) in enumerate(pairs, start=1):
-        differs = _difference(ours, theirs, rtol, atol)
+        differs = difference(ours, theirs)
         if differs is None:
             continue
         if l > net.L or len(run.calls) != net.L:
@@ -309,23 +304,3 @@ def _self_check(net: Network, module: torch.nn.Sequential, inputs: tuple[Tensor,
             f"{differs} (each module in its own train/eval mode, torch's dropout masks, input "
             f"{describe_inputs(inputs)}); this is a refbp bug, please report it with the module"
         )
-
-
-def _difference(ours: Tensor, theirs: Tensor, rtol: float, atol: float) -> str | None:
-    """None when two outputs agree to rounding; else how they differ."""
-    if ours.shape != theirs.shape:
-        return f"refbp's output has shape {tuple(ours.shape)}, torch's {tuple(theirs.shape)}"
-    ours, theirs = ours.to(theirs.dtype), theirs.detach()
-    scale = float(theirs.abs().max()) if theirs.numel() else 0.0
-    allowed = atol * max(1.0, scale) + rtol * theirs.abs()
-    gap = (ours - theirs).abs()
-    bad = ~(gap <= allowed)  # NaN counts as bad
-    if not bool(bad.any()):
-        return None
-    first = tuple(int(i) for i in bad.nonzero()[0])
-    worst = float(gap[bad].max()) if bool(torch.isfinite(gap[bad]).any()) else math.nan
-    return (
-        f"{int(bad.sum())} of {bad.numel()} entries differ, the first at index {first} "
-        f"(refbp {ours[first].item():.6g}, torch {theirs[first].item():.6g}), the largest by {worst:.3g} "
-        f"(allowed {atol:g} x max(1, {scale:.3g}) + {rtol:g} |torch|)"
-    )
