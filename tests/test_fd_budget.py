@@ -17,6 +17,7 @@ from refbp.apps.arguments import check_fd_budget
 from refbp.apps.cli import main as cli_main
 from refbp.models import GPT
 from refbp.nn.layer import Params
+from refbp.verify import finite_diff
 from refbp.verify.cases import CaseSpec
 from refbp.verify.fd_core import PieceRecorder, oracle_J_from
 from refbp.verify.finite_diff import more_directions, network_finite_differences, plan_differences
@@ -111,6 +112,13 @@ def test_a_wrong_gradient_of_the_last_block_is_caught_by_differences_alone() -> 
 
 
 # ---- the budget -------------------------------------------------------------------------------
+@pytest.fixture
+def directional_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fd_mode "auto" takes every network as one too large for full mode (where the budget acts)."""
+    monkeypatch.setattr(finite_diff, "FD_AUTO_MAX_ENTRIES", 0)
+
+
+@pytest.mark.usefixtures("directional_size")
 def test_a_spent_budget_leaves_tensors_to_autograd_and_says_so() -> None:
     net, idx, targets = _tiny_gpt()
     result = refbp.check(net, idx, targets, budget_s=1e-9)
@@ -120,6 +128,7 @@ def test_a_spent_budget_leaves_tensors_to_autograd_and_says_so() -> None:
     assert json.loads(json.dumps(result.to_dict()))["tensors"][0]["coverage"] == result.tensors[0].coverage
 
 
+@pytest.mark.usefixtures("directional_size")
 def test_a_spent_budget_still_gives_every_tensor_a_direction_when_differences_are_the_only_reference() -> None:
     net, idx, targets = _tiny_gpt()
     result = refbp.check(net, idx, targets, references=("fd",), budget_s=1e-9)
@@ -130,12 +139,19 @@ def test_a_spent_budget_still_gives_every_tensor_a_direction_when_differences_ar
     assert {row.directions for row in result.rows} <= {1, 2, 4, 8} and min(row.directions for row in result.rows) == 1
 
 
+@pytest.mark.usefixtures("directional_size")
 def test_a_budget_does_not_hide_a_wrong_gradient() -> None:
     net, idx, targets = _tiny_gpt()
     grads = net.backward(net.forward(idx), targets).as_dict()
     grads["W5.5"] = grads["W5.5"] * 1.01
     for budget in (1e-9, None):
         assert not refbp.check(net, idx, targets, grads=grads, budget_s=budget).passed
+
+
+def test_networks_small_enough_for_full_mode_are_not_cut_by_the_budget() -> None:
+    net, idx, targets = _tiny_gpt()
+    result = refbp.check(net, idx, targets, budget_s=1e-9)
+    assert result.passed and result.fd_mode == "full" and len(result.rows) == 2 * len(net.names())
 
 
 def test_the_plan_is_by_size_without_a_budget_and_by_time_with_one() -> None:
@@ -153,8 +169,8 @@ def test_the_plan_is_by_size_without_a_budget_and_by_time_with_one() -> None:
     spent = now - 10.0  # the budget was spent ten seconds ago
     assert plan(big, 1.0, started=spent) == []
     assert plan(big, 1.0, started=spent, optional=False) == [("W1", "directional", 1), ("b1", "directional", 1)]
-    # a full plan that runs out of time goes on directionally
-    assert plan({"W1": 10, "b1": 2}, 1.0, started=spent, optional=False)[0] == ("W1", "directional", 1)
+    # full mode is by size alone: the same rows whatever the machine's load
+    assert plan({"W1": 10, "b1": 2}, 1.0, started=spent) == [("W1", "full", 0), ("b1", "full", 0)]
 
 
 @pytest.mark.parametrize(

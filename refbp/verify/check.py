@@ -73,9 +73,9 @@ def check(
             network's layout, with any subset of ``net.names()`` ("W1", "b1", "z1", "a1", ...,
             "X"). None checks refbp's own manual backward pass.
         references: any of "autograd" and "fd".
-        fd_mode: "full", "directional" or "auto": full up to FD_AUTO_MAX_ENTRIES entries when
-            it fits in ``budget_s``, else directional with as many directions (up to
-            ``directions``) as the budget allows, parameters first (finite_diff.plan_differences).
+        fd_mode: "full", "directional" or "auto": full up to FD_AUTO_MAX_ENTRIES entries, else
+            directional with as many directions (up to ``directions``) as ``budget_s`` allows,
+            parameters first (refbp.verify.finite_diff.plan_differences).
         directions: number of random signed directions per tensor in directional mode (in
             "auto", the most).
         seed: seeds the directions.
@@ -88,7 +88,8 @@ def check(
         J: your loss at this point: compared with refbp's first, so that a forward pass or a
             loss convention that differs (a sum for a mean, another 1/2, another GELU) is
             reported as such, before any gradient row.
-        budget_s: seconds fd_mode "auto" may spend on finite differences (None: no limit).
+        budget_s: seconds fd_mode "auto" may spend on directional finite differences (None:
+            no limit; full mode, chosen by size, is not cut).
             With autograd among the references, tensors the budget does not reach are left
             to autograd, and each says so in its ``coverage`` ("autograd only: ..."); with
             finite differences alone, every tensor still gets at least one direction. Either

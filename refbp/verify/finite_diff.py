@@ -67,10 +67,11 @@ __all__ = [
 
 
 FD_BUDGET_S = 2.0
-"""Seconds fd_mode "auto" spends on finite differences by default (``refbp.check(budget_s=)``,
-``refbp check --fd-budget``): enough for full mode on an MLP of ten thousand parameters, or a
-direction for every parameter of the 4-layer GPT of benchmarks/check_gpt.py, so that a test
-suite can check a few models and keep the second opinion (reports/BENCHMARKS.md, item 3)."""
+"""Seconds fd_mode "auto" spends on directional finite differences by default
+(``refbp.check(budget_s=)``, ``refbp check --fd-budget``): a direction for every parameter
+tensor of the 4-layer GPT of benchmarks/check_gpt.py on a quiet 2-core machine, so that a test
+suite can check a few such models in seconds and keep the second opinion (reports/BENCHMARKS.md,
+item 3). Networks small enough for full mode (FD_AUTO_MAX_ENTRIES) are not cut by it."""
 
 
 def fixed_entries(net: Network) -> dict[str, Fixed]:
@@ -191,32 +192,26 @@ def plan_differences(
     time, so that each plan uses what the tensors before it cost (``per_copy()``: seconds per
     evaluation of J so far, None before any was measured; ``guess`` stands in until then).
 
-    By size first, as before the budget: full mode when the tensors have FD_AUTO_MAX_ENTRIES
-    entries or fewer in all, so that small networks are checked entry by entry whatever the
-    machine's load. Tensors go in ``priority`` order (parameters first: what training changes).
-    A full-mode tensor whose cheap pass (2 evaluations an entry) no longer fits in what is left
-    of ``budget_s`` goes directional, and so do all after it. A directional tensor gets as many
-    directions (1 to ``directions``) as the time left allows when shared among the tensors still
+    Full mode, by size alone as before the budget, when the tensors have FD_AUTO_MAX_ENTRIES
+    entries or fewer in all: small networks are checked entry by entry whatever the machine's
+    load, and the same check gives the same rows. Above that, directional, in ``priority`` order
+    (parameters first: what training changes), each tensor with as many directions (1 to
+    ``directions``) as the time left of ``budget_s`` allows when shared among the tensors still
     to come; when even one no longer fits, and ``optional``, the rest are left out (to
     autograd); without ``optional`` every tensor still gets one direction."""
+    if sum(sizes[name] for name in names) <= FD_AUTO_MAX_ENTRIES:
+        yield from ((name, "full", 0) for name in priority)
+        return
     limit = math.inf if budget_s is None else budget_s
-
-    def left() -> float:
-        return limit - (time.perf_counter() - started)
-
-    full = sum(sizes[name] for name in names) <= FD_AUTO_MAX_ENTRIES
     todo = list(priority)
     while todo:
         name = todo.pop(0)
+        left = limit - (time.perf_counter() - started)
         measured = per_copy()
-        if full and left() > 0 and (measured is None or 2 * sizes[name] * measured <= left()):
-            yield name, "full", 0
-            continue
-        full = False  # the time ran out: the rest go directional
         cost = 2 * (guess if measured is None else measured)  # one direction: +h and -h
-        if optional and cost > left():
+        if optional and cost > left:
             return  # the budget is spent: the rest are autograd's alone
-        share = left() / (cost * (len(todo) + 1))  # directions each, if the time left is shared evenly
+        share = left / (cost * (len(todo) + 1))  # directions each, if the time left is shared evenly
         yield name, "directional", directions if share >= directions else max(1, math.floor(share))
 
 
