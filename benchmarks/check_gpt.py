@@ -58,8 +58,9 @@ REPEATS = 5
 
 def time_check_gpt(config: dict[str, int], *, repeats: int = REPEATS) -> dict[str, Any]:
     """Median seconds of each method (module docstring) and what the default check covered."""
-    sizes = {key: value for key, value in config.items() if key != "batch"}
-    net = GPT.random(**sizes, seed=0, dtype=torch.float32)
+    c = config
+    net = GPT.random(vocab_size=c["vocab_size"], block_size=c["block_size"], n_layer=c["n_layer"],
+                     n_head=c["n_head"], n_embd=c["n_embd"], seed=0, dtype=torch.float32)  # fmt: skip
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, config["vocab_size"], (config["batch"], config["block_size"]), generator=g)
     targets = torch.randint(0, config["vocab_size"], (config["batch"], config["block_size"]), generator=g)
