@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,6 +126,7 @@ def render_section(entry: dict[str, Any], fd: list[dict[str, Any]]) -> list[str]
         "parameter tensor; *gradcheck fast*: `gradcheck(J, params, fast_mode=True)` on the float64 torch module. "
         f"Medians of {entry['repeats']} interleaved repeats.",
         "",
+        *([f"**Load.** {entry['load_note']}", ""] if entry.get("load_note") else []),
         "| default s | autograd only s | fd, parameters s | gradcheck fast s | default/fast | fd, parameters/fast |",
         "|---|---|---|---|---|---|",
         f"| {entry['t_default']:.2f} | {entry['t_autograd_only']:.2f} | {entry['t_fd_parameters']:.2f} | "
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
+    load_before = os.getloadavg()[0]
     print("item 3: finite differences vs gradcheck, MLPs", flush=True)
     widths = finite_differences.QUICK_WIDTHS if args.quick else finite_differences.FULL_WIDTHS
     fd = finite_differences.time_fd(widths)
@@ -180,13 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     entry = time_check_gpt(QUICK_CONFIG if args.quick else GPT_CONFIG, repeats=2 if args.quick else args.repeats)
     entry["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     entry["seconds"] = time.perf_counter() - start
+    load = (load_before, os.getloadavg()[0])
+    if max(load) > 1.5 * (os.cpu_count() or 1):  # a shared machine busy with others: say so beside the figures
+        entry["load_note"] = (
+            f"the machine was busy with other work (1-minute load average {load[0]:.1f} at the start, "
+            f"{load[1]:.1f} at the end, on {os.cpu_count()} cores): absolute times are inflated, and the "
+            "wall-clock budget buys fewer differences than on a quiet machine. Quote the ratios."
+        )
     print(json.dumps(entry, indent=1), flush=True)
     if args.out is None or args.quick:
         return 0
     folder = Path(args.out)
     doc = json.loads((folder / "benchmarks.json").read_text())
     doc["finite_differences"], doc["check_gpt"] = fd, entry
-    write_atomic(folder / "benchmarks.json", json.dumps(doc, indent=1) + "\n")
+    write_atomic(folder / "benchmarks.json", json.dumps(doc, indent=2, default=str) + "\n")  # as run.py writes it
     write_atomic(folder / "BENCHMARKS.md", with_gpt_section(render_markdown(doc), entry, fd))
     return 0
 

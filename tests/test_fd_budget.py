@@ -143,15 +143,21 @@ def test_a_spent_budget_still_gives_every_tensor_a_direction_when_differences_ar
 def test_a_budget_does_not_hide_a_wrong_gradient() -> None:
     net, idx, targets = _tiny_gpt()
     grads = net.backward(net.forward(idx), targets).as_dict()
-    grads["W5.5"] = grads["W5.5"] * 1.01
+    wrong = {"W5.5": grads["W5.5"] * 1.01, "b5.5": grads["b5.5"]}
     for budget in (1e-9, None):
-        assert not refbp.check(net, idx, targets, grads=grads, budget_s=budget).passed
+        result = refbp.check(net, idx, targets, grads=wrong, budget_s=budget, directions=1)
+        assert [t.verdict for t in result.tensors] == ["mismatch", "passed"]
 
 
 def test_networks_small_enough_for_full_mode_are_not_cut_by_the_budget() -> None:
     net, idx, targets = _tiny_gpt()
-    result = refbp.check(net, idx, targets, budget_s=1e-9)
-    assert result.passed and result.fd_mode == "full" and len(result.rows) == 2 * len(net.names())
+    grads = net.backward(net.forward(idx), targets).as_dict()
+    result = refbp.check(net, idx, targets, grads={"W5.7": grads["W5.7"], "a6": grads["a6"]}, budget_s=1e-9)
+    assert result.passed and result.fd_mode == "full"
+    assert [(row.name, row.reference) for row in result.rows if row.reference.startswith("fd")] == [
+        ("W5.7", "fd-full"),
+        ("a6", "fd-full"),
+    ]
 
 
 def test_the_plan_is_by_size_without_a_budget_and_by_time_with_one() -> None:
