@@ -69,6 +69,9 @@ def _time_one(width: int, repeats: int) -> dict[str, Any]:
             net, X, y, same, references=("fd",), fd_mode="directional", directions=DIRECTIONS
         ),
         "gradcheck_fast": lambda: gradcheck(J, inputs, fast_mode=True),
+        "refbp_directional_1": lambda: refbp.check(  # one direction per tensor, as fast_mode takes
+            net, X, y, same, references=("fd",), fd_mode="directional", directions=1
+        ),
     }
     times: dict[str, list[float]] = {name: [] for name in methods}
     methods["refbp_directional"]()  # warm-up

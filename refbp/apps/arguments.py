@@ -13,7 +13,16 @@ from pathlib import Path
 from ..nn.validation import check_int
 from .signals import deferred_signals
 
-__all__ = ["MAX_DRAWS", "MAX_EXAMPLES", "check_draws", "check_examples", "check_out_folder", "check_threads"]
+__all__ = [
+    "MAX_DRAWS",
+    "MAX_EXAMPLES",
+    "MAX_FD_BUDGET",
+    "check_draws",
+    "check_examples",
+    "check_fd_budget",
+    "check_out_folder",
+    "check_threads",
+]
 
 MAX_EXAMPLES = 10_000
 """Most random networks ``refbp report --examples`` sweeps: 50 times the default. Every case's
@@ -27,6 +36,27 @@ MAX_DRAWS = 1_000
 default 12 (minutes for a few entries, hours for the whole catalogue); the entries' strategies draw at
 most 3 layers of width 4, so by then further draws mostly repeat architectures already seen,
 and 10**9 would run for years."""
+
+
+MAX_FD_BUDGET = 86_400.0
+"""Most seconds ``refbp check --fd-budget`` accepts: a day. Full finite differences of the
+largest network a spec describes finish well within it; "none" lifts the limit altogether."""
+
+
+def check_fd_budget(value: str) -> float | None:
+    """``refbp check --fd-budget``: seconds > 0 and at most MAX_FD_BUDGET, or "none" (no limit)."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"--fd-budget={value!r}: expected a number of seconds > 0, or 'none' for no limit") from None
+    if not 0 < seconds <= MAX_FD_BUDGET:  # also refuses nan
+        raise ValueError(
+            f"--fd-budget={value!r}: expected a number of seconds > 0 and at most MAX_FD_BUDGET={MAX_FD_BUDGET:,.0f}, "
+            "or 'none' for no limit"
+        )
+    return seconds
 
 
 def check_examples(value: object) -> int:

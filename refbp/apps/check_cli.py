@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from .. import models  # noqa: F401  (importing refbp.models registers the GPT's spec kind)
-from ..verify.check import check
+from ..verify.check import FD_BUDGET_S, check
 from ..verify.specs import spec_from_dict
+from .arguments import check_fd_budget
 from .report import DEFAULT_THREADS
 
 __all__ = ["MAX_SPEC_BYTES", "add_arguments", "parse_spec_json", "read_spec", "run"]
@@ -38,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--spec", help="path of a JSON file describing the network")
     source.add_argument("--case", help="the same JSON, inline (as REPORT.md prints for a failure)")
     parser.add_argument("--fd-mode", default="auto", choices=["auto", "full", "directional"])
+    parser.add_argument(
+        "--fd-budget",
+        default=str(FD_BUDGET_S),
+        help=f"seconds --fd-mode auto may spend on finite differences, or 'none' (default {FD_BUDGET_S})",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
 
 
@@ -46,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         text, where = read_spec(args.spec), f"--spec {args.spec}"
     else:
         text, where = args.case, "--case"
+    budget_s = check_fd_budget(args.fd_budget)
     data = parse_spec_json(text, where)
     try:
         spec = spec_from_dict(data)
@@ -53,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as err:
         raise (TypeError if isinstance(err, TypeError) else ValueError)(f"{where}: {err}") from None
     torch.set_num_threads(DEFAULT_THREADS)  # one small network: one thread is fastest
-    result = check(case.net, case.X, case.y, fd_mode=args.fd_mode, seed=spec.seed)
+    result = check(case.net, case.X, case.y, fd_mode=args.fd_mode, seed=spec.seed, budget_s=budget_s)
     if args.json:
         print(json.dumps({"spec": json.loads(spec.to_json()), **result.to_dict()}, indent=1))
     else:

@@ -29,15 +29,16 @@ from .compare import Comparison, compare
 from .conditioning import conditioning_allowance
 from .diagnose import all_fail_note, kink_hints, noise_note, on_kinks, with_diagnosis, with_kink_note
 from .fd_core import FDResult
-from .finite_diff import network_finite_differences
+from .finite_diff import FD_BUDGET_S, network_finite_differences
 from .inputs import FD_AUTO_MAX_ENTRIES, REFERENCES, check_options, user_grads
 from .reference import autograd_gradients
 from .result import CheckResult, GradientMismatchError, TensorVerdict, tensor_verdicts
-from .rows import fd_row, loss_row
+from .rows import FDJudge, fd_row, loss_row
 from .tolerances import TOLERANCES, Tolerance, least_precise, tolerance_for
 
 __all__ = [
     "FD_AUTO_MAX_ENTRIES",
+    "FD_BUDGET_S",
     "REFERENCES",
     "CheckResult",
     "GradientMismatchError",
@@ -61,6 +62,7 @@ def check(
     tolerance: Tolerance | None = None,
     noise: Mapping[tuple[int, ...], Tensor] | None = None,
     J: float | Tensor | np.ndarray | None = None,
+    budget_s: float | None = FD_BUDGET_S,
 ) -> CheckResult:
     """Check gradients of ``net``'s J at (X, y) against autograd and finite differences.
 
@@ -71,8 +73,11 @@ def check(
             network's layout, with any subset of ``net.names()`` ("W1", "b1", "z1", "a1", ...,
             "X"). None checks refbp's own manual backward pass.
         references: any of "autograd" and "fd".
-        fd_mode: "full", "directional" or "auto" (full up to FD_AUTO_MAX_ENTRIES entries).
-        directions: number of random signed directions per tensor in directional mode.
+        fd_mode: "full", "directional" or "auto": full up to FD_AUTO_MAX_ENTRIES entries, else
+            directional with as many directions (up to ``directions``) as ``budget_s`` allows,
+            parameters first (refbp.verify.finite_diff.plan_differences).
+        directions: number of random signed directions per tensor in directional mode (in
+            "auto", the most).
         seed: seeds the directions.
         tolerance: overrides the per-dtype tolerance (refbp.verify.tolerances.TOLERANCES).
         noise: for a network with dropout in training mode, the keep-masks your gradients were
@@ -83,6 +88,12 @@ def check(
         J: your loss at this point: compared with refbp's first, so that a forward pass or a
             loss convention that differs (a sum for a mean, another 1/2, another GELU) is
             reported as such, before any gradient row.
+        budget_s: seconds fd_mode "auto" may spend on directional finite differences (None:
+            no limit; full mode, chosen by size, is not cut).
+            With autograd among the references, tensors the budget does not reach are left
+            to autograd, and each says so in its ``coverage`` ("autograd only: ..."); with
+            finite differences alone, every tensor still gets at least one direction. Either
+            way "passed" keeps its meaning: every entry verified by some reference.
 
     Returns:
         A CheckResult; ``.passed``, ``.rows``, ``.tensors``, ``.raise_if_failed()``.
@@ -90,6 +101,7 @@ def check(
     if not isinstance(net, Network):
         raise TypeError(f"net must be a refbp network (refbp.MLP, refbp.nn.Network), got {type(net).__name__}")
     check_options(references, fd_mode, directions, seed, tolerance)
+    _check_budget(budget_s)
     check_noise(net.layers, noise)
 
     cache = net.forward(X, update_stats=False, noise=noise)  # X, y, grads in the network's layout
@@ -118,20 +130,31 @@ def check(
             row = with_diagnosis(row, tested[name], r, sizes)
             rows.append(with_kink_note(row, tested[name], r, kinks.get(name)))
     mode = None
+    left_out: dict[str, str] = {}
     if "fd" in references:
-        total = sum(t.numel() for t in tested.values())
-        mode = fd_mode if fd_mode != "auto" else ("full" if total <= FD_AUTO_MAX_ENTRIES else "directional")
         fd = network_finite_differences(
-            net, X_in, y_in, names, noise=cache.noise, mode=mode, directions=directions, seed=seed
-        )
+            net, X_in, y_in, names, noise=cache.noise, mode=fd_mode, directions=directions, seed=seed,
+            judges={name: FDJudge(layout.from_user(name, tested[name]), tol, widened.get(name, 0.0))
+                    for name in names},
+            budget_s=budget_s, optional="autograd" in references,
+        )  # fmt: skip
         J_ref = next(iter(fd.values())).J if fd else J_ref
+        modes = {"full" if result.directions is None else "directional" for result in fd.values()}
+        mode = modes.pop() if len(modes) == 1 else ("mixed" if modes else fd_mode)
         fd = {name: _fd_to_user(layout, name, result) for name, result in fd.items()}
-        rows += [fd_row(name, tested[name], fd[name], mode, tol, widened.get(name, 0.0), sizes=sizes) for name in names]
+        rows += [
+            fd_row(name, tested[name], fd[name], "full" if fd[name].directions is None else "directional", tol,
+                   widened.get(name, 0.0), sizes=sizes)
+            for name in names if name in fd
+        ]  # fmt: skip
+        left_out = {name: f"the finite-difference budget (budget_s={budget_s}) ran out" for name in names
+                    if name not in fd}  # fmt: skip
     if J is not None:
         rows.insert(0, loss_row(J, J_ref, tol, sizes))
     result = CheckResult(
-        rows=rows, J=J_ref, dtype=str(dtype).removeprefix("torch."), device=str(net.device), fd_mode=mode
-    )
+        rows=rows, J=J_ref, dtype=str(dtype).removeprefix("torch."), device=str(net.device), fd_mode=mode,
+        tensors=tensor_verdicts(rows, left_out=left_out),
+    )  # fmt: skip
     if not result.passed:
         hints = [
             noise_note(net, noise) if grads is not None else "",  # the likelier cause, first
@@ -143,10 +166,21 @@ def check(
     return result
 
 
+def _check_budget(budget_s: object) -> None:
+    """budget_s must be None or a number of seconds > 0."""
+    if budget_s is None:
+        return
+    if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)):
+        raise TypeError(f"budget_s={budget_s!r} must be a number of seconds (or None: no limit)")
+    if not math.isfinite(budget_s) or budget_s <= 0:
+        raise ValueError(f"budget_s={budget_s!r} must be a finite number of seconds > 0 (or None: no limit)")
+
+
 def _fd_to_user(layout: Any, name: str, fd: FDResult) -> FDResult:
     """Finite differences of ``name`` in the user's layout (directions turned one by one)."""
     if fd.directions is None:
         values = layout.to_user(name, fd.values)
-        return FDResult(values, layout.to_user(name, fd.error), layout.to_user(name, fd.excluded), None, fd.J)
+        error, excluded = layout.to_user(name, fd.error), layout.to_user(name, fd.excluded)
+        return FDResult(values, error, excluded, None, fd.J, fd.evaluations)
     turned = torch.stack([layout.to_user(name, v) for v in fd.directions])
-    return FDResult(fd.values, fd.error, fd.excluded, turned, fd.J)
+    return FDResult(fd.values, fd.error, fd.excluded, turned, fd.J, fd.evaluations)

@@ -68,6 +68,7 @@ class Comparison:
             entry is contradicted above 1 (None: computed from max_abs_error and allowed).
         verified: bool mask of the entries verified (the reference's shape; (k,) for a
             directional row); not part of the JSON.
+        evaluations: for a finite-difference row, the evaluations of J it cost (0 otherwise).
     """
 
     name: str
@@ -95,6 +96,7 @@ class Comparison:
     directions: int = 0
     ratio: float | None = None
     verified: Tensor | None = field(default=None, repr=False, compare=False)
+    evaluations: int = 0
 
     @property
     def passed(self) -> bool:

@@ -57,11 +57,15 @@ __all__ = [
     "MoveEvaluator",
     "PieceRecorder",
     "PieceWatcher",
+    "Settle",
+    "Sigma",
     "combine_evaluations",
     "directional_differences",
     "evaluation_noise",
+    "first_layer",
     "full_differences",
     "moves",
+    "oracle_J_from",
     "random_directions",
     "steps",
 ]
@@ -106,6 +110,8 @@ class FDResult:
         excluded: bool, like ``values``: differences whose perturbation left a piece or the domain.
         directions: directional mode only: (k, *shape) float64, the v_k used.
         J: the loss at the unperturbed point, float64.
+        evaluations: the evaluations of J this tensor cost (moves, and the rounding probes when
+            its differences needed ``sigma``).
     """
 
     values: Tensor
@@ -113,6 +119,7 @@ class FDResult:
     excluded: Tensor
     directions: Tensor | None
     J: float
+    evaluations: int = 0
 
 
 def random_directions(shape: tuple[int, ...], k: int, *, seed: int) -> Tensor:
@@ -151,8 +158,30 @@ def combine_evaluations(J: Tensor, h_up: Tensor, h_down: Tensor, sigma: float = 
     return D1, truncation + 2.0 * sigma / (h_up + h_down)
 
 
+def oracle_J_from(
+    net: Network, first: int, x: Tensor, y: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap
+) -> Tensor:
+    """J by the oracle from top-level layer ``first`` on, given its input x = a(first - 1):
+    ``Network.torch_J`` with the layers below ``first`` skipped. A copy that moves nothing below
+    layer ``first`` has the base run's a(first - 1) there, so the layers below need not run
+    again; with first = 1 and x = X it is torch_J itself (a test holds them equal)."""
+    for l in range(first, len(net.layers) + 1):
+        x = tap.intermediate(Key("a", (l,)), net.layers[l - 1].torch_forward(x, p, noise, tap, (l,)))
+    J = net.torch_loss(x, y, tap)
+    if net.weight_decay:
+        decayed = [p(key.layer, key.kind) for key in net.decayed_keys()]
+        J = J + 0.5 * net.weight_decay * sum((W * W).sum() for W in decayed)
+    return J
+
+
 def evaluation_noise(
-    net: Network, X64: Tensor, y64: Tensor, noise64: Mapping[tuple[int, ...], Tensor], names: list[str]
+    net: Network,
+    X64: Tensor,
+    y64: Tensor,
+    noise64: Mapping[tuple[int, ...], Tensor],
+    names: list[str],
+    *,
+    record: PieceRecorder | None = None,
 ) -> dict[str, float]:
     """name -> sigma: how far rounding alone may move an evaluation of J with that tensor moved.
 
@@ -162,7 +191,8 @@ def evaluation_noise(
     after it is multiplied by (1 + eps u), u ~ U(-1, 1), a float64 rounding at each step.
     Usually sigma ~ eps |J| and negligible; where the forward pass cancels (a LayerNorm of a row
     constant up to 1e-5 subtracts numbers that agree to 5 digits) it is orders larger, and the
-    difference (J+ - J-) / 2h inherits sigma / h (``combine_evaluations``)."""
+    difference (J+ - J-) / 2h inherits sigma / h (``combine_evaluations``). Given the base run's
+    ``record``, each probe starts at the tensor's first layer (``first_layer``)."""
     order = {name: i for i, name in enumerate(net.names())}
     params = Params(net.oracle_params(dtype=torch.float64, device=X64.device), net.ties)
     generator = torch.Generator().manual_seed(0)
@@ -171,15 +201,30 @@ def evaluation_noise(
         J0 = float(net.torch_J(X64, y64, params, noise64))
         for name in names:
             start = order.get(name, 0)
+            first = 1 if record is None or name == "X" else first_layer(net, name)
+            x = X64 if first == 1 else record.values[Key("a", (first - 1,))]  # type: ignore[union-attr]
             spread = 0.0
             for _ in range(NOISE_PROBES):
                 tap = _Rounding(generator, {key for key, i in order.items() if i >= start})
-                X_in = tap.jitter(X64) if name == "X" and X64.is_floating_point() else X64
-                J = float(net.torch_J(X_in, y64, params, noise64, tap))
+                x_in = tap.jitter(x) if name == "X" and x.is_floating_point() else x
+                J = float(oracle_J_from(net, first, x_in, y64, params, noise64, tap))
                 if math.isfinite(J):
                     spread = max(spread, abs(J - J0))
             out[name] = spread
     return out
+
+
+def first_layer(net: Network, name: str) -> int:
+    """The first top-level layer that moving tensor ``name`` changes: its own (a parameter tied
+    to an earlier layer's: that layer's), 1 for X. Every copy that moves it runs from there on."""
+    if name == "X":
+        return 1
+    key = Key.parse(name)
+    if not key.layer:
+        return 1
+    tied = {key, net.ties.get(key, key)}
+    uses = [k for k, shared in net.ties.items() if shared in tied] + list(tied)
+    return min(k.layer[0] for k in uses if k.layer)
 
 
 class _Rounding(Tap):
@@ -210,7 +255,9 @@ NOISE_PROBES = 4
 # ---- pieces: noticing a perturbation that crosses a boundary -----------------------------
 class PieceRecorder(Tap):
     """The base run: records, in call order, which piece every piecewise input is in and
-    whether any of its entries is unresolvable; keeps intermediates."""
+    whether any of its entries is unresolvable; keeps intermediates, and ``marks``: after
+    top-level layer l, how many pieces and domains had been recorded (where a run that starts
+    at layer l + 1 takes up the count: ``PieceWatcher(start=marks[l])``)."""
 
     def __init__(self) -> None:
         self.regions: list[Tensor] = []
@@ -218,9 +265,12 @@ class PieceRecorder(Tap):
         self.scales: list[tuple[Tensor, Tensor] | None] = []
         self.inside: list[Tensor] = []
         self.values: dict[Key, Tensor] = {}
+        self.marks: dict[int, tuple[int, int]] = {0: (0, 0)}
 
     def intermediate(self, key: Key, t: Tensor) -> Tensor:
         self.values[key] = t
+        if key.kind == "a" and len(key.layer) == 1:  # the output of top-level layer l
+            self.marks[key.layer[0]] = (len(self.regions), len(self.inside))
         return t
 
     def piecewise(self, t: Tensor, pieces: Pieces) -> None:
@@ -236,13 +286,19 @@ class PieceRecorder(Tap):
 class PieceWatcher(Tap):
     """A perturbed run (under vmap): flags ``crossed`` when an input of a piecewise function is
     in another piece than at the base, leaves a domain, or was unresolvable at the base; adds
-    ``delta`` to the intermediate ``target``."""
+    ``delta`` to the intermediate ``target``. A run that starts past the first layers gives
+    ``start``, the base's counts of pieces and domains below it (``PieceRecorder.marks``)."""
 
-    def __init__(self, base: PieceRecorder, target: Key | None = None, delta: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        base: PieceRecorder,
+        target: Key | None = None,
+        delta: Tensor | None = None,
+        start: tuple[int, int] = (0, 0),
+    ) -> None:
         self.base, self.target, self.delta = base, target, delta
         self.crossed = torch.zeros((), dtype=torch.bool)
-        self._piece = 0
-        self._domain = 0
+        self._piece, self._domain = start
 
     def intermediate(self, key: Key, t: Tensor) -> Tensor:
         if key == self.target:
@@ -270,15 +326,31 @@ class PieceWatcher(Tap):
 
 
 # ---- the two drivers, shared by every path --------------------------------------------------
+Settle = Callable[[Tensor, Tensor, Tensor | None, float], Tensor]
+"""(values, excluded, directions, J) -> bool like ``values``: the differences D(h) that decide their
+entry (or direction) without an error estimate (refbp.verify.rows.fd_settled)."""
+
+Sigma = float | Callable[[], float]
+"""The rounding of one evaluation of J (``evaluation_noise``), or how to measure it: measured
+only when some difference of the tensor needs its error estimate."""
+
+
 def full_differences(
-    evaluate: EntryEvaluator, base: Tensor, J0: float, chunk: int, sigma: float, fixed: Fixed | None = None
+    evaluate: EntryEvaluator,
+    base: Tensor,
+    J0: float,
+    chunk: int,
+    sigma: Sigma,
+    fixed: Fixed | None = None,
+    settle: Settle | None = None,
 ) -> FDResult:
-    """Full mode: every entry that is not fixed moved by +h, -h, +2h and -2h, ``chunk`` copies
-    (chunk // 4 entries) per call of ``evaluate``."""
+    """Full mode: every entry that is not fixed moved by +h and -h (D(h), the cheap pass), then
+    by +2h and -2h (the error estimate) wherever ``settle`` does not decide the entry from D(h)
+    alone; with no ``settle``, everywhere. ``chunk`` copies per call of ``evaluate``."""
     n = base.numel()
     h_up, h_down = steps(base.reshape(-1))  # (n,)
     values = torch.zeros(n, dtype=torch.float64)  # a fixed entry's reference: 0
-    error = torch.zeros(n, dtype=torch.float64)
+    error = torch.zeros(n, dtype=torch.float64)  # 0 where D(h) decided the entry alone
     excluded = torch.zeros(n, dtype=torch.bool)
     free = torch.arange(n)
     if fixed is not None:
@@ -286,36 +358,123 @@ def full_differences(
         free = free[~flat]
         if not fixed.zero:
             excluded |= flat
-    per_call = max(1, chunk // len(MOVES))  # entries per call
-    for start in range(0, free.numel(), per_call):
-        idx = free[start : start + per_call]
-        P = idx.numel()
-        J, crossed = evaluate(idx.repeat(len(MOVES)), moves(h_up[idx], h_down[idx]))  # (4P,)
-        values[idx], error[idx] = combine_evaluations(J.reshape(len(MOVES), P), h_up[idx], h_down[idx], sigma)
-        excluded[idx] = crossed.reshape(len(MOVES), P).any(dim=0)
     shape = base.shape
-    return FDResult(values.reshape(shape), error.reshape(shape), excluded.reshape(shape), None, J0)
+    values[free], crossed = _entry_pass(evaluate, free, h_up, h_down, 1.0, chunk)  # D(h)
+    excluded[free] |= crossed
+    evaluations = 2 * free.numel()
+    cheap = torch.ones(n, dtype=torch.bool)  # entries without an error estimate
+    pending = (
+        free
+        if settle is None
+        else _unsettled(free, settle(values.reshape(shape), excluded.reshape(shape), None, J0), cheap, excluded)
+    )
+    noise: float | None = None
+    while pending.numel():
+        if noise is None:
+            noise, cost = _measured(sigma)
+            evaluations += cost
+        D2, crossed = _entry_pass(evaluate, pending, h_up, h_down, 2.0, chunk)  # D(2h)
+        h = h_up[pending] + h_down[pending]
+        # D(2h) - D(h) = 3 c h^2, where D(h) - dJ/dp = c h^2; rounding: 2 sigma / (h+ + h-)
+        error[pending] = (D2 - values[pending]).abs() / 3.0 + 2.0 * noise / h
+        excluded[pending] |= crossed
+        cheap[pending] = False
+        evaluations += 2 * pending.numel()
+        if settle is None:
+            break
+        # an entry excluded at +-2h can lower the scale, and with it the allowance: decide again
+        pending = _unsettled(free, settle(values.reshape(shape), excluded.reshape(shape), None, J0), cheap, excluded)
+    return FDResult(values.reshape(shape), error.reshape(shape), excluded.reshape(shape), None, J0, evaluations)
 
 
 def directional_differences(
-    evaluate: MoveEvaluator, base: Tensor, V: Tensor, J0: float, chunk: int, sigma: float, fixed: Fixed | None = None
+    evaluate: MoveEvaluator,
+    base: Tensor,
+    V: Tensor,
+    J0: float,
+    chunk: int,
+    sigma: Sigma,
+    fixed: Fixed | None = None,
+    settle: Settle | None = None,
 ) -> FDResult:
-    """Directional mode: each direction v moved by +h v, -h v, +2h v and -2h v, ``chunk``
-    copies per call of ``evaluate``. Fixed entries are not moved: the difference estimates
-    v . r with r zero there (or, for excluded entries, v is zero there too)."""
+    """Directional mode: each direction v moved by +h v and -h v (D(h)), then by +2h v and -2h v
+    where ``settle`` does not decide the direction from D(h) alone (none given: everywhere),
+    ``chunk`` copies per call of ``evaluate``. Fixed entries are not moved: the difference
+    estimates v . r with r zero there (or, for excluded entries, v is zero there too)."""
     k = V.shape[0]
     h = FD_STEP * max(1.0, float(base.abs().max()) if base.numel() else 1.0)
     moved = V  # (k, *shape)
     if fixed is not None:
         moved = V * ~fixed.mask.cpu()
         V = V if fixed.zero else moved  # excluded entries: out of v . g as well
-    deltas = torch.cat([s * h * moved for s in MOVES])  # (4k, *shape)
-    J = torch.empty(len(MOVES) * k, dtype=torch.float64)
-    crossed = torch.zeros(len(MOVES) * k, dtype=torch.bool)
-    for start in range(0, len(MOVES) * k, max(1, chunk)):
-        part = slice(start, min(start + max(1, chunk), len(MOVES) * k))
+    every = torch.arange(k)
+    values, excluded = _direction_pass(evaluate, moved, h, chunk)  # D(h)   (k,)
+    error = torch.zeros(k, dtype=torch.float64)
+    evaluations = 2 * k
+    cheap = torch.ones(k, dtype=torch.bool)
+    pending = every if settle is None else _unsettled(every, settle(values, excluded, V, J0), cheap, excluded)
+    noise: float | None = None
+    while pending.numel():
+        if noise is None:
+            noise, cost = _measured(sigma)
+            evaluations += cost
+        D2, crossed = _direction_pass(evaluate, moved[pending], 2.0 * h, chunk)  # D(2h)
+        error[pending] = (D2 - values[pending]).abs() / 3.0 + noise / h
+        excluded[pending] |= crossed
+        cheap[pending] = False
+        evaluations += 2 * pending.numel()
+        if settle is None:
+            break
+        pending = _unsettled(every, settle(values, excluded, V, J0), cheap, excluded)
+    return FDResult(values, error, excluded, V, J0, evaluations)
+
+
+def _unsettled(candidates: Tensor, settled: Tensor, cheap: Tensor, excluded: Tensor) -> Tensor:
+    """The candidates still without an error estimate that D(h) did not decide (and that no
+    crossing excluded already)."""
+    flat = settled.reshape(-1).cpu()
+    keep = cheap[candidates] & ~flat[candidates] & ~excluded[candidates]
+    return candidates[keep]
+
+
+def _measured(sigma: Sigma) -> tuple[float, int]:
+    """(sigma, the evaluations of J it cost): a number costs none, a measurement NOISE_PROBES."""
+    if isinstance(sigma, (int, float)):
+        return float(sigma), 0
+    return float(sigma()), NOISE_PROBES
+
+
+def _entry_pass(
+    evaluate: EntryEvaluator, entries: Tensor, h_up: Tensor, h_down: Tensor, factor: float, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """D(factor h) = (J(p + factor h+ e_k) - J(p - factor h- e_k)) / (factor (h+ + h-)) for each
+    entry k listed (P,), and whether either move crossed a piece boundary: chunk // 2 entries
+    (both moves of each) per call."""
+    P = entries.numel()
+    D = torch.empty(P, dtype=torch.float64)
+    crossed = torch.zeros(P, dtype=torch.bool)
+    per_call = max(1, chunk // 2)
+    for start in range(0, P, per_call):
+        part = slice(start, min(start + per_call, P))
+        idx = entries[part]
+        up, down = factor * h_up[idx], factor * h_down[idx]  # exact: a power of 2 times a step
+        J, c = evaluate(idx.repeat(2), torch.cat([up, -down]))  # (2 p,)
+        J_up, J_down = J.reshape(2, -1)
+        D[part] = (J_up - J_down) / (up + down)
+        crossed[part] = c.reshape(2, -1).any(dim=0)
+    return D, crossed
+
+
+def _direction_pass(evaluate: MoveEvaluator, moved: Tensor, h: float, chunk: int) -> tuple[Tensor, Tensor]:
+    """D(h) = (J(p + h v) - J(p - h v)) / 2h for each direction v of ``moved`` (m, *shape), and
+    whether either move crossed a piece boundary; ``chunk`` copies per call."""
+    m = moved.shape[0]
+    deltas = torch.cat([h * moved, -h * moved])  # (2m, *shape)
+    J = torch.empty(2 * m, dtype=torch.float64)
+    crossed = torch.zeros(2 * m, dtype=torch.bool)
+    step = max(1, chunk)
+    for start in range(0, 2 * m, step):
+        part = slice(start, min(start + step, 2 * m))
         J[part], crossed[part] = evaluate(deltas[part])
-    h_k = torch.full((k,), h, dtype=torch.float64)
-    values, error = combine_evaluations(J.reshape(len(MOVES), k), h_k, h_k, sigma)
-    excluded = crossed.reshape(len(MOVES), k).any(dim=0)
-    return FDResult(values, error, excluded, V, J0)
+    J_up, J_down = J.reshape(2, m)
+    return (J_up - J_down) / (2.0 * h), crossed.reshape(2, m).any(dim=0)

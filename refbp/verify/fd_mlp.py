@@ -36,12 +36,14 @@ from .fd_core import (
     MoveEvaluator,
     PieceRecorder,
     PieceWatcher,
+    Settle,
+    Sigma,
     directional_differences,
     full_differences,
     random_directions,
 )
 
-__all__ = ["has_row_structure", "mlp_finite_differences"]
+__all__ = ["MLPDifferences", "has_row_structure", "mlp_finite_differences"]
 
 
 def has_row_structure(net: Network) -> bool:
@@ -167,6 +169,41 @@ class _Network64:
         return _Evaluated(out.J, out.crossed | crossed)
 
 
+class MLPDifferences:
+    """An MLP at the float64 CPU point (X, y), ready to take finite differences of J tensor by
+    tensor through its row and column structure: the base forward pass is done once."""
+
+    def __init__(self, net: Network, X: Tensor, y: Tensor) -> None:
+        self.net64 = _Network64(net, X, y)
+        self.J0 = self.net64.J
+        N = X.shape[0]
+        width = max([X.shape[1], *(W.shape[0] for W in self.net64.Ws)])
+        self.chunk = len(MOVES) * max(1, CHUNK_BYTES // (2 * 8 * N * width * len(MOVES)))  # copies per batch
+
+    def base(self, name: str) -> Tensor:
+        """The tensor called ``name`` at the base point, float64."""
+        kind, layer = _parse(name)
+        return _tensor_of(self.net64, kind, layer)
+
+    def entry_evaluator(self, name: str) -> EntryEvaluator:
+        """J for copies that each move one entry of ``name``."""
+        kind, layer = _parse(name)
+        return _entry_evaluator(self.net64, kind, layer, _tensor_of(self.net64, kind, layer))
+
+    def full(self, name: str, sigma: Sigma, fixed: Fixed | None, settle: Settle | None = None) -> FDResult:
+        """Every entry of ``name`` (fd_core.full_differences)."""
+        return full_differences(self.entry_evaluator(name), self.base(name), self.J0, self.chunk, sigma, fixed, settle)
+
+    def directional(
+        self, name: str, V: Tensor, sigma: Sigma, fixed: Fixed | None, settle: Settle | None = None
+    ) -> FDResult:
+        """The directions V (k, *shape) of ``name`` (fd_core.directional_differences)."""
+        kind, layer = _parse(name)
+        base = _tensor_of(self.net64, kind, layer)
+        move = _move_evaluator(self.net64, kind, layer, base)
+        return directional_differences(move, base, V, self.J0, self.chunk, sigma, fixed, settle)
+
+
 def mlp_finite_differences(
     net: Network,
     X: Tensor,
@@ -180,7 +217,7 @@ def mlp_finite_differences(
     fixed: Mapping[str, Fixed] | None = None,
 ) -> dict[str, FDResult]:
     """Finite differences of J for the tensors named (keys as in ``as_dict()``), for a network
-    with ``has_row_structure``.
+    with ``has_row_structure``, every difference with its error estimate.
 
     Args:
         mode: "full" (every entry) or "directional" (``directions`` random signed vectors).
@@ -189,23 +226,21 @@ def mlp_finite_differences(
             (fd_core.evaluation_noise); none given, 0.
         fixed: name -> entries not to move (fd_core.Fixed); none given, none.
     """
-    net64 = _Network64(net, X, y)
-    N = X.shape[0]
-    width = max([X.shape[1], *(W.shape[0] for W in net64.Ws)])
-    chunk = len(MOVES) * max(1, CHUNK_BYTES // (2 * 8 * N * width * len(MOVES)))  # perturbed copies per batch
+    mlp = MLPDifferences(net, X, y)
     out: dict[str, FDResult] = {}
     for offset, name in enumerate(names):
-        kind, layer = name[0], (0 if name == "X" else int(name[1:]))
-        base = _tensor_of(net64, kind, layer)
         noise = (sigma or {}).get(name, 0.0)
         if mode == "full":
-            evaluate = _entry_evaluator(net64, kind, layer, base)
-            out[name] = full_differences(evaluate, base, net64.J, chunk, noise, (fixed or {}).get(name))
+            out[name] = mlp.full(name, noise, (fixed or {}).get(name))
         else:
-            V = random_directions(tuple(base.shape), directions, seed=seed + 1009 * offset)
-            move = _move_evaluator(net64, kind, layer, base)
-            out[name] = directional_differences(move, base, V, net64.J, chunk, noise, (fixed or {}).get(name))
+            V = random_directions(tuple(mlp.base(name).shape), directions, seed=seed + 1009 * offset)
+            out[name] = mlp.directional(name, V, noise, (fixed or {}).get(name))
     return out
+
+
+def _parse(name: str) -> tuple[str, int]:
+    """("W", 2) for "W2"; ("X", 0) for "X"."""
+    return name[0], (0 if name == "X" else int(name[1:]))
 
 
 def _tensor_of(net64: _Network64, kind: str, layer: int) -> Tensor:

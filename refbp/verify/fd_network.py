@@ -1,6 +1,10 @@
 """Finite differences of any network, through its oracle: P perturbed copies of J evaluated as
-one ``torch.func.vmap`` over ``Network.torch_J``, so that layers that mix the batch (BatchNorm)
-stay exact. Steps, moves, error estimates and pieces are refbp.verify.fd_core's.
+one ``torch.func.vmap`` over the oracle, so that layers that mix the batch (BatchNorm) stay
+exact. Steps, moves, error estimates and pieces are refbp.verify.fd_core's.
+
+A copy that moves a tensor of top-level layer l changes nothing below l: it starts at layer l
+from the base run's a(l - 1) (``fd_core.oracle_J_from``, ``fd_core.first_layer``), so moving the
+last block of a GPT costs a quarter of a forward pass, not a whole one.
 """
 
 from __future__ import annotations
@@ -17,16 +21,92 @@ from ..nn.layer import Params
 from ..nn.network import Network
 from .fd_core import (
     CHUNK_BYTES,
+    EntryEvaluator,
     FDResult,
     Fixed,
     PieceRecorder,
     PieceWatcher,
+    Settle,
+    Sigma,
     directional_differences,
+    first_layer,
     full_differences,
+    oracle_J_from,
     random_directions,
 )
 
-__all__ = ["oracle_finite_differences"]
+__all__ = ["MIN_COPIES", "ORACLE_BATCH_BYTES", "OracleDifferences", "oracle_finite_differences"]
+
+MIN_COPIES = 16
+"""Copies per vmapped batch at least, where memory allows (``ORACLE_BATCH_BYTES``): the oracle's
+Python and dispatch work is paid once per batch, and one copy of a GPT outgrows CHUNK_BYTES on
+its own. Measured on the 4-layer GPT of benchmarks/check_gpt.py (float64, 1 thread): 25-30 ms a
+copy one at a time, 11-14 ms a copy 16 at a time."""
+
+ORACLE_BATCH_BYTES = 512 * 2**20
+"""The most memory one batch of perturbed activations may take when MIN_COPIES copies outgrow
+CHUNK_BYTES: 512 MiB."""
+
+
+class OracleDifferences:
+    """A network's oracle at the float64 CPU point (X64, y64, noise64), ready to take finite
+    differences of J tensor by tensor: the base run (pieces, intermediates, each top-level
+    layer's input) is done once."""
+
+    def __init__(self, net: Network, X64: Tensor, y64: Tensor, noise64: Mapping[tuple[int, ...], Tensor]) -> None:
+        self.net, self.X64, self.y64, self.noise64 = net, X64, y64, noise64
+        self.params = net.oracle_params(dtype=torch.float64, device=torch.device("cpu"))
+        self.record = PieceRecorder()
+        with torch.no_grad():
+            self.J0 = float(net.torch_J(X64, y64, Params(self.params, net.ties), noise64, self.record))
+        per_copy = 8 * 3 * sum(t.numel() for t in self.record.values.values()) + 8 * X64.numel()
+        fits = CHUNK_BYTES // max(1, per_copy)
+        self.chunk = max(1, fits if fits >= MIN_COPIES else min(MIN_COPIES, ORACLE_BATCH_BYTES // max(1, per_copy)))
+
+    def base(self, name: str) -> Tensor:
+        """The tensor called ``name`` at the base point, float64."""
+        key = Key.parse(name)
+        if key.kind == "X":
+            return self.X64
+        return self.params[key] if key in self.params else self.record.values[key]
+
+    def entry_evaluator(self, name: str) -> EntryEvaluator:
+        """J for copies that each move one entry of ``name``."""
+        return _batched(_moving_one_entry(self._J_of(name), self.base(name).shape))
+
+    def full(self, name: str, sigma: Sigma, fixed: Fixed | None, settle: Settle | None = None) -> FDResult:
+        """Every entry of ``name`` (fd_core.full_differences)."""
+        return full_differences(self.entry_evaluator(name), self.base(name), self.J0, self.chunk, sigma, fixed, settle)
+
+    def directional(
+        self, name: str, V: Tensor, sigma: Sigma, fixed: Fixed | None, settle: Settle | None = None
+    ) -> FDResult:
+        """The directions V (k, *shape) of ``name`` (fd_core.directional_differences)."""
+        evaluate = _batched(self._J_of(name))
+        return directional_differences(evaluate, self.base(name), V, self.J0, self.chunk, sigma, fixed, settle)
+
+    def _J_of(self, name: str) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """J (and whether a piece boundary was crossed) with ``name`` moved by a delta, run from
+        the first layer the move changes."""
+        net, params, record = self.net, self.params, self.record
+        key = Key.parse(name)
+        first = first_layer(net, name)
+        x = self.X64 if first == 1 else record.values[Key("a", (first - 1,))]  # a(first - 1)   (B, ...)
+        start = record.marks[first - 1]
+
+        def J_of(delta: Tensor) -> tuple[Tensor, Tensor]:
+            watcher = PieceWatcher(record, start=start)
+            p, x_in = params, x
+            if key.kind == "X":
+                x_in = x + delta
+            elif key in params:
+                p = {**params, key: params[key] + delta}
+            else:
+                watcher = PieceWatcher(record, key, delta, start=start)
+            J = oracle_J_from(net, first, x_in, self.y64, Params(p, net.ties), self.noise64, watcher)
+            return J, watcher.crossed
+
+        return J_of
 
 
 def oracle_finite_differences(
@@ -42,50 +122,22 @@ def oracle_finite_differences(
     sigma: Mapping[str, float],
     fixed: Mapping[str, Fixed],
 ) -> dict[str, FDResult]:
-    """Finite differences of J for the tensors named, at the float64 CPU point (X64, y64, noise64).
+    """Finite differences of J for the tensors named, at the float64 CPU point (X64, y64, noise64),
+    every difference with its error estimate.
 
     Args:
         mode: "full" or "directional"; directions, seed: as refbp.verify.finite_diff says.
         sigma: name -> rounding of one evaluation (fd_core.evaluation_noise).
         fixed: name -> the entries not to move (fd_core.Fixed).
     """
-    cpu = torch.device("cpu")
-    params = net.oracle_params(dtype=torch.float64, device=cpu)
-    record = PieceRecorder()
-    with torch.no_grad():
-        J0 = float(net.torch_J(X64, y64, Params(params, net.ties), noise64, record))
-    per_copy = 8 * 3 * sum(t.numel() for t in record.values.values()) + 8 * X64.numel()
-    chunk = max(1, CHUNK_BYTES // max(1, per_copy))  # copies per batch
-
+    oracle = OracleDifferences(net, X64, y64, noise64)
     out: dict[str, FDResult] = {}
     for offset, name in enumerate(names):
-        key = Key.parse(name)
-        if key.kind == "X":
-            base = X64
-        elif key in params:
-            base = params[key]
-        else:
-            base = record.values[key]
-
-        def J_of(delta: Tensor, key: Key = key) -> tuple[Tensor, Tensor]:
-            watcher = PieceWatcher(record)
-            p, X_in = params, X64
-            if key.kind == "X":
-                X_in = X64 + delta
-            elif key in params:
-                p = {**params, key: params[key] + delta}
-            else:
-                watcher = PieceWatcher(record, key, delta)
-            J = net.torch_J(X_in, y64, Params(p, net.ties), noise64, watcher)
-            return J, watcher.crossed
-
         if mode == "full":
-            out[name] = full_differences(
-                _batched(_moving_one_entry(J_of, base.shape)), base, J0, chunk, sigma[name], fixed.get(name)
-            )
+            out[name] = oracle.full(name, sigma[name], fixed.get(name))
         else:
-            V = random_directions(tuple(base.shape), directions, seed=seed + 1009 * offset)
-            out[name] = directional_differences(_batched(J_of), base, V, J0, chunk, sigma[name], fixed.get(name))
+            V = random_directions(tuple(oracle.base(name).shape), directions, seed=seed + 1009 * offset)
+            out[name] = oracle.directional(name, V, sigma[name], fixed.get(name))
     return out
 
 

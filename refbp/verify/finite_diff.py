@@ -14,7 +14,9 @@ the row and column structure of eq. (1) so that no copy runs the whole network, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,13 +39,16 @@ from .fd_core import (
     random_directions,
     steps,
 )
-from .fd_mlp import has_row_structure, mlp_finite_differences
-from .fd_network import oracle_finite_differences
+from .fd_mlp import MLPDifferences, has_row_structure
+from .fd_network import OracleDifferences
+from .inputs import FD_AUTO_MAX_ENTRIES
 from .reference import oracle_point
+from .rows import FDJudge
 from .tolerances import FD_STEP
 
 __all__ = [
     "CHUNK_BYTES",
+    "FD_BUDGET_S",
     "MOVES",
     "NOISE_PROBES",
     "FDResult",
@@ -52,11 +57,21 @@ __all__ = [
     "evaluation_noise",
     "fixed_entries",
     "function_finite_differences",
+    "more_directions",
     "moves",
     "network_finite_differences",
+    "plan_differences",
     "random_directions",
     "steps",
 ]
+
+
+FD_BUDGET_S = 2.0
+"""Seconds fd_mode "auto" spends on directional finite differences by default
+(``refbp.check(budget_s=)``, ``refbp check --fd-budget``): a direction for every parameter
+tensor of the 4-layer GPT of benchmarks/check_gpt.py on a quiet 2-core machine, so that a test
+suite can check a few such models in seconds and keep the second opinion (reports/BENCHMARKS.md,
+item 3). Networks small enough for full mode (FD_AUTO_MAX_ENTRIES) are not cut by it."""
 
 
 def fixed_entries(net: Network) -> dict[str, Fixed]:
@@ -85,27 +100,160 @@ def network_finite_differences(
     mode: str = "full",
     directions: int = 8,
     seed: int = 0,
+    judges: Mapping[str, FDJudge] | None = None,
+    budget_s: float | None = None,
+    optional: bool = False,
 ) -> dict[str, FDResult]:
     """Finite differences of J for the tensors named (keys as in ``backward(...).as_dict()``).
 
     Args:
         noise: the dropout keep-masks of the forward pass being checked (``cache.noise``).
-        mode: "full" (every entry) or "directional" (``directions`` random signed vectors).
+        mode: "full" (every entry), "directional" (``directions`` random signed vectors) or
+            "auto" (``plan_differences``: by size and by ``budget_s``).
         seed: seeds the directions; the same seed gives the same directions.
+        judges: name -> how its row will judge it (refbp.verify.rows.FDJudge): differences that
+            D(h) decides alone skip their error estimate (fd_core), and a tensor whose
+            directions decide nothing gets more (``more_directions``). A tensor not in it:
+            every difference with its estimate, ``directions`` directions.
+        budget_s: seconds "auto" may spend; None: no limit.
+        optional: True when another reference covers every tensor (autograd): "auto" may then
+            leave out the tensors its budget does not reach (absent from the result).
     """
-    if mode not in ("full", "directional"):
-        raise ValueError(f"mode={mode!r}; expected 'full' or 'directional'")
+    if mode not in ("full", "directional", "auto"):
+        raise ValueError(f"mode={mode!r}; expected 'full', 'directional' or 'auto'")
+    start = time.perf_counter()
     cpu = torch.device("cpu")
     X64, y64, noise64 = oracle_point(net, X, y, noise or {}, dtype=torch.float64, device=cpu)
-    sigma = evaluation_noise(net, X64, y64, noise64, names)
     fixed = fixed_entries(net)
+    path: MLPDifferences | OracleDifferences
+    record = None
     if has_row_structure(net):
-        return mlp_finite_differences(
-            net, X, y, names, mode=mode, directions=directions, seed=seed, sigma=sigma, fixed=fixed
-        )
-    return oracle_finite_differences(
-        net, X64, y64, noise64, names, mode=mode, directions=directions, seed=seed, sigma=sigma, fixed=fixed
+        path = MLPDifferences(net, X, y)
+    else:
+        path = OracleDifferences(net, X64, y64, noise64)
+        record = path.record
+    first_copy = time.perf_counter() - start  # one forward pass: what a copy costs at most, at first
+
+    def sigma(name: str) -> Callable[[], float]:
+        return lambda: evaluation_noise(net, X64, y64, noise64, [name], record=record)[name]
+
+    offsets = {name: offset for offset, name in enumerate(names)}  # each tensor's directions' seed
+
+    def differences(name: str, how: str, k: int) -> FDResult:
+        judge = (judges or {}).get(name)
+        settle = None if judge is None else judge.settled
+        if how == "full":
+            return path.full(name, sigma(name), fixed.get(name), settle)
+        shape = tuple(path.base(name).shape)
+        V = random_directions(shape, k, seed=seed + 1009 * offsets[name])
+        fd = path.directional(name, V, sigma(name), fixed.get(name), settle)
+        for more in more_directions(k, directions):
+            if judge is None or judge.decides(fd):
+                break
+            V = random_directions(shape, more, seed=seed + 1009 * offsets[name] + 104_729 * fd.values.numel())
+            fd = _joined(fd, path.directional(name, V, sigma(name), fixed.get(name), settle))
+        return fd
+
+    if mode != "auto":
+        return {name: differences(name, mode, directions) for name in names}
+    sizes = {name: _free(path.base(name), fixed.get(name)) for name in names}
+    warm = [name for name in names if path.base(name).numel()]
+    if warm and sum(sizes.values()) > FD_AUTO_MAX_ENTRIES:  # the budget will count: warm up first
+        began = time.perf_counter()
+        # torch.func.vmap imports its decompositions on first use in a process (about a second):
+        # one unmoved copy pays for that before the clock starts, and stands in for a copy's cost
+        path.entry_evaluator(warm[0])(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.float64))
+        first_copy = min(first_copy, time.perf_counter() - began)
+        start = time.perf_counter()
+    out: dict[str, FDResult] = {}
+    copies, spent = 0, 0.0  # evaluations done and the seconds they took
+
+    def per_copy() -> float | None:
+        return spent / copies if copies else None
+
+    for name, how, k in plan_differences(names, sizes, directions=directions, optional=optional, budget_s=budget_s,
+                                         started=start, per_copy=per_copy, guess=first_copy,
+                                         priority=_priority(net, names)):  # fmt: skip
+        began = time.perf_counter()
+        out[name] = differences(name, how, k)
+        copies += out[name].evaluations
+        spent += time.perf_counter() - began
+    return out
+
+
+def plan_differences(
+    names: list[str],
+    sizes: Mapping[str, int],
+    *,
+    directions: int,
+    optional: bool,
+    budget_s: float | None,
+    started: float,
+    per_copy: Callable[[], float | None],
+    guess: float,
+    priority: Sequence[str],
+) -> Iterator[tuple[str, str, int]]:
+    """fd_mode "auto": (name, "full" or "directional", directions) for each tensor, one at a
+    time, so that each plan uses what the tensors before it cost (``per_copy()``: seconds per
+    evaluation of J so far, None before any was measured; ``guess`` stands in until then).
+
+    Full mode, by size alone as before the budget, when the tensors have FD_AUTO_MAX_ENTRIES
+    entries or fewer in all: small networks are checked entry by entry whatever the machine's
+    load, and the same check gives the same rows. Above that, directional, in ``priority`` order
+    (parameters first: what training changes), each tensor with as many directions (1 to
+    ``directions``) as the time left of ``budget_s`` allows when shared among the tensors still
+    to come; when even one no longer fits, and ``optional``, the rest are left out (to
+    autograd); without ``optional`` every tensor still gets one direction."""
+    if sum(sizes[name] for name in names) <= FD_AUTO_MAX_ENTRIES:
+        yield from ((name, "full", 0) for name in priority)
+        return
+    limit = math.inf if budget_s is None else budget_s
+    todo = list(priority)
+    while todo:
+        name = todo.pop(0)
+        left = limit - (time.perf_counter() - started)
+        measured = per_copy()
+        cost = 2 * (guess if measured is None else measured)  # one direction: +h and -h
+        if optional and cost > left:
+            return  # the budget is spent: the rest are autograd's alone
+        share = left / (cost * (len(todo) + 1))  # directions each, if the time left is shared evenly
+        yield name, "directional", directions if share >= directions else max(1, math.floor(share))
+
+
+def more_directions(k: int, directions: int) -> Iterator[int]:
+    """How many directions each further round adds to a tensor whose first ``k`` directions
+    decided nothing (every one excluded at a piece boundary, or too imprecise to confirm):
+    as many as it has, until it has max(directions, 2 k)."""
+    have, cap = k, max(directions, 2 * k)
+    while have < cap:
+        more = min(have, cap - have)
+        yield more
+        have += more
+
+
+def _joined(a: FDResult, b: FDResult) -> FDResult:
+    """Two directional results for one tensor as one: a's directions, then b's."""
+    assert a.directions is not None and b.directions is not None
+    return FDResult(
+        torch.cat([a.values, b.values]), torch.cat([a.error, b.error]), torch.cat([a.excluded, b.excluded]),
+        torch.cat([a.directions, b.directions]), a.J, a.evaluations + b.evaluations,
+    )  # fmt: skip
+
+
+def _priority(net: Network, names: list[str]) -> list[str]:
+    """The order a budget covers tensors in: parameters (what training changes), X, then the
+    intermediates, each in the network's order."""
+    params = set(net.parameters())
+    return (
+        [name for name in names if name in params]
+        + [name for name in names if name == "X"]
+        + [name for name in names if name not in params and name != "X"]
     )
+
+
+def _free(base: Tensor, fixed: Fixed | None) -> int:
+    """Entries finite differences move: all but the fixed ones."""
+    return base.numel() - (0 if fixed is None else int(fixed.mask.sum()))
 
 
 # ---- any function of named arrays ------------------------------------------------------

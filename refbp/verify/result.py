@@ -12,7 +12,7 @@ differences excluded at a piece boundary with no autograd row to cover them, an 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,9 @@ class TensorVerdict:
         n_unverified: entries no reference verified (0 when passed).
         references: the references that judged it.
         note: for "unverified": why, reference by reference.
+        coverage: what each reference covered, in words: "autograd; fd-directional, 2
+            directions (4 evaluations of J)", or "autograd only: ..." where a finite-difference
+            budget left the tensor out.
     """
 
     name: str
@@ -53,6 +56,7 @@ class TensorVerdict:
     n_unverified: int
     references: tuple[str, ...]
     note: str = ""
+    coverage: str = ""
 
     @property
     def passed(self) -> bool:
@@ -70,39 +74,56 @@ class TensorVerdict:
             "n_unverified": self.n_unverified,
             "references": list(self.references),
             "note": self.note,
+            "coverage": self.coverage,
         }
 
 
-def tensor_verdicts(rows: Sequence[Comparison]) -> list[TensorVerdict]:
+def tensor_verdicts(rows: Sequence[Comparison], *, left_out: Mapping[str, str] | None = None) -> list[TensorVerdict]:
     """One verdict per tensor: an entry must be verified by some row and contradicted by none.
 
     A full row (autograd, full finite differences) verifies entries one by one; a directional
     row that verified at least one direction and contradicted none verifies the whole tensor
-    (a wrong gradient agrees with a random signed direction with probability 0)."""
+    (a wrong gradient agrees with a random signed direction with probability 0). ``left_out``:
+    name -> why a reference asked for has no row for it (a finite-difference budget), in its
+    ``coverage``; the verdict comes from the rows there are, by the same rule."""
     names = list(dict.fromkeys(row.name for row in rows))  # in the rows' order
     out = []
     for name in names:
         own = [row for row in rows if row.name == name]
-        references = tuple(row.reference for row in own)
-        n = max((row.n_elements for row in own if not row.directions), default=0)
-        if not n:
-            n = max((math.prod(row.shape) for row in own), default=0)
-        if any(row.verdict == "mismatch" for row in own):
-            out.append(TensorVerdict(name, "mismatch", n, 0, references))
-            continue
-        whole = any(row.directions and row.passed for row in own)
-        covered: Tensor | None = None
-        for row in own:
-            if not row.directions and row.verified is not None:
-                mask = row.verified.reshape(-1)
-                covered = mask.clone() if covered is None else covered | mask
-        n_unverified = 0 if whole else (n if covered is None else int((~covered).sum()))
-        if n == 0 or n_unverified:
-            reasons = "; ".join(f"{row.reference}: {_why_not(row)}" for row in own)
-            out.append(TensorVerdict(name, "unverified", n, n_unverified or n, references, reasons or "empty tensor"))
-        else:
-            out.append(TensorVerdict(name, "passed", n, 0, references))
+        out.append(_verdict(name, own, _coverage(own, (left_out or {}).get(name, ""))))
     return out
+
+
+def _coverage(own: Sequence[Comparison], left_out: str) -> str:
+    """What the rows of one tensor covered, in words (TensorVerdict.coverage)."""
+    parts = []
+    for row in own:
+        text = row.reference + (f", {row.directions} directions" if row.directions else "")
+        parts.append(text + (f" ({row.evaluations} evaluations of J)" if row.evaluations else ""))
+    if left_out:
+        return f"{' and '.join(parts)} only: {left_out}"
+    return "; ".join(parts)
+
+
+def _verdict(name: str, own: Sequence[Comparison], coverage: str) -> TensorVerdict:
+    """The verdict on tensor ``name`` from its rows ``own`` (at least one)."""
+    references = tuple(row.reference for row in own)
+    n = max((row.n_elements for row in own if not row.directions), default=0)
+    if not n:
+        n = max((math.prod(row.shape) for row in own), default=0)
+    if any(row.verdict == "mismatch" for row in own):
+        return TensorVerdict(name, "mismatch", n, 0, references, coverage=coverage)
+    whole = any(row.directions and row.passed for row in own)
+    covered: Tensor | None = None
+    for row in own:
+        if not row.directions and row.verified is not None:
+            mask = row.verified.reshape(-1)
+            covered = mask.clone() if covered is None else covered | mask
+    n_unverified = 0 if whole else (n if covered is None else int((~covered).sum()))
+    if n == 0 or n_unverified:
+        reasons = "; ".join(f"{row.reference}: {_why_not(row)}" for row in own)
+        return TensorVerdict(name, "unverified", n, n_unverified or n, references, reasons or "empty tensor", coverage)
+    return TensorVerdict(name, "passed", n, 0, references, coverage=coverage)
 
 
 def _why_not(row: Comparison) -> str:
@@ -118,7 +139,8 @@ class CheckResult:
         rows: the comparisons, in key order, autograd rows before finite-difference rows.
         J: the loss at the point checked (float64 reference value).
         dtype, device: of the gradients under test.
-        fd_mode: "full", "directional" or None when finite differences were not used.
+        fd_mode: "full", "directional", "mixed" (fd_mode "auto" ran out of time partway and went
+            on directionally) or None when finite differences were not used.
         tensors: one TensorVerdict per tensor (computed from the rows when not given).
     """
 
