@@ -307,3 +307,12 @@ def test_every_loss_and_reduction_has_its_hessian_product(name: str, reduction: 
     references = {row.reference for row in result.rows if row.name.startswith("Hv[")}
     assert references == {"fd-gradient"} | ({"forward-over-reverse", "reverse-over-reverse"} if torch_routes else set())
     assert check_second_order(net, X, y, product="gauss_newton").passed == torch_routes
+
+
+def test_check_order_2_is_the_second_order_check() -> None:
+    net = MLP.random([3, 4, 2], activations=["tanh", "identity"], loss="mse", seed=0)
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    result = refbp.check(net, X, y, order=2, forward=True)
+    assert result.passed and {"Hv[W1]", "R{J}"} <= {row.name for row in result.rows}
+    with pytest.raises(ValueError, match="order=3"):
+        refbp.check(net, X, y, order=3)

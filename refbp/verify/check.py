@@ -34,6 +34,7 @@ from .inputs import FD_AUTO_MAX_ENTRIES, REFERENCES, check_options, user_grads
 from .reference import autograd_gradients
 from .result import CheckResult, GradientMismatchError, TensorVerdict, tensor_verdicts
 from .rows import FDJudge, fd_row, loss_row
+from .second_order import check_second_order
 from .tolerances import TOLERANCES, Tolerance, least_precise, tolerance_for
 
 __all__ = [
@@ -63,8 +64,15 @@ def check(
     noise: Mapping[tuple[int, ...], Tensor] | None = None,
     J: float | Tensor | np.ndarray | None = None,
     budget_s: float | None = FD_BUDGET_S,
+    order: int = 1,
+    forward: bool = False,
 ) -> CheckResult:
     """Check gradients of ``net``'s J at (X, y) against autograd and finite differences.
+
+    ``order=2`` checks the Hessian-vector product instead (refbp.verify.second_order,
+    ``check_second_order(net, X, y, seed=seed, forward=forward)``): refbp's manual H v along a
+    random direction against torch's two routes and differences of the manual gradient;
+    ``forward=True`` also checks the forward-mode tangents.
 
     Args:
         net, X, y: the network and the point (tensors or NumPy arrays, in the network's
@@ -100,6 +108,14 @@ def check(
     """
     if not isinstance(net, Network):
         raise TypeError(f"net must be a refbp network (refbp.MLP, refbp.nn.Network), got {type(net).__name__}")
+    if isinstance(order, bool) or order not in (1, 2):
+        raise ValueError(f"order={order!r}; expected 1 (gradients) or 2 (Hessian-vector products)")
+    if order == 2:
+        if grads is not None:
+            raise ValueError("order=2 checks refbp's own H v; for yours use check_second_order(..., hvp_fn=...)")
+        point = net.forward(X, update_stats=False)  # X and y validated as for a gradient check
+        X2, y2 = point.X, net.targets_from_user(y, point)
+        return check_second_order(net, X2, y2, seed=seed, forward=forward, tolerance=tolerance)
     check_options(references, fd_mode, directions, seed, tolerance)
     _check_budget(budget_s)
     check_noise(net.layers, noise)

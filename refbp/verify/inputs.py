@@ -21,7 +21,8 @@ REFERENCES = ("autograd", "fd")
 
 FD_AUTO_MAX_ENTRIES = 20_000
 """fd_mode="auto" uses full finite differences up to this many entries in all, directional
-above: full mode costs three batched evaluations per entry, directional a fixed few per tensor."""
+above: full mode costs two batched evaluations per entry (two more, the error estimate, only
+where the cheap pass cannot decide), directional a fixed few per tensor."""
 
 
 def check_options(references: object, fd_mode: object, directions: object, seed: object, tolerance: object) -> None:
