@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,13 @@ class Cache(StackCache):
         return self.a[-1]
 
 
+@functools.lru_cache(maxsize=256)
+def _sorted_names(names: tuple[str, ...]) -> list[str]:
+    """``sort_names``, remembered: every backward pass of a network hands over the same names
+    in the same order, and sorting them costs more than a small layer's bias gradient."""
+    return sort_names(list(names))
+
+
 class NetworkGradients:
     """Every gradient of J a backward pass computed: dJ/d(parameter), dJ/d(intermediate), dJ/dX.
 
@@ -128,7 +136,7 @@ class NetworkGradients:
     module (``to_torch().named_parameters()``), plus "input" for dJ/dX."""
 
     def __init__(self, values: dict[str, Tensor], network: Network) -> None:
-        self._values = {name: values[name] for name in sort_names(list(values))}
+        self._values = {name: values[name] for name in _sorted_names(tuple(values))}
         self._network = network
 
     @property
