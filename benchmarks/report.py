@@ -263,6 +263,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "kept. *autograd*: the same network in `torch.nn.functional`, `J.backward()`, X requiring grad "
             "so that dJ/dX is computed too. *GEMM*: the 9 bare matrix products of backprop (3 forward, "
             "3 for dJ/dW, 3 for dJ/da down to dJ/dX) into preallocated outputs: the floor on this machine.",
+            *_measured_apart(doc.get("time_cpu_run")),
             "",
             _time_table(doc["time_cpu"]),
             "",
@@ -361,6 +362,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if not doc["quick"]:
         lines += ["", "## Closing note", "", CLOSING_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _measured_apart(run: dict[str, Any] | None) -> list[str]:
+    """The line naming the command and date of an item measured on its own (``--mlp-only``)."""
+    if not run:
+        return []
+    env = run["environment"]
+    return ["", f"Measured on its own: `{run['command']}`, {run['seconds']:.0f} s, {env['date']}, "
+                f"torch {env['torch']}, {env['threads']} thread(s)."]  # fmt: skip
 
 
 def _suite_line(suite: dict[str, Any] | None) -> str:
