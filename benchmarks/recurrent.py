@@ -68,7 +68,7 @@ class LSTMCase:
     G: Tensor
 
 
-MODULES: dict[str, type[torch.nn.RNNBase]] = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+MODULES: dict[str, Callable[..., torch.nn.Module]] = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 """The recurrent layers benchmarked, by name (benchmarks/layers.py times each; this script the LSTM)."""
 
 
