@@ -37,10 +37,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .batchnorm import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, BatchNorm1d, refuse_unbiased, unbiased_batch_norm
+from .batchnorm import (
+    BATCH_NORM_EPS,
+    BATCH_NORM_MOMENTUM,
+    BatchNorm1d,
+    channel_sum,
+    refuse_unbiased,
+    unbiased_batch_norm,
+)
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
-from .layernorm import LAYER_NORM_EPS, LayerNorm, NormCache, NormCacheOrStats, NormStats
+from .layernorm import LAYER_NORM_EPS, LayerNorm, NormCache, NormCacheOrStats, NormStats, fresh_like
 from .pieces import Pieces
 from .registry import register
 from .validation import describe
@@ -320,29 +327,38 @@ class GroupNorm(Layer):
         return torch.addcmul(beta, xhat_rows.view(x.shape), gamma), cache  # y = gamma[c] xhat + beta[c]
 
     def _lean_backward(self, dJ_dy: Tensor, x: Tensor, stats: NormStats, ctx: BackwardContext) -> LayerGrads:
-        """The backward pass from the groups' mu and rstd: xhat rebuilt from x for dJ/dgamma, then
-        LayerNorm's lean backward on the groups' rows (refbp.nn.layernorm)."""
+        """The backward pass from the groups' mu and rstd, in one work buffer besides dJ/dy's own
+        storage: xhat rebuilt from x (as llm.c), then dJ/dy o xhat (for dJ/dgamma), then
+        dJ/dxhat o xhat (for LayerNorm's variance term), while dJ/dy becomes dJ/dxhat, then dJ/dx:
+
+            h = dJ/dxhat = dJ/dy o gamma[c] ;  mean_h, m = mean over a group's entries of h, h o xhat
+            dJ/dx = rstd (h - mean_h - xhat m) = rstd (h - (mean_h - mu rstd m)) - rstd^2 m x"""
         dtype, N, acc = dJ_dy.dtype, x.shape[0], stats.rstd.dtype
-        over = [0, *range(2, x.dim())]  # the batch and every position: what a channel's parameters see
-        rows_x = x.to(acc).reshape(N * self.G, -1)  # (N G, C/G H W)
+        rows_x = x.to(acc).reshape(N * self.G, -1)  # (N G, K), K = C/G H W
+        K = rows_x.shape[1]
+        mu, rstd = stats.mu, stats.rstd  # (N G, 1) each
         params: dict[str, Tensor] = {}
         kept: dict[Key, Tensor] = {}
         own = ctx.overwrite and not ctx.keep_intermediates and dJ_dy.dtype == acc and dJ_dy.is_contiguous()
-        g = dJ_dy if own else dJ_dy.to(acc, copy=True)  # dJ/dy, then dJ/dxhat in place   (N, C, *)
+        g = dJ_dy if own else dJ_dy.to(acc, copy=True)  # dJ/dy, then dJ/dxhat, then dJ/dx in place   (N, C, *)
+        work = torch.sub(rows_x, mu, out=fresh_like(rows_x)).mul_(rstd)  # xhat rebuilt from x   (N G, K)
+        work.view(x.shape).mul_(g)  # dJ/dy o xhat
         if self.params:
-            g_xhat = torch.sub(rows_x, stats.mu).mul_(stats.rstd).view(x.shape).mul_(g)  # xhat rebuilt, o dJ/dy
-            params["gamma"] = g_xhat.sum(dim=over).to(dtype)  # dJ/dgamma = sum dJ/dy o xhat   (C,)
-            del g_xhat
-            params["beta"] = g.sum(dim=over).to(dtype)  # dJ/dbeta = sum dJ/dy   (C,)
-            g.mul_(self._per_channel(self.params["gamma"].to(acc), x.dim()))  # dJ/dxhat = dJ/dy o gamma[c]
+            gamma = self._per_channel(self.params["gamma"].to(acc), x.dim())  # (C, 1, ...)
+            params["gamma"] = channel_sum(work.view(x.shape)).to(dtype)  # dJ/dgamma = sum dJ/dy o xhat   (C,)
+            params["beta"] = channel_sum(g).to(dtype)  # dJ/dbeta = sum dJ/dy   (C,)
+            g.mul_(gamma)  # h = dJ/dxhat = dJ/dy o gamma[c]
+            work.view(x.shape).mul_(gamma)  # h o xhat
         if ctx.keep_intermediates:  # dJ/dxhat, in storage of its own
             kept[Key("xhat", ctx.path)] = g.to(dtype, copy=True)
         if not ctx.need_dx:
             return LayerGrads(None, params, kept)
-        inner = dataclasses.replace(ctx, keep_intermediates=False, overwrite=True)  # g is this pass's own
-        rows = self._rows(x).lean_backward(g.view(N * self.G, -1), rows_x, stats, inner)  # LayerNorm's dJ/dx
-        assert rows.dJ_dx is not None
-        return LayerGrads(rows.dJ_dx.view(x.shape).to(dtype), params, kept)
+        h = g.view(N * self.G, K)  # (N G, K)
+        m = work.sum(dim=-1, keepdim=True).div_(K)  # m = mean_k h o xhat   (N G, 1)
+        del work
+        shift = h.sum(dim=-1, keepdim=True).div_(K).sub_(mu * rstd * m)  # mean_h - mu rstd m   (N G, 1)
+        dJ_dx = h.sub_(shift).mul_(rstd).addcmul_(rows_x, rstd * rstd * m, value=-1.0)  # (N G, K)
+        return LayerGrads(dJ_dx.view(x.shape).to(dtype), params, kept)
 
     def backward(
         self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCacheOrStats, ctx: BackwardContext
