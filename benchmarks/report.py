@@ -38,7 +38,10 @@ the tables above are the measurement, so a target this note calls within reach m
   per-layer BackwardContext built anew on every backward pass (4 us a layer; now remembered
   by its contents, refbp.nn.stack._layer_context) and the gradients' name sorting (remembered
   by the tuple of names). What is left are the input checks autograd does not make (X and y
-  finite, shapes, dtypes, the cache's provenance, the memory estimate: about 30-40 us).
+  finite, shapes, dtypes, the cache's provenance, the memory estimate: about 30-40 us). In this
+  run, taken with the machine's load average at 15-18 on its 2 cores, 6 of the 16 rows at widths
+  <= 128 are <= 0.9 (0 of 16 in the quiet run before this round), float32 at width 16 0.77-0.89,
+  the worst row 1.12: the same code measured 0.88-0.98 at width 16 minutes apart.
 - **manual/GEMM <= 1.05 at widths >= 512.** Met or within noise at width 2048; not at 512,
   where autograd/GEMM is itself 1.04-1.14: torch.tanh costs about 3.5 ns per float32 element
   here (4 ms per (1024, 512) tensor, 6% of the GEMM time by itself), so no implementation that
@@ -77,10 +80,10 @@ ratios of one unchanged layer moved between runs of this session by up to +-0.5 
   the input's dtype, as torch's kernels and llm.c do, instead of a float64 xhat, and the
   backward rebuilds xhat from x and writes dJ/dx into dJ/dy's storage (the full teaching mode
   keeps its float64 path, unchanged; tests/test_lean.py holds the two equal to the dtype's
-  rounding). Memory: y plus one work buffer, as autograd's y plus dJ/dx. BatchNorm1d and
-  BatchNorm2d (train and eval) are now about level in time (0.76-1.45 across runs, from 2.9-3.1);
-  LayerNorm 0.6-2.0 (from 3.8); GroupNorm about 2.1-2.7. What is left is the number of passes
-  over memory: torch runs one fused kernel each way, refbp's eager operations make 5 passes
+  rounding). Memory is now level for every norm row (1.00-1.01x, from 2.4x): y and one buffer,
+  as autograd's y plus dJ/dx. Time: BatchNorm1d and BatchNorm2d (train and eval) 0.76-1.45
+  across runs (from 2.9-3.1); LayerNorm 0.6-2.0 (from 3.8); GroupNorm 2.1-2.7. What is left is
+  the number of passes over memory: torch runs one fused kernel each way, refbp's eager operations make 5 passes
   forward (mean, x - mu, row norms, rstd, affine) and 9-12 backward, each over a fresh or
   evicted (N, d) tensor. The profile also showed three slow paths, now avoided: a reduction over
   dims (0, 2, 3), or torch.linalg.vector_norm over dim 0, costs 10-40x a column sum (the channel
@@ -97,13 +100,15 @@ ratios of one unchanged layer moved between runs of this session by up to +-0.5 
   needs the layers to say which of their input and output their backward reads (an optional
   part of the layer protocol, refbp/nn/layer.py, with Linear and Elementwise answering it): not
   done in this round. relu's chain also multiplies by sign(a), an (N, d) temporary.
-- **Conv1d, Conv2d, MaxPool2d, LSTM: 1.6-2.6x, measured here for the first time, not tuned in
-  this round.** The convolutions' dJ/dx is a transposed convolution and dJ/dW an im2col product
-  (unfold, a copy of the input per kernel offset), where torch's convolution_backward is one
-  kernel; max pooling finds its windows' maxima with unfold and scatters with scatter_add_; the
-  LSTM's BPTT runs its gates step by step in Python against torch.nn.LSTM's C++ loop (the RNN
-  and GRU rows are level). AvgPool2d, AdaptiveAvgPool2d, Softmax, LogSoftmax, RNN, GRU, Flatten,
-  Embedding, Linear and the other activations are level or faster.
+- **The curriculum layers, measured here for the first time and not tuned in this round.**
+  Time: Conv1d, Conv2d and MaxPool2d 1.6-2.6x, the LSTM 1.9x; the others level or faster.
+  Memory: MaxPool2d 2.4x, GRU 2.6x, RNN 1.9x, AvgPool2d 1.85x, LogSoftmax 1.3x, the
+  convolutions 1.15-1.23x. The convolutions' dJ/dW is an im2col product (unfold: a copy of the
+  input per kernel offset, kept while the product runs) and dJ/dx a transposed convolution,
+  where torch's convolution_backward is one kernel with no im2col buffer; max pooling finds its
+  windows' maxima with unfold and scatters with scatter_add_ (the unfolded windows are the extra
+  memory); the recurrent layers keep every step's gates for BPTT where torch's RNN and GRU
+  kernels keep less, and the LSTM runs its steps in Python against torch.nn.LSTM's C++ loop.
 - **Dropout train: 0.93-1.18.** It draws its mask from refbp's own generator in float64
   (torch.rand), which costs about as much as the rest of the step."""
 """Section 6's reading: what limits each layer that misses the target, from profiles on this machine."""
