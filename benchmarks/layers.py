@@ -34,6 +34,7 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as a script (the memory probe): make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import recurrent
 from benchmarks.common import interleaved_medians
 from benchmarks.memory import MMAP_THRESHOLD
 from benchmarks.memory_probe import _status_kib
@@ -76,6 +77,7 @@ __all__ = [
     "measure_layer_memory",
     "probe",
     "run_layers",
+    "sequence_sizes",
     "time_layers",
 ]
 
@@ -103,9 +105,13 @@ LAYERS = (
     "GroupNorm",
     "Softmax",
     "LogSoftmax",
+    "RNN",
+    "LSTM",
+    "GRU",
 )
 """The layers benchmarked; each activation is an Elementwise layer. The convolutions, pools
-and spatial norms run on images (IMAGE_CHANNELS channels, see ``image_shape``)."""
+and spatial norms run on images (IMAGE_CHANNELS channels, see ``image_shape``), the recurrent
+layers on sequences (``sequence_sizes``, benchmarks/recurrent.py's cases)."""
 
 IMAGE_CHANNELS = 16
 """Channels of the benchmarks' images and sequences: a small CNN's early layers."""
@@ -116,6 +122,12 @@ def image_shape(N: int, d: int) -> tuple[int, int, int, int]:
     about as many numbers as the vector layers' N x d, in a CNN's proportions."""
     side = max(4, d // 16)
     return (max(2, N // 16), IMAGE_CHANNELS, side, side)
+
+
+def sequence_sizes(N: int, d: int) -> dict[str, int]:
+    """B sequences of T steps, inputs of d / 8 and a state of d / 4: at the full sizes
+    benchmarks/recurrent.py's character model (B 32, T 32, d 64, H 128)."""
+    return {"B": max(2, N // 32), "T": max(2, min(32, N // 4)), "d": max(2, d // 8), "H": max(2, d // 4)}
 
 
 FULL_SIZES = {"N": 1024, "d": 512, "V": 8192}
@@ -221,6 +233,11 @@ def make_case(name: str, *, N: int, d: int, V: int, seed: int = 0) -> LayerCase:
         layer = Residual(linear(), Elementwise("relu"))
     elif name in ("Softmax", "LogSoftmax"):
         layer = Softmax(-1) if name == "Softmax" else LogSoftmax(-1)
+    elif name in recurrent.MODULES:
+        seq = sequence_sizes(N, d)
+        rnn = recurrent.make_case(seq, kind=name)  # batch_first, float32, X and G of its own
+        layer, X, G = rnn.layer, rnn.X, rnn.G
+        return LayerCase(name, layer, rnn.module, X, G, "B={B}, T={T}, d={d}, H={H}".format(**seq))
     else:
         layer, X, sizes = _spatial_case(name, N, d, randn)
     with torch.no_grad():

@@ -39,7 +39,17 @@ from refbp.nn.layers import recurrent_from_torch
 from refbp.nn.recurrent import Recurrent
 from refbp.nn.stack import StackGrads, stack_backward, stack_forward
 
-__all__ = ["FULL_SIZES", "QUICK_SIZES", "LSTMCase", "autograd_step", "main", "make_case", "manual_step", "oracle_step"]
+__all__ = [
+    "FULL_SIZES",
+    "MODULES",
+    "QUICK_SIZES",
+    "LSTMCase",
+    "autograd_step",
+    "main",
+    "make_case",
+    "manual_step",
+    "oracle_step",
+]
 
 FULL_SIZES = {"B": 32, "T": 32, "d": 64, "H": 128}
 """A character-model-sized LSTM: 32 sequences of 32 steps, inputs of 64, a state of 128."""
@@ -58,11 +68,18 @@ class LSTMCase:
     G: Tensor
 
 
-def make_case(sizes: Mapping[str, int], *, num_layers: int = 1, dtype: torch.dtype = torch.float32) -> LSTMCase:
-    """An LSTM of ``num_layers`` layers for sizes {"B", "T", "d", "H"} (FULL_SIZES), batch_first."""
+MODULES: dict[str, Callable[..., torch.nn.Module]] = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+"""The recurrent layers benchmarked, by name (benchmarks/layers.py times each; this script the LSTM)."""
+
+
+def make_case(
+    sizes: Mapping[str, int], *, num_layers: int = 1, dtype: torch.dtype = torch.float32, kind: str = "LSTM"
+) -> LSTMCase:
+    """A recurrent layer (``kind``: RNN, LSTM or GRU, default the LSTM) of ``num_layers`` layers for
+    sizes {"B", "T", "d", "H"} (FULL_SIZES), batch_first."""
     B, T, d, H = (sizes[name] for name in ("B", "T", "d", "H"))
     torch.manual_seed(0)
-    module = torch.nn.LSTM(d, H, num_layers=num_layers, batch_first=True, dtype=dtype)
+    module = MODULES[kind](d, H, num_layers=num_layers, batch_first=True, dtype=dtype)
     layer = recurrent_from_torch(module)
     generator = torch.Generator().manual_seed(1)
     X = torch.randn(B, T, d, generator=generator).to(dtype)

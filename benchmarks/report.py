@@ -28,14 +28,20 @@ the tables above are the measurement, so a target this note calls within reach m
 "no" in a noisy run:
 
 - **manual/autograd <= 0.9 at widths <= 128.** Both run the same 9 GEMMs (about 60% of either's
-  time at N=1024, w=128) and the same elementwise passes (bias inside addmm, activation, its
-  derivative, column sums for dJ/db); autograd's engine costs tens of microseconds per step,
-  nothing to win back at 10 ms. At width 16 a step takes 0.2-0.8 ms, so refbp's Python
-  bookkeeping is what decides: after the layer redesign it was 1.4-1.7x autograd there, until
-  key parsing and ordering were remembered (a Gradients sorts its names on every backward
-  pass), /proc/meminfo was read only for sizes of 64 MiB and more, and the targets were checked
-  once instead of twice (0.33 -> 0.19 ms per step at N=256, width 16). Now the two are level
-  (0.93-0.99) at every width <= 128: the same kernels, no redundant work left to remove.
+  time at N=1024, w=128) and the same elementwise passes (bias inside addmm, activation, column
+  sums for dJ/db), except tanh's derivative: refbp applies it in two in-place passes,
+  dJ/da (1 - a)(1 + a), where autograd's tanh_backward is one fused kernel (a backward kernel the
+  manual path may not call). So at width 128 the ratio is about 0.9-1.0, and no bookkeeping is
+  left to win it back. At width 16 a step takes a few hundred microseconds and refbp's Python
+  work decides: this round removed the largest items a profile of the step showed, a 0-dim
+  torch.isfinite in check_finite (15 us, twice a step, for X and y; now a .item()), the
+  per-layer BackwardContext built anew on every backward pass (4 us a layer; now remembered
+  by its contents, refbp.nn.stack._layer_context) and the gradients' name sorting (remembered
+  by the tuple of names). What is left are the input checks autograd does not make (X and y
+  finite, shapes, dtypes, the cache's provenance, the memory estimate: about 30-40 us). In this
+  run, taken with the machine's load average at 15-18 on its 2 cores, 6 of the 16 rows at widths
+  <= 128 are <= 0.9 (0 of 16 in the quiet run before this round), float32 at width 16 0.77-0.89,
+  the worst row 1.12: the same code measured 0.88-0.98 at width 16 minutes apart.
 - **manual/GEMM <= 1.05 at widths >= 512.** Met or within noise at width 2048; not at 512,
   where autograd/GEMM is itself 1.04-1.14: torch.tanh costs about 3.5 ns per float32 element
   here (4 ms per (1024, 512) tensor, 6% of the GEMM time by itself), so no implementation that
@@ -64,50 +70,47 @@ the tables above are the measurement, so a target this note calls within reach m
 LAYERS_NOTE = """\
 What limits the layers that miss, from torch.profiler and single-op timings on this machine
 (1 thread, N=1024, d=512, float32; one *unit* is one (N, d) float32 tensor, 2 MiB). The table
-is the measurement; ratios near 1 move by a few hundredths from run to run.
+is the measurement. This run was taken with the machine's load average at 15-18 on its 2 cores
+(other sessions' test suites): absolute times are 5-10x those of a quiet machine, and the
+ratios of one unchanged layer moved between runs of this session by up to +-0.5 (relu
+0.84-1.54, LayerNorm 0.63-2.0); read them as ranges, not to the hundredth.
 
-- **LayerNorm, BatchNorm1d (train, eval): about 3-4.5x the time, 2.3-2.45x the memory.** Before
-  this round they were 9-14x and 3.8-4.8x: every formula made a fresh (N, d) float64 tensor
-  (13 per LayerNorm step), and fresh 4 MiB tensors page-fault here (3-4 ms per operation in
-  profiles). Now the forward turns a float64 copy of x into xhat in place, and the backward
-  keeps one float64 work buffer that holds dJ/dy, then dJ/dy o xhat, then dJ/dx, with the
-  means of dJ/dx taken from matrix-vector products (LayerNorm) or from the very column sums
-  that give dJ/dgamma and dJ/dbeta (BatchNorm); the float64 arithmetic and the one rounding at
-  the end are unchanged. What is left is the number of passes: torch runs one fused kernel
-  each way (native_layer_norm about 0.2-0.3 ms, its backward 0.25-0.45 ms), refbp's eager ops
-  make 7 passes forward (float64 copy, mean, subtract, norm, scale, rounding, gamma and beta)
-  and 11 backward (float64 copy, two column sums, two matrix-vector products, the xhat
-  product, a reload of dJ/dy, three fused updates, rounding), BatchNorm 8 and 9, at 0.07-0.2 ms
-  each. Memory is 7 units against autograd's 3 (y, dJ/dy, dJ/dx): the cache keeps xhat in
-  float64 (2 units: NormCache is read by the backward and by the bug catalogue's twins,
-  refbp.apps.layer_bugs), and the float64 work buffer is 2 more. autograd keeps only a mean
-  and rstd per row and recomputes xhat inside its fused backward; doing that here would break
-  STYLE rule 5 (the backward never recomputes a forward quantity), and doing the elementwise
-  work in float32 would lose the digits the float64 rule exists for.
-- **gelu: about 2.1-2.4x the time, memory met (0.92-0.94x).** The value f(z) now comes from torch's
-  fused F.gelu, and f'(z) = Phi(z) + z phi(z) is chained in place into dJ/da a few rows at a
-  time, so no (N, d) temporary outlives a chunk (it was 3-4x and 1.33x with 5 eager ops for f
-  and 10 for f'). What is left is f' itself: torch.erf and torch.exp over (N, d) cost about
-  1.3 ms (erf 0.8, exp 0.4), against 0.46 ms for torch's fused gelu_backward; a fused kernel
-  for f' would need code outside torch's public ops.
-- **Residual(Linear, relu): time level (0.98-1.04 from run to run), 1.44-1.46x the memory**,
-  2 units more: the stack loop (refbp/nn/stack.py) keeps every a(l), here the Linear's output
-  z, which no backward reads (autograd frees it: ReLU saves its output, Linear its input), and
-  relu's chain in refbp/nn/activations.py multiplies by sign(a), an (N, d) temporary. relu
-  alone is level in memory only because its chain works in the upstream gradient's storage.
-- **Linear: level (0.95-1.05 from run to run)**: the same three matrix products and column
-  sum, and the same tensors in memory; the verdict on time is the noise's.
-- **Embedding: level (0.92-1.04).** Both gather with index_select and scatter into a zeroed
-  (V, d) table; refbp's index_add_ is the faster scatter (0.3 ms against 0.7 ms for
-  embedding_dense_backward's loop). What moves the ratio is whether glibc hands the fresh
-  16 MiB dJ/dE pages it holds or new ones from the kernel (up to 1,200 page faults per manual
-  step in some stretches, none in others).
-
-Changed in this round besides the norms: Dropout multiplies in place (in dJ/dy's storage when
-the loop owns it): 0.8x autograd's memory, from 1.08x; Embedding gathers with index_select
-(0.08 ms) instead of advanced indexing E[idx] (0.35 ms). Not a layer's cost but worth knowing:
-Network refuses float32 inputs when it has no parameters (its dtype defaults to float64), which
-is why this item times each layer in refbp's stack loop rather than through Network."""
+- **LayerNorm, BatchNorm1d/2d, GroupNorm: lean mode.** A training step
+  (`keep_intermediates=False`) now keeps mu and rstd per row, feature or group (NormStats) in
+  the input's dtype, as torch's kernels and llm.c do, instead of a float64 xhat, and the
+  backward rebuilds xhat from x and writes dJ/dx into dJ/dy's storage (the full teaching mode
+  keeps its float64 path, unchanged; tests/test_lean.py holds the two equal to the dtype's
+  rounding). Memory is now level for every norm row (1.00-1.01x, from 2.4x): y and one buffer,
+  as autograd's y plus dJ/dx. Time: BatchNorm1d and BatchNorm2d (train and eval) 0.76-1.45
+  across runs (from 2.9-3.1); LayerNorm 0.6-2.0 (from 3.8); GroupNorm 2.1-2.7. What is left is
+  the number of passes over memory: torch runs one fused kernel each way, refbp's eager operations make 5 passes
+  forward (mean, x - mu, row norms, rstd, affine) and 9-12 backward, each over a fresh or
+  evicted (N, d) tensor. The profile also showed three slow paths, now avoided: a reduction over
+  dims (0, 2, 3), or torch.linalg.vector_norm over dim 0, costs 10-40x a column sum (the channel
+  sums now run over each image's contiguous positions first, batchnorm.channel_sum), and an
+  elementwise op between x and an (M, 1) statistic with a fresh result was laid out
+  column-major by torch and ran 7x slower (layernorm.fresh_like). GroupNorm's first touch of
+  its two fresh (N G, C/G H W) buffers (4 MiB each) is most of its remaining time under load.
+- **gelu: about 1.6-1.8x the time, memory met.** f'(z) = Phi(z) + z phi(z) now takes 7 passes
+  per chunk instead of 9 (phi's exponent is one fused multiply-add, Phi one add), 15% less;
+  erf and exp themselves are most of the rest, against one pass of torch's fused gelu_backward,
+  a backward kernel the manual path may not call.
+- **Residual(Linear, relu): time level, memory as before (1.45x in the last quiet run).** The
+  stack loop keeps every a(l), here the Linear's output z, which no backward reads; dropping it
+  needs the layers to say which of their input and output their backward reads (an optional
+  part of the layer protocol, refbp/nn/layer.py, with Linear and Elementwise answering it): not
+  done in this round. relu's chain also multiplies by sign(a), an (N, d) temporary.
+- **The curriculum layers, measured here for the first time and not tuned in this round.**
+  Time: Conv1d, Conv2d and MaxPool2d 1.6-2.6x, the LSTM 1.9x; the others level or faster.
+  Memory: MaxPool2d 2.4x, GRU 2.6x, RNN 1.9x, AvgPool2d 1.85x, LogSoftmax 1.3x, the
+  convolutions 1.15-1.23x. The convolutions' dJ/dW is an im2col product (unfold: a copy of the
+  input per kernel offset, kept while the product runs) and dJ/dx a transposed convolution,
+  where torch's convolution_backward is one kernel with no im2col buffer; max pooling finds its
+  windows' maxima with unfold and scatters with scatter_add_ (the unfolded windows are the extra
+  memory); the recurrent layers keep every step's gates for BPTT where torch's RNN and GRU
+  kernels keep less, and the LSTM runs its steps in Python against torch.nn.LSTM's C++ loop.
+- **Dropout train: 0.93-1.18.** It draws its mask from refbp's own generator in float64
+  (torch.rand), which costs about as much as the rest of the step."""
 """Section 6's reading: what limits each layer that misses the target, from profiles on this machine."""
 
 
@@ -263,6 +266,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "kept. *autograd*: the same network in `torch.nn.functional`, `J.backward()`, X requiring grad "
             "so that dJ/dX is computed too. *GEMM*: the 9 bare matrix products of backprop (3 forward, "
             "3 for dJ/dW, 3 for dJ/da down to dJ/dX) into preallocated outputs: the floor on this machine.",
+            *_measured_apart(doc.get("time_cpu_run")),
             "",
             _time_table(doc["time_cpu"]),
             "",
@@ -361,6 +365,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if not doc["quick"]:
         lines += ["", "## Closing note", "", CLOSING_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _measured_apart(run: dict[str, Any] | None) -> list[str]:
+    """The line naming the command and date of an item measured on its own (``--mlp-only``)."""
+    if not run:
+        return []
+    env = run["environment"]
+    return ["", f"Measured on its own: `{run['command']}`, {run['seconds']:.0f} s, {env['date']}, "
+                f"torch {env['torch']}, {env['threads']} thread(s)."]  # fmt: skip
 
 
 def _suite_line(suite: dict[str, Any] | None) -> str:

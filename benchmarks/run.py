@@ -3,8 +3,9 @@
     python benchmarks/run.py                 # everything (make bench), about 12 minutes on 2 cores
     python benchmarks/run.py --quick         # a smoke run on tiny sizes, under a minute
     python benchmarks/run.py --cuda-only     # item 5 alone, on a GPU machine (benchmarks/cuda.sh)
-    python benchmarks/run.py --layers-only   # item 6 alone (about 2 minutes), merged into the
+    python benchmarks/run.py --layers-only   # item 6 alone (about 4 minutes), merged into the
                                              # benchmarks.json already in --out; the report is rendered again
+    python benchmarks/run.py --mlp-only      # item 1 alone (about 6 minutes), merged likewise
 
 Timings are medians of interleaved repeats taken in one process: the machines are shared
 and noisy, so only ratios measured side by side are quoted.
@@ -40,10 +41,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     repeats = 3 if args.quick else args.repeats
     if not args.cuda_only:
-        print("item 1: manual vs autograd vs bare GEMMs, CPU", flush=True)
-        grid = time_backprop.QUICK_GRID if args.quick else time_backprop.FULL_GRID
-        work = 3e6 if args.quick else time_backprop.WORK_PER_REPEAT
-        doc["time_cpu"] = time_backprop.time_grid(grid, repeats=repeats, work_per_repeat=work)
+        doc["time_cpu"] = run_mlp(args)
         print("item 2: peak memory, fresh process per configuration", flush=True)
         doc["memory"] = memory.measure_memory([64] if args.quick else [1024, 8192], 256 if args.quick else 2048,
                                               threads=args.threads)  # fmt: skip
@@ -78,9 +76,20 @@ def run_layers(args: argparse.Namespace) -> dict[str, Any]:
     return entry
 
 
-def merge_layers(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """--layers-only: item 6 measured again and put into the document already in ``out``, so that
-    the report keeps the other items as they were measured (a document with item 6 alone if none)."""
+def run_mlp(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Item 1 alone: the MLP training step against autograd and the bare GEMMs, CPU."""
+    torch.set_num_threads(args.threads)
+    print("item 1: manual vs autograd vs bare GEMMs, CPU", flush=True)
+    grid = time_backprop.QUICK_GRID if args.quick else time_backprop.FULL_GRID
+    work = 3e6 if args.quick else time_backprop.WORK_PER_REPEAT
+    return time_backprop.time_grid(grid, repeats=3 if args.quick else args.repeats, work_per_repeat=work)
+
+
+def merge_item(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """--layers-only, --mlp-only: item 6 (or item 1) measured again and put into the document
+    already in ``out``, so that the report keeps the other items as they were measured (a
+    document with that item alone if none). Item 1 records the command and date it was measured
+    with under "time_cpu_run"."""
     path = out / "benchmarks.json"
     doc: dict[str, Any]
     if path.exists():
@@ -88,7 +97,13 @@ def merge_layers(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     else:
         doc = {"environment": environment(args.threads), "quick": args.quick, "command": args.command,
                "time_cuda": None, "seconds": 0.0}  # fmt: skip
-    doc["layers"] = run_layers(args)
+    if args.layers_only:
+        doc["layers"] = run_layers(args)
+    else:
+        start = time.perf_counter()
+        doc["time_cpu"] = run_mlp(args)
+        doc["time_cpu_run"] = {"command": args.command, "environment": environment(args.threads),
+                               "seconds": time.perf_counter() - start}  # fmt: skip
     return doc
 
 
@@ -102,20 +117,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-suite", action="store_true", help="do not time the test suite")
     parser.add_argument("--layers-only", action="store_true",
                         help="only item 6, merged into the benchmarks.json already in --out")  # fmt: skip
+    parser.add_argument("--mlp-only", action="store_true",
+                        help="only item 1, merged into the benchmarks.json already in --out")  # fmt: skip
     args = parser.parse_args(argv)
     args.command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.cuda_only and args.layers_only:
-        print("--cuda-only and --layers-only each run one item: choose one", file=sys.stderr)
+    if sum((args.cuda_only, args.layers_only, args.mlp_only)) > 1:
+        print("--cuda-only, --layers-only and --mlp-only each run one item: choose one", file=sys.stderr)
         return 2
     if args.cuda_only and not torch.cuda.is_available():
         print("--cuda-only: torch sees no CUDA GPU on this machine", file=sys.stderr)
         return 2
     out = Path(args.out)
-    doc = merge_layers(args, out) if args.layers_only else run(args)
+    doc = merge_item(args, out) if args.layers_only or args.mlp_only else run(args)
     name = "BENCHMARKS_CUDA" if args.cuda_only else "BENCHMARKS"
     write_atomic(out / f"{name.lower()}.json", json.dumps(doc, indent=2, default=str) + "\n")
     write_atomic(out / f"{name}.md", render_markdown(doc))
-    seconds = doc["layers"]["seconds"] if args.layers_only else doc["seconds"]
+    seconds = (
+        doc["layers"]["seconds"]
+        if args.layers_only
+        else doc["time_cpu_run"]["seconds"]
+        if args.mlp_only
+        else doc["seconds"]
+    )
     print(f"wrote {out / (name + '.md')} and {out / (name.lower() + '.json')} in {seconds:.0f} s")
     return 0
 

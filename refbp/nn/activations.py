@@ -214,17 +214,28 @@ def _gelu(z: Tensor) -> Tensor:
     return F.gelu(z)
 
 
+_LOG_INV_SQRT_2PI = -0.5 * math.log(2.0 * math.pi)
+"""log(1 / sqrt(2 pi)): phi(z) = exp(-z^2 / 2 + log(1 / sqrt(2 pi))) is one fused multiply-add and one exp."""
+
+
 def _gelu_chain(z: Tensor, dJ_da: Tensor) -> Tensor:
     """dJ/dz = dJ/da o (Phi(z) + z phi(z)), phi(z) = exp(-z^2 / 2) / sqrt(2 pi), in dJ/da's
-    storage, a few rows at a time (two temporaries per row: refbp.nn.chunks)."""
+    storage, a few rows at a time (two temporaries per row: refbp.nn.chunks).
+
+    Seven passes over each chunk, the fewest torch's public operations allow (its fused
+    gelu_backward is a backward kernel, not for the manual path): erf's argument and erf,
+    phi's exponent and exp, Phi from erf, Phi + z phi, and the product with dJ/da."""
     g = dJ_da if dJ_da.is_contiguous() else dJ_da.contiguous()
     width = z.shape[-1] if z.dim() else 1
     rows_z, rows_g = z.reshape(-1, width), g.view(-1, width)  # (M, h) each
+    half = torch.full((), 0.5, dtype=z.dtype, device=z.device)
+    log_c = torch.full((), _LOG_INV_SQRT_2PI, dtype=z.dtype, device=z.device)
     for part in chunks(rows_z.shape[0], 2 * width * z.element_size()):
         zc = rows_z[part]
-        Phi = torch.mul(zc, _INV_SQRT_2).erf_().mul_(0.5).add_(0.5)  # Phi(z) = (1 + erf(z / sqrt 2)) / 2
-        e = torch.mul(zc, zc).mul_(-0.5).exp_()  # exp(-z^2 / 2)
-        rows_g[part].mul_(Phi.addcmul_(zc, e, value=_INV_SQRT_2PI))  # dJ/da o (Phi(z) + z phi(z))
+        Phi = torch.mul(zc, _INV_SQRT_2).erf_()  # erf(z / sqrt 2)
+        phi = torch.addcmul(log_c, zc, zc, value=-0.5).exp_()  # phi(z) = exp(-z^2 / 2 + log(1 / sqrt(2 pi)))
+        Phi = torch.add(half, Phi, alpha=0.5, out=Phi)  # Phi(z) = (1 + erf(z / sqrt 2)) / 2
+        rows_g[part].mul_(Phi.addcmul_(zc, phi))  # dJ/da o (Phi(z) + z phi(z))
     return g
 
 

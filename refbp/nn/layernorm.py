@@ -19,6 +19,18 @@ In float32 and below, the statistics and the dJ/dx line are computed in float64 
 once (``accumulation_dtype``), as torch's CPU kernels accumulate in double: when the three
 terms of dJ/dx nearly cancel (a row of two nearly equal numbers, a batch of two) float32
 arithmetic would lose most of the result's digits.
+
+**Lean mode** (a training step: ``forward(..., keep_intermediates=False)``). The cache is then
+``NormStats``, mu and rstd per row (as llm.c and torch's kernel keep them) instead of a float64
+xhat, and the arithmetic runs in the input's dtype (float32 for float16 and bfloat16,
+``lean_dtype``), as torch's module computes. The backward pass rebuilds xhat = (x - mu) rstd
+from x, which the network keeps anyway, and writes dJ/dx into dJ/dy's storage when the loop
+owns it, in x rather than xhat, as torch's kernel does:
+
+    dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) + mu rstd m) - rstd^2 m x,   m = mean_k(dJ/dxhat o xhat)
+
+The same numbers as the full mode's to the input dtype's rounding (tests/test_lean.py); the
+full (teaching) mode is unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +51,7 @@ from .pieces import Pieces
 from .registry import register
 from .validation import describe
 
-__all__ = ["LayerNorm", "NormCache", "accumulation_dtype"]
+__all__ = ["LayerNorm", "NormCache", "NormCacheOrStats", "NormStats", "accumulation_dtype", "fresh_like", "lean_dtype"]
 
 LAYER_NORM_EPS = 1e-5
 """torch.nn.LayerNorm's default eps."""
@@ -48,6 +60,36 @@ LAYER_NORM_EPS = 1e-5
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 for float32 and below (see the module docstring), the dtype itself otherwise."""
     return torch.float64 if dtype in (torch.float32, torch.float16, torch.bfloat16) else dtype
+
+
+def lean_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What a lean (training-step) normalisation computes in: float32 for float16 and bfloat16
+    (torch's accumulation type), the dtype itself otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def fresh_like(x: Tensor) -> Tensor:
+    """An uninitialised contiguous tensor of x's shape and dtype: the ``out=`` of an elementwise
+    operation between x and a statistic of shape (M, 1) or (1, C, 1, ...). Left to choose, torch
+    lays such a result out after the statistic's strides (column-major for (M, 1)), and the
+    operation runs about 7 times slower on this CPU."""
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@dataclass
+class NormStats:
+    """What a normalisation's backward needs in lean mode, besides x: the mean mu and
+    rstd = 1 / sqrt(var + eps) of each normalised group, shaped to broadcast against x ((..., 1)
+    per row for LayerNorm, (1, C, 1, ...) per channel for BatchNorm), in ``lean_dtype``."""
+
+    mu: Tensor
+    rstd: Tensor
+
+
+NormCacheOrStats: TypeAlias = Any
+"""A normalisation's cache: NormCache in the full mode, NormStats in lean mode. Typed loosely so
+that a subclass may declare the one its own forward pass returns (the bug catalogue's twins,
+refbp.apps.layer_bugs, and the transformer's RowLayerNorm) without breaking the override rules."""
 
 
 @dataclass
@@ -113,10 +155,16 @@ class LayerNorm(Layer):
             where = ".".join(map(str, path))
             raise ValueError(f"layer {where} ({self.describe()}) needs input (..., {self.d}), got {describe(x)}")
 
-    def cached_values(self, cache: NormCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
-        return {Key("xhat", path): cache.xhat}
+    def cached_values(self, cache: NormCacheOrStats, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        return {Key("xhat", path): cache.xhat} if isinstance(cache, NormCache) else {}  # lean: xhat not kept
 
-    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
+    def release(self, cache: NormCacheOrStats) -> None:
+        if isinstance(cache, NormStats):
+            cache.mu = cache.rstd = torch.empty(0)
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCacheOrStats]:
+        if not ctx.keep_intermediates:
+            return self.lean_forward(x)
         xhat = x.to(accumulation_dtype(x.dtype), copy=True)  # (..., d) a copy of x, made xhat in place
         mu = xhat.mean(dim=-1, keepdim=True)  # (..., 1)
         centred = xhat.sub_(mu)  # x - mu   (..., d)
@@ -132,7 +180,58 @@ class LayerNorm(Layer):
             y = y.mul_(self.params["gamma"])  # y = gamma o xhat
         return y, NormCache(xhat, rstd)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def lean_forward(self, x: Tensor) -> tuple[Tensor, NormStats]:
+        """The forward pass of a training step: y, and mu and rstd per row (lean mode, above)."""
+        xa = x.to(lean_dtype(x.dtype))  # (..., d) x itself unless float16/bfloat16
+        mu = xa.mean(dim=-1, keepdim=True)  # (..., 1)
+        y = torch.sub(xa, mu, out=fresh_like(xa))  # x - mu   (..., d), made y in place
+        var = torch.linalg.vector_norm(y, dim=-1, keepdim=True).square_().div_(self.d)  # (..., 1) biased
+        rstd = var.add_(self.eps).rsqrt_()  # (..., 1)  rstd = 1 / sqrt(var + eps)
+        y.mul_(rstd)  # xhat = (x - mu) rstd
+        gamma, beta = self.params.get("gamma"), self.params.get("beta")
+        if gamma is not None:
+            y = y.mul_(gamma) if beta is None else torch.addcmul(beta, y, gamma, out=y)  # y = gamma o xhat + beta
+        return y.to(x.dtype), NormStats(mu, rstd)
+
+    def lean_backward(self, dJ_dy: Tensor, x: Tensor, cache: NormStats, ctx: BackwardContext) -> LayerGrads:
+        """The backward pass from mu and rstd (lean mode, above): xhat rebuilt from x."""
+        acc, d, dtype = cache.rstd.dtype, self.d, dJ_dy.dtype
+        own = ctx.overwrite and not ctx.keep_intermediates and dJ_dy.dtype == acc and dJ_dy.is_contiguous()
+        g = (dJ_dy if own else dJ_dy.to(acc, copy=True)).view(-1, d)  # dJ/dy (M, d), then dJ/dx in place
+        rows_x = x.to(acc).reshape(-1, d)  # (M, d)
+        mu, rstd = cache.mu.reshape(-1, 1), cache.rstd.reshape(-1, 1)  # (M, 1) each
+        gamma = self.params["gamma"].to(acc) if "gamma" in self.params else None
+        params: dict[str, Tensor] = {}
+        kept: dict[Key, Tensor] = {}
+        if ctx.keep_intermediates:
+            dJ_dxhat = dJ_dy * self.params["gamma"] if gamma is not None else dJ_dy.clone()  # dJ/dy o gamma
+            kept[Key("xhat", ctx.path)] = dJ_dxhat
+        if "beta" in self.params:
+            params["beta"] = g.sum(dim=0).to(dtype)  # dJ/dbeta = sum_rows dJ/dy   (d,)
+
+        def mean_k_times_gamma(t: Tensor) -> Tensor:  # mean_k (t o gamma)   (M, 1): a matrix-vector product
+            return (torch.mv(t, gamma) if gamma is not None else t.sum(dim=-1)).unsqueeze_(-1).div_(d)
+
+        mean_g = mean_k_times_gamma(g) if ctx.need_dx else None  # mean_k dJ/dxhat   (M, 1)
+        g_xhat = torch.sub(rows_x, mu, out=fresh_like(rows_x)).mul_(rstd).mul_(g)  # xhat rebuilt (llm.c), o dJ/dy
+        if gamma is not None:
+            params["gamma"] = g_xhat.sum(dim=0).to(dtype)  # dJ/dgamma = sum_rows dJ/dy o xhat   (d,)
+        if mean_g is None:
+            return LayerGrads(None, params, kept)
+        m = mean_k_times_gamma(g_xhat)  # m = mean_k dJ/dxhat o xhat   (M, 1)
+        del g_xhat
+        # dJ/dx = rstd (dJ/dxhat - mean_g - xhat m) = rstd (dJ/dy o gamma - (mean_g - mu rstd m)) - rstd^2 m x
+        if gamma is not None:
+            g.mul_(gamma)  # dJ/dxhat = dJ/dy o gamma
+        shift = mean_g.sub_(mu * rstd * m)  # (M, 1)
+        dJ_dx = g.sub_(shift).mul_(rstd).addcmul_(rows_x, rstd * rstd * m, value=-1.0)  # (M, d)
+        return LayerGrads(dJ_dx.view(x.shape).to(dtype), params, kept)
+
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCacheOrStats, ctx: BackwardContext
+    ) -> LayerGrads:
+        if isinstance(cache, NormStats):
+            return self.lean_backward(dJ_dy, x, cache, ctx)
         xhat, rstd = cache.xhat, cache.rstd  # in the accumulation dtype
         dtype, d = dJ_dy.dtype, self.d
         gamma = self.params["gamma"].to(xhat.dtype) if "gamma" in self.params else None

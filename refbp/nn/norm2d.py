@@ -37,11 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .batchnorm import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, BatchNorm1d
+from .batchnorm import (
+    BATCH_NORM_EPS,
+    BATCH_NORM_MOMENTUM,
+    BatchNorm1d,
+    channel_sum,
+    refuse_unbiased,
+    unbiased_batch_norm,
+)
 from .cancellation import centred_size, grouped_centred_size
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
-from .layernorm import LAYER_NORM_EPS, LayerNorm, NormCache
+from .layernorm import LAYER_NORM_EPS, LayerNorm, NormCache, NormCacheOrStats, NormStats, fresh_like
 from .pieces import Pieces
 from .registry import register
 from .validation import describe
@@ -67,7 +74,8 @@ class BatchNorm2d(Layer):
     """torch.nn.BatchNorm2d(C) on (N, C, H, W): BatchNorm1d on the channels of every position.
 
     Args: as refbp.nn.batchnorm.BatchNorm1d (gamma, beta (C,) or None; C; eps; momentum;
-    running_mean, running_var; track_running_stats; num_batches_tracked).
+    running_mean, running_var; track_running_stats; num_batches_tracked; unbiased, with
+    N H W - 1 values' worth of Bessel correction).
     """
 
     title = "BatchNorm2d"
@@ -85,6 +93,7 @@ class BatchNorm2d(Layer):
         running_var: Tensor | None = None,
         track_running_stats: bool = True,
         num_batches_tracked: int = 0,
+        unbiased: bool = False,
     ) -> None:
         rows = BatchNorm1d(
             gamma,
@@ -96,7 +105,9 @@ class BatchNorm2d(Layer):
             running_var=running_var,
             track_running_stats=track_running_stats,
             num_batches_tracked=num_batches_tracked,
+            unbiased=unbiased,
         )  # fmt: skip   validates the arguments and fills the defaults once
+        self.unbiased = rows.unbiased
         self.params = rows.params
         self.C, self.eps, self.momentum = rows.C, rows.eps, rows.momentum
         self.track_running_stats = rows.track_running_stats
@@ -110,6 +121,7 @@ class BatchNorm2d(Layer):
             self.params.get("gamma"), self.params.get("beta"), C=self.C, eps=self.eps, momentum=self.momentum,
             running_mean=self.running_mean, running_var=self.running_var,
             track_running_stats=self.track_running_stats, num_batches_tracked=self.num_batches_tracked,
+            unbiased=self.unbiased,
         )  # fmt: skip
         rows.set_training(self.training)
         return rows
@@ -131,7 +143,8 @@ class BatchNorm2d(Layer):
 
     def describe(self) -> str:
         mode = "batch statistics" if self.uses_batch_statistics else "running statistics"
-        return f"BatchNorm2d({self.C}, {mode}{'' if self.params else ', no affine'})"
+        unbiased = ", unbiased variance" if self.unbiased else ""
+        return f"BatchNorm2d({self.C}, {mode}{unbiased}{'' if self.params else ', no affine'})"
 
     def equations(self) -> tuple[str, str]:
         forward, backward = self._rows().equations()
@@ -143,23 +156,39 @@ class BatchNorm2d(Layer):
         if x.dim() != 4 or x.shape[1] != self.C:
             raise ValueError(f"layer {where} ({self.describe()}) needs input (N, {self.C}, H, W), got {describe(x)}")
         if self.uses_batch_statistics and x.shape[0] * x.shape[2] * x.shape[3] < 2:
+            why = (
+                "the unbiased variance divides by N H W - 1 = 0" if self.unbiased else "the variance of one value is 0"
+            )
             raise ValueError(
                 f"layer {where} ({self.describe()}) needs N H W >= 2 values per channel in training mode "
-                f"(the variance of one value is 0), got {describe(x)}"
+                f"({why}), got {describe(x)}"
             )
 
-    def cached_values(self, cache: NormCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
-        return {Key("xhat", path): cache.xhat}
+    def cached_values(self, cache: NormCacheOrStats, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        return {Key("xhat", path): cache.xhat} if isinstance(cache, NormCache) else {}  # lean: xhat not kept
 
-    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
+    def release(self, cache: NormCacheOrStats) -> None:
+        if isinstance(cache, NormStats):
+            cache.mu = cache.rstd = torch.empty(0)
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCacheOrStats]:
         self.check_input(x, path)
         rows = self._rows()
-        y, cache = rows.forward(_channels_last_rows(x), ctx, path)  # (N H W, C)
+        stats: NormCacheOrStats
+        if not ctx.keep_intermediates:  # lean: BatchNorm1d's lean pass on x itself, over N, H and W
+            y, stats = rows.lean_forward(x, ctx)
+        else:
+            y_rows, cache = rows.forward(_channels_last_rows(x), ctx, path)  # (N H W, C)
+            y, stats = _channels_first(y_rows, x.shape), NormCache(_channels_first(cache.xhat, x.shape), cache.rstd)
         self.running_mean, self.running_var = rows.running_mean, rows.running_var  # as torch, when updated
         self.num_batches_tracked = rows.num_batches_tracked
-        return _channels_first(y, x.shape), NormCache(_channels_first(cache.xhat, x.shape), cache.rstd)
+        return y, stats
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCacheOrStats, ctx: BackwardContext
+    ) -> LayerGrads:
+        if isinstance(cache, NormStats):
+            return self._rows().lean_backward(dJ_dy, x, cache, ctx)
         rows_cache = NormCache(_channels_last_rows(cache.xhat), cache.rstd)  # (N H W, C): a view when it was one
         grads = self._rows().backward(_channels_last_rows(dJ_dy), x, out, rows_cache, ctx)
         dJ_dx = None if grads.dJ_dx is None else _channels_first(grads.dJ_dx, x.shape)  # (N, C, H, W)
@@ -175,7 +204,7 @@ class BatchNorm2d(Layer):
         return Pieces((), "a channel's sqrt(variance + eps) over the batch and positions", scale=self._channel_scale)
 
     def _channel_scale(self, x: Tensor) -> Tensor:
-        spread = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True).add(self.eps).sqrt()  # (1, C, 1, 1)
+        spread = x.var(dim=(0, 2, 3), unbiased=self.unbiased, keepdim=True).add(self.eps).sqrt()  # (1, C, 1, 1)
         return spread.expand_as(x)
 
     def torch_forward(
@@ -183,7 +212,10 @@ class BatchNorm2d(Layer):
     ) -> Tensor:
         if self.pieces is not None:
             tap.piecewise(x, self.pieces)
-        if self.uses_batch_statistics:
+        if self.uses_batch_statistics and self.unbiased:
+            xhat = unbiased_batch_norm(x, self.eps)  # torch ops: F.batch_norm normalises by the biased variance
+            mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=True)  # (C,): the statistics it used
+        elif self.uses_batch_statistics:
             xhat = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
             mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)  # (C,): the statistics F.batch_norm used
         else:
@@ -199,6 +231,7 @@ class BatchNorm2d(Layer):
         return xhat * p(path, "gamma").view(-1, 1, 1) + p(path, "beta").view(-1, 1, 1)  # per channel
 
     def to_torch(self) -> torch.nn.Module:
+        refuse_unbiased(self.unbiased, self.describe(), self.title)
         like = self.params.get("gamma", self.running_mean)
         module = torch.nn.BatchNorm2d(
             self.C, eps=self.eps, momentum=self.momentum, affine=bool(self.params),
@@ -274,12 +307,23 @@ class GroupNorm(Layer):
     def _per_channel(self, t: Tensor, ndim: int) -> Tensor:
         return t.view(-1, *([1] * (ndim - 2)))  # (C, 1, ..., 1): broadcasts over the positions
 
-    def cached_values(self, cache: NormCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
-        return {Key("xhat", path): cache.xhat}
+    def cached_values(self, cache: NormCacheOrStats, path: tuple[int, ...]) -> dict[Key, Tensor]:
+        return {Key("xhat", path): cache.xhat} if isinstance(cache, NormCache) else {}  # lean: xhat not kept
 
-    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCache]:
+    def release(self, cache: NormCacheOrStats) -> None:
+        if isinstance(cache, NormStats):
+            cache.mu = cache.rstd = torch.empty(0)
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, NormCacheOrStats]:
         self.check_input(x, path)
         N = x.shape[0]
+        if not ctx.keep_intermediates:  # lean: LayerNorm's lean pass on the groups, mu and rstd (N G, 1) kept
+            y_rows, stats = self._rows(x).lean_forward(x.reshape(N * self.G, -1))  # (N G, C/G H W)
+            y = y_rows.view(x.shape)
+            if self.params:
+                gamma, beta = (self._per_channel(self.params[k], x.dim()) for k in ("gamma", "beta"))
+                y = torch.addcmul(beta, y, gamma, out=y)  # y = gamma[c] xhat + beta[c]
+            return y, stats
         xhat_rows, rows_cache = self._rows(x).forward(x.reshape(N * self.G, -1), ctx, path)  # (N G, C/G H W)
         xhat = rows_cache.xhat.view(x.shape)  # (N, C, *) in the accumulation dtype
         cache = NormCache(xhat, rows_cache.rstd)  # rstd: (N G, 1)
@@ -288,7 +332,45 @@ class GroupNorm(Layer):
         gamma, beta = (self._per_channel(self.params[k], x.dim()) for k in ("gamma", "beta"))
         return torch.addcmul(beta, xhat_rows.view(x.shape), gamma), cache  # y = gamma[c] xhat + beta[c]
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def _lean_backward(self, dJ_dy: Tensor, x: Tensor, stats: NormStats, ctx: BackwardContext) -> LayerGrads:
+        """The backward pass from the groups' mu and rstd, in one work buffer besides dJ/dy's own
+        storage: xhat rebuilt from x (as llm.c), then dJ/dy o xhat (for dJ/dgamma), then
+        dJ/dxhat o xhat (for LayerNorm's variance term), while dJ/dy becomes dJ/dxhat, then dJ/dx:
+
+            h = dJ/dxhat = dJ/dy o gamma[c] ;  mean_h, m = mean over a group's entries of h, h o xhat
+            dJ/dx = rstd (h - mean_h - xhat m) = rstd (h - (mean_h - mu rstd m)) - rstd^2 m x"""
+        dtype, N, acc = dJ_dy.dtype, x.shape[0], stats.rstd.dtype
+        rows_x = x.to(acc).reshape(N * self.G, -1)  # (N G, K), K = C/G H W
+        K = rows_x.shape[1]
+        mu, rstd = stats.mu, stats.rstd  # (N G, 1) each
+        params: dict[str, Tensor] = {}
+        kept: dict[Key, Tensor] = {}
+        own = ctx.overwrite and not ctx.keep_intermediates and dJ_dy.dtype == acc and dJ_dy.is_contiguous()
+        g = dJ_dy if own else dJ_dy.to(acc, copy=True)  # dJ/dy, then dJ/dxhat, then dJ/dx in place   (N, C, *)
+        work = torch.sub(rows_x, mu, out=fresh_like(rows_x)).mul_(rstd)  # xhat rebuilt from x   (N G, K)
+        work.view(x.shape).mul_(g)  # dJ/dy o xhat
+        if self.params:
+            gamma = self._per_channel(self.params["gamma"].to(acc), x.dim())  # (C, 1, ...)
+            params["gamma"] = channel_sum(work.view(x.shape)).to(dtype)  # dJ/dgamma = sum dJ/dy o xhat   (C,)
+            params["beta"] = channel_sum(g).to(dtype)  # dJ/dbeta = sum dJ/dy   (C,)
+            g.mul_(gamma)  # h = dJ/dxhat = dJ/dy o gamma[c]
+            work.view(x.shape).mul_(gamma)  # h o xhat
+        if ctx.keep_intermediates:  # dJ/dxhat, in storage of its own
+            kept[Key("xhat", ctx.path)] = g.to(dtype, copy=True)
+        if not ctx.need_dx:
+            return LayerGrads(None, params, kept)
+        h = g.view(N * self.G, K)  # (N G, K)
+        m = work.sum(dim=-1, keepdim=True).div_(K)  # m = mean_k h o xhat   (N G, 1)
+        del work
+        shift = h.sum(dim=-1, keepdim=True).div_(K).sub_(mu * rstd * m)  # mean_h - mu rstd m   (N G, 1)
+        dJ_dx = h.sub_(shift).mul_(rstd).addcmul_(rows_x, rstd * rstd * m, value=-1.0)  # (N G, K)
+        return LayerGrads(dJ_dx.view(x.shape).to(dtype), params, kept)
+
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCacheOrStats, ctx: BackwardContext
+    ) -> LayerGrads:
+        if isinstance(cache, NormStats):
+            return self._lean_backward(dJ_dy, x, cache, ctx)
         dtype, N = dJ_dy.dtype, x.shape[0]
         over = [0, *range(2, x.dim())]  # the batch and every position: what a channel's parameters see
         params: dict[str, Tensor] = {}

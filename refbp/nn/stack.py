@@ -85,6 +85,35 @@ def stack_forward(layers: Sequence[Layer], x: Tensor, ctx: ForwardContext, prefi
     return StackCache(a, saved)
 
 
+_CONTEXTS: dict[tuple[object, ...], BackwardContext] = {}
+"""The per-layer contexts ``stack_backward`` has built, by what they hold: a training loop asks
+for the same few again and again, and building a frozen dataclass costs about 4 us a layer,
+a tenth of a small layer's whole step. Each entry holds its ``ties`` mapping, so the id in
+its key cannot be reused by another mapping while the entry lives."""
+
+
+def _layer_context(
+    ctx: BackwardContext, path: tuple[int, ...], overwrite: bool, need_dx: bool, alias: bool, release: bool
+) -> BackwardContext:
+    """The BackwardContext of the layer at ``path`` inside a stack run with ``ctx``."""
+    weight_decay = 0.0 if alias else ctx.weight_decay
+    key = (path, ctx.keep_intermediates, overwrite, need_dx, weight_decay, id(ctx.ties), release)
+    layer_ctx = _CONTEXTS.get(key)
+    if layer_ctx is None or layer_ctx.ties is not ctx.ties:
+        if len(_CONTEXTS) > 4096:  # a few networks' worth; anything else is not worth keeping
+            _CONTEXTS.clear()
+        layer_ctx = _CONTEXTS[key] = BackwardContext(
+            path=path,
+            keep_intermediates=ctx.keep_intermediates,
+            overwrite=overwrite,
+            need_dx=need_dx,
+            weight_decay=weight_decay,
+            ties=ctx.ties,
+            release=release,
+        )
+    return layer_ctx
+
+
 def stack_backward(
     layers: Sequence[Layer],
     cache: StackCache,
@@ -108,19 +137,13 @@ def stack_backward(
         alias = bool(ties) and any(Key.at(kind, path) in ties for kind in layer.decayed if kind in layer.params)
         if ctx.keep_intermediates:
             out.intermediates[Key.at("a", path)] = g
-        layer_ctx = BackwardContext(
-            path=path,
-            keep_intermediates=ctx.keep_intermediates,
-            overwrite=ctx.overwrite or l < L,  # every dJ/da(l) below the top is the loop's own
-            need_dx=ctx.need_dx or l > 1,
-            weight_decay=0.0 if alias else ctx.weight_decay,
-            ties=ties,
-            release=release,
-        )
+        # every dJ/da(l) below the top is the loop's own (overwrite); dJ/dx is needed above layer 1
+        layer_ctx = _layer_context(ctx, path, ctx.overwrite or l < L, ctx.need_dx or l > 1, alias, release)
         grads = layer.backward(g, cache.a[l - 1], cache.a[l], cache.saved[l], layer_ctx)
         owned = [(Key.at(kind, path), value) for kind, value in grads.params.items()]
         for key, value in [*owned, *grads.sub_params.items()] if grads.sub_params else owned:
-            key = ties.get(key, key)  # a tied parameter's gradient is the sum of its uses
+            if ties:
+                key = ties.get(key, key)  # a tied parameter's gradient is the sum of its uses
             out.params[key] = out.params[key] + value if key in out.params else value
         out.intermediates.update(grads.intermediates)
         g = grads.dJ_dx  # type: ignore[assignment]  # None only below layer 1
