@@ -16,6 +16,10 @@ from .tolerances import CONDITIONING_PROBES, CONDITIONING_SAFETY
 
 __all__ = ["conditioning_allowance"]
 
+_SPREAD = 7919.0137
+"""Multiplies a value before its fractional part is taken as its rounding's u: large and
+irrational-looking, so that nearby numbers, and integers, get unrelated u's."""
+
 
 def conditioning_allowance(
     net: Network,
@@ -38,11 +42,16 @@ def conditioning_allowance(
     runs = []
     generator = torch.Generator().manual_seed(seed)
 
-    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u ~ U(-1, 1): a rounding of dtype, or less
+    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u in [-1, 1): a rounding of dtype, or less
+        # u is a function of the value (spread over [-1, 1) by a phase drawn per probe), as a rounding is:
+        # equal given numbers round alike, so a tie of X (a max-pool window holding its maximum twice)
+        # stays a tie, instead of the kink's convention passing for an O(1) effect of rounding
         if not t.is_floating_point():
             return t
-        u = torch.rand(t.shape, dtype=torch.float64, generator=generator).mul_(2.0).sub_(1.0)
-        return t.detach().to(torch.float64) * (1.0 + eps * u.to(t.device))
+        t64 = t.detach().to(torch.float64)
+        phase = float(torch.rand((), dtype=torch.float64, generator=generator))
+        u = torch.remainder(t64 * _SPREAD + phase, 1.0).mul_(2.0).sub_(1.0)
+        return t64 * (1.0 + eps * u)
 
     for _ in range(CONDITIONING_PROBES):
         params = {key: rounded(t) for key, t in net.oracle_params(dtype=torch.float64).items()}
