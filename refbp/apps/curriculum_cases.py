@@ -88,7 +88,7 @@ def pool_stacks(draw: st.DrawFn, kind: str, *, overlapping: bool = False, padded
     C, H, W = draw(st.integers(1, 2)), draw(st.integers(2, 5)), draw(st.integers(2, 5))
     kernel, stride, padding = [], [], []
     for n in (H, W):
-        k = draw(st.integers(2 if padded or overlapping else 1, min(3, n)))
+        k = draw(st.integers(2 if padded or overlapping or ties else 1, min(3, n)))  # ties: two entries or more
         p = 1 if padded else draw(st.integers(0, k // 2))
         kernel.append(k)
         padding.append(p)
