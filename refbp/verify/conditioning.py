@@ -16,9 +16,9 @@ from .tolerances import CONDITIONING_PROBES, CONDITIONING_SAFETY
 
 __all__ = ["conditioning_allowance"]
 
-_SPREAD = 7919.0137
-"""Multiplies a value before its fractional part is taken as its rounding's u: large and
-irrational-looking, so that nearby numbers, and integers, get unrelated u's."""
+_SPREAD, _SCRAMBLE = 12.9898, 43758.5453
+"""A value's u is the fractional part of sin(value _SPREAD + phase) _SCRAMBLE (the usual hash of a
+number to [0, 1)): nearby numbers, and consecutive integers, get unrelated u's; inf gets u = 0."""
 
 
 def conditioning_allowance(
@@ -50,7 +50,7 @@ def conditioning_allowance(
             return t
         t64 = t.detach().to(torch.float64)
         phase = float(torch.rand((), dtype=torch.float64, generator=generator))
-        u = torch.remainder(t64 * _SPREAD + phase, 1.0).mul_(2.0).sub_(1.0)
+        u = torch.remainder(torch.sin(t64 * _SPREAD + phase) * _SCRAMBLE, 1.0).mul_(2.0).sub_(1.0).nan_to_num_(0.0)
         return t64 * (1.0 + eps * u)
 
     for _ in range(CONDITIONING_PROBES):
