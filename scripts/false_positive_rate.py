@@ -9,12 +9,18 @@ in 1 of 4 and x10 in 1 of 10: saturated units; 1 in 10 trained to confident outp
 own gradients; 1 in 10 with a pre-activation 1e-7 from a piecewise boundary), 40% random layer
 stacks (LayerNorm, BatchNorm1d, Dropout, Embedding, Flatten, Residual, every activation, in
 training and eval mode) and 10% tiny GPTs (attention, tied embeddings, ignored targets,
-dropout). Each runs in float64 and float32, against autograd and full finite
-differences. Beside the sweep, ``--torch-cases`` users' own torch models (default 1 in 10 of
-``--cases``): a random ``nn.Sequential`` with an ``nn.Embedding(padding_idx=...)`` whose padding
-token occurs in the input, a Dropout in training mode, LayerNorm or not, an activation, converted
-by ``refbp.from_torch``; the gradients checked are torch's own (autograd on the module), with
-the masks torch drew passed as ``noise=refbp.capture_noise(module, idx)``. Writes
+dropout); of the stacks, one in four a CNN (convolutions, pooling with and without ties,
+BatchNorm2d, GroupNorm, softmax) and one in four a recurrent network (RNN, LSTM, GRU). Each
+runs in float64 and float32, against autograd and full finite differences. Beside the sweep,
+``--torch-cases`` users' own torch models (default 1 in 10 of ``--cases``), in turn: a random
+``nn.Sequential`` with an ``nn.Embedding(padding_idx=...)`` whose padding token occurs in the
+input, a Dropout in training mode, LayerNorm or not, an activation; a random CNN (Conv2d with
+stride, padding, dilation and groups, ReLU, MaxPool2d or AvgPool2d, BatchNorm2d in training or
+eval mode or GroupNorm, Flatten, Linear); a recurrent model (Embedding, LSTM/GRU/RNN of 1-2
+layers, batch_first either way, Linear on every step). Each is converted by
+``refbp.from_torch``; the gradients checked are torch's own (autograd on the module, dJ/dX
+included where X is not token indices), with the masks torch drew passed as
+``noise=refbp.capture_noise(module, idx)``. Writes
 reports/false_positives.md and .json: the count, a breakdown by kind and regime, and the
 closest calls (error/allowed).
 """
@@ -47,11 +53,14 @@ DTYPES = ("float64", "float32")
 
 
 def group(spec: Spec) -> str:
-    """The breakdown a case counts under: its kind and, for an MLP, its regime."""
+    """The breakdown a case counts under: its kind and, for an MLP, its regime; a stack of
+    images or sequences (its input's shape, or a recurrent layer) as a CNN or recurrent stack."""
     if isinstance(spec, GPTSpec):
         return "GPT (train)" if spec.training else "GPT (eval)"
     if not isinstance(spec, CaseSpec):
-        return "stack (train)" if spec.training else "stack (eval)"
+        kinds = {layer[0] for layer in spec.layers}
+        what = "recurrent stack" if kinds & {"rnn", "lstm", "gru"} else "CNN stack" if len(spec.shape) > 1 else "stack"
+        return f"{what} ({'train' if spec.training else 'eval'})"
     if spec.regime != "plain":
         return f"MLP, {spec.regime}"
     return "MLP, weights x10" if spec.weight_scale >= 10 else "MLP, plain"
@@ -109,10 +118,123 @@ def torch_model_case(seed: int, dtype: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _record(group: str, seed: int, dtype: str, module: nn.Module, result: refbp.CheckResult) -> dict[str, Any]:
+    worst = max(result.rows, key=lambda r: r.margin)
+    spec = {"torch_model": seed, "dtype": dtype, "module": repr(module).replace("\n", "")}
+    return {
+        "group": group, "dtype": dtype, "ratio": worst.margin, "passed": result.passed,
+        "comparison": f"dJ/d{worst.name} vs {worst.reference}", "spec": spec,
+        "message": "" if result.passed else result.failure_message(),
+    }  # fmt: skip
+
+
+def _torch_gradients(net: refbp.Network, module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's autograd gradients under refbp's names (zeros where torch left none)."""
+    named = dict(module.named_parameters())
+    out = {}
+    for name, torch_names in net.torch_parameter_names().items():
+        p = named[torch_names[0]]
+        out[name] = p.grad if p.grad is not None else torch.zeros_like(p)  # J does not depend on it: 0
+    return out
+
+
+def cnn_model_case(seed: int, dtype: str) -> dict[str, Any]:
+    """A user's CNN: Conv2d (stride, padding, dilation, groups), ReLU, MaxPool2d or AvgPool2d,
+    BatchNorm2d (training or eval, running statistics away from 0 and 1) or GroupNorm, Flatten,
+    Linear; torch's autograd gradients of cross-entropy, dJ/dX included."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (), generator=g))
+
+    C, H, W, classes = draw(1, 3), draw(3, 6), draw(3, 6), draw(2, 4)
+    divisors = [k for k in range(1, C + 1) if C % k == 0]
+    groups = divisors[draw(0, len(divisors) - 1)]
+    C_out = groups * draw(1, 2)
+    kernel, padding, dilation = draw(1, 3), draw(0, 1), draw(1, 2)
+    if dilation * (kernel - 1) + 1 > min(H, W) + 2 * padding:  # the dilated kernel must fit
+        dilation = 1
+    torch.manual_seed(seed)  # the module's parameters
+    conv = nn.Conv2d(C, C_out, kernel, stride=draw(1, 2), padding=padding, dilation=dilation, groups=groups)
+    with torch.no_grad():
+        probe = conv(torch.zeros(1, C, H, W))
+    h, w = probe.shape[2:]
+    modules: list[nn.Module] = [conv, nn.ReLU()]
+    if min(h, w) >= 2 and draw(0, 2):
+        k = draw(2, min(3, h, w))
+        pool = (
+            nn.MaxPool2d(k, stride=draw(1, k), padding=draw(0, k // 2))
+            if draw(0, 1)
+            else nn.AvgPool2d(k, stride=draw(1, k), padding=draw(0, k // 2), count_include_pad=bool(draw(0, 1)))
+        )
+        modules.append(pool)
+        with torch.no_grad():
+            h, w = pool(probe).shape[2:]
+    training = bool(draw(0, 1))
+    norm: nn.Module | None = None
+    if draw(0, 1):
+        norm = nn.BatchNorm2d(C_out)
+        assert norm.running_mean is not None and norm.running_var is not None
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5, generator=g)
+            norm.bias.uniform_(-0.5, 0.5, generator=g)
+            norm.running_mean.uniform_(-0.5, 0.5, generator=g)
+            norm.running_var.uniform_(0.5, 1.5, generator=g)
+    else:  # torch normalises groups of two values or more
+        counts = [k for k in range(1, C_out + 1) if C_out % k == 0 and (C_out // k) * h * w >= 2]
+        norm = nn.GroupNorm(counts[draw(0, len(counts) - 1)], C_out) if counts else None
+    if norm is not None:
+        modules.append(norm)
+    modules += [nn.Flatten(), nn.Linear(C_out * h * w, classes)]
+    N = draw(2 if isinstance(norm, nn.BatchNorm2d) and training else 1, 3)
+    module = nn.Sequential(*modules).to(getattr(torch, dtype)).train(training)
+    X = torch.empty(N, C, H, W).uniform_(-2.0, 2.0, generator=g).to(getattr(torch, dtype))
+    y = torch.randint(0, classes, (N,), generator=g)
+    net = refbp.from_torch(module, loss="cross_entropy")  # before torch's step updates the running statistics
+    X_leaf = X.clone().requires_grad_(True)
+    nn.functional.cross_entropy(module(X_leaf), y).backward()
+    grads = {**_torch_gradients(net, module), "X": X_leaf.grad}
+    result = refbp.check(net, X, y, grads=grads, fd_mode="full")
+    mode = "train" if training else "eval"
+    return _record(f"torch CNN ({mode})", seed, dtype, module, result)
+
+
+def recurrent_model_case(seed: int, dtype: str) -> dict[str, Any]:
+    """A user's character model: Embedding, an LSTM, GRU or RNN (tanh or relu) of 1-2 layers,
+    batch_first either way, a Linear on every step; torch's autograd gradients of cross-entropy
+    over every step (the module called as a user does: rnn(...)[0])."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (), generator=g))
+
+    V, d, H, T, N, layers = draw(3, 8), draw(1, 4), draw(1, 4), draw(1, 4), draw(1, 3), draw(1, 2)
+    kind = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"][draw(0, 3)]
+    torch.manual_seed(seed)
+    options: dict[str, Any] = {"num_layers": layers, "batch_first": bool(draw(0, 1))}
+    if kind.startswith("RNN"):
+        cell: nn.Module = nn.RNN(d, H, nonlinearity=kind.removeprefix("RNN_").lower(), **options)
+    else:
+        cell = (nn.LSTM if kind == "LSTM" else nn.GRU)(d, H, **options)
+    module = nn.Sequential(nn.Embedding(V, d), cell, nn.Linear(H, V)).to(getattr(torch, dtype))
+    idx = torch.randint(0, V, (N, T), generator=g)
+    y = torch.randint(0, V, (N, T), generator=g)
+    net = refbp.from_torch(module, loss="cross_entropy")
+    embedding, rnn, head = module
+    logits = head(rnn(embedding(idx))[0])  # (N, T, V): the output sequence, as a user's forward takes it
+    nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1)).backward()
+    result = refbp.check(net, idx, y, grads=_torch_gradients(net, module), fd_mode="full")
+    return _record(f"torch recurrent ({kind})", seed, dtype, module, result)
+
+
+TORCH_MODELS = (torch_model_case, cnn_model_case, recurrent_model_case)
+"""The users' models, in turn by seed: embedding and dropout, CNN, recurrent."""
+
+
 def check_torch_models(seeds: list[int]) -> list[dict[str, Any]]:
     """Each seed's torch model in each dtype (in a worker process: one torch thread)."""
     torch.set_num_threads(DEFAULT_THREADS)
-    return [torch_model_case(seed, dtype) for seed in seeds for dtype in DTYPES]
+    return [TORCH_MODELS[seed % len(TORCH_MODELS)](seed, dtype) for seed in seeds for dtype in DTYPES]
 
 
 def main() -> int:

@@ -20,6 +20,7 @@ from refbp.apps.catalogue import CATALOGUE, get_bug
 from refbp.apps.cli import main
 from refbp.apps.mlp_bugs import MLP_BUGS
 from refbp.verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
+from refbp.verify.stacks import StackSpec
 
 NON_EQUIVALENT = [bug for bug in MLP_BUGS if not bug.equivalent]
 EQUIVALENT = [bug for bug in MLP_BUGS if bug.equivalent]
@@ -181,3 +182,18 @@ def test_the_smallest_network_found_exposes_the_bug_when_rebuilt_from_its_spec(n
     assert minimal is not None
     rebuilt = minimal.build()
     assert matters(bug, rebuilt) and flags(bug, rebuilt)["harness"], minimal.to_json()
+
+
+def test_the_bugs_command_runs_curriculum_entries_and_their_smallest_network_reproduces(tmp_path: Path) -> None:
+    """The curriculum's entries ride in the same command and record: an integer image's tied
+    maxima (only autograd can judge a tie: finite differences exclude it) and an equivalent variant."""
+    args = ["bugs", "--out", str(tmp_path), "--draws", "3", "--only", "maxpool_ties_both_credited",
+            "--only", "softmax_full_jacobian"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((tmp_path / "bugs.json").read_text(encoding="utf-8"))
+    ties, variant = report["bugs"]
+    assert ties["ok"] and ties["minimal_caught"]["autograd"] and not ties["minimal_caught"]["fd-full"]
+    assert ties["minimal"]["input"]["integers"] and variant["ok"] and variant["minimal"] is None
+    minimal = StackSpec.from_dict(ties["minimal"])
+    assert matters(get_bug("maxpool_ties_both_credited"), minimal.build())
+    assert "| `maxpool_ties_both_credited`" in (tmp_path / "bugs.md").read_text(encoding="utf-8")

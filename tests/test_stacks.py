@@ -6,6 +6,7 @@ every gradient ``net.backward(...).as_dict()`` holds, each verified entry by ent
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
 import refbp
+from refbp.apps.report import _layer_table as layer_table
+from refbp.apps.sweep import components, sweep_specs
 from refbp.nn.activations import ACTIVATIONS
 from refbp.strategies import STACK_KINDS, stack_specs, stacks
 from refbp.verify.cases import Case
@@ -150,3 +153,72 @@ def test_stack_specs_include_flatten_draws_a_flatten() -> None:
         except NoSuchExample:  # every draw had one
             continue
         raise AssertionError(f"include=['flatten'] drew {missing}")
+
+
+# ---- the curriculum's kinds: images, sequences, recurrent layers ---------------------------------
+CURRICULUM_SPECS = [
+    {"input": {"shape": [2, 5, 4]}, "layers": [
+        ["conv2d", 4, {"kernel": [3, 2], "stride": [2, 1], "padding": [1, 0], "dilation": [1, 2], "groups": 2}],
+        ["relu"], ["maxpool", {"kernel": 2, "stride": 1}], ["batchnorm2d"], ["groupnorm", 2, {"affine": False}],
+        ["softmax", 1], ["flatten"], ["linear", 3]], "loss": "cross_entropy", "batch": 2},
+    {"input": {"shape": [1, 4, 4], "integers": True}, "layers": [
+        ["maxpool", {"kernel": 2, "stride": 1}], ["avgpool", {"kernel": 2, "padding": 1, "count_include_pad": False}],
+        ["adaptive_avgpool", [2, None]], ["flatten"], ["linear", 2]], "loss": "mse", "batch": 2, "training": False},
+    {"input": {"vocab": 5, "length": 3}, "layers": [
+        ["embedding", 3], ["lstm", 2, {"layers": 2, "initial_state": True}], ["linear", 5]], "loss": "cross_entropy"},
+    {"input": {"shape": [3, 2]}, "layers": [
+        ["gru", 3, {"batch_first": False, "initial_state": True}], ["rnn", 2, {"nonlinearity": "relu", "bias": False}],
+        ["logsoftmax", -1], ["flatten"], ["linear", 2]], "loss": "mse", "batch": 3},
+    {"input": {"shape": [2, 6]}, "layers": [
+        ["conv1d", 2, {"kernel": 3, "padding": "same", "groups": 2}], ["tanh"], ["flatten"], ["linear", 2]],
+     "loss": "half_sse"},
+]  # fmt: skip
+"""One stack of each curriculum kind at least, on images, integer images, tokens and sequences."""
+
+
+@pytest.mark.parametrize("data", CURRICULUM_SPECS, ids=["cnn", "ties", "char-lstm", "gru-rnn", "conv1d"])
+def test_curriculum_stacks_round_trip_and_are_verified_in_both_dtypes(data: dict[str, Any]) -> None:
+    spec = StackSpec.from_dict(data)
+    assert StackSpec.from_dict(json.loads(spec.to_json())) == spec and spec.command().startswith("refbp check")
+    for dtype in ("float64", "float32"):
+        case = StackSpec.from_dict({**data, "dtype": dtype}).build()
+        assert case.X.shape[1:] == (tuple(data["input"]["shape"]) if "shape" in data["input"] else (3,))
+        refbp.check(case.net, case.X, case.y).raise_if_failed()
+    if data["input"].get("integers"):
+        X = spec.build().X
+        assert torch.equal(X, X.round())  # integers on purpose: ties
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"input": 4, "layers": [["maxpool"], ["linear", 2]]}, "needs input (N, C, H, W)"),
+        ({"input": {"shape": [2, 3, 3]}, "layers": [["conv2d", 3, {"groups": 2}]]}, "groups=2 must divide"),
+        ({"input": {"shape": [2, 3, 3]}, "layers": [["conv2d", 3, {"kernel": 0}]]}, "option 'kernel'"),
+        ({"input": {"shape": [2, 3, 3]}, "layers": [["conv2d", 3, {"padding": "full"}]]}, "option 'padding'"),
+        ({"input": {"shape": [2, 2, 2]}, "layers": [["conv2d", 1, {"kernel": 5}]]}, "smaller than the dilated kernel"),
+        ({"input": {"shape": [2, 3, 3]}, "layers": [["lstm", 2]]}, "lstm needs (N, T, d) inputs"),
+        ({"input": {"shape": [3, 2]}, "layers": [["rnn", 2, {"nonlinearity": "sigmoid"}]]}, "'nonlinearity'"),
+        ({"input": {"shape": [3, 2]}, "layers": [["gru", 2, {"hidden": 3}]]}, "gru has no option 'hidden'"),
+        ({"input": {"shape": []}, "layers": [["linear", 2]]}, "input.shape"),
+        ({"input": {"shape": [2], "pixels": 1}, "layers": [["linear", 2]]}, "unknown keys ['pixels']"),
+    ],
+)
+def test_a_curriculum_layer_that_cannot_read_its_input_is_refused_naming_it(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        StackSpec.from_dict({"loss": "mse", **data})
+
+
+def test_the_report_sweep_draws_every_curriculum_layer_and_its_coverage_table_lists_them() -> None:
+    specs = [spec for _, spec in sweep_specs(200, seed=0) if isinstance(spec, StackSpec)]
+    drawn = {c for spec in specs for c in components(spec)}
+    wanted = {"conv1d", "conv2d", "maxpool", "avgpool", "adaptive_avgpool", "batchnorm2d (train)",
+              "batchnorm2d (eval)", "groupnorm", "softmax", "logsoftmax", "rnn", "lstm", "gru"}  # fmt: skip
+    assert wanted <= drawn, wanted - drawn
+    assert any(spec.integers for spec in specs)  # max-pool ties, on purpose
+    shapes = {len(spec.shape) for spec in specs}
+    assert {0, 2, 3} <= shapes  # rows or tokens, sequences, images
+    coverage = [{"kind": "stack", "component": c, "loss": "mse", "dtype": "float64", "device": "cpu", "cases": 1,
+                 "passed": 1} for c in sorted(wanted)]  # fmt: skip
+    table = layer_table(coverage)
+    assert all(f"| {name} " in table for name in wanted)

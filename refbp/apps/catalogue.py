@@ -1,10 +1,11 @@
 """The bug catalogue: every entry ``refbp bugs`` runs, and the one lookup by name.
 
 An entry (refbp.apps.bug_record.Bug) is one wrong line of a backward pass beside the right one.
-The entries live in four data modules, one per part of refbp they break:
+The entries live in five data modules, one per part of refbp they break:
 
     mlp_bugs.py          the MLP's eqs. (4)-(8): the loss's gradient, Dense twins
     layer_bugs.py        LayerNorm, BatchNorm1d, Dropout, Embedding, Residual twins
+    curriculum_bugs.py   convolution, pooling, spatial norms, softmax, BPTT (twins in curriculum_twins.py)
     gpt_bugs.py          a GPT's attention, position embedding, tied head and loss
     distributed_bugs.py  data-parallel training's recipes, on simulated ranks
 
@@ -16,6 +17,7 @@ hypothesis shrink to the smallest network that exposes it.
 from __future__ import annotations
 
 from .bug_record import Bug
+from .curriculum_bugs import CURRICULUM_BUGS
 from .distributed_bugs import DISTRIBUTED_BUGS
 from .gpt_bugs import GPT_BUGS
 from .layer_bugs import LAYER_BUGS
@@ -26,8 +28,9 @@ __all__ = ["CATALOGUE", "Entry", "get_bug"]
 Entry = Bug
 """The old name of a catalogue entry's type."""
 
-CATALOGUE: tuple[Bug, ...] = (*MLP_BUGS, *LAYER_BUGS, *GPT_BUGS, *DISTRIBUTED_BUGS)
-"""Every entry: the MLP's, then the layers', the GPT's, and data-parallel training's."""
+CATALOGUE: tuple[Bug, ...] = (*MLP_BUGS, *LAYER_BUGS, *CURRICULUM_BUGS, *GPT_BUGS, *DISTRIBUTED_BUGS)
+"""Every entry: the MLP's, then the layers', the curriculum's (convolution to BPTT), the GPT's,
+and data-parallel training's."""
 
 
 def get_bug(name: str) -> Bug:

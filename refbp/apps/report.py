@@ -152,7 +152,8 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
         f"{doc['timing']['seconds']:.1f} s ({doc['timing']['cases_per_second']} cases/s).",
         "",
         f"Finite-difference entries excluded because the perturbation crossed a piece boundary (relu's 0, "
-        f"softplus's threshold, bce's clamps) or an unresolvable point: {s['excluded_entries']}; entries some "
+        f"softplus's threshold, bce's clamps, a max-pool window's tie) or an unresolvable "
+        f"point: {s['excluded_entries']}; entries some "
         f"reference could not verify (each verified by another): {s['unverified_entries']}.",
         "",
         "## Worst error relative to the tolerance",
@@ -165,7 +166,8 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
     lines += [tabulate(rows, headers=["dtype", *refs], tablefmt="github", disable_numparse=True), ""]
     lines += ["## Coverage: cases passed / run", "", "MLPs, by activation (any layer) and loss:", ""]
     lines += [_coverage_table([c for c in doc["coverage"] if c["kind"] == "mlp"]), ""]
-    lines += ["Layer stacks and GPTs, by layer (BatchNorm and Dropout by mode) and activation:", ""]
+    lines += ["Layer stacks (CNNs and recurrent networks among them) and GPTs, by layer (BatchNorm, BatchNorm2d "
+              "and Dropout by mode) and activation:", ""]  # fmt: skip
     lines += [_layer_table([c for c in doc["coverage"] if c["kind"] != "mlp"]), ""]
     worst = sorted(doc["cases"], key=lambda c: -_num(c["margin"]))[:8]
     lines += ["## Worst cases", ""]

@@ -13,9 +13,12 @@ Half the random networks are MLPs: losses cycle, every activation takes its turn
 layer; some carry weight decay, some large weights (x3, x10: saturated units), some are
 trained to confident outputs with refbp's own gradients, and some have a pre-activation put
 right at a piecewise boundary (refbp.verify.cases.REGIMES). Of the other half, four in five
-are layer stacks (refbp.verify.stacks): LayerNorm, BatchNorm1d, Dropout, Embedding, Flatten,
-Residual and every activation, in training and in eval mode; one in five is a tiny GPT
-(refbp.models.gpt_cases): causal self-attention, tied embeddings, ignored targets, dropout.
+are layer stacks (refbp.verify.stacks), in training and in eval mode: two of those four of
+LayerNorm, BatchNorm1d, Dropout, Embedding, Flatten, Residual and every activation; one a CNN
+on images (Conv1d/Conv2d, MaxPool2d with and without ties, AvgPool2d, AdaptiveAvgPool2d,
+BatchNorm2d, GroupNorm, Softmax, LogSoftmax); one a recurrent network (RNN, LSTM, GRU, on
+tokens or numbers). One in five is a tiny GPT (refbp.models.gpt_cases): causal
+self-attention, tied embeddings, ignored targets, dropout.
 
 Drawing a stack, ordering, checking and the outcome record live a floor down, in
 refbp.verify.sweep (the sharded sweep of refbp.distributed uses them too); they are
@@ -33,7 +36,18 @@ from ..nn.losses import LOSSES
 from ..progress import Progress
 from ..verify.cases import CaseSpec
 from ..verify.stacks import StackSpec
-from ..verify.sweep import CaseOutcome, SweepSpec, case_order, check_case, finite, kind_of, random_stack
+from ..verify.sweep import (
+    IMAGE_KINDS,
+    CaseOutcome,
+    SweepSpec,
+    case_order,
+    check_case,
+    finite,
+    kind_of,
+    random_image_stack,
+    random_sequence_stack,
+    random_stack,
+)
 
 Spec = CaseSpec | StackSpec | GPTSpec
 """The kinds of network the report sweeps (each a refbp.verify.sweep.SweepSpec)."""
@@ -56,7 +70,8 @@ __all__ = [
 # ---- what is swept ------------------------------------------------------------------------
 def sweep_specs(examples: int, seed: int) -> list[tuple[str, Spec]]:
     """The seed's network, then ``examples`` random networks drawn from ``seed`` (float64, cpu;
-    the caller sets dtype and device): MLPs and layer stacks in turn."""
+    the caller sets dtype and device): MLPs and layer stacks in turn (every fifth stack a GPT,
+    and of the others, every second a CNN or a recurrent network in turn)."""
     rng = random.Random(seed)
     out: list[tuple[str, Spec]] = [
         (
@@ -70,7 +85,11 @@ def sweep_specs(examples: int, seed: int) -> list[tuple[str, Spec]]:
         elif k % 10 == 9:
             out.append((f"random GPT #{k // 10 + 1}", random_gpt(rng)))
         else:
-            out.append((f"random stack #{k // 2 + 1 - k // 10}", random_stack(rng)))
+            if k % 10 == 3:  # a CNN, each of its layer kinds in turn at least once
+                stack = random_image_stack(rng, include=IMAGE_KINDS[(k // 10) % len(IMAGE_KINDS)])
+            else:
+                stack = random_sequence_stack(rng) if k % 10 == 7 else random_stack(rng)
+            out.append((f"random stack #{k // 2 + 1 - k // 10}", stack))
     return out
 
 

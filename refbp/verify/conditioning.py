@@ -16,6 +16,10 @@ from .tolerances import CONDITIONING_PROBES, CONDITIONING_SAFETY
 
 __all__ = ["conditioning_allowance"]
 
+_SPREAD, _SCRAMBLE = 12.9898, 43758.5453
+"""A value's u is the fractional part of sin(value _SPREAD + phase) _SCRAMBLE (the usual hash of a
+number to [0, 1)): nearby numbers, and consecutive integers, get unrelated u's; inf gets u = 0."""
+
 
 def conditioning_allowance(
     net: Network,
@@ -38,11 +42,16 @@ def conditioning_allowance(
     runs = []
     generator = torch.Generator().manual_seed(seed)
 
-    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u ~ U(-1, 1): a rounding of dtype, or less
+    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u in [-1, 1): a rounding of dtype, or less
+        # u is a function of the value (spread over [-1, 1) by a phase drawn per probe), as a rounding is:
+        # equal given numbers round alike, so a tie of X (a max-pool window holding its maximum twice)
+        # stays a tie, instead of the kink's convention passing for an O(1) effect of rounding
         if not t.is_floating_point():
             return t
-        u = torch.rand(t.shape, dtype=torch.float64, generator=generator).mul_(2.0).sub_(1.0)
-        return t.detach().to(torch.float64) * (1.0 + eps * u.to(t.device))
+        t64 = t.detach().to(torch.float64)
+        phase = float(torch.rand((), dtype=torch.float64, generator=generator))
+        u = torch.remainder(torch.sin(t64 * _SPREAD + phase) * _SCRAMBLE, 1.0).mul_(2.0).sub_(1.0).nan_to_num_(0.0)
+        return t64 * (1.0 + eps * u)
 
     for _ in range(CONDITIONING_PROBES):
         params = {key: rounded(t) for key, t in net.oracle_params(dtype=torch.float64).items()}

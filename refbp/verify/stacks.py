@@ -4,14 +4,20 @@
                             ["dropout", 0.2], ["linear", 3]],
      "loss": "mse", "seed": 0, "batch": 4, "training": true}
 
-``input`` is the width d_0 of X (N, d_0), or {"vocab": V, "length": T} for int64 token indices
-(N, T) read by a first ["embedding", d] layer. Each layer is [kind, *arguments]:
+``input`` is the width d_0 of X (N, d_0), {"vocab": V, "length": T} for int64 token indices
+(N, T) read by a first ["embedding", d] layer, or {"shape": [C, H, W]} for X of shape
+(N, C, H, W) (any shape of one observation: (C, L) for Conv1d, (T, d) for a recurrent layer),
+with "integers": true for entries drawn from -2..2 (pooling windows then hold ties). Each layer
+is [kind, *arguments]:
 
     ["linear", d_out]  ["linear", d_out, {"bias": false}]        torch.nn.Linear
     ["<activation>"]   e.g. ["tanh"], ["gelu_tanh"], ["leaky_relu", {"slope": 0.2}]
     ["layernorm"]      ["layernorm", {"affine": false}]  ["layernorm", {"bias": false}]
     ["batchnorm"]      ["batchnorm", {"affine": false}]          on (N, C)
     ["dropout", p]     ["embedding", d]     ["flatten"]     ["residual", [layers...]]
+    ["conv2d", C_out, {...}]  ["conv1d", C_out]  ["maxpool", {...}]  ["avgpool", {...}]
+    ["adaptive_avgpool", [h, w]]  ["batchnorm2d"]  ["groupnorm", G]  ["softmax", dim]
+    ["logsoftmax", dim]  ["rnn", H]  ["lstm", H]  ["gru", H]       refbp.verify.curriculum_stacks
 
 Parameters are drawn on the CPU in float64 from ``seed`` (linear maps as torch.nn.Linear
 initialises them; norms' gamma and beta away from 1 and 0, and BatchNorm's running statistics
@@ -45,10 +51,13 @@ from ..nn.network import Network, resolve_device
 from ..nn.residual import Residual
 from ..nn.validation import check_int, check_seed
 from .cases import DTYPES, Case, check_choice, check_device, check_number, check_spec_keys
+from .curriculum_stacks import CURRICULUM_ARGUMENTS, CURRICULUM_KINDS, CURRICULUM_OPTIONS, build_curriculum_layer
 
 __all__ = ["LAYER_KINDS", "StackSpec", "build_layers"]
 
-LAYER_KINDS = ("linear", "layernorm", "batchnorm", "dropout", "embedding", "flatten", "residual", *ACTIVATIONS)
+LAYER_KINDS = (
+    "linear", "layernorm", "batchnorm", "dropout", "embedding", "flatten", "residual", *CURRICULUM_KINDS, *ACTIVATIONS
+)  # fmt: skip
 """The kinds a layer of a StackSpec may have (activations by name)."""
 
 MAX_STACK_LAYERS = 1_000
@@ -68,7 +77,7 @@ _OPTIONS: dict[str, dict[str, type]] = {
 number); a kind not listed takes none."""
 
 _ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "linear": ("d_out",), "dropout": ("p",), "embedding": ("d",), "residual": ("layers",),
+    "linear": ("d_out",), "dropout": ("p",), "embedding": ("d",), "residual": ("layers",), **CURRICULUM_ARGUMENTS,
 }  # fmt: skip
 """The positional arguments each kind takes after its name; a kind not listed takes none."""
 
@@ -84,10 +93,15 @@ def _parse(spec: object, where: str) -> tuple[str, list[Any], dict[str, Any]]:
         raise ValueError(f"{where}: unknown layer kind {kind!r}; expected one of {list(LAYER_KINDS)}")
     options: dict[str, Any] = args.pop() if args and isinstance(args[-1], dict) else {}
     allowed = _OPTIONS.get(kind, {})
+    checks = CURRICULUM_OPTIONS.get(kind, {})
     for key, value in options.items():
-        if key not in allowed:
-            expected = f"some of {sorted(allowed)}" if allowed else "none"
+        if key not in allowed and key not in checks:
+            known = sorted([*allowed, *checks])
+            expected = f"some of {known}" if known else "none"
             raise ValueError(f"{where}: {kind} has no option {key!r}; its options are {expected}")
+        if key in checks:
+            checks[key](value, f"{where}: {kind}'s option {key!r}")
+            continue
         wanted = allowed[key]
         if wanted is bool and not isinstance(value, bool):
             raise TypeError(f"{where}: {kind}'s option {key!r}={value!r} must be true or false")
@@ -116,9 +130,10 @@ def _activation(name: str, options: dict[str, Any]) -> Activation:
 class _Builder:
     """Draws each layer's parameters in turn from one float64 CPU generator."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, batch: int) -> None:
         self.generator = torch.Generator().manual_seed(seed)
         self.seed = seed
+        self.batch = batch
         self.count = 0
 
     def uniform(self, shape: tuple[int, ...], low: float, high: float) -> Tensor:
@@ -129,6 +144,8 @@ class _Builder:
         kind, args, options = _parse(spec, where)
         self.count += 1
         d = shape[-1] if shape else 0
+        if kind in CURRICULUM_KINDS:
+            return build_curriculum_layer(kind, args, options, shape, self.batch, self.uniform, where)
         if kind == "linear":
             d_out = check_int(args[0] if args else None, f"{where}[1] (d_out)", minimum=1, maximum=1 << 20)
             bound = 1.0 / math.sqrt(d)
@@ -179,7 +196,7 @@ class _Builder:
 
 def build_layers(spec: StackSpec) -> tuple[list[Layer], tuple[int, ...]]:
     """The float64 CPU layers of ``spec`` and the output shape (without the batch)."""
-    builder = _Builder(spec.seed)
+    builder = _Builder(spec.seed, spec.batch)
     layers: list[Layer] = []
     specs = list(spec.layers)
     if spec.vocab:
@@ -191,7 +208,7 @@ def build_layers(spec: StackSpec) -> tuple[list[Layer], tuple[int, ...]]:
         layers.append(Embedding(torch.randn(spec.vocab, d, dtype=torch.float64, generator=builder.generator)))
         shape: tuple[int, ...] = (spec.input, d)
     else:
-        shape = (spec.input,)
+        shape = spec.shape or (spec.input,)
     for k, layer_spec in enumerate(specs, start=len(layers)):
         layer, shape = builder.layer(layer_spec, shape, f"layers[{k}]")
         layers.append(layer)
@@ -203,11 +220,15 @@ class StackSpec:
     """A layer stack, a loss and a point, in JSON (see the module docstring).
 
     Attributes:
-        input: d_0, the width of X; or T, the number of tokens per row, when ``vocab`` is set.
+        input: d_0, the width of X; or T, the number of tokens per row, when ``vocab`` is set;
+            or shape[0] when ``shape`` is set.
         layers: the layers, each [kind, *arguments] as nested tuples.
         loss: a loss name.
         seed: draws parameters, dropout seeds and the point.
         vocab: V for an input of token indices (0 for a float input).
+        shape: one observation's shape when X has more than one dimension besides the batch
+            ((C, H, W) images, (C, L) or (T, d) sequences); () for rows (N, d_0) or tokens.
+        integers: X's entries are integers from -2..2 (stored as floats): ties on purpose.
         dtype, device: of the network and the point.
         batch: N.
         training: training mode (BatchNorm's batch statistics, Dropout's masks) or eval mode.
@@ -229,6 +250,8 @@ class StackSpec:
     training: bool = True
     weight_decay: float = 0.0
     reduction: str | None = None
+    shape: tuple[int, ...] = ()
+    integers: bool = False
     label: str = field(default="", compare=False)
 
     def build(self) -> Case[Network]:
@@ -240,6 +263,10 @@ class StackSpec:
         N = self.batch
         if self.vocab:
             X = torch.randint(0, self.vocab, (N, self.input), generator=generator)  # (N, T) token indices
+        elif self.integers:
+            X = torch.randint(-2, 3, (N, *(self.shape or (self.input,))), generator=generator).double()  # ties
+        elif self.shape:
+            X = torch.empty(N, *self.shape, dtype=torch.float64).uniform_(-2.0, 2.0, generator=generator)
         else:
             X = torch.empty(N, self.input, dtype=torch.float64).uniform_(-2.0, 2.0, generator=generator)
         y = loss.sample_targets((N, *out_shape), generator)
@@ -254,8 +281,13 @@ class StackSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object ``from_dict`` reads back."""
+        given: Any = self.input
+        if self.vocab:
+            given = {"vocab": self.vocab, "length": self.input}
+        elif self.shape or self.integers:
+            given = {"shape": list(self.shape or (self.input,)), **({"integers": True} if self.integers else {})}
         data = {
-            "input": self.input if not self.vocab else {"vocab": self.vocab, "length": self.input},
+            "input": given,
             "layers": _lists(self.layers), "loss": self.loss, "seed": self.seed, "dtype": self.dtype,
             "device": self.device, "batch": self.batch, "training": self.training, "weight_decay": self.weight_decay,
         }  # fmt: skip
@@ -268,8 +300,12 @@ class StackSpec:
             "input", "layers", "loss", "seed", "dtype", "device", "batch", "training", "weight_decay", "reduction",
         }  # fmt: skip
         check_spec_keys(data, allowed=allowed, required=("input", "layers", "loss"), what="stack spec")
-        vocab, width = 0, data["input"]
-        if isinstance(width, dict):
+        vocab, width, integers = 0, data["input"], False
+        shape: tuple[int, ...] = ()
+        if isinstance(width, dict) and ("shape" in width or "integers" in width):
+            shape, integers = _input_shape(width)
+            width = shape[0]
+        elif isinstance(width, dict):
             vocab = check_int(width.get("vocab"), "input.vocab", minimum=1, maximum=1 << 20)
             width = width.get("length")
         width = check_int(width, "input", minimum=1, maximum=1 << 20)
@@ -292,6 +328,7 @@ class StackSpec:
             batch=check_int(data.get("batch", 4), "batch", minimum=1, maximum=1 << 20), training=training,
             weight_decay=check_number(data.get("weight_decay", 0.0), "weight_decay", positive=False),
             reduction=reduction,
+            shape=shape if len(shape) > 1 else (), integers=integers,
         )  # fmt: skip
         build_layers(spec)  # every layer must make sense before anything else is drawn
         return spec
@@ -304,7 +341,7 @@ class StackSpec:
         while todo:
             layer = todo.pop()
             kind = layer[0]
-            found.add(f"{kind} ({mode})" if kind in ("batchnorm", "dropout") else kind)
+            found.add(f"{kind} ({mode})" if kind in ("batchnorm", "batchnorm2d", "dropout") else kind)
             if kind == "residual":
                 todo.extend(layer[1])
         return sorted(found)
@@ -312,6 +349,9 @@ class StackSpec:
     def describe(self) -> str:
         """The stack in one short line."""
         first = f"tokens {self.vocab}x{self.input}" if self.vocab else f"in {self.input}"
+        if self.shape:
+            first = "in " + "x".join(map(str, self.shape))
+        first += " integers" if self.integers else ""
         parts = [first, *(_short(layer) for layer in self.layers)]
         mode = "" if self.training else ", eval"
         loss = self.loss if self.reduction is None else f"{self.loss} ({self.reduction})"
@@ -320,6 +360,21 @@ class StackSpec:
     def command(self) -> str:
         """The shell command that checks exactly this case."""
         return f"refbp check --case '{self.to_json()}'"
+
+
+def _input_shape(given: dict[str, Any]) -> tuple[tuple[int, ...], bool]:
+    """{"shape": [...], "integers": bool}: one observation's shape and whether X holds integers."""
+    unknown = sorted(set(given) - {"shape", "integers"})
+    if unknown:
+        raise ValueError(f"input={given!r}: unknown keys {unknown}; expected 'shape' and optionally 'integers'")
+    shape = given.get("shape")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 3:
+        raise ValueError(f"input.shape={shape!r}: expected a list of 1 to 3 sizes, e.g. [C, H, W]")
+    sizes = tuple(check_int(n, f"input.shape[{i}]", minimum=1, maximum=1 << 16) for i, n in enumerate(shape))
+    integers = given.get("integers", False)
+    if not isinstance(integers, bool):
+        raise TypeError(f"input.integers={integers!r} must be true or false")
+    return sizes, integers
 
 
 def _short(layer: Any) -> str:

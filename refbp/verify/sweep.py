@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,18 @@ from .cases import Case, CaseSpec
 from .check import CheckResult, check
 from .stacks import StackSpec
 
-__all__ = ["CaseOutcome", "SweepSpec", "case_order", "check_case", "finite", "kind_of", "random_stack"]
+__all__ = [
+    "IMAGE_KINDS",
+    "CaseOutcome",
+    "SweepSpec",
+    "case_order",
+    "check_case",
+    "finite",
+    "kind_of",
+    "random_image_stack",
+    "random_sequence_stack",
+    "random_stack",
+]
 
 
 class SweepSpec(Protocol):
@@ -153,6 +165,135 @@ def random_stack(rng: random.Random, *, max_depth: int = 4, max_width: int = 8) 
         "layers": layers, "loss": loss, "seed": rng.randint(0, 2**31 - 1),
         "batch": rng.randint(2 if batchnorm and training else 1, 8), "training": training,
     }  # fmt: skip
+    return StackSpec.from_dict(spec)
+
+
+def _head(rng: random.Random, layers: list[Any], *, rows: bool) -> str:
+    """A loss, and the last linear map (and output activation) it needs, appended to ``layers``;
+    ``rows``: flatten first (images), else the map reads the last dimension (sequences)."""
+    loss = rng.choice(sorted(LOSSES))
+    if rows:
+        layers.append(["flatten"])
+    layers.append(["linear", rng.randint(2 if LOSSES[loss].targets == "classes" else 1, 4)])
+    if LOSSES[loss].output_activation not in (None, "identity"):
+        layers.append([LOSSES[loss].output_activation])
+    return loss
+
+
+def _window(rng: random.Random, n: int, *, dilated: bool) -> tuple[int, int, int, int]:
+    """(kernel, stride, padding, dilation) of a pooling window over n entries: padding at most
+    half the kernel (torch's rule), stride 1 .. kernel + 1 (overlapping, touching, skipping)."""
+    k = rng.randint(1, min(3, n))
+    p = rng.randint(0, k // 2)
+    d = 2 if dilated and p == 0 and 2 * (k - 1) + 1 <= n and rng.random() < 0.3 else 1
+    return k, rng.randint(1, k + 1), p, d
+
+
+IMAGE_KINDS = ("conv", "maxpool", "avgpool", "adaptive_avgpool", "batchnorm2d", "groupnorm", "softmax", "activation")
+"""What ``random_image_stack`` draws its layers from (``include``: one of these at least once)."""
+
+
+def random_image_stack(rng: random.Random, *, max_depth: int = 3, include: str | None = None) -> StackSpec:
+    """A random CNN on (N, C, H, W) images (one in five on (N, C, L) for Conv1d): 1..max_depth
+    of Conv2d (stride, padding, dilation, groups), an activation, MaxPool2d, AvgPool2d (either
+    count_include_pad), AdaptiveAvgPool2d, BatchNorm2d, GroupNorm, Softmax/LogSoftmax over a
+    drawn dimension; then Flatten and Linear. One in six starts with a MaxPool2d on integer
+    entries, whose windows then hold ties (torch credits the first maximum). ``include``: a kind
+    of IMAGE_KINDS the stack has at least once (where its input allows it: images for pooling)."""
+    training = rng.random() < 0.6
+    if rng.random() < 0.2:  # a sequence for Conv1d
+        first = [rng.randint(1, 3), rng.randint(1, 6)]
+        kinds = ["conv", "activation", "groupnorm", "softmax"]
+    else:
+        first = [rng.randint(1, 3), rng.randint(1, 5), rng.randint(1, 5)]
+        kinds = ["conv", "activation", "maxpool", "avgpool", "adaptive_avgpool", "batchnorm2d", "groupnorm", "softmax"]
+    integers = len(first) == 3 and rng.random() < 1 / 6
+    chosen = ["maxpool"] if integers else ["conv"] if rng.random() < 0.6 else []  # most CNNs start with one
+    drawn = [k for k in kinds if not (integers and k == "activation")]  # integers: not on relu's kink at 0
+    chosen += [rng.choice(drawn) for _ in range(rng.randint(1, max_depth) - len(chosen) // 2)]
+    if include in drawn:
+        chosen.insert(rng.randint(int(integers), len(chosen)), include)
+    layers: list[Any] = []
+    shape, batch = list(first), rng.randint(1, 3)
+    for kind in chosen:
+        layer, shape = _image_layer(rng, kind, shape)
+        if layer:
+            layers.append(layer)
+        if kind == "batchnorm2d" and training and math.prod(shape[1:]) < 2:
+            batch = max(batch, 2)  # batch statistics need two values per channel
+    loss = _head(rng, layers, rows=True)
+    given = {"shape": first, **({"integers": True} if integers else {})}
+    spec = {"input": given, "layers": layers, "loss": loss, "seed": rng.randint(0, 2**31 - 1), "batch": batch,
+            "training": training}  # fmt: skip
+    return StackSpec.from_dict(spec)
+
+
+def _image_layer(rng: random.Random, kind: str, shape: list[int]) -> tuple[list[Any] | None, list[int]]:
+    """One layer of ``kind`` that fits an input of ``shape`` (C, *sizes), and its output's shape."""
+    C, sizes = shape[0], shape[1:]
+    if kind == "conv":
+        groups = rng.choice([g for g in range(1, C + 1) if C % g == 0])
+        C_out = groups * rng.randint(1, max(1, 3 // groups))
+        padding: Any = rng.choice(["ints", "ints", "same", "valid"])
+        stride = [1 if padding == "same" else rng.randint(1, 2) for _ in sizes]
+        dilation = [rng.randint(1, 2) for _ in sizes]
+        pads = [rng.randint(0, 2) for _ in sizes] if padding == "ints" else [0 for _ in sizes]
+        kernel = []
+        for n, p, d in zip(sizes, pads, dilation, strict=True):
+            room = 3 * d if padding == "same" else n + 2 * p  # "same" pads whatever the kernel needs
+            kernel.append(rng.randint(1, max(1, min(3, (room - 1) // d + 1))))
+        if padding == "same":
+            out = list(sizes)
+        else:
+            geometry = zip(sizes, kernel, stride, pads, dilation, strict=True)
+            out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in geometry]
+        conv = {"kernel": kernel, "stride": stride, "padding": pads if padding == "ints" else padding,
+                "dilation": dilation, "groups": groups, "bias": rng.random() < 0.8}  # fmt: skip
+        return ["conv1d" if len(sizes) == 1 else "conv2d", C_out, conv], [C_out, *out]
+    if kind == "activation":
+        return [rng.choice(sorted(ACTIVATIONS))], shape
+    if kind in ("maxpool", "avgpool"):
+        windows = [_window(rng, n, dilated=kind == "maxpool") for n in sizes]
+        ks, ss, ps, ds = ([w[i] for w in windows] for i in range(4))
+        pool: dict[str, Any] = {"kernel": ks, "stride": ss, "padding": ps}
+        pool |= {"dilation": ds} if kind == "maxpool" else {"count_include_pad": rng.random() < 0.5}
+        out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(sizes, ks, ss, ps, ds, strict=True)]
+        return [kind, pool], [C, *out]
+    if kind == "adaptive_avgpool":
+        size = [rng.choice([None, 1, 2, 3]) for _ in sizes]
+        return [kind, size], [C, *(n if o is None else o for n, o in zip(sizes, size, strict=True))]
+    if kind == "batchnorm2d":
+        return [kind, rng.choice([{}, {"affine": False}])], shape
+    if kind == "groupnorm":  # torch normalises groups of two values or more
+        counts = [g for g in range(1, C + 1) if C % g == 0 and C // g * math.prod(sizes) > 1]
+        return ([kind, rng.choice(counts), rng.choice([{}, {"affine": False}])] if counts else None), shape
+    return [rng.choice(["softmax", "logsoftmax"]), rng.randint(1, len(shape))], shape
+
+
+def random_sequence_stack(rng: random.Random) -> StackSpec:
+    """A random recurrent network: token indices through an Embedding, or (N, T, d) numbers;
+    an RNN (tanh or relu), LSTM or GRU of 1-2 stacked layers, batch_first either way, bias or
+    not, an initial state or zeros; in one of three an activation, LayerNorm, Dropout or
+    LogSoftmax after it; a Linear on every step, or on the flattened sequence in one of four."""
+    training = rng.random() < 0.6
+    length, width = rng.randint(1, 3), rng.randint(1, 3)
+    tokens = rng.random() < 0.5
+    layers: list[Any] = [["embedding", width]] if tokens else []
+    kind = rng.choice(["rnn", "lstm", "gru"])
+    options: dict[str, Any] = {"layers": rng.randint(1, 2), "bias": rng.random() < 0.8,
+                               "batch_first": rng.random() < 0.5, "initial_state": rng.random() < 0.5}  # fmt: skip
+    if kind == "rnn":
+        options["nonlinearity"] = rng.choice(["tanh", "relu"])
+    layers.append([kind, rng.randint(1, 3), options])
+    after = rng.choice([None, None, ["activation"], ["layernorm"], ["dropout", 0.25], ["logsoftmax", -1]])
+    if after == ["activation"]:
+        after = [rng.choice(sorted(ACTIVATIONS))]
+    if after is not None:
+        layers.append(after)
+    loss = _head(rng, layers, rows=rng.random() < 0.25)
+    given: Any = {"vocab": rng.randint(2, 6), "length": length} if tokens else {"shape": [length, width]}
+    spec = {"input": given, "layers": layers, "loss": loss, "seed": rng.randint(0, 2**31 - 1),
+            "batch": rng.randint(1, 3), "training": training}  # fmt: skip
     return StackSpec.from_dict(spec)
 
 
