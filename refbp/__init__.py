@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and readers
     from .nn.convert import capture_noise, from_torch
     from .nn.mlp import MLP, ForwardCache, Gradients, backward
     from .nn.network import Network
+    from .verify.autograd_function import check_autograd_function
     from .verify.check import CheckResult, GradientMismatchError, check, check_function
     from .verify.compare import Comparison
 
@@ -27,6 +28,7 @@ __all__ = [
     "backward",
     "capture_noise",
     "check",
+    "check_autograd_function",
     "check_function",
     "from_torch",
 ]
@@ -44,6 +46,7 @@ _LAZY = {
     "GradientMismatchError": "refbp.verify.check",
     "check": "refbp.verify.check",
     "check_function": "refbp.verify.check",
+    "check_autograd_function": "refbp.verify.autograd_function",
     "Comparison": "refbp.verify.compare",
 }
 """Public name -> the module that defines it."""

@@ -1,0 +1,441 @@
+"""Check a custom backward (a ``torch.autograd.Function``, or any function whose backward is
+hand-written) in the dtype and on the device it runs in, against float64 references.
+
+    res = refbp.check_autograd_function(MyFusedCE, logits_bf16, target, reference=F.cross_entropy)
+    res.raise_if_failed()
+
+What is checked, each with its own rows (reference column) and message:
+
+- the gradients, entry by entry, against float64 autograd of ``reference`` (a plain-torch forward
+  you trust) and float64 central finite differences of the function itself (where it runs in
+  float64). The allowance is the dtype's (refbp.verify.tolerances) plus the point's
+  conditioning in that dtype: CONDITIONING_SAFETY x how far the float64 gradient moves when
+  the inputs and grad_output move by one rounding of the dtype, and how far torch's own
+  autograd of ``reference`` in that dtype is from float64. A correct bfloat16 kernel passes,
+  a wrong one fails, without a hand-tuned atol.
+- below float64, where the function also runs in float64: if its float64 backward is
+  contradicted (at float32's tolerance, since kernels often accumulate in float32) while the
+  dtype's result is within the dtype's allowance, the bug is below the dtype's resolution at
+  this point: that tensor is *unverified*, never passed.
+- linearity in grad_output: backward(2 g) = 2 backward(g) and backward(g1 + g2) =
+  backward(g1) + backward(g2) (the "not multiplied by grad_output" bug); backward(0) = 0;
+- the forward-mode ``jvp``, when the Function defines one, against the reference's JVP
+  (float64 forward-mode autograd) and finite differences along the tangents;
+- the run-to-run spread of the backward over ``runs`` runs: reported, added to the allowance,
+  and a contradiction only when the runs differ by more than the dtype allows.
+
+These property rows can contradict a gradient but never verify one. The result is the same
+CheckResult as refbp.check's; J is L = sum_j <v_j, y_j> in float64, the scalar whose gradient the
+backward computes (refbp.verify.function_runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+from ..nn.validation import check_int, check_seed, describe
+from .compare import Comparison, compare
+from .function_runs import FunctionPoint, floating_outputs, jvp, jvp_differences, to_float64, vjp, vjp_differences
+from .inputs import FD_AUTO_MAX_ENTRIES
+from .result import CheckResult
+from .rows import fd_row, fd_tolerance
+from .tolerances import (
+    CONDITIONING_PROBES,
+    CONDITIONING_SAFETY,
+    TOLERANCES,
+    Tolerance,
+    combine,
+    least_precise,
+    tolerance_for,
+)
+
+__all__ = ["FLOAT64_RUN_DTYPE", "PROPERTY_NOTE", "RUNS", "check_autograd_function"]
+
+RUNS = 3
+"""Backward runs per check, to measure the run-to-run spread of a nondeterministic kernel
+(atomics, split reductions): enough to see one that varies at all, cheap for small points."""
+
+PROPERTY_NOTE = "a property of the backward: contradicts, never verifies"
+"""The note of a property row that holds (what it says where a tensor goes unverified)."""
+
+FLOAT64_RUN_DTYPE = torch.float32
+"""The tolerance the function's own float64 backward is held to when it is run to tell a bug
+below the dtype's resolution from none: float32's, not float64's, because kernels commonly
+accumulate in float32 whatever their inputs, and every catalogued bug errs by far more."""
+
+
+def check_autograd_function(
+    fn: Any,
+    *inputs: Any,
+    reference: Callable[..., Any] | None = None,
+    grad_outputs: Tensor | Sequence[Tensor] | None = None,
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+    runs: int = RUNS,
+    fd_mode: str = "auto",
+    directions: int = 8,
+    tolerance: Tolerance | None = None,
+) -> CheckResult:
+    """Check ``fn``'s backward at ``inputs`` (their own dtype and device).
+
+    Args:
+        fn: a torch.autograd.Function subclass (called as ``fn.apply``) or any callable whose
+            backward is custom. Its floating-point tensor outputs are the ones weighted by
+            grad_outputs; its floating-point tensor inputs are the ones differentiated.
+        inputs: its positional inputs: float32, float16, bfloat16 or float64 tensors (CPU or
+            CUDA), and any others (integer targets, ...) passed as they are.
+        reference: the same forward in plain torch ops, differentiated by torch in float64.
+        grad_outputs: one tensor per floating output (its shape); None draws them, seeded.
+        seed: seeds grad_outputs, tangents, rounding probes and finite-difference directions
+            (torch.Generator().manual_seed(seed), float64 normal draws). Draw your inputs from
+            another stream: a grad_output equal to an input of its shape (x @ W^T with
+            grad_output x) makes dJ/dW = x^T x symmetric, so a transposed dJ/dW goes unseen.
+        names: one per input; default: the forward's parameter names.
+        runs: backward runs for the run-to-run spread (>= 1).
+        fd_mode: "full", "directional" or "auto" (full up to FD_AUTO_MAX_ENTRIES // 10 entries).
+        directions: random directions per input in directional mode.
+        tolerance: overrides the dtype's tolerance (and drops the conditioning allowance).
+    """
+    call, defines_jvp = _function(fn)
+    point = _point(call, fn, inputs, names)
+    if reference is not None and not callable(reference):
+        raise TypeError(f"reference must be a callable (a plain-torch forward), got {type(reference).__name__}")
+    check_seed(seed)
+    check_int(runs, "runs", minimum=1, maximum=100)
+    check_int(directions, "directions", minimum=1, maximum=10_000)
+    if fd_mode not in ("full", "directional", "auto"):
+        raise ValueError(f"fd_mode={fd_mode!r}; expected 'full', 'directional' or 'auto'")
+    if tolerance is not None and not isinstance(tolerance, Tolerance):
+        raise TypeError(f"tolerance must be a refbp.verify.tolerances.Tolerance, got {type(tolerance).__name__}")
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        y = floating_outputs(call(*point.inputs))
+    out_names = ("out",) if len(y) == 1 else tuple(f"out{j}" for j in range(len(y)))
+    v = _grad_outputs(grad_outputs, y, generator)
+    dtype = least_precise({x.dtype for x in point.differentiated() if x.dtype in TOLERANCES}, torch.float64)
+    tol = tolerance or tolerance_for(dtype)
+    wrt_names = [point.names[i] for i in point.wrt]
+    device = str(point.differentiated()[0].device)
+    meta: dict[str, Any] = {"function": getattr(fn, "__name__", type(fn).__name__), "outputs": list(out_names)}
+
+    try:
+        g_runs = [vjp(point, v) for _ in range(runs)]  # the backward under test
+    except (RuntimeError, TypeError, ValueError) as error:
+        failed = [_failed_row(name, x, f"the backward raised {type(error).__name__}: {error}", tol)
+                  for name, x in zip(wrt_names, point.differentiated(), strict=True)]  # fmt: skip
+        return CheckResult(rows=failed, J=math.nan, dtype=_short(dtype), device=device, meta=meta)
+    g = g_runs[0]
+    spread = [max((float((run[k].double() - g[k].double()).abs().max()) for run in g_runs[1:] if g[k].numel()),
+                  default=0.0) for k in range(len(g))]  # fmt: skip
+    meta["spread"] = dict(zip(wrt_names, spread, strict=True))
+
+    point64, v64 = to_float64(point), [t.detach().to(torch.float64) for t in v]
+    r = vjp(point64.with_inputs(point64.inputs, reference), v64) if reference is not None else None
+    g64, why_not64 = _float64_run(point64, v64)
+    meta["float64"] = "runs" if g64 is not None else why_not64
+    fd, mode = None, None
+    if g64 is not None:
+        total = sum(x.numel() for x in point.differentiated())
+        mode = fd_mode if fd_mode != "auto" else ("full" if total <= FD_AUTO_MAX_ENTRIES // 10 else "directional")
+        fd = vjp_differences(point64, v64, mode=mode, directions=directions, seed=seed)
+    J = _L(point64.with_inputs(point64.inputs, reference) if reference is not None else point64, v64)
+
+    widened = [0.0] * len(g)
+    if tolerance is None:
+        widened = _conditioning(point, point64, v, v64, reference, r if r is not None else g64, dtype, generator)
+    rows: list[Comparison] = []
+    for k, name in enumerate(wrt_names):
+        allowance = widened[k] + spread[k]
+        own: list[Comparison] = []
+        if r is not None:
+            own.append(compare(name, "reference", g[k], r[k], tol, widened=allowance, J_finite=math.isfinite(J)))
+        if fd is not None:
+            own.append(fd_row(name, g[k], fd[name], mode or "full", tol, allowance))
+        if not own:
+            own.append(_unverified_row(name, g[k], tol, f"no reference: no reference= was given and {why_not64}"))
+        if g64 is not None and dtype != torch.float64:
+            own = _resolution(own, name, g64[k], r[k] if r is not None else None, fd, mode, dtype)
+        rows += own
+    rows += _property_rows(point, v, g, g_runs, wrt_names, tol, spread, generator)
+    if defines_jvp:
+        rows += _jvp_rows(point, point64, reference, out_names, dtype, tol, generator)
+    return CheckResult(rows=rows, J=J, dtype=_short(dtype), device=device, fd_mode=mode, meta=meta)
+
+
+def _function(fn: Any) -> tuple[Callable[..., Any], bool]:
+    """(what to call, whether forward-mode jvp is defined by the user)."""
+    if isinstance(fn, type) and issubclass(fn, Function):
+        return fn.apply, fn.jvp is not Function.jvp
+    if not callable(fn):
+        raise TypeError(f"fn must be a torch.autograd.Function subclass or a callable, got {type(fn).__name__}")
+    return fn, False
+
+
+def _point(call: Callable[..., Any], fn: Any, inputs: tuple[Any, ...], names: Sequence[str] | None) -> FunctionPoint:
+    if not inputs:
+        raise ValueError("check_autograd_function needs the function's inputs: fn, *inputs")
+    wrt = tuple(i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.is_floating_point())
+    if not wrt:
+        kinds = [type(x).__name__ if not isinstance(x, Tensor) else describe(x) for x in inputs]
+        raise ValueError(f"inputs has no floating-point tensor to differentiate: got {kinds}")
+    for i in wrt:
+        if inputs[i].dtype not in TOLERANCES:
+            raise ValueError(f"inputs[{i}] is {describe(inputs[i])}; expected one of {list(TOLERANCES)}")
+        if inputs[i].device.type == "meta":
+            raise ValueError(f"inputs[{i}] is on the meta device ({describe(inputs[i])}): it has no values")
+    if names is None:
+        names = _signature_names(fn, len(inputs))
+    elif isinstance(names, str) or len(names) != len(inputs) or len(set(names)) != len(names):
+        raise ValueError(f"names={names!r}; expected {len(inputs)} distinct names, one per input")
+    return FunctionPoint(call, tuple(inputs), tuple(str(n) for n in names), wrt)
+
+
+def _signature_names(fn: Any, n: int) -> tuple[str, ...]:
+    """The forward's parameter names (after ctx for a Function), else input0, input1, ..."""
+    target = fn.forward if isinstance(fn, type) and issubclass(fn, Function) else fn
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    if target is not fn:
+        params = params[1:]  # ctx
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return tuple(positional[:n]) if len(positional) >= n else tuple(f"input{i}" for i in range(n))
+
+
+def _grad_outputs(
+    given: Tensor | Sequence[Tensor] | None, y: tuple[Tensor, ...], generator: torch.Generator
+) -> list[Tensor]:
+    """grad_outputs as given (validated), or standard normal draws in each output's dtype."""
+    if given is None:
+        return [torch.randn(yj.shape, dtype=torch.float64, generator=generator).to(yj.dtype).to(yj.device) for yj in y]
+    listed = [given] if isinstance(given, Tensor) else list(given)
+    if len(listed) != len(y):
+        raise ValueError(f"grad_outputs has {len(listed)} tensors; the function has {len(y)} floating outputs")
+    for j, (vj, yj) in enumerate(zip(listed, y, strict=True)):
+        if not isinstance(vj, Tensor) or tuple(vj.shape) != tuple(yj.shape) or not vj.is_floating_point():
+            got = describe(vj) if isinstance(vj, Tensor) else type(vj).__name__
+            raise ValueError(f"grad_outputs[{j}] is {got}; expected a floating tensor of shape {tuple(yj.shape)}")
+    return [vj.detach().to(device=yj.device, dtype=yj.dtype) for vj, yj in zip(listed, y, strict=True)]
+
+
+def _float64_run(point64: FunctionPoint, v64: list[Tensor]) -> tuple[list[Tensor] | None, str]:
+    """The function's own backward in float64, or None and why it does not run in float64."""
+    try:
+        with torch.no_grad():
+            y = floating_outputs(point64.call(*point64.inputs))
+        other = sorted({str(t.dtype) for t in y if t.dtype != torch.float64})
+        if other:
+            return None, f"fn does not run in float64 (it returned {', '.join(other)} for float64 inputs)"
+        return vjp(point64, v64), ""
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as error:
+        return None, f"fn does not run in float64 ({type(error).__name__}: {str(error).splitlines()[0]})"
+
+
+def _L(point64: FunctionPoint, v64: list[Tensor]) -> float:
+    """L = sum_j <v_j, y_j> in float64 (eq. VJP of refbp.verify.function_runs)."""
+    try:
+        with torch.no_grad():
+            y = floating_outputs(point64.call(*point64.inputs))
+        return float(sum((yj.double() * vj).sum() for yj, vj in zip(y, v64, strict=True)))
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        return math.nan
+
+
+def _conditioning(
+    point: FunctionPoint,
+    point64: FunctionPoint,
+    v: list[Tensor],
+    v64: list[Tensor],
+    reference: Callable[..., Any] | None,
+    base: list[Tensor] | None,
+    dtype: torch.dtype,
+    generator: torch.Generator,
+) -> list[float]:
+    """Per input: CONDITIONING_SAFETY x the largest change of the float64 gradient (the
+    reference's, else the function's own) when the inputs and grad_output move by one rounding
+    of ``dtype`` (CONDITIONING_PROBES random roundings), and, below float64, of torch's own
+    autograd of ``reference`` in ``dtype`` against float64 (refbp.verify.tolerances)."""
+    if base is None:
+        return [0.0] * len(point.wrt)
+    eps = float(torch.finfo(dtype).eps)
+    grad64 = point64.with_inputs(point64.inputs, reference) if reference is not None else point64
+
+    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u ~ U(-1, 1)
+        u = torch.rand(t.shape, dtype=torch.float64, generator=generator).mul_(2.0).sub_(1.0)
+        return t * (1.0 + eps * u.to(t.device))
+
+    runs = []
+    for _ in range(CONDITIONING_PROBES):
+        inputs = list(grad64.inputs)
+        for i in grad64.wrt:
+            inputs[i] = rounded(inputs[i])
+        runs.append(vjp(grad64.with_inputs(inputs), [rounded(t) for t in v64]))
+    if reference is not None and dtype != torch.float64:
+        with contextlib.suppress(RuntimeError, TypeError, NotImplementedError):  # else the probes alone
+            runs.append(vjp(point.with_inputs(point.inputs, reference), v))  # torch's own in this dtype
+    out = []
+    for k in range(len(point.wrt)):
+        gaps = [(run[k].double() - base[k].double()).abs() for run in runs]
+        finite = [gap[torch.isfinite(gap)] for gap in gaps]
+        out.append(CONDITIONING_SAFETY * max((float(gap.max()) for gap in finite if gap.numel()), default=0.0))
+    return out
+
+
+def _resolution(
+    own: list[Comparison],
+    name: str,
+    g64: Tensor,
+    r: Tensor | None,
+    fd: Any,
+    mode: str | None,
+    dtype: torch.dtype,
+) -> list[Comparison]:
+    """The dtype's rows, made unverified where the function's own float64 backward is
+    contradicted but the dtype's result is not: the bug is below the dtype's resolution here."""
+    tol64 = tolerance_for(FLOAT64_RUN_DTYPE)
+    checks = []
+    if r is not None:
+        checks.append(compare(name, "reference", g64, r, tol64))
+    if fd is not None:
+        checks.append(fd_row(name, g64, fd[name], mode or "full", tol64, 0.0))
+    bad = [row for row in checks if row.verdict == "mismatch"]
+    if not bad or any(row.verdict == "mismatch" for row in own):
+        return own
+    worst = max(bad, key=lambda row: row.margin)
+    why = (
+        f"the function's own float64 backward is contradicted by {worst.reference} (greatest difference "
+        f"{worst.max_abs_error:.3g} where {worst.allowed:.3g} is allowed at {_short(FLOAT64_RUN_DTYPE)}'s "
+        f"tolerance), but in {_short(dtype)} the difference is within the allowance: the contradiction is below "
+        f"{_short(dtype)}'s resolution at this point"
+    )
+    short = f"below {_short(dtype)}'s resolution at this point (see the {own[0].reference} row)"
+    return [_as_unverified(row, why if k == 0 else short) for k, row in enumerate(own)]
+
+
+def _as_unverified(row: Comparison, why: str) -> Comparison:
+    mask = torch.zeros_like(row.verified) if row.verified is not None else None
+    note = f"{row.note} {why}".strip()
+    return dataclasses.replace(row, verdict="unverified", n_unverified=row.n_elements, verified=mask, note=note)
+
+
+def _property_rows(
+    point: FunctionPoint,
+    v: list[Tensor],
+    g: list[Tensor],
+    g_runs: list[list[Tensor]],
+    names: list[str],
+    tol: Tolerance,
+    spread: list[float],
+    generator: torch.Generator,
+) -> list[Comparison]:
+    """Linearity in grad_output, zero grad_output, run-to-run spread: rows that can contradict
+    a gradient, never verify one."""
+    g2 = vjp(point, [2.0 * t for t in v])
+    w = [torch.randn(t.shape, dtype=torch.float64, generator=generator).to(t.dtype).to(t.device) for t in v]
+    g_w, g_sum = vjp(point, w), vjp(point, [a + b for a, b in zip(v, w, strict=True)])
+    g0 = vjp(point, [torch.zeros_like(t) for t in v])
+    rows = []
+    for k, name in enumerate(names):
+        g64, gw64 = g[k].double(), g_w[k].double()
+        sizes = float(g64.abs().max()) + float(gw64.abs().max()) if g64.numel() else 0.0
+        additive = tol.rtol * sizes + 2.0 * spread[k]  # g + w rounds, then each part's rounding
+        checks = [
+            (compare(name, "backward(2g) = 2 backward(g)", g2[k], 2.0 * g64, tol, widened=2.0 * spread[k]),
+             "backward(2 g) is not 2 backward(g): the backward is not linear in grad_output (is its result "
+             "multiplied by grad_output?)"),
+            (compare(name, "backward(g+w) = sum", g_sum[k], g64 + gw64, tol, widened=additive),
+             "backward(g + w) is not backward(g) + backward(w): the backward is not additive in grad_output"),
+            (compare(name, "backward(0) = 0", g0[k], torch.zeros_like(g64), tol),
+             "backward(0) is not 0: part of the gradient does not scale with grad_output"),
+        ]  # fmt: skip
+        if len(g_runs) > 1:
+            worst = max(g_runs[1:], key=lambda run: float((run[k].double() - g64).abs().max()) if g64.numel() else 0.0)
+            checks.append((compare(name, f"run-to-run ({len(g_runs)} runs)", worst[k], g64, tol),
+                           "the backward's runs differ by more than the dtype allows"))  # fmt: skip
+        for row, message in checks:
+            note = message if row.verdict == "mismatch" else (row.note or PROPERTY_NOTE)
+            if row.reference.startswith("run-to-run") and row.verdict != "mismatch" and spread[k] > 0:
+                note = f"nondeterministic: runs differ by up to {spread[k]:.3g} (within the allowance; added to it)"
+            rows.append(_never_verifies(dataclasses.replace(row, note=note)))
+    return rows
+
+
+def _never_verifies(row: Comparison) -> Comparison:
+    """A property row: its contradictions count, its agreement verifies nothing."""
+    return dataclasses.replace(row, verified=None if row.verified is None else torch.zeros_like(row.verified))
+
+
+def _jvp_rows(
+    point: FunctionPoint,
+    point64: FunctionPoint,
+    reference: Callable[..., Any] | None,
+    out_names: tuple[str, ...],
+    dtype: torch.dtype,
+    tol: Tolerance,
+    generator: torch.Generator,
+) -> list[Comparison]:
+    """The Function's jvp along random tangents, against the reference's float64 JVP and
+    finite differences of the function along the same tangents."""
+    tangents = [torch.randn(x.shape, dtype=torch.float64, generator=generator).to(x.dtype).to(x.device)
+                for x in point.differentiated()]  # fmt: skip
+    t64 = [t.double() for t in tangents]
+    try:
+        dy = jvp(point, tangents)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as error:
+        return [_failed_row(f"{name} (jvp)", torch.empty(0), f"jvp raised {type(error).__name__}: {error}", tol)
+                for name in out_names]  # fmt: skip
+    rows = []
+    if reference is not None:
+        expected = jvp(point64.with_inputs(point64.inputs, reference), t64)
+        own_dtype: tuple[Tensor, ...] | None = None
+        if dtype != torch.float64:
+            try:
+                own_dtype = jvp(point.with_inputs(point.inputs, reference), tangents)
+            except (RuntimeError, NotImplementedError):
+                own_dtype = None
+        for j, name in enumerate(out_names):
+            gap = 0.0 if own_dtype is None else float((own_dtype[j].double() - expected[j]).abs().max())
+            rows.append(compare(f"{name} (jvp)", "reference jvp", dy[j], expected[j], tol,
+                                widened=CONDITIONING_SAFETY * gap if math.isfinite(gap) else 0.0))  # fmt: skip
+    try:
+        differences = jvp_differences(point64, t64)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as error:
+        why = f"fn does not run in float64 ({type(error).__name__}: {str(error).splitlines()[0]})"
+        return rows or [_unverified_row(f"{name} (jvp)", dy[j], tol, f"no reference: no reference= was given and {why}")
+                        for j, name in enumerate(out_names)]  # fmt: skip
+    for j, name in enumerate(out_names):
+        D, D_error = differences[j]
+        fd_tol = combine(tol, fd_tolerance(float(D.abs().max()) if D.numel() else 0.0))
+        rows.append(compare(f"{name} (jvp)", "fd jvp", dy[j], D, fd_tol, error=D_error))
+    return rows
+
+
+def _failed_row(name: str, x: Tensor, note: str, tol: Tolerance) -> Comparison:
+    shape = tuple(x.shape)
+    return Comparison(
+        name, "backward", shape, shape, math.inf, math.inf, math.nan, None, None, None,
+        x.numel(), x.numel(), 0, tol.rtol, tol.atol, math.nan, "mismatch", note=note,
+    )  # fmt: skip
+
+
+def _unverified_row(name: str, x: Tensor, tol: Tolerance, note: str) -> Comparison:
+    shape = tuple(x.shape)
+    return Comparison(
+        name, "none", shape, shape, 0.0, 0.0, 0.0, None, None, None, 0, x.numel(), 0, tol.rtol, tol.atol, 0.0,
+        "unverified", note=note, n_unverified=x.numel(), verified=torch.zeros(shape, dtype=torch.bool),
+    )  # fmt: skip
+
+
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
