@@ -17,13 +17,15 @@ from torch import Tensor
 from torch.autograd import Function
 
 import refbp
+from refbp.examples import custom_function
+from refbp.examples.custom_function import FusedCrossEntropy
 from refbp.verify.function_bugs import FUNCTION_BUGS
 from refbp.verify.function_sweep import DTYPES, false_positive_sweep
 from refbp.verify.hand_functions import CASES, Linear, Sigmoid
 
 from .conftest import requires_cuda
 
-SWEEP_EXAMPLES = max(7, settings.default.max_examples // 8)
+SWEEP_EXAMPLES = max(7, settings().max_examples // 8)
 """A check costs ~0.1 s: an eighth of the profile's examples (7 under ci, 375 under thorough)."""
 
 
@@ -122,7 +124,7 @@ class _Noisy(Function):
         return s
 
     @classmethod
-    def backward(cls, ctx: Any, g: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(cls, ctx: Any, g: Tensor) -> Tensor:
         (s,) = ctx.saved_tensors
         d = g * s * (1 - s)
         return d * (1 + cls.level * torch.randn_like(d))
@@ -172,7 +174,7 @@ def test_misuse_is_a_clear_error_naming_the_argument() -> None:
     with pytest.raises(ValueError, match="names="):
         refbp.check_autograd_function(Sigmoid, x, names=("a", "b"))
     with pytest.raises(TypeError, match="reference must be a callable"):
-        refbp.check_autograd_function(Sigmoid, x, reference="torch.sigmoid")
+        refbp.check_autograd_function(Sigmoid, x, reference="torch.sigmoid")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="runs"):
         refbp.check_autograd_function(Sigmoid, x, runs=0)
 
@@ -185,3 +187,28 @@ def test_correct_and_wrong_kernels_on_cuda(dtype: torch.dtype) -> None:
     result = refbp.check_autograd_function(case.fn, *inputs, reference=case.reference)
     assert result.passed and result.device.startswith("cuda"), result.failure_message()
     assert not refbp.check_autograd_function(bug.fn, *inputs, reference=case.reference).passed
+
+
+def test_a_kernel_that_computes_in_float32_inside_is_not_judged_by_its_float64_finite_differences() -> None:
+    """FusedCrossEntropy upcasts to float32 whatever its input: its "float64" run is float32
+    arithmetic, whose finite differences at float64 steps are rounding noise. Without the
+    precision probe they contradicted this correct kernel."""
+    z = 2.0 * torch.randn((4, 5), dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 3, 1, 4])
+    alone = refbp.check_autograd_function(FusedCrossEntropy, z.float(), y)
+    assert [t.verdict for t in alone.tensors] == ["unverified"]
+    assert "its outputs do not move when its inputs move by 1e-10 relative" in alone.failure_message()
+    assert refbp.check_autograd_function(FusedCrossEntropy, z.float(), y, reference=F.cross_entropy).passed
+
+
+def test_the_custom_function_example_prints_the_verdicts_it_claims(capsys: pytest.CaptureFixture[str]) -> None:
+    assert custom_function.main() == 0
+    out = capsys.readouterr().out
+    for line in (
+        "== FusedCrossEntropy in float32: PASSED",
+        "== FusedCrossEntropy in bfloat16: PASSED",
+        "== FusedCrossEntropyWithoutGradOutput in float32: FAILED",
+        "== FusedCrossEntropyWithoutGradOutput in bfloat16: FAILED",
+    ):
+        assert line in out
+    assert out.count("the backward is not linear in grad_output") == 2  # the wrong kernel, in both dtypes

@@ -58,7 +58,7 @@ from .tolerances import (
     tolerance_for,
 )
 
-__all__ = ["FLOAT64_RUN_DTYPE", "PROPERTY_NOTE", "RUNS", "check_autograd_function"]
+__all__ = ["FLOAT64_RUN_DTYPE", "PRECISION_PROBE", "PROPERTY_NOTE", "RUNS", "check_autograd_function"]
 
 RUNS = 3
 """Backward runs per check, to measure the run-to-run spread of a nondeterministic kernel
@@ -66,6 +66,12 @@ RUNS = 3
 
 PROPERTY_NOTE = "a property of the backward: contradicts, never verifies"
 """The note of a property row that holds (what it says where a tensor goes unverified)."""
+
+PRECISION_PROBE = 1e-10
+"""How far (relative) every input is moved to tell float64 arithmetic inside a function from
+float32 or less: a million float64 ulps, a thousandth of a float32 ulp (eps 1.2e-7). A function
+that computes in float64 moves its outputs; one that rounds its inputs to float32 first (a
+kernel's accumulator) returns the very same outputs, and its finite differences would be noise."""
 
 FLOAT64_RUN_DTYPE = torch.float32
 """The tolerance the function's own float64 backward is held to when it is run to tell a bug
@@ -237,7 +243,19 @@ def _float64_run(point64: FunctionPoint, v64: list[Tensor]) -> tuple[list[Tensor
         other = sorted({str(t.dtype) for t in y if t.dtype != torch.float64})
         if other:
             return None, f"fn does not run in float64 (it returned {', '.join(other)} for float64 inputs)"
-        return vjp(point64, v64), ""
+        g64 = vjp(point64, v64)
+        moved = list(point64.inputs)
+        for i in point64.wrt:  # x (1 + PRECISION_PROBE): invisible to float32 arithmetic
+            moved[i] = point64.inputs[i] * (1.0 + PRECISION_PROBE)
+        with torch.no_grad():
+            y_moved = floating_outputs(point64.call(*moved))
+        predicted = sum(float((g * x).abs().sum()) for g, x in zip(g64, point64.differentiated(), strict=True))
+        if predicted > 0 and all(torch.equal(a, b) for a, b in zip(y, y_moved, strict=True)):
+            return None, (
+                f"fn does not run in float64 (its outputs do not move when its inputs move by {PRECISION_PROBE:g} "
+                f"relative: it computes in float32 or less inside, too coarse for finite differences)"
+            )
+        return g64, ""
     except (RuntimeError, TypeError, ValueError, NotImplementedError) as error:
         return None, f"fn does not run in float64 ({type(error).__name__}: {str(error).splitlines()[0]})"
 
