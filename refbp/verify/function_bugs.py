@@ -124,8 +124,9 @@ class SigmoidOverflow(Sigmoid):
 
 
 class GELUTanhBackward(GELU):
-    """The exact (erf) GELU forward with the tanh approximation's derivative: off by up to
-    about 2e-3 of the slope, above float32's resolution, below float16's and bfloat16's."""
+    """The exact (erf) GELU forward with the tanh approximation's derivative: the slopes differ
+    by at most 9e-4 (at x = 2.02; the slope is about 1 there), above float32's resolution,
+    below float16's and bfloat16's."""
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> Tensor:
