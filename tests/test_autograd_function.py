@@ -22,6 +22,7 @@ from refbp.examples.custom_function import FusedCrossEntropy
 from refbp.verify.function_bugs import FUNCTION_BUGS
 from refbp.verify.function_sweep import DTYPES, false_positive_sweep
 from refbp.verify.hand_functions import CASES, Linear, Sigmoid
+from refbp.verify.observers import add_observer
 
 from .conftest import requires_cuda
 
@@ -212,3 +213,18 @@ def test_the_custom_function_example_prints_the_verdicts_it_claims(capsys: pytes
     ):
         assert line in out
     assert out.count("the backward is not linear in grad_output") == 2  # the wrong kernel, in both dtypes
+
+
+def test_observers_hear_every_check_autograd_function_until_removed() -> None:
+    heard: list[tuple[str, bool]] = []
+    remove = add_observer(lambda kind, result: heard.append((kind, result.passed)))
+    try:
+        x = _point("tanh", torch.float32)[0]
+        refbp.check_autograd_function(CASES["tanh"].fn, x, reference=torch.tanh)
+        refbp.check_autograd_function(FUNCTION_BUGS["tanh_from_input"].fn, x, reference=torch.tanh)
+    finally:
+        remove()
+    refbp.check_autograd_function(CASES["tanh"].fn, x, reference=torch.tanh)
+    assert heard == [("check_autograd_function", True), ("check_autograd_function", False)]
+    with pytest.raises(TypeError, match="observer must be callable"):
+        add_observer("print")  # type: ignore[arg-type]

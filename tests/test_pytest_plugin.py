@@ -31,6 +31,11 @@ def test_tanh_from_input(refbp_check):
     refbp_check(FUNCTION_BUGS["tanh_from_input"].fn, X.bfloat16(), reference=torch.tanh)
 
 
+def test_direct_call_without_the_fixture():
+    import refbp
+    assert refbp.check_autograd_function(Tanh, X, reference=torch.tanh).passed
+
+
 def test_check_function(refbp_check):
     refbp_check(lambda p: ((p["w"] ** 2).sum(), {"w": 2 * p["w"]}), {"w": X.double()})
 """
@@ -55,32 +60,36 @@ def test_refbp_check_fails_a_wrong_backward_with_its_table_and_the_report_lists_
     pytester.makepyfile(test_kernels=TESTS)
     out = tmp_path / "report"
     result = pytester.runpytest(*_plugin(), "--refbp-report", str(out), "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
-        ["*dJ/dx vs reference: MISMATCH*", "*| dJ/d*| reference*", "*refbp: 3 checks reported*"]
+        ["*dJ/dx vs reference: MISMATCH*", "*| dJ/d*| reference*", "*refbp: 4 checks reported*"]
     )
     report = _report(out)
     checks = report["checks"]
     assert isinstance(checks, list)
     by_test = {c["test"].split("::")[1]: c for c in checks}
-    assert sorted(by_test) == ["test_check_function", "test_correct_tanh", "test_tanh_from_input"]
+    assert sorted(by_test) == [
+        "test_check_function", "test_correct_tanh", "test_direct_call_without_the_fixture", "test_tanh_from_input",
+    ]  # fmt: skip
+    assert by_test["test_direct_call_without_the_fixture"]["kind"] == "check_autograd_function"
     assert by_test["test_correct_tanh"]["passed"] and by_test["test_correct_tanh"]["dtype"] == "float32"
     wrong = by_test["test_tanh_from_input"]
     assert not wrong["passed"] and wrong["verdicts"]["x"] == "mismatch" and wrong["dtype"] == "bfloat16"
     assert wrong["worst_margin"] > 1 and by_test["test_correct_tanh"]["worst_margin"] < 1
     assert by_test["test_check_function"]["kind"] == "check_function"
-    assert report["summary"] == {"checks": 3, "passed": 2}
+    assert report["summary"] == {"checks": 4, "passed": 3}
+    assert "result" in wrong and "result" not in by_test["test_correct_tanh"]  # the whole result only when failed
     versions = report["versions"]
     assert isinstance(versions, dict) and {"refbp", "torch", "python"} <= set(versions)
     markdown = (out / "refbp-report.md").read_text()
-    assert "2 of 3 checks verified." in markdown and "test_tanh_from_input" in markdown
+    assert "3 of 4 checks verified." in markdown and "## FAILED test_kernels.py::test_tanh_from_input" in markdown
     assert sorted(p.name for p in out.iterdir()) == ["refbp-report.json", "refbp-report.md"]  # no temporaries
 
 
 def test_without_the_option_no_report_is_written(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_kernels=TESTS)
     result = pytester.runpytest(*_plugin(), "-p", "no:cacheprovider", "-k", "correct")
-    result.assert_outcomes(passed=1, deselected=2)
+    result.assert_outcomes(passed=1, deselected=3)
     assert "refbp:" not in result.stdout.str()
     assert not list(pytester.path.rglob("refbp-report.*"))
 
@@ -90,7 +99,7 @@ def test_report_collects_the_checks_of_every_xdist_worker(pytester: pytest.Pytes
     pytester.makepyfile(test_kernels=TESTS)
     out = tmp_path / "report"
     result = pytester.runpytest_subprocess(*_plugin(), "-n", "2", "--refbp-report", str(out), "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=3, failed=1)
     checks = _report(out)["checks"]
-    assert isinstance(checks, list) and len(checks) == 3
+    assert isinstance(checks, list) and len(checks) == 4
     assert [c["test"] for c in checks] == sorted(c["test"] for c in checks)  # one order whatever the workers'

@@ -46,6 +46,7 @@ from ..nn.validation import check_int, check_seed, describe
 from .compare import Comparison, compare
 from .function_runs import FunctionPoint, floating_outputs, jvp, jvp_differences, to_float64, vjp, vjp_differences
 from .inputs import FD_AUTO_MAX_ENTRIES
+from .observers import notify
 from .result import CheckResult
 from .rows import fd_row, fd_tolerance
 from .tolerances import (
@@ -91,7 +92,8 @@ def check_autograd_function(
     directions: int = 8,
     tolerance: Tolerance | None = None,
 ) -> CheckResult:
-    """Check ``fn``'s backward at ``inputs`` (their own dtype and device).
+    """Check ``fn``'s backward at ``inputs`` (their own dtype and device); the result is also
+    reported to refbp.verify.observers (the pytest plugin's report hears of it there).
 
     Args:
         fn: a torch.autograd.Function subclass (called as ``fn.apply``) or any callable whose
@@ -111,6 +113,23 @@ def check_autograd_function(
         directions: random directions per input in directional mode.
         tolerance: overrides the dtype's tolerance (and drops the conditioning allowance).
     """
+    result = _check(fn, inputs, reference, grad_outputs, seed, names, runs, fd_mode, directions, tolerance)
+    return notify("check_autograd_function", result)
+
+
+def _check(
+    fn: Any,
+    inputs: tuple[Any, ...],
+    reference: Callable[..., Any] | None,
+    grad_outputs: Tensor | Sequence[Tensor] | None,
+    seed: int,
+    names: Sequence[str] | None,
+    runs: int,
+    fd_mode: str,
+    directions: int,
+    tolerance: Tolerance | None,
+) -> CheckResult:
+    """check_autograd_function's work, before its result is reported."""
     call, defines_jvp = _function(fn)
     point = _point(call, fn, inputs, names)
     if reference is not None and not callable(reference):
