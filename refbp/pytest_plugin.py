@@ -57,6 +57,13 @@ class _Session:
         self.test = "(outside a test)"
         self.in_fixture = False
         self.remove: Callable[[], None] = lambda: None
+        self.outcomes: dict[str, str] = {}  # test -> "passed", "failed" or "skipped" (the controller's view)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Each test's outcome (a hook: this object is registered as a plugin), for the report:
+        a check that fails in a test that expects it to is no failure of the suite."""
+        if report.when == "call" or report.outcome != "passed":
+            self.outcomes[report.nodeid] = report.outcome
 
     def observe(self, kind: str, result: CheckResult) -> None:
         """refbp.verify.observers' callback: a check made anywhere in the session."""
@@ -83,6 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
     state = _Session()
     state.remove = add_observer(state.observe)
     config.stash[_SESSION] = state
+    config.pluginmanager.register(state, "refbp-session")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -190,6 +198,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from .apps.io import write_set
 
         records = sorted(records, key=lambda r: r["test"])  # the same report whatever the workers' order
+        outcomes = state.outcomes if state is not None else {}
+        for r in records:
+            r["test_outcome"] = outcomes.get(r["test"], "")
         report = _report(records)
         write_set(folder, {REPORT_JSON: json.dumps(report, indent=2) + "\n", REPORT_MARKDOWN: _markdown(report)})
 
@@ -231,14 +242,25 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         "Versions: " + ", ".join(f"{name} {value}" for name, value in versions.items()),
         "",
-        "| test | check | dtype | device | verdicts | worst margin | passed |",
-        "|---|---|---|---|---|---|---|",
+        "A check that fails in a test that passed was expected to fail (a test of a bug's detection).",
+        "",
+        "| test | test outcome | check | dtype | device | verdicts | worst margin | verified |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["checks"]:
         verdicts = ", ".join(f"{name}: {verdict}" for name, verdict in r["verdicts"].items())
         margin = r["worst_margin"] if isinstance(r["worst_margin"], str) else f"{r['worst_margin']:.3g}"
         what = r["kind"] + (f" ({r['function']})" if r["function"] else "")
-        cells = [r["test"], what, r["dtype"], r["device"], verdicts, margin, "yes" if r["passed"] else "**no**"]
+        cells = [
+            r["test"],
+            r.get("test_outcome", ""),
+            what,
+            r["dtype"],
+            r["device"],
+            verdicts,
+            margin,
+            "yes" if r["passed"] else "**no**",
+        ]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     for r in report["checks"]:
         if not r["passed"]:  # what failed, and why: the message and the rows

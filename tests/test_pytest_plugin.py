@@ -77,6 +77,7 @@ def test_refbp_check_fails_a_wrong_backward_with_its_table_and_the_report_lists_
     assert not wrong["passed"] and wrong["verdicts"]["x"] == "mismatch" and wrong["dtype"] == "bfloat16"
     assert wrong["worst_margin"] > 1 and by_test["test_correct_tanh"]["worst_margin"] < 1
     assert by_test["test_check_function"]["kind"] == "check_function"
+    assert wrong["test_outcome"] == "failed" and by_test["test_correct_tanh"]["test_outcome"] == "passed"
     assert report["summary"] == {"checks": 4, "passed": 3}
     assert "result" in wrong and "result" not in by_test["test_correct_tanh"]  # the whole result only when failed
     versions = report["versions"]
@@ -103,3 +104,4 @@ def test_report_collects_the_checks_of_every_xdist_worker(pytester: pytest.Pytes
     checks = _report(out)["checks"]
     assert isinstance(checks, list) and len(checks) == 4
     assert [c["test"] for c in checks] == sorted(c["test"] for c in checks)  # one order whatever the workers'
+    assert sorted(c["test_outcome"] for c in checks) == ["failed", "passed", "passed", "passed"]  # the controller's
