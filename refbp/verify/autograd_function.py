@@ -44,29 +44,26 @@ from torch.autograd import Function
 
 from ..nn.validation import check_int, check_seed, describe
 from .compare import Comparison, compare
-from .function_runs import FunctionPoint, floating_outputs, jvp, jvp_differences, to_float64, vjp, vjp_differences
+from .function_properties import failed_row, jvp_rows, property_rows, unverified_row
+from .function_runs import FunctionPoint, floating_outputs, to_float64, vjp, vjp_differences
 from .inputs import FD_AUTO_MAX_ENTRIES
 from .observers import notify
 from .result import CheckResult
-from .rows import fd_row, fd_tolerance
+from .rows import fd_row
 from .tolerances import (
     CONDITIONING_PROBES,
     CONDITIONING_SAFETY,
     TOLERANCES,
     Tolerance,
-    combine,
     least_precise,
     tolerance_for,
 )
 
-__all__ = ["FLOAT64_RUN_DTYPE", "PRECISION_PROBE", "PROPERTY_NOTE", "RUNS", "check_autograd_function"]
+__all__ = ["FLOAT64_RUN_DTYPE", "PRECISION_PROBE", "RUNS", "check_autograd_function"]
 
 RUNS = 3
 """Backward runs per check, to measure the run-to-run spread of a nondeterministic kernel
 (atomics, split reductions): enough to see one that varies at all, cheap for small points."""
-
-PROPERTY_NOTE = "a property of the backward: contradicts, never verifies"
-"""The note of a property row that holds (what it says where a tensor goes unverified)."""
 
 PRECISION_PROBE = 1e-10
 """How far (relative) every input is moved to tell float64 arithmetic inside a function from
@@ -156,7 +153,7 @@ def _check(
     try:
         g_runs = [vjp(point, v) for _ in range(runs)]  # the backward under test
     except (RuntimeError, TypeError, ValueError) as error:
-        failed = [_failed_row(name, x, f"the backward raised {type(error).__name__}: {error}", tol)
+        failed = [failed_row(name, x, f"the backward raised {type(error).__name__}: {error}", tol)
                   for name, x in zip(wrt_names, point.differentiated(), strict=True)]  # fmt: skip
         return CheckResult(rows=failed, J=math.nan, dtype=_short(dtype), device=device, meta=meta)
     g = g_runs[0]
@@ -187,13 +184,13 @@ def _check(
         if fd is not None:
             own.append(fd_row(name, g[k], fd[name], mode or "full", tol, allowance))
         if not own:
-            own.append(_unverified_row(name, g[k], tol, f"no reference: no reference= was given and {why_not64}"))
+            own.append(unverified_row(name, g[k], tol, f"no reference: no reference= was given and {why_not64}"))
         if g64 is not None and dtype != torch.float64:
             own = _resolution(own, name, g64[k], r[k] if r is not None else None, fd, mode, dtype)
         rows += own
-    rows += _property_rows(point, v, g, g_runs, wrt_names, tol, spread, generator)
+    rows += property_rows(point, v, g, g_runs, wrt_names, tol, spread, generator)
     if defines_jvp:
-        rows += _jvp_rows(point, point64, reference, out_names, dtype, tol, generator)
+        rows += jvp_rows(point, point64, reference, out_names, dtype, tol, generator)
     return CheckResult(rows=rows, J=J, dtype=_short(dtype), device=device, fd_mode=mode, meta=meta)
 
 
@@ -364,114 +361,6 @@ def _as_unverified(row: Comparison, why: str) -> Comparison:
     mask = torch.zeros_like(row.verified) if row.verified is not None else None
     note = f"{row.note} {why}".strip()
     return dataclasses.replace(row, verdict="unverified", n_unverified=row.n_elements, verified=mask, note=note)
-
-
-def _property_rows(
-    point: FunctionPoint,
-    v: list[Tensor],
-    g: list[Tensor],
-    g_runs: list[list[Tensor]],
-    names: list[str],
-    tol: Tolerance,
-    spread: list[float],
-    generator: torch.Generator,
-) -> list[Comparison]:
-    """Linearity in grad_output, zero grad_output, run-to-run spread: rows that can contradict
-    a gradient, never verify one."""
-    g2 = vjp(point, [2.0 * t for t in v])
-    w = [torch.randn(t.shape, dtype=torch.float64, generator=generator).to(t.dtype).to(t.device) for t in v]
-    g_w, g_sum = vjp(point, w), vjp(point, [a + b for a, b in zip(v, w, strict=True)])
-    g0 = vjp(point, [torch.zeros_like(t) for t in v])
-    rows = []
-    for k, name in enumerate(names):
-        g64, gw64 = g[k].double(), g_w[k].double()
-        sizes = float(g64.abs().max()) + float(gw64.abs().max()) if g64.numel() else 0.0
-        additive = tol.rtol * sizes + 2.0 * spread[k]  # g + w rounds, then each part's rounding
-        checks = [
-            (compare(name, "backward(2g) = 2 backward(g)", g2[k], 2.0 * g64, tol, widened=2.0 * spread[k]),
-             "backward(2 g) is not 2 backward(g): the backward is not linear in grad_output (is its result "
-             "multiplied by grad_output?)"),
-            (compare(name, "backward(g+w) = sum", g_sum[k], g64 + gw64, tol, widened=additive),
-             "backward(g + w) is not backward(g) + backward(w): the backward is not additive in grad_output"),
-            (compare(name, "backward(0) = 0", g0[k], torch.zeros_like(g64), tol),
-             "backward(0) is not 0: part of the gradient does not scale with grad_output"),
-        ]  # fmt: skip
-        if len(g_runs) > 1:
-            worst = max(g_runs[1:], key=lambda run: float((run[k].double() - g64).abs().max()) if g64.numel() else 0.0)
-            checks.append((compare(name, f"run-to-run ({len(g_runs)} runs)", worst[k], g64, tol),
-                           "the backward's runs differ by more than the dtype allows"))  # fmt: skip
-        for row, message in checks:
-            note = message if row.verdict == "mismatch" else (row.note or PROPERTY_NOTE)
-            if row.reference.startswith("run-to-run") and row.verdict != "mismatch" and spread[k] > 0:
-                note = f"nondeterministic: runs differ by up to {spread[k]:.3g} (within the allowance; added to it)"
-            rows.append(_never_verifies(dataclasses.replace(row, note=note)))
-    return rows
-
-
-def _never_verifies(row: Comparison) -> Comparison:
-    """A property row: its contradictions count, its agreement verifies nothing."""
-    return dataclasses.replace(row, verified=None if row.verified is None else torch.zeros_like(row.verified))
-
-
-def _jvp_rows(
-    point: FunctionPoint,
-    point64: FunctionPoint,
-    reference: Callable[..., Any] | None,
-    out_names: tuple[str, ...],
-    dtype: torch.dtype,
-    tol: Tolerance,
-    generator: torch.Generator,
-) -> list[Comparison]:
-    """The Function's jvp along random tangents, against the reference's float64 JVP and
-    finite differences of the function along the same tangents."""
-    tangents = [torch.randn(x.shape, dtype=torch.float64, generator=generator).to(x.dtype).to(x.device)
-                for x in point.differentiated()]  # fmt: skip
-    t64 = [t.double() for t in tangents]
-    try:
-        dy = jvp(point, tangents)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError) as error:
-        return [_failed_row(f"{name} (jvp)", torch.empty(0), f"jvp raised {type(error).__name__}: {error}", tol)
-                for name in out_names]  # fmt: skip
-    rows = []
-    if reference is not None:
-        expected = jvp(point64.with_inputs(point64.inputs, reference), t64)
-        own_dtype: tuple[Tensor, ...] | None = None
-        if dtype != torch.float64:
-            try:
-                own_dtype = jvp(point.with_inputs(point.inputs, reference), tangents)
-            except (RuntimeError, NotImplementedError):
-                own_dtype = None
-        for j, name in enumerate(out_names):
-            gap = 0.0 if own_dtype is None else float((own_dtype[j].double() - expected[j]).abs().max())
-            rows.append(compare(f"{name} (jvp)", "reference jvp", dy[j], expected[j], tol,
-                                widened=CONDITIONING_SAFETY * gap if math.isfinite(gap) else 0.0))  # fmt: skip
-    try:
-        differences = jvp_differences(point64, t64)
-    except (RuntimeError, TypeError, ValueError, NotImplementedError) as error:
-        why = f"fn does not run in float64 ({type(error).__name__}: {str(error).splitlines()[0]})"
-        return rows or [_unverified_row(f"{name} (jvp)", dy[j], tol, f"no reference: no reference= was given and {why}")
-                        for j, name in enumerate(out_names)]  # fmt: skip
-    for j, name in enumerate(out_names):
-        D, D_error = differences[j]
-        fd_tol = combine(tol, fd_tolerance(float(D.abs().max()) if D.numel() else 0.0))
-        rows.append(compare(f"{name} (jvp)", "fd jvp", dy[j], D, fd_tol, error=D_error))
-    return rows
-
-
-def _failed_row(name: str, x: Tensor, note: str, tol: Tolerance) -> Comparison:
-    shape = tuple(x.shape)
-    return Comparison(
-        name, "backward", shape, shape, math.inf, math.inf, math.nan, None, None, None,
-        x.numel(), x.numel(), 0, tol.rtol, tol.atol, math.nan, "mismatch", note=note,
-    )  # fmt: skip
-
-
-def _unverified_row(name: str, x: Tensor, tol: Tolerance, note: str) -> Comparison:
-    shape = tuple(x.shape)
-    return Comparison(
-        name, "none", shape, shape, 0.0, 0.0, 0.0, None, None, None, 0, x.numel(), 0, tol.rtol, tol.atol, 0.0,
-        "unverified", note=note, n_unverified=x.numel(), verified=torch.zeros(shape, dtype=torch.bool),
-    )  # fmt: skip
 
 
 def _short(dtype: torch.dtype) -> str:
