@@ -100,6 +100,14 @@ def test_without_a_reference_finite_differences_of_the_function_judge_it() -> No
     assert not refbp.check_autograd_function(FUNCTION_BUGS["bias_mean"].fn, *_point("linear", torch.float32)).passed
 
 
+def test_a_wrong_factor_is_diagnosed_as_a_missing_or_extra_1_over_N() -> None:
+    bias_mean = refbp.check_autograd_function(FUNCTION_BUGS["bias_mean"].fn, *_point("linear", torch.float32))
+    assert "every entry is 0.333x the reference (an extra 1/N? N = 3)" in bias_mean.failure_message()
+    z, y = _point("softmax_cross_entropy", torch.bfloat16)
+    summed = refbp.check_autograd_function(FUNCTION_BUGS["cross_entropy_sum"].fn, z, y, reference=F.cross_entropy)
+    assert "every entry is 4x the reference (a missing 1/N? N = 4" in summed.failure_message()
+
+
 def test_a_wrong_jvp_is_contradicted_while_the_backward_passes() -> None:
     bug = FUNCTION_BUGS["linear_jvp_no_weight_term"]
     result = refbp.check_autograd_function(bug.fn, *_point("linear", torch.bfloat16), reference=F.linear)

@@ -44,6 +44,7 @@ from torch.autograd import Function
 
 from ..nn.validation import check_int, check_seed, describe
 from .compare import Comparison, compare
+from .diagnose import with_diagnosis
 from .function_properties import failed_row, jvp_rows, property_rows, unverified_row
 from .function_runs import FunctionPoint, floating_outputs, to_float64, vjp, vjp_differences
 from .inputs import FD_AUTO_MAX_ENTRIES
@@ -175,14 +176,17 @@ def _check(
     widened = [0.0] * len(g)
     if tolerance is None:
         widened = _conditioning(point, point64, v, v64, reference, r if r is not None else g64, dtype, generator)
+    first = point.differentiated()[0]  # what a wrong factor may be: the batch, the output's width
+    sizes = {"N": int(first.shape[0]) if first.dim() else 1, "d_L": int(y[0].shape[-1]) if y[0].dim() else 1}
     rows: list[Comparison] = []
     for k, name in enumerate(wrt_names):
         allowance = widened[k] + spread[k]
         own: list[Comparison] = []
         if r is not None:
-            own.append(compare(name, "reference", g[k], r[k], tol, widened=allowance, J_finite=math.isfinite(J)))
+            row = compare(name, "reference", g[k], r[k], tol, widened=allowance, J_finite=math.isfinite(J))
+            own.append(with_diagnosis(row, g[k], r[k], sizes))
         if fd is not None:
-            own.append(fd_row(name, g[k], fd[name], mode or "full", tol, allowance))
+            own.append(fd_row(name, g[k], fd[name], mode or "full", tol, allowance, sizes=sizes))
         if not own:
             own.append(unverified_row(name, g[k], tol, f"no reference: no reference= was given and {why_not64}"))
         if g64 is not None and dtype != torch.float64:
