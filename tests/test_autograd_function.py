@@ -184,6 +184,10 @@ def test_misuse_is_a_clear_error_naming_the_argument() -> None:
         refbp.check_autograd_function(Sigmoid, x, names=("a", "b"))
     with pytest.raises(TypeError, match="reference must be a callable"):
         refbp.check_autograd_function(Sigmoid, x, reference="torch.sigmoid")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"reference returned outputs of shapes \[\(2,\)\]; fn returned \[\(2, 3\)\]"):
+        refbp.check_autograd_function(Sigmoid, x, reference=lambda t: t.sum(1))
+    with pytest.raises(ValueError, match="reference cannot be differentiated at the float64 inputs"):
+        refbp.check_autograd_function(Sigmoid, x, reference=lambda t: t.argmax(1))
     with pytest.raises(ValueError, match="runs"):
         refbp.check_autograd_function(Sigmoid, x, runs=0)
 

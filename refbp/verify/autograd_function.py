@@ -163,7 +163,7 @@ def _check(
     meta["spread"] = dict(zip(wrt_names, spread, strict=True))
 
     point64, v64 = to_float64(point), [t.detach().to(torch.float64) for t in v]
-    r = vjp(point64.with_inputs(point64.inputs, reference), v64) if reference is not None else None
+    r = _reference_gradients(point64, reference, v64) if reference is not None else None
     g64, why_not64 = _float64_run(point64, v64)
     meta["float64"] = "runs" if g64 is not None else why_not64
     fd, mode = None, None
@@ -253,6 +253,24 @@ def _grad_outputs(
             got = describe(vj) if isinstance(vj, Tensor) else type(vj).__name__
             raise ValueError(f"grad_outputs[{j}] is {got}; expected a floating tensor of shape {tuple(yj.shape)}")
     return [vj.detach().to(device=yj.device, dtype=yj.dtype) for vj, yj in zip(listed, y, strict=True)]
+
+
+def _reference_gradients(point64: FunctionPoint, reference: Callable[..., Any], v64: list[Tensor]) -> list[Tensor]:
+    """float64 autograd of ``reference`` (eq. VJP), or a ValueError saying why it cannot be."""
+    try:
+        with torch.no_grad():
+            y = floating_outputs(reference(*point64.inputs))
+        fn_shapes = [tuple(t.shape) for t in v64]
+        if [tuple(t.shape) for t in y] != fn_shapes:
+            shapes = [tuple(t.shape) for t in y]
+            raise ValueError(f"reference returned outputs of shapes {shapes}; fn returned {fn_shapes}")
+        return vjp(point64.with_inputs(point64.inputs, reference), v64)
+    except (RuntimeError, TypeError) as error:
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(
+            f"reference cannot be differentiated at the float64 inputs ({type(error).__name__}: {first}); "
+            "expected a plain-torch forward taking the same inputs as fn"
+        ) from error
 
 
 def _float64_run(point64: FunctionPoint, v64: list[Tensor]) -> tuple[list[Tensor] | None, str]:
