@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and readers
     from .nn.mlp import MLP, ForwardCache, Gradients, backward
     from .nn.network import Network
     from .nn.second_order import gvp, hvp, jvp
+    from .verify.autograd_function import check_autograd_function
     from .verify.check import CheckResult, GradientMismatchError, check, check_function
     from .verify.compare import Comparison
     from .verify.second_order import check_second_order
@@ -31,6 +32,7 @@ __all__ = [
     "backward",
     "capture_noise",
     "check",
+    "check_autograd_function",
     "check_function",
     "check_second_order",
     "from_torch",
@@ -53,6 +55,7 @@ _LAZY = {
     "GradientMismatchError": "refbp.verify.check",
     "check": "refbp.verify.check",
     "check_function": "refbp.verify.check",
+    "check_autograd_function": "refbp.verify.autograd_function",
     "Comparison": "refbp.verify.compare",
     "hvp": "refbp.nn.second_order",
     "gvp": "refbp.nn.second_order",

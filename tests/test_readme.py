@@ -120,6 +120,7 @@ NAMESPACES: list[tuple[str, Callable[[], dict[str, Any]]]] = [
     ("net = GPT.from_state_dict(nanogpt_model.state_dict()", _gpt),
     ("res = refbp.check(net, X, y)", _verify),
     ("net = refbp.MLP.random([3, 4, 2]", dict),
+    ("refbp.check_autograd_function(FusedCrossEntropy", dict),
     ("from hypothesis import given", _strategies),
 ]
 """A line of a block -> the names the block uses without defining them (the first match counts)."""

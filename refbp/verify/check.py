@@ -31,6 +31,7 @@ from .diagnose import all_fail_note, kink_hints, noise_note, on_kinks, with_diag
 from .fd_core import FDResult
 from .finite_diff import FD_BUDGET_S, network_finite_differences
 from .inputs import FD_AUTO_MAX_ENTRIES, REFERENCES, check_options, user_grads
+from .observers import notify
 from .reference import autograd_gradients
 from .result import CheckResult, GradientMismatchError, TensorVerdict, tensor_verdicts
 from .rows import FDJudge, fd_row, loss_row
@@ -115,7 +116,7 @@ def check(
             raise ValueError("order=2 checks refbp's own H v; for yours use check_second_order(..., hvp_fn=...)")
         point = net.forward(X, update_stats=False)  # X and y validated as for a gradient check
         X2, y2 = point.X, net.targets_from_user(y, point)
-        return check_second_order(net, X2, y2, seed=seed, forward=forward, tolerance=tolerance)
+        return notify("check", check_second_order(net, X2, y2, seed=seed, forward=forward, tolerance=tolerance))
     check_options(references, fd_mode, directions, seed, tolerance)
     _check_budget(budget_s)
     check_noise(net.layers, noise)
@@ -179,7 +180,7 @@ def check(
         ]
         if any(hints):  # the JSON has "hints" only when there is one, as before
             result.meta["hints"] = [hint for hint in hints if hint]
-    return result
+    return notify("check", result)  # a pytest session collecting checks (refbp.pytest_plugin) hears of it
 
 
 def _check_budget(budget_s: object) -> None:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .finite_diff import function_finite_differences
 from .inputs import FD_AUTO_MAX_ENTRIES, REFERENCES, as_tensor, check_options
+from .observers import notify
 from .result import CheckResult
 from .rows import fd_row, fd_tolerance, missing_row
 from .second_order import check_hvp_function
@@ -59,7 +60,8 @@ def check_function(
     if (order == 2) != (hvp is not None) or (hvp is not None and not callable(hvp)):
         raise ValueError("order=2 checks hvp(params, v), a callable, and needs it; order=1 takes no hvp")
     if order == 2 and hvp is not None:
-        return check_hvp_function(lambda p: _call(fn, p)[1], params, hvp, seed=seed, tolerance=tolerance)
+        second = check_hvp_function(lambda p: _call(fn, p)[1], params, hvp, seed=seed, tolerance=tolerance)
+        return notify("check_function", second)
     if not isinstance(params, Mapping) or not params:
         raise ValueError("params must be a non-empty dict name -> array")
     for name, value in params.items():
@@ -94,7 +96,8 @@ def check_function(
     for name in missing:
         rows.append(missing_row(name, fd[name], mode, tol))
     meta = {"loss": loss}
-    return CheckResult(rows=rows, J=J, dtype=str(dtype).removeprefix("torch."), device="cpu", fd_mode=mode, meta=meta)
+    result = CheckResult(rows=rows, J=J, dtype=str(dtype).removeprefix("torch."), device="cpu", fd_mode=mode, meta=meta)
+    return notify("check_function", result)
 
 
 def _call(fn: Callable[[dict[str, Any]], Any], params: dict[str, Any]) -> tuple[float, Mapping[str, Any]]:
