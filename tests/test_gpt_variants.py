@@ -226,3 +226,19 @@ def test_bad_variants_are_refused_naming_the_argument() -> None:
         GPTSpec(**sizes, tied="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"unknown keys \['head'\] in the GPT spec"):
         GPTSpec.from_dict({**sizes, "head": "untied"})
+
+
+def test_the_report_sweep_draws_mingpt_variants_and_they_verify() -> None:
+    import random
+
+    from refbp.apps.sweep import random_gpt
+    from refbp.verify.sweep import check_case
+
+    rng = random.Random(0)
+    specs = [random_gpt(rng) for _ in range(40)]
+    variants = [s for s in specs if not s.tied or s.gelu == "tanh"]
+    assert 4 <= len(variants) <= 20  # one in four
+    assert {s.gelu for s in variants} == {"exact", "tanh"} and any(not s.tied for s in variants)
+    for spec in variants[:3]:
+        result = check_case(spec, "full")
+        assert result.passed, result.failure_message()

@@ -27,6 +27,7 @@ re-exported here under their old names.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -123,11 +124,24 @@ def random_gpt(rng: random.Random) -> GPTSpec:
     block_size = rng.randint(1, 4)
     length, batch = rng.randint(1, block_size), rng.randint(1, 3)
     ignored = rng.randint(1, batch * length - 1) if batch * length > 1 and rng.random() < 1 / 3 else 0
-    return GPTSpec(
+    spec = GPTSpec(
         vocab_size=rng.randint(2, 6), block_size=block_size, n_layer=rng.randint(1, 2), n_head=n_head,
         n_embd=n_head * head_size, bias=rng.random() < 0.5, dropout=0.25 if rng.random() < 1 / 3 else 0.0,
         training=rng.random() < 0.6, batch=batch, length=length, ignored=ignored, seed=rng.randint(0, 2**31 - 1),
     )  # fmt: skip
+    return _with_mingpt_variants(spec)
+
+
+def _with_mingpt_variants(spec: GPTSpec) -> GPTSpec:
+    """One GPT in four becomes a minGPT variant: an untied head, the tanh GELU, separate dropout
+    rates; drawn from the case's own seed, so the sweep's stream of cases is unchanged."""
+    twist = random.Random(spec.seed)
+    if twist.random() >= 0.25:
+        return spec
+    if twist.random() < 0.5:  # each dropout its own rate
+        embd, attn, resid = (twist.choice((0.0, 0.25)) for _ in range(3))
+        spec = dataclasses.replace(spec, embd_pdrop=embd, attn_pdrop=attn, resid_pdrop=resid)
+    return dataclasses.replace(spec, tied=twist.random() < 0.5, gelu=twist.choice(("exact", "tanh")))
 
 
 def components(spec: SweepSpec) -> list[str]:
