@@ -13,6 +13,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 WORKERS ?= auto
+CHECKS_REPORT ?= build/refbp-checks
 
 .PHONY: all report test test-serial test-thorough lint format bench bench-gpt bench-distributed bugs distributed \
 	docs false-positives mutation clean
@@ -31,7 +32,7 @@ report: $(STAMP)
 	$(BIN)/refbp report --out reports
 
 test: $(STAMP)
-	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q -n $(WORKERS)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q -n $(WORKERS) --refbp-report $(CHECKS_REPORT)
 
 test-serial: $(STAMP)
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q
