@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..nn.graph import GraphNetwork
 from ..nn.keys import Key
 from ..nn.layer import Params, Tap
 from ..nn.network import Network
@@ -165,6 +166,8 @@ def oracle_J_from(
     ``Network.torch_J`` with the layers below ``first`` skipped. A copy that moves nothing below
     layer ``first`` has the base run's a(first - 1) there, so the layers below need not run
     again; with first = 1 and x = X it is torch_J itself (a test holds them equal)."""
+    if first == 1:  # the whole oracle, whatever its shape (a graph network's nodes read several inputs)
+        return net.torch_J(x, y, p, noise, tap)
     for l in range(first, len(net.layers) + 1):
         x = tap.intermediate(Key("a", (l,)), net.layers[l - 1].torch_forward(x, p, noise, tap, (l,)))
     J = net.torch_loss(x, y, tap)
@@ -217,7 +220,7 @@ def evaluation_noise(
 def first_layer(net: Network, name: str) -> int:
     """The first top-level layer that moving tensor ``name`` changes: its own (a parameter tied
     to an earlier layer's: that layer's), 1 for X. Every copy that moves it runs from there on."""
-    if name == "X":
+    if name == "X" or isinstance(net, GraphNetwork):  # a graph's nodes are not a chain: run it whole
         return 1
     key = Key.parse(name)
     if not key.layer:
