@@ -37,6 +37,7 @@ the odd one at the end, as torch does; ``"valid"`` pads nothing.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -244,7 +245,11 @@ class _Conv(Layer):
     ) -> Tensor:
         conv = F.conv1d if self.dims == 1 else F.conv2d
         b = p(path, "b") if "b" in self.params else None
-        return conv(x, p(path, "W"), b, self.stride, self.padding, self.dilation, self.groups)
+        if self.padding != "same":
+            return conv(x, p(path, "W"), b, self.stride, self.padding, self.dilation, self.groups)
+        with warnings.catch_warnings():  # torch's note that "same" with an even kernel pads a copy: expected
+            warnings.filterwarnings("ignore", message="Using padding='same'", category=UserWarning)
+            return conv(x, p(path, "W"), b, self.stride, self.padding, self.dilation, self.groups)
 
     def to_torch(self) -> torch.nn.Module:
         module_type: Any = torch.nn.Conv1d if self.dims == 1 else torch.nn.Conv2d  # sizes typed per module
