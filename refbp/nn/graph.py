@@ -35,7 +35,7 @@ from .joins import Join
 from .keys import Key
 from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
 from .losses import Loss
-from .network import Cache, Network, NetworkGradients, keep_flag
+from .network import Cache, Network, NetworkGradients, check_live_cache, keep_flag
 from .noise import check_noise
 from .sequential import torch_modules_in_mode
 from .stack import StackCache, StackGrads
@@ -298,14 +298,7 @@ class GraphNetwork(Network[Cache, GraphGradients, Layer]):
         return GraphGradients(values, self)
 
     def _check_cache(self, cache: object) -> None:
-        if not isinstance(cache, Cache):
-            raise TypeError(
-                f"cache must be what net.forward(X) returned (a refbp.nn.network.Cache), got {type(cache).__name__}"
-            )
-        if cache.released:
-            raise ValueError(
-                "cache was released by an earlier backward(..., release_cache=True); run net.forward(X) again"
-            )
+        cache = check_live_cache(cache)
         if cache.L != self.L:
             raise ValueError(f"cache has {cache.L} nodes; it does not come from this network ({self.L} nodes)")
         for l, node in enumerate(self.nodes, start=1):

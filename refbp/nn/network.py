@@ -51,7 +51,7 @@ from .validation import (
     describe,
 )
 
-__all__ = ["Cache", "Network", "NetworkGradients", "keep_flag", "resolve_device"]
+__all__ = ["Cache", "Network", "NetworkGradients", "check_live_cache", "keep_flag", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -117,6 +117,17 @@ class Cache(StackCache):
     def y_hat(self) -> Tensor:
         """The output a(L)."""
         return self.a[-1]
+
+
+def check_live_cache(cache: object) -> Cache:
+    """``cache`` itself, checked to be what a forward pass returned and not yet released by a backward pass."""
+    if not isinstance(cache, Cache):
+        raise TypeError(
+            f"cache must be what net.forward(X) returned (a refbp.nn.network.Cache), got {type(cache).__name__}"
+        )
+    if cache.released:
+        raise ValueError("cache was released by an earlier backward(..., release_cache=True); run net.forward(X) again")
+    return cache
 
 
 class NetworkGradients:
@@ -566,14 +577,7 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         return self.loss_fn.check_targets(as_tensor(y, "y"), cache.y_hat, rows=self.layout.named_sizes)
 
     def _check_cache(self, cache: object) -> None:
-        if not isinstance(cache, Cache):
-            raise TypeError(
-                f"cache must be what net.forward(X) returned (a refbp.nn.network.Cache), got {type(cache).__name__}"
-            )
-        if cache.released:
-            raise ValueError(
-                "cache was released by an earlier backward(..., release_cache=True); run net.forward(X) again"
-            )
+        cache = check_live_cache(cache)
         if cache.L != self.L:
             raise ValueError(
                 f"cache has {cache.L} layers; it does not come from this network ({self.L} layers): "
