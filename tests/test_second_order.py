@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refbp
-from refbp.nn import second_order
+from refbp.nn import dense, second_order
 from refbp.nn.layer import Layer
 from refbp.nn.layers import Elementwise, Embedding, Flatten, LayerNorm, Linear, LogSoftmax, Softmax
 from refbp.nn.losses import get_loss
@@ -97,7 +97,7 @@ def test_relu_kinks_leave_the_differences_unverified_never_failed() -> None:
 @pytest.fixture
 def dropped_second_derivative(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The classic slip: R{dJ/dz} = R{dJ/da} o f'(z), without dJ/da o f''(z) o R{z}."""
-    monkeypatch.setattr(second_order, "second_derivative", lambda act, z, a: torch.zeros_like(z))
+    monkeypatch.setattr(dense, "second_derivative", lambda act, z, a: torch.zeros_like(z))
     yield
 
 
@@ -238,7 +238,7 @@ def test_explain_order_2_walks_the_seed_network_with_every_line_verified(capsys:
 def test_explain_order_2_marks_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     from refbp.apps.explain_order2 import explain_order2
 
-    monkeypatch.setattr(second_order, "second_derivative", lambda act, z, a: torch.zeros_like(z))
+    monkeypatch.setattr(dense, "second_derivative", lambda act, z, a: torch.zeros_like(z))
     walk = explain_order2(0)
     assert not walk.passed and "[FAIL]" in walk.render(ascii_only=True)
 

@@ -42,7 +42,8 @@ def order2_page(net: MLP, seed: int = 0) -> Page:
     entries.append(Entry("Given", "", "the point, and the direction v = (V_W, V_b)", "", tuple(given), code=False))
     for l in range(1, net.L + 1):
         W = net.W(l)
-        Rz = tangents.Rz[f"z{l}"]
+        Rz, Ra = tangents.Rz[f"z{l}"], tangents.Ra[l]
+        assert Ra is not None  # the seed's input is real: every tangent exists
         entries.append(
             Entry(
                 "Forward tangents",
@@ -58,8 +59,8 @@ def order2_page(net: MLP, seed: int = 0) -> Page:
                 "Forward tangents",
                 f"[R{l}.a]",
                 f"R{{a({l})}} = f'(z({l})) o R{{z({l})}}",
-                f"{shape_text(Rz)} o {shape_text(Rz)} -> {shape_text(tangents.Ra[l])}",
-                (Quantity("", tangents.Ra[l], verdicts.get(f"R{{a{l}}}")),),
+                f"{shape_text(Rz)} o {shape_text(Rz)} -> {shape_text(Ra)}",
+                (Quantity("", Ra, verdicts.get(f"R{{a{l}}}")),),
             )
         )
     entries.append(

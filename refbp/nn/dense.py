@@ -10,7 +10,11 @@ For layer i, with a(i-1) its input (a(0) = X) and "o" the elementwise product:
     (8)  dJ/da(i-1) = dJ/dz(i) W(i)                             (N, d_{i-1})
 
 This is the seed's z/a view: z(i), the pre-activation, is the layer's one intermediate. The
-numbers (1)-(9) are those of the README, docs/equations.md and ``refbp explain``. Eqs. (1) and
+Second order (refbp.nn.second_order): the tangent R{z(i)} = R{a(i-1)} W^T + a(i-1) V_W^T + V_b,
+R{a(i)} = f'(z) o R{z}, and the R-operator of eq. (5), R{dJ/dz} = R{dJ/da} o f'(z) + dJ/da o
+f''(z) o R{z}; the linear part's R-backward is Linear's.
+
+The numbers (1)-(9) are those of the README, docs/equations.md and ``refbp explain``. Eqs. (1) and
 (6)-(8) are Linear's map and gradients (refbp.nn.linear), called here, not written again.
 """
 
@@ -25,10 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import Activation, get_activation
+from .curvature import first_derivative, second_derivative
 from .elementwise import OUTPUT_RANGES
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
-from .linear import bias_gradient, input_gradient, linear_map, weight_gradient
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .linear import bias_gradient, input_gradient, linear_map, linear_r_backward, linear_tangent, weight_gradient
 from .pieces import Pieces
 from .validation import describe
 
@@ -134,6 +139,37 @@ class Dense(Layer):
         dJ_dx = input_gradient(dJ_dz, W) if ctx.need_dx else None
         kept = {ctx.key("z"): dJ_dz} if ctx.keep_intermediates else {}
         return LayerGrads(dJ_dx, {"W": dJ_dW, "b": dJ_db}, kept)
+
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Tensor | None, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        if cache is None:
+            raise ValueError(
+                f"layer {path[0]}: the tangent needs z({path[0]}); run the forward pass with keep_intermediates=True"
+            )
+        Rz = linear_tangent(x, Rx, self.W, V(path, "W"), V(path, "b"))  # R{z} = R{a_prev} W^T + a_prev V_W^T + V_b
+        slope = first_derivative(self.activation, cache, out)  # f'(z)
+        return LayerTangent(slope * Rz, (Rz, slope), {Key("z", path): Rz})  # R{a} = f'(z) o R{z}
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Tensor | None,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        assert cache is not None  # the tangent pass refused a forward pass without z
+        Rz, slope = t.cache
+        # R{dJ/dz} = R{dJ/da} o f'(z) + dJ/da o f''(z) o R{z};   dJ/dz = dJ/da o f'(z)
+        R_dz = Rg * slope
+        if ctx.first:
+            R_dz += g * second_derivative(self.activation, cache, out) * Rz
+        g_x, R = linear_r_backward(g * slope, R_dz, x, Rx, self.W, V(ctx.path, "W"), ctx, bias=True)
+        if ctx.keep_intermediates:
+            R.intermediates[ctx.key("z")] = R_dz
+        return g_x, R
 
     # ---- the oracle ---------------------------------------------------------------------------
     def torch_forward(

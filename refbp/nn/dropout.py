@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import check_seed
 
@@ -81,6 +82,26 @@ class Dropout(Layer):
 
     def noise_of(self, cache: Tensor | None, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
         return {} if cache is None else {path: cache}
+
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        return LayerTangent(Rx if cache is None else Rx * cache / (1.0 - self.p))  # R{y} = R{x} o m / (1 - p)
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        if cache is None:  # eval mode, or p = 0: the identity
+            return g, LayerGrads(Rg)
+        scale = 1.0 / (1.0 - self.p)
+        return g * cache * scale, LayerGrads(Rg * cache * scale)  # linear in dJ/dy: R{dJ/dx} = R{dJ/dy} o m / (1 - p)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

@@ -8,12 +8,14 @@ a layer, for networks that list activations as separate modules, as torch.nn.Seq
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .activations import ACTIVATIONS, Activation, elu, gelu, get_activation, leaky_relu, softplus
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .curvature import first_derivative, second_derivative
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .pieces import Pieces
 from .registry import register
 
@@ -58,6 +60,30 @@ class Elementwise(Layer):
         in_place = ctx.overwrite and not ctx.keep_intermediates
         dJ_dx = self.activation.chain(t, dJ_da if in_place else dJ_da.clone())  # dJ/dx = dJ/da o f'(x)
         return LayerGrads(dJ_dx)
+
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        slope = first_derivative(self.activation, x, out)  # f'(x)
+        return LayerTangent(slope * Rx, slope)  # R{a} = f'(x) o R{x}
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        assert Rx is not None
+        slope = t.cache  # f'(x)
+        # R{dJ/dx} = R{dJ/da} o f'(x) + dJ/da o f''(x) o R{x};   dJ/dx = dJ/da o f'(x)
+        R_dx = Rg * slope
+        if ctx.first:
+            R_dx += g * second_derivative(self.activation, x, out) * Rx
+        return g * slope, LayerGrads(R_dx)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

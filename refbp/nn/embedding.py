@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import describe
 
@@ -91,6 +91,28 @@ class Embedding(Layer):
         if self.padding_idx is not None:
             dJ_dE[self.padding_idx] = 0.0  # torch gives the padding row no gradient
         return LayerGrads(None, {"E": dJ_dE})
+
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        V_E = V(path, "E")
+        return LayerTangent(V_E.index_select(0, x.reshape(-1)).view(*x.shape, V_E.shape[1]))  # R{y} = V_E[idx]
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        E = self.params["E"]
+        # dJ/dE[v] = sum over positions with idx = v of dJ/dy: linear in dJ/dy, so (H v)_E is the same sum of R{dJ/dy}
+        H_E = torch.zeros_like(E).index_add_(0, x.reshape(-1), Rg.reshape(-1, E.shape[1]))
+        if self.padding_idx is not None:
+            H_E[self.padding_idx] = 0.0  # the padding row's gradient is 0 by definition, and so is its R
+        return None, LayerGrads(None, {"E": H_E})
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

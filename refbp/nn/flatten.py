@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 
 __all__ = ["Flatten"]
@@ -46,6 +47,23 @@ class Flatten(Layer):
             return LayerGrads(None)
         g = dJ_dy if ctx.overwrite and not ctx.keep_intermediates else dJ_dy.clone()  # never share the caller's
         return LayerGrads(g.reshape(x.shape))
+
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        return LayerTangent(torch.flatten(Rx, self.start_dim, self.end_dim))  # a reshape: R{y} = R{x} reshaped
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        return g.reshape(x.shape), LayerGrads(Rg.reshape(x.shape))  # the backward is a reshape: so is its R
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

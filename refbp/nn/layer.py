@@ -12,6 +12,14 @@ A layer owns its parameters and four things, each written once:
                                                           differences in refbp.verify
     to_torch()                       -> torch.nn.Module   the equivalent torch module
 
+and, optionally, second order (refbp.nn.second_order), each layer's rules beside its backward:
+
+    tangent(x, R{x}, out, cache, V)  -> LayerTangent      forward mode: R{out} along the
+                                                          direction (R{x}, V) (a JVP)
+    r_backward(g, R{g}, x, R{x}, ...) -> (dJ/dx, LayerGrads)  Pearlmutter's R-operator applied to
+                                                          the backward pass: R{dJ/dx} and the
+                                                          layer's share of H v
+
 ``backward`` reads its input x and output out from the network's list of activations and the
 rest from its own ``cache`` (a dataclass, or the one tensor it needs); it never recomputes a
 forward quantity. Parameter gradients are returned, and the network *adds* them into its
@@ -36,7 +44,17 @@ from torch import Tensor
 from .keys import Key
 from .pieces import Pieces
 
-__all__ = ["NO_TAP", "BackwardContext", "ForwardContext", "Layer", "LayerGrads", "Params", "Tap"]
+__all__ = [
+    "NO_TAP",
+    "BackwardContext",
+    "ForwardContext",
+    "Layer",
+    "LayerGrads",
+    "LayerTangent",
+    "Params",
+    "SecondContext",
+    "Tap",
+]
 
 
 class Tap:
@@ -144,6 +162,59 @@ class LayerGrads:
     params: dict[str, Tensor] = field(default_factory=dict)
     intermediates: dict[Key, Tensor] = field(default_factory=dict)
     sub_params: dict[Key, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class LayerTangent:
+    """What a layer's ``tangent`` returns: R{out} = d/dr out(x + r R{x}, w + r V) at r = 0.
+
+    Attributes:
+        out: R{out}, the output's shape.
+        cache: whatever ``r_backward`` reads again (R{z}, f'(z), a sub-stack's tangents, ...).
+        intermediates: key -> R{that intermediate} (R{z(l)}, sub-layers' R{a}): the teaching view.
+    """
+
+    out: Tensor
+    cache: Any = None
+    intermediates: dict[Key, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SecondContext:
+    """How an R-backward runs at one layer.
+
+    Attributes:
+        path: where the layer is.
+        gauss_newton: drop every term that carries a first derivative dJ/d(.) into the
+            R-backward (dJ/da o f''(z) o R{z}, dJ/dz V_W, dJ/dz^T R{a_prev}, ...): what is left
+            backpropagates H_loss J_f v through the network's linearisation, G v instead of H v.
+        need_dx: compute dJ/dx and R{dJ/dx} (False for a first layer that takes indices).
+        keep_intermediates: return R{dJ/d(every intermediate)} of the layer.
+        ties: a tied parameter's key -> the key it shares storage with.
+    """
+
+    path: tuple[int, ...]
+    gauss_newton: bool = False
+    need_dx: bool = True
+    keep_intermediates: bool = True
+    ties: Mapping[Key, Key] = field(default_factory=dict)
+
+    @property
+    def first(self) -> float:
+        """1.0 for H v, 0.0 for G v: the factor of the terms that carry a first derivative."""
+        return 0.0 if self.gauss_newton else 1.0
+
+    def key(self, kind: str) -> Key:
+        """The key of this layer's tensor of the given kind."""
+        return Key.at(kind, self.path)
+
+    def backward_context(self) -> BackwardContext:
+        """The first-order pass at this layer, as an R-backward runs it beside its own terms."""
+        return BackwardContext(path=self.path, keep_intermediates=False, need_dx=self.need_dx, ties=self.ties)
+
+    def inner(self, path: tuple[int, ...], need_dx: bool = True) -> SecondContext:
+        """The context of a sub-layer at ``path``."""
+        return SecondContext(path, self.gauss_newton, need_dx, self.keep_intermediates, self.ties)
 
 
 class Layer(ABC):
@@ -288,6 +359,28 @@ class Layer(ABC):
 
     def release(self, cache: Any) -> None:  # noqa: B027 (most caches hold nothing to release)
         """Drop what ``cache`` holds, after its last use (``backward(..., release_cache=True)``)."""
+
+    # ---- second order (optional): refbp.nn.second_order ---------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        """True when ``tangent`` and ``r_backward`` are written for this layer (and its sub-layers)."""
+        return False
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        """Forward mode: R{out} along R{x} (None when x holds indices) and the parameters'
+        direction V (``V(path, kind)``), from the forward pass's x, out and cache. No autograd."""
+        raise NotImplementedError(f"{self.describe()} has no second-order rule (tangent) in refbp yet")
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        """The R-operator of ``backward``: from g = dJ/dout and R{g}, (dJ/dx, R-gradients) where the
+        R-gradients hold R{dJ/dx} (``dJ_dx``), this layer's share of H v by parameter kind
+        (``params``; sub-layers' by key in ``sub_params``) and R{dJ/d(intermediate)} by key."""
+        raise NotImplementedError(f"{self.describe()} has no second-order rule (r_backward) in refbp yet")
 
     # ---- the oracle ---------------------------------------------------------------------------
     @abstractmethod

@@ -7,6 +7,13 @@ With M = the number of rows once the leading dimensions are flattened (M = N, or
     dJ/db    = sum_rows dJ/dy                 (d_out,)
     dJ/dx    = dJ/dy W                        (..., d_in)
 
+Second order (refbp.nn.second_order), R{.} = d/dr (.)(w + r v) along V_W, V_b and R{x}:
+
+    R{y}      = R{x} W^T + x V_W^T + V_b                         the tangent (product rule)
+    R{dJ/dx}  = R{dJ/dy} W + dJ/dy V_W
+    (H v)_W   = sum_rows R{dJ/dy}^T x + dJ/dy^T R{x}
+    (H v)_b   = sum_rows R{dJ/dy}
+
 The bias is optional (``b=None``), as in ``torch.nn.Linear(bias=False)``. The four lines are
 module functions, written once: Dense (refbp.nn.dense), the MLP's layer, is this map followed
 by an activation and calls them for its eqs. (1), (6), (7) and (8).
@@ -22,11 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import describe
 
-__all__ = ["Linear", "bias_gradient", "input_gradient", "linear_map", "weight_gradient"]
+__all__ = [
+    "Linear",
+    "bias_gradient",
+    "input_gradient",
+    "linear_map",
+    "linear_r_backward",
+    "linear_tangent",
+    "weight_gradient",
+]
 
 
 def linear_map(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
@@ -55,6 +70,31 @@ def bias_gradient(dJ_dy: Tensor) -> Tensor:
 def input_gradient(dJ_dy: Tensor, W: Tensor) -> Tensor:
     """dJ/dx = dJ/dy W   (..., d_in)."""
     return dJ_dy @ W
+
+
+def linear_tangent(x: Tensor, Rx: Tensor | None, W: Tensor, V_W: Tensor, V_b: Tensor | None) -> Tensor:
+    """R{y} = R{x} W^T + x V_W^T + V_b   (..., d_out): the product rule on y = x W^T + b."""
+    Ry = linear_map(x, V_W, V_b)  # x V_W^T + V_b
+    return Ry if Rx is None else Ry.add_(Rx @ W.T)  # + R{x} W^T
+
+
+def linear_r_backward(
+    g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, W: Tensor, V_W: Tensor, ctx: SecondContext, *, bias: bool
+) -> tuple[Tensor | None, LayerGrads]:
+    """The R-operator of y = x W^T + b's backward, from g = dJ/dy and R{g} (the module docstring's
+    four lines); the terms that carry g are dropped for Gauss-Newton (``ctx.first`` = 0)."""
+    first = ctx.first
+    g2, Rg2 = g.reshape(-1, W.shape[0]), Rg.reshape(-1, W.shape[0])  # (M, d_out): every row
+    HW = Rg2.T @ x.reshape(-1, W.shape[1])  # sum_rows R{dJ/dy}^T x   (d_out, d_in)
+    if Rx is not None and first:
+        HW += g2.T @ Rx.reshape(-1, W.shape[1])  # + dJ/dy^T R{x}
+    params = {"W": HW, "b": Rg2.sum(dim=0)} if bias else {"W": HW}  # (H v)_b = sum_rows R{dJ/dy}
+    if not ctx.need_dx:
+        return None, LayerGrads(None, params)
+    R_dx = Rg @ W  # R{dJ/dx} = R{dJ/dy} W + dJ/dy V_W
+    if first:
+        R_dx += g @ V_W
+    return g @ W, LayerGrads(R_dx, params)
 
 
 class Linear(Layer):
@@ -107,6 +147,22 @@ class Linear(Layer):
             params["b"] = bias_gradient(dJ_dy)  # dJ/db = sum over rows   (d_out,)
         dJ_dx = input_gradient(dJ_dy, W) if ctx.need_dx else None  # dJ/dx = dJ/dy W   (..., d_in)
         return LayerGrads(dJ_dx, params)
+
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        V_b = V(path, "b") if "b" in self.params else None
+        return LayerTangent(linear_tangent(x, Rx, self.W, V(path, "W"), V_b))  # R{y} = R{x} W^T + x V_W^T + V_b
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        return linear_r_backward(g, Rg, x, Rx, self.W, V(ctx.path, "W"), ctx, bias="b" in self.params)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

@@ -35,12 +35,22 @@ from torch import Tensor
 from typing_extensions import TypeVar
 
 from .keys import Key, sort_names
-from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
+from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, SecondContext, Tap
 from .layouts import TORCH, Layout
 from .losses import Loss, check_output_range, get_loss
 from .noise import check_noise
+from .r_stack import StackTangent, stack_r_backward, stack_tangent
 from .sequential import torch_modules_in_mode
-from .stack import StackCache, check_depth, stack_backward, stack_forward, stack_keys, stack_torch_forward, walk_layers
+from .stack import (
+    StackCache,
+    StackGrads,
+    check_depth,
+    stack_backward,
+    stack_forward,
+    stack_keys,
+    stack_torch_forward,
+    walk_layers,
+)
 from .validation import (
     FLOAT_DTYPES,
     as_tensor,
@@ -554,6 +564,17 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         if grads.dJ_dx is not None:
             values["X"] = grads.dJ_dx  # (9) dJ/dX = dJ/da(0)
         return self._gradients(values)
+
+    # ---- second order: the R-operator's loops (refbp.nn.second_order) --------------------------
+    def tangent_pass(self, cache: Cache, RX: Tensor | None, V: Params) -> StackTangent:
+        """Every layer's tangent along (R{X}, V), from a forward pass's cache (refbp.nn.r_stack)."""
+        return stack_tangent(self.layers, cache, RX, V, ())
+
+    def r_backward_pass(
+        self, cache: Cache, tangent: StackTangent, g: Tensor, Rg: Tensor, V: Params, ctx: SecondContext
+    ) -> tuple[Tensor | None, StackGrads]:
+        """Every layer's R-backward from dJ/da(L) and R{dJ/da(L)} (refbp.nn.r_stack)."""
+        return stack_r_backward(self.layers, cache, tangent, g, Rg, V, ctx)
 
     def _gradients(self, values: dict[str, Tensor]) -> GradientsT:
         """The result object of a backward pass (a view of the network may present it otherwise)."""

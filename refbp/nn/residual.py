@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .registry import convert_module as convert_child
 from .registry import register
 from .sequential import Sequential
@@ -79,6 +80,23 @@ class Residual(Sequential):
             assert grads.dJ_dx is not None
             dJ_dx = grads.dJ_dx.add_(dJ_dy) if grads.dJ_dx is not dJ_dy else dJ_dy + grads.dJ_dx  # skip + through F
         return LayerGrads(dJ_dx, {}, grads.intermediates, grads.params)
+
+    # ---- second order: y = x + F(x), so R{y} = R{x} + R{F(x)} and both paths add up again ----
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        inner = super().tangent(x, Rx, out, cache, V, path)
+        assert Rx is not None
+        return LayerTangent(Rx + inner.out, inner.cache, inner.intermediates)  # R{y} = R{x} + R{F(x)}
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        inner_ctx = ctx.inner(ctx.path)  # F's first layer needs dJ/dx: the skip path adds to it
+        g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, inner_ctx)
+        assert g_x is not None and R.dJ_dx is not None
+        return g + g_x, LayerGrads(Rg + R.dJ_dx, {}, R.intermediates, R.sub_params)  # skip + through F, and its R
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

@@ -13,12 +13,14 @@ the Sequential at layer l has path (l, j): "W2.1", "a2.3", ...; the Sequential's
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .r_stack import stack_has_second_order, stack_r_backward, stack_tangent
 from .registry import convert_module, register
 from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
 
@@ -92,6 +94,24 @@ class Sequential(Layer):
         for j, layer in enumerate(self.inner, start=1):
             out.update(layer.noise_of(cache.saved[j], (*path, j)))
         return out
+
+    # ---- second order: the R-operator's loops over the inner stack (refbp.nn.r_stack) -----------
+    @property
+    def has_second_order(self) -> bool:
+        return stack_has_second_order(self.inner)
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        inner = stack_tangent(self.inner, cache, Rx, V, path)
+        return LayerTangent(inner.Ra[-1], inner, inner.intermediates(path))  # type: ignore[arg-type]
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        g_x, R = stack_r_backward(self.inner, cache, t.cache, g, Rg, V, ctx)
+        return g_x, LayerGrads(R.dJ_dx, {}, R.intermediates, R.params)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

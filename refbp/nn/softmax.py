@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import describe
 
@@ -69,6 +69,30 @@ class Softmax(_AlongDim):
         along = g_s.sum(dim=self.dim, keepdim=True)  # sum(g o s) per slice
         return LayerGrads(g_s.addcmul_(s, along, value=-1.0))  # dJ/dx = s o (g - sum(g o s)) = g o s - s sum(g o s)
 
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        s = out
+        return LayerTangent(s * (Rx - (s * Rx).sum(self.dim, keepdim=True)))  # R{s} = s o (R{x} - sum(s o R{x}))
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        # dJ/dx = s o (g - sum(g o s)):
+        # R{dJ/dx} = s o (R{g} - sum(R{g} o s)) + R{s} o (g - sum(g o s)) - s o sum(g o R{s})
+        s, Rs, d = out, t.out, self.dim
+        R_dx = s * (Rg - (Rg * s).sum(d, keepdim=True))
+        if ctx.first:
+            R_dx += Rs * (g - (g * s).sum(d, keepdim=True)) - s * (g * Rs).sum(d, keepdim=True)
+        return s * (g - (g * s).sum(d, keepdim=True)), LayerGrads(R_dx)
+
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
     ) -> Tensor:
@@ -95,6 +119,29 @@ class LogSoftmax(_AlongDim):
             return LayerGrads(None)
         total = dJ_dy.sum(dim=self.dim, keepdim=True)  # sum(g) per slice
         return LayerGrads(dJ_dy - out.exp().mul_(total))  # dJ/dx = g - softmax(x) o sum(g)
+
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        s = out.exp()  # softmax(x)
+        return LayerTangent(Rx - (s * Rx).sum(self.dim, keepdim=True), s)  # R{y} = R{x} - sum(s o R{x})
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        # dJ/dx = g - s sum(g):  R{dJ/dx} = R{g} - s sum(R{g}) - R{s} sum(g),  R{s} = s o R{y}
+        s, d = t.cache, self.dim
+        R_dx = Rg - s * Rg.sum(d, keepdim=True)
+        if ctx.first:
+            R_dx -= s * t.out * g.sum(d, keepdim=True)
+        return g - s * g.sum(d, keepdim=True), LayerGrads(R_dx)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
