@@ -108,7 +108,7 @@ def data_parallel_gradients(
     assert forward is not None
     world = World(tuple(counts[0].tolist()), tuple(counts[1].tolist()), is_mean(net.loss_fn))
     local = shard_backward(net, forward, weight=recipe.weight(world, rank), decay=recipe.decay == "every rank",
-                           intermediates=False)  # fmt: skip
+                           keep_intermediates=False)  # fmt: skip
     parameters = net.parameters()
     reduced = [name for name in local.grads if recipe.reduces(name, parameters)]
     if any(name not in parameters for name in reduced) and len(set(world.rows)) > 1:

@@ -244,7 +244,7 @@ def shard_backward(
         J = weight * net.loss_fn.value(y_hat, forward.y)
     else:  # every target of the shard ignored: it adds nothing to J
         dJ_da_L, J = torch.zeros_like(y_hat), zero
-    grads = bare.backward_from(forward.cache, dJ_da_L, intermediates=intermediates).as_dict()  # (D3)
+    grads = bare.backward_from(forward.cache, dJ_da_L, keep_intermediates=intermediates).as_dict()  # (D3)
     return Local(J + penalty, grads)
 
 
@@ -319,7 +319,7 @@ def simulate(
     world = World(tuple(rows), tuple(f.terms for f in forwards), world.mean)
     ranks = [
         shard_backward(net, f, weight=recipe.weight(world, r), decay=recipe.decay == "every rank",
-                       intermediates=intermediates)
+                       keep_intermediates=intermediates)
         for r, f in enumerate(forwards)
     ]  # fmt: skip
     parameters = net.parameters()

@@ -119,7 +119,7 @@ def _compare(
 ) -> list[Comparison]:
     tol = tolerance_for(net.dtype)
     cache = net.forward(X, update_stats=False, noise=noise)
-    one = net.backward(cache, y, intermediates=False).as_dict()
+    one = net.backward(cache, y, keep_intermediates=False).as_dict()
     J_one = net.loss(cache, y)
     J_auto, auto = autograd_gradients(net, X, y, dtype=torch.float64, noise=noise)
     rank0 = held[0]

@@ -38,7 +38,7 @@ def train(X: Tensor, y: Tensor, *, steps: int = 400, lr: float = 0.05, seed: int
     """A d-8-1 tanh/sigmoid network, half_sse, plain gradient descent with refbp's gradients."""
     net = MLP.random([X.shape[1], 8, 1], activations=["tanh", "sigmoid"], loss="half_sse", seed=seed)
     for _ in range(steps):
-        grads = net.backward(net.forward(X), y, intermediates=False)
+        grads = net.backward(net.forward(X), y, keep_intermediates=False)
         gradient_descent_step(net, grads, lr)  # W(i) <- W(i) - lr dJ/dW(i), b(i) likewise
     return net
 

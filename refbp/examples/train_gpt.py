@@ -106,7 +106,7 @@ def train_gpt(
     for _, (idx, targets) in zip(range(steps), batches(data, batch=batch, length=block_size, seed=seed), strict=False):
         cache = net.forward(idx, keep_intermediates=False)
         manual.append(float(net.loss(cache, targets)))
-        grads = net.backward(cache, targets, intermediates=False, release_cache=True).state_dict()
+        grads = net.backward(cache, targets, keep_intermediates=False, release_cache=True).state_dict()
         for name, p in zip(names, params, strict=True):
             p.grad = grads[name]
         optimizer.step()  # updates the GPT's own parameters in place

@@ -38,7 +38,7 @@ def train_manual(net: MLP, X: torch.Tensor, y: torch.Tensor, *, steps: int, lr: 
     for _ in range(steps):
         cache = net.forward(X)
         losses.append(float(net.loss(cache, y)))  # (3)
-        grads = net.backward(cache, y, intermediates=False)  # (4)-(9)
+        grads = net.backward(cache, y, keep_intermediates=False)  # (4)-(9)
         gradient_descent_step(net, grads, lr)  # W(i) <- W(i) - lr dJ/dW(i), b(i) likewise
     return losses
 
