@@ -111,7 +111,7 @@ def test_every_recipe_on_real_ranks_computes_what_its_simulation_computes(tmp_pa
             if recipe.reduced_rows and len(set(spec.shards)) > 1:
                 assert all("needs one shape on every rank" in str(held) for held in on_ranks)
                 continue
-            J, expected = simulate(recipe, case.net, case.X, case.y, spec.shards, noise=noise, intermediates=False)
+            J, expected = simulate(recipe, case.net, case.X, case.y, spec.shards, noise=noise, keep_intermediates=False)
             (J0, params, _), (_, _, dJ_dX1) = on_ranks
             held = {**params, "X": torch.cat([on_ranks[0][2], dJ_dX1])}
             assert_gradients_close(held, expected)

@@ -224,7 +224,7 @@ def shard_forward(
 
 
 def shard_backward(
-    net: Network, forward: ShardForward, *, weight: float, decay: bool = False, intermediates: bool = True
+    net: Network, forward: ShardForward, *, weight: float, decay: bool = False, keep_intermediates: bool = True
 ) -> Local:
     """Eqs. (D2)-(D3) on one rank: the backward pass from ``weight`` x the loss's gradient on the
     shard (its mean), with the decay in it only if ``decay``."""
@@ -244,7 +244,7 @@ def shard_backward(
         J = weight * net.loss_fn.value(y_hat, forward.y)
     else:  # every target of the shard ignored: it adds nothing to J
         dJ_da_L, J = torch.zeros_like(y_hat), zero
-    grads = bare.backward_from(forward.cache, dJ_da_L, keep_intermediates=intermediates).as_dict()  # (D3)
+    grads = bare.backward_from(forward.cache, dJ_da_L, keep_intermediates=keep_intermediates).as_dict()  # (D3)
     return Local(J + penalty, grads)
 
 
@@ -299,7 +299,7 @@ def simulate(
     rows: Sequence[int],
     *,
     noise: Mapping[tuple[int, ...], Tensor] | None = None,
-    intermediates: bool = True,
+    keep_intermediates: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """J and every gradient of the batch as ``len(rows)`` ranks holding ``rows[r]`` consecutive
     rows each would compute them with ``recipe``: the parameters' gradients as rank 0 holds them
@@ -319,7 +319,7 @@ def simulate(
     world = World(tuple(rows), tuple(f.terms for f in forwards), world.mean)
     ranks = [
         shard_backward(net, f, weight=recipe.weight(world, r), decay=recipe.decay == "every rank",
-                       keep_intermediates=intermediates)
+                       keep_intermediates=keep_intermediates)
         for r, f in enumerate(forwards)
     ]  # fmt: skip
     parameters = net.parameters()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +28,9 @@ from ..nn.layers import LSTM, Embedding, Linear
 from ..nn.lstm import LSTMLayer
 from ..nn.network import Network
 from ..nn.validation import check_int, check_seed
-from .curves import ExampleParser, TrainingCurves, curves_png, run_example, write_curves
+from .curves import ExampleParser, TrainingCurves, batches, curves_png, run_example, write_curves
 
-__all__ = ["LEARNING_RATE", "STEPS", "TEXT", "CharRun", "main", "network", "sample", "train_char_rnn", "windows"]
+__all__ = ["LEARNING_RATE", "STEPS", "TEXT", "CharRun", "main", "network", "sample", "train_char_rnn"]
 
 TEXT = (
     "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing "
@@ -74,15 +73,6 @@ def network(vocab: int, *, seed: int = 0) -> Network:
     return Network([Embedding(E), LSTM(cell), head], "cross_entropy")
 
 
-def windows(data: Tensor, *, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Random windows of the text, forever: idx (B, T) and targets (B, T), the next characters."""
-    generator = torch.Generator().manual_seed(seed + 1)
-    while True:
-        start = torch.randint(0, data.numel() - LENGTH - 1, (BATCH,), generator=generator)  # (B,)
-        offsets = start.unsqueeze(1) + torch.arange(LENGTH)  # (B, T)
-        yield data[offsets], data[offsets + 1]
-
-
 @dataclass(frozen=True)
 class CharRun:
     """Both loss curves and what was trained.
@@ -116,7 +106,7 @@ def train_char_rnn(*, steps: int = STEPS, lr: float = LEARNING_RATE, seed: int =
     params = net.parameters()  # the layers' own tensors: Adam updates them in place
     optimizer = adam(list(params.values()))
     manual: list[float] = []
-    for _, (idx, targets) in zip(range(steps), windows(data, seed=seed), strict=False):
+    for _, (idx, targets) in zip(range(steps), batches(data, batch=BATCH, length=LENGTH, seed=seed + 1), strict=False):
         cache = net.forward(idx, keep_intermediates=False)
         manual.append(float(net.loss(cache, targets)))  # mean over the B T positions
         grads = net.backward(cache, targets, keep_intermediates=False, release_cache=True).as_dict()
@@ -127,7 +117,7 @@ def train_char_rnn(*, steps: int = STEPS, lr: float = LEARNING_RATE, seed: int =
     # torch: the module's forward, J.backward(), the same optimizer
     optimizer = adam(list(module.parameters()))
     automatic: list[float] = []
-    for _, (idx, targets) in zip(range(steps), windows(data, seed=seed), strict=False):
+    for _, (idx, targets) in zip(range(steps), batches(data, batch=BATCH, length=LENGTH, seed=seed + 1), strict=False):
         optimizer.zero_grad()
         logits = module(idx)  # (B, T, V)
         J = F.cross_entropy(logits.reshape(-1, len(vocab)), targets.reshape(-1))  # over (B T) positions

@@ -8,7 +8,7 @@ import argparse
 import io
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,6 +20,7 @@ from ..apps.io import write_atomic, write_set
 __all__ = [
     "ExampleParser",
     "TrainingCurves",
+    "batches",
     "curves_json",
     "curves_png",
     "plot_curves",
@@ -140,3 +141,12 @@ def run_example(main: Callable[[list[str] | None], int], argv: list[str] | None 
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def batches(data: torch.Tensor, *, batch: int, length: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Random windows of the text, forever: idx (batch, length) and targets, the next characters."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        start = torch.randint(0, data.numel() - length - 1, (batch,), generator=generator)  # (B,)
+        offsets = start.unsqueeze(1) + torch.arange(length)  # (B, T)
+        yield data[offsets], data[offsets + 1]

@@ -16,14 +16,13 @@ import argparse
 import importlib
 import inspect
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..models.gpt import GPT
-from .curves import TrainingCurves, plot_curves
+from .curves import TrainingCurves, batches, plot_curves
 
 __all__ = ["LEARNING_RATE", "STEPS", "TEXT_MODULES", "GPTRun", "batches", "corpus", "main", "plot", "train_gpt"]
 
@@ -46,15 +45,6 @@ part after about 50 steps. At 3e-3 they stay within 1e-15 of each other for all 
 def corpus() -> str:
     """The training text: the docstrings of TEXT_MODULES, one after another."""
     return "\n\n".join(inspect.getdoc(importlib.import_module(name)) or "" for name in TEXT_MODULES)
-
-
-def batches(data: torch.Tensor, *, batch: int, length: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Random windows of the text, forever: idx (batch, length) and targets, the next characters."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        start = torch.randint(0, data.numel() - length - 1, (batch,), generator=generator)  # (B,)
-        offsets = start.unsqueeze(1) + torch.arange(length)  # (B, T)
-        yield data[offsets], data[offsets + 1]
 
 
 @dataclass(frozen=True)
