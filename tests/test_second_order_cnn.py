@@ -32,10 +32,10 @@ EXAMPLES = max(6, settings().max_examples // 4)
 """Random CNNs per run: a quarter of the profile's budget (each example checks two products)."""
 
 SMOOTH_KINDS = ("conv", "avgpool", "adaptive", "softmax", "logsoftmax")
-"""The module kinds a random CNN draws from: the ones without a kink. relu and max-pool are in
-the parametrised cases, on random data; a random geometry can put a difference step across a
-max-pool tie, which the gradient differences do not yet detect (only Dense and Elementwise
-report their pieces there)."""
+"""The module kinds a random CNN draws from: the ones without a kink. Max-pool is in the
+parametrised cases and relu in the traced models (test_second_order_graph.py), on fixed random
+data: a random geometry can put a difference step across a max-pool tie, which the gradient
+differences do not yet detect (only Dense and Elementwise report their pieces there)."""
 
 
 def _randn(g: torch.Generator, *shape: int, dtype: torch.dtype = torch.float64) -> Tensor:
