@@ -111,6 +111,15 @@ def test_convolution_products_and_tangents_agree_with_torch(kind: str, product: 
     assert_every_row(result, net, product)
 
 
+def test_weight_decay_reaches_the_convolution_kernels_hessian() -> None:
+    """lambda/2 ||W||^2 on a kernel adds lambda V_W to its H v and G v, as on a Linear's W."""
+    net, X, y = _conv("stride 2, padding 1", torch.Generator().manual_seed(4))
+    decayed = Network(net.layers, "mse", weight_decay=0.3)
+    assert "W1" in {str(key) for key in decayed.decayed_keys()}
+    for product in PRODUCTS:
+        assert_every_row(check_second_order(decayed, X, y, product=product, forward=True), decayed, product)
+
+
 class ConvWithoutTheDirectionOfW(Conv2d):
     """The slip: R{dJ/dx} = conv_transpose(R{dJ/dz}, W), without conv_transpose(dJ/dz, V_W)."""
 
