@@ -18,7 +18,7 @@ from refbp.nn.batchnorm import BatchNorm1d
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext
 from refbp.nn.layernorm import LayerNorm, NormCacheOrStats, NormTangent, affine_tangent, normalised
-from refbp.nn.layers import Elementwise, Flatten, Linear
+from refbp.nn.layers import Elementwise, Flatten, Linear, Residual
 from refbp.nn.network import Network
 from refbp.nn.norm2d import BatchNorm2d, GroupNorm
 from refbp.nn.transformer import RowLayerNorm
@@ -110,7 +110,21 @@ def test_manual_products_and_tangents_agree_with_torch_in_float64(case: str, pro
     _assert_complete(result, net, product)
 
 
+def test_a_pre_norm_residual_block_gets_the_norms_rules_at_its_inner_path() -> None:
+    """x + tanh(Linear(LayerNorm(x))) then a LayerNorm without bias, on (B, T, d): a transformer's
+    shape, the norm inside a composite at path 2.1 (the R-operator's loops, refbp.nn.r_stack)."""
+    randn = _randn(torch.Generator().manual_seed(4), torch.float64)
+    block = Residual(LayerNorm(randn(4), randn(4)), Linear(randn(4, 4), randn(4)), Elementwise("tanh"))
+    net = Network([Linear(randn(4, 3), randn(4)), block, LayerNorm(randn(4)), Linear(randn(2, 4))], "mse")
+    result = check_second_order(net, randn(2, 3, 3), randn(2, 3, 2), forward=True)
+    assert result.passed, result.failure_message()
+    assert {"Hv[gamma2.1]", "Hv[beta2.1]", "R{xhat2.1}", "R{dJ/dxhat2.1}", "Hv[gamma3]"} <= {
+        r.name for r in result.rows
+    }
+
+
 FLOAT32_CASES = {
+    "transformer RowLayerNorm (B, T, d)": lambda: _rows_net(lambda r: RowLayerNorm(r(4), r(4)), (2, 3), torch.float32),
     "layernorm (B, T, d)": lambda: _rows_net(lambda r: LayerNorm(r(4), r(4)), (2, 3), torch.float32),
     # no bias before a batch-normalisation in training mode (as makemore, torch's recipes): the
     # batch mean removes it, so its exact H v is 0, and float32 rounding of a sum of R{dJ/dz}
