@@ -43,6 +43,17 @@ d var_u / dx_n = 2 (x_n - mu) / (N - 1), and with xhat = (x - mu) rstd
 
 (the mean's path keeps its 1/N). Eval mode and the running statistics are torch's, unchanged
 (running_var remembers var_u either way). A batch of N = 1 has no unbiased variance: refused.
+
+**Second order** (refbp.nn.second_order): LayerNorm's rules (R1)-(R8) (refbp.nn.layernorm), with
+the means over the batch and S(t) = sum_n t_n / n_var, n_var = N (N - 1 when unbiased). In training
+mode every row's tangent has the statistics' terms,
+
+    R{xhat}  = rstd (R{x} - mean_n(R{x}) - xhat S(xhat o R{x}))
+    R{dJ/dx} = B(R{h}) + R{log rstd} dJ/dx - rstd (R{xhat} S(h o xhat) + xhat S(h o R{xhat})),
+    B(u) = rstd (u - mean_n(u) - xhat S(u o xhat)),  h = dJ/dxhat,  R{log rstd} = -rstd S(xhat o R{x});
+
+in eval mode the running statistics are constants: R{xhat} = rstd R{x}, R{dJ/dx} = rstd R{h}.
+R{y}, R{h}, (H v)_gamma and (H v)_beta are (R4), (R5), (R7), (R8), summed over the batch.
 """
 
 from __future__ import annotations
@@ -56,8 +67,21 @@ from torch import Tensor
 
 from .cancellation import centred_size
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
-from .layernorm import NormCache, NormCacheOrStats, NormStats, accumulation_dtype, fresh_like, lean_dtype
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layernorm import (
+    NormCache,
+    NormCacheOrStats,
+    NormStats,
+    NormTangent,
+    accumulation_dtype,
+    affine_r_backward,
+    affine_tangent,
+    fresh_like,
+    lean_dtype,
+    normalised,
+    normalised_r_backward,
+    normalised_tangent,
+)
 from .pieces import Pieces
 from .registry import register
 from .validation import describe
@@ -318,6 +342,56 @@ class BatchNorm1d(Layer):
         else:
             dJ_dx = g.mul_(scale).to(dtype)  # dJ/dx = dJ/dxhat rstd: the running statistics do not depend on x
         return LayerGrads(dJ_dx, params, kept)
+
+    # ---- second order: LayerNorm's (R1)-(R8) over the batch (the module docstring) ---------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def _affine(self, V: Params, path: tuple[int, ...], acc: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
+        """(gamma, V_gamma) in the accumulation dtype, or (None, None) without the affine."""
+        if not self.params:
+            return None, None
+        return self.params["gamma"].to(acc), V(path, "gamma").to(acc)
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: NormCacheOrStats, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None, "BatchNorm's input is never indices: it always has a tangent"
+        xhat, rstd = normalised(x, cache)  # (N, C), (C,) in the accumulation dtype
+        if self.uses_batch_statistics:
+            n_var = x.shape[0] - 1 if self.unbiased else x.shape[0]  # the variance's divisor
+            t = normalised_tangent(xhat, rstd, Rx, (0,), n_var)  # (R1)-(R3) over the batch
+        else:  # R{xhat} = rstd R{x}: the running statistics are constants
+            t = NormTangent(Rx.to(xhat.dtype) * rstd, torch.zeros_like(rstd))
+        gamma, V_gamma = self._affine(V, path, xhat.dtype)
+        V_beta = V(path, "beta").to(xhat.dtype) if self.params else None
+        Ry = affine_tangent(xhat, t.Rxhat, gamma, V_gamma, V_beta)  # (R4) R{y}   (N, C)
+        return LayerTangent(Ry.to(x.dtype), t, {Key("xhat", path): t.Rxhat.to(x.dtype)})
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
+        cache: NormCacheOrStats, V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        xhat, rstd = normalised(x, cache)  # (N, C), (C,) in the accumulation dtype
+        tangent: NormTangent = t.cache
+        dtype, acc = g.dtype, xhat.dtype
+        g_a, Rg_a = g.to(acc), Rg.to(acc)  # dJ/dy, R{dJ/dy}   (N, C)
+        gamma, V_gamma = self._affine(V, ctx.path, acc)
+        h, Rh, R_gx = affine_r_backward(g_a, Rg_a, xhat, tangent.Rxhat, gamma, V_gamma, ctx.first)  # (R5)
+        params: dict[str, Tensor] = {}
+        if R_gx is not None:
+            params["gamma"] = R_gx.sum(dim=0).to(dtype)  # (R7) (H v)_gamma = sum_n R{dJ/dy o xhat}   (C,)
+            params["beta"] = Rg_a.sum(dim=0).to(dtype)  # (R8) (H v)_beta = sum_n R{dJ/dy}   (C,)
+        kept = {ctx.key("xhat"): Rh.to(dtype, copy=True)} if ctx.keep_intermediates else {}  # R{dJ/dxhat}
+        if not ctx.need_dx:
+            return None, LayerGrads(None, params, kept)
+        if self.uses_batch_statistics:
+            n_var = x.shape[0] - 1 if self.unbiased else x.shape[0]
+            dJ_dx, R_dx = normalised_r_backward(h, Rh, xhat, rstd, tangent, (0,), n_var, ctx.first)  # (R6)
+        else:  # dJ/dx = rstd h, linear in h: R{dJ/dx} = rstd R{h}
+            dJ_dx, R_dx = h * rstd, Rh * rstd
+        return dJ_dx.to(dtype), LayerGrads(R_dx.to(dtype), params, kept)
 
     @property
     def pieces(self) -> Pieces | None:

@@ -31,6 +31,32 @@ owns it, in x rather than xhat, as torch's kernel does:
 
 The same numbers as the full mode's to the input dtype's rounding (tests/test_lean.py); the
 full (teaching) mode is unchanged.
+
+**Second order** (refbp.nn.second_order): R{.} = d/dr (.)(w + r v) along R{x}, V_gamma, V_beta,
+applied line by line (product rule). With S(t) = sum_k t_k / n_var, the variance's divisor
+(n_var = d here; BatchNorm's unbiased option: N - 1), and c = x - mu,
+
+    R{c}      = R{x} - mean_k(R{x})                                  (R1)
+    R{var}    = 2 S(c o R{c})
+    R{rstd}   = -1/2 rstd^3 R{var}:  R{log rstd} = R{rstd} / rstd = -rstd S(xhat o R{c})   (R2)
+    R{xhat}   = rstd R{c} + xhat R{log rstd}
+              = rstd (R{x} - mean_k(R{x}) - xhat S(xhat o R{x}))    (R3)
+    R{y}      = V_gamma o xhat + gamma o R{xhat} + V_beta            (R4)
+
+and the R-operator of the backward, with h = dJ/dxhat and B(u) = rstd (u - mean_k(u) - xhat S(u o xhat))
+(so that dJ/dx = B(h), linear in u for fixed xhat and rstd):
+
+    R{h}        = R{dJ/dy} o gamma + dJ/dy o V_gamma                 (R5)
+    R{dJ/dx}    = B(R{h}) + R{log rstd} dJ/dx - rstd (R{xhat} S(h o xhat) + xhat S(h o R{xhat}))   (R6)
+    (H v)_gamma = sum_rows R{dJ/dy} o xhat + dJ/dy o R{xhat}         (R7)
+    (H v)_beta  = sum_rows R{dJ/dy}                                  (R8)
+
+(R6) differentiates each factor of B(h): rstd (the R{log rstd} term), h (B(R{h})), and xhat in
+both places it appears. Every term that carries dJ/dy or h (dJ/dy o V_gamma in (R5), the last
+three of (R6), dJ/dy o R{xhat} in (R7)) is a first derivative: Gauss-Newton's G v drops them.
+BatchNorm and GroupNorm (refbp.nn.batchnorm, refbp.nn.norm2d) run the same functions,
+``normalised_tangent`` and ``normalised_r_backward``, over their own axes. The tangent reads xhat
+from the full cache, or rebuilds it from x, mu and rstd (lean mode, a transformer's row statistics).
 """
 
 from __future__ import annotations
@@ -46,12 +72,26 @@ from torch import Tensor
 
 from .cancellation import centred_size
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .pieces import Pieces
 from .registry import register
 from .validation import describe
 
-__all__ = ["LayerNorm", "NormCache", "NormCacheOrStats", "NormStats", "accumulation_dtype", "fresh_like", "lean_dtype"]
+__all__ = [
+    "LayerNorm",
+    "NormCache",
+    "NormCacheOrStats",
+    "NormStats",
+    "NormTangent",
+    "accumulation_dtype",
+    "affine_r_backward",
+    "affine_tangent",
+    "fresh_like",
+    "lean_dtype",
+    "normalised",
+    "normalised_r_backward",
+    "normalised_tangent",
+]
 
 LAYER_NORM_EPS = 1e-5
 """torch.nn.LayerNorm's default eps."""
@@ -99,6 +139,89 @@ class NormCache:
 
     xhat: Tensor
     rstd: Tensor
+
+
+# ---- second order: the normalisation's R-rules (the module docstring's (R1)-(R8)), for every norm ----
+Dims = tuple[int, ...]
+"""The dimensions a normalisation reduces over: (-1,) for LayerNorm's rows, (0,) for BatchNorm's batch."""
+
+
+@dataclass
+class NormTangent:
+    """What a normalisation's tangent keeps for its R-backward, in the accumulation dtype:
+    R{xhat} (x's shape) and R{log rstd} = R{rstd} / rstd (rstd's shape, kept dimensions)."""
+
+    Rxhat: Tensor
+    Rlog_rstd: Tensor
+
+
+def normalised(x: Tensor, cache: NormCacheOrStats) -> tuple[Tensor, Tensor]:
+    """(xhat, rstd) in the accumulation dtype: the full cache's, or (lean mode, a transformer's row
+    statistics: anything with mu and rstd) xhat = (x - mu) rstd rebuilt from x, as the lean backward does."""
+    if isinstance(cache, NormCache):
+        return cache.xhat, cache.rstd
+    acc = accumulation_dtype(x.dtype)
+    rstd = cache.rstd.to(acc)
+    return (x.to(acc) - cache.mu.to(acc)) * rstd, rstd  # xhat = (x - mu) rstd, rebuilt
+
+
+def normalised_tangent(xhat: Tensor, rstd: Tensor, Rx: Tensor, dims: Dims, n_var: int) -> NormTangent:
+    """R{xhat} and R{log rstd} of xhat = (x - mu) rstd, the statistics over ``dims`` (the variance
+    divided by ``n_var``), from R{x}: the module docstring's (R1)-(R3)."""
+    Rc = Rx.to(xhat.dtype)  # R{x} in the accumulation dtype (a copy when it converts)
+    Rc = Rc - Rc.mean(dim=dims, keepdim=True)  # (R1) R{c} = R{x} - mean(R{x})
+    Rlog_rstd = (xhat * Rc).sum(dim=dims, keepdim=True).mul_(rstd).div_(-n_var)  # (R2) -rstd S(xhat o R{c})
+    Rxhat = Rc.mul_(rstd).addcmul_(xhat, Rlog_rstd)  # (R3) R{xhat} = rstd R{c} + xhat R{log rstd}
+    return NormTangent(Rxhat, Rlog_rstd)
+
+
+def normalised_r_backward(
+    h: Tensor, Rh: Tensor, xhat: Tensor, rstd: Tensor, t: NormTangent, dims: Dims, n_var: int, first: float
+) -> tuple[Tensor, Tensor]:
+    """(dJ/dx, R{dJ/dx}) from h = dJ/dxhat and R{h} (the accumulation dtype): dJ/dx = B(h) and the
+    module docstring's (R6); the terms that carry h are left out when ``first`` is 0 (G v)."""
+
+    def S(u: Tensor) -> Tensor:  # S(u) = sum(u) / n_var over the normalised dims, kept
+        return u.sum(dim=dims, keepdim=True).div_(n_var)
+
+    def B(u: Tensor) -> Tensor:  # B(u) = rstd (u - mean(u) - xhat S(u o xhat)), x's shape
+        return (u - u.mean(dim=dims, keepdim=True)).addcmul_(xhat, S(u * xhat), value=-1.0).mul_(rstd)
+
+    dJ_dx = B(h)  # dJ/dx = rstd (h - mean(h) - xhat S(h o xhat))
+    R_dx = B(Rh)  # B(R{h}): the part linear in R{h}
+    if first:
+        R_dx.addcmul_(t.Rlog_rstd, dJ_dx)  # + R{log rstd} dJ/dx   (R{rstd} times the bracket)
+        R_dx.addcmul_(t.Rxhat, S(h * xhat) * rstd, value=-1.0)  # - rstd R{xhat} S(h o xhat)
+        R_dx.addcmul_(xhat, S(h * t.Rxhat) * rstd, value=-1.0)  # - rstd xhat S(h o R{xhat})
+    return dJ_dx, R_dx
+
+
+def affine_tangent(
+    xhat: Tensor, Rxhat: Tensor, gamma: Tensor | None, V_gamma: Tensor | None, V_beta: Tensor | None
+) -> Tensor:
+    """(R4) R{y} = V_gamma o xhat + gamma o R{xhat} + V_beta of y = gamma o xhat + beta (gamma,
+    V_gamma, V_beta shaped to broadcast against xhat; R{y} = R{xhat} without gamma)."""
+    if gamma is None or V_gamma is None:
+        return Rxhat
+    Ry = torch.addcmul(Rxhat * gamma, xhat, V_gamma)  # gamma o R{xhat} + V_gamma o xhat
+    return Ry if V_beta is None else Ry.add_(V_beta)  # + V_beta
+
+
+def affine_r_backward(
+    g: Tensor, Rg: Tensor, xhat: Tensor, Rxhat: Tensor, gamma: Tensor | None, V_gamma: Tensor | None, first: float
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(h, R{h}, R{dJ/dy o xhat}) of y = gamma o xhat + beta, from g = dJ/dy and R{g}: h = g o gamma,
+    (R5) R{h} = R{g} o gamma + g o V_gamma, and the summand of (R7) R{g} o xhat + g o R{xhat}
+    (None without gamma: then h = g, R{h} = R{g}); terms that carry g only when ``first``."""
+    if gamma is None or V_gamma is None:
+        return g, Rg, None
+    h = g * gamma  # dJ/dxhat = dJ/dy o gamma
+    Rh = Rg * gamma  # (R5) R{h} = R{dJ/dy} o gamma + dJ/dy o V_gamma
+    R_gx = Rg * xhat  # (R7) R{dJ/dy o xhat} = R{dJ/dy} o xhat + dJ/dy o R{xhat}
+    if first:
+        Rh.addcmul_(g, V_gamma)
+        R_gx.addcmul_(g, Rxhat)
+    return h, Rh, R_gx
 
 
 class LayerNorm(Layer):
@@ -263,6 +386,52 @@ class LayerNorm(Layer):
         g = torch.addcmul(mean_g.neg_(), g, gamma, out=g) if gamma is not None else g.sub_(mean_g)
         dJ_dx = g.addcmul_(xhat, mean_gx, value=-1.0).mul_(rstd).to(dtype)  # (..., d)
         return LayerGrads(dJ_dx, params, kept)
+
+    # ---- second order: the module docstring's (R1)-(R8) over each row ---------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def _affine_directions(
+        self, V: Params, path: tuple[int, ...], acc: torch.dtype
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """(gamma, V_gamma, V_beta) in the accumulation dtype, None where the layer has no such parameter."""
+        gamma, beta = self.params.get("gamma"), self.params.get("beta")
+        return (
+            None if gamma is None else gamma.to(acc),
+            None if gamma is None else V(path, "gamma").to(acc),
+            None if beta is None else V(path, "beta").to(acc),
+        )
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: NormCacheOrStats, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None, "LayerNorm's input is never indices: it always has a tangent"
+        xhat, rstd = normalised(x, cache)  # (..., d), (..., 1)
+        t = normalised_tangent(xhat, rstd, Rx, (-1,), self.d)  # (R1)-(R3) over each row
+        Ry = affine_tangent(xhat, t.Rxhat, *self._affine_directions(V, path, xhat.dtype))  # (R4)   (..., d)
+        return LayerTangent(Ry.to(x.dtype), t, {Key("xhat", path): t.Rxhat.to(x.dtype)})
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
+        cache: NormCacheOrStats, V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        xhat, rstd = normalised(x, cache)  # (..., d), (..., 1) in the accumulation dtype
+        tangent: NormTangent = t.cache
+        dtype, acc, d = g.dtype, xhat.dtype, self.d
+        gamma, V_gamma, _ = self._affine_directions(V, ctx.path, acc)
+        g_a, Rg_a = g.to(acc), Rg.to(acc)  # dJ/dy, R{dJ/dy}   (..., d)
+        h, Rh, R_gx = affine_r_backward(g_a, Rg_a, xhat, tangent.Rxhat, gamma, V_gamma, ctx.first)  # (R5)
+        params: dict[str, Tensor] = {}
+        if R_gx is not None:
+            params["gamma"] = R_gx.reshape(-1, d).sum(dim=0).to(dtype)  # (R7) (H v)_gamma   (d,)
+        if "beta" in self.params:
+            params["beta"] = Rg_a.reshape(-1, d).sum(dim=0).to(dtype)  # (R8) (H v)_beta = sum_rows R{dJ/dy}   (d,)
+        kept = {ctx.key("xhat"): Rh.to(dtype, copy=True)} if ctx.keep_intermediates else {}  # R{dJ/dxhat}
+        if not ctx.need_dx:
+            return None, LayerGrads(None, params, kept)
+        dJ_dx, R_dx = normalised_r_backward(h, Rh, xhat, rstd, tangent, (-1,), d, ctx.first)  # (R6)
+        return dJ_dx.to(dtype), LayerGrads(R_dx.to(dtype), params, kept)
 
     @property
     def pieces(self) -> Pieces:

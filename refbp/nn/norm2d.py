@@ -24,6 +24,14 @@ its own and then scales each channel: a LayerNorm without affine on the N G rows
 
 Both reuse those layers' code on a reshaped view (one copy of the layer per call, sharing the
 parameter tensors), so the arithmetic and its float64 accumulation are exactly theirs.
+
+Second order (refbp.nn.second_order) the same way: BatchNorm2d's tangent and R-backward are
+BatchNorm1d's on the N H W rows (in training mode R{xhat} has the statistics' terms over N H W,
+in eval mode R{xhat} = rstd R{x}); GroupNorm's are LayerNorm's (R1)-(R3) and (R6) on the N G rows
+(refbp.nn.layernorm), with the per-channel affine's
+
+    R{y} = V_gamma[c] xhat + gamma[c] R{xhat} + V_beta[c] ;  R{dJ/dxhat} = R{dJ/dy} gamma[c] + dJ/dy V_gamma[c]
+    (H v)_gamma[c] = sum_{n,h,w} R{dJ/dy} o xhat + dJ/dy o R{xhat} ;  (H v)_beta[c] = sum_{n,h,w} R{dJ/dy}
 """
 
 from __future__ import annotations
@@ -47,8 +55,21 @@ from .batchnorm import (
 )
 from .cancellation import centred_size, grouped_centred_size
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
-from .layernorm import LAYER_NORM_EPS, LayerNorm, NormCache, NormCacheOrStats, NormStats, fresh_like
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layernorm import (
+    LAYER_NORM_EPS,
+    LayerNorm,
+    NormCache,
+    NormCacheOrStats,
+    NormStats,
+    NormTangent,
+    affine_r_backward,
+    affine_tangent,
+    fresh_like,
+    normalised,
+    normalised_r_backward,
+    normalised_tangent,
+)
 from .pieces import Pieces
 from .registry import register
 from .validation import describe
@@ -194,6 +215,51 @@ class BatchNorm2d(Layer):
         dJ_dx = None if grads.dJ_dx is None else _channels_first(grads.dJ_dx, x.shape)  # (N, C, H, W)
         kept = {key: _channels_first(t, x.shape) for key, t in grads.intermediates.items()}  # dJ/dxhat
         return LayerGrads(dJ_dx, grads.params, kept)
+
+    # ---- second order: BatchNorm1d's rules on the N H W rows ------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    @staticmethod
+    def _rows_cache(cache: NormCacheOrStats) -> NormCacheOrStats:
+        """The cache as BatchNorm1d's of the (N H W, C) rows: xhat moved, or mu and rstd as (C,)."""
+        if isinstance(cache, NormCache):
+            return NormCache(_channels_last_rows(cache.xhat), cache.rstd)  # (N H W, C), (C,)
+        return NormStats(cache.mu.reshape(-1), cache.rstd.reshape(-1))  # lean: (1, C, 1, 1) -> (C,)
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: NormCacheOrStats, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None, "BatchNorm's input is never indices: it always has a tangent"
+        rows = self._rows().tangent(
+            _channels_last_rows(x), _channels_last_rows(Rx), out, self._rows_cache(cache), V, path
+        )  # BatchNorm1d's R{y} and R{xhat} of the (N H W, C) rows
+        kept = {
+            key: _channels_first(value, x.shape) for key, value in rows.intermediates.items()
+        }  # R{xhat}   (N, C, H, W)
+        return LayerTangent(_channels_first(rows.out, x.shape), rows, kept)
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
+        cache: NormCacheOrStats, V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        assert Rx is not None
+        g_x, R = self._rows().r_backward(
+            _channels_last_rows(g),
+            _channels_last_rows(Rg),
+            _channels_last_rows(x),
+            _channels_last_rows(Rx),
+            out,
+            t.cache,
+            self._rows_cache(cache),
+            V,
+            ctx,
+        )  # fmt: skip   (N H W, C) rows: dJ/dx, R{dJ/dx}, (H v)_gamma, (H v)_beta, R{dJ/dxhat}
+        kept = {key: _channels_first(value, x.shape) for key, value in R.intermediates.items()}  # R{dJ/dxhat}
+        if g_x is None or R.dJ_dx is None:
+            return None, LayerGrads(None, R.params, kept)
+        return _channels_first(g_x, x.shape), LayerGrads(_channels_first(R.dJ_dx, x.shape), R.params, kept)
 
     @property
     def pieces(self) -> Pieces | None:
@@ -390,6 +456,60 @@ class GroupNorm(Layer):
         g = rows.backward(dJ_dxhat.reshape(N * self.G, -1), x, out, rows_cache, inner)  # LayerNorm's dJ/dx
         assert g.dJ_dx is not None
         return LayerGrads(g.dJ_dx.view(x.shape), params, kept)
+
+    # ---- second order: LayerNorm's rules on the N G rows, then the per-channel affine ----------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def _groups(self, x: Tensor, cache: NormCacheOrStats) -> tuple[Tensor, Tensor]:
+        """(xhat, rstd) of the N G rows, (N G, C/G H W) and (N G, 1), in the accumulation dtype."""
+        rows_x = x.reshape(x.shape[0] * self.G, -1)  # (N G, C/G H W)
+        if isinstance(cache, NormCache):
+            return normalised(rows_x, NormCache(cache.xhat.reshape(rows_x.shape), cache.rstd))
+        return normalised(rows_x, cache)  # lean: xhat rebuilt from the groups' mu and rstd
+
+    def _affine(self, V: Params, path: tuple[int, ...], ndim: int, acc: torch.dtype) -> list[Tensor | None]:
+        """[gamma, V_gamma, V_beta] per channel, (C, 1, ...), in the accumulation dtype; Nones without the affine."""
+        if not self.params:
+            return [None, None, None]
+        kinds = [self.params["gamma"], V(path, "gamma"), V(path, "beta")]
+        return [self._per_channel(t.to(acc), ndim) for t in kinds]
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: NormCacheOrStats, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None, "GroupNorm's input is never indices: it always has a tangent"
+        xhat, rstd = self._groups(x, cache)  # (N G, K), (N G, 1)
+        t = normalised_tangent(xhat, rstd, Rx.reshape(xhat.shape), (-1,), xhat.shape[1])  # (R1)-(R3) per group
+        gamma, V_gamma, V_beta = self._affine(V, path, x.dim(), xhat.dtype)
+        Ry = affine_tangent(xhat.view(x.shape), t.Rxhat.view(x.shape), gamma, V_gamma, V_beta)  # R{y}   (N, C, *)
+        return LayerTangent(Ry.to(x.dtype), t, {Key("xhat", path): t.Rxhat.view(x.shape).to(x.dtype)})
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
+        cache: NormCacheOrStats, V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        xhat, rstd = self._groups(x, cache)  # (N G, K), (N G, 1) in the accumulation dtype
+        tangent: NormTangent = t.cache
+        dtype, acc = g.dtype, xhat.dtype
+        over = [0, *range(2, x.dim())]  # the batch and every position: what a channel's parameters see
+        gamma, V_gamma, _ = self._affine(V, ctx.path, x.dim(), acc)
+        g_a, Rg_a = g.to(acc), Rg.to(acc)  # dJ/dy, R{dJ/dy}   (N, C, *)
+        h, Rh, R_gx = affine_r_backward(
+            g_a, Rg_a, xhat.view(x.shape), tangent.Rxhat.view(x.shape), gamma, V_gamma, ctx.first
+        )  # h = dJ/dxhat, R{h}   (N, C, *)
+        params: dict[str, Tensor] = {}
+        if R_gx is not None:
+            params["gamma"] = R_gx.sum(dim=over).to(dtype)  # (H v)_gamma[c] = sum R{dJ/dy o xhat}   (C,)
+            params["beta"] = Rg_a.sum(dim=over).to(dtype)  # (H v)_beta[c] = sum R{dJ/dy}   (C,)
+        kept = {ctx.key("xhat"): Rh.to(dtype, copy=True)} if ctx.keep_intermediates else {}  # R{dJ/dxhat}
+        if not ctx.need_dx:
+            return None, LayerGrads(None, params, kept)
+        dJ_dx, R_dx = normalised_r_backward(
+            h.reshape(xhat.shape), Rh.reshape(xhat.shape), xhat, rstd, tangent, (-1,), xhat.shape[1], ctx.first
+        )  # LayerNorm's (R6) on the groups   (N G, K)
+        return dJ_dx.view(x.shape).to(dtype), LayerGrads(R_dx.view(x.shape).to(dtype), params, kept)
 
     @property
     def pieces(self) -> Pieces:
