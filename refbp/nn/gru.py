@@ -19,6 +19,21 @@ do, so b_hn cannot be folded into b_in. Back, t = T .. 1, with refbp.nn.recurren
     (G1) input side [da_r da_z da_n], hidden side [da_r da_z dJ/dh_n]:
          dJ/dh_{t-1} through step t = dJ/dh_t o z + [da_r da_z dJ/dh_n] W_hh
 
+Second order, R{.} along V and R{x} (refbp.nn.recurrent_layer's (T1), (RR3)-(RR5)):
+
+    (G1') R{[x_r x_z x_n]} = R{x_t} W_ih^T + x_t V_ih^T + V_bih ;
+          R{[h_r h_z h_n]} = R{h_{t-1}} W_hh^T + h_{t-1} V_hh^T + V_bhh             R{h_0} = 0
+    (G2') R{r} = r (1 - r) o (R{x_r} + R{h_r}) ;  R{z} = z (1 - z) o (R{x_z} + R{h_z})
+    (G3') R{n} = (1 - n^2) o (R{x_n} + R{r} o h_n + r o R{h_n})
+    (G4') R{h_t} = R{n} + R{z} o (h_{t-1} - n) + z o (R{h_{t-1}} - R{n})
+    back, t = T .. 1:
+    (RG4) R{dJ/dn} = R{dJ/dh_t} o (1 - z) - dJ/dh_t o R{z} ;
+          R{dJ/dz} = R{dJ/dh_t} o (h_{t-1} - n) + dJ/dh_t o (R{h_{t-1}} - R{n})
+    (RG3) R{da_n} = R{dJ/dn} o (1 - n^2) - dJ/dn o 2 n o R{n} ;
+          R{dJ/dr} = R{da_n} o h_n + da_n o R{h_n} ;  R{dJ/dh_n} = R{da_n} o r + da_n o R{r}
+    (RG2) R{da_r} = R{dJ/dr} o r (1 - r) + dJ/dr o (1 - 2 r) o R{r} ;  R{da_z} likewise with z
+    (RG1) R{dJ/dh_{t-1} through step t} = R{dJ/dh_t} o z + dJ/dh_t o R{z} + R{da_h} W_hh + da_h V_hh
+
 Intermediates at each step (keys at (l, k, t)): r, z, n (after their sigmoid/tanh) and h_t.
 """
 
@@ -101,6 +116,79 @@ class GRULayer(RecurrentLayer):
             torch.mul(da_n, r, out=da_h[t - 1, :, 2 * H :])  # (G3) dJ/dh_n = da_n o r
             from_next = torch.addmm(dJ_dh * z, da_h[t - 1], W_hh)  # (G1, G4) dJ/dh_t o z + da_h W_hh   (B, H)
         return BPTTGrads(da_x, da_h, {"h": from_next}, kept)
+
+    def tangent_through_time(self, Rxw: Tensor, Rhw: Tensor, cache: RecurrentCache, V_hh: Tensor) -> RecurrentCache:
+        W_hh, H, h, hn = self.params["W_hh"], self.H, cache.h, cache.hn
+        assert hn is not None
+        T, B, _ = Rxw.shape
+        R_gates = torch.empty_like(Rxw)  # R{[r z n]} of every step   (T, B, 3H)
+        Rh = Rxw.new_zeros(T + 1, B, H)  # R{h_0} = 0: the initial state is a constant
+        R_hn = Rxw.new_empty(T, B, H)  # R{h_n} of every step
+        for t in range(1, T + 1):
+            r, z, n = cache.gates[t - 1].split(H, dim=1)  # (B, H) each
+            R_hh = torch.addmm(Rhw[t - 1], Rh[t - 1], W_hh.T)  # (G1') R{[h_r h_z h_n]}   (B, 3H)
+            R_x = Rxw[t - 1]  # (G1') R{[x_r x_z x_n]}   (B, 3H)
+            Rr, Rz, Rn = R_gates[t - 1].split(H, dim=1)  # views to fill
+            torch.add(R_x[:, :H], R_hh[:, :H], out=Rr).mul_(r * (1.0 - r))  # (G2') R{r}
+            torch.add(R_x[:, H : 2 * H], R_hh[:, H : 2 * H], out=Rz).mul_(z * (1.0 - z))  # (G2') R{z}
+            R_hn[t - 1] = R_hh[:, 2 * H :]
+            torch.mul(R_x[:, 2 * H :] + Rr * hn[t - 1] + r * R_hn[t - 1], 1.0 - n * n, out=Rn)  # (G3') R{n}
+            Rh[t] = Rn + Rz * (h[t - 1] - n) + z * (Rh[t - 1] - Rn)  # (G4') R{h_t}
+        return RecurrentCache(Rh, R_gates, hn=R_hn)
+
+    def r_through_time(
+        self, Rg: Tensor, cache: RecurrentCache, Rcache: RecurrentCache, grads: BPTTGrads, V_hh: Tensor, first: float
+    ) -> BPTTGrads:
+        W_hh, H, h, hn, Rh, R_hn = self.params["W_hh"], self.H, cache.h, cache.hn, Rcache.h, Rcache.hn
+        assert hn is not None and R_hn is not None
+        T, B, _ = Rg.shape
+        R_dx = torch.empty_like(cache.gates)  # R{[da_r da_z da_n]} of every step   (T, B, 3H)
+        R_dh_side = torch.empty_like(cache.gates)  # R{[da_r da_z dJ/dh_n]}
+        kept = {kind: torch.empty_like(Rg) for kind in self.step_kinds}  # R{dJ/d(.)} of every step's r z n h
+        # the terms that carry dJ/d(.), known for every step from the first-order BPTT (grads.steps)
+        d = grads.steps
+        if first:
+            r, z, n = cache.gates.split(H, dim=2)  # (T, B, H) each
+            Rr, Rz, Rn = Rcache.gates.split(H, dim=2)
+            da_n = grads.da_x[..., 2 * H :]  # (T, B, H)
+            n_src = -d["h"] * Rz  # (RG4) - dJ/dh_t o R{z}
+            z_src = d["h"] * (Rh[:-1] - Rn)  # (RG4) dJ/dh_t o (R{h_(t-1)} - R{n})
+            an_src = -2.0 * d["n"] * n * Rn  # (RG3) - dJ/dn o 2 n o R{n}
+            r_src = da_n * R_hn  # (RG3) da_n o R{h_n}
+            hn_src = da_n * Rr  # (RG3) da_n o R{r}
+            ar_src = d["r"] * (1.0 - 2.0 * r) * Rr  # (RG2) dJ/dr o (1 - 2 r) o R{r}
+            az_src = d["z"] * (1.0 - 2.0 * z) * Rz  # (RG2) dJ/dz o (1 - 2 z) o R{z}
+            back = d["h"] * Rz + grads.da_h @ V_hh  # (RG1) dJ/dh_t o R{z} + da_h V_hh
+        R_next = Rg.new_zeros(B, H)  # nothing comes back from step T + 1
+        for t in range(T, 0, -1):
+            r, z, n = cache.gates[t - 1].split(H, dim=1)  # (B, H) each
+            R_dh = self.total_R_dJ_dh(Rg[t - 1], R_next)  # (RR1)
+            R_dn = R_dh - R_dh * z  # (RG4) R{dJ/dh_t} o (1 - z)
+            R_dz = R_dh * (h[t - 1] - n)  # (RG4) R{dJ/dh_t} o (h_(t-1) - n)
+            R_ar, R_az, R_an = R_dx[t - 1].split(H, dim=1)  # views to fill
+            if first:
+                R_dn += n_src[t - 1]
+                R_dz += z_src[t - 1]
+            torch.mul(R_dn, 1.0 - n * n, out=R_an)  # (RG3) R{da_n} = R{dJ/dn} o (1 - n^2) ...
+            if first:
+                R_an += an_src[t - 1]  # ... - dJ/dn o 2 n o R{n}
+            R_dr = R_an * hn[t - 1]  # (RG3) R{dJ/dr} = R{da_n} o h_n ...
+            torch.mul(R_an, r, out=R_dh_side[t - 1, :, 2 * H :])  # (RG3) R{dJ/dh_n} = R{da_n} o r ...
+            if first:
+                R_dr += r_src[t - 1]  # ... + da_n o R{h_n}
+                R_dh_side[t - 1, :, 2 * H :] += hn_src[t - 1]  # ... + da_n o R{r}
+            for kind, value in zip(self.step_kinds, (R_dr, R_dz, R_dn, R_dh), strict=True):
+                kept[kind][t - 1] = value
+            torch.mul(R_dr, r * (1.0 - r), out=R_ar)  # (RG2) R{da_r} = R{dJ/dr} o r (1 - r) ...
+            torch.mul(R_dz, z * (1.0 - z), out=R_az)  # (RG2) R{da_z} = R{dJ/dz} o z (1 - z) ...
+            if first:
+                R_ar += ar_src[t - 1]  # ... + dJ/dr o (1 - 2 r) o R{r}
+                R_az += az_src[t - 1]  # ... + dJ/dz o (1 - 2 z) o R{z}
+            R_dh_side[t - 1, :, : 2 * H] = R_dx[t - 1, :, : 2 * H]  # (G1) r and z: the same on both sides
+            R_next = torch.addmm(R_dh * z, R_dh_side[t - 1], W_hh)  # (RG1) R{dJ/dh_t} o z + R{da_h} W_hh
+            if first:
+                R_next += back[t - 1]  # (RG1) + dJ/dh_t o R{z} + da_h V_hh
+        return BPTTGrads(R_dx, R_dh_side, {"h": R_next}, kept)
 
     def torch_step(
         self, x_t: Tensor, state: dict[str, Tensor], w: Mapping[str, Tensor | None], tap: Tap, path: tuple[int, ...]

@@ -20,6 +20,23 @@ backwards, h and c:
          da_o = dJ/do o o (1 - o)
     (L1) dJ/dh_{t-1} through step t = da_t W_hh
 
+Second order, R{.} along V and R{x} (refbp.nn.recurrent_layer's (T1), (RR3)-(RR5)), with
+s' the gates' slopes (i (1 - i), f (1 - f), 1 - g^2, o (1 - o)) and R{s'} = s'' o R{gate},
+s'' = 1 - 2 i (sigmoid's) or -2 g (tanh's):
+
+    (L1') R{a_t} = (T1) ;  (L2') R{i} = i (1 - i) o R{a_i}, ...  R{g} = (1 - g^2) o R{a_g}
+    (L3') R{c_t} = R{f} o c_{t-1} + f o R{c_{t-1}} + R{i} o g + i o R{g}          R{c_0} = R{h_0} = 0
+    (L4') R{h_t} = R{o} o tanh(c_t) + o o (1 - tanh(c_t)^2) o R{c_t}
+    back, t = T .. 1, with both carries and their R:
+    (RL4) R{dJ/do} = R{dJ/dh_t} o tanh(c_t) + dJ/dh_t o (1 - tanh^2) o R{c_t}
+    (RL5) R{dJ/dc_t} = R{dJ/dh_t} o o o (1 - tanh^2) + dJ/dh_t o (R{o} - 2 o tanh(c_t) R{c_t}) o (1 - tanh^2)
+                       + R{dJ/dc_{t+1} o f_{t+1}}                                     (the cell path's R)
+    (RL3) R{dJ/di} = R{dJ/dc_t} o g + dJ/dc_t o R{g} ;  R{dJ/dg} = R{dJ/dc_t} o i + dJ/dc_t o R{i} ;
+          R{dJ/df} = R{dJ/dc_t} o c_{t-1} + dJ/dc_t o R{c_{t-1}} ;
+          R{dJ/dc_{t-1} through step t} = R{dJ/dc_t} o f + dJ/dc_t o R{f}
+    (RL2) R{da} = R{dJ/d gate} o s' + dJ/d gate o s'' o R{gate}    (each of i, f, g, o)
+    (RL1) R{dJ/dh_{t-1} through step t} = R{da_t} W_hh + da_t V_hh
+
 Missing the second term of (L5), the cell-state path, is the LSTM's classic bug: the cell
 state is what lets the gradient reach far back, and without it the network learns no long
 dependency (tests/test_recurrent.py catches it). Intermediates at each step (keys at (l, k, t)): the gates i, f,
@@ -88,6 +105,22 @@ class LSTMLayer(RecurrentLayer):
         """(L5) dJ/dc_t = (through h_t) + dJ/dc_{t+1} o f_{t+1} (the cell path)   (B, H)."""
         return through_h.add_(from_next)
 
+    def total_R_dJ_dc(self, R_through_h: Tensor, R_from_next: Tensor) -> Tensor:
+        """(RL5) R{dJ/dc_t} = R{through h_t} + R{dJ/dc_{t+1} o f_{t+1}}: (L5) is linear, so its R is
+        the same line (an LSTM without the cell path loses it in both)."""
+        return self.total_dJ_dc(R_through_h, R_from_next)
+
+    def gate_slopes(self, gates: Tensor) -> tuple[Tensor, Tensor]:
+        """(s', s'') of every gate (..., 4H): s' = d gate / d a, and s'' with R{s'} = s'' o R{gate}:
+        sigmoid's s (1 - s) and 1 - 2 s for i, f, o; tanh's 1 - g^2 and -2 g for g."""
+        H = self.H
+        slope = gates * (1.0 - gates)  # s (1 - s)
+        bend = 1.0 - 2.0 * gates  # d/ds [s (1 - s)] = 1 - 2 s
+        g = gates[..., 2 * H : 3 * H]
+        slope[..., 2 * H : 3 * H] = 1.0 - g * g  # tanh' = 1 - g^2
+        bend[..., 2 * H : 3 * H] = -2.0 * g  # d/dg [1 - g^2] = -2 g
+        return slope, bend
+
     def step_values(self, cache: RecurrentCache) -> dict[str, Tensor]:
         assert cache.c is not None
         i, f, g, o = cache.gates.split(self.H, dim=2)  # (T, B, H) each
@@ -142,6 +175,72 @@ class LSTMLayer(RecurrentLayer):
             dh_next = da[t - 1] @ W_hh  # (L1) dJ/dh_(t-1) through step t   (B, 4H) @ (4H, H)
             dc_next = dJ_dc.mul_(f)  # (L3) dJ/dc_(t-1) through step t = dJ/dc_t o f (dJ/dc_t is used up)
         return BPTTGrads(da, da, {"h": dh_next, "c": dc_next}, kept)
+
+    def tangent_through_time(self, Rxw: Tensor, Rhw: Tensor, cache: RecurrentCache, V_hh: Tensor) -> RecurrentCache:
+        W_hh, H, c = self.params["W_hh"], self.H, cache.c
+        assert c is not None
+        T, B, _ = Rxw.shape
+        slope, _ = self.gate_slopes(cache.gates)  # (T, B, 4H)
+        R_gates = Rxw.add_(Rhw)  # (L1') every part of R{a_t} but R{h_(t-1)} W_hh^T; made R{gates} in place
+        Rh = Rxw.new_zeros(T + 1, B, H)  # R{h_0} = 0: the initial states are constants
+        Rc = Rxw.new_zeros(T + 1, B, H)  # R{c_0} = 0
+        for t in range(1, T + 1):
+            Ra = R_gates[t - 1].addmm_(Rh[t - 1], W_hh.T)  # (L1') R{a_t}   (B, 4H)
+            Ra.mul_(slope[t - 1])  # (L2') R{i}, R{f}, R{g}, R{o}
+            i, f, g, o = cache.gates[t - 1].split(H, dim=1)  # (B, H) each
+            Ri, Rf, Rg, Ro = Ra.split(H, dim=1)
+            Rc[t] = Rf * c[t - 1] + f * Rc[t - 1] + Ri * g + i * Rg  # (L3')
+            tanh_c = torch.tanh(c[t])  # rebuilt from c_t, as the backward pass does
+            Rh[t] = Ro * tanh_c + o * (1.0 - tanh_c * tanh_c) * Rc[t]  # (L4')
+        return RecurrentCache(Rh, R_gates, c=Rc)
+
+    def r_through_time(
+        self, Rg: Tensor, cache: RecurrentCache, Rcache: RecurrentCache, grads: BPTTGrads, V_hh: Tensor, first: float
+    ) -> BPTTGrads:
+        W_hh, H, c, Rc = self.params["W_hh"], self.H, cache.c, Rcache.c
+        assert c is not None and Rc is not None
+        T, B, _ = Rg.shape
+        slope, bend = self.gate_slopes(cache.gates)  # s', s''   (T, B, 4H)
+        tanh_c = torch.tanh(c[1:])  # (T, B, H)
+        sech2 = 1.0 - tanh_c * tanh_c  # tanh'(c_t)
+        R_da = torch.empty_like(cache.gates)  # R{da_t}   (T, B, 4H)
+        kept = {kind: torch.empty_like(Rg) for kind in self.step_kinds}  # R{dJ/d(.)} of every step's i f g o c h
+        # the terms that carry dJ/d(.), known for every step from the first-order BPTT (grads.steps)
+        d = grads.steps
+        if first:
+            Ri, Rf, R_g, Ro = Rcache.gates.split(H, dim=2)  # (T, B, H) each
+            i, f, g, o = cache.gates.split(H, dim=2)
+            o_src = d["h"] * sech2 * Rc[1:]  # (RL4) dJ/dh_t o (1 - tanh^2) o R{c_t}
+            c_src = d["h"] * sech2 * (Ro - 2.0 * o * tanh_c * Rc[1:])  # (RL5) dJ/dh_t o R{o (1 - tanh^2 c_t)}
+            gate_src = torch.cat([d["c"] * R_g, d["c"] * Rc[:-1], d["c"] * Ri], dim=2)  # (RL3) i, f, g's   (T, B, 3H)
+            carry_src = d["c"] * Rf  # (RL3) dJ/dc_t o R{f}
+            da_src = torch.cat([d[k] for k in ("i", "f", "g", "o")], dim=2).mul_(bend).mul_(Rcache.gates)  # (RL2)
+            back = grads.da_h @ V_hh  # (RL1) da_t V_hh   (T, B, H)
+        R_dh_next = Rg.new_zeros(B, H)  # R{dJ/dh_T through step T + 1} = 0
+        R_dc_next = Rg.new_zeros(B, H)  # R{dJ/dc_(T+1) o f_(T+1)} = 0
+        for t in range(T, 0, -1):
+            i, f, g, o = cache.gates[t - 1].split(H, dim=1)  # (B, H) each
+            R_dh = self.total_R_dJ_dh(Rg[t - 1], R_dh_next)  # (RR1)
+            R_do = R_dh * tanh_c[t - 1]  # (RL4) R{dJ/dh_t} o tanh(c_t)
+            R_through_h = R_dh * o * sech2[t - 1]  # (RL5) R{dJ/dh_t} o o o (1 - tanh^2)
+            if first:
+                R_do += o_src[t - 1]
+                R_through_h += c_src[t - 1]
+            R_dc = self.total_R_dJ_dc(R_through_h, R_dc_next)  # (RL5) + the cell path's R
+            R_dgates = torch.cat([R_dc * g, R_dc * c[t - 1], R_dc * i], dim=1)  # (RL3) R{dJ/di}, R{dJ/df}, R{dJ/dg}
+            R_dc_next = R_dc * f  # (RL3) R{dJ/dc_(t-1) through step t}
+            if first:
+                R_dgates += gate_src[t - 1]
+                R_dc_next += carry_src[t - 1]
+            for kind, value in zip(self.step_kinds, (*R_dgates.split(H, dim=1), R_do, R_dc, R_dh), strict=True):
+                kept[kind][t - 1] = value
+            torch.cat([R_dgates, R_do], dim=1, out=R_da[t - 1]).mul_(slope[t - 1])  # (RL2) R{dJ/d gate} o s'
+            if first:
+                R_da[t - 1] += da_src[t - 1]  # (RL2) + dJ/d gate o s'' o R{gate}
+            R_dh_next = R_da[t - 1] @ W_hh  # (RL1) R{da_t} W_hh   (B, H)
+            if first:
+                R_dh_next += back[t - 1]  # (RL1) + da_t V_hh
+        return BPTTGrads(R_da, R_da, {"h": R_dh_next, "c": R_dc_next}, kept)
 
     def torch_step(
         self, x_t: Tensor, state: dict[str, Tensor], w: Mapping[str, Tensor | None], tap: Tap, path: tuple[int, ...]

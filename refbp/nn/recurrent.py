@@ -21,6 +21,10 @@ same parameter names, whose forward returns the output sequence only, from the i
 stored with it. Not supported: dropout between stacked layers, bidirectional, proj_size
 (each refused with a clear error). ``recurrent_from_torch(module, h0=..., c0=...)`` converts
 a module together with the initial state you would pass it.
+
+**Second order** is the R-operator's loops over the same stack (refbp.nn.r_stack): each stacked
+layer's tangent and R-backward through time (refbp.nn.recurrent_layer), R{a(l, k)} handed up
+and R{dJ/da(l, k)} down exactly as the first-order loop hands a(l, k) and dJ/da(l, k).
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from torch import Tensor
 
 from .gru import GRULayer
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .lstm import LSTMLayer
+from .r_stack import stack_has_second_order, stack_r_backward, stack_tangent
 from .recurrent_layer import RecurrentLayer, TorchGRU, TorchLSTM, TorchRNN, torch_recurrent
 from .registry import register
 from .rnn import RNNLayer
@@ -122,6 +127,24 @@ class Recurrent(Layer):
         for k, layer in enumerate(self.layers, start=1):
             out.update(layer.kinks(cache.saved[k], (*path, k)))
         return out
+
+    # ---- second order: the R-operator's loops over the stacked layers (refbp.nn.r_stack) ---------
+    @property
+    def has_second_order(self) -> bool:
+        return stack_has_second_order(self.layers)
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: StackCache, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        inner = stack_tangent(self.layers, cache, Rx, V, path)
+        return LayerTangent(inner.Ra[-1], inner, inner.intermediates(path))  # type: ignore[arg-type]  # R{the last layer's sequence}
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: StackCache,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        g_x, R = stack_r_backward(self.layers, cache, t.cache, g, Rg, V, ctx)
+        return g_x, LayerGrads(R.dJ_dx, {}, R.intermediates, R.params)
 
     # ---- the oracle ---------------------------------------------------------------------------
     def torch_forward(

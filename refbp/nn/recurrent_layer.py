@@ -24,6 +24,23 @@ by every step, so (as for any tied weight) its gradient is the sum over the step
 the input side's; the cells hand back both). A BPTT that drops the second term of (R1) is a
 classic bug: every gradient then sees one step of the past only (tests/test_recurrent.py catches it).
 
+**Second order** (refbp.nn.second_order), R{.} = d/dr (.)(w + r v) along V (V_ih, V_hh, V_bih,
+V_bhh) and R{x}. The tangents run forward in time, R{h_0} = 0 (the initial state is a constant):
+
+    (T1) R{a_t} = R{x_t} W_ih^T + x_t V_ih^T + V_bih  +  R{h_{t-1}} W_hh^T + h_{t-1} V_hh^T + V_bhh
+         then the cell's own lines, differentiated (refbp.nn.rnn, lstm, gru): R{h_t}, R{c_t}, R{gates}
+
+and the R-operator of BPTT runs backward in time, carrying R{dJ/dh_t} (and R{dJ/dc_t}) beside
+the first-order carry: (R1) is linear, R{dJ/dh_t} = R{dJ/dout_t} + R{what step t + 1 hands back},
+and (R3)-(R5) are Linear's R-backward (refbp.nn.linear) on every step's rows at once:
+
+    (RR3) (H v)_W_ih = sum_t R{da_t}^T x_t + da_t^T R{x_t} ;  (H v)_b_ih = sum_t sum_rows R{da_t}
+    (RR4) (H v)_W_hh = sum_t R{da_t}^T h_{t-1} + da_t^T R{h_{t-1}} ;  (H v)_b_hh = sum_t sum_rows R{da_t}
+    (RR5) R{dJ/dx_t} = R{da_t} W_ih + da_t V_ih ;  R{dJ/dh_{t-1} through step t} = R{da_t} W_hh + da_t V_hh
+
+The terms that carry a first derivative (da_t, dJ/dh_t, ...) are known once the first-order BPTT
+has run (``through_time``, every step kept): Gauss-Newton drops them (``ctx.first`` = 0).
+
 **Names.** The layer's parameters are W_ih, W_hh, b_ih, b_hh at its path; in a stacked
 RNN/LSTM/GRU (refbp.nn.recurrent) stacked layer k of network layer l has path (l, k):
 "W_ih2.1" is torch's ``weight_ih_l0`` of the recurrent module at layer 2. Each step's
@@ -39,6 +56,7 @@ time-major (T, B, d) view either way. The initial state is (B, H): the same batc
 
 from __future__ import annotations
 
+import dataclasses
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,7 +66,8 @@ import torch
 from torch import Tensor
 
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .linear import linear_map, linear_r_backward, linear_tangent
 from .validation import describe
 
 __all__ = [
@@ -246,6 +265,26 @@ class RecurrentLayer(Layer):
         """(R1) dJ/dh_t = dJ/dout_t + what step t + 1 hands back   (B, H)."""
         return dJ_dout_t + from_next
 
+    def total_R_dJ_dh(self, R_dout_t: Tensor, R_from_next: Tensor) -> Tensor:
+        """R{(R1)}: R{dJ/dh_t} = R{dJ/dout_t} + R{what step t + 1 hands back}   (B, H). (R1) is
+        linear, so its R is the same line (a BPTT that drops the second term drops it in both)."""
+        return self.total_dJ_dh(R_dout_t, R_from_next)
+
+    # ---- what each cell says to second order ---------------------------------------------------
+    @abstractmethod
+    def tangent_through_time(self, Rxw: Tensor, Rhw: Tensor, cache: RecurrentCache, V_hh: Tensor) -> RecurrentCache:
+        """Every step's tangents, t = 1 .. T, as a cache of R{.}s (R{h}, R{gates}, R{c}, R{h_n}),
+        from (T1)'s parts known before the loop: Rxw = R{x_t W_ih^T + b_ih} and Rhw = h_{t-1}
+        V_hh^T + V_bhh, both (T, B, G H); the cell adds R{h_{t-1}} W_hh^T step by step."""
+
+    @abstractmethod
+    def r_through_time(
+        self, Rg: Tensor, cache: RecurrentCache, Rcache: RecurrentCache, grads: BPTTGrads, V_hh: Tensor, first: float
+    ) -> BPTTGrads:
+        """Every step's R-backward, t = T .. 1, from R{dJ/dout} (T, B, H), the tangents ``Rcache``
+        and the first-order BPTT ``grads`` (every step kept): the R{.} of each of ``grads``'s
+        fields. ``first``: the factor of the terms that carry a first derivative (0 or 1)."""
+
     # ---- the manual path ---------------------------------------------------------------------
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, RecurrentCache]:
         xs = self.time_major(x)  # (T, B, d_in)
@@ -287,6 +326,54 @@ class RecurrentLayer(Layer):
             for kind, g in grads.steps.items():
                 kept |= {Key(kind, (*ctx.path, t)): g[t - 1] for t in range(1, T + 1)}
         return LayerGrads(dJ_dx, params, kept)
+
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: RecurrentCache, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        """(T1) and the cell's tangents; LayerTangent.cache is the RecurrentCache of R{.}s, its
+        intermediates R{h_t} (and R{c_t}, R{gates}) at every step's key."""
+        xs = self.time_major(x)  # (T, B, d_in)
+        Rxs = None if Rx is None else self.time_major(Rx)  # (T, B, d_in)
+        V_bih, V_bhh = (V(path, "b_ih"), V(path, "b_hh")) if "b_ih" in self.params else (None, None)
+        V_hh = V(path, "W_hh")
+        Rxw = linear_tangent(xs, Rxs, self.params["W_ih"], V(path, "W_ih"), V_bih)  # R{x_t} W_ih^T + x_t V_ih^T + V_bih
+        Rhw = linear_map(cache.h[:-1], V_hh, V_bhh)  # h_(t-1) V_hh^T + V_bhh   (T, B, G H)
+        Rcache = self.tangent_through_time(Rxw, Rhw, cache, V_hh)
+        return LayerTangent(self.in_layout(Rcache.h[1:]), Rcache, self.cached_values(Rcache, path))
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
+        cache: RecurrentCache, V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        """The first-order BPTT (every step kept), then its R backward in time, then (RR3)-(RR5)."""
+        Rcache: RecurrentCache = t.cache
+        xs = self.time_major(x)  # (T, B, d_in)
+        Rxs = None if Rx is None else self.time_major(Rx)
+        T = xs.shape[0]
+        W_ih, W_hh, V_ih, V_hh = self.params["W_ih"], self.params["W_hh"], V(ctx.path, "W_ih"), V(ctx.path, "W_hh")
+        grads = self.through_time(self.time_major(g).contiguous(), cache, keep=True)  # dJ/d(.) at every step
+        R = self.r_through_time(self.time_major(Rg).contiguous(), cache, Rcache, grads, V_hh, ctx.first)
+        bias = "b_ih" in self.params
+        # (RR3), (RR5): the input side is Linear's R-backward over every step's rows
+        g_x, R_in = linear_r_backward(grads.da_x, R.da_x, xs, Rxs, W_ih, V_ih, ctx, bias=bias)
+        # (RR4): the hidden side's, from h_(t-1) and R{h_(t-1)} (its R{dJ/dh_(t-1)} ran inside the loop)
+        hidden = dataclasses.replace(ctx, need_dx=False)
+        _, R_hh = linear_r_backward(grads.da_h, R.da_h, cache.h[:-1], Rcache.h[:-1], W_hh, V_hh, hidden, bias=bias)
+        params = {f"{kind}_ih": Hv for kind, Hv in R_in.params.items()}  # "W" -> "W_ih", "b" -> "b_ih"
+        params |= {f"{kind}_hh": Hv for kind, Hv in R_hh.params.items()}
+        kept: dict[Key, Tensor] = {}
+        if ctx.keep_intermediates:
+            kept = {Key(f"{kind}_init", ctx.path): Rs for kind, Rs in R.initial.items()}  # R{dJ/dh_0}, R{dJ/dc_0}
+            for kind, Rs in R.steps.items():
+                kept |= {Key(kind, (*ctx.path, s)): Rs[s - 1] for s in range(1, T + 1)}
+        if g_x is None or R_in.dJ_dx is None:
+            return None, LayerGrads(None, params, kept)
+        return self.in_layout(g_x), LayerGrads(self.in_layout(R_in.dJ_dx), params, kept)
 
     def cached_values(self, cache: RecurrentCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
         out = {Key("h_init", path): cache.h[0]}

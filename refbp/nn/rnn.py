@@ -11,6 +11,15 @@ and back, t = T .. 1, with refbp.nn.recurrent_layer's (R1)-(R5):
     (E2) dJ/dz_t = dJ/dh_t o f'(z_t)                               tanh: 1 - h_t^2 ;  relu: 1 if z_t > 0
     (E1) da_t = dJ/dz_t ;  dJ/dh_{t-1} through step t = dJ/dz_t W_hh
 
+Second order, R{.} along V and R{x} (refbp.nn.recurrent_layer's (T1), (RR3)-(RR5)):
+
+    (E1') R{z_t} = R{x_t} W_ih^T + x_t V_ih^T + V_bih + R{h_{t-1}} W_hh^T + h_{t-1} V_hh^T + V_bhh
+    (E2') R{h_t} = f'(z_t) o R{z_t}                                 R{h_0} = 0
+    back, t = T .. 1:
+    (RR1) R{dJ/dh_t} = R{dJ/dout_t} + R{dJ/dh_t through step t + 1}
+    (RE2) R{dJ/dz_t} = R{dJ/dh_t} o f'(z_t) + dJ/dh_t o f''(z_t) o R{z_t}     tanh'' = -2 h (1 - h^2); relu'' = 0
+    (RE1) R{dJ/dh_{t-1} through step t} = R{dJ/dz_t} W_hh + dJ/dz_t V_hh
+
 Intermediates at each step (keys at (l, k, t)): z_t and h_t. relu's kink (z_t = 0, where
 torch takes f'(0) = 0) is reported by ``kinks``.
 """
@@ -25,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import ACTIVATIONS
+from .curvature import first_derivative, second_derivative
 from .keys import Key
 from .layer import Tap
 from .pieces import Pieces
@@ -116,6 +126,42 @@ class RNNLayer(RecurrentLayer):
             from_next = dJ_dz[t - 1] @ W_hh  # (E1) dJ/dh_(t-1) through step t   (B, H) @ (H, H)
         steps = {"z": dJ_dz, "h": kept_h} if kept_h is not None else {}
         return BPTTGrads(dJ_dz, dJ_dz, {"h": from_next}, steps)
+
+    def tangent_through_time(self, Rxw: Tensor, Rhw: Tensor, cache: RecurrentCache, V_hh: Tensor) -> RecurrentCache:
+        W_hh = self.params["W_hh"]  # (H, H)
+        T, B, H = Rxw.shape
+        slope = first_derivative(self.activation, cache.gates, cache.h[1:])  # f'(z_t), every step   (T, B, H)
+        Rz = Rxw.add_(Rhw)  # (E1') every part of R{z_t} but R{h_(t-1)} W_hh^T   (T, B, H)
+        Rh = Rxw.new_zeros(T + 1, B, H)  # R{h_0} = 0: the initial state is a constant
+        for t in range(1, T + 1):
+            Rz[t - 1].addmm_(Rh[t - 1], W_hh.T)  # (E1') + R{h_(t-1)} W_hh^T   (B, H)
+            torch.mul(slope[t - 1], Rz[t - 1], out=Rh[t])  # (E2') R{h_t} = f'(z_t) o R{z_t}
+        return RecurrentCache(Rh, Rz)
+
+    def r_through_time(
+        self, Rg: Tensor, cache: RecurrentCache, Rcache: RecurrentCache, grads: BPTTGrads, V_hh: Tensor, first: float
+    ) -> BPTTGrads:
+        W_hh = self.params["W_hh"]  # (H, H)
+        T, B, H = Rg.shape
+        slope = first_derivative(self.activation, cache.gates, cache.h[1:])  # f'(z_t)   (T, B, H)
+        R_dz = torch.empty_like(Rg)  # R{dJ/dz_t}, every step   (T, B, H)
+        R_dh = torch.empty_like(Rg)  # R{dJ/dh_t}
+        # the terms that carry dJ/d(.), known for every step from the first-order BPTT
+        curve = back = None
+        if first:
+            f2 = second_derivative(self.activation, cache.gates, cache.h[1:])  # f''(z_t)   (T, B, H)
+            curve = grads.steps["h"] * f2 * Rcache.gates  # (RE2) dJ/dh_t o f''(z_t) o R{z_t}
+            back = grads.da_h @ V_hh  # (RE1) dJ/dz_t V_hh   (T, B, H)
+        R_next = Rg.new_zeros(B, H)  # nothing comes back from step T + 1
+        for t in range(T, 0, -1):
+            R_dh[t - 1] = self.total_R_dJ_dh(Rg[t - 1], R_next)  # (RR1)
+            torch.mul(R_dh[t - 1], slope[t - 1], out=R_dz[t - 1])  # (RE2) R{dJ/dh_t} o f'(z_t)
+            if curve is not None:
+                R_dz[t - 1] += curve[t - 1]  # (RE2) + dJ/dh_t o f''(z_t) o R{z_t}
+            R_next = R_dz[t - 1] @ W_hh  # (RE1) R{dJ/dz_t} W_hh   (B, H)
+            if back is not None:
+                R_next += back[t - 1]  # (RE1) + dJ/dz_t V_hh
+        return BPTTGrads(R_dz, R_dz, {"h": R_next}, {"z": R_dz, "h": R_dh})
 
     def torch_step(
         self, x_t: Tensor, state: dict[str, Tensor], w: Mapping[str, Tensor | None], tap: Tap, path: tuple[int, ...]
