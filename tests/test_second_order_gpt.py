@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 import refbp
@@ -102,6 +104,29 @@ def test_gpt_products_and_tangents_agree_with_torch(kind: str, product: str) -> 
     assert {"R{att4.2}", "R{q4.2}", "R{resid4}", "R{a4.6}"} <= names  # inside the first block
     if product == "hessian":
         assert {"R{dJ/datt4.2}", "R{dJ/dv4.2}", "R{dJ/dxhat4.1}", "R{dJ/dresid4}"} <= names
+
+
+EXAMPLES = max(3, settings().max_examples // 20)
+"""Random GPT shapes per run: a twentieth of the profile's budget (each example checks H v at every
+parameter, tangent and intermediate)."""
+
+
+@settings(max_examples=EXAMPLES)
+@given(
+    n_head=st.integers(1, 2), head_size=st.integers(1, 3), T=st.integers(1, 4), B=st.integers(1, 2),
+    tied=st.booleans(), bias=st.booleans(), gelu=st.sampled_from(["exact", "tanh"]),
+)  # fmt: skip
+def test_random_gpt_shapes_products_and_tangents_agree_with_torch(
+    n_head: int, head_size: int, T: int, B: int, tied: bool, bias: bool, gelu: str
+) -> None:
+    """Any head count and size, sequence length (one position included: P = 1, R{P} = 0) and batch."""
+    g = torch.Generator().manual_seed(T + 10 * B)
+    net = GPT.random(vocab_size=5, block_size=4, n_layer=1, n_head=n_head, n_embd=n_head * head_size, tied=tied,
+                     bias=bias, gelu=gelu, seed=B)  # fmt: skip
+    _spread(net, g)
+    idx, targets = torch.randint(0, 5, (B, T), generator=g), torch.randint(0, 5, (B, T), generator=g)
+    result = check_second_order(net, idx, targets, forward=True, seed=T)
+    assert_every_row(result, net, "hessian", X=idx)
 
 
 def test_float32_gpt_passes_against_float64_references() -> None:
@@ -285,3 +310,18 @@ def test_a_rule_with_a_term_dropped_is_caught(kind: str) -> None:
     g = torch.Generator().manual_seed(9)
     net, X, y = _sequence_net(build(g), g)
     assert_caught(check_second_order(net, X, y, forward=True, seed=5), expected)
+
+
+def test_the_benchmarked_gpt_routes_compute_the_same_product() -> None:
+    """benchmarks/hvp.py times three routes to one H v of a GPT: they must agree, or the ratio means nothing."""
+    from benchmarks.hvp import Case, case_routes
+
+    results = {name: fn() for name, fn in case_routes(Case("gpt", (1, 8, 4, 2), "float64")).items()}
+    manual = results["manual"]
+    assert isinstance(manual, dict)
+    for other in ("forward-over-reverse", "double backward"):
+        theirs = results[other]
+        values = list(theirs.values()) if isinstance(theirs, dict) else list(theirs)  # type: ignore[call-overload]
+        assert len(values) == len(manual)
+        for name, t in zip(manual, values, strict=True):
+            torch.testing.assert_close(manual[name], t, rtol=1e-10, atol=1e-12, msg=f"{other}: {name}")

@@ -219,8 +219,8 @@ class RowLayerNorm(LayerNorm):
         rows, R_rows = x.reshape(-1, d).to(acc), Rx.reshape(-1, d).to(acc)  # (M, d) each
         mu, rstd = cache.mu.reshape(-1, 1), cache.rstd.reshape(-1, 1)  # (M, 1) each
         xhat = (rows - mu).mul_(rstd)  # xhat rebuilt from x   (M, d)
-        rho = (xhat * R_rows).mean(dim=-1, keepdim=True).mul_(rstd).neg_()  # (N1) rho = R{rstd} / rstd   (M, 1)
-        R_xhat = (R_rows - R_rows.mean(dim=-1, keepdim=True)).mul_(rstd).addcmul_(xhat, rho)  # (N2)   (M, d)
+        rho = _row_mean(xhat * R_rows).mul_(rstd).neg_()  # (N1) rho = R{rstd} / rstd   (M, 1)
+        R_xhat = (R_rows - _row_mean(R_rows)).mul_(rstd).addcmul_(xhat, rho)  # (N2)   (M, d)
         Ry = R_xhat
         if "gamma" in self.params:
             # (N3) R{y} = gamma o R{xhat} + V_gamma o xhat + V_beta   (M, d)
@@ -257,14 +257,21 @@ class RowLayerNorm(LayerNorm):
             kept[Key("xhat", ctx.path)] = R_gx.to(g.dtype).view(x.shape)  # R{dJ/dxhat}
         if not ctx.need_dx:
             return None, LayerGrads(None, params, kept)
-        m = (gx * xhat).mean(dim=-1, keepdim=True)  # m = mean_k(dJ/dxhat o xhat)   (M, 1)
-        dJ_dx = (gx - gx.mean(dim=-1, keepdim=True) - xhat * m).mul_(rstd)  # the backward's dJ/dx   (M, d)
+        m = _row_mean(gx * xhat)  # m = mean_k(dJ/dxhat o xhat)   (M, 1)
+        dJ_dx = (gx - _row_mean(gx)).addcmul_(xhat, m, value=-1.0).mul_(rstd)  # the backward's dJ/dx   (M, d)
         # (N6) the backward's line applied to R{gx} ...
-        R_dx = (R_gx - R_gx.mean(dim=-1, keepdim=True) - xhat * (R_gx * xhat).mean(dim=-1, keepdim=True)).mul_(rstd)
+        R_dx = (R_gx - _row_mean(R_gx)).addcmul_(xhat, _row_mean(R_gx * xhat), value=-1.0).mul_(rstd)
         if first:  # ... + [1] (rho dJ/dx - rstd (R{xhat} m + xhat mean_k(gx o R{xhat})))
-            curve = (R_xhat * m).addcmul_(xhat, (gx * R_xhat).mean(dim=-1, keepdim=True)).mul_(rstd)  # (M, d)
+            curve = (R_xhat * m).addcmul_(xhat, _row_mean(gx * R_xhat)).mul_(rstd)  # (M, d)
             R_dx.addcmul_(rho, dJ_dx, value=first).sub_(curve, alpha=first)
         return dJ_dx.to(g.dtype).view(x.shape), LayerGrads(R_dx.to(g.dtype).view(x.shape), params, kept)
+
+
+def _row_mean(t: Tensor) -> Tensor:
+    """mean_k t_k of each row, (M, d) -> (M, 1), as a sum times 1/d: torch's mean kernel takes
+    about 4 times as long as its sum on rows of this size (CPU, 128 x 64 float64: 20 against 5 us),
+    and the R-operator of a LayerNorm takes seven row means."""
+    return t.sum(dim=-1, keepdim=True).mul_(1.0 / t.shape[-1])
 
 
 # ---- the block ------------------------------------------------------------------------------
