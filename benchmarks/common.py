@@ -54,10 +54,13 @@ def interleaved_medians(
     repeats: int,
     inner: int = 1,
     device: torch.device | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median seconds per call of each method, timed in turns: repeat r runs every method
     once (``inner`` calls each), starting from a different method each round, so that a
-    burst of load from another process on a shared machine hits all methods alike."""
+    burst of load from another process on a shared machine hits all methods alike.
+    ``clock``: wall time by default; ``time.process_time`` counts the process's own CPU
+    time, what a loaded machine's waiting for a core does not inflate (one thread)."""
     device = device or torch.device("cpu")
     names = list(methods)
     for fn in methods.values():  # warm-up: allocator, kernels, lazy init
@@ -68,11 +71,11 @@ def interleaved_medians(
         for name in names[r % len(names) :] + names[: r % len(names)]:
             fn = methods[name]
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             for _ in range(inner):
                 fn()
             sync(device)
-            times[name].append((time.perf_counter() - start) / inner)
+            times[name].append((clock() - start) / inner)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -43,6 +43,35 @@ T x T blocks of scores, probabilities and their gradients exist at once.
 
 Intermediates reported (keys at the layer's path): q, k, v (B, nh, T, hs), att = P
 (B, nh, T, T), y (B, T, d); the output a is ``out``.
+
+**Second order** (refbp.nn.second_order), R{.} = d/dr (.)(w + r v) along V (V_qkv, V_bqkv, V_o,
+V_bo) and R{x}, the product rule on each line. Tangents (forward mode):
+
+    (R1) R{[q k v]} = R{x} W_qkv^T + x V_qkv^T + V_bqkv                          (B, T, 3d)
+    (R3) R{S}  = (R{q} k^T + q R{k}^T) / sqrt(hs)         (masked entries: P = 0 below, so no matter)
+    (R5) R{P}  = P o (R{S} - rowsum(P o R{S}))            diag(P) - P P^T applied to R{S}: (A5)'s
+                                                           Jacobian again (it is symmetric)
+    (R6) R{P~} = R{P} o m / (1 - p)
+    (R7) R{Y}  = R{P~} v + P~ R{v}                                                (B, nh, T, hs)
+    (R9) R{out} = R{y} W_o^T + y V_o^T + V_bo                                     (B, T, d)
+
+and the R-operator of the backward, with g = dJ/dout; the terms marked [1] carry a first
+derivative and are dropped for the Gauss-Newton product (``ctx.first`` = 0):
+
+    (H v)_W_o = sum_rows R{g}^T y + [1] g^T R{y} ;  (H v)_b_o = sum_rows R{g}
+    R{dJ/dy}  = R{g} W_o + [1] g V_o                                              (A9)
+    R{dJ/dv}  = P~^T R{dJ/dY} + [1] R{P~}^T dJ/dY                                 (A7)
+    R{dJ/dP~} = R{dJ/dY} v^T + [1] dJ/dY R{v}^T ;  R{dJ/dP} = R{dJ/dP~} o m / (1 - p)   (A7, A6)
+    R{dJ/dS}  = P o (R{dJ/dP} - rowsum(R{dJ/dP} o P))
+                + [1] R{P} o (dJ/dP - rowsum(dJ/dP o P)) - [1] P o rowsum(dJ/dP o R{P})   (A5)
+    R{dJ/dq}  = (R{dJ/dS} k + [1] dJ/dS R{k}) / sqrt(hs)
+    R{dJ/dk}  = (R{dJ/dS}^T q + [1] dJ/dS^T R{q}) / sqrt(hs)                       (A3)
+    (H v)_W_qkv = sum_rows R{dJ/d[qkv]}^T x + [1] dJ/d[qkv]^T R{x} ;  (H v)_b_qkv = sum_rows R{dJ/d[qkv]}
+    R{dJ/dx}  = R{dJ/d[qkv]} W_qkv + [1] dJ/d[qkv] V_qkv                           (A1)
+
+The two projections are refbp.nn.linear's rules (linear_tangent, linear_r_backward). The
+R-backward runs the first-order backward's lines beside its own in one loop over chunks of
+sequences, so P, dJ/dP and dJ/dS are built once for both.
 """
 
 from __future__ import annotations
@@ -58,10 +87,18 @@ from torch import Tensor
 
 from .chunks import chunks
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .linear import linear_r_backward, linear_tangent
 from .validation import check_seed, describe
 
-__all__ = ["AttentionCache", "CausalSelfAttention", "TorchCausalSelfAttention", "causal_mask", "softmax_backward"]
+__all__ = [
+    "AttentionCache",
+    "AttentionTangent",
+    "CausalSelfAttention",
+    "TorchCausalSelfAttention",
+    "causal_mask",
+    "softmax_backward",
+]
 
 
 def causal_mask(T: int, device: torch.device | str) -> Tensor:
@@ -96,6 +133,21 @@ class AttentionCache:
     y: Tensor
     mask: Tensor | None
     P: Tensor | None = None
+
+
+@dataclass
+class AttentionTangent:
+    """What attention's R-backward reads again from its tangent pass.
+
+    Attributes:
+        Rqkv: (B, T, 3d) R{[q k v]} (R1).
+        RP: (B, nh, T, T) R{P} (R5), before dropout.
+        Ry: (B, T, d) R{y}, the heads of R{Y} merged (R7).
+    """
+
+    Rqkv: Tensor
+    RP: Tensor
+    Ry: Tensor
 
 
 class CausalSelfAttention(Layer):
@@ -338,6 +390,126 @@ class CausalSelfAttention(Layer):
 
     def noise_of(self, cache: AttentionCache, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
         return {} if cache.mask is None else {path: cache.mask}
+
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def softmax_tangent(self, P: Tensor, RS: Tensor) -> Tensor:
+        """R{P} = P o (R{S} - rowsum(P o R{S})) (R5): the softmax's Jacobian diag(P) - P P^T is
+        symmetric, so its product with R{S} is (A5)'s line applied to R{S}. Overwrites RS."""
+        return softmax_backward(P, RS, overwrite=True)  # (b, nh, T, T)
+
+    def _probabilities_of(self, cache: AttentionCache, part: slice, q: Tensor, k: Tensor) -> Tensor:
+        """P of the sequences ``part``: kept by a teaching forward pass, rebuilt otherwise (A3-A5)."""
+        return cache.P[part] if cache.P is not None else self.rebuilt_probabilities(q, k)  # (b, nh, T, T)
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: AttentionCache, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        B, T, _ = x.shape
+        scale, keep = 1.0 / math.sqrt(self.hs), 1.0 / (1.0 - self.p)
+        b_qkv, b_o = ("b_qkv" in self.params), ("b_o" in self.params)
+        # (R1) R{[q k v]} = R{x} W_qkv^T + x V_qkv^T + V_bqkv   (B, T, 3d)
+        Rqkv = linear_tangent(x, Rx, self.params["W_qkv"], V(path, "W_qkv"), V(path, "b_qkv") if b_qkv else None)
+        RP = torch.empty(B, self.n_head, T, T, dtype=x.dtype, device=x.device)  # (B, nh, T, T)
+        Ry = torch.empty_like(cache.y)  # (B, T, d)
+        for part in chunks(B, 3 * self.n_head * T * T * x.element_size()):  # R{S} and products of a few sequences
+            q, k, v = self.heads(cache.qkv[part])  # (b, nh, T, hs) each
+            Rq, Rk, Rv = self.heads(Rqkv[part])  # (b, nh, T, hs) each
+            P = self._probabilities_of(cache, part, q, k)  # (b, nh, T, T)
+            RS = (Rq @ k.transpose(-2, -1)).add_(q @ Rk.transpose(-2, -1)).mul_(scale)  # (R3) R{S}   (b, nh, T, T)
+            RP[part] = self.softmax_tangent(P, RS)  # (R5) R{P} = P o (R{S} - rowsum(P o R{S}))
+            del RS
+            RP_tilde, P_tilde = RP[part], P
+            if cache.mask is not None:
+                mask = cache.mask[part]
+                RP_tilde, P_tilde = RP_tilde * mask * keep, P * mask * keep  # (R6) R{P~} = R{P} o m / (1 - p)
+            RY = (RP_tilde @ v).add_(P_tilde @ Rv)  # (R7) R{Y} = R{P~} v + P~ R{v}   (b, nh, T, hs)
+            Ry[part] = self.merge_heads(RY)  # (b, T, d)
+        # (R9) R{out} = R{y} W_o^T + y V_o^T + V_bo   (B, T, d)
+        Rout = linear_tangent(cache.y, Ry, self.params["W_o"], V(path, "W_o"), V(path, "b_o") if b_o else None)
+        Rq, Rk, Rv = self.heads(Rqkv)  # (B, nh, T, hs) each, views
+        shown = {"q": Rq, "k": Rk, "v": Rv, "att": RP, "y": Ry}
+        return LayerTangent(Rout, AttentionTangent(Rqkv, RP, Ry), {Key(kind, path): t for kind, t in shown.items()})
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
+        cache: AttentionCache, V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        tangent: AttentionTangent = t.cache
+        first, keep_all = ctx.first, ctx.keep_intermediates
+        B, T, _ = x.shape
+        nh, scale, keep = self.n_head, 1.0 / math.sqrt(self.hs), 1.0 / (1.0 - self.p)
+        # (A9) the output projection, its R by Linear's rules: dJ/dy = g W_o, R{dJ/dy} = R{g} W_o + [1] g V_o
+        W_o, V_o = self.params["W_o"], V(ctx.path, "W_o")
+        bias_o = "b_o" in self.params
+        dJ_dy, R9 = linear_r_backward(g, Rg, cache.y, tangent.Ry, W_o, V_o, ctx.inner(ctx.path), bias=bias_o)
+        assert dJ_dy is not None and R9.dJ_dx is not None
+        R_dy = R9.dJ_dx  # (B, T, d)
+        params = {"W_o": R9.params["W"], **({"b_o": R9.params["b"]} if bias_o else {})}
+        dJ_dqkv, R_dqkv = torch.empty_like(cache.qkv), torch.empty_like(cache.qkv)  # (B, T, 3d) each
+        kept = {kind: torch.empty(B, nh, T, T if kind == "att" else self.hs, dtype=x.dtype, device=x.device)
+                for kind in ("att", "q", "k", "v")} if keep_all else {}  # fmt: skip
+        for part in chunks(B, 6 * nh * T * T * x.element_size()):  # the T x T temporaries of a few sequences
+            q, k, v = (t.contiguous() for t in self.heads(cache.qkv[part]))  # (b, nh, T, hs) each
+            Rq, Rk, Rv = (t.contiguous() for t in self.heads(tangent.Rqkv[part]))  # (b, nh, T, hs) each
+            dJ_dY = self.split_heads(dJ_dy[part]).contiguous()  # (A8) (b, nh, T, hs)
+            R_dY = self.split_heads(R_dy[part]).contiguous()  # R{dJ/dY}   (b, nh, T, hs)
+            P, RP = self._probabilities_of(cache, part, q, k), tangent.RP[part]  # (b, nh, T, T) each
+            mask = None if cache.mask is None else cache.mask[part]
+            P_tilde = P if mask is None else P * mask * keep  # (b, nh, T, T)
+            # (A7) dJ/dv = P~^T dJ/dY:  R{dJ/dv} = P~^T R{dJ/dY} + [1] R{P~}^T dJ/dY
+            dJ_dv = P_tilde.transpose(-2, -1) @ dJ_dY  # (b, nh, T, hs)
+            R_dv = P_tilde.transpose(-2, -1) @ R_dY  # (b, nh, T, hs)
+            del P_tilde
+            if first:
+                RP_tilde = RP if mask is None else RP * mask * keep  # (R6)
+                R_dv.add_(RP_tilde.transpose(-2, -1) @ dJ_dY, alpha=first)
+                del RP_tilde
+            # (A7) dJ/dP~ = dJ/dY v^T:  R{dJ/dP~} = R{dJ/dY} v^T + [1] dJ/dY R{v}^T
+            dJ_dP = dJ_dY @ v.transpose(-2, -1)  # (b, nh, T, T)
+            R_dP = R_dY @ v.transpose(-2, -1)  # (b, nh, T, T)
+            if first:
+                R_dP.add_(dJ_dY @ Rv.transpose(-2, -1), alpha=first)
+            if mask is not None:  # (A6) dJ/dP = dJ/dP~ o m / (1 - p), and its R alike
+                dJ_dP.mul_(mask).mul_(keep)
+                R_dP.mul_(mask).mul_(keep)
+            if keep_all:
+                kept["att"][part] = R_dP
+            # (A5) dJ/dS = P o c with c = dJ/dP - rowsum(dJ/dP o P):
+            # R{dJ/dS} = P o (R{dJ/dP} - rowsum(R{dJ/dP} o P)) + [1] (R{P} o c - P o rowsum(dJ/dP o R{P}))
+            c = dJ_dP - (dJ_dP * P).sum(dim=-1, keepdim=True)  # (b, nh, T, T)
+            R_dS = self.softmax_backward(P, R_dP, overwrite=True)  # (b, nh, T, T)
+            if first:
+                R_dS.addcmul_(RP, c, value=first).addcmul_(P, (dJ_dP * RP).sum(dim=-1, keepdim=True), value=-first)
+            dJ_dS = c.mul_(P)  # dJ/dS = P o c   (b, nh, T, T)
+            del c, dJ_dP, R_dP, P, RP
+            # (A3) dJ/dq = dJ/dS k s, dJ/dk = dJ/dS^T q s  (s = 1/sqrt(hs)):
+            # R{dJ/dq} = (R{dJ/dS} k + [1] dJ/dS R{k}) s ;  R{dJ/dk} = (R{dJ/dS}^T q + [1] dJ/dS^T R{q}) s
+            dJ_dq, dJ_dk = self.scores_backward(dJ_dS, q, k)  # (b, nh, T, hs) each
+            R_dq, R_dk = self.scores_backward(R_dS, q, k)  # (b, nh, T, hs) each
+            if first:
+                R_dq.add_(dJ_dS @ Rk, alpha=first * scale)
+                R_dk.add_(dJ_dS.transpose(-2, -1) @ Rq, alpha=first * scale)
+            del dJ_dS, R_dS
+            # (A1, A2) the heads merged back, q's, k's and v's side by side
+            torch.cat([self.merge_heads(t) for t in (dJ_dq, dJ_dk, dJ_dv)], dim=2, out=dJ_dqkv[part])
+            torch.cat([self.merge_heads(t) for t in (R_dq, R_dk, R_dv)], dim=2, out=R_dqkv[part])
+            if keep_all:
+                kept["q"][part], kept["k"][part], kept["v"][part] = R_dq, R_dk, R_dv
+        # (A1) the packed projection, by Linear's rules: (H v)_W_qkv = sum_rows R{dJ/d[qkv]}^T x
+        # + [1] dJ/d[qkv]^T R{x} ;  R{dJ/dx} = R{dJ/d[qkv]} W_qkv + [1] dJ/d[qkv] V_qkv
+        bias, W_qkv, V_qkv = "b_qkv" in self.params, self.params["W_qkv"], V(ctx.path, "W_qkv")
+        dJ_dx, R1 = linear_r_backward(dJ_dqkv, R_dqkv, x, Rx, W_qkv, V_qkv, ctx, bias=bias)
+        params["W_qkv"] = R1.params["W"]
+        if bias:
+            params["b_qkv"] = R1.params["b"]
+        intermediates = {Key(kind, ctx.path): t for kind, t in kept.items()}
+        if keep_all:
+            intermediates[Key("y", ctx.path)] = R_dy
+        return dJ_dx, LayerGrads(R1.dJ_dx, params, intermediates)
 
     def release(self, cache: AttentionCache) -> None:
         cache.qkv = cache.y = torch.empty(0)

@@ -9,6 +9,13 @@ With P the (block_size, d) table and x the (B, T, d) token embeddings, T <= bloc
 The same row P[t] is added to every sequence of the batch, so its gradient is the sum over
 the batch; keeping one sequence's gradient (an assignment in a loop over the batch) is a
 classic bug (refbp.apps.gpt_bugs).
+
+Second order (refbp.nn.second_order), R{.} = d/dr (.)(w + r v) along V_P and R{x}: the map is
+linear in x and in P, so each rule is the first-order one with R{.} written in:
+
+    R{y}[b, t]    = R{x}[b, t] + V_P[t]                   (B, T, d)
+    R{dJ/dx}      = R{dJ/dy}                              (B, T, d)
+    (H v)_P[t]    = sum_b R{dJ/dy}[b, t]   for t < T      (block_size, d); rows t >= T get 0
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .validation import describe
 
 __all__ = ["PositionEmbedding", "TorchPositionEmbedding"]
@@ -78,6 +85,29 @@ class PositionEmbedding(Layer):
         # dJ/dx = dJ/dy: handed on as it is when the caller gave it up, copied otherwise
         dJ_dx = dJ_dy if ctx.overwrite and not ctx.keep_intermediates else dJ_dy.clone()
         return LayerGrads(dJ_dx, {"P": dJ_dP})
+
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None  # x holds vectors (token embeddings), never indices
+        T = x.shape[1]
+        return LayerTangent(Rx + V(path, "P")[:T])  # R{y}[b, t] = R{x}[b, t] + V_P[t]   (B, T, d)
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        T = Rg.shape[1]
+        H_P = torch.zeros_like(self.params["P"])  # (block_size, d): positions >= T are not used
+        torch.sum(Rg, dim=0, out=H_P[:T])  # (H v)_P[t] = sum_b R{dJ/dy}[b, t]   (T, d)
+        if not ctx.need_dx:
+            return None, LayerGrads(None, {"P": H_P})
+        return g, LayerGrads(Rg, {"P": H_P})  # dJ/dx = dJ/dy, R{dJ/dx} = R{dJ/dy}
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

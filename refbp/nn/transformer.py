@@ -29,6 +29,17 @@ is rebuilt for its backward (REBUILT), and the outputs of attention, c_proj and 
 are not kept. The LayerNorms keep their row statistics only (``RowLayerNorm``), attention no
 T x T probabilities. With ``release_cache`` each sub-layer's cache is dropped once its backward
 has run, as autograd frees its saved tensors.
+
+**Second order** (refbp.nn.second_order). The block adds nothing but two skip paths, so its
+rules are its sub-layers' own (``tangent``, ``r_backward``) run in the same order as its
+passes, with the skips differentiated along v:
+
+    R{r} = R{x} + R{a(l,3)} ;  R{y} = R{r} + R{a(l,8)}                           (B4, B10)
+    R{dJ/dr} = R{dJ/dy} + (R{dJ/dr} through the MLP: B9 .. B5)                   (B10)
+    R{dJ/dx} = R{dJ/dr} + (R{dJ/dx} through attention: B3 .. B1)                 (B4)
+
+RowLayerNorm's own rules are in its docstring. The R-operator reads the teaching cache
+(every a(l,j), ``keep_intermediates=True``), as refbp.nn.second_order's forward pass keeps it.
 """
 
 from __future__ import annotations
@@ -45,12 +56,23 @@ from .chunks import chunks
 from .dropout import Dropout
 from .elementwise import Elementwise
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .layernorm import LayerNorm, accumulation_dtype
 from .linear import Linear
 from .validation import check_seed, derived_seed, describe
 
-__all__ = ["GELU_FORMS", "Block", "BlockCache", "RowLayerNorm", "RowStats", "TorchBlock", "TorchMLP", "gelu_form"]
+__all__ = [
+    "GELU_FORMS",
+    "Block",
+    "BlockCache",
+    "BlockTangent",
+    "RowLayerNorm",
+    "RowStats",
+    "RowTangent",
+    "TorchBlock",
+    "TorchMLP",
+    "gelu_form",
+]
 
 GELU_FORMS: dict[str, str] = {"exact": "gelu", "tanh": "gelu_tanh"}
 """A block's GELU -> the activation of refbp.nn.activations computing it: the exact z Phi(z)
@@ -80,6 +102,16 @@ class RowStats:
     rstd: Tensor
 
 
+@dataclass
+class RowTangent:
+    """What RowLayerNorm's R-backward reads again from its tangent pass, in the accumulation
+    dtype: xhat (M, d) rebuilt, R{xhat} (M, d) and rho = R{rstd} / rstd (M, 1)."""
+
+    xhat: Tensor
+    R_xhat: Tensor
+    rho: Tensor
+
+
 class RowLayerNorm(LayerNorm):
     """torch.nn.LayerNorm(d) keeping only the row statistics mu and rstd (one number each per
     row) for the backward pass, as torch's own kernel does.
@@ -95,7 +127,21 @@ class RowLayerNorm(LayerNorm):
     arithmetic would keep only their first digits. What differs is the cache, for a training
     step's memory: mu and rstd, and xhat rebuilt from x in the backward pass. x is kept anyway
     (it is the residual stream); xhat would be one more (B, T, d) tensor per LayerNorm, in
-    float64, where autograd keeps none."""
+    float64, where autograd keeps none.
+
+    Second order, R{.} along V_gamma, V_beta and R{x}, per row (mean(xhat) = 0 shortens R{rstd}):
+
+        (N1) R{rstd} = -rstd^3 mean_k((x_k - mu) R{x_k}) = rho rstd,   rho = -rstd mean_k(xhat o R{x})
+        (N2) R{xhat} = rstd (R{x} - mean_k R{x}) + rho xhat
+        (N3) R{y}    = gamma o R{xhat} + V_gamma o xhat + V_beta
+        and back, with g = dJ/dy, gx = dJ/dxhat = g o gamma, m = mean_k(gx o xhat), [1] as in
+        refbp.nn.attention (dropped for Gauss-Newton):
+        (N4) R{gx}   = R{g} o gamma + [1] g o V_gamma
+        (N5) (H v)_gamma = sum_rows R{g} o xhat + [1] g o R{xhat} ;  (H v)_beta = sum_rows R{g}
+        (N6) R{dJ/dx} = rstd (R{gx} - mean_k R{gx} - xhat mean_k(R{gx} o xhat))
+                        + [1] (rho dJ/dx - rstd (R{xhat} m + xhat mean_k(gx o R{xhat})))
+
+    computed in the accumulation dtype, as the backward pass, and rounded once."""
 
     title = "LayerNorm"
 
@@ -160,6 +206,73 @@ class RowLayerNorm(LayerNorm):
     def release(self, cache: RowStats) -> None:
         cache.mu = cache.rstd = torch.empty(0)
 
+    # ---- second order ---------------------------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: RowStats, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        d, acc = self.d, cache.rstd.dtype  # the accumulation dtype
+        rows, R_rows = x.reshape(-1, d).to(acc), Rx.reshape(-1, d).to(acc)  # (M, d) each
+        mu, rstd = cache.mu.reshape(-1, 1), cache.rstd.reshape(-1, 1)  # (M, 1) each
+        xhat = (rows - mu).mul_(rstd)  # xhat rebuilt from x   (M, d)
+        rho = _row_mean(xhat * R_rows).mul_(rstd).neg_()  # (N1) rho = R{rstd} / rstd   (M, 1)
+        R_xhat = (R_rows - _row_mean(R_rows)).mul_(rstd).addcmul_(xhat, rho)  # (N2)   (M, d)
+        Ry = R_xhat
+        if "gamma" in self.params:
+            # (N3) R{y} = gamma o R{xhat} + V_gamma o xhat + V_beta   (M, d)
+            Ry = R_xhat * self.params["gamma"].to(acc) + xhat * V(path, "gamma").to(acc)
+            if "beta" in self.params:
+                Ry += V(path, "beta").to(acc)
+        shown = {Key("xhat", path): R_xhat.to(x.dtype).view(x.shape)}
+        return LayerTangent(Ry.to(x.dtype).view(x.shape), RowTangent(xhat, R_xhat, rho), shown)
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: RowStats,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        tangent: RowTangent = t.cache
+        xhat, R_xhat, rho = tangent.xhat, tangent.R_xhat, tangent.rho  # (M, d), (M, d), (M, 1)
+        d, acc, first = self.d, xhat.dtype, ctx.first
+        rstd = cache.rstd.reshape(-1, 1)  # (M, 1)
+        G, RG = g.reshape(-1, d).to(acc), Rg.reshape(-1, d).to(acc)  # dJ/dy, R{dJ/dy}   (M, d) each
+        params: dict[str, Tensor] = {}
+        gx, R_gx = G, RG  # dJ/dxhat = dJ/dy without gamma
+        if "gamma" in self.params:
+            gamma = self.params["gamma"].to(acc)  # (d,)
+            gx, R_gx = G * gamma, RG * gamma  # (N4) dJ/dxhat = g o gamma,  R{g} o gamma   (M, d)
+            if first:
+                R_gx.addcmul_(G, V(ctx.path, "gamma").to(acc), value=first)  # + [1] g o V_gamma
+            H_gamma = (RG * xhat).sum(dim=0)  # (N5) sum_rows R{g} o xhat   (d,)
+            if first:
+                H_gamma.add_((G * R_xhat).sum(dim=0), alpha=first)  # + [1] sum_rows g o R{xhat}
+            params["gamma"] = H_gamma.to(g.dtype)
+            if "beta" in self.params:
+                params["beta"] = Rg.reshape(-1, d).sum(dim=0)  # (H v)_beta = sum_rows R{g}   (d,)
+        kept: dict[Key, Tensor] = {}
+        if ctx.keep_intermediates:
+            kept[Key("xhat", ctx.path)] = R_gx.to(g.dtype).view(x.shape)  # R{dJ/dxhat}
+        if not ctx.need_dx:
+            return None, LayerGrads(None, params, kept)
+        m = _row_mean(gx * xhat)  # m = mean_k(dJ/dxhat o xhat)   (M, 1)
+        dJ_dx = (gx - _row_mean(gx)).addcmul_(xhat, m, value=-1.0).mul_(rstd)  # the backward's dJ/dx   (M, d)
+        # (N6) the backward's line applied to R{gx} ...
+        R_dx = (R_gx - _row_mean(R_gx)).addcmul_(xhat, _row_mean(R_gx * xhat), value=-1.0).mul_(rstd)
+        if first:  # ... + [1] (rho dJ/dx - rstd (R{xhat} m + xhat mean_k(gx o R{xhat})))
+            curve = (R_xhat * m).addcmul_(xhat, _row_mean(gx * R_xhat)).mul_(rstd)  # (M, d)
+            R_dx.addcmul_(rho, dJ_dx, value=first).sub_(curve, alpha=first)
+        return dJ_dx.to(g.dtype).view(x.shape), LayerGrads(R_dx.to(g.dtype).view(x.shape), params, kept)
+
+
+def _row_mean(t: Tensor) -> Tensor:
+    """mean_k t_k of each row, (M, d) -> (M, 1), as a sum times 1/d: torch's mean kernel takes
+    about 4 times as long as its sum on rows of this size (CPU, 128 x 64 float64: 20 against 5 us),
+    and the R-operator of a LayerNorm takes seven row means."""
+    return t.sum(dim=-1, keepdim=True).mul_(1.0 / t.shape[-1])
+
 
 # ---- the block ------------------------------------------------------------------------------
 @dataclass
@@ -196,6 +309,21 @@ REBUILT = {6: 5}
 """a(l,6) = GELU(a(l,5)), c_proj's input, is not kept in a training step: c_proj's backward gets
 it from GELU's forward on a(l,5) again, one pass of torch's GELU kernel. Keeping it would make
 the MLP keep 8 activations per position (4d each for a(l,5) and a(l,6)), as autograd does."""
+
+
+@dataclass
+class BlockTangent:
+    """What a block's tangent pass keeps for its R-backward.
+
+    Attributes:
+        Ra: Ra[j] = R{a(l,j)}, sub-layer j's output tangent (Ra[0] unused: R{x} is the caller's).
+        layers: layers[j] = sub-layer j's LayerTangent.
+        Rresid: R{r} = R{x} + R{a(l,3)} (B4).
+    """
+
+    Ra: list[Tensor | None]
+    layers: list[LayerTangent | None]
+    Rresid: Tensor
 
 
 class Block(Layer):
@@ -355,6 +483,85 @@ class Block(Layer):
         # (B4) r = x + a(l,3): dJ/da(l,3) = dJ/dr, and dJ/dx = dJ/dr + dJ/dx through attention
         grads.dJ_dx = self._back(ATTENTION_HALF, dJ_dr, x, cache, ctx, grads).add_(dJ_dr)  # (B, T, d)
         return grads
+
+    # ---- second order: the sub-layers' own rules, in the order of the passes -------------------
+    @property
+    def has_second_order(self) -> bool:
+        return all(layer.has_second_order for layer in self.inner)
+
+    def _tangent_half(
+        self, half: tuple[int, ...], x: Tensor, Rx: Tensor, cache: BlockCache, V: Params, path: tuple[int, ...],
+        record: BlockTangent,
+    ) -> Tensor:  # fmt: skip
+        """The sub-layers of one half in turn from (x, R{x}); returns R{the half's output}."""
+        h, Rh = x, Rx
+        for j in half:
+            out = cache.a[j]
+            if out is None:
+                raise ValueError(
+                    f"layer {'.'.join(map(str, path))} ({self.describe()}): the R-operator reads every a(l,j); "
+                    "run the forward pass with keep_intermediates=True"
+                )
+            t = self.inner[j - 1].tangent(h, Rh, out, cache.saved[j], V, (*path, j))  # R{a(l,j)}
+            record.layers[j], record.Ra[j] = t, t.out
+            h, Rh = out, t.out
+        return Rh
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: BlockCache, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        n = len(self.inner)
+        record = BlockTangent([None] * (n + 1), [None] * (n + 1), Rx)
+        R3 = self._tangent_half(ATTENTION_HALF, x, Rx, cache, V, path, record)  # R{a(l,3)}   (B, T, d)
+        record.Rresid = Rr = Rx + R3  # (B4) R{r} = R{x} + R{a(l,3)}
+        R8 = self._tangent_half(MLP_HALF, cache.resid, Rr, cache, V, path, record)  # R{a(l,8)}   (B, T, d)
+        shown: dict[Key, Tensor] = {Key("resid", path): Rr}
+        for j, t in enumerate(record.layers[1:], start=1):
+            assert t is not None
+            shown.update(t.intermediates)
+            shown[Key("a", (*path, j))] = t.out
+        return LayerTangent(Rr + R8, record, shown)  # (B10) R{y} = R{r} + R{a(l,8)}
+
+    def _r_back_half(
+        self, half: tuple[int, ...], g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor, cache: BlockCache,
+        record: BlockTangent, V: Params, ctx: SecondContext, out: LayerGrads,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """The sub-layers' R-backward of one half, last first, from (dJ/d(its output), R{...});
+        returns (dJ/d(its input), R{dJ/d(its input)}). Neither g nor R{g} is written to."""
+        for j in reversed(half):
+            path, layer = (*ctx.path, j), self.inner[j - 1]
+            if ctx.keep_intermediates:
+                out.intermediates[Key("a", path)] = Rg  # R{dJ/da(l,j)}
+            h, Rh = (x, Rx) if j == half[0] else (cache.a[j - 1], record.Ra[j - 1])
+            t = record.layers[j]
+            assert h is not None and t is not None
+            g_in, R = layer.r_backward(g, Rg, h, Rh, cache.a[j], t, cache.saved[j], V, ctx.inner(path))  # type: ignore[arg-type]
+            out.sub_params.update({Key(kind, path): value for kind, value in R.params.items()})
+            out.sub_params.update(R.sub_params)
+            out.intermediates.update(R.intermediates)
+            assert g_in is not None and R.dJ_dx is not None
+            g, Rg = g_in, R.dJ_dx
+        return g, Rg
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: BlockCache,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        record: BlockTangent = t.cache
+        assert Rx is not None
+        grads = LayerGrads(None)
+        # (B10) y = r + a(l,8): dJ/dr = dJ/dy + dJ/dr through the MLP, and R{.} of both alike
+        g_mlp, R_mlp = self._r_back_half(MLP_HALF, g, Rg, cache.resid, record.Rresid, cache, record, V, ctx, grads)
+        dJ_dr, R_dr = g + g_mlp, Rg + R_mlp  # (B, T, d) each
+        if ctx.keep_intermediates:
+            grads.intermediates[Key("resid", ctx.path)] = R_dr  # R{dJ/dr}
+        # (B4) r = x + a(l,3): dJ/dx = dJ/dr + dJ/dx through attention, and R{.} alike
+        g_attn, R_attn = self._r_back_half(ATTENTION_HALF, dJ_dr, R_dr, x, Rx, cache, record, V, ctx, grads)
+        if not ctx.need_dx:
+            return None, grads
+        grads.dJ_dx = R_dr + R_attn  # R{dJ/dx}   (B, T, d)
+        return dJ_dr + g_attn, grads
 
     def cached_values(self, cache: BlockCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
         out: dict[Key, Tensor] = {}
