@@ -4,7 +4,6 @@ torch.func forward-over-reverse, double backward, and differences of the manual 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refbp
-from refbp.nn import dense, second_order
+from refbp.nn import second_order
 from refbp.nn.layer import Layer
 from refbp.nn.layers import Elementwise, Embedding, Flatten, LayerNorm, Linear, LogSoftmax, Softmax
 from refbp.nn.losses import get_loss
@@ -83,30 +82,20 @@ def test_a_layer_stack_with_a_tied_weight_gets_both_uses() -> None:
     assert result.passed, result.failure_message()
 
 
-def test_relu_kinks_leave_the_differences_unverified_never_failed() -> None:
+def test_relu_exactly_on_its_kink_leaves_every_product_entry_unverified_never_failed() -> None:
+    """z1 = b1 = 0: f'(0) and f''(0) are conventions, not derivatives; H v is undefined there."""
     net = MLP.random([2, 3, 1], activations=["relu", "identity"], loss="mse", seed=0)
     X = torch.zeros(2, 2, dtype=torch.float64)  # z1 = b1: move b1 to 0 to sit on the kink
     net.set_parameter("b1", torch.zeros(3, dtype=torch.float64))
     y = torch.randn(2, 1, dtype=torch.float64)
-    result = check_second_order(net, X, y, seed=0)
-    fd_rows = [row for row in result.rows if row.reference == "fd-gradient"]
-    assert fd_rows and all(row.verdict == "unverified" for row in fd_rows)
-    assert all(row.verdict == "ok" for row in result.rows if row.reference != "fd-gradient")
-
-
-@pytest.fixture
-def dropped_second_derivative(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The classic slip: R{dJ/dz} = R{dJ/da} o f'(z), without dJ/da o f''(z) o R{z}."""
-    monkeypatch.setattr(dense, "second_derivative", lambda act, z, a: torch.zeros_like(z))
-    yield
-
-
-def test_dropping_the_second_derivative_term_is_caught(dropped_second_derivative: None) -> None:
-    net = MLP.random([3, 4, 2], activations=["tanh", "identity"], loss="mse", seed=0)
-    X, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
-    result = check_second_order(net, X, y)
-    assert not result.passed
-    assert all(t.verdict == "mismatch" for t in result.tensors if t.name in ("Hv[W1]", "Hv[b1]"))
+    result = check_second_order(net, X, y, seed=0, forward=True)
+    product_rows = [row for row in result.rows if row.name.startswith(("Hv[", "R{dJ/d"))]
+    assert {row.reference for row in product_rows} == {"forward-over-reverse", "reverse-over-reverse", "fd-gradient"}
+    assert all(row.verdict == "unverified" and row.n_excluded == row.n_elements for row in product_rows)
+    tangents = [row for row in result.rows if row.reference == "forward-mode"]
+    assert tangents and all(row.verdict == "ok" for row in tangents)  # first order: torch's f'(0), as at order 1
+    message = result.failure_message()
+    assert not result.passed and "exactly on a kink (z = 0" in message and "second derivative is undefined" in message
 
 
 def test_users_product_with_a_transposed_weight_block_is_caught() -> None:
@@ -235,11 +224,19 @@ def test_explain_order_2_walks_the_seed_network_with_every_line_verified(capsys:
     assert "--order 2 walks the seed's network; it takes no --loss" in capsys.readouterr().err
 
 
-def test_explain_order_2_marks_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    from refbp.apps.explain_order2 import explain_order2
+def test_explain_order_2_marks_a_wrong_rule() -> None:
+    """The catalogue's "f'' term dropped" twin in the seed's network: the walk marks it."""
+    from refbp.apps.bug_record import twin_of
+    from refbp.apps.explain_order2 import Order2Walk, order2_page
+    from refbp.apps.second_order_bugs import _DenseNoSecondDerivative
+    from refbp.apps.seed import seed_network
 
-    monkeypatch.setattr(dense, "second_derivative", lambda act, z, a: torch.zeros_like(z))
-    walk = explain_order2(0)
+    net = seed_network(0)
+    for l, layer in enumerate(net.layers):  # the twins in place: the MLP view the walk reads is kept
+        twin = twin_of(_DenseNoSecondDerivative)(layer)
+        assert isinstance(twin, _DenseNoSecondDerivative)
+        net.layers[l] = twin
+    walk = Order2Walk(order2_page(net, 0))
     assert not walk.passed and "[FAIL]" in walk.render(ascii_only=True)
 
 
@@ -316,3 +313,126 @@ def test_check_order_2_is_the_second_order_check() -> None:
     assert result.passed and {"Hv[W1]", "R{J}"} <= {row.name for row in result.rows}
     with pytest.raises(ValueError, match="order=3"):
         refbp.check(net, X, y, order=3)
+
+
+# ---- the verification is generic: pieces, kinks and masks from the oracle's own reports -------------
+def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def _relu_in_a_residual(offset: float) -> tuple[Network, torch.Tensor, torch.Tensor]:
+    """Residual(Linear, relu) then Linear, with z[0, 0] of the inner Linear moved to ``offset``."""
+    from refbp.nn.residual import Residual
+
+    g = torch.Generator().manual_seed(5)
+    W, b, X = _randn(g, 3, 3), _randn(g, 3), _randn(g, 4, 3)
+    X[0], b[0] = 0.0, offset  # z[0, 0] = b[0] = offset, exactly
+    net = Network([Residual(Linear(W, b), Elementwise("relu")), Linear(_randn(g, 2, 3))], "mse")
+    return net, X, _randn(g, 4, 2)
+
+
+def test_a_difference_step_across_relu_inside_a_residual_leaves_only_the_differences_unverified() -> None:
+    """The oracle reports relu's input wherever it sits: the differences of the gradient are
+    not judged across its kink (they measure a jump there), the torch routes still are."""
+    net, X, y = _relu_in_a_residual(1e-9)  # a step h v ~ 1e-5 moves it across 0
+    result = check_second_order(net, X, y, seed=0)
+    fd_rows = [row for row in result.rows if row.reference == "fd-gradient"]
+    assert fd_rows and all(row.n_excluded == row.n_elements for row in fd_rows)
+    assert not result.meta["kinks"] and result.passed, result.failure_message()
+
+
+def test_relu_exactly_on_its_kink_inside_a_residual_is_found_by_the_oracle() -> None:
+    net, X, y = _relu_in_a_residual(0.0)
+    result = check_second_order(net, X, y, seed=0)
+    assert result.meta["kinks"] == ["z = 0"] and not result.passed
+    assert all(row.verdict == "unverified" for row in result.rows)
+
+
+def test_a_max_pool_tie_leaves_the_product_unverified() -> None:
+    """Integer pixels: windows hold their maximum twice, where the first maximum is a convention."""
+    module = torch.nn.Sequential(torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(4, 2), torch.nn.Tanh())
+    net = refbp.from_torch(module.double(), loss="mse")
+    g = torch.Generator().manual_seed(2)
+    y = _randn(g, 2, 2)
+    rows = [[1.0, 1.0, 0.0, 2.0], [0.0, 0.0, 2.0, 1.0], [3.0, 0.0, 1.0, 1.0], [3.0, 1.0, 1.0, 0.0]]
+    tied = torch.tensor([[rows]], dtype=torch.float64)  # (1, 1, 4, 4): a tie in every window
+    result = check_second_order(net, tied.expand(2, 1, 4, 4).clone(), y, seed=0)
+    assert result.meta["kinks"] and all(row.verdict == "unverified" for row in result.rows)
+    untied = check_second_order(net, _randn(g, 2, 1, 4, 4), y, seed=0, forward=True)  # distinct pixels
+    assert not untied.meta["kinks"] and untied.passed, untied.failure_message()
+
+
+def _dropout_net(p: float) -> tuple[Network, torch.Tensor, torch.Tensor]:
+    from refbp.nn.dropout import Dropout
+
+    g = torch.Generator().manual_seed(9)
+    layers = [Linear(_randn(g, 4, 3), _randn(g, 4)), Elementwise("tanh"), Dropout(p, seed=3), Linear(_randn(g, 2, 4))]
+    return Network(layers, "mse"), _randn(g, 6, 3), _randn(g, 6, 2)
+
+
+@pytest.mark.parametrize("product", ["hessian", "gauss_newton"])
+def test_train_mode_dropout_is_differentiated_at_one_draw_of_its_masks(product: str) -> None:
+    net, X, y = _dropout_net(0.5)
+    result = check_second_order(net, X, y, product=product, forward=True, seed=1)
+    assert result.passed, result.failure_message()
+    expected = {f"Hv[{name}]" for name in [*net.parameters(), "X"]}
+    assert expected <= {row.name for row in result.rows} and "R{a3}" in {row.name for row in result.rows}
+
+
+def test_check_order_2_uses_the_masks_it_is_given() -> None:
+    """A user's H v computed at the masks ``noise`` passes with them and fails with another draw."""
+    net, X, y = _dropout_net(0.5)
+    noise = net.forward(X, update_stats=False).noise
+    v = random_direction(net, X, 0)
+    mine = second_order.hvp(net, X, y, v, noise=noise).Hv
+    assert check_second_order(net, X, y, v, hvp_fn=lambda _: mine, noise=noise).passed
+    other = {path: ~mask for path, mask in noise.items()}  # every kept entry dropped and back
+    assert not check_second_order(net, X, y, v, hvp_fn=lambda _: mine, noise=other).passed
+    assert refbp.check(net, X, y, order=2, noise=noise).passed
+
+
+def _torch_hvp(net: Network, X: torch.Tensor, y: torch.Tensor) -> Any:
+    """A user's H v by torch.func forward-over-reverse of the oracle (a real route, not refbp's)."""
+    from refbp.nn.keys import Key
+    from refbp.nn.layer import Params
+
+    params = {name: t.detach() for name, t in net.parameters().items()}
+
+    def J(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return net.torch_J(X, y, Params({Key.parse(n): t for n, t in p.items()}, net.ties), {})
+
+    def product(v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        V = {name: v[name] for name in params}
+        return dict(torch.func.jvp(torch.func.grad(J), (params,), (V,))[1])
+
+    return product
+
+
+def test_batchnorm_in_training_mode_is_checked_without_touching_its_running_statistics() -> None:
+    from refbp.nn.batchnorm import BatchNorm1d
+
+    g = torch.Generator().manual_seed(4)
+    net = Network([Linear(_randn(g, 3, 2), _randn(g, 3)), BatchNorm1d(C=3), Elementwise("tanh"),
+                   Linear(_randn(g, 2, 3))], "cross_entropy")  # fmt: skip
+    X, y = _randn(g, 5, 2), torch.tensor([0, 1, 1, 0, 1])
+    bn = net.layers[1]
+    before = [t.clone() for t in bn.buffers().values()]
+    v = {name: t for name, t in random_direction(net, X, 0).items() if name != "X"}
+    result = check_second_order(net, X, y, v, hvp_fn=_torch_hvp(net, X, y))
+    assert result.passed, result.failure_message()
+    assert any(row.reference == "fd-gradient" and row.verdict == "ok" for row in result.rows)  # the manual gradient's
+    assert all(torch.equal(a, b) for a, b in zip(before, bn.buffers().values(), strict=True))
+
+
+def test_a_gpt_with_token_inputs_and_sequence_targets_is_checked() -> None:
+    """Integer X (no "X" direction), (B, T) targets with ignored positions, dropout in training mode."""
+    from refbp.models.gpt_cases import GPTSpec
+
+    spec = GPTSpec(vocab_size=5, block_size=3, n_layer=1, n_head=1, n_embd=2, dropout=0.0, batch=2, length=3,
+                   ignored=1, seed=3)  # fmt: skip
+    case = spec.build()
+    v = random_direction(case.net, case.X, 0)
+    assert "X" not in v
+    result = check_second_order(case.net, case.X, case.y, v, hvp_fn=_torch_hvp(case.net, case.X, case.y))
+    assert result.passed, result.failure_message()
+    assert {f"Hv[{name}]" for name in case.net.parameters()} == {row.name for row in result.rows}
