@@ -436,3 +436,57 @@ def test_a_gpt_with_token_inputs_and_sequence_targets_is_checked() -> None:
     result = check_second_order(case.net, case.X, case.y, v, hvp_fn=_torch_hvp(case.net, case.X, case.y))
     assert result.passed, result.failure_message()
     assert {f"Hv[{name}]" for name in case.net.parameters()} == {row.name for row in result.rows}
+
+
+# ---- the report's order-2 column ------------------------------------------------------------------
+def test_the_report_checks_a_share_of_its_float64_cases_at_order_2() -> None:
+    from refbp.apps.report import build_json, render_markdown
+    from refbp.apps.sweep import run_report, sweep_specs
+    from refbp.verify.sweep import ORDER2_EVERY, takes_order2
+
+    outcomes, seconds = run_report(sweep_specs(2, 4), devices=["cpu"], dtypes=["float64"], progress=False)
+    settings_ = {"examples": 2, "seed": 4, "devices": ["cpu"], "dtypes": ["float64"], "fd_mode": "auto"}
+    doc = build_json(outcomes, settings_, seconds)
+    chosen = [c for c in doc["cases"] if c["order2"] is not None]
+    assert chosen and chosen[0]["label"].startswith("seed network")  # seed 4: ORDER2_EVERY divides it
+    assert [o.order2 is not None for o in outcomes] == [takes_order2(o.spec) for o in outcomes]
+    o = doc["summary"]["order2"]
+    assert o["every"] == ORDER2_EVERY and o["checked"] + o["no_rule"] == len(chosen) and o["failed"] == 0
+    assert o["passed"] == sum(c["order2"]["verdict"] == "passed" for c in chosen) >= 1
+    assert {"order2_checked", "order2_passed", "order2_no_rule"} <= set(doc["coverage"][0])
+    text = render_markdown(doc, "", [])
+    assert "**Order 2** (one float64 case in 4)" in text and "| order 2 (H v)" in text
+
+
+class _LinearWithoutRules(Linear):
+    """A layer someone added without second-order rules (the protocol's default)."""
+
+    @property
+    def has_second_order(self) -> bool:
+        return False
+
+
+def test_an_order_2_failure_fails_the_report_and_no_rule_is_never_a_pass() -> None:
+    from refbp.apps.report import build_json, render_markdown
+    from refbp.apps.second_order_bugs import SECOND_ORDER_BUGS
+    from refbp.apps.sweep import CaseOutcome, sweep_specs
+    from refbp.verify.sweep import order2_outcome
+
+    label, spec = sweep_specs(0, seed=0)[0]
+    case = spec.build()
+    wrong = SECOND_ORDER_BUGS[0].rewire(case.net)  # the f'' term dropped, in every layer
+    failed = refbp.check(case.net, case.X, case.y)
+    failed.meta["order2"] = order2_outcome(wrong, case.X, case.y)
+    assert failed.meta["order2"].verdict == "failed" and "Hv[W1] mismatch" in failed.meta["order2"].note
+    W = torch.randn(2, 2, dtype=torch.float64)
+    norule = refbp.check(case.net, case.X, case.y)
+    norule.meta["order2"] = order2_outcome(Network([_LinearWithoutRules(W), Linear(W[:1])], "mse"), case.X, case.y)
+    assert norule.meta["order2"].verdict == "no rule" and norule.meta["order2"].note.startswith("layer 1 (Linear")
+    outcomes = [CaseOutcome(1, label, spec, failed), CaseOutcome(2, label, spec, norule)]
+    settings_ = {"examples": 1, "seed": 0, "devices": ["cpu"], "dtypes": ["float64"], "fd_mode": "auto"}
+    doc = build_json(outcomes, settings_, 1.0)
+    o = doc["summary"]["order2"]
+    assert (o["checked"], o["passed"], o["failed"], o["no_rule"]) == (1, 0, 1, 1)
+    assert o["no_rule_for"] == {"Linear": 1}
+    text = render_markdown(doc, "", [])
+    assert "### case 1 (seed network 2-3-1, sigmoid, half_sse), order 2" in text and "H v failed: Hv[W1]" in text
