@@ -20,7 +20,7 @@ from refbp.nn.layers import Elementwise, Embedding, Flatten, LayerNorm, Linear, 
 from refbp.nn.losses import get_loss
 from refbp.nn.mlp import MLP
 from refbp.nn.network import Network
-from refbp.strategies import cases
+from refbp.strategies import cases, stacks
 from refbp.verify.cases import Case
 from refbp.verify.second_order import check_second_order, random_direction
 
@@ -490,3 +490,61 @@ def test_an_order_2_failure_fails_the_report_and_no_rule_is_never_a_pass() -> No
     assert o["no_rule_for"] == {"Linear": 1}
     text = render_markdown(doc, "", [])
     assert "### case 1 (seed network 2-3-1, sigmoid, half_sse), order 2" in text and "H v failed: Hv[W1]" in text
+
+
+# ---- every network kind, through refbp.check(order=2) -----------------------------------------------
+class _SkipModel(torch.nn.Module):
+    """A user's module, traced by torch.fx into a GraphNetwork: a skip connection around relu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x + torch.nn.functional.relu(self.inner(x)))
+
+
+def _network_of_kind(kind: str) -> tuple[Network, torch.Tensor, torch.Tensor]:
+    from refbp.nn.dropout import Dropout
+    from refbp.nn.residual import Residual
+
+    torch.manual_seed(11)
+    g = torch.Generator().manual_seed(11)
+    if kind == "mlp":
+        net: Network = MLP.random([3, 4, 2], activations=["relu", "identity"], loss="mse", seed=2)
+        return net, _randn(g, 5, 3), _randn(g, 5, 2)
+    if kind == "stack":
+        layers = [Embedding(_randn(g, 6, 2)), Flatten(), Residual(Linear(_randn(g, 4, 4)), Elementwise("gelu")),
+                  Dropout(0.25, seed=1), Linear(_randn(g, 3, 4), _randn(g, 3))]  # fmt: skip
+        return Network(layers, "cross_entropy"), torch.tensor([[1, 2], [3, 3], [0, 5]]), torch.tensor([0, 2, 1])
+    if kind == "graph":
+        return refbp.from_torch(_SkipModel().double(), loss="mse"), _randn(g, 4, 3), _randn(g, 4, 2)
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                 torch.nn.Flatten(), torch.nn.Linear(8, 3))  # fmt: skip
+    return refbp.from_torch(module.double(), loss="cross_entropy"), _randn(g, 2, 1, 5, 5), torch.tensor([0, 2])
+
+
+@pytest.mark.parametrize("kind", ["mlp", "stack", "graph", "cnn"])
+def test_check_order_2_works_for_every_network_kind(kind: str) -> None:
+    """relu, max-pool and dropout in training mode included: their pieces and masks are the oracle's."""
+    net, X, y = _network_of_kind(kind)
+    result = refbp.check(net, X, y, order=2, forward=True, seed=1)
+    assert result.passed, result.failure_message()
+    expected = {f"Hv[{name}]" for name in net.parameters()} | ({"Hv[X]"} if X.is_floating_point() else set())
+    names = {row.name for row in result.rows}
+    assert expected <= names and "R{J}" in names
+    assert {"forward-over-reverse", "reverse-over-reverse", "fd-gradient"} <= {row.reference for row in result.rows}
+
+
+ORDER2_STACK_KINDS = ("linear", "activation", "dropout", "residual", "embedding", "flatten")
+"""The stack kinds whose layers have second-order rules on this branch (LayerNorm and BatchNorm's
+come with their own helper's tests)."""
+
+
+@settings(max_examples=6)
+@given(case=stacks(kinds=ORDER2_STACK_KINDS, losses=TWICE_DIFFERENTIABLE_BY_TORCH, dtypes=("float64",), max_depth=3,
+                   max_width=4, max_batch=4))  # fmt: skip
+def test_random_stacks_with_relu_and_train_mode_dropout_agree_with_every_reference(case: Case) -> None:
+    for product in ("hessian", "gauss_newton"):
+        result = check_second_order(case.net, case.X, case.y, product=product, forward=product == "hessian", seed=4)
+        assert result.passed, f"{product} on {case.spec.to_json()}: {result.failure_message()}"
