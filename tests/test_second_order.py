@@ -379,6 +379,19 @@ def test_train_mode_dropout_is_differentiated_at_one_draw_of_its_masks(product: 
     assert expected <= {row.name for row in result.rows} and "R{a3}" in {row.name for row in result.rows}
 
 
+def test_relu_of_dropped_entries_sits_on_its_kink_whatever_v_and_is_no_kink_along_it() -> None:
+    """Dropout zeroes entries before relu: they stay at 0 for every weight, so J is smooth along v."""
+    from refbp.nn.dropout import Dropout
+
+    g = torch.Generator().manual_seed(9)
+    layers = [Linear(_randn(g, 4, 3), _randn(g, 4)), Dropout(0.5, seed=3), Elementwise("relu"),
+              Linear(_randn(g, 2, 4))]  # fmt: skip
+    net, X, y = Network(layers, "mse"), _randn(g, 6, 3), _randn(g, 6, 2)
+    result = check_second_order(net, X, y, forward=True, seed=1)
+    assert result.meta["pinned_kinks"] == 1 and not result.meta["kinks"]
+    assert result.passed, result.failure_message()
+
+
 def test_check_order_2_uses_the_masks_it_is_given() -> None:
     """A user's H v computed at the masks ``noise`` passes with them and fails with another draw."""
     net, X, y = _dropout_net(0.5)
@@ -389,6 +402,22 @@ def test_check_order_2_uses_the_masks_it_is_given() -> None:
     other = {path: ~mask for path, mask in noise.items()}  # every kept entry dropped and back
     assert not check_second_order(net, X, y, v, hvp_fn=lambda _: mine, noise=other).passed
     assert refbp.check(net, X, y, order=2, noise=noise).passed
+
+
+def test_torchs_bce_double_backward_bias_is_its_error_estimate_not_a_mismatch() -> None:
+    """p = 0.0197 after a sigmoid: torch's second derivative of bce adds 1e-12 to p and 1 - p,
+    and the f'' terms amplify it to 4e-9 relative in float64: the torch routes cannot confirm H v
+    there (the differences of the gradient do), and must not contradict it."""
+    from refbp.verify.stacks import StackSpec
+
+    spec = StackSpec.from_dict({"batch": 1, "dtype": "float64", "input": 2, "layers": [
+        ["residual", [["tanh"], ["tanh"]]], ["dropout", 0.25], ["dropout", 0.25], ["dropout", 0.25], ["linear", 1],
+        ["sigmoid"]], "loss": "bce", "seed": 1, "training": True})  # fmt: skip
+    case = spec.build()
+    result = check_second_order(case.net, case.X, case.y, forward=True, seed=4)
+    assert result.passed, result.failure_message()
+    torch_rows = [row for row in result.rows if row.name == "Hv[b5]" and row.reference.endswith("reverse")]
+    assert len(torch_rows) == 2 and all(row.n_imprecise == 1 for row in torch_rows)
 
 
 def _torch_hvp(net: Network, X: torch.Tensor, y: torch.Tensor) -> Any:

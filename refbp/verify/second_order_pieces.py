@@ -7,9 +7,11 @@ hinge or clamps), so these questions are answered the same way for every layer, 
 - **on a kink**: an input sits exactly on a boundary of its pieces (relu's z == 0, the hinge's
   margin - z_y + z_j == 0) or, for pieces that are not intervals (a max-pool's windows), on a
   tie (two entries of a window equal to its maximum: the first maximum takes the gradient by
-  convention). There J's gradient is not differentiable: H v is undefined, and what every
-  route returns (f''(0) = 0, the first maximum's R{x}) is a convention, not a derivative. Each
-  layer's ``Layer.kinks`` adds what its own forward pass saw (a max-pool's ``ties``).
+  convention), and some step along v moves it off. There J's gradient is not differentiable
+  along v: H v is undefined, and what every route returns (f''(0) = 0, the first maximum's
+  R{x}) is a convention, not a derivative. An entry that stays on its kink all along the steps
+  (relu of a dropout-zeroed entry: 0 whatever the weights) is no kink along v. (The oracle sees
+  every kink ``Layer.kinks`` reports, nested layers' too, and can tell whether v moves it.)
   *Every* entry of H v is then left unverified, not only some: a kink at z(l)[n, j] makes
   f'(z(l)[n, j]) jump, which reaches every parameter's gradient through
   dJ/da(l-1)[n] = dJ/dz(l)[n] W(l) below and through a(l)[n, j] = f(z(l)[n, j]) above.
@@ -23,13 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..nn.keys import Key
-from ..nn.layer import Params
+from ..nn.layer import Params, Tap
 from ..nn.network import Network
 from ..nn.pieces import Pieces
 from .fd_core import PieceRecorder, PieceWatcher
@@ -49,31 +50,60 @@ Noise = Mapping[tuple[int, ...], Tensor]
 
 
 class _KinkRecorder(PieceRecorder):
-    """The base run's PieceRecorder that also notes every piecewise input exactly on a kink."""
+    """The base run's PieceRecorder that also keeps, for each piecewise input, the mask of its
+    entries exactly on a kink (None when there is none) and the nudge that found a tie."""
 
     def __init__(self, generator: torch.Generator) -> None:
         super().__init__()
         self.generator = generator
-        self.kinks: list[str] = []
+        self.masks: list[Tensor | None] = []
+        self.nudges: list[Tensor | None] = []
+        self.descriptions: list[str] = []
 
     def piecewise(self, t: Tensor, pieces: Pieces) -> None:
         super().piecewise(t, pieces)
-        if _on_kink(t.detach(), pieces, self.generator):
-            self.kinks.append(pieces.description)
+        tie_test = not pieces.boundaries and pieces.region is not None
+        u = torch.rand(t.shape, dtype=torch.float64, generator=self.generator) * 2.0 - 1.0 if tie_test else None
+        mask = _kink_mask(t.detach(), pieces, u)
+        self.masks.append(mask if mask is not None and bool(mask.any()) else None)
+        self.nudges.append(u)
+        self.descriptions.append(pieces.description)
 
 
-def _on_kink(t: Tensor, pieces: Pieces, generator: torch.Generator) -> bool:
-    """True when some entry of ``t`` sits on a boundary, or (pieces that are not intervals) on a tie."""
+class _KinkWatcher(Tap):
+    """A run at a moved point w + s v: which of the base's kinked inputs have an entry that left its kink."""
+
+    def __init__(self, base: _KinkRecorder) -> None:
+        self.base = base
+        self.k = 0
+        self.moved: set[int] = set()
+
+    def piecewise(self, t: Tensor, pieces: Pieces) -> None:
+        k, self.k = self.k, self.k + 1
+        on_kink = self.base.masks[k]
+        if on_kink is None:
+            return
+        still = _kink_mask(t.detach(), pieces, self.base.nudges[k])
+        if still is None or bool((on_kink & ~still.to(on_kink.device)).any()):
+            self.moved.add(k)
+
+
+def _kink_mask(t: Tensor, pieces: Pieces, u: Tensor | None) -> Tensor | None:
+    """The entries of ``t`` on a boundary (t's shape) or, for pieces that are not intervals, the
+    pieces that change under a nudge of +- a few ulps along ``u`` (region_of's shape): a tie."""
     if t.numel() == 0:
-        return False
+        return None
     if pieces.boundaries:
-        return any(bool((t == boundary).any()) for boundary in pieces.boundaries)
-    if pieces.region is None:  # one piece (a normalisation's scale only): nowhere to change
-        return False
-    u = torch.rand(t.shape, dtype=torch.float64, generator=generator).to(t.device).mul_(2.0).sub_(1.0)
-    nudge = (KINK_NUDGE * torch.finfo(torch.float64).eps) * (t.abs().to(torch.float64) + 1.0) * u  # +- a few ulps
+        mask = torch.zeros(t.shape, dtype=torch.bool, device=t.device)
+        for boundary in pieces.boundaries:
+            mask |= t == boundary
+        return mask
+    if pieces.region is None or u is None:  # one piece (a normalisation's scale only): nowhere to change
+        return None
+    nudge = (KINK_NUDGE * torch.finfo(torch.float64).eps) * (t.abs().to(torch.float64) + 1.0) * u.to(t.device)
     base = pieces.region_of(t)
-    return any(not torch.equal(pieces.region_of((t + s * nudge).to(t.dtype)), base) for s in (1.0, -1.0))
+    up, down = (pieces.region_of((t + s * nudge).to(t.dtype)) for s in (1.0, -1.0))
+    return (up != base) | (down != base)
 
 
 @dataclass
@@ -82,11 +112,15 @@ class PieceReport:
 
     Attributes:
         recorder: the pieces of every piecewise input, in call order (a PieceWatcher's base).
-        kinks: where an input sits exactly on a kink, in words ("z = 0", "layer 2: a2"), once each.
+        kinks: the piecewise inputs with an entry exactly on a kink that moves off it along v,
+            in words ("z = 0", ...), once each.
+        pinned: how many piecewise inputs have entries on a kink that stay there all along the
+            difference steps (a dropped entry, 0 whatever the weights): no kink along v.
     """
 
     recorder: PieceRecorder
     kinks: list[str] = field(default_factory=list)
+    pinned: int = 0
 
     @property
     def note(self) -> str:
@@ -94,19 +128,29 @@ class PieceReport:
 
 
 def pieces_at(
-    net: Network, X: Tensor, y: Tensor, params: Mapping[str, Tensor], noise: Noise, cache: Any, *, seed: int = 0
-) -> PieceReport:
+    net: Network, X: Tensor, y: Tensor, params: Mapping[str, Tensor], noise: Noise,
+    v: Mapping[str, Tensor], h: float, *, seed: int = 0,
+) -> PieceReport:  # fmt: skip
     """The oracle's pieces at (params, X) with the dropout masks ``noise``, and the kinks it sits
-    on, from the oracle's reports and from each layer's own ``kinks`` of the forward pass ``cache``."""
+    on along v: an entry on a kink counts when some step +-h v, +-2h v (the gradient differences'
+    points) moves it off; one that stays (a dropout-zeroed input of relu) is no kink along v, its
+    gradient the same on every side."""
     recorder = _KinkRecorder(torch.Generator().manual_seed(seed))
     with torch.no_grad():
         net.torch_J(X, y, _params(net, params), noise, recorder)
-    kinks = list(dict.fromkeys(recorder.kinks))
-    for l, layer in enumerate(net.layers, start=1):
-        for key, mask in layer.kinks(cache.saved[l], (l,)).items():
-            if bool(mask.any()):
-                kinks.append(f"{key}: {int(mask.sum())} entries")
-    return PieceReport(recorder, kinks)
+    on_kink = {k for k, mask in enumerate(recorder.masks) if mask is not None}
+    if not on_kink or h == 0.0:
+        return PieceReport(recorder, [], len(on_kink))
+    moved: set[int] = set()
+    for step in (h, -h, 2 * h, -2 * h):
+        watcher = _KinkWatcher(recorder)
+        moved_params = {name: p + step * v[name] if name in v else p for name, p in params.items()}
+        Xs = X + step * v["X"] if "X" in v and X.is_floating_point() else X
+        with torch.no_grad():
+            net.torch_J(Xs, y, _params(net, moved_params), noise, watcher)
+        moved |= watcher.moved
+    kinks = list(dict.fromkeys(recorder.descriptions[k] for k in sorted(moved)))
+    return PieceReport(recorder, kinks, len(on_kink - moved))
 
 
 def crossed_at(
