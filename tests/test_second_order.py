@@ -487,6 +487,18 @@ def test_the_report_checks_a_share_of_its_float64_cases_at_order_2() -> None:
     assert "**Order 2** (one float64 case in 4)" in text and "| order 2 (H v)" in text
 
 
+@pytest.mark.parametrize("seed", [2, 27])
+def test_the_sweep_draws_batchnorm2d_on_one_pixel_in_eval_mode_too(seed: int) -> None:
+    """``refbp report --seed 1 --examples 600`` stopped here: StackSpec checks every layer in
+    training mode, where BatchNorm2d over (1, C, 1, 1) has one value per channel."""
+    import random
+
+    from refbp.verify.sweep import random_image_stack
+
+    spec = random_image_stack(random.Random(seed), include="batchnorm2d")
+    assert "batchnorm2d" in spec.describe() and spec.build().X.shape[0] >= 2
+
+
 class _LinearWithoutRules(Linear):
     """A layer someone added without second-order rules (the protocol's default)."""
 

@@ -271,7 +271,7 @@ def random_image_stack(rng: random.Random, *, max_depth: int = 3, include: str |
         layer, shape = _image_layer(rng, kind, shape)
         if layer:
             layers.append(layer)
-        if kind == "batchnorm2d" and training and math.prod(shape[1:]) < 2:
+        if kind == "batchnorm2d" and math.prod(shape[1:]) < 2:  # eval too: StackSpec checks in training mode
             batch = max(batch, 2)  # batch statistics need two values per channel
     loss = _head(rng, layers, rows=True)
     given = {"shape": first, **({"integers": True} if integers else {})}
