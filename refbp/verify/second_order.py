@@ -2,7 +2,7 @@
 refbp's verdict language.
 
     res = refbp.check_second_order(net, X, y)            # refbp's manual H v, random v
-    res = refbp.check_second_order(net, X, y, hvp=mine)  # a user's: mine(v) -> {name: (H v)_name}
+    res = refbp.check_second_order(net, X, y, hvp_fn=mine)  # a user's: mine(v) -> {name: (H v)_name}
 
 The product under test is compared with three references, each in float64:
 
@@ -16,14 +16,15 @@ The product under test is compared with three references, each in float64:
   unverified, never passed or failed on a guess.
 
 Where the point itself sits exactly on a kink (relu's z == 0, a max-pool tie) that v moves it
-off, H v is undefined and every route returns a convention: every H v entry is left unverified, for every reference
-(refbp.verify.second_order_pieces says why all of them). Both questions are answered by the
-oracle's own reports (each layer's torch_forward tells its Tap of its piecewise inputs), so they
-hold for every layer, inside composites and graph networks too.
+off, H v is undefined and every route returns a convention: every H v entry is left
+unverified, for every reference (refbp.verify.second_order_pieces says why all of them). Both
+questions are answered by the oracle's own reports (each layer's torch_forward tells its Tap of
+its piecewise inputs), so they hold for every layer, inside composites and graph networks too.
 
 Every pass runs the same function: the dropout masks of one forward pass (``noise``, or drawn
 once here) are used by the manual product, the torch routes and each gradient difference, and
-no pass updates BatchNorm's running statistics.
+no pass updates BatchNorm's running statistics. The torch routes live in
+refbp.verify.second_order_torch, the pieces and kinks in refbp.verify.second_order_pieces.
 
 For the Gauss-Newton product the torch route is J_f^T (H_loss (J_f v)) with torch.func (jvp
 of the network's output, the loss Hessian as a jvp of its gradient, vjp back); differences
@@ -50,6 +51,7 @@ from .compare import Comparison, compare
 from .inputs import as_tensor
 from .result import CheckResult
 from .second_order_pieces import PieceReport, crossed_at, pieces_at
+from .second_order_torch import intermediate_products, torch_bias, torch_products
 from .tolerances import FD_TOLERANCE, Tolerance, combine, tolerance_for
 
 __all__ = ["SECOND_ORDER_REFERENCES", "check_hvp_function", "check_second_order", "random_direction"]
@@ -122,9 +124,9 @@ def check_second_order(
     v64 = {name: t.to(torch.float64) for name, t in v.items()}
     params64 = {name: t.detach() for name, t in net64.parameters().items()}
     pieces = pieces_at(net64, X64, y64, params64, noise, v64, _difference_step(net64, v64), seed=seed)
-    J, references = _torch_products(net64, X64, y64, v64, product, noise)
+    J, references = torch_products(net64, X64, y64, v64, product, noise)
     R_names = set(manual.R_delta) if manual is not None and product == "hessian" else set()
-    bias = _torch_bias(net64, X64, y64, v64, noise, R_names)
+    bias = torch_bias(net64, X64, y64, v64, noise, R_names)
     if bias:  # torch's routes carry a known bias (bce's eps): it is their error estimate
         references = {ref: (values, {n: bias[n] for n in values if n in bias}, excluded)
                       for ref, (values, _, excluded) in references.items()}  # fmt: skip
@@ -151,7 +153,7 @@ def check_second_order(
                                 excluded=_on_kink(pieces, r, excluded.get(name))), pieces)
             )  # fmt: skip
     if manual is not None and product == "hessian":  # R{dJ/d(intermediate)}: d/dr of dJ/dz, dJ/da, ...
-        by_torch = _intermediate_products(net64, X64, y64, v64, noise, R_names)
+        by_torch = intermediate_products(net64, X64, y64, v64, noise, R_names)
         values, errors, excluded = references["fd-gradient"]
         for name, R in manual.R_delta.items():
             if name in by_torch:
@@ -194,211 +196,7 @@ def _as_tensor(t: Any, name: str) -> Tensor:
         raise TypeError(f"the product's {name!r} must be a tensor or array, got {type(t).__name__}") from err
 
 
-References = dict[str, tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]]
 Noise = Mapping[tuple[int, ...], Tensor]
-
-
-def _oracle_J(net: Network, y: Tensor, noise: Noise) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
-    """(params by name, X) -> J by the network's torch oracle (torch.nn.functional), with the masks ``noise``."""
-
-    def J(params: dict[str, Tensor], X: Tensor) -> Tensor:
-        return net.torch_J(X, y, Params({Key.parse(n): t for n, t in params.items()}, net.ties), noise)
-
-    return J
-
-
-def _torch_products(
-    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], product: str, noise: Noise
-) -> tuple[float, References]:
-    """J and the torch routes' products, float64."""
-    params = {name: t.detach() for name, t in net.parameters().items()}
-    with_x, y_real = X.is_floating_point(), y.is_floating_point()
-    V = {name: v.get(name, torch.zeros_like(t)) for name, t in params.items()}
-    VX = v.get("X", torch.zeros_like(X)) if with_x else None
-    J_fn = _oracle_J(net, y, noise)
-    J = float(J_fn(params, X))
-    if product == "gauss_newton":
-        route = _gauss_newton(net, X, y, params, V, VX, noise)
-        return J, {} if route is None else {"torch-gauss-newton": (route, {}, {})}
-
-    # forward-over-reverse: the jvp of torch.func.grad. Real targets ride along with a
-    # materialised zero tangent: F.mse_loss's double backward cannot take torch.func's ZeroTensor.
-    primals: list[Any] = [params, *([X] if with_x else []), *([y] if y_real else [])]
-    tangents: list[Any] = [V, *([VX] if with_x else []), *([torch.zeros_like(y)] if y_real else [])]
-
-    def gradient(*args: Any) -> dict[str, Tensor]:
-        x, t = (args[1] if with_x else X), (args[-1] if y_real else y)
-        grads = torch.func.grad(_oracle_J(net, t, noise), argnums=(0, 1) if with_x else 0)(args[0], x)
-        return {**grads[0], "X": grads[1]} if with_x else dict(grads)
-
-    try:
-        forward_over_reverse: dict[str, Tensor] | None = torch.func.jvp(gradient, tuple(primals), tuple(tangents))[1]
-    except NotImplementedError:  # torch has no forward-mode rule for an op (multi_margin_loss): no such reference
-        forward_over_reverse = None
-    leaves = {name: t.clone().requires_grad_(True) for name, t in params.items()}
-    X_leaf = X.clone().requires_grad_(True) if with_x else X
-    with torch.enable_grad():
-        inputs = [*leaves.values(), *([X_leaf] if with_x else [])]
-        grads: tuple[Tensor, ...] = torch.autograd.grad(J_fn(leaves, X_leaf), inputs, create_graph=True)
-        directions = [*V.values(), *([VX] if VX is not None else [])]
-        dot = torch.zeros((), dtype=torch.float64, device=X.device)
-        for g, d in zip(grads, directions, strict=True):
-            dot = dot + (g * d).sum()  # <dJ/dw, v>
-        try:
-            second: tuple[Tensor | None, ...] | None = torch.autograd.grad(dot, inputs, allow_unused=True)
-        except RuntimeError:  # an op without a double backward (multi_margin_loss): no such reference
-            second = None
-    names = [*leaves, *(["X"] if with_x else [])]
-    references: References = {}
-    if forward_over_reverse is not None:
-        references["forward-over-reverse"] = ({n: t.detach() for n, t in forward_over_reverse.items()}, {}, {})
-    if second is not None:
-        reverse_over_reverse = {
-            n: (torch.zeros_like(t) if h is None else h.detach()) for n, t, h in zip(names, inputs, second, strict=True)
-        }
-        references["reverse-over-reverse"] = (reverse_over_reverse, {}, {})
-    return J, references
-
-
-TORCH_BCE_EPS = 1e-12
-"""torch's double backward of binary_cross_entropy divides by (p + 1e-12)^2 (1 - p + 1e-12)^2, not
-by p^2 (1 - p)^2 (FunctionsManual.cpp, binary_cross_entropy_double_backward): its second
-derivative is off by a relative 2e-12 (1/p + 1/(1 - p)), which the network's f'' terms can
-amplify past float64's tolerance when p nears 0 or 1 (1e-9 at p = 0.02 after a sigmoid). Both
-torch routes carry that known bias; ``_torch_bias`` gives it to them as their error estimate."""
-
-
-class _Shift(Tap):
-    """Adds ``shifts[name]`` to the intermediate of that name: gradients and products with
-    respect to a zero shift are those with respect to the intermediate."""
-
-    def __init__(self, shifts: Mapping[str, Tensor]) -> None:
-        self.shifts = shifts
-
-    def intermediate(self, key: Key, t: Tensor) -> Tensor:
-        shift = self.shifts.get(str(key))
-        return t if shift is None else t + shift
-
-
-def _reported(net: Network, X: Tensor, y: Tensor, noise: Noise, names: set[str]) -> dict[str, Tensor]:
-    """The intermediates among ``names`` the oracle reports to its Tap exactly once, by name."""
-    params = net.parameters()
-    seen: dict[str, Tensor] = {}
-    twice: set[str] = set()
-
-    class Record(Tap):
-        def intermediate(self, key: Key, t: Tensor) -> Tensor:
-            name = str(key)
-            if name in seen:
-                twice.add(name)  # a key reported twice: one shift would stand for two tensors
-            elif name in names:
-                seen[name] = t
-            return t
-
-    with torch.no_grad():
-        net.torch_J(X, y, Params({Key.parse(n): w for n, w in params.items()}, net.ties), noise, Record())
-    return {name: t for name, t in seen.items() if name not in twice}
-
-
-def _torch_bias(
-    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], noise: Noise, names: set[str]
-) -> dict[str, Tensor]:
-    """|J_f^T (delta o J_f v)| by name (parameters, "X", and the intermediates ``names``): how far
-    both torch routes sit from H v (and G v) where torch's double backward of the loss is biased
-    by delta, its second derivative minus the true one (bce: TORCH_BCE_EPS); {} for other losses."""
-    loss = net.loss_fn
-    if loss.name != "bce":
-        return {}
-    params = {name: t.detach() for name, t in net.parameters().items()}
-    with_x = X.is_floating_point()
-    zero = {name: torch.zeros_like(t) for name, t in _reported(net, X, y, noise, names).items()}
-
-    def output(p: dict[str, Tensor], x: Tensor, shifts: dict[str, Tensor]) -> Tensor:
-        return net.torch_forward(x, Params({Key.parse(n): w for n, w in p.items()}, net.ties), noise, _Shift(shifts))
-
-    V = {name: v.get(name, torch.zeros_like(t)) for name, t in params.items()}
-    VX = v.get("X", torch.zeros_like(X)) if with_x else torch.zeros(())
-    f = (lambda p, x, sh: output(p, x, sh)) if with_x else (lambda p, sh: output(p, X, sh))
-    primals = (params, X, zero) if with_x else (params, zero)
-    tangents = (V, VX, {n: torch.zeros_like(t) for n, t in zero.items()}) if with_x else (V, dict(zero))
-    forward = torch.func.jvp(f, primals, tangents)
-    p_hat, u = forward[0].detach(), forward[1].detach()  # the output p and J_f v
-    target = y.to(p_hat.dtype)
-    numerator = p_hat * p_hat - 2 * p_hat * target + target  # torch's: (p^2 - 2 p y + y) / (p^2 (1 - p)^2), eps added
-    true = numerator / (p_hat**2 * (1 - p_hat) ** 2)
-    theirs = numerator / ((p_hat + TORCH_BCE_EPS) ** 2 * (1 - p_hat + TORCH_BCE_EPS) ** 2)
-    delta = (theirs - true) / (p_hat.numel() if loss.reduction == "mean" else 1)
-    pulled = torch.func.vjp(f, *primals)[1](delta * u)  # J_f^T (delta o J_f v)
-    out = {name: t.abs() for name, t in pulled[0].items()}
-    if with_x:
-        out["X"] = pulled[1].abs()
-    out.update({name: t.abs() for name, t in pulled[-1].items()})
-    return out
-
-
-def _intermediate_products(
-    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], noise: Noise, names: set[str]
-) -> dict[str, Tensor]:
-    """R{dJ/d(intermediate)} by torch.func, for the intermediates ``names`` the oracle reports to
-    its Tap (once each): the jvp along v of the gradient of J with respect to a zero shift added
-    to each of them. {} where torch has no forward-mode rule for an op of the network."""
-    params = {name: t.detach() for name, t in net.parameters().items()}
-    zero = {name: torch.zeros_like(t) for name, t in _reported(net, X, y, noise, names).items()}
-    if not zero:
-        return {}
-
-    def oracle(p: dict[str, Tensor], x: Tensor, shifts: dict[str, Tensor], t: Tensor) -> Tensor:
-        return net.torch_J(x, t, Params({Key.parse(n): w for n, w in p.items()}, net.ties), noise, _Shift(shifts))
-
-    with_x, y_real = X.is_floating_point(), y.is_floating_point()
-    V = {name: v.get(name, torch.zeros_like(t)) for name, t in params.items()}
-    primals: list[Any] = [params, zero, *([X] if with_x else []), *([y] if y_real else [])]
-    tangents: list[Any] = [V, {name: torch.zeros_like(t) for name, t in zero.items()},
-                           *([v.get("X", torch.zeros_like(X))] if with_x else []),
-                           *([torch.zeros_like(y)] if y_real else [])]  # fmt: skip
-
-    def gradient(*args: Any) -> dict[str, Tensor]:
-        x, t = (args[2] if with_x else X), (args[-1] if y_real else y)
-        return dict(torch.func.grad(lambda shifts: oracle(args[0], x, shifts, t))(args[1]))
-
-    try:
-        products: dict[str, Tensor] = torch.func.jvp(gradient, tuple(primals), tuple(tangents))[1]
-    except NotImplementedError:  # an op without a forward-mode rule (multi_margin_loss): no such reference
-        return {}
-    return {name: t.detach() for name, t in products.items()}
-
-
-def _gauss_newton(
-    net: Network, X: Tensor, y: Tensor, params: dict[str, Tensor], V: dict[str, Tensor], VX: Tensor | None,
-    noise: Noise,
-) -> dict[str, Tensor] | None:  # fmt: skip
-    """J_f^T H_loss J_f v by torch.func, plus the penalty's lambda V on decayed weights; None where
-    torch cannot differentiate the loss twice."""
-
-    def output(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return net.torch_forward(x, Params({Key.parse(n): t for n, t in p.items()}, net.ties), noise)
-
-    with_x = VX is not None
-    primals = (params, X) if with_x else (params,)
-    tangents = (V, VX) if with_x else (V,)
-    f = output if with_x else (lambda p: output(p, X))
-    out, Jv = torch.func.jvp(f, primals, tangents)[:2]  # J_f v
-    o = out.detach().requires_grad_(True)
-    with torch.enable_grad():  # H_loss J_f v by double backward (more losses have it than forward mode)
-        (dJ_do,) = torch.autograd.grad(net.torch_loss(o, y), o, create_graph=True)
-        try:
-            (HJv,) = torch.autograd.grad((dJ_do * Jv).sum(), o, allow_unused=True, materialize_grads=True)
-        except RuntimeError:  # a loss without a double backward (multi_margin_loss): no torch route
-            return None
-    pullback = torch.func.vjp(f, *primals)[1]
-    back = pullback(HJv)  # J_f^T H_loss J_f v
-    result = dict(back[0])
-    if with_x:
-        result["X"] = back[1]
-    if net.weight_decay:
-        for key in net.decayed_keys():
-            result[str(key)] = result[str(key)] + net.weight_decay * V[str(key)]
-    return {n: t.detach() for n, t in result.items()}
 
 
 def _difference_step(net: Network, v: Mapping[str, Tensor]) -> float:
