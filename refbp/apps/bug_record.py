@@ -17,7 +17,7 @@ The harness then checks those gradients against the right network's references.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..nn.layer import Layer
 from ..nn.losses import Loss
 from ..nn.network import Network
 from ..nn.residual import Residual
+from ..nn.second_order import hvp
 from ..verify.cases import Case
 
 __all__ = ["Backward", "Bug", "Noise", "Rewire", "loss_gradient", "network_backward", "swap", "twin_of", "unchanged"]
@@ -75,6 +76,9 @@ class Bug:
             simulated ranks).
         equivalent: True when the "wrong" line computes the same gradients by another route
             (a mutant that no checker can or should flag).
+        order: 1 when the wrong line is in a backward pass (its gradients are checked); 2 when
+            it is in a second-order rule, a tangent or an R-backward (its H v is checked:
+            ``products``, refbp.apps.second_order_bugs).
     """
 
     name: str
@@ -88,6 +92,14 @@ class Bug:
     rewire: Rewire = unchanged
     backward: Backward = network_backward
     equivalent: bool = False
+    order: int = 1
+
+    def products(self, case: Case[Any], v: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Noise]:
+        """The wrong network's H v along ``v`` at the case's point (an order-2 entry), and the
+        random draws it used: the right network's own draw, made on a copy, as ``gradients``."""
+        right = copy.deepcopy(case.net)
+        noise = right.forward(case.X, update_stats=False).noise
+        return hvp(self.rewire(right), case.X, case.y, v, noise=noise).Hv, noise
 
     def gradients(self, case: Case[Any]) -> tuple[dict[str, Tensor], Noise]:
         """The wrong gradients at the case's point, under the right network's names, and the

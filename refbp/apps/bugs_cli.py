@@ -46,6 +46,7 @@ from .bug_record import Bug
 from .catalogue import CATALOGUE, get_bug
 from .disguises import DISGUISES, Disguise, unmask
 from .io import write_set
+from .second_order_bugs import second_order_flags, second_order_matters
 
 __all__ = [
     "DEFAULT_DRAWS",
@@ -131,6 +132,8 @@ class BugResult:
 def matters(bug: Bug, case: Case) -> bool:
     """True when the entry's gradients differ from the right ones on ``case`` beyond the
     tolerance of its dtype (a wrong shape, a missing tensor always matters)."""
+    if bug.order == 2:
+        return second_order_matters(bug, case)
     wrong, noise = bug.gradients(case)
     right = case.net.backward(case.net.forward(case.X, update_stats=False, noise=noise), case.y).as_dict()
     tol = tolerance_for(case.net.dtype)
@@ -143,7 +146,10 @@ def flags(bug: Bug, case: Case, *, seed: int = 0) -> dict[str, list[str]]:
     """Reference mode -> the tensors it flags, in backward order. The default check already
     holds an autograd and a full finite-difference row per tensor (fd_mode "auto" is full at
     these sizes), so one default and one directional run give all four modes. A reference
-    flags a tensor when it contradicts it; the harness flags a tensor when it fails."""
+    flags a tensor when it contradicts it; the harness flags a tensor when it fails. An order-2
+    entry: its H v (refbp.apps.second_order_bugs)."""
+    if bug.order == 2:
+        return second_order_flags(bug, case, seed=seed)
     grads, noise = bug.gradients(case)
     default = check(case.net, case.X, case.y, grads=grads, seed=seed, noise=noise)
     rows = list(default.rows)
@@ -178,6 +184,8 @@ def backward_order(net: Network) -> list[str]:
 
 
 def _flagged_by_autograd(bug: Bug, case: Case) -> bool:
+    if bug.order == 2:
+        return bool(second_order_flags(bug, case)["autograd"])
     grads, noise = bug.gradients(case)
     return any(
         row.verdict == "mismatch"

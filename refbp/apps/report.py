@@ -10,17 +10,26 @@ report.json schema "refbp.report/2" (every key always present):
     settings          {examples, seed, devices, dtypes, fd_mode}
     summary           {cases, passed, failed, by_kind: {mlp|stack|gpt: {cases, passed}}, comparisons,
                        excluded_entries, unverified_entries,
-                       worst_margin: {dtype: {reference: max error/allowed}}}
-    coverage          [{kind, component, loss, dtype, device, cases, passed}]   one per combination seen
+                       worst_margin: {dtype: {reference: max error/allowed}},
+                       order2: {every, checked, passed, failed, unverified, no_rule, comparisons,
+                                worst_margin, no_rule_for: {what has no rule: cases}}}
+    coverage          [{kind, component, loss, dtype, device, cases, passed,
+                        order2_checked, order2_passed, order2_no_rule}]   one per combination seen
     cases             [{id, label, kind, spec, describe, passed, margin, n_excluded, n_unverified,
                         worst: {name, reference, max_rel_error, allowed}, command,
-                        failures: [rows], tensors: [failing tensor verdicts]}]
+                        failures: [rows], tensors: [failing tensor verdicts],
+                        order2: null | {verdict, note, comparisons, margin}}]
     timing            {generated, seconds, cases_per_second, processes}   the only key that varies
 
 ``margin`` is max over the case's rows of max_abs_error / allowed: a verified entry passes when
 it is <= 1. Rows (in ``failures``) are refbp.verify.compare.Comparison.to_dict() records; a
 case passes when every tensor is verified (refbp.verify.check). ``timing.processes`` is how
 many processes ran the sweep (torchrun: refbp.distributed); nothing else depends on it.
+
+``order2``: one float64 case in ``every`` (refbp.verify.sweep.takes_order2) is also checked at
+order 2, H v by check_second_order; its verdict is passed, failed (an entry contradicted: the
+report then exits 1), unverified (exactly on a kink: H v undefined) or "no rule" (a layer or the
+loss has no second-order rule yet: not checked, never counted as passed).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from ..distributed.launch import DEFAULT_TIMEOUT, timeout_from_environment, torc
 from ..distributed.sharded_report import run_report_on_ranks
 from ..nn.activations import ACTIVATIONS
 from ..nn.validation import check_seed
+from ..verify.sweep import ORDER2_EVERY, ORDER2_VERDICTS
 from ..version import __version__
 from .arguments import MAX_EXAMPLES, check_examples, check_out_folder, check_threads
 from .io import write_atomic, write_set
@@ -72,16 +82,50 @@ activation x loss pair appears several times, small enough to run in well under 
 
 # ---- rendering ----------------------------------------------------------------------------
 def _coverage(outcomes: list[CaseOutcome]) -> list[dict[str, Any]]:
-    counts: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    counts: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for o in outcomes:
+        order2 = o.order2
         for component in components(o.spec):
             cell = counts[(o.kind, component, o.spec.loss, o.spec.dtype, o.spec.device)]
             cell[0] += 1
             cell[1] += o.result.passed
+            if order2 is not None:  # checked, passed, no rule
+                cell[2] += order2.verdict != "no rule"
+                cell[3] += order2.verdict == "passed"
+                cell[4] += order2.verdict == "no rule"
     return [
-        {"kind": k, "component": c, "loss": lo, "dtype": dt, "device": dev, "cases": n, "passed": p}
-        for (k, c, lo, dt, dev), (n, p) in sorted(counts.items())
-    ]
+        {"kind": k, "component": c, "loss": lo, "dtype": dt, "device": dev, "cases": n, "passed": p,
+         "order2_checked": n2, "order2_passed": p2, "order2_no_rule": r2}
+        for (k, c, lo, dt, dev), (n, p, n2, p2, r2) in sorted(counts.items())
+    ]  # fmt: skip
+
+
+def _order2_summary(outcomes: list[CaseOutcome]) -> dict[str, Any]:
+    """The order-2 share of the sweep: how many cases each verdict, and what has no rule."""
+    checked = [o.order2 for o in outcomes if o.order2 is not None]
+    count = {verdict: sum(c.verdict == verdict for c in checked) for verdict in ORDER2_VERDICTS}
+    missing: dict[str, int] = defaultdict(int)
+    for c in checked:
+        if c.verdict == "no rule":
+            missing[_what_has_no_rule(c.note)] += 1
+    return {
+        "every": ORDER2_EVERY,
+        "checked": len(checked) - count["no rule"],
+        "passed": count["passed"],
+        "failed": count["failed"],
+        "unverified": count["unverified"],
+        "no_rule": count["no rule"],
+        "comparisons": sum(c.comparisons for c in checked),
+        "worst_margin": finite(max((c.margin for c in checked), default=0.0)),
+        "no_rule_for": dict(sorted(missing.items())),
+    }
+
+
+def _what_has_no_rule(note: str) -> str:
+    """ "LayerNorm" from "layer 3.1 (LayerNorm(8)) has no second-order rule yet"; a loss's note as it is."""
+    if note.startswith("layer ") and " (" in note:
+        return note.split(" (", 1)[1].split("(", 1)[0].rstrip(")")
+    return note.split(";")[0]
 
 
 def _worst_margins(outcomes: list[CaseOutcome]) -> dict[str, dict[str, float | str]]:
@@ -122,6 +166,7 @@ def build_json(
             "excluded_entries": sum(o.result.n_excluded for o in outcomes),
             "unverified_entries": sum(row.n_unverified for o in outcomes for row in o.result.rows),
             "worst_margin": _worst_margins(outcomes),
+            "order2": _order2_summary(outcomes),
         },
         "coverage": _coverage(outcomes),
         "cases": [o.to_dict() for o in outcomes],
@@ -156,6 +201,8 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
         f"point: {s['excluded_entries']}; entries some "
         f"reference could not verify (each verified by another): {s['unverified_entries']}.",
         "",
+        _order2_line(s["order2"]),
+        "",
         "## Worst error relative to the tolerance",
         "",
         "Largest max|g - r| / allowed over all cases (a comparison passes at <= 1; see refbp/verify/tolerances.py).",
@@ -164,7 +211,10 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
     refs = sorted({ref for refs in s["worst_margin"].values() for ref in refs})
     rows = [[dt] + [_fmt(s["worst_margin"][dt].get(ref, "")) for ref in refs] for dt in s["worst_margin"]]
     lines += [tabulate(rows, headers=["dtype", *refs], tablefmt="github", disable_numparse=True), ""]
-    lines += ["## Coverage: cases passed / run", "", "MLPs, by activation (any layer) and loss:", ""]
+    lines += ["## Coverage: cases passed / run", "",
+              "The last column, order 2: the float64 cases checked at order 2 that passed / were checked, "
+              "and those not checked because some layer or the loss has no second-order rule yet.", "",
+              "MLPs, by activation (any layer) and loss:", ""]  # fmt: skip
     lines += [_coverage_table([c for c in doc["coverage"] if c["kind"] == "mlp"]), ""]
     lines += ["Layer stacks (CNNs and recurrent networks among them) and GPTs, by layer (BatchNorm, BatchNorm2d "
               "and Dropout by mode) and activation:", ""]  # fmt: skip
@@ -180,8 +230,13 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
     lines += [tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
     failures = [c for c in doc["cases"] if not c["passed"]]
     lines += ["## Failures", ""]
-    if not failures:
+    if not failures and not _order2_failures(doc):
         lines += ["None.", ""]
+    for c in _order2_failures(doc):
+        lines += [f"### case {c['id']} ({c['label']}), order 2", "",
+                  f"H v {c['order2']['verdict']}: {c['order2']['note']} (margin {_fmt(c['order2']['margin'])}). "
+                  f"Reproduce with `refbp.check(net, X, y, order=2, seed={c['spec'].get('seed', 0)})` on:", "",
+                  f"    {c['command']}", ""]  # fmt: skip
     for c in failures:
         lines += [f"### case {c['id']} ({c['label']})", "", "Reproduce with:", "", f"    {c['command']}", ""]
         for r in c["failures"]:
@@ -196,6 +251,29 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _order2_line(o: dict[str, Any]) -> str:
+    """REPORT.md's sentence on the order-2 share of the sweep."""
+    missing = ", ".join(f"{what} ({n})" for what, n in o["no_rule_for"].items())
+    return (
+        f"**Order 2** (one float64 case in {o['every']}): Hessian-vector products H v by the R-operator against "
+        f"torch.func forward-over-reverse, double backward and differences of the gradient: {o['passed']} passed, "
+        f"{o['failed']} failed, {o['unverified']} unverified (exactly on a kink: H v undefined) of {o['checked']} "
+        f"checked, {o['comparisons']} comparisons, worst error/allowed {_fmt(o['worst_margin'])}; "
+        f"{o['no_rule']} not checked: no second-order rule yet" + (f" for {missing}." if missing else ".")
+    )
+
+
+def _order2_failures(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in doc["cases"] if (c.get("order2") or {}).get("verdict") == "failed"]
+
+
+def _order2_cell(checked: int, passed: int, no_rule: int) -> str:
+    """The order-2 column: passed/checked, and how many had no rule."""
+    if not checked and not no_rule:
+        return "-"
+    return f"{passed}/{checked}" + (f" ({no_rule} no rule)" if no_rule else "")
+
+
 def _kinds(by_kind: dict[str, dict[str, int]]) -> str:
     names = {"mlp": "MLPs", "stack": "layer stacks", "gpt": "GPTs"}
     return ", ".join(f"{v['passed']}/{v['cases']} {names.get(k, k)}" for k, v in by_kind.items())
@@ -204,9 +282,22 @@ def _kinds(by_kind: dict[str, dict[str, int]]) -> str:
 def _coverage_table(coverage: list[dict[str, Any]]) -> str:
     columns = sorted({(c["loss"], c["dtype"], c["device"]) for c in coverage})
     cells = {(c["component"], c["loss"], c["dtype"], c["device"]): f"{c['passed']}/{c['cases']}" for c in coverage}
-    rows = [[act] + [cells.get((act, *col), "-") for col in columns] for act in sorted(ACTIVATIONS)]
-    headers = ["activation"] + [f"{lo} {dt} {dev}" for lo, dt, dev in columns]
+    order2 = _order2_totals(coverage)
+    rows = [[act] + [cells.get((act, *col), "-") for col in columns] + [_order2_cell(*order2.get(act, (0, 0, 0)))]
+            for act in sorted(ACTIVATIONS)]  # fmt: skip
+    headers = ["activation"] + [f"{lo} {dt} {dev}" for lo, dt, dev in columns] + ["order 2 (H v)"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _order2_totals(coverage: list[dict[str, Any]]) -> dict[str, tuple[int, int, int]]:
+    """Component -> (order-2 checked, passed, no rule), summed over losses, dtypes and devices."""
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for c in coverage:
+        cell = totals[c["component"]]
+        cell[0] += c.get("order2_checked", 0)
+        cell[1] += c.get("order2_passed", 0)
+        cell[2] += c.get("order2_no_rule", 0)
+    return {name: (n, p, r) for name, (n, p, r) in totals.items()}
 
 
 def _layer_table(coverage: list[dict[str, Any]]) -> str:
@@ -217,9 +308,10 @@ def _layer_table(coverage: list[dict[str, Any]]) -> str:
         cell[0] += c["cases"]
         cell[1] += c["passed"]
     names = sorted({c["component"] for c in coverage}, key=lambda n: (n in ACTIVATIONS, n))
+    order2 = _order2_totals(coverage)
     rows = [[name] + [f"{totals[(name, *col)][1]}/{totals[(name, *col)][0]}" if (name, *col) in totals else "-"
-                      for col in columns] for name in names]  # fmt: skip
-    headers = ["layer"] + [f"{dt} {dev}" for dt, dev in columns]
+                      for col in columns] + [_order2_cell(*order2.get(name, (0, 0, 0)))] for name in names]  # fmt: skip
+    headers = ["layer"] + [f"{dt} {dev}" for dt, dev in columns] + ["order 2 (H v)"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -358,7 +450,9 @@ def run(args: argparse.Namespace) -> int:
     s = doc["summary"]
     print(f"refbp report: {s['passed']}/{s['cases']} cases passed, {s['comparisons']} comparisons, "
           f"{seconds:.1f} s; wrote {out / 'REPORT.md'}, {out / 'report.json'}")  # fmt: skip
-    return 0 if s["failed"] == 0 else 1
+    print(f"  order 2: {s['order2']['passed']}/{s['order2']['checked']} H v checks passed, "
+          f"{s['order2']['failed']} failed, {s['order2']['no_rule']} cases with no rule yet")  # fmt: skip
+    return 0 if s["failed"] == 0 and s["order2"]["failed"] == 0 else 1
 
 
 def _bugs_section(out: Path) -> str:

@@ -71,9 +71,10 @@ def check(
     """Check gradients of ``net``'s J at (X, y) against autograd and finite differences.
 
     ``order=2`` checks the Hessian-vector product instead (refbp.verify.second_order,
-    ``check_second_order(net, X, y, seed=seed, forward=forward)``): refbp's manual H v along a
-    random direction against torch's two routes and differences of the manual gradient;
-    ``forward=True`` also checks the forward-mode tangents.
+    ``check_second_order(net, X, y, seed=seed, forward=forward, noise=...)``): refbp's manual H v
+    along a random direction against torch's two routes and differences of the manual gradient,
+    all at one draw of the dropout masks (``noise``, or drawn once); ``forward=True`` also checks
+    the forward-mode tangents. Any network kind: MLPs, layer stacks, graph networks, GPTs.
 
     Args:
         net, X, y: the network and the point (tensors or NumPy arrays, in the network's
@@ -114,9 +115,11 @@ def check(
     if order == 2:
         if grads is not None:
             raise ValueError("order=2 checks refbp's own H v; for yours use check_second_order(..., hvp_fn=...)")
-        point = net.forward(X, update_stats=False)  # X and y validated as for a gradient check
+        check_noise(net.layers, noise)
+        point = net.forward(X, update_stats=False, noise=noise)  # X and y validated as for a gradient check
         X2, y2 = point.X, net.targets_from_user(y, point)
-        return notify("check", check_second_order(net, X2, y2, seed=seed, forward=forward, tolerance=tolerance))
+        result = check_second_order(net, X2, y2, seed=seed, forward=forward, tolerance=tolerance, noise=point.noise)
+        return notify("check", result)
     check_options(references, fd_mode, directions, seed, tolerance)
     _check_budget(budget_s)
     check_noise(net.layers, noise)

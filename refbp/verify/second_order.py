@@ -2,7 +2,7 @@
 refbp's verdict language.
 
     res = refbp.check_second_order(net, X, y)            # refbp's manual H v, random v
-    res = refbp.check_second_order(net, X, y, hvp=mine)  # a user's: mine(v) -> {name: (H v)_name}
+    res = refbp.check_second_order(net, X, y, hvp_fn=mine)  # a user's: mine(v) -> {name: (H v)_name}
 
 The product under test is compared with three references, each in float64:
 
@@ -11,9 +11,20 @@ The product under test is compared with three references, each in float64:
 - "fd-gradient": central differences of the MANUAL gradient along v,
   (g(w + h v) - g(w - h v)) / 2h, with the Richardson error estimate |D(h) - D(2h)| / 3 as
   the entries' slack. Where a difference step moves an input of a piecewise function (relu's
-  kink, bce's clamps, elu's jump in f'') into another piece, the second derivative is not what
-  the differences measure: that reference leaves every entry unverified, never passed or
-  failed on a guess.
+  kink, bce's clamps, elu's jump in f'', a max-pool window's maximum) into another piece, the
+  second derivative is not what the differences measure: that reference leaves every entry
+  unverified, never passed or failed on a guess.
+
+Where the point itself sits exactly on a kink (relu's z == 0, a max-pool tie) that v moves it
+off, H v is undefined and every route returns a convention: every H v entry is left
+unverified, for every reference (refbp.verify.second_order_pieces says why all of them). Both
+questions are answered by the oracle's own reports (each layer's torch_forward tells its Tap of
+its piecewise inputs), so they hold for every layer, inside composites and graph networks too.
+
+Every pass runs the same function: the dropout masks of one forward pass (``noise``, or drawn
+once here) are used by the manual product, the torch routes and each gradient difference, and
+no pass updates BatchNorm's running statistics. The torch routes live in
+refbp.verify.second_order_torch, the pieces and kinks in refbp.verify.second_order_pieces.
 
 For the Gauss-Newton product the torch route is J_f^T (H_loss (J_f v)) with torch.func (jvp
 of the network's output, the loss Hessian as a jvp of its gradient, vjp back); differences
@@ -22,6 +33,7 @@ of a gradient measure H v, not G v, so they are not a reference for it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,16 +42,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..nn.dense import Dense
-from ..nn.elementwise import Elementwise
 from ..nn.keys import Key
 from ..nn.layer import Params, Tap
 from ..nn.network import Network
-from ..nn.second_order import SecondOrder, gvp, hvp, jvp, supported_layer
+from ..nn.second_order import SecondOrder, gvp, hvp, jvp, missing_rule
 from ..nn.stack import walk_layers
 from .compare import Comparison, compare
 from .inputs import as_tensor
 from .result import CheckResult
+from .second_order_pieces import PieceReport, crossed_at, pieces_at
+from .second_order_torch import intermediate_products, torch_bias, torch_products
 from .tolerances import FD_TOLERANCE, Tolerance, combine, tolerance_for
 
 __all__ = ["SECOND_ORDER_REFERENCES", "check_hvp_function", "check_second_order", "random_direction"]
@@ -76,6 +88,7 @@ def check_second_order(
     forward: bool = False,
     seed: int = 0,
     tolerance: Tolerance | None = None,
+    noise: Mapping[tuple[int, ...], Tensor] | None = None,
 ) -> CheckResult:
     """Check H v (``product="hessian"``) or G v (``"gauss_newton"``) of ``net``'s J at (X, y).
 
@@ -85,18 +98,23 @@ def check_second_order(
             (refbp.nn.second_order), whose R{intermediates} are in ``result.meta["R"]``.
         forward: also check the tangents R{J} and R{a(l)} (forward mode) against torch.func.jvp.
         tolerance: default: the tolerance of the network's dtype (refbp.verify.tolerances).
+        noise: the dropout masks to differentiate at (a cache's ``noise``), by layer path; None
+            draws them once here (refbp's own product then uses them). A user's ``hvp_fn`` of a
+            network with dropout in training mode must have used the masks passed here.
     """
     if product not in ("hessian", "gauss_newton"):
         raise ValueError(f"product={product!r}; expected 'hessian' or 'gauss_newton'")
-    for l, layer in enumerate(net.layers, start=1):
-        if not supported_layer(layer):
-            raise NotImplementedError(f"layer {l} ({layer.describe()}) has no second-order rule yet")
+    missing = missing_rule(net) if hvp_fn is None or forward else None
+    if missing is not None:
+        raise NotImplementedError(f"{missing} has no second-order rule yet (Layer.tangent and Layer.r_backward)")
     drawn = v is None
     v = dict(random_direction(net, X, seed) if v is None else v)
     tol = tolerance or tolerance_for(net.dtype)
+    point = net.forward(X, update_stats=False, noise=noise)  # draws the masks once
+    noise = dict(point.noise)
     manual: SecondOrder | None = None
     if hvp_fn is None:
-        manual = (hvp if product == "hessian" else gvp)(net, X, y, v)
+        manual = (hvp if product == "hessian" else gvp)(net, X, y, v, noise=noise)
         under_test = manual.Hv
     else:
         under_test = {name: _as_tensor(t, name) for name, t in hvp_fn(v).items()}
@@ -104,14 +122,21 @@ def check_second_order(
     X64 = X.to(torch.float64) if X.is_floating_point() else X
     y64 = y.to(torch.float64) if y.is_floating_point() else y
     v64 = {name: t.to(torch.float64) for name, t in v.items()}
-    J, references = _torch_products(net64, X64, y64, v64, product)
+    params64 = {name: t.detach() for name, t in net64.parameters().items()}
+    pieces = pieces_at(net64, X64, y64, params64, noise, v64, _difference_step(net64, v64), seed=seed)
+    J, references = torch_products(net64, X64, y64, v64, product, noise)
+    R_names = set(manual.R_delta) if manual is not None and product == "hessian" else set()
+    bias = torch_bias(net64, X64, y64, v64, noise, R_names)
+    if bias:  # torch's routes carry a known bias (bce's eps): it is their error estimate
+        references = {ref: (values, {n: bias[n] for n in values if n in bias}, excluded)
+                      for ref, (values, _, excluded) in references.items()}  # fmt: skip
     if any(layer.fixed_gradients(path) for path, layer in walk_layers(net.layers)):
         # a gradient zeroed by convention (an Embedding's padding row) is not the derivative of J:
         # its "Hessian" is not symmetric, and double backward gives H^T v, not the H v defined as
         # d/dr of the gradient (which forward-over-reverse and the differences measure)
         references.pop("reverse-over-reverse", None)
     if product == "hessian":
-        references["fd-gradient"] = _gradient_differences(net64, X64, y64, v64)
+        references["fd-gradient"] = _gradient_differences(net64, X64, y64, v64, noise, pieces)
     rows: list[Comparison] = []
     known = {*net.parameters(), *(["X"] if X.is_floating_point() else [])}
     for name in under_test:
@@ -122,23 +147,44 @@ def check_second_order(
             g = under_test.get(name)
             if g is None:
                 continue
-            row_tol = combine(tol, FD_TOLERANCE) if errors else tol
+            row_tol = combine(tol, FD_TOLERANCE) if reference == "fd-gradient" else tol
             rows.append(
-                compare(f"Hv[{name}]", reference, g, r, row_tol, error=errors.get(name), excluded=excluded.get(name))
-            )
-    if manual is not None and product == "hessian":  # R{dJ/d(intermediate)}: d/dr of the manual dJ/dz, dJ/da
+                _judged(compare(f"Hv[{name}]", reference, g, r, row_tol, error=errors.get(name),
+                                excluded=_on_kink(pieces, r, excluded.get(name))), pieces)
+            )  # fmt: skip
+    if manual is not None and product == "hessian":  # R{dJ/d(intermediate)}: d/dr of dJ/dz, dJ/da, ...
+        by_torch = intermediate_products(net64, X64, y64, v64, noise, R_names)
         values, errors, excluded = references["fd-gradient"]
         for name, R in manual.R_delta.items():
-            rows.append(
-                compare(f"R{{dJ/d{name}}}", "fd-gradient", R, values[name], combine(tol, FD_TOLERANCE),
-                        error=errors[name], excluded=excluded[name])
-            )  # fmt: skip
+            if name in by_torch:
+                r = by_torch[name]
+                rows.append(_judged(compare(f"R{{dJ/d{name}}}", "forward-over-reverse", R, r, tol, error=bias.get(name),
+                                            excluded=_on_kink(pieces, r, None)), pieces))  # fmt: skip
+            if name in values:
+                rows.append(
+                    _judged(compare(f"R{{dJ/d{name}}}", "fd-gradient", R, values[name], combine(tol, FD_TOLERANCE),
+                                    error=errors[name], excluded=_on_kink(pieces, values[name], excluded[name])),
+                            pieces)
+                )  # fmt: skip
     if forward:
-        rows += _tangent_rows(net, net64, X, X64, y, y64, v, v64, tol)
-    meta: dict[str, Any] = {"product": product, "direction_seed": seed if drawn else None}
+        rows += _tangent_rows(net, net64, X, X64, y, y64, v, v64, tol, noise)
+    meta: dict[str, Any] = {"product": product, "direction_seed": seed if drawn else None, "kinks": pieces.kinks,
+                            "pinned_kinks": pieces.pinned}  # fmt: skip
+    if pieces.kinks:
+        meta["hints"] = [pieces.note + ": every H v entry is left unverified, never passed or failed on a guess"]
     if manual is not None:
         meta["R"] = {name: t.detach() for name, t in manual.R_delta.items()}
     return CheckResult(rows=rows, J=J, dtype=str(net.dtype).removeprefix("torch."), device=str(net.device), meta=meta)
+
+
+def _on_kink(pieces: PieceReport, r: Tensor, excluded: Tensor | None) -> Tensor | None:
+    """Every entry excluded when the point is on a kink; otherwise the reference's own exclusions."""
+    return torch.ones(r.shape, dtype=torch.bool) if pieces.kinks else excluded
+
+
+def _judged(row: Comparison, pieces: PieceReport) -> Comparison:
+    """The row, with the kink named when that is why its entries went unverified."""
+    return dataclasses.replace(row, note=(row.note + " " + pieces.note + ".").strip()) if pieces.kinks else row
 
 
 def _as_tensor(t: Any, name: str) -> Tensor:
@@ -150,134 +196,41 @@ def _as_tensor(t: Any, name: str) -> Tensor:
         raise TypeError(f"the product's {name!r} must be a tensor or array, got {type(t).__name__}") from err
 
 
-References = dict[str, tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]]
+Noise = Mapping[tuple[int, ...], Tensor]
 
 
-def _oracle_J(net: Network, y: Tensor) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
-    """(params by name, X) -> J by the network's torch oracle (torch.nn.functional)."""
-
-    def J(params: dict[str, Tensor], X: Tensor) -> Tensor:
-        return net.torch_J(X, y, Params({Key.parse(n): t for n, t in params.items()}, net.ties), {})
-
-    return J
-
-
-def _torch_products(
-    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], product: str
-) -> tuple[float, References]:
-    """J and the torch routes' products, float64."""
-    params = {name: t.detach() for name, t in net.parameters().items()}
-    with_x, y_real = X.is_floating_point(), y.is_floating_point()
-    V = {name: v.get(name, torch.zeros_like(t)) for name, t in params.items()}
-    VX = v.get("X", torch.zeros_like(X)) if with_x else None
-    J_fn = _oracle_J(net, y)
-    J = float(J_fn(params, X))
-    if product == "gauss_newton":
-        route = _gauss_newton(net, X, y, params, V, VX)
-        return J, {} if route is None else {"torch-gauss-newton": (route, {}, {})}
-
-    # forward-over-reverse: the jvp of torch.func.grad. Real targets ride along with a
-    # materialised zero tangent: F.mse_loss's double backward cannot take torch.func's ZeroTensor.
-    primals: list[Any] = [params, *([X] if with_x else []), *([y] if y_real else [])]
-    tangents: list[Any] = [V, *([VX] if with_x else []), *([torch.zeros_like(y)] if y_real else [])]
-
-    def gradient(*args: Any) -> dict[str, Tensor]:
-        x, t = (args[1] if with_x else X), (args[-1] if y_real else y)
-        grads = torch.func.grad(_oracle_J(net, t), argnums=(0, 1) if with_x else 0)(args[0], x)
-        return {**grads[0], "X": grads[1]} if with_x else dict(grads)
-
-    try:
-        forward_over_reverse: dict[str, Tensor] | None = torch.func.jvp(gradient, tuple(primals), tuple(tangents))[1]
-    except NotImplementedError:  # torch has no forward-mode rule for an op (multi_margin_loss): no such reference
-        forward_over_reverse = None
-    leaves = {name: t.clone().requires_grad_(True) for name, t in params.items()}
-    X_leaf = X.clone().requires_grad_(True) if with_x else X
-    with torch.enable_grad():
-        inputs = [*leaves.values(), *([X_leaf] if with_x else [])]
-        grads: tuple[Tensor, ...] = torch.autograd.grad(J_fn(leaves, X_leaf), inputs, create_graph=True)
-        directions = [*V.values(), *([VX] if VX is not None else [])]
-        dot = torch.zeros((), dtype=torch.float64, device=X.device)
-        for g, d in zip(grads, directions, strict=True):
-            dot = dot + (g * d).sum()  # <dJ/dw, v>
-        try:
-            second: tuple[Tensor | None, ...] | None = torch.autograd.grad(dot, inputs, allow_unused=True)
-        except RuntimeError:  # an op without a double backward (multi_margin_loss): no such reference
-            second = None
-    names = [*leaves, *(["X"] if with_x else [])]
-    references: References = {}
-    if forward_over_reverse is not None:
-        references["forward-over-reverse"] = ({n: t.detach() for n, t in forward_over_reverse.items()}, {}, {})
-    if second is not None:
-        reverse_over_reverse = {
-            n: (torch.zeros_like(t) if h is None else h.detach()) for n, t, h in zip(names, inputs, second, strict=True)
-        }
-        references["reverse-over-reverse"] = (reverse_over_reverse, {}, {})
-    return J, references
-
-
-def _gauss_newton(
-    net: Network, X: Tensor, y: Tensor, params: dict[str, Tensor], V: dict[str, Tensor], VX: Tensor | None
-) -> dict[str, Tensor] | None:
-    """J_f^T H_loss J_f v by torch.func, plus the penalty's lambda V on decayed weights; None where
-    torch cannot differentiate the loss twice."""
-
-    def output(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return net.torch_forward(x, Params({Key.parse(n): t for n, t in p.items()}, net.ties), {})
-
-    with_x = VX is not None
-    primals = (params, X) if with_x else (params,)
-    tangents = (V, VX) if with_x else (V,)
-    f = output if with_x else (lambda p: output(p, X))
-    out, Jv = torch.func.jvp(f, primals, tangents)[:2]  # J_f v
-    o = out.detach().requires_grad_(True)
-    with torch.enable_grad():  # H_loss J_f v by double backward (more losses have it than forward mode)
-        (dJ_do,) = torch.autograd.grad(net.torch_loss(o, y), o, create_graph=True)
-        try:
-            (HJv,) = torch.autograd.grad((dJ_do * Jv).sum(), o, allow_unused=True, materialize_grads=True)
-        except RuntimeError:  # a loss without a double backward (multi_margin_loss): no torch route
-            return None
-    pullback = torch.func.vjp(f, *primals)[1]
-    back = pullback(HJv)  # J_f^T H_loss J_f v
-    result = dict(back[0])
-    if with_x:
-        result["X"] = back[1]
-    if net.weight_decay:
-        for key in net.decayed_keys():
-            result[str(key)] = result[str(key)] + net.weight_decay * V[str(key)]
-    return {n: t.detach() for n, t in result.items()}
+def _difference_step(net: Network, v: Mapping[str, Tensor]) -> float:
+    """h = FD_GRADIENT_STEP max(1, ||w||_inf) / ||v||_inf (0.0 for v = 0): the step along v."""
+    norm_v = max((float(t.abs().max()) for t in v.values() if t.numel()), default=0.0)
+    norm_w = max((float(t.abs().max()) for t in net.parameters().values() if t.numel()), default=1.0)
+    return FD_GRADIENT_STEP * max(1.0, norm_w) / norm_v if norm_v else 0.0
 
 
 def _gradient_differences(
-    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor]
+    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], noise: Noise, pieces: PieceReport
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
     """(g(w + h v) - g(w - h v)) / 2h of the manual gradient, its Richardson estimate and error,
-    and the entries to exclude (all of them, where a step crosses a piece boundary)."""
+    and the entries to exclude (all of them, where a step crosses a piece boundary: the oracle at
+    each moved point reports its pieces, refbp.verify.second_order_pieces). Every point runs the
+    masks ``noise``, without updating running statistics."""
     params = net.parameters()
-    norm_v = max((float(t.abs().max()) for t in v.values() if t.numel()), default=0.0)
-    norm_w = max((float(t.abs().max()) for t in params.values() if t.numel()), default=1.0)
-    if norm_v == 0.0:
+    h = _difference_step(net, v)
+    if h == 0.0:
         zero = {name: torch.zeros_like(t) for name, t in (*params.items(), *([("X", X)] if "X" in v else []))}
         return zero, {}, {}
-    h = FD_GRADIENT_STEP * max(1.0, norm_w) / norm_v
 
-    def gradient_at(step: float) -> tuple[dict[str, Tensor], list[Tensor]]:
+    def gradient_at(step: float) -> tuple[dict[str, Tensor], bool]:
         moved = net.to(dtype=torch.float64)
         for name, p in params.items():
             if name in v:
                 moved.set_parameter(name, p + step * v[name])
         Xs = X + step * v["X"] if "X" in v and X.is_floating_point() else X
-        cache = moved.forward(Xs, keep_intermediates=True)
+        cache = moved.forward(Xs, keep_intermediates=True, update_stats=False, noise=noise)
         grads = moved.backward(cache, y).as_dict()
-        return grads, _piecewise_regions(moved, cache, y)
+        return grads, crossed_at(moved, Xs, y, moved.parameters(), noise, pieces)
 
-    g_p1, r_p1 = gradient_at(h)
-    g_m1, r_m1 = gradient_at(-h)
-    g_p2, r_p2 = gradient_at(2 * h)
-    g_m2, r_m2 = gradient_at(-2 * h)
-    base = _piecewise_regions(net, net.forward(X, keep_intermediates=True), y)
-    crossed = any(
-        not torch.equal(b, r) for regions in (r_p1, r_m1, r_p2, r_m2) for b, r in zip(base, regions, strict=True)
-    )
+    (g_p1, c_p1), (g_m1, c_m1), (g_p2, c_p2), (g_m2, c_m2) = (gradient_at(s) for s in (h, -h, 2 * h, -2 * h))
+    crossed = c_p1 or c_m1 or c_p2 or c_m2
     names = list(g_p1)  # every gradient the backward pass gives: parameters, intermediates, X
     values, errors, excluded = {}, {}, {}
     for name in names:
@@ -289,26 +242,14 @@ def _gradient_differences(
     return values, errors, excluded
 
 
-def _piecewise_regions(net: Network, cache: Any, y: Tensor) -> list[Tensor]:
-    """The piece each input of a piecewise activation (z(l) of a Dense, x of an Elementwise),
-    and of the loss, is in."""
-    out = []
-    for l, layer in enumerate(net.layers, start=1):
-        if isinstance(layer, Dense) and layer.activation.pieces is not None:
-            out.append(layer.activation.pieces.region_of(cache.saved[l]))
-        elif isinstance(layer, Elementwise) and layer.activation.pieces is not None:
-            out.append(layer.activation.pieces.region_of(cache.a[l - 1]))
-    if net.loss_fn.pieces is not None:
-        out.append(net.loss_fn.pieces.region_of(net.loss_fn.pieces_of(cache.a[-1], y)))
-    return out
-
-
 def _tangent_rows(
     net: Network, net64: Network, X: Tensor, X64: Tensor, y: Tensor, y64: Tensor,
-    v: Mapping[str, Tensor], v64: Mapping[str, Tensor], tol: Tolerance,
+    v: Mapping[str, Tensor], v64: Mapping[str, Tensor], tol: Tolerance, noise: Noise,
 ) -> list[Comparison]:  # fmt: skip
-    """The manual tangents R{a(l)} and R{J} against torch.func.jvp of the oracle."""
-    tangents = jvp(net, X, y, v).as_dict()
+    """The manual tangents R{a(l)} and R{J} against torch.func.jvp of the oracle. At a kink both
+    follow the first-order convention (relu's f'(0) = 0, the first maximum), as a first-order
+    check compares them: a tangent is a first derivative."""
+    tangents = jvp(net, X, y, v, noise=noise).as_dict()
     params = {name: t.detach() for name, t in net64.parameters().items()}
     V = {name: v64.get(name, torch.zeros_like(t)) for name, t in params.items()}
     VX = v64.get("X", torch.zeros_like(X64)) if X64.is_floating_point() else None
@@ -320,7 +261,7 @@ def _tangent_rows(
                 kept[str(key)] = t
                 return t
 
-        J = net64.torch_J(x, y64, Params({Key.parse(n): t for n, t in p.items()}, net64.ties), {}, Keep())
+        J = net64.torch_J(x, y64, Params({Key.parse(n): t for n, t in p.items()}, net64.ties), noise, Keep())
         return J, {name: t for name, t in kept.items() if name in tangents}
 
     if VX is not None:

@@ -6,6 +6,10 @@ sharded_report) build on them, neither reaching into the other.
     order = case_order(specs, devices=["cpu"], dtypes=["float64"])   # [(label, spec)] in report order
     outcomes = [CaseOutcome(i, label, spec, check_case(spec, "auto")) for i, (label, spec) in enumerate(order, 1)]
 
+A share of the float64 cases (``takes_order2``) is also checked at order 2: check_second_order's
+H v along a random direction, kept in the result's ``meta["order2"]`` (an ``Order2Outcome``:
+passed, failed, unverified, or "no rule" when some layer or the loss has no second-order rule).
+
 A spec is anything with the fields and methods ``SweepSpec`` lists: an MLP's CaseSpec, a layer
 stack's StackSpec (refbp.verify), a GPT's GPTSpec (refbp.models); all are frozen dataclasses.
 """
@@ -20,23 +24,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from torch import Tensor
+
 from ..nn.activations import ACTIVATIONS
 from ..nn.losses import LOSSES
+from ..nn.network import Network
 from .cases import Case, CaseSpec
 from .check import CheckResult, check
+from .second_order import check_second_order
 from .stacks import StackSpec
 
 __all__ = [
     "IMAGE_KINDS",
+    "ORDER2_EVERY",
     "CaseOutcome",
+    "Order2Outcome",
     "SweepSpec",
     "case_order",
     "check_case",
+    "check_order2",
     "finite",
     "kind_of",
+    "order2_outcome",
     "random_image_stack",
     "random_sequence_stack",
     "random_stack",
+    "takes_order2",
 ]
 
 
@@ -58,6 +71,38 @@ class SweepSpec(Protocol):
     def components(self) -> list[str]: ...
 
 
+ORDER2_EVERY = 4
+"""One float64 case in ORDER2_EVERY (those whose spec's seed it divides: the same cases however the
+sweep is ordered or sharded) is also checked at order 2. A second-order check costs about three
+gradient checks; a quarter of the float64 cases keeps ``refbp report``'s added time near 30 s."""
+
+ORDER2_VERDICTS = ("passed", "failed", "unverified", "no rule")
+"""An order-2 check's outcome: every H v entry verified; some entry contradicted; none
+contradicted but some verified by no reference (a point exactly on a kink); not checked because
+a layer or the loss has no second-order rule yet."""
+
+
+@dataclass(frozen=True)
+class Order2Outcome:
+    """A case's order-2 check (refbp.verify.second_order), reduced to what the report shows.
+
+    Attributes:
+        verdict: one of ORDER2_VERDICTS.
+        note: what has no rule, or the failing products ("Hv[W1] mismatch, ..."); "" when passed.
+        comparisons: rows compared (0 for "no rule").
+        margin: max over the rows of max_abs_error / allowed (0.0 for "no rule").
+    """
+
+    verdict: str
+    note: str = ""
+    comparisons: int = 0
+    margin: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "note": self.note, "comparisons": self.comparisons,
+                "margin": finite(self.margin)}  # fmt: skip
+
+
 @dataclass
 class CaseOutcome:
     """One case of the sweep and its CheckResult, reduced to what the report shows."""
@@ -71,6 +116,12 @@ class CaseOutcome:
     def kind(self) -> str:
         """ "mlp", "stack" or "gpt"."""
         return kind_of(self.spec)
+
+    @property
+    def order2(self) -> Order2Outcome | None:
+        """The case's order-2 check, when it is one of the share that gets one (``takes_order2``)."""
+        outcome = self.result.meta.get("order2")
+        return outcome if isinstance(outcome, Order2Outcome) else None
 
     @property
     def margin(self) -> float:
@@ -98,6 +149,7 @@ class CaseOutcome:
             "command": self.spec.command(),
             "failures": [row.to_dict() for row in self.result.failures],
             "tensors": [t.to_dict() for t in self.result.tensors if not t.passed],
+            "order2": None if self.order2 is None else self.order2.to_dict(),
         }
 
 
@@ -219,7 +271,7 @@ def random_image_stack(rng: random.Random, *, max_depth: int = 3, include: str |
         layer, shape = _image_layer(rng, kind, shape)
         if layer:
             layers.append(layer)
-        if kind == "batchnorm2d" and training and math.prod(shape[1:]) < 2:
+        if kind == "batchnorm2d" and math.prod(shape[1:]) < 2:  # eval too: StackSpec checks in training mode
             batch = max(batch, 2)  # batch statistics need two values per channel
     loss = _head(rng, layers, rows=True)
     given = {"shape": first, **({"integers": True} if integers else {})}
@@ -312,6 +364,39 @@ def case_order(specs: Sequence[tuple[str, S]], devices: list[str], dtypes: list[
 
 
 def check_case(spec: SweepSpec, fd_mode: str) -> CheckResult:
-    """Build a case and check refbp's own gradients on it."""
+    """Build a case and check refbp's own gradients on it; for the share ``takes_order2`` picks,
+    its H v too, in ``meta["order2"]``."""
     case = spec.build()
-    return check(case.net, case.X, case.y, fd_mode=fd_mode, seed=spec.seed)
+    result = check(case.net, case.X, case.y, fd_mode=fd_mode, seed=spec.seed)
+    if takes_order2(spec):
+        result.meta["order2"] = check_order2(spec)
+    return result
+
+
+def takes_order2(spec: SweepSpec) -> bool:
+    """True for the float64 cases whose seed ORDER2_EVERY divides: the share checked at order 2."""
+    return spec.dtype == "float64" and spec.seed % ORDER2_EVERY == 0
+
+
+def check_order2(spec: SweepSpec) -> Order2Outcome:
+    """The case's H v along a random direction (seeded by the case) on a fresh build of it."""
+    case = spec.build()
+    return order2_outcome(case.net, case.X, case.y, seed=spec.seed)
+
+
+def order2_outcome(net: Network, X: Tensor, y: Tensor, *, seed: int = 0) -> Order2Outcome:
+    """check_second_order's H v at (X, y) (its dropout masks drawn once and used by every route),
+    reduced to an Order2Outcome; "no rule" when a layer or the loss has none yet."""
+    try:
+        result = check_second_order(net, X, y, seed=seed)
+    except NotImplementedError as err:  # a layer or the loss without second-order rules yet
+        return Order2Outcome("no rule", str(err).split(" (Layer.tangent")[0])
+    margin = max((row.margin for row in result.rows), default=0.0)
+    if result.passed:
+        return Order2Outcome("passed", "", len(result.rows), margin)
+    bad = [t for t in result.tensors if not t.passed]
+    note = ", ".join(f"{t.name} {t.verdict}" for t in bad[:4]) + (f" (+{len(bad) - 4})" if len(bad) > 4 else "")
+    kinks = result.meta.get("kinks") or []
+    note += f"; on a kink: {', '.join(kinks)}" if kinks else ""
+    verdict = "failed" if any(t.verdict == "mismatch" for t in bad) else "unverified"
+    return Order2Outcome(verdict, note, len(result.rows), margin)
