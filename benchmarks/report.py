@@ -270,6 +270,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "",
             _time_table(doc["time_cpu"]),
             "",
+            *_small_width_summary(doc["time_cpu"]),
             "## 2. Manual vs autograd, peak memory",
             "",
             "One forward + backward, float32, tanh, width 2048, each in a fresh process. Peak resident "
@@ -367,13 +368,36 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _small_width_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows at widths <= 128 in one sentence each width: manual/autograd's range, how many
+    are <= 0.9, and where the bare GEMMs alone already put autograd (autograd/GEMM)."""
+    parts = []
+    for width in sorted({r["width"] for r in rows if r["width"] <= 128}):
+        at = [r for r in rows if r["width"] == width]
+        ratios = [r["manual/autograd"] for r in at]
+        floor = [r["autograd/gemm"] for r in at]
+        parts.append(
+            f"width {width}: manual/autograd {min(ratios):.2f}-{max(ratios):.2f}, "
+            f"{sum(v <= 0.9 for v in ratios)} of {len(at)} rows <= 0.9 "
+            f"(autograd/GEMM {min(floor):.2f}-{max(floor):.2f})"
+        )
+    return [f"In this run, {'; '.join(parts)}.", ""] if parts else []
+
+
 def _measured_apart(run: dict[str, Any] | None) -> list[str]:
     """The line naming the command and date of an item measured on its own (``--mlp-only``)."""
     if not run:
         return []
     env = run["environment"]
-    return ["", f"Measured on its own: `{run['command']}`, {run['seconds']:.0f} s, {env['date']}, "
-                f"torch {env['torch']}, {env['threads']} thread(s)."]  # fmt: skip
+    line = (f"Measured on its own: `{run['command']}`, {run['seconds']:.0f} s, {env['date']}, "
+            f"torch {env['torch']}, {env['threads']} thread(s)")  # fmt: skip
+    if env.get("commit"):
+        line += f", commit {env['commit']}"
+    before, after = env.get("load_average_1min"), run.get("load_average_1min_after")
+    if before is not None and after is not None:
+        line += (f". The machine was shared: 1-minute load average {before:g} at the start and {after:g} at the end "
+                 f"(uptime), on {env['cpu_cores_visible']} cores visible; quote the ratios")  # fmt: skip
+    return ["", line + "."]
 
 
 def _suite_line(suite: dict[str, Any] | None) -> str:
