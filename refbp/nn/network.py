@@ -557,19 +557,6 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         owned = [upstream.detach() if upstream.requires_grad else upstream]
         return self._backward(cache, owned, keep=keep, release_cache=release_cache, owned=False)
 
-    def _backward(
-        self, cache: Cache, upstream: list[Tensor], *, keep: bool, release_cache: bool, owned: bool
-    ) -> GradientsT:
-        grads = stack_backward(self.layers, cache, upstream, self._backward_context(keep, owned), release=release_cache)
-        if release_cache:
-            cache.released = True
-        values = {key.name: value for key, value in grads.params.items()}
-        for key, value in grads.intermediates.items():
-            values[key.name] = value
-        if grads.dJ_dx is not None:
-            values["X"] = grads.dJ_dx  # (9) dJ/dX = dJ/da(0)
-        return self._gradients(values)
-
     def _backward_context(self, keep: bool, owned: bool) -> BackwardContext:
         """The network-level BackwardContext, remembered by what it holds (a training loop asks
         for the same one at every step; building it costs a few microseconds)."""
@@ -587,6 +574,19 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
                 ties=self.ties,
             )
         return ctx
+
+    def _backward(
+        self, cache: Cache, upstream: list[Tensor], *, keep: bool, release_cache: bool, owned: bool
+    ) -> GradientsT:
+        grads = stack_backward(self.layers, cache, upstream, self._backward_context(keep, owned), release=release_cache)
+        if release_cache:
+            cache.released = True
+        values = {key.name: value for key, value in grads.params.items()}
+        for key, value in grads.intermediates.items():
+            values[key.name] = value
+        if grads.dJ_dx is not None:
+            values["X"] = grads.dJ_dx  # (9) dJ/dX = dJ/da(0)
+        return self._gradients(values)
 
     def _gradients(self, values: dict[str, Tensor]) -> GradientsT:
         """The result object of a backward pass (a view of the network may present it otherwise)."""
