@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ from torch import Tensor
 
 import refbp
 
-__all__ = ["benchmark_network", "environment", "interleaved_medians", "sync"]
+__all__ = ["benchmark_network", "commit", "environment", "interleaved_medians", "load_average", "sync"]
 
 
 def cpu_name() -> str:
@@ -28,17 +30,44 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none): on a shared machine
+    it says how much other work ran beside a measurement."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def commit() -> str | None:
+    """The repository's commit (short hash, "+dirty" when the work tree differs), or None
+    outside a git checkout: which code a figure was measured on."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True)  # fmt: skip
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def environment(threads: int) -> dict[str, Any]:
-    """torch version, thread count, devices and the date: recorded with every figure."""
+    """torch version, thread count, devices, the date, the commit and the machine's load:
+    recorded with every figure."""
     cuda = torch.cuda.is_available()
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": threads,
         "cpu": cpu_name(),
-        "cpu_cores_visible": len(__import__("os").sched_getaffinity(0)),
+        "cpu_cores_visible": len(os.sched_getaffinity(0)),
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
+        "load_average_1min": load_average(),
     }
 
 

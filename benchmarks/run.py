@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import finite_differences, harness, layers, memory, startup, time_backprop
-from benchmarks.common import environment
+from benchmarks.common import environment, load_average
 from benchmarks.report import render_markdown
 from refbp.apps.io import write_atomic
 
@@ -100,10 +100,11 @@ def merge_item(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.layers_only:
         doc["layers"] = run_layers(args)
     else:
-        start = time.perf_counter()
+        start, env = time.perf_counter(), environment(args.threads)  # the date, commit and load at the start
         doc["time_cpu"] = run_mlp(args)
-        doc["time_cpu_run"] = {"command": args.command, "environment": environment(args.threads),
-                               "seconds": time.perf_counter() - start}  # fmt: skip
+        doc["time_cpu_run"] = {"command": args.command, "environment": env,
+                               "seconds": time.perf_counter() - start,
+                               "load_average_1min_after": load_average()}  # fmt: skip
     return doc
 
 

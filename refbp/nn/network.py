@@ -95,6 +95,15 @@ _ITEMSIZE = {torch.float64: 8, torch.float32: 4, torch.float16: 2, torch.bfloat1
 """Bytes per entry of the floating dtypes, without building a tensor to ask."""
 
 
+_PLAIN_FORWARD = {
+    (keep, update): ForwardContext(keep_intermediates=keep, update_stats=update)
+    for keep in (True, False)
+    for update in (True, False)
+}
+"""The forward contexts without given noise, built once: a frozen dataclass costs a few
+microseconds to build, a noticeable part of a small network's training step."""
+
+
 NetT = TypeVar("NetT", bound="Network[Any, Any]")
 """A network type: ``train``, ``eval`` and ``to`` return a network of its own class."""
 
@@ -247,7 +256,8 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         ):
             raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
         self.weight_decay = float(weight_decay)
-        self._entries_by_shape: dict[tuple[object, ...], int] = {}  # check_forward_memory's counts
+        self._entries_by_shape: dict[tuple[object, ...], tuple[int, str]] = {}  # check_forward_memory's
+        self._backward_contexts: dict[tuple[object, ...], BackwardContext] = {}  # _backward_context's
         self._adopt_parameters()
 
     # ---- parameters -----------------------------------------------------------------------
@@ -354,14 +364,21 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         """``names`` in the order of ``names()`` (each layer's parameters, intermediates and
         output, as the layer lists them); any other name (a user's "fc1.weight") after, in
         refbp.nn.keys.sort_names' order."""
-        names = list(names)
-        if self._name_rank is None or self._name_rank[1] is not self.layers:  # backward sorts at every call
-            self._name_rank = ({name: i for i, name in enumerate(self.names())}, self.layers)
-        place = self._name_rank[0]
-        known = sorted((name for name in names if name in place), key=place.__getitem__)
-        return known + sort_names([name for name in names if name not in place])
+        names = tuple(names)
+        rank = self._name_rank
+        if rank is None or rank[1] is not self.layers:  # backward sorts at every call
+            rank = self._name_rank = ({name: i for i, name in enumerate(self.names())}, self.layers, {})
+        place, _, orders = rank
+        order = orders.get(names)  # a training loop sorts the same names at every step: remembered
+        if order is None:
+            known = sorted((name for name in names if name in place), key=place.__getitem__)
+            order = (*known, *sort_names([name for name in names if name not in place]))
+            if len(orders) < 64:
+                orders[names] = order
+        return list(order)
 
-    _name_rank: tuple[dict[str, int], object] | None = None  # (name -> place, the layer list it is for)
+    _name_rank: tuple[dict[str, int], object, dict[tuple[str, ...], tuple[str, ...]]] | None = None
+    """(name -> place, the layer list it is for, the orders already found by the names given)"""
 
     def describe(self) -> str:
         """The layers in one line."""
@@ -398,7 +415,7 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
             check_finite(X, name)
         self.layers[0].check_input(X, (1,))
         self.check_forward_memory(tuple(X.shape))
-        return X.detach()
+        return X.detach() if X.requires_grad else X  # the manual path builds no graph
 
     def forward_entries(self, shape: tuple[int, ...]) -> int:
         """How many entries a forward pass and its backward pass allocate for an input of
@@ -414,18 +431,20 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         """Refuse, before allocating, a forward pass on an input of ``shape`` that cannot fit
         in the free memory, naming the size it needs (refbp.nn.validation.check_fits_in_memory).
 
-        The count is remembered by shape for these very layers: a training loop runs the same
-        shapes again and again, and the walk over the layers would cost more than its step."""
+        The size and its description are remembered by shape and dtype for these very layers: a
+        training loop runs the same shapes again and again, and the walk over the layers would
+        cost more than its step."""
         seen = self._entries_by_shape
-        key = (shape, *map(id, self.layers))
-        entries = seen.get(key)
-        if entries is None:
+        key = (shape, self.dtype, *map(id, self.layers))
+        known = seen.get(key)
+        if known is None:
             if len(seen) > 64:  # a few shapes are reused; anything else is not worth keeping
                 seen.clear()
-            entries = seen[key] = self.forward_entries(shape)
-        itemsize = _ITEMSIZE.get(self.dtype) or torch.empty((), dtype=self.dtype).element_size()
-        what = f"a forward and backward pass on X of shape {shape} ({entries} entries of {itemsize} bytes)"
-        check_fits_in_memory(entries * itemsize, what)
+            entries = self.forward_entries(shape)
+            itemsize = _ITEMSIZE.get(self.dtype) or torch.empty((), dtype=self.dtype).element_size()
+            what = f"a forward and backward pass on X of shape {shape} ({entries} entries of {itemsize} bytes)"
+            known = seen[key] = (entries * itemsize, what)
+        check_fits_in_memory(*known)
 
     def forward(
         self,
@@ -451,7 +470,10 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         keep = keep_flag(keep_intermediates, keep_z, "keep_z")
         X = self.check_input(X)
         check_noise(self.layers, noise)
-        ctx = ForwardContext(keep_intermediates=keep, update_stats=update_stats, noise=noise)
+        if noise is None:
+            ctx = _PLAIN_FORWARD[keep, update_stats]
+        else:
+            ctx = ForwardContext(keep_intermediates=keep, update_stats=update_stats, noise=noise)
         stack = stack_forward(self.layers, X, ctx, ())
         drawn: dict[tuple[int, ...], Tensor] = {}
         for l, layer in enumerate(self.layers, start=1):
@@ -545,22 +567,33 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         owned = [upstream.detach() if upstream.requires_grad else upstream]
         return self._backward(cache, owned, keep=keep, release_cache=release_cache, owned=False)
 
+    def _backward_context(self, keep: bool, owned: bool) -> BackwardContext:
+        """The network-level BackwardContext, remembered by what it holds (a training loop asks
+        for the same one at every step; building it costs a few microseconds)."""
+        key = (keep, owned, not self.takes_indices, self.weight_decay, id(self.ties))
+        ctx = self._backward_contexts.get(key)
+        if ctx is None or ctx.ties is not self.ties:
+            if len(self._backward_contexts) > 64:  # a few are reused; anything else is not worth keeping
+                self._backward_contexts.clear()
+            ctx = self._backward_contexts[key] = BackwardContext(
+                path=(),
+                keep_intermediates=keep,
+                overwrite=owned,
+                need_dx=not self.takes_indices,
+                weight_decay=self.weight_decay,
+                ties=self.ties,
+            )
+        return ctx
+
     def _backward(
         self, cache: Cache, upstream: list[Tensor], *, keep: bool, release_cache: bool, owned: bool
     ) -> GradientsT:
-        ctx = BackwardContext(
-            path=(),
-            keep_intermediates=keep,
-            overwrite=owned,
-            need_dx=not self.takes_indices,
-            weight_decay=self.weight_decay,
-            ties=self.ties,
-        )
-        grads = stack_backward(self.layers, cache, upstream, ctx, release=release_cache)
+        grads = stack_backward(self.layers, cache, upstream, self._backward_context(keep, owned), release=release_cache)
         if release_cache:
             cache.released = True
-        values = {str(key): value for key, value in grads.params.items()}
-        values.update({str(key): value for key, value in grads.intermediates.items()})
+        values = {key.name: value for key, value in grads.params.items()}
+        for key, value in grads.intermediates.items():
+            values[key.name] = value
         if grads.dJ_dx is not None:
             values["X"] = grads.dJ_dx  # (9) dJ/dX = dJ/da(0)
         return self._gradients(values)

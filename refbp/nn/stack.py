@@ -140,12 +140,12 @@ def stack_backward(
         # every dJ/da(l) below the top is the loop's own (overwrite); dJ/dx is needed above layer 1
         layer_ctx = _layer_context(ctx, path, ctx.overwrite or l < L, ctx.need_dx or l > 1, alias, release)
         grads = layer.backward(g, cache.a[l - 1], cache.a[l], cache.saved[l], layer_ctx)
-        owned = [(Key.at(kind, path), value) for kind, value in grads.params.items()]
-        for key, value in [*owned, *grads.sub_params.items()] if grads.sub_params else owned:
-            if ties:
-                key = ties.get(key, key)  # a tied parameter's gradient is the sum of its uses
-            out.params[key] = out.params[key] + value if key in out.params else value
-        out.intermediates.update(grads.intermediates)
+        for kind, value in grads.params.items():
+            _add_gradient(out.params, Key.at(kind, path), value, ties)
+        for key, value in grads.sub_params.items():
+            _add_gradient(out.params, key, value, ties)
+        if grads.intermediates:
+            out.intermediates.update(grads.intermediates)
         g = grads.dJ_dx  # type: ignore[assignment]  # None only below layer 1
         del grads
         if release:  # a(l) and layer l's cache have been used for the last time
@@ -154,6 +154,14 @@ def stack_backward(
             cache.saved[l] = None
     out.dJ_dx = g
     return out
+
+
+def _add_gradient(params: dict[Key, Tensor], key: Key, value: Tensor, ties: Mapping[Key, Key]) -> None:
+    """params[key] += value: a tied parameter's gradient is the sum of its uses, under its first key."""
+    if ties:
+        key = ties.get(key, key)
+    previous = params.get(key)
+    params[key] = value if previous is None else previous + value
 
 
 def stack_torch_forward(
