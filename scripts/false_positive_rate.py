@@ -44,8 +44,8 @@ from refbp.apps.io import write_set
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FUNCTION_CASES = 20 * FUNCTION_BLOCK
-"""The default size of the function part: 20 points of every Function in every dtype (420)."""
+FUNCTION_CASES = 100 * FUNCTION_BLOCK
+"""The default size of the function part: 100 points of every Function in every dtype (2100)."""
 
 CHUNKS_PER_WORKER = 8
 """Chunks per worker process: small enough that the work stays balanced, and progress shows."""
