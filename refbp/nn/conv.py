@@ -30,6 +30,17 @@ the rows (columns) at the bottom (right) that no window reached when (H + 2p - d
 is not a multiple of s: their gradient is 0. It is a forward operation (torch's
 ``conv_transpose2d``), not torch's backward kernel; dJ/dW is im2col and a matrix product.
 
+Second order (refbp.nn.second_order), R{.} = d/dr (.)(w + r v) along V_W, V_b and R{x}. The
+convolution is bilinear in (x, W), line (2) in (dJ/dz, x) and line (3) in (dJ/dz, W), so the
+product rule gives each R as the same lines with one argument replaced by its direction:
+
+    R{z}      = W * R{x} + V_W * x + V_b                               the tangent (a JVP)
+    R{dJ/dx}  = conv_transpose(R{dJ/dz}, W) + conv_transpose(dJ/dz, V_W)
+    (H v)_W   = sum_n R{dJ/dz} X_col^T + dJ/dz R{X_col}^T,  R{X_col} = unfold(R{x})
+    (H v)_b   = sum over n and every position of R{dJ/dz}
+
+The second terms of R{dJ/dx} and (H v)_W carry dJ/dz: the Gauss-Newton product drops them.
+
 The forward pass is torch's ``conv1d``/``conv2d`` (the same cross-correlation, fast). Conv1d is
 Conv2d on (N, C_in, 1, L) with a (1, k) kernel. ``padding="same"`` pads d (k - 1) in all,
 the odd one at the end, as torch does; ``"valid"`` pads nothing.
@@ -45,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import describe
 
@@ -172,15 +183,20 @@ class _Conv(Layer):
             )
 
     # ---- the manual path -------------------------------------------------------------------------
-    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
-        self.check_input(x, path)
+    def correlate(self, x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+        """z = W * x + b with this layer's stride, padding, dilation and groups   (N, C_out, *out_size):
+        the forward pass, and (bilinear in x and W) its tangent's two terms."""
         conv = F.conv1d if self.dims == 1 else F.conv2d
         pads = self.pads()
         padding: Padding = tuple(before for before, _ in pads)
         if any(before != after for before, after in pads):  # "same", even dilated kernel: one more zero at the end
             x = F.pad(x, [p for before, after in reversed(pads) for p in (before, after)])  # F.pad: last dim first
             padding = (0,) * self.dims
-        z = conv(x, self.W, self.params.get("b"), self.stride, padding, self.dilation, self.groups)
+        return conv(x, W, b, self.stride, padding, self.dilation, self.groups)
+
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
+        self.check_input(x, path)
+        z = self.correlate(x, self.W, self.params.get("b"))  # z = W * x + b
         return z, None  # (N, C_out, *out_size); backward reads x itself, nothing else
 
     def _as_2d(self) -> tuple[tuple[int, int], tuple[int, int], tuple[tuple[int, int], tuple[int, int]]]:
@@ -192,20 +208,28 @@ class _Conv(Layer):
         return (1, self.stride[0]), (1, self.dilation[0]), ((0, 0), self.pads()[0])
 
     def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
-        W, G = self.W, self.groups
+        params: dict[str, Tensor] = {}
+        if "b" in self.params:
+            params["b"] = dJ_dz.sum(dim=(0, *range(2, dJ_dz.dim())))  # (1) dJ/db = sum over n and positions   (C_out,)
+        dJ_dW = self.weight_gradient(dJ_dz, x)  # (2) dJ/dW = sum_n dJ/dz X_col^T   (C_out, C_in/G, *k)
+        if ctx.weight_decay:
+            dJ_dW = dJ_dW.add_(self.W, alpha=ctx.weight_decay)  # + lambda W
+        params["W"] = dJ_dW
+        if not ctx.need_dx:
+            return LayerGrads(None, params)
+        return LayerGrads(self.input_gradient(dJ_dz, self.W, x.shape), params)  # (3) dJ/dx = conv_transpose(dJ/dz, W)
+
+    def weight_gradient(self, dJ_dz: Tensor, x: Tensor) -> Tensor:
+        """(2) sum_n dJ/dz X_col^T   (C_out, C_in/G, *k), X_col = unfold(x): bilinear in (dJ/dz, x)."""
+        G = self.groups
         stride, dilation, (ph, pw) = self._as_2d()
         x2 = x if self.dims == 2 else x.unsqueeze(2)  # (N, C_in, H, W)    Conv1d: H = 1
         g2 = dJ_dz if self.dims == 2 else dJ_dz.unsqueeze(2)  # (N, C_out, H_out, W_out)
-        W2 = W if self.dims == 2 else W.unsqueeze(2)  # (C_out, C_in/G, k_h, k_w)
-        N, _, H, Wd = x2.shape
-        C_out, C_g, kh, kw = W2.shape
+        N = x2.shape[0]
+        C_out, C_g = self.C_out, self.C_in // G
+        kh, kw = (1, *self.kernel_size) if self.dims == 1 else self.kernel_size
         H_out, W_out = g2.shape[2:]
-        symmetric = ph[0] == ph[1] and pw[0] == pw[1]
-        params: dict[str, Tensor] = {}
-        if "b" in self.params:
-            params["b"] = g2.sum(dim=(0, 2, 3))  # (1) dJ/db = sum over n and positions   (C_out,)
-
-        # (2) im2col one kernel offset at a time: the rows of X_col for offset (u, v) are the strided
+        # im2col one kernel offset at a time: the rows of X_col for offset (u, v) are the strided
         # slice x_pad[:, c, i s + u d, j s + v d], so X_col is never built whole (k_h k_w times x)
         padded = F.pad(x2, (pw[0], pw[1], ph[0], ph[1])) if ph != (0, 0) or pw != (0, 0) else x2  # (N, C_in, Hp, Wp)
         L = H_out * W_out
@@ -219,14 +243,19 @@ class _Conv(Layer):
                 x_uv = x_uv.permute(1, 0, 3, 2).reshape(G, N * L, C_g)  # (G, N L, C_in/G)
                 dJ_dW[:, :, u, v] = torch.bmm(dz, x_uv).reshape(C_out, C_g)  # sum_{n,i,j} dJ/dz x   per group
         del padded
-        dJ_dW = dJ_dW.reshape(W.shape)  # (C_out, C_in/G, *k)
-        if ctx.weight_decay:
-            dJ_dW = dJ_dW.add_(W, alpha=ctx.weight_decay)  # + lambda W
-        params["W"] = dJ_dW  # (C_out, C_in/G, *k)
-        if not ctx.need_dx:
-            return LayerGrads(None, params)
+        return dJ_dW.reshape(self.W.shape)  # (C_out, C_in/G, *k)
 
-        # (3) dJ/dx = conv_transpose(dJ/dz, W): the output padding restores the rows no window reached
+    def input_gradient(self, dJ_dz: Tensor, W: Tensor, shape: torch.Size) -> Tensor:
+        """(3) conv_transpose(dJ/dz, W)   ``shape`` (the input's): bilinear in (dJ/dz, W)."""
+        G = self.groups
+        stride, dilation, (ph, pw) = self._as_2d()
+        g2 = dJ_dz if self.dims == 2 else dJ_dz.unsqueeze(2)  # (N, C_out, H_out, W_out)
+        W2 = W if self.dims == 2 else W.unsqueeze(2)  # (C_out, C_in/G, k_h, k_w)
+        H, Wd = (1, shape[2]) if self.dims == 1 else (shape[2], shape[3])
+        kh, kw = W2.shape[2:]
+        H_out, W_out = g2.shape[2:]
+        symmetric = ph[0] == ph[1] and pw[0] == pw[1]
+        # the output padding restores the rows no window reached
         Hp, Wp = H + ph[0] + ph[1], Wd + pw[0] + pw[1]
         extra = (
             transposed_output_padding(Hp, H_out, kh, stride[0], dilation[0]),
@@ -236,8 +265,39 @@ class _Conv(Layer):
         dJ_dx = F.conv_transpose2d(g2, W2, None, stride, cut, extra, G, dilation)  # (N, C_in, H, W) or padded
         if not symmetric:
             dJ_dx = dJ_dx[:, :, ph[0] : ph[0] + H, pw[0] : pw[0] + Wd]  # cut the padding: (N, C_in, H, W)
-        dJ_dx = dJ_dx if self.dims == 2 else dJ_dx.squeeze(2)
-        return LayerGrads(dJ_dx, params)
+        return dJ_dx if self.dims == 2 else dJ_dx.squeeze(2)
+
+    # ---- second order: z is bilinear in (x, W), and so are (2) in (dJ/dz, x) and (3) in (dJ/dz, W) ----
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        V_b = V(path, "b") if "b" in self.params else None
+        Rz = self.correlate(x, V(path, "W"), V_b)  # V_W * x + V_b   (N, C_out, *out_size)
+        if Rx is not None:
+            Rz += self.correlate(Rx, self.W, None)  # R{z} = W * R{x} + V_W * x + V_b
+        return LayerTangent(Rz)
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        first = ctx.first
+        HW = self.weight_gradient(Rg, x)  # (H v)_W = sum_n R{dJ/dz} X_col^T + dJ/dz R{X_col}^T
+        if Rx is not None and first:
+            HW += self.weight_gradient(g, Rx)
+        params = {"W": HW}
+        if "b" in self.params:
+            params["b"] = Rg.sum(dim=(0, *range(2, Rg.dim())))  # (H v)_b = sum over n and positions of R{dJ/dz}
+        if not ctx.need_dx:
+            return None, LayerGrads(None, params)
+        R_dx = self.input_gradient(Rg, self.W, x.shape)  # R{dJ/dx} = conv_transpose(R{dJ/dz}, W)
+        if first:
+            R_dx += self.input_gradient(g, V(ctx.path, "W"), x.shape)  # + conv_transpose(dJ/dz, V_W)
+        return self.input_gradient(g, self.W, x.shape), LayerGrads(R_dx, params)
 
     # ---- the oracle ------------------------------------------------------------------------------
     def torch_forward(

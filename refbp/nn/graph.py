@@ -33,10 +33,12 @@ from torch import Tensor
 
 from .joins import Join
 from .keys import Key
-from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, Tap
+from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, SecondContext, Tap
 from .losses import Loss
 from .network import Cache, Network, NetworkGradients, check_live_cache, keep_flag
 from .noise import check_noise
+from .r_graph import graph_r_backward, graph_tangent
+from .r_stack import StackTangent
 from .sequential import torch_modules_in_mode
 from .stack import StackCache, StackGrads
 
@@ -310,6 +312,17 @@ class GraphNetwork(Network[Cache, GraphGradients, Layer]):
 
     def torch_forward(self, X: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap = NO_TAP) -> Tensor:
         return graph_torch_forward(self.nodes, X, p, noise, tap)
+
+    # ---- second order: the R-operator's loops over the graph (refbp.nn.r_graph) ---------------------
+    def tangent_pass(self, cache: Cache, RX: Tensor | None, V: Params) -> StackTangent:
+        """Every node's tangent along (R{X}, V), each from the tangents of the tensors it reads."""
+        return graph_tangent(self.nodes, cache, RX, V)
+
+    def r_backward_pass(
+        self, cache: Cache, tangent: StackTangent, g: Tensor, Rg: Tensor, V: Params, ctx: SecondContext
+    ) -> tuple[Tensor | None, StackGrads]:
+        """Every node's R-backward from dJ/da(L) and R{dJ/da(L)}, eq. (G) applied to R{g} as well."""
+        return graph_r_backward(self.nodes, cache, tangent, g, Rg, V, ctx, takes_indices=self.takes_indices)
 
     # ---- torch ---------------------------------------------------------------------------------
     def _targets(self) -> list[str]:

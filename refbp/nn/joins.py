@@ -10,6 +10,16 @@ A join is a node of a graph network (refbp.nn.graph) that reads several earlier 
 
 Its backward hands back one gradient per input; the graph's loop adds up the gradients of a
 tensor read by several nodes (a residual's x reaches y directly and through the branch).
+
+Second order (refbp.nn.second_order): both joins are linear in their inputs and have no
+parameters (``Join.linear``), so R{.} = d/dr (.)(x_i + r R{x_i}) is the join itself applied to
+the directions, and the R-backward is the backward applied to R{dJ/dy}:
+
+    Add   R{y} = R{x_1} + c_2 R{x_2} + ...       R{dJ/dx_i} = c_i R{dJ/dy}, summed where broadcast
+    Cat   R{y} = [R{x_1}, .., R{x_k}] along dim   R{dJ/dx_i} = the slice of R{dJ/dy} that x_i filled
+
+No term carries dJ/dy: H v and G v share the rules. ``tangent_all`` and ``r_backward_all`` are
+the graph loop's (refbp.nn.r_graph) form of the protocol's ``tangent`` and ``r_backward``.
 With one input a join is a plain layer (``x + 0``-free: Add(x) = x, Cat([x]) = x), so the
 Layer protocol's forward/backward are the join's with one input.
 """
@@ -20,12 +30,12 @@ import math
 import operator
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .registry import TensorArg, bind_arguments, register, register_function
 
 __all__ = ["Add", "Cat", "Join", "TorchJoin", "unbroadcast"]
@@ -43,6 +53,10 @@ def unbroadcast(g: Tensor, shape: torch.Size) -> Tensor:
 
 class Join(Layer):
     """A layer of one or more inputs; the single-input Layer methods are the join's with one."""
+
+    linear: ClassVar[bool] = False
+    """True for a join linear in its inputs and without parameters (Add, Cat, Reshape): its
+    second-order rules are then the join of the directions and the backward of R{dJ/dy}."""
 
     def __init__(self) -> None:
         self.params = {}
@@ -85,11 +99,59 @@ class Join(Layer):
     def to_torch(self) -> torch.nn.Module:
         return TorchJoin(self)
 
+    # ---- second order: the graph loop's form (every input), and the protocol's (one input) ------
+    @property
+    def has_second_order(self) -> bool:
+        return self.linear
+
+    def tangent_all(
+        self, xs: Sequence[Tensor], Rxs: Sequence[Tensor | None], out: Tensor, cache: Any, V: Params,
+        path: tuple[int, ...],
+    ) -> LayerTangent:  # fmt: skip
+        """R{y} along the inputs' tangents R{x_i} (None for an input of indices). A linear join:
+        R{y} = the join of the R{x_i}, its own forward pass run on them."""
+        if not self.linear:
+            raise NotImplementedError(f"{self.describe()} has no second-order rule (tangent_all) in refbp yet")
+        directions = [Rx for Rx in Rxs if Rx is not None]
+        if len(directions) != len(Rxs):
+            raise ValueError(f"{self.describe()}: an input holds indices, it has no tangent")
+        return LayerTangent(self.forward_all(directions, _TANGENT_PASS, path)[0])  # R{y} = join(R{x_1}, .., R{x_k})
+
+    def r_backward_all(
+        self, g: Tensor, Rg: Tensor, xs: Sequence[Tensor], Rxs: Sequence[Tensor | None], out: Tensor,
+        t: LayerTangent, cache: Any, V: Params, ctx: SecondContext,
+    ) -> tuple[list[Tensor | None], list[Tensor | None]]:  # fmt: skip
+        """(dJ/dx_i for each input, R{dJ/dx_i} for each input) from g = dJ/dy and R{g}. A linear
+        join's backward is linear in g and reads no input's values: R{dJ/dx_i} = backward_all(R{g})_i."""
+        if not self.linear:
+            raise NotImplementedError(f"{self.describe()} has no second-order rule (r_backward_all) in refbp yet")
+        if not ctx.need_dx:
+            return [None] * len(xs), [None] * len(xs)
+        back = ctx.backward_context()
+        return self.backward_all(g, xs, out, cache, back), self.backward_all(Rg, xs, out, cache, back)
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        return self.tangent_all([x], [Rx], out, cache, V, path)
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        dJ_dxs, R_dJ_dxs = self.r_backward_all(g, Rg, [x], [Rx], out, t, cache, V, ctx)
+        return dJ_dxs[0], LayerGrads(R_dJ_dxs[0])
+
+
+_TANGENT_PASS = ForwardContext(keep_intermediates=False, update_stats=False)
+"""How a linear join's forward pass runs on the tangents: nothing kept, no statistics moved."""
+
 
 class Add(Join):
     """y = x_1 + c_2 x_2 + ... (``a + b``, ``a - b``, ``torch.add(a, b, alpha=c)``), broadcast."""
 
     title = "Add"
+    linear = True
 
     def __init__(self, coefficients: Sequence[float] = (1.0, 1.0)) -> None:
         super().__init__()
@@ -146,6 +208,7 @@ class Cat(Join):
     """``torch.cat(xs, dim)``: the inputs side by side along ``dim``."""
 
     title = "Cat"
+    linear = True
 
     def __init__(self, dim: int = 0) -> None:
         super().__init__()

@@ -19,6 +19,17 @@ At such a tie the maximum has no derivative (it is a kink, as relu's 0 is); fini
 see it move to another entry and are excluded there (``pieces``).
 
 Outputs are floor((H + 2p - d (k - 1) - 1) / s) + 1 rows (ceil_mode=False, torch's default).
+
+Second order (refbp.nn.second_order): each pooling is linear in x (MaxPool2d once the argmax
+of each window is fixed, which it is on each piece), so R{.} = d/dr (.)(x + r R{x}) is the same
+map applied to the direction, and the R-backward is the same backward applied to R{dJ/dy}:
+
+    MaxPool2d   R{y} = R{x_pad} at the argmax of each window   R{dJ/dx}[argmax] += R{dJ/dy}
+    AvgPool2d   R{y} = avg_pool(R{x})                          R{dJ/dx} = fold(R{dJ/dy} / D)
+    Adaptive    R{y} = A_h R{x} A_w^T                          R{dJ/dx} = A_h^T R{dJ/dy} A_w
+
+No term carries dJ/dy (the second derivative is 0 on each piece), so H v and G v share the
+rules. At a tie of max-pool the argmax is torch's (the first maximum), as in the backward.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from torch import Tensor
 
 from .conv import as_tuple, transposed_output_padding
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .pieces import Pieces
 from .registry import register
 from .validation import describe
@@ -120,10 +131,11 @@ class MaxPool2d(_Pool):
             "dJ/dx[first argmax of each window] += dJ/dy (windows that overlap add up)",
         )
 
-    def _windows(self, x: Tensor) -> Tensor:
-        """Every window of the (-inf padded) input as a column: (N, C, k_h k_w, H_out W_out)."""
+    def _windows(self, x: Tensor, fill: float = -math.inf) -> Tensor:
+        """Every window of the input padded with ``fill`` (-inf: never the maximum) as a column:
+        (N, C, k_h k_w, H_out W_out)."""
         ph, pw = self.padding
-        padded = F.pad(x, (pw, pw, ph, ph), value=-math.inf) if ph or pw else x
+        padded = F.pad(x, (pw, pw, ph, ph), value=fill) if ph or pw else x
         cols = F.unfold(padded, self.kernel_size, dilation=self.dilation, stride=self.stride)  # (N, C k_h k_w, L)
         return cols.view(x.shape[0], x.shape[1], self.kernel_size[0] * self.kernel_size[1], -1)
 
@@ -156,6 +168,29 @@ class MaxPool2d(_Pool):
         dJ_dx.scatter_add_(2, where, dJ_dy.reshape(N, C, H_out * W_out))  # (N, C, Hp Wp)
         dJ_dx = dJ_dx.view(N, C, Hp, Wp)[:, :, ph : ph + H, pw : pw + W]  # the padding cut off   (N, C, H, W)
         return LayerGrads(dJ_dx)
+
+    # ---- second order: linear in x with the argmax fixed -------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: PoolCache, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        cols = self._windows(Rx, fill=0.0)  # R{x}'s windows: (N, C, k_h k_w, L); the padding never the argmax
+        Ry = cols.gather(2, cache.argmax.unsqueeze(2))  # R{y} = R{x} at each window's argmax   (N, C, 1, L)
+        return LayerTangent(Ry.view(out.shape))  # (N, C, H_out, W_out)
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: PoolCache,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        if not ctx.need_dx:
+            return None, LayerGrads(None)
+        back = ctx.backward_context()
+        R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx}[argmax] += R{dJ/dy}: the same routing
+        return self.backward(g, x, out, cache, back).dJ_dx, LayerGrads(R_dx)
 
     def kinks(self, cache: Any, path: tuple[int, ...]) -> dict[Key, Tensor]:
         """The outputs a(l) whose window holds its maximum twice (the tie rule decides there)."""
@@ -242,6 +277,28 @@ class AvgPool2d(_Pool):
         dJ_dx = F.conv_transpose2d(share, ones, None, self.stride, self.padding, extra, C)  # (N, C, H, W)
         return LayerGrads(dJ_dx)
 
+    # ---- second order: a linear map of x ----------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: None, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        Ry = F.avg_pool2d(Rx, self.kernel_size, self.stride, self.padding, False, self.count_include_pad)
+        return LayerTangent(Ry)  # R{y} = 1/D sum over each window of R{x}   (N, C, H_out, W_out)
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: None,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        if not ctx.need_dx:
+            return None, LayerGrads(None)
+        back = ctx.backward_context()
+        R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx} = fold(R{dJ/dy} / D)
+        return self.backward(g, x, out, cache, back).dJ_dx, LayerGrads(R_dx)
+
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
     ) -> Tensor:
@@ -300,6 +357,27 @@ class AdaptiveAvgPool2d(Layer):
             return LayerGrads(None)
         A_h, A_w = self._matrices(x)
         return LayerGrads(A_h.T @ dJ_dy @ A_w)  # dJ/dx = A_h^T dJ/dy A_w   (N, C, H, W)
+
+    # ---- second order: a linear map of x ----------------------------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: None, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        A_h, A_w = self._matrices(x)  # (h_o, H), (w_o, W)
+        return LayerTangent(A_h @ Rx @ A_w.T, (A_h, A_w))  # R{y} = A_h R{x} A_w^T   (N, C, h_o, w_o)
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: None,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        if not ctx.need_dx:
+            return None, LayerGrads(None)
+        A_h, A_w = t.cache  # the windows' matrices, built once by the tangent
+        return A_h.T @ g @ A_w, LayerGrads(A_h.T @ Rg @ A_w)  # R{dJ/dx} = A_h^T R{dJ/dy} A_w   (N, C, H, W)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

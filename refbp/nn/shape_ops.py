@@ -10,6 +10,12 @@ backward is the same move run the other way (g = dJ/dy, "o" the elementwise prod
     Mean       y = sum over dims D of x / n_D      dJ/dx = g broadcast back over D, / n_D
     Sum        y = sum over dims D of x            dJ/dx = g broadcast back over D
 
+Second order (refbp.nn.second_order): each is linear in x and has no parameters, so
+R{.} = d/dr (.)(x + r R{x}) is the same op on the direction and the R-backward is the same
+backward on R{dJ/dy} (no term carries dJ/dy; H v and G v share the rules):
+
+    R{y} = op(R{x})                             R{dJ/dx} = backward(R{dJ/dy})
+
 They exist so that a model whose forward calls ``x.view(x.size(0), -1)``, ``x.permute(0, 2, 1)``,
 ``0.5 * x`` or ``x.mean(dim=(2, 3))`` (global pooling) converts (refbp.nn.fx_convert); each
 has a torch module (``to_torch()``) that computes the same call. A backward hands back a
@@ -28,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .joins import Join
-from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, LayerGrads, Params, Tap
+from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
 from .registry import SizeOf, TensorArg, bind_arguments, register, register_function
 from .validation import describe
 
@@ -50,7 +56,7 @@ def _check_dim(dim: object, what: str) -> int:
 
 
 class _ShapeLayer(Layer):
-    """A layer without parameters, the same in training and eval mode."""
+    """A layer without parameters, the same in training and eval mode, linear in its input."""
 
     def __init__(self) -> None:
         self.params = {}
@@ -58,6 +64,31 @@ class _ShapeLayer(Layer):
 
     def to_torch(self) -> torch.nn.Module:
         return TorchShapeOp(self)
+
+    # ---- second order: a linear map of x, so its R is itself ---------------------------------------
+    @property
+    def has_second_order(self) -> bool:
+        return True
+
+    def tangent(
+        self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
+    ) -> LayerTangent:
+        assert Rx is not None
+        return LayerTangent(self.forward(Rx, _TANGENT_PASS, path)[0])  # R{y} = op(R{x})
+
+    def r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
+        V: Params, ctx: SecondContext,
+    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+        if not ctx.need_dx:
+            return None, LayerGrads(None)
+        back = ctx.backward_context()
+        R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx} = backward(R{dJ/dy})
+        return self.backward(g, x, out, cache, back).dJ_dx, LayerGrads(R_dx)
+
+
+_TANGENT_PASS = ForwardContext(keep_intermediates=False, update_stats=False)
+"""How a shape layer's forward pass runs on a tangent: nothing kept."""
 
 
 class Reshape(Join):
@@ -67,6 +98,7 @@ class Reshape(Join):
     values do not matter: its gradient is none)."""
 
     title = "Reshape"
+    linear = True
 
     def __init__(self, shape: Sequence[Entry]) -> None:
         super().__init__()
@@ -124,6 +156,14 @@ class Reshape(Join):
     ) -> list[Tensor | None]:
         dJ_dx = _own(dJ_dy, ctx).reshape(xs[0].shape)  # dJ/dx = dJ/dy reshaped to x's shape
         return [dJ_dx, *(None for _ in xs[1:])]  # the other inputs lend sizes only
+
+    def tangent_all(
+        self, xs: Sequence[Tensor], Rxs: Sequence[Tensor | None], out: Tensor, cache: Any, V: Params,
+        path: tuple[int, ...],
+    ) -> LayerTangent:  # fmt: skip
+        Rx = Rxs[0]  # the other inputs lend sizes only (their tangents, None for indices, do not matter)
+        assert Rx is not None
+        return LayerTangent(Rx.reshape(self.target([x.shape for x in xs])))  # R{y} = R{x} viewed as shape
 
     def torch_forward_all(self, xs: Sequence[Tensor]) -> Tensor:
         return xs[0].reshape([xs[e.index].shape[e.dim] if isinstance(e, SizeOf) else e for e in self.shape])
