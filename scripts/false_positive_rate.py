@@ -14,9 +14,10 @@ many are flagged, in three parts, each runnable on its own (``--only``):
 - **functions**: ``--function-cases`` checks of correct custom ``torch.autograd.Function``s by
   ``check_autograd_function`` in float32, float16 and bfloat16
   (refbp.verify.function_sweep.false_positive_sweep).
-- **order2**: ``--order2-cases`` checks drawn from the same families (the first networks of the
-  same draw): ``check_second_order`` of H v with the tangents and of G v; a network whose layer
-  or loss has no second-order rule yet is counted as "no rule", never as a pass.
+- **order2**: ``--order2-cases`` checks drawn from the same families, with
+  ``--order2-torch-cases`` and ``--order2-makemore-cases`` (the first networks of the same
+  draw): ``check_second_order`` of H v with the tangents and of G v; a network whose layer or
+  loss has no second-order rule yet is counted as "no rule", never as a pass.
 
 Writes reports/false_positives.md and .json: each part with the commit, command and time it ran
 at; a part run on its own replaces that part of the existing report and keeps the others. Exit
@@ -105,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-cases", type=int, default=None, help="users' torch models (default: cases / 10)")
     parser.add_argument("--makemore-cases", type=int, default=None, help="makemore MLPs (default: cases / 20)")
     parser.add_argument("--function-cases", type=int, default=FUNCTION_CASES, help="custom Function checks")
-    parser.add_argument("--order2-cases", type=int, default=1000, help="order 2: sweep checks (with their share "
-                        "of torch models and makemore MLPs, as in the first order)")  # fmt: skip
+    parser.add_argument("--order2-cases", type=int, default=1000, help="order 2: sweep checks")
+    parser.add_argument("--order2-torch-cases", type=int, default=None, help="order 2: torch models (default: / 10)")
+    parser.add_argument("--order2-makemore-cases", type=int, default=None, help="order 2: makemore (default: / 20)")
     parser.add_argument("--out", default="reports")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -131,23 +133,22 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarise_functions(done)
             command = f"{base} --only functions --function-cases {args.function_cases}"
         else:
-            cases = args.cases if part == "first_order" else args.order2_cases
-            torch_cases = cases // 10 if args.torch_cases is None else args.torch_cases
-            makemore_cases = cases // 20 if args.makemore_cases is None else args.makemore_cases
-            if part == "order2":  # the torch models and makemore MLPs in the same share as the first order
-                torch_cases = cases // 10 if args.torch_cases is None else args.torch_cases * cases // args.cases
-                makemore_cases = (
-                    cases // 20 if args.makemore_cases is None else args.makemore_cases * cases // args.cases
-                )
+            prefix = "" if part == "first_order" else "order2_"
+            cases = getattr(args, f"{prefix}cases")
+            torch_cases = getattr(args, f"{prefix}torch_cases")
+            torch_cases = cases // 10 if torch_cases is None else torch_cases
+            makemore_cases = getattr(args, f"{prefix}makemore_cases")
+            makemore_cases = cases // 20 if makemore_cases is None else makemore_cases
             drawn, refused = tickets(cases, args.seed, torch_cases, makemore_cases)
             work = first_order_chunk if part == "first_order" else order2_chunk
             done, seconds = _run(part, work, _split(drawn, chunk_count), args.workers, _progress)
             records = _flat(done)
             summary = summarise_first_order(records) if part == "first_order" else summarise_order2(records)
             summary["sweep_blocks_refused"] = refused
-            flag = "--cases" if part == "first_order" else "--order2-cases"
+            flag = "--" + prefix.replace("_", "-")
             command = (
-                f"{base} --only {part} {flag} {cases} --torch-cases {torch_cases} --makemore-cases {makemore_cases}"
+                f"{base} --only {part} {flag}cases {cases} {flag}torch-cases {torch_cases} "
+                f"{flag}makemore-cases {makemore_cases}"
             )
         summaries[part] = {"commit": at, "command": command, "started": started, "seconds": round(seconds, 1),
                            "dtypes": list(DTYPES), **summary}  # fmt: skip

@@ -39,7 +39,8 @@ def test_the_draw_contains_every_layer_kind_and_loss() -> None:
 
 def test_a_tiny_run_writes_every_part_and_a_part_run_alone_replaces_only_itself(tmp_path: Path) -> None:
     tiny = ["--cases", "2", "--torch-cases", "0", "--makemore-cases", "2", "--function-cases", "21"]
-    false_positive_rate.main([*tiny, "--order2-cases", "2", "--workers", "1", "--out", str(tmp_path)])
+    order2 = ["--order2-cases", "2", "--order2-torch-cases", "0", "--order2-makemore-cases", "2"]
+    false_positive_rate.main([*tiny, *order2, "--workers", "1", "--out", str(tmp_path)])
     first = json.loads((tmp_path / "false_positives.json").read_text())
     assert list(first["parts"]) == list(PARTS)
     for part in first["parts"].values():
@@ -53,11 +54,13 @@ def test_a_tiny_run_writes_every_part_and_a_part_run_alone_replaces_only_itself(
     assert first["cases"] == sum(p["checked"] if n == "order2" else p["cases"] for n, p in first["parts"].items())
 
     false_positive_rate.main(["--only", "order2", "--order2-cases", "2", "--workers", "1", "--out", str(tmp_path)])
-    # (no makemore MLP now: --order2-cases 2 of the default --cases 10000 leaves it no share)
+    # (no makemore MLP now: 2 / 20 of them by default)
     second = json.loads((tmp_path / "false_positives.json").read_text())
     assert second["parts"]["first_order"] == first["parts"]["first_order"]
     assert second["parts"]["functions"] == first["parts"]["functions"]
-    assert second["parts"]["order2"]["cases"] == 2 and "--makemore-cases 0" in second["parts"]["order2"]["command"]
+    assert (
+        second["parts"]["order2"]["cases"] == 2 and "--order2-makemore-cases 0" in second["parts"]["order2"]["command"]
+    )
     md = (tmp_path / "false_positives.md").read_text()
     assert all(f"`{p['command']}`" in md for p in second["parts"].values())
 
