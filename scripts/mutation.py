@@ -225,7 +225,7 @@ EXPLAINED: list[tuple[str, str, str]] = [
 
 TEXT_ONLY: dict[str, str] = {
     "ǁequations__mutmut": "A layer's equations() is the text refbp explain and docs/equations.md print, not "
-    "arithmetic; the selected tests compute gradients, and tests/test_explain*.py (not selected) check the text.",
+    "arithmetic, and no selected test reads it.",
 }
 """Functions whose mutants change text, not numbers: counted apart, neither killed nor equivalent."""
 
@@ -369,7 +369,11 @@ def render(codes: dict[str, dict[str, int | None]], runs: list[dict[str, Any]]) 
             headers = ["mutant", "status", "original / mutant", "why it survives (equivalent)"]
             sections += [f"### {module}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
     table = [tallies[m].row(f"`{m}`") for m in codes] + [total.row("**total**")]
-    run_lines = [f"- `{', '.join(r['modules'])}`: commit {r['commit']}, {r['seconds'] / 60:.0f} min" for r in runs]
+    run_lines = [
+        f"- `{', '.join(r['modules'])}`: commit {r['commit']}, {r['seconds'] / 60:.0f} min"
+        + (f"; stopped {r['stopped']}" if r.get("stopped") else "")
+        for r in runs
+    ]
     text_only_lines = [f"- `*{name.split('__')[0]}`: {why}" for name, why in TEXT_ONLY.items()]
     lines = [
         "# Mutation testing: the layers' manual backprop",
@@ -382,7 +386,9 @@ def render(codes: dict[str, dict[str, int | None]], runs: list[dict[str, Any]]) 
         "",
         "Killed means some test failed with the mutant in place (a timeout counts as killed); a survivor is "
         "either killed by a new test (tests/test_mutation_kills*.py) or shown below to compute the same numbers "
-        "as the original. Not checked: mutants no run has reached yet. Text only (left out of both rates):",
+        "as the original. Not checked: mutants no run has reached yet; the rates are over the checked mutants "
+        "only, and mutmut reaches a module's mutants fastest first (those whose tests take least time), so a "
+        "module with mutants not checked is not measured in full. Text only (left out of both rates):",
         "",
         *text_only_lines,
         "",
