@@ -1,12 +1,20 @@
 """Properties that pin down details of the manual backprop which the broad property tests leave
-loose: found by mutation testing (scripts/mutation.py), each checked against torch itself."""
+loose: found by mutation testing (scripts/mutation.py), each checked against torch itself or
+against the layer protocol's documented contract. One file, because mutmut re-collects its whole
+test selection (and forgets every result) when the list of selected files in setup.cfg changes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from refbp.nn.activations import SOFTPLUS_THRESHOLD, get_activation
+from refbp.nn.cancellation import grouped_centred_size
+from refbp.nn.dense import Dense
+from refbp.nn.keys import Key
+from refbp.nn.layer import BackwardContext, ForwardContext
+from refbp.nn.linear import Linear
 from refbp.nn.mlp import MLP, ForwardCache, backward
 
 from .conftest import requires_cuda
@@ -580,3 +588,92 @@ def test_value_target_errors_name_the_argument_and_the_expected_shape() -> None:
     nan_at_1_0[1, 0] = float("nan")
     with pytest.raises(ValueError, match=r"^t has 1 non-finite entries \(NaN or inf\), the first at index \(1, 0\)"):
         loss.check_targets(nan_at_1_0, y_hat, argument="t")
+
+
+# ---- the layer modules: nn/linear.py, nn/dense.py, nn/cancellation.py ----------------------------
+DTYPE = torch.float64
+
+
+def _W() -> torch.Tensor:
+    return torch.arange(6, dtype=DTYPE).reshape(2, 3) / 4 - 0.5  # (d_out, d_in) = (2, 3)
+
+
+def test_linear_without_bias_becomes_a_torch_linear_without_bias_computing_the_same_map() -> None:
+    module = Linear(_W()).to_torch()
+    x = torch.randn(4, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    assert module.bias is None
+    torch.testing.assert_close(module(x).detach(), F.linear(x, _W()))
+
+
+@pytest.mark.parametrize(("bias", "named"), [(False, "Linear(3 -> 2, no bias)"), (True, "Linear(3 -> 2)")])
+def test_linear_refuses_an_input_of_the_wrong_width_naming_its_path_itself_and_the_input(
+    bias: bool, named: str
+) -> None:
+    layer = Linear(_W(), torch.zeros(2, dtype=DTYPE) if bias else None)
+    x = torch.zeros(4, 5, dtype=DTYPE)
+    with pytest.raises(ValueError) as caught:
+        layer.check_input(x, (2, 1))
+    message = str(caught.value)
+    assert "layer 2.1 " in message and named in message and "needs input (..., 3)" in message
+    assert "shape (4, 5), dtype float64" in message
+
+
+def test_linear_forward_size_is_the_shape_torch_returns_for_any_leading_dimensions() -> None:
+    x = torch.zeros(4, 5, 3, dtype=DTYPE)  # (B, T, d_in)
+    expected = F.linear(x, _W()).shape
+    assert Linear(_W()).forward_size(tuple(x.shape)) == (tuple(expected), expected.numel())
+
+
+def test_linear_starts_in_training_mode_as_torch_modules_do() -> None:
+    assert Linear(_W()).training == torch.nn.Linear(3, 2).training
+
+
+def test_linear_backward_leaves_dJ_dx_out_when_not_asked_for() -> None:
+    x = torch.ones(4, 3, dtype=DTYPE)
+    dJ_dy = torch.ones(4, 2, dtype=DTYPE)
+    grads = Linear(_W()).backward(dJ_dy, x, F.linear(x, _W()), None, BackwardContext(path=(0,), need_dx=False))
+    assert grads.dJ_dx is None
+
+
+def _dense_z(activation: str, z_row: list[float]) -> tuple[Dense, torch.Tensor]:
+    """A Dense layer whose z is exactly z_row on every row (W = 0, b = z_row), and that z from its forward."""
+    b = torch.tensor(z_row, dtype=DTYPE)
+    layer = Dense(torch.zeros(len(z_row), 2, dtype=DTYPE), b, activation)
+    _, z = layer.forward(torch.ones(3, 2, dtype=DTYPE), ForwardContext(keep_intermediates=True), (0,))
+    assert isinstance(z, torch.Tensor)
+    return layer, z
+
+
+def _one_sided_slopes_differ(fn: object, z: torch.Tensor, h: float = 1e-3) -> torch.Tensor:
+    """Where torch's f has different slopes left and right of z: its kinks."""
+    assert callable(fn)
+    return ((fn(z + h) - fn(z)) - (fn(z) - fn(z - h))).abs() > h / 10  # a slope jump s: s h; smooth: ~h^2
+
+
+@pytest.mark.parametrize(("activation", "fn"), [("relu", F.relu), ("leaky_relu", F.leaky_relu)])
+def test_dense_reports_its_kinks_exactly_where_torchs_activation_has_two_slopes(activation: str, fn: object) -> None:
+    layer, z = _dense_z(activation, [-1.0, 0.0, 2.0])
+    kinks = layer.kinks(z, (1,))
+    assert set(kinks) == {Key("z", (1,))}
+    torch.testing.assert_close(kinks[Key("z", (1,))], _one_sided_slopes_differ(fn, z))
+
+
+def test_dense_reports_no_kinks_without_z_or_for_a_smooth_activation() -> None:
+    relu, _ = _dense_z("relu", [0.0, 1.0])
+    assert relu.kinks(None, (1,)) == {}  # the forward pass kept no z
+    softplus, z = _dense_z("softplus", [20.0, 0.0])  # softplus changes formula at 20 but has no kink there
+    assert not _one_sided_slopes_differ(F.softplus, z).any()
+    assert softplus.kinks(z, (1,)) == {}
+
+
+def test_grouped_centred_size_uses_torch_group_norms_statistics() -> None:
+    # groups with different means, so statistics over the wrong dimension or with Bessel's
+    # correction give other sizes
+    N, C, G, eps = 2, 4, 2, 1e-5
+    x = torch.randn(N, C, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    x = x + torch.arange(N * C, dtype=DTYPE).reshape(N, C, 1)
+    _, mean, rstd = torch.native_group_norm(x, None, None, N, C, 3, G, eps)  # (N, G) each
+    mean_c = mean.repeat_interleave(C // G, dim=1).unsqueeze(-1)  # (N, C, 1)
+    rstd_c = rstd.repeat_interleave(C // G, dim=1).unsqueeze(-1)
+    expected = (x.abs() + mean_c.abs()) * rstd_c  # (|x| + |mean|) / sqrt(var + eps)
+    torch.testing.assert_close(grouped_centred_size(x, G, eps), expected)
