@@ -14,11 +14,26 @@ from ..nn.network import Network
 from .reference import autograd_gradients
 from .tolerances import CONDITIONING_PROBES, CONDITIONING_SAFETY
 
-__all__ = ["conditioning_allowance"]
+__all__ = ["conditioning_allowance", "rounded"]
 
 _SPREAD, _SCRAMBLE = 12.9898, 43758.5453
 """A value's u is the fractional part of sin(value _SPREAD + phase) _SCRAMBLE (the usual hash of a
 number to [0, 1)): nearby numbers, and consecutive integers, get unrelated u's; inf gets u = 0."""
+
+
+def rounded(t: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+    """t o (1 + eps u), u in [-1, 1), in float64: a rounding of relative size eps, or less.
+
+    u is a function of the value (spread over [-1, 1) by a phase drawn from ``generator``), as a
+    rounding is: equal given numbers round alike, so a tie of X (a max-pool window holding its
+    maximum twice) stays a tie, instead of the kink's convention passing for an O(1) effect of
+    rounding. Integer tensors (indices) are returned as they are."""
+    if not t.is_floating_point():
+        return t
+    t64 = t.detach().to(torch.float64)
+    phase = float(torch.rand((), dtype=torch.float64, generator=generator))
+    u = torch.remainder(torch.sin(t64 * _SPREAD + phase) * _SCRAMBLE, 1.0).mul_(2.0).sub_(1.0).nan_to_num_(0.0)
+    return t64 * (1.0 + eps * u)
 
 
 def conditioning_allowance(
@@ -42,21 +57,17 @@ def conditioning_allowance(
     runs = []
     generator = torch.Generator().manual_seed(seed)
 
-    def rounded(t: Tensor) -> Tensor:  # t o (1 + eps u), u in [-1, 1): a rounding of dtype, or less
-        # u is a function of the value (spread over [-1, 1) by a phase drawn per probe), as a rounding is:
-        # equal given numbers round alike, so a tie of X (a max-pool window holding its maximum twice)
-        # stays a tie, instead of the kink's convention passing for an O(1) effect of rounding
-        if not t.is_floating_point():
-            return t
-        t64 = t.detach().to(torch.float64)
-        phase = float(torch.rand((), dtype=torch.float64, generator=generator))
-        u = torch.remainder(torch.sin(t64 * _SPREAD + phase) * _SCRAMBLE, 1.0).mul_(2.0).sub_(1.0).nan_to_num_(0.0)
-        return t64 * (1.0 + eps * u)
-
     for _ in range(CONDITIONING_PROBES):
-        params = {key: rounded(t) for key, t in net.oracle_params(dtype=torch.float64).items()}
+        params = {key: rounded(t, eps, generator) for key, t in net.oracle_params(dtype=torch.float64).items()}
         probe = autograd_gradients(
-            net, rounded(X), y, dtype=torch.float64, noise=noise, params=params, rounding=eps, generator=generator
+            net,
+            rounded(X, eps, generator),
+            y,
+            dtype=torch.float64,
+            noise=noise,
+            params=params,
+            rounding=eps,
+            generator=generator,
         )
         runs.append(probe[1])
     if dtype != torch.float64 and net.dtype != torch.float64:
