@@ -10,7 +10,10 @@ a worker process runs on a chunk of work and that returns one record per case:
 - ``order2_chunk``: refbp.check_second_order of H v (``forward=True``: the tangents too) and of
   G v, in float64 and float32; flagged when some entry is contradicted or some H v entry is
   verified by no reference (R{intermediate} entries that a kink leaves unverified are not); a
-  network with a layer or loss that has no second-order rule yet is "no rule", never a pass.
+  point exactly on a kink that v moves (a max-pool tie of integer inputs), where H v is
+  undefined and the check leaves every entry unverified by design, is "on a kink", neither
+  passed nor flagged (a contradicted entry there is still flagged); a network with a layer or
+  loss that has no second-order rule yet is "no rule", never a pass.
 
 A ticket names a case so that a worker can draw it: ("sweep", spec), ("makemore", seed) or
 ("torch", seed) (refbp's fp_cases families).
@@ -173,12 +176,14 @@ def _dtype(dtype: object) -> str:
 
 
 def order2_flags(result: CheckResult) -> list[str]:
-    """What makes a second-order check flagged: every tensor contradicted, and every H v tensor
-    (Hv[...]) some entry of which no reference verified, as "Hv[W1] mismatch"."""
+    """What makes a second-order check flagged: every tensor contradicted, and, unless the point is
+    on a kink (H v undefined: result.meta["kinks"]), every H v tensor (Hv[...]) some entry of which
+    no reference verified, as "Hv[W1] mismatch"."""
+    undefined = bool(result.meta.get("kinks"))
     return [
         f"{t.name} {t.verdict}"
         for t in result.tensors
-        if t.verdict == "mismatch" or (t.verdict == "unverified" and t.name.startswith("Hv["))
+        if t.verdict == "mismatch" or (t.verdict == "unverified" and t.name.startswith("Hv[") and not undefined)
     ]
 
 
@@ -200,7 +205,7 @@ def order2_chunk(chunk: list[Ticket]) -> list[dict[str, Any]]:
         if missing is not None:
             out.append(record | {"status": "no rule", "missing": missing})
             continue
-        flags, errors, worst = [], [], None
+        flags, errors, worst, kinks = [], [], None, []
         for product in PRODUCTS:
             result = None
             for forward in (True, False) if product == "hessian" else (False,):
@@ -215,6 +220,7 @@ def order2_chunk(chunk: list[Ticket]) -> list[dict[str, Any]]:
             if result is None:
                 continue
             flags += [f"{product}: {flag}" for flag in order2_flags(result)]
+            kinks += result.meta.get("kinks", [])
             if flags and not record["message"]:
                 record["message"] = f"{product}: {result.failure_message()}"
             if result.rows:
@@ -223,6 +229,6 @@ def order2_chunk(chunk: list[Ticket]) -> list[dict[str, Any]]:
                     worst = (row.margin, f"{product}: {row.name} vs {row.reference}")
         if worst is not None:
             record |= {"ratio": worst[0], "comparison": worst[1]}
-        status = "flagged" if flags else "error" if errors else "passed"
-        out.append(record | {"status": status, "flags": flags, "errors": errors})
+        status = "flagged" if flags else "error" if errors else "on a kink" if kinks else "passed"
+        out.append(record | {"status": status, "flags": flags, "errors": errors, "kinks": sorted(set(kinks))})
     return out

@@ -20,7 +20,7 @@ from refbp.nn.layers import Elementwise, Embedding, Flatten, LayerNorm, Linear, 
 from refbp.nn.losses import get_loss
 from refbp.nn.mlp import MLP
 from refbp.nn.network import Network
-from refbp.strategies import cases, stacks
+from refbp.strategies import STACK_KINDS, cases, stacks
 from refbp.verify.cases import Case
 from refbp.verify.second_order import check_second_order, random_direction
 
@@ -568,12 +568,23 @@ def _network_of_kind(kind: str) -> tuple[Network, torch.Tensor, torch.Tensor]:
         return Network(layers, "cross_entropy"), torch.tensor([[1, 2], [3, 3], [0, 5]]), torch.tensor([0, 2, 1])
     if kind == "graph":
         return refbp.from_torch(_SkipModel().double(), loss="mse"), _randn(g, 4, 3), _randn(g, 4, 2)
+    if kind == "batchnorm":  # training mode: the batch statistics depend on every row
+        from refbp.nn.batchnorm import BatchNorm1d
+
+        layers = [Linear(_randn(g, 4, 3), _randn(g, 4)), BatchNorm1d(C=4), Elementwise("relu"), Linear(_randn(g, 2, 4))]
+        return Network(layers, "cross_entropy"), _randn(g, 6, 3), torch.tensor([0, 1, 1, 0, 1, 0])
+    if kind == "gpt":  # tied embedding, attention, GELU, dropout in training mode
+        from refbp.models.gpt_cases import GPTSpec
+
+        case = GPTSpec(vocab_size=6, block_size=4, n_layer=2, n_head=2, n_embd=4, dropout=0.1, batch=2, length=4,
+                       seed=3).build()  # fmt: skip
+        return case.net, case.X, case.y
     module = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                                  torch.nn.Flatten(), torch.nn.Linear(8, 3))  # fmt: skip
     return refbp.from_torch(module.double(), loss="cross_entropy"), _randn(g, 2, 1, 5, 5), torch.tensor([0, 2])
 
 
-@pytest.mark.parametrize("kind", ["mlp", "stack", "graph", "cnn"])
+@pytest.mark.parametrize("kind", ["mlp", "stack", "batchnorm", "graph", "cnn", "gpt"])
 def test_check_order_2_works_for_every_network_kind(kind: str) -> None:
     """relu, max-pool and dropout in training mode included: their pieces and masks are the oracle's."""
     net, X, y = _network_of_kind(kind)
@@ -585,9 +596,8 @@ def test_check_order_2_works_for_every_network_kind(kind: str) -> None:
     assert {"forward-over-reverse", "reverse-over-reverse", "fd-gradient"} <= {row.reference for row in result.rows}
 
 
-ORDER2_STACK_KINDS = ("linear", "activation", "dropout", "residual", "embedding", "flatten")
-"""The stack kinds whose layers have second-order rules on this branch (LayerNorm and BatchNorm's
-come with their own helper's tests)."""
+ORDER2_STACK_KINDS = STACK_KINDS
+"""Every stack kind: each layer has its second-order rules (issue 21)."""
 
 
 @settings(max_examples=6)

@@ -22,7 +22,7 @@ from refbp.nn.network import Network
 from refbp.nn.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, PoolCache
 from refbp.nn.registry import SizeOf
 from refbp.nn.shape_ops import Mean, Permute, Reshape, Scale, Sum, Transpose
-from refbp.strategies import ModuleCase, module_cases
+from refbp.strategies import MODULE_KINDS, ModuleCase, module_cases
 from refbp.verify.result import CheckResult
 from refbp.verify.second_order import SECOND_ORDER_REFERENCES, check_second_order
 
@@ -31,11 +31,11 @@ PRODUCTS = ("hessian", "gauss_newton")
 EXAMPLES = max(6, settings().max_examples // 4)
 """Random CNNs per run: a quarter of the profile's budget (each example checks two products)."""
 
-SMOOTH_KINDS = ("conv", "avgpool", "adaptive", "softmax", "logsoftmax")
-"""The module kinds a random CNN draws from: the ones without a kink. Max-pool is in the
-parametrised cases and relu in the traced models (test_second_order_graph.py), on fixed random
-data: a random geometry can put a difference step across a max-pool tie, which the gradient
-differences do not yet detect (only Dense and Elementwise report their pieces there)."""
+CNN_KINDS = MODULE_KINDS
+"""Every module kind a random CNN can draw: convolutions, max/average/adaptive pooling,
+BatchNorm2d, GroupNorm, softmax and the activation modules (relu among them). Kinks need no
+exclusion: each layer's oracle reports its pieces, so a point on a kink or a difference step
+across one (a max-pool tie, relu's 0) leaves the entries it touches unverified, never failed."""
 
 
 def _randn(g: torch.Generator, *shape: int, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -160,11 +160,11 @@ def test_a_convolution_rule_with_a_term_dropped_is_caught(wrong: type[Conv2d], e
 
 
 @settings(max_examples=EXAMPLES)
-@given(case=module_cases(kinds=SMOOTH_KINDS, include=("conv",), max_layers=3))
+@given(case=module_cases(kinds=CNN_KINDS, include=("conv",), max_layers=3))
 def test_random_cnns_products_and_tangents_agree_with_torch(case: ModuleCase) -> None:
     """Any geometry torch accepts (kernel, stride, padding ints/"same"/"valid", dilation, groups,
-    bias, Conv1d or Conv2d), with average and adaptive pooling and softmax between, converted
-    from torch.nn.Sequential."""
+    bias, Conv1d or Conv2d), with every pooling, BatchNorm2d (train or eval), GroupNorm, softmax and
+    relu/tanh/GELU between, converted from torch.nn.Sequential."""
     net = from_torch(case.module, loss=case.loss)
     for product in PRODUCTS:
         result = check_second_order(net, case.X, case.y, product=product, forward=True, seed=7)

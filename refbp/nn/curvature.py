@@ -77,7 +77,7 @@ def loss_hessian_product(loss: Loss, y_hat: Tensor, y: Tensor, r: Tensor) -> Ten
     With n the mean's count (N d, or M counted targets; 1 for reduction="sum"):
     half_sse: r.  mse: 2 r / n.  bce: g'(p) r / n with g(p) = (p - y) / (p (1 - p)), so
     g'(p) = (p^2 - 2 p y + y) / (p (1 - p))^2, and 1 / eps where torch floors p (1 - p) at eps.
-    cross_entropy, per counted row: (s o r - s (s . r)) / n, s = softmax(z).  nll and
+    cross_entropy, per counted row: s o (r - s . r) / n, s = softmax(z).  nll and
     multi_margin are linear in y_hat on each piece: H_loss = 0 (undefined on multi_margin's hinge)."""
     name, mean = loss.name, loss.reduction == "mean"
     if name == "half_sse":
@@ -94,7 +94,12 @@ def loss_hessian_product(loss: Loss, y_hat: Tensor, y: Tensor, r: Tensor) -> Ten
         z2, r2, y2 = y_hat.reshape(-1, C), r.reshape(-1, C), y.reshape(-1)  # (M', C), (M', C), (M',)
         keep = torch.ones_like(y2, dtype=torch.bool) if loss.ignore_index is None else y2 != loss.ignore_index
         s = torch.softmax(z2, dim=1)  # (M', C)
-        Rg = s * r2 - s * (s * r2).sum(dim=1, keepdim=True)  # d softmax(z) along r: s o r - s (s . r)
+        # d softmax(z) along r: s o (r - s . r) = s o (r' - s . r'), r' = r - r_k, since sum(s) = 1.
+        # With k the most probable class, r' is 0 where s is largest: no difference of two nearly
+        # equal terms (r_k - s . r when s_k -> 1) loses the result to rounding on a confident row
+        k = s.argmax(dim=1, keepdim=True)  # (M', 1)
+        r_k = r2 - r2.gather(1, k)  # (M', C)
+        Rg = s * (r_k - (s * r_k).sum(dim=1, keepdim=True))
         return (Rg * keep.unsqueeze(1) / (keep.sum() if mean else 1)).reshape(y_hat.shape)
     if name in ("nll", "multi_margin"):
         return torch.zeros_like(r)  # J is linear in y_hat on each piece

@@ -43,15 +43,16 @@ import torch
 from torch import Tensor
 
 from ..nn.keys import Key
-from ..nn.layer import Params, Tap
+from ..nn.layer import NO_TAP, Params, Tap
 from ..nn.network import Network
 from ..nn.second_order import SecondOrder, gvp, hvp, jvp, missing_rule
 from ..nn.stack import walk_layers
 from .compare import Comparison, compare
 from .inputs import as_tensor
 from .result import CheckResult
+from .second_order_conditioning import allowance, product_allowance
 from .second_order_pieces import PieceReport, crossed_at, pieces_at
-from .second_order_torch import intermediate_products, torch_bias, torch_products
+from .second_order_torch import References, intermediate_products, torch_bias, torch_products
 from .tolerances import FD_TOLERANCE, Tolerance, combine, tolerance_for
 
 __all__ = ["SECOND_ORDER_REFERENCES", "check_hvp_function", "check_second_order", "random_direction"]
@@ -135,6 +136,8 @@ def check_second_order(
         # its "Hessian" is not symmetric, and double backward gives H^T v, not the H v defined as
         # d/dr of the gradient (which forward-over-reverse and the differences measure)
         references.pop("reverse-over-reverse", None)
+    # below float64, and at an ill-conditioned point in any dtype, rounding alone moves the product
+    widened = _product_allowance(net, X, y, v, product, noise, references, seed) if tolerance is None else {}
     if product == "hessian":
         references["fd-gradient"] = _gradient_differences(net64, X64, y64, v64, noise, pieces)
     rows: list[Comparison] = []
@@ -150,24 +153,32 @@ def check_second_order(
             row_tol = combine(tol, FD_TOLERANCE) if reference == "fd-gradient" else tol
             rows.append(
                 _judged(compare(f"Hv[{name}]", reference, g, r, row_tol, error=errors.get(name),
-                                excluded=_on_kink(pieces, r, excluded.get(name))), pieces)
+                                excluded=_on_kink(pieces, r, excluded.get(name)), widened=widened.get(name, 0.0)),
+                        pieces)
             )  # fmt: skip
     if manual is not None and product == "hessian":  # R{dJ/d(intermediate)}: d/dr of dJ/dz, dJ/da, ...
         by_torch = intermediate_products(net64, X64, y64, v64, noise, R_names)
+        widened_R = (
+            allowance([intermediate_products(net, X, y, _in_dtype(v, net), noise, R_names)], by_torch)
+            if tolerance is None and net.dtype != torch.float64
+            else {}
+        )
         values, errors, excluded = references["fd-gradient"]
         for name, R in manual.R_delta.items():
             if name in by_torch:
                 r = by_torch[name]
                 rows.append(_judged(compare(f"R{{dJ/d{name}}}", "forward-over-reverse", R, r, tol, error=bias.get(name),
-                                            excluded=_on_kink(pieces, r, None)), pieces))  # fmt: skip
+                                            excluded=_on_kink(pieces, r, None), widened=widened_R.get(name, 0.0)),
+                                    pieces))  # fmt: skip
             if name in values:
                 rows.append(
                     _judged(compare(f"R{{dJ/d{name}}}", "fd-gradient", R, values[name], combine(tol, FD_TOLERANCE),
-                                    error=errors[name], excluded=_on_kink(pieces, values[name], excluded[name])),
+                                    error=errors[name], excluded=_on_kink(pieces, values[name], excluded[name]),
+                                    widened=widened_R.get(name, 0.0)),
                             pieces)
                 )  # fmt: skip
     if forward:
-        rows += _tangent_rows(net, net64, X, X64, y, y64, v, v64, tol, noise)
+        rows += _tangent_rows(net, net64, X, X64, y, y64, v, v64, tol, noise, widen=tolerance is None)
     meta: dict[str, Any] = {"product": product, "direction_seed": seed if drawn else None, "kinks": pieces.kinks,
                             "pinned_kinks": pieces.pinned}  # fmt: skip
     if pieces.kinks:
@@ -175,6 +186,39 @@ def check_second_order(
     if manual is not None:
         meta["R"] = {name: t.detach() for name, t in manual.R_delta.items()}
     return CheckResult(rows=rows, J=J, dtype=str(net.dtype).removeprefix("torch."), device=str(net.device), meta=meta)
+
+
+def _product_allowance(
+    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], product: str, noise: Noise,
+    references: References, seed: int,
+) -> dict[str, float]:  # fmt: skip
+    """The conditioning allowance of the product by name (refbp.verify.second_order_conditioning),
+    by the first torch route the check has. Where torch has none (multi_margin's loss, which torch
+    differentiates once), refbp's own product stands in, as the rounding of an implementation
+    that the float64 differences verify (a formula error would be the same in both dtypes, so the
+    gap measures rounding alone); {} where neither exists."""
+    route = next(iter(references), None)  # forward-over-reverse, or torch-gauss-newton
+    if route is None:
+        if missing_rule(net) is not None:
+            return {}
+        manual = hvp if product == "hessian" else gvp
+
+        def own(n: Network, x: Tensor, w: Mapping[str, Tensor], tap: Tap) -> Mapping[str, Tensor]:
+            return manual(n, x, y.to(n.dtype) if y.is_floating_point() else y, w, noise=noise).Hv
+
+        net64, X64 = net.to(dtype=torch.float64), X.to(torch.float64) if X.is_floating_point() else X
+        high = own(net64, X64, {name: t.to(torch.float64) for name, t in v.items()}, NO_TAP)
+        return product_allowance(net, X, _in_dtype(v, net), own, high, seed)
+
+    def products(n: Network, x: Tensor, w: Mapping[str, Tensor], tap: Tap) -> Mapping[str, Tensor]:
+        t = y.to(n.dtype) if y.is_floating_point() else y
+        return torch_products(n, x, t, w, product, noise, one=True, tap=tap)[1].get(route, ({}, {}, {}))[0]
+
+    return product_allowance(net, X, _in_dtype(v, net), products, references[route][0], seed)
+
+
+def _in_dtype(v: Mapping[str, Tensor], net: Network) -> dict[str, Tensor]:
+    return {name: t.to(net.dtype) for name, t in v.items()}
 
 
 def _on_kink(pieces: PieceReport, r: Tensor, excluded: Tensor | None) -> Tensor | None:
@@ -244,33 +288,101 @@ def _gradient_differences(
 
 def _tangent_rows(
     net: Network, net64: Network, X: Tensor, X64: Tensor, y: Tensor, y64: Tensor,
-    v: Mapping[str, Tensor], v64: Mapping[str, Tensor], tol: Tolerance, noise: Noise,
+    v: Mapping[str, Tensor], v64: Mapping[str, Tensor], tol: Tolerance, noise: Noise, *, widen: bool,
 ) -> list[Comparison]:  # fmt: skip
-    """The manual tangents R{a(l)} and R{J} against torch.func.jvp of the oracle. At a kink both
-    follow the first-order convention (relu's f'(0) = 0, the first maximum), as a first-order
-    check compares them: a tangent is a first derivative."""
+    """The manual tangents R{a(l)} and R{J} against torch.func.jvp of the oracle ("forward-mode"),
+    or, where torch has no forward-mode rule for an op (multi_margin_loss), against central
+    differences of the oracle's J and intermediates along v ("fd-forward", with the Richardson
+    error estimate; unverified where a step crosses a piece boundary). At a kink both follow the
+    first-order convention (relu's f'(0) = 0, the first maximum), as a first-order check
+    compares them: a tangent is a first derivative. ``widen``: add the conditioning allowance
+    (torch's own jvp in the network's dtype against float64)."""
     tangents = jvp(net, X, y, v, noise=noise).as_dict()
-    params = {name: t.detach() for name, t in net64.parameters().items()}
-    V = {name: v64.get(name, torch.zeros_like(t)) for name, t in params.items()}
-    VX = v64.get("X", torch.zeros_like(X64)) if X64.is_floating_point() else None
-    kept: dict[str, Tensor] = {}
+    names = set(tangents)
+    reference = _torch_tangents(net64, X64, y64, v64, noise, names)
+    error: dict[str, Tensor] = {}
+    excluded: dict[str, Tensor] = {}
+    widened: dict[str, float] = {}
+    if reference is None:
+        kind, (reference, error, excluded) = "fd-forward", _tangent_differences(net64, X64, y64, v64, noise, names)
+        tol = combine(tol, FD_TOLERANCE)
+    else:
+        kind = "forward-mode"
+        if widen and net.dtype != torch.float64:
+            low = _torch_tangents(net, X, y, _in_dtype(v, net), noise, names)
+            widened = allowance([low], reference) if low is not None else {}
+    return [
+        compare(f"R{{{name}}}" if name != "J" else "R{J}", kind, tangents[name].reshape(r.shape), r, tol,
+                error=error.get(name), excluded=excluded.get(name), widened=widened.get(name, 0.0))
+        for name, r in reference.items()
+    ]  # fmt: skip
+
+
+def _oracle_outputs(
+    net: Network, y: Tensor, noise: Noise, names: set[str]
+) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
+    """(params by name, X) -> (J, the intermediates among ``names`` the oracle reports to its Tap)."""
 
     def J_and_outputs(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        kept: dict[str, Tensor] = {}
+
         class Keep(Tap):
             def intermediate(self, key: Key, t: Tensor) -> Tensor:
                 kept[str(key)] = t
                 return t
 
-        J = net64.torch_J(x, y64, Params({Key.parse(n): t for n, t in p.items()}, net64.ties), noise, Keep())
-        return J, {name: t for name, t in kept.items() if name in tangents}
+        J = net.torch_J(x, y, Params({Key.parse(n): t for n, t in p.items()}, net.ties), noise, Keep())
+        return J, {name: t for name, t in kept.items() if name in names}
 
-    if VX is not None:
-        RJ, Ra = torch.func.jvp(J_and_outputs, (params, X64), (V, VX))[1]
-    else:
-        RJ, Ra = torch.func.jvp(lambda p: J_and_outputs(p, X64), (params,), (V,))[1]
-    rows = [compare("R{J}", "forward-mode", tangents["J"].reshape(()), RJ.detach().reshape(()), tol)]
-    rows += [compare(f"R{{{name}}}", "forward-mode", tangents[name], t.detach(), tol) for name, t in Ra.items()]
-    return rows
+    return J_and_outputs
+
+
+def _torch_tangents(
+    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], noise: Noise, names: set[str]
+) -> dict[str, Tensor] | None:
+    """R{J} ("J") and R{intermediate} by torch.func.jvp of the oracle, in the network's dtype;
+    None where torch has no forward-mode rule for an op of the network."""
+    params = {name: t.detach() for name, t in net.parameters().items()}
+    V = {name: v.get(name, torch.zeros_like(t)) for name, t in params.items()}
+    f = _oracle_outputs(net, y, noise, names)
+    try:
+        if X.is_floating_point():
+            RJ, Ra = torch.func.jvp(f, (params, X), (V, v.get("X", torch.zeros_like(X))))[1]
+        else:
+            RJ, Ra = torch.func.jvp(lambda p: f(p, X), (params,), (V,))[1]
+    except NotImplementedError:  # an op without a forward-mode rule (multi_margin_loss)
+        return None
+    return {"J": RJ.detach().reshape(()), **{name: t.detach() for name, t in Ra.items()}}
+
+
+def _tangent_differences(
+    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], noise: Noise, names: set[str]
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """(f(w + h v) - f(w - h v)) / 2h of J and the intermediates, float64, with the Richardson
+    estimate and error (as the gradient differences), and every entry excluded where a step
+    crosses a piece boundary."""
+    params = {name: t.detach() for name, t in net.parameters().items()}
+    h = _difference_step(net, v)
+    f = _oracle_outputs(net, y, noise, names)
+    base = pieces_at(net, X, y, params, noise, v, h)
+
+    def at(step: float) -> tuple[dict[str, Tensor], bool]:
+        p = {name: t + step * v[name] if name in v else t for name, t in params.items()}
+        x = X + step * v["X"] if "X" in v and X.is_floating_point() else X
+        with torch.no_grad():
+            J, outputs = f(p, x)
+        return {"J": J.reshape(()), **outputs}, crossed_at(net, x, y, p, noise, base)
+
+    (p1, c1), (m1, d1), (p2, c2), (m2, d2) = (at(s) for s in (h, -h, 2 * h, -2 * h))
+    crossed = bool(c1 or d1 or c2 or d2 or base.kinks)
+    values, errors, excluded = {}, {}, {}
+    for name in p1:
+        D1 = (p1[name] - m1[name]) / (2 * h) if h else torch.zeros_like(p1[name])
+        D2 = (p2[name] - m2[name]) / (4 * h) if h else torch.zeros_like(p1[name])
+        values[name] = D1 + (D1 - D2) / 3.0
+        errors[name] = (D1 - D2).abs() / 3.0 + 1e-12 * D1.abs()
+        excluded[name] = torch.full(D1.shape, crossed, dtype=torch.bool)
+    return values, errors, excluded
 
 
 def check_hvp_function(

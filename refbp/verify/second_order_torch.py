@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..nn.keys import Key
-from ..nn.layer import Params, Tap
+from ..nn.layer import NO_TAP, Params, Tap
 from ..nn.network import Network
 
 __all__ = ["TORCH_BCE_EPS", "References", "intermediate_products", "torch_bias", "torch_products"]
@@ -29,27 +29,32 @@ References = dict[str, tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Ten
 Noise = Mapping[tuple[int, ...], Tensor]
 
 
-def _oracle_J(net: Network, y: Tensor, noise: Noise) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+def _oracle_J(
+    net: Network, y: Tensor, noise: Noise, tap: Tap = NO_TAP
+) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
     """(params by name, X) -> J by the network's torch oracle (torch.nn.functional), with the masks ``noise``."""
 
     def J(params: dict[str, Tensor], X: Tensor) -> Tensor:
-        return net.torch_J(X, y, Params({Key.parse(n): t for n, t in params.items()}, net.ties), noise)
+        return net.torch_J(X, y, Params({Key.parse(n): t for n, t in params.items()}, net.ties), noise, tap)
 
     return J
 
 
 def torch_products(
-    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], product: str, noise: Noise
-) -> tuple[float, References]:
-    """J and the torch routes' products, float64."""
+    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor], product: str, noise: Noise, *, one: bool = False,
+    tap: Tap = NO_TAP,
+) -> tuple[float, References]:  # fmt: skip
+    """J and the torch routes' products, in the network's dtype (float64 for a reference);
+    ``one``: only the first route torch can take, and ``tap`` hears the oracle (the conditioning
+    probes, refbp.verify.second_order_conditioning)."""
     params = {name: t.detach() for name, t in net.parameters().items()}
     with_x, y_real = X.is_floating_point(), y.is_floating_point()
     V = {name: v.get(name, torch.zeros_like(t)) for name, t in params.items()}
     VX = v.get("X", torch.zeros_like(X)) if with_x else None
-    J_fn = _oracle_J(net, y, noise)
+    J_fn = _oracle_J(net, y, noise, tap)
     J = float(J_fn(params, X))
     if product == "gauss_newton":
-        route = _gauss_newton(net, X, y, params, V, VX, noise)
+        route = _gauss_newton(net, X, y, params, V, VX, noise, tap)
         return J, {} if route is None else {"torch-gauss-newton": (route, {}, {})}
 
     # forward-over-reverse: the jvp of torch.func.grad. Real targets ride along with a
@@ -59,13 +64,15 @@ def torch_products(
 
     def gradient(*args: Any) -> dict[str, Tensor]:
         x, t = (args[1] if with_x else X), (args[-1] if y_real else y)
-        grads = torch.func.grad(_oracle_J(net, t, noise), argnums=(0, 1) if with_x else 0)(args[0], x)
+        grads = torch.func.grad(_oracle_J(net, t, noise, tap), argnums=(0, 1) if with_x else 0)(args[0], x)
         return {**grads[0], "X": grads[1]} if with_x else dict(grads)
 
     try:
         forward_over_reverse: dict[str, Tensor] | None = torch.func.jvp(gradient, tuple(primals), tuple(tangents))[1]
     except NotImplementedError:  # torch has no forward-mode rule for an op (multi_margin_loss): no such reference
         forward_over_reverse = None
+    if one and forward_over_reverse is not None:
+        return J, {"forward-over-reverse": ({n: t.detach() for n, t in forward_over_reverse.items()}, {}, {})}
     leaves = {name: t.clone().requires_grad_(True) for name, t in params.items()}
     X_leaf = X.clone().requires_grad_(True) if with_x else X
     with torch.enable_grad():
@@ -201,13 +208,13 @@ def intermediate_products(
 
 def _gauss_newton(
     net: Network, X: Tensor, y: Tensor, params: dict[str, Tensor], V: dict[str, Tensor], VX: Tensor | None,
-    noise: Noise,
+    noise: Noise, tap: Tap = NO_TAP,
 ) -> dict[str, Tensor] | None:  # fmt: skip
     """J_f^T H_loss J_f v by torch.func, plus the penalty's lambda V on decayed weights; None where
     torch cannot differentiate the loss twice."""
 
     def output(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return net.torch_forward(x, Params({Key.parse(n): t for n, t in p.items()}, net.ties), noise)
+        return net.torch_forward(x, Params({Key.parse(n): t for n, t in p.items()}, net.ties), noise, tap)
 
     with_x = VX is not None
     primals = (params, X) if with_x else (params,)
