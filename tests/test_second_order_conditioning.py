@@ -4,6 +4,8 @@ second_order_conditioning), a real error still shows, and where torch has no for
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -46,7 +48,7 @@ def test_the_cross_entropy_hessian_keeps_a_confident_rows_curvature_in_float32()
     torch.testing.assert_close(low, exact, rtol=1e-5, atol=0.0)
 
 
-CONFIDENT = {"activations": ["leaky_relu", "identity"], "batch": 1, "device": "cpu", "dims": [9, 1, 2],
+CONFIDENT: dict[str, Any] = {"activations": ["leaky_relu", "identity"], "batch": 1, "device": "cpu", "dims": [9, 1, 2],
              "dtype": "float32", "loss": "cross_entropy", "regime": "plain", "seed": 745366620,
              "weight_decay": 0.0, "weight_scale": 10.0}  # fmt: skip
 """A case the false-positive measurement flagged before the shift of r: one hidden unit, weights
@@ -79,7 +81,7 @@ def test_a_bias_before_batchnorm_passes_in_float32_and_a_wrong_product_is_still_
     assert {t.name for t in caught.tensors if t.verdict == "mismatch"} == {"Hv[W1]"}
 
 
-BIAS_BEFORE_BATCHNORM2D = {
+BIAS_BEFORE_BATCHNORM2D: dict[str, Any] = {
     "batch": 3, "device": "cpu", "dtype": "float32", "input": {"shape": [3, 1, 4]},
     "layers": [["conv2d", 1, {"bias": True, "dilation": [2, 2], "groups": 1, "kernel": [1, 1], "padding": [1, 1],
                               "stride": [2, 1]}],
