@@ -39,7 +39,7 @@ from ..nn.network import Network
 from ..nn.validation import check_seed
 from ..verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
 from ..verify.check import check
-from ..verify.compare import compare
+from ..verify.compare import compare, quantity
 from ..verify.tolerances import tolerance_for
 from .arguments import MAX_DRAWS, check_draws, check_out_folder
 from .bug_record import Bug
@@ -336,7 +336,7 @@ def render_bugs_section(results: Sequence[BugResult], *, heading: str = "##") ->
 def _first(names: Sequence[str], shown: int = 3) -> str:
     if not names:
         return ""
-    text = ", ".join(f"dJ/d{name}" for name in names[:shown])
+    text = ", ".join(quantity(name) for name in names[:shown])
     return text + (f" (+{len(names) - shown})" if len(names) > shown else "")
 
 

@@ -18,6 +18,7 @@ import torch
 from ..nn.mlp import MLP
 from ..testing import assert_gradients_close
 from ..verify.check import CheckResult, GradientMismatchError, check, check_function
+from ..verify.compare import quantity
 
 __all__ = ["DISGUISES", "Disguise", "unmask"]
 
@@ -116,5 +117,5 @@ def unmask(disguise: Disguise) -> tuple[bool, str]:
     """(caught, the verdict in one line): caught when the check did not pass."""
     result = disguise.run()
     failing = [t for t in result.tensors if not t.passed]
-    verdicts = ", ".join(f"dJ/d{t.name} {t.verdict}" for t in failing) or "passed"
+    verdicts = ", ".join(f"{quantity(t.name)} {t.verdict}" for t in failing) or "passed"
     return not result.passed, verdicts

@@ -50,6 +50,7 @@ from ..distributed.launch import DEFAULT_TIMEOUT, timeout_from_environment, torc
 from ..distributed.sharded_report import run_report_on_ranks
 from ..nn.activations import ACTIVATIONS
 from ..nn.validation import check_seed
+from ..verify.compare import quantity
 from ..verify.sweep import ORDER2_EVERY, ORDER2_VERDICTS
 from ..version import __version__
 from .arguments import MAX_EXAMPLES, check_examples, check_out_folder, check_threads
@@ -223,7 +224,8 @@ def render_markdown(doc: dict[str, Any], plot_note: str, extra_sections: list[st
     lines += ["## Worst cases", ""]
     table = [
         [c["id"], c["label"], c["describe"], c["spec"]["dtype"],
-         f"dJ/d{c['worst']['name']} vs {c['worst']['reference']}", _fmt(c["margin"]), "yes" if c["passed"] else "NO"]
+         f"{quantity(c['worst']['name'])} vs {c['worst']['reference']}", _fmt(c["margin"]),
+         "yes" if c["passed"] else "NO"]
         for c in worst
     ]  # fmt: skip
     headers = ["id", "case", "network", "dtype", "worst comparison", "error/allowed", "ok"]

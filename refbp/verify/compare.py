@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .tolerances import FD_ERROR_SAFETY, Tolerance
 
-__all__ = ["VERDICTS", "Comparison", "compare", "unravel"]
+__all__ = ["VERDICTS", "Comparison", "compare", "quantity", "unravel"]
 
 VERDICTS = ("ok", "partial", "unverified", "mismatch")
 """A row's possible verdicts, best first."""
@@ -135,9 +135,9 @@ class Comparison:
         """One paragraph in torch.testing's manner: what differs, by how much, where, what
         was allowed, and what could not be verified."""
         shape = "x".join(str(s) for s in self.shape) or "()"
-        head = f"{'J' if self.name == 'J' else 'dJ/d' + self.name} vs {self.reference}"
+        head = f"{quantity(self.name)} vs {self.reference}"
         if self.directions:  # the tensor's shape, then how many directions stand for it
-            head = f"dJ/d{self.name} ({shape}, {self.directions} directions) vs {self.reference}"
+            head = f"{quantity(self.name)} ({shape}, {self.directions} directions) vs {self.reference}"
         if self.note and self.worst_index is None and self.verdict == "mismatch":
             return f"{head}: MISMATCH, {self.note}"
         unit = "directional derivatives" if self.directions else "elements"
@@ -183,6 +183,12 @@ def unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
         flat, k = divmod(flat, size)
         index.append(k)
     return tuple(reversed(index))
+
+
+def quantity(name: str) -> str:
+    """How a row's name reads: "dJ/dW1" for a gradient's key, the name itself for J and for a
+    second-order row (its name says what it is: "Hv[W1]", "R{a2}", "R{dJ/dz1}")."""
+    return name if name == "J" or name.startswith(("Hv[", "R{")) else f"dJ/d{name}"
 
 
 def compare(

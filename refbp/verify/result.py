@@ -19,7 +19,7 @@ from typing import Any
 from tabulate import tabulate
 from torch import Tensor
 
-from .compare import Comparison
+from .compare import Comparison, quantity
 
 __all__ = ["CheckResult", "GradientMismatchError", "TensorVerdict", "tensor_verdicts"]
 
@@ -64,7 +64,7 @@ class TensorVerdict:
 
     def message(self) -> str:
         n = f"{self.n_unverified} of {self.n_elements}"
-        return f"dJ/d{self.name}: UNVERIFIED, {n} entries verified by no reference ({self.note})"
+        return f"{quantity(self.name)}: UNVERIFIED, {n} entries verified by no reference ({self.note})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
