@@ -19,6 +19,7 @@ the smallest batch that still shows it.
                               softmax) with a point, for from_torch and autograd on the module
     conv_geometries, pool_geometries   kernel, stride, padding, dilation that fit a given size
     recurrent_specs           torch.nn.RNN/LSTM/GRU modules and a sequence to run them on
+    directions                a direction v for a network's H v, G v or tangents (order 2)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .nn.mlp import MLP
 from .nn.network import Network
 from .nn.validation import check_subset
 from .verify.cases import KINK_MARGIN, Case, CaseSpec, kink_distance
+from .verify.second_order import random_direction
 from .verify.stacks import StackSpec
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "RecurrentSpec",
     "cases",
     "conv_geometries",
+    "directions",
     "gpt_specs",
     "gpts",
     "module_cases",
@@ -60,6 +63,20 @@ __all__ = [
     "stack_specs",
     "stacks",
 ]
+
+
+@st.composite
+def directions(draw: st.DrawFn, net: Network, X: Tensor, *, input_too: bool = True) -> dict[str, Tensor]:
+    """A direction v for ``refbp.hvp``/``gvp``/``jvp`` and ``check_second_order``: standard
+    normal entries (from a drawn seed) for every parameter and, when ``input_too`` and X is
+    floating, for "X"; each tensor scaled by a drawn 1e-2, 1 or 1e2, or set to zero (a direction
+    along some tensors only), never all of them zero. A failure shrinks towards v = the seed-0
+    draw, every tensor kept at scale 1."""
+    v = random_direction(net, X, draw(st.integers(0, 2**31 - 1)), input_too=input_too)
+    scales = {name: draw(st.sampled_from([1.0, 0.0, 1e-2, 1e2]), label=f"scale of v[{name!r}]") for name in v}
+    if not any(scales.values()):
+        scales[next(iter(v))] = 1.0
+    return {name: t * scales[name] for name, t in v.items()}
 
 
 @st.composite

@@ -4,6 +4,7 @@
 
     assert_gradients_close(my_grads, reference_grads)          # two dicts name -> tensor
     assert_gradients_correct(net, X, y, grads=my_grads)         # against autograd and FD
+    assert_hvp_correct(net, X, y, v, hvp_fn=my_hvp)             # H v against torch and FD
 
 Both raise refbp.GradientMismatchError (an AssertionError) whose message says, for each
 tensor that disagrees, how many elements differ, by how much at worst, where, and what was
@@ -24,9 +25,10 @@ from .nn.network import Network
 from .verify.check import CheckResult, check
 from .verify.compare import compare
 from .verify.inputs import as_tensor
+from .verify.second_order import check_second_order
 from .verify.tolerances import Tolerance, least_precise, tolerance_for
 
-__all__ = ["assert_gradients_close", "assert_gradients_correct"]
+__all__ = ["assert_gradients_close", "assert_gradients_correct", "assert_hvp_correct"]
 
 
 def assert_gradients_close(
@@ -78,5 +80,17 @@ def assert_gradients_correct(
 ) -> CheckResult:
     """``refbp.check(net, X, y, grads, **options).raise_if_failed()``, returning the result."""
     result = check(net, X, y, grads, **options)
+    result.raise_if_failed()
+    return result
+
+
+def assert_hvp_correct(
+    net: Network, X: Tensor, y: Tensor, v: Mapping[str, Tensor] | None = None, **options: Any
+) -> CheckResult:
+    """``refbp.check_second_order(net, X, y, v, **options).raise_if_failed()``, returning the
+    result: a user's product (``hvp_fn=``, v -> {name: (H v)_name}; ``product="gauss_newton"``
+    for G v) or refbp's own, against forward-over-reverse, double backward and differences of
+    the gradient along v (``forward=True``: the tangents too)."""
+    result = check_second_order(net, X, y, v, **options)
     result.raise_if_failed()
     return result
