@@ -607,3 +607,15 @@ def test_random_stacks_with_relu_and_train_mode_dropout_agree_with_every_referen
     for product in ("hessian", "gauss_newton"):
         result = check_second_order(case.net, case.X, case.y, product=product, forward=product == "hessian", seed=4)
         assert result.passed, f"{product} on {case.spec.to_json()}: {result.failure_message()}"
+
+
+@pytest.mark.parametrize("product", ["hvp", "gvp"])
+def test_without_intermediates_the_product_is_the_same_and_nothing_else_is_kept(product: str) -> None:
+    net, X, y = _network_of_kind("stack")
+    v = random_direction(net, X, 3)
+    fn = getattr(second_order, product)
+    full = fn(net, X, y, v)
+    lean = fn(net, X, y, v, noise=full.tangents.noise, keep_intermediates=False)  # the same dropout masks
+    assert full.R_delta and not lean.R_delta
+    for name, t in full.Hv.items():
+        torch.testing.assert_close(lean.Hv[name], t, rtol=0.0, atol=0.0)

@@ -210,19 +210,26 @@ def _tangents(net: Network, cache: Any, y: Tensor, V: Mapping[Key, Tensor], RX: 
     return Tangents(J, RJ, stack.Ra, R, stack, dict(cache.noise))
 
 
-def hvp(net: Network, X: Tensor, y: object, v: Mapping[str, Any], *, noise: Noise = None) -> SecondOrder:
+def hvp(
+    net: Network, X: Tensor, y: object, v: Mapping[str, Any], *, noise: Noise = None, keep_intermediates: bool = True
+) -> SecondOrder:
     """H v: the Hessian of J (parameters and, when v has "X", the input) times v, by the R-operator.
-    ``noise`` as for ``jvp``: a stochastic network is differentiated at its drawn masks."""
-    return _r_backward(net, X, y, v, noise, gauss_newton=False)
+    ``noise`` as for ``jvp``: a stochastic network is differentiated at its drawn masks.
+    ``keep_intermediates=False``: only H v (``R_delta`` empty), as an optimiser needs it."""
+    return _r_backward(net, X, y, v, noise, gauss_newton=False, keep_intermediates=keep_intermediates)
 
 
-def gvp(net: Network, X: Tensor, y: object, v: Mapping[str, Any], *, noise: Noise = None) -> SecondOrder:
-    """G v: the generalised Gauss-Newton matrix J_f^T H_loss J_f (+ lambda I on decayed weights) times v."""
-    return _r_backward(net, X, y, v, noise, gauss_newton=True)
+def gvp(
+    net: Network, X: Tensor, y: object, v: Mapping[str, Any], *, noise: Noise = None, keep_intermediates: bool = True
+) -> SecondOrder:
+    """G v: the generalised Gauss-Newton matrix J_f^T H_loss J_f (+ lambda I on decayed weights)
+    times v; ``noise`` and ``keep_intermediates`` as for ``hvp``."""
+    return _r_backward(net, X, y, v, noise, gauss_newton=True, keep_intermediates=keep_intermediates)
 
 
 def _r_backward(
-    net: Network, X: Tensor, y: object, v: Mapping[str, Any], noise: Noise, *, gauss_newton: bool
+    net: Network, X: Tensor, y: object, v: Mapping[str, Any], noise: Noise, *, gauss_newton: bool,
+    keep_intermediates: bool,
 ) -> SecondOrder:
     _check(net)
     V = _directions(net, v)
@@ -233,7 +240,8 @@ def _r_backward(
     a_L = cache.a[-1]
     g = net.loss_fn.gradient(a_L, targets)  # dJ/da(L)
     Rg = loss_hessian_product(net.loss_fn, a_L, targets, tangents.Ra[-1])  # R{dJ/da(L)} = H_loss R{a(L)}
-    ctx = SecondContext((), gauss_newton, need_dx=not net.takes_indices, ties=net.ties)
+    ctx = SecondContext((), gauss_newton, need_dx=not net.takes_indices, keep_intermediates=keep_intermediates,
+                        ties=net.ties)  # fmt: skip
     _, R = net.r_backward_pass(cache, tangents.stack, g, Rg, Params(V, net.ties), ctx)
     Hv = dict(R.params)
     if net.weight_decay:
