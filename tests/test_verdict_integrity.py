@@ -259,3 +259,40 @@ def test_a_wrong_gamma_gradient_of_a_single_feature_layer_norm_still_fails() -> 
     grads[gamma] = grads[gamma] + 1e-3  # the true dJ/dgamma is 0: x_hat = 0 on every row
     result = refbp.check(net, X, y, grads=grads, fd_mode="full")
     assert not result.passed and gamma in result.failure_message()
+
+
+def _two_pixel_group_norm(seed: int) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    """A depthwise convolution to 2 pixels per channel, then GroupNorm with one channel per group:
+    every group holds two values, whose normalised pair is (-1, +1) whatever they are, so the
+    bias gradient through a group whose relu passes both is a sum of terms of size rstd |dJ/dxhat|
+    that cancel to ~0 (torch's float32 kernel keeps a rounding of their size)."""
+    torch.manual_seed(seed)
+    module = nn.Sequential(nn.Conv2d(3, 3, 3, stride=2, groups=3), nn.ReLU(), nn.GroupNorm(3, 3), nn.Flatten(),
+                           nn.Linear(6, 4))  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    return module, torch.randn(2, 3, 5, 3, generator=g), torch.randint(0, 4, (2,), generator=g)
+
+
+def test_torch_float32_group_norm_backward_over_two_value_groups_is_not_a_false_alarm() -> None:
+    """Found by the false-positive measurement (a torch CNN, dJ/db1 15x its allowance): the
+    oracle now runs GroupNorm's affine kernel as nn.GroupNorm does, so torch's own float32 error
+    is part of the allowance."""
+    flagged = []
+    for seed in (12, 24, 37, 135, 172, 211, 222, 283):  # the seeds of 0..299 flagged before: 10 of 300
+        module, X, y = _two_pixel_group_norm(seed)
+        net = refbp.from_torch(module, loss="cross_entropy")
+        result = refbp.check(net, X, y, grads=_torch_module_gradients(module, net, X, y), fd_mode="full")
+        if not result.passed:
+            flagged.append((seed, result.failure_message()))
+    assert not flagged
+
+
+def test_a_wrong_bias_gradient_before_a_two_value_group_norm_still_fails() -> None:
+    module, X, y = _two_pixel_group_norm(0)
+    net = refbp.from_torch(module, loss="cross_entropy")
+    grads = _torch_module_gradients(module, net, X, y)
+    # the true dJ/db1 is ~0 (each two-value group normalises to (-1, +1)); the allowance here is
+    # a few 1e-7, what torch's float32 kernel leaves: an error of 1e-5 is far above it
+    grads["b1"] = grads["b1"] + 1e-5
+    result = refbp.check(net, X, y, grads=grads, fd_mode="full")
+    assert not result.passed and "b1" in result.failure_message()

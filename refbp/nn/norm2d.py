@@ -527,15 +527,16 @@ class GroupNorm(Layer):
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
     ) -> Tensor:
         tap.piecewise(x, self.pieces)
-        xhat = tap.centred(
-            Key("xhat", path),
-            F.group_norm(x, self.G, None, None, self.eps),
-            lambda: grouped_centred_size(x, self.G, self.eps),
-        )
+        xhat = F.group_norm(x, self.G, None, None, self.eps)
+        heard = tap.centred(Key("xhat", path), xhat, lambda: grouped_centred_size(x, self.G, self.eps))
         if not self.params:
-            return xhat
-        gamma, beta = (self._per_channel(p(path, k), x.dim()) for k in ("gamma", "beta"))
-        return xhat * gamma + beta
+            return heard
+        # y by torch's affine kernel, as nn.GroupNorm computes it: in float32 its backward, c2 x + c3
+        # summed over a group, cancels in groups of a few entries, and that error is torch's own
+        # (the conditioning allowance measures it). What the tap did to xhat rides on top, exactly:
+        # gamma o (heard - xhat) is 0 unless a tap moved xhat, and dJ/dxhat flows through it
+        y = F.group_norm(x, self.G, p(path, "gamma"), p(path, "beta"), self.eps)
+        return y + (heard - xhat) * self._per_channel(p(path, "gamma"), x.dim())
 
     def to_torch(self) -> torch.nn.Module:
         gamma = self.params.get("gamma")

@@ -228,7 +228,13 @@ def gvp(
 
 
 def _r_backward(
-    net: Network, X: Tensor, y: object, v: Mapping[str, Any], noise: Noise, *, gauss_newton: bool,
+    net: Network,
+    X: Tensor,
+    y: object,
+    v: Mapping[str, Any],
+    noise: Noise,
+    *,
+    gauss_newton: bool,
     keep_intermediates: bool,
 ) -> SecondOrder:
     _check(net)
