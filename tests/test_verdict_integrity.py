@@ -296,3 +296,20 @@ def test_a_wrong_bias_gradient_before_a_two_value_group_norm_still_fails() -> No
     grads["b1"] = grads["b1"] + 1e-5
     result = refbp.check(net, X, y, grads=grads, fd_mode="full")
     assert not result.passed and "b1" in result.failure_message()
+
+
+def test_a_layer_norm_over_one_feature_gives_an_exact_zero_gradient_as_autograd_does() -> None:
+    """Found by the false-positive measurement (float64, dJ/da1 = 1.5e-11 against autograd's 0):
+    over one feature dJ/dxhat - mean_k(dJ/dxhat) is exactly 0, and a fused multiply-add of
+    dJ/dy o gamma with the rounded mean left that product's rounding, times rstd = 1/sqrt(eps)."""
+    from refbp.verify.specs import spec_from_dict
+
+    spec = {"batch": 3, "device": "cpu", "dtype": "float64", "input": {"length": 2, "vocab": 4},
+            "layers": [["embedding", 1], ["layernorm", {"bias": False}], ["flatten"], ["batchnorm", {}],
+                       ["linear", 7], ["batchnorm", {"affine": False}], ["linear", 3]],
+            "loss": "cross_entropy", "seed": 1333660750, "training": True, "weight_decay": 0.0}  # fmt: skip
+    case = spec_from_dict(spec).build()
+    grads = case.net.backward(case.net.forward(case.X), case.y).as_dict()
+    assert float(grads["a1"].abs().max()) == 0.0 and float(grads["E1"].abs().max()) == 0.0
+    result = refbp.check(case.net, case.X, case.y, seed=case.spec.seed)
+    assert result.passed, result.failure_message()

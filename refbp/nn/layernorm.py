@@ -382,8 +382,11 @@ class LayerNorm(Layer):
             return LayerGrads(None, params, kept)
         g.copy_(dJ_dy)  # dJ/dy again, in the buffer
         # dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat)), rounded once
-        # first dJ/dxhat - mean_k(dJ/dxhat) = dJ/dy o gamma - mean_g (one fused pass), then the xhat term, then rstd
-        g = torch.addcmul(mean_g.neg_(), g, gamma, out=g) if gamma is not None else g.sub_(mean_g)
+        # first dJ/dxhat - mean_k(dJ/dxhat) = dJ/dy o gamma - mean_g, then the xhat term, then rstd. The
+        # product is rounded before the mean is subtracted, as mean_g's own terms were: a fused
+        # multiply-add would leave the rounding of dJ/dy o gamma where the difference is exactly 0
+        # (a row of one feature: dJ/dx = 0, which autograd gives exactly), amplified by rstd
+        g = g.mul_(gamma).sub_(mean_g) if gamma is not None else g.sub_(mean_g)
         dJ_dx = g.addcmul_(xhat, mean_gx, value=-1.0).mul_(rstd).to(dtype)  # (..., d)
         return LayerGrads(dJ_dx, params, kept)
 
