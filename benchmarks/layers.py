@@ -58,7 +58,7 @@ from refbp.nn.layers import (
     Residual,
     Softmax,
 )
-from refbp.nn.stack import StackGrads, stack_backward, stack_forward
+from refbp.nn.stack import StackGradients, stack_backward, stack_forward
 
 __all__ = [
     "FULL_SIZES",
@@ -276,14 +276,14 @@ def _spatial_case(name: str, N: int, d: int, randn: Callable[..., Tensor]) -> tu
     raise ValueError(f"layer {name!r} is not benchmarked; expected one of {LAYERS}")
 
 
-def manual_step(case: LayerCase) -> Callable[[], StackGrads]:
+def manual_step(case: LayerCase) -> Callable[[], StackGradients]:
     """refbp's lean training step for the one layer: forward keeping only what backward
     needs, backward keeping only dJ/dX and the parameters' gradients, the cache released."""
     layers = [case.layer]
     forward_ctx = ForwardContext(keep_intermediates=False, update_stats=True)
     backward_ctx = BackwardContext(path=(), keep_intermediates=False, overwrite=True, need_dx=not case.takes_indices)
 
-    def step() -> StackGrads:
+    def step() -> StackGradients:
         cache = stack_forward(layers, case.X, forward_ctx, ())
         # a fresh dJ/da(1), handed over in a list: the loop owns it, as Network.backward owns the loss gradient
         return stack_backward(layers, cache, [case.G.clone()], backward_ctx, release=True)
@@ -312,7 +312,7 @@ def autograd_step(case: LayerCase) -> Callable[[], dict[str, Tensor]]:
     return step
 
 
-def manual_gradients(case: LayerCase, grads: StackGrads) -> dict[str, Tensor]:
+def manual_gradients(case: LayerCase, grads: StackGradients) -> dict[str, Tensor]:
     """The manual step's gradients under the torch names ``autograd_step`` uses."""
     names = case.layer.torch_param_names((1,))
     out = {names[key]: value for key, value in grads.params.items()}

@@ -37,7 +37,7 @@ from refbp.nn.keys import Key
 from refbp.nn.layer import NO_TAP, BackwardContext, ForwardContext, Params
 from refbp.nn.layers import recurrent_from_torch
 from refbp.nn.recurrent import Recurrent
-from refbp.nn.stack import StackGrads, stack_backward, stack_forward
+from refbp.nn.stack import StackGradients, stack_backward, stack_forward
 
 __all__ = [
     "FULL_SIZES",
@@ -87,14 +87,14 @@ def make_case(
     return LSTMCase(layer, layer.to_torch(), X, G)
 
 
-def manual_step(case: LSTMCase) -> Callable[[], StackGrads]:
+def manual_step(case: LSTMCase) -> Callable[[], StackGradients]:
     """refbp's lean training step: forward keeping what backward needs, backward to dJ/dX and
     every parameter's gradient, the cache released."""
     layers = [case.layer]
     forward_ctx = ForwardContext(keep_intermediates=False)
     backward_ctx = BackwardContext(path=(), keep_intermediates=False, overwrite=True)
 
-    def step() -> StackGrads:
+    def step() -> StackGradients:
         cache = stack_forward(layers, case.X, forward_ctx, ())
         return stack_backward(layers, cache, [case.G.clone()], backward_ctx, release=True)
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 import refbp
 from refbp.nn.keys import Key
-from refbp.nn.layer import BackwardContext, ForwardContext, LayerGrads
+from refbp.nn.layer import BackwardContext, ForwardContext, LayerGradients
 from refbp.nn.layers import AvgPool2d, Conv2d, GroupNorm, MaxPool2d, Softmax
 from refbp.nn.network import Network
 from refbp.nn.pool import PoolCache
@@ -188,20 +188,20 @@ def test_max_pool_reports_the_tied_windows_as_kinks() -> None:
 class StrideIgnoredInDx(Conv2d):
     """dJ/dx as a transposed convolution with stride 1, cut to x's shape: the stride forgotten."""
 
-    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dz, x, out, cache, ctx)
         pad = self.pads()[0][0], self.pads()[1][0]
         wrong = F.conv_transpose2d(dJ_dz, self.W, None, 1, pad, 0, self.groups, self.dilation)
         dJ_dx = torch.zeros_like(x)
         h, w = min(x.shape[2], wrong.shape[2]), min(x.shape[3], wrong.shape[3])
         dJ_dx[:, :, :h, :w] = wrong[:, :, :h, :w]
-        return LayerGrads(dJ_dx, right.params)
+        return LayerGradients(dJ_dx, right.params)
 
 
 class MaxPoolAssigns(MaxPool2d):
     """dJ/dx[argmax] = dJ/dy instead of +=: a maximum shared by overlapping windows keeps one."""
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGradients:
         N, C, H, W = x.shape
         where = cache.argmax.view(N, C, *dJ_dy.shape[2:])
         (u, v), (H_out, W_out) = (where // self.kernel_size[1], where % self.kernel_size[1]), dJ_dy.shape[2:]
@@ -209,20 +209,20 @@ class MaxPoolAssigns(MaxPool2d):
         columns = torch.arange(W_out) * self.stride[1] + v
         flat = (rows * W + columns).reshape(N, C, -1)
         dJ_dx = torch.zeros(N, C, H * W, dtype=dJ_dy.dtype).scatter_(2, flat, dJ_dy.reshape(N, C, -1))
-        return LayerGrads(dJ_dx.view(N, C, H, W))
+        return LayerGradients(dJ_dx.view(N, C, H, W))
 
 
 class SoftmaxDiagonal(Softmax):
     """dJ/dx = dJ/ds o s (1 - s): the softmax Jacobian's diagonal only."""
 
-    def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
-        return LayerGrads(dJ_ds * out * (1 - out))
+    def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
+        return LayerGradients(dJ_ds * out * (1 - out))
 
 
 class AvgPoolDividesByTheKernel(AvgPool2d):
     """count_include_pad=False, but the backward divides by k_h k_w everywhere."""
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         self.count_include_pad = True
         try:
             return super().backward(dJ_dy, x, out, cache, ctx)
@@ -233,12 +233,12 @@ class AvgPoolDividesByTheKernel(AvgPool2d):
 class GroupNormOverTheWholeImage(GroupNorm):
     """The backward of one group per image (LayerNorm over C H W) for a forward of G groups."""
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         whole = GroupNorm(1, C=self.C, eps=self.eps)
         xhat, whole_cache = whole.forward(x, ForwardContext(), ctx.path)
         wrong = whole.backward(dJ_dy * self.params["gamma"].view(-1, 1, 1), x, xhat, whole_cache, ctx)
-        return LayerGrads(wrong.dJ_dx, right.params, right.intermediates)
+        return LayerGradients(wrong.dJ_dx, right.params, right.intermediates)
 
 
 def _with(layer_index: int, make: Callable[[Any], Any], net: Network) -> Network:

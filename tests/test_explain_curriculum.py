@@ -18,7 +18,7 @@ from refbp.apps.explain_guided import GuidedWalk
 from refbp.apps.explain_lstm import lstm_network, lstm_point, lstm_walkthrough, walk_lstm
 from refbp.apps.render import agrees
 from refbp.nn.conv import Conv2d
-from refbp.nn.layer import BackwardContext, LayerGrads
+from refbp.nn.layer import BackwardContext, LayerGradients
 from refbp.nn.layers import LSTM
 from refbp.nn.lstm import LSTMLayer
 from refbp.nn.network import Network
@@ -78,7 +78,7 @@ def test_max_pool_sends_each_window_s_gradient_to_the_argmax_the_walk_shows(cnn:
 class _UnflippedConv(Conv2d):
     """dJ/dX as a correlation with the kernel not flipped: a classic transposed-convolution bug."""
 
-    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         grads = super().backward(dJ_dz, x, out, cache, ctx)
         grads.dJ_dx = F.conv2d(dJ_dz, self.W.transpose(0, 1), padding=1)  # should be W flipped in both directions
         return grads

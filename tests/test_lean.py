@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import refbp
-from refbp.nn.layer import BackwardContext, ForwardContext, Layer, LayerGrads
+from refbp.nn.layer import BackwardContext, ForwardContext, Layer, LayerGradients
 from refbp.nn.layernorm import NormStats
 from refbp.nn.layers import BatchNorm1d, BatchNorm2d, Elementwise, GroupNorm, LayerNorm, Linear
 from refbp.nn.network import Network
@@ -80,7 +80,7 @@ def _point(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return x.to(dtype), torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
 
 
-def _step(layer: Layer, x: Tensor, G: Tensor, *, lean: bool) -> tuple[Tensor, LayerGrads, object]:
+def _step(layer: Layer, x: Tensor, G: Tensor, *, lean: bool) -> tuple[Tensor, LayerGradients, object]:
     """One layer's forward and backward as the network loop runs them: the full mode, or a lean
     training step (the loop owns dJ/dy and releases the cache)."""
     y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))

@@ -16,7 +16,7 @@ from torch import Tensor
 from refbp.nn.conv import Conv1d, Conv2d
 from refbp.nn.convert import from_torch
 from refbp.nn.joins import Add, Cat
-from refbp.nn.layer import ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext
+from refbp.nn.layer import ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext
 from refbp.nn.layers import Elementwise, Flatten, Linear
 from refbp.nn.network import Network
 from refbp.nn.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, PoolCache
@@ -126,7 +126,7 @@ class ConvWithoutTheDirectionOfW(Conv2d):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
         R.dJ_dx = self.input_gradient(Rg, self.W, x.shape)  # the term of V_W dropped
         return g_x, R
@@ -138,7 +138,7 @@ class ConvWithoutTheDirectionOfX(Conv2d):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
         R.params["W"] = self.weight_gradient(Rg, x)  # the term of R{x} dropped
         return g_x, R
@@ -206,9 +206,9 @@ class MaxPoolThatDropsRg(MaxPool2d):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: PoolCache,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, _ = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
-        return g_x, LayerGrads(torch.zeros_like(x))
+        return g_x, LayerGradients(torch.zeros_like(x))
 
 
 class AvgPoolCountingThePadding(AvgPool2d):
@@ -217,10 +217,10 @@ class AvgPoolCountingThePadding(AvgPool2d):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: None,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, _ = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
         counting = AvgPool2d(self.kernel_size, self.stride, self.padding, count_include_pad=True)
-        return g_x, LayerGrads(counting.backward(Rg, x, out, None, ctx.backward_context()).dJ_dx)
+        return g_x, LayerGradients(counting.backward(Rg, x, out, None, ctx.backward_context()).dJ_dx)
 
 
 @pytest.mark.parametrize(
@@ -257,9 +257,9 @@ class ScaleThatForgetsItsConstant(Scale):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, _ = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
-        return g_x, LayerGrads(Rg.clone())
+        return g_x, LayerGradients(Rg.clone())
 
 
 def test_a_shape_layer_rule_without_its_constant_is_caught() -> None:

@@ -18,7 +18,7 @@ import refbp
 from refbp.models.gpt import GPT
 from refbp.nn.attention import AttentionTangent, CausalSelfAttention
 from refbp.nn.keys import Key
-from refbp.nn.layer import Layer, LayerGrads, LayerTangent, Params, SecondContext
+from refbp.nn.layer import Layer, LayerGradients, LayerTangent, Params, SecondContext
 from refbp.nn.layers import Elementwise, Linear
 from refbp.nn.network import Network
 from refbp.nn.position import PositionEmbedding
@@ -244,7 +244,7 @@ class AttentionWithoutTheTangentOfP(CausalSelfAttention):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         kept: AttentionTangent = t.cache
         frozen = dataclasses.replace(kept, RP=torch.zeros_like(kept.RP))
         return super().r_backward(g, Rg, x, Rx, out, dataclasses.replace(t, cache=frozen), cache, V, ctx)
@@ -256,8 +256,8 @@ class BlockWithoutTheSkipsTangent(Block):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
-        grads = LayerGrads(None)
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
+        grads = LayerGradients(None)
         assert Rx is not None
         g_mlp, R_mlp = self._r_back_half(MLP_HALF, g, Rg, cache.resid, t.cache.Rresid, cache, t.cache, V, ctx, grads)
         g_attn, R_attn = self._r_back_half(ATTENTION_HALF, g + g_mlp, R_mlp, x, Rx, cache, t.cache, V, ctx, grads)
@@ -271,7 +271,7 @@ class NormWithoutTheTangentOfRstd(RowLayerNorm):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: RowStats,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         kept: RowTangent = t.cache
         frozen = dataclasses.replace(t, cache=dataclasses.replace(kept, rho=torch.zeros_like(kept.rho)))
         return super().r_backward(g, Rg, x, Rx, out, frozen, cache, V, ctx)
@@ -283,7 +283,7 @@ class PositionEmbeddingOfTheLastSequence(PositionEmbedding):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
         R.params["P"][: Rg.shape[1]] = Rg[-1]
         return g_x, R

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from refbp.nn.batchnorm import BatchNorm1d
 from refbp.nn.keys import Key
-from refbp.nn.layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext
+from refbp.nn.layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext
 from refbp.nn.layernorm import LayerNorm, NormCacheOrStats, NormTangent, affine_tangent, normalised
 from refbp.nn.layers import Elementwise, Flatten, Linear, Residual
 from refbp.nn.network import Network
@@ -175,7 +175,7 @@ class _BatchNormNoRstdTerm(BatchNorm1d):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
         cache: NormCacheOrStats, V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
         assert g_x is not None and R.dJ_dx is not None
         R.dJ_dx = R.dJ_dx - ctx.first * t.cache.Rlog_rstd * g_x  # wrong: the R{rstd} term dropped
@@ -199,7 +199,7 @@ class _BatchNorm2dNoGammaDirection(BatchNorm2d):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
         cache: NormCacheOrStats, V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
         assert R.dJ_dx is not None
         missing = g * V(ctx.path, "gamma").view(-1, 1, 1)  # dJ/dy o V_gamma   (N, C, H, W)
@@ -223,7 +223,7 @@ class _GroupNormGammaWithoutRxhat(GroupNorm):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
         cache: NormCacheOrStats, V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
         dropped = (g * t.cache.Rxhat.view(x.shape)).sum(dim=(0, 2, 3))  # sum dJ/dy o R{xhat}   (C,)
         R.params["gamma"] = R.params["gamma"] - ctx.first * dropped  # wrong: the second term of (R7) left out

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..nn.conv import Conv2d, transposed_output_padding
 from ..nn.gru import GRULayer
-from ..nn.layer import BackwardContext, LayerGrads
+from ..nn.layer import BackwardContext, LayerGradients
 from ..nn.layernorm import NormCache
 from ..nn.lstm import LSTMLayer
 from ..nn.norm2d import BatchNorm2d, GroupNorm
@@ -93,7 +93,7 @@ def _cut(conv: Conv2d, full: Tensor, x: Tensor) -> Tensor:
 
 
 class ConvDWFromUnpaddedInput(Conv2d):
-    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dz, x, out, cache, ctx)
         unshifted = F.pad(x, (0, sum(self.pads()[1]), 0, sum(self.pads()[0])))  # wrong: x where x_pad belongs
         right.params["W"] = _with_weight_decay(self, _conv_dJ_dW(self, unshifted, dJ_dz), ctx)
@@ -101,7 +101,7 @@ class ConvDWFromUnpaddedInput(Conv2d):
 
 
 class ConvGroupsMixed(Conv2d):
-    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dz, x, out, cache, ctx)
         N, C_out, H_out, W_out = dJ_dz.shape
         G = self.groups  # wrong: output channel o taken as group o % G, not o // (C_out / G)
@@ -111,7 +111,7 @@ class ConvGroupsMixed(Conv2d):
 
 
 class ConvStrideIgnoredInDX(Conv2d):
-    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dz, x, out, cache, ctx)
         if right.dJ_dx is None:
             return right
@@ -133,7 +133,7 @@ def _transposed(conv: Conv2d, dJ_dz: Tensor, x: Tensor, kernel: Tensor) -> Tenso
 
 
 class ConvKernelNotFlipped(Conv2d):
-    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dz, x, out, cache, ctx)
         if right.dJ_dx is not None:  # conv_transpose flips the kernel itself: flipping it first undoes that
             right.dJ_dx = _transposed(self, dJ_dz, x, self.W.flip(2, 3))  # wrong: a correlation with W unflipped
@@ -143,7 +143,7 @@ class ConvKernelNotFlipped(Conv2d):
 class ConvDXByFold(Conv2d):
     """Equivalent: dJ/dx = fold(W_g^T dJ/dz_g), col2im of each window's share, as (3) says."""
 
-    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dz, x, out, cache, ctx)
         if right.dJ_dx is None:
             return right
@@ -170,9 +170,9 @@ def _fold_windows(pool: MaxPool2d, share: Tensor, x: Tensor) -> Tensor:
 
 
 class MaxPoolAssigned(MaxPool2d):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         N, C, H, W = x.shape
         (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
         kw = self.kernel_size[1]
@@ -183,33 +183,33 @@ class MaxPoolAssigned(MaxPool2d):
         where = (rows * (W + 2 * pw) + columns).view(N, C, H_out * W_out)  # flat index into the padded input
         dJ_dx = torch.zeros(N, C, (H + 2 * ph) * (W + 2 * pw), dtype=dJ_dy.dtype, device=dJ_dy.device)
         dJ_dx.scatter_(2, where, dJ_dy.reshape(N, C, -1))  # wrong: =, an entry two windows share keeps one's
-        return LayerGrads(dJ_dx.view(N, C, H + 2 * ph, W + 2 * pw)[:, :, ph : ph + H, pw : pw + W])
+        return LayerGradients(dJ_dx.view(N, C, H + 2 * ph, W + 2 * pw)[:, :, ph : ph + H, pw : pw + W])
 
 
 class MaxPoolTiesBothCredited(MaxPool2d):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         N, C = x.shape[:2]
         cols = self._windows(x)  # (N, C, k_h k_w, L), -inf in the padding
         tied = cols == out.reshape(N, C, 1, -1)  # wrong: every maximal entry of a window, not the first
-        return LayerGrads(_fold_windows(self, tied.to(dJ_dy.dtype) * dJ_dy.reshape(N, C, 1, -1), x))
+        return LayerGradients(_fold_windows(self, tied.to(dJ_dy.dtype) * dJ_dy.reshape(N, C, 1, -1), x))
 
 
 class MaxPoolByFold(MaxPool2d):
     """Equivalent: dJ/dx = fold(onehot(first argmax) o dJ/dy), col2im adding up the windows."""
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         N, C = x.shape[:2]
         kk = self.kernel_size[0] * self.kernel_size[1]
         first = F.one_hot(cache.argmax, kk).permute(0, 1, 3, 2).to(dJ_dy.dtype)  # (N, C, k_h k_w, L)
-        return LayerGrads(_fold_windows(self, first * dJ_dy.reshape(N, C, 1, -1), x))
+        return LayerGradients(_fold_windows(self, first * dJ_dy.reshape(N, C, 1, -1), x))
 
 
 class AvgPoolOtherDivisor(AvgPool2d):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         other = copy.copy(self)
         other.count_include_pad = not self.count_include_pad  # wrong: the other setting's D
         return AvgPool2d.backward(other, dJ_dy, x, out, cache, ctx)
@@ -217,7 +217,7 @@ class AvgPoolOtherDivisor(AvgPool2d):
 
 # ---- spatial normalisations --------------------------------------------------------------------
 class BatchNorm2dOverNOnly(BatchNorm2d):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         if not self.uses_batch_statistics or right.dJ_dx is None:
             return right
@@ -231,7 +231,7 @@ class BatchNorm2dOverNOnly(BatchNorm2d):
 
 
 class GroupNormChannelsInterleaved(GroupNorm):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         if right.dJ_dx is None:
             return right
@@ -251,21 +251,21 @@ class GroupNormChannelsInterleaved(GroupNorm):
 
 # ---- softmax -----------------------------------------------------------------------------------
 class SoftmaxDiagonalOnly(Softmax):
-    def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
-        return LayerGrads(dJ_ds * out * (1.0 - out))  # wrong: diag(s (1 - s)) only, without - s s^T
+            return LayerGradients(None)
+        return LayerGradients(dJ_ds * out * (1.0 - out))  # wrong: diag(s (1 - s)) only, without - s s^T
 
 
 class SoftmaxFullJacobian(Softmax):
     """Equivalent: J_s = diag(s) - s s^T built for every slice, and dJ/dx = J_s dJ/ds (J_s symmetric)."""
 
-    def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         s, g = out.movedim(self.dim, -1), dJ_ds.movedim(self.dim, -1)  # (..., K)
         J = torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2)  # (..., K, K)
-        return LayerGrads((J @ g.unsqueeze(-1)).squeeze(-1).movedim(-1, self.dim))
+        return LayerGradients((J @ g.unsqueeze(-1)).squeeze(-1).movedim(-1, self.dim))
 
 
 # ---- recurrent layers --------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from torch import Tensor
 from ..models.gpt import IGNORE_INDEX
 from ..models.gpt_cases import GPTSpec, gpt_specs
 from ..nn.attention import CausalSelfAttention, causal_mask
-from ..nn.layer import BackwardContext, Layer, LayerGrads
+from ..nn.layer import BackwardContext, Layer, LayerGradients
 from ..nn.losses import Loss
 from ..nn.network import Network
 from ..nn.position import PositionEmbedding
@@ -119,7 +119,7 @@ class _HeadsMergedWrongOrder(CausalSelfAttention):
 
 
 class _PositionAssigned(PositionEmbedding):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         grads = super().backward(dJ_dy, x, out, cache, ctx)
         dJ_dP = torch.zeros_like(self.params["P"])
         T = dJ_dy.shape[1]

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..nn.batchnorm import BatchNorm1d
 from ..nn.dropout import Dropout
 from ..nn.embedding import Embedding
-from ..nn.layer import BackwardContext, ForwardContext, Layer, LayerGrads
+from ..nn.layer import BackwardContext, ForwardContext, Layer, LayerGradients
 from ..nn.layernorm import LayerNorm, NormCache, accumulation_dtype
 from ..nn.residual import Residual
 from ..nn.stack import StackCache, stack_backward
@@ -54,7 +54,7 @@ def _twins(target: type[Layer], twin: type[Layer]) -> Rewire:
 
 # ---- the wrong lines -------------------------------------------------------------------
 class _NormNoStatisticPaths(LayerNorm):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         gamma = self.params.get("gamma")
         dJ_dxhat = dJ_dy * gamma if gamma is not None else dJ_dy
@@ -63,7 +63,7 @@ class _NormNoStatisticPaths(LayerNorm):
 
 
 class _NormNoVariancePath(LayerNorm):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         gamma = self.params.get("gamma")
         g = (dJ_dy * gamma if gamma is not None else dJ_dy).to(cache.xhat.dtype)
@@ -85,7 +85,7 @@ class _NormWrongAxis(LayerNorm):
             y = y * self.params["gamma"] + self.params.get("beta", 0.0)
         return y, NormCache(xhat, rstd)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         gamma = self.params.get("gamma")
         g = (dJ_dy * gamma if gamma is not None else dJ_dy).to(cache.xhat.dtype)
@@ -98,7 +98,7 @@ class _NormWrongAxis(LayerNorm):
 class _NormAlternativeForm(LayerNorm):
     """Equivalent: dJ/dx = rstd / d (d g - sum_k g - xhat sum_k g xhat), the same formula multiplied out."""
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         gamma = self.params.get("gamma")
         g = (dJ_dy * gamma if gamma is not None else dJ_dy).to(cache.xhat.dtype)
@@ -109,7 +109,7 @@ class _NormAlternativeForm(LayerNorm):
 
 
 class _BatchNormNoStatisticPaths(BatchNorm1d):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         g = dJ_dy * self.params["gamma"] if self.params else dJ_dy
         right.dJ_dx = (g * cache.rstd).to(dJ_dy.dtype)  # wrong: the batch mean and variance taken as constants
@@ -133,7 +133,7 @@ class _BatchNormUnbiased(BatchNorm1d):
             y = y * self.params["gamma"] + self.params["beta"]
         return y, NormCache(xhat, rstd)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         if self.uses_batch_statistics:  # the consistent derivative of the unbiased form
             N = x.shape[0]
@@ -147,7 +147,7 @@ class _BatchNormUnbiased(BatchNorm1d):
 class _BatchNormLongForm(BatchNorm1d):
     """Equivalent: the chain written step by step through dJ/dvar and dJ/dmu (CS231n's form)."""
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCache, ctx: BackwardContext) -> LayerGradients:
         right = super().backward(dJ_dy, x, out, cache, ctx)
         if not self.uses_batch_statistics:
             return right
@@ -163,42 +163,48 @@ class _BatchNormLongForm(BatchNorm1d):
 
 
 class _DropoutFreshMask(Dropout):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, mask: Tensor | None, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, mask: Tensor | None, ctx: BackwardContext
+    ) -> LayerGradients:
         if mask is None:
             return super().backward(dJ_dy, x, out, mask, ctx)
         other = torch.Generator().manual_seed((self.seed + 1) % 2**32)  # another draw than the forward's
         fresh = (torch.rand(x.shape, dtype=torch.float64, generator=other) >= self.p).to(x.device)
-        return LayerGrads(dJ_dy * fresh / (1.0 - self.p))  # wrong: a new mask, not the forward's
+        return LayerGradients(dJ_dy * fresh / (1.0 - self.p))  # wrong: a new mask, not the forward's
 
 
 class _DropoutNotRescaled(Dropout):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, mask: Tensor | None, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, mask: Tensor | None, ctx: BackwardContext
+    ) -> LayerGradients:
         if mask is None:
             return super().backward(dJ_dy, x, out, mask, ctx)
-        return LayerGrads(dJ_dy * mask)  # wrong: the 1/(1 - p) of the forward is missing
+        return LayerGradients(dJ_dy * mask)  # wrong: the 1/(1 - p) of the forward is missing
 
 
 class _EmbeddingAssigned(Embedding):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         E = self.params["E"]
         dJ_dE = torch.zeros_like(E)
         dJ_dE[x.reshape(-1)] = dJ_dy.reshape(-1, E.shape[1])  # wrong: a repeated index keeps one row
-        return LayerGrads(None, {"E": dJ_dE})
+        return LayerGradients(None, {"E": dJ_dE})
 
 
 class _EmbeddingOneHot(Embedding):
     """Equivalent: dJ/dE = onehot(idx)^T dJ/dy, the accumulation written as a matrix product."""
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         E = self.params["E"]
         onehot = torch.nn.functional.one_hot(x.reshape(-1), E.shape[0]).to(E.dtype)  # (M, V)
-        return LayerGrads(None, {"E": onehot.T @ dJ_dy.reshape(-1, E.shape[1])})
+        return LayerGradients(None, {"E": onehot.T @ dJ_dy.reshape(-1, E.shape[1])})
 
 
 class _ResidualNoSkip(Residual):
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext
+    ) -> LayerGradients:
         grads = stack_backward(self.inner, cache, [dJ_dy], dataclasses.replace(ctx, overwrite=False))
-        return LayerGrads(grads.dJ_dx, {}, grads.intermediates, grads.params)  # wrong: + dJ/dy forgotten
+        return LayerGradients(grads.dJ_dx, {}, grads.intermediates, grads.params)  # wrong: + dJ/dy forgotten
 
 
 _ROWS = "any stack with a LayerNorm"

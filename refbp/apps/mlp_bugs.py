@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..nn.activations import ACTIVATIONS
 from ..nn.dense import Dense
-from ..nn.layer import BackwardContext, Layer, LayerGrads
+from ..nn.layer import BackwardContext, Layer, LayerGradients
 from ..nn.losses import LOSSES, Loss
 from ..nn.network import Network
 from ..strategies import specs
@@ -154,7 +154,9 @@ class _OneLineWrong(Dense):
     dJ/dz(i) (eq. 5, right) for the wrong line to read; ``wrong_line`` then writes its result
     over the right one."""
 
-    def backward(self, dJ_da: Tensor, x: Tensor, out: Tensor, cache: Tensor | None, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_da: Tensor, x: Tensor, out: Tensor, cache: Tensor | None, ctx: BackwardContext
+    ) -> LayerGradients:
         grads = super().backward(dJ_da, x, out, cache, replace(ctx, keep_intermediates=True))
         dJ_dz = grads.intermediates[ctx.key("z")]  # (5) dJ/dz(i)   (N, d_i)
         self.wrong_line(grads, dJ_dz, x, out, ctx)
@@ -163,7 +165,7 @@ class _OneLineWrong(Dense):
         return grads
 
     @abstractmethod
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         """Replace one of ``grads`` (dJ/dW(i), dJ/db(i) or dJ/da(i-1)) by the wrong line's;
         x = a(i-1) (N, d_{i-1}), out = a(i) (N, d_i), dJ_dz = dJ/dz(i) (N, d_i)."""
 
@@ -173,54 +175,54 @@ def _decayed(data: Tensor, W: Tensor, ctx: BackwardContext) -> Tensor:
 
 
 class _DWNoTranspose(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         grads.params["W"] = _decayed(x.T @ dJ_dz, self.W, ctx)  # (d_{i-1}, d_i): dJ/dW(i)^T
 
 
 class _DWReshaped(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         grads.params["W"] = _decayed((x.T @ dJ_dz).reshape(self.W.shape), self.W, ctx)  # not a transpose
 
 
 class _DWFromOutput(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         grads.params["W"] = _decayed(dJ_dz.T @ out, self.W, ctx)  # a(i), the layer's output, not a(i-1)
 
 
 class _DWTransposeOfProduct(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         grads.params["W"] = _decayed((x.T @ dJ_dz).T, self.W, ctx)  # (A^T B)^T = B^T A
 
 
 class _DecayOverwrites(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         grads.params["W"] = ctx.weight_decay * self.W  # assigned after the data term instead of added to it
 
 
 class _DbMean(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         grads.params["b"] = dJ_dz.mean(dim=0)  # (d_i,), N times too small
 
 
 class _DbDecayed(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         grads.params["b"] = dJ_dz.sum(dim=0) + ctx.weight_decay * self.b  # a penalty J does not have
 
 
 class _DbOnesProduct(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         ones = torch.ones(dJ_dz.shape[0], dtype=dJ_dz.dtype, device=dJ_dz.device)  # (N,)
         grads.params["b"] = ones @ dJ_dz  # 1^T dJ/dz(i)   (d_i,)
 
 
 class _DaPrevWithoutW(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         if ctx.need_dx:
             grads.dJ_dx = dJ_dz  # (N, d_i) handed down as dJ/da(i-1): W(i) left out
 
 
 class _Skipped(_OneLineWrong):
-    def wrong_line(self, grads: LayerGrads, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
+    def wrong_line(self, grads: LayerGradients, dJ_dz: Tensor, x: Tensor, out: Tensor, ctx: BackwardContext) -> None:
         grads.params = {kind: torch.zeros_like(p) for kind, p in self.params.items()}  # never written
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..nn.curvature import second_derivative
 from ..nn.dense import Dense
 from ..nn.keys import Key
-from ..nn.layer import LayerGrads, LayerTangent, Params, SecondContext
+from ..nn.layer import LayerGradients, LayerTangent, Params, SecondContext
 from ..nn.linear import linear_r_backward
 from ..nn.second_order import hvp
 from ..verify.cases import Case
@@ -66,7 +66,7 @@ class _DenseNoSecondDerivative(Dense):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Tensor | None,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         _, slope = t.cache
         R_dz = Rg * slope  # wrong: R{dJ/dz} = R{dJ/da} o f'(z), without + dJ/da o f''(z) o R{z}
         g_x, R = linear_r_backward(g * slope, R_dz, x, Rx, self.W, V(ctx.path, "W"), ctx, bias=True)
@@ -89,7 +89,7 @@ class _DenseLossCurvatureOnly(Dense):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Tensor | None,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         gauss_newton = SecondContext(ctx.path, True, ctx.need_dx, ctx.keep_intermediates, ctx.ties)
         return super().r_backward(g, Rg, x, Rx, out, t, cache, V, gauss_newton)  # wrong: every dJ/d(.) term dropped
 
@@ -98,7 +98,7 @@ class _DenseSymmetricBlock(Dense):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Tensor | None,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
         R.params["W"] = R.params["W"].T  # wrong: (H v)_W transposed, as if the block were symmetric
         return g_x, R
@@ -110,7 +110,7 @@ class _DenseBlockTurnedBack(Dense):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Tensor | None,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, ctx)
         assert cache is not None
         Rz, slope = t.cache

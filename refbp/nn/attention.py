@@ -87,7 +87,7 @@ from torch import Tensor
 
 from .chunks import chunks
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .linear import linear_r_backward, linear_tangent
 from .validation import check_seed, describe
 
@@ -339,7 +339,7 @@ class CausalSelfAttention(Layer):
 
     def backward(
         self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: AttentionCache, ctx: BackwardContext
-    ) -> LayerGrads:
+    ) -> LayerGradients:
         W_qkv, W_o = self.params["W_qkv"], self.params["W_o"]
         B, T, d = x.shape
         nh, keep, scale = self.n_head, ctx.keep_intermediates, 1.0 / (1.0 - self.p)
@@ -386,7 +386,7 @@ class CausalSelfAttention(Layer):
         intermediates = {Key(kind, ctx.path): t for kind, t in kept.items()}
         if keep:
             intermediates[Key("y", ctx.path)] = dJ_dy
-        return LayerGrads(dJ_dx, params, intermediates)
+        return LayerGradients(dJ_dx, params, intermediates)
 
     def noise_of(self, cache: AttentionCache, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
         return {} if cache.mask is None else {path: cache.mask}
@@ -437,7 +437,7 @@ class CausalSelfAttention(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
         cache: AttentionCache, V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         tangent: AttentionTangent = t.cache
         first, keep_all = ctx.first, ctx.keep_intermediates
         B, T, _ = x.shape
@@ -509,7 +509,7 @@ class CausalSelfAttention(Layer):
         intermediates = {Key(kind, ctx.path): t for kind, t in kept.items()}
         if keep_all:
             intermediates[Key("y", ctx.path)] = R_dy
-        return dJ_dx, LayerGrads(R1.dJ_dx, params, intermediates)
+        return dJ_dx, LayerGradients(R1.dJ_dx, params, intermediates)
 
     def release(self, cache: AttentionCache) -> None:
         cache.qkv = cache.y = torch.empty(0)

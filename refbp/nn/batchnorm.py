@@ -67,7 +67,7 @@ from torch import Tensor
 
 from .cancellation import centred_size
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .layernorm import (
     NormCache,
     NormCacheOrStats,
@@ -262,7 +262,7 @@ class BatchNorm1d(Layer):
         y = torch.addcmul(shift, xa, scale, out=fresh_like(xa))  # y = s x + (beta - s running_mean), one pass
         return y.to(x.dtype), NormStats(mu, rstd)
 
-    def lean_backward(self, dJ_dy: Tensor, x: Tensor, cache: NormStats, ctx: BackwardContext) -> LayerGrads:
+    def lean_backward(self, dJ_dy: Tensor, x: Tensor, cache: NormStats, ctx: BackwardContext) -> LayerGradients:
         """A training step's backward pass from mu and rstd (x of shape (N, C, ...)): xhat rebuilt
         from x, dJ/dx in dJ/dy's storage when the loop owns it (the module docstring)."""
         acc, dtype = cache.rstd.dtype, dJ_dy.dtype
@@ -284,10 +284,10 @@ class BatchNorm1d(Layer):
             params["gamma"] = S.view(-1).to(dtype)  # dJ/dgamma = sum_n dJ/dy o xhat   (C,)
             params["beta"] = sum_g.view(-1).to(dtype)  # dJ/dbeta = sum_n dJ/dy   (C,)
         if not ctx.need_dx:
-            return LayerGrads(None, params, kept)
+            return LayerGradients(None, params, kept)
         s = rstd * gamma if gamma is not None else rstd  # s = gamma rstd
         if not self.uses_batch_statistics:
-            return LayerGrads(
+            return LayerGradients(
                 g.mul_(s).to(dtype), params, kept
             )  # dJ/dx = s dJ/dy: the running statistics are constants
         n = x.numel() // self.C  # N, or N H W
@@ -295,7 +295,7 @@ class BatchNorm1d(Layer):
         k = s * rstd * S_n  # (1, C, 1, ...)
         # dJ/dx = s (dJ/dy - sum_g / N - xhat S / N) = s (dJ/dy - (sum_g / N - mu rstd S / N)) - k x
         shift = (sum_g / n).sub_(mu * rstd * S_n)
-        return LayerGrads(g.sub_(shift).mul_(s).addcmul_(xa, k, value=-1.0).to(dtype), params, kept)
+        return LayerGradients(g.sub_(shift).mul_(s).addcmul_(xa, k, value=-1.0).to(dtype), params, kept)
 
     def _update_running(self, mu: Tensor, var_unbiased: Tensor) -> None:
         """torch's update: an exponential average with momentum m, or (m = None) the
@@ -308,7 +308,7 @@ class BatchNorm1d(Layer):
 
     def backward(
         self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCacheOrStats, ctx: BackwardContext
-    ) -> LayerGrads:
+    ) -> LayerGradients:
         if isinstance(cache, NormStats):
             return self.lean_backward(dJ_dy, x, cache, ctx)
         xhat, rstd = cache.xhat, cache.rstd  # in the accumulation dtype
@@ -330,7 +330,7 @@ class BatchNorm1d(Layer):
             dJ_dxhat = dJ_dy.to(xhat.dtype) * gamma if gamma is not None else dJ_dy.to(xhat.dtype)  # dJ/dy o gamma
             kept = {Key("xhat", ctx.path): dJ_dxhat.to(dtype, copy=True)}
         if not ctx.need_dx:
-            return LayerGrads(None, params, kept)
+            return LayerGradients(None, params, kept)
         scale = rstd * gamma if gamma is not None else rstd  # (C,)
         g.copy_(dJ_dy)  # dJ/dy again, in the buffer
         if self.uses_batch_statistics:
@@ -341,7 +341,7 @@ class BatchNorm1d(Layer):
             dJ_dx = g.sub_(sum_g / N).addcmul_(xhat, sum_gx / n_var, value=-1.0).mul_(scale).to(dtype)  # (N, C)
         else:
             dJ_dx = g.mul_(scale).to(dtype)  # dJ/dx = dJ/dxhat rstd: the running statistics do not depend on x
-        return LayerGrads(dJ_dx, params, kept)
+        return LayerGradients(dJ_dx, params, kept)
 
     # ---- second order: LayerNorm's (R1)-(R8) over the batch (the module docstring) ---------------
     @property
@@ -372,7 +372,7 @@ class BatchNorm1d(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
         cache: NormCacheOrStats, V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         xhat, rstd = normalised(x, cache)  # (N, C), (C,) in the accumulation dtype
         tangent: NormTangent = t.cache
         dtype, acc = g.dtype, xhat.dtype
@@ -385,13 +385,13 @@ class BatchNorm1d(Layer):
             params["beta"] = Rg_a.sum(dim=0).to(dtype)  # (R8) (H v)_beta = sum_n R{dJ/dy}   (C,)
         kept = {ctx.key("xhat"): Rh.to(dtype, copy=True)} if ctx.keep_intermediates else {}  # R{dJ/dxhat}
         if not ctx.need_dx:
-            return None, LayerGrads(None, params, kept)
+            return None, LayerGradients(None, params, kept)
         if self.uses_batch_statistics:
             n_var = x.shape[0] - 1 if self.unbiased else x.shape[0]
             dJ_dx, R_dx = normalised_r_backward(h, Rh, xhat, rstd, tangent, (0,), n_var, ctx.first)  # (R6)
         else:  # dJ/dx = rstd h, linear in h: R{dJ/dx} = rstd R{h}
             dJ_dx, R_dx = h * rstd, Rh * rstd
-        return dJ_dx.to(dtype), LayerGrads(R_dx.to(dtype), params, kept)
+        return dJ_dx.to(dtype), LayerGradients(R_dx.to(dtype), params, kept)
 
     @property
     def pieces(self) -> Pieces | None:

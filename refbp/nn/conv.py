@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import describe
 
@@ -207,7 +207,7 @@ class _Conv(Layer):
             return (sh, sw), (dh, dw), (ph, pw)
         return (1, self.stride[0]), (1, self.dilation[0]), ((0, 0), self.pads()[0])
 
-    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         params: dict[str, Tensor] = {}
         if "b" in self.params:
             params["b"] = dJ_dz.sum(dim=(0, *range(2, dJ_dz.dim())))  # (1) dJ/db = sum over n and positions   (C_out,)
@@ -216,8 +216,10 @@ class _Conv(Layer):
             dJ_dW = dJ_dW.add_(self.W, alpha=ctx.weight_decay)  # + lambda W
         params["W"] = dJ_dW
         if not ctx.need_dx:
-            return LayerGrads(None, params)
-        return LayerGrads(self.input_gradient(dJ_dz, self.W, x.shape), params)  # (3) dJ/dx = conv_transpose(dJ/dz, W)
+            return LayerGradients(None, params)
+        return LayerGradients(
+            self.input_gradient(dJ_dz, self.W, x.shape), params
+        )  # (3) dJ/dx = conv_transpose(dJ/dz, W)
 
     def weight_gradient(self, dJ_dz: Tensor, x: Tensor) -> Tensor:
         """(2) sum_n dJ/dz X_col^T   (C_out, C_in/G, *k), X_col = unfold(x): bilinear in (dJ/dz, x)."""
@@ -284,7 +286,7 @@ class _Conv(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         first = ctx.first
         HW = self.weight_gradient(Rg, x)  # (H v)_W = sum_n R{dJ/dz} X_col^T + dJ/dz R{X_col}^T
         if Rx is not None and first:
@@ -293,11 +295,11 @@ class _Conv(Layer):
         if "b" in self.params:
             params["b"] = Rg.sum(dim=(0, *range(2, Rg.dim())))  # (H v)_b = sum over n and positions of R{dJ/dz}
         if not ctx.need_dx:
-            return None, LayerGrads(None, params)
+            return None, LayerGradients(None, params)
         R_dx = self.input_gradient(Rg, self.W, x.shape)  # R{dJ/dx} = conv_transpose(R{dJ/dz}, W)
         if first:
             R_dx += self.input_gradient(g, V(ctx.path, "W"), x.shape)  # + conv_transpose(dJ/dz, V_W)
-        return self.input_gradient(g, self.W, x.shape), LayerGrads(R_dx, params)
+        return self.input_gradient(g, self.W, x.shape), LayerGradients(R_dx, params)
 
     # ---- the oracle ------------------------------------------------------------------------------
     def torch_forward(

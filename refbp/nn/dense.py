@@ -32,7 +32,7 @@ from .activations import Activation, get_activation
 from .curvature import first_derivative, second_derivative
 from .elementwise import OUTPUT_RANGES
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .linear import bias_gradient, input_gradient, linear_map, linear_r_backward, linear_tangent, weight_gradient
 from .pieces import Pieces
 from .validation import describe
@@ -119,7 +119,9 @@ class Dense(Layer):
         keep = ctx.keep_intermediates or self.activation.derivative_of == "z"
         return a, (z if keep else None)
 
-    def backward(self, dJ_da: Tensor, x: Tensor, out: Tensor, cache: Tensor | None, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_da: Tensor, x: Tensor, out: Tensor, cache: Tensor | None, ctx: BackwardContext
+    ) -> LayerGradients:
         """Eqs. (5)-(8), from dJ/da(i) (N, d_i), a(i-1) = x, a(i) = out and z(i) = cache."""
         act = self.activation
         t = out if act.derivative_of == "a" else cache
@@ -138,7 +140,7 @@ class Dense(Layer):
         # (8) dJ/da(i-1) = dJ/dz(i) W(i)   (N, d_i) @ (d_i, d_{i-1})
         dJ_dx = input_gradient(dJ_dz, W) if ctx.need_dx else None
         kept = {ctx.key("z"): dJ_dz} if ctx.keep_intermediates else {}
-        return LayerGrads(dJ_dx, {"W": dJ_dW, "b": dJ_db}, kept)
+        return LayerGradients(dJ_dx, {"W": dJ_dW, "b": dJ_db}, kept)
 
     # ---- second order ---------------------------------------------------------------------------
     @property
@@ -159,7 +161,7 @@ class Dense(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Tensor | None,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         assert cache is not None  # the tangent pass refused a forward pass without z
         Rz, slope = t.cache
         # R{dJ/dz} = R{dJ/da} o f'(z) + dJ/da o f''(z) o R{z};   dJ/dz = dJ/da o f'(z)

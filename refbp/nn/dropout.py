@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import check_seed
 
@@ -71,14 +71,16 @@ class Dropout(Layer):
             mask = keep.to(x.device)
         return torch.mul(x, mask).mul_(1.0 / (1.0 - self.p)), mask  # y = x o m / (1 - p)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, mask: Tensor | None, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, mask: Tensor | None, ctx: BackwardContext
+    ) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         if mask is None:  # the identity: hand dJ/dy down (a copy unless it may be overwritten)
-            return LayerGrads(dJ_dy if ctx.overwrite and not ctx.keep_intermediates else dJ_dy.clone())
+            return LayerGradients(dJ_dy if ctx.overwrite and not ctx.keep_intermediates else dJ_dy.clone())
         in_place = ctx.overwrite and not ctx.keep_intermediates  # dJ/dy is ours to overwrite
         dJ_dx = dJ_dy.mul_(mask) if in_place else torch.mul(dJ_dy, mask)
-        return LayerGrads(dJ_dx.mul_(1.0 / (1.0 - self.p)))  # dJ/dx = dJ/dy o m / (1 - p)
+        return LayerGradients(dJ_dx.mul_(1.0 / (1.0 - self.p)))  # dJ/dx = dJ/dy o m / (1 - p)
 
     def noise_of(self, cache: Tensor | None, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
         return {} if cache is None else {path: cache}
@@ -97,11 +99,13 @@ class Dropout(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         if cache is None:  # eval mode, or p = 0: the identity
-            return g, LayerGrads(Rg)
+            return g, LayerGradients(Rg)
         scale = 1.0 / (1.0 - self.p)
-        return g * cache * scale, LayerGrads(Rg * cache * scale)  # linear in dJ/dy: R{dJ/dx} = R{dJ/dy} o m / (1 - p)
+        return g * cache * scale, LayerGradients(
+            Rg * cache * scale
+        )  # linear in dJ/dy: R{dJ/dx} = R{dJ/dy} o m / (1 - p)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

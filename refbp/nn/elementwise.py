@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .activations import ACTIVATIONS, Activation, elu, gelu, get_activation, leaky_relu, softplus
 from .curvature import first_derivative, second_derivative
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .pieces import Pieces
 from .registry import register
 
@@ -55,11 +55,13 @@ class Elementwise(Layer):
         a = self.activation.f(x)  # a = f(x)   (..., d)
         return a, (x if self.activation.derivative_of == "z" else None)  # f' reads x, or a itself
 
-    def backward(self, dJ_da: Tensor, x: Tensor, out: Tensor, cache: Tensor | None, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_da: Tensor, x: Tensor, out: Tensor, cache: Tensor | None, ctx: BackwardContext
+    ) -> LayerGradients:
         t = out if self.activation.derivative_of == "a" else x
         in_place = ctx.overwrite and not ctx.keep_intermediates
         dJ_dx = self.activation.chain(t, dJ_da if in_place else dJ_da.clone())  # dJ/dx = dJ/da o f'(x)
-        return LayerGrads(dJ_dx)
+        return LayerGradients(dJ_dx)
 
     # ---- second order ---------------------------------------------------------------------------
     @property
@@ -76,14 +78,14 @@ class Elementwise(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         assert Rx is not None
         slope = t.cache  # f'(x)
         # R{dJ/dx} = R{dJ/da} o f'(x) + dJ/da o f''(x) o R{x};   dJ/dx = dJ/da o f'(x)
         R_dx = Rg * slope
         if ctx.first:
             R_dx += g * second_derivative(self.activation, x, out) * Rx
-        return g * slope, LayerGrads(R_dx)
+        return g * slope, LayerGradients(R_dx)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import describe
 
@@ -83,14 +83,14 @@ class Embedding(Layer):
         E = self.params["E"]
         return E.index_select(0, x.reshape(-1)).view(*x.shape, E.shape[1]), None  # y = E[idx]   (..., d)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         E = self.params["E"]
         d = E.shape[1]
         # dJ/dE[v] += dJ/dy[position] for every position holding v: index_add_ accumulates
         dJ_dE = torch.zeros_like(E).index_add_(0, x.reshape(-1), dJ_dy.reshape(-1, d))  # (V, d)
         if self.padding_idx is not None:
             dJ_dE[self.padding_idx] = 0.0  # torch gives the padding row no gradient
-        return LayerGrads(None, {"E": dJ_dE})
+        return LayerGradients(None, {"E": dJ_dE})
 
     # ---- second order ---------------------------------------------------------------------------
     @property
@@ -106,13 +106,13 @@ class Embedding(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         E = self.params["E"]
         # dJ/dE[v] = sum over positions with idx = v of dJ/dy: linear in dJ/dy, so (H v)_E is the same sum of R{dJ/dy}
         H_E = torch.zeros_like(E).index_add_(0, x.reshape(-1), Rg.reshape(-1, E.shape[1]))
         if self.padding_idx is not None:
             H_E[self.padding_idx] = 0.0  # the padding row's gradient is 0 by definition, and so is its R
-        return None, LayerGrads(None, {"E": H_E})
+        return None, LayerGradients(None, {"E": H_E})
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

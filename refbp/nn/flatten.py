@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 
 __all__ = ["Flatten"]
@@ -42,11 +42,11 @@ class Flatten(Layer):
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         return torch.flatten(x, self.start_dim, self.end_dim), None
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         g = dJ_dy if ctx.overwrite and not ctx.keep_intermediates else dJ_dy.clone()  # never share the caller's
-        return LayerGrads(g.reshape(x.shape))
+        return LayerGradients(g.reshape(x.shape))
 
     # ---- second order ---------------------------------------------------------------------------
     @property
@@ -62,8 +62,8 @@ class Flatten(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
-        return g.reshape(x.shape), LayerGrads(Rg.reshape(x.shape))  # the backward is a reshape: so is its R
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
+        return g.reshape(x.shape), LayerGradients(Rg.reshape(x.shape))  # the backward is a reshape: so is its R
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

@@ -40,7 +40,7 @@ from .noise import check_noise
 from .r_graph import graph_r_backward, graph_tangent
 from .r_stack import StackTangent
 from .sequential import torch_modules_in_mode
-from .stack import StackCache, StackGrads
+from .stack import StackCache, StackGradients
 
 __all__ = ["GraphGradients", "GraphNetwork", "Node", "graph_backward", "graph_forward", "graph_torch_forward"]
 
@@ -121,14 +121,14 @@ def graph_backward(
     *,
     takes_indices: bool,
     release: bool = False,
-) -> StackGrads:
+) -> StackGradients:
     """Every node's backward, L down to 1, from dJ/da[L]; eq. (G) sums a tensor's readers.
 
     ``ctx`` gives the options (its path is the graph's prefix, ()); ``takes_indices`` says X
     holds indices (no dJ/dX). No node may overwrite the gradient it is handed (the same
     tensor may also be a join's other input's or a kept intermediate). ``release`` drops a[l]
     and cache[l] once node l's backward has used them (its readers ran before it)."""
-    out = StackGrads(None)
+    out = StackGradients(None)
     ties = ctx.ties
     L = len(nodes)
     g: list[Tensor | None] = [None] * (L + 1)  # g[i] = dJ/da[i], summed as readers report
@@ -320,7 +320,7 @@ class GraphNetwork(Network[Cache, GraphGradients, Layer]):
 
     def r_backward_pass(
         self, cache: Cache, tangent: StackTangent, g: Tensor, Rg: Tensor, V: Params, ctx: SecondContext
-    ) -> tuple[Tensor | None, StackGrads]:
+    ) -> tuple[Tensor | None, StackGradients]:
         """Every node's R-backward from dJ/da(L) and R{dJ/da(L)}, eq. (G) applied to R{g} as well."""
         return graph_r_backward(self.nodes, cache, tangent, g, Rg, V, ctx, takes_indices=self.takes_indices)
 

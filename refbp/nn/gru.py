@@ -47,7 +47,7 @@ from torch import Tensor
 
 from .keys import Key
 from .layer import Tap
-from .recurrent_layer import BPTTGrads, RecurrentCache, RecurrentLayer
+from .recurrent_layer import BPTTGradients, RecurrentCache, RecurrentLayer
 
 __all__ = ["GRULayer"]
 
@@ -91,7 +91,7 @@ class GRULayer(RecurrentLayer):
             torch.sub(h[t - 1], n, out=h[t]).mul_(z).add_(n)  # (G4) h_t = n + z o (h_(t-1) - n)
         return RecurrentCache(h, gates, hn=hn)
 
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGrads:
+    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGradients:
         W_hh, H, h, hn = self.params["W_hh"], self.H, cache.h, cache.hn
         assert hn is not None
         T, B, _ = dJ_dout.shape
@@ -115,7 +115,7 @@ class GRULayer(RecurrentLayer):
             da_h[t - 1, :, : 2 * H] = da_x[t - 1, :, : 2 * H]  # (G1) r and z: the same on both sides
             torch.mul(da_n, r, out=da_h[t - 1, :, 2 * H :])  # (G3) dJ/dh_n = da_n o r
             from_next = torch.addmm(dJ_dh * z, da_h[t - 1], W_hh)  # (G1, G4) dJ/dh_t o z + da_h W_hh   (B, H)
-        return BPTTGrads(da_x, da_h, {"h": from_next}, kept)
+        return BPTTGradients(da_x, da_h, {"h": from_next}, kept)
 
     def tangent_through_time(self, Rxw: Tensor, Rhw: Tensor, cache: RecurrentCache, V_hh: Tensor) -> RecurrentCache:
         W_hh, H, h, hn = self.params["W_hh"], self.H, cache.h, cache.hn
@@ -137,8 +137,14 @@ class GRULayer(RecurrentLayer):
         return RecurrentCache(Rh, R_gates, hn=R_hn)
 
     def r_through_time(
-        self, Rg: Tensor, cache: RecurrentCache, Rcache: RecurrentCache, grads: BPTTGrads, V_hh: Tensor, first: float
-    ) -> BPTTGrads:
+        self,
+        Rg: Tensor,
+        cache: RecurrentCache,
+        Rcache: RecurrentCache,
+        grads: BPTTGradients,
+        V_hh: Tensor,
+        first: float,
+    ) -> BPTTGradients:
         W_hh, H, h, hn, Rh, R_hn = self.params["W_hh"], self.H, cache.h, cache.hn, Rcache.h, Rcache.hn
         assert hn is not None and R_hn is not None
         T, B, _ = Rg.shape
@@ -188,7 +194,7 @@ class GRULayer(RecurrentLayer):
             R_next = torch.addmm(R_dh * z, R_dh_side[t - 1], W_hh)  # (RG1) R{dJ/dh_t} o z + R{da_h} W_hh
             if first:
                 R_next += back[t - 1]  # (RG1) + dJ/dh_t o R{z} + da_h V_hh
-        return BPTTGrads(R_dx, R_dh_side, {"h": R_next}, kept)
+        return BPTTGradients(R_dx, R_dh_side, {"h": R_next}, kept)
 
     def torch_step(
         self, x_t: Tensor, state: dict[str, Tensor], w: Mapping[str, Tensor | None], tap: Tap, path: tuple[int, ...]

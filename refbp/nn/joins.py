@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .registry import TensorArg, bind_arguments, register, register_function
 
 __all__ = ["Add", "Cat", "Join", "TorchJoin", "unbroadcast"]
@@ -84,8 +84,8 @@ class Join(Layer):
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Any]:
         return self.forward_all([x], ctx, path)
 
-    def backward(self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
-        return LayerGrads(self.backward_all(dJ_dout, [x], out, cache, ctx)[0] if ctx.need_dx else None)
+    def backward(self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
+        return LayerGradients(self.backward_all(dJ_dout, [x], out, cache, ctx)[0] if ctx.need_dx else None)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
@@ -138,9 +138,9 @@ class Join(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         dJ_dxs, R_dJ_dxs = self.r_backward_all(g, Rg, [x], [Rx], out, t, cache, V, ctx)
-        return dJ_dxs[0], LayerGrads(R_dJ_dxs[0])
+        return dJ_dxs[0], LayerGradients(R_dJ_dxs[0])
 
 
 _TANGENT_PASS = ForwardContext(keep_intermediates=False, update_stats=False)

@@ -4,7 +4,7 @@ A layer owns its parameters and four things, each written once:
 
     forward(x)                       -> (out, cache)      the manual forward pass, no autograd;
                                                           cache holds what backward needs
-    backward(dJ/dout, x, out, cache) -> LayerGrads         the manual backward pass: dJ/dx and
+    backward(dJ/dout, x, out, cache) -> LayerGradients         the manual backward pass: dJ/dx and
                                                           dJ/d(each parameter), from the cache
     torch_forward(x, params, ...)    -> out               the oracle: the same map built from
                                                           torch.nn.functional, differentiated by
@@ -16,7 +16,7 @@ and, optionally, second order (refbp.nn.second_order), each layer's rules beside
 
     tangent(x, R{x}, out, cache, V)  -> LayerTangent      forward mode: R{out} along the
                                                           direction (R{x}, V) (a JVP)
-    r_backward(g, R{g}, x, R{x}, ...) -> (dJ/dx, LayerGrads)  Pearlmutter's R-operator applied to
+    r_backward(g, R{g}, x, R{x}, ...) -> (dJ/dx, LayerGradients)  Pearlmutter's R-operator applied to
                                                           the backward pass: R{dJ/dx} and the
                                                           layer's share of H v
 
@@ -49,7 +49,7 @@ __all__ = [
     "BackwardContext",
     "ForwardContext",
     "Layer",
-    "LayerGrads",
+    "LayerGradients",
     "LayerTangent",
     "Params",
     "SecondContext",
@@ -147,7 +147,7 @@ class BackwardContext:
 
 
 @dataclass
-class LayerGrads:
+class LayerGradients:
     """What a layer's backward returns.
 
     Attributes:
@@ -344,7 +344,7 @@ class Layer(ABC):
         """The manual forward pass: (output, cache for backward). No autograd."""
 
     @abstractmethod
-    def backward(self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         """The manual backward pass from dJ/d(output), the input x, the output and the cache."""
 
     def noise_of(self, cache: Any, path: tuple[int, ...]) -> dict[tuple[int, ...], Tensor]:
@@ -376,7 +376,7 @@ class Layer(ABC):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         """The R-operator of ``backward``: from g = dJ/dout and R{g}, (dJ/dx, R-gradients) where the
         R-gradients hold R{dJ/dx} (``dJ_dx``), this layer's share of H v by parameter kind
         (``params``; sub-layers' by key in ``sub_params``) and R{dJ/d(intermediate)} by key."""

@@ -72,7 +72,7 @@ from torch import Tensor
 
 from .cancellation import centred_size
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .pieces import Pieces
 from .registry import register
 from .validation import describe
@@ -316,7 +316,7 @@ class LayerNorm(Layer):
             y = y.mul_(gamma) if beta is None else torch.addcmul(beta, y, gamma, out=y)  # y = gamma o xhat + beta
         return y.to(x.dtype), NormStats(mu, rstd)
 
-    def lean_backward(self, dJ_dy: Tensor, x: Tensor, cache: NormStats, ctx: BackwardContext) -> LayerGrads:
+    def lean_backward(self, dJ_dy: Tensor, x: Tensor, cache: NormStats, ctx: BackwardContext) -> LayerGradients:
         """The backward pass from mu and rstd (lean mode, above): xhat rebuilt from x."""
         acc, d, dtype = cache.rstd.dtype, self.d, dJ_dy.dtype
         own = ctx.overwrite and not ctx.keep_intermediates and dJ_dy.dtype == acc and dJ_dy.is_contiguous()
@@ -340,7 +340,7 @@ class LayerNorm(Layer):
         if gamma is not None:
             params["gamma"] = g_xhat.sum(dim=0).to(dtype)  # dJ/dgamma = sum_rows dJ/dy o xhat   (d,)
         if mean_g is None:
-            return LayerGrads(None, params, kept)
+            return LayerGradients(None, params, kept)
         m = mean_k_times_gamma(g_xhat)  # m = mean_k dJ/dxhat o xhat   (M, 1)
         del g_xhat
         # dJ/dx = rstd (dJ/dxhat - mean_g - xhat m) = rstd (dJ/dy o gamma - (mean_g - mu rstd m)) - rstd^2 m x
@@ -348,11 +348,11 @@ class LayerNorm(Layer):
             g.mul_(gamma)  # dJ/dxhat = dJ/dy o gamma
         shift = mean_g.sub_(mu * rstd * m)  # (M, 1)
         dJ_dx = g.sub_(shift).mul_(rstd).addcmul_(rows_x, rstd * rstd * m, value=-1.0)  # (M, d)
-        return LayerGrads(dJ_dx.view(x.shape).to(dtype), params, kept)
+        return LayerGradients(dJ_dx.view(x.shape).to(dtype), params, kept)
 
     def backward(
         self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCacheOrStats, ctx: BackwardContext
-    ) -> LayerGrads:
+    ) -> LayerGradients:
         if isinstance(cache, NormStats):
             return self.lean_backward(dJ_dy, x, cache, ctx)
         xhat, rstd = cache.xhat, cache.rstd  # in the accumulation dtype
@@ -379,7 +379,7 @@ class LayerNorm(Layer):
             dJ_dxhat = dJ_dy.to(xhat.dtype) * gamma if gamma is not None else dJ_dy.to(xhat.dtype)  # dJ/dy o gamma
             kept = {Key("xhat", ctx.path): dJ_dxhat.to(dtype, copy=True)}
         if mean_g is None or mean_gx is None:
-            return LayerGrads(None, params, kept)
+            return LayerGradients(None, params, kept)
         g.copy_(dJ_dy)  # dJ/dy again, in the buffer
         # dJ/dx = rstd (dJ/dxhat - mean_k(dJ/dxhat) - xhat mean_k(dJ/dxhat o xhat)), rounded once
         # first dJ/dxhat - mean_k(dJ/dxhat) = dJ/dy o gamma - mean_g, then the xhat term, then rstd. The
@@ -388,7 +388,7 @@ class LayerNorm(Layer):
         # (a row of one feature: dJ/dx = 0, which autograd gives exactly), amplified by rstd
         g = g.mul_(gamma).sub_(mean_g) if gamma is not None else g.sub_(mean_g)
         dJ_dx = g.addcmul_(xhat, mean_gx, value=-1.0).mul_(rstd).to(dtype)  # (..., d)
-        return LayerGrads(dJ_dx, params, kept)
+        return LayerGradients(dJ_dx, params, kept)
 
     # ---- second order: the module docstring's (R1)-(R8) over each row ---------------------------
     @property
@@ -418,7 +418,7 @@ class LayerNorm(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
         cache: NormCacheOrStats, V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         xhat, rstd = normalised(x, cache)  # (..., d), (..., 1) in the accumulation dtype
         tangent: NormTangent = t.cache
         dtype, acc, d = g.dtype, xhat.dtype, self.d
@@ -432,9 +432,9 @@ class LayerNorm(Layer):
             params["beta"] = Rg_a.reshape(-1, d).sum(dim=0).to(dtype)  # (R8) (H v)_beta = sum_rows R{dJ/dy}   (d,)
         kept = {ctx.key("xhat"): Rh.to(dtype, copy=True)} if ctx.keep_intermediates else {}  # R{dJ/dxhat}
         if not ctx.need_dx:
-            return None, LayerGrads(None, params, kept)
+            return None, LayerGradients(None, params, kept)
         dJ_dx, R_dx = normalised_r_backward(h, Rh, xhat, rstd, tangent, (-1,), d, ctx.first)  # (R6)
-        return dJ_dx.to(dtype), LayerGrads(R_dx.to(dtype), params, kept)
+        return dJ_dx.to(dtype), LayerGradients(R_dx.to(dtype), params, kept)
 
     @property
     def pieces(self) -> Pieces:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import describe
 
@@ -80,7 +80,7 @@ def linear_tangent(x: Tensor, Rx: Tensor | None, W: Tensor, V_W: Tensor, V_b: Te
 
 def linear_r_backward(
     g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, W: Tensor, V_W: Tensor, ctx: SecondContext, *, bias: bool
-) -> tuple[Tensor | None, LayerGrads]:
+) -> tuple[Tensor | None, LayerGradients]:
     """The R-operator of y = x W^T + b's backward, from g = dJ/dy and R{g} (the module docstring's
     four lines); the terms that carry g are dropped for Gauss-Newton (``ctx.first`` = 0)."""
     first = ctx.first
@@ -90,11 +90,11 @@ def linear_r_backward(
         HW += g2.T @ Rx.reshape(-1, W.shape[1])  # + dJ/dy^T R{x}
     params = {"W": HW, "b": Rg2.sum(dim=0)} if bias else {"W": HW}  # (H v)_b = sum_rows R{dJ/dy}
     if not ctx.need_dx:
-        return None, LayerGrads(None, params)
+        return None, LayerGradients(None, params)
     R_dx = Rg @ W  # R{dJ/dx} = R{dJ/dy} W + dJ/dy V_W
     if first:
         R_dx += g @ V_W
-    return g @ W, LayerGrads(R_dx, params)
+    return g @ W, LayerGradients(R_dx, params)
 
 
 class Linear(Layer):
@@ -140,13 +140,13 @@ class Linear(Layer):
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         return linear_map(x, self.W, self.params.get("b")), None  # y = x W^T + b   (..., d_out)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         W = self.W  # (d_out, d_in)
         params = {"W": weight_gradient(dJ_dy, x, W, ctx.weight_decay)}  # dJ/dW = sum_rows dJ/dy^T x + lambda W
         if "b" in self.params:
             params["b"] = bias_gradient(dJ_dy)  # dJ/db = sum over rows   (d_out,)
         dJ_dx = input_gradient(dJ_dy, W) if ctx.need_dx else None  # dJ/dx = dJ/dy W   (..., d_in)
-        return LayerGrads(dJ_dx, params)
+        return LayerGradients(dJ_dx, params)
 
     @property
     def has_second_order(self) -> bool:
@@ -161,7 +161,7 @@ class Linear(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         return linear_r_backward(g, Rg, x, Rx, self.W, V(ctx.path, "W"), ctx, bias="b" in self.params)
 
     def torch_forward(

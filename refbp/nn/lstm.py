@@ -53,7 +53,7 @@ from torch import Tensor
 
 from .keys import Key
 from .layer import Tap
-from .recurrent_layer import BPTTGrads, RecurrentCache, RecurrentLayer
+from .recurrent_layer import BPTTGradients, RecurrentCache, RecurrentLayer
 from .validation import describe
 
 __all__ = ["LSTMLayer"]
@@ -143,7 +143,7 @@ class LSTMLayer(RecurrentLayer):
             torch.tanh(c[t], out=h[t]).mul_(o)  # (L4) h_t = o o tanh(c_t)
         return RecurrentCache(h, gates, c=c)
 
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGrads:
+    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGradients:
         W_hh, H, c = self.params["W_hh"], self.H, cache.c
         assert c is not None
         T, B, _ = dJ_dout.shape
@@ -174,7 +174,7 @@ class LSTMLayer(RecurrentLayer):
             torch.cat([da_i, da_f, da_g, da_o], dim=1, out=da[t - 1])  # da_t   (B, 4H)
             dh_next = da[t - 1] @ W_hh  # (L1) dJ/dh_(t-1) through step t   (B, 4H) @ (4H, H)
             dc_next = dJ_dc.mul_(f)  # (L3) dJ/dc_(t-1) through step t = dJ/dc_t o f (dJ/dc_t is used up)
-        return BPTTGrads(da, da, {"h": dh_next, "c": dc_next}, kept)
+        return BPTTGradients(da, da, {"h": dh_next, "c": dc_next}, kept)
 
     def tangent_through_time(self, Rxw: Tensor, Rhw: Tensor, cache: RecurrentCache, V_hh: Tensor) -> RecurrentCache:
         W_hh, H, c = self.params["W_hh"], self.H, cache.c
@@ -195,8 +195,14 @@ class LSTMLayer(RecurrentLayer):
         return RecurrentCache(Rh, R_gates, c=Rc)
 
     def r_through_time(
-        self, Rg: Tensor, cache: RecurrentCache, Rcache: RecurrentCache, grads: BPTTGrads, V_hh: Tensor, first: float
-    ) -> BPTTGrads:
+        self,
+        Rg: Tensor,
+        cache: RecurrentCache,
+        Rcache: RecurrentCache,
+        grads: BPTTGradients,
+        V_hh: Tensor,
+        first: float,
+    ) -> BPTTGradients:
         W_hh, H, c, Rc = self.params["W_hh"], self.H, cache.c, Rcache.c
         assert c is not None and Rc is not None
         T, B, _ = Rg.shape
@@ -240,7 +246,7 @@ class LSTMLayer(RecurrentLayer):
             R_dh_next = R_da[t - 1] @ W_hh  # (RL1) R{da_t} W_hh   (B, H)
             if first:
                 R_dh_next += back[t - 1]  # (RL1) + da_t V_hh
-        return BPTTGrads(R_da, R_da, {"h": R_dh_next, "c": R_dc_next}, kept)
+        return BPTTGradients(R_da, R_da, {"h": R_dh_next, "c": R_dc_next}, kept)
 
     def torch_step(
         self, x_t: Tensor, state: dict[str, Tensor], w: Mapping[str, Tensor | None], tap: Tap, path: tuple[int, ...]

@@ -43,7 +43,7 @@ from .r_stack import StackTangent, stack_r_backward, stack_tangent
 from .sequential import torch_modules_in_mode
 from .stack import (
     StackCache,
-    StackGrads,
+    StackGradients,
     check_depth,
     stack_backward,
     stack_forward,
@@ -605,7 +605,7 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
 
     def r_backward_pass(
         self, cache: Cache, tangent: StackTangent, g: Tensor, Rg: Tensor, V: Params, ctx: SecondContext
-    ) -> tuple[Tensor | None, StackGrads]:
+    ) -> tuple[Tensor | None, StackGradients]:
         """Every layer's R-backward from dJ/da(L) and R{dJ/da(L)} (refbp.nn.r_stack)."""
         return stack_r_backward(self.layers, cache, tangent, g, Rg, V, ctx)
 

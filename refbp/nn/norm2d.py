@@ -55,7 +55,7 @@ from .batchnorm import (
 )
 from .cancellation import centred_size, grouped_centred_size
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .layernorm import (
     LAYER_NORM_EPS,
     LayerNorm,
@@ -207,14 +207,14 @@ class BatchNorm2d(Layer):
 
     def backward(
         self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCacheOrStats, ctx: BackwardContext
-    ) -> LayerGrads:
+    ) -> LayerGradients:
         if isinstance(cache, NormStats):
             return self._rows().lean_backward(dJ_dy, x, cache, ctx)
         rows_cache = NormCache(_channels_last_rows(cache.xhat), cache.rstd)  # (N H W, C): a view when it was one
         grads = self._rows().backward(_channels_last_rows(dJ_dy), x, out, rows_cache, ctx)
         dJ_dx = None if grads.dJ_dx is None else _channels_first(grads.dJ_dx, x.shape)  # (N, C, H, W)
         kept = {key: _channels_first(t, x.shape) for key, t in grads.intermediates.items()}  # dJ/dxhat
-        return LayerGrads(dJ_dx, grads.params, kept)
+        return LayerGradients(dJ_dx, grads.params, kept)
 
     # ---- second order: BatchNorm1d's rules on the N H W rows ------------------------------------
     @property
@@ -243,7 +243,7 @@ class BatchNorm2d(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
         cache: NormCacheOrStats, V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         assert Rx is not None
         g_x, R = self._rows().r_backward(
             _channels_last_rows(g),
@@ -258,8 +258,8 @@ class BatchNorm2d(Layer):
         )  # fmt: skip   (N H W, C) rows: dJ/dx, R{dJ/dx}, (H v)_gamma, (H v)_beta, R{dJ/dxhat}
         kept = {key: _channels_first(value, x.shape) for key, value in R.intermediates.items()}  # R{dJ/dxhat}
         if g_x is None or R.dJ_dx is None:
-            return None, LayerGrads(None, R.params, kept)
-        return _channels_first(g_x, x.shape), LayerGrads(_channels_first(R.dJ_dx, x.shape), R.params, kept)
+            return None, LayerGradients(None, R.params, kept)
+        return _channels_first(g_x, x.shape), LayerGradients(_channels_first(R.dJ_dx, x.shape), R.params, kept)
 
     @property
     def pieces(self) -> Pieces | None:
@@ -398,7 +398,7 @@ class GroupNorm(Layer):
         gamma, beta = (self._per_channel(self.params[k], x.dim()) for k in ("gamma", "beta"))
         return torch.addcmul(beta, xhat_rows.view(x.shape), gamma), cache  # y = gamma[c] xhat + beta[c]
 
-    def _lean_backward(self, dJ_dy: Tensor, x: Tensor, stats: NormStats, ctx: BackwardContext) -> LayerGrads:
+    def _lean_backward(self, dJ_dy: Tensor, x: Tensor, stats: NormStats, ctx: BackwardContext) -> LayerGradients:
         """The backward pass from the groups' mu and rstd, in one work buffer besides dJ/dy's own
         storage: xhat rebuilt from x (as llm.c), then dJ/dy o xhat (for dJ/dgamma), then
         dJ/dxhat o xhat (for LayerNorm's variance term), while dJ/dy becomes dJ/dxhat, then dJ/dx:
@@ -424,17 +424,17 @@ class GroupNorm(Layer):
         if ctx.keep_intermediates:  # dJ/dxhat, in storage of its own
             kept[Key("xhat", ctx.path)] = g.to(dtype, copy=True)
         if not ctx.need_dx:
-            return LayerGrads(None, params, kept)
+            return LayerGradients(None, params, kept)
         h = g.view(N * self.G, K)  # (N G, K)
         m = work.sum(dim=-1, keepdim=True).div_(K)  # m = mean_k h o xhat   (N G, 1)
         del work
         shift = h.sum(dim=-1, keepdim=True).div_(K).sub_(mu * rstd * m)  # mean_h - mu rstd m   (N G, 1)
         dJ_dx = h.sub_(shift).mul_(rstd).addcmul_(rows_x, rstd * rstd * m, value=-1.0)  # (N G, K)
-        return LayerGrads(dJ_dx.view(x.shape).to(dtype), params, kept)
+        return LayerGradients(dJ_dx.view(x.shape).to(dtype), params, kept)
 
     def backward(
         self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: NormCacheOrStats, ctx: BackwardContext
-    ) -> LayerGrads:
+    ) -> LayerGradients:
         if isinstance(cache, NormStats):
             return self._lean_backward(dJ_dy, x, cache, ctx)
         dtype, N = dJ_dy.dtype, x.shape[0]
@@ -449,13 +449,13 @@ class GroupNorm(Layer):
         if ctx.keep_intermediates:  # dJ/dxhat, in storage of its own
             kept[Key("xhat", ctx.path)] = dJ_dxhat.clone() if dJ_dxhat is dJ_dy else dJ_dxhat
         if not ctx.need_dx:
-            return LayerGrads(None, params, kept)
+            return LayerGradients(None, params, kept)
         rows = self._rows(x)
         rows_cache = NormCache(cache.xhat.reshape(N * self.G, -1), cache.rstd)  # (N G, C/G H W)
         inner = dataclasses.replace(ctx, keep_intermediates=False)
         g = rows.backward(dJ_dxhat.reshape(N * self.G, -1), x, out, rows_cache, inner)  # LayerNorm's dJ/dx
         assert g.dJ_dx is not None
-        return LayerGrads(g.dJ_dx.view(x.shape), params, kept)
+        return LayerGradients(g.dJ_dx.view(x.shape), params, kept)
 
     # ---- second order: LayerNorm's rules on the N G rows, then the per-channel affine ----------
     @property
@@ -489,7 +489,7 @@ class GroupNorm(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
         cache: NormCacheOrStats, V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         xhat, rstd = self._groups(x, cache)  # (N G, K), (N G, 1) in the accumulation dtype
         tangent: NormTangent = t.cache
         dtype, acc = g.dtype, xhat.dtype
@@ -505,11 +505,11 @@ class GroupNorm(Layer):
             params["beta"] = Rg_a.sum(dim=over).to(dtype)  # (H v)_beta[c] = sum R{dJ/dy}   (C,)
         kept = {ctx.key("xhat"): Rh.to(dtype, copy=True)} if ctx.keep_intermediates else {}  # R{dJ/dxhat}
         if not ctx.need_dx:
-            return None, LayerGrads(None, params, kept)
+            return None, LayerGradients(None, params, kept)
         dJ_dx, R_dx = normalised_r_backward(
             h.reshape(xhat.shape), Rh.reshape(xhat.shape), xhat, rstd, tangent, (-1,), xhat.shape[1], ctx.first
         )  # LayerNorm's (R6) on the groups   (N G, K)
-        return dJ_dx.view(x.shape).to(dtype), LayerGrads(R_dx.view(x.shape).to(dtype), params, kept)
+        return dJ_dx.view(x.shape).to(dtype), LayerGradients(R_dx.view(x.shape).to(dtype), params, kept)
 
     @property
     def pieces(self) -> Pieces:

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from .conv import as_tuple, transposed_output_padding
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .pieces import Pieces
 from .registry import register
 from .validation import describe
@@ -149,9 +149,9 @@ class MaxPool2d(_Pool):
             ties = (cols == y.unsqueeze(2)).sum(dim=2).gt(1).view(*x.shape[:2], H_out, W_out)
         return y.view(*x.shape[:2], H_out, W_out), PoolCache(argmax, ties)  # (N, C, H_out, W_out)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         N, C, H, W = x.shape
         (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
         kw = self.kernel_size[1]
@@ -167,7 +167,7 @@ class MaxPool2d(_Pool):
         dJ_dx = torch.zeros(N, C, Hp * Wp, dtype=dJ_dy.dtype, device=dJ_dy.device)
         dJ_dx.scatter_add_(2, where, dJ_dy.reshape(N, C, H_out * W_out))  # (N, C, Hp Wp)
         dJ_dx = dJ_dx.view(N, C, Hp, Wp)[:, :, ph : ph + H, pw : pw + W]  # the padding cut off   (N, C, H, W)
-        return LayerGrads(dJ_dx)
+        return LayerGradients(dJ_dx)
 
     # ---- second order: linear in x with the argmax fixed -------------------------------------
     @property
@@ -185,12 +185,12 @@ class MaxPool2d(_Pool):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: PoolCache,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         if not ctx.need_dx:
-            return None, LayerGrads(None)
+            return None, LayerGradients(None)
         back = ctx.backward_context()
         R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx}[argmax] += R{dJ/dy}: the same routing
-        return self.backward(g, x, out, cache, back).dJ_dx, LayerGrads(R_dx)
+        return self.backward(g, x, out, cache, back).dJ_dx, LayerGradients(R_dx)
 
     def kinks(self, cache: Any, path: tuple[int, ...]) -> dict[Key, Tensor]:
         """The outputs a(l) whose window holds its maximum twice (the tie rule decides there)."""
@@ -260,9 +260,9 @@ class AvgPool2d(_Pool):
         y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, False, self.count_include_pad)
         return y, None  # (N, C, H_out, W_out); the backward needs only the shapes
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         _, C, H, W = x.shape  # (N, C, H, W)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         H_out, W_out = dJ_dy.shape[2:]
@@ -275,7 +275,7 @@ class AvgPool2d(_Pool):
             transposed_output_padding(W + 2 * self.padding[1], W_out, kw, sw, 1),
         )  # the rows (columns) no window reached
         dJ_dx = F.conv_transpose2d(share, ones, None, self.stride, self.padding, extra, C)  # (N, C, H, W)
-        return LayerGrads(dJ_dx)
+        return LayerGradients(dJ_dx)
 
     # ---- second order: a linear map of x ----------------------------------------------------------
     @property
@@ -292,12 +292,12 @@ class AvgPool2d(_Pool):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: None,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         if not ctx.need_dx:
-            return None, LayerGrads(None)
+            return None, LayerGradients(None)
         back = ctx.backward_context()
         R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx} = fold(R{dJ/dy} / D)
-        return self.backward(g, x, out, cache, back).dJ_dx, LayerGrads(R_dx)
+        return self.backward(g, x, out, cache, back).dJ_dx, LayerGradients(R_dx)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
@@ -352,11 +352,11 @@ class AdaptiveAvgPool2d(Layer):
         A_h, A_w = self._matrices(x)
         return A_h @ x @ A_w.T, None  # y = A_h x A_w^T   (N, C, h_o, w_o)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         A_h, A_w = self._matrices(x)
-        return LayerGrads(A_h.T @ dJ_dy @ A_w)  # dJ/dx = A_h^T dJ/dy A_w   (N, C, H, W)
+        return LayerGradients(A_h.T @ dJ_dy @ A_w)  # dJ/dx = A_h^T dJ/dy A_w   (N, C, H, W)
 
     # ---- second order: a linear map of x ----------------------------------------------------------
     @property
@@ -373,11 +373,11 @@ class AdaptiveAvgPool2d(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: None,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         if not ctx.need_dx:
-            return None, LayerGrads(None)
+            return None, LayerGradients(None)
         A_h, A_w = t.cache  # the windows' matrices, built once by the tangent
-        return A_h.T @ g @ A_w, LayerGrads(A_h.T @ Rg @ A_w)  # R{dJ/dx} = A_h^T R{dJ/dy} A_w   (N, C, H, W)
+        return A_h.T @ g @ A_w, LayerGradients(A_h.T @ Rg @ A_w)  # R{dJ/dx} = A_h^T R{dJ/dy} A_w   (N, C, H, W)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .validation import describe
 
 __all__ = ["PositionEmbedding", "TorchPositionEmbedding"]
@@ -76,15 +76,15 @@ class PositionEmbedding(Layer):
         T = x.shape[1]
         return x + self.params["P"][:T], None  # y[b, t] = x[b, t] + P[t]   (B, T, d)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         T = dJ_dy.shape[1]
         dJ_dP = torch.zeros_like(self.params["P"])  # (block_size, d): positions >= T are not used
         torch.sum(dJ_dy, dim=0, out=dJ_dP[:T])  # dJ/dP[t] = sum_b dJ/dy[b, t]   (T, d)
         if not ctx.need_dx:
-            return LayerGrads(None, {"P": dJ_dP})
+            return LayerGradients(None, {"P": dJ_dP})
         # dJ/dx = dJ/dy: handed on as it is when the caller gave it up, copied otherwise
         dJ_dx = dJ_dy if ctx.overwrite and not ctx.keep_intermediates else dJ_dy.clone()
-        return LayerGrads(dJ_dx, {"P": dJ_dP})
+        return LayerGradients(dJ_dx, {"P": dJ_dP})
 
     # ---- second order ---------------------------------------------------------------------------
     @property
@@ -101,13 +101,13 @@ class PositionEmbedding(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         T = Rg.shape[1]
         H_P = torch.zeros_like(self.params["P"])  # (block_size, d): positions >= T are not used
         torch.sum(Rg, dim=0, out=H_P[:T])  # (H v)_P[t] = sum_b R{dJ/dy}[b, t]   (T, d)
         if not ctx.need_dx:
-            return None, LayerGrads(None, {"P": H_P})
-        return g, LayerGrads(Rg, {"P": H_P})  # dJ/dx = dJ/dy, R{dJ/dx} = R{dJ/dy}
+            return None, LayerGradients(None, {"P": H_P})
+        return g, LayerGradients(Rg, {"P": H_P})  # dJ/dx = dJ/dy, R{dJ/dx} = R{dJ/dy}
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

@@ -30,7 +30,7 @@ from .joins import Join
 from .keys import Key
 from .layer import Layer, LayerTangent, Params, SecondContext
 from .r_stack import StackTangent
-from .stack import StackCache, StackGrads
+from .stack import StackCache, StackGradients
 
 __all__ = ["GraphNode", "graph_r_backward", "graph_tangent"]
 
@@ -69,14 +69,14 @@ def graph_r_backward(
     ctx: SecondContext,
     *,
     takes_indices: bool,
-) -> tuple[Tensor | None, StackGrads]:
+) -> tuple[Tensor | None, StackGradients]:
     """Every node's R-backward, L down to 1, from dJ/da[L] and R{dJ/da[L]}; (G) and R{(G)} sum a
     tensor's readers.
 
     Returns (dJ/dX, R-gradients): R{dJ/dX} in ``dJ_dx`` (None when X holds indices), H v by
     parameter key (ties summed) in ``params``, R{dJ/d(intermediate)} by key in ``intermediates``.
     ``ctx`` gives the product and the options; ``takes_indices``: X holds indices."""
-    out = StackGrads(None)
+    out = StackGradients(None)
     ties = ctx.ties
     L = len(nodes)
     g: list[Tensor | None] = [None] * (L + 1)  # g[i] = dJ/da[i], summed as readers report   (G)

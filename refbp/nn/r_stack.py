@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .keys import Key
 from .layer import Layer, LayerTangent, Params, SecondContext
-from .stack import StackCache, StackGrads
+from .stack import StackCache, StackGradients
 
 __all__ = ["StackTangent", "stack_has_second_order", "stack_r_backward", "stack_tangent"]
 
@@ -74,12 +74,12 @@ def stack_r_backward(
     Rg: Tensor,
     V: Params,
     ctx: SecondContext,
-) -> tuple[Tensor | None, StackGrads]:
+) -> tuple[Tensor | None, StackGradients]:
     """Every layer's R-backward, L down to 1, from g = dJ/da(L) and R{g}.
 
     Returns (dJ/dx, R-gradients): R{dJ/dx} in ``dJ_dx``, H v by parameter key (ties summed) in
     ``params``, R{dJ/d(intermediate)} by key in ``intermediates``. ``ctx.path`` is the prefix."""
-    out = StackGrads(None)
+    out = StackGradients(None)
     ties = ctx.ties
     for l in range(len(layers), 0, -1):
         layer, path = layers[l - 1], (*ctx.path, l)

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .gru import GRULayer
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .lstm import LSTMLayer
 from .r_stack import stack_has_second_order, stack_r_backward, stack_tangent
 from .recurrent_layer import RecurrentLayer, TorchGRU, TorchLSTM, TorchRNN, torch_recurrent
@@ -110,10 +110,12 @@ class Recurrent(Layer):
         inner = stack_forward(self.layers, x, ctx, path)
         return inner.a[-1], inner  # the last layer's output sequence
 
-    def backward(self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext
+    ) -> LayerGradients:
         inner_ctx = dataclasses.replace(ctx, overwrite=False)  # a(l) and a(l, L) are one tensor: read it only
         grads = stack_backward(self.layers, cache, [dJ_dout], inner_ctx)
-        return LayerGrads(grads.dJ_dx, {}, grads.intermediates, grads.params)
+        return LayerGradients(grads.dJ_dx, {}, grads.intermediates, grads.params)
 
     def cached_values(self, cache: StackCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
         out: dict[Key, Tensor] = {}
@@ -142,9 +144,9 @@ class Recurrent(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: StackCache,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = stack_r_backward(self.layers, cache, t.cache, g, Rg, V, ctx)
-        return g_x, LayerGrads(R.dJ_dx, {}, R.intermediates, R.params)
+        return g_x, LayerGradients(R.dJ_dx, {}, R.intermediates, R.params)
 
     # ---- the oracle ---------------------------------------------------------------------------
     def torch_forward(

@@ -66,13 +66,13 @@ import torch
 from torch import Tensor
 
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .linear import linear_map, linear_r_backward, linear_tangent
 from .validation import describe
 
 __all__ = [
     "TORCH_PARAM_NAMES",
-    "BPTTGrads",
+    "BPTTGradients",
     "RecurrentCache",
     "RecurrentLayer",
     "TorchGRU",
@@ -105,7 +105,7 @@ class RecurrentCache:
 
 
 @dataclass
-class BPTTGrads:
+class BPTTGradients:
     """What a cell's backward through time hands back to the layer.
 
     Attributes:
@@ -245,7 +245,7 @@ class RecurrentLayer(Layer):
         initial states by kind (B, H)."""
 
     @abstractmethod
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGrads:
+    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGradients:
         """Every step backward, t = T .. 1, from dJ/dout (T, B, H); ``keep``: report dJ/d(every
         step's intermediates)."""
 
@@ -279,8 +279,14 @@ class RecurrentLayer(Layer):
 
     @abstractmethod
     def r_through_time(
-        self, Rg: Tensor, cache: RecurrentCache, Rcache: RecurrentCache, grads: BPTTGrads, V_hh: Tensor, first: float
-    ) -> BPTTGrads:
+        self,
+        Rg: Tensor,
+        cache: RecurrentCache,
+        Rcache: RecurrentCache,
+        grads: BPTTGradients,
+        V_hh: Tensor,
+        first: float,
+    ) -> BPTTGradients:
         """Every step's R-backward, t = T .. 1, from R{dJ/dout} (T, B, H), the tangents ``Rcache``
         and the first-order BPTT ``grads`` (every step kept): the R{.} of each of ``grads``'s
         fields. ``first``: the factor of the terms that carry a first derivative (0 or 1)."""
@@ -299,7 +305,7 @@ class RecurrentLayer(Layer):
 
     def backward(
         self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: RecurrentCache, ctx: BackwardContext
-    ) -> LayerGrads:
+    ) -> LayerGradients:
         xs = self.time_major(x)  # (T, B, d_in)
         T, B, _ = xs.shape
         G_H = self.gate_count * self.H
@@ -325,7 +331,7 @@ class RecurrentLayer(Layer):
             kept = {Key(f"{kind}_init", ctx.path): g for kind, g in grads.initial.items()}
             for kind, g in grads.steps.items():
                 kept |= {Key(kind, (*ctx.path, t)): g[t - 1] for t in range(1, T + 1)}
-        return LayerGrads(dJ_dx, params, kept)
+        return LayerGradients(dJ_dx, params, kept)
 
     # ---- second order ---------------------------------------------------------------------------
     @property
@@ -349,7 +355,7 @@ class RecurrentLayer(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent,
         cache: RecurrentCache, V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         """The first-order BPTT (every step kept), then its R backward in time, then (RR3)-(RR5)."""
         Rcache: RecurrentCache = t.cache
         xs = self.time_major(x)  # (T, B, d_in)
@@ -372,8 +378,8 @@ class RecurrentLayer(Layer):
             for kind, Rs in R.steps.items():
                 kept |= {Key(kind, (*ctx.path, s)): Rs[s - 1] for s in range(1, T + 1)}
         if g_x is None or R_in.dJ_dx is None:
-            return None, LayerGrads(None, params, kept)
-        return self.in_layout(g_x), LayerGrads(self.in_layout(R_in.dJ_dx), params, kept)
+            return None, LayerGradients(None, params, kept)
+        return self.in_layout(g_x), LayerGradients(self.in_layout(R_in.dJ_dx), params, kept)
 
     def cached_values(self, cache: RecurrentCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
         out = {Key("h_init", path): cache.h[0]}

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .registry import convert_module as convert_child
 from .registry import register
 from .sequential import Sequential
@@ -71,7 +71,9 @@ class Residual(Sequential):
             raise ValueError(f"layer {where} ({self.describe()}): F(x) has {describe(Fx)} but x has {describe(x)}")
         return x + Fx, inner  # y = x + F(x)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext
+    ) -> LayerGradients:
         # the inner stack reads dJ/dy (= dJ/dF(x)) and never overwrites it: the skip path needs it too
         inner_ctx = dataclasses.replace(ctx, overwrite=False)
         grads = stack_backward(self.inner, cache, [dJ_dy], inner_ctx)
@@ -79,7 +81,7 @@ class Residual(Sequential):
         if ctx.need_dx:
             assert grads.dJ_dx is not None
             dJ_dx = grads.dJ_dx.add_(dJ_dy) if grads.dJ_dx is not dJ_dy else dJ_dy + grads.dJ_dx  # skip + through F
-        return LayerGrads(dJ_dx, {}, grads.intermediates, grads.params)
+        return LayerGradients(dJ_dx, {}, grads.intermediates, grads.params)
 
     # ---- second order: y = x + F(x), so R{y} = R{x} + R{F(x)} and both paths add up again ----
     def tangent(
@@ -92,11 +94,11 @@ class Residual(Sequential):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         inner_ctx = ctx.inner(ctx.path)  # F's first layer needs dJ/dx: the skip path adds to it
         g_x, R = super().r_backward(g, Rg, x, Rx, out, t, cache, V, inner_ctx)
         assert g_x is not None and R.dJ_dx is not None
-        return g + g_x, LayerGrads(Rg + R.dJ_dx, {}, R.intermediates, R.sub_params)  # skip + through F, and its R
+        return g + g_x, LayerGradients(Rg + R.dJ_dx, {}, R.intermediates, R.sub_params)  # skip + through F, and its R
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

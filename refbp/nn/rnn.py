@@ -38,7 +38,7 @@ from .curvature import first_derivative, second_derivative
 from .keys import Key
 from .layer import Tap
 from .pieces import Pieces
-from .recurrent_layer import BPTTGrads, RecurrentCache, RecurrentLayer
+from .recurrent_layer import BPTTGradients, RecurrentCache, RecurrentLayer
 
 __all__ = ["NONLINEARITIES", "RNNLayer"]
 
@@ -112,7 +112,7 @@ class RNNLayer(RecurrentLayer):
             h[t] = self.activation.f(z[t - 1])  # (E2) h_t = f(z_t)   (B, H)
         return RecurrentCache(h, z)
 
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGrads:
+    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGradients:
         W_hh = self.params["W_hh"]  # (H, H)
         T, B, H = dJ_dout.shape
         dJ_dz = torch.empty_like(cache.gates)  # (T, B, H)
@@ -125,7 +125,7 @@ class RNNLayer(RecurrentLayer):
             dJ_dz[t - 1] = self.activation.chain(cache.h[t], dJ_dh)  # (E2) dJ/dh_t o f'(z_t), from h_t
             from_next = dJ_dz[t - 1] @ W_hh  # (E1) dJ/dh_(t-1) through step t   (B, H) @ (H, H)
         steps = {"z": dJ_dz, "h": kept_h} if kept_h is not None else {}
-        return BPTTGrads(dJ_dz, dJ_dz, {"h": from_next}, steps)
+        return BPTTGradients(dJ_dz, dJ_dz, {"h": from_next}, steps)
 
     def tangent_through_time(self, Rxw: Tensor, Rhw: Tensor, cache: RecurrentCache, V_hh: Tensor) -> RecurrentCache:
         W_hh = self.params["W_hh"]  # (H, H)
@@ -139,8 +139,14 @@ class RNNLayer(RecurrentLayer):
         return RecurrentCache(Rh, Rz)
 
     def r_through_time(
-        self, Rg: Tensor, cache: RecurrentCache, Rcache: RecurrentCache, grads: BPTTGrads, V_hh: Tensor, first: float
-    ) -> BPTTGrads:
+        self,
+        Rg: Tensor,
+        cache: RecurrentCache,
+        Rcache: RecurrentCache,
+        grads: BPTTGradients,
+        V_hh: Tensor,
+        first: float,
+    ) -> BPTTGradients:
         W_hh = self.params["W_hh"]  # (H, H)
         T, B, H = Rg.shape
         slope = first_derivative(self.activation, cache.gates, cache.h[1:])  # f'(z_t)   (T, B, H)
@@ -161,7 +167,7 @@ class RNNLayer(RecurrentLayer):
             R_next = R_dz[t - 1] @ W_hh  # (RE1) R{dJ/dz_t} W_hh   (B, H)
             if back is not None:
                 R_next += back[t - 1]  # (RE1) + dJ/dz_t V_hh
-        return BPTTGrads(R_dz, R_dz, {"h": R_next}, {"z": R_dz, "h": R_dh})
+        return BPTTGradients(R_dz, R_dz, {"h": R_next}, {"z": R_dz, "h": R_dh})
 
     def torch_step(
         self, x_t: Tensor, state: dict[str, Tensor], w: Mapping[str, Tensor | None], tap: Tap, path: tuple[int, ...]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .r_stack import stack_has_second_order, stack_r_backward, stack_tangent
 from .registry import convert_module, register
 from .stack import StackCache, stack_backward, stack_forward, stack_keys, stack_torch_forward
@@ -77,10 +77,12 @@ class Sequential(Layer):
         inner = stack_forward(self.inner, x, ctx, path)
         return inner.a[-1], inner  # y = F_n(... F_1(x))
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext) -> LayerGrads:
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext
+    ) -> LayerGradients:
         # the inner loop may overwrite dJ/dy only where the caller gave it up (ctx.overwrite)
         grads = stack_backward(self.inner, cache, [dJ_dy], ctx, release=ctx.release)
-        return LayerGrads(grads.dJ_dx, {}, grads.intermediates, grads.params)
+        return LayerGradients(grads.dJ_dx, {}, grads.intermediates, grads.params)
 
     def cached_values(self, cache: StackCache, path: tuple[int, ...]) -> dict[Key, Tensor]:
         out: dict[Key, Tensor] = {}
@@ -109,9 +111,9 @@ class Sequential(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         g_x, R = stack_r_backward(self.inner, cache, t.cache, g, Rg, V, ctx)
-        return g_x, LayerGrads(R.dJ_dx, {}, R.intermediates, R.params)
+        return g_x, LayerGradients(R.dJ_dx, {}, R.intermediates, R.params)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

@@ -34,7 +34,17 @@ import torch
 from torch import Tensor
 
 from .joins import Join
-from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import (
+    NO_TAP,
+    BackwardContext,
+    ForwardContext,
+    Layer,
+    LayerGradients,
+    LayerTangent,
+    Params,
+    SecondContext,
+    Tap,
+)
 from .registry import SizeOf, TensorArg, bind_arguments, register, register_function
 from .validation import describe
 
@@ -79,12 +89,12 @@ class _ShapeLayer(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         if not ctx.need_dx:
-            return None, LayerGrads(None)
+            return None, LayerGradients(None)
         back = ctx.backward_context()
         R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx} = backward(R{dJ/dy})
-        return self.backward(g, x, out, cache, back).dJ_dx, LayerGrads(R_dx)
+        return self.backward(g, x, out, cache, back).dJ_dx, LayerGradients(R_dx)
 
 
 _TANGENT_PASS = ForwardContext(keep_intermediates=False, update_stats=False)
@@ -201,10 +211,10 @@ class Permute(_ShapeLayer):
         self.check_input(x, path)
         return x.permute(self.dims), None  # y = x with dims reordered
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
-        return LayerGrads(_own(dJ_dy, ctx).permute(self.inverse))  # dJ/dx = dJ/dy reordered by p^-1
+            return LayerGradients(None)
+        return LayerGradients(_own(dJ_dy, ctx).permute(self.inverse))  # dJ/dx = dJ/dy reordered by p^-1
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
@@ -235,10 +245,10 @@ class Transpose(_ShapeLayer):
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         return x.transpose(self.d0, self.d1), None  # y = x, d0 and d1 swapped
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
-        return LayerGrads(_own(dJ_dy, ctx).transpose(self.d0, self.d1))  # dJ/dx = dJ/dy swapped back
+            return LayerGradients(None)
+        return LayerGradients(_own(dJ_dy, ctx).transpose(self.d0, self.d1))  # dJ/dx = dJ/dy swapped back
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
@@ -268,10 +278,10 @@ class Scale(_ShapeLayer):
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         return (x / self.c if self.divide else x * self.c), None  # y = c x  (or x / c)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
-        return LayerGrads(dJ_dy / self.c if self.divide else dJ_dy * self.c)  # dJ/dx = c dJ/dy  (or dJ/dy / c)
+            return LayerGradients(None)
+        return LayerGradients(dJ_dy / self.c if self.divide else dJ_dy * self.c)  # dJ/dx = c dJ/dy  (or dJ/dy / c)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
@@ -314,9 +324,9 @@ class Sum(_ShapeLayer):
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         return self._reduce(x), None  # y = sum over D of x  (/ n_D for the mean)
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         dims = self._dims(x.dim())
         g = dJ_dy
         if not self.keepdim:
@@ -324,7 +334,7 @@ class Sum(_ShapeLayer):
                 g = g.unsqueeze(d)
         n_D = math.prod(x.shape[d] for d in dims)
         g = g / n_D if self.average else g  # (1, .., 1) where D was: dJ/dy / n_D
-        return LayerGrads(g.expand(x.shape).clone(memory_format=torch.contiguous_format))  # dJ/dx = g over D
+        return LayerGradients(g.expand(x.shape).clone(memory_format=torch.contiguous_format))  # dJ/dx = g over D
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

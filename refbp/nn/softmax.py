@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .registry import register
 from .validation import describe
 
@@ -61,13 +61,13 @@ class Softmax(_AlongDim):
         self.check_input(x, path)
         return torch.softmax(x, dim=self.dim), None  # s = exp(x - max x) / sum exp(x - max x), one fused pass
 
-    def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         s = out
         g_s = dJ_ds * s  # g o s
         along = g_s.sum(dim=self.dim, keepdim=True)  # sum(g o s) per slice
-        return LayerGrads(g_s.addcmul_(s, along, value=-1.0))  # dJ/dx = s o (g - sum(g o s)) = g o s - s sum(g o s)
+        return LayerGradients(g_s.addcmul_(s, along, value=-1.0))  # dJ/dx = s o (g - sum(g o s)) = g o s - s sum(g o s)
 
     # ---- second order ---------------------------------------------------------------------------
     @property
@@ -84,14 +84,14 @@ class Softmax(_AlongDim):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         # dJ/dx = s o (g - sum(g o s)):
         # R{dJ/dx} = s o (R{g} - sum(R{g} o s)) + R{s} o (g - sum(g o s)) - s o sum(g o R{s})
         s, Rs, d = out, t.out, self.dim
         R_dx = s * (Rg - (Rg * s).sum(d, keepdim=True))
         if ctx.first:
             R_dx += Rs * (g - (g * s).sum(d, keepdim=True)) - s * (g * Rs).sum(d, keepdim=True)
-        return s * (g - (g * s).sum(d, keepdim=True)), LayerGrads(R_dx)
+        return s * (g - (g * s).sum(d, keepdim=True)), LayerGradients(R_dx)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
@@ -114,11 +114,11 @@ class LogSoftmax(_AlongDim):
         self.check_input(x, path)
         return torch.log_softmax(x, dim=self.dim), None  # y = x - max x - log sum exp(x - max x), fused
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
-            return LayerGrads(None)
+            return LayerGradients(None)
         total = dJ_dy.sum(dim=self.dim, keepdim=True)  # sum(g) per slice
-        return LayerGrads(dJ_dy - out.exp().mul_(total))  # dJ/dx = g - softmax(x) o sum(g)
+        return LayerGradients(dJ_dy - out.exp().mul_(total))  # dJ/dx = g - softmax(x) o sum(g)
 
     # ---- second order ---------------------------------------------------------------------------
     @property
@@ -135,13 +135,13 @@ class LogSoftmax(_AlongDim):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         # dJ/dx = g - s sum(g):  R{dJ/dx} = R{g} - s sum(R{g}) - R{s} sum(g),  R{s} = s o R{y}
         s, d = t.cache, self.dim
         R_dx = Rg - s * Rg.sum(d, keepdim=True)
         if ctx.first:
             R_dx -= s * t.out * g.sum(d, keepdim=True)
-        return g - s * g.sum(d, keepdim=True), LayerGrads(R_dx)
+        return g - s * g.sum(d, keepdim=True), LayerGradients(R_dx)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

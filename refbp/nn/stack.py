@@ -26,7 +26,7 @@ from .layer import BackwardContext, ForwardContext, Layer, Params, Tap
 __all__ = [
     "MAX_DEPTH",
     "StackCache",
-    "StackGrads",
+    "StackGradients",
     "check_depth",
     "stack_backward",
     "stack_forward",
@@ -61,7 +61,7 @@ class StackCache:
 
 
 @dataclass
-class StackGrads:
+class StackGradients:
     """What a stack's backward pass returns.
 
     Attributes:
@@ -121,13 +121,13 @@ def stack_backward(
     ctx: BackwardContext,
     *,
     release: bool = False,
-) -> StackGrads:
+) -> StackGradients:
     """Every layer's backward, L down to 1, from ``dJ_dout.pop()`` = dJ/da(L).
 
     ``ctx.path`` is the stack's prefix; ``ctx.overwrite`` says the caller gave up dJ/da(L)
     (handed over in a list so that the loop holds the only reference and can free it).
     ``release`` drops a(l) and layer l's cache once layer l's backward has used them."""
-    out = StackGrads(None)
+    out = StackGradients(None)
     ties = ctx.ties
     g = dJ_dout.pop()  # dJ/da(L)
     L = len(layers)

@@ -56,7 +56,7 @@ from .chunks import chunks
 from .dropout import Dropout
 from .elementwise import Elementwise
 from .keys import Key
-from .layer import BackwardContext, ForwardContext, Layer, LayerGrads, LayerTangent, Params, SecondContext, Tap
+from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .layernorm import LayerNorm, accumulation_dtype
 from .linear import Linear
 from .validation import check_seed, derived_seed, describe
@@ -167,7 +167,7 @@ class RowLayerNorm(LayerNorm):
         shape = (*x.shape[:-1], 1)
         return y.view(x.shape), RowStats(mu.view(shape), rstd.view(shape))
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: RowStats, ctx: BackwardContext) -> LayerGrads:
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: RowStats, ctx: BackwardContext) -> LayerGradients:
         d, acc = self.d, cache.rstd.dtype  # the accumulation dtype
         rows_x, rows_g = x.reshape(-1, d), dJ_dy.reshape(-1, d)  # (M, d) each
         mu, rstd = cache.mu.reshape(-1, 1), cache.rstd.reshape(-1, 1)  # (M, 1) each
@@ -201,7 +201,7 @@ class RowLayerNorm(LayerNorm):
         kept: dict[Key, Tensor] = {}
         if ctx.keep_intermediates:
             kept[Key("xhat", ctx.path)] = dJ_dy * gamma if gamma is not None else dJ_dy.clone()
-        return LayerGrads(None if dJ_dx is None else dJ_dx.view(x.shape), params, kept)
+        return LayerGradients(None if dJ_dx is None else dJ_dx.view(x.shape), params, kept)
 
     def release(self, cache: RowStats) -> None:
         cache.mu = cache.rstd = torch.empty(0)
@@ -233,7 +233,7 @@ class RowLayerNorm(LayerNorm):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: RowStats,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         tangent: RowTangent = t.cache
         xhat, R_xhat, rho = tangent.xhat, tangent.R_xhat, tangent.rho  # (M, d), (M, d), (M, 1)
         d, acc, first = self.d, xhat.dtype, ctx.first
@@ -256,7 +256,7 @@ class RowLayerNorm(LayerNorm):
         if ctx.keep_intermediates:
             kept[Key("xhat", ctx.path)] = R_gx.to(g.dtype).view(x.shape)  # R{dJ/dxhat}
         if not ctx.need_dx:
-            return None, LayerGrads(None, params, kept)
+            return None, LayerGradients(None, params, kept)
         m = _row_mean(gx * xhat)  # m = mean_k(dJ/dxhat o xhat)   (M, 1)
         dJ_dx = (gx - _row_mean(gx)).addcmul_(xhat, m, value=-1.0).mul_(rstd)  # the backward's dJ/dx   (M, d)
         # (N6) the backward's line applied to R{gx} ...
@@ -264,7 +264,7 @@ class RowLayerNorm(LayerNorm):
         if first:  # ... + [1] (rho dJ/dx - rstd (R{xhat} m + xhat mean_k(gx o R{xhat})))
             curve = (R_xhat * m).addcmul_(xhat, _row_mean(gx * R_xhat)).mul_(rstd)  # (M, d)
             R_dx.addcmul_(rho, dJ_dx, value=first).sub_(curve, alpha=first)
-        return dJ_dx.to(g.dtype).view(x.shape), LayerGrads(R_dx.to(g.dtype).view(x.shape), params, kept)
+        return dJ_dx.to(g.dtype).view(x.shape), LayerGradients(R_dx.to(g.dtype).view(x.shape), params, kept)
 
 
 def _row_mean(t: Tensor) -> Tensor:
@@ -438,7 +438,7 @@ class Block(Layer):
         x: Tensor,
         cache: BlockCache,
         ctx: BackwardContext,
-        out: LayerGrads,
+        out: LayerGradients,
     ) -> Tensor:
         """The sub-layers of one half, last first, from dJ/d(the half's output), which is read
         and never overwritten (the skip path needs it too); returns dJ/d(the half's input)."""
@@ -474,8 +474,10 @@ class Block(Layer):
             g = g.clone()
         return g
 
-    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: BlockCache, ctx: BackwardContext) -> LayerGrads:
-        grads = LayerGrads(None)
+    def backward(
+        self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: BlockCache, ctx: BackwardContext
+    ) -> LayerGradients:
+        grads = LayerGradients(None)
         # (B10) y = r + a(l,8): dJ/da(l,8) = dJ/dy, and dJ/dr = dJ/dy + dJ/dr through the MLP
         dJ_dr = self._back(MLP_HALF, dJ_dy, cache.resid, cache, ctx, grads).add_(dJ_dy)  # (B, T, d)
         if ctx.keep_intermediates:
@@ -525,7 +527,7 @@ class Block(Layer):
 
     def _r_back_half(
         self, half: tuple[int, ...], g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor, cache: BlockCache,
-        record: BlockTangent, V: Params, ctx: SecondContext, out: LayerGrads,
+        record: BlockTangent, V: Params, ctx: SecondContext, out: LayerGradients,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """The sub-layers' R-backward of one half, last first, from (dJ/d(its output), R{...});
         returns (dJ/d(its input), R{dJ/d(its input)}). Neither g nor R{g} is written to."""
@@ -547,10 +549,10 @@ class Block(Layer):
     def r_backward(
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: BlockCache,
         V: Params, ctx: SecondContext,
-    ) -> tuple[Tensor | None, LayerGrads]:  # fmt: skip
+    ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
         record: BlockTangent = t.cache
         assert Rx is not None
-        grads = LayerGrads(None)
+        grads = LayerGradients(None)
         # (B10) y = r + a(l,8): dJ/dr = dJ/dy + dJ/dr through the MLP, and R{.} of both alike
         g_mlp, R_mlp = self._r_back_half(MLP_HALF, g, Rg, cache.resid, record.Rresid, cache, record, V, ctx, grads)
         dJ_dr, R_dr = g + g_mlp, Rg + R_mlp  # (B, T, d) each
