@@ -392,10 +392,6 @@ class CausalSelfAttention(Layer):
         return {} if cache.mask is None else {path: cache.mask}
 
     # ---- second order ---------------------------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def softmax_tangent(self, P: Tensor, RS: Tensor) -> Tensor:
         """R{P} = P o (R{S} - rowsum(P o R{S})) (R5): the softmax's Jacobian diag(P) - P P^T is
         symmetric, so its product with R{S} is (A5)'s line applied to R{S}. Overwrites RS."""

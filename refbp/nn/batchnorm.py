@@ -344,10 +344,6 @@ class BatchNorm1d(Layer):
         return LayerGradients(dJ_dx, params, kept)
 
     # ---- second order: LayerNorm's (R1)-(R8) over the batch (the module docstring) ---------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def _affine(self, V: Params, path: tuple[int, ...], acc: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
         """(gamma, V_gamma) in the accumulation dtype, or (None, None) without the affine."""
         if not self.params:

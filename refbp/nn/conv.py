@@ -270,10 +270,6 @@ class _Conv(Layer):
         return dJ_dx if self.dims == 2 else dJ_dx.squeeze(2)
 
     # ---- second order: z is bilinear in (x, W), and so are (2) in (dJ/dz, x) and (3) in (dJ/dz, W) ----
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

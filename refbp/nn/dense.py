@@ -143,10 +143,6 @@ class Dense(Layer):
         return LayerGradients(dJ_dx, {"W": dJ_dW, "b": dJ_db}, kept)
 
     # ---- second order ---------------------------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Tensor | None, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

@@ -86,10 +86,6 @@ class Dropout(Layer):
         return {} if cache is None else {path: cache}
 
     # ---- second order ---------------------------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

@@ -49,10 +49,6 @@ class Flatten(Layer):
         return LayerGradients(g.reshape(x.shape))
 
     # ---- second order ---------------------------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

@@ -363,8 +363,10 @@ class Layer(ABC):
     # ---- second order (optional): refbp.nn.second_order ---------------------------------------
     @property
     def has_second_order(self) -> bool:
-        """True when ``tangent`` and ``r_backward`` are written for this layer (and its sub-layers)."""
-        return False
+        """True when ``tangent`` and ``r_backward`` are written for this layer: both overridden,
+        here or in a parent class. A composite layer overrides this to ask its sub-layers too."""
+        cls = type(self)
+        return cls.tangent is not Layer.tangent and cls.r_backward is not Layer.r_backward
 
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]

@@ -391,10 +391,6 @@ class LayerNorm(Layer):
         return LayerGradients(dJ_dx, params, kept)
 
     # ---- second order: the module docstring's (R1)-(R8) over each row ---------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def _affine_directions(
         self, V: Params, path: tuple[int, ...], acc: torch.dtype
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:

@@ -148,10 +148,6 @@ class Linear(Layer):
         dJ_dx = input_gradient(dJ_dy, W) if ctx.need_dx else None  # dJ/dx = dJ/dy W   (..., d_in)
         return LayerGradients(dJ_dx, params)
 
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

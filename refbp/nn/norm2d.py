@@ -217,10 +217,6 @@ class BatchNorm2d(Layer):
         return LayerGradients(dJ_dx, grads.params, kept)
 
     # ---- second order: BatchNorm1d's rules on the N H W rows ------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     @staticmethod
     def _rows_cache(cache: NormCacheOrStats) -> NormCacheOrStats:
         """The cache as BatchNorm1d's of the (N H W, C) rows: xhat moved, or mu and rstd as (C,)."""
@@ -458,10 +454,6 @@ class GroupNorm(Layer):
         return LayerGradients(g.dJ_dx.view(x.shape), params, kept)
 
     # ---- second order: LayerNorm's rules on the N G rows, then the per-channel affine ----------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def _groups(self, x: Tensor, cache: NormCacheOrStats) -> tuple[Tensor, Tensor]:
         """(xhat, rstd) of the N G rows, (N G, C/G H W) and (N G, 1), in the accumulation dtype."""
         rows_x = x.reshape(x.shape[0] * self.G, -1)  # (N G, C/G H W)

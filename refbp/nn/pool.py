@@ -170,10 +170,6 @@ class MaxPool2d(_Pool):
         return LayerGradients(dJ_dx)
 
     # ---- second order: linear in x with the argmax fixed -------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: PoolCache, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:
@@ -278,10 +274,6 @@ class AvgPool2d(_Pool):
         return LayerGradients(dJ_dx)
 
     # ---- second order: a linear map of x ----------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: None, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:
@@ -359,10 +351,6 @@ class AdaptiveAvgPool2d(Layer):
         return LayerGradients(A_h.T @ dJ_dy @ A_w)  # dJ/dx = A_h^T dJ/dy A_w   (N, C, H, W)
 
     # ---- second order: a linear map of x ----------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: None, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

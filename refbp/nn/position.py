@@ -87,10 +87,6 @@ class PositionEmbedding(Layer):
         return LayerGradients(dJ_dx, {"P": dJ_dP})
 
     # ---- second order ---------------------------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

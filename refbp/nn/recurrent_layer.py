@@ -334,10 +334,6 @@ class RecurrentLayer(Layer):
         return LayerGradients(dJ_dx, params, kept)
 
     # ---- second order ---------------------------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: RecurrentCache, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

@@ -76,10 +76,6 @@ class _ShapeLayer(Layer):
         return TorchShapeOp(self)
 
     # ---- second order: a linear map of x, so its R is itself ---------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

@@ -70,10 +70,6 @@ class Softmax(_AlongDim):
         return LayerGradients(g_s.addcmul_(s, along, value=-1.0))  # dJ/dx = s o (g - sum(g o s)) = g o s - s sum(g o s)
 
     # ---- second order ---------------------------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:
@@ -121,10 +117,6 @@ class LogSoftmax(_AlongDim):
         return LayerGradients(dJ_dy - out.exp().mul_(total))  # dJ/dx = g - softmax(x) o sum(g)
 
     # ---- second order ---------------------------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: Any, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:

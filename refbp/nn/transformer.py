@@ -207,10 +207,6 @@ class RowLayerNorm(LayerNorm):
         cache.mu = cache.rstd = torch.empty(0)
 
     # ---- second order ---------------------------------------------------------------------------
-    @property
-    def has_second_order(self) -> bool:
-        return True
-
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: RowStats, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:
