@@ -384,6 +384,18 @@ class Layer(ABC):
         (``params``; sub-layers' by key in ``sub_params``) and R{dJ/d(intermediate)} by key."""
         raise NotImplementedError(f"{self.describe()} has no second-order rule (r_backward) in refbp yet")
 
+    def fixed_map_r_backward(
+        self, g: Tensor, Rg: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: SecondContext
+    ) -> tuple[Tensor | None, LayerGradients]:
+        """``r_backward`` of a layer without parameters whose backward is a linear map of dJ/dy that
+        the forward pass fixes (a reshape, an average, a max-pool's routing): R{dJ/dx} is the same
+        map applied to R{dJ/dy}, and R{x} adds no term."""
+        if not ctx.need_dx:
+            return None, LayerGradients(None)
+        back = ctx.backward_context()
+        R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx} = backward(R{dJ/dy})
+        return self.backward(g, x, out, cache, back).dJ_dx, LayerGradients(R_dx)
+
     # ---- the oracle ---------------------------------------------------------------------------
     @abstractmethod
     def torch_forward(

@@ -182,11 +182,7 @@ class MaxPool2d(_Pool):
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: PoolCache,
         V: Params, ctx: SecondContext,
     ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
-        if not ctx.need_dx:
-            return None, LayerGradients(None)
-        back = ctx.backward_context()
-        R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx}[argmax] += R{dJ/dy}: the same routing
-        return self.backward(g, x, out, cache, back).dJ_dx, LayerGradients(R_dx)
+        return self.fixed_map_r_backward(g, Rg, x, out, cache, ctx)  # R{dJ/dx}[argmax] += R{dJ/dy}: the same routing
 
     def kinks(self, cache: Any, path: tuple[int, ...]) -> dict[Key, Tensor]:
         """The outputs a(l) whose window holds its maximum twice (the tie rule decides there)."""
@@ -285,11 +281,7 @@ class AvgPool2d(_Pool):
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: None,
         V: Params, ctx: SecondContext,
     ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
-        if not ctx.need_dx:
-            return None, LayerGradients(None)
-        back = ctx.backward_context()
-        R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx} = fold(R{dJ/dy} / D)
-        return self.backward(g, x, out, cache, back).dJ_dx, LayerGradients(R_dx)
+        return self.fixed_map_r_backward(g, Rg, x, out, cache, ctx)  # R{dJ/dx} = fold(R{dJ/dy} / D)
 
     def torch_forward(
         self, x: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]

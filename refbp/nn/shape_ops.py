@@ -86,11 +86,7 @@ class _ShapeLayer(Layer):
         self, g: Tensor, Rg: Tensor, x: Tensor, Rx: Tensor | None, out: Tensor, t: LayerTangent, cache: Any,
         V: Params, ctx: SecondContext,
     ) -> tuple[Tensor | None, LayerGradients]:  # fmt: skip
-        if not ctx.need_dx:
-            return None, LayerGradients(None)
-        back = ctx.backward_context()
-        R_dx = self.backward(Rg, x, out, cache, back).dJ_dx  # R{dJ/dx} = backward(R{dJ/dy})
-        return self.backward(g, x, out, cache, back).dJ_dx, LayerGradients(R_dx)
+        return self.fixed_map_r_backward(g, Rg, x, out, cache, ctx)  # R{dJ/dx} = backward(R{dJ/dy})
 
 
 _TANGENT_PASS = ForwardContext(keep_intermediates=False, update_stats=False)
