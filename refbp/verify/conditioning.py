@@ -5,7 +5,7 @@ allowance ``check`` adds to the tolerance where a point is ill-conditioned
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ from ..nn.network import Network
 from .reference import autograd_gradients
 from .tolerances import CONDITIONING_PROBES, CONDITIONING_SAFETY
 
-__all__ = ["conditioning_allowance", "rounded"]
+__all__ = ["allowance", "conditioning_allowance", "rounded"]
 
 _SPREAD, _SCRAMBLE = 12.9898, 43758.5453
 """A value's u is the fractional part of sin(value _SPREAD + phase) _SCRAMBLE (the usual hash of a
@@ -72,10 +72,19 @@ def conditioning_allowance(
         runs.append(probe[1])
     if dtype != torch.float64 and net.dtype != torch.float64:
         runs.append(autograd_gradients(net, X, y, dtype=dtype, noise=noise)[1])
+    widened = allowance(runs, {name: high[name] for name in names if name in high})
+    return {name: widened.get(name, 0.0) for name in names}
+
+
+def allowance(runs: Sequence[Mapping[str, Tensor]], high: Mapping[str, Tensor]) -> dict[str, float]:
+    """name -> CONDITIONING_SAFETY x the largest finite |run[name] - high[name]| over ``runs``."""
     out = {}
-    for name in names:
-        gaps = [(run[name].double() - high[name]).abs() for run in runs if name in run and name in high]
-        finite = [gap[torch.isfinite(gap)] for gap in gaps]
-        largest = max((float(gap.max()) for gap in finite if gap.numel()), default=0.0)
+    for name, reference in high.items():
+        largest = 0.0
+        for run in runs:
+            if name in run and run[name].shape == reference.shape:
+                gap = (run[name].detach().to(torch.float64) - reference.to(torch.float64)).abs()
+                gap = gap[torch.isfinite(gap)]
+                largest = max(largest, float(gap.max()) if gap.numel() else 0.0)
         out[name] = CONDITIONING_SAFETY * largest
     return out

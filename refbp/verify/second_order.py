@@ -48,9 +48,10 @@ from ..nn.network import Network
 from ..nn.second_order import SecondOrder, gvp, hvp, jvp, missing_rule
 from ..nn.stack import walk_layers
 from .compare import Comparison, compare
+from .conditioning import allowance
 from .inputs import as_tensor
 from .result import CheckResult
-from .second_order_conditioning import allowance, product_allowance
+from .second_order_conditioning import product_allowance
 from .second_order_pieces import PieceReport, crossed_at, pieces_at
 from .second_order_torch import References, intermediate_products, torch_bias, torch_products
 from .tolerances import FD_TOLERANCE, Tolerance, combine, tolerance_for
@@ -275,15 +276,19 @@ def _gradient_differences(
 
     (g_p1, c_p1), (g_m1, c_m1), (g_p2, c_p2), (g_m2, c_m2) = (gradient_at(s) for s in (h, -h, 2 * h, -2 * h))
     crossed = c_p1 or c_m1 or c_p2 or c_m2
-    names = list(g_p1)  # every gradient the backward pass gives: parameters, intermediates, X
     values, errors, excluded = {}, {}, {}
-    for name in names:
-        d1 = (g_p1[name] - g_m1[name]) / (2 * h)  # D(h)
-        d2 = (g_p2[name] - g_m2[name]) / (4 * h)  # D(2h)
-        values[name] = d1 + (d1 - d2) / 3.0  # Richardson: the h^2 term removed
-        errors[name] = (d1 - d2).abs() / 3.0 + 1e-12 * d1.abs()
-        excluded[name] = torch.full(d1.shape, crossed, dtype=torch.bool)
+    for name in g_p1:  # every gradient the backward pass gives: parameters, intermediates, X
+        values[name], errors[name] = _richardson(g_p1[name], g_m1[name], g_p2[name], g_m2[name], h)
+        excluded[name] = torch.full(values[name].shape, crossed, dtype=torch.bool)
     return values, errors, excluded
+
+
+def _richardson(plus: Tensor, minus: Tensor, plus2: Tensor, minus2: Tensor, h: float) -> tuple[Tensor, Tensor]:
+    """The derivative along v from a function's values at +h, -h, +2h, -2h: D(h) + (D(h) - D(2h)) / 3,
+    the central difference with its h^2 term removed, and its error |D(h) - D(2h)| / 3 (+ 1e-12 |D(h)|)."""
+    d1 = (plus - minus) / (2 * h)  # D(h)
+    d2 = (plus2 - minus2) / (4 * h)  # D(2h)
+    return d1 + (d1 - d2) / 3.0, (d1 - d2).abs() / 3.0 + 1e-12 * d1.abs()
 
 
 def _tangent_rows(
@@ -373,15 +378,18 @@ def _tangent_differences(
             J, outputs = f(p, x)
         return {"J": J.reshape(()), **outputs}, crossed_at(net, x, y, p, noise, base)
 
+    values, errors, excluded = {}, {}, {}
+    if h == 0.0:  # v = 0: every tangent is 0
+        base_outputs, crossed = at(0.0)
+        for name, t in base_outputs.items():
+            values[name], errors[name] = torch.zeros_like(t), torch.zeros_like(t)
+            excluded[name] = torch.full(t.shape, bool(crossed or base.kinks), dtype=torch.bool)
+        return values, errors, excluded
     (p1, c1), (m1, d1), (p2, c2), (m2, d2) = (at(s) for s in (h, -h, 2 * h, -2 * h))
     crossed = bool(c1 or d1 or c2 or d2 or base.kinks)
-    values, errors, excluded = {}, {}, {}
     for name in p1:
-        D1 = (p1[name] - m1[name]) / (2 * h) if h else torch.zeros_like(p1[name])
-        D2 = (p2[name] - m2[name]) / (4 * h) if h else torch.zeros_like(p1[name])
-        values[name] = D1 + (D1 - D2) / 3.0
-        errors[name] = (D1 - D2).abs() / 3.0 + 1e-12 * D1.abs()
-        excluded[name] = torch.full(D1.shape, crossed, dtype=torch.bool)
+        values[name], errors[name] = _richardson(p1[name], m1[name], p2[name], m2[name], h)
+        excluded[name] = torch.full(values[name].shape, crossed, dtype=torch.bool)
     return values, errors, excluded
 
 
@@ -425,10 +433,7 @@ def check_hvp_function(
     tol = tolerance or combine(tolerance_for(torch.float64), FD_TOLERANCE)
     rows = []
     for name in point:
-        d1 = (g_p1[name] - g_m1[name]) / (2 * h)  # D(h)
-        d2 = (g_p2[name] - g_m2[name]) / (4 * h)  # D(2h)
-        reference = d1 + (d1 - d2) / 3.0  # Richardson: the h^2 term removed
-        error = (d1 - d2).abs() / 3.0 + 1e-12 * d1.abs()
+        reference, error = _richardson(g_p1[name], g_m1[name], g_p2[name], g_m2[name], h)
         got = product.get(name)
         if got is None:
             raise ValueError(f"hvp returned no product for {name!r}; expected every name of params ({list(point)})")

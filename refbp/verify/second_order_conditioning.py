@@ -34,10 +34,10 @@ from torch import Tensor
 from ..nn.keys import Key
 from ..nn.layer import NO_TAP, Tap
 from ..nn.network import Network
-from .conditioning import rounded
-from .tolerances import CONDITIONING_PROBES, CONDITIONING_SAFETY
+from .conditioning import allowance, rounded
+from .tolerances import CONDITIONING_PROBES
 
-__all__ = ["Jitter", "allowance", "product_allowance"]
+__all__ = ["Jitter", "product_allowance"]
 
 Noise = Mapping[tuple[int, ...], Tensor]
 Products = Callable[[Network, Tensor, Mapping[str, Tensor], Tap], Mapping[str, Tensor]]
@@ -82,26 +82,11 @@ def product_allowance(
     runs: list[Mapping[str, Tensor]] = []
     if net.dtype != torch.float64:
         runs.append(products(net, X, v, NO_TAP))
-    net64 = net.to(dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(CONDITIONING_PROBES):
         moved = net.to(dtype=torch.float64)
-        for name, p in net64.parameters().items():
-            moved.set_parameter(name, rounded(p, eps, generator))
+        for name, p in net.parameters().items():
+            moved.set_parameter(name, rounded(p, eps, generator))  # rounded(p) is float64
         v_moved = {name: rounded(t, eps, generator) for name, t in v.items()}
         runs.append(products(moved, rounded(X, eps, generator), v_moved, Jitter(eps, generator)))
     return allowance(runs, high)
-
-
-def allowance(runs: list[Mapping[str, Tensor]], high: Mapping[str, Tensor]) -> dict[str, float]:
-    """name -> CONDITIONING_SAFETY x the largest finite |run[name] - high[name]| over ``runs``."""
-    out = {}
-    for name, reference in high.items():
-        largest = 0.0
-        for run in runs:
-            if name in run and run[name].shape == reference.shape:
-                gap = (run[name].detach().to(torch.float64) - reference.to(torch.float64)).abs()
-                gap = gap[torch.isfinite(gap)]
-                largest = max(largest, float(gap.max()) if gap.numel() else 0.0)
-        out[name] = CONDITIONING_SAFETY * largest
-    return out
