@@ -52,7 +52,10 @@ def autograd_of(module: nn.Module, X: Tensor, y: Tensor, loss: str) -> dict[str,
 
 
 def assert_matches_autograd(module: nn.Module, X: Tensor, y: Tensor, loss: str, **options: Any) -> GraphNetwork:
-    """Convert, run both with torch's dropout masks, and compare every parameter's and the input's gradient."""
+    """Convert, run both with torch's dropout masks, and compare every parameter's and the input's
+    gradient; then again as a lean training step (nothing kept, the cache released), where the
+    loop lets each layer overwrite the gradient it is handed: a tensor read by several nodes must
+    still get the sum of its readers' gradients, untouched by any of them."""
     net = from_torch(module, loss=loss, **options)
     assert isinstance(net, GraphNetwork)
     noise = capture_noise(module, X)  # the masks module(X) draws next
@@ -63,6 +66,10 @@ def assert_matches_autograd(module: nn.Module, X: Tensor, y: Tensor, loss: str, 
     tolerance: dict[str, Any] = {"rtol": FLOAT64_ROUNDING["rtol"], "atol": FLOAT64_ROUNDING["atol"] * max(1.0, scale)}
     for name, g in expected.items():
         torch.testing.assert_close(grads[name], g, **tolerance, msg=_prefixed(name))
+    cache = net.forward(X, noise=noise, keep_intermediates=False, update_stats=False)
+    lean = net.backward(cache, y, keep_intermediates=False, release_cache=True).torch_named()
+    for name, g in expected.items():
+        torch.testing.assert_close(lean[name], g, **tolerance, msg=_prefixed(f"lean step, {name}"))
     return net
 
 

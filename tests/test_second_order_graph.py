@@ -1,4 +1,4 @@
-"""Second order of graph networks (refbp.nn.r_graph): models converted through torch.fx, with
+"""Second order of graph networks (refbp.nn.r_stack): models converted through torch.fx, with
 skip connections, concatenations, reductions, functional activations, indices and a module used
 twice, get H v, G v and the tangents of every node, checked against torch.func forward-over-reverse,
 double backward and differences of the manual gradient; a join whose R drops a path is caught."""

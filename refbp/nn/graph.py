@@ -1,7 +1,9 @@
-"""GraphNetwork: layers wired as a graph (skip connections, a tensor read twice), one loop each way.
+"""GraphNetwork: layers wired as a graph (skip connections, a tensor read twice).
 
 A node is a layer and the earlier tensors it reads: a[0] = X, a[l] = node l's output, nodes in
-topological order (every input of node l is some a[i], i < l), the network's output a[L]:
+topological order (every input of node l is some a[i], i < l), the network's output a[L]. The
+network runs the one loop every network runs (refbp.nn.stack), with the nodes' wiring as its
+``reads``; a stack of layers is the special case in which node l reads a[l-1]:
 
     forward:   a[l], cache[l] = node_l.forward(a[i] for i in inputs_l)             l = 1 .. L
     backward:  g[L] = dJ/da[L];  for l = L .. 1:
@@ -9,40 +11,32 @@ topological order (every input of node l is some a[i], i < l), the network's out
                    g[i] += dJ/da[i]                  (G) a tensor read by several nodes gets
                                                          the sum of its readers' gradients
 
-Eq. (G) is the multivariable chain rule, written once: a residual block's x reaches its output
-directly and through the branch, and its gradient is the sum of both. A chain of single-input
-nodes is refbp.nn.stack's loop. A node of several inputs is a join (refbp.nn.joins: the sum
-of a skip connection, a concatenation). Nodes are named as the model's traced forward names
-them (refbp.nn.fx_convert): "conv1", "relu", "add"; node l's tensors still have the keys of
-layer l ("W3", "a3"), and ``grads.torch_named()`` also gives dJ/d(each node's output) under
-the node's name, beside the parameters under torch's names.
+A node of several inputs is a join (refbp.nn.joins: the sum of a skip connection, a
+concatenation). What this module adds to a Network is the graph's presentation: nodes are named
+as the model's traced forward names them (refbp.nn.fx_convert): "conv1", "relu", "add"; node l's
+tensors still have the keys of layer l ("W3", "a3"), and ``grads.torch_named()`` also gives
+dJ/d(each node's output) under the node's name, beside the parameters under torch's names;
+``to_torch()`` rebuilds the graph as a torch.fx.GraphModule.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx
 from torch import Tensor
 
-from .joins import Join
 from .keys import Key
-from .layer import NO_TAP, BackwardContext, ForwardContext, Layer, Params, SecondContext, Tap
+from .layer import Layer
 from .losses import Loss
-from .network import Cache, Network, NetworkGradients, check_live_cache, keep_flag
-from .noise import check_noise
-from .r_graph import graph_r_backward, graph_tangent
-from .r_stack import StackTangent
+from .network import Cache, Network, NetworkGradients
 from .sequential import torch_modules_in_mode
-from .stack import StackCache, StackGradients
 
-__all__ = ["GraphGradients", "GraphNetwork", "Node", "graph_backward", "graph_forward", "graph_torch_forward"]
+__all__ = ["GraphGradients", "GraphNetwork", "Node"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -63,7 +57,6 @@ class Node:
     layer: Layer
     inputs: tuple[int, ...] = (0,)
     module: str | None = None
-    join: Join | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -73,116 +66,11 @@ class Node:
         self.inputs = tuple(self.inputs)
         if not self.inputs or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.inputs):
             raise ValueError(f"Node {self.name!r}: inputs {self.inputs!r} must be one or more ints >= 0")
-        self.join = self.layer if isinstance(self.layer, Join) else None
-        if self.join is None and len(self.inputs) != 1:
+        if not self.layer.reads_several and len(self.inputs) != 1:
             raise ValueError(
                 f"Node {self.name!r}: {self.layer.describe()} reads one tensor, got inputs {self.inputs}; "
                 "only a join (refbp.nn.joins: Add, Cat) reads several"
             )
-
-    def forward(self, a: Sequence[Tensor], ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, Any]:
-        """(a[l], cache[l]) from the tensors it reads."""
-        if self.join is not None:
-            return self.join.forward_all([a[i] for i in self.inputs], ctx, path)
-        return self.layer.forward(a[self.inputs[0]], ctx, path)
-
-    def torch_forward(
-        self, a: Sequence[Tensor], p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap, path: tuple[int, ...]
-    ) -> Tensor:
-        """The node's oracle on the oracle's tensors."""
-        if self.join is not None:
-            return self.join.torch_forward_all([a[i] for i in self.inputs])
-        return self.layer.torch_forward(a[self.inputs[0]], p, noise, tap, path)
-
-    def size(self, shapes: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], int]:
-        """(its output's shape, the entries its forward pass allocates), from its inputs' shapes."""
-        if self.join is not None:
-            out = self.join.size_all([shapes[i] for i in self.inputs])
-            return out, math.prod(out)
-        return self.layer.forward_size(shapes[self.inputs[0]])
-
-
-# ---- the loops ------------------------------------------------------------------------------------
-def graph_forward(nodes: Sequence[Node], X: Tensor, ctx: ForwardContext) -> StackCache:
-    """a[0] = X, then a[l], cache[l] = node l's forward on the tensors it reads, l = 1 .. L."""
-    a, saved = [X], [None]
-    for l, node in enumerate(nodes, start=1):
-        out, cache = node.forward(a, ctx, (l,))
-        a.append(out)
-        saved.append(cache)
-    return StackCache(a, saved)
-
-
-def graph_backward(
-    nodes: Sequence[Node],
-    cache: StackCache,
-    dJ_da_L: Tensor,
-    ctx: BackwardContext,
-    *,
-    takes_indices: bool,
-    release: bool = False,
-) -> StackGradients:
-    """Every node's backward, L down to 1, from dJ/da[L]; eq. (G) sums a tensor's readers.
-
-    ``ctx`` gives the options (its path is the graph's prefix, ()); ``takes_indices`` says X
-    holds indices (no dJ/dX). No node may overwrite the gradient it is handed (the same
-    tensor may also be a join's other input's or a kept intermediate). ``release`` drops a[l]
-    and cache[l] once node l's backward has used them (its readers ran before it)."""
-    out = StackGradients(None)
-    ties = ctx.ties
-    L = len(nodes)
-    g: list[Tensor | None] = [None] * (L + 1)  # g[i] = dJ/da[i], summed as readers report
-    g[L] = dJ_da_L
-    for l in range(L, 0, -1):
-        node, path = nodes[l - 1], (l,)
-        dJ_da = g[l]
-        g[l] = None
-        if dJ_da is None:  # nothing above reads a[l]: J does not depend on it
-            continue
-        layer = node.layer
-        alias = bool(ties) and any(Key.at(kind, path) in ties for kind in layer.decayed if kind in layer.params)
-        if ctx.keep_intermediates:
-            out.intermediates[Key.at("a", path)] = dJ_da
-        need_dx = not (takes_indices and node.inputs == (0,))
-        node_ctx = BackwardContext(
-            path=path,
-            keep_intermediates=ctx.keep_intermediates,
-            overwrite=False,
-            need_dx=need_dx,
-            weight_decay=0.0 if alias else ctx.weight_decay,
-            ties=ties,
-            release=release,
-        )
-        if node.join is not None:
-            xs = [cache.a[i] for i in node.inputs]
-            dJ_dxs: list[Tensor | None] = list(node.join.backward_all(dJ_da, xs, cache.a[l], cache.saved[l], node_ctx))
-        else:
-            grads = layer.backward(dJ_da, cache.a[node.inputs[0]], cache.a[l], cache.saved[l], node_ctx)
-            for key, value in [*((Key.at(k, path), v) for k, v in grads.params.items()), *grads.sub_params.items()]:
-                key = ties.get(key, key)  # a tied parameter's gradient is the sum of its uses
-                out.params[key] = out.params[key] + value if key in out.params else value
-            out.intermediates.update(grads.intermediates)
-            dJ_dxs = [grads.dJ_dx]
-        for i, dJ_dx in zip(node.inputs, dJ_dxs, strict=True):
-            if dJ_dx is not None:
-                before = g[i]
-                g[i] = dJ_dx if before is None else before + dJ_dx  # (G) g[i] += dJ/da[i] from this reader
-        if release:  # every reader of a[l] has run: a[l] and node l's cache are used for the last time
-            layer.release(cache.saved[l])
-            cache.a[l] = torch.empty(0)
-            cache.saved[l] = None
-    out.dJ_dx = g[0]
-    return out
-
-
-def graph_torch_forward(
-    nodes: Sequence[Node], X: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap
-) -> Tensor:
-    """The oracle of the graph: each node's torch_forward in turn, every a[l] reported to the tap."""
-    a = [X]
-    for l, node in enumerate(nodes, start=1):
-        a.append(tap.intermediate(Key.at("a", (l,)), node.torch_forward(a, p, noise, tap, (l,))))
-    return a[-1]
 
 
 # ---- the network -------------------------------------------------------------------------------------
@@ -229,11 +117,8 @@ class GraphNetwork(Network[Cache, GraphGradients, Layer]):
         self.nodes: list[Node] = list(nodes)
         _check_wiring(self.nodes)
         super().__init__([node.layer for node in self.nodes], loss, weight_decay=weight_decay)
+        self.reads = tuple(node.inputs for node in self.nodes)  # the loops follow the graph's wiring
         self._torch_names = None if torch_names is None else dict(torch_names)
-
-    @property
-    def takes_indices(self) -> bool:
-        return self.nodes[0].layer.takes_indices
 
     def describe(self) -> str:
         return (
@@ -245,84 +130,8 @@ class GraphNetwork(Network[Cache, GraphGradients, Layer]):
     def _source(self, i: int) -> str:
         return "X" if i == 0 else self.nodes[i - 1].name
 
-    # ---- the passes ---------------------------------------------------------------------------
-    def check_input(self, X: object) -> Tensor:
-        X = super().check_input(X)  # node 1 reads X; so may others:
-        for l, node in enumerate(self.nodes[1:], start=2):
-            if 0 in node.inputs:
-                node.layer.check_input(X, (l,))
-        return X
-
-    def forward_entries(self, shape: tuple[int, ...]) -> int:
-        shapes, entries = [shape], math.prod(shape)
-        for node in self.nodes:
-            out, kept = node.size(shapes)
-            shapes.append(out)
-            entries += kept
-        return 2 * entries
-
-    def forward(
-        self,
-        X: Tensor | np.ndarray,
-        *,
-        keep_intermediates: bool | None = None,
-        update_stats: bool = True,
-        noise: Mapping[tuple[int, ...], Tensor] | None = None,
-        keep_z: bool | None = None,
-    ) -> Cache:
-        """Run every node on the tensors it reads; options as ``Network.forward``."""
-        keep = keep_flag(keep_intermediates, keep_z, "keep_z")
-        X = self.check_input(X)
-        check_noise(self.layers, noise)
-        ctx = ForwardContext(keep_intermediates=keep, update_stats=update_stats, noise=noise)
-        stack = graph_forward(self.nodes, X, ctx)
-        drawn: dict[tuple[int, ...], Tensor] = {}
-        for l, layer in enumerate(self.layers, start=1):
-            drawn.update(layer.noise_of(stack.saved[l], (l,)))
-        return self._cache(stack.a, stack.saved, drawn)
-
-    def _backward(
-        self, cache: Cache, upstream: list[Tensor], *, keep: bool, release_cache: bool, owned: bool
-    ) -> GraphGradients:
-        ctx = BackwardContext(path=(), keep_intermediates=keep, weight_decay=self.weight_decay, ties=self.ties)
-        grads = graph_backward(
-            self.nodes, cache, upstream.pop(), ctx, takes_indices=self.takes_indices, release=release_cache
-        )
-        if release_cache:
-            cache.released = True
-        values = {str(key): value for key, value in grads.params.items()}
-        values.update({str(key): value for key, value in grads.intermediates.items()})
-        if grads.dJ_dx is not None:
-            values["X"] = grads.dJ_dx  # dJ/dX = g[0], summed over X's readers
-        return self._gradients(values)
-
     def _gradients(self, values: dict[str, Tensor]) -> GraphGradients:
         return GraphGradients(values, self)
-
-    def _check_cache(self, cache: object) -> None:
-        cache = check_live_cache(cache)
-        if cache.L != self.L:
-            raise ValueError(f"cache has {cache.L} nodes; it does not come from this network ({self.L} nodes)")
-        for l, node in enumerate(self.nodes, start=1):
-            if node.join is None:
-                try:
-                    node.layer.check_input(cache.a[node.inputs[0]], (l,))
-                except ValueError as err:
-                    raise ValueError(f"cache does not come from this network: {err}") from err
-
-    def torch_forward(self, X: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap = NO_TAP) -> Tensor:
-        return graph_torch_forward(self.nodes, X, p, noise, tap)
-
-    # ---- second order: the R-operator's loops over the graph (refbp.nn.r_graph) ---------------------
-    def tangent_pass(self, cache: Cache, RX: Tensor | None, V: Params) -> StackTangent:
-        """Every node's tangent along (R{X}, V), each from the tangents of the tensors it reads."""
-        return graph_tangent(self.nodes, cache, RX, V)
-
-    def r_backward_pass(
-        self, cache: Cache, tangent: StackTangent, g: Tensor, Rg: Tensor, V: Params, ctx: SecondContext
-    ) -> tuple[Tensor | None, StackGradients]:
-        """Every node's R-backward from dJ/da(L) and R{dJ/da(L)}, eq. (G) applied to R{g} as well."""
-        return graph_r_backward(self.nodes, cache, tangent, g, Rg, V, ctx, takes_indices=self.takes_indices)
 
     # ---- torch ---------------------------------------------------------------------------------
     def _targets(self) -> list[str]:

@@ -8,7 +8,7 @@ A join is a node of a graph network (refbp.nn.graph) that reads several earlier 
           dJ/dx_i = c_i dJ/dy, summed over the dimensions x_i was broadcast along
     Cat   y = [x_1, .., x_k] along dim          dJ/dx_i = the slice of dJ/dy that x_i filled
 
-Its backward hands back one gradient per input; the graph's loop adds up the gradients of a
+Its backward hands back one gradient per input; the loop (refbp.nn.stack) adds up the gradients of a
 tensor read by several nodes (a residual's x reaches y directly and through the branch).
 
 Second order (refbp.nn.second_order): both joins are linear in their inputs and have no
@@ -19,7 +19,7 @@ the directions, and the R-backward is the backward applied to R{dJ/dy}:
     Cat   R{y} = [R{x_1}, .., R{x_k}] along dim   R{dJ/dx_i} = the slice of R{dJ/dy} that x_i filled
 
 No term carries dJ/dy: H v and G v share the rules. ``tangent_all`` and ``r_backward_all`` are
-the graph loop's (refbp.nn.r_graph) form of the protocol's ``tangent`` and ``r_backward``.
+the loops' (refbp.nn.r_stack) form of the protocol's ``tangent`` and ``r_backward``.
 With one input a join is a plain layer (``x + 0``-free: Add(x) = x, Cat([x]) = x), so the
 Layer protocol's forward/backward are the join's with one input.
 """
@@ -53,6 +53,8 @@ def unbroadcast(g: Tensor, shape: torch.Size) -> Tensor:
 
 class Join(Layer):
     """A layer of one or more inputs; the single-input Layer methods are the join's with one."""
+
+    reads_several: ClassVar[bool] = True
 
     linear: ClassVar[bool] = False
     """True for a join linear in its inputs and without parameters (Add, Cat, Reshape): its
@@ -99,7 +101,7 @@ class Join(Layer):
     def to_torch(self) -> torch.nn.Module:
         return TorchJoin(self)
 
-    # ---- second order: the graph loop's form (every input), and the protocol's (one input) ------
+    # ---- second order: the loops' form (every input), and the protocol's (one input) ------
     @property
     def has_second_order(self) -> bool:
         return self.linear

@@ -299,6 +299,11 @@ class Layer(ABC):
     takes_indices: ClassVar[bool] = False
     """True when the layer's input holds int64 indices (Embedding): dJ/dx does not exist."""
 
+    reads_several: ClassVar[bool] = False
+    """True for a join (refbp.nn.joins: Add, Cat), a layer that may read several tensors: the loops
+    (refbp.nn.stack, refbp.nn.r_stack) call its forms over every input (``forward_all``,
+    ``backward_all``, ...) and sum each input's gradient into the gradient of the tensor it read."""
+
     def buffers(self) -> dict[str, Tensor]:
         """State that is not a parameter but that the forward pass reads, by attribute name
         (BatchNorm's running statistics): converted with the parameters by ``Network.to``."""

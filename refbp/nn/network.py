@@ -42,12 +42,15 @@ from .noise import check_noise
 from .r_stack import StackTangent, stack_r_backward, stack_tangent
 from .sequential import torch_modules_in_mode
 from .stack import (
+    Reads,
     StackCache,
     StackGradients,
+    chain,
     check_depth,
     stack_backward,
     stack_forward,
     stack_keys,
+    stack_sizes,
     stack_torch_forward,
     walk_layers,
 )
@@ -244,6 +247,9 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{l - 1}] must be a refbp layer, got {type(layer).__name__}")
         self.layers: list[LayerT] = cast(list[LayerT], list(layers))
+        self.reads: Reads = chain(len(self.layers))
+        """reads[l - 1] = the tensors layer l reads (0: X, i: a(i)): a stack, layer l reads a(l-1);
+        a graph network (refbp.nn.graph) wires them otherwise. The loops (refbp.nn.stack) follow it."""
         for layer in self.layers:
             check_depth(layer)
         self.loss_fn = get_loss(loss)
@@ -413,7 +419,9 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         else:
             check_same_dtype_device(X, name, dtype=self.dtype, device=self.device)
             check_finite(X, name)
-        self.layers[0].check_input(X, (1,))
+        for l, read in enumerate(self.reads, start=1):
+            if 0 in read:  # layer 1 reads X; in a graph network later layers may too
+                self.layers[l - 1].check_input(X, (l,))
         self.check_forward_memory(tuple(X.shape))
         return X.detach() if X.requires_grad else X  # the manual path builds no graph
 
@@ -421,11 +429,7 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
         """How many entries a forward pass and its backward pass allocate for an input of
         ``shape``, counted layer by layer (``Layer.forward_size``) without running anything:
         what the forward pass keeps, and as many again for the backward pass's gradients."""
-        entries = math.prod(shape)
-        for layer in self.layers:
-            shape, kept = layer.forward_size(shape)
-            entries += kept
-        return 2 * entries
+        return 2 * stack_sizes(self.layers, shape, self.reads)
 
     def check_forward_memory(self, shape: tuple[int, ...]) -> None:
         """Refuse, before allocating, a forward pass on an input of ``shape`` that cannot fit
@@ -474,7 +478,7 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
             ctx = _PLAIN_FORWARD[keep, update_stats]
         else:
             ctx = ForwardContext(keep_intermediates=keep, update_stats=update_stats, noise=noise)
-        stack = stack_forward(self.layers, X, ctx, ())
+        stack = stack_forward(self.layers, X, ctx, (), self.reads)
         drawn: dict[tuple[int, ...], Tensor] = {}
         for l, layer in enumerate(self.layers, start=1):
             drawn.update(layer.noise_of(stack.saved[l], (l,)))
@@ -588,26 +592,27 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
     def _backward(
         self, cache: Cache, upstream: list[Tensor], *, keep: bool, release_cache: bool, owned: bool
     ) -> GradientsT:
-        grads = stack_backward(self.layers, cache, upstream, self._backward_context(keep, owned), release=release_cache)
+        ctx = self._backward_context(keep, owned)
+        grads = stack_backward(self.layers, cache, upstream, ctx, release=release_cache, reads=self.reads)
         if release_cache:
             cache.released = True
         values = {key.name: value for key, value in grads.params.items()}
         for key, value in grads.intermediates.items():
             values[key.name] = value
         if grads.dJ_dx is not None:
-            values["X"] = grads.dJ_dx  # (9) dJ/dX = dJ/da(0)
+            values["X"] = grads.dJ_dx  # (9) dJ/dX = dJ/da(0), summed over X's readers
         return self._gradients(values)
 
     # ---- second order: the R-operator's loops (refbp.nn.second_order) --------------------------
     def tangent_pass(self, cache: Cache, RX: Tensor | None, V: Params) -> StackTangent:
         """Every layer's tangent along (R{X}, V), from a forward pass's cache (refbp.nn.r_stack)."""
-        return stack_tangent(self.layers, cache, RX, V, ())
+        return stack_tangent(self.layers, cache, RX, V, (), self.reads)
 
     def r_backward_pass(
         self, cache: Cache, tangent: StackTangent, g: Tensor, Rg: Tensor, V: Params, ctx: SecondContext
     ) -> tuple[Tensor | None, StackGradients]:
         """Every layer's R-backward from dJ/da(L) and R{dJ/da(L)} (refbp.nn.r_stack)."""
-        return stack_r_backward(self.layers, cache, tangent, g, Rg, V, ctx)
+        return stack_r_backward(self.layers, cache, tangent, g, Rg, V, ctx, self.reads)
 
     def _gradients(self, values: dict[str, Tensor]) -> GradientsT:
         """The result object of a backward pass (a view of the network may present it otherwise)."""
@@ -637,9 +642,11 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
                 f"cache has {cache.L} layers; it does not come from this network ({self.L} layers): "
                 "pass the cache of net.forward(X)"
             )
-        for l, layer in enumerate(self.layers, start=1):
+        for l, (layer, read) in enumerate(zip(self.layers, self.reads, strict=True), start=1):
+            if len(read) > 1:  # a join of several tensors: each was checked as its own layer's output
+                continue
             try:
-                layer.check_input(cache.a[l - 1], (l,))
+                layer.check_input(cache.a[read[0]], (l,))
             except ValueError as err:
                 raise ValueError(
                     f"cache does not come from this network: {err}; pass the cache of net.forward(X)"
@@ -648,7 +655,7 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
     # ---- the oracle -----------------------------------------------------------------------
     def torch_forward(self, X: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap = NO_TAP) -> Tensor:
         """The network's output computed by the layers' torch oracles (torch.nn.functional)."""
-        return stack_torch_forward(self.layers, X, p, noise, tap, ())
+        return stack_torch_forward(self.layers, X, p, noise, tap, (), self.reads)
 
     def torch_J(
         self, X: Tensor, y: Tensor, p: Params, noise: Mapping[tuple[int, ...], Tensor], tap: Tap = NO_TAP

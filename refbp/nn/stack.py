@@ -1,10 +1,22 @@
-"""One loop over a stack of layers, forward and backward: used by every network and by the
-Residual's inner layers. (A transformer Block, refbp.nn.transformer, runs its two residual
-halves with its own short loop, because a training step there keeps only the activations some
-backward pass reads and rebuilds GELU's output, which this loop, keeping every a(l), does not.)
+"""The one loop of every network, forward and backward, over layers wired as a graph; a stack
+of layers (every network built from a list, nn.Sequential, a Residual's inner layers) is the
+special case in which layer l reads a[l-1]. (A transformer Block, refbp.nn.transformer, runs its
+two residual halves with its own short loop, because a training step there keeps only the
+activations some backward pass reads and rebuilds GELU's output, which this loop, keeping every
+a(l), does not.)
 
-    forward:   a[0] = x;  a[l], cache[l] = layer_l.forward(a[l-1])          l = 1 .. L
-    backward:  g = dJ/da[L];  for l = L .. 1:  g, dJ/dparams_l = layer_l.backward(g, a[l-1], a[l], cache[l])
+Layer l reads the tensors a[i] for i in reads[l] (each i < l; a[0] = x): one tensor for a plain
+layer, several for a join (refbp.nn.joins: the sum of a skip connection, a concatenation).
+
+    forward:   a[0] = x;  a[l], cache[l] = layer_l.forward(a[i] for i in reads_l)       l = 1 .. L
+    backward:  g[L] = dJ/da[L];  for l = L .. 1:
+                   dJ/da[i] for i in reads_l, dJ/dparams_l = layer_l.backward(g[l], a[reads_l], a[l], cache[l])
+                   g[i] += dJ/da[i]                  (G) a tensor read by several layers gets
+                                                         the sum of its readers' gradients
+
+Eq. (G) is the multivariable chain rule, written once: a residual block's x reaches its output
+directly and through the branch, and its gradient is the sum of both. In a stack every a[i] has
+one reader, and (G) is the plain chain rule g[l-1] = dJ/da[l-1].
 
 The loop knows nothing of any particular layer. It names every tensor with a Key at the layer's
 path (prefix + (l,)), and it *adds* parameter gradients into the result, so that a parameter
@@ -13,27 +25,36 @@ two layers share (a tied weight) gets the sum of both uses.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
+from .joins import Join
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, Params, Tap
 
 __all__ = [
     "MAX_DEPTH",
+    "Reads",
     "StackCache",
     "StackGradients",
+    "chain",
     "check_depth",
     "stack_backward",
     "stack_forward",
     "stack_keys",
+    "stack_sizes",
     "stack_torch_forward",
     "walk_layers",
 ]
+
+Reads = Sequence[tuple[int, ...]]
+"""reads[l - 1] = the tensors layer l reads: 0 for the loop's input, i for layer i's output (i < l)."""
 
 _RELEASED = torch.empty(0)
 """What a released activation holds: no data (a real a(l) always has entries)."""
@@ -47,9 +68,15 @@ in a torch module call), and Python stops at 1000. 64 levels keep every one of t
 inside that limit, and are far beyond real networks (a ResNet nests two or three)."""
 
 
+@functools.cache
+def chain(L: int) -> tuple[tuple[int, ...], ...]:
+    """The wiring of a stack of L layers: layer l reads a[l-1]."""
+    return tuple((l - 1,) for l in range(1, L + 1))
+
+
 @dataclass
 class StackCache:
-    """What a stack's forward pass keeps.
+    """What the forward loop keeps.
 
     Attributes:
         a: a[0] = the input, a[l] = layer l's output (l = 1 .. L).
@@ -62,10 +89,10 @@ class StackCache:
 
 @dataclass
 class StackGradients:
-    """What a stack's backward pass returns.
+    """What the backward loop returns.
 
     Attributes:
-        dJ_dx: dJ/d(the stack's input), or None when not asked for.
+        dJ_dx: dJ/d(the loop's input), or None when not asked for.
         params: key -> dJ/d(parameter), tied parameters summed under one key.
         intermediates: key -> dJ/d(intermediate): every a(l) and the layers' own ones.
     """
@@ -75,11 +102,18 @@ class StackGradients:
     intermediates: dict[Key, Tensor] = field(default_factory=dict)
 
 
-def stack_forward(layers: Sequence[Layer], x: Tensor, ctx: ForwardContext, prefix: tuple[int, ...]) -> StackCache:
-    """Run every layer in turn on ``x``; layer l sits at path prefix + (l,)."""
+def stack_forward(
+    layers: Sequence[Layer], x: Tensor, ctx: ForwardContext, prefix: tuple[int, ...], reads: Reads | None = None
+) -> StackCache:
+    """a[0] = x, then a[l], cache[l] = layer l's forward on the tensors it reads (a stack when
+    ``reads`` is None); layer l sits at path prefix + (l,)."""
+    reads = chain(len(layers)) if reads is None else reads
     a, saved = [x], [None]
-    for l, layer in enumerate(layers, start=1):
-        out, cache = layer.forward(a[l - 1], ctx, (*prefix, l))
+    for l, (layer, read) in enumerate(zip(layers, reads, strict=True), start=1):
+        if layer.reads_several:
+            out, cache = cast(Join, layer).forward_all([a[i] for i in read], ctx, (*prefix, l))
+        else:
+            out, cache = layer.forward(a[read[0]], ctx, (*prefix, l))
         a.append(out)
         saved.append(cache)
     return StackCache(a, saved)
@@ -95,7 +129,7 @@ its key cannot be reused by another mapping while the entry lives."""
 def _layer_context(
     ctx: BackwardContext, path: tuple[int, ...], overwrite: bool, need_dx: bool, alias: bool, release: bool
 ) -> BackwardContext:
-    """The BackwardContext of the layer at ``path`` inside a stack run with ``ctx``."""
+    """The BackwardContext of the layer at ``path`` inside a loop run with ``ctx``."""
     weight_decay = 0.0 if alias else ctx.weight_decay
     key = (path, ctx.keep_intermediates, overwrite, need_dx, weight_decay, id(ctx.ties), release)
     layer_ctx = _CONTEXTS.get(key)
@@ -121,39 +155,68 @@ def stack_backward(
     ctx: BackwardContext,
     *,
     release: bool = False,
+    reads: Reads | None = None,
 ) -> StackGradients:
-    """Every layer's backward, L down to 1, from ``dJ_dout.pop()`` = dJ/da(L).
+    """Every layer's backward, L down to 1, from ``dJ_dout.pop()`` = dJ/da(L); eq. (G) sums the
+    gradients of a tensor several layers read (a stack when ``reads`` is None).
 
-    ``ctx.path`` is the stack's prefix; ``ctx.overwrite`` says the caller gave up dJ/da(L)
-    (handed over in a list so that the loop holds the only reference and can free it).
-    ``release`` drops a(l) and layer l's cache once layer l's backward has used them."""
+    ``ctx.path`` is the loop's prefix; ``ctx.overwrite`` says the caller gave up dJ/da(L)
+    (handed over in a list so that the loop holds the only reference and can free it); every
+    g[l] below it is the loop's own: a layer's dJ/dx never shares storage it was not given, and
+    a sum (G) is a new tensor. ``ctx.need_dx`` asks for dJ/dx, which layers reading only x compute
+    for nothing else. ``release`` drops a(l) and layer l's cache once layer l's backward has used
+    them (every reader of a(l) ran before it)."""
+    L = len(layers)
+    reads = chain(L) if reads is None else reads
     out = StackGradients(None)
     ties = ctx.ties
-    g = dJ_dout.pop()  # dJ/da(L)
-    L = len(layers)
+    g: list[Tensor | None] = [None] * (L + 1)  # g[i] = dJ/da[i], summed as its readers report   (G)
+    g[L] = dJ_dout.pop()
     for l in range(L, 0, -1):
-        layer, path = layers[l - 1], (*ctx.path, l)
+        dJ_da = g[l]
+        g[l] = None
+        if dJ_da is None:  # nothing above reads a(l): J does not depend on it
+            continue
+        layer, read, path = layers[l - 1], reads[l - 1], (*ctx.path, l)
         # lambda W belongs to a weight once: a tied weight's other uses add only their data term
         alias = bool(ties) and any(Key.at(kind, path) in ties for kind in layer.decayed if kind in layer.params)
         if ctx.keep_intermediates:
-            out.intermediates[Key.at("a", path)] = g
-        # every dJ/da(l) below the top is the loop's own (overwrite); dJ/dx is needed above layer 1
-        layer_ctx = _layer_context(ctx, path, ctx.overwrite or l < L, ctx.need_dx or l > 1, alias, release)
-        grads = layer.backward(g, cache.a[l - 1], cache.a[l], cache.saved[l], layer_ctx)
-        for kind, value in grads.params.items():
-            _add_gradient(out.params, Key.at(kind, path), value, ties)
-        for key, value in grads.sub_params.items():
-            _add_gradient(out.params, key, value, ties)
-        if grads.intermediates:
-            out.intermediates.update(grads.intermediates)
-        g = grads.dJ_dx  # type: ignore[assignment]  # None only below layer 1
-        del grads
+            out.intermediates[Key.at("a", path)] = dJ_da
+        # every dJ/da(l) below the top is the loop's own (overwrite); dJ/dx is needed above the input
+        need_dx = ctx.need_dx or max(read) > 0
+        layer_ctx = _layer_context(ctx, path, ctx.overwrite or l < L, need_dx, alias, release)
+        if layer.reads_several:  # a join: no parameters, dJ/d(each input) when any is asked for
+            if need_dx:
+                xs = [cache.a[i] for i in read]
+                dJ_dxs = cast(Join, layer).backward_all(dJ_da, xs, cache.a[l], cache.saved[l], layer_ctx)
+                for i, dJ_dx in zip(read, dJ_dxs, strict=True):
+                    _add_input_gradient(g, i, dJ_dx)
+                del dJ_dxs
+        else:
+            grads = layer.backward(dJ_da, cache.a[read[0]], cache.a[l], cache.saved[l], layer_ctx)
+            for kind, value in grads.params.items():
+                _add_gradient(out.params, Key.at(kind, path), value, ties)
+            for key, value in grads.sub_params.items():
+                _add_gradient(out.params, key, value, ties)
+            if grads.intermediates:
+                out.intermediates.update(grads.intermediates)
+            _add_input_gradient(g, read[0], grads.dJ_dx)
+            del grads
+        del dJ_da
         if release:  # a(l) and layer l's cache have been used for the last time
             layer.release(cache.saved[l])
             cache.a[l] = _RELEASED
             cache.saved[l] = None
-    out.dJ_dx = g
+    out.dJ_dx = g[0]
     return out
+
+
+def _add_input_gradient(g: list[Tensor | None], i: int, dJ_dx: Tensor | None) -> None:
+    """(G) g[i] += dJ/da[i] from one reader of a[i] (nothing when the reader computed none: J
+    does not reach a[i] through it, or it holds indices)."""
+    if dJ_dx is not None:
+        before = g[i]
+        g[i] = dJ_dx if before is None else before + dJ_dx
 
 
 def _add_gradient(params: dict[Key, Tensor], key: Key, value: Tensor, ties: Mapping[Key, Key]) -> None:
@@ -171,16 +234,40 @@ def stack_torch_forward(
     noise: Mapping[tuple[int, ...], Tensor],
     tap: Tap,
     prefix: tuple[int, ...],
+    reads: Reads | None = None,
 ) -> Tensor:
-    """The oracle of the stack: each layer's torch_forward in turn, every a(l) reported to the tap."""
-    for l, layer in enumerate(layers, start=1):
+    """The oracle of the loop: each layer's torch_forward on the oracle's tensors it reads,
+    every a(l) reported to the tap (a stack when ``reads`` is None)."""
+    reads = chain(len(layers)) if reads is None else reads
+    a = [x]
+    for l, (layer, read) in enumerate(zip(layers, reads, strict=True), start=1):
         path = (*prefix, l)
-        x = tap.intermediate(Key("a", path), layer.torch_forward(x, p, noise, tap, path))
-    return x
+        if layer.reads_several:
+            y = cast(Join, layer).torch_forward_all([a[i] for i in read])
+        else:
+            y = layer.torch_forward(a[read[0]], p, noise, tap, path)
+        a.append(tap.intermediate(Key("a", path), y))
+    return a[-1]
+
+
+def stack_sizes(layers: Sequence[Layer], shape: tuple[int, ...], reads: Reads | None = None) -> int:
+    """The entries a forward pass on an input of ``shape`` allocates, layer by layer (its input,
+    each ``Layer.forward_size``), found without running anything."""
+    reads = chain(len(layers)) if reads is None else reads
+    shapes, entries = [shape], math.prod(shape)
+    for layer, read in zip(layers, reads, strict=True):
+        if layer.reads_several:
+            out = cast(Join, layer).size_all([shapes[i] for i in read])
+            kept = math.prod(out)
+        else:
+            out, kept = layer.forward_size(shapes[read[0]])
+        shapes.append(out)
+        entries += kept
+    return entries
 
 
 def stack_keys(layers: Sequence[Layer], prefix: tuple[int, ...]) -> list[Key]:
-    """Every key of the stack, layer by layer (parameters, intermediates, output)."""
+    """Every key of the loop's layers, layer by layer (parameters, intermediates, output)."""
     return [key for l, layer in enumerate(layers, start=1) for key in layer.keys((*prefix, l))]
 
 
