@@ -207,6 +207,10 @@ class _Conv(Layer):
             return (sh, sw), (dh, dw), (ph, pw)
         return (1, self.stride[0]), (1, self.dilation[0]), ((0, 0), self.pads()[0])
 
+    @property
+    def backward_reads_output(self) -> bool:
+        return False  # dJ/dW reads x, dJ/dx reads W: z itself is never read
+
     def backward(self, dJ_dz: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         params: dict[str, Tensor] = {}
         if "b" in self.params:

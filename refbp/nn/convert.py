@@ -281,7 +281,7 @@ def _self_check(net: Network, module: torch.nn.Sequential, inputs: tuple[Tensor,
             return
         raise
     try:
-        cache = net.forward(inputs[0], keep_intermediates=False, update_stats=False, noise=run.noise)
+        cache = net.forward(inputs[0], keep_intermediates=True, update_stats=False, noise=run.noise)
     except (ValueError, TypeError) as err:
         if built:  # refbp checks shapes torch lets pass (a BatchNorm without statistics): not an input for it
             return

@@ -71,6 +71,14 @@ class Dropout(Layer):
             mask = keep.to(x.device)
         return torch.mul(x, mask).mul_(1.0 / (1.0 - self.p)), mask  # y = x o m / (1 - p)
 
+    @property
+    def backward_reads_input(self) -> bool:
+        return False  # dJ/dx = dJ/dy o m / (1 - p): the mask (its cache) only
+
+    @property
+    def backward_reads_output(self) -> bool:
+        return False
+
     def backward(
         self, dJ_dy: Tensor, x: Tensor, out: Tensor, mask: Tensor | None, ctx: BackwardContext
     ) -> LayerGradients:

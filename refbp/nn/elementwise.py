@@ -55,6 +55,14 @@ class Elementwise(Layer):
         a = self.activation.f(x)  # a = f(x)   (..., d)
         return a, (x if self.activation.derivative_of == "z" else None)  # f' reads x, or a itself
 
+    @property
+    def backward_reads_input(self) -> bool:
+        return self.activation.derivative_of == "z"  # f'(x) from x
+
+    @property
+    def backward_reads_output(self) -> bool:
+        return self.activation.derivative_of == "a"  # f'(x) from a = f(x): sigmoid, tanh, relu
+
     def backward(
         self, dJ_da: Tensor, x: Tensor, out: Tensor, cache: Tensor | None, ctx: BackwardContext
     ) -> LayerGradients:

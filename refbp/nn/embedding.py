@@ -83,6 +83,10 @@ class Embedding(Layer):
         E = self.params["E"]
         return E.index_select(0, x.reshape(-1)).view(*x.shape, E.shape[1]), None  # y = E[idx]   (..., d)
 
+    @property
+    def backward_reads_output(self) -> bool:
+        return False  # dJ/dE reads the indices x only
+
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         E = self.params["E"]
         d = E.shape[1]

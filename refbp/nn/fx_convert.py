@@ -567,7 +567,7 @@ def _self_check(module: torch.nn.Module, converted: _Converted, inputs: tuple[Te
             return
         raise ValueError(f"from_torch: the module fails on example_inputs ({_describe(inputs)}): {err}") from err
     try:
-        cache = net.forward(inputs[0], keep_intermediates=False, update_stats=False, noise=_noise(converted, recorder))
+        cache = net.forward(inputs[0], keep_intermediates=True, update_stats=False, noise=_noise(converted, recorder))
     except (ValueError, TypeError) as err:
         if built:
             return

@@ -304,6 +304,21 @@ class Layer(ABC):
     (refbp.nn.stack, refbp.nn.r_stack) call its forms over every input (``forward_all``,
     ``backward_all``, ...) and sum each input's gradient into the gradient of the tensor it read."""
 
+    @property
+    def backward_reads_input(self) -> bool:
+        """Whether ``backward`` reads x (its values or its shape) after a lean forward pass
+        (``keep_intermediates=False``). The default, True, is always safe. A layer that answers
+        False lets the forward loop drop a(l-1) as soon as no other backward reads it (Linear
+        before an activation of its output: torch keeps that z no more than refbp then does)."""
+        return True
+
+    @property
+    def backward_reads_output(self) -> bool:
+        """Whether ``backward`` reads its output ``out`` (values or shape) after a lean forward
+        pass; True (the default) is always safe. False lets the forward loop drop the output once
+        its readers have run, unless their backward reads it (``backward_reads_input``)."""
+        return True
+
     def buffers(self) -> dict[str, Tensor]:
         """State that is not a parameter but that the forward pass reads, by attribute name
         (BatchNorm's running statistics): converted with the parameters by ``Network.to``."""

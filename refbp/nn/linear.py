@@ -140,6 +140,10 @@ class Linear(Layer):
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         return linear_map(x, self.W, self.params.get("b")), None  # y = x W^T + b   (..., d_out)
 
+    @property
+    def backward_reads_output(self) -> bool:
+        return False  # dJ/dW reads x, dJ/dx reads W: y itself is never read
+
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         W = self.W  # (d_out, d_in)
         params = {"W": weight_gradient(dJ_dy, x, W, ctx.weight_decay)}  # dJ/dW = sum_rows dJ/dy^T x + lambda W

@@ -466,7 +466,9 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
                 layer accepts; int64 indices for an embedding), the parameters' dtype and device.
             keep_intermediates: keep the intermediates the teaching view shows (z(l), ...; the
                 default). With False a layer keeps only what its backward reads (Dense drops
-                z(l) where f' reads a(l)): the backward pass is the same, the cache smaller.
+                z(l) where f' reads a(l)), and the loop drops each a(l) that no backward reads
+                (a Linear's output before relu; ``Layer.backward_reads_input``/``_output``), an
+                empty tensor in ``cache.a``: the backward pass is the same, the cache smaller.
                 ``keep_z`` is the seed's older spelling of the same flag.
             update_stats: BatchNorm in training mode updates its running statistics, as torch.
             noise: dropout keep-masks by layer path, to reuse a draw; None draws new ones.
@@ -643,8 +645,8 @@ class Network(Generic[CacheT, GradientsT, LayerT]):
                 "pass the cache of net.forward(X)"
             )
         for l, (layer, read) in enumerate(zip(self.layers, self.reads, strict=True), start=1):
-            if len(read) > 1:  # a join of several tensors: each was checked as its own layer's output
-                continue
+            if len(read) > 1 or cache.a[read[0]].numel() == 0:
+                continue  # a join of several tensors (each checked as its own layer's output); a dropped a(i)
             try:
                 layer.check_input(cache.a[read[0]], (l,))
             except ValueError as err:

@@ -61,6 +61,10 @@ class Softmax(_AlongDim):
         self.check_input(x, path)
         return torch.softmax(x, dim=self.dim), None  # s = exp(x - max x) / sum exp(x - max x), one fused pass
 
+    @property
+    def backward_reads_input(self) -> bool:
+        return False  # dJ/dx = s o (g - sum(g o s)) reads s = out only
+
     def backward(self, dJ_ds: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
             return LayerGradients(None)
@@ -109,6 +113,10 @@ class LogSoftmax(_AlongDim):
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         self.check_input(x, path)
         return torch.log_softmax(x, dim=self.dim), None  # y = x - max x - log sum exp(x - max x), fused
+
+    @property
+    def backward_reads_input(self) -> bool:
+        return False  # dJ/dx = g - exp(out) sum(g) reads out only
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: Any, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:

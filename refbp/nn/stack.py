@@ -108,6 +108,9 @@ def stack_forward(
     """a[0] = x, then a[l], cache[l] = layer l's forward on the tensors it reads (a stack when
     ``reads`` is None); layer l sits at path prefix + (l,)."""
     reads = chain(len(layers)) if reads is None else reads
+    lean = not ctx.keep_intermediates
+    if lean:  # keep only the a(i) some backward reads: drop the others once their last reader ran
+        unread, last_reader = _unread(layers, reads)
     a, saved = [x], [None]
     for l, (layer, read) in enumerate(zip(layers, reads, strict=True), start=1):
         if layer.reads_several:
@@ -116,7 +119,26 @@ def stack_forward(
             out, cache = layer.forward(a[read[0]], ctx, (*prefix, l))
         a.append(out)
         saved.append(cache)
+        if lean:
+            for i in read:
+                if unread[i] and last_reader[i] == l:
+                    a[i] = _RELEASED
     return StackCache(a, saved)
+
+
+def _unread(layers: Sequence[Layer], reads: Reads) -> tuple[list[bool], list[int]]:
+    """(unread, last_reader): unread[i] when no backward reads a(i) after a lean forward pass
+    (neither its maker, ``backward_reads_output``, nor any reader, ``backward_reads_input``;
+    a(0), the caller's input, is never dropped), and the last layer that reads a(i) (0: none)."""
+    unread = [False] + [not layer.backward_reads_output for layer in layers]
+    last_reader = [0] * (len(layers) + 1)
+    for l, (layer, read) in enumerate(zip(layers, reads, strict=True), start=1):
+        reads_input = layer.backward_reads_input
+        for i in read:
+            last_reader[i] = l
+            if reads_input:
+                unread[i] = False
+    return unread, last_reader
 
 
 _CONTEXTS: dict[tuple[object, ...], BackwardContext] = {}
