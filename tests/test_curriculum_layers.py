@@ -203,12 +203,7 @@ class MaxPoolAssigns(MaxPool2d):
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGradients:
         N, C, H, W = x.shape
-        where = cache.argmax.view(N, C, *dJ_dy.shape[2:])
-        (u, v), (H_out, W_out) = (where // self.kernel_size[1], where % self.kernel_size[1]), dJ_dy.shape[2:]
-        rows = torch.arange(H_out).view(-1, 1) * self.stride[0] + u
-        columns = torch.arange(W_out) * self.stride[1] + v
-        flat = (rows * W + columns).reshape(N, C, -1)
-        dJ_dx = torch.zeros(N, C, H * W, dtype=dJ_dy.dtype).scatter_(2, flat, dJ_dy.reshape(N, C, -1))
+        dJ_dx = torch.zeros(N, C, H * W, dtype=dJ_dy.dtype).scatter_(2, cache.index, dJ_dy.reshape(N, C, -1))
         return LayerGradients(dJ_dx.view(N, C, H, W))
 
 

@@ -21,7 +21,17 @@ from torch import Tensor
 
 from refbp.nn.activations import ACTIVATIONS
 from refbp.nn.layer import BackwardContext, ForwardContext, Layer
-from refbp.nn.layers import Conv1d, Conv2d, Dropout, Elementwise, Embedding, Linear, LogSoftmax, Softmax
+from refbp.nn.layers import (
+    Conv1d,
+    Conv2d,
+    Dropout,
+    Elementwise,
+    Embedding,
+    Linear,
+    LogSoftmax,
+    MaxPool2d,
+    Softmax,
+)
 from refbp.nn.network import Network
 
 N, D = 6, 5
@@ -69,6 +79,10 @@ BUILDERS: dict[type[Layer], Callable[[], list[tuple[Layer, Tensor]]]] = {
     Conv1d: _conv,
     Conv2d: _conv,
     Embedding: _embedding,
+    MaxPool2d: lambda: [
+        (MaxPool2d(3, 2, 1), torch.randint(-2, 3, (2, 3, 7, 6)).double()),  # ties in overlapping windows
+        (MaxPool2d((2, 3), (1, 2), (1, 0), dilation=(2, 1)), _float(2, 3, 7, 8, seed=19)),
+    ],
     Elementwise: lambda: [(Elementwise(name), _float(N, D, seed=12)) for name in ACTIVATIONS],
     Dropout: lambda: [(Dropout(0.3, seed=5), _float(N, D, seed=13)), (_eval(Dropout(0.3)), _float(N, D, seed=14))],
     Softmax: lambda: [(Softmax(-1), _float(N, D, seed=15)), (Softmax(0), _float(N, D, seed=16))],

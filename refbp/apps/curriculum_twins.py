@@ -174,16 +174,9 @@ class MaxPoolAssigned(MaxPool2d):
         if not ctx.need_dx:
             return LayerGradients(None)
         N, C, H, W = x.shape
-        (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
-        kw = self.kernel_size[1]
-        H_out, W_out = dJ_dy.shape[2:]
-        argmax = cache.argmax.view(N, C, H_out, W_out)  # the first maximum of each window, in scan order
-        rows = torch.arange(H_out, device=x.device).view(H_out, 1) * sh + argmax.div(kw, rounding_mode="floor") * dh
-        columns = torch.arange(W_out, device=x.device) * sw + argmax.remainder(kw) * dw
-        where = (rows * (W + 2 * pw) + columns).view(N, C, H_out * W_out)  # flat index into the padded input
-        dJ_dx = torch.zeros(N, C, (H + 2 * ph) * (W + 2 * pw), dtype=dJ_dy.dtype, device=dJ_dy.device)
-        dJ_dx.scatter_(2, where, dJ_dy.reshape(N, C, -1))  # wrong: =, an entry two windows share keeps one's
-        return LayerGradients(dJ_dx.view(N, C, H + 2 * ph, W + 2 * pw)[:, :, ph : ph + H, pw : pw + W])
+        dJ_dx = torch.zeros(N, C, H * W, dtype=dJ_dy.dtype, device=dJ_dy.device)
+        dJ_dx.scatter_(2, cache.index, dJ_dy.reshape(N, C, -1))  # wrong: =, an entry two windows share keeps one's
+        return LayerGradients(dJ_dx.view(N, C, H, W))
 
 
 class MaxPoolTiesBothCredited(MaxPool2d):
@@ -204,7 +197,8 @@ class MaxPoolByFold(MaxPool2d):
             return LayerGradients(None)
         N, C = x.shape[:2]
         kk = self.kernel_size[0] * self.kernel_size[1]
-        first = F.one_hot(cache.argmax, kk).permute(0, 1, 3, 2).to(dJ_dy.dtype)  # (N, C, k_h k_w, L)
+        argmax = self.window_argmax(cache, x.shape)  # (N, C, L): which entry of each window is its maximum
+        first = F.one_hot(argmax, kk).permute(0, 1, 3, 2).to(dJ_dy.dtype)  # (N, C, k_h k_w, L)
         return LayerGradients(_fold_windows(self, first * dJ_dy.reshape(N, C, 1, -1), x))
 
 

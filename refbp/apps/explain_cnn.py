@@ -97,7 +97,8 @@ def walk_cnn(net: Network, X: Tensor, y: Tensor, *, seed: int = 0) -> GuidedWalk
     assert walk.cache is not None
     pool_cache = walk.cache.saved[3]
     assert isinstance(pool_cache, PoolCache)
-    argmax = pool_cache.argmax.view(N, C_out, *pooled)  # which entry of each window won, in scan order
+    # which entry of each window won, in scan order
+    argmax = pool.window_argmax(pool_cache, (N, C_out, H_out, W_out)).view(N, C_out, *pooled)
     d = head.W.shape[1]
 
     def entry(section: str, tag: str, title: str, shapes: str, *quantities: Quantity, purpose: str = "") -> Entry:

@@ -58,13 +58,14 @@ class PoolCache:
     """What MaxPool2d's backward needs.
 
     Attributes:
-        argmax: (N, C, H_out W_out) int64: which entry of each window (0 .. k_h k_w - 1, in
-            scan order) is its first maximum.
+        index: (N, C, H_out W_out) int64: where each window's first maximum (in scan order) sits
+            in its channel of x, r W + c for row r and column c (``MaxPool2d.window_argmax``
+            says which entry of the window that is).
         ties: (N, C, H_out, W_out) bool, True where a window's maximum is attained more than
             once (a kink), or None when the forward pass kept no intermediates.
     """
 
-    argmax: Tensor
+    index: Tensor
     ties: Tensor | None
 
 
@@ -131,51 +132,59 @@ class MaxPool2d(_Pool):
             "dJ/dx[first argmax of each window] += dJ/dy (windows that overlap add up)",
         )
 
-    def _windows(self, x: Tensor, fill: float = -math.inf) -> Tensor:
-        """Every window of the input padded with ``fill`` (-inf: never the maximum) as a column:
+    def _windows(self, x: Tensor) -> Tensor:
+        """Every window of the input padded with -inf (never the maximum) as a column:
         (N, C, k_h k_w, H_out W_out)."""
         ph, pw = self.padding
-        padded = F.pad(x, (pw, pw, ph, ph), value=fill) if ph or pw else x
+        padded = F.pad(x, (pw, pw, ph, ph), value=-math.inf) if ph or pw else x
         cols = F.unfold(padded, self.kernel_size, dilation=self.dilation, stride=self.stride)  # (N, C k_h k_w, L)
         return cols.view(x.shape[0], x.shape[1], self.kernel_size[0] * self.kernel_size[1], -1)
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, PoolCache]:
         self.check_input(x, path)
-        H_out, W_out = self.out_size(x.shape[2], x.shape[3])
-        cols = self._windows(x)  # (N, C, k_h k_w, L)
-        y, argmax = cols.max(dim=2)  # the first maximal entry of each window, in scan order   (N, C, L)
+        N, C, H_out, W_out = (*x.shape[:2], *self.out_size(x.shape[2], x.shape[3]))
+        # y = the max of each window, and where in x it sits (r W + c): torch's forward kernel,
+        # which keeps a window's first maximum in scan order and builds no window
+        y, index = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, return_indices=True)
         ties = None
         if ctx.keep_intermediates:  # windows whose maximum is attained twice: the kinks
-            ties = (cols == y.unsqueeze(2)).sum(dim=2).gt(1).view(*x.shape[:2], H_out, W_out)
-        return y.view(*x.shape[:2], H_out, W_out), PoolCache(argmax, ties)  # (N, C, H_out, W_out)
+            cols = self._windows(x)  # (N, C, k_h k_w, L)
+            ties = (cols == y.view(N, C, 1, -1)).sum(dim=2).gt(1).view(N, C, H_out, W_out)
+        return y, PoolCache(index.view(N, C, H_out * W_out), ties)  # y: (N, C, H_out, W_out)
 
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: PoolCache, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
             return LayerGradients(None)
         N, C, H, W = x.shape
+        # dJ/dx[argmax] += dJ/dy: windows that share their maximum add up, never overwrite
+        dJ_dx = torch.zeros(N, C, H * W, dtype=dJ_dy.dtype, device=dJ_dy.device)
+        dJ_dx.scatter_add_(2, cache.index, dJ_dy.reshape(N, C, -1))  # (N, C, H W)
+        return LayerGradients(dJ_dx.view(N, C, H, W))
+
+    @property
+    def backward_reads_output(self) -> bool:
+        return False  # the cache's index and x's shape only
+
+    def window_argmax(self, cache: PoolCache, x_shape: Sequence[int]) -> Tensor:
+        """(N, C, H_out W_out) int64: which entry of its window (0 .. k_h k_w - 1, row by row)
+        each window's maximum is. Window (i, j) reads x_pad row i s_h + u d_h, column j s_w + v d_w,
+        so the maximum at x's row r, column c is u = (r + p_h - i s_h) / d_h, v likewise."""
+        N, C, H, W = x_shape
+        H_out, W_out = self.out_size(H, W)
         (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
-        kw = self.kernel_size[1]
-        H_out, W_out = dJ_dy.shape[2:]
-        Hp, Wp = H + 2 * ph, W + 2 * pw
-        # where each window's maximum sits in the padded input: row i s_h + u d_h, column j s_w + v d_w
-        argmax = cache.argmax.view(N, C, H_out, W_out)  # 0 .. k_h k_w - 1, in scan order
-        u, v = argmax.div(kw, rounding_mode="floor"), argmax.remainder(kw)  # the window's row, column
-        rows = torch.arange(H_out, device=x.device).view(H_out, 1) * sh + u * dh  # (N, C, H_out, W_out)
-        columns = torch.arange(W_out, device=x.device) * sw + v * dw  # (N, C, H_out, W_out)
-        where = (rows * Wp + columns).view(N, C, H_out * W_out)  # flat index into the padded (Hp Wp)
-        # dJ/dx_pad[argmax] += dJ/dy: windows that share their maximum add up, never overwrite
-        dJ_dx = torch.zeros(N, C, Hp * Wp, dtype=dJ_dy.dtype, device=dJ_dy.device)
-        dJ_dx.scatter_add_(2, where, dJ_dy.reshape(N, C, H_out * W_out))  # (N, C, Hp Wp)
-        dJ_dx = dJ_dx.view(N, C, Hp, Wp)[:, :, ph : ph + H, pw : pw + W]  # the padding cut off   (N, C, H, W)
-        return LayerGradients(dJ_dx)
+        index = cache.index.view(N, C, H_out, W_out)
+        i = torch.arange(H_out, device=index.device).view(H_out, 1)
+        j = torch.arange(W_out, device=index.device)
+        u = (index.div(W, rounding_mode="floor") + (ph - sh * i)).div_(dh, rounding_mode="floor")
+        v = (index.remainder(W) + (pw - sw * j)).div_(dw, rounding_mode="floor")
+        return u.mul_(self.kernel_size[1]).add_(v).view(N, C, H_out * W_out)
 
     # ---- second order: linear in x with the argmax fixed -------------------------------------
     def tangent(
         self, x: Tensor, Rx: Tensor | None, out: Tensor, cache: PoolCache, V: Params, path: tuple[int, ...]
     ) -> LayerTangent:
         assert Rx is not None
-        cols = self._windows(Rx, fill=0.0)  # R{x}'s windows: (N, C, k_h k_w, L); the padding never the argmax
-        Ry = cols.gather(2, cache.argmax.unsqueeze(2))  # R{y} = R{x} at each window's argmax   (N, C, 1, L)
+        Ry = Rx.flatten(2).gather(2, cache.index)  # R{y} = R{x} at each window's argmax   (N, C, L)
         return LayerTangent(Ry.view(out.shape))  # (N, C, H_out, W_out)
 
     def r_backward(
