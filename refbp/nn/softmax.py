@@ -122,7 +122,8 @@ class LogSoftmax(_AlongDim):
         if not ctx.need_dx:
             return LayerGradients(None)
         total = dJ_dy.sum(dim=self.dim, keepdim=True)  # sum(g) per slice
-        return LayerGradients(dJ_dy - out.exp().mul_(total))  # dJ/dx = g - softmax(x) o sum(g)
+        # dJ/dx = g - softmax(x) o sum(g), softmax(x) = exp(y): in exp(y)'s storage, one (N, d) tensor
+        return LayerGradients(out.exp().mul_(total.neg_()).add_(dJ_dy))
 
     # ---- second order ---------------------------------------------------------------------------
     def tangent(
