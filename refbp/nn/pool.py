@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .conv import as_tuple, transposed_output_padding
+from .chunks import chunks
+from .conv import as_tuple
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
 from .pieces import Pieces
@@ -248,13 +249,23 @@ class AvgPool2d(_Pool):
             "dJ/dx = fold(dJ/dy / D) = conv_transpose(dJ/dy / D, ones)",
         )
 
-    def divisor(self, H: int, W: int, like: Tensor) -> Tensor | float:
-        """D for every window: k_h k_w, or (count_include_pad=False) the count of each window's
-        entries inside the H x W input, (H_out W_out,), by unfolding a padded map of ones."""
-        if self.count_include_pad or self.padding == (0, 0):
-            return float(self.kernel_size[0] * self.kernel_size[1])
-        ones = torch.ones(1, 1, H, W, dtype=like.dtype, device=like.device)
-        return F.unfold(ones, self.kernel_size, padding=self.padding, stride=self.stride).sum(dim=1)[0]  # (L,)
+    def matrices(self, H: int, W: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(A_h (H_out, H), A_w (W_out, W)) with y = A_h x A_w^T: the pooling is separable. Row i
+        of A_h holds 1 / D_h(i) on the rows of x that window i covers, D_h(i) = k_h, or
+        (count_include_pad=False) how many of them lie inside x; D = D_h(i) D_w(j) either way."""
+        H_out, W_out = self.out_size(H, W)
+        geometry = zip((H, W), (H_out, W_out), self.kernel_size, self.stride, self.padding, strict=True)
+        A_h, A_w = (self._windows_of(n, out, k, s, p, like) for n, out, k, s, p in geometry)
+        return A_h, A_w
+
+    def _windows_of(self, n: int, out: int, k: int, s: int, p: int, like: Tensor) -> Tensor:
+        """A (out, n) of one dimension: window i covers rows [i s - p, i s - p + k) of the padded
+        input, those inside [0, n) of x itself, each weighted 1 / D_i."""
+        A = torch.zeros(out, n, dtype=like.dtype, device=like.device)
+        for i in range(out):
+            start, end = max(0, i * s - p), min(n, i * s - p + k)
+            A[i, start:end] = 1.0 / (k if self.count_include_pad else end - start)
+        return A
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         self.check_input(x, path)
@@ -264,18 +275,13 @@ class AvgPool2d(_Pool):
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
             return LayerGradients(None)
-        _, C, H, W = x.shape  # (N, C, H, W)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        H_out, W_out = dJ_dy.shape[2:]
-        D = self.divisor(H, W, dJ_dy)  # k_h k_w, or (H_out W_out,) counts
-        share = dJ_dy / (D if isinstance(D, float) else D.view(H_out, W_out))  # dJ/dy / D   (N, C, H_out, W_out)
-        # fold(every entry of a window gets dJ/dy / D) = a transposed convolution with a kernel of ones per channel
-        ones = torch.ones(C, 1, kh, kw, dtype=dJ_dy.dtype, device=dJ_dy.device)  # (C, 1, k_h, k_w)
-        extra = (
-            transposed_output_padding(H + 2 * self.padding[0], H_out, kh, sh, 1),
-            transposed_output_padding(W + 2 * self.padding[1], W_out, kw, sw, 1),
-        )  # the rows (columns) no window reached
-        dJ_dx = F.conv_transpose2d(share, ones, None, self.stride, self.padding, extra, C)  # (N, C, H, W)
+        N, C, H, W = x.shape
+        A_h, A_w = self.matrices(H, W, dJ_dy)  # (H_out, H), (W_out, W)
+        # every entry of a window gets dJ/dy / D, windows that overlap adding up: y = A_h x A_w^T, so
+        # dJ/dx = A_h^T dJ/dy A_w, a few images at a time (its temporaries: refbp.nn.chunks)
+        dJ_dx = torch.empty(N, C, H, W, dtype=dJ_dy.dtype, device=dJ_dy.device)
+        for part in chunks(N, 2 * C * A_h.shape[0] * W * dJ_dy.element_size()):
+            torch.matmul(A_h.T, dJ_dy[part] @ A_w, out=dJ_dx[part])  # A_h^T (dJ/dy A_w)   (n, C, H, W)
         return LayerGradients(dJ_dx)
 
     # ---- second order: a linear map of x ----------------------------------------------------------
