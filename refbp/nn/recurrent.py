@@ -114,7 +114,7 @@ class Recurrent(Layer):
         self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext
     ) -> LayerGradients:
         inner_ctx = dataclasses.replace(ctx, overwrite=False)  # a(l) and a(l, L) are one tensor: read it only
-        grads = stack_backward(self.layers, cache, [dJ_dout], inner_ctx)
+        grads = stack_backward(self.layers, cache, [dJ_dout], inner_ctx, release=ctx.release)
         return LayerGradients(grads.dJ_dx, {}, grads.intermediates, grads.params)
 
     def cached_values(self, cache: StackCache, path: tuple[int, ...]) -> dict[Key, Tensor]:

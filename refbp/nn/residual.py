@@ -76,7 +76,7 @@ class Residual(Sequential):
     ) -> LayerGradients:
         # the inner stack reads dJ/dy (= dJ/dF(x)) and never overwrites it: the skip path needs it too
         inner_ctx = dataclasses.replace(ctx, overwrite=False)
-        grads = stack_backward(self.inner, cache, [dJ_dy], inner_ctx)
+        grads = stack_backward(self.inner, cache, [dJ_dy], inner_ctx, release=ctx.release)  # frees as it goes
         dJ_dx = None
         if ctx.need_dx:
             assert grads.dJ_dx is not None
