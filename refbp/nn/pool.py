@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .chunks import chunks
+from .chunks import CHUNK_BYTES, chunks
 from .conv import as_tuple
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
@@ -275,14 +275,9 @@ class AvgPool2d(_Pool):
     def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: None, ctx: BackwardContext) -> LayerGradients:
         if not ctx.need_dx:
             return LayerGradients(None)
-        N, C, H, W = x.shape
-        A_h, A_w = self.matrices(H, W, dJ_dy)  # (H_out, H), (W_out, W)
+        A_h, A_w = self.matrices(x.shape[2], x.shape[3], dJ_dy)  # (H_out, H), (W_out, W)
         # every entry of a window gets dJ/dy / D, windows that overlap adding up: y = A_h x A_w^T, so
-        # dJ/dx = A_h^T dJ/dy A_w, a few images at a time (its temporaries: refbp.nn.chunks)
-        dJ_dx = torch.empty(N, C, H, W, dtype=dJ_dy.dtype, device=dJ_dy.device)
-        for part in chunks(N, 2 * C * A_h.shape[0] * W * dJ_dy.element_size()):
-            torch.matmul(A_h.T, dJ_dy[part] @ A_w, out=dJ_dx[part])  # A_h^T (dJ/dy A_w)   (n, C, H, W)
-        return LayerGradients(dJ_dx)
+        return LayerGradients(separable_adjoint(A_h, A_w, dJ_dy))  # dJ/dx = A_h^T dJ/dy A_w   (N, C, H, W)
 
     # ---- second order: a linear map of x ----------------------------------------------------------
     def tangent(
@@ -306,6 +301,19 @@ class AvgPool2d(_Pool):
     def to_torch(self) -> torch.nn.Module:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return torch.nn.AvgPool2d((kh, kw), (sh, sw), (ph, pw), count_include_pad=self.count_include_pad)
+
+
+def separable_adjoint(A_h: Tensor, A_w: Tensor, g: Tensor) -> Tensor:
+    """A_h^T g A_w   (N, C, H, W) for g (N, C, h_o, w_o), A_h (h_o, H), A_w (w_o, W): the adjoint of
+    y = A_h x A_w^T, a few images at a time so that its temporaries stay small (refbp.nn.chunks):
+    256 KiB of them, a quarter of the usual chunk, which keeps the step within autograd's peak
+    at item 6's sizes (benchmarks/) and costs no time there (small products, one per chunk)."""
+    N, C = g.shape[:2]
+    (h_o, H), W = A_h.shape, A_w.shape[1]
+    out = torch.empty(N, C, H, W, dtype=g.dtype, device=g.device)
+    for part in chunks(N, C * (h_o * W + H * h_o) * g.element_size(), budget=CHUNK_BYTES // 4):
+        torch.matmul(A_h.T, g[part] @ A_w, out=out[part])  # A_h^T (g A_w)   (n, C, H, W)
+    return out
 
 
 def adaptive_windows(n: int, out: int, like: Tensor) -> Tensor:
@@ -355,7 +363,7 @@ class AdaptiveAvgPool2d(Layer):
         if not ctx.need_dx:
             return LayerGradients(None)
         A_h, A_w = self._matrices(x)
-        return LayerGradients(A_h.T @ dJ_dy @ A_w)  # dJ/dx = A_h^T dJ/dy A_w   (N, C, H, W)
+        return LayerGradients(separable_adjoint(A_h, A_w, dJ_dy))  # dJ/dx = A_h^T dJ/dy A_w   (N, C, H, W)
 
     # ---- second order: a linear map of x ----------------------------------------------------------
     def tangent(
