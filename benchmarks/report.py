@@ -82,52 +82,44 @@ the tables above are the measurement, so a target this note calls within reach m
 LAYERS_NOTE = """\
 What limits the layers that miss, from torch.profiler and single-op timings on this machine
 (1 thread, N=1024, d=512, float32; one *unit* is one (N, d) float32 tensor, 2 MiB). The table
-is the measurement. This run was taken with the machine's load average at 15-18 on its 2 cores
-(other sessions' test suites): absolute times are 5-10x those of a quiet machine, and the
-ratios of one unchanged layer moved between runs of this session by up to +-0.5 (relu
-0.84-1.54, LayerNorm 0.63-2.0); read them as ranges, not to the hundredth.
+is the measurement, taken at a load average of about 2 on the 2 cores (another session's
+mutation run beside it); earlier runs at loads of 15-18 moved the ratios of an unchanged layer
+by up to +-0.5, so read them as ranges, not to the hundredth.
 
-- **LayerNorm, BatchNorm1d/2d, GroupNorm: lean mode.** A training step
-  (`keep_intermediates=False`) now keeps mu and rstd per row, feature or group (NormStats) in
-  the input's dtype, as torch's kernels and llm.c do, instead of a float64 xhat, and the
-  backward rebuilds xhat from x and writes dJ/dx into dJ/dy's storage (the full teaching mode
-  keeps its float64 path, unchanged; tests/test_lean.py holds the two equal to the dtype's
-  rounding). Memory is now level for every norm row (1.00-1.01x, from 2.4x): y and one buffer,
-  as autograd's y plus dJ/dx. Time: BatchNorm1d and BatchNorm2d (train and eval) 0.76-1.45
-  across runs (from 2.9-3.1); LayerNorm 0.6-2.0 (from 3.8); GroupNorm 2.1-2.7. What is left is
-  the number of passes over memory: torch runs one fused kernel each way, refbp's eager operations make 5 passes
-  forward (mean, x - mu, row norms, rstd, affine) and 9-12 backward, each over a fresh or
-  evicted (N, d) tensor. The profile also showed three slow paths, now avoided: a reduction over
-  dims (0, 2, 3), or torch.linalg.vector_norm over dim 0, costs 10-40x a column sum (the channel
-  sums now run over each image's contiguous positions first, batchnorm.channel_sum), and an
-  elementwise op between x and an (M, 1) statistic with a fresh result was laid out
-  column-major by torch and ran 7x slower (layernorm.fresh_like). GroupNorm's first touch of
-  its two fresh (N G, C/G H W) buffers (4 MiB each) is most of its remaining time under load.
-- **gelu: about 1.6-1.8x the time, memory met.** f'(z) = Phi(z) + z phi(z) now takes 7 passes
-  per chunk instead of 9 (phi's exponent is one fused multiply-add, Phi one add), 15% less;
-  erf and exp themselves are most of the rest, against one pass of torch's fused gelu_backward,
-  a backward kernel the manual path may not call.
-- **Residual(Linear, relu): time level; memory 1.22x since the row above was measured.** The
-  loop kept every a(l), here the Linear's output z, which no backward reads. Layers now say
-  which of their input and output their backward reads (``Layer.backward_reads_input`` and
-  ``backward_reads_output``: Linear, the convolutions, Embedding, the activations, Dropout,
-  Softmax, LogSoftmax answer), and a lean forward pass drops every a(l) that no backward
-  reads (tests/test_lean_unread.py). Measured after that change with this item's memory
-  method alone (`benchmarks.layers.measure_layer_memory`, each in a fresh process), back to back
-  with the code before it: 10.95 MiB against autograd's 9.02 (1.22x), from 12.96 against 8.95
-  (1.45x). What is left: relu's chain multiplies by sign(a), an (N, d) temporary, while the
-  inner loop may not overwrite dJ/dy (the skip path reads it too), so it works on a copy.
-- **The curriculum layers, measured here for the first time and not tuned in this round.**
-  Time: Conv1d, Conv2d and MaxPool2d 1.6-2.6x, the LSTM 1.9x; the others level or faster.
-  Memory: MaxPool2d 2.4x, GRU 2.6x, RNN 1.9x, AvgPool2d 1.85x, LogSoftmax 1.3x, the
-  convolutions 1.15-1.23x. The convolutions' dJ/dW is an im2col product (unfold: a copy of the
-  input per kernel offset, kept while the product runs) and dJ/dx a transposed convolution,
-  where torch's convolution_backward is one kernel with no im2col buffer; max pooling finds its
-  windows' maxima with unfold and scatters with scatter_add_ (the unfolded windows are the extra
-  memory); the recurrent layers keep every step's gates for BPTT where torch's RNN and GRU
-  kernels keep less, and the LSTM runs its steps in Python against torch.nn.LSTM's C++ loop.
-- **Dropout train: 0.93-1.18.** It draws its mask from refbp's own generator in float64
-  (torch.rand), which costs about as much as the rest of the step."""
+- **Changed in this round, each measured back to back with the code before it.** MaxPool2d
+  keeps torch's forward indices (F.max_pool2d(return_indices=True), a forward kernel with
+  refbp's first-maximum rule) instead of unfolding its windows, and its backward is one
+  scatter_add_: 1.00x time and memory (was 2.1x and 2.4x). AvgPool2d and AdaptiveAvgPool2d
+  compute dJ/dx = A_h^T dJ/dy A_w, the separable map they are, 256 KiB of temporaries at a
+  time: 0.84-0.85x time, memory within the probe's resolution (AvgPool2d was 1.85x memory).
+  LogSoftmax's backward works in exp(y)'s storage: memory level (was 1.31x). The convolutions'
+  dJ/dW is one forward convolution of x by dJ/dz (stride and dilation swapped), 2 MiB of x at a
+  time, where it was an im2col copy of x per kernel offset: memory level (Conv2d was 1.23x),
+  time 1.4-2.0x (Conv2d was 2.6x). Residual(Linear, relu) is level (was 1.45x memory): a lean
+  forward pass drops each a(l) that no backward reads (``Layer.backward_reads_input`` and
+  ``backward_reads_output``; here the Linear's output), and a composite layer frees its inner
+  caches as its backward goes when the step releases its cache, as autograd frees saved tensors.
+- **LayerNorm, BatchNorm1d/2d, GroupNorm: time 1.1-2.2x, memory level.** A training step keeps
+  mu and rstd per row, feature or group (NormStats) in the input's dtype, as torch's kernels and
+  llm.c do, and the backward rebuilds xhat from x in one work buffer (the full teaching mode
+  keeps its float64 path; tests/test_lean.py holds the two equal to the dtype's rounding). What
+  is left is the number of passes over memory: torch runs one fused kernel each way, refbp's
+  eager operations make about 5 passes forward and 9-12 backward. GroupNorm's subtraction of
+  each group's mean into a fresh buffer takes 1.3 ms of its 5.7 ms step (0.26 ms on a warm
+  buffer: first touches of fresh pages), and its affine addcmul(beta, y, gamma, out=y) with
+  per-channel (C, 1, 1) factors runs 2x slower than a multiply and an add; the two are not the
+  same rounding (addcmul is fused here), so it was left as is.
+- **gelu: 1.9x the time, memory met.** f'(z) = Phi(z) + z phi(z) takes 7 passes per chunk; erf
+  and exp themselves are most of them, against one pass of torch's fused gelu_backward, a
+  backward kernel the manual path may not call.
+- **The convolutions: time 1.4-2.0x.** dJ/dx is a transposed convolution (conv_transpose2d) and
+  dJ/dW a forward convolution, two calls and a transposed copy of each chunk of x, where torch's
+  convolution_backward is one kernel; Conv1d runs as a Conv2d of height 1.
+- **The recurrent layers: LSTM 1.6x time; RNN and GRU 2.1-2.6x memory.** The LSTM runs its steps
+  in Python against torch.nn.LSTM's C++ loop. The RNN and the GRU keep every step's gates and
+  pre-activations for BPTT (the RNN's z, which its first-order backward does not read), copy
+  dJ/dout to time-major order, and copy dJ/dx back to batch-first order, where torch's kernels
+  keep less."""
 """Section 6's reading: what limits each layer that misses the target, from profiles on this machine."""
 
 
