@@ -112,10 +112,10 @@ by up to +-0.5, so read them as ranges, not to the hundredth.
 - **gelu: 1.9x the time, memory met.** f'(z) = Phi(z) + z phi(z) takes 7 passes per chunk; erf
   and exp themselves are most of them, against one pass of torch's fused gelu_backward, a
   backward kernel the manual path may not call.
-- **The convolutions: time 1.4-2.0x.** dJ/dx is a transposed convolution (conv_transpose2d) and
+- **The convolutions: time 1.4-2.1x.** dJ/dx is a transposed convolution (conv_transpose2d) and
   dJ/dW a forward convolution, two calls and a transposed copy of each chunk of x, where torch's
   convolution_backward is one kernel; Conv1d runs as a Conv2d of height 1.
-- **The recurrent layers: LSTM 1.6x time; RNN and GRU 2.1-2.6x memory.** The LSTM runs its steps
+- **The recurrent layers: LSTM 1.6x time; RNN and GRU 1.7-2.2x memory.** The LSTM runs its steps
   in Python against torch.nn.LSTM's C++ loop. The RNN and the GRU keep every step's gates and
   pre-activations for BPTT (the RNN's z, which its first-order backward does not read), copy
   dJ/dout to time-major order, and copy dJ/dx back to batch-first order, where torch's kernels
