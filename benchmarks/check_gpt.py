@@ -47,7 +47,7 @@ from refbp.apps.io import write_atomic
 from refbp.models import GPT
 from refbp.verify.finite_diff import FD_BUDGET_S
 
-__all__ = ["GPT_CONFIG", "QUICK_CONFIG", "main", "render_section", "time_check_gpt"]
+__all__ = ["GPT_CONFIG", "QUICK_CONFIG", "main", "time_check_gpt"]
 
 GPT_CONFIG: dict[str, int] = {"vocab_size": 65, "block_size": 32, "n_layer": 4, "n_head": 2, "n_embd": 64, "batch": 4}
 """The issue's GPT: 4 layers, n_embd 64 (2 heads of 32), T 32, B 4, 65 tokens."""
@@ -110,63 +110,6 @@ def _passed(out: object) -> object:
     return out
 
 
-def render_section(entry: dict[str, Any], fd: list[dict[str, Any]]) -> list[str]:
-    """Markdown lines for the GPT part of item 3, and the MLP table's one-direction column."""
-    c = entry["config"]
-    default_ok = entry["default/gradcheck_fast"] <= 2.0 and entry["t_default"] < 5.0
-    lines = [
-        "### The GPT: refbp.check's default against gradcheck's fast mode",
-        "",
-        f"`python benchmarks/check_gpt.py --out reports` ({entry['date']}, {entry['seconds']:.0f} s; this item's "
-        "MLP table above is from the same run). "
-        f"GPT of {c['n_layer']} layers, n_embd {c['n_embd']}, T {c['block_size']}, B {c['batch']}, float32: "
-        f"{entry['parameters']:,} parameters in {entry['parameter_tensors']} tensors, {entry['gradients']} gradients "
-        "with the intermediates. *default*: `refbp.check(net, idx, targets)`; *autograd only*: "
-        "`references=('autograd',)`; *fd, parameters*: `references=('fd',)`, directional, 1 direction per "
-        "parameter tensor; *gradcheck fast*: `gradcheck(J, params, fast_mode=True)` on the float64 torch module. "
-        f"Medians of {entry['repeats']} interleaved repeats.",
-        "",
-        *([f"**Load.** {entry['load_note']}", ""] if entry.get("load_note") else []),
-        "| default s | autograd only s | fd, parameters s | gradcheck fast s | default/fast | fd, parameters/fast |",
-        "|---|---|---|---|---|---|",
-        f"| {entry['t_default']:.2f} | {entry['t_autograd_only']:.2f} | {entry['t_fd_parameters']:.2f} | "
-        f"{entry['t_gradcheck_fast']:.2f} | {entry['default/gradcheck_fast']:.2f} | "
-        f"{entry['fd_parameters/gradcheck_fast']:.2f} |",
-        "",
-        f"Target (issue 20): default <= 2x gradcheck fast and < 5 s: **{'met' if default_ok else 'not met'}** "
-        f"({entry['default/gradcheck_fast']:.2f}x, {entry['t_default']:.2f} s). "
-        f"With its default budget ({entry['budget_s']:g} s) one default check took finite differences of "
-        f"{entry['fd_tensors']} of {entry['gradients']} gradients ({entry['fd_parameter_tensors']} of the "
-        f"{entry['parameter_tensors']} parameter tensors; directions per tensor {entry['fd_directions']}; "
-        f"{entry['fd_evaluations']} evaluations of J); the other {entry['autograd_only_tensors']} are verified by "
-        "autograd alone and say so in their `coverage`. Before issue 20 the same check took 37-74 s here "
-        "(8 directions x 4 evaluations for each of the 126 gradients, one unbatched oracle run each, and 504 "
-        "rounding probes).",
-        "",
-        "MLP table, one direction: *directional* above takes 8 directions per tensor, 16 evaluations of J at "
-        "least; gradcheck's fast mode takes 2 per tensor. With one direction per tensor (`directions=1`):",
-        "",
-        "| params | directional, 1 direction ms | fast_mode ms | ratio |",
-        "|---|---|---|---|",
-        *[
-            f"| {r['parameters']} | {1e3 * r['t_refbp_directional_1']:.1f} | {1e3 * r['t_gradcheck_fast']:.1f} | "
-            f"{r['t_refbp_directional_1'] / r['t_gradcheck_fast']:.2f} |"
-            for r in fd
-            if "t_refbp_directional_1" in r
-        ],
-        "",
-        "What limits these figures: each evaluation of J is a float64 forward pass of the oracle (refbp's layers "
-        "through torch.nn.functional, with the piece watcher), about as costly as gradcheck's, so a check can "
-        "at best match gradcheck's 2 evaluations per tensor; the default check also runs autograd, 4 conditioning "
-        "probes and the manual backward (*autograd only*), which gradcheck's fast mode has no counterpart for. "
-        "Full mode's 2 evaluations per entry (the error estimate only where D(h) does not confirm the gradient) "
-        "are what the speed-up over gradcheck's 2 per entry rests on: each of refbp's evaluations moves one "
-        "column or row through the layers above it instead of running the whole network.",
-        "",
-    ]
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="folder of benchmarks.json and BENCHMARKS.md to update")
@@ -197,14 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = json.loads((folder / "benchmarks.json").read_text())
     doc["finite_differences"], doc["check_gpt"] = fd, entry
     write_atomic(folder / "benchmarks.json", json.dumps(doc, indent=2, default=str) + "\n")  # as run.py writes it
-    write_atomic(folder / "BENCHMARKS.md", with_gpt_section(render_markdown(doc), entry, fd))
+    write_atomic(folder / "BENCHMARKS.md", render_markdown(doc))  # item 3 with this GPT part
     return 0
-
-
-def with_gpt_section(markdown: str, entry: dict[str, Any], fd: list[dict[str, Any]]) -> str:
-    """BENCHMARKS.md with the GPT part at the end of item 3 (before item 4)."""
-    head, sep, tail = markdown.partition("## 4. ")
-    return head + "\n".join(render_section(entry, fd)) + "\n" + sep + tail
 
 
 if __name__ == "__main__":

@@ -123,6 +123,64 @@ by up to +-0.5, so read them as ranges, not to the hundredth.
 """Section 6's reading: what limits each layer that misses the target, from profiles on this machine."""
 
 
+def gpt_check_section(entry: dict[str, Any], fd: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines for the GPT part of item 3 (benchmarks/check_gpt.py), and the MLP table's
+    one-direction column: rendered whenever benchmarks.json holds that run, whichever item was rerun."""
+    c = entry["config"]
+    default_ok = entry["default/gradcheck_fast"] <= 2.0 and entry["t_default"] < 5.0
+    lines = [
+        "### The GPT: refbp.check's default against gradcheck's fast mode",
+        "",
+        f"`python benchmarks/check_gpt.py --out reports` ({entry['date']}, {entry['seconds']:.0f} s; this item's "
+        "MLP table above is from the same run). "
+        f"GPT of {c['n_layer']} layers, n_embd {c['n_embd']}, T {c['block_size']}, B {c['batch']}, float32: "
+        f"{entry['parameters']:,} parameters in {entry['parameter_tensors']} tensors, {entry['gradients']} gradients "
+        "with the intermediates. *default*: `refbp.check(net, idx, targets)`; *autograd only*: "
+        "`references=('autograd',)`; *fd, parameters*: `references=('fd',)`, directional, 1 direction per "
+        "parameter tensor; *gradcheck fast*: `gradcheck(J, params, fast_mode=True)` on the float64 torch module. "
+        f"Medians of {entry['repeats']} interleaved repeats.",
+        "",
+        *([f"**Load.** {entry['load_note']}", ""] if entry.get("load_note") else []),
+        "| default s | autograd only s | fd, parameters s | gradcheck fast s | default/fast | fd, parameters/fast |",
+        "|---|---|---|---|---|---|",
+        f"| {entry['t_default']:.2f} | {entry['t_autograd_only']:.2f} | {entry['t_fd_parameters']:.2f} | "
+        f"{entry['t_gradcheck_fast']:.2f} | {entry['default/gradcheck_fast']:.2f} | "
+        f"{entry['fd_parameters/gradcheck_fast']:.2f} |",
+        "",
+        f"Target (issue 20): default <= 2x gradcheck fast and < 5 s: **{'met' if default_ok else 'not met'}** "
+        f"({entry['default/gradcheck_fast']:.2f}x, {entry['t_default']:.2f} s). "
+        f"With its default budget ({entry['budget_s']:g} s) one default check took finite differences of "
+        f"{entry['fd_tensors']} of {entry['gradients']} gradients ({entry['fd_parameter_tensors']} of the "
+        f"{entry['parameter_tensors']} parameter tensors; directions per tensor {entry['fd_directions']}; "
+        f"{entry['fd_evaluations']} evaluations of J); the other {entry['autograd_only_tensors']} are verified by "
+        "autograd alone and say so in their `coverage`. Before issue 20 the same check took 37-74 s here "
+        "(8 directions x 4 evaluations for each of the 126 gradients, one unbatched oracle run each, and 504 "
+        "rounding probes).",
+        "",
+        "MLP table, one direction: *directional* above takes 8 directions per tensor, 16 evaluations of J at "
+        "least; gradcheck's fast mode takes 2 per tensor. With one direction per tensor (`directions=1`):",
+        "",
+        "| params | directional, 1 direction ms | fast_mode ms | ratio |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['parameters']} | {1e3 * r['t_refbp_directional_1']:.1f} | {1e3 * r['t_gradcheck_fast']:.1f} | "
+            f"{r['t_refbp_directional_1'] / r['t_gradcheck_fast']:.2f} |"
+            for r in fd
+            if "t_refbp_directional_1" in r
+        ],
+        "",
+        "What limits these figures: each evaluation of J is a float64 forward pass of the oracle (refbp's layers "
+        "through torch.nn.functional, with the piece watcher), about as costly as gradcheck's, so a check can "
+        "at best match gradcheck's 2 evaluations per tensor; the default check also runs autograd, 4 conditioning "
+        "probes and the manual backward (*autograd only*), which gradcheck's fast mode has no counterpart for. "
+        "Full mode's 2 evaluations per entry (the error estimate only where D(h) does not confirm the gradient) "
+        "are what the speed-up over gradcheck's 2 per entry rests on: each of refbp's evaluations moves one "
+        "column or row through the layers above it instead of running the whole network.",
+        "",
+    ]
+    return lines
+
+
 def _table(rows: list[list[Any]], headers: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
@@ -342,6 +400,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 ],
             ),
             "",
+            *(gpt_check_section(doc["check_gpt"], doc["finite_differences"]) if "check_gpt" in doc else []),
             "## 4. Harness throughput",
             "",
         ]
