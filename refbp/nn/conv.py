@@ -20,15 +20,17 @@ and the backward is three products with the same columns:
     (3) dJ/dx  = fold(W_g^T dJ/dz_g)   (col2im: each column added back where its window was)
                = conv_transpose(dJ/dz, W; stride s, padding p, dilation d, groups G)
 
-Line (2) never builds X_col whole (k_h k_w copies of x): its rows for kernel offset (u, v) are
-the strided slice x_pad[:, c, i s + u d, j s + v d] of the padded input, so dJ/dW[:, :, u, v]
-is one (grouped) matrix product per offset, with one slice's copy alive at a time.
+Line (2) never builds X_col (k_h k_w copies of x). Written out, entry (o, c, u, v) is
+sum_{n, i, j} dJ/dz[n, o, i, j] x_pad[n, c, i s + u d, j s + v d]: x_pad correlated with dJ/dz
+as the kernel, with the images as the channels summed over and the roles of stride and
+dilation swapped (the kernel's taps i, j step by s, the output's u, v by d). refbp computes it
+so, as a forward convolution, a few input channels at a time (``_Conv.weight_gradient``).
 
 Line (3) is the transposed convolution: dJ/dz spread out by the stride, correlated with the
 kernel flipped in both spatial directions, the padding cut off again. ``output_padding`` adds
 the rows (columns) at the bottom (right) that no window reached when (H + 2p - d (k - 1) - 1)
 is not a multiple of s: their gradient is 0. It is a forward operation (torch's
-``conv_transpose2d``), not torch's backward kernel; dJ/dW is im2col and a matrix product.
+``conv_transpose2d``), not torch's backward kernel; so is line (2)'s convolution.
 
 Second order (refbp.nn.second_order), R{.} = d/dr (.)(w + r v) along V_W, V_b and R{x}. The
 convolution is bilinear in (x, W), line (2) in (dJ/dz, x) and line (3) in (dJ/dz, W), so the

@@ -7,14 +7,17 @@ position, the input padded by p; MaxPool2d's windows may be dilated by d):
                 dJ/dx[argmax of window (i, j)] += dJ/dy[n, c, i, j]
     AvgPool2d   y[n, c, i, j] = 1/D sum over the window of x_pad  (zero padding)
                 dJ/dx[every entry of window (i, j)] += dJ/dy[n, c, i, j] / D
-                D = k_h k_w (count_include_pad), or the number of the window's entries inside x
+                D = k_h k_w (count_include_pad), or the number of the window's entries inside x;
+                separable: y = A_h x A_w^T, dJ/dx = A_h^T dJ/dy A_w, row i of A_h 1/D_h(i) on
+                the rows window i covers (D = D_h(i) D_w(j) for either D)
     AdaptiveAvgPool2d(h_o, w_o): window i of a dimension of size n is [floor(i n / h_o), ceil((i + 1) n / h_o)),
                 y = A_h x A_w^T,  dJ/dx = A_h^T dJ/dy A_w,  A the (h_o, n) matrices of 1 / (window length)
 
 Windows overlap when the stride is smaller than the kernel: an input entry in two windows
-gets both windows' gradients, so the backward *adds* (scatter_add, fold); assigning keeps only
-one of them. MaxPool2d credits the first maximal entry of a window in its scan order (row by
-row, left to right) when several are equal, as torch does: only that entry gets the gradient.
+gets both windows' gradients, so the backward *adds* (scatter_add_; the sums of the matrix
+products); assigning keeps only one of them. MaxPool2d credits the first maximal entry of a
+window in its scan order (row by row, left to right) when several are equal, as torch does:
+only that entry gets the gradient.
 At such a tie the maximum has no derivative (it is a kink, as relu's 0 is); finite differences
 see it move to another entry and are excluded there (``pieces``).
 
