@@ -9,8 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
+from refbp.nn.keys import Key
+from refbp.nn.layer import BackwardContext, ForwardContext
 from refbp.nn.layernorm import LayerNorm
+from refbp.nn.network import Network
 
 
 # ---- LayerNorm ------------------------------------------------------------------------------------
@@ -35,3 +39,103 @@ def test_single_feature_layernorm_row_scale_is_infinite_as_torch_output_is_const
     scale = LayerNorm(d=1).pieces.scale
     assert scale is not None
     assert torch.isinf(scale(x)).all()
+
+
+def test_layernorm_without_gamma_names_what_it_needs() -> None:
+    with pytest.raises(
+        ValueError, match=r"^LayerNorm: beta without gamma is not a torch\.nn\.LayerNorm; give gamma too$"
+    ):
+        LayerNorm(None, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"^LayerNorm without gamma needs d, the normalised size$"):
+        LayerNorm()
+
+
+def test_a_new_layernorm_is_in_training_mode_as_torch_module_is() -> None:
+    assert LayerNorm(d=3).training is torch.nn.LayerNorm(3).training is True
+    assert Network([LayerNorm(d=3)], "mse").training is True
+
+
+def _torch_layernorm(
+    x: Tensor, G: Tensor, gamma: Tensor | None, beta: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """torch's y, dJ/dx, dJ/dgamma and dJ/dbeta of F.layer_norm for dJ/dy = G."""
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, gamma, beta)]
+    y = F.layer_norm(leaves[0], (x.shape[-1],), leaves[1], leaves[2])  # type: ignore[arg-type]
+    y.backward(G)
+    grads = [t.grad if t is not None else None for t in leaves]
+    assert grads[0] is not None
+    return y.detach(), grads[0], grads[1], grads[2]
+
+
+def test_float32_layernorm_of_nearly_constant_rows_is_float64_torch_rounded_once() -> None:
+    # Rows of nearly equal numbers: x - mean cancels most of x's digits. The module promises the
+    # statistics and dJ/dx are computed in float64 and rounded once, so the float32 output and dJ/dx
+    # are torch's float64 values to a few float32 roundings (float32 arithmetic is off ~1e-5).
+    gen = torch.Generator().manual_seed(0)
+    for d in (2, 3, 8):
+        x = (1 + 1e-3 * torch.randn(5, d, generator=gen, dtype=torch.float64)).float()
+        G = torch.randn(5, d, generator=gen).float()
+        gamma, beta = torch.rand(d, generator=gen).float() + 0.5, torch.randn(d, generator=gen).float()
+        net = Network([LayerNorm(gamma, beta)], "mse")
+        cache = net.forward(x)
+        grads = net.backward_from(cache, G).as_dict()
+        y64, dx64, _, _ = _torch_layernorm(x.double(), G.double(), gamma.double(), beta.double())
+        ulp = 2.0**-23
+        for got, want in ((cache.y_hat, y64), (grads["X"], dx64)):
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=4 * ulp * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_lean_half_precision_layernorm_computes_in_float32_as_torch(dtype: torch.dtype) -> None:
+    # Rows far from 0: half-precision arithmetic would lose x - mean; torch's CPU kernel computes in float32.
+    gen = torch.Generator().manual_seed(1)
+    d = 64
+    x = (50 + torch.randn(4, d, generator=gen)).to(dtype)
+    gamma, beta = (torch.rand(d, generator=gen) + 0.5).to(dtype), torch.randn(d, generator=gen).to(dtype)
+    y, _ = LayerNorm(gamma, beta).forward(x, ForwardContext(keep_intermediates=False), (1,))
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, F.layer_norm(x, (d,), gamma, beta))
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)], ids=["affine", "no-bias", "none"])
+def test_layernorm_parameter_gradients_without_dJ_dx_equal_torch(lean: bool, affine: tuple[bool, bool]) -> None:
+    # need_dx=False (the input needs no gradient): the parameters' gradients are torch's all the same,
+    # and with keep_intermediates=False the layer reports no intermediates (an empty dict).
+    gen = torch.Generator().manual_seed(2)
+    d = 4
+    x, G = (
+        torch.randn(3, 2, d, generator=gen, dtype=torch.float64),
+        torch.randn(3, 2, d, generator=gen, dtype=torch.float64),
+    )
+    gamma = torch.rand(d, generator=gen, dtype=torch.float64) + 0.5 if affine[0] else None
+    beta = torch.randn(d, generator=gen, dtype=torch.float64) if affine[1] else None
+    layer = LayerNorm(gamma, beta, d=d)
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+    got = layer.backward(G, x, y, cache, BackwardContext((1,), keep_intermediates=False, need_dx=False))
+    _, _, dgamma, dbeta = _torch_layernorm(x, G, gamma, beta)
+    assert got.dJ_dx is None
+    assert got.intermediates == {}
+    expected = {k: v for k, v in (("gamma", dgamma), ("beta", dbeta)) if v is not None}
+    assert set(got.params) == set(expected)
+    for kind, value in expected.items():
+        torch.testing.assert_close(got.params[kind], value)
+
+
+def test_float32_layernorm_reports_dJ_dxhat_in_float32_as_torch() -> None:
+    gen = torch.Generator().manual_seed(3)
+    d = 3
+    x, G = torch.randn(2, d, generator=gen), torch.randn(2, d, generator=gen)
+    for gamma in (torch.rand(d, generator=gen) + 0.5, None):
+        layer = LayerNorm(gamma, d=d)
+        y, cache = layer.forward(x, ForwardContext(), (1,))
+        got = layer.backward(G, x, y, cache, BackwardContext((1,)))
+        xx = x.clone().requires_grad_()
+        xhat = F.layer_norm(xx, (d,))
+        xhat.retain_grad()
+        (xhat * gamma if gamma is not None else xhat).backward(G)
+        assert xhat.grad is not None
+        dJ_dxhat = got.intermediates[Key("xhat", (1,))]
+        assert dJ_dxhat.dtype == xhat.grad.dtype == torch.float32
+        torch.testing.assert_close(dJ_dxhat, xhat.grad)
