@@ -2,6 +2,7 @@
 
     python scripts/mutation.py                      # run mutmut (incremental), write reports/mutation.{md,json}
     python scripts/mutation.py --module layernorm   # only that module's mutants (repeatable)
+    python scripts/mutation.py --module layernorm --survivors  # re-test only its survivors (new tests)
     python scripts/mutation.py --fresh              # forget every cached result first
     python scripts/mutation.py --report-only        # rewrite the report from the last runs in mutants/
 
@@ -10,7 +11,10 @@ its eqs. (1), (6)-(8), the normalisations (and the cancellation size their taps 
 and the transformer block. mutmut's configuration (modules, tests) is the [mutmut] section of
 setup.cfg; mutmut keeps each mutant's result in mutants/ and re-tests only the mutants whose
 function changed, so the modules can be measured one at a time and a later commit incrementally.
-Each run's modules, commit and seconds are appended to mutants/runs.json, which the report quotes.
+Each run's modules, commit, workers and seconds are appended to mutants/runs.json, which the
+report quotes. mutmut re-tests every mutant a run names, killed or not; after new tests,
+``--survivors`` names only the mutants that survived the last run (minutes instead of a module's
+full run).
 
 Each surviving mutant is matched against EXPLAINED (why it computes the same numbers, so no test
 can kill it) or TEXT_ONLY (a method that returns text, not numbers); a survivor that matches
@@ -239,19 +243,31 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
-def run_mutmut(max_children: int, modules: list[str], fresh: bool) -> None:
-    """Run mutmut with the ci profile and one torch thread per worker, and record the run in mutants/runs.json."""
+def run_mutmut(max_children: int, modules: list[str], fresh: bool, survivors: bool = False) -> None:
+    """Run mutmut with the ci profile and one torch thread per worker, and record the run in mutants/runs.json.
+    With ``survivors``, only the modules' mutants that survived the last run (none: nothing to run)."""
     if fresh:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     env = {**os.environ, "HYPOTHESIS_PROFILE": "ci", "OMP_NUM_THREADS": "1"}
-    patterns = [f"refbp.nn.{module}.*" for module in modules]
+    if survivors:
+        codes = read_results()
+        patterns = sorted(
+            name for module in modules or MODULES for name, code in codes[module].items() if status(code) in SURVIVING
+        )
+        if not patterns:
+            return
+    else:
+        patterns = [f"refbp.nn.{module}.*" for module in modules]
     commit = _git("rev-parse", "--short", "HEAD") + (
         " (with uncommitted changes)" if _git("status", "--porcelain", "refbp") else ""
     )
     start = time.monotonic()
     subprocess.run([_mutmut(), "run", "--max-children", str(max_children), *patterns], cwd=ROOT, env=env, check=True)
     runs = read_runs()
-    runs.append({"modules": modules or list(MODULES), "commit": commit, "seconds": round(time.monotonic() - start)})
+    run: dict[str, Any] = {"modules": modules or list(MODULES), "commit": commit, "workers": max_children}
+    if survivors:
+        run["survivors"] = len(patterns)
+    runs.append({**run, "seconds": round(time.monotonic() - start)})
     (ROOT / "mutants" / "runs.json").write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
 
 
@@ -370,7 +386,11 @@ def render(codes: dict[str, dict[str, int | None]], runs: list[dict[str, Any]]) 
             sections += [f"### {module}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
     table = [tallies[m].row(f"`{m}`") for m in codes] + [total.row("**total**")]
     run_lines = [
-        f"- `{', '.join(r['modules'])}`: commit {r['commit']}, {r['seconds'] / 60:.0f} min"
+        f"- `{', '.join(r['modules'])}`"
+        + (f" ({r['survivors']} survivors of the previous run, with the new tests)" if r.get("survivors") else "")
+        + f": commit {r['commit']}"
+        + (f", {r['workers']} worker{'s' if r['workers'] > 1 else ''}" if r.get("workers") else "")
+        + f", {r['seconds'] / 60:.0f} min"
         + (f"; stopped {r['stopped']}" if r.get("stopped") else "")
         for r in runs
     ]
@@ -379,8 +399,9 @@ def render(codes: dict[str, dict[str, int | None]], runs: list[dict[str, Any]]) 
         "# Mutation testing: the layers' manual backprop",
         "",
         f"mutmut over `refbp/nn/{{{','.join(MODULES)}}}.py` with the fast `ci` hypothesis profile "
-        f"(`python scripts/mutation.py --max-children 2`, module by module with `--module NAME`; "
-        f"configuration in setup.cfg), on {os.cpu_count()} cores shared with other jobs.",
+        f"(`python scripts/mutation.py --max-children N`, module by module with `--module NAME`, then "
+        f"`--survivors` after new tests; configuration in setup.cfg), on {os.cpu_count()} cores shared with "
+        "other jobs.",
         "",
         tabulate(table, headers=HEADERS, tablefmt="github"),
         "",
@@ -416,9 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", action="append", choices=MODULES, default=[], help="only this module (repeatable)")
     parser.add_argument("--fresh", action="store_true", help="delete mutants/ (every cached result) first")
     parser.add_argument("--report-only", action="store_true", help="report on the last runs in mutants/")
+    parser.add_argument("--survivors", action="store_true", help="re-test only the survivors of the last run")
     args = parser.parse_args(argv)
     if not args.report_only:
-        run_mutmut(args.max_children, args.module, args.fresh)
+        run_mutmut(args.max_children, args.module, args.fresh, args.survivors)
     text, data, unexplained = render(read_results(), read_runs())
     write_atomic(ROOT / args.out / "mutation.md", text)
     write_atomic(ROOT / args.out / "mutation.json", json.dumps(data, indent=1) + "\n")

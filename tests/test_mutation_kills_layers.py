@@ -139,3 +139,17 @@ def test_float32_layernorm_reports_dJ_dxhat_in_float32_as_torch() -> None:
         dJ_dxhat = got.intermediates[Key("xhat", (1,))]
         assert dJ_dxhat.dtype == xhat.grad.dtype == torch.float32
         torch.testing.assert_close(dJ_dxhat, xhat.grad)
+
+
+def test_layernorm_shows_torch_xhat_in_the_walk_through_and_nothing_in_lean_mode() -> None:
+    # cached_values is what the walk-through (refbp explain) shows: xhat of the full cache, torch's
+    # layer_norm without the affine map; a lean cache keeps no xhat, so it shows none.
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    layer = LayerNorm(torch.rand(5, generator=gen, dtype=torch.float64) + 0.5, eps=1e-3)
+    _, cache = layer.forward(x, ForwardContext(), (2, 1))
+    shown = layer.cached_values(cache, (2, 1))
+    assert list(shown) == [Key("xhat", (2, 1))]
+    torch.testing.assert_close(shown[Key("xhat", (2, 1))], F.layer_norm(x, (5,), eps=1e-3))
+    _, lean = layer.forward(x, ForwardContext(keep_intermediates=False), (2, 1))
+    assert layer.cached_values(lean, (2, 1)) == {}
