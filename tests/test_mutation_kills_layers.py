@@ -153,3 +153,84 @@ def test_layernorm_shows_torch_xhat_in_the_walk_through_and_nothing_in_lean_mode
     torch.testing.assert_close(shown[Key("xhat", (2, 1))], F.layer_norm(x, (5,), eps=1e-3))
     _, lean = layer.forward(x, ForwardContext(keep_intermediates=False), (2, 1))
     assert layer.cached_values(lean, (2, 1)) == {}
+
+
+def _layernorm_case(
+    dtype: torch.dtype, affine: tuple[bool, bool] = (True, True), seed: int = 5, d: int = 6
+) -> tuple[LayerNorm, Tensor, Tensor, Tensor | None, Tensor | None]:
+    gen = torch.Generator().manual_seed(seed)
+    x = (1.5 + torch.randn(3, 2, d, generator=gen, dtype=torch.float64)).to(dtype)
+    G = torch.randn(3, 2, d, generator=gen, dtype=torch.float64).to(dtype)
+    gamma = (torch.rand(d, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine[0] else None
+    beta = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype) if affine[1] else None
+    return LayerNorm(gamma, beta, d=d), x, G, gamma, beta
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
+@pytest.mark.parametrize("affine", [(True, True), (False, False)], ids=["affine", "none"])
+def test_lean_forward_with_a_teaching_backward_reports_torch_dJ_dxhat(affine: tuple[bool, bool], need_dx: bool) -> None:
+    # A lean cache (mu, rstd) with keep_intermediates=True in the backward: dJ/dxhat is still
+    # reported, torch's xhat.grad, whether or not dJ/dx is asked for.
+    layer, x, G, gamma, beta = _layernorm_case(torch.float64, affine)
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    got = layer.backward(G, x, y, cache, BackwardContext((1,), need_dx=need_dx))
+    xx = x.clone().requires_grad_()
+    xhat = F.layer_norm(xx, (x.shape[-1],))
+    xhat.retain_grad()
+    (xhat * gamma + beta if gamma is not None and beta is not None else xhat).backward(G)
+    assert list(got.intermediates) == [Key("xhat", (1,))]
+    torch.testing.assert_close(got.intermediates[Key("xhat", (1,))], xhat.grad)
+    if need_dx:
+        torch.testing.assert_close(got.dJ_dx, xx.grad)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_layernorm_backward_leaves_dJ_dy_alone_unless_allowed_to_overwrite_it(dtype: torch.dtype, lean: bool) -> None:
+    # BackwardContext.overwrite=False: the caller keeps dJ/dy, so the layer must not write into it;
+    # with overwrite=True (a training step) it may, and dJ/dx is torch's either way.
+    for overwrite in (False, True):
+        layer, x, G, gamma, beta = _layernorm_case(dtype)
+        y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+        dJ_dy = G.clone()
+        got = layer.backward(dJ_dy, x, y, cache, BackwardContext((1,), keep_intermediates=False, overwrite=overwrite))
+        _, dx, dgamma, dbeta = _torch_layernorm(x, G, gamma, beta)
+        if not overwrite:
+            assert torch.equal(dJ_dy, G)
+        assert got.dJ_dx is not None
+        torch.testing.assert_close(got.dJ_dx, dx)
+        torch.testing.assert_close(got.params["gamma"], dgamma)
+        torch.testing.assert_close(got.params["beta"], dbeta)
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["copy", "overwrite"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_lean_half_precision_layernorm_backward_is_torch_in_the_input_dtype(
+    dtype: torch.dtype, overwrite: bool
+) -> None:
+    # A half-precision training step: the lean backward computes in float32 (the dtype of mu and
+    # rstd) and returns every gradient in the input's dtype, as torch does, to a few of its roundings.
+    layer, x, G, gamma, beta = _layernorm_case(dtype, seed=6, d=16)
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    got = layer.backward(G.clone(), x, y, cache, BackwardContext((1,), keep_intermediates=False, overwrite=overwrite))
+    _, dx, dgamma, dbeta = _torch_layernorm(x.float(), G.float(), gamma.float(), beta.float())  # type: ignore[union-attr]
+    unit = torch.finfo(dtype).eps
+    assert got.dJ_dx is not None
+    for value, want in ((got.dJ_dx, dx), (got.params["gamma"], dgamma), (got.params["beta"], dbeta)):
+        assert value.dtype == dtype
+        assert want is not None
+        torch.testing.assert_close(value.float(), want, rtol=0, atol=4 * unit * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)], ids=["affine", "no-bias", "none"])
+def test_layernorm_to_torch_is_the_same_torch_module(affine: tuple[bool, bool]) -> None:
+    layer, x, _, gamma, beta = _layernorm_case(torch.float64, affine)
+    layer = LayerNorm(gamma, beta, d=x.shape[-1], eps=0.25)
+    module = layer.to_torch()
+    assert isinstance(module, torch.nn.LayerNorm)
+    reference = torch.nn.LayerNorm(x.shape[-1], eps=0.25, elementwise_affine=affine[0], bias=affine[1])
+    assert module.eps == reference.eps and module.elementwise_affine == reference.elementwise_affine
+    assert (module.weight is None) == (reference.weight is None) and (module.bias is None) == (reference.bias is None)
+    y, _ = layer.forward(x, ForwardContext(), (1,))
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), y)
