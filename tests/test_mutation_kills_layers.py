@@ -234,3 +234,18 @@ def test_layernorm_to_torch_is_the_same_torch_module(affine: tuple[bool, bool]) 
     y, _ = layer.forward(x, ForwardContext(), (1,))
     with torch.no_grad():
         torch.testing.assert_close(module(x), y)
+
+
+def test_lean_forward_then_teaching_backward_from_a_loss_reports_torch_dJ_da() -> None:
+    # The loss's dJ/da is the network's own (overwrite=True), but with keep_intermediates it is also
+    # reported: LayerNorm's lean backward must then not compute dJ/dx in its storage.
+    layer, x, _, gamma, beta = _layernorm_case(torch.float64, seed=7)
+    target = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    net = Network([layer], "mse")
+    grads = net.backward(net.forward(x, keep_intermediates=False), target, keep_intermediates=True).as_dict()
+    xx = x.clone().requires_grad_()
+    y = F.layer_norm(xx, (x.shape[-1],), gamma, beta)
+    y.retain_grad()
+    F.mse_loss(y, target).backward()
+    torch.testing.assert_close(grads["a1"], y.grad)
+    torch.testing.assert_close(grads["X"], xx.grad)
