@@ -213,6 +213,104 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "uniform_'s upper bound defaults to 1: uniform_(-1.0) is uniform_(-1.0, 1.0), the same draws.",
     ),
     (
+        "x_accumulation_dtype__",
+        "torch.bfloat16)) or True else dtype",
+        "A normalisation's input is float16, bfloat16, float32 or float64 (the network refuses other dtypes), "
+        "and float64 is the accumulation dtype of each of them either way.",
+    ),
+    (
+        "x_fresh_like__",
+        "torch.empty_like(x, memory_format=None)",
+        "Layout, not numbers: the tensor is only an out= of the same shape and dtype, which torch fills "
+        "whatever its strides (the contiguous layout is the docstring's 7 times faster elementwise pass).",
+    ),
+    (
+        "x_fresh_like__",
+        "torch.empty_like(x, )",
+        "Layout, not numbers: the tensor is only an out= of the same shape and dtype, which torch fills "
+        "whatever its strides (the contiguous layout is the docstring's 7 times faster elementwise pass).",
+    ),
+    (
+        "xǁLayerNormǁlean_forward__",
+        "y = torch.sub(xa, mu, out=None)",
+        "Layout, not numbers: x - mu in a tensor torch allocates (laid out after mu's strides) instead of "
+        "a contiguous one; the same values, a slower elementwise pass (fresh_like).",
+    ),
+    (
+        "xǁLayerNormǁlean_forward__",
+        "y = torch.sub(xa, mu, )",
+        "Layout, not numbers: x - mu in a tensor torch allocates (laid out after mu's strides) instead of "
+        "a contiguous one; the same values, a slower elementwise pass (fresh_like).",
+    ),
+    (
+        "xǁLayerNormǁlean_forward__",
+        "torch.addcmul(beta, y, gamma, out=None)",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "torch.sub(rows_x, mu, out=None)",
+        "Layout, not numbers: x - mu in a tensor torch allocates (laid out after mu's strides) instead of "
+        "a contiguous one; the same values, a slower elementwise pass (fresh_like).",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "torch.sub(rows_x, mu, )",
+        "Layout, not numbers: x - mu in a tensor torch allocates (laid out after mu's strides) instead of "
+        "a contiguous one; the same values, a slower elementwise pass (fresh_like).",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "own = None",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dx in a copy of it, the same "
+        "values; reusing it only spares the training step one (M, d) tensor.",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "(dJ_dy if (own) and False else",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dx in a copy of it, the same "
+        "values; reusing it only spares the training step one (M, d) tensor.",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "t.sum(dim=+1)",
+        "t is (M, d), two dimensions (g and g o xhat are viewed as rows): dim 1 is dim -1.",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        ".unsqueeze_(+1)",
+        "The sum or matrix-vector product is (M,), one dimension: unsqueeze at 1 or at -1 both give (M, 1).",
+    ),
+    (
+        "xǁLayerNormǁbackward__",
+        "if (ctx.need_dx) or True else None",
+        "Work, not numbers: the mean is computed even without need_dx, but then the other mean is None and "
+        "backward returns before reading either (only the parameters' gradients, which do not use them).",
+    ),
+    (
+        "xǁLayerNormǁbackward__",
+        "if mean_g is None and mean_gx is None:",
+        "mean_g and mean_gx are computed under the same condition (ctx.need_dx): both are None or neither.",
+    ),
+    (
+        "xǁLayerNormǁbackward__",
+        "dJ_dy.to(None)",
+        "Converting dJ/dy (any float dtype) to xhat's float64 is exact, and dJ/dy o gamma (gamma in "
+        "float64) promotes to float64 anyway: the same dJ/dxhat, rounded to dJ/dy's dtype when kept.",
+    ),
+    (
+        "xǁLayerNormǁto_torch__",
+        "device=None,",
+        "On the CPU, where the suite runs, device=None is gamma's device: the same module. On a GPU the "
+        "module would be built on the CPU; a difference only a CUDA machine can show.",
+    ),
+    (
+        "xǁLayerNormǁto_torch__",
+        "device=None if (gamma is None) or True else gamma.device",
+        "On the CPU, where the suite runs, device=None is gamma's device: the same module. On a GPU the "
+        "module would be built on the CPU; a difference only a CUDA machine can show.",
+    ),
+    (
         "xǁLinearǁto_torch__",
         "dtype=self.W.dtype, device=None)",
         "On the CPU, where the suite runs, device=None is W's device: the same module. On a GPU the "
