@@ -299,6 +299,38 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "float64) promotes to float64 anyway: the same dJ/dxhat, rounded to dJ/dy's dtype when kept.",
     ),
     (
+        "xǁLayerNormǁ_affine_directions__",
+        ".to(None),",
+        "Exact promotion, not other numbers: gamma and the directions V then keep the network's dtype, but every product they enter (gamma o R{xhat}, V_gamma o xhat, R{dJ/dy} o gamma, dJ/dy o V_gamma, + V_beta) has a float64 partner (xhat, R{xhat}, dJ/dy and R{dJ/dy} in the accumulation dtype), to which torch converts them exactly first.",
+    ),
+    (
+        "xǁLayerNormǁr_backward__",
+        "self._affine_directions(V, ctx.path, None)",
+        "Exact promotion, not other numbers: gamma and the directions V then keep the network's dtype, but every product they enter (gamma o R{xhat}, V_gamma o xhat, R{dJ/dy} o gamma, dJ/dy o V_gamma, + V_beta) has a float64 partner (xhat, R{xhat}, dJ/dy and R{dJ/dy} in the accumulation dtype), to which torch converts them exactly first.",
+    ),
+    (
+        "xǁLayerNormǁtangent__",
+        "*self._affine_directions(V, path, None))",
+        "Exact promotion, not other numbers: gamma and the directions V then keep the network's dtype, but every product they enter (gamma o R{xhat}, V_gamma o xhat, R{dJ/dy} o gamma, dJ/dy o V_gamma, + V_beta) has a float64 partner (xhat, R{xhat}, dJ/dy and R{dJ/dy} in the accumulation dtype), to which torch converts them exactly first.",
+    ),
+    (
+        "xǁLayerNormǁr_backward__",
+        "Rh.to(dtype, copy=False)}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁLayerNormǁr_backward__",
+        "Rh.to(dtype, )}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁLayerNormǁlean_forward__",
+        "torch.addcmul(beta, y, gamma, )",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
         "xǁLayerNormǁto_torch__",
         "device=None,",
         "On the CPU, where the suite runs, device=None is gamma's device: the same module. On a GPU the "

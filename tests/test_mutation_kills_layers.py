@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from refbp.nn.keys import Key
-from refbp.nn.layer import BackwardContext, ForwardContext
+from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext
 from refbp.nn.layernorm import LayerNorm
 from refbp.nn.network import Network
 
@@ -249,3 +249,95 @@ def test_lean_forward_then_teaching_backward_from_a_loss_reports_torch_dJ_da() -
     F.mse_loss(y, target).backward()
     torch.testing.assert_close(grads["a1"], y.grad)
     torch.testing.assert_close(grads["X"], xx.grad)
+
+
+# ---- LayerNorm's second order against torch.func: R{y} = jvp of y, R{dJ/dx} = jvp of the vjp --------
+def _torch_layernorm_second(
+    x: Tensor, g: Tensor, gamma: Tensor | None, beta: Tensor | None, Rx: Tensor, Rg: Tensor, V: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], Tensor]:
+    """torch.func in float64: R{y}, R{xhat}, R{dJ/dx}, R{dJ/d(each parameter)} (H v at the layer) and
+    R{dJ/dxhat}, along R{x}, the parameters' directions V and R{dJ/dy}."""
+    d = x.shape[-1]
+    params = {k: v.double() for k, v in (("gamma", gamma), ("beta", beta)) if v is not None}
+    directions = {k: V[k].double() for k in params}
+
+    def y_of(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        return F.layer_norm(x, (d,), p.get("gamma"), p.get("beta"))
+
+    def grads_of(x: Tensor, p: dict[str, Tensor], g: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        _, vjp = torch.func.vjp(y_of, x, p)
+        dx, dp = vjp(g)
+        return dx, dp
+
+    x64, g64, Rx64, Rg64 = x.double(), g.double(), Rx.double(), Rg.double()
+    _, Ry = torch.func.jvp(y_of, (x64, params), (Rx64, directions))
+    _, Rxhat = torch.func.jvp(lambda x: F.layer_norm(x, (d,)), (x64,), (Rx64,))
+    _, (R_dx, R_dp) = torch.func.jvp(grads_of, (x64, params, g64), (Rx64, directions, Rg64))
+    if "gamma" in params:
+        _, R_dxhat = torch.func.jvp(torch.mul, (g64, params["gamma"]), (Rg64, directions["gamma"]))
+    else:
+        R_dxhat = Rg64
+    return Ry, Rxhat, R_dx, R_dp, R_dxhat
+
+
+def _close_to_float64(got: Tensor, want: Tensor, dtype: torch.dtype) -> None:
+    """got, in dtype, is want (float64) to a few dozen roundings of dtype, relative to its largest entry
+    (float64: 1e-8, as rstd ~ 1e3 on the nearly constant rows amplifies float64's own round-off)."""
+    assert got.dtype == dtype
+    unit = 64 * torch.finfo(dtype).eps if dtype != torch.float64 else 1e-8
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=unit * max(float(want.abs().max()), 1e-30))
+
+
+@pytest.mark.parametrize("along", ["all", "dJ/dy"], ids=["along-all", "along-dJ/dy"])
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)], ids=["affine", "no-bias", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_layernorm_tangent_and_r_backward_equal_torch_func(
+    dtype: torch.dtype, affine: tuple[bool, bool], lean: bool, along: str
+) -> None:
+    # Full mode: rows of x, dJ/dy and R{dJ/dy} close to constant, each cancelling most of its digits
+    # in the means subtracted, so float32 must accumulate in float64 (as the first order does) to stay
+    # at a few roundings of torch's float64 values. Lean mode computes in the input's dtype, as torch's
+    # module does: ordinary rows. Every result comes back in the input's dtype.
+    gen = torch.Generator().manual_seed(9)
+    d = 5
+
+    def near_constant() -> Tensor:
+        spread = 1.0 if lean else 1e-3
+        return (1 + spread * torch.randn(2, 3, d, generator=gen, dtype=torch.float64)).to(dtype)
+
+    x, g, Rx, Rg = near_constant(), near_constant(), torch.randn(2, 3, d, generator=gen).to(dtype), near_constant()
+    gamma = (torch.rand(d, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine[0] else None
+    beta = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype) if affine[1] else None
+    V = {"gamma": torch.randn(d, generator=gen).to(dtype), "beta": torch.randn(d, generator=gen).to(dtype)}
+    if along == "dJ/dy":  # R{x} = 0 and V = 0: R{dJ/dx} is the backward map of R{dJ/dy} alone, not buried
+        Rx, V = torch.zeros_like(Rx), {k: torch.zeros_like(v) for k, v in V.items()}  # under the other terms
+    layer, path = LayerNorm(gamma, beta, d=d), (2,)
+    directions = Params({Key(k, path): V[k] for k in layer.params})
+    Ry, Rxhat, R_dx, R_dp, R_dxhat = _torch_layernorm_second(x, g, gamma, beta, Rx, Rg, V)
+
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), path)
+    t = layer.tangent(x, Rx, y, cache, directions, path)
+    _close_to_float64(t.out, Ry, dtype)
+    _close_to_float64(t.intermediates[Key("xhat", path)], Rxhat, dtype)
+    for need_dx in (True, False):
+        for keep in (True, False):
+            ctx = SecondContext(path, need_dx=need_dx, keep_intermediates=keep)
+            dJ_dx, got = layer.r_backward(g, Rg, x, Rx, y, t, cache, directions, ctx)
+            assert (dJ_dx is None, got.dJ_dx is None) == (not need_dx, not need_dx)
+            if got.dJ_dx is not None:
+                _close_to_float64(got.dJ_dx, R_dx, dtype)
+            assert set(got.params) == set(R_dp)
+            for kind, want in R_dp.items():
+                _close_to_float64(got.params[kind], want, dtype)
+            assert list(got.intermediates) == ([Key("xhat", path)] if keep else [])
+            if keep:
+                _close_to_float64(got.intermediates[Key("xhat", path)], R_dxhat, dtype)
+
+
+def test_layernorm_tangent_of_indices_names_the_layer() -> None:
+    layer = LayerNorm(d=3)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    y, cache = layer.forward(x, ForwardContext(), (1,))
+    with pytest.raises(AssertionError, match=r"^LayerNorm's input is never indices: it always has a tangent(\n|$)"):
+        layer.tangent(x, None, y, cache, Params({}), (1,))
