@@ -61,6 +61,14 @@ TIMEOUT_CODES = {24, -24, 36, 152, 255}
 SURVIVING = ("survived", "no tests", "suspicious", "segfault")
 """The states a report must explain: no test failed with the mutant in place."""
 
+PROMOTED = (
+    "Exact promotion, not other numbers: gamma and the directions V then keep the network's dtype, but every "
+    "product they enter (gamma o R{xhat}, V_gamma o xhat, R{dJ/dy} o gamma, dJ/dy o V_gamma, + V_beta) has a "
+    "float64 partner (xhat, R{xhat}, dJ/dy and R{dJ/dy} in the accumulation dtype), to which torch converts "
+    "them exactly first."
+)
+"""Why a normalisation's parameters or directions left in the network's dtype give the same numbers."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -301,17 +309,17 @@ EXPLAINED: list[tuple[str, str, str]] = [
     (
         "xǁLayerNormǁ_affine_directions__",
         ".to(None),",
-        "Exact promotion, not other numbers: gamma and the directions V then keep the network's dtype, but every product they enter (gamma o R{xhat}, V_gamma o xhat, R{dJ/dy} o gamma, dJ/dy o V_gamma, + V_beta) has a float64 partner (xhat, R{xhat}, dJ/dy and R{dJ/dy} in the accumulation dtype), to which torch converts them exactly first.",
+        PROMOTED,
     ),
     (
         "xǁLayerNormǁr_backward__",
         "self._affine_directions(V, ctx.path, None)",
-        "Exact promotion, not other numbers: gamma and the directions V then keep the network's dtype, but every product they enter (gamma o R{xhat}, V_gamma o xhat, R{dJ/dy} o gamma, dJ/dy o V_gamma, + V_beta) has a float64 partner (xhat, R{xhat}, dJ/dy and R{dJ/dy} in the accumulation dtype), to which torch converts them exactly first.",
+        PROMOTED,
     ),
     (
         "xǁLayerNormǁtangent__",
         "*self._affine_directions(V, path, None))",
-        "Exact promotion, not other numbers: gamma and the directions V then keep the network's dtype, but every product they enter (gamma o R{xhat}, V_gamma o xhat, R{dJ/dy} o gamma, dJ/dy o V_gamma, + V_beta) has a float64 partner (xhat, R{xhat}, dJ/dy and R{dJ/dy} in the accumulation dtype), to which torch converts them exactly first.",
+        PROMOTED,
     ),
     (
         "xǁLayerNormǁr_backward__",
