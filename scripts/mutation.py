@@ -339,6 +339,18 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
     ),
     (
+        "xǁLayerNormǁbackward__",
+        "dJ_dxhat.to(dtype, copy=False)}",
+        "Memory, not numbers: only without gamma in float64 is dJ/dxhat.to(dtype) no copy, dJ/dy itself, which "
+        "LayerNorm's backward only reads; the reported dJ/dxhat and dJ/dy (equal there) then share storage.",
+    ),
+    (
+        "xǁLayerNormǁbackward__",
+        "dJ_dxhat.to(dtype, )}",
+        "Memory, not numbers: only without gamma in float64 is dJ/dxhat.to(dtype) no copy, dJ/dy itself, which "
+        "LayerNorm's backward only reads; the reported dJ/dxhat and dJ/dy (equal there) then share storage.",
+    ),
+    (
         "xǁLayerNormǁto_torch__",
         "device=None,",
         "On the CPU, where the suite runs, device=None is gamma's device: the same module. On a GPU the "

@@ -166,13 +166,16 @@ def _layernorm_case(
     return LayerNorm(gamma, beta, d=d), x, G, gamma, beta
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
 @pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
 @pytest.mark.parametrize("affine", [(True, True), (False, False)], ids=["affine", "none"])
-def test_lean_forward_with_a_teaching_backward_reports_torch_dJ_dxhat(affine: tuple[bool, bool], need_dx: bool) -> None:
-    # A lean cache (mu, rstd) with keep_intermediates=True in the backward: dJ/dxhat is still
-    # reported, torch's xhat.grad, whether or not dJ/dx is asked for.
+def test_teaching_backward_reports_torch_dJ_dxhat_with_or_without_dJ_dx(
+    affine: tuple[bool, bool], need_dx: bool, lean: bool
+) -> None:
+    # keep_intermediates=True in the backward, from the full cache or a lean one (mu, rstd): dJ/dxhat
+    # is reported, torch's xhat.grad, whether or not dJ/dx is asked for.
     layer, x, G, gamma, beta = _layernorm_case(torch.float64, affine)
-    y, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
     got = layer.backward(G, x, y, cache, BackwardContext((1,), need_dx=need_dx))
     xx = x.clone().requires_grad_()
     xhat = F.layer_norm(xx, (x.shape[-1],))
