@@ -69,6 +69,12 @@ PROMOTED = (
 )
 """Why a normalisation's parameters or directions left in the network's dtype give the same numbers."""
 
+BOTH_NONE = (
+    "gamma and V_gamma are both None or neither: every caller (LayerNorm, BatchNorm1d, BatchNorm2d, GroupNorm) "
+    "takes V_gamma from the same affine condition as gamma, so or and and agree."
+)
+"""Why the affine helpers' conditions on gamma and V_gamma may be joined by either."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -349,6 +355,43 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "dJ_dxhat.to(dtype, )}",
         "Memory, not numbers: only without gamma in float64 is dJ/dxhat.to(dtype) no copy, dJ/dy itself, which "
         "LayerNorm's backward only reads; the reported dJ/dxhat and dJ/dy (equal there) then share storage.",
+    ),
+    (
+        "x_affine_tangent__",
+        "if gamma is None and V_gamma is None:",
+        BOTH_NONE,
+    ),
+    (
+        "x_affine_r_backward__",
+        "if gamma is None and V_gamma is None:",
+        BOTH_NONE,
+    ),
+    (
+        "x_normalised__",
+        "rstd = cache.rstd.to(None)",
+        "Exact promotion: rstd stays in the lean dtype, but xhat = (x - mu) rstd has a float64 factor and "
+        "every later product with rstd (normalised_tangent, normalised_r_backward) a float64 partner, to "
+        "which torch converts it exactly first.",
+    ),
+    (
+        "x_normalised__",
+        "(x.to(None) - cache.mu.to(acc))",
+        "Exact promotion: x - mu with mu in float64 converts x to float64 exactly first: the same difference.",
+    ),
+    (
+        "x_normalised__",
+        "(x.to(acc) - cache.mu.to(None))",
+        "Exact promotion: x - mu with x in float64 converts mu to float64 exactly first: the same difference.",
+    ),
+    (
+        "xǁLayerNormǁforward__",
+        'self.params["gamma"], out=None)',
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁLayerNormǁforward__",
+        'self.params["gamma"], )',
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
     ),
     (
         "xǁLayerNormǁto_torch__",

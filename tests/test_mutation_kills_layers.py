@@ -13,7 +13,7 @@ from torch import Tensor
 
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext
-from refbp.nn.layernorm import LayerNorm
+from refbp.nn.layernorm import LayerNorm, normalised
 from refbp.nn.network import Network
 
 
@@ -298,10 +298,11 @@ def _close_to_float64(got: Tensor, want: Tensor, dtype: torch.dtype) -> None:
 def test_layernorm_tangent_and_r_backward_equal_torch_func(
     dtype: torch.dtype, affine: tuple[bool, bool], lean: bool, along: str
 ) -> None:
-    # Full mode: rows of x, dJ/dy and R{dJ/dy} close to constant, each cancelling most of its digits
-    # in the means subtracted, so float32 must accumulate in float64 (as the first order does) to stay
-    # at a few roundings of torch's float64 values. Lean mode computes in the input's dtype, as torch's
-    # module does: ordinary rows. Every result comes back in the input's dtype.
+    # Rows of x, R{x}, dJ/dy and R{dJ/dy} close to constant, each cancelling most of its digits in the
+    # means subtracted, so float32 must accumulate in float64 (as the first order does) to stay at a few
+    # roundings of torch's float64 values. Lean mode's statistics are in the input's dtype, as torch's
+    # module computes them, which bounds its accuracy by that dtype's: ordinary rows there. Every result
+    # comes back in the input's dtype.
     gen = torch.Generator().manual_seed(9)
     d = 5
 
@@ -309,7 +310,7 @@ def test_layernorm_tangent_and_r_backward_equal_torch_func(
         spread = 1.0 if lean else 1e-3
         return (1 + spread * torch.randn(2, 3, d, generator=gen, dtype=torch.float64)).to(dtype)
 
-    x, g, Rx, Rg = near_constant(), near_constant(), torch.randn(2, 3, d, generator=gen).to(dtype), near_constant()
+    x, g, Rx, Rg = near_constant(), near_constant(), near_constant(), near_constant()
     gamma = (torch.rand(d, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine[0] else None
     beta = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype) if affine[1] else None
     V = {"gamma": torch.randn(d, generator=gen).to(dtype), "beta": torch.randn(d, generator=gen).to(dtype)}
@@ -344,3 +345,39 @@ def test_layernorm_tangent_of_indices_names_the_layer() -> None:
     y, cache = layer.forward(x, ForwardContext(), (1,))
     with pytest.raises(AssertionError, match=r"^LayerNorm's input is never indices: it always has a tangent(\n|$)"):
         layer.tangent(x, None, y, cache, Params({}), (1,))
+
+
+def test_layernorm_describes_itself_with_torch_options() -> None:
+    gamma = torch.ones(3, dtype=torch.float64)
+    assert LayerNorm(gamma, torch.zeros(3, dtype=torch.float64)).describe() == "LayerNorm(3)"
+    assert LayerNorm(gamma).describe() == "LayerNorm(3, no bias)"
+    assert LayerNorm(d=3).describe() == "LayerNorm(3, no affine)"
+
+
+def test_layernorm_input_check_accepts_torch_shapes_and_names_the_layer_otherwise() -> None:
+    # torch.nn.LayerNorm(3) takes (3,) and (..., 3); anything else is refused with the layer's place,
+    # its description, the shape it needs and what it got.
+    layer = LayerNorm(d=3)
+    for shape in [(3,), (2, 3), (4, 2, 3)]:
+        layer.check_input(torch.zeros(shape, dtype=torch.float64), (1,))
+        torch.nn.LayerNorm(3)(torch.zeros(shape))
+    message = (
+        r"^layer 2\.1 \(LayerNorm\(3, no affine\)\) needs input \(\.\.\., 3\), got shape {}, dtype float64, device cpu$"
+    )
+    with pytest.raises(ValueError, match=message.format(r"\(2, 4\)")):
+        layer.check_input(torch.zeros(2, 4, dtype=torch.float64), (2, 1))
+    with pytest.raises(ValueError, match=message.format(r"\(\)")):
+        layer.check_input(torch.zeros((), dtype=torch.float64), (2, 1))
+
+
+def test_xhat_rebuilt_from_lean_statistics_is_torch_layer_norm_in_float64() -> None:
+    # normalised() rebuilds xhat = (x - mu) rstd from a lean cache for the second order, in the
+    # accumulation dtype (float64 for float32): torch's float64 layer_norm, but for the float32
+    # rounding of mu and rstd.
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(4, 6, generator=gen)
+    layer = LayerNorm(d=6)
+    _, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    xhat, rstd = normalised(x, stats)
+    assert xhat.dtype == rstd.dtype == torch.float64
+    torch.testing.assert_close(xhat, F.layer_norm(x.double(), (6,)), rtol=0, atol=16 * 2.0**-23)
