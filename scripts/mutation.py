@@ -395,6 +395,12 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁLayerNormǁto_torch__",
+        "dtype=None if gamma is None else gamma.dtype, )  # fmt: skip",
+        "On the CPU, where the suite runs, leaving device out builds the module on gamma's device: the same "
+        "module. On a GPU it would be built on the CPU; a difference only a CUDA machine can show.",
+    ),
+    (
+        "xǁLayerNormǁto_torch__",
         "device=None,",
         "On the CPU, where the suite runs, device=None is gamma's device: the same module. On a GPU the "
         "module would be built on the CPU; a difference only a CUDA machine can show.",
