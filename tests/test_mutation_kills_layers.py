@@ -6,13 +6,15 @@ selection (and forgets every result) when that list changes, so new layer kills 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from refbp.nn.keys import Key
-from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext
+from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext, Tap
 from refbp.nn.layernorm import LayerNorm, normalised
 from refbp.nn.network import Network
 
@@ -381,3 +383,29 @@ def test_xhat_rebuilt_from_lean_statistics_is_torch_layer_norm_in_float64() -> N
     xhat, rstd = normalised(x, stats)
     assert xhat.dtype == rstd.dtype == torch.float64
     torch.testing.assert_close(xhat, F.layer_norm(x.double(), (6,)), rtol=0, atol=16 * 2.0**-23)
+
+
+class _SizeTap(Tap):
+    """Records the cancellation size an oracle reports for each centred intermediate."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[Key, Tensor] = {}
+
+    def centred(self, key: Key, t: Tensor, size: Callable[[], Tensor]) -> Tensor:
+        self.sizes[key] = size()
+        return t
+
+
+def test_layernorm_oracle_is_torch_layer_norm_with_its_eps_and_row_statistics() -> None:
+    # The oracle refbp.verify differentiates: F.layer_norm with the layer's eps (not torch's default),
+    # and the cancellation size of xhat = (x - mean) / sigma per row, (|x| + |mean|) / sigma, with the
+    # mean and sigma of each row (the last dimension of a 3-D input, not another).
+    gen = torch.Generator().manual_seed(11)
+    x = 3 + torch.randn(2, 3, 4, generator=gen, dtype=torch.float64) * torch.tensor([0.5, 2.0, 5.0]).view(1, 3, 1)
+    layer, tap = LayerNorm(d=4, eps=0.25), _SizeTap()
+    out = layer.torch_forward(x, Params({}), {}, tap, (3,))
+    expected = F.layer_norm(x, (4,), eps=0.25)
+    torch.testing.assert_close(out, expected)
+    mean = x.mean(-1, keepdim=True)
+    sigma = (x - mean) / expected  # what torch divides each row by
+    torch.testing.assert_close(tap.sizes[Key("xhat", (3,))], (x.abs() + mean.abs()) / sigma)
