@@ -13,8 +13,8 @@ setup.cfg; mutmut keeps each mutant's result in mutants/ and re-tests only the m
 function changed, so the modules can be measured one at a time and a later commit incrementally.
 Each run's modules, commit, workers and seconds are appended to mutants/runs.json, which the
 report quotes. mutmut re-tests every mutant a run names, killed or not; after new tests,
-``--survivors`` names only the mutants that survived the last run (minutes instead of a module's
-full run).
+``--survivors`` names only the mutants that survived the last run unexplained (minutes instead of
+a module's full run).
 
 Each surviving mutant is matched against EXPLAINED (why it computes the same numbers, so no test
 can kill it) or TEXT_ONLY (a method that returns text, not numbers); a survivor that matches
@@ -444,15 +444,18 @@ def _git(*args: str) -> str:
 
 def run_mutmut(max_children: int, modules: list[str], fresh: bool, survivors: bool = False) -> None:
     """Run mutmut with the ci profile and one torch thread per worker, and record the run in mutants/runs.json.
-    With ``survivors``, only the modules' mutants that survived the last run (none: nothing to run)."""
+    With ``survivors``, only the modules' mutants that survived the last run and that nothing explains
+    (none: nothing to run)."""
     if fresh:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     env = {**os.environ, "HYPOTHESIS_PROFILE": "ci", "OMP_NUM_THREADS": "1"}
     if survivors:
         codes = read_results()
-        patterns = sorted(
-            name for module in modules or MODULES for name, code in codes[module].items() if status(code) in SURVIVING
-        )
+        surviving = [
+            n for module in modules or MODULES for n, code in codes[module].items() if status(code) in SURVIVING
+        ]
+        diffs = diffs_of(surviving)
+        patterns = sorted(name for name in surviving if explain(name, diffs[name]) is None)
         if not patterns:
             return
     else:
@@ -586,7 +589,11 @@ def render(codes: dict[str, dict[str, int | None]], runs: list[dict[str, Any]]) 
     table = [tallies[m].row(f"`{m}`") for m in codes] + [total.row("**total**")]
     run_lines = [
         f"- `{', '.join(r['modules'])}`"
-        + (f" ({r['survivors']} survivors of the previous run, with the new tests)" if r.get("survivors") else "")
+        + (
+            f" ({r['survivors']} unexplained survivors of the previous runs, with the new tests)"
+            if r.get("survivors")
+            else ""
+        )
         + f": commit {r['commit']}"
         + (f", {r['workers']} worker{'s' if r['workers'] > 1 else ''}" if r.get("workers") else "")
         + f", {r['seconds'] / 60:.0f} min"
@@ -636,7 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", action="append", choices=MODULES, default=[], help="only this module (repeatable)")
     parser.add_argument("--fresh", action="store_true", help="delete mutants/ (every cached result) first")
     parser.add_argument("--report-only", action="store_true", help="report on the last runs in mutants/")
-    parser.add_argument("--survivors", action="store_true", help="re-test only the survivors of the last run")
+    parser.add_argument(
+        "--survivors", action="store_true", help="re-test only the unexplained survivors of the last run"
+    )
     args = parser.parse_args(argv)
     if not args.report_only:
         run_mutmut(args.max_children, args.module, args.fresh, args.survivors)

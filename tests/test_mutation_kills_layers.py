@@ -259,9 +259,9 @@ def test_lean_forward_then_teaching_backward_from_a_loss_reports_torch_dJ_da() -
 # ---- LayerNorm's second order against torch.func: R{y} = jvp of y, R{dJ/dx} = jvp of the vjp --------
 def _torch_layernorm_second(
     x: Tensor, g: Tensor, gamma: Tensor | None, beta: Tensor | None, Rx: Tensor, Rg: Tensor, V: dict[str, Tensor]
-) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], Tensor]:
-    """torch.func in float64: R{y}, R{xhat}, R{dJ/dx}, R{dJ/d(each parameter)} (H v at the layer) and
-    R{dJ/dxhat}, along R{x}, the parameters' directions V and R{dJ/dy}."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor], Tensor]:
+    """torch.func in float64: R{y}, R{xhat}, dJ/dx, R{dJ/dx}, R{dJ/d(each parameter)} (H v at the layer)
+    and R{dJ/dxhat}, along R{x}, the parameters' directions V and R{dJ/dy}."""
     d = x.shape[-1]
     params = {k: v.double() for k, v in (("gamma", gamma), ("beta", beta)) if v is not None}
     directions = {k: V[k].double() for k in params}
@@ -277,12 +277,12 @@ def _torch_layernorm_second(
     x64, g64, Rx64, Rg64 = x.double(), g.double(), Rx.double(), Rg.double()
     _, Ry = torch.func.jvp(y_of, (x64, params), (Rx64, directions))
     _, Rxhat = torch.func.jvp(lambda x: F.layer_norm(x, (d,)), (x64,), (Rx64,))
-    _, (R_dx, R_dp) = torch.func.jvp(grads_of, (x64, params, g64), (Rx64, directions, Rg64))
+    (dx, _), (R_dx, R_dp) = torch.func.jvp(grads_of, (x64, params, g64), (Rx64, directions, Rg64))
     if "gamma" in params:
         _, R_dxhat = torch.func.jvp(torch.mul, (g64, params["gamma"]), (Rg64, directions["gamma"]))
     else:
         R_dxhat = Rg64
-    return Ry, Rxhat, R_dx, R_dp, R_dxhat
+    return Ry, Rxhat, dx, R_dx, R_dp, R_dxhat
 
 
 def _close_to_float64(got: Tensor, want: Tensor, dtype: torch.dtype) -> None:
@@ -320,7 +320,7 @@ def test_layernorm_tangent_and_r_backward_equal_torch_func(
         Rx, V = torch.zeros_like(Rx), {k: torch.zeros_like(v) for k, v in V.items()}  # under the other terms
     layer, path = LayerNorm(gamma, beta, d=d), (2,)
     directions = Params({Key(k, path): V[k] for k in layer.params})
-    Ry, Rxhat, R_dx, R_dp, R_dxhat = _torch_layernorm_second(x, g, gamma, beta, Rx, Rg, V)
+    Ry, Rxhat, dx, R_dx, R_dp, R_dxhat = _torch_layernorm_second(x, g, gamma, beta, Rx, Rg, V)
 
     y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), path)
     t = layer.tangent(x, Rx, y, cache, directions, path)
@@ -331,7 +331,8 @@ def test_layernorm_tangent_and_r_backward_equal_torch_func(
             ctx = SecondContext(path, need_dx=need_dx, keep_intermediates=keep)
             dJ_dx, got = layer.r_backward(g, Rg, x, Rx, y, t, cache, directions, ctx)
             assert (dJ_dx is None, got.dJ_dx is None) == (not need_dx, not need_dx)
-            if got.dJ_dx is not None:
+            if dJ_dx is not None and got.dJ_dx is not None:
+                _close_to_float64(dJ_dx, dx, dtype)
                 _close_to_float64(got.dJ_dx, R_dx, dtype)
             assert set(got.params) == set(R_dp)
             for kind, want in R_dp.items():
