@@ -589,11 +589,7 @@ def render(codes: dict[str, dict[str, int | None]], runs: list[dict[str, Any]]) 
     table = [tallies[m].row(f"`{m}`") for m in codes] + [total.row("**total**")]
     run_lines = [
         f"- `{', '.join(r['modules'])}`"
-        + (
-            f" ({r['survivors']} unexplained survivors of the previous runs, with the new tests)"
-            if r.get("survivors")
-            else ""
-        )
+        + (f" ({r['survivors']} survivors re-tested with the new tests)" if r.get("survivors") else "")
         + f": commit {r['commit']}"
         + (f", {r['workers']} worker{'s' if r['workers'] > 1 else ''}" if r.get("workers") else "")
         + f", {r['seconds'] / 60:.0f} min"

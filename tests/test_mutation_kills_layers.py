@@ -270,16 +270,17 @@ def _torch_layernorm_second(
         return F.layer_norm(x, (d,), p.get("gamma"), p.get("beta"))
 
     def grads_of(x: Tensor, p: dict[str, Tensor], g: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        _, vjp = torch.func.vjp(y_of, x, p)
+        vjp = torch.func.vjp(y_of, x, p)[1]  # (y, vjp): indexed, as the stubs allow an aux output
         dx, dp = vjp(g)
         return dx, dp
 
     x64, g64, Rx64, Rg64 = x.double(), g.double(), Rx.double(), Rg.double()
-    _, Ry = torch.func.jvp(y_of, (x64, params), (Rx64, directions))
-    _, Rxhat = torch.func.jvp(lambda x: F.layer_norm(x, (d,)), (x64,), (Rx64,))
-    (dx, _), (R_dx, R_dp) = torch.func.jvp(grads_of, (x64, params, g64), (Rx64, directions, Rg64))
+    Ry = torch.func.jvp(y_of, (x64, params), (Rx64, directions))[1]  # (primal, tangent)
+    Rxhat = torch.func.jvp(lambda x: F.layer_norm(x, (d,)), (x64,), (Rx64,))[1]
+    grads, R_grads = torch.func.jvp(grads_of, (x64, params, g64), (Rx64, directions, Rg64))[:2]
+    dx, (R_dx, R_dp) = grads[0], R_grads
     if "gamma" in params:
-        _, R_dxhat = torch.func.jvp(torch.mul, (g64, params["gamma"]), (Rg64, directions["gamma"]))
+        R_dxhat = torch.func.jvp(torch.mul, (g64, params["gamma"]), (Rg64, directions["gamma"]))[1]
     else:
         R_dxhat = Rg64
     return Ry, Rxhat, dx, R_dx, R_dp, R_dxhat
