@@ -15,6 +15,7 @@ from refbp.nn.dense import Dense
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext
 from refbp.nn.linear import Linear
+from refbp.nn.losses import half_sse
 from refbp.nn.mlp import MLP, ForwardCache, backward
 
 from .conftest import requires_cuda
@@ -677,3 +678,28 @@ def test_grouped_centred_size_uses_torch_group_norms_statistics() -> None:
     rstd_c = rstd.repeat_interleave(C // G, dim=1).unsqueeze(-1)
     expected = (x.abs() + mean_c.abs()) * rstd_c  # (|x| + |mean|) / sqrt(var + eps)
     torch.testing.assert_close(grouped_centred_size(x, G, eps), expected)
+
+
+def test_half_sse_factory_builds_torch_half_sum_of_squares() -> None:
+    # refbp.nn.losses.LOSSES is built at import; the factory itself, called afresh, must give the same
+    # record: J and dJ/dy_hat of 0.5 * F.mse_loss(..., reduction="sum"), whose text is that torch code.
+    gen = torch.Generator().manual_seed(12)
+    y_hat, y = (
+        torch.randn(4, 3, generator=gen, dtype=torch.float64),
+        torch.randn(4, 3, generator=gen, dtype=torch.float64),
+    )
+    loss = half_sse()
+    assert (loss.name, loss.reduction, loss.targets, loss.output_activation) == ("half_sse", "sum", "values", None)
+    leaf = y_hat.clone().requires_grad_()
+    expected = eval(loss.torch_equivalent, {"torch": torch}, {"y_hat": leaf, "y": y})  # refbp's own text
+    (dJ_dy_hat,) = torch.autograd.grad(expected, leaf)
+    torch.testing.assert_close(expected.detach(), 0.5 * F.mse_loss(y_hat, y, reduction="sum"))
+    torch.testing.assert_close(loss.value(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.torch_fn(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.gradient(y_hat, y), dJ_dy_hat)
+    message = (
+        r"^reduction='mean' for loss='half_sse'; expected 'sum' "
+        r"\(half_sse is 1/2 sum \(y_hat - y\)\^2; for a mean use loss='mse'\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        half_sse(reduction="mean")
