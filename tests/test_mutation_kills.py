@@ -15,7 +15,7 @@ from refbp.nn.dense import Dense
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext
 from refbp.nn.linear import Linear
-from refbp.nn.losses import half_sse
+from refbp.nn.losses import LOSSES, half_sse
 from refbp.nn.mlp import MLP, ForwardCache, backward
 
 from .conftest import requires_cuda
@@ -690,6 +690,9 @@ def test_half_sse_factory_builds_torch_half_sum_of_squares() -> None:
     )
     loss = half_sse()
     assert (loss.name, loss.reduction, loss.targets, loss.output_activation) == ("half_sse", "sum", "values", None)
+    registered = LOSSES["half_sse"]  # what get_loss and the networks use: the same record, text included
+    for field in ("torch_equivalent", "equation", "ignore_index", "pieces", "domain", "bounded_below"):
+        assert getattr(loss, field) == getattr(registered, field), field
     leaf = y_hat.clone().requires_grad_()
     expected = eval(loss.torch_equivalent, {"torch": torch}, {"y_hat": leaf, "y": y})  # refbp's own text
     (dJ_dy_hat,) = torch.autograd.grad(expected, leaf)
