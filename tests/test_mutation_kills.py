@@ -15,7 +15,7 @@ from refbp.nn.dense import Dense
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext
 from refbp.nn.linear import Linear
-from refbp.nn.losses import LOSSES, half_sse
+from refbp.nn.losses import FACTORIES, LOSSES, half_sse
 from refbp.nn.mlp import MLP, ForwardCache, backward
 
 from .conftest import requires_cuda
@@ -706,3 +706,25 @@ def test_half_sse_factory_builds_torch_half_sum_of_squares() -> None:
     )
     with pytest.raises(ValueError, match=message):
         half_sse(reduction="mean")
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_every_loss_factory_called_afresh_gives_the_registered_torch_loss(name: str) -> None:
+    # LOSSES is built at import, so the networks never run a factory's body again: called afresh with
+    # its defaults it must give the registered record (fields, texts) and torch's J and dJ/dy_hat, the
+    # registered oracle's under autograd.
+    registered, loss = LOSSES[name], FACTORIES[name]()
+    for field in ("name", "torch_equivalent", "equation", "output_activation", "targets", "ignore_index",
+                  "pieces", "domain", "reduction", "bounded_below"):  # fmt: skip
+        assert getattr(loss, field) == getattr(registered, field), field
+    gen = torch.Generator().manual_seed(13)
+    y_hat = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    if registered.domain is not None:  # bce: probabilities inside (0, 1)
+        y_hat = torch.sigmoid(y_hat)
+    y = registered.sample_targets((5, 4), gen)
+    leaf = y_hat.clone().requires_grad_()
+    expected = registered.torch_fn(leaf, y)
+    (dJ_dy_hat,) = torch.autograd.grad(expected, leaf)
+    torch.testing.assert_close(loss.torch_fn(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.value(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.gradient(y_hat, y), dJ_dy_hat)
