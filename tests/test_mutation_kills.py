@@ -5,6 +5,8 @@ test selection (and forgets every result) when the list of selected files in set
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -728,3 +730,40 @@ def test_every_loss_factory_called_afresh_gives_the_registered_torch_loss(name: 
     torch.testing.assert_close(loss.torch_fn(y_hat, y), expected.detach())
     torch.testing.assert_close(loss.value(y_hat, y), expected.detach())
     torch.testing.assert_close(loss.gradient(y_hat, y), dJ_dy_hat)
+
+
+TORCH_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "mse": F.mse_loss,
+    "bce": F.binary_cross_entropy,
+    "cross_entropy": F.cross_entropy,
+    "nll": F.nll_loss,
+    "multi_margin": F.multi_margin_loss,
+}
+"""torch's function of each loss that has a reduction argument."""
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", sorted(TORCH_LOSSES))
+def test_every_loss_with_either_reduction_is_torch_and_names_itself_in_errors(name: str, reduction: str) -> None:
+    # J and dJ/dy_hat of FACTORIES[name](reduction=...) against torch's function with that reduction, the
+    # record's torch text evaluated too; a reduction torch does not have is refused naming the loss.
+    loss = FACTORIES[name](reduction=reduction)
+    assert loss.reduction == reduction
+    gen = torch.Generator().manual_seed(14)
+    y_hat = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    if loss.domain is not None:  # bce: probabilities inside (0, 1)
+        y_hat = torch.sigmoid(y_hat)
+    y = loss.sample_targets((5, 4), gen)
+    leaf = y_hat.clone().requires_grad_()
+    expected = TORCH_LOSSES[name](leaf, y, reduction=reduction)
+    (dJ_dy_hat,) = torch.autograd.grad(expected, leaf)
+    if name in ("mse", "bce"):  # a torch call on y_hat and y (the others' text names their log-probabilities)
+        namespace = {"y_hat": y_hat, "y": y}
+        torch.testing.assert_close(eval(loss.torch_equivalent, {"torch": torch}, namespace), expected.detach())
+    torch.testing.assert_close(loss.torch_fn(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.value(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.gradient(y_hat, y), dJ_dy_hat)
+    if name == "mse":  # its equation text says which
+        assert loss.equation.startswith(f"J = {reduction} (y_hat - y)^2")
+    with pytest.raises(ValueError, match=rf"^reduction='avg' for loss='{name}'; expected one of \['mean', 'sum'\]$"):
+        FACTORIES[name](reduction="avg")
