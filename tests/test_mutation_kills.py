@@ -765,5 +765,7 @@ def test_every_loss_with_either_reduction_is_torch_and_names_itself_in_errors(na
     torch.testing.assert_close(loss.gradient(y_hat, y), dJ_dy_hat)
     if name == "mse":  # its equation text says which
         assert loss.equation.startswith(f"J = {reduction} (y_hat - y)^2")
+        gradient_text = "2 (y_hat - y) / (N d)" if reduction == "mean" else "2 (y_hat - y)"  # what autograd gives
+        assert loss.equation.endswith(f";  dJ/dy_hat = {gradient_text}")
     with pytest.raises(ValueError, match=rf"^reduction='avg' for loss='{name}'; expected one of \['mean', 'sum'\]$"):
         FACTORIES[name](reduction="avg")
