@@ -2,6 +2,7 @@
 
     python scripts/mutation.py                      # run mutmut (incremental), write reports/mutation.{md,json}
     python scripts/mutation.py --module layernorm   # only that module's mutants (repeatable)
+    python scripts/mutation.py --module layernorm --survivors  # re-test only its survivors (new tests)
     python scripts/mutation.py --fresh              # forget every cached result first
     python scripts/mutation.py --report-only        # rewrite the report from the last runs in mutants/
 
@@ -10,7 +11,10 @@ its eqs. (1), (6)-(8), the normalisations (and the cancellation size their taps 
 and the transformer block. mutmut's configuration (modules, tests) is the [mutmut] section of
 setup.cfg; mutmut keeps each mutant's result in mutants/ and re-tests only the mutants whose
 function changed, so the modules can be measured one at a time and a later commit incrementally.
-Each run's modules, commit and seconds are appended to mutants/runs.json, which the report quotes.
+Each run's modules, commit, workers and seconds are appended to mutants/runs.json, which the
+report quotes. mutmut re-tests every mutant a run names, killed or not; after new tests,
+``--survivors`` names only the mutants that survived the last run unexplained (minutes instead of
+a module's full run).
 
 Each surviving mutant is matched against EXPLAINED (why it computes the same numbers, so no test
 can kill it) or TEXT_ONLY (a method that returns text, not numbers); a survivor that matches
@@ -56,6 +60,20 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 5: "no tests"
 TIMEOUT_CODES = {24, -24, 36, 152, 255}
 SURVIVING = ("survived", "no tests", "suspicious", "segfault")
 """The states a report must explain: no test failed with the mutant in place."""
+
+PROMOTED = (
+    "Exact promotion, not other numbers: gamma and the directions V then keep the network's dtype, but every "
+    "product they enter (gamma o R{xhat}, V_gamma o xhat, R{dJ/dy} o gamma, dJ/dy o V_gamma, + V_beta) has a "
+    "float64 partner (xhat, R{xhat}, dJ/dy and R{dJ/dy} in the accumulation dtype), to which torch converts "
+    "them exactly first."
+)
+"""Why a normalisation's parameters or directions left in the network's dtype give the same numbers."""
+
+BOTH_NONE = (
+    "gamma and V_gamma are both None or neither: every caller (LayerNorm, BatchNorm1d, BatchNorm2d, GroupNorm) "
+    "takes V_gamma from the same affine condition as gamma, so or and and agree."
+)
+"""Why the affine helpers' conditions on gamma and V_gamma may be joined by either."""
 
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
@@ -209,6 +227,191 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "uniform_'s upper bound defaults to 1: uniform_(-1.0) is uniform_(-1.0, 1.0), the same draws.",
     ),
     (
+        "x_accumulation_dtype__",
+        "torch.bfloat16)) or True else dtype",
+        "A normalisation's input is float16, bfloat16, float32 or float64 (the network refuses other dtypes), "
+        "and float64 is the accumulation dtype of each of them either way.",
+    ),
+    (
+        "x_fresh_like__",
+        "torch.empty_like(x, memory_format=None)",
+        "Layout, not numbers: the tensor is only an out= of the same shape and dtype, which torch fills "
+        "whatever its strides (the contiguous layout is the docstring's 7 times faster elementwise pass).",
+    ),
+    (
+        "x_fresh_like__",
+        "torch.empty_like(x, )",
+        "Layout, not numbers: the tensor is only an out= of the same shape and dtype, which torch fills "
+        "whatever its strides (the contiguous layout is the docstring's 7 times faster elementwise pass).",
+    ),
+    (
+        "xǁLayerNormǁlean_forward__",
+        "y = torch.sub(xa, mu, out=None)",
+        "Layout, not numbers: x - mu in a tensor torch allocates (laid out after mu's strides) instead of "
+        "a contiguous one; the same values, a slower elementwise pass (fresh_like).",
+    ),
+    (
+        "xǁLayerNormǁlean_forward__",
+        "y = torch.sub(xa, mu, )",
+        "Layout, not numbers: x - mu in a tensor torch allocates (laid out after mu's strides) instead of "
+        "a contiguous one; the same values, a slower elementwise pass (fresh_like).",
+    ),
+    (
+        "xǁLayerNormǁlean_forward__",
+        "torch.addcmul(beta, y, gamma, out=None)",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "torch.sub(rows_x, mu, out=None)",
+        "Layout, not numbers: x - mu in a tensor torch allocates (laid out after mu's strides) instead of "
+        "a contiguous one; the same values, a slower elementwise pass (fresh_like).",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "torch.sub(rows_x, mu, )",
+        "Layout, not numbers: x - mu in a tensor torch allocates (laid out after mu's strides) instead of "
+        "a contiguous one; the same values, a slower elementwise pass (fresh_like).",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "own = None",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dx in a copy of it, the same "
+        "values; reusing it only spares the training step one (M, d) tensor.",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "(dJ_dy if (own) and False else",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dx in a copy of it, the same "
+        "values; reusing it only spares the training step one (M, d) tensor.",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        "t.sum(dim=+1)",
+        "t is (M, d), two dimensions (g and g o xhat are viewed as rows): dim 1 is dim -1.",
+    ),
+    (
+        "xǁLayerNormǁlean_backward__",
+        ".unsqueeze_(+1)",
+        "The sum or matrix-vector product is (M,), one dimension: unsqueeze at 1 or at -1 both give (M, 1).",
+    ),
+    (
+        "xǁLayerNormǁbackward__",
+        "if (ctx.need_dx) or True else None",
+        "Work, not numbers: the mean is computed even without need_dx, but then the other mean is None and "
+        "backward returns before reading either (only the parameters' gradients, which do not use them).",
+    ),
+    (
+        "xǁLayerNormǁbackward__",
+        "if mean_g is None and mean_gx is None:",
+        "mean_g and mean_gx are computed under the same condition (ctx.need_dx): both are None or neither.",
+    ),
+    (
+        "xǁLayerNormǁbackward__",
+        "dJ_dy.to(None)",
+        "Converting dJ/dy (any float dtype) to xhat's float64 is exact, and dJ/dy o gamma (gamma in "
+        "float64) promotes to float64 anyway: the same dJ/dxhat, rounded to dJ/dy's dtype when kept.",
+    ),
+    (
+        "xǁLayerNormǁ_affine_directions__",
+        ".to(None),",
+        PROMOTED,
+    ),
+    (
+        "xǁLayerNormǁr_backward__",
+        "self._affine_directions(V, ctx.path, None)",
+        PROMOTED,
+    ),
+    (
+        "xǁLayerNormǁtangent__",
+        "*self._affine_directions(V, path, None))",
+        PROMOTED,
+    ),
+    (
+        "xǁLayerNormǁr_backward__",
+        "Rh.to(dtype, copy=False)}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁLayerNormǁr_backward__",
+        "Rh.to(dtype, )}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁLayerNormǁlean_forward__",
+        "torch.addcmul(beta, y, gamma, )",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁLayerNormǁbackward__",
+        "dJ_dxhat.to(dtype, copy=False)}",
+        "Memory, not numbers: only without gamma in float64 is dJ/dxhat.to(dtype) no copy, dJ/dy itself, which "
+        "LayerNorm's backward only reads; the reported dJ/dxhat and dJ/dy (equal there) then share storage.",
+    ),
+    (
+        "xǁLayerNormǁbackward__",
+        "dJ_dxhat.to(dtype, )}",
+        "Memory, not numbers: only without gamma in float64 is dJ/dxhat.to(dtype) no copy, dJ/dy itself, which "
+        "LayerNorm's backward only reads; the reported dJ/dxhat and dJ/dy (equal there) then share storage.",
+    ),
+    (
+        "x_affine_tangent__",
+        "if gamma is None and V_gamma is None:",
+        BOTH_NONE,
+    ),
+    (
+        "x_affine_r_backward__",
+        "if gamma is None and V_gamma is None:",
+        BOTH_NONE,
+    ),
+    (
+        "x_normalised__",
+        "rstd = cache.rstd.to(None)",
+        "Exact promotion: rstd stays in the lean dtype, but xhat = (x - mu) rstd has a float64 factor and "
+        "every later product with rstd (normalised_tangent, normalised_r_backward) a float64 partner, to "
+        "which torch converts it exactly first.",
+    ),
+    (
+        "x_normalised__",
+        "(x.to(None) - cache.mu.to(acc))",
+        "Exact promotion: x - mu with mu in float64 converts x to float64 exactly first: the same difference.",
+    ),
+    (
+        "x_normalised__",
+        "(x.to(acc) - cache.mu.to(None))",
+        "Exact promotion: x - mu with x in float64 converts mu to float64 exactly first: the same difference.",
+    ),
+    (
+        "xǁLayerNormǁforward__",
+        'self.params["gamma"], out=None)',
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁLayerNormǁforward__",
+        'self.params["gamma"], )',
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁLayerNormǁto_torch__",
+        "dtype=None if gamma is None else gamma.dtype, )  # fmt: skip",
+        "On the CPU, where the suite runs, leaving device out builds the module on gamma's device: the same "
+        "module. On a GPU it would be built on the CPU; a difference only a CUDA machine can show.",
+    ),
+    (
+        "xǁLayerNormǁto_torch__",
+        "device=None,",
+        "On the CPU, where the suite runs, device=None is gamma's device: the same module. On a GPU the "
+        "module would be built on the CPU; a difference only a CUDA machine can show.",
+    ),
+    (
+        "xǁLayerNormǁto_torch__",
+        "device=None if (gamma is None) or True else gamma.device",
+        "On the CPU, where the suite runs, device=None is gamma's device: the same module. On a GPU the "
+        "module would be built on the CPU; a difference only a CUDA machine can show.",
+    ),
+    (
         "xǁLinearǁto_torch__",
         "dtype=self.W.dtype, device=None)",
         "On the CPU, where the suite runs, device=None is W's device: the same module. On a GPU the "
@@ -239,19 +442,34 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
-def run_mutmut(max_children: int, modules: list[str], fresh: bool) -> None:
-    """Run mutmut with the ci profile and one torch thread per worker, and record the run in mutants/runs.json."""
+def run_mutmut(max_children: int, modules: list[str], fresh: bool, survivors: bool = False) -> None:
+    """Run mutmut with the ci profile and one torch thread per worker, and record the run in mutants/runs.json.
+    With ``survivors``, only the modules' mutants that survived the last run and that nothing explains
+    (none: nothing to run)."""
     if fresh:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     env = {**os.environ, "HYPOTHESIS_PROFILE": "ci", "OMP_NUM_THREADS": "1"}
-    patterns = [f"refbp.nn.{module}.*" for module in modules]
+    if survivors:
+        codes = read_results()
+        surviving = [
+            n for module in modules or MODULES for n, code in codes[module].items() if status(code) in SURVIVING
+        ]
+        diffs = diffs_of(surviving)
+        patterns = sorted(name for name in surviving if explain(name, diffs[name]) is None)
+        if not patterns:
+            return
+    else:
+        patterns = [f"refbp.nn.{module}.*" for module in modules]
     commit = _git("rev-parse", "--short", "HEAD") + (
         " (with uncommitted changes)" if _git("status", "--porcelain", "refbp") else ""
     )
     start = time.monotonic()
     subprocess.run([_mutmut(), "run", "--max-children", str(max_children), *patterns], cwd=ROOT, env=env, check=True)
     runs = read_runs()
-    runs.append({"modules": modules or list(MODULES), "commit": commit, "seconds": round(time.monotonic() - start)})
+    run: dict[str, Any] = {"modules": modules or list(MODULES), "commit": commit, "workers": max_children}
+    if survivors:
+        run["survivors"] = len(patterns)
+    runs.append({**run, "seconds": round(time.monotonic() - start)})
     (ROOT / "mutants" / "runs.json").write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
 
 
@@ -370,7 +588,11 @@ def render(codes: dict[str, dict[str, int | None]], runs: list[dict[str, Any]]) 
             sections += [f"### {module}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
     table = [tallies[m].row(f"`{m}`") for m in codes] + [total.row("**total**")]
     run_lines = [
-        f"- `{', '.join(r['modules'])}`: commit {r['commit']}, {r['seconds'] / 60:.0f} min"
+        f"- `{', '.join(r['modules'])}`"
+        + (f" ({r['survivors']} survivors re-tested with the new tests)" if r.get("survivors") else "")
+        + f": commit {r['commit']}"
+        + (f", {r['workers']} worker{'s' if r['workers'] > 1 else ''}" if r.get("workers") else "")
+        + f", {r['seconds'] / 60:.0f} min"
         + (f"; stopped {r['stopped']}" if r.get("stopped") else "")
         for r in runs
     ]
@@ -379,8 +601,9 @@ def render(codes: dict[str, dict[str, int | None]], runs: list[dict[str, Any]]) 
         "# Mutation testing: the layers' manual backprop",
         "",
         f"mutmut over `refbp/nn/{{{','.join(MODULES)}}}.py` with the fast `ci` hypothesis profile "
-        f"(`python scripts/mutation.py --max-children 2`, module by module with `--module NAME`; "
-        f"configuration in setup.cfg), on {os.cpu_count()} cores shared with other jobs.",
+        f"(`python scripts/mutation.py --max-children N`, module by module with `--module NAME`, then "
+        f"`--survivors` after new tests; configuration in setup.cfg), on {os.cpu_count()} cores shared with "
+        "other jobs.",
         "",
         tabulate(table, headers=HEADERS, tablefmt="github"),
         "",
@@ -416,9 +639,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", action="append", choices=MODULES, default=[], help="only this module (repeatable)")
     parser.add_argument("--fresh", action="store_true", help="delete mutants/ (every cached result) first")
     parser.add_argument("--report-only", action="store_true", help="report on the last runs in mutants/")
+    parser.add_argument(
+        "--survivors", action="store_true", help="re-test only the unexplained survivors of the last run"
+    )
     args = parser.parse_args(argv)
     if not args.report_only:
-        run_mutmut(args.max_children, args.module, args.fresh)
+        run_mutmut(args.max_children, args.module, args.fresh, args.survivors)
     text, data, unexplained = render(read_results(), read_runs())
     write_atomic(ROOT / args.out / "mutation.md", text)
     write_atomic(ROOT / args.out / "mutation.json", json.dumps(data, indent=1) + "\n")

@@ -5,6 +5,8 @@ test selection (and forgets every result) when the list of selected files in set
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from refbp.nn.dense import Dense
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext
 from refbp.nn.linear import Linear
+from refbp.nn.losses import FACTORIES, LOSSES, half_sse
 from refbp.nn.mlp import MLP, ForwardCache, backward
 
 from .conftest import requires_cuda
@@ -677,3 +680,92 @@ def test_grouped_centred_size_uses_torch_group_norms_statistics() -> None:
     rstd_c = rstd.repeat_interleave(C // G, dim=1).unsqueeze(-1)
     expected = (x.abs() + mean_c.abs()) * rstd_c  # (|x| + |mean|) / sqrt(var + eps)
     torch.testing.assert_close(grouped_centred_size(x, G, eps), expected)
+
+
+def test_half_sse_factory_builds_torch_half_sum_of_squares() -> None:
+    # refbp.nn.losses.LOSSES is built at import; the factory itself, called afresh, must give the same
+    # record: J and dJ/dy_hat of 0.5 * F.mse_loss(..., reduction="sum"), whose text is that torch code.
+    gen = torch.Generator().manual_seed(12)
+    y_hat, y = (
+        torch.randn(4, 3, generator=gen, dtype=torch.float64),
+        torch.randn(4, 3, generator=gen, dtype=torch.float64),
+    )
+    loss = half_sse()
+    assert (loss.name, loss.reduction, loss.targets, loss.output_activation) == ("half_sse", "sum", "values", None)
+    registered = LOSSES["half_sse"]  # what get_loss and the networks use: the same record, text included
+    for field in ("torch_equivalent", "equation", "ignore_index", "pieces", "domain", "bounded_below"):
+        assert getattr(loss, field) == getattr(registered, field), field
+    leaf = y_hat.clone().requires_grad_()
+    expected = eval(loss.torch_equivalent, {"torch": torch}, {"y_hat": leaf, "y": y})  # refbp's own text
+    (dJ_dy_hat,) = torch.autograd.grad(expected, leaf)
+    torch.testing.assert_close(expected.detach(), 0.5 * F.mse_loss(y_hat, y, reduction="sum"))
+    torch.testing.assert_close(loss.value(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.torch_fn(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.gradient(y_hat, y), dJ_dy_hat)
+    message = (
+        r"^reduction='mean' for loss='half_sse'; expected 'sum' "
+        r"\(half_sse is 1/2 sum \(y_hat - y\)\^2; for a mean use loss='mse'\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        half_sse(reduction="mean")
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_every_loss_factory_called_afresh_gives_the_registered_torch_loss(name: str) -> None:
+    # LOSSES is built at import, so the networks never run a factory's body again: called afresh with
+    # its defaults it must give the registered record (fields, texts) and torch's J and dJ/dy_hat, the
+    # registered oracle's under autograd.
+    registered, loss = LOSSES[name], FACTORIES[name]()
+    for field in ("name", "torch_equivalent", "equation", "output_activation", "targets", "ignore_index",
+                  "pieces", "domain", "reduction", "bounded_below"):  # fmt: skip
+        assert getattr(loss, field) == getattr(registered, field), field
+    gen = torch.Generator().manual_seed(13)
+    y_hat = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    if registered.domain is not None:  # bce: probabilities inside (0, 1)
+        y_hat = torch.sigmoid(y_hat)
+    y = registered.sample_targets((5, 4), gen)
+    leaf = y_hat.clone().requires_grad_()
+    expected = registered.torch_fn(leaf, y)
+    (dJ_dy_hat,) = torch.autograd.grad(expected, leaf)
+    torch.testing.assert_close(loss.torch_fn(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.value(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.gradient(y_hat, y), dJ_dy_hat)
+
+
+TORCH_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "mse": F.mse_loss,
+    "bce": F.binary_cross_entropy,
+    "cross_entropy": F.cross_entropy,
+    "nll": F.nll_loss,
+    "multi_margin": F.multi_margin_loss,
+}
+"""torch's function of each loss that has a reduction argument."""
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", sorted(TORCH_LOSSES))
+def test_every_loss_with_either_reduction_is_torch_and_names_itself_in_errors(name: str, reduction: str) -> None:
+    # J and dJ/dy_hat of FACTORIES[name](reduction=...) against torch's function with that reduction, the
+    # record's torch text evaluated too; a reduction torch does not have is refused naming the loss.
+    loss = FACTORIES[name](reduction=reduction)
+    assert loss.reduction == reduction
+    gen = torch.Generator().manual_seed(14)
+    y_hat = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    if loss.domain is not None:  # bce: probabilities inside (0, 1)
+        y_hat = torch.sigmoid(y_hat)
+    y = loss.sample_targets((5, 4), gen)
+    leaf = y_hat.clone().requires_grad_()
+    expected = TORCH_LOSSES[name](leaf, y, reduction=reduction)
+    (dJ_dy_hat,) = torch.autograd.grad(expected, leaf)
+    if name in ("mse", "bce"):  # a torch call on y_hat and y (the others' text names their log-probabilities)
+        namespace = {"y_hat": y_hat, "y": y}
+        torch.testing.assert_close(eval(loss.torch_equivalent, {"torch": torch}, namespace), expected.detach())
+    torch.testing.assert_close(loss.torch_fn(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.value(y_hat, y), expected.detach())
+    torch.testing.assert_close(loss.gradient(y_hat, y), dJ_dy_hat)
+    if name == "mse":  # its equation text says which
+        assert loss.equation.startswith(f"J = {reduction} (y_hat - y)^2")
+        gradient_text = "2 (y_hat - y) / (N d)" if reduction == "mean" else "2 (y_hat - y)"  # what autograd gives
+        assert loss.equation.endswith(f";  dJ/dy_hat = {gradient_text}")
+    with pytest.raises(ValueError, match=rf"^reduction='avg' for loss='{name}'; expected one of \['mean', 'sum'\]$"):
+        FACTORIES[name](reduction="avg")

@@ -1,0 +1,413 @@
+"""Properties of the layer modules (normalisations, attention, the transformer block) that the
+broad property tests leave loose: found by mutation testing (scripts/mutation.py), each checked
+against torch itself or against the error messages users read. Apart from tests/test_mutation_kills.py
+(the MLP's modules); both are in setup.cfg's mutmut test selection, and mutmut re-collects the whole
+selection (and forgets every result) when that list changes, so new layer kills go here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from refbp.nn.keys import Key
+from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext, Tap
+from refbp.nn.layernorm import LayerNorm, normalised
+from refbp.nn.network import Network
+
+
+# ---- LayerNorm ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("d", [2, 3, 5])
+def test_layernorm_row_scale_is_what_torch_divides_each_row_by(d: int) -> None:
+    # The finite-difference verifier's scale of a LayerNorm row is sqrt(biased variance + eps): x - mean,
+    # divided by it, is torch's layer_norm, row by row (so the scale follows the last dimension).
+    gen = torch.Generator().manual_seed(d)
+    x = torch.randn(3, 4, d, dtype=torch.float64, generator=gen) * torch.tensor([0.5, 2.0, 7.0, 0.1]).view(1, 4, 1)
+    layer = LayerNorm(d=d, eps=0.1)
+    scale = layer.pieces.scale
+    assert scale is not None
+    s = scale(x)
+    assert s.shape == x.shape
+    torch.testing.assert_close((x - x.mean(-1, keepdim=True)) / s, F.layer_norm(x, (d,), eps=0.1))
+
+
+def test_single_feature_layernorm_row_scale_is_infinite_as_torch_output_is_constant() -> None:
+    # One feature: torch normalises every value to 0, so nothing curves; the scale is infinite.
+    x = torch.linspace(-5, 5, 11, dtype=torch.float64).view(11, 1)
+    assert torch.equal(F.layer_norm(x, (1,)), torch.zeros_like(x))
+    scale = LayerNorm(d=1).pieces.scale
+    assert scale is not None
+    assert torch.isinf(scale(x)).all()
+
+
+def test_layernorm_without_gamma_names_what_it_needs() -> None:
+    with pytest.raises(
+        ValueError, match=r"^LayerNorm: beta without gamma is not a torch\.nn\.LayerNorm; give gamma too$"
+    ):
+        LayerNorm(None, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"^LayerNorm without gamma needs d, the normalised size$"):
+        LayerNorm()
+
+
+def test_a_new_layernorm_is_in_training_mode_as_torch_module_is() -> None:
+    assert LayerNorm(d=3).training is torch.nn.LayerNorm(3).training is True
+    assert Network([LayerNorm(d=3)], "mse").training is True
+
+
+def _torch_layernorm(
+    x: Tensor, G: Tensor, gamma: Tensor | None, beta: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """torch's y, dJ/dx, dJ/dgamma and dJ/dbeta of F.layer_norm for dJ/dy = G."""
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, gamma, beta)]
+    y = F.layer_norm(leaves[0], (x.shape[-1],), leaves[1], leaves[2])  # type: ignore[arg-type]
+    y.backward(G)
+    grads = [t.grad if t is not None else None for t in leaves]
+    assert grads[0] is not None
+    return y.detach(), grads[0], grads[1], grads[2]
+
+
+def test_float32_layernorm_of_nearly_constant_rows_is_float64_torch_rounded_once() -> None:
+    # Rows of nearly equal numbers: x - mean cancels most of x's digits. The module promises the
+    # statistics and dJ/dx are computed in float64 and rounded once, so the float32 output and dJ/dx
+    # are torch's float64 values to a few float32 roundings (float32 arithmetic is off ~1e-5).
+    gen = torch.Generator().manual_seed(0)
+    for d in (2, 3, 8):
+        x = (1 + 1e-3 * torch.randn(5, d, generator=gen, dtype=torch.float64)).float()
+        G = torch.randn(5, d, generator=gen).float()
+        gamma, beta = torch.rand(d, generator=gen).float() + 0.5, torch.randn(d, generator=gen).float()
+        net = Network([LayerNorm(gamma, beta)], "mse")
+        cache = net.forward(x)
+        grads = net.backward_from(cache, G).as_dict()
+        y64, dx64, _, _ = _torch_layernorm(x.double(), G.double(), gamma.double(), beta.double())
+        ulp = 2.0**-23
+        for got, want in ((cache.y_hat, y64), (grads["X"], dx64)):
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=4 * ulp * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_lean_half_precision_layernorm_computes_in_float32_as_torch(dtype: torch.dtype) -> None:
+    # Rows far from 0: half-precision arithmetic would lose x - mean; torch's CPU kernel computes in float32.
+    gen = torch.Generator().manual_seed(1)
+    d = 64
+    x = (50 + torch.randn(4, d, generator=gen)).to(dtype)
+    gamma, beta = (torch.rand(d, generator=gen) + 0.5).to(dtype), torch.randn(d, generator=gen).to(dtype)
+    y, _ = LayerNorm(gamma, beta).forward(x, ForwardContext(keep_intermediates=False), (1,))
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, F.layer_norm(x, (d,), gamma, beta))
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)], ids=["affine", "no-bias", "none"])
+def test_layernorm_parameter_gradients_without_dJ_dx_equal_torch(lean: bool, affine: tuple[bool, bool]) -> None:
+    # need_dx=False (the input needs no gradient): the parameters' gradients are torch's all the same,
+    # and with keep_intermediates=False the layer reports no intermediates (an empty dict).
+    gen = torch.Generator().manual_seed(2)
+    d = 4
+    x, G = (
+        torch.randn(3, 2, d, generator=gen, dtype=torch.float64),
+        torch.randn(3, 2, d, generator=gen, dtype=torch.float64),
+    )
+    gamma = torch.rand(d, generator=gen, dtype=torch.float64) + 0.5 if affine[0] else None
+    beta = torch.randn(d, generator=gen, dtype=torch.float64) if affine[1] else None
+    layer = LayerNorm(gamma, beta, d=d)
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+    got = layer.backward(G, x, y, cache, BackwardContext((1,), keep_intermediates=False, need_dx=False))
+    _, _, dgamma, dbeta = _torch_layernorm(x, G, gamma, beta)
+    assert got.dJ_dx is None
+    assert got.intermediates == {}
+    expected = {k: v for k, v in (("gamma", dgamma), ("beta", dbeta)) if v is not None}
+    assert set(got.params) == set(expected)
+    for kind, value in expected.items():
+        torch.testing.assert_close(got.params[kind], value)
+
+
+def test_float32_layernorm_reports_dJ_dxhat_in_float32_as_torch() -> None:
+    gen = torch.Generator().manual_seed(3)
+    d = 3
+    x, G = torch.randn(2, d, generator=gen), torch.randn(2, d, generator=gen)
+    for gamma in (torch.rand(d, generator=gen) + 0.5, None):
+        layer = LayerNorm(gamma, d=d)
+        y, cache = layer.forward(x, ForwardContext(), (1,))
+        got = layer.backward(G, x, y, cache, BackwardContext((1,)))
+        xx = x.clone().requires_grad_()
+        xhat = F.layer_norm(xx, (d,))
+        xhat.retain_grad()
+        (xhat * gamma if gamma is not None else xhat).backward(G)
+        assert xhat.grad is not None
+        dJ_dxhat = got.intermediates[Key("xhat", (1,))]
+        assert dJ_dxhat.dtype == xhat.grad.dtype == torch.float32
+        torch.testing.assert_close(dJ_dxhat, xhat.grad)
+
+
+def test_layernorm_shows_torch_xhat_in_the_walk_through_and_nothing_in_lean_mode() -> None:
+    # cached_values is what the walk-through (refbp explain) shows: xhat of the full cache, torch's
+    # layer_norm without the affine map; a lean cache keeps no xhat, so it shows none.
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    layer = LayerNorm(torch.rand(5, generator=gen, dtype=torch.float64) + 0.5, eps=1e-3)
+    _, cache = layer.forward(x, ForwardContext(), (2, 1))
+    shown = layer.cached_values(cache, (2, 1))
+    assert list(shown) == [Key("xhat", (2, 1))]
+    torch.testing.assert_close(shown[Key("xhat", (2, 1))], F.layer_norm(x, (5,), eps=1e-3))
+    _, lean = layer.forward(x, ForwardContext(keep_intermediates=False), (2, 1))
+    assert layer.cached_values(lean, (2, 1)) == {}
+
+
+def _layernorm_case(
+    dtype: torch.dtype, affine: tuple[bool, bool] = (True, True), seed: int = 5, d: int = 6
+) -> tuple[LayerNorm, Tensor, Tensor, Tensor | None, Tensor | None]:
+    gen = torch.Generator().manual_seed(seed)
+    x = (1.5 + torch.randn(3, 2, d, generator=gen, dtype=torch.float64)).to(dtype)
+    G = torch.randn(3, 2, d, generator=gen, dtype=torch.float64).to(dtype)
+    gamma = (torch.rand(d, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine[0] else None
+    beta = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype) if affine[1] else None
+    return LayerNorm(gamma, beta, d=d), x, G, gamma, beta
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
+@pytest.mark.parametrize("affine", [(True, True), (False, False)], ids=["affine", "none"])
+def test_teaching_backward_reports_torch_dJ_dxhat_with_or_without_dJ_dx(
+    affine: tuple[bool, bool], need_dx: bool, lean: bool
+) -> None:
+    # keep_intermediates=True in the backward, from the full cache or a lean one (mu, rstd): dJ/dxhat
+    # is reported, torch's xhat.grad, whether or not dJ/dx is asked for.
+    layer, x, G, gamma, beta = _layernorm_case(torch.float64, affine)
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+    got = layer.backward(G, x, y, cache, BackwardContext((1,), need_dx=need_dx))
+    xx = x.clone().requires_grad_()
+    xhat = F.layer_norm(xx, (x.shape[-1],))
+    xhat.retain_grad()
+    (xhat * gamma + beta if gamma is not None and beta is not None else xhat).backward(G)
+    assert list(got.intermediates) == [Key("xhat", (1,))]
+    torch.testing.assert_close(got.intermediates[Key("xhat", (1,))], xhat.grad)
+    if need_dx:
+        torch.testing.assert_close(got.dJ_dx, xx.grad)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_layernorm_backward_leaves_dJ_dy_alone_unless_allowed_to_overwrite_it(dtype: torch.dtype, lean: bool) -> None:
+    # BackwardContext.overwrite=False: the caller keeps dJ/dy, so the layer must not write into it;
+    # with overwrite=True (a training step) it may, and dJ/dx is torch's either way.
+    for overwrite in (False, True):
+        layer, x, G, gamma, beta = _layernorm_case(dtype)
+        y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+        dJ_dy = G.clone()
+        got = layer.backward(dJ_dy, x, y, cache, BackwardContext((1,), keep_intermediates=False, overwrite=overwrite))
+        _, dx, dgamma, dbeta = _torch_layernorm(x, G, gamma, beta)
+        if not overwrite:
+            assert torch.equal(dJ_dy, G)
+        assert got.dJ_dx is not None
+        torch.testing.assert_close(got.dJ_dx, dx)
+        torch.testing.assert_close(got.params["gamma"], dgamma)
+        torch.testing.assert_close(got.params["beta"], dbeta)
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["copy", "overwrite"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_lean_half_precision_layernorm_backward_is_torch_in_the_input_dtype(
+    dtype: torch.dtype, overwrite: bool
+) -> None:
+    # A half-precision training step: the lean backward computes in float32 (the dtype of mu and
+    # rstd) and returns every gradient in the input's dtype, as torch does, to a few of its roundings.
+    layer, x, G, gamma, beta = _layernorm_case(dtype, seed=6, d=16)
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    got = layer.backward(G.clone(), x, y, cache, BackwardContext((1,), keep_intermediates=False, overwrite=overwrite))
+    _, dx, dgamma, dbeta = _torch_layernorm(x.float(), G.float(), gamma.float(), beta.float())  # type: ignore[union-attr]
+    unit = torch.finfo(dtype).eps
+    assert got.dJ_dx is not None
+    for value, want in ((got.dJ_dx, dx), (got.params["gamma"], dgamma), (got.params["beta"], dbeta)):
+        assert value.dtype == dtype
+        assert want is not None
+        torch.testing.assert_close(value.float(), want, rtol=0, atol=4 * unit * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)], ids=["affine", "no-bias", "none"])
+def test_layernorm_to_torch_is_the_same_torch_module(affine: tuple[bool, bool]) -> None:
+    layer, x, _, gamma, beta = _layernorm_case(torch.float64, affine)
+    layer = LayerNorm(gamma, beta, d=x.shape[-1], eps=0.25)
+    module = layer.to_torch()
+    assert isinstance(module, torch.nn.LayerNorm)
+    reference = torch.nn.LayerNorm(x.shape[-1], eps=0.25, elementwise_affine=affine[0], bias=affine[1])
+    assert module.eps == reference.eps and module.elementwise_affine == reference.elementwise_affine
+    assert (module.weight is None) == (reference.weight is None) and (module.bias is None) == (reference.bias is None)
+    y, _ = layer.forward(x, ForwardContext(), (1,))
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), y)
+
+
+def test_lean_forward_then_teaching_backward_from_a_loss_reports_torch_dJ_da() -> None:
+    # The loss's dJ/da is the network's own (overwrite=True), but with keep_intermediates it is also
+    # reported: LayerNorm's lean backward must then not compute dJ/dx in its storage.
+    layer, x, _, gamma, beta = _layernorm_case(torch.float64, seed=7)
+    target = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    net = Network([layer], "mse")
+    grads = net.backward(net.forward(x, keep_intermediates=False), target, keep_intermediates=True).as_dict()
+    xx = x.clone().requires_grad_()
+    y = F.layer_norm(xx, (x.shape[-1],), gamma, beta)
+    y.retain_grad()
+    F.mse_loss(y, target).backward()
+    torch.testing.assert_close(grads["a1"], y.grad)
+    torch.testing.assert_close(grads["X"], xx.grad)
+
+
+# ---- LayerNorm's second order against torch.func: R{y} = jvp of y, R{dJ/dx} = jvp of the vjp --------
+def _torch_layernorm_second(
+    x: Tensor, g: Tensor, gamma: Tensor | None, beta: Tensor | None, Rx: Tensor, Rg: Tensor, V: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor], Tensor]:
+    """torch.func in float64: R{y}, R{xhat}, dJ/dx, R{dJ/dx}, R{dJ/d(each parameter)} (H v at the layer)
+    and R{dJ/dxhat}, along R{x}, the parameters' directions V and R{dJ/dy}."""
+    d = x.shape[-1]
+    params = {k: v.double() for k, v in (("gamma", gamma), ("beta", beta)) if v is not None}
+    directions = {k: V[k].double() for k in params}
+
+    def y_of(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        return F.layer_norm(x, (d,), p.get("gamma"), p.get("beta"))
+
+    def grads_of(x: Tensor, p: dict[str, Tensor], g: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        vjp = torch.func.vjp(y_of, x, p)[1]  # (y, vjp): indexed, as the stubs allow an aux output
+        dx, dp = vjp(g)
+        return dx, dp
+
+    x64, g64, Rx64, Rg64 = x.double(), g.double(), Rx.double(), Rg.double()
+    Ry = torch.func.jvp(y_of, (x64, params), (Rx64, directions))[1]  # (primal, tangent)
+    Rxhat = torch.func.jvp(lambda x: F.layer_norm(x, (d,)), (x64,), (Rx64,))[1]
+    grads, R_grads = torch.func.jvp(grads_of, (x64, params, g64), (Rx64, directions, Rg64))[:2]
+    dx, (R_dx, R_dp) = grads[0], R_grads
+    if "gamma" in params:
+        R_dxhat = torch.func.jvp(torch.mul, (g64, params["gamma"]), (Rg64, directions["gamma"]))[1]
+    else:
+        R_dxhat = Rg64
+    return Ry, Rxhat, dx, R_dx, R_dp, R_dxhat
+
+
+def _close_to_float64(got: Tensor, want: Tensor, dtype: torch.dtype) -> None:
+    """got, in dtype, is want (float64) to a few dozen roundings of dtype, relative to its largest entry
+    (float64: 1e-8, as rstd ~ 1e3 on the nearly constant rows amplifies float64's own round-off)."""
+    assert got.dtype == dtype
+    unit = 64 * torch.finfo(dtype).eps if dtype != torch.float64 else 1e-8
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=unit * max(float(want.abs().max()), 1e-30))
+
+
+@pytest.mark.parametrize("along", ["all", "dJ/dy"], ids=["along-all", "along-dJ/dy"])
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)], ids=["affine", "no-bias", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_layernorm_tangent_and_r_backward_equal_torch_func(
+    dtype: torch.dtype, affine: tuple[bool, bool], lean: bool, along: str
+) -> None:
+    # Rows of x, R{x}, dJ/dy and R{dJ/dy} close to constant, each cancelling most of its digits in the
+    # means subtracted, so float32 must accumulate in float64 (as the first order does) to stay at a few
+    # roundings of torch's float64 values. Lean mode's statistics are in the input's dtype, as torch's
+    # module computes them, which bounds its accuracy by that dtype's: ordinary rows there. Every result
+    # comes back in the input's dtype.
+    gen = torch.Generator().manual_seed(9)
+    d = 5
+
+    def near_constant() -> Tensor:
+        spread = 1.0 if lean else 1e-3
+        return (1 + spread * torch.randn(2, 3, d, generator=gen, dtype=torch.float64)).to(dtype)
+
+    x, g, Rx, Rg = near_constant(), near_constant(), near_constant(), near_constant()
+    gamma = (torch.rand(d, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine[0] else None
+    beta = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype) if affine[1] else None
+    V = {"gamma": torch.randn(d, generator=gen).to(dtype), "beta": torch.randn(d, generator=gen).to(dtype)}
+    if along == "dJ/dy":  # R{x} = 0 and V = 0: R{dJ/dx} is the backward map of R{dJ/dy} alone, not buried
+        Rx, V = torch.zeros_like(Rx), {k: torch.zeros_like(v) for k, v in V.items()}  # under the other terms
+    layer, path = LayerNorm(gamma, beta, d=d), (2,)
+    directions = Params({Key(k, path): V[k] for k in layer.params})
+    Ry, Rxhat, dx, R_dx, R_dp, R_dxhat = _torch_layernorm_second(x, g, gamma, beta, Rx, Rg, V)
+
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), path)
+    t = layer.tangent(x, Rx, y, cache, directions, path)
+    _close_to_float64(t.out, Ry, dtype)
+    _close_to_float64(t.intermediates[Key("xhat", path)], Rxhat, dtype)
+    for need_dx in (True, False):
+        for keep in (True, False):
+            ctx = SecondContext(path, need_dx=need_dx, keep_intermediates=keep)
+            dJ_dx, got = layer.r_backward(g, Rg, x, Rx, y, t, cache, directions, ctx)
+            assert (dJ_dx is None, got.dJ_dx is None) == (not need_dx, not need_dx)
+            if dJ_dx is not None and got.dJ_dx is not None:
+                _close_to_float64(dJ_dx, dx, dtype)
+                _close_to_float64(got.dJ_dx, R_dx, dtype)
+            assert set(got.params) == set(R_dp)
+            for kind, want in R_dp.items():
+                _close_to_float64(got.params[kind], want, dtype)
+            assert list(got.intermediates) == ([Key("xhat", path)] if keep else [])
+            if keep:
+                _close_to_float64(got.intermediates[Key("xhat", path)], R_dxhat, dtype)
+
+
+def test_layernorm_tangent_of_indices_names_the_layer() -> None:
+    layer = LayerNorm(d=3)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    y, cache = layer.forward(x, ForwardContext(), (1,))
+    with pytest.raises(AssertionError, match=r"^LayerNorm's input is never indices: it always has a tangent(\n|$)"):
+        layer.tangent(x, None, y, cache, Params({}), (1,))
+
+
+def test_layernorm_describes_itself_with_torch_options() -> None:
+    gamma = torch.ones(3, dtype=torch.float64)
+    assert LayerNorm(gamma, torch.zeros(3, dtype=torch.float64)).describe() == "LayerNorm(3)"
+    assert LayerNorm(gamma).describe() == "LayerNorm(3, no bias)"
+    assert LayerNorm(d=3).describe() == "LayerNorm(3, no affine)"
+
+
+def test_layernorm_input_check_accepts_torch_shapes_and_names_the_layer_otherwise() -> None:
+    # torch.nn.LayerNorm(3) takes (3,) and (..., 3); anything else is refused with the layer's place,
+    # its description, the shape it needs and what it got.
+    layer = LayerNorm(d=3)
+    for shape in [(3,), (2, 3), (4, 2, 3)]:
+        layer.check_input(torch.zeros(shape, dtype=torch.float64), (1,))
+        torch.nn.LayerNorm(3)(torch.zeros(shape))
+    message = (
+        r"^layer 2\.1 \(LayerNorm\(3, no affine\)\) needs input \(\.\.\., 3\), got shape {}, dtype float64, device cpu$"
+    )
+    with pytest.raises(ValueError, match=message.format(r"\(2, 4\)")):
+        layer.check_input(torch.zeros(2, 4, dtype=torch.float64), (2, 1))
+    with pytest.raises(ValueError, match=message.format(r"\(\)")):
+        layer.check_input(torch.zeros((), dtype=torch.float64), (2, 1))
+
+
+def test_xhat_rebuilt_from_lean_statistics_is_torch_layer_norm_in_float64() -> None:
+    # normalised() rebuilds xhat = (x - mu) rstd from a lean cache for the second order, in the
+    # accumulation dtype (float64 for float32): torch's float64 layer_norm, but for the float32
+    # rounding of mu and rstd.
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(4, 6, generator=gen)
+    layer = LayerNorm(d=6)
+    _, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    xhat, rstd = normalised(x, stats)
+    assert xhat.dtype == rstd.dtype == torch.float64
+    torch.testing.assert_close(xhat, F.layer_norm(x.double(), (6,)), rtol=0, atol=16 * 2.0**-23)
+
+
+class _SizeTap(Tap):
+    """Records the cancellation size an oracle reports for each centred intermediate."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[Key, Tensor] = {}
+
+    def centred(self, key: Key, t: Tensor, size: Callable[[], Tensor]) -> Tensor:
+        self.sizes[key] = size()
+        return t
+
+
+def test_layernorm_oracle_is_torch_layer_norm_with_its_eps_and_row_statistics() -> None:
+    # The oracle refbp.verify differentiates: F.layer_norm with the layer's eps (not torch's default),
+    # and the cancellation size of xhat = (x - mean) / sigma per row, (|x| + |mean|) / sigma, with the
+    # mean and sigma of each row (the last dimension of a 3-D input, not another).
+    gen = torch.Generator().manual_seed(11)
+    x = 3 + torch.randn(2, 3, 4, generator=gen, dtype=torch.float64) * torch.tensor([0.5, 2.0, 5.0]).view(1, 3, 1)
+    layer, tap = LayerNorm(d=4, eps=0.25), _SizeTap()
+    out = layer.torch_forward(x, Params({}), {}, tap, (3,))
+    expected = F.layer_norm(x, (4,), eps=0.25)
+    torch.testing.assert_close(out, expected)
+    mean = x.mean(-1, keepdim=True)
+    sigma = (x - mean) / expected  # what torch divides each row by
+    torch.testing.assert_close(tap.sizes[Key("xhat", (3,))], (x.abs() + mean.abs()) / sigma)
