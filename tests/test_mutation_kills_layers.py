@@ -6,6 +6,7 @@ selection (and forgets every result) when that list changes, so new layer kills 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -13,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from refbp.nn.batchnorm import BatchNorm1d, channel_square_sum, channel_sum, unbiased_batch_norm
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext, Tap
-from refbp.nn.layernorm import LayerNorm, normalised
+from refbp.nn.layernorm import LayerNorm, NormStats, normalised
 from refbp.nn.network import Network
 
 
@@ -411,3 +413,309 @@ def test_layernorm_oracle_is_torch_layer_norm_with_its_eps_and_row_statistics() 
     mean = x.mean(-1, keepdim=True)
     sigma = (x - mean) / expected  # what torch divides each row by
     torch.testing.assert_close(tap.sizes[Key("xhat", (3,))], (x.abs() + mean.abs()) / sigma)
+
+
+# ---- BatchNorm1d ----------------------------------------------------------------------------------
+def _batchnorm_case(
+    dtype: torch.dtype, affine: bool = True, seed: int = 20, N: int = 6, C: int = 4, centre: float = 1.5
+) -> tuple[BatchNorm1d, torch.nn.BatchNorm1d, Tensor, Tensor]:
+    """refbp's BatchNorm1d and torch's (eps 0.25, momentum 0.3, running statistics away from 0 and 1),
+    an input x and a dJ/dy, all in dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    module = torch.nn.BatchNorm1d(C, eps=0.25, momentum=0.3, affine=affine, dtype=torch.float64)
+    assert module.running_mean is not None and module.running_var is not None
+    with torch.no_grad():
+        if affine:
+            module.weight.uniform_(0.5, 1.5, generator=gen)
+            module.bias.uniform_(-0.5, 0.5, generator=gen)
+        module.running_mean.uniform_(-0.5, 0.5, generator=gen)
+        module.running_var.uniform_(0.5, 1.5, generator=gen)
+    module = module.to(dtype)
+    gamma = module.weight.detach().clone() if affine else None
+    beta = module.bias.detach().clone() if affine else None
+    assert module.running_mean is not None and module.running_var is not None
+    layer = BatchNorm1d(
+        gamma, beta, C=C, eps=0.25, momentum=0.3,
+        running_mean=module.running_mean.clone(), running_var=module.running_var.clone(),
+    )  # fmt: skip
+    x = (centre + torch.randn(N, C, generator=gen, dtype=torch.float64)).to(dtype)
+    G = torch.randn(N, C, generator=gen, dtype=torch.float64).to(dtype)
+    return layer, module, x, G
+
+
+def _torch_grads(module: torch.nn.Module, x: Tensor, G: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """torch's y, dJ/dx and dJ/d(each parameter) of the module for dJ/dy = G (the module's own copy)."""
+    module = copy.deepcopy(module)
+    xx = x.clone().requires_grad_()
+    y = module(xx)
+    y.backward(G)
+    assert xx.grad is not None
+    params = {k: p.grad for k, p in (("gamma", module.weight), ("beta", module.bias)) if p is not None}
+    return y.detach(), xx.grad, params  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+def test_lean_batchnorm_equals_torch_module_with_or_without_affine(affine: bool, training: bool) -> None:
+    # A training step's forward and backward (lean: mu and rstd kept) give torch's y and gradients in
+    # training and in eval mode (y = s x + (beta - s running_mean)), also without gamma and beta.
+    layer, module, x, G = _batchnorm_case(torch.float64, affine)
+    layer.set_training(training)
+    module.train(training)
+    y, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    got = layer.backward(G.clone(), x, y, stats, BackwardContext((1,), keep_intermediates=False, overwrite=True))
+    want_y, want_dx, want_params = _torch_grads(module, x, G)
+    torch.testing.assert_close(y, want_y)
+    torch.testing.assert_close(got.dJ_dx, want_dx)
+    assert set(got.params) == set(want_params)
+    for kind, want in want_params.items():
+        torch.testing.assert_close(got.params[kind], want)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_lean_half_precision_batchnorm_is_torch_in_float32_returned_in_the_input_dtype(
+    dtype: torch.dtype, affine: bool, training: bool
+) -> None:
+    # Features far from 0 (x - mu cancels most of x's digits) and a large batch: a half-precision
+    # training step computes in float32, as torch's CPU kernel, and returns y, every gradient and the
+    # reported dJ/dxhat in the input's dtype; the statistics kept are float32 (lean_dtype), and the
+    # running statistics stay in the input's dtype. Within a few roundings of dtype of torch in float32.
+    layer, module, x, G = _batchnorm_case(dtype, affine, seed=21, N=256, C=3, centre=40.0)
+    layer.set_training(training)
+    module32 = copy.deepcopy(module).float().train(training)
+    y, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    assert isinstance(stats, NormStats)
+    assert y.dtype == dtype and stats.mu.dtype == stats.rstd.dtype == torch.float32
+    assert layer.running_mean is not None and layer.running_var is not None
+    assert layer.running_mean.dtype == layer.running_var.dtype == dtype
+    for overwrite in (False, True):
+        got = layer.backward(
+            G.clone(), x, y, stats, BackwardContext((1,), keep_intermediates=True, overwrite=overwrite)
+        )
+        want_y, want_dx, want_params = _torch_grads(module32, x.float(), G.float())
+        unit = torch.finfo(dtype).eps
+        xx = x.float().clone().requires_grad_()
+        xhat = F.batch_norm(xx, module32.running_mean, module32.running_var, None, None, training, 0.0, 0.25)
+        xhat.retain_grad()
+        (xhat * module32.weight + module32.bias if affine else xhat).backward(G.float())
+        assert got.dJ_dx is not None and xhat.grad is not None
+        pairs = [(y, want_y), (got.dJ_dx, want_dx), (got.intermediates[Key("xhat", (1,))], xhat.grad)]
+        pairs += [(got.params[k], want_params[k]) for k in want_params]
+        assert set(got.params) == set(want_params)
+        for value, want in pairs:
+            assert value.dtype == dtype
+            torch.testing.assert_close(value.float(), want, rtol=0, atol=4 * unit * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+def test_lean_batchnorm_backward_without_dJ_dx_reports_torch_parameters_and_dJ_dxhat(
+    affine: bool, training: bool
+) -> None:
+    layer, module, x, G = _batchnorm_case(torch.float64, affine, seed=22)
+    layer.set_training(training)
+    module.train(training)
+    y, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    _, _, want_params = _torch_grads(module, x, G)
+    xx = x.clone().requires_grad_()
+    xhat = F.batch_norm(xx, module.running_mean, module.running_var, None, None, training, 0.0, 0.25)
+    xhat.retain_grad()
+    (xhat * module.weight + module.bias if affine else xhat).backward(G)
+    for need_dx in (False, True):
+        got = layer.backward(G.clone(), x, y, stats, BackwardContext((1,), need_dx=need_dx))
+        assert (got.dJ_dx is None) == (not need_dx)
+        if got.dJ_dx is not None:
+            torch.testing.assert_close(got.dJ_dx, xx.grad)
+        assert set(got.params) == set(want_params)
+        for kind, want in want_params.items():
+            torch.testing.assert_close(got.params[kind], want)
+        assert list(got.intermediates) == [Key("xhat", (1,))]
+        torch.testing.assert_close(got.intermediates[Key("xhat", (1,))], xhat.grad)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+def test_batchnorm_backward_leaves_dJ_dy_alone_unless_allowed_to_overwrite_it(lean: bool) -> None:
+    for overwrite in (False, True):
+        layer, module, x, G = _batchnorm_case(torch.float64, seed=23)
+        y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+        dJ_dy = G.clone()
+        got = layer.backward(dJ_dy, x, y, cache, BackwardContext((1,), keep_intermediates=False, overwrite=overwrite))
+        _, dx, _ = _torch_grads(module, x, G)
+        if not overwrite:
+            assert torch.equal(dJ_dy, G)
+        torch.testing.assert_close(got.dJ_dx, dx)
+
+
+def test_lean_batchnorm_forward_then_teaching_backward_from_a_loss_reports_torch_dJ_da() -> None:
+    # The loss's dJ/da is the network's own (overwrite=True) but also reported (keep_intermediates):
+    # the lean backward must not compute dJ/dx in its storage.
+    layer, module, x, _ = _batchnorm_case(torch.float64, seed=24)
+    target = torch.randn(x.shape, generator=torch.Generator().manual_seed(25), dtype=torch.float64)
+    net = Network([layer], "mse")
+    grads = net.backward(net.forward(x, keep_intermediates=False), target, keep_intermediates=True).as_dict()
+    xx = x.clone().requires_grad_()
+    y = module(xx)
+    y.retain_grad()
+    F.mse_loss(y, target).backward()
+    torch.testing.assert_close(grads["a1"], y.grad)
+    torch.testing.assert_close(grads["X"], xx.grad)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+def test_batchnorm_forward_updates_running_statistics_only_when_torch_would(lean: bool) -> None:
+    # update_stats=False (a check's extra forward passes) and track_running_stats=False (no running
+    # statistics: batch statistics in eval too) update nothing, in training or eval mode.
+    layer, _, x, _ = _batchnorm_case(torch.float64, seed=26)
+    assert layer.running_mean is not None and layer.running_var is not None
+    before = layer.running_mean.clone(), layer.running_var.clone()
+    layer.forward(x, ForwardContext(keep_intermediates=not lean, update_stats=False), (1,))
+    assert torch.equal(layer.running_mean, before[0]) and torch.equal(layer.running_var, before[1])
+    assert layer.num_batches_tracked == 0
+    for training in (True, False):
+        module = torch.nn.BatchNorm1d(4, eps=0.25, affine=False, track_running_stats=False, dtype=torch.float64)
+        untracked = BatchNorm1d(C=4, eps=0.25, track_running_stats=False)
+        untracked.set_training(training)
+        module.train(training)
+        y, _ = untracked.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+        with torch.no_grad():
+            torch.testing.assert_close(y, module(x))
+        assert untracked.running_mean is None and untracked.buffers() == {}
+
+
+def test_batchnorm_buffers_are_torch_module_buffers() -> None:
+    layer, module, _, _ = _batchnorm_case(torch.float64)
+    buffers = layer.buffers()
+    assert list(buffers) == ["running_mean", "running_var"]
+    for name, value in buffers.items():
+        assert torch.equal(value, getattr(module, name))
+    assert BatchNorm1d(C=4, track_running_stats=False).buffers() == {}
+
+
+def test_batchnorm_release_drops_the_lean_statistics() -> None:
+    layer, _, x, _ = _batchnorm_case(torch.float64)
+    _, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    assert isinstance(stats, NormStats)
+    layer.release(stats)
+    assert isinstance(stats.mu, Tensor) and isinstance(stats.rstd, Tensor)
+    assert stats.mu.numel() == stats.rstd.numel() == 0
+
+
+def test_batchnorm_shows_torch_xhat_in_the_walk_through_and_nothing_in_lean_mode() -> None:
+    layer, _, x, _ = _batchnorm_case(torch.float64, seed=27)
+    _, cache = layer.forward(x, ForwardContext(), (2, 1))
+    shown = layer.cached_values(cache, (2, 1))
+    assert list(shown) == [Key("xhat", (2, 1))]
+    torch.testing.assert_close(shown[Key("xhat", (2, 1))], F.batch_norm(x, None, None, training=True, eps=0.25))
+    _, lean = layer.forward(x, ForwardContext(keep_intermediates=False), (2, 1))
+    assert layer.cached_values(lean, (2, 1)) == {}
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+@pytest.mark.parametrize("tracked", [True, False], ids=["tracked", "untracked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("momentum", [0.3, None], ids=["m=0.3", "m=None"])
+def test_batchnorm_to_torch_is_the_same_torch_module(
+    momentum: float | None, dtype: torch.dtype, tracked: bool, affine: bool
+) -> None:
+    gen = torch.Generator().manual_seed(28)
+    gamma = (torch.rand(4, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine else None
+    beta = torch.randn(4, generator=gen, dtype=torch.float64).to(dtype) if affine else None
+    stats = (torch.randn(4, generator=gen).to(dtype), (torch.rand(4, generator=gen) + 0.5).to(dtype))
+    layer = BatchNorm1d(
+        gamma, beta, C=4, eps=0.25, momentum=momentum, track_running_stats=tracked, num_batches_tracked=5,
+        running_mean=stats[0] if tracked else None, running_var=stats[1] if tracked else None,
+    )  # fmt: skip
+    module = layer.to_torch()
+    assert isinstance(module, torch.nn.BatchNorm1d)
+    assert (module.eps, module.momentum, module.affine, module.track_running_stats) == (0.25, momentum, affine, tracked)
+    assert (module.weight is None) == (not affine) and (module.running_mean is None) == (not tracked)
+    if affine or tracked:  # torch's default dtype otherwise
+        assert next(module.parameters(), module.running_mean).dtype == dtype  # type: ignore[union-attr]
+    if tracked:
+        assert module.running_mean is not None and module.running_var is not None
+        assert torch.equal(module.running_mean, stats[0]) and torch.equal(module.running_var, stats[1])
+        assert int(module.num_batches_tracked) == 5  # type: ignore[arg-type]
+    x = torch.randn(6, 4, generator=gen, dtype=torch.float64).to(dtype if affine or tracked else torch.float32)
+    for training in (True, False):
+        layer.set_training(training)
+        module.train(training)
+        y, _ = layer.forward(x, ForwardContext(update_stats=False), (1,))
+        with torch.no_grad():
+            torch.testing.assert_close(copy.deepcopy(module)(x), y)  # a copy: torch's training updates its buffers
+
+
+class _BNSizeTap(Tap):
+    """Records the cancellation size an oracle reports for each centred intermediate."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[Key, Tensor] = {}
+
+    def centred(self, key: Key, t: Tensor, size: Callable[[], Tensor]) -> Tensor:
+        self.sizes[key] = size()
+        return t
+
+
+@pytest.mark.parametrize("mode", ["train", "unbiased", "eval"])
+def test_batchnorm_oracle_is_torch_batch_norm_with_its_eps_and_the_statistics_it_used(mode: str) -> None:
+    # The oracle refbp.verify differentiates: torch's batch norm with the layer's eps (unbiased: with the
+    # Bessel-corrected variance), and the cancellation size (|x| + |mean|) / sqrt(var + eps) of xhat with
+    # the per-feature mean and variance it normalised by (the running ones, in x's dtype, in eval).
+    layer, module, x, _ = _batchnorm_case(torch.float64, affine=False, seed=29, C=3)
+    if mode == "unbiased":
+        layer = BatchNorm1d(C=3, eps=0.25, unbiased=True)
+    layer.set_training(mode != "eval")
+    assert module.running_mean is not None and module.running_var is not None
+    assert layer.running_mean is not None and layer.running_var is not None
+    stats32 = layer.running_mean.float(), layer.running_var.float()
+    if mode == "eval":  # running statistics in float32, x in float64: the oracle converts them to x's dtype
+        layer.running_mean, layer.running_var = stats32
+    tap = _BNSizeTap()
+    out = layer.torch_forward(x, Params({}), {}, tap, (3,))
+    if mode == "eval":
+        mean, var = stats32[0].double(), stats32[1].double()
+        expected = F.batch_norm(x, mean, var, training=False, eps=0.25)
+    else:
+        mean, var = x.mean(0), x.var(0, unbiased=mode == "unbiased")
+        expected = (x - mean) / (var + 0.25).sqrt()
+        if mode == "train":
+            torch.testing.assert_close(expected, F.batch_norm(x, None, None, training=True, eps=0.25))
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(tap.sizes[Key("xhat", (3,))], (x.abs() + mean.abs()) / (var + 0.25).sqrt())
+
+
+@pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
+def test_batchnorm_feature_scale_is_what_torch_divides_each_feature_by(unbiased: bool) -> None:
+    gen = torch.Generator().manual_seed(30)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64) * torch.tensor([0.5, 2.0, 7.0])
+    layer = BatchNorm1d(C=3, eps=0.1, unbiased=unbiased)
+    pieces = layer.pieces
+    assert pieces is not None and pieces.scale is not None
+    s = pieces.scale(x)
+    assert s.shape == x.shape
+    want = unbiased_batch_norm(x, 0.1) if unbiased else F.batch_norm(x, None, None, training=True, eps=0.1)
+    torch.testing.assert_close((x - x.mean(0)) / s, want)
+
+
+def test_channel_sums_of_three_dimensional_inputs_reduce_all_but_the_channels() -> None:
+    # channel_sum and channel_square_sum take (N, C, ...): for (N, C, L) too, a (C,) sum over N and L;
+    # and small integers' squares sum exactly, (N, C) or not.
+    t = torch.arange(24, dtype=torch.float64).view(2, 3, 4) - 11
+    torch.testing.assert_close(channel_sum(t), t.sum(dim=(0, 2)))
+    torch.testing.assert_close(channel_square_sum(t), (t * t).sum(dim=(0, 2)))
+    ones = torch.ones(2, 3, dtype=torch.float64)
+    assert torch.equal(channel_square_sum(ones), torch.full((3,), 2.0, dtype=torch.float64))
+    assert torch.equal(channel_sum(ones), torch.full((3,), 2.0, dtype=torch.float64))
+
+
+def test_unbiased_batchnorm_to_torch_names_what_to_do_instead() -> None:
+    message = (
+        r"^BatchNorm1d\(3, batch statistics, unbiased variance, no affine\) has no torch module: "
+        r"torch\.nn\.BatchNorm1d normalises by the biased variance \(1/N\), unbiased=True by the "
+        r"Bessel-corrected one \(1/\(N - 1\)\); check it with refbp\.check, whose oracle \(torch_forward\) "
+        r"follows the option, or build the layer with unbiased=False$"
+    )
+    with pytest.raises(ValueError, match=message):
+        BatchNorm1d(C=3, unbiased=True).to_torch()
