@@ -75,6 +75,30 @@ BOTH_NONE = (
 )
 """Why the affine helpers' conditions on gamma and V_gamma may be joined by either."""
 
+BOTH_STATS = (
+    "running_mean and running_var are None together or neither: BatchNorm1d.__init__ sets both from "
+    "track_running_stats (a missing one defaults to torch's 0 or 1), so or and and agree."
+)
+"""Why BatchNorm's conditions on its two running statistics may be joined by either."""
+
+ON_CPU = (
+    "On the CPU, where the suite runs, device=None (or no device) is the tensors' own device: the same "
+    "numbers. On a GPU it would be the CPU; a difference only a CUDA machine can show."
+)
+"""Why a device argument left out or None changes nothing on the CPU."""
+
+N_FLOAT = (
+    "n = numel / C is a whole number far below 2^53, exact as a float: dividing by n, n - 1 or "
+    "n / (n - 1) gives the same numbers as with the int."
+)
+"""Why a BatchNorm's count of values per channel may be a float."""
+
+LAYOUT = (
+    "Layout, not numbers: x - mu (or s x + shift) in a tensor torch allocates (laid out after x's strides) "
+    "instead of a contiguous one; the same values, a slower elementwise pass (fresh_like)."
+)
+"""Why an elementwise pass of a lean normalisation may write into a tensor torch allocates."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -422,6 +446,110 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "dtype=self.W.dtype, )",
         "On the CPU, where the suite runs, leaving device out builds the module on W's device: the same "
         "module. On a GPU it would be built on the CPU; a difference only a CUDA machine can show.",
+    ),
+    # ---- batchnorm ----
+    (
+        "x_unbiased_batch_norm__",
+        "var = x.var(dim=over, keepdim=True)",
+        "Tensor.var's unbiased defaults to True: the same Bessel-corrected variance.",
+    ),
+    (
+        "xǁBatchNorm1dǁtorch_forward__",
+        "x.var(0, )  # (C,): the statistics it used",
+        "Tensor.var's unbiased defaults to True: the same Bessel-corrected variance.",
+    ),
+    (
+        "xǁBatchNorm1dǁtorch_forward__",
+        "None, True, 1.0, self.eps)",
+        "F.batch_norm's momentum only updates the running statistics passed to it, and none are (None, None): "
+        "momentum 1.0 normalises by the same batch statistics as 0.0.",
+    ),
+    (
+        "xǁBatchNorm1dǁtorch_forward__",
+        "assert self.running_mean is not None or self.running_var is not None",
+        BOTH_STATS,
+    ),
+    ("xǁBatchNorm1dǁtorch_forward__", "s.to(dtype=x.dtype, device=None)", ON_CPU),
+    ("xǁBatchNorm1dǁtorch_forward__", "(s.to(dtype=x.dtype, ) for s", ON_CPU),
+    (
+        "xǁBatchNorm1dǁ_feature_scale__",
+        "unbiased=self.unbiased, keepdim=False)",
+        "x is (N, C) (BatchNorm2d has its own scale): the (C,) spread broadcasts against it as the (1, C) one "
+        "does, so expand_as gives the same (N, C) scale.",
+    ),
+    (
+        "xǁBatchNorm1dǁ_feature_scale__",
+        "unbiased=self.unbiased, ).add",
+        "x is (N, C) (BatchNorm2d has its own scale): the (C,) spread broadcasts against it as the (1, C) one "
+        "does, so expand_as gives the same (N, C) scale.",
+    ),
+    (
+        "xǁBatchNorm1dǁ_update_running__",
+        "assert self.running_mean is not None or self.running_var is not None",
+        BOTH_STATS,
+    ),
+    ("xǁBatchNorm1dǁbuffers__", "if self.running_mean is None and self.running_var is None:", BOTH_STATS),
+    (
+        "xǁBatchNorm1dǁlean_forward__",
+        "assert self.running_mean is not None or self.running_var is not None",
+        BOTH_STATS,
+    ),
+    (
+        "xǁBatchNorm1dǁlean_forward__",
+        "if gamma is not None or beta is not None:",
+        "gamma and beta are None together or neither (BatchNorm1d refuses one without the other): or and and agree.",
+    ),
+    ("xǁBatchNorm1dǁlean_forward__", "n = x.numel() / self.C", N_FLOAT),
+    ("xǁBatchNorm1dǁlean_backward__", "n = x.numel() / self.C", N_FLOAT),
+    ("xǁBatchNorm1dǁlean_forward__", "y = torch.sub(xa, mu, out=None)", LAYOUT),
+    ("xǁBatchNorm1dǁlean_forward__", "y = torch.sub(xa, mu, )", LAYOUT),
+    ("xǁBatchNorm1dǁlean_forward__", "torch.addcmul(shift, xa, scale, out=None)", LAYOUT),
+    ("xǁBatchNorm1dǁlean_forward__", "torch.addcmul(shift, xa, scale, )", LAYOUT),
+    ("xǁBatchNorm1dǁlean_backward__", "torch.sub(xa, mu, out=None)", LAYOUT),
+    ("xǁBatchNorm1dǁlean_backward__", "torch.sub(xa, mu, ).mul_", LAYOUT),
+    (
+        "xǁBatchNorm1dǁlean_forward__",
+        "torch.addcmul(beta, y, gamma, out=None)",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁBatchNorm1dǁlean_forward__",
+        "torch.addcmul(beta, y, gamma, )",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁBatchNorm1dǁlean_backward__",
+        "own = None",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dx in a copy of it, the same "
+        "values; reusing it only spares the training step one (N, C) tensor.",
+    ),
+    (
+        "xǁBatchNorm1dǁlean_backward__",
+        "g = dJ_dy if (own) and False else",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dx in a copy of it, the same "
+        "values; reusing it only spares the training step one (N, C) tensor.",
+    ),
+    (
+        "xǁBatchNorm1dǁlean_backward__",
+        'gamma = self.params["gamma"].to(None).view(view)',
+        "Exact promotion: gamma then keeps the network's dtype, but it enters only s = rstd gamma (rstd in the "
+        "lean dtype, to which torch converts gamma exactly first) and dJ/dy o gamma.to(dtype).",
+    ),
+    ("xǁBatchNorm1dǁto_torch__", "like.dtype, device=None,", ON_CPU),
+    ("xǁBatchNorm1dǁto_torch__", "dtype=None if like is None else like.dtype, )  # fmt: skip", ON_CPU),
+    ("xǁBatchNorm1dǁto_torch__", "device=None if (like is None) or True else like.device", ON_CPU),
+    ("xǁBatchNorm1dǁto_torch__", "if self.running_mean is not None or self.running_var is not None:", BOTH_STATS),
+    (
+        "xǁBatchNorm1dǁto_torch__",
+        "assert running_mean is not None and running_var is not None or batches",
+        "Reached only with running statistics, where the module was built with track_running_stats=True and "
+        "holds all three buffers: the assertion holds either way.",
+    ),
+    (
+        "xǁBatchNorm1dǁto_torch__",
+        "assert running_mean is not None or running_var is not None and batches",
+        "Reached only with running statistics, where the module was built with track_running_stats=True and "
+        "holds all three buffers: the assertion holds either way.",
     ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
