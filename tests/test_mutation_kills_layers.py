@@ -478,11 +478,13 @@ def test_lean_batchnorm_equals_torch_module_with_or_without_affine(affine: bool,
 def test_lean_half_precision_batchnorm_is_torch_in_float32_returned_in_the_input_dtype(
     dtype: torch.dtype, affine: bool, training: bool
 ) -> None:
-    # Features far from 0 (x - mu cancels most of x's digits) and a large batch: a half-precision
-    # training step computes in float32, as torch's CPU kernel, and returns y, every gradient and the
-    # reported dJ/dxhat in the input's dtype; the statistics kept are float32 (lean_dtype), and the
-    # running statistics stay in the input's dtype. Within a few roundings of dtype of torch in float32.
-    layer, module, x, G = _batchnorm_case(dtype, affine, seed=21, N=256, C=3, centre=40.0)
+    # Features far from 0 (x - mu cancels most of x's digits), a dJ/dy far from 0 (dJ/dy - its mean
+    # cancels most of its digits) and a batch of 32: a half-precision training step computes in float32,
+    # as torch's CPU kernel, and returns y, every gradient and the reported dJ/dxhat in the input's dtype;
+    # the statistics kept are float32 (lean_dtype), and the running statistics stay in the input's dtype.
+    # Within a few roundings of dtype of torch in float32, whether dJ/dy's storage may be reused or not.
+    layer, module, x, G = _batchnorm_case(dtype, affine, seed=21, N=32, C=3, centre=40.0)
+    G = (30 + 0.3 * G.double()).to(dtype)  # dJ/dgamma ~ 30 * 40 * 32 in eval: below float16's 65504
     layer.set_training(training)
     module32 = copy.deepcopy(module).float().train(training)
     y, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
@@ -490,23 +492,24 @@ def test_lean_half_precision_batchnorm_is_torch_in_float32_returned_in_the_input
     assert y.dtype == dtype and stats.mu.dtype == stats.rstd.dtype == torch.float32
     assert layer.running_mean is not None and layer.running_var is not None
     assert layer.running_mean.dtype == layer.running_var.dtype == dtype
+    want_y, want_dx, want_params = _torch_grads(module32, x.float(), G.float())
+    xx = x.float().clone().requires_grad_()
+    xhat = F.batch_norm(xx, module32.running_mean, module32.running_var, None, None, training, 0.0, 0.25)
+    xhat.retain_grad()
+    (xhat * module32.weight + module32.bias if affine else xhat).backward(G.float())
+    assert xhat.grad is not None
+    unit = torch.finfo(dtype).eps
     for overwrite in (False, True):
-        got = layer.backward(
-            G.clone(), x, y, stats, BackwardContext((1,), keep_intermediates=True, overwrite=overwrite)
-        )
-        want_y, want_dx, want_params = _torch_grads(module32, x.float(), G.float())
-        unit = torch.finfo(dtype).eps
-        xx = x.float().clone().requires_grad_()
-        xhat = F.batch_norm(xx, module32.running_mean, module32.running_var, None, None, training, 0.0, 0.25)
-        xhat.retain_grad()
-        (xhat * module32.weight + module32.bias if affine else xhat).backward(G.float())
-        assert got.dJ_dx is not None and xhat.grad is not None
-        pairs = [(y, want_y), (got.dJ_dx, want_dx), (got.intermediates[Key("xhat", (1,))], xhat.grad)]
-        pairs += [(got.params[k], want_params[k]) for k in want_params]
-        assert set(got.params) == set(want_params)
-        for value, want in pairs:
-            assert value.dtype == dtype
-            torch.testing.assert_close(value.float(), want, rtol=0, atol=4 * unit * float(want.abs().max()))
+        for keep in (False, True):
+            ctx = BackwardContext((1,), keep_intermediates=keep, overwrite=overwrite)
+            got = layer.backward(G.clone(), x, y, stats, ctx)
+            assert got.dJ_dx is not None and set(got.params) == set(want_params)
+            pairs = [(y, want_y), (got.dJ_dx, want_dx)] + [(got.params[k], want_params[k]) for k in want_params]
+            assert list(got.intermediates) == ([Key("xhat", (1,))] if keep else [])
+            pairs += [(got.intermediates[Key("xhat", (1,))], xhat.grad)] if keep else []
+            for value, want in pairs:
+                assert value.dtype == dtype
+                torch.testing.assert_close(value.float(), want, rtol=0, atol=4 * unit * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
