@@ -551,6 +551,25 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "Reached only with running statistics, where the module was built with track_running_stats=True and "
         "holds all three buffers: the assertion holds either way.",
     ),
+    ("xǁBatchNorm1dǁr_backward__", "self._affine(V, ctx.path, None)", PROMOTED),
+    (
+        "xǁBatchNorm1dǁr_backward__",
+        "Rh.to(dtype, copy=False)}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁBatchNorm1dǁr_backward__",
+        "Rh.to(dtype, )}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        'gamma = self.params["gamma"].to(None) if self.params',
+        "Exact promotion: gamma then keeps the network's dtype, but it enters only dJ/dy o gamma (dJ/dy "
+        "converted to xhat's float64) and rstd gamma (rstd in float64), to which torch converts it exactly first.",
+    ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 

@@ -722,3 +722,140 @@ def test_unbiased_batchnorm_to_torch_names_what_to_do_instead() -> None:
     )
     with pytest.raises(ValueError, match=message):
         BatchNorm1d(C=3, unbiased=True).to_torch()
+
+
+def test_batchnorm_describes_its_mode_and_options() -> None:
+    # describe() is in every error message about the layer: its statistics, the unbiased option, the affine.
+    gamma, beta = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    layer = BatchNorm1d(gamma, beta)
+    assert layer.describe() == "BatchNorm1d(3, batch statistics)"
+    layer.set_training(False)
+    assert layer.describe() == "BatchNorm1d(3, running statistics)"
+    assert BatchNorm1d(C=3).describe() == "BatchNorm1d(3, batch statistics, no affine)"
+    assert (
+        BatchNorm1d(C=3, unbiased=True).describe() == "BatchNorm1d(3, batch statistics, unbiased variance, no affine)"
+    )
+
+
+def test_float32_batchnorm_of_nearly_constant_features_is_float64_torch_rounded_once() -> None:
+    # Features and dJ/dy nearly constant over the batch: x - mean and dJ/dy - its mean cancel most of
+    # their digits. The statistics and dJ/dx are computed in float64 and rounded once (the module
+    # docstring), so float32 results are torch's float64 ones to a few float32 roundings.
+    gen = torch.Generator().manual_seed(31)
+    for C in (1, 3):
+        x = (1 + 1e-3 * torch.randn(5, C, generator=gen, dtype=torch.float64)).float()
+        G = (1 + 1e-3 * torch.randn(5, C, generator=gen, dtype=torch.float64)).float()
+        gamma, beta = torch.rand(C, generator=gen).float() + 0.5, torch.randn(C, generator=gen).float()
+        net = Network([BatchNorm1d(gamma, beta)], "mse")
+        cache = net.forward(x)
+        grads = net.backward_from(cache, G).as_dict()
+        module = torch.nn.BatchNorm1d(C, dtype=torch.float64)
+        with torch.no_grad():
+            module.weight.copy_(gamma)
+            module.bias.copy_(beta)
+        y64, dx64, params64 = _torch_grads(module, x.double(), G.double())
+        ulp = 2.0**-23
+        pairs = [(cache.y_hat, y64), (grads["X"], dx64), (grads["gamma1"], params64["gamma"])]
+        for got, want in [*pairs, (grads["beta1"], params64["beta"])]:
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=4 * ulp * float(want.abs().max()))
+
+
+def _torch_batchnorm_second(
+    layer: BatchNorm1d, x: Tensor, g: Tensor, Rx: Tensor, Rg: Tensor, V: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor], Tensor]:
+    """torch.func in float64 on F.batch_norm (the layer's mode and eps): R{y}, R{xhat}, dJ/dx, R{dJ/dx},
+    H v at the layer's parameters and R{dJ/dxhat}, along R{x}, V and R{dJ/dy}."""
+    params = {k: v.double() for k, v in layer.params.items()}
+    directions = {k: V[k].double() for k in params}
+    training = layer.uses_batch_statistics
+    stats = (None, None) if training else (layer.running_mean.double(), layer.running_var.double())  # type: ignore[union-attr]
+
+    def xhat_of(x: Tensor) -> Tensor:
+        if training and layer.unbiased:
+            return unbiased_batch_norm(x, layer.eps)
+        return F.batch_norm(x, stats[0], stats[1], None, None, training, 0.0, layer.eps)
+
+    def y_of(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        return xhat_of(x) * p["gamma"] + p["beta"] if p else xhat_of(x)
+
+    def grads_of(x: Tensor, p: dict[str, Tensor], g: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        dx, dp = torch.func.vjp(y_of, x, p)[1](g)
+        return dx, dp
+
+    x64, g64, Rx64, Rg64 = x.double(), g.double(), Rx.double(), Rg.double()
+    Ry = torch.func.jvp(y_of, (x64, params), (Rx64, directions))[1]
+    Rxhat = torch.func.jvp(xhat_of, (x64,), (Rx64,))[1]
+    grads, R_grads = torch.func.jvp(grads_of, (x64, params, g64), (Rx64, directions, Rg64))[:2]
+    if params:
+        R_dxhat = torch.func.jvp(torch.mul, (g64, params["gamma"]), (Rg64, directions["gamma"]))[1]
+    else:
+        R_dxhat = Rg64
+    return Ry, Rxhat, grads[0], R_grads[0], R_grads[1], R_dxhat
+
+
+@pytest.mark.parametrize("mode", ["train", "unbiased", "eval"])
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_batchnorm_tangent_and_r_backward_equal_torch_func(
+    dtype: torch.dtype, affine: bool, lean: bool, mode: str
+) -> None:
+    # Features of x, R{x}, dJ/dy and R{dJ/dy} close to constant over the batch (full mode; ordinary ones in
+    # lean mode, whose statistics are in the input's dtype), so float32 must accumulate in float64 to stay
+    # at a few roundings of torch's float64 values; every result comes back in the input's dtype.
+    gen = torch.Generator().manual_seed(32)
+    C = 3
+
+    def near_constant() -> Tensor:
+        return (1 + (1.0 if lean else 1e-3) * torch.randn(6, C, generator=gen, dtype=torch.float64)).to(dtype)
+
+    x, g, Rx, Rg = near_constant(), near_constant(), near_constant(), near_constant()
+    gamma = (torch.rand(C, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine else None
+    beta = torch.randn(C, generator=gen, dtype=torch.float64).to(dtype) if affine else None
+    V = {"gamma": torch.randn(C, generator=gen).to(dtype), "beta": torch.randn(C, generator=gen).to(dtype)}
+    running = (torch.rand(C, generator=gen) - 0.5).to(dtype), (torch.rand(C, generator=gen) + 0.5).to(dtype)
+    layer = BatchNorm1d(
+        gamma, beta, C=C, eps=0.25, running_mean=running[0], running_var=running[1], unbiased=mode == "unbiased"
+    )
+    layer.set_training(mode != "eval")
+    path = (2,)
+    directions = Params({Key(k, path): V[k] for k in layer.params})
+    Ry, Rxhat, dx, R_dx, R_dp, R_dxhat = _torch_batchnorm_second(layer, x, g, Rx, Rg, V)
+
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean, update_stats=False), path)
+    t = layer.tangent(x, Rx, y, cache, directions, path)
+    _close_to_float64(t.out, Ry, dtype)
+    _close_to_float64(t.intermediates[Key("xhat", path)], Rxhat, dtype)
+    for need_dx in (True, False):
+        for keep in (True, False):
+            ctx = SecondContext(path, need_dx=need_dx, keep_intermediates=keep)
+            dJ_dx, got = layer.r_backward(g, Rg, x, Rx, y, t, cache, directions, ctx)
+            assert (dJ_dx is None, got.dJ_dx is None) == (not need_dx, not need_dx)
+            if dJ_dx is not None and got.dJ_dx is not None:
+                _close_to_float64(dJ_dx, dx, dtype)
+                _close_to_float64(got.dJ_dx, R_dx, dtype)
+            assert set(got.params) == set(R_dp)
+            for kind, want in R_dp.items():
+                _close_to_float64(got.params[kind], want, dtype)
+            assert list(got.intermediates) == ([Key("xhat", path)] if keep else [])
+            if keep:
+                _close_to_float64(got.intermediates[Key("xhat", path)], R_dxhat, dtype)
+
+
+def test_float32_batchnorm_parameter_products_sum_in_float64() -> None:
+    # (H v)_beta = sum_n R{dJ/dy} and (H v)_gamma = sum_n R{dJ/dy o xhat}: columns of R{dJ/dy} that cancel
+    # to 1 in exact arithmetic (1e8 + 1 - 1e8) give torch's float64 sums rounded once, not float32's 0.
+    gen = torch.Generator().manual_seed(33)
+    x = torch.tensor([[0.0], [1.0], [2.0]])
+    g = torch.randn(3, 1, generator=gen)
+    Rg = torch.tensor([[1e8], [1.0], [-1e8]])
+    layer = BatchNorm1d(torch.ones(1), torch.zeros(1))
+    path = (1,)
+    directions = Params({Key("gamma", path): torch.zeros(1), Key("beta", path): torch.zeros(1)})
+    y, cache = layer.forward(x, ForwardContext(update_stats=False), path)
+    t = layer.tangent(x, torch.zeros_like(x), y, cache, directions, path)
+    _, got = layer.r_backward(g, Rg, x, torch.zeros_like(x), y, t, cache, directions, SecondContext(path))
+    xhat = F.batch_norm(x.double(), None, None, training=True, eps=layer.eps)
+    assert got.params["beta"].item() == 1.0
+    assert got.params["gamma"].item() == float((Rg.double() * xhat).sum().float())
