@@ -570,6 +570,32 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "Exact promotion: gamma then keeps the network's dtype, but it enters only dJ/dy o gamma (dJ/dy "
         "converted to xhat's float64) and rstd gamma (rstd in float64), to which torch converts it exactly first.",
     ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        "dJ_dxhat = dJ_dy.to(None) * gamma if gamma",
+        "Exact promotion: dJ/dy o gamma with gamma in xhat's float64 converts dJ/dy to float64 exactly first: "
+        "the same dJ/dxhat.",
+    ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        "else dJ_dy.to(None)  # dJ/dy o gamma",
+        "Without gamma dJ/dxhat is dJ/dy, only kept as dJ_dxhat.to(dtype, copy=True): in float64 or in dJ/dy's "
+        "own dtype, converting it back gives the same values in a tensor of their own.",
+    ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        "dJ_dxhat.to(dtype, copy=False)}",
+        "Memory, not numbers: only without gamma in float64 is dJ/dxhat.to(dtype) no copy, dJ/dy itself, which "
+        "BatchNorm1d's backward only reads (its work buffer is a copy); the reported dJ/dxhat and dJ/dy (equal "
+        "there) then share storage.",
+    ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        "dJ_dxhat.to(dtype, )}",
+        "Memory, not numbers: only without gamma in float64 is dJ/dxhat.to(dtype) no copy, dJ/dy itself, which "
+        "BatchNorm1d's backward only reads (its work buffer is a copy); the reported dJ/dxhat and dJ/dy (equal "
+        "there) then share storage.",
+    ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 

@@ -7,6 +7,7 @@ selection (and forgets every result) when that list changes, so new layer kills 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 
 import pytest
@@ -514,13 +515,17 @@ def test_lean_half_precision_batchnorm_is_torch_in_float32_returned_in_the_input
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
-def test_lean_batchnorm_backward_without_dJ_dx_reports_torch_parameters_and_dJ_dxhat(
-    affine: bool, training: bool
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_batchnorm_backward_with_or_without_dJ_dx_reports_torch_parameters_and_dJ_dxhat(
+    dtype: torch.dtype, lean: bool, affine: bool, training: bool
 ) -> None:
-    layer, module, x, G = _batchnorm_case(torch.float64, affine, seed=22)
+    # keep_intermediates in the backward, from the full cache or a lean one: the parameters' gradients
+    # and dJ/dxhat (torch's xhat.grad, in the input's dtype) whether or not dJ/dx is asked for.
+    layer, module, x, G = _batchnorm_case(dtype, affine, seed=22)
     layer.set_training(training)
     module.train(training)
-    y, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    y, stats = layer.forward(x, ForwardContext(keep_intermediates=not lean, update_stats=False), (1,))
     _, _, want_params = _torch_grads(module, x, G)
     xx = x.clone().requires_grad_()
     xhat = F.batch_norm(xx, module.running_mean, module.running_var, None, None, training, 0.0, 0.25)
@@ -535,6 +540,7 @@ def test_lean_batchnorm_backward_without_dJ_dx_reports_torch_parameters_and_dJ_d
         for kind, want in want_params.items():
             torch.testing.assert_close(got.params[kind], want)
         assert list(got.intermediates) == [Key("xhat", (1,))]
+        assert got.intermediates[Key("xhat", (1,))].dtype == dtype
         torch.testing.assert_close(got.intermediates[Key("xhat", (1,))], xhat.grad)
 
 
@@ -859,3 +865,28 @@ def test_float32_batchnorm_parameter_products_sum_in_float64() -> None:
     xhat = F.batch_norm(x.double(), None, None, training=True, eps=layer.eps)
     assert got.params["beta"].item() == 1.0
     assert got.params["gamma"].item() == float((Rg.double() * xhat).sum().float())
+
+
+def test_batchnorm_input_check_accepts_torch_shapes_and_names_the_layer_otherwise() -> None:
+    # torch.nn.BatchNorm1d(3) in this layer's reach takes (N, 3); anything else is refused with the layer's
+    # place, its description, the shape it needs and what it got; training on one row says why not.
+    layer = BatchNorm1d(C=3)
+    layer.check_input(torch.zeros(2, 3, dtype=torch.float64), (1,))
+    message = (
+        r"^layer 2\.1 \(BatchNorm1d\(3, batch statistics, no affine\)\) needs input \(N, 3\), "
+        r"got shape {}, dtype float64, device cpu$"
+    )
+    for shape, shown in [((2, 4), r"\(2, 4\)"), ((2, 3, 4), r"\(2, 3, 4\)")]:
+        with pytest.raises(ValueError, match=message.format(shown)):
+            layer.check_input(torch.zeros(shape, dtype=torch.float64), (2, 1))
+    for unbiased, why in [
+        (False, "the variance of one row is 0"),
+        (True, "the unbiased variance divides by N - 1 = 0"),
+    ]:
+        one = BatchNorm1d(C=3, unbiased=unbiased)
+        with pytest.raises(
+            ValueError,
+            match=rf"^layer 3 \({re.escape(one.describe())}\) needs a batch of N >= 2 rows in training mode "
+            rf"\({why}\), got shape \(1, 3\), dtype float64, device cpu$",
+        ):
+            one.check_input(torch.zeros(1, 3, dtype=torch.float64), (3,))
