@@ -890,3 +890,33 @@ def test_batchnorm_input_check_accepts_torch_shapes_and_names_the_layer_otherwis
             rf"\({why}\), got shape \(1, 3\), dtype float64, device cpu$",
         ):
             one.check_input(torch.zeros(1, 3, dtype=torch.float64), (3,))
+
+
+def test_batchnorm_construction_refuses_what_torch_cannot_be_and_defaults_as_torch() -> None:
+    with pytest.raises(ValueError, match=r"^BatchNorm1d: give both gamma and beta \(affine\) or neither$"):
+        BatchNorm1d(torch.ones(3))
+    with pytest.raises(ValueError, match=r"^BatchNorm1d: give both gamma and beta \(affine\) or neither$"):
+        BatchNorm1d(None, torch.zeros(3))
+    with pytest.raises(TypeError, match=r"^BatchNorm1d: unbiased=1 must be True or False$"):
+        BatchNorm1d(C=3, unbiased=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^BatchNorm1d without gamma needs C, the number of features$"):
+        BatchNorm1d()
+    # torch.nn.BatchNorm1d(3)'s defaults: eps 1e-5, momentum 0.1, running statistics 0 and 1 in the
+    # parameters' dtype (float64 without them), no batch tracked yet, training mode.
+    module = torch.nn.BatchNorm1d(3, dtype=torch.float32)
+    for layer, dtype in [
+        (BatchNorm1d(torch.ones(3), torch.zeros(3)), torch.float32),
+        (BatchNorm1d(C=3), torch.float64),
+    ]:
+        assert (layer.C, layer.eps, layer.momentum, layer.num_batches_tracked) == (3, module.eps, module.momentum, 0)
+        assert layer.training is module.training is True and layer.track_running_stats and not layer.unbiased
+        assert layer.running_mean is not None and layer.running_var is not None
+        assert layer.running_mean.dtype == layer.running_var.dtype == dtype
+        assert torch.equal(layer.running_mean, module.running_mean.to(dtype))  # type: ignore[union-attr]
+        assert torch.equal(layer.running_var, module.running_var.to(dtype))  # type: ignore[union-attr]
+    given = BatchNorm1d(C=2, eps=0.5, momentum=None, running_mean=torch.ones(2), num_batches_tracked=4, unbiased=True)
+    assert (given.eps, given.momentum, given.num_batches_tracked, given.unbiased) == (0.5, None, 4, True)
+    assert torch.equal(given.running_mean, torch.ones(2))  # type: ignore[arg-type]
+    assert torch.equal(given.running_var, torch.ones(2, dtype=torch.float64))  # type: ignore[arg-type]
+    untracked = BatchNorm1d(C=2, track_running_stats=False, running_mean=torch.ones(2))
+    assert untracked.running_mean is None and untracked.running_var is None and not untracked.track_running_stats
