@@ -596,6 +596,56 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "BatchNorm1d's backward only reads (its work buffer is a copy); the reported dJ/dxhat and dJ/dy (equal "
         "there) then share storage.",
     ),
+    (
+        "xǁBatchNorm1dǁ__init____",
+        "self.params = {} if gamma is None and beta is None else",
+        "gamma and beta are None together or neither here: one without the other was refused just above.",
+    ),
+    (
+        "xǁBatchNorm1dǁ__init____",
+        "torch.empty(1, dtype=torch.float64)",
+        "like only lends its dtype and device to the default running statistics: its size is never read.",
+    ),
+    ("xǁBatchNorm1dǁ__init____", "dtype=like.dtype, device=None)", ON_CPU),
+    ("xǁBatchNorm1dǁ__init____", "dtype=like.dtype, )", ON_CPU),
+    (
+        "xǁBatchNorm1dǁtorch_forward__",
+        "None, False, 1.0, self.eps)",
+        "In eval mode (training=False) F.batch_norm normalises by the running statistics and updates nothing: "
+        "momentum 1.0 or 0.0 gives the same numbers.",
+    ),
+    ("xǁBatchNorm1dǁforward__", "assert self.running_mean is not None or self.running_var is not None", BOTH_STATS),
+    (
+        "xǁBatchNorm1dǁforward__",
+        "xhat.sub_(self.running_mean.to(None))",
+        "Exact promotion: subtracting running_mean in its own dtype from xhat in float64 converts it to "
+        "float64 exactly first: the same difference.",
+    ),
+    (
+        "xǁBatchNorm1dǁforward__",
+        'self.params["gamma"], out=None)',
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁBatchNorm1dǁforward__",
+        'self.params["gamma"], )',
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    ("xǁBatchNorm1dǁ_affine__", '.to(None), V(path, "gamma").to(acc)', PROMOTED),
+    ("xǁBatchNorm1dǁ_affine__", 'V(path, "gamma").to(None)', PROMOTED),
+    ("xǁBatchNorm1dǁtangent__", "self._affine(V, path, None)", PROMOTED),
+    ("xǁBatchNorm1dǁtangent__", 'V_beta = V(path, "beta").to(None)', PROMOTED),
+    (
+        "xǁBatchNorm1dǁtangent__",
+        "NormTangent(Rx.to(None) * rstd",
+        "Exact promotion: R{x} times rstd (float64) converts R{x} to float64 exactly first: the same R{xhat}.",
+    ),
+    (
+        "xǁBatchNorm1dǁtangent__",
+        "NormTangent(Rx.to(xhat.dtype) * rstd, None)",
+        "Eval mode only, where nothing reads R{log rstd}: r_backward's eval branch is rstd h and rstd R{h}, "
+        "and affine_r_backward reads R{xhat} alone.",
+    ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 

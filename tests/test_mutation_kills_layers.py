@@ -18,7 +18,7 @@ from torch import Tensor
 from refbp.nn.batchnorm import BatchNorm1d, channel_square_sum, channel_sum, unbiased_batch_norm
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext, Tap
-from refbp.nn.layernorm import LayerNorm, NormStats, normalised
+from refbp.nn.layernorm import LayerNorm, NormCache, NormStats, normalised
 from refbp.nn.network import Network
 
 
@@ -920,3 +920,25 @@ def test_batchnorm_construction_refuses_what_torch_cannot_be_and_defaults_as_tor
     assert torch.equal(given.running_var, torch.ones(2, dtype=torch.float64))  # type: ignore[arg-type]
     untracked = BatchNorm1d(C=2, track_running_stats=False, running_mean=torch.ones(2))
     assert untracked.running_mean is None and untracked.running_var is None and not untracked.track_running_stats
+
+
+def test_float32_batchnorm_eval_normalises_in_float64_by_the_running_statistics() -> None:
+    # Eval mode in float32: xhat (shown in the walk-through) and rstd are kept in float64, computed from the
+    # running statistics converted to float64: torch's float64 batch norm to float64's precision.
+    layer, module, x, _ = _batchnorm_case(torch.float32, seed=34)
+    layer.set_training(False)
+    _, cache = layer.forward(x, ForwardContext(), (1,))
+    assert isinstance(cache, NormCache)
+    assert cache.xhat.dtype == cache.rstd.dtype == torch.float64
+    rm, rv = module.running_mean.double(), module.running_var.double()  # type: ignore[union-attr]
+    torch.testing.assert_close(cache.rstd, (rv + 0.25).rsqrt(), rtol=1e-14, atol=0)
+    want = F.batch_norm(x.double(), rm, rv, training=False, eps=0.25)
+    torch.testing.assert_close(cache.xhat, want, rtol=1e-14, atol=1e-14)
+
+
+def test_batchnorm_tangent_of_indices_names_the_layer() -> None:
+    layer = BatchNorm1d(C=3)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    y, cache = layer.forward(x, ForwardContext(), (1,))
+    with pytest.raises(AssertionError, match=r"^BatchNorm's input is never indices: it always has a tangent(\n|$)"):
+        layer.tangent(x, None, y, cache, Params({}), (1,))
