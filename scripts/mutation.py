@@ -75,6 +75,30 @@ BOTH_NONE = (
 )
 """Why the affine helpers' conditions on gamma and V_gamma may be joined by either."""
 
+BOTH_STATS = (
+    "running_mean and running_var are None together or neither: BatchNorm1d.__init__ sets both from "
+    "track_running_stats (a missing one defaults to torch's 0 or 1), so or and and agree."
+)
+"""Why BatchNorm's conditions on its two running statistics may be joined by either."""
+
+ON_CPU = (
+    "On the CPU, where the suite runs, device=None (or no device) is the tensors' own device: the same "
+    "numbers. On a GPU it would be the CPU; a difference only a CUDA machine can show."
+)
+"""Why a device argument left out or None changes nothing on the CPU."""
+
+N_FLOAT = (
+    "n = numel / C is a whole number far below 2^53, exact as a float: dividing by n, n - 1 or "
+    "n / (n - 1) gives the same numbers as with the int."
+)
+"""Why a BatchNorm's count of values per channel may be a float."""
+
+LAYOUT = (
+    "Layout, not numbers: x - mu (or s x + shift) in a tensor torch allocates (laid out after x's strides) "
+    "instead of a contiguous one; the same values, a slower elementwise pass (fresh_like)."
+)
+"""Why an elementwise pass of a lean normalisation may write into a tensor torch allocates."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -422,6 +446,205 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "dtype=self.W.dtype, )",
         "On the CPU, where the suite runs, leaving device out builds the module on W's device: the same "
         "module. On a GPU it would be built on the CPU; a difference only a CUDA machine can show.",
+    ),
+    # ---- batchnorm ----
+    (
+        "x_unbiased_batch_norm__",
+        "var = x.var(dim=over, keepdim=True)",
+        "Tensor.var's unbiased defaults to True: the same Bessel-corrected variance.",
+    ),
+    (
+        "xǁBatchNorm1dǁtorch_forward__",
+        "x.var(0, )  # (C,): the statistics it used",
+        "Tensor.var's unbiased defaults to True: the same Bessel-corrected variance.",
+    ),
+    (
+        "xǁBatchNorm1dǁtorch_forward__",
+        "None, True, 1.0, self.eps)",
+        "F.batch_norm's momentum only updates the running statistics passed to it, and none are (None, None): "
+        "momentum 1.0 normalises by the same batch statistics as 0.0.",
+    ),
+    (
+        "xǁBatchNorm1dǁtorch_forward__",
+        "assert self.running_mean is not None or self.running_var is not None",
+        BOTH_STATS,
+    ),
+    ("xǁBatchNorm1dǁtorch_forward__", "s.to(dtype=x.dtype, device=None)", ON_CPU),
+    ("xǁBatchNorm1dǁtorch_forward__", "(s.to(dtype=x.dtype, ) for s", ON_CPU),
+    (
+        "xǁBatchNorm1dǁ_feature_scale__",
+        "unbiased=self.unbiased, keepdim=False)",
+        "x is (N, C) (BatchNorm2d has its own scale): the (C,) spread broadcasts against it as the (1, C) one "
+        "does, so expand_as gives the same (N, C) scale.",
+    ),
+    (
+        "xǁBatchNorm1dǁ_feature_scale__",
+        "unbiased=self.unbiased, ).add",
+        "x is (N, C) (BatchNorm2d has its own scale): the (C,) spread broadcasts against it as the (1, C) one "
+        "does, so expand_as gives the same (N, C) scale.",
+    ),
+    (
+        "xǁBatchNorm1dǁ_update_running__",
+        "assert self.running_mean is not None or self.running_var is not None",
+        BOTH_STATS,
+    ),
+    ("xǁBatchNorm1dǁbuffers__", "if self.running_mean is None and self.running_var is None:", BOTH_STATS),
+    (
+        "xǁBatchNorm1dǁlean_forward__",
+        "assert self.running_mean is not None or self.running_var is not None",
+        BOTH_STATS,
+    ),
+    (
+        "xǁBatchNorm1dǁlean_forward__",
+        "if gamma is not None or beta is not None:",
+        "gamma and beta are None together or neither (BatchNorm1d refuses one without the other): or and and agree.",
+    ),
+    ("xǁBatchNorm1dǁlean_forward__", "n = x.numel() / self.C", N_FLOAT),
+    ("xǁBatchNorm1dǁlean_backward__", "n = x.numel() / self.C", N_FLOAT),
+    ("xǁBatchNorm1dǁlean_forward__", "y = torch.sub(xa, mu, out=None)", LAYOUT),
+    ("xǁBatchNorm1dǁlean_forward__", "y = torch.sub(xa, mu, )", LAYOUT),
+    ("xǁBatchNorm1dǁlean_forward__", "torch.addcmul(shift, xa, scale, out=None)", LAYOUT),
+    ("xǁBatchNorm1dǁlean_forward__", "torch.addcmul(shift, xa, scale, )", LAYOUT),
+    ("xǁBatchNorm1dǁlean_backward__", "torch.sub(xa, mu, out=None)", LAYOUT),
+    ("xǁBatchNorm1dǁlean_backward__", "torch.sub(xa, mu, ).mul_", LAYOUT),
+    (
+        "xǁBatchNorm1dǁlean_forward__",
+        "torch.addcmul(beta, y, gamma, out=None)",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁBatchNorm1dǁlean_forward__",
+        "torch.addcmul(beta, y, gamma, )",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁBatchNorm1dǁlean_backward__",
+        "own = None",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dx in a copy of it, the same "
+        "values; reusing it only spares the training step one (N, C) tensor.",
+    ),
+    (
+        "xǁBatchNorm1dǁlean_backward__",
+        "g = dJ_dy if (own) and False else",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dx in a copy of it, the same "
+        "values; reusing it only spares the training step one (N, C) tensor.",
+    ),
+    (
+        "xǁBatchNorm1dǁlean_backward__",
+        'gamma = self.params["gamma"].to(None).view(view)',
+        "Exact promotion: gamma then keeps the network's dtype, but it enters only s = rstd gamma (rstd in the "
+        "lean dtype, to which torch converts gamma exactly first) and dJ/dy o gamma.to(dtype).",
+    ),
+    ("xǁBatchNorm1dǁto_torch__", "like.dtype, device=None,", ON_CPU),
+    ("xǁBatchNorm1dǁto_torch__", "dtype=None if like is None else like.dtype, )  # fmt: skip", ON_CPU),
+    ("xǁBatchNorm1dǁto_torch__", "device=None if (like is None) or True else like.device", ON_CPU),
+    ("xǁBatchNorm1dǁto_torch__", "if self.running_mean is not None or self.running_var is not None:", BOTH_STATS),
+    (
+        "xǁBatchNorm1dǁto_torch__",
+        "assert running_mean is not None and running_var is not None or batches",
+        "Reached only with running statistics, where the module was built with track_running_stats=True and "
+        "holds all three buffers: the assertion holds either way.",
+    ),
+    (
+        "xǁBatchNorm1dǁto_torch__",
+        "assert running_mean is not None or running_var is not None and batches",
+        "Reached only with running statistics, where the module was built with track_running_stats=True and "
+        "holds all three buffers: the assertion holds either way.",
+    ),
+    ("xǁBatchNorm1dǁr_backward__", "self._affine(V, ctx.path, None)", PROMOTED),
+    (
+        "xǁBatchNorm1dǁr_backward__",
+        "Rh.to(dtype, copy=False)}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁBatchNorm1dǁr_backward__",
+        "Rh.to(dtype, )}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        'gamma = self.params["gamma"].to(None) if self.params',
+        "Exact promotion: gamma then keeps the network's dtype, but it enters only dJ/dy o gamma (dJ/dy "
+        "converted to xhat's float64) and rstd gamma (rstd in float64), to which torch converts it exactly first.",
+    ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        "dJ_dxhat = dJ_dy.to(None) * gamma if gamma",
+        "Exact promotion: dJ/dy o gamma with gamma in xhat's float64 converts dJ/dy to float64 exactly first: "
+        "the same dJ/dxhat.",
+    ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        "else dJ_dy.to(None)  # dJ/dy o gamma",
+        "Without gamma dJ/dxhat is dJ/dy, only kept as dJ_dxhat.to(dtype, copy=True): in float64 or in dJ/dy's "
+        "own dtype, converting it back gives the same values in a tensor of their own.",
+    ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        "dJ_dxhat.to(dtype, copy=False)}",
+        "Memory, not numbers: only without gamma in float64 is dJ/dxhat.to(dtype) no copy, dJ/dy itself, which "
+        "BatchNorm1d's backward only reads (its work buffer is a copy); the reported dJ/dxhat and dJ/dy (equal "
+        "there) then share storage.",
+    ),
+    (
+        "xǁBatchNorm1dǁbackward__",
+        "dJ_dxhat.to(dtype, )}",
+        "Memory, not numbers: only without gamma in float64 is dJ/dxhat.to(dtype) no copy, dJ/dy itself, which "
+        "BatchNorm1d's backward only reads (its work buffer is a copy); the reported dJ/dxhat and dJ/dy (equal "
+        "there) then share storage.",
+    ),
+    (
+        "xǁBatchNorm1dǁ__init____",
+        "self.params = {} if gamma is None and beta is None else",
+        "gamma and beta are None together or neither here: one without the other was refused just above.",
+    ),
+    (
+        "xǁBatchNorm1dǁ__init____",
+        "torch.empty(1, dtype=torch.float64)",
+        "like only lends its dtype and device to the default running statistics: its size is never read.",
+    ),
+    ("xǁBatchNorm1dǁ__init____", "dtype=like.dtype, device=None)", ON_CPU),
+    ("xǁBatchNorm1dǁ__init____", "dtype=like.dtype, )", ON_CPU),
+    (
+        "xǁBatchNorm1dǁtorch_forward__",
+        "None, False, 1.0, self.eps)",
+        "In eval mode (training=False) F.batch_norm normalises by the running statistics and updates nothing: "
+        "momentum 1.0 or 0.0 gives the same numbers.",
+    ),
+    ("xǁBatchNorm1dǁforward__", "assert self.running_mean is not None or self.running_var is not None", BOTH_STATS),
+    (
+        "xǁBatchNorm1dǁforward__",
+        "xhat.sub_(self.running_mean.to(None))",
+        "Exact promotion: subtracting running_mean in its own dtype from xhat in float64 converts it to "
+        "float64 exactly first: the same difference.",
+    ),
+    (
+        "xǁBatchNorm1dǁforward__",
+        'self.params["gamma"], out=None)',
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁBatchNorm1dǁforward__",
+        'self.params["gamma"], )',
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    ("xǁBatchNorm1dǁ_affine__", '.to(None), V(path, "gamma").to(acc)', PROMOTED),
+    ("xǁBatchNorm1dǁ_affine__", 'V(path, "gamma").to(None)', PROMOTED),
+    ("xǁBatchNorm1dǁtangent__", "self._affine(V, path, None)", PROMOTED),
+    ("xǁBatchNorm1dǁtangent__", 'V_beta = V(path, "beta").to(None)', PROMOTED),
+    (
+        "xǁBatchNorm1dǁtangent__",
+        "NormTangent(Rx.to(None) * rstd",
+        "Exact promotion: R{x} times rstd (float64) converts R{x} to float64 exactly first: the same R{xhat}.",
+    ),
+    (
+        "xǁBatchNorm1dǁtangent__",
+        "NormTangent(Rx.to(xhat.dtype) * rstd, None)",
+        "Eval mode only, where nothing reads R{log rstd}: r_backward's eval branch is rstd h and rstd R{h}, "
+        "and affine_r_backward reads R{xhat} alone.",
     ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""

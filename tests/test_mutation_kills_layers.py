@@ -6,6 +6,8 @@ selection (and forgets every result) when that list changes, so new layer kills 
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Callable
 
 import pytest
@@ -13,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from refbp.nn.batchnorm import BatchNorm1d, channel_square_sum, channel_sum, unbiased_batch_norm
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext, Tap
-from refbp.nn.layernorm import LayerNorm, normalised
+from refbp.nn.layernorm import LayerNorm, NormCache, NormStats, normalised
 from refbp.nn.network import Network
 
 
@@ -411,3 +414,531 @@ def test_layernorm_oracle_is_torch_layer_norm_with_its_eps_and_row_statistics() 
     mean = x.mean(-1, keepdim=True)
     sigma = (x - mean) / expected  # what torch divides each row by
     torch.testing.assert_close(tap.sizes[Key("xhat", (3,))], (x.abs() + mean.abs()) / sigma)
+
+
+# ---- BatchNorm1d ----------------------------------------------------------------------------------
+def _batchnorm_case(
+    dtype: torch.dtype, affine: bool = True, seed: int = 20, N: int = 6, C: int = 4, centre: float = 1.5
+) -> tuple[BatchNorm1d, torch.nn.BatchNorm1d, Tensor, Tensor]:
+    """refbp's BatchNorm1d and torch's (eps 0.25, momentum 0.3, running statistics away from 0 and 1),
+    an input x and a dJ/dy, all in dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    module = torch.nn.BatchNorm1d(C, eps=0.25, momentum=0.3, affine=affine, dtype=torch.float64)
+    assert module.running_mean is not None and module.running_var is not None
+    with torch.no_grad():
+        if affine:
+            module.weight.uniform_(0.5, 1.5, generator=gen)
+            module.bias.uniform_(-0.5, 0.5, generator=gen)
+        module.running_mean.uniform_(-0.5, 0.5, generator=gen)
+        module.running_var.uniform_(0.5, 1.5, generator=gen)
+    module = module.to(dtype)
+    gamma = module.weight.detach().clone() if affine else None
+    beta = module.bias.detach().clone() if affine else None
+    assert module.running_mean is not None and module.running_var is not None
+    layer = BatchNorm1d(
+        gamma, beta, C=C, eps=0.25, momentum=0.3,
+        running_mean=module.running_mean.clone(), running_var=module.running_var.clone(),
+    )  # fmt: skip
+    x = (centre + torch.randn(N, C, generator=gen, dtype=torch.float64)).to(dtype)
+    G = torch.randn(N, C, generator=gen, dtype=torch.float64).to(dtype)
+    return layer, module, x, G
+
+
+def _torch_grads(module: torch.nn.Module, x: Tensor, G: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """torch's y, dJ/dx and dJ/d(each parameter) of the module for dJ/dy = G (the module's own copy)."""
+    module = copy.deepcopy(module)
+    xx = x.clone().requires_grad_()
+    y = module(xx)
+    y.backward(G)
+    assert xx.grad is not None
+    params = {k: p.grad for k, p in (("gamma", module.weight), ("beta", module.bias)) if p is not None}
+    return y.detach(), xx.grad, params  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+def test_lean_batchnorm_equals_torch_module_with_or_without_affine(affine: bool, training: bool) -> None:
+    # A training step's forward and backward (lean: mu and rstd kept) give torch's y and gradients in
+    # training and in eval mode (y = s x + (beta - s running_mean)), also without gamma and beta.
+    layer, module, x, G = _batchnorm_case(torch.float64, affine)
+    layer.set_training(training)
+    module.train(training)
+    y, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    got = layer.backward(G.clone(), x, y, stats, BackwardContext((1,), keep_intermediates=False, overwrite=True))
+    want_y, want_dx, want_params = _torch_grads(module, x, G)
+    torch.testing.assert_close(y, want_y)
+    torch.testing.assert_close(got.dJ_dx, want_dx)
+    assert set(got.params) == set(want_params)
+    for kind, want in want_params.items():
+        torch.testing.assert_close(got.params[kind], want)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_lean_half_precision_batchnorm_is_torch_in_float32_returned_in_the_input_dtype(
+    dtype: torch.dtype, affine: bool, training: bool
+) -> None:
+    # Features far from 0 (x - mu cancels most of x's digits), a dJ/dy far from 0 (dJ/dy - its mean
+    # cancels most of its digits) and a batch of 32: a half-precision training step computes in float32,
+    # as torch's CPU kernel, and returns y, every gradient and the reported dJ/dxhat in the input's dtype;
+    # the statistics kept are float32 (lean_dtype), and the running statistics stay in the input's dtype.
+    # Within a few roundings of dtype of torch in float32, whether dJ/dy's storage may be reused or not.
+    layer, module, x, G = _batchnorm_case(dtype, affine, seed=21, N=32, C=3, centre=40.0)
+    G = (30 + 0.3 * G.double()).to(dtype)  # dJ/dgamma ~ 30 * 40 * 32 in eval: below float16's 65504
+    layer.set_training(training)
+    module32 = copy.deepcopy(module).float().train(training)
+    y, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    assert isinstance(stats, NormStats)
+    assert y.dtype == dtype and stats.mu.dtype == stats.rstd.dtype == torch.float32
+    assert layer.running_mean is not None and layer.running_var is not None
+    assert layer.running_mean.dtype == layer.running_var.dtype == dtype
+    want_y, want_dx, want_params = _torch_grads(module32, x.float(), G.float())
+    xx = x.float().clone().requires_grad_()
+    xhat = F.batch_norm(xx, module32.running_mean, module32.running_var, None, None, training, 0.0, 0.25)
+    xhat.retain_grad()
+    (xhat * module32.weight + module32.bias if affine else xhat).backward(G.float())
+    assert xhat.grad is not None
+    unit = torch.finfo(dtype).eps
+    for overwrite in (False, True):
+        for keep in (False, True):
+            ctx = BackwardContext((1,), keep_intermediates=keep, overwrite=overwrite)
+            got = layer.backward(G.clone(), x, y, stats, ctx)
+            assert got.dJ_dx is not None and set(got.params) == set(want_params)
+            pairs = [(y, want_y), (got.dJ_dx, want_dx)] + [(got.params[k], want_params[k]) for k in want_params]
+            assert list(got.intermediates) == ([Key("xhat", (1,))] if keep else [])
+            pairs += [(got.intermediates[Key("xhat", (1,))], xhat.grad)] if keep else []
+            for value, want in pairs:
+                assert value.dtype == dtype
+                torch.testing.assert_close(value.float(), want, rtol=0, atol=4 * unit * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_batchnorm_backward_with_or_without_dJ_dx_reports_torch_parameters_and_dJ_dxhat(
+    dtype: torch.dtype, lean: bool, affine: bool, training: bool
+) -> None:
+    # keep_intermediates in the backward, from the full cache or a lean one: the parameters' gradients
+    # and dJ/dxhat (torch's xhat.grad, in the input's dtype) whether or not dJ/dx is asked for.
+    layer, module, x, G = _batchnorm_case(dtype, affine, seed=22)
+    layer.set_training(training)
+    module.train(training)
+    y, stats = layer.forward(x, ForwardContext(keep_intermediates=not lean, update_stats=False), (1,))
+    _, _, want_params = _torch_grads(module, x, G)
+    xx = x.clone().requires_grad_()
+    xhat = F.batch_norm(xx, module.running_mean, module.running_var, None, None, training, 0.0, 0.25)
+    xhat.retain_grad()
+    (xhat * module.weight + module.bias if affine else xhat).backward(G)
+    for need_dx in (False, True):
+        got = layer.backward(G.clone(), x, y, stats, BackwardContext((1,), need_dx=need_dx))
+        assert (got.dJ_dx is None) == (not need_dx)
+        if got.dJ_dx is not None:
+            torch.testing.assert_close(got.dJ_dx, xx.grad)
+        assert set(got.params) == set(want_params)
+        for kind, want in want_params.items():
+            torch.testing.assert_close(got.params[kind], want)
+        assert list(got.intermediates) == [Key("xhat", (1,))]
+        assert got.intermediates[Key("xhat", (1,))].dtype == dtype
+        torch.testing.assert_close(got.intermediates[Key("xhat", (1,))], xhat.grad)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+def test_batchnorm_backward_leaves_dJ_dy_alone_unless_allowed_to_overwrite_it(lean: bool) -> None:
+    for overwrite in (False, True):
+        layer, module, x, G = _batchnorm_case(torch.float64, seed=23)
+        y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+        dJ_dy = G.clone()
+        got = layer.backward(dJ_dy, x, y, cache, BackwardContext((1,), keep_intermediates=False, overwrite=overwrite))
+        _, dx, _ = _torch_grads(module, x, G)
+        if not overwrite:
+            assert torch.equal(dJ_dy, G)
+        torch.testing.assert_close(got.dJ_dx, dx)
+
+
+def test_lean_batchnorm_forward_then_teaching_backward_from_a_loss_reports_torch_dJ_da() -> None:
+    # The loss's dJ/da is the network's own (overwrite=True) but also reported (keep_intermediates):
+    # the lean backward must not compute dJ/dx in its storage.
+    layer, module, x, _ = _batchnorm_case(torch.float64, seed=24)
+    target = torch.randn(x.shape, generator=torch.Generator().manual_seed(25), dtype=torch.float64)
+    net = Network([layer], "mse")
+    grads = net.backward(net.forward(x, keep_intermediates=False), target, keep_intermediates=True).as_dict()
+    xx = x.clone().requires_grad_()
+    y = module(xx)
+    y.retain_grad()
+    F.mse_loss(y, target).backward()
+    torch.testing.assert_close(grads["a1"], y.grad)
+    torch.testing.assert_close(grads["X"], xx.grad)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+def test_batchnorm_forward_updates_running_statistics_only_when_torch_would(lean: bool) -> None:
+    # update_stats=False (a check's extra forward passes) and track_running_stats=False (no running
+    # statistics: batch statistics in eval too) update nothing, in training or eval mode.
+    layer, _, x, _ = _batchnorm_case(torch.float64, seed=26)
+    assert layer.running_mean is not None and layer.running_var is not None
+    before = layer.running_mean.clone(), layer.running_var.clone()
+    layer.forward(x, ForwardContext(keep_intermediates=not lean, update_stats=False), (1,))
+    assert torch.equal(layer.running_mean, before[0]) and torch.equal(layer.running_var, before[1])
+    assert layer.num_batches_tracked == 0
+    for training in (True, False):
+        module = torch.nn.BatchNorm1d(4, eps=0.25, affine=False, track_running_stats=False, dtype=torch.float64)
+        untracked = BatchNorm1d(C=4, eps=0.25, track_running_stats=False)
+        untracked.set_training(training)
+        module.train(training)
+        y, _ = untracked.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+        with torch.no_grad():
+            torch.testing.assert_close(y, module(x))
+        assert untracked.running_mean is None and untracked.buffers() == {}
+
+
+def test_batchnorm_buffers_are_torch_module_buffers() -> None:
+    layer, module, _, _ = _batchnorm_case(torch.float64)
+    buffers = layer.buffers()
+    assert list(buffers) == ["running_mean", "running_var"]
+    for name, value in buffers.items():
+        assert torch.equal(value, getattr(module, name))
+    assert BatchNorm1d(C=4, track_running_stats=False).buffers() == {}
+
+
+def test_batchnorm_release_drops_the_lean_statistics() -> None:
+    layer, _, x, _ = _batchnorm_case(torch.float64)
+    _, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    assert isinstance(stats, NormStats)
+    layer.release(stats)
+    assert isinstance(stats.mu, Tensor) and isinstance(stats.rstd, Tensor)
+    assert stats.mu.numel() == stats.rstd.numel() == 0
+
+
+def test_batchnorm_shows_torch_xhat_in_the_walk_through_and_nothing_in_lean_mode() -> None:
+    layer, _, x, _ = _batchnorm_case(torch.float64, seed=27)
+    _, cache = layer.forward(x, ForwardContext(), (2, 1))
+    shown = layer.cached_values(cache, (2, 1))
+    assert list(shown) == [Key("xhat", (2, 1))]
+    torch.testing.assert_close(shown[Key("xhat", (2, 1))], F.batch_norm(x, None, None, training=True, eps=0.25))
+    _, lean = layer.forward(x, ForwardContext(keep_intermediates=False), (2, 1))
+    assert layer.cached_values(lean, (2, 1)) == {}
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+@pytest.mark.parametrize("tracked", [True, False], ids=["tracked", "untracked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("momentum", [0.3, None], ids=["m=0.3", "m=None"])
+def test_batchnorm_to_torch_is_the_same_torch_module(
+    momentum: float | None, dtype: torch.dtype, tracked: bool, affine: bool
+) -> None:
+    gen = torch.Generator().manual_seed(28)
+    gamma = (torch.rand(4, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine else None
+    beta = torch.randn(4, generator=gen, dtype=torch.float64).to(dtype) if affine else None
+    stats = (torch.randn(4, generator=gen).to(dtype), (torch.rand(4, generator=gen) + 0.5).to(dtype))
+    layer = BatchNorm1d(
+        gamma, beta, C=4, eps=0.25, momentum=momentum, track_running_stats=tracked, num_batches_tracked=5,
+        running_mean=stats[0] if tracked else None, running_var=stats[1] if tracked else None,
+    )  # fmt: skip
+    module = layer.to_torch()
+    assert isinstance(module, torch.nn.BatchNorm1d)
+    assert (module.eps, module.momentum, module.affine, module.track_running_stats) == (0.25, momentum, affine, tracked)
+    assert (module.weight is None) == (not affine) and (module.running_mean is None) == (not tracked)
+    if affine or tracked:  # torch's default dtype otherwise
+        assert next(module.parameters(), module.running_mean).dtype == dtype  # type: ignore[union-attr]
+    if tracked:
+        assert module.running_mean is not None and module.running_var is not None
+        assert torch.equal(module.running_mean, stats[0]) and torch.equal(module.running_var, stats[1])
+        assert int(module.num_batches_tracked) == 5  # type: ignore[arg-type]
+    x = torch.randn(6, 4, generator=gen, dtype=torch.float64).to(dtype if affine or tracked else torch.float32)
+    for training in (True, False):
+        layer.set_training(training)
+        module.train(training)
+        y, _ = layer.forward(x, ForwardContext(update_stats=False), (1,))
+        with torch.no_grad():
+            torch.testing.assert_close(copy.deepcopy(module)(x), y)  # a copy: torch's training updates its buffers
+
+
+class _BNSizeTap(Tap):
+    """Records the cancellation size an oracle reports for each centred intermediate."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[Key, Tensor] = {}
+
+    def centred(self, key: Key, t: Tensor, size: Callable[[], Tensor]) -> Tensor:
+        self.sizes[key] = size()
+        return t
+
+
+@pytest.mark.parametrize("mode", ["train", "unbiased", "eval"])
+def test_batchnorm_oracle_is_torch_batch_norm_with_its_eps_and_the_statistics_it_used(mode: str) -> None:
+    # The oracle refbp.verify differentiates: torch's batch norm with the layer's eps (unbiased: with the
+    # Bessel-corrected variance), and the cancellation size (|x| + |mean|) / sqrt(var + eps) of xhat with
+    # the per-feature mean and variance it normalised by (the running ones, in x's dtype, in eval).
+    layer, module, x, _ = _batchnorm_case(torch.float64, affine=False, seed=29, C=3)
+    if mode == "unbiased":
+        layer = BatchNorm1d(C=3, eps=0.25, unbiased=True)
+    layer.set_training(mode != "eval")
+    assert module.running_mean is not None and module.running_var is not None
+    assert layer.running_mean is not None and layer.running_var is not None
+    stats32 = layer.running_mean.float(), layer.running_var.float()
+    if mode == "eval":  # running statistics in float32, x in float64: the oracle converts them to x's dtype
+        layer.running_mean, layer.running_var = stats32
+    tap = _BNSizeTap()
+    out = layer.torch_forward(x, Params({}), {}, tap, (3,))
+    if mode == "eval":
+        mean, var = stats32[0].double(), stats32[1].double()
+        expected = F.batch_norm(x, mean, var, training=False, eps=0.25)
+    else:
+        mean, var = x.mean(0), x.var(0, unbiased=mode == "unbiased")
+        expected = (x - mean) / (var + 0.25).sqrt()
+        if mode == "train":
+            torch.testing.assert_close(expected, F.batch_norm(x, None, None, training=True, eps=0.25))
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(tap.sizes[Key("xhat", (3,))], (x.abs() + mean.abs()) / (var + 0.25).sqrt())
+
+
+@pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
+def test_batchnorm_feature_scale_is_what_torch_divides_each_feature_by(unbiased: bool) -> None:
+    gen = torch.Generator().manual_seed(30)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64) * torch.tensor([0.5, 2.0, 7.0])
+    layer = BatchNorm1d(C=3, eps=0.1, unbiased=unbiased)
+    pieces = layer.pieces
+    assert pieces is not None and pieces.scale is not None
+    s = pieces.scale(x)
+    assert s.shape == x.shape
+    want = unbiased_batch_norm(x, 0.1) if unbiased else F.batch_norm(x, None, None, training=True, eps=0.1)
+    torch.testing.assert_close((x - x.mean(0)) / s, want)
+
+
+def test_channel_sums_of_three_dimensional_inputs_reduce_all_but_the_channels() -> None:
+    # channel_sum and channel_square_sum take (N, C, ...): for (N, C, L) too, a (C,) sum over N and L;
+    # and small integers' squares sum exactly, (N, C) or not.
+    t = torch.arange(24, dtype=torch.float64).view(2, 3, 4) - 11
+    torch.testing.assert_close(channel_sum(t), t.sum(dim=(0, 2)))
+    torch.testing.assert_close(channel_square_sum(t), (t * t).sum(dim=(0, 2)))
+    ones = torch.ones(2, 3, dtype=torch.float64)
+    assert torch.equal(channel_square_sum(ones), torch.full((3,), 2.0, dtype=torch.float64))
+    assert torch.equal(channel_sum(ones), torch.full((3,), 2.0, dtype=torch.float64))
+
+
+def test_unbiased_batchnorm_to_torch_names_what_to_do_instead() -> None:
+    message = (
+        r"^BatchNorm1d\(3, batch statistics, unbiased variance, no affine\) has no torch module: "
+        r"torch\.nn\.BatchNorm1d normalises by the biased variance \(1/N\), unbiased=True by the "
+        r"Bessel-corrected one \(1/\(N - 1\)\); check it with refbp\.check, whose oracle \(torch_forward\) "
+        r"follows the option, or build the layer with unbiased=False$"
+    )
+    with pytest.raises(ValueError, match=message):
+        BatchNorm1d(C=3, unbiased=True).to_torch()
+
+
+def test_batchnorm_describes_its_mode_and_options() -> None:
+    # describe() is in every error message about the layer: its statistics, the unbiased option, the affine.
+    gamma, beta = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    layer = BatchNorm1d(gamma, beta)
+    assert layer.describe() == "BatchNorm1d(3, batch statistics)"
+    layer.set_training(False)
+    assert layer.describe() == "BatchNorm1d(3, running statistics)"
+    assert BatchNorm1d(C=3).describe() == "BatchNorm1d(3, batch statistics, no affine)"
+    assert (
+        BatchNorm1d(C=3, unbiased=True).describe() == "BatchNorm1d(3, batch statistics, unbiased variance, no affine)"
+    )
+
+
+def test_float32_batchnorm_of_nearly_constant_features_is_float64_torch_rounded_once() -> None:
+    # Features and dJ/dy nearly constant over the batch: x - mean and dJ/dy - its mean cancel most of
+    # their digits. The statistics and dJ/dx are computed in float64 and rounded once (the module
+    # docstring), so float32 results are torch's float64 ones to a few float32 roundings.
+    gen = torch.Generator().manual_seed(31)
+    for C in (1, 3):
+        x = (1 + 1e-3 * torch.randn(5, C, generator=gen, dtype=torch.float64)).float()
+        G = (1 + 1e-3 * torch.randn(5, C, generator=gen, dtype=torch.float64)).float()
+        gamma, beta = torch.rand(C, generator=gen).float() + 0.5, torch.randn(C, generator=gen).float()
+        net = Network([BatchNorm1d(gamma, beta)], "mse")
+        cache = net.forward(x)
+        grads = net.backward_from(cache, G).as_dict()
+        module = torch.nn.BatchNorm1d(C, dtype=torch.float64)
+        with torch.no_grad():
+            module.weight.copy_(gamma)
+            module.bias.copy_(beta)
+        y64, dx64, params64 = _torch_grads(module, x.double(), G.double())
+        ulp = 2.0**-23
+        pairs = [(cache.y_hat, y64), (grads["X"], dx64), (grads["gamma1"], params64["gamma"])]
+        for got, want in [*pairs, (grads["beta1"], params64["beta"])]:
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=4 * ulp * float(want.abs().max()))
+
+
+def _torch_batchnorm_second(
+    layer: BatchNorm1d, x: Tensor, g: Tensor, Rx: Tensor, Rg: Tensor, V: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor], Tensor]:
+    """torch.func in float64 on F.batch_norm (the layer's mode and eps): R{y}, R{xhat}, dJ/dx, R{dJ/dx},
+    H v at the layer's parameters and R{dJ/dxhat}, along R{x}, V and R{dJ/dy}."""
+    params = {k: v.double() for k, v in layer.params.items()}
+    directions = {k: V[k].double() for k in params}
+    training = layer.uses_batch_statistics
+    stats = (None, None) if training else (layer.running_mean.double(), layer.running_var.double())  # type: ignore[union-attr]
+
+    def xhat_of(x: Tensor) -> Tensor:
+        if training and layer.unbiased:
+            return unbiased_batch_norm(x, layer.eps)
+        return F.batch_norm(x, stats[0], stats[1], None, None, training, 0.0, layer.eps)
+
+    def y_of(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        return xhat_of(x) * p["gamma"] + p["beta"] if p else xhat_of(x)
+
+    def grads_of(x: Tensor, p: dict[str, Tensor], g: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        dx, dp = torch.func.vjp(y_of, x, p)[1](g)
+        return dx, dp
+
+    x64, g64, Rx64, Rg64 = x.double(), g.double(), Rx.double(), Rg.double()
+    Ry = torch.func.jvp(y_of, (x64, params), (Rx64, directions))[1]
+    Rxhat = torch.func.jvp(xhat_of, (x64,), (Rx64,))[1]
+    grads, R_grads = torch.func.jvp(grads_of, (x64, params, g64), (Rx64, directions, Rg64))[:2]
+    if params:
+        R_dxhat = torch.func.jvp(torch.mul, (g64, params["gamma"]), (Rg64, directions["gamma"]))[1]
+    else:
+        R_dxhat = Rg64
+    return Ry, Rxhat, grads[0], R_grads[0], R_grads[1], R_dxhat
+
+
+@pytest.mark.parametrize("mode", ["train", "unbiased", "eval"])
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_batchnorm_tangent_and_r_backward_equal_torch_func(
+    dtype: torch.dtype, affine: bool, lean: bool, mode: str
+) -> None:
+    # Features of x, R{x}, dJ/dy and R{dJ/dy} close to constant over the batch (full mode; ordinary ones in
+    # lean mode, whose statistics are in the input's dtype), so float32 must accumulate in float64 to stay
+    # at a few roundings of torch's float64 values; every result comes back in the input's dtype.
+    gen = torch.Generator().manual_seed(32)
+    C = 3
+
+    def near_constant() -> Tensor:
+        return (1 + (1.0 if lean else 1e-3) * torch.randn(6, C, generator=gen, dtype=torch.float64)).to(dtype)
+
+    x, g, Rx, Rg = near_constant(), near_constant(), near_constant(), near_constant()
+    gamma = (torch.rand(C, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine else None
+    beta = torch.randn(C, generator=gen, dtype=torch.float64).to(dtype) if affine else None
+    V = {"gamma": torch.randn(C, generator=gen).to(dtype), "beta": torch.randn(C, generator=gen).to(dtype)}
+    running = (torch.rand(C, generator=gen) - 0.5).to(dtype), (torch.rand(C, generator=gen) + 0.5).to(dtype)
+    layer = BatchNorm1d(
+        gamma, beta, C=C, eps=0.25, running_mean=running[0], running_var=running[1], unbiased=mode == "unbiased"
+    )
+    layer.set_training(mode != "eval")
+    path = (2,)
+    directions = Params({Key(k, path): V[k] for k in layer.params})
+    Ry, Rxhat, dx, R_dx, R_dp, R_dxhat = _torch_batchnorm_second(layer, x, g, Rx, Rg, V)
+
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean, update_stats=False), path)
+    t = layer.tangent(x, Rx, y, cache, directions, path)
+    _close_to_float64(t.out, Ry, dtype)
+    _close_to_float64(t.intermediates[Key("xhat", path)], Rxhat, dtype)
+    for need_dx in (True, False):
+        for keep in (True, False):
+            ctx = SecondContext(path, need_dx=need_dx, keep_intermediates=keep)
+            dJ_dx, got = layer.r_backward(g, Rg, x, Rx, y, t, cache, directions, ctx)
+            assert (dJ_dx is None, got.dJ_dx is None) == (not need_dx, not need_dx)
+            if dJ_dx is not None and got.dJ_dx is not None:
+                _close_to_float64(dJ_dx, dx, dtype)
+                _close_to_float64(got.dJ_dx, R_dx, dtype)
+            assert set(got.params) == set(R_dp)
+            for kind, want in R_dp.items():
+                _close_to_float64(got.params[kind], want, dtype)
+            assert list(got.intermediates) == ([Key("xhat", path)] if keep else [])
+            if keep:
+                _close_to_float64(got.intermediates[Key("xhat", path)], R_dxhat, dtype)
+
+
+def test_float32_batchnorm_parameter_products_sum_in_float64() -> None:
+    # (H v)_beta = sum_n R{dJ/dy} and (H v)_gamma = sum_n R{dJ/dy o xhat}: columns of R{dJ/dy} that cancel
+    # to 1 in exact arithmetic (1e8 + 1 - 1e8) give torch's float64 sums rounded once, not float32's 0.
+    gen = torch.Generator().manual_seed(33)
+    x = torch.tensor([[0.0], [1.0], [2.0]])
+    g = torch.randn(3, 1, generator=gen)
+    Rg = torch.tensor([[1e8], [1.0], [-1e8]])
+    layer = BatchNorm1d(torch.ones(1), torch.zeros(1))
+    path = (1,)
+    directions = Params({Key("gamma", path): torch.zeros(1), Key("beta", path): torch.zeros(1)})
+    y, cache = layer.forward(x, ForwardContext(update_stats=False), path)
+    t = layer.tangent(x, torch.zeros_like(x), y, cache, directions, path)
+    _, got = layer.r_backward(g, Rg, x, torch.zeros_like(x), y, t, cache, directions, SecondContext(path))
+    xhat = F.batch_norm(x.double(), None, None, training=True, eps=layer.eps)
+    assert got.params["beta"].item() == 1.0
+    assert got.params["gamma"].item() == float((Rg.double() * xhat).sum().float())
+
+
+def test_batchnorm_input_check_accepts_torch_shapes_and_names_the_layer_otherwise() -> None:
+    # torch.nn.BatchNorm1d(3) in this layer's reach takes (N, 3); anything else is refused with the layer's
+    # place, its description, the shape it needs and what it got; training on one row says why not.
+    layer = BatchNorm1d(C=3)
+    layer.check_input(torch.zeros(2, 3, dtype=torch.float64), (1,))
+    message = (
+        r"^layer 2\.1 \(BatchNorm1d\(3, batch statistics, no affine\)\) needs input \(N, 3\), "
+        r"got shape {}, dtype float64, device cpu$"
+    )
+    for shape, shown in [((2, 4), r"\(2, 4\)"), ((2, 3, 4), r"\(2, 3, 4\)")]:
+        with pytest.raises(ValueError, match=message.format(shown)):
+            layer.check_input(torch.zeros(shape, dtype=torch.float64), (2, 1))
+    for unbiased, why in [
+        (False, "the variance of one row is 0"),
+        (True, "the unbiased variance divides by N - 1 = 0"),
+    ]:
+        one = BatchNorm1d(C=3, unbiased=unbiased)
+        with pytest.raises(
+            ValueError,
+            match=rf"^layer 3 \({re.escape(one.describe())}\) needs a batch of N >= 2 rows in training mode "
+            rf"\({why}\), got shape \(1, 3\), dtype float64, device cpu$",
+        ):
+            one.check_input(torch.zeros(1, 3, dtype=torch.float64), (3,))
+
+
+def test_batchnorm_construction_refuses_what_torch_cannot_be_and_defaults_as_torch() -> None:
+    with pytest.raises(ValueError, match=r"^BatchNorm1d: give both gamma and beta \(affine\) or neither$"):
+        BatchNorm1d(torch.ones(3))
+    with pytest.raises(ValueError, match=r"^BatchNorm1d: give both gamma and beta \(affine\) or neither$"):
+        BatchNorm1d(None, torch.zeros(3))
+    with pytest.raises(TypeError, match=r"^BatchNorm1d: unbiased=1 must be True or False$"):
+        BatchNorm1d(C=3, unbiased=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^BatchNorm1d without gamma needs C, the number of features$"):
+        BatchNorm1d()
+    # torch.nn.BatchNorm1d(3)'s defaults: eps 1e-5, momentum 0.1, running statistics 0 and 1 in the
+    # parameters' dtype (float64 without them), no batch tracked yet, training mode.
+    module = torch.nn.BatchNorm1d(3, dtype=torch.float32)
+    for layer, dtype in [
+        (BatchNorm1d(torch.ones(3), torch.zeros(3)), torch.float32),
+        (BatchNorm1d(C=3), torch.float64),
+    ]:
+        assert (layer.C, layer.eps, layer.momentum, layer.num_batches_tracked) == (3, module.eps, module.momentum, 0)
+        assert layer.training is module.training is True and layer.track_running_stats and not layer.unbiased
+        assert layer.running_mean is not None and layer.running_var is not None
+        assert layer.running_mean.dtype == layer.running_var.dtype == dtype
+        assert torch.equal(layer.running_mean, module.running_mean.to(dtype))  # type: ignore[union-attr]
+        assert torch.equal(layer.running_var, module.running_var.to(dtype))  # type: ignore[union-attr]
+    given = BatchNorm1d(C=2, eps=0.5, momentum=None, running_mean=torch.ones(2), num_batches_tracked=4, unbiased=True)
+    assert (given.eps, given.momentum, given.num_batches_tracked, given.unbiased) == (0.5, None, 4, True)
+    assert torch.equal(given.running_mean, torch.ones(2))  # type: ignore[arg-type]
+    assert torch.equal(given.running_var, torch.ones(2, dtype=torch.float64))  # type: ignore[arg-type]
+    untracked = BatchNorm1d(C=2, track_running_stats=False, running_mean=torch.ones(2))
+    assert untracked.running_mean is None and untracked.running_var is None and not untracked.track_running_stats
+
+
+def test_float32_batchnorm_eval_normalises_in_float64_by_the_running_statistics() -> None:
+    # Eval mode in float32: xhat (shown in the walk-through) and rstd are kept in float64, computed from the
+    # running statistics converted to float64: torch's float64 batch norm to float64's precision.
+    layer, module, x, _ = _batchnorm_case(torch.float32, seed=34)
+    layer.set_training(False)
+    _, cache = layer.forward(x, ForwardContext(), (1,))
+    assert isinstance(cache, NormCache)
+    assert cache.xhat.dtype == cache.rstd.dtype == torch.float64
+    rm, rv = module.running_mean.double(), module.running_var.double()  # type: ignore[union-attr]
+    torch.testing.assert_close(cache.rstd, (rv + 0.25).rsqrt(), rtol=1e-14, atol=0)
+    want = F.batch_norm(x.double(), rm, rv, training=False, eps=0.25)
+    torch.testing.assert_close(cache.xhat, want, rtol=1e-14, atol=1e-14)
+
+
+def test_batchnorm_tangent_of_indices_names_the_layer() -> None:
+    layer = BatchNorm1d(C=3)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    y, cache = layer.forward(x, ForwardContext(), (1,))
+    with pytest.raises(AssertionError, match=r"^BatchNorm's input is never indices: it always has a tangent(\n|$)"):
+        layer.tangent(x, None, y, cache, Params({}), (1,))
