@@ -31,7 +31,7 @@ from torch import Tensor
 from .joins import Join
 from .keys import Key
 from .layer import Layer, LayerTangent, Params, SecondContext
-from .stack import Reads, StackCache, StackGradients, chain
+from .stack import Reads, StackCache, StackGradients, add_gradient, add_input_gradient, chain
 
 __all__ = ["StackTangent", "stack_has_second_order", "stack_r_backward", "stack_tangent"]
 
@@ -130,17 +130,17 @@ def stack_r_backward(
         else:
             i = read[0]
             g_x, R = layer.r_backward(dJ_da, R_dJ_da, cache.a[i], tangent.Ra[i], out_l, t, saved, V, layer_ctx)
-            for key, value in [*((Key.at(kind, path), v) for kind, v in R.params.items()), *R.sub_params.items()]:
-                key = ties.get(key, key)  # a tied parameter's H v is the sum over its uses
-                out.params[key] = out.params[key] + value if key in out.params else value
+            for kind, value in R.params.items():  # a tied parameter's H v is the sum over its uses
+                add_gradient(out.params, Key.at(kind, path), value, ties)
+            for key, value in R.sub_params.items():
+                add_gradient(out.params, key, value, ties)
             out.intermediates.update(R.intermediates)
             dJ_dxs, R_dJ_dxs = [g_x], [R.dJ_dx]
         for i, dJ_dx, R_dJ_dx in zip(read, dJ_dxs, R_dJ_dxs, strict=True):
             if dJ_dx is None:  # an input J does not depend on through this layer (a size, indices)
                 continue
             assert R_dJ_dx is not None
-            before, R_before = g[i], Rg[i]
-            g[i] = dJ_dx if before is None else before + dJ_dx  # (G) g[i] += dJ/da[i] from this reader
-            Rg[i] = R_dJ_dx if R_before is None else R_before + R_dJ_dx  # R{(G)}: R{g[i]} += R{dJ/da[i]}
+            add_input_gradient(g, i, dJ_dx)  # (G) g[i] += dJ/da[i] from this reader
+            add_input_gradient(Rg, i, R_dJ_dx)  # R{(G)}: R{g[i]} += R{dJ/da[i]}
     out.dJ_dx = Rg[0]
     return g[0], out

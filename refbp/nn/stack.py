@@ -1,9 +1,9 @@
 """The one loop of every network, forward and backward, over layers wired as a graph; a stack
 of layers (every network built from a list, nn.Sequential, a Residual's inner layers) is the
 special case in which layer l reads a[l-1]. (A transformer Block, refbp.nn.transformer, runs its
-two residual halves with its own short loop, because a training step there keeps only the
-activations some backward pass reads and rebuilds GELU's output, which this loop, keeping every
-a(l), does not.)
+two residual halves with its own short loop, because a training step there rebuilds GELU's
+output in the backward pass instead of keeping it; this loop keeps every a(l) some backward
+reads, dropping only, in a lean pass, those none reads.)
 
 Layer l reads the tensors a[i] for i in reads[l] (each i < l; a[0] = x): one tensor for a plain
 layer, several for a join (refbp.nn.joins: the sum of a skip connection, a concatenation).
@@ -43,6 +43,8 @@ __all__ = [
     "Reads",
     "StackCache",
     "StackGradients",
+    "add_gradient",
+    "add_input_gradient",
     "chain",
     "check_depth",
     "stack_backward",
@@ -131,14 +133,21 @@ def _unread(layers: Sequence[Layer], reads: Reads) -> tuple[list[bool], list[int
     (neither its maker, ``backward_reads_output``, nor any reader, ``backward_reads_input``;
     a(0), the caller's input, is never dropped), and the last layer that reads a(i) (0: none)."""
     unread = [False] + [not layer.backward_reads_output for layer in layers]
-    last_reader = [0] * (len(layers) + 1)
-    for l, (layer, read) in enumerate(zip(layers, reads, strict=True), start=1):
-        reads_input = layer.backward_reads_input
-        for i in read:
-            last_reader[i] = l
-            if reads_input:
+    for layer, read in zip(layers, reads, strict=True):
+        if layer.backward_reads_input:
+            for i in read:
                 unread[i] = False
-    return unread, last_reader
+    return unread, last_readers(reads)
+
+
+def last_readers(reads: Reads) -> list[int]:
+    """last[i] = the last layer that reads a(i) (0: none, the output): after it, a(i) is not read
+    again by a forward loop."""
+    last = [0] * (len(reads) + 1)
+    for l, read in enumerate(reads, start=1):
+        for i in read:
+            last[i] = l
+    return last
 
 
 _CONTEXTS: dict[tuple[object, ...], BackwardContext] = {}
@@ -212,17 +221,17 @@ def stack_backward(
                 xs = [cache.a[i] for i in read]
                 dJ_dxs = cast(Join, layer).backward_all(dJ_da, xs, cache.a[l], cache.saved[l], layer_ctx)
                 for i, dJ_dx in zip(read, dJ_dxs, strict=True):
-                    _add_input_gradient(g, i, dJ_dx)
+                    add_input_gradient(g, i, dJ_dx)
                 del dJ_dxs
         else:
             grads = layer.backward(dJ_da, cache.a[read[0]], cache.a[l], cache.saved[l], layer_ctx)
             for kind, value in grads.params.items():
-                _add_gradient(out.params, Key.at(kind, path), value, ties)
+                add_gradient(out.params, Key.at(kind, path), value, ties)
             for key, value in grads.sub_params.items():
-                _add_gradient(out.params, key, value, ties)
+                add_gradient(out.params, key, value, ties)
             if grads.intermediates:
                 out.intermediates.update(grads.intermediates)
-            _add_input_gradient(g, read[0], grads.dJ_dx)
+            add_input_gradient(g, read[0], grads.dJ_dx)
             del grads
         del dJ_da
         if release:  # a(l) and layer l's cache have been used for the last time
@@ -233,7 +242,7 @@ def stack_backward(
     return out
 
 
-def _add_input_gradient(g: list[Tensor | None], i: int, dJ_dx: Tensor | None) -> None:
+def add_input_gradient(g: list[Tensor | None], i: int, dJ_dx: Tensor | None) -> None:
     """(G) g[i] += dJ/da[i] from one reader of a[i] (nothing when the reader computed none: J
     does not reach a[i] through it, or it holds indices)."""
     if dJ_dx is not None:
@@ -241,7 +250,7 @@ def _add_input_gradient(g: list[Tensor | None], i: int, dJ_dx: Tensor | None) ->
         g[i] = dJ_dx if before is None else before + dJ_dx
 
 
-def _add_gradient(params: dict[Key, Tensor], key: Key, value: Tensor, ties: Mapping[Key, Key]) -> None:
+def add_gradient(params: dict[Key, Tensor], key: Key, value: Tensor, ties: Mapping[Key, Key]) -> None:
     """params[key] += value: a tied parameter's gradient is the sum of its uses, under its first key."""
     if ties:
         key = ties.get(key, key)
@@ -261,15 +270,22 @@ def stack_torch_forward(
     """The oracle of the loop: each layer's torch_forward on the oracle's tensors it reads,
     every a(l) reported to the tap (a stack when ``reads`` is None)."""
     reads = chain(len(layers)) if reads is None else reads
-    a = [x]
+    last = last_readers(reads)
+    a: list[Tensor | None] = [x]
     for l, (layer, read) in enumerate(zip(layers, reads, strict=True), start=1):
         path = (*prefix, l)
+        xs = [a[i] for i in read]
+        for i in read:  # each a(i) held no longer than its last reader needs it (autograd keeps what it saves)
+            if last[i] == l:
+                a[i] = None
         if layer.reads_several:
-            y = cast(Join, layer).torch_forward_all([a[i] for i in read])
+            y = cast(Join, layer).torch_forward_all(cast(list[Tensor], xs))
         else:
-            y = layer.torch_forward(a[read[0]], p, noise, tap, path)
+            y = layer.torch_forward(cast(Tensor, xs[0]), p, noise, tap, path)
         a.append(tap.intermediate(Key("a", path), y))
-    return a[-1]
+    out = a[-1]
+    assert out is not None
+    return out
 
 
 def stack_sizes(layers: Sequence[Layer], shape: tuple[int, ...], reads: Reads | None = None) -> int:
