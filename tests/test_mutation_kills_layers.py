@@ -17,7 +17,7 @@ from torch import Tensor
 
 from refbp.nn.batchnorm import BatchNorm1d, channel_square_sum, channel_sum, unbiased_batch_norm
 from refbp.nn.keys import Key
-from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext, Tap
+from refbp.nn.layer import BackwardContext, ForwardContext, Layer, Params, SecondContext, Tap
 from refbp.nn.layernorm import LayerNorm, NormCache, NormStats, normalised
 from refbp.nn.network import Network
 
@@ -297,6 +297,35 @@ def _close_to_float64(got: Tensor, want: Tensor, dtype: torch.dtype) -> None:
     torch.testing.assert_close(got.double(), want, rtol=0, atol=unit * max(float(want.abs().max()), 1e-30))
 
 
+def _assert_norm_r_ops(
+    layer: Layer, x: Tensor, g: Tensor, Rx: Tensor, Rg: Tensor, directions: Params, path: tuple[int, ...],
+    forward: ForwardContext, dtype: torch.dtype,
+    expected: tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor], Tensor],
+) -> None:  # fmt: skip
+    """A norm's tangent and r_backward (with and without dJ/dx, with and without intermediates)
+    against torch's (R{y}, R{xhat}, dJ/dx, R{dJ/dx}, H v by parameter, R{dJ/dxhat}), each to the
+    dtype's rounding of the float64 value."""
+    Ry, Rxhat, dx, R_dx, R_dp, R_dxhat = expected
+    y, cache = layer.forward(x, forward, path)
+    t = layer.tangent(x, Rx, y, cache, directions, path)
+    _close_to_float64(t.out, Ry, dtype)
+    _close_to_float64(t.intermediates[Key("xhat", path)], Rxhat, dtype)
+    for need_dx in (True, False):
+        for keep in (True, False):
+            ctx = SecondContext(path, need_dx=need_dx, keep_intermediates=keep)
+            dJ_dx, got = layer.r_backward(g, Rg, x, Rx, y, t, cache, directions, ctx)
+            assert (dJ_dx is None, got.dJ_dx is None) == (not need_dx, not need_dx)
+            if dJ_dx is not None and got.dJ_dx is not None:
+                _close_to_float64(dJ_dx, dx, dtype)
+                _close_to_float64(got.dJ_dx, R_dx, dtype)
+            assert set(got.params) == set(R_dp)
+            for kind, want in R_dp.items():
+                _close_to_float64(got.params[kind], want, dtype)
+            assert list(got.intermediates) == ([Key("xhat", path)] if keep else [])
+            if keep:
+                _close_to_float64(got.intermediates[Key("xhat", path)], R_dxhat, dtype)
+
+
 @pytest.mark.parametrize("along", ["all", "dJ/dy"], ids=["along-all", "along-dJ/dy"])
 @pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
 @pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)], ids=["affine", "no-bias", "none"])
@@ -324,26 +353,9 @@ def test_layernorm_tangent_and_r_backward_equal_torch_func(
         Rx, V = torch.zeros_like(Rx), {k: torch.zeros_like(v) for k, v in V.items()}  # under the other terms
     layer, path = LayerNorm(gamma, beta, d=d), (2,)
     directions = Params({Key(k, path): V[k] for k in layer.params})
-    Ry, Rxhat, dx, R_dx, R_dp, R_dxhat = _torch_layernorm_second(x, g, gamma, beta, Rx, Rg, V)
-
-    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), path)
-    t = layer.tangent(x, Rx, y, cache, directions, path)
-    _close_to_float64(t.out, Ry, dtype)
-    _close_to_float64(t.intermediates[Key("xhat", path)], Rxhat, dtype)
-    for need_dx in (True, False):
-        for keep in (True, False):
-            ctx = SecondContext(path, need_dx=need_dx, keep_intermediates=keep)
-            dJ_dx, got = layer.r_backward(g, Rg, x, Rx, y, t, cache, directions, ctx)
-            assert (dJ_dx is None, got.dJ_dx is None) == (not need_dx, not need_dx)
-            if dJ_dx is not None and got.dJ_dx is not None:
-                _close_to_float64(dJ_dx, dx, dtype)
-                _close_to_float64(got.dJ_dx, R_dx, dtype)
-            assert set(got.params) == set(R_dp)
-            for kind, want in R_dp.items():
-                _close_to_float64(got.params[kind], want, dtype)
-            assert list(got.intermediates) == ([Key("xhat", path)] if keep else [])
-            if keep:
-                _close_to_float64(got.intermediates[Key("xhat", path)], R_dxhat, dtype)
+    expected = _torch_layernorm_second(x, g, gamma, beta, Rx, Rg, V)
+    forward = ForwardContext(keep_intermediates=not lean)
+    _assert_norm_r_ops(layer, x, g, Rx, Rg, directions, path, forward, dtype, expected)
 
 
 def test_layernorm_tangent_of_indices_names_the_layer() -> None:
@@ -827,26 +839,9 @@ def test_batchnorm_tangent_and_r_backward_equal_torch_func(
     layer.set_training(mode != "eval")
     path = (2,)
     directions = Params({Key(k, path): V[k] for k in layer.params})
-    Ry, Rxhat, dx, R_dx, R_dp, R_dxhat = _torch_batchnorm_second(layer, x, g, Rx, Rg, V)
-
-    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean, update_stats=False), path)
-    t = layer.tangent(x, Rx, y, cache, directions, path)
-    _close_to_float64(t.out, Ry, dtype)
-    _close_to_float64(t.intermediates[Key("xhat", path)], Rxhat, dtype)
-    for need_dx in (True, False):
-        for keep in (True, False):
-            ctx = SecondContext(path, need_dx=need_dx, keep_intermediates=keep)
-            dJ_dx, got = layer.r_backward(g, Rg, x, Rx, y, t, cache, directions, ctx)
-            assert (dJ_dx is None, got.dJ_dx is None) == (not need_dx, not need_dx)
-            if dJ_dx is not None and got.dJ_dx is not None:
-                _close_to_float64(dJ_dx, dx, dtype)
-                _close_to_float64(got.dJ_dx, R_dx, dtype)
-            assert set(got.params) == set(R_dp)
-            for kind, want in R_dp.items():
-                _close_to_float64(got.params[kind], want, dtype)
-            assert list(got.intermediates) == ([Key("xhat", path)] if keep else [])
-            if keep:
-                _close_to_float64(got.intermediates[Key("xhat", path)], R_dxhat, dtype)
+    expected = _torch_batchnorm_second(layer, x, g, Rx, Rg, V)
+    forward = ForwardContext(keep_intermediates=not lean, update_stats=False)
+    _assert_norm_r_ops(layer, x, g, Rx, Rg, directions, path, forward, dtype, expected)
 
 
 def test_float32_batchnorm_parameter_products_sum_in_float64() -> None:
