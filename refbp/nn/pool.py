@@ -264,11 +264,8 @@ class AvgPool2d(_Pool):
     def _windows_of(self, n: int, out: int, k: int, s: int, p: int, like: Tensor) -> Tensor:
         """A (out, n) of one dimension: window i covers rows [i s - p, i s - p + k) of the padded
         input, those inside [0, n) of x itself, each weighted 1 / D_i."""
-        A = torch.zeros(out, n, dtype=like.dtype, device=like.device)
-        for i in range(out):
-            start, end = max(0, i * s - p), min(n, i * s - p + k)
-            A[i, start:end] = 1.0 / (k if self.count_include_pad else end - start)
-        return A
+        spans = [(max(0, i * s - p), min(n, i * s - p + k)) for i in range(out)]
+        return window_matrix(n, [(a, b, 1.0 / (k if self.count_include_pad else b - a)) for a, b in spans], like)
 
     def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, None]:
         self.check_input(x, path)
@@ -319,13 +316,19 @@ def separable_adjoint(A_h: Tensor, A_w: Tensor, g: Tensor) -> Tensor:
     return out
 
 
+def window_matrix(n: int, windows: Sequence[tuple[int, int, float]], like: Tensor) -> Tensor:
+    """A (len(windows), n) of one dimension: row i holds weight w_i on the entries [start_i, end_i)
+    of window i, (start_i, end_i, w_i) = windows[i]; zeros elsewhere."""
+    A = torch.zeros(len(windows), n, dtype=like.dtype, device=like.device)
+    for i, (start, end, weight) in enumerate(windows):
+        A[i, start:end] = weight
+    return A
+
+
 def adaptive_windows(n: int, out: int, like: Tensor) -> Tensor:
     """A (out, n): row i averages torch's window [floor(i n / out), ceil((i + 1) n / out))."""
-    A = torch.zeros(out, n, dtype=like.dtype, device=like.device)
-    for i in range(out):
-        start, end = (i * n) // out, -((-(i + 1) * n) // out)  # floor and ceil in integers
-        A[i, start:end] = 1.0 / (end - start)
-    return A
+    spans = [((i * n) // out, -((-(i + 1) * n) // out)) for i in range(out)]  # floor and ceil in integers
+    return window_matrix(n, [(a, b, 1.0 / (b - a)) for a, b in spans], like)
 
 
 class AdaptiveAvgPool2d(Layer):
