@@ -2,6 +2,7 @@
 
     python benchmarks/gpt.py --out reports            # reports/GPT_BENCHMARKS.md, gpt_benchmarks.json, .png
     python benchmarks/gpt.py --quick --no-compile     # a smoke run on a tiny GPT, seconds
+    python benchmarks/gpt.py --device cuda --out reports  # on a GPU: GPT_BENCHMARKS_CUDA.md, gpt_benchmarks_cuda.json
 
 One training step is forward + loss + backward, float32 on the CPU, for refbp.models.GPT with
 nanoGPT's initialisation, B = 8 sequences, a vocabulary of 65 characters, heads of 32:
@@ -47,7 +48,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import environment
+from benchmarks.common import environment, interleaved_medians
 from refbp.apps.io import write_atomic
 from refbp.models import GPT
 
@@ -142,16 +143,16 @@ def peak_bytes(step: Callable[[], object], reset: Callable[[], None]) -> int:
 
 
 def steps(
-    config: dict[str, int], *, compile_: bool
+    config: dict[str, int], *, compile_: bool, device: str = "cpu"
 ) -> tuple[dict[str, Callable[[], object]], Callable[[], None], dict[str, str]]:
     """The training step of each method for one configuration (compiled ones compiled lazily),
     what frees the gradients a step leaves behind, and, for a method that could not be built, why."""
     d, T, B = config["n_embd"], config["block_size"], config["batch"]
     net = GPT.random(vocab_size=VOCAB, block_size=T, n_layer=config["n_layer"], n_head=d // HEAD_SIZE, n_embd=d,
-                     seed=0, dtype=torch.float32)  # fmt: skip
+                     seed=0, dtype=torch.float32, device=device)  # fmt: skip
     generator = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, VOCAB, (B, T), generator=generator)  # (B, T)
-    targets = torch.randint(0, VOCAB, (B, T), generator=generator)
+    idx = torch.randint(0, VOCAB, (B, T), generator=generator).to(device)  # (B, T)
+    targets = torch.randint(0, VOCAB, (B, T), generator=generator).to(device)
     module = net.to_torch()
     params = list(module.parameters())
 
@@ -233,6 +234,86 @@ def measure(config: dict[str, int], *, repeats: int, compile_: bool, memory: dic
         flush=True,
     )
     return row
+
+
+def cuda_peak_bytes(step: Callable[[], object], reset: Callable[[], None], device: torch.device) -> int:
+    """Bytes the caching allocator handed out at its peak during one call of ``step``, above
+    what was allocated just before it (``reset`` first frees autograd's .grad, as peak_bytes)."""
+    reset()
+    gc.collect()
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    result = step()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del result
+    return peak - before
+
+
+def measure_cuda(config: dict[str, int], *, repeats: int, compile_: bool) -> dict[str, Any]:
+    """measure() on the GPU: wall time between synchronisations, peak memory from the allocator."""
+    device = torch.device("cuda")
+    methods, reset, failures = steps(config, compile_=compile_, device="cuda")
+    compile_seconds = _warm(methods, failures)
+    memory = {name: cuda_peak_bytes(fn, reset, device) for name, fn in methods.items()}
+    times = interleaved_medians(methods, repeats=repeats, device=device)
+    row: dict[str, Any] = {**config, "n_head": config["n_embd"] // HEAD_SIZE, "vocab": VOCAB, "device": "cuda"}
+    row.update(seconds=times, wall_seconds=times, peak_bytes=memory, warmup_seconds=compile_seconds,
+               failures=failures)  # fmt: skip
+    row["time_vs_autograd"] = {name: t / times["autograd"] for name, t in times.items()}
+    row["wall_time_vs_autograd"] = row["time_vs_autograd"]
+    row["memory_vs_autograd"] = {name: m / memory["autograd"] for name, m in memory.items()}
+    if "autograd compiled" in times:
+        row["time_vs_autograd_compiled"] = {name: t / times["autograd compiled"] for name, t in times.items()}
+    print(
+        f"  n_embd {config['n_embd']}, T {config['block_size']}: "
+        + ", ".join(f"{n} {times[n] * 1e3:.2f} ms / {memory[n] / 2**20:.0f} MiB" for n in times),
+        flush=True,
+    )
+    return row
+
+
+def render_cuda_markdown(doc: dict[str, Any]) -> str:
+    """GPT_BENCHMARKS_CUDA.md: the ratios and absolute figures of a --device cuda run."""
+    env = doc["environment"]
+    methods = [m for m in METHODS if any(m in row["seconds"] for row in doc["rows"])]
+    others = [m for m in methods if m != "autograd"]
+    lines = [
+        "# GPT training step on a CUDA GPU: manual gradients vs torch.autograd",
+        "",
+        f"`{doc['command']}`, {doc['seconds']:.0f} s in all. {env['cuda_device']}, torch {env['torch']}, "
+        f"{env['date']}.",
+        "",
+        "One step = forward + loss + backward, float32, B = 8, vocabulary 65, heads of 32, nanoGPT's "
+        "initialisation, as GPT_BENCHMARKS.md (CPU). Time: wall time between `torch.cuda.synchronize` calls, "
+        f"medians of {doc['repeats']} interleaved repeats. Peak memory: `torch.cuda.max_memory_allocated` during "
+        "one step above what was allocated before it, parameter gradients included for both. Autograd runs "
+        "the model as a torch module (`GPT.to_torch()`, attention by `F.scaled_dot_product_attention`, which "
+        "picks a fused CUDA kernel).",
+        "",
+        "## Ratios to eager autograd (time, peak memory)",
+        "",
+    ]
+    header = ["n_layer", "n_embd", "T", *(f"{m} time" for m in others), *(f"{m} memory" for m in others)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in doc["rows"]:
+        cells = [str(row["n_layer"]), str(row["n_embd"]), str(row["block_size"])]
+        cells += [_ratio(row["time_vs_autograd"].get(m)) for m in others]
+        cells += [_ratio(row["memory_vs_autograd"].get(m)) for m in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Absolute figures", "", "| n_embd | T | method | ms per step | peak MiB | warm-up s |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in doc["rows"]:
+        for m in methods:
+            if m in row["seconds"]:
+                lines.append(
+                    f"| {row['n_embd']} | {row['block_size']} | {m} | {row['seconds'][m] * 1e3:.2f} | "
+                    f"{row['peak_bytes'][m] / 2**20:.1f} | {row['warmup_seconds'].get(m, 0.0):.1f} |"
+                )
+        for m, why in row["failures"].items():
+            lines.append(f"| {row['n_embd']} | {row['block_size']} | {m} | failed: {why} | | |")
+    return "\n".join(lines) + "\n"
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -342,11 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile methods")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats per timing (default 7)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the steps run")
     parser.add_argument("--memory-json", help=argparse.SUPPRESS)  # internal: the memory child's output
     args = parser.parse_args(argv)
     command = "python benchmarks/gpt.py " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     configs = QUICK_CONFIGS if args.quick else CONFIGS
+    if args.device == "cuda":
+        return main_cuda(args, configs, command)
     if args.memory_json:  # the child: peak memory only, under the mmap threshold its parent set
         peaks = [measure_memory(config, compile_=not args.no_compile) for config in configs]
         Path(args.memory_json).write_text(json.dumps(peaks))
@@ -364,6 +448,24 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(out / "GPT_BENCHMARKS.md", render_markdown(doc))
     plot(doc, out / "gpt_benchmarks.png")
     print(f"wrote {out / 'GPT_BENCHMARKS.md'} in {doc['seconds']:.0f} s")
+    return 0
+
+
+def main_cuda(args: argparse.Namespace, configs: list[dict[str, int]], command: str) -> int:
+    """--device cuda: every configuration on the GPU, written to GPT_BENCHMARKS_CUDA.md and
+    gpt_benchmarks_cuda.json (the CPU figures are left as they are)."""
+    if not torch.cuda.is_available():
+        print("--device cuda: torch sees no CUDA GPU on this machine", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    repeats = 3 if args.quick else args.repeats
+    rows = [measure_cuda(config, repeats=repeats, compile_=not args.no_compile) for config in configs]
+    doc = {"environment": environment(args.threads), "command": command, "repeats": repeats, "rows": rows,
+           "seconds": time.perf_counter() - start}  # fmt: skip
+    out = Path(args.out)
+    write_atomic(out / "gpt_benchmarks_cuda.json", json.dumps(doc, indent=1) + "\n")
+    write_atomic(out / "GPT_BENCHMARKS_CUDA.md", render_cuda_markdown(doc))
+    print(f"wrote {out / 'GPT_BENCHMARKS_CUDA.md'} in {doc['seconds']:.0f} s")
     return 0
 
 
