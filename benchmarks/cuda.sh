@@ -21,14 +21,14 @@ timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
     tests/test_backward.py tests/test_autograd_function.py tests/test_errors.py -k "cuda or gpu or device" \
     >"$OUT/cuda_tests.log" 2>&1 &
 tests=$!
-timeout 200 python3 -m refbp report --device cuda --examples 200 --seed 0 --no-progress --out "$OUT/report_cuda" \
+timeout 200 python3 -m refbp report --device cuda --examples 200 --seed 0 --no-progress --out "$OUT/cuda_report" \
     >"$OUT/cuda_report.log" 2>&1 &
 report=$!
 wait $tests || status=1
 tail -n 15 "$OUT/cuda_tests.log"
 wait $report || status=1
 tail -n 5 "$OUT/cuda_report.log"
-head -n 3 "$OUT/report_cuda/REPORT.md" 2>/dev/null
+head -n 3 "$OUT/cuda_report/REPORT.md" 2>/dev/null
 
 # 2. speed, one benchmark at a time
 timeout 150 python3 benchmarks/run.py --cuda-only --repeats 9 --out "$OUT" || status=1

@@ -138,6 +138,13 @@ def check_on(device: str) -> None:
     grads = cnn.backward(cnn.forward(X), y).as_dict()
     wrong = {name: (-g if name == "W1" else g) for name, g in grads.items()}  # the seed's sign slip
     assert not refbp.check(cnn, X, y, wrong).passed
+    # an LSTM with its initial states on the device (the float64 CPU oracle reads them too)
+    lstm = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True).to(device)
+    h0, c0 = (torch.randn(2, 2, 4, generator=gen).to(device) for _ in range(2))
+    rnn = Network([recurrent_from_torch(lstm, h0=h0, c0=c0)], "mse")
+    x = torch.randn(2, 5, 3, generator=gen).to(device)
+    result = refbp.check(rnn, x, torch.randn(2, 5, 4, generator=gen).to(device))
+    assert result.passed, result.failure_message()
 
 
 def test_check_passes_on_the_gpu_and_catches_a_sign_slip() -> None:

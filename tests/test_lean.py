@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import refbp
+from refbp.nn.chunks import CHUNK_BYTES, CUDA_SCALE, chunk_budget, chunks
 from refbp.nn.layer import BackwardContext, ForwardContext, Layer, LayerGradients
 from refbp.nn.layernorm import NormStats
 from refbp.nn.layers import BatchNorm1d, BatchNorm2d, Elementwise, GroupNorm, LayerNorm, Linear
@@ -254,3 +255,18 @@ def test_unbiased_batchnorm_refuses_one_row_and_to_torch() -> None:
     layer.set_training(False)  # eval mode: the running statistics, and one row is fine
     y, _ = layer.forward(torch.zeros(1, 3, dtype=torch.float64), ForwardContext(), (1,))
     assert y.shape == (1, 3)
+
+
+@pytest.mark.parametrize("n, per_item", [(1, 1), (7, 3 << 20), (1000, 4096), (64, 1 << 18)])
+def test_chunks_cover_every_item_once_within_the_devices_budget(n: int, per_item: int) -> None:
+    """Chunks tile range(n) in order; each holds at most the device's budget (or one item); a
+    CUDA device's budget is CUDA_SCALE times the CPU's (launch-bound steps, large memory)."""
+    assert (
+        chunk_budget(torch.device("cuda")) == CUDA_SCALE * chunk_budget(torch.device("cpu")) == CUDA_SCALE * CHUNK_BYTES
+    )
+    for device in (None, torch.device("cpu"), torch.device("cuda")):
+        parts = chunks(n, per_item, device=device)
+        assert [i for part in parts for i in range(n)[part]] == list(range(n))
+        sizes = [part.stop - part.start for part in parts]
+        assert all(s * per_item <= chunk_budget(device) or s == 1 for s in sizes)
+        assert all(s == sizes[0] for s in sizes[:-1])  # every chunk but the last full

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .chunks import CHUNK_BYTES, chunks
+from .chunks import chunk_budget, chunks
 from .pieces import Pieces
 
 __all__ = [
@@ -156,12 +156,12 @@ def _relu_chain(a: Tensor, dJ_da: Tensor) -> Tensor:
     refbp.nn.chunks). a = max(z, 0) >= 0, so sign(a) is 1 where z > 0 and 0 elsewhere: exactly
     f'(z), and the fastest of torch's public ways to apply it here (multiplying by a float
     sign ran 2.5x faster than by a boolean mask, 6x faster than masked_fill_)."""
-    if a.numel() * a.element_size() <= CHUNK_BYTES:  # one chunk: no bookkeeping for a small step
+    if a.numel() * a.element_size() <= chunk_budget(a.device):  # one chunk: no bookkeeping for a small step
         return dJ_da.mul_(torch.sign(a))  # dJ/da o f'(z)
     g = dJ_da if dJ_da.is_contiguous() else dJ_da.contiguous()
     width = a.shape[-1]
     rows_a, rows_g = a.reshape(-1, width), g.view(-1, width)  # (M, h) each
-    for part in chunks(rows_a.shape[0], width * a.element_size()):
+    for part in chunks(rows_a.shape[0], width * a.element_size(), device=a.device):
         rows_g[part].mul_(torch.sign(rows_a[part]))  # dJ/da o f'(z)
     return g
 
@@ -240,7 +240,7 @@ def _gelu_chain(z: Tensor, dJ_da: Tensor) -> Tensor:
     rows_z, rows_g = z.reshape(-1, width), g.view(-1, width)  # (M, h) each
     half = torch.full((), 0.5, dtype=z.dtype, device=z.device)
     log_c = torch.full((), _LOG_INV_SQRT_2PI, dtype=z.dtype, device=z.device)
-    for part in chunks(rows_z.shape[0], 2 * width * z.element_size()):
+    for part in chunks(rows_z.shape[0], 2 * width * z.element_size(), device=z.device):
         zc = rows_z[part]
         Phi = torch.mul(zc, _INV_SQRT_2).erf_()  # erf(z / sqrt 2)
         phi = torch.addcmul(log_c, zc, zc, value=-0.5).exp_()  # phi(z) = exp(-z^2 / 2 + log(1 / sqrt(2 pi)))

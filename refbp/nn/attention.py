@@ -312,7 +312,8 @@ class CausalSelfAttention(Layer):
         mask = self._mask((B, self.n_head, T, T), ctx, path, x.device)
         y = torch.empty_like(x)  # (B, T, d)
         kept_P = torch.empty(B, self.n_head, T, T, dtype=x.dtype, device=x.device) if ctx.keep_intermediates else None
-        for part in chunks(B, 2 * self.n_head * T * T * x.element_size()):  # S and P of a few sequences
+        # S and P of a few sequences
+        for part in chunks(B, 2 * self.n_head * T * T * x.element_size(), device=x.device):
             q, k, v = self.heads(qkv[part])  # (A2) (b, nh, T, hs) each
             P = self.probabilities(q, k)  # (A3-A5) P = softmax(q k^T / sqrt(hs), masked)   (b, nh, T, T)
             if kept_P is not None:
@@ -352,7 +353,8 @@ class CausalSelfAttention(Layer):
         dJ_dqkv = torch.empty_like(cache.qkv)  # (B, T, 3d)
         kept = {kind: torch.empty(B, nh, T, T if kind == "att" else self.hs, dtype=x.dtype, device=x.device)
                 for kind in ("att", "q", "k", "v")} if keep else {}  # fmt: skip
-        for part in chunks(B, 3 * nh * T * T * x.element_size()):  # P, dJ/dP and a product of a few sequences
+        # P, dJ/dP and a product of a few sequences
+        for part in chunks(B, 3 * nh * T * T * x.element_size(), device=x.device):
             # contiguous once here, not copied again by each batched product below
             q, k, v = (t.contiguous() for t in self.heads(cache.qkv[part]))  # (b, nh, T, hs) each
             dJ_dY = self.split_heads(dJ_dy[part]).contiguous()  # (A8) (b, nh, T, hs)
@@ -411,7 +413,8 @@ class CausalSelfAttention(Layer):
         Rqkv = linear_tangent(x, Rx, self.params["W_qkv"], V(path, "W_qkv"), V(path, "b_qkv") if b_qkv else None)
         RP = torch.empty(B, self.n_head, T, T, dtype=x.dtype, device=x.device)  # (B, nh, T, T)
         Ry = torch.empty_like(cache.y)  # (B, T, d)
-        for part in chunks(B, 3 * self.n_head * T * T * x.element_size()):  # R{S} and products of a few sequences
+        # R{S} and products of a few sequences
+        for part in chunks(B, 3 * self.n_head * T * T * x.element_size(), device=x.device):
             q, k, v = self.heads(cache.qkv[part])  # (b, nh, T, hs) each
             Rq, Rk, Rv = self.heads(Rqkv[part])  # (b, nh, T, hs) each
             P = self._probabilities_of(cache, part, q, k)  # (b, nh, T, T)
@@ -448,7 +451,8 @@ class CausalSelfAttention(Layer):
         dJ_dqkv, R_dqkv = torch.empty_like(cache.qkv), torch.empty_like(cache.qkv)  # (B, T, 3d) each
         kept = {kind: torch.empty(B, nh, T, T if kind == "att" else self.hs, dtype=x.dtype, device=x.device)
                 for kind in ("att", "q", "k", "v")} if keep_all else {}  # fmt: skip
-        for part in chunks(B, 6 * nh * T * T * x.element_size()):  # the T x T temporaries of a few sequences
+        # the T x T temporaries of a few sequences
+        for part in chunks(B, 6 * nh * T * T * x.element_size(), device=x.device):
             q, k, v = (t.contiguous() for t in self.heads(cache.qkv[part]))  # (b, nh, T, hs) each
             Rq, Rk, Rv = (t.contiguous() for t in self.heads(tangent.Rqkv[part]))  # (b, nh, T, hs) each
             dJ_dY = self.split_heads(dJ_dy[part]).contiguous()  # (A8) (b, nh, T, hs)

@@ -255,7 +255,7 @@ class _Conv(Layer):
         # x as C_in/G "images" of G N channels (group g's N images together), a few at a time
         per_image = G * N * padded.shape[2] * padded.shape[3] * padded.element_size()
         dJ_dW = torch.empty(C_out, C_g, kh, kw, dtype=g2.dtype, device=g2.device)
-        for part in chunks(C_g, per_image, budget=2 * CHUNK_BYTES):
+        for part in chunks(C_g, per_image, budget=2 * CHUNK_BYTES, device=g2.device):
             block = padded.unflatten(1, (G, C_g))[:, :, part]  # (N, G, c, H', W')
             images = block.permute(2, 1, 0, 3, 4).reshape(-1, G * N, *padded.shape[2:])  # (c, G N, H', W')
             sums = F.conv2d(images, filters, None, dilation, pads, stride, G)  # (c, C_out, >= k_h, >= k_w)

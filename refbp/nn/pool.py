@@ -311,7 +311,7 @@ def separable_adjoint(A_h: Tensor, A_w: Tensor, g: Tensor) -> Tensor:
     N, C = g.shape[:2]
     (h_o, H), W = A_h.shape, A_w.shape[1]
     out = torch.empty(N, C, H, W, dtype=g.dtype, device=g.device)
-    for part in chunks(N, C * (h_o * W + H * h_o) * g.element_size(), budget=CHUNK_BYTES // 4):
+    for part in chunks(N, C * (h_o * W + H * h_o) * g.element_size(), budget=CHUNK_BYTES // 4, device=g.device):
         torch.matmul(A_h.T, g[part] @ A_w, out=out[part])  # A_h^T (g A_w)   (n, C, H, W)
     return out
 

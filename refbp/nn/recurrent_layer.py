@@ -236,7 +236,7 @@ class RecurrentLayer(Layer):
     def initial_state(self, kind: str, B: int, like: Tensor) -> Tensor:
         """The initial value of a state (B, H): the one given, or zeros."""
         s = getattr(self, f"{kind}0")
-        return s.to(like.dtype) if s is not None else like.new_zeros(B, self.H)
+        return s.to(device=like.device, dtype=like.dtype) if s is not None else like.new_zeros(B, self.H)
 
     # ---- what each cell says -----------------------------------------------------------------
     @abstractmethod

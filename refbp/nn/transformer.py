@@ -155,7 +155,7 @@ class RowLayerNorm(LayerNorm):
         y = torch.empty_like(rows)  # (M, d)
         mu = torch.empty(rows.shape[0], 1, dtype=acc, device=x.device)  # (M, 1)
         rstd = torch.empty_like(mu)  # (M, 1)
-        for part in chunks(rows.shape[0], d * mu.element_size()):
+        for part in chunks(rows.shape[0], d * mu.element_size(), device=x.device):
             torch.mean(rows[part], dim=-1, keepdim=True, dtype=acc, out=mu[part])  # mu   (m, 1)
             centred = torch.sub(rows[part], mu[part])  # x - mu, in the accumulation dtype   (m, d)
             norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)  # sqrt(sum_k (x_k - mu)^2)
@@ -176,7 +176,7 @@ class RowLayerNorm(LayerNorm):
         dJ_dgamma = torch.zeros(d, dtype=acc, device=x.device)  # sum_rows dJ/dy o xhat, chunk by chunk
         dJ_dx = torch.empty_like(rows_x) if ctx.need_dx else None  # (M, d)
         # (float32 operands meet float64 ones: torch computes in float64, without a separate copy)
-        for part in chunks(rows_x.shape[0], 3 * d * rstd.element_size()):
+        for part in chunks(rows_x.shape[0], 3 * d * rstd.element_size(), device=rstd.device):
             xhat = torch.sub(rows_x[part], mu[part]).mul_(rstd[part])  # xhat rebuilt from x   (m, d)
             g_xhat = torch.mul(rows_g[part], xhat)  # dJ/dy o xhat   (m, d)
             dJ_dgamma += g_xhat.sum(dim=0)
