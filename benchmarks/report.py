@@ -229,7 +229,7 @@ def target_verdicts(doc: dict[str, Any]) -> list[list[str]]:
             worst_m = max(mem, key=lambda r: r["memory_ratio"])
             measured += f", worst memory {worst_m['memory_ratio']:.2f}x ({worst_m['layer']})"
         out.append([layer_target, measured, _mark(bool(judged) and all(r["met"] for r in judged))])
-    cuda = doc.get("time_cuda")
+    cuda = doc.get("time_cuda") or (doc.get("cuda_run") or {}).get("time_cuda")
     if cuda:
         worst = max(r["manual/autograd"] for r in cuda)
         out.append(["manual/autograd <= 1.0 on CUDA", f"worst {worst:.2f}", _mark(worst <= 1.0)])
@@ -301,6 +301,26 @@ def layers_section(entry: dict[str, Any]) -> list[str]:
     ]
     if not entry["quick"]:
         lines += ["", LAYERS_NOTE]
+    return lines
+
+
+def cuda_section(run: dict[str, Any]) -> list[str]:
+    """Item 5 from a GPU machine's own run (benchmarks_cuda.json, and gpt_benchmarks_cuda.json
+    under "gpt" when present), kept beside this machine's CPU figures."""
+    env = run["environment"]
+    lines = [f"Measured on another machine: {env['cuda_device']}, torch {env['torch']}, {env['date']} (the commit "
+             "measured is named in reports/CUDA.md: that machine runs a copy of the work tree, whose git may lag "
+             f"it, here {env['commit']}); `bash benchmarks/cuda.sh`, which also "
+             "runs tests/test_cuda.py and `refbp report --device cuda` there (reports/CUDA.md). Same grid and "
+             "methods as item 1.", "", _time_table(run["time_cuda"])]  # fmt: skip
+    gpt = run.get("gpt")
+    if gpt:
+        rows = [[r["n_embd"], r["block_size"], f"{r['seconds']['manual'] * 1e3:.1f}",
+                 f"{r['seconds']['autograd'] * 1e3:.1f}", f"{r['time_vs_autograd']['manual']:.2f}",
+                 f"{r['memory_vs_autograd']['manual']:.2f}"] for r in gpt["rows"]]  # fmt: skip
+        lines += ["", "The GPT training step on the same GPU (`python benchmarks/gpt.py --device cuda --no-compile`; "
+                  "GPT_BENCHMARKS_CUDA.md):", "",
+                  _table(rows, ["n_embd", "T", "manual ms", "autograd ms", "time ratio", "memory ratio"])]  # fmt: skip
     return lines
 
 
@@ -416,6 +436,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines += ["## 5. CUDA", ""]
     if doc.get("time_cuda"):
         lines += [f"Device: {env['cuda_device']}. Same grid and methods as item 1.", "", _time_table(doc["time_cuda"])]
+    elif doc.get("cuda_run"):
+        lines += cuda_section(doc["cuda_run"])
     else:
         lines += ["skipped: no CUDA GPU visible. On a GPU machine run `bash benchmarks/cuda.sh` (item 5 alone)."]
     if doc.get("layers"):

@@ -6,6 +6,8 @@
     python benchmarks/run.py --layers-only   # item 6 alone (about 4 minutes), merged into the
                                              # benchmarks.json already in --out; the report is rendered again
     python benchmarks/run.py --mlp-only      # item 1 alone (about 6 minutes), merged likewise
+    python benchmarks/run.py --render-only   # BENCHMARKS.md again from the JSON in --out (with a GPU
+                                             # machine's benchmarks_cuda.json as item 5)
 
 Timings are medians of interleaved repeats taken in one process: the machines are shared
 and noisy, so only ratios measured side by side are quoted.
@@ -108,6 +110,19 @@ def merge_item(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return doc
 
 
+def with_cuda_run(doc: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The document to render BENCHMARKS.md from: ``doc``, and, when this machine has no GPU, the
+    figures a GPU machine left in ``out`` (benchmarks_cuda.json, gpt_benchmarks_cuda.json) as item 5."""
+    path = out / "benchmarks_cuda.json"
+    if doc.get("time_cuda") or not path.exists():
+        return doc
+    cuda = json.loads(path.read_text())
+    run = {"environment": cuda["environment"], "time_cuda": cuda["time_cuda"]}
+    if (out / "gpt_benchmarks_cuda.json").exists():
+        run["gpt"] = json.loads((out / "gpt_benchmarks_cuda.json").read_text())
+    return {**doc, "cuda_run": run}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports", help="folder for BENCHMARKS.md and benchmarks.json")
@@ -120,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only item 6, merged into the benchmarks.json already in --out")  # fmt: skip
     parser.add_argument("--mlp-only", action="store_true",
                         help="only item 1, merged into the benchmarks.json already in --out")  # fmt: skip
+    parser.add_argument("--render-only", action="store_true",
+                        help="only write BENCHMARKS.md again from the JSON documents in --out")  # fmt: skip
     args = parser.parse_args(argv)
     args.command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if sum((args.cuda_only, args.layers_only, args.mlp_only)) > 1:
@@ -129,10 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         print("--cuda-only: torch sees no CUDA GPU on this machine", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if args.render_only:
+        doc = json.loads((out / "benchmarks.json").read_text())
+        write_atomic(out / "BENCHMARKS.md", render_markdown(with_cuda_run(doc, out)))
+        print(f"wrote {out / 'BENCHMARKS.md'} from the JSON documents in {out}")
+        return 0
     doc = merge_item(args, out) if args.layers_only or args.mlp_only else run(args)
     name = "BENCHMARKS_CUDA" if args.cuda_only else "BENCHMARKS"
     write_atomic(out / f"{name.lower()}.json", json.dumps(doc, indent=2, default=str) + "\n")
-    write_atomic(out / f"{name}.md", render_markdown(doc))
+    write_atomic(out / f"{name}.md", render_markdown(doc if args.cuda_only else with_cuda_run(doc, out)))
     seconds = (
         doc["layers"]["seconds"]
         if args.layers_only
