@@ -5,7 +5,9 @@ that usually means."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from torch import nn
 import refbp
 from refbp.nn.layers import BatchNorm1d, Dropout, Elementwise, Embedding, Flatten, Linear
 from refbp.nn.network import Network
+from refbp.verify.cases import CaseSpec
+from refbp.verify.tolerances import tolerance_for
 
 V, D, T, N, C = 7, 3, 4, 5, 3  # vocabulary, embedding width, tokens per row, rows, classes
 
@@ -313,3 +317,32 @@ def test_a_layer_norm_over_one_feature_gives_an_exact_zero_gradient_as_autograd_
     assert float(grads["a1"].abs().max()) == 0.0 and float(grads["E1"].abs().max()) == 0.0
     result = refbp.check(case.net, case.X, case.y, seed=case.spec.seed)
     assert result.passed, result.failure_message()
+
+
+def test_the_conditioning_probes_run_only_where_some_entry_needs_the_allowance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check widens its tolerance by the conditioning allowance only when some entry is not
+    verified without it (the allowance only widens, so elsewhere it changes no verdict and no
+    count): a well-conditioned point runs none of its probes (several autograd runs); a point
+    that needs it is probed, and passes with the allowance in its rows."""
+    check_module = importlib.import_module("refbp.verify.check")
+    real = check_module.conditioning_allowance
+    calls: list[int] = []
+
+    def probed(*args: Any, **kwargs: Any) -> dict[str, float]:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(check_module, "conditioning_allowance", probed)
+    case = CaseSpec(dims=(4, 6, 3), activations=("tanh", "identity"), loss="mse", seed=0).build()
+    assert refbp.check(case.net, case.X, case.y).passed and calls == []
+
+    torch.manual_seed(0)  # torch's float32 kernels on a LayerNorm over one feature: x - mean cancels
+    module = NEAR_MEAN_MODULES["LayerNorm over one feature"]().train()
+    X, y = torch.randn(6, 3) * 3, torch.randint(0, 2, (6,))
+    net = refbp.from_torch(module, loss="cross_entropy")
+    grads = _torch_module_gradients(module, net, X, y)
+    assert not refbp.check(net, X, y, grads=grads, fd_mode="full", tolerance=tolerance_for(torch.float32)).passed
+    assert calls == []  # an explicit tolerance: no allowance, no probes
+    result = refbp.check(net, X, y, grads=grads, fd_mode="full")
+    assert result.passed, result.failure_message()
+    assert calls == [1] and any(row.widened > 0 for row in result.rows)

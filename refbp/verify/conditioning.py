@@ -1,6 +1,11 @@
 """How much a gradient may differ from float64 at this point through rounding alone: the
 allowance ``check`` adds to the tolerance where a point is ill-conditioned
 (refbp.verify.tolerances.CONDITIONING_SAFETY says why and by how much).
+
+``check`` computes it only when some entry is not verified without it (contradicted, or its
+finite difference too imprecise to confirm it): the allowance only widens the tolerance, so where
+every entry is verified without it, it changes no verdict and no count, and its probes (several
+autograd runs, about half of a small network's check) are not paid.
 """
 
 from __future__ import annotations
