@@ -170,8 +170,11 @@ def test_the_plan_is_by_size_without_a_budget_and_by_time_with_one() -> None:
     assert plan({"W1": 10, "b1": 2}, None, started=now) == [("W1", "full", 0), ("b1", "full", 0)]
     big = {"W1": 30_000, "b1": 2}  # more than FD_AUTO_MAX_ENTRIES: directional
     assert plan(big, None, started=now) == [("W1", "directional", 8), ("b1", "directional", 8)]
-    shared = plan(big, 0.006, started=now)  # 3 directions' worth, shared by two tensors
+    # beside autograd: one direction each while the budget lasts (more only where undecided, later)
+    assert plan(big, 1.0, started=now) == [("W1", "directional", 1), ("b1", "directional", 1)]
+    shared = plan(big, 0.006, started=now, optional=False)  # alone: 3 directions' worth, shared by two tensors
     assert shared[0] == ("W1", "directional", 1) and 1 <= shared[1][2] <= 3
+    assert plan(big, 1.0, started=now, optional=False) == [("W1", "directional", 8), ("b1", "directional", 8)]
     spent = now - 10.0  # the budget was spent ten seconds ago
     assert plan(big, 1.0, started=spent) == []
     assert plan(big, 1.0, started=spent, optional=False) == [("W1", "directional", 1), ("b1", "directional", 1)]

@@ -84,8 +84,9 @@ def check(
             "X"). None checks refbp's own manual backward pass.
         references: any of "autograd" and "fd".
         fd_mode: "full", "directional" or "auto": full up to FD_AUTO_MAX_ENTRIES entries, else
-            directional with as many directions (up to ``directions``) as ``budget_s`` allows,
-            parameters first (refbp.verify.finite_diff.plan_differences).
+            directional, parameters first: beside autograd one direction per tensor, more only
+            where the first decides nothing; alone as many (up to ``directions``) as ``budget_s``
+            allows (refbp.verify.finite_diff.plan_differences).
         directions: number of random signed directions per tensor in directional mode (in
             "auto", the most).
         seed: seeds the directions.

@@ -67,11 +67,12 @@ __all__ = [
 
 
 FD_BUDGET_S = 2.0
-"""Seconds fd_mode "auto" spends on directional finite differences by default
-(``refbp.check(budget_s=)``, ``refbp check --fd-budget``): a direction for every parameter
-tensor of the 4-layer GPT of benchmarks/check_gpt.py on a quiet 2-core machine, so that a test
-suite can check a few such models in seconds and keep the second opinion (reports/BENCHMARKS.md,
-item 3). Networks small enough for full mode (FD_AUTO_MAX_ENTRIES) are not cut by it."""
+"""Seconds fd_mode "auto" may spend on directional finite differences by default
+(``refbp.check(budget_s=)``, ``refbp check --fd-budget``): beside autograd, one direction for
+each of the 126 gradients of the 4-layer GPT of benchmarks/check_gpt.py fits in about a second on
+a quiet 2-core machine, so that a test suite can check a few such models in seconds and keep the
+second opinion (reports/BENCHMARKS.md, item 3). Networks small enough for full mode
+(FD_AUTO_MAX_ENTRIES) are not cut by it."""
 
 
 def fixed_entries(net: Network) -> dict[str, Fixed]:
@@ -200,22 +201,34 @@ def plan_differences(
     Full mode, by size alone as before the budget, when the tensors have FD_AUTO_MAX_ENTRIES
     entries or fewer in all: small networks are checked entry by entry whatever the machine's
     load, and the same check gives the same rows. Above that, directional, in ``priority`` order
-    (parameters first: what training changes), each tensor with as many directions (1 to
-    ``directions``) as the time left of ``budget_s`` allows when shared among the tensors still
-    to come; when even one no longer fits, and ``optional``, the rest are left out (to
-    autograd); without ``optional`` every tensor still gets one direction."""
+    (parameters first: what training changes):
+
+    - ``optional`` (autograd checks every entry too, and the differences are its second
+      opinion): one direction each, more only where the first decides nothing
+      (``more_directions``), while ``budget_s`` lasts; the tensors it does not reach are left
+      out (to autograd), and say so;
+    - finite differences alone: each tensor as many directions (1 to ``directions``) as the
+      time left of ``budget_s`` allows when shared among the tensors still to come, and one
+      at least, whatever the time.
+
+    Without a budget, ``directions`` each."""
     if sum(sizes[name] for name in names) <= FD_AUTO_MAX_ENTRIES:
         yield from ((name, "full", 0) for name in priority)
         return
-    limit = math.inf if budget_s is None else budget_s
+    if budget_s is None:
+        yield from ((name, "directional", directions) for name in priority)
+        return
     todo = list(priority)
     while todo:
         name = todo.pop(0)
-        left = limit - (time.perf_counter() - started)
+        left = budget_s - (time.perf_counter() - started)
         measured = per_copy()
         cost = 2 * (guess if measured is None else measured)  # one direction: +h and -h
-        if optional and cost > left:
-            return  # the budget is spent: the rest are autograd's alone
+        if optional:
+            if cost > left:
+                return  # the budget is spent: the rest are autograd's alone
+            yield name, "directional", 1
+            continue
         share = left / (cost * (len(todo) + 1))  # directions each, if the time left is shared evenly
         yield name, "directional", directions if share >= directions else max(1, math.floor(share))
 
