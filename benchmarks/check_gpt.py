@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import refbp
 from benchmarks import finite_differences
 from benchmarks.common import interleaved_medians
-from benchmarks.report import render_markdown
+from benchmarks.report import render_markdown, with_cuda_run
 from refbp.apps.io import write_atomic
 from refbp.models import GPT
 from refbp.verify.finite_diff import FD_BUDGET_S
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = json.loads((folder / "benchmarks.json").read_text())
     doc["finite_differences"], doc["check_gpt"] = fd, entry
     write_atomic(folder / "benchmarks.json", json.dumps(doc, indent=2, default=str) + "\n")  # as run.py writes it
-    write_atomic(folder / "BENCHMARKS.md", render_markdown(doc))  # item 3 with this GPT part
+    write_atomic(folder / "BENCHMARKS.md", render_markdown(with_cuda_run(doc, folder)))  # item 3 with this GPT part
     return 0
 
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 from benchmarks.startup import render_startup
 
-__all__ = ["CLOSING_NOTE", "LAYERS_NOTE", "TARGETS", "layers_section", "render_markdown", "target_verdicts"]
+__all__ = [
+    "CLOSING_NOTE",
+    "LAYERS_NOTE",
+    "TARGETS",
+    "cuda_section",
+    "layers_section",
+    "render_markdown",
+    "target_verdicts",
+    "with_cuda_run",
+]
 
 TARGETS = {
     "manual/autograd, width <= 128": 0.9,
@@ -302,6 +313,19 @@ def layers_section(entry: dict[str, Any]) -> list[str]:
     if not entry["quick"]:
         lines += ["", LAYERS_NOTE]
     return lines
+
+
+def with_cuda_run(doc: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The document to render BENCHMARKS.md from: ``doc``, and, when this machine has no GPU, the
+    figures a GPU machine left in ``out`` (benchmarks_cuda.json, gpt_benchmarks_cuda.json) as item 5."""
+    path = out / "benchmarks_cuda.json"
+    if doc.get("time_cuda") or not path.exists():
+        return doc
+    cuda = json.loads(path.read_text())
+    run = {"environment": cuda["environment"], "time_cuda": cuda["time_cuda"]}
+    if (out / "gpt_benchmarks_cuda.json").exists():
+        run["gpt"] = json.loads((out / "gpt_benchmarks_cuda.json").read_text())
+    return {**doc, "cuda_run": run}
 
 
 def cuda_section(run: dict[str, Any]) -> list[str]:

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks import finite_differences, harness, layers, memory, startup, time_backprop
 from benchmarks.common import environment, load_average
-from benchmarks.report import render_markdown
+from benchmarks.report import render_markdown, with_cuda_run
 from refbp.apps.io import write_atomic
 
 __all__ = ["main", "run"]
@@ -108,19 +108,6 @@ def merge_item(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                                "seconds": time.perf_counter() - start,
                                "load_average_1min_after": load_average()}  # fmt: skip
     return doc
-
-
-def with_cuda_run(doc: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The document to render BENCHMARKS.md from: ``doc``, and, when this machine has no GPU, the
-    figures a GPU machine left in ``out`` (benchmarks_cuda.json, gpt_benchmarks_cuda.json) as item 5."""
-    path = out / "benchmarks_cuda.json"
-    if doc.get("time_cuda") or not path.exists():
-        return doc
-    cuda = json.loads(path.read_text())
-    run = {"environment": cuda["environment"], "time_cuda": cuda["time_cuda"]}
-    if (out / "gpt_benchmarks_cuda.json").exists():
-        run["gpt"] = json.loads((out / "gpt_benchmarks_cuda.json").read_text())
-    return {**doc, "cuda_run": run}
 
 
 def main(argv: list[str] | None = None) -> int:
