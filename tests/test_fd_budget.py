@@ -23,7 +23,7 @@ from refbp.verify.fd_core import PieceRecorder, oracle_J_from
 from refbp.verify.finite_diff import more_directions, network_finite_differences, plan_differences
 from refbp.verify.reference import autograd_gradients, oracle_point
 from refbp.verify.rows import fd_row
-from refbp.verify.tolerances import tolerance_for
+from refbp.verify.tolerances import FD_ERROR_SAFETY, tolerance_for
 
 
 def _tiny_gpt(dtype: torch.dtype = torch.float64) -> tuple[GPT, torch.Tensor, torch.Tensor]:
@@ -99,7 +99,10 @@ def test_differences_started_mid_network_are_directional_derivatives_of_J() -> N
         V = fd[name].directions
         assert V is not None
         expected = torch.tensordot(V, reference[name], dims=reference[name].dim())
-        torch.testing.assert_close(fd[name].values, expected, rtol=1e-6, atol=1e-9)
+        # each difference within its own error estimate (as compare() allows it), plus J's
+        # rounding over the step where the estimate is 0 (a few 1e-12 here)
+        gap = (fd[name].values - expected).abs()
+        assert (gap <= FD_ERROR_SAFETY * fd[name].error + 1e-10).all(), (name, gap, fd[name].error)
 
 
 def test_a_wrong_gradient_of_the_last_block_is_caught_by_differences_alone() -> None:

@@ -126,10 +126,13 @@ class FDResult:
 def random_directions(shape: tuple[int, ...], k: int, *, seed: int) -> Tensor:
     """k signed random directions (k, *shape), float64, each scaled to max |v| = 1.
 
-    Gaussian entries, so signs and sizes vary: unlike one fixed all-positive direction, a
-    wrong gradient cannot stay orthogonal to all of them except on a set of probability 0."""
+    Entries uniform on [-1, 1), so signs and sizes vary: unlike one fixed all-positive direction
+    (or signs alone, +-1, to which a wrong gradient such as (e, -e) can be orthogonal half the
+    time), a wrong gradient cannot stay orthogonal to all of them except on a set of probability
+    0. Uniform rather than Gaussian: a quarter of the time to draw (a fifth of a directional
+    check of 1e5 parameters went to torch.randn)."""
     generator = torch.Generator().manual_seed(seed)
-    V = torch.randn((k, *shape), dtype=torch.float64, generator=generator)
+    V = torch.rand((k, *shape), dtype=torch.float64, generator=generator).mul_(2.0).sub_(1.0)
     norms = V.reshape(k, -1).abs().amax(dim=1).clamp_min(1e-300)
     return V / norms.reshape((k,) + (1,) * len(shape))
 

@@ -294,8 +294,9 @@ def _move_evaluator(net64: _Network64, kind: str, layer: int, base: Tensor) -> M
     def evaluate(delta: Tensor) -> tuple[Tensor, Tensor]:  # (P, *shape)
         change = torch.zeros(delta.shape[0], dtype=torch.float64)
         if kind == "W":  # z(l) + a(l-1) dW^T: only layer l onwards changes
-            flat = delta.reshape(delta.shape[0], -1)
-            change = 2 * flat @ base.reshape(-1) + (flat * flat).sum(dim=1)  # ||W + delta||^2 - ||W||^2
+            if net64.weight_decay:
+                flat = delta.reshape(delta.shape[0], -1)
+                change = 2 * flat @ base.reshape(-1) + (flat * flat).sum(dim=1)  # ||W + delta||^2 - ||W||^2
             ev = net64.run_from(layer, Z=net64.z[layer] + torch.matmul(net64.a[layer - 1], delta.transpose(1, 2)))
         elif kind == "b":
             ev = net64.run_from(layer, Z=net64.z[layer] + delta.unsqueeze(1))  # (P, N, d_l)
