@@ -353,6 +353,8 @@ def probe(modes: Sequence[str], names: Sequence[str], sizes: dict[str, int]) -> 
     threshold at 64 KiB, set by the parent). One warm-up step first, so that torch's lazy
     initialisation is not counted, then the least of PROBE_STEPS measured steps: a step's
     tensors give the same peak every time, and the allocator's small heaps can only add to it."""
+    gc.collect()
+    gc.freeze()  # what the imports made stays: each collection below scans only the steps' own objects
     out = []
     for name in names:
         for mode in modes:

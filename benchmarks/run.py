@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         doc["test_suite"] = None if args.skip_suite else harness.time_test_suite()
         doc["layers"] = run_layers(args)
         print("item 7: cold start, fresh processes", flush=True)
-        doc["startup"] = startup.measure_startup(3 if args.quick else 7)
+        doc["startup"] = startup.measure_startup(1 if args.quick else 7)
     print("item 5: CUDA", flush=True)
     if cuda:
         grid = time_backprop.QUICK_GRID if args.quick else time_backprop.FULL_GRID
