@@ -21,7 +21,7 @@ from torch import Tensor, nn
 import refbp
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, LayerGradients
-from refbp.nn.layers import AvgPool2d, Conv2d, GroupNorm, MaxPool2d, Softmax
+from refbp.nn.layers import AvgPool2d, Conv1d, Conv2d, GroupNorm, MaxPool2d, Softmax
 from refbp.nn.network import Network
 from refbp.nn.pool import PoolCache
 from refbp.strategies import MODULE_KINDS, ModuleCase, module_cases
@@ -410,3 +410,27 @@ def test_module_cases_refuse_an_included_kind_that_is_not_among_the_kinds() -> N
 
     with pytest.raises(ValueError, match=r"include=\['maxpool'\]: \['maxpool'\] are not among kinds=\['conv'\]"):
         draw()
+
+
+@settings(max_examples=3 * EXAMPLES)
+@given(data=st.data())
+def test_conv1d_weight_gradient_equals_autograd_on_every_geometry(data: st.DataObject) -> None:
+    """Conv1d's dJ/dW, offset by offset over strided views of x (padding left out), against torch
+    on drawn groups, stride, dilation, padding (numbers, "same", "valid") and lengths, down to
+    offsets that read padding only."""
+    G, cg, og = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    k, s, d = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    padding = data.draw(st.sampled_from([0, 1, 2, 3, "valid"] + (["same"] if s == 1 else [])))
+    reach = d * (k - 1) + 1  # the kernel's extent
+    L = data.draw(
+        st.integers(max(1, reach - 2 * padding) if isinstance(padding, int) else reach if padding == "valid" else 1, 12)
+    )
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    W = torch.randn(G * og, cg, k, dtype=torch.float64, generator=gen, requires_grad=True)
+    x = torch.randn(data.draw(st.integers(1, 3)), G * cg, L, dtype=torch.float64, generator=gen)
+    z = F.conv1d(x, W, None, s, padding, d, G)
+    g = torch.randn(z.shape, dtype=torch.float64, generator=gen)
+    z.backward(g)
+    layer = Conv1d(W.detach(), None, stride=s, padding=padding, dilation=d, groups=G)
+    assert W.grad is not None
+    torch.testing.assert_close(layer.weight_gradient(g, x), W.grad, **FLOAT64_ROUNDING)

@@ -238,7 +238,10 @@ class _Conv(Layer):
         offset; its first k_h x k_w outputs are the kernel's offsets (the others, past the
         kernel's extent, are dropped). It runs on a few input channels at a time, 2 MiB of x read
         as images: at item 6's sizes (benchmarks/) 1 MiB made the step 1.5x slower, 4 MiB cost
-        1.2x autograd's peak memory, 2 MiB matches autograd's memory."""
+        1.2x autograd's peak memory, 2 MiB matches autograd's memory. A Conv1d takes
+        ``_weight_gradient_1d`` instead."""
+        if self.dims == 1:
+            return self._weight_gradient_1d(dJ_dz, x)
         G = self.groups
         stride, dilation, (ph, pw) = self._as_2d()
         x2 = x if self.dims == 2 else x.unsqueeze(2)  # (N, C_in, H, W)    Conv1d: H = 1
@@ -261,6 +264,36 @@ class _Conv(Layer):
             sums = F.conv2d(images, filters, None, dilation, pads, stride, G)  # (c, C_out, >= k_h, >= k_w)
             dJ_dW[:, part] = sums[:, :, :kh, :kw].transpose(0, 1)  # (C_out, c, k_h, k_w)
         return dJ_dW.reshape(self.W.shape)  # (C_out, C_in/G, *k)
+
+    def _weight_gradient_1d(self, dJ_dz: Tensor, x: Tensor) -> Tensor:
+        """(2) for a Conv1d, one kernel offset u at a time:
+
+            dJ/dW[o, c, u] = sum_n sum_i dJ/dz[n, o, i] x[n, c, i s + u d - p]
+
+        For each u, the positions x[n, c, i s + u d - p] that exist form a strided view of x (the
+        padding adds only zeros, so it is left out), and the sum over i is a batched product over
+        n, (C_out/G, m) @ (m, C_in/G), then a sum over n: no copy of x and no padded copy. (A 1-D
+        convolution of x by dJ/dz, the 2-D path, ran as a convolution whose kernel is as long as
+        the sequence: 2.1x autograd's time at item 6's sizes.)"""
+        G, (s,), (d,), ((p, _),) = self.groups, self.stride, self.dilation, self.pads()
+        C_in, L = x.shape[1:]  # x: (N, C_in, L)
+        C_out, L_out, k = self.C_out, dJ_dz.shape[2], self.kernel_size[0]
+        og, cg = C_out // G, C_in // G
+        dJ_dW = dJ_dz.new_zeros(C_out, cg, k)  # (C_out, C_in/G, k)
+        for u in range(k):
+            # output positions i whose input position j = i s + u d - p lies in 0 .. L - 1
+            first = max(0, -(-(p - u * d) // s))  # the least i with j >= 0
+            last = min(L_out - 1, (L - 1 + p - u * d) // s)  # the greatest i with j <= L - 1
+            if last < first:
+                continue  # this offset reads padding only
+            j0 = first * s + u * d - p
+            g_u = dJ_dz[:, :, first : last + 1]  # (N, C_out, m)
+            x_u = x[:, :, j0 : j0 + (last - first) * s + 1 : s]  # (N, C_in, m), a view
+            for group in range(G):
+                o, c = slice(group * og, (group + 1) * og), slice(group * cg, (group + 1) * cg)
+                # sum_n g_u[n, o] x_u[n, c]^T: (N, og, m) @ (N, m, cg), summed over n
+                dJ_dW[o, :, u] = torch.matmul(g_u[:, o], x_u[:, c].transpose(1, 2)).sum(dim=0)
+        return dJ_dW
 
     def input_gradient(self, dJ_dz: Tensor, W: Tensor, shape: torch.Size) -> Tensor:
         """(3) conv_transpose(dJ/dz, W)   ``shape`` (the input's): bilinear in (dJ/dz, W)."""
