@@ -99,6 +99,12 @@ LAYOUT = (
 )
 """Why an elementwise pass of a lean normalisation may write into a tensor torch allocates."""
 
+BOTH_STATS_2D = (
+    "running_mean and running_var are None together or neither: BatchNorm2d.__init__ takes both from the "
+    "BatchNorm1d it builds, which sets both from track_running_stats, so or and and agree."
+)
+"""Why BatchNorm2d's conditions on its two running statistics may be joined by either."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -645,6 +651,133 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "NormTangent(Rx.to(xhat.dtype) * rstd, None)",
         "Eval mode only, where nothing reads R{log rstd}: r_backward's eval branch is rstd h and rstd R{h}, "
         "and affine_r_backward reads R{xhat} alone.",
+    ),
+    # ---- norm2d ----
+    ("xǁBatchNorm2dǁbuffers__", "if self.running_mean is None and self.running_var is None:", BOTH_STATS_2D),
+    (
+        "xǁBatchNorm2dǁtorch_forward__",
+        "assert self.running_mean is not None or self.running_var is not None",
+        BOTH_STATS_2D,
+    ),
+    (
+        "xǁBatchNorm2dǁbackward__",
+        "self._rows().backward(_channels_last_rows(dJ_dy), None, out, rows_cache, ctx)",
+        "BatchNorm1d's backward from a full cache (NormCache, the only kind this line sees) reads neither x nor "
+        "out: xhat and rstd come from the cache, so x = None gives the same numbers.",
+    ),
+    (
+        "xǁBatchNorm2dǁbackward__",
+        "self._rows().backward(_channels_last_rows(dJ_dy), x, None, rows_cache, ctx)",
+        "BatchNorm1d's backward from a full cache (NormCache, the only kind this line sees) reads neither x nor "
+        "out: xhat and rstd come from the cache, so out = None gives the same numbers.",
+    ),
+    (
+        "xǁBatchNorm2dǁtorch_forward__",
+        "x.var((0, 2, 3), )  # (C,): the statistics it used",
+        "Tensor.var's unbiased defaults to True: the same Bessel-corrected variance.",
+    ),
+    (
+        "xǁBatchNorm2dǁtorch_forward__",
+        "F.batch_norm(x, None, None, None, None, True, 1.0, self.eps)",
+        "F.batch_norm's momentum only weighs the update of the running statistics it is given; given None "
+        "(batch statistics only), it is never read: the same xhat.",
+    ),
+    ("xǁBatchNorm2dǁtorch_forward__", "s.to(dtype=x.dtype, device=None)", ON_CPU),
+    ("xǁBatchNorm2dǁtorch_forward__", "(s.to(dtype=x.dtype, ) for s", ON_CPU),
+    ("xǁBatchNorm2dǁto_torch__", "like.dtype, device=None,", ON_CPU),
+    ("xǁBatchNorm2dǁto_torch__", "dtype=None if like is None else like.dtype, )  # fmt: skip", ON_CPU),
+    ("xǁBatchNorm2dǁto_torch__", "device=None if (like is None) or True else like.device", ON_CPU),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "g = dJ_dy if (own) and False else dJ_dy.to(acc, copy=True)",
+        "Memory, not numbers: always computing dJ/dxhat and dJ/dx in a copy of dJ/dy gives the same values; "
+        "reusing its storage only spares the training step one (N, C, H, W) tensor.",
+    ),
+    (
+        "xǁBatchNorm2dǁtorch_forward__",
+        "F.batch_norm(x, mean, var, None, None, False, 1.0, self.eps)",
+        "Eval mode (training=False): F.batch_norm only normalises by the statistics it is given and updates "
+        "nothing, so its momentum is never read: the same xhat.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "dJ_dxhat.clone() if (dJ_dxhat is dJ_dy) or True else dJ_dxhat",
+        "Memory, not numbers: the reported dJ/dxhat is then a copy of dJ/dy o gamma, a tensor the backward "
+        "made and nothing else holds: the same values, one copy more.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "inner = dataclasses.replace(ctx, keep_intermediates=None)",
+        "LayerNorm's backward only tests keep_intermediates for truth: None is False there, the same dJ/dx "
+        "and no intermediates.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "inner = dataclasses.replace(ctx, )",
+        "Work, not numbers: the inner LayerNorm (no affine) then also makes its dJ/dxhat of the rows, a copy "
+        "of them, which GroupNorm drops: it reads only the rows' dJ/dx, the same numbers.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "inner = dataclasses.replace(ctx, keep_intermediates=True)",
+        "Work, not numbers: the inner LayerNorm (no affine) then also makes its dJ/dxhat of the rows, a copy "
+        "of them, which GroupNorm drops: it reads only the rows' dJ/dx, the same numbers.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "g = rows.backward(dJ_dxhat.reshape(N * self.G, -1), None, out, rows_cache, inner)",
+        "LayerNorm's backward from a full cache (NormCache, the only kind this line sees) reads neither x nor "
+        "out: xhat and rstd come from the cache, so x = None gives the same numbers.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "g = rows.backward(dJ_dxhat.reshape(N * self.G, -1), x, None, rows_cache, inner)",
+        "LayerNorm's backward from a full cache (NormCache, the only kind this line sees) reads neither x nor "
+        "out: xhat and rstd come from the cache, so out = None gives the same numbers.",
+    ),
+    (
+        "xǁBatchNorm2dǁtangent__",
+        "_channels_last_rows(Rx), None, self._rows_cache(cache), V, path",
+        "BatchNorm1d's tangent never reads out (R{y} comes from xhat, R{xhat} and the directions): None there "
+        "gives the same numbers.",
+    ),
+    (
+        "xǁBatchNorm2dǁr_backward__",
+        "+        None,",
+        "A whole argument of BatchNorm1d's r_backward made None: R{x} or out, which it never reads (R{xhat} "
+        "comes from the tangent's cache, xhat and rstd from the cache), so the same numbers; None for any other "
+        "argument fails the tests.",
+    ),
+    (
+        "xǁBatchNorm2dǁr_backward__",
+        "if g_x is None and R.dJ_dx is None:",
+        "BatchNorm1d's r_backward returns dJ/dx and R{dJ/dx} both None (need_dx False) or neither: or and and agree.",
+    ),
+    (
+        "xǁGroupNormǁ_groups__",
+        "return normalised(None, NormCache(cache.xhat.reshape(rows_x.shape), cache.rstd))",
+        "normalised() returns a full cache's xhat and rstd as they are, without reading x: None there gives "
+        "the same numbers.",
+    ),
+    ("xǁGroupNormǁ_affine__", "self._per_channel(t.to(None), ndim)", PROMOTED),
+    ("xǁGroupNormǁtangent__", "self._affine(V, path, x.dim(), None)", PROMOTED),
+    ("xǁGroupNormǁr_backward__", "self._affine(V, ctx.path, x.dim(), None)", PROMOTED),
+    (
+        "xǁGroupNormǁr_backward__",
+        "Rh.to(dtype, )}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁGroupNormǁr_backward__",
+        "Rh.to(dtype, copy=False)}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁGroupNormǁtangent__",
+        "Rx.reshape(xhat.shape), (+1,), xhat.shape[1])",
+        "xhat is (N G, K), two dimensions (a group a row): the statistics' dimension 1 is dimension -1.",
     ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
