@@ -754,6 +754,77 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "BatchNorm1d's r_backward returns dJ/dx and R{dJ/dx} both None (need_dx False) or neither: or and and agree.",
     ),
     (
+        "xǁGroupNormǁ__init____",
+        'self.params = {} if gamma is None and beta is None else {"gamma": gamma, "beta": beta}',
+        "gamma and beta are None together or neither (GroupNorm refuses one without the other just above): or "
+        "and and agree.",
+    ),
+    (
+        "xǁGroupNormǁcheck_input__",
+        "if x[0].numel() / self.G < 2:",
+        "G divides C (the constructor refuses any other num_groups), so an image's C H W / G values per group "
+        "is a whole number: true and floor division agree.",
+    ),
+    (
+        "xǁGroupNormǁ_rows__",
+        "return LayerNorm(d=x[0].numel() / self.G, eps=self.eps)",
+        "G divides C (the constructor refuses any other num_groups), so C H W / G is a whole number, which "
+        "LayerNorm.__init__ turns into the same int d.",
+    ),
+    (
+        "xǁGroupNormǁforward__",
+        "y = torch.addcmul(beta, y, gamma, out=None)",
+        "Memory, not numbers: gamma[c] xhat + beta[c] in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁGroupNormǁforward__",
+        "y = torch.addcmul(beta, y, gamma, )",
+        "Memory, not numbers: gamma[c] xhat + beta[c] in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁGroupNormǁforward__",
+        "self._rows(x).forward(x.reshape(N * self.G, -1), ctx, None)",
+        "LayerNorm's forward never reads its path (it checks no input and keys nothing by it): None there "
+        "gives the same xhat and cache.",
+    ),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "own = None",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dxhat and dJ/dx in a copy of it, the "
+        "same values; reusing it only spares the training step one (N, C, H, W) tensor.",
+    ),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "work = torch.sub(rows_x, mu, out=None).mul_(rstd)",
+        LAYOUT,
+    ),
+    ("xǁGroupNormǁ_lean_backward__", "work = torch.sub(rows_x, mu, ).mul_(rstd)", LAYOUT),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        'gamma = self._per_channel(self.params["gamma"].to(None), x.dim())',
+        "Exact promotion: gamma then stays in the input's dtype, but it only multiplies dJ/dy and dJ/dy o xhat "
+        "in place in their buffers of the statistics' dtype (float32 for half precision, else the input's), "
+        "to which torch converts it exactly first.",
+    ),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "m = work.sum(dim=+1, keepdim=True)",
+        "work is (N G, K), two dimensions (a group a row): dim 1 is dim -1.",
+    ),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "shift = h.sum(dim=+1, keepdim=True)",
+        "h is (N G, K), two dimensions (a group a row): dim 1 is dim -1.",
+    ),
+    (
+        "xǁGroupNormǁr_backward__",
+        "xhat, rstd, tangent, (+1,), xhat.shape[1], ctx.first",
+        "xhat is (N G, K), two dimensions (a group a row): the statistics' dimension 1 is dimension -1.",
+    ),
+    ("xǁGroupNormǁto_torch__", "gamma.dtype, device=None,", ON_CPU),
+    ("xǁGroupNormǁto_torch__", "dtype=None if gamma is None else gamma.dtype, )  # fmt: skip", ON_CPU),
+    ("xǁGroupNormǁto_torch__", "device=None if (gamma is None) or True else gamma.device", ON_CPU),
+    (
         "xǁGroupNormǁ_groups__",
         "return normalised(None, NormCache(cache.xhat.reshape(rows_x.shape), cache.rstd))",
         "normalised() returns a full cache's xhat and rstd as they are, without reading x: None there gives "

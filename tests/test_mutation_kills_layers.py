@@ -1449,6 +1449,19 @@ def test_groupnorm_forward_and_backward_equal_torch_module(
                         torch.testing.assert_close(dJ_dxhat, want_dxhat)
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+def test_groupnorm_of_a_single_image_equals_torch_module(lean: bool) -> None:
+    # A batch of one image (torch normalises its groups all the same): y, dJ/dx and the parameters' gradients.
+    layer, module, x, G = _groupnorm_case(torch.float64, seed=62, shape=(1, 4, 3, 2))
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+    got = layer.backward(G.clone(), x, y, cache, BackwardContext((1,)))
+    want_y, want_dx, want_params = _torch_grads(module, x, G)
+    torch.testing.assert_close(y, want_y)
+    torch.testing.assert_close(got.dJ_dx, want_dx)
+    for kind, want in want_params.items():
+        torch.testing.assert_close(got.params[kind], want)
+
+
 def test_float32_groupnorm_of_nearly_constant_groups_is_float64_torch_rounded_once() -> None:
     # Groups of nearly equal numbers and a dJ/dy nearly constant over each group: x - mean and dJ/dxhat -
     # its mean cancel most of their digits. The full pass computes in float64 (LayerNorm's) and rounds
@@ -1481,20 +1494,23 @@ def test_lean_half_precision_groupnorm_is_torch_in_float32_returned_in_the_input
 ) -> None:
     # Groups far from 0 (x - mu cancels most of x's digits) and a dJ/dy far from 0 (dJ/dxhat - its mean
     # cancels most of its digits): a half-precision training step computes in float32, as torch's CPU
-    # kernel, and returns y and every gradient in the input's dtype, to a few of its roundings, whether
-    # dJ/dy's storage may be reused or not.
+    # kernel, and returns y, every gradient and the reported dJ/dxhat in the input's dtype, to a few of its
+    # roundings, whether dJ/dy's storage may be reused or not.
     layer, module, x, G = _groupnorm_case(dtype, affine, seed=52, shape=(2, 4, 4, 4), centre=40.0)
     G = (30 + 0.3 * G.double()).to(dtype)
     module32 = copy.deepcopy(module).float()
     y, stats = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
     assert isinstance(stats, NormStats) and stats.rstd.dtype == torch.float32
     want_y, want_dx, want_params = _torch_grads(module32, x.float(), G.float())
+    _, want_dxhat = _torch_xhat_grad(module32, x.float(), G.float())
     unit = torch.finfo(dtype).eps
-    for overwrite in (False, True):
-        ctx = BackwardContext((1,), keep_intermediates=False, overwrite=overwrite)
+    for overwrite, keep in ((False, False), (True, False), (True, True)):
+        ctx = BackwardContext((1,), keep_intermediates=keep, overwrite=overwrite)
         got = layer.backward(G.clone(), x, y, stats, ctx)
         assert got.dJ_dx is not None and set(got.params) == set(want_params)
         pairs = [(y, want_y), (got.dJ_dx, want_dx)] + [(got.params[k], want_params[k]) for k in want_params]
+        assert list(got.intermediates) == ([Key("xhat", (1,))] if keep else [])
+        pairs += [(got.intermediates[Key("xhat", (1,))], want_dxhat)] if keep else []
         for value, want in pairs:
             assert value.dtype == dtype
             torch.testing.assert_close(value.float(), want, rtol=0, atol=4 * unit * float(want.abs().max()))
@@ -1569,11 +1585,22 @@ def test_groupnorm_describes_itself_and_checks_its_input_as_torch() -> None:
     per_channel = GroupNorm(4, C=4)
     with pytest.raises(
         ValueError,
-        match=r"^layer 3 \(GroupNorm\(4 groups, 4 channels, no affine\)\) needs at least 2 values per group "
+        match=r"^layer 3\.2 \(GroupNorm\(4 groups, 4 channels, no affine\)\) needs at least 2 values per group "
         r"\(as torch\), got shape \(2, 4, 1\), dtype float64, device cpu$",
     ):
-        per_channel.check_input(torch.zeros(2, 4, 1, dtype=torch.float64), (3,))
+        per_channel.check_input(torch.zeros(2, 4, 1, dtype=torch.float64), (3, 2))
     per_channel.check_input(torch.zeros(2, 4, 2, dtype=torch.float64), (3,))
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+def test_groupnorm_forward_checks_its_input_and_names_the_layer_place(lean: bool) -> None:
+    layer = GroupNorm(2, C=4)
+    with pytest.raises(
+        ValueError,
+        match=r"^layer 2\.1 \(GroupNorm\(2 groups, 4 channels, no affine\)\) needs input \(N, 4, \.\.\.\), "
+        r"got shape \(2, 3, 2\), dtype float64, device cpu$",
+    ):
+        layer.forward(torch.zeros(2, 3, 2, dtype=torch.float64), ForwardContext(keep_intermediates=not lean), (2, 1))
 
 
 def test_groupnorm_release_drops_the_lean_statistics_and_keeps_the_full_cache() -> None:
