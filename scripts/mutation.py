@@ -850,6 +850,72 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "Rx.reshape(xhat.shape), (+1,), xhat.shape[1])",
         "xhat is (N G, K), two dimensions (a group a row): the statistics' dimension 1 is dimension -1.",
     ),
+    # ---- attention ----
+    (
+        "xǁCausalSelfAttentionǁsoftmax_tangent__",
+        "softmax_backward(P, RS, overwrite=None)",
+        "Memory, not numbers: R{P} in a new tensor instead of in R{S}'s storage, a temporary the tangent "
+        "deletes right after.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁsoftmax_tangent__",
+        "softmax_backward(P, RS, )",
+        "Memory, not numbers: R{P} in a new tensor instead of in R{S}'s storage, a temporary the tangent "
+        "deletes right after.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁsoftmax_tangent__",
+        "softmax_backward(P, RS, overwrite=False)",
+        "Memory, not numbers: R{P} in a new tensor instead of in R{S}'s storage, a temporary the tangent "
+        "deletes right after.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁ_probabilities_of__",
+        "if (cache.P is not None) and False else self.rebuilt_probabilities(q, k)",
+        "Work, not numbers: a teaching cache's P is the forward pass's softmax of the same q and k by the same "
+        "lines, so rebuilding it gives the same P bit for bit (test_attention checks the rebuilt P equals the "
+        "forward's exactly).",
+    ),
+    ("xǁCausalSelfAttentionǁto_torch__", "dtype=W_o.dtype, device=None", ON_CPU),
+    ("xǁCausalSelfAttentionǁto_torch__", "dropout=self.p, dtype=W_o.dtype, )", ON_CPU),
+    ("xǁTorchCausalSelfAttentionǁ__init____", "bias=bias, dtype=dtype, device=None)", ON_CPU),
+    ("xǁTorchCausalSelfAttentionǁ__init____", "bias=bias, dtype=dtype, )", ON_CPU),
+    ("xǁTorchCausalSelfAttentionǁforward__", "dtype=torch.bool, device=None).triu(diagonal=1)", ON_CPU),
+    ("xǁTorchCausalSelfAttentionǁforward__", "dtype=torch.bool, ).triu(diagonal=1)", ON_CPU),
+    ("xǁCausalSelfAttentionǁtangent__", "dtype=x.dtype, device=None)  # (B, nh, T, T)", ON_CPU),
+    ("xǁCausalSelfAttentionǁtangent__", "dtype=x.dtype, )  # (B, nh, T, T)", ON_CPU),
+    (
+        "xǁTorchCausalSelfAttentionǁforward__",
+        "S = (q @ k.transpose(+2, -1))",
+        "k is (B, nh, T, hs), four dimensions: dimension 2 is dimension -2, the same transpose.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁtangent__",
+        "RS = (Rq @ k.transpose(+2, -1))",
+        "k is (b, nh, T, hs), four dimensions: dimension 2 is dimension -2, the same transpose.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁtangent__",
+        ".add_(q @ Rk.transpose(+2, -1))",
+        "R{k} is (b, nh, T, hs), four dimensions: dimension 2 is dimension -2, the same transpose.",
+    ),
+    (
+        "xǁTorchCausalSelfAttentionǁforward__",
+        "math.sqrt(d / self.n_head)",
+        "n_head divides d (CausalSelfAttention refuses any other), so d / n_head is the whole head size as a "
+        "float, exact: the same sqrt.",
+    ),
+    (
+        "xǁTorchCausalSelfAttentionǁforward__",
+        'float("-INF")',
+        'float() reads "-INF" as it reads "-inf" (case-insensitively): the same -inf.',
+    ),
+    (
+        "xǁCausalSelfAttentionǁtangent__",
+        "for part in chunks(B, 4 * self.n_head * T * T * x.element_size()):",
+        "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
+        "temporaries; every sequence gets the same arithmetic.",
+    ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from refbp.nn.attention import CausalSelfAttention, TorchCausalSelfAttention
 from refbp.nn.batchnorm import BatchNorm1d, channel_square_sum, channel_sum, unbiased_batch_norm
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, Layer, Params, SecondContext, Tap
@@ -1758,3 +1759,146 @@ def test_groupnorm_from_torch_module_keeps_its_groups_parameters_and_eps(affine:
     y, _ = layer.forward(x, ForwardContext(), (1,))
     with torch.no_grad():
         torch.testing.assert_close(module(x), y)
+
+
+# ---- CausalSelfAttention --------------------------------------------------------------------------
+def _attention_case(
+    bias: bool = True, seed: int = 70, B: int = 2, T: int = 4, d: int = 6, n_head: int = 2, dropout: float = 0.0
+) -> tuple[CausalSelfAttention, dict[str, Tensor], Tensor]:
+    """refbp's attention (float64, random parameters), its parameters by name and an input x (B, T, d)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = {
+        "W_qkv": 0.5 * torch.randn(3 * d, d, generator=gen, dtype=torch.float64),
+        "W_o": 0.5 * torch.randn(d, d, generator=gen, dtype=torch.float64),
+    }
+    if bias:
+        params["b_qkv"] = torch.randn(3 * d, generator=gen, dtype=torch.float64)
+        params["b_o"] = torch.randn(d, generator=gen, dtype=torch.float64)
+    layer = CausalSelfAttention(
+        params["W_qkv"], params["W_o"], params.get("b_qkv"), params.get("b_o"), n_head=n_head, dropout=dropout
+    )
+    return layer, params, torch.randn(B, T, d, generator=gen, dtype=torch.float64)
+
+
+def _torch_attention(
+    x: Tensor, p: dict[str, Tensor], n_head: int, keep: Tensor | None = None, dropout: float = 0.0
+) -> dict[str, Tensor]:
+    """torch's causal attention, step by step (F.linear, F.softmax of the masked scores, the dropout
+    keep-mask ``keep`` applied to the probabilities as inverted dropout): q, k, v (B, nh, T, hs),
+    att (B, nh, T, T), y (B, T, d) and out (B, T, d)."""
+    B, T, d = x.shape
+    hs = d // n_head
+    q, k, v = (
+        t.reshape(B, T, n_head, hs).transpose(1, 2) for t in F.linear(x, p["W_qkv"], p.get("b_qkv")).split(d, dim=2)
+    )
+    future = torch.ones(T, T, dtype=torch.bool).triu(diagonal=1)
+    att = F.softmax((q @ k.transpose(-2, -1) / hs**0.5).masked_fill(future, float("-inf")), dim=-1)
+    dropped = att if keep is None else att * keep / (1.0 - dropout)
+    y = (dropped @ v).transpose(1, 2).reshape(B, T, d)
+    return {"q": q, "k": k, "v": v, "att": att, "y": y, "out": F.linear(y, p["W_o"], p.get("b_o"))}
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["teaching", "lean"])
+def test_attention_walk_through_shows_torch_q_k_v_probabilities_and_y(lean: bool) -> None:
+    # cached_values is what refbp explain shows: q, k, v and y as torch computes them, at the layer's place,
+    # and the probabilities P only where the forward pass kept them (the teaching mode).
+    layer, params, x = _attention_case()
+    out, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (2, 1))
+    want = _torch_attention(x, params, 2)
+    torch.testing.assert_close(out, want["out"])
+    shown = layer.cached_values(cache, (2, 1))
+    kinds = ["q", "k", "v", "y"] + ([] if lean else ["att"])
+    assert set(shown) == {Key(kind, (2, 1)) for kind in kinds}
+    for kind in kinds:
+        torch.testing.assert_close(shown[Key(kind, (2, 1))], want[kind])
+
+
+def _torch_attention_second(
+    x: Tensor, params: dict[str, Tensor], n_head: int, g: Tensor, Rx: Tensor, V: dict[str, Tensor], Rg: Tensor,
+    keep: Tensor | None, dropout: float,
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:  # fmt: skip
+    """torch.func on the step-by-step attention (the dropout keep-mask given): R{out}, dJ/dx, R{dJ/dx}
+    and H v by parameter."""
+
+    def out_of(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        return _torch_attention(x, p, n_head, keep, dropout)["out"]
+
+    def grads_of(x: Tensor, p: dict[str, Tensor], g: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        dx, dp = torch.func.vjp(out_of, x, p)[1](g)
+        return dx, dp
+
+    R_out = torch.func.jvp(out_of, (x, params), (Rx, V))[1]
+    grads, R_grads = torch.func.jvp(grads_of, (x, params, g), (Rx, V, Rg))[:2]
+    return R_out, grads[0], R_grads[0], R_grads[1]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5], ids=["p=0", "p=0.5"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("lean", [False, True], ids=["teaching", "lean"])
+def test_attention_second_order_from_either_cache_equals_torch_func(lean: bool, bias: bool, dropout: float) -> None:
+    # The tangent and the R-backward read P from a teaching cache, or rebuild it from q and k (a training
+    # step's cache keeps no P), with or without dropout on P (the forward pass's keep-mask): torch.func's
+    # R{out}, dJ/dx, R{dJ/dx} and H v either way.
+    layer, params, x = _attention_case(bias, seed=71, dropout=dropout)
+    gen = torch.Generator().manual_seed(72)
+    g, Rx, Rg = (torch.randn(x.shape, generator=gen, dtype=torch.float64) for _ in range(3))
+    V = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()}
+    path = (1,)
+    out, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), path)
+    assert (cache.P is None) == lean
+    directions = Params({Key(k, path): v for k, v in V.items()})
+    assert (cache.mask is None) == (dropout == 0.0)
+    R_out, dx, R_dx, R_dp = _torch_attention_second(x, params, 2, g, Rx, V, Rg, cache.mask, dropout)
+    t = layer.tangent(x, Rx, out, cache, directions, path)
+    torch.testing.assert_close(t.out, R_out)
+    dJ_dx, got = layer.r_backward(g, Rg, x, Rx, out, t, cache, directions, SecondContext(path))
+    torch.testing.assert_close(dJ_dx, dx)
+    torch.testing.assert_close(got.dJ_dx, R_dx)
+    assert set(got.params) == set(R_dp)
+    for kind, want in R_dp.items():
+        torch.testing.assert_close(got.params[kind], want)
+
+
+def test_attention_release_drops_every_tensor_of_the_cache() -> None:
+    layer, _, x = _attention_case(dropout=0.5)
+    _, cache = layer.forward(x, ForwardContext(), (1,))
+    assert cache.mask is not None and cache.P is not None
+    layer.release(cache)
+    assert isinstance(cache.qkv, Tensor) and isinstance(cache.y, Tensor)
+    assert cache.qkv.numel() == cache.y.numel() == 0
+    assert cache.mask is None and cache.P is None
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_attention_to_torch_keeps_its_dropout_and_mode(training: bool) -> None:
+    layer, params, x = _attention_case(dropout=0.25)
+    layer.set_training(training)
+    module = layer.to_torch()
+    assert module.training is training
+    assert module.dropout == 0.25 and module.attn_dropout.p == 0.25  # type: ignore[union-attr]
+    if not training:
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), _torch_attention(x, params, 2)["out"])
+
+
+def test_torch_causal_self_attention_is_nanogpt_by_scaled_dot_product_attention_without_dropout() -> None:
+    # Without an active dropout (p = 0, or eval mode) the module computes exactly F.linear, then
+    # F.scaled_dot_product_attention(is_causal=True), then F.linear, as its docstring says; its defaults are
+    # nanoGPT's (bias, no dropout).
+    gen = torch.Generator().manual_seed(73)
+    x = torch.randn(2, 5, 8, generator=gen, dtype=torch.float64)
+    for module in (
+        TorchCausalSelfAttention(8, 2, dtype=torch.float64),
+        TorchCausalSelfAttention(8, 2, dropout=0.5, dtype=torch.float64).eval(),
+    ):
+        assert module.c_attn.bias is not None and module.c_proj.bias is not None
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+            q, k, v = (
+                t.view(2, 5, 2, 4).transpose(1, 2)
+                for t in F.linear(x, module.c_attn.weight, module.c_attn.bias).split(8, dim=2)
+            )
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 5, 8)
+            assert torch.equal(module(x), F.linear(y, module.c_proj.weight, module.c_proj.bias))
+    assert TorchCausalSelfAttention(8, 2).attn_dropout.p == 0.0
