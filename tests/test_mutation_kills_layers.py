@@ -1902,3 +1902,59 @@ def test_torch_causal_self_attention_is_nanogpt_by_scaled_dot_product_attention_
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 5, 8)
             assert torch.equal(module(x), F.linear(y, module.c_proj.weight, module.c_proj.bias))
     assert TorchCausalSelfAttention(8, 2).attn_dropout.p == 0.0
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5], ids=["p=0", "p=0.5"])
+def test_attention_second_order_intermediates_equal_torch_func(dropout: float) -> None:
+    # What the teaching view shows of the second order: the tangent's R{q}, R{k}, R{v}, R{P} and R{y}, and
+    # the R-backward's R{dJ/dq}, R{dJ/dk}, R{dJ/dv}, R{dJ/dP} and R{dJ/dy}, at the layer's place: torch.func's
+    # jvp of torch's intermediates, and of their gradients (each the vjp of what follows it), along R{x},
+    # the directions V and R{dJ/dout}.
+    layer, params, x = _attention_case(seed=74, dropout=dropout)
+    gen = torch.Generator().manual_seed(75)
+    g, Rx, Rg = (torch.randn(x.shape, generator=gen, dtype=torch.float64) for _ in range(3))
+    V = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()}
+    path = (3, 1)
+    out, cache = layer.forward(x, ForwardContext(), path)
+    B, T, d = x.shape
+    keep = 1.0 if cache.mask is None else cache.mask / (1.0 - dropout)
+
+    def qkv_of(x: Tensor, p: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = (t.reshape(B, T, 2, 3).transpose(1, 2) for t in F.linear(x, p["W_qkv"], p["b_qkv"]).split(d, dim=2))
+        return q, k, v
+
+    def P_of(q: Tensor, k: Tensor) -> Tensor:
+        future = torch.ones(T, T, dtype=torch.bool).triu(diagonal=1)
+        return F.softmax((q @ k.transpose(-2, -1) / 3**0.5).masked_fill(future, float("-inf")), dim=-1)
+
+    def y_of(P: Tensor, v: Tensor) -> Tensor:
+        return ((P * keep) @ v).transpose(1, 2).reshape(B, T, d)
+
+    def out_of(y: Tensor, p: dict[str, Tensor]) -> Tensor:
+        return F.linear(y, p["W_o"], p["b_o"])
+
+    def forward(x: Tensor, p: dict[str, Tensor]) -> dict[str, Tensor]:
+        q, k, v = qkv_of(x, p)
+        P = P_of(q, k)
+        return {"q": q, "k": k, "v": v, "att": P, "y": y_of(P, v)}
+
+    def gradients(x: Tensor, p: dict[str, Tensor], g: Tensor) -> dict[str, Tensor]:
+        z = forward(x, p)
+        dq, dk, dv = torch.func.vjp(lambda q, k, v: out_of(y_of(P_of(q, k), v), p), z["q"], z["k"], z["v"])[1](g)
+        (dP,) = torch.func.vjp(lambda P: out_of(y_of(P, z["v"]), p), z["att"])[1](g)
+        (dy,) = torch.func.vjp(lambda y: out_of(y, p), z["y"])[1](g)
+        return {"q": dq, "k": dk, "v": dv, "att": dP, "y": dy}
+
+    R_z = torch.func.jvp(forward, (x, params), (Rx, V))[1]
+    R_dz = torch.func.jvp(gradients, (x, params, g), (Rx, V, Rg))[1]
+    directions = Params({Key(k, path): v for k, v in V.items()})
+    t = layer.tangent(x, Rx, out, cache, directions, path)
+    assert set(t.intermediates) == {Key(kind, path) for kind in R_z}
+    for kind, want in R_z.items():
+        torch.testing.assert_close(t.intermediates[Key(kind, path)], want)
+    _, got = layer.r_backward(g, Rg, x, Rx, out, t, cache, directions, SecondContext(path))
+    assert set(got.intermediates) == {Key(kind, path) for kind in R_dz}
+    for kind, want in R_dz.items():
+        torch.testing.assert_close(got.intermediates[Key(kind, path)], want)
+    _, bare = layer.r_backward(g, Rg, x, Rx, out, t, cache, directions, SecondContext(path, keep_intermediates=False))
+    assert bare.intermediates == {}
