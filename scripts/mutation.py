@@ -105,6 +105,12 @@ BOTH_STATS_2D = (
 )
 """Why BatchNorm2d's conditions on its two running statistics may be joined by either."""
 
+FIRST_ONE = (
+    "Inside `if first:`, where first (ctx.first) is 1.0 (H v; G v's 0.0 skips the line): alpha or value "
+    "left at its default 1 is the same product."
+)
+"""Why an R-backward's factor ``first`` may be left out of the terms that only run when it is 1."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -915,6 +921,53 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "for part in chunks(B, 4 * self.n_head * T * T * x.element_size()):",
         "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
         "temporaries; every sequence gets the same arithmetic.",
+    ),
+    ("refbp.nn.attention.x", "device=None", ON_CPU),
+    ("xǁCausalSelfAttentionǁr_backward__", "else self.hs, dtype=x.dtype, )", ON_CPU),
+    ("xǁCausalSelfAttentionǁbackward__", "else self.hs, dtype=x.dtype, )", ON_CPU),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "W_o, V_o, ctx.inner(None), bias=bias_o)",
+        "linear_r_backward reads only the context's first (H v or G v) and need_dx, never its path: None "
+        "there gives the same numbers.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "assert dJ_dy is not None or R9.dJ_dx is not None",
+        "ctx.inner(path) asks for dJ/dx (need_dx defaults to True), so linear_r_backward returns dJ/dy and "
+        "R{dJ/dy} both: or and and agree.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "for part in chunks(B, 7 * nh * T * T * x.element_size()):",
+        "Memory, not numbers: the chunks of sequences processed at once are sized for 7 instead of 6 T x T "
+        "temporaries; every sequence gets the same arithmetic.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "P_tilde.transpose(+2, -1) @",
+        "P~ is (b, nh, T, T), four dimensions: dimension 2 is dimension -2, the same transpose.",
+    ),
+    (
+        "refbp.nn.attention.x",
+        ".transpose(+2, -1)",
+        "Every tensor attention.py transposes with (-2, -1) is 4-D, (b, nh, T, hs) or (b, nh, T, T): dimension 2 "
+        "is dimension -2, the same transpose.",
+    ),
+    ("xǁCausalSelfAttentionǁr_backward__", "R_dv.add_(RP_tilde.transpose(-2, -1) @ dJ_dY, )", FIRST_ONE),
+    ("xǁCausalSelfAttentionǁr_backward__", "R_dP.add_(dJ_dY @ Rv.transpose(-2, -1), )", FIRST_ONE),
+    ("xǁCausalSelfAttentionǁr_backward__", "R_dS.addcmul_(RP, c, ).addcmul_(", FIRST_ONE),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "R_dS = self.softmax_backward(P, R_dP, overwrite=None)",
+        "Memory, not numbers: R{dJ/dS} in a new tensor instead of in R{dJ/dP}'s storage (R{dJ/dP} is copied "
+        "into the kept intermediates before, and deleted right after).",
+    ),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "R_dS = self.softmax_backward(P, R_dP, overwrite=False)",
+        "Memory, not numbers: R{dJ/dS} in a new tensor instead of in R{dJ/dP}'s storage (R{dJ/dP} is copied "
+        "into the kept intermediates before, and deleted right after).",
     ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
