@@ -911,8 +911,9 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "n_head divides d (CausalSelfAttention refuses any other), so d / n_head is the whole head size as a "
         "float, exact: the same sqrt.",
     ),
+    ("refbp.nn.attention.x", "dtype=torch.bool, ).triu(diagonal=1)", ON_CPU),
     (
-        "xǁTorchCausalSelfAttentionǁforward__",
+        "refbp.nn.attention.x",
         'float("-INF")',
         'float() reads "-INF" as it reads "-inf" (case-insensitively): the same -inf.',
     ),

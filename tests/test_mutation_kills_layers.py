@@ -1958,3 +1958,16 @@ def test_attention_second_order_intermediates_equal_torch_func(dropout: float) -
         torch.testing.assert_close(got.intermediates[Key(kind, path)], want)
     _, bare = layer.r_backward(g, Rg, x, Rx, out, t, cache, directions, SecondContext(path, keep_intermediates=False))
     assert bare.intermediates == {}
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 6), (3, 5, 6)])
+def test_attention_forward_size_covers_what_a_teaching_forward_allocates(shape: tuple[int, int, int]) -> None:
+    # Network.forward checks forward_size against the free memory before it allocates: for a (B, T, d)
+    # input it is the output's shape and at least the entries of the output and of the cache (q k v, y, P).
+    layer, _, _ = _attention_case()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(76), dtype=torch.float64)
+    out, cache = layer.forward(x, ForwardContext(), (1,))
+    assert cache.P is not None
+    size, entries = layer.forward_size(shape)
+    assert size == tuple(out.shape)
+    assert entries >= out.numel() + cache.qkv.numel() + cache.y.numel() + cache.P.numel()
