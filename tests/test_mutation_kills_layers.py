@@ -1971,3 +1971,18 @@ def test_attention_forward_size_covers_what_a_teaching_forward_allocates(shape: 
     size, entries = layer.forward_size(shape)
     assert size == tuple(out.shape)
     assert entries >= out.numel() + cache.qkv.numel() + cache.y.numel() + cache.P.numel()
+
+
+def test_attention_input_errors_name_the_layer_place_and_the_memory_estimate_takes_any_shape() -> None:
+    # check_input names the layer's place, its description, the (B, T, d) it needs and what it got; the
+    # memory estimate (Network.forward, before running anything) reads a later layer's input shape before
+    # that layer sees its input, so it must take a shape attention refuses without failing itself.
+    layer, _, _ = _attention_case()
+    with pytest.raises(
+        ValueError,
+        match=r"^layer 2\.1 \(CausalSelfAttention\(6, 2 heads\)\) needs input \(B, T, 6\), "
+        r"got shape \(4, 6\), dtype float64, device cpu$",
+    ):
+        layer.check_input(torch.zeros(4, 6, dtype=torch.float64), (2, 1))
+    size, entries = layer.forward_size((4, 6))
+    assert size == (4, 6) and entries >= 0
