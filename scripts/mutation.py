@@ -982,6 +982,46 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "Only for a shape attention refuses (not (B, T, d)): the estimate then only has to let the memory check "
         "pass for a tensor the layer will refuse, as 3 prod entries do as well as 2 prod.",
     ),
+    ("xǁCausalSelfAttentionǁscores__", "dtype=q.dtype, ).masked_fill_(", ON_CPU),
+    ("xǁCausalSelfAttentionǁscores__", "causal_mask(T, None)", ON_CPU),
+    (
+        "xǁCausalSelfAttentionǁsoftmax_backward__",
+        "softmax_backward(P, dJ_dP, overwrite=None)",
+        (
+            "Memory, not numbers: both callers pass overwrite=True for a temporary dJ/dP they delete right after "
+            "(copied into the kept intermediates before): without it dJ/dS is a new tensor, the same values."
+        ),
+    ),
+    (
+        "xǁCausalSelfAttentionǁsoftmax_backward__",
+        "softmax_backward(P, dJ_dP, )",
+        (
+            "Memory, not numbers: both callers pass overwrite=True for a temporary dJ/dP they delete right after "
+            "(copied into the kept intermediates before): without it dJ/dS is a new tensor, the same values."
+        ),
+    ),
+    (
+        "xǁCausalSelfAttentionǁbackward__",
+        "self.softmax_backward(P, dJ_dP, overwrite=None)",
+        (
+            "Memory, not numbers: dJ/dS (or R{dJ/dS}) in a new tensor instead of in dJ/dP's storage, a temporary "
+            "(copied into the kept intermediates before) deleted right after."
+        ),
+    ),
+    (
+        "xǁCausalSelfAttentionǁbackward__",
+        "self.softmax_backward(P, dJ_dP, overwrite=False)",
+        (
+            "Memory, not numbers: dJ/dS (or R{dJ/dS}) in a new tensor instead of in dJ/dP's storage, a temporary "
+            "(copied into the kept intermediates before) deleted right after."
+        ),
+    ),
+    (
+        "xǁCausalSelfAttentionǁbackward__",
+        "for part in chunks(B, 4 * nh * T * T * x.element_size()):",
+        "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
+        "temporaries; every sequence gets the same arithmetic.",
+    ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 

@@ -1961,16 +1961,19 @@ def test_attention_second_order_intermediates_equal_torch_func(dropout: float) -
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 6), (3, 5, 6)])
-def test_attention_forward_size_covers_what_a_teaching_forward_allocates(shape: tuple[int, int, int]) -> None:
+def test_attention_forward_size_is_what_its_docstring_lists_of_a_teaching_forward(shape: tuple[int, int, int]) -> None:
     # Network.forward checks forward_size against the free memory before it allocates: for a (B, T, d)
-    # input it is the output's shape and at least the entries of the output and of the cache (q k v, y, P).
+    # input, the output's shape and the entries its docstring lists, measured on a teaching forward pass:
+    # the output, the cache (q k v, y, every P), the T x T mask bias, and S and P of one sequence.
     layer, _, _ = _attention_case()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(76), dtype=torch.float64)
     out, cache = layer.forward(x, ForwardContext(), (1,))
     assert cache.P is not None
     size, entries = layer.forward_size(shape)
     assert size == tuple(out.shape)
-    assert entries >= out.numel() + cache.qkv.numel() + cache.y.numel() + cache.P.numel()
+    T = shape[1]
+    one_sequence = cache.P[0].numel()  # (nh, T, T)
+    assert entries == out.numel() + cache.qkv.numel() + cache.y.numel() + cache.P.numel() + T * T + 2 * one_sequence
 
 
 def test_attention_input_errors_name_the_layer_place_and_the_memory_estimate_takes_any_shape() -> None:
@@ -1986,3 +1989,28 @@ def test_attention_input_errors_name_the_layer_place_and_the_memory_estimate_tak
         layer.check_input(torch.zeros(4, 6, dtype=torch.float64), (2, 1))
     size, entries = layer.forward_size((4, 6))
     assert size == (4, 6) and entries >= 0
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
+def test_attention_backward_with_weight_decay_and_without_dJ_dx_is_torch(need_dx: bool) -> None:
+    # weight_decay lambda adds lambda W to the gradients of W_qkv and W_o (the decayed parameters, as a
+    # training step's L2 term), not to the biases; need_dx=False returns no dJ/dx. Against autograd of
+    # torch's attention plus lambda / 2 ||W||^2.
+    layer, params, x = _attention_case(seed=77)
+    G = torch.randn(x.shape, generator=torch.Generator().manual_seed(78), dtype=torch.float64)
+    out, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    got = layer.backward(
+        G, x, out, cache, BackwardContext((1,), keep_intermediates=False, need_dx=need_dx, weight_decay=0.25)
+    )
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    xx = x.clone().requires_grad_()
+    J = (_torch_attention(xx, leaves, 2)["out"] * G).sum()
+    J = J + 0.125 * (leaves["W_qkv"].square().sum() + leaves["W_o"].square().sum())
+    J.backward()
+    assert set(got.params) == set(leaves)
+    for kind, leaf in leaves.items():
+        torch.testing.assert_close(got.params[kind], leaf.grad)
+    if need_dx:
+        torch.testing.assert_close(got.dJ_dx, xx.grad)
+    else:
+        assert got.dJ_dx is None
