@@ -1022,6 +1022,33 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),
+    (
+        "xǁCausalSelfAttentionǁ__init____",
+        "d = W_o.shape[1]",
+        "W_o is square (refused otherwise just above): its shape[1] is its shape[0], the same d.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁ_mask__",
+        ">= self.p  # on the CPU",
+        "Differs only where a float64 uniform draw equals p exactly (probability 2^-53 an entry): a measure-zero "
+        "boundary, a keep-mask with the same distribution, and the one the backward and noise_of then use.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁ_mask__",
+        "> self.p  # on the CPU",
+        "Differs only where a float64 uniform draw equals p exactly (probability 2^-53 an entry): a measure-zero "
+        "boundary, a keep-mask with the same distribution, and the one the backward and noise_of then use.",
+    ),
+    ("xǁCausalSelfAttentionǁ_mask__", "return keep.to(None)", ON_CPU),
+    ("xǁCausalSelfAttentionǁ_mask__", "return given.to(dtype=torch.bool)", ON_CPU),
+    ("xǁCausalSelfAttentionǁforward__", "self._mask((B, self.n_head, T, T), ctx, path, None)", ON_CPU),
+    ("xǁCausalSelfAttentionǁforward__", "dtype=x.dtype, ) if ctx.keep_intermediates else None", ON_CPU),
+    (
+        "xǁCausalSelfAttentionǁforward__",
+        "for part in chunks(B, 3 * self.n_head * T * T * x.element_size()):",
+        "Memory, not numbers: the chunks of sequences processed at once are sized for 3 instead of 2 T x T "
+        "temporaries; every sequence gets the same arithmetic.",
+    ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 

@@ -2014,3 +2014,59 @@ def test_attention_backward_with_weight_decay_and_without_dJ_dx_is_torch(need_dx
         torch.testing.assert_close(got.dJ_dx, xx.grad)
     else:
         assert got.dJ_dx is None
+
+
+def test_attention_construction_refuses_what_nanogpt_cannot_be_and_describes_itself() -> None:
+    W, W_qkv = torch.zeros(6, 6, dtype=torch.float64), torch.zeros(18, 6, dtype=torch.float64)
+    for bad, got in [
+        (torch.zeros(6, 4, dtype=torch.float64), r"shape \(6, 4\), dtype float64, device cpu"),
+        (torch.zeros(6, dtype=torch.float64), r"shape \(6,\), dtype float64, device cpu"),
+        ([[0.0]], "list"),
+    ]:
+        with pytest.raises(ValueError, match=rf"^W_o must be a square \(d, d\) matrix, got {got}$"):
+            CausalSelfAttention(W_qkv, bad, n_head=2)  # type: ignore[arg-type]
+    for bad_qkv, got in [(torch.zeros(12, 6, dtype=torch.float64), r"shape \(12, 6\), dtype float64, device cpu"),
+                         ("W", "str")]:  # fmt: skip
+        with pytest.raises(
+            ValueError, match=rf"^W_qkv must have shape \(3d, d\) = \(18, 6\) for W_o of shape \(6, 6\), got {got}$"
+        ):
+            CausalSelfAttention(bad_qkv, W, n_head=2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^b_qkv must have shape \(18,\) or be None, got float$"):
+        CausalSelfAttention(W_qkv, W, 1.0, n_head=2)  # type: ignore[arg-type]
+    for n_head in (4, 0, True, 2.0):
+        with pytest.raises(ValueError, match=rf"^n_head={n_head!r} must be an int >= 1 that divides n_embd = 6$"):
+            CausalSelfAttention(W_qkv, W, n_head=n_head)  # type: ignore[arg-type]
+    for p in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match=rf"^dropout={re.escape(repr(p))} must be a probability in \[0, 1\)$"):
+            CausalSelfAttention(W_qkv, W, n_head=2, dropout=p)  # type: ignore[arg-type]
+    layer = CausalSelfAttention(W_qkv, W, n_head=3)
+    assert (layer.d, layer.n_head, layer.hs, layer.p, layer.seed, layer.training) == (6, 3, 2, 0.0, 0, True)
+    assert layer.describe() == "CausalSelfAttention(6, 3 heads, no bias)"
+    biased = CausalSelfAttention(W_qkv, W, torch.zeros(18, dtype=torch.float64), n_head=2, dropout=0.5)
+    assert biased.describe() == "CausalSelfAttention(6, 2 heads, dropout 0.5)"
+    biased.set_training(False)
+    assert biased.describe() == "CausalSelfAttention(6, 2 heads)"
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_attention_dropout_masks_are_its_own_generator_draws_and_given_noise_is_checked(seed: int | None) -> None:
+    # refbp draws attention's keep-masks on the CPU from its own generator, seeded with ``seed`` (0 by
+    # default): keep where a float64 uniform draw is >= p, a bool (B, nh, T, T) mask, the one its backward and
+    # noise_of use. Given noise is taken as a bool mask of the same shape, or refused naming both shapes.
+    layer, params, x = _attention_case(dropout=0.5)
+    if seed is not None:
+        layer = CausalSelfAttention(
+            params["W_qkv"], params["W_o"], params["b_qkv"], params["b_o"], n_head=2, dropout=0.5, seed=seed
+        )
+    draws = torch.rand((2, 2, 4, 4), dtype=torch.float64, generator=torch.Generator().manual_seed(seed or 0))
+    out, cache = layer.forward(x, ForwardContext(), (1,))
+    assert cache.mask is not None and cache.mask.dtype == torch.bool
+    assert torch.equal(cache.mask, draws >= 0.5)
+    assert torch.equal(layer.noise_of(cache, (1,))[(1,)], cache.mask)
+    torch.testing.assert_close(out, _torch_attention(x, params, 2, cache.mask, 0.5)["out"])
+    given = (torch.arange(64).view(2, 2, 4, 4) % 3 == 0).double()
+    out, cache = layer.forward(x, ForwardContext(noise={(1,): given}), (1,))
+    assert cache.mask is not None and cache.mask.dtype == torch.bool and torch.equal(cache.mask, given.bool())
+    torch.testing.assert_close(out, _torch_attention(x, params, 2, given, 0.5)["out"])
+    with pytest.raises(ValueError, match=r"^noise\[\(1,\)\] has shape \(2, 4\); layer \(1,\) needs \(2, 2, 4, 4\)$"):
+        layer.forward(x, ForwardContext(noise={(1,): torch.ones(2, 4)}), (1,))
