@@ -1029,12 +1029,6 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁCausalSelfAttentionǁ_mask__",
-        ">= self.p  # on the CPU",
-        "Differs only where a float64 uniform draw equals p exactly (probability 2^-53 an entry): a measure-zero "
-        "boundary, a keep-mask with the same distribution, and the one the backward and noise_of then use.",
-    ),
-    (
-        "xǁCausalSelfAttentionǁ_mask__",
         "> self.p  # on the CPU",
         "Differs only where a float64 uniform draw equals p exactly (probability 2^-53 an entry): a measure-zero "
         "boundary, a keep-mask with the same distribution, and the one the backward and noise_of then use.",
