@@ -1043,6 +1043,7 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "Memory, not numbers: the chunks of sequences processed at once are sized for 3 instead of 2 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),
+    ("x_causal_mask__", "dtype=torch.bool, ).triu_(diagonal=1)", ON_CPU),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from refbp.nn.attention import CausalSelfAttention, TorchCausalSelfAttention
+from refbp.nn.attention import CausalSelfAttention, TorchCausalSelfAttention, softmax_backward
 from refbp.nn.batchnorm import BatchNorm1d, channel_square_sum, channel_sum, unbiased_batch_norm
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, Layer, Params, SecondContext, Tap
@@ -2070,3 +2070,20 @@ def test_attention_dropout_masks_are_its_own_generator_draws_and_given_noise_is_
     torch.testing.assert_close(out, _torch_attention(x, params, 2, given, 0.5)["out"])
     with pytest.raises(ValueError, match=r"^noise\[\(1,\)\] has shape \(2, 4\); layer \(1,\) needs \(2, 2, 4, 4\)$"):
         layer.forward(x, ForwardContext(noise={(1,): torch.ones(2, 4)}), (1,))
+
+
+def test_softmax_backward_leaves_dJ_dP_alone_unless_told_to_overwrite_it() -> None:
+    # dJ/dS = P o (dJ/dP - rowsum(dJ/dP o P)), autograd's gradient of torch.softmax; by default in a new
+    # tensor, the caller's dJ/dP unchanged; overwrite=True computes it in dJ/dP's storage.
+    gen = torch.Generator().manual_seed(79)
+    S = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64).requires_grad_()
+    P = torch.softmax(S, dim=-1)
+    dJ_dP = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64)
+    P.backward(dJ_dP)
+    given = dJ_dP.clone()
+    dJ_dS = softmax_backward(P.detach(), given)
+    assert torch.equal(given, dJ_dP)
+    torch.testing.assert_close(dJ_dS, S.grad)
+    in_place = softmax_backward(P.detach(), given, overwrite=True)
+    assert in_place.data_ptr() == given.data_ptr()
+    torch.testing.assert_close(in_place, S.grad)
