@@ -2033,6 +2033,10 @@ def test_attention_construction_refuses_what_nanogpt_cannot_be_and_describes_its
             CausalSelfAttention(bad_qkv, W, n_head=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^b_qkv must have shape \(18,\) or be None, got float$"):
         CausalSelfAttention(W_qkv, W, 1.0, n_head=2)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"^b_o must have shape \(6,\) or be None, got shape \(5,\), dtype float64, device cpu$"
+    ):
+        CausalSelfAttention(W_qkv, W, None, torch.zeros(5, dtype=torch.float64), n_head=2)
     for n_head in (4, 0, True, 2.0):
         with pytest.raises(ValueError, match=rf"^n_head={n_head!r} must be an int >= 1 that divides n_embd = 6$"):
             CausalSelfAttention(W_qkv, W, n_head=n_head)  # type: ignore[arg-type]
