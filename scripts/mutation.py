@@ -99,6 +99,18 @@ LAYOUT = (
 )
 """Why an elementwise pass of a lean normalisation may write into a tensor torch allocates."""
 
+BOTH_STATS_2D = (
+    "running_mean and running_var are None together or neither: BatchNorm2d.__init__ takes both from the "
+    "BatchNorm1d it builds, which sets both from track_running_stats, so or and and agree."
+)
+"""Why BatchNorm2d's conditions on its two running statistics may be joined by either."""
+
+FIRST_ONE = (
+    "Inside `if first:`, where first (ctx.first) is 1.0 (H v; G v's 0.0 skips the line): alpha or value "
+    "left at its default 1 is the same product."
+)
+"""Why an R-backward's factor ``first`` may be left out of the terms that only run when it is 1."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -646,6 +658,392 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "Eval mode only, where nothing reads R{log rstd}: r_backward's eval branch is rstd h and rstd R{h}, "
         "and affine_r_backward reads R{xhat} alone.",
     ),
+    # ---- norm2d ----
+    ("xǁBatchNorm2dǁbuffers__", "if self.running_mean is None and self.running_var is None:", BOTH_STATS_2D),
+    (
+        "xǁBatchNorm2dǁtorch_forward__",
+        "assert self.running_mean is not None or self.running_var is not None",
+        BOTH_STATS_2D,
+    ),
+    (
+        "xǁBatchNorm2dǁbackward__",
+        "self._rows().backward(_channels_last_rows(dJ_dy), None, out, rows_cache, ctx)",
+        "BatchNorm1d's backward from a full cache (NormCache, the only kind this line sees) reads neither x nor "
+        "out: xhat and rstd come from the cache, so x = None gives the same numbers.",
+    ),
+    (
+        "xǁBatchNorm2dǁbackward__",
+        "self._rows().backward(_channels_last_rows(dJ_dy), x, None, rows_cache, ctx)",
+        "BatchNorm1d's backward from a full cache (NormCache, the only kind this line sees) reads neither x nor "
+        "out: xhat and rstd come from the cache, so out = None gives the same numbers.",
+    ),
+    (
+        "xǁBatchNorm2dǁtorch_forward__",
+        "x.var((0, 2, 3), )  # (C,): the statistics it used",
+        "Tensor.var's unbiased defaults to True: the same Bessel-corrected variance.",
+    ),
+    (
+        "xǁBatchNorm2dǁtorch_forward__",
+        "F.batch_norm(x, None, None, None, None, True, 1.0, self.eps)",
+        "F.batch_norm's momentum only weighs the update of the running statistics it is given; given None "
+        "(batch statistics only), it is never read: the same xhat.",
+    ),
+    ("xǁBatchNorm2dǁtorch_forward__", "s.to(dtype=x.dtype, device=None)", ON_CPU),
+    ("xǁBatchNorm2dǁtorch_forward__", "(s.to(dtype=x.dtype, ) for s", ON_CPU),
+    ("xǁBatchNorm2dǁto_torch__", "like.dtype, device=None,", ON_CPU),
+    ("xǁBatchNorm2dǁto_torch__", "dtype=None if like is None else like.dtype, )  # fmt: skip", ON_CPU),
+    ("xǁBatchNorm2dǁto_torch__", "device=None if (like is None) or True else like.device", ON_CPU),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "g = dJ_dy if (own) and False else dJ_dy.to(acc, copy=True)",
+        "Memory, not numbers: always computing dJ/dxhat and dJ/dx in a copy of dJ/dy gives the same values; "
+        "reusing its storage only spares the training step one (N, C, H, W) tensor.",
+    ),
+    (
+        "xǁBatchNorm2dǁtorch_forward__",
+        "F.batch_norm(x, mean, var, None, None, False, 1.0, self.eps)",
+        "Eval mode (training=False): F.batch_norm only normalises by the statistics it is given and updates "
+        "nothing, so its momentum is never read: the same xhat.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "dJ_dxhat.clone() if (dJ_dxhat is dJ_dy) or True else dJ_dxhat",
+        "Memory, not numbers: the reported dJ/dxhat is then a copy of dJ/dy o gamma, a tensor the backward "
+        "made and nothing else holds: the same values, one copy more.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "inner = dataclasses.replace(ctx, keep_intermediates=None)",
+        "LayerNorm's backward only tests keep_intermediates for truth: None is False there, the same dJ/dx "
+        "and no intermediates.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "inner = dataclasses.replace(ctx, )",
+        "Work, not numbers: the inner LayerNorm (no affine) then also makes its dJ/dxhat of the rows, a copy "
+        "of them, which GroupNorm drops: it reads only the rows' dJ/dx, the same numbers.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "inner = dataclasses.replace(ctx, keep_intermediates=True)",
+        "Work, not numbers: the inner LayerNorm (no affine) then also makes its dJ/dxhat of the rows, a copy "
+        "of them, which GroupNorm drops: it reads only the rows' dJ/dx, the same numbers.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "g = rows.backward(dJ_dxhat.reshape(N * self.G, -1), None, out, rows_cache, inner)",
+        "LayerNorm's backward from a full cache (NormCache, the only kind this line sees) reads neither x nor "
+        "out: xhat and rstd come from the cache, so x = None gives the same numbers.",
+    ),
+    (
+        "xǁGroupNormǁbackward__",
+        "g = rows.backward(dJ_dxhat.reshape(N * self.G, -1), x, None, rows_cache, inner)",
+        "LayerNorm's backward from a full cache (NormCache, the only kind this line sees) reads neither x nor "
+        "out: xhat and rstd come from the cache, so out = None gives the same numbers.",
+    ),
+    (
+        "xǁBatchNorm2dǁtangent__",
+        "_channels_last_rows(Rx), None, self._rows_cache(cache), V, path",
+        "BatchNorm1d's tangent never reads out (R{y} comes from xhat, R{xhat} and the directions): None there "
+        "gives the same numbers.",
+    ),
+    (
+        "xǁBatchNorm2dǁr_backward__",
+        "+        None,",
+        "A whole argument of BatchNorm1d's r_backward made None: R{x} or out, which it never reads (R{xhat} "
+        "comes from the tangent's cache, xhat and rstd from the cache), so the same numbers; None for any other "
+        "argument fails the tests.",
+    ),
+    (
+        "xǁBatchNorm2dǁr_backward__",
+        "if g_x is None and R.dJ_dx is None:",
+        "BatchNorm1d's r_backward returns dJ/dx and R{dJ/dx} both None (need_dx False) or neither: or and and agree.",
+    ),
+    (
+        "xǁGroupNormǁ__init____",
+        'self.params = {} if gamma is None and beta is None else {"gamma": gamma, "beta": beta}',
+        "gamma and beta are None together or neither (GroupNorm refuses one without the other just above): or "
+        "and and agree.",
+    ),
+    (
+        "xǁGroupNormǁcheck_input__",
+        "if x[0].numel() / self.G < 2:",
+        "G divides C (the constructor refuses any other num_groups), so an image's C H W / G values per group "
+        "is a whole number: true and floor division agree.",
+    ),
+    (
+        "xǁGroupNormǁ_rows__",
+        "return LayerNorm(d=x[0].numel() / self.G, eps=self.eps)",
+        "G divides C (the constructor refuses any other num_groups), so C H W / G is a whole number, which "
+        "LayerNorm.__init__ turns into the same int d.",
+    ),
+    (
+        "xǁGroupNormǁforward__",
+        "y = torch.addcmul(beta, y, gamma, out=None)",
+        "Memory, not numbers: gamma[c] xhat + beta[c] in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁGroupNormǁforward__",
+        "y = torch.addcmul(beta, y, gamma, )",
+        "Memory, not numbers: gamma[c] xhat + beta[c] in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁGroupNormǁforward__",
+        "self._rows(x).forward(x.reshape(N * self.G, -1), ctx, None)",
+        "LayerNorm's forward never reads its path (it checks no input and keys nothing by it): None there "
+        "gives the same xhat and cache.",
+    ),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "own = None",
+        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dxhat and dJ/dx in a copy of it, the "
+        "same values; reusing it only spares the training step one (N, C, H, W) tensor.",
+    ),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "work = torch.sub(rows_x, mu, out=None).mul_(rstd)",
+        LAYOUT,
+    ),
+    ("xǁGroupNormǁ_lean_backward__", "work = torch.sub(rows_x, mu, ).mul_(rstd)", LAYOUT),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        'gamma = self._per_channel(self.params["gamma"].to(None), x.dim())',
+        "Exact promotion: gamma then stays in the input's dtype, but it only multiplies dJ/dy and dJ/dy o xhat "
+        "in place in their buffers of the statistics' dtype (float32 for half precision, else the input's), "
+        "to which torch converts it exactly first.",
+    ),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "m = work.sum(dim=+1, keepdim=True)",
+        "work is (N G, K), two dimensions (a group a row): dim 1 is dim -1.",
+    ),
+    (
+        "xǁGroupNormǁ_lean_backward__",
+        "shift = h.sum(dim=+1, keepdim=True)",
+        "h is (N G, K), two dimensions (a group a row): dim 1 is dim -1.",
+    ),
+    (
+        "xǁGroupNormǁr_backward__",
+        "xhat, rstd, tangent, (+1,), xhat.shape[1], ctx.first",
+        "xhat is (N G, K), two dimensions (a group a row): the statistics' dimension 1 is dimension -1.",
+    ),
+    ("xǁGroupNormǁto_torch__", "gamma.dtype, device=None,", ON_CPU),
+    ("xǁGroupNormǁto_torch__", "dtype=None if gamma is None else gamma.dtype, )  # fmt: skip", ON_CPU),
+    ("xǁGroupNormǁto_torch__", "device=None if (gamma is None) or True else gamma.device", ON_CPU),
+    (
+        "xǁGroupNormǁ_groups__",
+        "return normalised(None, NormCache(cache.xhat.reshape(rows_x.shape), cache.rstd))",
+        "normalised() returns a full cache's xhat and rstd as they are, without reading x: None there gives "
+        "the same numbers.",
+    ),
+    ("xǁGroupNormǁ_affine__", "self._per_channel(t.to(None), ndim)", PROMOTED),
+    ("xǁGroupNormǁtangent__", "self._affine(V, path, x.dim(), None)", PROMOTED),
+    ("xǁGroupNormǁr_backward__", "self._affine(V, ctx.path, x.dim(), None)", PROMOTED),
+    (
+        "xǁGroupNormǁr_backward__",
+        "Rh.to(dtype, )}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁGroupNormǁr_backward__",
+        "Rh.to(dtype, copy=False)}",
+        "Memory, not numbers: in float64 the kept R{dJ/dxhat} is then R{h} itself, which nothing writes "
+        "after (normalised_r_backward reads it into new tensors): the same values without a copy.",
+    ),
+    (
+        "xǁGroupNormǁtangent__",
+        "Rx.reshape(xhat.shape), (+1,), xhat.shape[1])",
+        "xhat is (N G, K), two dimensions (a group a row): the statistics' dimension 1 is dimension -1.",
+    ),
+    # ---- attention ----
+    (
+        "xǁCausalSelfAttentionǁsoftmax_tangent__",
+        "softmax_backward(P, RS, overwrite=None)",
+        "Memory, not numbers: R{P} in a new tensor instead of in R{S}'s storage, a temporary the tangent "
+        "deletes right after.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁsoftmax_tangent__",
+        "softmax_backward(P, RS, )",
+        "Memory, not numbers: R{P} in a new tensor instead of in R{S}'s storage, a temporary the tangent "
+        "deletes right after.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁsoftmax_tangent__",
+        "softmax_backward(P, RS, overwrite=False)",
+        "Memory, not numbers: R{P} in a new tensor instead of in R{S}'s storage, a temporary the tangent "
+        "deletes right after.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁ_probabilities_of__",
+        "if (cache.P is not None) and False else self.rebuilt_probabilities(q, k)",
+        "Work, not numbers: a teaching cache's P is the forward pass's softmax of the same q and k by the same "
+        "lines, so rebuilding it gives the same P bit for bit (test_attention checks the rebuilt P equals the "
+        "forward's exactly).",
+    ),
+    ("xǁCausalSelfAttentionǁto_torch__", "dtype=W_o.dtype, device=None", ON_CPU),
+    ("xǁCausalSelfAttentionǁto_torch__", "dropout=self.p, dtype=W_o.dtype, )", ON_CPU),
+    ("xǁTorchCausalSelfAttentionǁ__init____", "bias=bias, dtype=dtype, device=None)", ON_CPU),
+    ("xǁTorchCausalSelfAttentionǁ__init____", "bias=bias, dtype=dtype, )", ON_CPU),
+    ("xǁTorchCausalSelfAttentionǁforward__", "dtype=torch.bool, device=None).triu(diagonal=1)", ON_CPU),
+    ("xǁTorchCausalSelfAttentionǁforward__", "dtype=torch.bool, ).triu(diagonal=1)", ON_CPU),
+    ("xǁCausalSelfAttentionǁtangent__", "dtype=x.dtype, device=None)  # (B, nh, T, T)", ON_CPU),
+    ("xǁCausalSelfAttentionǁtangent__", "dtype=x.dtype, )  # (B, nh, T, T)", ON_CPU),
+    (
+        "xǁTorchCausalSelfAttentionǁforward__",
+        "S = (q @ k.transpose(+2, -1))",
+        "k is (B, nh, T, hs), four dimensions: dimension 2 is dimension -2, the same transpose.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁtangent__",
+        "RS = (Rq @ k.transpose(+2, -1))",
+        "k is (b, nh, T, hs), four dimensions: dimension 2 is dimension -2, the same transpose.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁtangent__",
+        ".add_(q @ Rk.transpose(+2, -1))",
+        "R{k} is (b, nh, T, hs), four dimensions: dimension 2 is dimension -2, the same transpose.",
+    ),
+    (
+        "xǁTorchCausalSelfAttentionǁforward__",
+        "math.sqrt(d / self.n_head)",
+        "n_head divides d (CausalSelfAttention refuses any other), so d / n_head is the whole head size as a "
+        "float, exact: the same sqrt.",
+    ),
+    ("refbp.nn.attention.x", "dtype=torch.bool, ).triu(diagonal=1)", ON_CPU),
+    (
+        "refbp.nn.attention.x",
+        'float("-INF")',
+        'float() reads "-INF" as it reads "-inf" (case-insensitively): the same -inf.',
+    ),
+    (
+        "xǁCausalSelfAttentionǁtangent__",
+        "for part in chunks(B, 4 * self.n_head * T * T * x.element_size()):",
+        "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
+        "temporaries; every sequence gets the same arithmetic.",
+    ),
+    ("refbp.nn.attention.x", "device=None", ON_CPU),
+    ("xǁCausalSelfAttentionǁr_backward__", "else self.hs, dtype=x.dtype, )", ON_CPU),
+    ("xǁCausalSelfAttentionǁbackward__", "else self.hs, dtype=x.dtype, )", ON_CPU),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "W_o, V_o, ctx.inner(None), bias=bias_o)",
+        "linear_r_backward reads only the context's first (H v or G v) and need_dx, never its path: None "
+        "there gives the same numbers.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "assert dJ_dy is not None or R9.dJ_dx is not None",
+        "ctx.inner(path) asks for dJ/dx (need_dx defaults to True), so linear_r_backward returns dJ/dy and "
+        "R{dJ/dy} both: or and and agree.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "for part in chunks(B, 7 * nh * T * T * x.element_size()):",
+        "Memory, not numbers: the chunks of sequences processed at once are sized for 7 instead of 6 T x T "
+        "temporaries; every sequence gets the same arithmetic.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "P_tilde.transpose(+2, -1) @",
+        "P~ is (b, nh, T, T), four dimensions: dimension 2 is dimension -2, the same transpose.",
+    ),
+    (
+        "refbp.nn.attention.x",
+        ".transpose(+2, -1)",
+        "Every tensor attention.py transposes with (-2, -1) is 4-D, (b, nh, T, hs) or (b, nh, T, T): dimension 2 "
+        "is dimension -2, the same transpose.",
+    ),
+    ("xǁCausalSelfAttentionǁr_backward__", "R_dv.add_(RP_tilde.transpose(-2, -1) @ dJ_dY, )", FIRST_ONE),
+    ("xǁCausalSelfAttentionǁr_backward__", "R_dP.add_(dJ_dY @ Rv.transpose(-2, -1), )", FIRST_ONE),
+    ("xǁCausalSelfAttentionǁr_backward__", "R_dS.addcmul_(RP, c, ).addcmul_(", FIRST_ONE),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "R_dS = self.softmax_backward(P, R_dP, overwrite=None)",
+        "Memory, not numbers: R{dJ/dS} in a new tensor instead of in R{dJ/dP}'s storage (R{dJ/dP} is copied "
+        "into the kept intermediates before, and deleted right after).",
+    ),
+    (
+        "xǁCausalSelfAttentionǁr_backward__",
+        "R_dS = self.softmax_backward(P, R_dP, overwrite=False)",
+        "Memory, not numbers: R{dJ/dS} in a new tensor instead of in R{dJ/dP}'s storage (R{dJ/dP} is copied "
+        "into the kept intermediates before, and deleted right after).",
+    ),
+    (
+        "xǁCausalSelfAttentionǁforward_size__",
+        "return shape, 2 / math.prod(shape)",
+        "Only for a shape attention refuses (not (B, T, d)): the estimate then only has to let the memory check "
+        "pass for a tensor the layer will refuse, as a few entries (2 / prod) do as well as 2 prod.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁforward_size__",
+        "return shape, 3 * math.prod(shape)",
+        "Only for a shape attention refuses (not (B, T, d)): the estimate then only has to let the memory check "
+        "pass for a tensor the layer will refuse, as 3 prod entries do as well as 2 prod.",
+    ),
+    ("xǁCausalSelfAttentionǁscores__", "dtype=q.dtype, ).masked_fill_(", ON_CPU),
+    ("xǁCausalSelfAttentionǁscores__", "causal_mask(T, None)", ON_CPU),
+    (
+        "xǁCausalSelfAttentionǁsoftmax_backward__",
+        "softmax_backward(P, dJ_dP, overwrite=None)",
+        (
+            "Memory, not numbers: both callers pass overwrite=True for a temporary dJ/dP they delete right after "
+            "(copied into the kept intermediates before): without it dJ/dS is a new tensor, the same values."
+        ),
+    ),
+    (
+        "xǁCausalSelfAttentionǁsoftmax_backward__",
+        "softmax_backward(P, dJ_dP, )",
+        (
+            "Memory, not numbers: both callers pass overwrite=True for a temporary dJ/dP they delete right after "
+            "(copied into the kept intermediates before): without it dJ/dS is a new tensor, the same values."
+        ),
+    ),
+    (
+        "xǁCausalSelfAttentionǁbackward__",
+        "self.softmax_backward(P, dJ_dP, overwrite=None)",
+        (
+            "Memory, not numbers: dJ/dS (or R{dJ/dS}) in a new tensor instead of in dJ/dP's storage, a temporary "
+            "(copied into the kept intermediates before) deleted right after."
+        ),
+    ),
+    (
+        "xǁCausalSelfAttentionǁbackward__",
+        "self.softmax_backward(P, dJ_dP, overwrite=False)",
+        (
+            "Memory, not numbers: dJ/dS (or R{dJ/dS}) in a new tensor instead of in dJ/dP's storage, a temporary "
+            "(copied into the kept intermediates before) deleted right after."
+        ),
+    ),
+    (
+        "xǁCausalSelfAttentionǁbackward__",
+        "for part in chunks(B, 4 * nh * T * T * x.element_size()):",
+        "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
+        "temporaries; every sequence gets the same arithmetic.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁ__init____",
+        "d = W_o.shape[1]",
+        "W_o is square (refused otherwise just above): its shape[1] is its shape[0], the same d.",
+    ),
+    (
+        "xǁCausalSelfAttentionǁ_mask__",
+        "> self.p  # on the CPU",
+        "Differs only where a float64 uniform draw equals p exactly (probability 2^-53 an entry): a measure-zero "
+        "boundary, a keep-mask with the same distribution, and the one the backward and noise_of then use.",
+    ),
+    ("xǁCausalSelfAttentionǁ_mask__", "return keep.to(None)", ON_CPU),
+    ("xǁCausalSelfAttentionǁ_mask__", "return given.to(dtype=torch.bool)", ON_CPU),
+    ("xǁCausalSelfAttentionǁforward__", "self._mask((B, self.n_head, T, T), ctx, path, None)", ON_CPU),
+    ("xǁCausalSelfAttentionǁforward__", "dtype=x.dtype, ) if ctx.keep_intermediates else None", ON_CPU),
+    (
+        "xǁCausalSelfAttentionǁforward__",
+        "for part in chunks(B, 3 * self.n_head * T * T * x.element_size()):",
+        "Memory, not numbers: the chunks of sequences processed at once are sized for 3 instead of 2 T x T "
+        "temporaries; every sequence gets the same arithmetic.",
+    ),
+    ("x_causal_mask__", "dtype=torch.bool, ).triu_(diagonal=1)", ON_CPU),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 
