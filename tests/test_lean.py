@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 import refbp
 from refbp.nn.chunks import CHUNK_BYTES, CUDA_SCALE, chunk_budget, chunks
@@ -270,3 +270,26 @@ def test_chunks_cover_every_item_once_within_the_devices_budget(n: int, per_item
         sizes = [part.stop - part.start for part in parts]
         assert all(s * per_item <= chunk_budget(device) or s == 1 for s in sizes)
         assert all(s == sizes[0] for s in sizes[:-1])  # every chunk but the last full
+
+
+@pytest.mark.parametrize("name", ["GroupNorm", "BatchNorm2d train"])
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "full"])
+def test_spatial_norms_take_channels_last_tensors_as_torch_does(name: str, lean: bool) -> None:
+    """A channels-last x and dJ/dy (a CNN trained in that memory format): the same gradients as
+    torch's module, in the lean step (which works on the groups' rows) and in full mode."""
+    torch.manual_seed(0)
+    module = nn.GroupNorm(2, 4) if name == "GroupNorm" else nn.BatchNorm2d(4)
+    module = module.double().train()
+    with torch.no_grad():
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64).to(memory_format=torch.channels_last)
+    G = torch.randn(3, 4, 5, 6, dtype=torch.float64).to(memory_format=torch.channels_last)
+    net = refbp.from_torch(nn.Sequential(module), loss="mse")
+    cache = net.forward(x, keep_intermediates=not lean, update_stats=False)
+    grads = net.backward_from(cache, G, intermediates=not lean).torch_named()
+    leaf = x.clone().requires_grad_(True)
+    module(leaf).backward(G)
+    torch.testing.assert_close(grads["input"], leaf.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads["0.weight"], module.weight.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads["0.bias"], module.bias.grad, rtol=1e-10, atol=1e-12)

@@ -408,7 +408,9 @@ class GroupNorm(Layer):
         params: dict[str, Tensor] = {}
         kept: dict[Key, Tensor] = {}
         own = ctx.overwrite and not ctx.keep_intermediates and dJ_dy.dtype == acc and dJ_dy.is_contiguous()
-        g = dJ_dy if own else dJ_dy.to(acc, copy=True)  # dJ/dy, then dJ/dxhat, then dJ/dx in place   (N, C, *)
+        # dJ/dy, then dJ/dxhat, then dJ/dx in place   (N, C, *); a copy in the default layout, so that
+        # the groups' rows are contiguous whatever dJ/dy's strides (channels-last, say)
+        g = dJ_dy if own else dJ_dy.to(acc, memory_format=torch.contiguous_format, copy=True)
         work = torch.sub(rows_x, mu, out=fresh_like(rows_x)).mul_(rstd)  # xhat rebuilt from x   (N G, K)
         work.view(x.shape).mul_(g)  # dJ/dy o xhat
         if self.params:
