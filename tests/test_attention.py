@@ -187,3 +187,13 @@ def test_row_layer_norm_gives_layer_norm_gradients(affine: str) -> None:
     assert list(a) == list(b)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-12, atol=1e-14)
+
+
+def test_attention_after_another_layer_names_itself_when_handed_a_shape_it_cannot_take() -> None:
+    """The network checks its first layer's input before the pass; attention at place 2, handed
+    (N, d) rows by a Linear, says what it needs instead of failing inside torch."""
+    g = torch.Generator().manual_seed(0)
+    net = Network([Linear(_uniform(g, 6, 4), _uniform(g, 6)), _attention(d=6)], "mse")
+    with pytest.raises(ValueError, match=r"layer 2 \(.*\) needs input \(B, T, 6\), got .*\(5, 6\)"):
+        net.forward(torch.randn(5, 4, dtype=torch.float64))
+    assert net.forward(torch.randn(2, 5, 4, dtype=torch.float64)).y_hat.shape == (2, 5, 6)  # (B, T, d) passes

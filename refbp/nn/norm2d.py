@@ -359,7 +359,8 @@ class GroupNorm(Layer):
         if x[0].numel() // self.G < 2:
             where = ".".join(map(str, path))
             raise ValueError(
-                f"layer {where} ({self.describe()}) needs at least 2 values per group (as torch), got {describe(x)}"
+                f"layer {where} ({self.describe()}) needs at least 2 values per group, got {describe(x)} (one "
+                "value normalises to 0 whatever it is: torch returns beta there, and no gradient reaches x)"
             )
 
     def _rows(self, x: Tensor) -> LayerNorm:

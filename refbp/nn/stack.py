@@ -115,10 +115,17 @@ def stack_forward(
         unread, last_reader = _unread(layers, reads)
     a, saved = [x], [None]
     for l, (layer, read) in enumerate(zip(layers, reads, strict=True), start=1):
-        if layer.reads_several:
-            out, cache = cast(Join, layer).forward_all([a[i] for i in read], ctx, (*prefix, l))
-        else:
-            out, cache = layer.forward(a[read[0]], ctx, (*prefix, l))
+        try:
+            if layer.reads_several:
+                out, cache = cast(Join, layer).forward_all([a[i] for i in read], ctx, (*prefix, l))
+            else:
+                out, cache = layer.forward(a[read[0]], ctx, (*prefix, l))
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            # the network checks the input of the layers that read X before the pass; a later
+            # layer handed a shape it cannot take says so here, in its own words, not torch's
+            if not layer.reads_several:
+                layer.check_input(a[read[0]], (*prefix, l))
+            raise
         a.append(out)
         saved.append(cache)
         if lean:
