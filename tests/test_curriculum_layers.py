@@ -420,7 +420,8 @@ def test_conv1d_weight_gradient_equals_autograd_on_every_geometry(data: st.DataO
     offsets that read padding only."""
     G, cg, og = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     k, s, d = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
-    padding = data.draw(st.sampled_from([0, 1, 2, 3, "valid"] + (["same"] if s == 1 else [])))
+    paddings: list[int | str] = [0, 1, 2, 3, "valid", *(["same"] if s == 1 else [])]
+    padding = data.draw(st.sampled_from(paddings))
     reach = d * (k - 1) + 1  # the kernel's extent
     L = data.draw(
         st.integers(max(1, reach - 2 * padding) if isinstance(padding, int) else reach if padding == "valid" else 1, 12)
