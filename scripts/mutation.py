@@ -1271,6 +1271,11 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁRowLayerNormǁforward__",
+        "torch.addcmul(beta, y, gamma, )",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁRowLayerNormǁforward__",
         "torch.addcmul(beta, y, gamma, out=None)",
         "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
     ),
