@@ -111,6 +111,26 @@ FIRST_ONE = (
 )
 """Why an R-backward's factor ``first`` may be left out of the terms that only run when it is 1."""
 
+REBUILT_GELU = (
+    "The rebuilt a(l,6) comes from the GELU's Elementwise.forward, which reads neither its ForwardContext nor "
+    "its path (a = f(x), and x as its cache): any context or path there gives the same a(l,6)."
+)
+"""Why the block's rebuild of c_proj's input may pass any context or path to the GELU's forward."""
+
+RESID_RELEASED = (
+    "When cache.resid is set to the empty tensor changes nothing read: Block.backward hands r to the MLP half "
+    "as its x before that half runs, and nothing reads cache.resid after; each variant releases it during the "
+    "MLP half's backward (at another sub-layer, or again at ln_1's, where it is released already), so every "
+    "gradient and the released cache are the same."
+)
+"""Why the step of a releasing backward at which the block drops r may move."""
+
+MEAN_INTO_MU = (
+    "torch.mean with out= a float64 tensor (mu, in the accumulation dtype) computes in out's dtype whatever "
+    "dtype= says: the same float64 row means (measured equal to the last bit on near-constant float32 rows)."
+)
+"""Why RowLayerNorm's mean into mu may leave its dtype out."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -1044,6 +1064,231 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "temporaries; every sequence gets the same arithmetic.",
     ),
     ("x_causal_mask__", "dtype=torch.bool, ).triu_(diagonal=1)", ON_CPU),
+    (
+        "xǁBlockǁ_tangent_half__",
+        ".tangent(h, Rh, None, cache.saved[j]",
+        "No sub-layer's tangent reads its output: RowLayerNorm, attention, Linear and Dropout ignore it, and both "
+        'GELU forms take f\'(z) from z (derivative_of = "z"), so None in its place gives the same R{a(l,j)}.',
+    ),
+    (
+        "xǁBlockǁ_r_back_half__",
+        ".r_backward(g, Rg, h, Rh, None, t,",
+        "No sub-layer's r_backward reads its output: RowLayerNorm, attention, Linear and Dropout ignore it, and "
+        "both GELU forms take f''(z) from z (second_derivative), so None in its place gives the same numbers.",
+    ),
+    (
+        "xǁBlockǁ_r_back_half__",
+        "assert h is not None or t is not None",
+        "An assertion for the type checker that never fails: the tangent pass fills every a(l,j) and tangent "
+        "record (it raises otherwise), so or passes exactly where and does, and computes nothing.",
+    ),
+    (
+        "xǁBlockǁ_r_back_half__",
+        "assert g_in is not None or R.dJ_dx is not None",
+        "An assertion for the type checker that never fails: every sub-layer returns dJ/dx and R{dJ/dx} under "
+        "ctx.inner(path), whose need_dx is True, so or passes exactly where and does, and computes nothing.",
+    ),
+    (
+        "xǁBlockǁr_backward__",
+        "cache.resid, None, cache, record",
+        "R{r} is handed only to the MLP half's first sub-layer, ln_2, a RowLayerNorm whose r_backward reads "
+        "R{xhat} and rho from its tangent record and never its R{x} argument: the same numbers with None.",
+    ),
+    (
+        "xǁBlockǁr_backward__",
+        "dJ_dr, R_dr, x, None, cache, record",
+        "R{x} is handed only to the attention half's first sub-layer, ln_1, a RowLayerNorm whose r_backward "
+        "reads R{xhat} and rho from its tangent record and never its R{x} argument: the same numbers with None.",
+    ),
+    (
+        "xǁBlockǁtangent__",
+        "BlockTangent([None] * (n + 1), [None] * (n + 1), None)",
+        "record.Rresid is set to R{r} two lines later, before _tangent_half of the MLP or any r_backward reads "
+        "it: the initial value is never read.",
+    ),
+    (
+        "xǁBlockǁtangent__",
+        "BlockTangent([None] * (n + 2), [None] * (n + 1), Rx)",
+        "Ra gets one unused slot at the end: only Ra[1..8] are written and read (by sub-layer index), and the "
+        "shown intermediates iterate over layers, not Ra.",
+    ),
+    (
+        "xǁRowLayerNormǁtangent__",
+        "rows, R_rows = x.reshape(-1, d).to(None),",
+        "Exact promotion: x's rows in its own dtype meet mu and rstd (float64) in (rows - mu) rstd first, which "
+        "converts them exactly; rows is read nowhere else.",
+    ),
+    (
+        "xǁRowLayerNormǁtangent__",
+        'R_xhat * self.params["gamma"].to(None)',
+        PROMOTED,
+    ),
+    (
+        "xǁRowLayerNormǁtangent__",
+        'xhat * V(path, "gamma").to(None)',
+        PROMOTED,
+    ),
+    (
+        "xǁRowLayerNormǁtangent__",
+        'Ry += V(path, "beta").to(None)',
+        PROMOTED,
+    ),
+    (
+        "xǁRowLayerNormǁr_backward__",
+        'gamma = self.params["gamma"].to(None)',
+        "Exact promotion: gamma in the network's dtype enters only G * gamma and RG * gamma, whose partners "
+        "(dJ/dy, R{dJ/dy}) are in float64 already, to which torch converts gamma exactly first.",
+    ),
+    (
+        "xǁRowLayerNormǁr_backward__",
+        'R_gx.addcmul_(G, V(ctx.path, "gamma").to(None)',
+        "Exact promotion: V_gamma in the network's dtype meets G (float64) in an addcmul_ into R_gx (float64), "
+        "which converts it exactly first.",
+    ),
+    ("xǁRowLayerNormǁr_backward__", 'R_gx.addcmul_(G, V(ctx.path, "gamma").to(acc), )', FIRST_ONE),
+    ("xǁRowLayerNormǁr_backward__", "H_gamma.add_((G * R_xhat).sum(dim=0), )", FIRST_ONE),
+    ("xǁRowLayerNormǁr_backward__", "R_dx.addcmul_(rho, dJ_dx, ).sub_(curve, alpha=first)", FIRST_ONE),
+    ("xǁRowLayerNormǁr_backward__", "R_dx.addcmul_(rho, dJ_dx, value=first).sub_(curve, )", FIRST_ONE),
+    (
+        "xǁBlockǁ_back__",
+        "overwrite=None, need_dx=True",
+        "Memory, not numbers: a falsy overwrite never lets a sub-layer reuse dJ/d(its output)'s storage, so its "
+        "dJ/dx lands in a new tensor: the same values; owned only spares the training step that tensor.",
+    ),
+    (
+        "xǁBlockǁ_back__",
+        "keep_intermediates=ctx.keep_intermediates, need_dx=True,",
+        "Memory, not numbers: overwrite left at its default False never lets a sub-layer reuse dJ/d(its "
+        "output)'s storage, so its dJ/dx lands in a new tensor: the same values.",
+    ),
+    (
+        "xǁBlockǁ_back__",
+        "overwrite=owned, weight_decay=ctx.weight_decay,",
+        "need_dx left at BackwardContext's default, which is True: the same context.",
+    ),
+    ("xǁBlockǁ_back__", ".forward(source, None, path)", REBUILT_GELU),
+    ("xǁBlockǁ_back__", ".forward(source, ForwardContext(keep_intermediates=False), None)", REBUILT_GELU),
+    ("xǁBlockǁ_back__", ".forward(source, ForwardContext(keep_intermediates=None), path)", REBUILT_GELU),
+    ("xǁBlockǁ_back__", ".forward(source, ForwardContext(keep_intermediates=True), path)", REBUILT_GELU),
+    (
+        "xǁBlockǁ_back__",
+        "layer.backward(g, layer_input, None, cache.saved[j], sub_ctx)",
+        "No sub-layer's backward reads its output: RowLayerNorm, attention, Linear and Dropout ignore it, and "
+        'both GELU forms take f\'(z) from their input z (derivative_of = "z"): the same numbers with None.',
+    ),
+    (
+        "xǁBlockǁ_back__",
+        "g, owned = grads.dJ_dx, False",
+        "Memory, not numbers: never owning g keeps the later sub-layers from reusing its storage (overwrite "
+        "False) and clones the half's dJ/dx at the end: the same values in new tensors.",
+    ),
+    ("xǁBlockǁ_back__", "if j == half[0] or half[0] > 1:", RESID_RELEASED),
+    (
+        "xǁBlockǁ_back__",
+        "if j == half[0] and half[0] > 2:",
+        "half[0] is 1 (the attention half) or 4 (the MLP half): > 1 and > 2 select the same half.",
+    ),
+    (
+        "xǁBlockǁ_back__",
+        "    if owned:  # every sub-layer was the identity",
+        "Memory, not numbers: each half holds a sub-layer that is never skipped (a LayerNorm, attention, a "
+        "Linear), so owned is always True at the end; the mutant then clones g, the same values in a copy.",
+    ),
+    (
+        "xǁBlockǁ_back__",
+        "        g = None",
+        "Unreachable: each half holds a sub-layer that is never skipped (a LayerNorm, attention, a Linear), so "
+        "owned is always True after the loop and the clone for a half of identities never runs.",
+    ),
+    ("xǁBlockǁ_back__", "if j != half[0] and half[0] > 1:", RESID_RELEASED),
+    ("xǁBlockǁ_back__", "if j == half[1] and half[0] > 1:", RESID_RELEASED),
+    ("xǁBlockǁ_back__", "if j == half[0] and half[1] > 1:", RESID_RELEASED),
+    ("xǁBlockǁ_back__", "if j == half[0] and half[0] >= 1:", RESID_RELEASED),
+    ("xǁRowLayerNormǁbackward__", "torch.zeros(d, dtype=acc, device=None)", ON_CPU),
+    ("xǁRowLayerNormǁbackward__", "torch.zeros(d, dtype=acc, )", ON_CPU),
+    ("xǁRowLayerNormǁbackward__", "rstd.element_size(), device=None)", ON_CPU),
+    ("xǁRowLayerNormǁbackward__", "rstd.element_size(), )", ON_CPU),
+    (
+        "xǁRowLayerNormǁbackward__",
+        "chunks(rows_x.shape[0], 4 * d * rstd.element_size()",
+        "Memory, not numbers: the chunk of rows processed at once is 3/4 as large; rows are independent, so "
+        "every row gets the same arithmetic.",
+    ),
+    (
+        "xǁRowLayerNormǁbackward__",
+        "dJ_dxhat.mean(dim=+1, keepdim=True)",
+        "dJ_dxhat is (m, d), two dimensions (rows of dJ/dy or dJ/dy o gamma): dim 1 is dim -1.",
+    ),
+    (
+        "xǁRowLayerNormǁbackward__",
+        "(g_xhat @ gamma_a).unsqueeze_(+1)",
+        "The matrix-vector product is (m,), one dimension: unsqueeze at 1 or at -1 both give (m, 1).",
+    ),
+    (
+        "xǁRowLayerNormǁbackward__",
+        "g_xhat.mean(dim=+1, keepdim=True)",
+        "g_xhat is (m, d), two dimensions (rows of dJ/dy o xhat): dim 1 is dim -1.",
+    ),
+    (
+        "xǁBlockǁforward__",
+        "BlockCache(a=[None] * (n + 2), saved=[None] * (n + 1)",
+        "One unused slot at the end of cache.a: a[0..8] are indexed by sub-layer (0 unused), and every loop "
+        "over the cache runs over the sub-layers, so a[9] is never read.",
+    ),
+    (
+        "xǁBlockǁforward__",
+        "BlockCache(a=[None] * (n + 1), saved=[None] * (n + 2)",
+        "One unused slot at the end of cache.saved: saved[1..8] are indexed by sub-layer, and every loop over "
+        "the cache runs over the sub-layers, so saved[9] (None) is never read.",
+    ),
+    (
+        "xǁBlockǁforward__",
+        "saved=[None] * (n + 1), resid=None)",
+        "cache.resid is set to r = x + a(l,3) two lines later, before anything reads it: the initial value is "
+        "never read.",
+    ),
+    ("xǁRowLayerNormǁforward__", "torch.empty(rows.shape[0], 1, dtype=acc, device=None)", ON_CPU),
+    ("xǁRowLayerNormǁforward__", "torch.empty(rows.shape[0], 1, dtype=acc, )", ON_CPU),
+    ("xǁRowLayerNormǁforward__", "mu.element_size(), device=None)", ON_CPU),
+    ("xǁRowLayerNormǁforward__", "mu.element_size(), )", ON_CPU),
+    (
+        "xǁRowLayerNormǁforward__",
+        "chunks(rows.shape[0], d / mu.element_size()",
+        "Memory, not numbers: the chunk of rows processed at once is larger; rows are independent, so every "
+        "row gets the same arithmetic.",
+    ),
+    ("xǁRowLayerNormǁforward__", "keepdim=True, dtype=None, out=mu[part])", MEAN_INTO_MU),
+    ("xǁRowLayerNormǁforward__", "dim=-1, keepdim=True, out=mu[part])", MEAN_INTO_MU),
+    (
+        "xǁRowLayerNormǁforward__",
+        "torch.mean(rows[part], dim=+1, keepdim=True",
+        "rows[part] is (m, d), two dimensions: dim 1 is dim -1.",
+    ),
+    (
+        "xǁRowLayerNormǁforward__",
+        "torch.linalg.vector_norm(centred, dim=+1, keepdim=True)",
+        "centred is (m, d), two dimensions: dim 1 is dim -1.",
+    ),
+    (
+        "xǁRowLayerNormǁforward__",
+        "torch.addcmul(beta, y, gamma, )",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "xǁRowLayerNormǁforward__",
+        "torch.addcmul(beta, y, gamma, out=None)",
+        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
+    ),
+    (
+        "x__row_mean__",
+        "t.sum(dim=+1, keepdim=True)",
+        "_row_mean's t is always (M, d), two dimensions (its callers' rows): dim 1 is dim -1.",
+    ),
+    (
+        "x__row_mean__",
+        "mul_(1.0 / t.shape[+1])",
+        "_row_mean's t is always (M, d), two dimensions (its callers' rows): shape[1] is shape[-1] = d.",
+    ),
 ]
 """Survivors that are equivalent to the original: the same numbers, so no test can kill them."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -15,14 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from refbp.nn import chunks as refbp_chunks
 from refbp.nn.attention import CausalSelfAttention, TorchCausalSelfAttention, softmax_backward
 from refbp.nn.batchnorm import BatchNorm1d, channel_square_sum, channel_sum, unbiased_batch_norm
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, Layer, Params, SecondContext, Tap
 from refbp.nn.layernorm import LayerNorm, NormCache, NormStats, normalised
+from refbp.nn.linear import Linear
 from refbp.nn.network import Network
 from refbp.nn.norm2d import BatchNorm2d, GroupNorm
 from refbp.nn.registry import convert_module
+from refbp.nn.transformer import Block, RowLayerNorm, TorchBlock, TorchMLP, gelu_form
+from refbp.nn.validation import MAX_SEED, describe
+
+from . import nanogpt_reference
 
 
 # ---- LayerNorm ------------------------------------------------------------------------------------
@@ -2092,3 +2099,460 @@ def test_softmax_backward_leaves_dJ_dP_alone_unless_told_to_overwrite_it() -> No
     in_place = softmax_backward(P.detach(), given, overwrite=True)
     assert in_place.data_ptr() == given.data_ptr()
     torch.testing.assert_close(in_place, S.grad)
+
+
+# ---- the transformer block ---------------------------------------------------------------------------
+BlockParams = dict[tuple[str, int], Tensor]
+"""A block's parameters by (refbp's kind, sub-layer j): ("gamma", 1) is ln_1's weight, ("W", 5) c_fc's."""
+
+
+def _block_case(
+    bias: bool = True, dropout: float = 0.0, gelu: str = "exact", seed: int = 80, d: int = 4
+) -> tuple[Block, BlockParams, Tensor]:
+    """refbp's block (float64, random parameters, 2 heads), its parameters and an input x (2, 3, d)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(*shape: int) -> Tensor:
+        return 0.5 * torch.randn(shape, generator=gen, dtype=torch.float64)
+
+    p: BlockParams = {("gamma", 1): 1.0 + draw(d), ("W_qkv", 2): draw(3 * d, d), ("W_o", 2): draw(d, d),
+                      ("gamma", 4): 1.0 + draw(d), ("W", 5): draw(4 * d, d), ("W", 7): draw(d, 4 * d)}  # fmt: skip
+    if bias:
+        p.update({("beta", 1): draw(d), ("b_qkv", 2): draw(3 * d), ("b_o", 2): draw(d), ("beta", 4): draw(d),
+                  ("b", 5): draw(4 * d), ("b", 7): draw(d)})  # fmt: skip
+    attn = CausalSelfAttention(
+        p["W_qkv", 2], p["W_o", 2], p.get(("b_qkv", 2)), p.get(("b_o", 2)), n_head=2, dropout=dropout, seed=seed
+    )
+    block = Block(
+        LayerNorm(p["gamma", 1], p.get(("beta", 1))), attn, LayerNorm(p["gamma", 4], p.get(("beta", 4))),
+        Linear(p["W", 5], p.get(("b", 5))), Linear(p["W", 7], p.get(("b", 7))), dropout=dropout, seed=seed, gelu=gelu,
+    )  # fmt: skip
+    return block, p, torch.randn(2, 3, d, generator=gen, dtype=torch.float64)
+
+
+def _torch_attention_half(
+    x: Tensor, p: BlockParams, noise: dict[int, Tensor], dropout: float
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """x + dropout(attn(ln_1(x))) by torch's functions (refbp's keep-masks given by sub-layer j):
+    a1, a2, a3 and resid, and attention's own q, k, v, y."""
+    a1 = F.layer_norm(x, x.shape[-1:], p["gamma", 1], p.get(("beta", 1)))
+    attn = {kind: p[kind, 2] for kind in ("W_qkv", "W_o", "b_qkv", "b_o") if (kind, 2) in p}
+    inner = _torch_attention(a1, attn, 2, noise.get(2), dropout)
+    a3 = inner["out"] if 3 not in noise else inner["out"] * noise[3] / (1.0 - dropout)
+    return {"a1": a1, "a2": inner["out"], "a3": a3, "resid": x + a3}, inner
+
+
+def _torch_mlp_half(
+    r: Tensor, p: BlockParams, noise: dict[int, Tensor], dropout: float, gelu: str
+) -> dict[str, Tensor]:
+    """r + dropout(c_proj(GELU(c_fc(ln_2(r))))) by torch's functions: a4 .. a8 and y."""
+    a4 = F.layer_norm(r, r.shape[-1:], p["gamma", 4], p.get(("beta", 4)))
+    a5 = F.linear(a4, p["W", 5], p.get(("b", 5)))
+    a6 = F.gelu(a5, approximate="tanh" if gelu == "tanh" else "none")
+    a7 = F.linear(a6, p["W", 7], p.get(("b", 7)))
+    a8 = a7 if 8 not in noise else a7 * noise[8] / (1.0 - dropout)
+    return {"a4": a4, "a5": a5, "a6": a6, "a7": a7, "a8": a8, "y": r + a8}
+
+
+def _torch_block(
+    x: Tensor, p: BlockParams, noise: dict[int, Tensor] | None = None, dropout: float = 0.0, gelu: str = "exact"
+) -> dict[str, Tensor]:
+    """nanoGPT's block by torch's functions: every a(l,j), resid, y, and attention's q, k, v, y as "attn.*"."""
+    first, inner = _torch_attention_half(x, p, noise or {}, dropout)
+    return {**first, **_torch_mlp_half(first["resid"], p, noise or {}, dropout, gelu),
+            **{f"attn.{kind}": inner[kind] for kind in ("q", "k", "v", "y", "att")}}  # fmt: skip
+
+
+@pytest.mark.parametrize(("dropout", "gelu"), [(0.0, "exact"), (0.25, "tanh")], ids=["p=0-exact", "p=0.25-tanh"])
+def test_block_second_order_and_what_it_shows_equal_torch_func(dropout: float, gelu: str) -> None:
+    # The block's tangent and R-backward (its sub-layers' rules, the skip paths differentiated along v) are
+    # torch.func's jvp of the block and of its vjp, with the forward pass's dropout masks: R{y}, R{r} and every
+    # R{a(l,j)} shown, dJ/dx, R{dJ/dx}, H v of every parameter, and the R{dJ/dr} the teaching view shows.
+    block, p, x = _block_case(dropout=dropout, gelu=gelu, seed=81)
+    gen = torch.Generator().manual_seed(82)
+    g, Rx, Rg = (torch.randn(x.shape, generator=gen, dtype=torch.float64) for _ in range(3))
+    V = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in p.items()}
+    path = (1,)
+    y, cache = block.forward(x, ForwardContext(), path)
+    noise = {key[-1]: mask for key, mask in block.noise_of(cache, path).items()}
+    assert set(noise) == ({2, 3, 8} if dropout else set())
+
+    def outputs(x: Tensor, p: BlockParams) -> dict[str, Tensor]:
+        return _torch_block(x, p, noise, dropout, gelu)
+
+    def grads_of(x: Tensor, p: BlockParams, g: Tensor) -> tuple[Tensor, BlockParams, Tensor]:
+        r = _torch_attention_half(x, p, noise, dropout)[0]["resid"]
+        (dJ_dr,) = torch.func.vjp(lambda r: _torch_mlp_half(r, p, noise, dropout, gelu)["y"], r)[1](g)
+        dx, dp = torch.func.vjp(lambda x, p: outputs(x, p)["y"], x, p)[1](g)
+        return dx, dp, dJ_dr
+
+    torch.testing.assert_close(y, outputs(x, p)["y"])
+    R_out = torch.func.jvp(outputs, (x, p), (Rx, V))[1]
+    want, R_want = torch.func.jvp(grads_of, (x, p, g), (Rx, V, Rg))[:2]
+    directions = Params({Key(kind, (*path, j)): v for (kind, j), v in V.items()})
+    t = block.tangent(x, Rx, y, cache, directions, path)
+    torch.testing.assert_close(t.out, R_out["y"])
+    torch.testing.assert_close(t.intermediates[Key("resid", path)], R_out["resid"])
+    for j in range(1, 9):
+        torch.testing.assert_close(t.intermediates[Key("a", (*path, j))], R_out[f"a{j}"])
+    dJ_dx, got = block.r_backward(g, Rg, x, Rx, y, t, cache, directions, SecondContext(path))
+    assert dJ_dx is not None
+    torch.testing.assert_close(dJ_dx, want[0])
+    torch.testing.assert_close(got.dJ_dx, R_want[0])
+    assert set(got.sub_params) == {Key(kind, (*path, j)) for kind, j in p}
+    for (kind, j), value in R_want[1].items():
+        torch.testing.assert_close(got.sub_params[Key(kind, (*path, j))], value)
+    # R{dJ/da(l,j)} of every sub-layer is shown; y = r + a(l,8) and r = x + a(l,3): dJ/da(l,8) = dJ/dy and
+    # dJ/da(l,3) = dJ/dr, so R{.} of them is R{dJ/dy} and R{dJ/dr}
+    torch.testing.assert_close(got.intermediates[Key("resid", path)], R_want[2])
+    assert {Key("a", (*path, j)) for j in range(1, 9)} <= set(got.intermediates)
+    torch.testing.assert_close(got.intermediates[Key("a", (*path, 8))], Rg)
+    torch.testing.assert_close(got.intermediates[Key("a", (*path, 3))], R_want[2])
+    # without dJ/dx (a first layer taking indices): no dJ/dx or R{dJ/dx}, the same H v
+    none, lean = block.r_backward(g, Rg, x, Rx, y, t, cache, directions, SecondContext(path, need_dx=False))
+    assert none is None and lean.dJ_dx is None
+    assert set(lean.sub_params) == set(got.sub_params)
+    for key, value in lean.sub_params.items():
+        torch.testing.assert_close(value, got.sub_params[key])
+
+
+def test_block_r_operator_without_a_teaching_cache_names_the_layer_and_what_to_do() -> None:
+    # A training step's forward pass keeps only what the backward reads; the R-operator needs every a(l,j) and
+    # says so, naming the block at its place (here sub-layer 2 of layer 3) as describe() shows it.
+    block, p, x = _block_case(bias=False, seed=83)
+    path = (3, 2)
+    y, cache = block.forward(x, ForwardContext(keep_intermediates=False), path)
+    directions = Params({Key(kind, (*path, j)): torch.zeros_like(v) for (kind, j), v in p.items()})
+    message = (
+        "layer 3.2 (Block(4, 2 heads, no bias)): the R-operator reads every a(l,j); "
+        "run the forward pass with keep_intermediates=True"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        block.tangent(x, torch.zeros_like(x), y, cache, directions, path)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["teaching", "lean"])
+def test_block_walk_through_shows_torch_intermediates_at_their_places(lean: bool) -> None:
+    # cached_values is what refbp explain shows: every a(l,j) the forward pass kept (a training step keeps a1,
+    # a4 and a5, the inputs a backward reads), the residual stream r and attention's own q, k, v, y (and P in
+    # the teaching mode), each at its place and as torch computes it.
+    block, p, x = _block_case(seed=84)
+    path = (2,)
+    _, cache = block.forward(x, ForwardContext(keep_intermediates=not lean), path)
+    want = _torch_block(x, p)
+    shown = block.cached_values(cache, path)
+    kept = (1, 4, 5) if lean else tuple(range(1, 9))
+    attention = ("q", "k", "v", "y") + (() if lean else ("att",))
+    assert set(shown) == (
+        {Key("a", (2, j)) for j in kept} | {Key("resid", path)} | {Key(kind, (2, 2)) for kind in attention}
+    )
+    for j in kept:
+        torch.testing.assert_close(shown[Key("a", (2, j))], want[f"a{j}"])
+    torch.testing.assert_close(shown[Key("resid", path)], want["resid"])
+    for kind in attention:
+        torch.testing.assert_close(shown[Key(kind, (2, 2))], want[f"attn.{kind}"])
+
+
+def test_block_release_drops_every_sub_layer_cache_and_the_residual_stream() -> None:
+    # As autograd frees its saved tensors after backward: the LayerNorms' row statistics, attention's q, k, v
+    # and P, every kept a(l,j) and r.
+    block, _, x = _block_case(dropout=0.25, seed=85)
+    _, cache = block.forward(x, ForwardContext(), (1,))
+    ln_1, attn, ln_2 = cache.saved[1], cache.saved[2], cache.saved[4]
+    assert attn.P is not None and ln_1.mu.numel() > 0
+    block.release(cache)
+    assert all(a is None for a in cache.a) and all(saved is None for saved in cache.saved)
+    assert isinstance(cache.resid, Tensor) and cache.resid.numel() == 0
+    for stats in (ln_1, ln_2):
+        assert isinstance(stats.mu, Tensor) and isinstance(stats.rstd, Tensor)
+        assert stats.mu.numel() == stats.rstd.numel() == 0
+    assert attn.qkv.numel() == 0 and attn.P is None
+
+
+def test_block_parameters_take_nanogpt_names_in_its_torch_module() -> None:
+    # Network.torch_parameter_names maps each of the block's parameters to nanoGPT's name for it in to_torch()'s
+    # module (the names of tests/nanogpt_reference.py's Block, after the Sequential's index 0), holding its value.
+    block, _, _ = _block_case(seed=86)
+    net = Network([block], "mse")
+    names, params = net.torch_parameter_names(), net.parameters()
+    module = dict(net.to_torch().named_parameters())
+    config = nanogpt_reference.Config(vocab_size=8, block_size=3, n_layer=1, n_head=2, n_embd=4)
+    nanogpt = {f"0.{name}" for name, _ in nanogpt_reference.Block(config).named_parameters()}
+    assert set(names) == set(params)
+    assert sorted(name for (name,) in names.values()) == sorted(module) == sorted(nanogpt)
+    for key, (name,) in names.items():
+        torch.testing.assert_close(module[name], params[key])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_block_to_torch_keeps_its_dropout_gelu_form_and_mode(training: bool) -> None:
+    block, p, x = _block_case(dropout=0.25, gelu="tanh", seed=87)
+    block.set_training(training)
+    module = block.to_torch()
+    assert isinstance(module, TorchBlock) and module.training is training
+    assert module.resid_dropout.p == module.mlp.dropout.p == 0.25
+    assert module.mlp.gelu.approximate == "tanh"
+    if not training:
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), _torch_block(x, p, gelu="tanh")["y"])
+
+
+def test_torch_block_and_mlp_defaults_are_nanogpt_s_no_dropout_and_exact_gelu() -> None:
+    # nanoGPT's Block (tests/nanogpt_reference.py: dropout 0, torch.nn.GELU()) computes the same function in
+    # training mode as TorchBlock built with the defaults from the same modules.
+    block, p, x = _block_case(seed=88)
+    built = block.to_torch()
+    assert isinstance(built, TorchBlock)
+    bare = TorchBlock(built.ln_1, built.attn, built.ln_2, built.mlp.c_fc, built.mlp.c_proj).train()
+    mlp = TorchMLP(built.mlp.c_fc, built.mlp.c_proj, 0.0)
+    assert bare.mlp.gelu.approximate == mlp.gelu.approximate == torch.nn.GELU().approximate
+    config = nanogpt_reference.Config(vocab_size=8, block_size=3, n_layer=1, n_head=2, n_embd=4)
+    nanogpt = nanogpt_reference.Block(config).double().train()
+    nanogpt.load_state_dict(bare.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(bare(x), nanogpt(x))
+        torch.testing.assert_close(bare(x), _torch_block(x, p)["y"])
+        h = built.ln_2(x)
+        torch.testing.assert_close(mlp.train()(h), nanogpt.mlp(h))
+
+
+def test_block_describes_itself_with_nanogpt_options_and_refuses_an_unknown_gelu() -> None:
+    assert _block_case()[0].describe() == "Block(4, 2 heads)"
+    assert _block_case(bias=False, dropout=0.25, gelu="tanh")[0].describe() == (
+        "Block(4, 2 heads, no bias, dropout 0.25, tanh GELU)"
+    )
+    message = "gelu='relu'; expected 'exact' (z Phi(z), nanoGPT's) or 'tanh' (the tanh approximation, minGPT's NewGELU)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _block_case(gelu="relu")
+    with pytest.raises(ValueError, match=r"^form=1; expected 'exact'"):
+        gelu_form(1, argument="form")
+    assert gelu_form("tanh") == "tanh"
+
+
+@pytest.mark.parametrize("along", ["all", "dJ/dy"], ids=["along-all", "along-dJ/dy"])
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)], ids=["affine", "no-bias", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_row_layernorm_tangent_and_r_backward_equal_torch_func(
+    dtype: torch.dtype, affine: tuple[bool, bool], along: str
+) -> None:
+    # The block's LayerNorm (RowLayerNorm: mu and rstd kept, xhat rebuilt) in the same near-constant rows as
+    # LayerNorm's test above: its (N1)-(N6) accumulate in float64 (a float32 row mean of R{x}, dJ/dy or
+    # R{dJ/dy} would keep only their first digits) and come back in the input's dtype, with and without dJ/dx.
+    gen = torch.Generator().manual_seed(90)
+    d = 5
+
+    def near_constant() -> Tensor:
+        return (1 + 1e-3 * torch.randn(2, 3, d, generator=gen, dtype=torch.float64)).to(dtype)
+
+    x, g, Rx, Rg = near_constant(), near_constant(), near_constant(), near_constant()
+    gamma = (torch.rand(d, generator=gen, dtype=torch.float64) + 0.5).to(dtype) if affine[0] else None
+    beta = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype) if affine[1] else None
+    V = {"gamma": torch.randn(d, generator=gen).to(dtype), "beta": torch.randn(d, generator=gen).to(dtype)}
+    if along == "dJ/dy":  # R{x} = 0 and V = 0: R{dJ/dx} is the backward map of R{dJ/dy} alone
+        Rx, V = torch.zeros_like(Rx), {k: torch.zeros_like(v) for k, v in V.items()}
+    layer, path = RowLayerNorm(gamma, beta, d=d), (1, 4)
+    directions = Params({Key(k, path): V[k] for k in layer.params})
+    expected = _torch_layernorm_second(x, g, gamma, beta, Rx, Rg, V)
+    _assert_norm_r_ops(layer, x, g, Rx, Rg, directions, path, ForwardContext(), dtype, expected)
+
+
+def test_block_input_check_names_its_attention_at_its_place() -> None:
+    # The block checks its input as its attention would (B, T, d), naming attention at (path, 2).
+    block, _, x = _block_case(seed=91)
+    block.check_input(x, (3,))
+    with pytest.raises(ValueError, match=r"^layer 3\.2 \(CausalSelfAttention\(4, 2 heads\)\) needs input \(B, T, 4\)"):
+        block.check_input(x[0], (3,))
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["teaching", "lean"])
+def test_block_backward_with_dropout_and_weight_decay_is_autograd_and_leaves_dJ_dy_alone(lean: bool) -> None:
+    # With the residual dropouts active (the forward pass's masks) and weight decay lambda on the linear maps'
+    # weights (W_qkv, W_o, c_fc's and c_proj's W, as a training step's L2 term, not the LayerNorms or biases):
+    # every gradient is autograd's of torch's block plus lambda / 2 ||W||^2; the caller's dJ/dy is read, never
+    # overwritten (the skip path needs it), and a lean backward reports no intermediates, as autograd keeps none.
+    block, p, x = _block_case(dropout=0.25, seed=92)
+    path = (1,)
+    y, cache = block.forward(x, ForwardContext(keep_intermediates=not lean), path)
+    noise = {key[-1]: mask for key, mask in block.noise_of(cache, path).items()}
+    dJ_dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(93), dtype=torch.float64)
+    given = dJ_dy.clone()
+    got = block.backward(given, x, y, cache, BackwardContext(path, keep_intermediates=not lean, weight_decay=0.25))
+    assert torch.equal(given, dJ_dy)
+    assert (got.intermediates == {}) == lean
+    leaves = {k: v.clone().requires_grad_() for k, v in p.items()}
+    xx = x.clone().requires_grad_()
+    J = (_torch_block(xx, leaves, noise, 0.25)["y"] * dJ_dy).sum()
+    J = J + 0.125 * sum(leaf.square().sum() for (kind, _), leaf in leaves.items() if kind in ("W_qkv", "W_o", "W"))
+    J.backward()
+    assert set(got.sub_params) == {Key(kind, (*path, j)) for kind, j in leaves}
+    for (kind, j), leaf in leaves.items():
+        torch.testing.assert_close(got.sub_params[Key(kind, (*path, j))], leaf.grad)
+    torch.testing.assert_close(got.dJ_dx, xx.grad)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["teaching", "lean"])
+def test_block_backward_that_releases_its_cache_gives_the_same_gradients_and_keeps_no_tensor(lean: bool) -> None:
+    # backward(..., release_cache=True), as autograd frees saved tensors: the block drops each sub-layer's cache
+    # and a(l,j) once read, then the network releases what is left; every gradient is the one a backward that
+    # keeps the cache computes, and the block's cache holds no tensor afterwards.
+    block, _, x = _block_case(dropout=0.25, seed=94)
+    net = Network([block], "mse")
+    y = torch.randn(x.shape, generator=torch.Generator().manual_seed(95), dtype=torch.float64)
+    cache = net.forward(x, keep_intermediates=not lean)
+    kept = net.backward(cache, y, keep_intermediates=False).as_dict()
+    inner = cache.saved[1]
+    ln_1, attn = inner.saved[1], inner.saved[2]
+    released = net.backward(cache, y, keep_intermediates=False, release_cache=True).as_dict()
+    assert list(released) == list(kept)
+    for name, value in kept.items():
+        torch.testing.assert_close(released[name], value, rtol=0, atol=0)
+    assert all(a is None for a in inner.a) and all(saved is None for saved in inner.saved)
+    assert inner.resid.numel() == 0
+    assert ln_1.mu.numel() == ln_1.rstd.numel() == 0 and attn.qkv.numel() == 0
+    # the block's own backward under release: r (ln_2's input) and each read a(l,j) dropped as it goes
+    _, own = block.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+    block.backward(y, x, own.resid, own, BackwardContext((1,), keep_intermediates=False, release=True))
+    assert isinstance(own.resid, Tensor) and own.resid.numel() == 0
+    assert all(saved is None for saved in own.saved) and all(a is None for a in own.a[1:])
+
+
+def _block_parts(d: int = 4) -> tuple[LayerNorm, CausalSelfAttention, Linear, Linear]:
+    """A LayerNorm, an attention layer, c_fc and c_proj for a block of width d (float64, 2 heads)."""
+    gen = torch.Generator().manual_seed(96)
+    W_qkv, W_o = (
+        torch.randn(3 * d, d, generator=gen, dtype=torch.float64),
+        torch.randn(d, d, generator=gen, dtype=torch.float64),
+    )
+    attn = CausalSelfAttention(W_qkv, W_o, n_head=2)
+    fc = Linear(torch.randn(4 * d, d, generator=gen, dtype=torch.float64))
+    proj = Linear(torch.randn(d, 4 * d, generator=gen, dtype=torch.float64))
+    return LayerNorm(torch.ones(d, dtype=torch.float64)), attn, fc, proj
+
+
+def test_block_construction_names_the_part_that_is_not_nanogpt_s() -> None:
+    # Each of ln_1, ln_2, c_fc and c_proj is checked for its kind and its size against attention's n_embd, and
+    # the error names the argument (as nanoGPT's Block names its modules).
+    ln, attn, fc, proj = _block_parts()
+    wide, other = LayerNorm(torch.ones(5, dtype=torch.float64)), Linear(torch.zeros(4, 8, dtype=torch.float64))
+    for args, error, message in (
+        ((proj, attn, ln, fc, proj), TypeError, "ln_1 must be a refbp LayerNorm, got Linear"),
+        ((ln, attn, proj, fc, proj), TypeError, "ln_2 must be a refbp LayerNorm, got Linear"),
+        ((ln, attn, ln, ln, proj), TypeError, "c_fc must be a refbp Linear, got LayerNorm"),
+        ((ln, attn, ln, fc, ln), TypeError, "c_proj must be a refbp Linear, got LayerNorm"),
+        ((wide, attn, ln, fc, proj), ValueError, "ln_1 normalises 5 features; attention has n_embd = 4"),
+        ((ln, attn, wide, fc, proj), ValueError, "ln_2 normalises 5 features; attention has n_embd = 4"),
+        ((ln, attn, ln, fc, other), ValueError,
+         f"c_fc ({describe(fc.W)}) and c_proj ({describe(other.W)}) must map 4 -> h -> 4"),
+        ((ln, attn, ln, other, proj), ValueError,
+         f"c_fc ({describe(other.W)}) and c_proj ({describe(proj.W)}) must map 4 -> h -> 4"),
+    ):  # fmt: skip
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            Block(*args)
+
+
+def test_block_residual_dropout_masks_follow_its_seed_and_default_to_seed_0() -> None:
+    # The two residual dropouts draw from the block's seed (the second from a stream derived from it): the same
+    # seed the same masks, another seed other masks in both places; without a seed the block draws seed 0's.
+    ln, attn, fc, proj = _block_parts()
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(97), dtype=torch.float64)
+
+    def masks(seed: int | None = None) -> dict[int, Tensor]:
+        if seed is None:
+            block = Block(ln, attn, ln, fc, proj, dropout=0.5)
+        else:
+            block = Block(ln, attn, ln, fc, proj, dropout=0.5, seed=seed)
+        _, cache = block.forward(x, ForwardContext(), (1,))
+        return {key[-1]: mask for key, mask in block.noise_of(cache, (1,)).items() if key[-1] != 2}
+
+    five, again, six, default, zero = masks(seed=5), masks(seed=5), masks(seed=6), masks(), masks(seed=0)
+    assert set(five) == {3, 8}
+    assert not torch.equal(five[3], five[8])
+    for j in (3, 8):
+        assert torch.equal(five[j], again[j]) and not torch.equal(five[j], six[j])
+        assert torch.equal(default[j], zero[j])
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dJ/dx", "no-dJ/dx"])
+def test_row_layernorm_backward_in_one_row_chunks_is_autograd_with_or_without_dJ_dx(
+    monkeypatch: pytest.MonkeyPatch, need_dx: bool
+) -> None:
+    # Rows are independent, so chunking changes no number: with a budget of one row per chunk, dJ/dgamma sums
+    # every chunk's rows (as dJ/dbeta does), and need_dx=False returns no dJ/dx. Against autograd of F.layer_norm.
+    monkeypatch.setattr(refbp_chunks, "CHUNK_BYTES", 1)
+    gen = torch.Generator().manual_seed(98)
+    x, G = (torch.randn(2, 3, 5, generator=gen, dtype=torch.float64) for _ in range(2))
+    gamma, beta = (
+        1.0 + 0.5 * torch.randn(5, generator=gen, dtype=torch.float64),
+        torch.randn(5, generator=gen, dtype=torch.float64),
+    )
+    layer = RowLayerNorm(gamma, beta)
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    got = layer.backward(G, x, y, cache, BackwardContext((1,), keep_intermediates=False, need_dx=need_dx))
+    leaves = {"gamma": gamma.clone().requires_grad_(), "beta": beta.clone().requires_grad_()}
+    xx = x.clone().requires_grad_()
+    (F.layer_norm(xx, (5,), leaves["gamma"], leaves["beta"]) * G).sum().backward()
+    assert set(got.params) == set(leaves)
+    for kind, leaf in leaves.items():
+        torch.testing.assert_close(got.params[kind], leaf.grad)
+    if need_dx:
+        torch.testing.assert_close(got.dJ_dx, xx.grad)
+    else:
+        assert got.dJ_dx is None
+
+
+def test_block_seed_must_leave_room_for_its_second_dropout_stream_and_a_new_block_trains() -> None:
+    # The second residual dropout draws from seed + 1 (seeds are never wrapped): MAX_SEED - 1 is the largest
+    # seed a block takes, and a larger one is refused naming that stream. A new block is in training mode, as
+    # a new torch module (nanoGPT's Block) is.
+    ln, attn, fc, proj = _block_parts()
+    Block(ln, attn, ln, fc, proj, dropout=0.5, seed=MAX_SEED - 1)
+    message = (
+        f"seed={MAX_SEED} is too large: the block's second dropout draws from seed + 1 = {MAX_SEED + 1} > "
+        f"MAX_SEED = {MAX_SEED} (seeds are never wrapped); expected seed <= {MAX_SEED - 1}"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Block(ln, attn, ln, fc, proj, dropout=0.5, seed=MAX_SEED)
+    config = nanogpt_reference.Config(vocab_size=8, block_size=3, n_layer=1, n_head=2, n_embd=4)
+    block = Block(ln, attn, ln, fc, proj)
+    assert block.training is nanogpt_reference.Block(config).training is True
+    assert block.to_torch().training is True
+
+
+@pytest.mark.parametrize("affine", [(True, True), (False, False)], ids=["affine", "none"])
+def test_float32_row_layernorm_backward_of_nearly_constant_rows_is_float64_torch_rounded_once(
+    affine: tuple[bool, bool],
+) -> None:
+    # The block's LayerNorm accumulates its backward in float64 (float32 means of dJ/dxhat and dJ/dxhat o xhat
+    # would keep only the first digits of what cancels in a near-constant row) and returns every gradient in the
+    # input's dtype: autograd of F.layer_norm in float64, rounded once.
+    gen = torch.Generator().manual_seed(99)
+    d = 5
+    x, G = ((1 + 1e-3 * torch.randn(2, 3, d, generator=gen, dtype=torch.float64)).float() for _ in range(2))
+    gamma = (torch.rand(d, generator=gen, dtype=torch.float64) + 0.5).float() if affine[0] else None
+    beta = torch.randn(d, generator=gen, dtype=torch.float64).float() if affine[1] else None
+    layer = RowLayerNorm(gamma, beta, d=d)
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    got = layer.backward(G, x, y, cache, BackwardContext((1,), keep_intermediates=False))
+    leaves = {k: v.double().requires_grad_() for k, v in (("gamma", gamma), ("beta", beta)) if v is not None}
+    xx = x.double().requires_grad_()
+    (F.layer_norm(xx, (d,), leaves.get("gamma"), leaves.get("beta")) * G.double()).sum().backward()
+    assert got.dJ_dx is not None and xx.grad is not None and set(got.params) == set(leaves)
+    _close_to_float64(got.dJ_dx, xx.grad, torch.float32)
+    for kind, leaf in leaves.items():
+        assert leaf.grad is not None
+        _close_to_float64(got.params[kind], leaf.grad, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_row_layernorm_forward_warns_nothing_and_is_torch_layer_norm(dtype: torch.dtype) -> None:
+    # Like F.layer_norm, the block's LayerNorm computes its row statistics without a warning (none of torch's
+    # "an output ... was resized" on its out= tensors), and its y is F.layer_norm's.
+    gen = torch.Generator().manual_seed(100)
+    x = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64).to(dtype)
+    gamma, beta = (torch.randn(5, generator=gen, dtype=torch.float64).to(dtype) for _ in range(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, cache = RowLayerNorm(gamma, beta).forward(x, ForwardContext(keep_intermediates=False), (1,))
+        want = F.layer_norm(x.double(), (5,), gamma.double(), beta.double())
+    _close_to_float64(y, want, dtype)
+    torch.testing.assert_close(cache.mu, x.double().mean(dim=-1, keepdim=True))
