@@ -274,11 +274,25 @@ def measure_cuda(config: dict[str, int], *, repeats: int, compile_: bool) -> dic
     return row
 
 
+def ratio_table(rows: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """The "Ratios to eager autograd" section: a row per configuration, each method's time and
+    peak memory over autograd's (CPU and CUDA documents alike)."""
+    others = [m for m in methods if m != "autograd"]
+    header = ["n_layer", "n_embd", "T", *(f"{m} time" for m in others), *(f"{m} memory" for m in others)]
+    lines = ["## Ratios to eager autograd (time, peak memory)", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]  # fmt: skip
+    for row in rows:
+        cells = [str(row["n_layer"]), str(row["n_embd"]), str(row["block_size"])]
+        cells += [_ratio(row["time_vs_autograd"].get(m)) for m in others]
+        cells += [_ratio(row["memory_vs_autograd"].get(m)) for m in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_cuda_markdown(doc: dict[str, Any]) -> str:
     """GPT_BENCHMARKS_CUDA.md: the ratios and absolute figures of a --device cuda run."""
     env = doc["environment"]
     methods = [m for m in METHODS if any(m in row["seconds"] for row in doc["rows"])]
-    others = [m for m in methods if m != "autograd"]
     lines = [
         "# GPT training step on a CUDA GPU: manual gradients vs torch.autograd",
         "",
@@ -292,16 +306,8 @@ def render_cuda_markdown(doc: dict[str, Any]) -> str:
         "the model as a torch module (`GPT.to_torch()`, attention by `F.scaled_dot_product_attention`, which "
         "picks a fused CUDA kernel).",
         "",
-        "## Ratios to eager autograd (time, peak memory)",
-        "",
     ]
-    header = ["n_layer", "n_embd", "T", *(f"{m} time" for m in others), *(f"{m} memory" for m in others)]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in doc["rows"]:
-        cells = [str(row["n_layer"]), str(row["n_embd"]), str(row["block_size"])]
-        cells += [_ratio(row["time_vs_autograd"].get(m)) for m in others]
-        cells += [_ratio(row["memory_vs_autograd"].get(m)) for m in others]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ratio_table(doc["rows"], methods)
     lines += ["", "## Absolute figures", "", "| n_embd | T | method | ms per step | peak MiB | warm-up s |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for row in doc["rows"]:
@@ -343,15 +349,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "",
     ]
     methods = [m for m in METHODS if any(m in row["seconds"] for row in doc["rows"])]
-    header = ["n_layer", "n_embd", "T", *(f"{m} time" for m in methods if m != "autograd"),
-              *(f"{m} memory" for m in methods if m != "autograd")]  # fmt: skip
-    lines += ["## Ratios to eager autograd (time, peak memory)", "", "| " + " | ".join(header) + " |",
-              "|" + "---|" * len(header)]  # fmt: skip
-    for row in doc["rows"]:
-        cells = [str(row["n_layer"]), str(row["n_embd"]), str(row["block_size"])]
-        cells += [_ratio(row["time_vs_autograd"].get(m)) for m in methods if m != "autograd"]
-        cells += [_ratio(row["memory_vs_autograd"].get(m)) for m in methods if m != "autograd"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ratio_table(doc["rows"], methods)
     lines += ["", "## Absolute figures", "",
               "| n_embd | T | method | CPU ms per step | wall ms per step | peak MiB | warm-up s |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
