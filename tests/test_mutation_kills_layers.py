@@ -997,31 +997,21 @@ def _torch_xhat_grad(module: torch.nn.Module, x: Tensor, G: Tensor) -> tuple[Ten
     return xhat.detach(), xhat.grad
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
-@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_batchnorm2d_forward_and_backward_equal_torch_module(
-    dtype: torch.dtype, lean: bool, affine: bool, training: bool
+def _assert_backward_equals_torch_module(
+    layer: BatchNorm2d | GroupNorm,
+    module: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cache: NormCache | NormStats,
+    G: Tensor,
+    lean: bool,
+    dtype: torch.dtype,
+    want_dx: Tensor,
+    want_params: dict[str, Tensor],
 ) -> None:
-    # Channels of different spreads over the batch and positions: y, the running statistics torch's
-    # module updates (and its count of batches), xhat in the walk-through, and in the backward dJ/dx,
-    # the parameters' gradients and dJ/dxhat, with and without dJ/dx, keeping dJ/dy unless allowed not to.
-    layer, module, x, G = _batchnorm2d_case(dtype, affine)
-    layer.set_training(training)
-    module.train(training)
-    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
-    want_y, want_dx, want_params = _torch_grads(module, x, G)
-    with torch.no_grad():
-        module(x)  # torch's update of its running statistics (training mode only)
-    assert y.dtype == dtype
-    torch.testing.assert_close(y, want_y)
-    assert layer.running_mean is not None and layer.running_var is not None
-    assert layer.running_mean.dtype == layer.running_var.dtype == dtype
-    torch.testing.assert_close(layer.running_mean, module.running_mean)
-    torch.testing.assert_close(layer.running_var, module.running_var)
-    assert layer.num_batches_tracked == int(module.num_batches_tracked)  # type: ignore[arg-type]
-    assert layer.buffers() == {"running_mean": layer.running_mean, "running_var": layer.running_var}
+    """A spatial norm's walk-through xhat and its backward in every context (with and without
+    dJ/dx and the intermediates, dJ/dy kept or overwritten) against torch's module: dJ/dx, the
+    parameters' gradients and dJ/dxhat, dJ/dy untouched unless allowed, dJ/dxhat its own tensor."""
     want_xhat, want_dxhat = _torch_xhat_grad(module, x, G)
     shown = layer.cached_values(cache, (1,))
     assert list(shown) == ([] if lean else [Key("xhat", (1,))])
@@ -1048,6 +1038,37 @@ def test_batchnorm2d_forward_and_backward_equal_torch_module(
                     dJ_dxhat = got.intermediates[Key("xhat", (1,))]
                     assert dJ_dxhat.dtype == dtype and dJ_dxhat.shape == x.shape
                     torch.testing.assert_close(dJ_dxhat, want_dxhat)
+                    if overwrite:  # the reported dJ/dxhat is its own tensor: the caller's dJ/dy may change
+                        dJ_dy.fill_(7.0)
+                        torch.testing.assert_close(dJ_dxhat, want_dxhat)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "none"])
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_batchnorm2d_forward_and_backward_equal_torch_module(
+    dtype: torch.dtype, lean: bool, affine: bool, training: bool
+) -> None:
+    # Channels of different spreads over the batch and positions: y, the running statistics torch's
+    # module updates (and its count of batches), xhat in the walk-through, and in the backward dJ/dx,
+    # the parameters' gradients and dJ/dxhat, with and without dJ/dx, keeping dJ/dy unless allowed not to.
+    layer, module, x, G = _batchnorm2d_case(dtype, affine)
+    layer.set_training(training)
+    module.train(training)
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=not lean), (1,))
+    want_y, want_dx, want_params = _torch_grads(module, x, G)
+    with torch.no_grad():
+        module(x)  # torch's update of its running statistics (training mode only)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, want_y)
+    assert layer.running_mean is not None and layer.running_var is not None
+    assert layer.running_mean.dtype == layer.running_var.dtype == dtype
+    torch.testing.assert_close(layer.running_mean, module.running_mean)
+    torch.testing.assert_close(layer.running_var, module.running_var)
+    assert layer.num_batches_tracked == int(module.num_batches_tracked)  # type: ignore[arg-type]
+    assert layer.buffers() == {"running_mean": layer.running_mean, "running_var": layer.running_var}
+    _assert_backward_equals_torch_module(layer, module, x, y, cache, G, lean, dtype, want_dx, want_params)
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
@@ -1426,35 +1447,7 @@ def test_groupnorm_forward_and_backward_equal_torch_module(
     want_y, want_dx, want_params = _torch_grads(module, x, G)
     assert y.dtype == dtype and y.shape == x.shape
     torch.testing.assert_close(y, want_y)
-    want_xhat, want_dxhat = _torch_xhat_grad(module, x, G)
-    shown = layer.cached_values(cache, (1,))
-    assert list(shown) == ([] if lean else [Key("xhat", (1,))])
-    if not lean:
-        torch.testing.assert_close(shown[Key("xhat", (1,))].to(dtype), want_xhat)
-    for need_dx in (True, False):
-        for keep in (True, False):
-            for overwrite in (False, True):
-                dJ_dy = G.clone()
-                ctx = BackwardContext((1,), keep_intermediates=keep, overwrite=overwrite, need_dx=need_dx)
-                got = layer.backward(dJ_dy, x, y, cache, ctx)
-                if not overwrite:
-                    assert torch.equal(dJ_dy, G)
-                assert (got.dJ_dx is None) == (not need_dx)
-                if got.dJ_dx is not None:
-                    assert got.dJ_dx.dtype == dtype and got.dJ_dx.shape == x.shape
-                    torch.testing.assert_close(got.dJ_dx, want_dx)
-                assert set(got.params) == set(want_params)
-                for kind, want in want_params.items():
-                    assert got.params[kind].dtype == dtype
-                    torch.testing.assert_close(got.params[kind], want)
-                assert list(got.intermediates) == ([Key("xhat", (1,))] if keep else [])
-                if keep:
-                    dJ_dxhat = got.intermediates[Key("xhat", (1,))]
-                    assert dJ_dxhat.dtype == dtype and dJ_dxhat.shape == x.shape
-                    torch.testing.assert_close(dJ_dxhat, want_dxhat)
-                    if overwrite:  # the reported dJ/dxhat is its own tensor: the caller's dJ/dy may change
-                        dJ_dy.fill_(7.0)
-                        torch.testing.assert_close(dJ_dxhat, want_dxhat)
+    _assert_backward_equals_torch_module(layer, module, x, y, cache, G, lean, dtype, want_dx, want_params)
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
