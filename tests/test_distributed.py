@@ -26,7 +26,7 @@ from refbp.apps.ranks import EXIT_RANK_FAILED
 from refbp.distributed import verify as verify_module
 from refbp.distributed.cases import DataParallelSpec, draw_specs
 from refbp.distributed.data_parallel import data_parallel_gradients, train_step
-from refbp.distributed.launch import joined, torchrun_launch
+from refbp.distributed.launch import RankFailedError, joined, torchrun_launch
 from refbp.distributed.recipe import RIGHT, World, shard_noise, simulate
 from refbp.distributed.verify import check_on_ranks
 from refbp.testing import assert_gradients_close
@@ -277,3 +277,47 @@ def test_a_rank_stopped_during_refbp_distributed_is_the_fault_exit_not_a_failed_
     seconds = float(ended.read_text()) - float(stopped.read_text())
     assert 0 < seconds <= timeout + LEAVING, seconds  # without the fix: gloo's traceback, exit 1
     assert not (tmp_path / "out").exists()
+
+
+class _StoreThatHoldsItsCheck:
+    """The job's store, whose ``check`` returns only after the heartbeat has tripped the
+    interrupt: the interrupt then lands inside the store call, deterministically (in the CI run
+    it once did by chance). Every other call is the real store's."""
+
+    def __init__(self, store: Any, told: Any) -> None:
+        self._store, self._told = store, told
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def check(self, keys: list[str]) -> bool:
+        while not self._told():
+            time.sleep(0.01)
+        time.sleep(0.5)  # the main thread runs the interrupt's handler here, within the call
+        return bool(self._store.check(keys))
+
+
+def test_the_heartbeats_verdict_is_not_swallowed_by_a_guard_around_a_store_call(tmp_path: Path) -> None:
+    """The heartbeat stops the main thread wherever it stands. Where that is inside a store call
+    whose ``except RuntimeError`` guards against a store that cannot answer (the barrier's look
+    at who arrived), the verdict must still end the barrier, naming the silent rank. It was a
+    RuntimeError, swallowed there: the barrier went on to gloo, which said rank 1's "connection
+    closed" (1 CI run of the sharded report)."""
+    timeout = 4.0
+
+    def rank(r: int) -> str:
+        launch = torchrun_launch()
+        assert launch is not None
+        try:
+            with joined(launch, timeout=timeout) as job:
+                if r == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                job.store = _StoreThatHoldsItsCheck(job.store, lambda: job.heart._told)  # type: ignore[assignment]
+                job.barrier("the meeting")
+        except RankFailedError as err:
+            return str(err)
+        return "the barrier passed"
+
+    run = run_ranks(rank, 2, tmp_path / "logs")
+    assert run.codes[1] == -9, run.output
+    assert run.values[0] == "the meeting: rank 1 gave no sign of life for 2 s (stopped, or died)", run.output

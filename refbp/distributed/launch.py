@@ -203,6 +203,7 @@ class Job:
         says so in the job's store first, and the wait is on the store, listening to the
         heartbeat meanwhile: a rank that stops or fails while the others wait is named within
         the heartbeat's silence, one that works on and never comes after ``timeout``."""
+        self.doing = what
         self._meetings += 1
         arrived = f"meeting{self._meetings}/arrived/"
         start = time.monotonic()
@@ -298,12 +299,26 @@ def joined(launch: Launch, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Job]
         dist.destroy_process_group()
 
 
+class _Interrupted(BaseException):
+    """The heartbeat's verdict, raised in the main thread wherever it stands. A BaseException,
+    as KeyboardInterrupt is, so that no ``except RuntimeError`` (or ``except Exception``) on
+    the way swallows it: raised as the RankFailedError it carries, ``Job._absent``'s guard
+    against a store that cannot answer took it for one, and the barrier then named a stopped
+    rank as one whose connection closed (1 CI run). ``_interrupted_when_lost`` turns it back
+    into its RankFailedError at the block's edge."""
+
+    def __init__(self, error: RankFailedError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @contextlib.contextmanager
 def _interrupted_when_lost(job: Job) -> Iterator[None]:
     """Within the block, the heartbeat's verdict stops the main thread where it is (mid-case)
     with the RankFailedError, so that the case in progress does not delay the end. The
     heartbeat trips INTERRUPT_SIGNAL's Python handler (``_thread.interrupt_main``: no signal is
-    sent to any process); only in the main thread, where Python runs handlers."""
+    sent to any process); only in the main thread, where Python runs handlers. The handler
+    raises ``_Interrupted``, which only this block's edge catches."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -311,12 +326,14 @@ def _interrupted_when_lost(job: Job) -> Iterator[None]:
     def lost(signum: int, frame: FrameType | None) -> None:
         heard = job.heart.verdict()
         if heard is not None:  # else a real SIGUSR1 from elsewhere: nothing to do
-            raise job._failure(job.doing, heard)
+            raise _Interrupted(job._failure(job.doing, heard))
 
     previous = signal.signal(INTERRUPT_SIGNAL, lost)
     job.heart.on_verdict = functools.partial(_thread.interrupt_main, INTERRUPT_SIGNAL)
     try:
         yield
+    except _Interrupted as interrupted:
+        raise interrupted.error from None
     finally:
         job.heart.on_verdict = None
         signal.signal(INTERRUPT_SIGNAL, previous)  # SIG_DFL: a late trip is ignored
