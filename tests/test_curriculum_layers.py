@@ -8,6 +8,7 @@ them and fail on a backward with a classic mistake in it."""
 
 from __future__ import annotations
 
+import unittest.mock
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import refbp
+import refbp.nn.conv as conv_module
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, LayerGradients
 from refbp.nn.layers import AvgPool2d, Conv1d, Conv2d, GroupNorm, MaxPool2d, Softmax
@@ -435,3 +437,36 @@ def test_conv1d_weight_gradient_equals_autograd_on_every_geometry(data: st.DataO
     layer = Conv1d(W.detach(), None, stride=s, padding=padding, dilation=d, groups=G)
     assert W.grad is not None
     torch.testing.assert_close(layer.weight_gradient(g, x), W.grad, **FLOAT64_ROUNDING)
+
+
+@settings(max_examples=3 * EXAMPLES)
+@given(data=st.data())
+def test_conv2d_weight_gradient_equals_autograd_on_every_geometry(data: st.DataObject) -> None:
+    """Conv2d's dJ/dW, offset by offset over the phase planes of x, against torch on drawn
+    groups and, per axis, stride, dilation, padding (numbers, "same", "valid") and sizes, with
+    the images in one chunk or one per chunk (each chunk's planes and padded dJ/dz are built
+    apart): offsets that read padding only, planes no position of x reaches, strides above the
+    kernel's extent."""
+    G, cg, og = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    k, s, d = (tuple(data.draw(st.integers(1, top)) for _ in range(2)) for top in (4, 4, 3))
+    paddings: list[Any] = [0, 1, (0, 2), (3, 1), "valid", *(["same"] if s == (1, 1) else [])]
+    padding = data.draw(st.sampled_from(paddings))
+    pads = (padding, padding) if isinstance(padding, int) else padding if isinstance(padding, tuple) else None
+    sizes = []
+    for axis in range(2):
+        reach = d[axis] * (k[axis] - 1) + 1  # the kernel's extent along the axis
+        least = max(1, reach - 2 * pads[axis]) if pads is not None else reach if padding == "valid" else 1
+        sizes.append(data.draw(st.integers(least, least + 9)))
+    N = data.draw(st.integers(1, 4))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    W = torch.randn(G * og, cg, *k, dtype=torch.float64, generator=gen, requires_grad=True)
+    x = torch.randn(N, G * cg, *sizes, dtype=torch.float64, generator=gen)
+    z = F.conv2d(x, W, None, s, padding, d, G)
+    g = torch.randn(z.shape, dtype=torch.float64, generator=gen)
+    z.backward(g)
+    layer = Conv2d(W.detach(), None, stride=s, padding=padding, dilation=d, groups=G)
+    budget = data.draw(st.sampled_from([conv_module.CHUNK_BYTES, 1]), label="budget")  # 1 byte: an image a chunk
+    with unittest.mock.patch.object(conv_module, "CHUNK_BYTES", budget):
+        got = layer.weight_gradient(g, x)
+    assert W.grad is not None
+    torch.testing.assert_close(got, W.grad, **FLOAT64_ROUNDING)

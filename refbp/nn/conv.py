@@ -21,16 +21,17 @@ and the backward is three products with the same columns:
                = conv_transpose(dJ/dz, W; stride s, padding p, dilation d, groups G)
 
 Line (2) never builds X_col (k_h k_w copies of x). Written out, entry (o, c, u, v) is
-sum_{n, i, j} dJ/dz[n, o, i, j] x_pad[n, c, i s + u d, j s + v d]: x_pad correlated with dJ/dz
-as the kernel, with the images as the channels summed over and the roles of stride and
-dilation swapped (the kernel's taps i, j step by s, the output's u, v by d). refbp computes it
-so, as a forward convolution, a few input channels at a time (``_Conv.weight_gradient``).
+sum_{n, i, j} dJ/dz[n, o, i, j] x_pad[n, c, i s + u d, j s + v d]: for each kernel offset
+(u, v), dJ/dz times the window of x that the offset reads, summed over the positions and the
+images. refbp takes it so, offset by offset, each window a strided view of x (Conv1d) or of a
+*phase plane* of x, the positions of one residue of the stride (Conv2d;
+``_Conv._weight_gradient_2d``), and each sum a batched matrix product.
 
 Line (3) is the transposed convolution: dJ/dz spread out by the stride, correlated with the
 kernel flipped in both spatial directions, the padding cut off again. ``output_padding`` adds
 the rows (columns) at the bottom (right) that no window reached when (H + 2p - d (k - 1) - 1)
 is not a multiple of s: their gradient is 0. It is a forward operation (torch's
-``conv_transpose2d``), not torch's backward kernel; so is line (2)'s convolution.
+``conv_transpose2d``), not torch's backward kernel.
 
 Second order (refbp.nn.second_order), R{.} = d/dr (.)(w + r v) along V_W, V_b and R{x}. The
 convolution is bilinear in (x, W), line (2) in (dJ/dz, x) and line (3) in (dJ/dz, W), so the
@@ -230,40 +231,74 @@ class _Conv(Layer):
 
     def weight_gradient(self, dJ_dz: Tensor, x: Tensor) -> Tensor:
         """(2) sum_n dJ/dz X_col^T   (C_out, C_in/G, *k), X_col = unfold(x): bilinear in (dJ/dz, x).
-
-        Entry (o, c, u, v) is sum over n, i, j of dJ/dz[n, o, i, j] x_pad[n, c, i s + u d, j s + v d]:
-        a convolution of x_pad, read with the images as channels, by dJ/dz as the kernel, in which
-        the roles of stride and dilation swap (the kernel's taps i, j step by s, the output's
-        u, v by d). A forward convolution computes it, where im2col would copy x once per kernel
-        offset; its first k_h x k_w outputs are the kernel's offsets (the others, past the
-        kernel's extent, are dropped). It runs on a few input channels at a time, 2 MiB of x read
-        as images: at item 6's sizes (benchmarks/) 1 MiB made the step 1.5x slower, 4 MiB cost
-        1.2x autograd's peak memory, 2 MiB matches autograd's memory. A Conv1d takes
-        ``_weight_gradient_1d`` instead."""
+        Conv1d: ``_weight_gradient_1d``; Conv2d: ``_weight_gradient_2d``."""
         if self.dims == 1:
             return self._weight_gradient_1d(dJ_dz, x)
-        G = self.groups
-        stride, dilation, (ph, pw) = self._as_2d()
-        x2 = x if self.dims == 2 else x.unsqueeze(2)  # (N, C_in, H, W)    Conv1d: H = 1
-        g2 = dJ_dz if self.dims == 2 else dJ_dz.unsqueeze(2)  # (N, C_out, H_out, W_out)
-        N = x2.shape[0]
-        C_out, C_g = self.C_out, self.C_in // G
-        kh, kw = (1, *self.kernel_size) if self.dims == 1 else self.kernel_size
-        symmetric = ph[0] == ph[1] and pw[0] == pw[1]  # the convolution pads itself; else a padded copy
-        padded = x2 if symmetric else F.pad(x2, (pw[0], pw[1], ph[0], ph[1]))  # (N, C_in, H', W')
-        pads = (ph[0], pw[0]) if symmetric else (0, 0)
-        H_out, W_out = g2.shape[2:]
-        # dJ/dz as G blocks of C_out/G filters of N channels each: group g's filters read group g's images
-        filters = g2.reshape(N, G, C_out // G, H_out, W_out).permute(1, 2, 0, 3, 4).reshape(C_out, N, H_out, W_out)
-        # x as C_in/G "images" of G N channels (group g's N images together), a few at a time
-        per_image = G * N * padded.shape[2] * padded.shape[3] * padded.element_size()
-        dJ_dW = torch.empty(C_out, C_g, kh, kw, dtype=g2.dtype, device=g2.device)
-        for part in chunks(C_g, per_image, budget=2 * CHUNK_BYTES, device=g2.device):
-            block = padded.unflatten(1, (G, C_g))[:, :, part]  # (N, G, c, H', W')
-            images = block.permute(2, 1, 0, 3, 4).reshape(-1, G * N, *padded.shape[2:])  # (c, G N, H', W')
-            sums = F.conv2d(images, filters, None, dilation, pads, stride, G)  # (c, C_out, >= k_h, >= k_w)
-            dJ_dW[:, part] = sums[:, :, :kh, :kw].transpose(0, 1)  # (C_out, c, k_h, k_w)
-        return dJ_dW.reshape(self.W.shape)  # (C_out, C_in/G, *k)
+        return self._weight_gradient_2d(dJ_dz, x)
+
+    def _weight_gradient_2d(self, dJ_dz: Tensor, x: Tensor) -> Tensor:
+        """(2) for a Conv2d, one kernel offset (u, v) at a time, as for a Conv1d:
+
+            dJ/dW[o, c, u, v] = sum_n sum_{i, j} dJ/dz[n, o, i, j] x_pad[n, c, i s_h + u d_h, j s_w + v d_w]
+
+        A 2-D window of x is not one strided matrix, but it becomes one on a *phase plane*. Write
+        u d_h = s_h q_u + a_u (0 <= a_u < s_h), likewise v d_w = s_w q_v + b_v; the plane of
+        phase (a, b) holds x_pad[s_h y + a, s_w x + b] at (y, x), H_out + max q rows of
+        W' = W_out + max q_v entries each. Offset (u, v) then reads rows i + q_u, columns j + q_v
+        of plane (a_u, b_v): flattened, the W' entries of each row in a row, one contiguous run
+        of H_out W' entries starting at q_u W' + q_v. dJ/dz, padded with zeros to W' columns, is
+        flattened the same way, and its zero columns cancel the entries the run reads past each
+        row's end (an extra zero row at the bottom holds the last run's overrun). The sum over
+        i, j is then a batched product, (C_out/G, H_out W') @ (H_out W', C_in/G), summed over n.
+
+        The planes are one copy of the x that the windows read (stride 1: x_pad itself), made
+        for a few images at a time (2 MiB of planes and padded dJ/dz), and nothing else is
+        copied. (The convolution of x by dJ/dz that this replaced, with the images as channels,
+        took 1.9x autograd's whole training step at item 6's sizes, benchmarks/.) A NaN or inf in
+        x reaches, through a zero of the padded dJ/dz, the entries of dW whose windows lie beside
+        it as well as those that read it (0 * inf is NaN): the forward pass is not finite there
+        either."""
+        G, (sh, sw), (dh, dw), ((ph, _), (pw, _)) = self.groups, self.stride, self.dilation, self.pads()
+        N, C_in, H, Wd = x.shape
+        C_out, H_out, W_out = self.C_out, dJ_dz.shape[2], dJ_dz.shape[3]
+        kh, kw = self.kernel_size
+        og, cg = C_out // G, C_in // G
+        rows = [divmod(u * dh, sh) for u in range(kh)]  # (q_u, a_u) of each kernel row u
+        cols = [divmod(v * dw, sw) for v in range(kw)]  # (q_v, b_v) of each kernel column v
+        phases = sorted({(a, b) for _, a in rows for _, b in cols})  # the planes some offset reads
+        plane_of = {phase: k for k, phase in enumerate(phases)}
+        Wq = W_out + max(q for q, _ in cols)  # W': the entries of a plane's row
+        Hq = H_out + max(q for q, _ in rows) + (1 if Wq > W_out else 0)  # + a zero row for the overrun
+        L = H_out * Wq  # the run each offset reads
+        per_image = (C_in * len(phases) * Hq * Wq + C_out * L) * x.element_size()
+        dJ_dW = dJ_dz.new_zeros(C_out, cg, kh, kw)
+        for part in chunks(N, per_image, budget=2 * CHUNK_BYTES, device=x.device):
+            n = part.stop - part.start
+            planes = x.new_zeros(n, C_in, len(phases), Hq, Wq)
+            for k, (a, b) in enumerate(phases):
+                # plane (a, b) at (y, x) is x[s_h y + a - p_h, s_w x + b - p_w] where that exists
+                y0, x0 = -(-(ph - a) // sh), -(-(pw - b) // sw)  # the first y (x) inside x, >= 0 once clipped
+                y0, x0 = max(0, y0), max(0, x0)
+                y1 = min(Hq, (H - 1 + ph - a) // sh + 1)
+                x1 = min(Wq, (Wd - 1 + pw - b) // sw + 1)
+                if y1 > y0 and x1 > x0:
+                    r0, c0 = y0 * sh + a - ph, x0 * sw + b - pw
+                    source = x[part, :, r0 : r0 + (y1 - y0 - 1) * sh + 1 : sh, c0 : c0 + (x1 - x0 - 1) * sw + 1 : sw]
+                    planes[:, :, k, y0:y1, x0:x1] = source
+            flat = planes.view(n, C_in, len(phases), Hq * Wq)
+            g = dJ_dz[part]  # (n, C_out, H_out, W_out)
+            if Wq > W_out:
+                g = F.pad(g, (0, Wq - W_out))  # zero columns   (n, C_out, H_out, W')
+            g = g.reshape(n, C_out, L)
+            for u, (qu, a) in enumerate(rows):
+                for v, (qv, b) in enumerate(cols):
+                    start = qu * Wq + qv
+                    run = flat[:, :, plane_of[(a, b)], start : start + L]  # (n, C_in, L), a view
+                    for group in range(G):
+                        o, c = slice(group * og, (group + 1) * og), slice(group * cg, (group + 1) * cg)
+                        # sum_n g[n, o] run[n, c]^T: (n, og, L) @ (n, L, cg), summed over n
+                        dJ_dW[o, :, u, v] += torch.bmm(g[:, o], run[:, c].transpose(1, 2)).sum(dim=0)
+        return dJ_dW
 
     def _weight_gradient_1d(self, dJ_dz: Tensor, x: Tensor) -> Tensor:
         """(2) for a Conv1d, one kernel offset u at a time:
