@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import refbp
@@ -18,7 +19,7 @@ from benchmarks.recurrent import QUICK_SIZES, autograd_step, make_case, manual_s
 from refbp.nn.convert import from_torch
 from refbp.nn.gru import GRULayer
 from refbp.nn.keys import Key
-from refbp.nn.layers import GRU, LSTM, RNN, TorchLSTM, recurrent_from_torch
+from refbp.nn.layers import GRU, LSTM, RNN, Linear, TorchLSTM, recurrent_from_torch
 from refbp.nn.lstm import LSTMLayer
 from refbp.nn.network import Network
 from refbp.nn.recurrent import Recurrent
@@ -69,6 +70,46 @@ def test_gradients_match_autograd_on_the_torch_module(spec: RecurrentSpec) -> No
         for k in range(spec.num_layers) if leaf is not None else ():
             assert leaf is not None and leaf.grad is not None
             torch.testing.assert_close(grads[f"{kind}_init1.{k + 1}"], leaf.grad[k], **FLOAT64_ROUNDING)
+
+
+@given(recurrent_specs(), st.booleans())
+def test_a_lean_training_step_gives_autograds_gradients(spec: RecurrentSpec, head: bool) -> None:
+    """The training step (forward keeping only what the backward reads, backward releasing the
+    cache): the RNN drops every z_t and writes dJ/dz_t over the rows of dJ/dout it is given,
+    directly in the layer's layout. It must still give autograd's gradients, with the recurrent
+    module last (dJ/dout from the loss) or below a Linear (dJ/dout from the loop), and leave the
+    cache's h_t untouched until it is released."""
+    module, x, h0, c0 = spec.build()
+    H = spec.hidden_size
+    gen = torch.Generator().manual_seed(spec.seed)
+    layers: list[Any] = [recurrent_from_torch(module, h0=h0, c0=c0)]
+    W = torch.randn(2, H, dtype=torch.float64, generator=gen)
+    if head:
+        layers.append(Linear(W.clone()))
+    net = Network(layers, "mse")
+    cache = net.forward(x, keep_intermediates=False)
+    y = torch.randn(cache.y_hat.shape, dtype=torch.float64, generator=gen)
+    grads = net.backward(cache, y, intermediates=False, release_cache=True)
+
+    x_leaf, h0_leaf, c0_leaf = _leaf(x), _leaf(h0), _leaf(c0)
+    out, _ = module(x_leaf, _torch_state(h0_leaf, c0_leaf))
+    F.mse_loss(out @ W.T if head else out, y).backward()
+    named = grads.torch_named()
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(named[f"0.{name}"], p.grad, **FLOAT64_ROUNDING, msg=name)
+    assert x_leaf is not None
+    torch.testing.assert_close(grads.dJ_dX, x_leaf.grad, **FLOAT64_ROUNDING)
+
+
+def test_the_lean_rnn_keeps_no_pre_activation_and_the_full_one_every_one() -> None:
+    """z_t is what the teaching view and second order read; the first-order backward takes
+    f'(z_t) from h_t. A training step's cache keeps none, the full mode every step's."""
+    layer = RNN(RNNLayer(torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)))
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    lean = Network([layer], "mse").forward(x, keep_intermediates=False).saved[1].saved[1]
+    full = Network([layer], "mse").forward(x).saved[1].saved[1]
+    assert lean.gates.numel() == 0 and full.gates.shape == (5, 2, 4)
+    torch.testing.assert_close(lean.h, full.h)
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH"])

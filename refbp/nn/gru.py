@@ -91,7 +91,7 @@ class GRULayer(RecurrentLayer):
             torch.sub(h[t - 1], n, out=h[t]).mul_(z).add_(n)  # (G4) h_t = n + z o (h_(t-1) - n)
         return RecurrentCache(h, gates, hn=hn)
 
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGradients:
+    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False) -> BPTTGradients:
         W_hh, H, h, hn = self.params["W_hh"], self.H, cache.h, cache.hn
         assert hn is not None
         T, B, _ = dJ_dout.shape

@@ -113,7 +113,9 @@ class Recurrent(Layer):
     def backward(
         self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: StackCache, ctx: BackwardContext
     ) -> LayerGradients:
-        inner_ctx = dataclasses.replace(ctx, overwrite=False)  # a(l) and a(l, L) are one tensor: read it only
+        # dJ/da(l) is dJ/da(l, L) too: the last stacked layer may overwrite it only when the caller
+        # gave it up and nobody reports it (with intermediates kept, it is reported under both keys)
+        inner_ctx = dataclasses.replace(ctx, overwrite=ctx.overwrite and not ctx.keep_intermediates)
         grads = stack_backward(self.layers, cache, [dJ_dout], inner_ctx, release=ctx.release)
         return LayerGradients(grads.dJ_dx, {}, grads.intermediates, grads.params)
 

@@ -231,7 +231,7 @@ class RecurrentLayer(Layer):
 
     def in_layout(self, t: Tensor) -> Tensor:
         """A (T, B, d) tensor in the layer's layout, contiguous."""
-        return t.transpose(0, 1).contiguous() if self.batch_first else t
+        return t.transpose(0, 1).contiguous() if self.batch_first else t.contiguous()
 
     def initial_state(self, kind: str, B: int, like: Tensor) -> Tensor:
         """The initial value of a state (B, H): the one given, or zeros."""
@@ -245,9 +245,10 @@ class RecurrentLayer(Layer):
         initial states by kind (B, H)."""
 
     @abstractmethod
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGradients:
-        """Every step backward, t = T .. 1, from dJ/dout (T, B, H); ``keep``: report dJ/d(every
-        step's intermediates)."""
+    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False) -> BPTTGradients:
+        """Every step backward, t = T .. 1, from dJ/dout (T, B, H), a view in the layer's layout;
+        ``keep``: report dJ/d(every step's intermediates); ``own``: dJ/dout's storage is the
+        cell's to overwrite (step t reads only its own rows of it)."""
 
     @abstractmethod
     def torch_step(
@@ -301,31 +302,38 @@ class RecurrentLayer(Layer):
         xw = rows @ W_ih.T if b_ih is None else torch.addmm(b_ih, rows, W_ih.T)  # every step's x_t W_ih^T + b_ih
         state = {kind: self.initial_state(kind, B, x) for kind in self.state_kinds}  # (B, H) each
         cache = self.run(xw.view(T, B, -1), state)
+        if not ctx.keep_intermediates:
+            self.drop_unread(cache)
         return self.in_layout(cache.h[1:]), cache  # h_1 .. h_T   (T, B, H) or (B, T, H)
+
+    def drop_unread(self, cache: RecurrentCache) -> None:
+        """Drop from a training step's cache what the first-order backward does not read (the
+        teaching view and second order keep everything): nothing, unless the cell says."""
 
     def backward(
         self, dJ_dout: Tensor, x: Tensor, out: Tensor, cache: RecurrentCache, ctx: BackwardContext
     ) -> LayerGradients:
         xs = self.time_major(x)  # (T, B, d_in)
-        T, B, _ = xs.shape
-        G_H = self.gate_count * self.H
-        g = self.time_major(dJ_dout).contiguous()  # (T, B, H), each step's rows contiguous (a copy if batch_first)
-        grads = self.through_time(g, cache, keep=ctx.keep_intermediates)
-        da_x = grads.da_x.reshape(T * B, G_H)  # (T B, G H)
-        da_h = grads.da_h.reshape(T * B, G_H)  # (T B, G H)
+        T = xs.shape[0]
+        g = self.time_major(dJ_dout)  # (T, B, H), a view in either layout: the steps read (B, H) rows of it
+        own = ctx.overwrite and not ctx.keep_intermediates  # the cell may write its da into dJ/dout's storage
+        grads = self.through_time(g, cache, keep=ctx.keep_intermediates, own=own)
+        da_x, x_rows, batch_first = _rows_in_one_order(grads.da_x, xs)  # (T B, G H), (T B, d_in): views if they can
         params = {
-            "W_ih": da_x.T @ xs.reshape(T * B, self.d_in),  # (R3) sum_t da_t^T x_t   (G H, d_in)
-            "W_hh": da_h.T @ cache.h[:-1].reshape(T * B, self.H),  # (R4) sum_t da_t^T h_{t-1}   (G H, H)
+            "W_ih": da_x.T @ x_rows,  # (R3) sum_t da_t^T x_t   (G H, d_in)
+            "W_hh": _sum_over_steps(grads.da_h, cache.h[:-1]),  # (R4) sum_t da_t^T h_{t-1}   (G H, H)
         }
         if "b_ih" in self.params:
             params["b_ih"] = da_x.sum(dim=0)  # (R3) sum_t sum_rows da_t   (G H,)
-            params["b_hh"] = da_h.sum(dim=0)  # (R4)
+            params["b_hh"] = grads.da_h.sum(dim=(0, 1))  # (R4)
         if ctx.weight_decay:
             for kind in self.decayed:
                 params[kind].add_(self.params[kind], alpha=ctx.weight_decay)  # + lambda W
         dJ_dx = None
         if ctx.need_dx:
-            dJ_dx = self.in_layout((da_x @ self.params["W_ih"]).view(T, B, self.d_in))  # (R5) da_t W_ih
+            rows = da_x @ self.params["W_ih"]  # (R5) da_t W_ih, every step's rows in da_x's order   (T B, d_in)
+            steps = rows.view(-1, T, self.d_in).transpose(0, 1) if batch_first else rows.view(T, -1, self.d_in)
+            dJ_dx = self.in_layout(steps)  # no copy when the rows are already in the layer's layout
         kept: dict[Key, Tensor] = {}
         if ctx.keep_intermediates:
             kept = {Key(f"{kind}_init", ctx.path): g for kind, g in grads.initial.items()}
@@ -494,3 +502,25 @@ def torch_recurrent(layers: list[RecurrentLayer], *, training: bool = True) -> t
                 module.get_parameter(f"{TORCH_PARAM_NAMES[kind]}_l{k}").copy_(t)
     module.train(training)
     return module
+
+
+def _rows_in_one_order(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """a (T, B, m) and b (T, B, n), time-major views, as rows (T B, m) and (T B, n) in one order,
+    so that a's row r and b's row r are the same (t, b), and whether that order is batch first:
+    so when both are stored batch first (then both rows are views), else time major (a copy of
+    whichever is not stored so)."""
+    if not a.is_contiguous() and a.transpose(0, 1).is_contiguous() and b.transpose(0, 1).is_contiguous():
+        a_bf, b_bf = a.transpose(0, 1), b.transpose(0, 1)  # (B, T, .) each, contiguous
+        return a_bf.reshape(-1, a.shape[-1]), b_bf.reshape(-1, b.shape[-1]), True
+    return a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), False
+
+
+def _sum_over_steps(da: Tensor, h: Tensor) -> Tensor:
+    """sum_t da_t^T h_t for da (T, B, m) and h (T, B, n), time-major: one product over every
+    step's rows when both are stored time major, else step by step (no copy of either)."""
+    if da.is_contiguous() and h.is_contiguous():
+        return da.reshape(-1, da.shape[-1]).T @ h.reshape(-1, h.shape[-1])  # (m, n)
+    total = da.new_zeros(da.shape[-1], h.shape[-1])
+    for t in range(da.shape[0]):
+        total.addmm_(da[t].T, h[t])  # + da_t^T h_t   (m, B) @ (B, n)
+    return total

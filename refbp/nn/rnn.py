@@ -94,9 +94,14 @@ class RNNLayer(RecurrentLayer):
 
     def kinks(self, cache: Any, path: tuple[int, ...]) -> dict[Key, Tensor]:
         """z_t == 0 with relu, at every step (where torch takes f'(0) = 0)."""
-        if not self.activation.kinked or not isinstance(cache, RecurrentCache):
-            return {}
+        if not self.activation.kinked or not isinstance(cache, RecurrentCache) or not cache.gates.numel():
+            return {}  # (a training step's cache keeps no z_t)
         return {Key("z", (*path, t)): cache.gates[t - 1] == 0 for t in range(1, cache.gates.shape[0] + 1)}
+
+    def drop_unread(self, cache: RecurrentCache) -> None:
+        """z_t: the backward takes f'(z_t) from h_t (tanh: 1 - h_t^2; relu: h_t > 0), as torch's
+        autograd keeps tanh's and relu's outputs, not their inputs."""
+        cache.gates = cache.gates.new_empty(0)
 
     def step_values(self, cache: RecurrentCache) -> dict[str, Tensor]:
         return {"z": cache.gates, "h": cache.h[1:]}
@@ -112,11 +117,12 @@ class RNNLayer(RecurrentLayer):
             h[t] = self.activation.f(z[t - 1])  # (E2) h_t = f(z_t)   (B, H)
         return RecurrentCache(h, z)
 
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool) -> BPTTGradients:
+    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False) -> BPTTGradients:
         W_hh = self.params["W_hh"]  # (H, H)
         T, B, H = dJ_dout.shape
-        dJ_dz = torch.empty_like(cache.gates)  # (T, B, H)
-        kept_h = torch.empty_like(cache.gates) if keep else None
+        # dJ/dz_t in dJ/dout_t's rows when they are the cell's (step t reads only its own), else new
+        dJ_dz = dJ_dout if own else torch.empty_like(dJ_dout)  # (T, B, H), in dJ/dout's layout
+        kept_h = torch.empty(T, B, H, dtype=dJ_dout.dtype, device=dJ_dout.device) if keep else None
         from_next = dJ_dout.new_zeros(B, H)  # nothing comes back from step T + 1
         for t in range(T, 0, -1):
             dJ_dh = self.total_dJ_dh(dJ_dout[t - 1], from_next)  # (R1) (B, H), a new tensor
