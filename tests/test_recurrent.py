@@ -76,9 +76,9 @@ def test_gradients_match_autograd_on_the_torch_module(spec: RecurrentSpec) -> No
 def test_a_lean_training_step_gives_autograds_gradients(spec: RecurrentSpec, head: bool) -> None:
     """The training step (forward keeping only what the backward reads, backward releasing the
     cache): the RNN drops every z_t and writes dJ/dz_t over the rows of dJ/dout it is given,
-    directly in the layer's layout. It must still give autograd's gradients, with the recurrent
-    module last (dJ/dout from the loss) or below a Linear (dJ/dout from the loop), and leave the
-    cache's h_t untouched until it is released."""
+    directly in the layer's layout; the GRU writes its da_t over its gates and dJ/dh_n over its
+    h_n, step by step. It must still give autograd's gradients, with the recurrent module last
+    (dJ/dout from the loss) or below a Linear (dJ/dout from the loop)."""
     module, x, h0, c0 = spec.build()
     H = spec.hidden_size
     gen = torch.Generator().manual_seed(spec.seed)

@@ -91,16 +91,21 @@ class GRULayer(RecurrentLayer):
             torch.sub(h[t - 1], n, out=h[t]).mul_(z).add_(n)  # (G4) h_t = n + z o (h_(t-1) - n)
         return RecurrentCache(h, gates, hn=hn)
 
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False) -> BPTTGradients:
+    def through_time(
+        self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False, consume: bool = False
+    ) -> BPTTGradients:
         W_hh, H, h, hn = self.params["W_hh"], self.H, cache.h, cache.hn
         assert hn is not None
         T, B, _ = dJ_dout.shape
-        da_x = torch.empty_like(cache.gates)  # (T, B, 3H) [da_r da_z da_n] at every step
-        da_h = torch.empty_like(cache.gates)  # (T, B, 3H) [da_r da_z dJ/dh_n] at every step
+        # consume: step t's [da_r da_z da_n] over its gates [r z n] and dJ/dh_n over its h_n (step t
+        # reads only its own), the hidden side [da_r da_z dJ/dh_n] never built whole
+        da_x = cache.gates if consume else torch.empty_like(cache.gates)  # (T, B, 3H) [da_r da_z da_n]
+        da_h = da_x if consume else torch.empty_like(cache.gates)  # (T, B, 3H) [da_r da_z dJ/dh_n]
+        dJ_dhn = hn if consume else da_h[..., 2 * H :]  # (T, B, H) dJ/dh_n at every step
         kept = {kind: torch.empty_like(dJ_dout) for kind in self.step_kinds} if keep else {}
         from_next = dJ_dout.new_zeros(B, H)  # nothing comes back from step T + 1
         for t in range(T, 0, -1):
-            r, z, n = cache.gates[t - 1].split(H, dim=1)  # (B, H) each
+            r, z, n = cache.gates[t - 1].clone().split(H, dim=1) if consume else cache.gates[t - 1].split(H, dim=1)
             dJ_dh = self.total_dJ_dh(dJ_dout[t - 1], from_next)  # (R1)
             dJ_dn = dJ_dh - dJ_dh * z  # (G4) dJ/dh_t o (1 - z)
             dJ_dz = dJ_dh * (h[t - 1] - n)  # (G4) dJ/dh_t o (h_(t-1) - n)
@@ -112,9 +117,15 @@ class GRULayer(RecurrentLayer):
                     kept[kind][t - 1] = value
             torch.mul(dJ_dr, r, out=da_r).addcmul_(da_r, r, value=-1.0)  # (G2) dJ/dr o r (1 - r)
             torch.mul(dJ_dz, z, out=da_z).addcmul_(da_z, z, value=-1.0)  # (G2) dJ/dz o z (1 - z)
+            torch.mul(da_n, r, out=dJ_dhn[t - 1])  # (G3) dJ/dh_n = da_n o r
+            if consume:  # (G1, G4) dJ/dh_t o z + [da_r da_z] W_hr,z + dJ/dh_n W_hn
+                from_next = torch.addmm(dJ_dh * z, da_x[t - 1, :, : 2 * H], W_hh[: 2 * H])
+                from_next.addmm_(dJ_dhn[t - 1], W_hh[2 * H :])
+                continue
             da_h[t - 1, :, : 2 * H] = da_x[t - 1, :, : 2 * H]  # (G1) r and z: the same on both sides
-            torch.mul(da_n, r, out=da_h[t - 1, :, 2 * H :])  # (G3) dJ/dh_n = da_n o r
             from_next = torch.addmm(dJ_dh * z, da_h[t - 1], W_hh)  # (G1, G4) dJ/dh_t o z + da_h W_hh   (B, H)
+        if consume:
+            return BPTTGradients(da_x, da_x, {"h": from_next}, kept, da_h_n=dJ_dhn)
         return BPTTGradients(da_x, da_h, {"h": from_next}, kept)
 
     def tangent_through_time(self, Rxw: Tensor, Rhw: Tensor, cache: RecurrentCache, V_hh: Tensor) -> RecurrentCache:

@@ -149,7 +149,9 @@ class LSTMLayer(RecurrentLayer):
             torch.tanh(c[t], out=h[t]).mul_(o)  # (L4) h_t = o o tanh(c_t)
         return RecurrentCache(h, gates, c=c)
 
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False) -> BPTTGradients:
+    def through_time(
+        self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False, consume: bool = False
+    ) -> BPTTGradients:
         W_hh, H, c = self.params["W_hh"], self.H, cache.c
         assert c is not None
         T, B, _ = dJ_dout.shape

@@ -114,12 +114,16 @@ class BPTTGradients:
             the same tensor as ``da_x`` except in the GRU.
         initial: state kind ("h", "c") -> dJ/d(its initial value)   (B, H).
         steps: intermediate kind -> dJ/d(it) at every step   (T, B, H), when kept.
+        da_h_n: (T, B, H) the GRU's dJ/dh_n in a training step that consumed its cache: the
+            hidden side is then not built whole, but is ``da_h`` (= da_x) with its last H columns
+            (da_n) replaced by these. None otherwise.
     """
 
     da_x: Tensor
     da_h: Tensor
     initial: dict[str, Tensor]
     steps: dict[str, Tensor] = field(default_factory=dict)
+    da_h_n: Tensor | None = None
 
 
 class RecurrentLayer(Layer):
@@ -245,10 +249,13 @@ class RecurrentLayer(Layer):
         initial states by kind (B, H)."""
 
     @abstractmethod
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False) -> BPTTGradients:
+    def through_time(
+        self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False, consume: bool = False
+    ) -> BPTTGradients:
         """Every step backward, t = T .. 1, from dJ/dout (T, B, H), a view in the layer's layout;
         ``keep``: report dJ/d(every step's intermediates); ``own``: dJ/dout's storage is the
-        cell's to overwrite (step t reads only its own rows of it)."""
+        cell's to overwrite (step t reads only its own rows of it); ``consume``: so is the
+        cache's (it is dropped after this call)."""
 
     @abstractmethod
     def torch_step(
@@ -316,16 +323,21 @@ class RecurrentLayer(Layer):
         xs = self.time_major(x)  # (T, B, d_in)
         T = xs.shape[0]
         g = self.time_major(dJ_dout)  # (T, B, H), a view in either layout: the steps read (B, H) rows of it
-        own = ctx.overwrite and not ctx.keep_intermediates  # the cell may write its da into dJ/dout's storage
-        grads = self.through_time(g, cache, keep=ctx.keep_intermediates, own=own)
+        lean = not ctx.keep_intermediates
+        # the cell may write its da into dJ/dout's storage (given up by the loop) and into its
+        # cache's (dropped after this call)
+        grads = self.through_time(g, cache, keep=not lean, own=ctx.overwrite and lean, consume=ctx.release and lean)
         da_x, x_rows, batch_first = _rows_in_one_order(grads.da_x, xs)  # (T B, G H), (T B, d_in): views if they can
+        h_prev = cache.h[:-1]  # (T, B, H)
+        # the hidden side in column blocks: whole, or (the GRU's) da_x's r and z parts and dJ/dh_n
+        hidden = [grads.da_h] if grads.da_h_n is None else [grads.da_h[..., : -self.H], grads.da_h_n]
         params = {
             "W_ih": da_x.T @ x_rows,  # (R3) sum_t da_t^T x_t   (G H, d_in)
-            "W_hh": _sum_over_steps(grads.da_h, cache.h[:-1]),  # (R4) sum_t da_t^T h_{t-1}   (G H, H)
+            "W_hh": torch.cat([_sum_over_steps(block, h_prev) for block in hidden]),  # (R4) sum_t da_t^T h_{t-1}
         }
         if "b_ih" in self.params:
             params["b_ih"] = da_x.sum(dim=0)  # (R3) sum_t sum_rows da_t   (G H,)
-            params["b_hh"] = grads.da_h.sum(dim=(0, 1))  # (R4)
+            params["b_hh"] = torch.cat([block.sum(dim=(0, 1)) for block in hidden])  # (R4)
         if ctx.weight_decay:
             for kind in self.decayed:
                 params[kind].add_(self.params[kind], alpha=ctx.weight_decay)  # + lambda W
@@ -517,10 +529,21 @@ def _rows_in_one_order(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, bool]:
 
 def _sum_over_steps(da: Tensor, h: Tensor) -> Tensor:
     """sum_t da_t^T h_t for da (T, B, m) and h (T, B, n), time-major: one product over every
-    step's rows when both are stored time major, else step by step (no copy of either)."""
-    if da.is_contiguous() and h.is_contiguous():
-        return da.reshape(-1, da.shape[-1]).T @ h.reshape(-1, h.shape[-1])  # (m, n)
+    step's rows when both are stored time major (a block of columns counts), else step by step
+    (no copy of either)."""
+    rows_da, rows_h = _time_major_rows(da), _time_major_rows(h)
+    if rows_da is not None and rows_h is not None:
+        return rows_da.T @ rows_h  # (m, n)
     total = da.new_zeros(da.shape[-1], h.shape[-1])
     for t in range(da.shape[0]):
         total.addmm_(da[t].T, h[t])  # + da_t^T h_t   (m, B) @ (B, n)
     return total
+
+
+def _time_major_rows(t: Tensor) -> Tensor | None:
+    """t (T, B, m) as its rows (T B, m) in time-major order without a copy (a block of columns of
+    a contiguous tensor qualifies); None when its storage does not allow it (stored batch first)."""
+    try:
+        return t.view(-1, t.shape[-1])
+    except RuntimeError:
+        return None

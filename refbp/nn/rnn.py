@@ -117,7 +117,9 @@ class RNNLayer(RecurrentLayer):
             h[t] = self.activation.f(z[t - 1])  # (E2) h_t = f(z_t)   (B, H)
         return RecurrentCache(h, z)
 
-    def through_time(self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False) -> BPTTGradients:
+    def through_time(
+        self, dJ_dout: Tensor, cache: RecurrentCache, *, keep: bool, own: bool = False, consume: bool = False
+    ) -> BPTTGradients:
         W_hh = self.params["W_hh"]  # (H, H)
         T, B, H = dJ_dout.shape
         # dJ/dz_t in dJ/dout_t's rows when they are the cell's (step t reads only its own), else new
