@@ -81,6 +81,7 @@ from .layernorm import (
     normalised,
     normalised_r_backward,
     normalised_tangent,
+    scale_shift,
 )
 from .pieces import Pieces
 from .registry import register
@@ -250,16 +251,17 @@ class BatchNorm1d(Layer):
                 var_unbiased = var if self.unbiased else var * (n / (n - 1))
                 self._update_running(mu.view(-1).to(x.dtype), var_unbiased.view(-1).to(x.dtype))
             rstd = var.add(self.eps).rsqrt_()  # (1, C, 1, ...)
-            y.mul_(rstd)  # xhat = (x - mu) rstd
             if gamma is not None and beta is not None:
-                y = torch.addcmul(beta, y, gamma, out=y)  # y = gamma o xhat + beta
+                y = scale_shift(y, rstd * gamma, beta, out=y)  # y = gamma o xhat + beta = (x - mu) (gamma rstd) + beta
+            else:
+                y.mul_(rstd)  # y = xhat = (x - mu) rstd
             return y.to(x.dtype), NormStats(mu, rstd)
         assert self.running_mean is not None and self.running_var is not None
         mu = self.running_mean.to(xa.dtype).view(view)
         rstd = self.running_var.to(xa.dtype).add(self.eps).rsqrt_().view(view)
         scale = rstd if gamma is None else rstd * gamma  # s = gamma rstd   (1, C, 1, ...)
         shift = -mu * scale if beta is None else beta - mu * scale  # beta - s running_mean
-        y = torch.addcmul(shift, xa, scale, out=fresh_like(xa))  # y = s x + (beta - s running_mean), one pass
+        y = scale_shift(xa, scale, shift, out=fresh_like(xa))  # y = s x + (beta - s running_mean)
         return y.to(x.dtype), NormStats(mu, rstd)
 
     def lean_backward(self, dJ_dy: Tensor, x: Tensor, cache: NormStats, ctx: BackwardContext) -> LayerGradients:
@@ -276,9 +278,9 @@ class BatchNorm1d(Layer):
         if ctx.keep_intermediates:
             kept[Key("xhat", ctx.path)] = dJ_dy * gamma.to(dtype) if gamma is not None else dJ_dy.clone()
         sum_g = channel_sum(g).view(view)  # sum_n dJ/dy   (1, C, 1, ...)
-        g_xhat = torch.sub(xa, mu, out=fresh_like(xa)).mul_(rstd).mul_(g)  # xhat rebuilt from x, times dJ/dy
-        S = channel_sum(g_xhat).view(view)  # S = sum_n dJ/dy o xhat   (1, C, 1, ...)
-        del g_xhat
+        g_xm = torch.sub(xa, mu, out=fresh_like(xa)).mul_(g)  # (x - mu) o dJ/dy: xhat rebuilt from x, but for rstd
+        S = channel_sum(g_xm).view(view).mul_(rstd)  # S = sum_n dJ/dy o xhat = rstd sum_n dJ/dy o (x - mu)
+        del g_xm
         params: dict[str, Tensor] = {}
         if gamma is not None:
             params["gamma"] = S.view(-1).to(dtype)  # dJ/dgamma = sum_n dJ/dy o xhat   (C,)
@@ -295,7 +297,8 @@ class BatchNorm1d(Layer):
         k = s * rstd * S_n  # (1, C, 1, ...)
         # dJ/dx = s (dJ/dy - sum_g / N - xhat S / N) = s (dJ/dy - (sum_g / N - mu rstd S / N)) - k x
         shift = (sum_g / n).sub_(mu * rstd * S_n)
-        return LayerGradients(g.sub_(shift).mul_(s).addcmul_(xa, k, value=-1.0).to(dtype), params, kept)
+        dJ_dx = scale_shift(g, s, -s * shift, out=g).addcmul_(xa, k, value=-1.0)  # s dJ/dy - s shift - k x
+        return LayerGradients(dJ_dx.to(dtype), params, kept)
 
     def _update_running(self, mu: Tensor, var_unbiased: Tensor) -> None:
         """torch's update: an exponential average with momentum m, or (m = None) the

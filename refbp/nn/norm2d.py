@@ -49,7 +49,6 @@ from .batchnorm import (
     BATCH_NORM_EPS,
     BATCH_NORM_MOMENTUM,
     BatchNorm1d,
-    channel_sum,
     refuse_unbiased,
     unbiased_batch_norm,
 )
@@ -69,6 +68,7 @@ from .layernorm import (
     normalised,
     normalised_r_backward,
     normalised_tangent,
+    scale_shift,
 )
 from .pieces import Pieces
 from .registry import register
@@ -385,7 +385,7 @@ class GroupNorm(Layer):
             y = y_rows.view(x.shape)
             if self.params:
                 gamma, beta = (self._per_channel(self.params[k], x.dim()) for k in ("gamma", "beta"))
-                y = torch.addcmul(beta, y, gamma, out=y)  # y = gamma[c] xhat + beta[c]
+                y = scale_shift(y, gamma, beta, out=y)  # y = gamma[c] xhat + beta[c]
             return y, stats
         xhat_rows, rows_cache = self._rows(x).forward(x.reshape(N * self.G, -1), ctx, path)  # (N G, C/G H W)
         xhat = rows_cache.xhat.view(x.shape)  # (N, C, *) in the accumulation dtype
@@ -396,39 +396,53 @@ class GroupNorm(Layer):
         return torch.addcmul(beta, xhat_rows.view(x.shape), gamma), cache  # y = gamma[c] xhat + beta[c]
 
     def _lean_backward(self, dJ_dy: Tensor, x: Tensor, stats: NormStats, ctx: BackwardContext) -> LayerGradients:
-        """The backward pass from the groups' mu and rstd, in one work buffer besides dJ/dy's own
-        storage: xhat rebuilt from x (as llm.c), then dJ/dy o xhat (for dJ/dgamma), then
-        dJ/dxhat o xhat (for LayerNorm's variance term), while dJ/dy becomes dJ/dxhat, then dJ/dx:
+        """The backward pass from the groups' mu and rstd: each (image, channel)'s two sums over
+        its positions, then dJ/dx in two passes, with h = dJ/dxhat = dJ/dy o gamma[c]:
 
-            h = dJ/dxhat = dJ/dy o gamma[c] ;  mean_h, m = mean over a group's entries of h, h o xhat
-            dJ/dx = rstd (h - mean_h - xhat m) = rstd (h - (mean_h - mu rstd m)) - rstd^2 m x"""
+            E[n, c] = sum_pos dJ/dy ;  S[n, c] = sum_pos dJ/dy o xhat = rstd sum_pos dJ/dy o (x - mu)
+            dJ/dgamma = sum_n S ;  dJ/dbeta = sum_n E
+            mean_h = sum_(c in group) gamma[c] E / K ;  m = mean_k h o xhat = sum_(c in group) gamma[c] S / K
+            dJ/dx = rstd (h - mean_h - xhat m) = rstd gamma[c] dJ/dy + (rstd^2 m mu - rstd mean_h) - rstd^2 m x
+
+        (K = C/G H W entries a group). Six passes over x's size: x - mu into one work buffer,
+        the two sums (dJ/dy o (x - mu) made in that buffer first), and dJ/dx's two multiply-adds,
+        written into the work buffer."""
         dtype, N, acc = dJ_dy.dtype, x.shape[0], stats.rstd.dtype
-        rows_x = x.to(acc).reshape(N * self.G, -1)  # (N G, K), K = C/G H W
+        G, C = self.G, self.C
+        rows_x = x.to(acc).reshape(N * G, -1)  # (N G, K), K = C/G H W: default layout, a copy if x is not in it
         K = rows_x.shape[1]
         mu, rstd = stats.mu, stats.rstd  # (N G, 1) each
         params: dict[str, Tensor] = {}
         kept: dict[Key, Tensor] = {}
-        own = ctx.overwrite and not ctx.keep_intermediates and dJ_dy.dtype == acc and dJ_dy.is_contiguous()
-        # dJ/dy, then dJ/dxhat, then dJ/dx in place   (N, C, *); a copy in the default layout, so that
-        # the groups' rows are contiguous whatever dJ/dy's strides (channels-last, say)
-        g = dJ_dy if own else dJ_dy.to(acc, memory_format=torch.contiguous_format, copy=True)
-        work = torch.sub(rows_x, mu, out=fresh_like(rows_x)).mul_(rstd)  # xhat rebuilt from x   (N G, K)
-        work.view(x.shape).mul_(g)  # dJ/dy o xhat
+        # dJ/dy in the default layout, so that each (image, channel)'s positions are one contiguous row
+        g = (
+            dJ_dy
+            if dJ_dy.dtype == acc and dJ_dy.is_contiguous()
+            else dJ_dy.to(acc, memory_format=torch.contiguous_format)
+        )
+        per_channel = (N * C, -1)  # one row per (image, channel): its positions
+        E = g.view(per_channel).sum(dim=-1).view(N, C)  # sum_pos dJ/dy   (N, C)
+        work = torch.sub(rows_x, mu, out=fresh_like(rows_x))  # x - mu   (N G, K)
+        S = work.view(per_channel).mul_(g.view(per_channel)).sum(dim=-1).view(N, G, -1)  # sum_pos dJ/dy o (x - mu)
+        S = S.mul_(rstd.view(N, G, 1)).view(N, C)  # S = sum_pos dJ/dy o xhat   (N, C)
+        gamma = self.params["gamma"].to(acc) if self.params else torch.ones(C, dtype=acc, device=x.device)  # (C,)
         if self.params:
-            gamma = self._per_channel(self.params["gamma"].to(acc), x.dim())  # (C, 1, ...)
-            params["gamma"] = channel_sum(work.view(x.shape)).to(dtype)  # dJ/dgamma = sum dJ/dy o xhat   (C,)
-            params["beta"] = channel_sum(g).to(dtype)  # dJ/dbeta = sum dJ/dy   (C,)
-            g.mul_(gamma)  # h = dJ/dxhat = dJ/dy o gamma[c]
-            work.view(x.shape).mul_(gamma)  # h o xhat
-        if ctx.keep_intermediates:  # dJ/dxhat, in storage of its own
-            kept[Key("xhat", ctx.path)] = g.to(dtype, copy=True)
+            params["gamma"] = S.sum(dim=0).to(dtype)  # dJ/dgamma = sum_n S   (C,)
+            params["beta"] = E.sum(dim=0).to(dtype)  # dJ/dbeta = sum_n E   (C,)
+        if ctx.keep_intermediates:  # dJ/dxhat = dJ/dy o gamma[c], in storage of its own
+            kept[Key("xhat", ctx.path)] = (g * self._per_channel(gamma, x.dim())).to(dtype)
         if not ctx.need_dx:
             return LayerGradients(None, params, kept)
-        h = g.view(N * self.G, K)  # (N G, K)
-        m = work.sum(dim=-1, keepdim=True).div_(K)  # m = mean_k h o xhat   (N G, 1)
-        del work
-        shift = h.sum(dim=-1, keepdim=True).div_(K).sub_(mu * rstd * m)  # mean_h - mu rstd m   (N G, 1)
-        dJ_dx = h.sub_(shift).mul_(rstd).addcmul_(rows_x, rstd * rstd * m, value=-1.0)  # (N G, K)
+        mean_h = (gamma * E).view(N, G, -1).sum(dim=-1).div_(K)  # mean_k h   (N, G)
+        m = (gamma * S).view(N, G, -1).sum(dim=-1).div_(K)  # m = mean_k h o xhat   (N, G)
+        r, mu_g = rstd.view(N, G), mu.view(N, G)
+        k = r * r * m  # rstd^2 m   (N, G)
+        shift = (k * mu_g).sub_(r * mean_h)  # rstd^2 m mu - rstd mean_h   (N, G)
+        per_group = (N, G, 1)  # a group's factor for each of its channels
+        a_c = (r.view(per_group) * gamma.view(1, G, -1)).view(N, C, 1)  # rstd gamma[c]   (N, C, 1)
+        shift_c, k_c = (t.view(per_group).expand(N, G, C // G).reshape(N, C, 1) for t in (shift, k))
+        dJ_dx = scale_shift(rows_x.view(N, C, -1), k_c.neg_(), shift_c, out=work.view(N, C, -1))  # - rstd^2 m x + ...
+        dJ_dx.addcmul_(g.view(N, C, -1), a_c)  # + rstd gamma[c] dJ/dy
         return LayerGradients(dJ_dx.view(x.shape).to(dtype), params, kept)
 
     def backward(
