@@ -348,13 +348,14 @@ class LayerNorm(Layer):
             return (torch.mv(t, gamma) if gamma is not None else t.sum(dim=-1)).unsqueeze_(-1).div_(d)
 
         mean_g = mean_k_times_gamma(g) if ctx.need_dx else None  # mean_k dJ/dxhat   (M, 1)
-        g_xhat = torch.sub(rows_x, mu, out=fresh_like(rows_x)).mul_(rstd).mul_(g)  # xhat rebuilt (llm.c), o dJ/dy
+        # xhat rebuilt from x (llm.c) but for the row's rstd, times dJ/dy; rstd enters the two sums below
+        g_xm = torch.sub(rows_x, mu, out=fresh_like(rows_x)).mul_(g)  # dJ/dy o (x - mu)   (M, d)
         if gamma is not None:
-            params["gamma"] = g_xhat.sum(dim=0).to(dtype)  # dJ/dgamma = sum_rows dJ/dy o xhat   (d,)
+            params["gamma"] = torch.mv(g_xm.T, rstd.view(-1)).to(dtype)  # dJ/dgamma = sum_rows dJ/dy o xhat   (d,)
         if mean_g is None:
             return LayerGradients(None, params, kept)
-        m = mean_k_times_gamma(g_xhat)  # m = mean_k dJ/dxhat o xhat   (M, 1)
-        del g_xhat
+        m = mean_k_times_gamma(g_xm).mul_(rstd)  # m = mean_k dJ/dxhat o xhat   (M, 1)
+        del g_xm
         # dJ/dx = rstd (dJ/dxhat - mean_g - xhat m) = rstd (dJ/dy o gamma - (mean_g - mu rstd m)) - rstd^2 m x
         if gamma is not None:
             g.mul_(gamma)  # dJ/dxhat = dJ/dy o gamma
