@@ -3,6 +3,7 @@ layer's own torch module, one layer at a time: the time ratio and the peak-memor
 
     python benchmarks/run.py --layers-only        # this item alone, merged into reports/
     python benchmarks/layers.py --probe MODES N D V THREADS NAME [NAME ...]   # memory, in this process
+    python benchmarks/layers.py --time REPEATS QUICK N D V THREADS NAME [NAME ...]   # time, in this process
 
 *manual* is the lean training step of refbp.nn.stack, the loop Network.forward and
 Network.backward run once their input checks are done: forward with keep_intermediates=False
@@ -156,6 +157,18 @@ MODES = ("manual", "autograd")
 MALLOC_TRIM = {"MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0"}
 """Besides memory_probe.py's mmap threshold: glibc also returns the top of its small-object heap
 to the OS as soon as it is free, so that small transient allocations do not stay resident."""
+
+WARM_ALLOCATOR = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_TOP_PAD_": str(256 << 20),
+}
+"""glibc's allocator for the timings (a process of their own): every tensor from the heap, and
+freed memory kept for the next one, as a caching allocator (torch's on CUDA) keeps it. Left to
+its defaults, glibc serves a fresh multi-MiB tensor by mmap or hands memory back to the OS
+depending on the process's history; each such tensor then costs its page faults (about 0.25 ms
+per 4 MiB here), paid by whichever side happened to allocate, and the ratio of an unchanged
+layer moved by up to 0.5 between runs. Held warm, both sides compute only."""
 
 MEMORY_RESOLUTION = 256 * 1024
 """Bytes: two probes of the same set of tensors differ by up to about 150 KiB (pages of glibc's
@@ -329,8 +342,21 @@ def _inner(case: LayerCase, seconds: float) -> int:
     return max(1, min(1000, round(seconds / max(single, 1e-7))))
 
 
+def measure_layer_times(
+    names: Sequence[str], sizes: dict[str, int], *, repeats: int, quick: bool, threads: int
+) -> list[dict[str, Any]]:
+    """``time_layers`` in a fresh process whose allocator is held warm (WARM_ALLOCATOR)."""
+    env = {**os.environ, **WARM_ALLOCATOR}
+    args = [str(repeats), str(int(quick)), str(sizes["N"]), str(sizes["d"]), str(sizes["V"]), str(threads), *names]
+    out = subprocess.run([sys.executable, str(PROBE), "--time", *args], env=env, stdout=subprocess.PIPE,
+                         text=True, check=True)  # fmt: skip
+    rows: list[dict[str, Any]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return rows
+
+
 def time_layers(names: Sequence[str], sizes: dict[str, int], *, repeats: int, quick: bool) -> list[dict[str, Any]]:
-    """Median seconds of the manual and the autograd step for each layer, timed in turns."""
+    """Median seconds of the manual and the autograd step for each layer, timed in turns
+    (progress on stderr)."""
     rows = []
     for name in names:
         case = make_case(name, **sizes)
@@ -342,7 +368,7 @@ def time_layers(names: Sequence[str], sizes: dict[str, int], *, repeats: int, qu
             "t_manual": t["manual"], "t_autograd": t["autograd"], "time_ratio": t["manual"] / t["autograd"],
         })  # fmt: skip
         print(f"  time {name}: manual/autograd {rows[-1]['time_ratio']:.2f} "
-              f"({1e3 * t['manual']:.3f} / {1e3 * t['autograd']:.3f} ms)", flush=True)  # fmt: skip
+              f"({1e3 * t['manual']:.3f} / {1e3 * t['autograd']:.3f} ms)", file=sys.stderr, flush=True)  # fmt: skip
     return rows
 
 
@@ -393,7 +419,7 @@ def measure_layer_memory(names: Sequence[str], sizes: dict[str, int], *, threads
 def run_layers(*, quick: bool, threads: int, repeats: int) -> dict[str, Any]:
     """Time and memory of every layer; returns the ``layers`` entry of benchmarks.json."""
     sizes = QUICK_SIZES if quick else FULL_SIZES
-    rows = time_layers(LAYERS, sizes, repeats=repeats, quick=quick)
+    rows = measure_layer_times(LAYERS, sizes, repeats=repeats, quick=quick, threads=threads)
     peaks = measure_layer_memory(LAYERS, sizes, threads=threads, fresh=not quick)
     for row in rows:
         p = peaks[row["layer"]]
@@ -415,8 +441,17 @@ def _probe_main(argv: list[str]) -> None:
     print(json.dumps(probe(modes.split(","), names, {"N": int(N), "d": int(d), "V": int(V)})))
 
 
+def _time_main(argv: list[str]) -> None:
+    repeats, quick, N, d, V, threads, *names = argv
+    torch.set_num_threads(int(threads))
+    sizes = {"N": int(N), "d": int(d), "V": int(V)}
+    print(json.dumps(time_layers(names, sizes, repeats=int(repeats), quick=bool(int(quick)))))
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--probe":
         _probe_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--time":
+        _time_main(sys.argv[2:])
     else:
         print(__doc__)
