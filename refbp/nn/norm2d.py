@@ -415,11 +415,7 @@ class GroupNorm(Layer):
         params: dict[str, Tensor] = {}
         kept: dict[Key, Tensor] = {}
         # dJ/dy in the default layout, so that each (image, channel)'s positions are one contiguous row
-        g = (
-            dJ_dy
-            if dJ_dy.dtype == acc and dJ_dy.is_contiguous()
-            else dJ_dy.to(acc, memory_format=torch.contiguous_format)
-        )
+        g = dJ_dy.to(acc).contiguous()  # dJ/dy itself when it is already so (then only read)
         per_channel = (N * C, -1)  # one row per (image, channel): its positions
         E = g.view(per_channel).sum(dim=-1).view(N, C)  # sum_pos dJ/dy   (N, C)
         work = torch.sub(rows_x, mu, out=fresh_like(rows_x))  # x - mu   (N G, K)
@@ -440,8 +436,8 @@ class GroupNorm(Layer):
         shift = (k * mu_g).sub_(r * mean_h)  # rstd^2 m mu - rstd mean_h   (N, G)
         per_group = (N, G, 1)  # a group's factor for each of its channels
         a_c = (r.view(per_group) * gamma.view(1, G, -1)).view(N, C, 1)  # rstd gamma[c]   (N, C, 1)
-        shift_c, k_c = (t.view(per_group).expand(N, G, C // G).reshape(N, C, 1) for t in (shift, k))
-        dJ_dx = scale_shift(rows_x.view(N, C, -1), k_c.neg_(), shift_c, out=work.view(N, C, -1))  # - rstd^2 m x + ...
+        shift_c, minus_k_c = (t.view(per_group).expand(N, G, C // G).reshape(N, C, 1) for t in (shift, -k))
+        dJ_dx = scale_shift(rows_x.view(N, C, -1), minus_k_c, shift_c, out=work.view(N, C, -1))  # - rstd^2 m x + ...
         dJ_dx.addcmul_(g.view(N, C, -1), a_c)  # + rstd gamma[c] dJ/dy
         return LayerGradients(dJ_dx.view(x.shape).to(dtype), params, kept)
 
