@@ -104,52 +104,50 @@ the tables above are the measurement, so a target this note calls within reach m
 
 LAYERS_NOTE = """\
 What limits the layers that miss, from torch.profiler and single-op timings on this machine
-(1 thread, N=1024, d=512, float32; one *unit* is one (N, d) float32 tensor, 2 MiB). The table
-is the measurement, taken at a load average of about 2 on the 2 cores (another session's
-mutation run beside it); earlier runs at loads of 15-18 moved the ratios of an unchanged layer
-by up to +-0.5, so read them as ranges, not to the hundredth.
+(1 thread, N=1024, d=512, float32; one *unit* is one (N, d) float32 tensor, 2 MiB). Timed with
+the allocator held warm since this round: before, page faults on fresh buffers moved the
+ratio of an unchanged layer by up to 0.5 between runs (GroupNorm's autograd step read 2.3 ms
+in one run, 5.6 ms in the next), which had hidden BatchNorm1d train's 1.2-1.4x behind 0.98x.
+Rows at 1.00-1.02x (MaxPool2d, Conv1d) are level within that noise.
 
-- **Changed in the latest round.** Conv1d's dJ/dW is taken offset by offset: for each kernel
-  offset u, a batched product of dJ/dz with the strided view of x that u reads (padding left
-  out), summed over the batch, where the 2-D path below ran it as a convolution whose kernel is
-  as long as the sequence: 0.95x autograd's time side by side (was 1.90x), 0.80x its memory.
-  The second-to-last round's changes follow.
-- **Changed in the round before, each measured back to back with the code before it.** MaxPool2d
-  keeps torch's forward indices (F.max_pool2d(return_indices=True), a forward kernel with
-  refbp's first-maximum rule) instead of unfolding its windows, and its backward is one
-  scatter_add_: 1.00x time and memory (was 2.1x and 2.4x). AvgPool2d and AdaptiveAvgPool2d
-  compute dJ/dx = A_h^T dJ/dy A_w, the separable map they are, 256 KiB of temporaries at a
-  time: 0.84-0.85x time, memory within the probe's resolution (AvgPool2d was 1.85x memory).
-  LogSoftmax's backward works in exp(y)'s storage: memory level (was 1.31x). The convolutions'
-  dJ/dW is one forward convolution of x by dJ/dz (stride and dilation swapped), 2 MiB of x at a
-  time, where it was an im2col copy of x per kernel offset: memory level (Conv2d was 1.23x),
-  time 1.4-2.0x (Conv2d was 2.6x). Residual(Linear, relu) is level (was 1.45x memory): a lean
-  forward pass drops each a(l) that no backward reads (``Layer.backward_reads_input`` and
-  ``backward_reads_output``; here the Linear's output), and a composite layer frees its inner
-  caches as its backward goes when the step releases its cache, as autograd frees saved tensors.
-- **LayerNorm, BatchNorm1d/2d, GroupNorm: time 1.1-2.2x, memory level.** A training step keeps
-  mu and rstd per row, feature or group (NormStats) in the input's dtype, as torch's kernels and
-  llm.c do, and the backward rebuilds xhat from x in one work buffer (the full teaching mode
-  keeps its float64 path; tests/test_lean.py holds the two equal to the dtype's rounding). What
-  is left is the number of passes over memory: torch runs one fused kernel each way, refbp's
-  eager operations make about 5 passes forward and 9-12 backward. GroupNorm's subtraction of
-  each group's mean into a fresh buffer takes 1.3 ms of its 5.7 ms step (0.26 ms on a warm
-  buffer: first touches of fresh pages), and its affine addcmul(beta, y, gamma, out=y) with
-  per-channel (C, 1, 1) factors runs 2x slower than a multiply and an add; the two are not the
-  same rounding (addcmul is fused here), so it was left as is.
-- **gelu: 1.9x the time, memory met.** f'(z) = Phi(z) + z phi(z) takes 7 passes per chunk; erf
-  and exp themselves are most of them, against one pass of torch's fused gelu_backward, a
-  backward kernel the manual path may not call.
-- **Conv2d: time 1.4-1.6x.** dJ/dx is a transposed convolution (conv_transpose2d) and dJ/dW a
-  forward convolution, two calls and a transposed copy of each chunk of x, where torch's
-  convolution_backward is one kernel. Conv1d's offset-by-offset products do not carry over: a
-  2-D window of x is not one strided matrix, so each offset would copy x again (the im2col
-  route this replaced, 1.23x memory).
-- **The recurrent layers: LSTM 1.6x time; RNN and GRU 1.7-2.7x memory.** The LSTM runs its steps
-  in Python against torch.nn.LSTM's C++ loop. The RNN and the GRU keep every step's gates and
-  pre-activations for BPTT (the RNN's z, which its first-order backward does not read), copy
-  dJ/dout to time-major order, and copy dJ/dx back to batch-first order, where torch's kernels
-  keep less."""
+- **Changed in this round, each measured against the code before it, warm, one process each.**
+  Conv2d's dJ/dW is taken offset by offset, as Conv1d's: each kernel offset reads one
+  contiguous run of a *phase plane* of x (the positions of one residue of the stride), so the
+  sum over positions is a batched matrix product with dJ/dz padded to the plane's width; dJ/dW
+  2.2x faster at stride 1, the step 1.70x -> 1.22x, memory 1.00x -> 0.80x; unchanged at stride
+  2. The RNN keeps no z_t (f' from h_t) and writes dJ/dz_t over the dJ/dout it is given, in
+  the layer's own layout: memory 1.7-1.95x -> 0.98x, time level. The GRU writes each step's da over
+  that step's gates and dJ/dh_n over its h_n as the steps consume them: memory 2.4-2.7x -> 1.54x.
+  The LSTM computes the gates' factors for every step at once, 7 operations a step instead of
+  24: 1.62x -> 1.48x. GroupNorm's backward takes six passes instead of twelve (each image and
+  channel's two sums, then dJ/dx in two multiply-adds): 2.12x -> 1.67x. Per-channel affines
+  are a product and a sum (torch's addcmul with two operands broadcast over the outer
+  dimensions runs 2-4x slower than the two): BatchNorm2d train 1.18x -> 0.86x, eval 1.36x ->
+  1.17x. Tried and dropped: Conv2d's dJ/dx at stride 2 as four forward convolutions of its
+  phases (8.5 ms against conv_transpose2d's 8.7: each small mkldnn call is bound by its layout
+  conversions), and LogSoftmax's backward in one pass fewer (1.06-1.11x either way).
+- **LayerNorm, BatchNorm1d train, BatchNorm2d eval, GroupNorm: time 1.2-1.7x, memory level.** A
+  training step keeps mu and rstd per row, feature or group (NormStats) in the input's dtype,
+  as torch's kernels and llm.c do, and the backward rebuilds xhat from x in one work buffer (the
+  full teaching mode keeps its float64 path; tests/test_lean.py holds the two equal to the
+  dtype's rounding). What is left is the number of passes over memory, each one memory-bound at
+  these sizes (a subtraction into a fresh 2 MiB buffer: 60 us alone, 250 us inside the step,
+  where x, dJ/dy and the output no longer fit the caches): torch runs one fused kernel each way,
+  refbp's eager operations make 4-5 passes forward and 6-10 backward.
+- **gelu: 2.0x the time, memory met.** f'(z) = Phi(z) + z phi(z) takes 7 passes per chunk; erf
+  (1.7 ns an entry) and exp are most of them, against one pass of torch's fused gelu_backward,
+  a backward kernel the manual path may not call. Phi = gelu(z) / z from the forward output
+  would save the erf, but loses accuracy where z is subnormal, so it was not done.
+- **Conv2d: time 1.2x at stride 1, 1.5x at stride 2.** dJ/dx is a transposed convolution
+  (conv_transpose2d), 3x slower than the forward convolution at stride 2 on this CPU, and dJ/dW
+  nine batched products; torch's convolution_backward computes both in one mkldnn call.
+- **LSTM: time 1.5x.** T small matrix products and about 15 element-wise calls a step (a few
+  microseconds of dispatch each at B 32, H 128), and torch's CPU tanh at about 4 ns an entry,
+  against torch.nn.LSTM's one mkldnn_rnn_layer call each way.
+- **GRU: memory 1.5x.** It keeps every step's gates, h_t and h_n (5 units of (T, B, H)), then
+  copies x to time-major order for dJ/dW_ih and dJ/dx back to batch-first order; torch keeps
+  less per step."""
+
 """Section 6's reading: what limits each layer that misses the target, from profiles on this machine."""
 
 
