@@ -14,7 +14,9 @@ as refbp does. Both start from the same dJ/d(output) G, each from a fresh copy o
 training step starts from a fresh loss gradient (refbp's loop owns it and may overwrite it).
 
 The layers are timed one by one rather than through ``Network``, because a Network without
-parameters (Elementwise, Dropout, Flatten alone) takes float64 inputs only.
+parameters (Elementwise, Dropout, Flatten alone) takes float64 inputs only. The timings run in a
+process of their own whose allocator is held warm (WARM_ALLOCATOR), the memory probes in
+processes whose allocator returns every large tensor at once (memory_probe.py's method).
 """
 
 from __future__ import annotations
