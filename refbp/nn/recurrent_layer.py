@@ -52,6 +52,15 @@ length of its last forward pass (``steps``): which keys exist depends on T.
 
 **Layout.** ``batch_first`` reads and writes (B, T, d) as torch does; the steps run over a
 time-major (T, B, d) view either way. The initial state is (B, H): the same batch size as x.
+dJ/dout is read through that view, not copied; (R3) and (R5) take every step's rows in the
+order x is stored when da_t is stored so too (then dJ/dx needs no transposed copy), and (R4)
+runs step by step where one product over all steps would need a copy.
+
+**A training step** (``keep_intermediates=False``, the cache released after the backward) keeps
+and allocates less, as autograd frees saved tensors: the RNN drops z_t after the forward (its
+f' reads h_t) and writes dJ/dz_t over the dJ/dout it was given; the GRU writes each step's da_t
+over that step's gates and dJ/dh_n over its h_n as the steps consume them (``through_time``'s
+``own`` and ``consume``). The numbers are the same as the full mode's.
 """
 
 from __future__ import annotations
