@@ -468,16 +468,21 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "module would be built on the CPU; a difference only a CUDA machine can show.",
     ),
     (
-        "xǁLinearǁto_torch__",
-        "dtype=self.W.dtype, device=None)",
-        "On the CPU, where the suite runs, device=None is W's device: the same module. On a GPU the "
-        "module would be built on the CPU; a difference only a CUDA machine can show.",
+        "x_weight_gradient__",
+        "g = dJ_dy if (dJ_dy.dim() == 2) and False else",
+        "dJ/dy already (M, d_out) reshaped to (-1, d_out) is the same (M, d_out) tensor: the 2-D shortcut "
+        "only skips a call.",
     ),
     (
-        "xǁLinearǁto_torch__",
-        "dtype=self.W.dtype, )",
-        "On the CPU, where the suite runs, leaving device out builds the module on W's device: the same "
-        "module. On a GPU it would be built on the CPU; a difference only a CUDA machine can show.",
+        "x_weight_gradient__",
+        "rows = x if (x.dim() == 2) and False else",
+        "x already (M, d_in) reshaped to (-1, d_in) is the same (M, d_in) tensor: the 2-D shortcut only skips a call.",
+    ),
+    (
+        "x_bias_gradient__",
+        "(dJ_dy if (dJ_dy.dim() == 2) and False else",
+        "dJ/dy already (M, d_out) reshaped to (-1, d_out) is the same (M, d_out) tensor: the 2-D shortcut "
+        "only skips a call.",
     ),
     # ---- batchnorm ----
     (

@@ -15,8 +15,8 @@ from refbp.nn.activations import SOFTPLUS_THRESHOLD, get_activation
 from refbp.nn.cancellation import grouped_centred_size
 from refbp.nn.dense import Dense
 from refbp.nn.keys import Key
-from refbp.nn.layer import BackwardContext, ForwardContext
-from refbp.nn.linear import Linear
+from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext
+from refbp.nn.linear import Linear, bias_gradient, weight_gradient
 from refbp.nn.losses import FACTORIES, LOSSES, half_sse
 from refbp.nn.mlp import MLP, ForwardCache, backward
 
@@ -636,6 +636,69 @@ def test_linear_backward_leaves_dJ_dx_out_when_not_asked_for() -> None:
     dJ_dy = torch.ones(4, 2, dtype=DTYPE)
     grads = Linear(_W()).backward(dJ_dy, x, F.linear(x, _W()), None, BackwardContext(path=(0,), need_dx=False))
     assert grads.dJ_dx is None
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["need_dx", "no-dx"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("with_Rx", [True, False], ids=["R{x}", "first-layer"])
+def test_linear_tangent_and_r_backward_equal_torch_func(with_Rx: bool, bias: bool, need_dx: bool) -> None:
+    # R{y} is the jvp of torch's F.linear along (R{x}, V); R{dJ/dx} and H v are the jvp of its vjp along
+    # (R{x}, V, R{dJ/dy}). A first layer's input has no tangent (R{x} = None: torch's R{x} = 0), and H v
+    # has exactly torch.nn.Linear's parameters, with or without dJ/dx asked for.
+    gen = torch.Generator().manual_seed(5)
+    x, g, Rg = (torch.randn(4, 3, 3 if i == 0 else 2, dtype=DTYPE, generator=gen) for i in range(3))
+    params = {"W": _W()} | ({"b": torch.randn(2, dtype=DTYPE, generator=gen)} if bias else {})
+    V = {k: torch.randn(v.shape, dtype=DTYPE, generator=gen) for k, v in params.items()}
+    Rx = torch.randn(x.shape, dtype=DTYPE, generator=gen) if with_Rx else None
+    layer, path = Linear(params["W"], params.get("b")), (1,)
+    directions = Params({Key(k, path): v for k, v in V.items()})
+
+    def out_of(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.linear(x, p["W"], p.get("b"))
+
+    def grads_of(
+        x: torch.Tensor, p: dict[str, torch.Tensor], g: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        dx, dp = torch.func.vjp(out_of, x, p)[1](g)
+        return dx, dp
+
+    tangent_x = torch.zeros_like(x) if Rx is None else Rx
+    R_out = torch.func.jvp(out_of, (x, params), (tangent_x, V))[1]
+    (dx, _), (R_dx, R_dp) = torch.func.jvp(grads_of, (x, params, g), (tangent_x, V, Rg))[:2]
+    out, cache = layer.forward(x, ForwardContext(), path)
+    t = layer.tangent(x, Rx, out, cache, directions, path)
+    torch.testing.assert_close(t.out, R_out)
+    dJ_dx, got = layer.r_backward(g, Rg, x, Rx, out, t, cache, directions, SecondContext(path, need_dx=need_dx))
+    torch_names = {name for name, _ in torch.nn.Linear(3, 2, bias=bias).named_parameters()}  # weight (, bias)
+    assert {{"W": "weight", "b": "bias"}[kind] for kind in got.params} == torch_names
+    assert set(got.params) == set(R_dp)
+    for kind, want in R_dp.items():
+        torch.testing.assert_close(got.params[kind], want)
+    if need_dx:
+        assert dJ_dx is not None and got.dJ_dx is not None
+        torch.testing.assert_close(dJ_dx, dx)
+        torch.testing.assert_close(got.dJ_dx, R_dx)
+    else:
+        assert dJ_dx is None and got.dJ_dx is None
+
+
+def test_linear_gradient_helpers_are_torch_s_without_weight_decay_by_default() -> None:
+    # weight_gradient's lambda defaults to 0: plain autograd of F.linear, for any leading dimensions
+    gen = torch.Generator().manual_seed(6)
+    for lead in ((4,), (2, 3)):
+        x, dJ_dy = torch.randn(*lead, 3, dtype=DTYPE, generator=gen), torch.randn(*lead, 2, dtype=DTYPE, generator=gen)
+        W, b = _W().requires_grad_(True), torch.zeros(2, dtype=DTYPE, requires_grad=True)
+        dW, db = torch.autograd.grad(F.linear(x, W, b), (W, b), dJ_dy)
+        torch.testing.assert_close(weight_gradient(dJ_dy, x, _W()), dW)
+        torch.testing.assert_close(bias_gradient(dJ_dy), db)
+
+
+def test_linear_to_torch_keeps_the_layer_s_device() -> None:
+    # the meta device stands for any device but the CPU: torch.nn.Linear's parameters must be made there
+    for b in (None, torch.empty(2, device="meta")):
+        module = Linear(torch.empty(2, 3, device="meta"), b).to_torch()
+        assert all(p.device.type == "meta" for p in module.parameters())
+        assert module.weight.device.type == "meta"
 
 
 def _dense_z(activation: str, z_row: list[float]) -> tuple[Dense, torch.Tensor]:
