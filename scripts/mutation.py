@@ -273,6 +273,11 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "path exists only to keep the training step's peak memory at autograd's.",
     ),
     (
+        "xǁDenseǁforward_size__",
+        "out = (*shape[:+1], self.W.shape[0])",
+        "Dense's input is (N, d_in), two dimensions (check_input refuses any other): shape[:1] is shape[:-1].",
+    ),
+    (
         "sample_targets",
         "torch.randint(C, tuple(lead), generator=generator)",
         "torch.randint(high, size) is torch.randint(0, high, size): the same call, the same draws.",

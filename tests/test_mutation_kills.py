@@ -554,6 +554,104 @@ def test_dense_backward_equals_autograd_of_linear_and_activation_in_every_mode(
         assert torch.equal(dJ_da, before)
 
 
+def _torch_dense_second(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, params: dict[str, torch.Tensor], g: torch.Tensor,
+    Rx: torch.Tensor, V: dict[str, torch.Tensor], Rg: torch.Tensor, gauss_newton: bool,
+) -> dict[str, object]:  # fmt: skip
+    """torch.func on a = fn(F.linear(x, W, b)): R{z}, R{a}, dJ/dx, and R{dJ/dz}, R{dJ/dx} and H v by parameter
+    (the jvp of the vjp along (R{x}, V, R{dJ/da})), or for G v the vjp of R{dJ/da} with the Jacobians held at
+    the point (every term that carries dJ/da dropped)."""
+
+    def z_of(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.linear(x, p["W"], p["b"])
+
+    def a_of(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return fn(z_of(x, p))
+
+    def grads_of(
+        x: torch.Tensor, p: dict[str, torch.Tensor], g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        (dz,) = torch.func.vjp(fn, z_of(x, p))[1](g)
+        dx, dp = torch.func.vjp(a_of, x, p)[1](g)
+        return dz, dx, dp
+
+    (_, dx, _), R = torch.func.jvp(grads_of, (x, params, g), (Rx, V, Rg))[:2]
+    if gauss_newton:
+        R = grads_of(x, params, Rg)  # J^T R{dJ/da}: the Jacobians at the point, no second derivative
+    return {
+        "Rz": torch.func.jvp(z_of, (x, params), (Rx, V))[1],
+        "Ra": torch.func.jvp(a_of, (x, params), (Rx, V))[1],
+        "dx": dx,
+        "R_dz": R[0],
+        "R_dx": R[1],
+        "Hv": R[2],
+    }
+
+
+@pytest.mark.parametrize("mode", ["keep", "lean", "no-dx"])
+@pytest.mark.parametrize("with_Rx", [True, False], ids=["R{x}", "first-layer"])
+@pytest.mark.parametrize("gauss_newton", [False, True], ids=["Hv", "Gv"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "gelu"])
+def test_dense_tangent_and_r_backward_equal_torch_func(
+    activation: str, gauss_newton: bool, with_Rx: bool, mode: str
+) -> None:
+    # Dense's second order against torch.func on torch.nn.Linear's op and torch's activation: R{z} and R{a},
+    # then H v (or G v), R{dJ/dx}, dJ/dx and R{dJ/dz} from the R-backward, in each of its modes. tanh and
+    # sigmoid read f'(z) and f''(z) from a, gelu from z; a first layer's input has no tangent (R{x} = 0).
+    gen = torch.Generator().manual_seed(9)
+    x, Rx = (torch.randn(5, 3, dtype=DTYPE, generator=gen) for _ in range(2))
+    g, Rg = (torch.randn(5, 4, dtype=DTYPE, generator=gen) for _ in range(2))
+    params = {"W": torch.randn(4, 3, dtype=DTYPE, generator=gen), "b": torch.randn(4, dtype=DTYPE, generator=gen)}
+    V = {k: torch.randn(v.shape, dtype=DTYPE, generator=gen) for k, v in params.items()}
+    layer, path = Dense(params["W"], params["b"], activation), (2,)
+    want = _torch_dense_second(
+        layer.activation.torch_fn, x, params, g, Rx if with_Rx else torch.zeros_like(x), V, Rg, gauss_newton
+    )
+    directions = Params({Key(k, path): v for k, v in V.items()})
+    out, cache = layer.forward(x, ForwardContext(keep_intermediates=True), path)
+    t = layer.tangent(x, Rx if with_Rx else None, out, cache, directions, path)
+    torch.testing.assert_close(t.out, want["Ra"])
+    assert list(t.intermediates) == [Key("z", path)]
+    torch.testing.assert_close(t.intermediates[Key("z", path)], want["Rz"])
+    ctx = SecondContext(path, gauss_newton=gauss_newton, need_dx=mode != "no-dx", keep_intermediates=mode != "lean")
+    dJ_dx, got = layer.r_backward(g, Rg, x, Rx if with_Rx else None, out, t, cache, directions, ctx)
+    Hv = want["Hv"]
+    assert isinstance(Hv, dict) and set(got.params) == set(Hv) == {"W", "b"}
+    for kind, value in Hv.items():
+        torch.testing.assert_close(got.params[kind], value)
+    if mode == "no-dx":
+        assert dJ_dx is None and got.dJ_dx is None
+    else:
+        torch.testing.assert_close(dJ_dx, want["dx"])
+        torch.testing.assert_close(got.dJ_dx, want["R_dx"])
+    assert list(got.intermediates) == ([] if mode == "lean" else [Key("z", path)])
+    if mode != "lean":
+        torch.testing.assert_close(got.intermediates[Key("z", path)], want["R_dz"])
+
+
+def test_dense_tangent_refuses_a_forward_pass_without_z_naming_the_layer_and_the_fix() -> None:
+    layer = Dense(torch.zeros(4, 3, dtype=DTYPE), torch.zeros(4, dtype=DTYPE), "tanh")  # f'(z) reads a
+    x = torch.zeros(5, 3, dtype=DTYPE)
+    out, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (3,))
+    assert cache is None
+    directions = Params({Key("W", (3,)): torch.zeros(4, 3, dtype=DTYPE), Key("b", (3,)): torch.zeros(4, dtype=DTYPE)})
+    with pytest.raises(
+        ValueError, match=r"^layer 3: the tangent needs z\(3\); run the forward pass with keep_intermediates=True$"
+    ):
+        layer.tangent(x, None, out, cache, directions, (3,))
+
+
+def test_dense_forward_size_is_torch_s_output_shape_and_the_z_and_a_its_forward_allocates() -> None:
+    W, b = torch.zeros(4, 3, dtype=DTYPE), torch.zeros(4, dtype=DTYPE)  # d_out != d_in
+    x = torch.zeros(5, 3, dtype=DTYPE)
+    layer = Dense(W, b, "tanh")
+    a, z = layer.forward(x, ForwardContext(keep_intermediates=True), (1,))
+    assert isinstance(z, torch.Tensor)
+    expected = layer.to_torch()(x).shape
+    assert a.shape == z.shape == expected
+    assert layer.forward_size(tuple(x.shape)) == (tuple(expected), a.numel() + z.numel())
+
+
 def test_dense_check_input_names_the_layer_the_width_and_what_it_got() -> None:
     from refbp.nn.dense import Dense
 
