@@ -17,7 +17,7 @@ from refbp.nn.dense import Dense
 from refbp.nn.keys import Key
 from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext
 from refbp.nn.linear import Linear, bias_gradient, weight_gradient
-from refbp.nn.losses import FACTORIES, LOSSES, half_sse
+from refbp.nn.losses import FACTORIES, LOSSES, get_loss, half_sse
 from refbp.nn.mlp import MLP, ForwardCache, backward
 
 from .conftest import requires_cuda
@@ -930,3 +930,47 @@ def test_every_loss_with_either_reduction_is_torch_and_names_itself_in_errors(na
         assert loss.equation.endswith(f";  dJ/dy_hat = {gradient_text}")
     with pytest.raises(ValueError, match=rf"^reduction='avg' for loss='{name}'; expected one of \['mean', 'sum'\]$"):
         FACTORIES[name](reduction="avg")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_bce_equation_states_torch_s_reduction_and_the_gradient_autograd_gives(reduction: str) -> None:
+    # which reduction the text names, and whether dJ/dp divides by N d, are read off torch's J and autograd
+    loss = FACTORIES["bce"](reduction=reduction)
+    gen = torch.Generator().manual_seed(15)
+    p = torch.sigmoid(torch.randn(5, 4, generator=gen, dtype=torch.float64)).requires_grad_()
+    y = torch.rand(5, 4, generator=gen, dtype=torch.float64)
+    J = F.binary_cross_entropy(p, y, reduction=reduction)
+    (dJ_dp,) = torch.autograd.grad(J, p)
+    p = p.detach()
+    terms = y * torch.log(p) + (1.0 - y) * torch.log(1.0 - p)
+    word = "mean" if torch.allclose(J, -terms.mean()) else "sum"
+    torch.testing.assert_close(J.detach(), -terms.mean() if word == "mean" else -terms.sum())
+    per_entry = (p - y) / (p * (1.0 - p))
+    divided = torch.allclose(dJ_dp * p.numel(), per_entry)
+    torch.testing.assert_close(dJ_dp * (p.numel() if divided else 1), per_entry)
+    assert loss.equation.startswith(f"J = -{word}(y log p + (1-y) log(1-p)) ;  ")
+    assert loss.equation.endswith(f";  dJ/dp = (p - y) / (p (1-p){' N d' if divided else ''})")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", sorted(TORCH_LOSSES))
+def test_get_loss_with_a_reduction_is_torch_s_loss_with_that_reduction(name: str, reduction: str) -> None:
+    loss = get_loss(name, reduction=reduction)
+    assert loss.name == name and loss.reduction == reduction
+    gen = torch.Generator().manual_seed(16)
+    y_hat = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    if loss.domain is not None:  # bce: probabilities inside (0, 1)
+        y_hat = torch.sigmoid(y_hat)
+    y = loss.sample_targets((5, 4), gen)
+    torch.testing.assert_close(loss.value(y_hat, y), TORCH_LOSSES[name](y_hat, y, reduction=reduction))
+
+
+def test_get_loss_passes_a_record_through_unless_asked_for_another_reduction() -> None:
+    record = FACTORIES["mse"](reduction="sum")
+    assert get_loss(record) is record and get_loss(record, reduction="sum") is record
+    message = (
+        r"^loss='mse' is already a record with reduction='sum'; got reduction='mean' too: pass the loss's name, "
+        r"or build the record with its factory \(refbp\.nn\.losses\.mse\(reduction='mean'\)\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        get_loss(record, reduction="mean")
