@@ -131,6 +131,12 @@ MEAN_INTO_MU = (
 )
 """Why RowLayerNorm's mean into mu may leave its dtype out."""
 
+CHUNK_DEVICE = (
+    "Memory, not numbers: without the device, chunks sizes its slices by the CPU's budget also on a CUDA "
+    "device (CUDA_SCALE times smaller there); sequences are independent, so each gets the same arithmetic."
+)
+"""Why a chunked step may leave out the device that sizes its chunks."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -949,10 +955,12 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁCausalSelfAttentionǁtangent__",
-        "for part in chunks(B, 4 * self.n_head * T * T * x.element_size()):",
+        "for part in chunks(B, 4 * self.n_head * T * T * x.element_size(), device=x.device):",
         "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),
+    ("xǁCausalSelfAttentionǁ", "* x.element_size(), device=None):", CHUNK_DEVICE),
+    ("xǁCausalSelfAttentionǁ", "* x.element_size(), ):", CHUNK_DEVICE),
     ("refbp.nn.attention.x", "device=None", ON_CPU),
     ("xǁCausalSelfAttentionǁr_backward__", "else self.hs, dtype=x.dtype, )", ON_CPU),
     ("xǁCausalSelfAttentionǁbackward__", "else self.hs, dtype=x.dtype, )", ON_CPU),
@@ -970,7 +978,7 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁCausalSelfAttentionǁr_backward__",
-        "for part in chunks(B, 7 * nh * T * T * x.element_size()):",
+        "for part in chunks(B, 7 * nh * T * T * x.element_size(), device=x.device):",
         "Memory, not numbers: the chunks of sequences processed at once are sized for 7 instead of 6 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),
@@ -1048,7 +1056,7 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁCausalSelfAttentionǁbackward__",
-        "for part in chunks(B, 4 * nh * T * T * x.element_size()):",
+        "for part in chunks(B, 4 * nh * T * T * x.element_size(), device=x.device):",
         "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),
@@ -1069,7 +1077,7 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ("xǁCausalSelfAttentionǁforward__", "dtype=x.dtype, ) if ctx.keep_intermediates else None", ON_CPU),
     (
         "xǁCausalSelfAttentionǁforward__",
-        "for part in chunks(B, 3 * self.n_head * T * T * x.element_size()):",
+        "for part in chunks(B, 3 * self.n_head * T * T * x.element_size(), device=x.device):",
         "Memory, not numbers: the chunks of sequences processed at once are sized for 3 instead of 2 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),
