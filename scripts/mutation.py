@@ -137,6 +137,13 @@ CHUNK_DEVICE = (
 )
 """Why a chunked step may leave out the device that sizes its chunks."""
 
+ROW_CHUNK_DEVICE = (
+    "Memory, not numbers: without the device, chunks sizes its slices of rows by the CPU's budget also on a "
+    "CUDA device (CUDA_SCALE times smaller there); the chain is elementwise, so every entry gets the same "
+    "arithmetic."
+)
+"""Why an activation's chunked chain may leave out the device that sizes its chunks."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -184,6 +191,60 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "torch_module=lambda: torch.nn.GELU(), )",
         "Memory, not numbers: without chain_in_place, Activation.chain multiplies dJ/da by "
         "_gelu_derivative(z), the same factor Phi(z) + z phi(z) with one (N, d) temporary more.",
+    ),
+    ("x__relu_chain__", "* a.element_size(), device=None):", ROW_CHUNK_DEVICE),
+    ("x__relu_chain__", "* a.element_size(), ):", ROW_CHUNK_DEVICE),
+    ("x__gelu_chain__", "* z.element_size(), device=None):", ROW_CHUNK_DEVICE),
+    ("x__gelu_chain__", "* z.element_size(), ):", ROW_CHUNK_DEVICE),
+    (
+        "x__gelu_chain__",
+        "half = torch.full((), 0.5, dtype=None, device=z.device)",
+        "A 0-dim float32 0.5 (exact) promotes no tensor of dimensions: Phi = 0.5 + 0.5 erf in z's dtype, the "
+        "same numbers (measured equal for float64, float32, float16 and bfloat16).",
+    ),
+    (
+        "x__gelu_chain__",
+        "half = torch.full((), 0.5, device=z.device)",
+        "A 0-dim float32 0.5 (exact) promotes no tensor of dimensions: Phi = 0.5 + 0.5 erf in z's dtype, the "
+        "same numbers (measured equal for float64, float32, float16 and bfloat16).",
+    ),
+    (
+        "x__gelu_chain__",
+        "Phi = torch.add(half, Phi, alpha=0.5, out=None)",
+        "Memory, not numbers: Phi = 0.5 + 0.5 erf in a new tensor instead of in erf's storage, the same values.",
+    ),
+    (
+        "x__gelu_chain__",
+        "Phi = torch.add(half, Phi, alpha=0.5, )",
+        "Memory, not numbers: Phi = 0.5 + 0.5 erf in a new tensor instead of in erf's storage, the same values.",
+    ),
+    ("x__gelu_chain__", "half = torch.full((), 0.5, dtype=z.dtype, )", ON_CPU),
+    ("x__gelu_chain__", "half = torch.full((), 0.5, dtype=z.dtype, device=None)", ON_CPU),
+    ("x__gelu_chain__", "_LOG_INV_SQRT_2PI, dtype=z.dtype, device=None)", ON_CPU),
+    ("x__gelu_chain__", "_LOG_INV_SQRT_2PI, dtype=z.dtype, )", ON_CPU),
+    (
+        "x__relu_chain__",
+        "if a.numel() / a.element_size() <= chunk_budget(a.device):",
+        "Only which path runs: the one-chunk line and the row chunks both compute dJ/da o sign(a) (in dJ/da's "
+        "storage or a contiguous copy of it), the same numbers.",
+    ),
+    (
+        "x__relu_chain__",
+        "if a.numel() * a.element_size() < chunk_budget(a.device):",
+        "Differs only for a step of exactly the chunk budget, and only in which path runs: both compute "
+        "dJ/da o sign(a), the same numbers.",
+    ),
+    (
+        "x__relu_chain__",
+        "a.element_size() <= chunk_budget(None):",
+        "Only which path runs, and only on a CUDA device (the CPU's budget there): both compute dJ/da o sign(a), "
+        "the same numbers.",
+    ),
+    (
+        "x__relu_chain__",
+        "g = dJ_da if (dJ_da.is_contiguous()) and False else dJ_da.contiguous()",
+        "Tensor.contiguous() returns the tensor itself when it is already contiguous: the same storage, the "
+        "same result.",
     ),
     (
         "x__gelu_chain__",

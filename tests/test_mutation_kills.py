@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refbp.nn.activations import SOFTPLUS_THRESHOLD, get_activation
+from refbp.nn.activations import ACTIVATIONS, SOFTPLUS_THRESHOLD, get_activation
 from refbp.nn.cancellation import grouped_centred_size
 from refbp.nn.dense import Dense
 from refbp.nn.keys import Key
@@ -974,3 +974,34 @@ def test_get_loss_passes_a_record_through_unless_asked_for_another_reduction() -
     )
     with pytest.raises(ValueError, match=message):
         get_loss(record, reduction="mean")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("shape", [(7,), (4, 16), (2, 3, 5)], ids=["rank-1", "rank-2", "rank-3"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "row-chunks"])
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_every_activation_chain_is_autograd_s_in_one_chunk_or_many_at_any_rank_and_layout(
+    name: str, chunked: bool, shape: tuple[int, ...], layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # eq. (5) dJ/dz = dJ/da o f'(z) by torch.autograd through torch's own f, whether the chain runs at once
+    # or row by row (a 16-byte chunk budget: one row per chunk, or one entry at rank 1; rows of 16 float64
+    # entries are wider than the budget), on a contiguous dJ/da or a strided one (every other entry at rank 1,
+    # a transpose otherwise)
+    import refbp.nn.chunks
+
+    if chunked:
+        monkeypatch.setattr(refbp.nn.chunks, "CHUNK_BYTES", 16)
+    act = ACTIVATIONS[name]
+    gen = torch.Generator().manual_seed(17)
+    z = torch.randn(shape, dtype=DTYPE, generator=gen)
+    if len(shape) == 1:
+        dJ_da = torch.randn(2 * shape[0], dtype=DTYPE, generator=gen)[::2]
+    else:
+        dJ_da = torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=DTYPE, generator=gen).transpose(-1, -2)
+    if layout == "contiguous":
+        dJ_da = dJ_da.contiguous()
+    assert dJ_da.shape == shape and dJ_da.is_contiguous() == (layout == "contiguous")
+    leaf = z.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(act.torch_fn(leaf), leaf, dJ_da)
+    t = act.f(z) if act.derivative_of == "a" else z
+    torch.testing.assert_close(act.chain(t, dJ_da), expected)  # dJ/da itself: its layout as given
