@@ -131,6 +131,19 @@ MEAN_INTO_MU = (
 )
 """Why RowLayerNorm's mean into mu may leave its dtype out."""
 
+CHUNK_DEVICE = (
+    "Memory, not numbers: without the device, chunks sizes its slices by the CPU's budget also on a CUDA "
+    "device (CUDA_SCALE times smaller there); sequences are independent, so each gets the same arithmetic."
+)
+"""Why a chunked step may leave out the device that sizes its chunks."""
+
+ROW_CHUNK_DEVICE = (
+    "Memory, not numbers: without the device, chunks sizes its slices of rows by the CPU's budget also on a "
+    "CUDA device (CUDA_SCALE times smaller there); the chain is elementwise, so every entry gets the same "
+    "arithmetic."
+)
+"""Why an activation's chunked chain may leave out the device that sizes its chunks."""
+
 EXPLAINED: list[tuple[str, str, str]] = [
     # (text in the mutant's name, text in its "+" line, why it is equivalent)
     (
@@ -178,6 +191,60 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "torch_module=lambda: torch.nn.GELU(), )",
         "Memory, not numbers: without chain_in_place, Activation.chain multiplies dJ/da by "
         "_gelu_derivative(z), the same factor Phi(z) + z phi(z) with one (N, d) temporary more.",
+    ),
+    ("x__relu_chain__", "* a.element_size(), device=None):", ROW_CHUNK_DEVICE),
+    ("x__relu_chain__", "* a.element_size(), ):", ROW_CHUNK_DEVICE),
+    ("x__gelu_chain__", "* z.element_size(), device=None):", ROW_CHUNK_DEVICE),
+    ("x__gelu_chain__", "* z.element_size(), ):", ROW_CHUNK_DEVICE),
+    (
+        "x__gelu_chain__",
+        "half = torch.full((), 0.5, dtype=None, device=z.device)",
+        "A 0-dim float32 0.5 (exact) promotes no tensor of dimensions: Phi = 0.5 + 0.5 erf in z's dtype, the "
+        "same numbers (measured equal for float64, float32, float16 and bfloat16).",
+    ),
+    (
+        "x__gelu_chain__",
+        "half = torch.full((), 0.5, device=z.device)",
+        "A 0-dim float32 0.5 (exact) promotes no tensor of dimensions: Phi = 0.5 + 0.5 erf in z's dtype, the "
+        "same numbers (measured equal for float64, float32, float16 and bfloat16).",
+    ),
+    (
+        "x__gelu_chain__",
+        "Phi = torch.add(half, Phi, alpha=0.5, out=None)",
+        "Memory, not numbers: Phi = 0.5 + 0.5 erf in a new tensor instead of in erf's storage, the same values.",
+    ),
+    (
+        "x__gelu_chain__",
+        "Phi = torch.add(half, Phi, alpha=0.5, )",
+        "Memory, not numbers: Phi = 0.5 + 0.5 erf in a new tensor instead of in erf's storage, the same values.",
+    ),
+    ("x__gelu_chain__", "half = torch.full((), 0.5, dtype=z.dtype, )", ON_CPU),
+    ("x__gelu_chain__", "half = torch.full((), 0.5, dtype=z.dtype, device=None)", ON_CPU),
+    ("x__gelu_chain__", "_LOG_INV_SQRT_2PI, dtype=z.dtype, device=None)", ON_CPU),
+    ("x__gelu_chain__", "_LOG_INV_SQRT_2PI, dtype=z.dtype, )", ON_CPU),
+    (
+        "x__relu_chain__",
+        "if a.numel() / a.element_size() <= chunk_budget(a.device):",
+        "Only which path runs: the one-chunk line and the row chunks both compute dJ/da o sign(a) (in dJ/da's "
+        "storage or a contiguous copy of it), the same numbers.",
+    ),
+    (
+        "x__relu_chain__",
+        "if a.numel() * a.element_size() < chunk_budget(a.device):",
+        "Differs only for a step of exactly the chunk budget, and only in which path runs: both compute "
+        "dJ/da o sign(a), the same numbers.",
+    ),
+    (
+        "x__relu_chain__",
+        "a.element_size() <= chunk_budget(None):",
+        "Only which path runs, and only on a CUDA device (the CPU's budget there): both compute dJ/da o sign(a), "
+        "the same numbers.",
+    ),
+    (
+        "x__relu_chain__",
+        "g = dJ_da if (dJ_da.is_contiguous()) and False else dJ_da.contiguous()",
+        "Tensor.contiguous() returns the tensor itself when it is already contiguous: the same storage, the "
+        "same result.",
     ),
     (
         "x__gelu_chain__",
@@ -271,6 +338,11 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "dJ_da if (in_place) and False else dJ_da.clone()",
         "Memory, not numbers: always computing eq. (5) on a copy gives the same values; the in-place "
         "path exists only to keep the training step's peak memory at autograd's.",
+    ),
+    (
+        "xǁDenseǁforward_size__",
+        "out = (*shape[:+1], self.W.shape[0])",
+        "Dense's input is (N, d_in), two dimensions (check_input refuses any other): shape[:1] is shape[:-1].",
     ),
     (
         "sample_targets",
@@ -468,16 +540,21 @@ EXPLAINED: list[tuple[str, str, str]] = [
         "module would be built on the CPU; a difference only a CUDA machine can show.",
     ),
     (
-        "xǁLinearǁto_torch__",
-        "dtype=self.W.dtype, device=None)",
-        "On the CPU, where the suite runs, device=None is W's device: the same module. On a GPU the "
-        "module would be built on the CPU; a difference only a CUDA machine can show.",
+        "x_weight_gradient__",
+        "g = dJ_dy if (dJ_dy.dim() == 2) and False else",
+        "dJ/dy already (M, d_out) reshaped to (-1, d_out) is the same (M, d_out) tensor: the 2-D shortcut "
+        "only skips a call.",
     ),
     (
-        "xǁLinearǁto_torch__",
-        "dtype=self.W.dtype, )",
-        "On the CPU, where the suite runs, leaving device out builds the module on W's device: the same "
-        "module. On a GPU it would be built on the CPU; a difference only a CUDA machine can show.",
+        "x_weight_gradient__",
+        "rows = x if (x.dim() == 2) and False else",
+        "x already (M, d_in) reshaped to (-1, d_in) is the same (M, d_in) tensor: the 2-D shortcut only skips a call.",
+    ),
+    (
+        "x_bias_gradient__",
+        "(dJ_dy if (dJ_dy.dim() == 2) and False else",
+        "dJ/dy already (M, d_out) reshaped to (-1, d_out) is the same (M, d_out) tensor: the 2-D shortcut "
+        "only skips a call.",
     ),
     # ---- batchnorm ----
     (
@@ -939,10 +1016,12 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁCausalSelfAttentionǁtangent__",
-        "for part in chunks(B, 4 * self.n_head * T * T * x.element_size()):",
+        "for part in chunks(B, 4 * self.n_head * T * T * x.element_size(), device=x.device):",
         "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),
+    ("xǁCausalSelfAttentionǁ", "* x.element_size(), device=None):", CHUNK_DEVICE),
+    ("xǁCausalSelfAttentionǁ", "* x.element_size(), ):", CHUNK_DEVICE),
     ("refbp.nn.attention.x", "device=None", ON_CPU),
     ("xǁCausalSelfAttentionǁr_backward__", "else self.hs, dtype=x.dtype, )", ON_CPU),
     ("xǁCausalSelfAttentionǁbackward__", "else self.hs, dtype=x.dtype, )", ON_CPU),
@@ -960,7 +1039,7 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁCausalSelfAttentionǁr_backward__",
-        "for part in chunks(B, 7 * nh * T * T * x.element_size()):",
+        "for part in chunks(B, 7 * nh * T * T * x.element_size(), device=x.device):",
         "Memory, not numbers: the chunks of sequences processed at once are sized for 7 instead of 6 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),
@@ -1038,7 +1117,7 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁCausalSelfAttentionǁbackward__",
-        "for part in chunks(B, 4 * nh * T * T * x.element_size()):",
+        "for part in chunks(B, 4 * nh * T * T * x.element_size(), device=x.device):",
         "Memory, not numbers: the chunks of sequences processed at once are sized for 4 instead of 3 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),
@@ -1059,7 +1138,7 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ("xǁCausalSelfAttentionǁforward__", "dtype=x.dtype, ) if ctx.keep_intermediates else None", ON_CPU),
     (
         "xǁCausalSelfAttentionǁforward__",
-        "for part in chunks(B, 3 * self.n_head * T * T * x.element_size()):",
+        "for part in chunks(B, 3 * self.n_head * T * T * x.element_size(), device=x.device):",
         "Memory, not numbers: the chunks of sequences processed at once are sized for 3 instead of 2 T x T "
         "temporaries; every sequence gets the same arithmetic.",
     ),

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refbp.nn.activations import SOFTPLUS_THRESHOLD, get_activation
+from refbp.nn.activations import ACTIVATIONS, SOFTPLUS_THRESHOLD, get_activation
 from refbp.nn.cancellation import grouped_centred_size
 from refbp.nn.dense import Dense
 from refbp.nn.keys import Key
-from refbp.nn.layer import BackwardContext, ForwardContext
-from refbp.nn.linear import Linear
-from refbp.nn.losses import FACTORIES, LOSSES, half_sse
+from refbp.nn.layer import BackwardContext, ForwardContext, Params, SecondContext
+from refbp.nn.linear import Linear, bias_gradient, weight_gradient
+from refbp.nn.losses import FACTORIES, LOSSES, get_loss, half_sse
 from refbp.nn.mlp import MLP, ForwardCache, backward
 
 from .conftest import requires_cuda
@@ -554,6 +554,104 @@ def test_dense_backward_equals_autograd_of_linear_and_activation_in_every_mode(
         assert torch.equal(dJ_da, before)
 
 
+def _torch_dense_second(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, params: dict[str, torch.Tensor], g: torch.Tensor,
+    Rx: torch.Tensor, V: dict[str, torch.Tensor], Rg: torch.Tensor, gauss_newton: bool,
+) -> dict[str, object]:  # fmt: skip
+    """torch.func on a = fn(F.linear(x, W, b)): R{z}, R{a}, dJ/dx, and R{dJ/dz}, R{dJ/dx} and H v by parameter
+    (the jvp of the vjp along (R{x}, V, R{dJ/da})), or for G v the vjp of R{dJ/da} with the Jacobians held at
+    the point (every term that carries dJ/da dropped)."""
+
+    def z_of(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.linear(x, p["W"], p["b"])
+
+    def a_of(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return fn(z_of(x, p))
+
+    def grads_of(
+        x: torch.Tensor, p: dict[str, torch.Tensor], g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        (dz,) = torch.func.vjp(fn, z_of(x, p))[1](g)
+        dx, dp = torch.func.vjp(a_of, x, p)[1](g)
+        return dz, dx, dp
+
+    (_, dx, _), R = torch.func.jvp(grads_of, (x, params, g), (Rx, V, Rg))[:2]
+    if gauss_newton:
+        R = grads_of(x, params, Rg)  # J^T R{dJ/da}: the Jacobians at the point, no second derivative
+    return {
+        "Rz": torch.func.jvp(z_of, (x, params), (Rx, V))[1],
+        "Ra": torch.func.jvp(a_of, (x, params), (Rx, V))[1],
+        "dx": dx,
+        "R_dz": R[0],
+        "R_dx": R[1],
+        "Hv": R[2],
+    }
+
+
+@pytest.mark.parametrize("mode", ["keep", "lean", "no-dx"])
+@pytest.mark.parametrize("with_Rx", [True, False], ids=["R{x}", "first-layer"])
+@pytest.mark.parametrize("gauss_newton", [False, True], ids=["Hv", "Gv"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "gelu"])
+def test_dense_tangent_and_r_backward_equal_torch_func(
+    activation: str, gauss_newton: bool, with_Rx: bool, mode: str
+) -> None:
+    # Dense's second order against torch.func on torch.nn.Linear's op and torch's activation: R{z} and R{a},
+    # then H v (or G v), R{dJ/dx}, dJ/dx and R{dJ/dz} from the R-backward, in each of its modes. tanh and
+    # sigmoid read f'(z) and f''(z) from a, gelu from z; a first layer's input has no tangent (R{x} = 0).
+    gen = torch.Generator().manual_seed(9)
+    x, Rx = (torch.randn(5, 3, dtype=DTYPE, generator=gen) for _ in range(2))
+    g, Rg = (torch.randn(5, 4, dtype=DTYPE, generator=gen) for _ in range(2))
+    params = {"W": torch.randn(4, 3, dtype=DTYPE, generator=gen), "b": torch.randn(4, dtype=DTYPE, generator=gen)}
+    V = {k: torch.randn(v.shape, dtype=DTYPE, generator=gen) for k, v in params.items()}
+    layer, path = Dense(params["W"], params["b"], activation), (2,)
+    want = _torch_dense_second(
+        layer.activation.torch_fn, x, params, g, Rx if with_Rx else torch.zeros_like(x), V, Rg, gauss_newton
+    )
+    directions = Params({Key(k, path): v for k, v in V.items()})
+    out, cache = layer.forward(x, ForwardContext(keep_intermediates=True), path)
+    t = layer.tangent(x, Rx if with_Rx else None, out, cache, directions, path)
+    torch.testing.assert_close(t.out, want["Ra"])
+    assert list(t.intermediates) == [Key("z", path)]
+    torch.testing.assert_close(t.intermediates[Key("z", path)], want["Rz"])
+    ctx = SecondContext(path, gauss_newton=gauss_newton, need_dx=mode != "no-dx", keep_intermediates=mode != "lean")
+    dJ_dx, got = layer.r_backward(g, Rg, x, Rx if with_Rx else None, out, t, cache, directions, ctx)
+    Hv = want["Hv"]
+    assert isinstance(Hv, dict) and set(got.params) == set(Hv) == {"W", "b"}
+    for kind, value in Hv.items():
+        torch.testing.assert_close(got.params[kind], value)
+    if mode == "no-dx":
+        assert dJ_dx is None and got.dJ_dx is None
+    else:
+        torch.testing.assert_close(dJ_dx, want["dx"])
+        torch.testing.assert_close(got.dJ_dx, want["R_dx"])
+    assert list(got.intermediates) == ([] if mode == "lean" else [Key("z", path)])
+    if mode != "lean":
+        torch.testing.assert_close(got.intermediates[Key("z", path)], want["R_dz"])
+
+
+def test_dense_tangent_refuses_a_forward_pass_without_z_naming_the_layer_and_the_fix() -> None:
+    layer = Dense(torch.zeros(4, 3, dtype=DTYPE), torch.zeros(4, dtype=DTYPE), "tanh")  # f'(z) reads a
+    x = torch.zeros(5, 3, dtype=DTYPE)
+    out, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (3,))
+    assert cache is None
+    directions = Params({Key("W", (3,)): torch.zeros(4, 3, dtype=DTYPE), Key("b", (3,)): torch.zeros(4, dtype=DTYPE)})
+    with pytest.raises(
+        ValueError, match=r"^layer 3: the tangent needs z\(3\); run the forward pass with keep_intermediates=True$"
+    ):
+        layer.tangent(x, None, out, cache, directions, (3,))
+
+
+def test_dense_forward_size_is_torch_s_output_shape_and_the_z_and_a_its_forward_allocates() -> None:
+    W, b = torch.zeros(4, 3, dtype=DTYPE), torch.zeros(4, dtype=DTYPE)  # d_out != d_in
+    x = torch.zeros(5, 3, dtype=DTYPE)
+    layer = Dense(W, b, "tanh")
+    a, z = layer.forward(x, ForwardContext(keep_intermediates=True), (1,))
+    assert isinstance(z, torch.Tensor)
+    expected = layer.to_torch()(x).shape
+    assert a.shape == z.shape == expected
+    assert layer.forward_size(tuple(x.shape)) == (tuple(expected), a.numel() + z.numel())
+
+
 def test_dense_check_input_names_the_layer_the_width_and_what_it_got() -> None:
     from refbp.nn.dense import Dense
 
@@ -636,6 +734,69 @@ def test_linear_backward_leaves_dJ_dx_out_when_not_asked_for() -> None:
     dJ_dy = torch.ones(4, 2, dtype=DTYPE)
     grads = Linear(_W()).backward(dJ_dy, x, F.linear(x, _W()), None, BackwardContext(path=(0,), need_dx=False))
     assert grads.dJ_dx is None
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["need_dx", "no-dx"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("with_Rx", [True, False], ids=["R{x}", "first-layer"])
+def test_linear_tangent_and_r_backward_equal_torch_func(with_Rx: bool, bias: bool, need_dx: bool) -> None:
+    # R{y} is the jvp of torch's F.linear along (R{x}, V); R{dJ/dx} and H v are the jvp of its vjp along
+    # (R{x}, V, R{dJ/dy}). A first layer's input has no tangent (R{x} = None: torch's R{x} = 0), and H v
+    # has exactly torch.nn.Linear's parameters, with or without dJ/dx asked for.
+    gen = torch.Generator().manual_seed(5)
+    x, g, Rg = (torch.randn(4, 3, 3 if i == 0 else 2, dtype=DTYPE, generator=gen) for i in range(3))
+    params = {"W": _W()} | ({"b": torch.randn(2, dtype=DTYPE, generator=gen)} if bias else {})
+    V = {k: torch.randn(v.shape, dtype=DTYPE, generator=gen) for k, v in params.items()}
+    Rx = torch.randn(x.shape, dtype=DTYPE, generator=gen) if with_Rx else None
+    layer, path = Linear(params["W"], params.get("b")), (1,)
+    directions = Params({Key(k, path): v for k, v in V.items()})
+
+    def out_of(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.linear(x, p["W"], p.get("b"))
+
+    def grads_of(
+        x: torch.Tensor, p: dict[str, torch.Tensor], g: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        dx, dp = torch.func.vjp(out_of, x, p)[1](g)
+        return dx, dp
+
+    tangent_x = torch.zeros_like(x) if Rx is None else Rx
+    R_out = torch.func.jvp(out_of, (x, params), (tangent_x, V))[1]
+    (dx, _), (R_dx, R_dp) = torch.func.jvp(grads_of, (x, params, g), (tangent_x, V, Rg))[:2]
+    out, cache = layer.forward(x, ForwardContext(), path)
+    t = layer.tangent(x, Rx, out, cache, directions, path)
+    torch.testing.assert_close(t.out, R_out)
+    dJ_dx, got = layer.r_backward(g, Rg, x, Rx, out, t, cache, directions, SecondContext(path, need_dx=need_dx))
+    torch_names = {name for name, _ in torch.nn.Linear(3, 2, bias=bias).named_parameters()}  # weight (, bias)
+    assert {{"W": "weight", "b": "bias"}[kind] for kind in got.params} == torch_names
+    assert set(got.params) == set(R_dp)
+    for kind, want in R_dp.items():
+        torch.testing.assert_close(got.params[kind], want)
+    if need_dx:
+        assert dJ_dx is not None and got.dJ_dx is not None
+        torch.testing.assert_close(dJ_dx, dx)
+        torch.testing.assert_close(got.dJ_dx, R_dx)
+    else:
+        assert dJ_dx is None and got.dJ_dx is None
+
+
+def test_linear_gradient_helpers_are_torch_s_without_weight_decay_by_default() -> None:
+    # weight_gradient's lambda defaults to 0: plain autograd of F.linear, for any leading dimensions
+    gen = torch.Generator().manual_seed(6)
+    for lead in ((4,), (2, 3)):
+        x, dJ_dy = torch.randn(*lead, 3, dtype=DTYPE, generator=gen), torch.randn(*lead, 2, dtype=DTYPE, generator=gen)
+        W, b = _W().requires_grad_(True), torch.zeros(2, dtype=DTYPE, requires_grad=True)
+        dW, db = torch.autograd.grad(F.linear(x, W, b), (W, b), dJ_dy)
+        torch.testing.assert_close(weight_gradient(dJ_dy, x, _W()), dW)
+        torch.testing.assert_close(bias_gradient(dJ_dy), db)
+
+
+def test_linear_to_torch_keeps_the_layer_s_device() -> None:
+    # the meta device stands for any device but the CPU: torch.nn.Linear's parameters must be made there
+    for b in (None, torch.empty(2, device="meta")):
+        module = Linear(torch.empty(2, 3, device="meta"), b).to_torch()
+        assert all(p.device.type == "meta" for p in module.parameters())
+        assert module.weight.device.type == "meta"
 
 
 def _dense_z(activation: str, z_row: list[float]) -> tuple[Dense, torch.Tensor]:
@@ -769,3 +930,78 @@ def test_every_loss_with_either_reduction_is_torch_and_names_itself_in_errors(na
         assert loss.equation.endswith(f";  dJ/dy_hat = {gradient_text}")
     with pytest.raises(ValueError, match=rf"^reduction='avg' for loss='{name}'; expected one of \['mean', 'sum'\]$"):
         FACTORIES[name](reduction="avg")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_bce_equation_states_torch_s_reduction_and_the_gradient_autograd_gives(reduction: str) -> None:
+    # which reduction the text names, and whether dJ/dp divides by N d, are read off torch's J and autograd
+    loss = FACTORIES["bce"](reduction=reduction)
+    gen = torch.Generator().manual_seed(15)
+    p = torch.sigmoid(torch.randn(5, 4, generator=gen, dtype=torch.float64)).requires_grad_()
+    y = torch.rand(5, 4, generator=gen, dtype=torch.float64)
+    J = F.binary_cross_entropy(p, y, reduction=reduction)
+    (dJ_dp,) = torch.autograd.grad(J, p)
+    p = p.detach()
+    terms = y * torch.log(p) + (1.0 - y) * torch.log(1.0 - p)
+    word = "mean" if torch.allclose(J, -terms.mean()) else "sum"
+    torch.testing.assert_close(J.detach(), -terms.mean() if word == "mean" else -terms.sum())
+    per_entry = (p - y) / (p * (1.0 - p))
+    divided = torch.allclose(dJ_dp * p.numel(), per_entry)
+    torch.testing.assert_close(dJ_dp * (p.numel() if divided else 1), per_entry)
+    assert loss.equation.startswith(f"J = -{word}(y log p + (1-y) log(1-p)) ;  ")
+    assert loss.equation.endswith(f";  dJ/dp = (p - y) / (p (1-p){' N d' if divided else ''})")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", sorted(TORCH_LOSSES))
+def test_get_loss_with_a_reduction_is_torch_s_loss_with_that_reduction(name: str, reduction: str) -> None:
+    loss = get_loss(name, reduction=reduction)
+    assert loss.name == name and loss.reduction == reduction
+    gen = torch.Generator().manual_seed(16)
+    y_hat = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    if loss.domain is not None:  # bce: probabilities inside (0, 1)
+        y_hat = torch.sigmoid(y_hat)
+    y = loss.sample_targets((5, 4), gen)
+    torch.testing.assert_close(loss.value(y_hat, y), TORCH_LOSSES[name](y_hat, y, reduction=reduction))
+
+
+def test_get_loss_passes_a_record_through_unless_asked_for_another_reduction() -> None:
+    record = FACTORIES["mse"](reduction="sum")
+    assert get_loss(record) is record and get_loss(record, reduction="sum") is record
+    message = (
+        r"^loss='mse' is already a record with reduction='sum'; got reduction='mean' too: pass the loss's name, "
+        r"or build the record with its factory \(refbp\.nn\.losses\.mse\(reduction='mean'\)\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        get_loss(record, reduction="mean")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("shape", [(7,), (4, 16), (2, 3, 5)], ids=["rank-1", "rank-2", "rank-3"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "row-chunks"])
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_every_activation_chain_is_autograd_s_in_one_chunk_or_many_at_any_rank_and_layout(
+    name: str, chunked: bool, shape: tuple[int, ...], layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # eq. (5) dJ/dz = dJ/da o f'(z) by torch.autograd through torch's own f, whether the chain runs at once
+    # or row by row (a 16-byte chunk budget: one row per chunk, or one entry at rank 1; rows of 16 float64
+    # entries are wider than the budget), on a contiguous dJ/da or a strided one (every other entry at rank 1,
+    # a transpose otherwise)
+    import refbp.nn.chunks
+
+    if chunked:
+        monkeypatch.setattr(refbp.nn.chunks, "CHUNK_BYTES", 16)
+    act = ACTIVATIONS[name]
+    gen = torch.Generator().manual_seed(17)
+    z = torch.randn(shape, dtype=DTYPE, generator=gen)
+    if len(shape) == 1:
+        dJ_da = torch.randn(2 * shape[0], dtype=DTYPE, generator=gen)[::2]
+    else:
+        dJ_da = torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=DTYPE, generator=gen).transpose(-1, -2)
+    if layout == "contiguous":
+        dJ_da = dJ_da.contiguous()
+    assert dJ_da.shape == shape and dJ_da.is_contiguous() == (layout == "contiguous")
+    leaf = z.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(act.torch_fn(leaf), leaf, dJ_da)
+    t = act.f(z) if act.derivative_of == "a" else z
+    torch.testing.assert_close(act.chain(t, dJ_da), expected)  # dJ/da itself: its layout as given
