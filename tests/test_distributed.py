@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 from refbp.apps.cli import main
 from refbp.apps.distributed_bugs import RECIPES
 from refbp.apps.ranks import EXIT_RANK_FAILED
+from refbp.apps.signals import Terminated
 from refbp.distributed import verify as verify_module
 from refbp.distributed.cases import DataParallelSpec, draw_specs
 from refbp.distributed.data_parallel import data_parallel_gradients, train_step
@@ -321,3 +323,37 @@ def test_the_heartbeats_verdict_is_not_swallowed_by_a_guard_around_a_store_call(
     run = run_ranks(rank, 2, tmp_path / "logs")
     assert run.codes[1] == -9, run.output
     assert run.values[0] == "the meeting: rank 1 gave no sign of life for 2 s (stopped, or died)", run.output
+
+
+def test_a_stop_on_its_way_is_not_replaced_by_the_heartbeats_verdict(tmp_path: Path) -> None:
+    """torchrun's SIGTERM (Terminated) and the heartbeat's verdict on the rank that died come
+    close together. Where the verdict's interrupt lands while the stop unwinds (here in a
+    ``finally``; in 1 CI run at the start of a with-block's __exit__, past the block's edge,
+    where it escaped as a traceback), the stop must go on: the rank says "terminated", once."""
+    timeout = 4.0
+
+    def rank(r: int) -> str:
+        launch = torchrun_launch()
+        assert launch is not None
+        try:
+            with joined(launch, timeout=timeout) as job:
+                if r == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                trip, held = job.heart.on_verdict, threading.Event()
+                assert trip is not None
+                job.heart.on_verdict = held.set  # the heartbeat's trip, held back
+                assert held.wait(30), "the heartbeat heard nothing of rank 1"
+                try:
+                    raise Terminated("signal SIGTERM")
+                finally:
+                    trip()  # the trip lands while the stop unwinds
+                    time.sleep(0.1)  # the main thread runs the pending handler after this call
+        except Terminated:
+            return "terminated"
+        except RankFailedError as err:
+            return f"RankFailedError: {err}"
+        return "no error"
+
+    run = run_ranks(rank, 2, tmp_path / "logs")
+    assert run.codes[1] == -9, run.output
+    assert run.values[0] == "terminated", run.output

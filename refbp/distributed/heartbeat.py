@@ -79,6 +79,11 @@ class Heartbeat:
         except RuntimeError:
             pass  # the store is gone: the others find out from it themselves
 
+    def tell_again(self) -> None:
+        """Call ``on_verdict`` again at the next beat: the main thread could not take the
+        verdict when it was told (it was already leaving, see refbp.distributed.launch)."""
+        self._told = False
+
     def verdict(self) -> tuple[str, tuple[int, ...]] | None:
         """What this rank has heard that ends the job: a rank's failure, the store's silence
         (ranks = (STORE_LOST,)), ranks silent for ``silence`` seconds; None if nothing."""

@@ -29,6 +29,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -318,15 +319,25 @@ def _interrupted_when_lost(job: Job) -> Iterator[None]:
     with the RankFailedError, so that the case in progress does not delay the end. The
     heartbeat trips INTERRUPT_SIGNAL's Python handler (``_thread.interrupt_main``: no signal is
     sent to any process); only in the main thread, where Python runs handlers. The handler
-    raises ``_Interrupted``, which only this block's edge catches."""
+    raises ``_Interrupted``, which only this block's edge catches; while another exception is
+    on its way it leaves that one be and asks the heartbeat to tell it again."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def lost(signum: int, frame: FrameType | None) -> None:
         heard = job.heart.verdict()
-        if heard is not None:  # else a real SIGUSR1 from elsewhere: nothing to do
-            raise _Interrupted(job._failure(job.doing, heard))
+        if heard is None:
+            return  # a real SIGUSR1 from elsewhere: nothing to do
+        if sys.exc_info()[1] is not None:
+            # an exception is on its way already (a stop, this rank's own error, one a guard is
+            # handling): raised now, ours would replace it, and where the handler ran at the
+            # start of a with-block's __exit__ it would escape this block's edge unconverted (a
+            # traceback instead of "terminated", 1 CI run); the heartbeat tells again at its
+            # next beat, by when the block has been left, or the guard is done
+            job.heart.tell_again()
+            return
+        raise _Interrupted(job._failure(job.doing, heard))
 
     previous = signal.signal(INTERRUPT_SIGNAL, lost)
     job.heart.on_verdict = functools.partial(_thread.interrupt_main, INTERRUPT_SIGNAL)
