@@ -12,6 +12,7 @@ here from torch operations, refbp.check must pass it, and a batch of one is refu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -176,6 +177,27 @@ def test_gelu_derivative_matches_autograd(dtype: torch.dtype) -> None:
     manual = refbp.nn.activations.get_activation("gelu").chain(z, G.clone())
     assert leaf.grad is not None
     _assert_rounding_close(manual, leaf.grad, "dJ/dz")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_gelu_derivative_is_exact_to_a_few_ulps_at_zero_and_subnormals_and_propagates_nan(dtype: torch.dtype) -> None:
+    """float32 takes Phi(z) from torch's GELU kernel divided by z (refbp.nn.activations._normal_cdf):
+    the 0/0 at z = 0 and the subnormal z Phi(z) of the tiniest z are where a quotient goes wrong."""
+    info = torch.finfo(dtype)
+    magnitudes = torch.logspace(math.log10(info.smallest_normal) - 8, 1, 2001, dtype=torch.float64).to(dtype)
+    z = torch.cat([magnitudes, -magnitudes, torch.zeros(1, dtype=dtype), -torch.zeros(1, dtype=dtype)])
+    z = z[(z != 0) | (torch.arange(z.numel()) >= 2 * magnitudes.numel())]  # the ones that underflowed to 0 go
+    manual = refbp.nn.activations.get_activation("gelu").chain(z, torch.ones_like(z)).double()
+    x = z.double()
+    exact = torch.special.ndtr(x) + x * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)  # Phi(z) + z phi(z)
+    assert (manual - exact).abs().max().item() <= 8 * info.eps, (manual - exact).abs().max().item()
+    assert manual[z == 0].eq(0.5).all()
+    special = torch.tensor([math.nan, math.inf, -math.inf, 1.0], dtype=dtype)
+    leaf = special.clone().requires_grad_(True)
+    F.gelu(leaf).backward(torch.ones_like(special))
+    assert leaf.grad is not None
+    ours = refbp.nn.activations.get_activation("gelu").chain(special, torch.ones_like(special))
+    assert ours[0].isnan() and ours[1:].isnan().tolist() == leaf.grad[1:].isnan().tolist(), (ours, leaf.grad)
 
 
 # ---- BatchNorm's unbiased option -------------------------------------------------------------

@@ -224,27 +224,49 @@ def _gelu(z: Tensor) -> Tensor:
     return F.gelu(z)
 
 
-_LOG_INV_SQRT_2PI = -0.5 * math.log(2.0 * math.pi)
-"""log(1 / sqrt(2 pi)): phi(z) = exp(-z^2 / 2 + log(1 / sqrt(2 pi))) is one fused multiply-add and one exp."""
+_LOG2_INV_SQRT_2PI = -0.5 * math.log2(2.0 * math.pi)
+_HALF_LOG2_E = 0.5 * math.log2(math.e)
+"""phi(z) = exp(-z^2 / 2) / sqrt(2 pi) = 2^(-z^2 log2(e) / 2 + log2(1 / sqrt(2 pi))): one fused
+multiply-add and one exp2, which torch vectorises on the CPU (exp2 runs 3-4x faster than exp
+here, float32 and float64 alike; the extra rounding of the exponent's scale is an ulp of it)."""
+
+
+def _normal_cdf(z: Tensor) -> Tensor:
+    """Phi(z) = (1 + erf(z / sqrt 2)) / 2, the standard normal CDF, in a new tensor.
+
+    float32: 1/2 + (gelu(z) - z / 2) / z, four passes that together take about half the time of
+    erf alone, because torch's vectorised GELU kernel (z Phi(z)) runs 4-5x faster than its erf
+    here (one thread). It carries Phi to within a few ulps: over one million normal z, gelu's
+    dJ/dz lies within 4.2e-7 of the exact value (torch's own backward within 2.7e-7, the erf
+    path within 1.4e-7). Subtracting z / 2 before dividing keeps the quotient exact where
+    z / 2 is subnormal (gelu(z) is then z / 2 rounded as we round it); at z = 0 the 0/0 is set
+    to 1/2, and so is a NaN z's: the caller's z phi(z) carries the NaN, as it carries the
+    inf * 0 at z = +-inf. Other dtypes: from erf, three passes (in bfloat16 the GELU kernel
+    rounds z Phi(z) once more than we round z / 2, so the subnormal case would not cancel)."""
+    if z.dtype != torch.float32:
+        Phi = torch.mul(z, _INV_SQRT_2).erf_()  # erf(z / sqrt 2)
+        return torch.add(z.new_full((), 0.5), Phi, alpha=0.5, out=Phi)  # (1 + erf(z / sqrt 2)) / 2
+    r = F.gelu(z).add_(z, alpha=-0.5)  # z Phi(z) - z / 2
+    Phi = torch.addcdiv(z.new_full((), 0.5), r, z, out=r)  # 1/2 + (z Phi(z) - z / 2) / z
+    return Phi.nan_to_num_(nan=0.5)  # z = 0: Phi(0) = 1/2 (no inf: |gelu(z) - z / 2| <= |z| / 2)
 
 
 def _gelu_chain(z: Tensor, dJ_da: Tensor) -> Tensor:
     """dJ/dz = dJ/da o (Phi(z) + z phi(z)), phi(z) = exp(-z^2 / 2) / sqrt(2 pi), in dJ/da's
     storage, a few rows at a time (two temporaries per row: refbp.nn.chunks).
 
-    Seven passes over each chunk, the fewest torch's public operations allow (its fused
-    gelu_backward is a backward kernel, not for the manual path): erf's argument and erf,
-    phi's exponent and exp, Phi from erf, Phi + z phi, and the product with dJ/da."""
+    Eight passes over each chunk in float32 (seven in other dtypes), of operations that torch
+    vectorises; they take half the time of the seven of erf and exp (torch's fused
+    gelu_backward is a backward kernel, not for the manual path): Phi (``_normal_cdf``),
+    phi's exponent and exp2, Phi + z phi, and the product with dJ/da."""
     g = dJ_da if dJ_da.is_contiguous() else dJ_da.contiguous()
     width = z.shape[-1] if z.dim() else 1
     rows_z, rows_g = z.reshape(-1, width), g.view(-1, width)  # (M, h) each
-    half = torch.full((), 0.5, dtype=z.dtype, device=z.device)
-    log_c = torch.full((), _LOG_INV_SQRT_2PI, dtype=z.dtype, device=z.device)
+    log2_c = torch.full((), _LOG2_INV_SQRT_2PI, dtype=z.dtype, device=z.device)
     for part in chunks(rows_z.shape[0], 2 * width * z.element_size(), device=z.device):
         zc = rows_z[part]
-        Phi = torch.mul(zc, _INV_SQRT_2).erf_()  # erf(z / sqrt 2)
-        phi = torch.addcmul(log_c, zc, zc, value=-0.5).exp_()  # phi(z) = exp(-z^2 / 2 + log(1 / sqrt(2 pi)))
-        Phi = torch.add(half, Phi, alpha=0.5, out=Phi)  # Phi(z) = (1 + erf(z / sqrt 2)) / 2
+        Phi = _normal_cdf(zc)
+        phi = torch.addcmul(log2_c, zc, zc, value=-_HALF_LOG2_E).exp2_()  # 2^(-z^2 log2(e) / 2 - log2(sqrt(2 pi)))
         rows_g[part].mul_(Phi.addcmul_(zc, phi))  # dJ/da o (Phi(z) + z phi(z))
     return g
 
