@@ -63,6 +63,7 @@ def environment(threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": threads,
         "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch picked: AVX2, AVX512, ...
         "cpu_cores_visible": len(os.sched_getaffinity(0)),
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -105,48 +105,50 @@ the tables above are the measurement, so a target this note calls within reach m
 LAYERS_NOTE = """\
 What limits the layers that miss, from torch.profiler and single-op timings on this machine
 (1 thread, N=1024, d=512, float32; one *unit* is one (N, d) float32 tensor, 2 MiB). Timed with
-the allocator held warm since this round: before, page faults on fresh buffers moved the
-ratio of an unchanged layer by up to 0.5 between runs (GroupNorm's autograd step read 2.3 ms
-in one run, 5.6 ms in the next), which had hidden BatchNorm1d train's 1.2-1.4x behind 0.98x.
-Rows at 1.00-1.02x (MaxPool2d, Conv1d) are level within that noise.
+the allocator held warm: page faults on fresh buffers had moved the ratio of an unchanged layer
+by up to 0.5 between runs.
 
-- **Changed in this round, each measured against the code before it, warm, one process each.**
-  Conv2d's dJ/dW is taken offset by offset, as Conv1d's: each kernel offset reads one
-  contiguous run of a *phase plane* of x (the positions of one residue of the stride), so the
-  sum over positions is a batched matrix product with dJ/dz padded to the plane's width; dJ/dW
-  2.2x faster at stride 1, the step 1.70x -> 1.22x, memory 1.00x -> 0.80x; unchanged at stride
-  2. The RNN keeps no z_t (f' from h_t) and writes dJ/dz_t over the dJ/dout it is given, in
-  the layer's own layout: memory 1.7-1.95x -> 0.98x, time level. The GRU writes each step's da over
-  that step's gates and dJ/dh_n over its h_n as the steps consume them: memory 2.4-2.7x -> 1.54x.
-  The LSTM computes the gates' factors for every step at once, 7 operations a step instead of
-  24: 1.62x -> 1.48x. GroupNorm's backward takes six passes instead of twelve (each image and
-  channel's two sums, then dJ/dx in two multiply-adds): 2.12x -> 1.67x. Per-channel affines
-  are a product and a sum (torch's addcmul with two operands broadcast over the outer
-  dimensions runs 2-4x slower than the two): BatchNorm2d train 1.18x -> 0.86x, eval 1.36x ->
-  1.17x. Tried and dropped: Conv2d's dJ/dx at stride 2 as four forward convolutions of its
-  phases (8.5 ms against conv_transpose2d's 8.7: each small mkldnn call is bound by its layout
-  conversions), and LogSoftmax's backward in one pass fewer (1.06-1.11x either way).
-- **LayerNorm, BatchNorm1d train, BatchNorm2d eval, GroupNorm: time 1.2-1.7x, memory level.** A
-  training step keeps mu and rstd per row, feature or group (NormStats) in the input's dtype,
-  as torch's kernels and llm.c do, and the backward rebuilds xhat from x in one work buffer (the
-  full teaching mode keeps its float64 path; tests/test_lean.py holds the two equal to the
-  dtype's rounding). What is left is the number of passes over memory, each one memory-bound at
-  these sizes (a subtraction into a fresh 2 MiB buffer: 60 us alone, 250 us inside the step,
-  where x, dJ/dy and the output no longer fit the caches): torch runs one fused kernel each way,
-  refbp's eager operations make 4-5 passes forward and 6-10 backward.
-- **gelu: 2.0x the time, memory met.** f'(z) = Phi(z) + z phi(z) takes 7 passes per chunk; erf
-  (1.7 ns an entry) and exp are most of them, against one pass of torch's fused gelu_backward,
-  a backward kernel the manual path may not call. Phi = gelu(z) / z from the forward output
-  would save the erf, but loses accuracy where z is subnormal, so it was not done.
-- **Conv2d: time 1.2x at stride 1, 1.5x at stride 2.** dJ/dx is a transposed convolution
-  (conv_transpose2d), 3x slower than the forward convolution at stride 2 on this CPU, and dJ/dW
-  nine batched products; torch's convolution_backward computes both in one mkldnn call.
-- **LSTM: time 1.5x.** T small matrix products and about 15 element-wise calls a step (a few
-  microseconds of dispatch each at B 32, H 128), and torch's CPU tanh at about 4 ns an entry,
-  against torch.nn.LSTM's one mkldnn_rnn_layer call each way.
-- **GRU: memory 1.5x.** It keeps every step's gates, h_t and h_n (5 units of (T, B, H)), then
+- **Another machine since the previous run.** This one has AVX512 and torch runs its AVX512
+  kernels here; on the previous runs' machine (also reported as "AMD EPYC") the same steps took
+  1.5-4x longer. Fused kernels gained most: autograd's LSTM step 12.2 -> 3.4 ms (torch runs it
+  as oneDNN's mkldnn_rnn_layer here, one call each way), its Conv2d step 18.7 -> 6.5 ms, its
+  GroupNorm 2.1 -> 0.6 ms; refbp's chains of eager operations, each a pass over memory, gained
+  less. With the same code the LSTM moved 1.49x -> 2.74x, Conv2d 1.25x -> 1.63-1.69x, relu
+  0.79x -> 1.05-1.20x, GroupNorm 1.74x -> 1.70-2.01x, BatchNorm2d train 0.80x -> 0.51x; the target
+  was met by 14 of the 26 layers there and by 12 here (gelu, changed in between, missed on both).
+- **Changed in this round, each measured against the code before it on this machine.** gelu's
+  derivative takes Phi(z) from torch's GELU kernel, 1/2 + (gelu(z) - z / 2) / z in float32 (that
+  kernel runs 4-5x faster than torch's erf here; subtracting z / 2 first keeps the quotient
+  exact where z / 2 is subnormal, and the 0/0 at z = 0 is set to 1/2: tests/test_lean.py holds
+  it to a few ulps from the smallest subnormal up), and phi(z) from exp2, which runs 3-5x faster
+  than exp: the step 2.9-3.1x -> 1.70x, and its chunks' temporaries are freed before the next
+  chunk's: memory 0.93x -> 0.82x. LogSoftmax's backward takes exp(y) as exp2(y log2 e): 1.68x ->
+  1.09-1.15x.
+- **LayerNorm, BatchNorm1d train, GroupNorm: time 1.3-2.0x, memory level.** A training step
+  keeps mu and rstd per row, feature or group (NormStats) in the input's dtype, as torch's
+  kernels and llm.c do, and the backward rebuilds xhat from x in one work buffer (the full
+  teaching mode keeps its float64 path; tests/test_lean.py holds the two equal to the dtype's
+  rounding). What is left is the number of passes over memory, each one memory-bound at these
+  sizes: torch runs one fused kernel each way, refbp's eager operations make 4-5 passes forward
+  and 6-10 backward.
+- **gelu: 1.7x the time, memory met.** Eight passes a chunk (the GELU kernel, z / 2 and the
+  quotient, the 0/0, phi's exponent and exp2, Phi + z phi, the product with dJ/da) against one
+  pass of torch's fused gelu_backward, a backward kernel the manual path may not call.
+- **Conv2d: 1.6x at stride 1, 1.85x at stride 2.** dJ/dx is a transposed convolution
+  (conv_transpose2d), slower than the forward convolution at stride 2, and dJ/dW nine batched
+  products; torch's convolution_backward computes both in one mkldnn call.
+- **LSTM: 2.7x.** Bound by its matrix products: the step's 603 M floating-point operations
+  (x W_ih^T, T products with W_hh each way, dJ/dW_hh, dJ/dW_ih, dJ/dx) run through torch.mm,
+  whose MKL kernels reach 94-111 GFLOP/s on this AMD CPU in one thread, at least 5.5 ms of the
+  9.3; oneDNN's fused LSTM does the whole step in 3.4 ms (177 GFLOP/s). Linear, whose products
+  both sides run through MKL, is level.
+- **relu, sigmoid, Softmax, LogSoftmax, BatchNorm2d eval, Conv1d: 1.05-1.2x.** Steps of
+  0.2-0.7 ms in which refbp makes one pass more than torch's fused backward (relu: a sign and a
+  product against threshold_backward's one pass). refbp's loop itself costs less per call than
+  autograd's (9 against 15 us for the same step on 4 x 8 entries).
+- **GRU: memory 1.7-2.2x.** It keeps every step's gates, h_t and h_n (5 units of (T, B, H)), then
   copies x to time-major order for dJ/dW_ih and dJ/dx back to batch-first order; torch keeps
-  less per step."""
+  less per step (its peak read 1.9-2.9 MiB across runs)."""
 
 """Section 6's reading: what limits each layer that misses the target, from profiles on this machine."""
 
@@ -286,6 +288,14 @@ def _time_table(rows: list[dict[str, Any]]) -> str:
     return _table(body, headers)
 
 
+def _capability(env: dict[str, Any]) -> str:
+    """ " with torch's AVX512 kernels" and the like; empty for runs that did not record it. The
+    ratios depend on it: a fused kernel (oneDNN's LSTM, torch's GELU) gains more from wider
+    vectors than a chain of eager operations does."""
+    capability = env.get("cpu_capability")
+    return f" with torch's {capability} kernels" if capability else ""
+
+
 def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -312,7 +322,7 @@ def layers_section(entry: dict[str, Any]) -> list[str]:
         "",
         f"`{entry['command']}` ({'quick smoke run, tiny sizes' if entry['quick'] else 'full run'}), "
         f"{entry['seconds']:.0f} s, {env['date']}, torch {env['torch']}, {entry['threads']} thread(s), "
-        f"N={sizes['N']}, d={sizes['d']}, V={sizes['V']}.",
+        f"{env['cpu']}{_capability(env)}, N={sizes['N']}, d={sizes['d']}, V={sizes['V']}.",
         "",
         "*manual*: the layer's lean training step in refbp's own loop (refbp.nn.stack, what Network.forward and "
         "Network.backward run after their input checks): forward with `keep_intermediates=False` and "
