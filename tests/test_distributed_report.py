@@ -177,12 +177,14 @@ def test_a_rank_that_hangs_is_named_after_the_timeout_and_the_job_ends(tmp_path:
 
 
 def test_when_rank_0_dies_the_others_name_it(tmp_path: Path) -> None:
-    # rank 0 dies as it starts its first case: the others share the sweep's cases as each is free,
-    # so on a quiet machine the other two ranks can take every case but rank 0's first
+    # rank 0 dies as it starts its second case, while the others work on theirs. The ranks share the
+    # sweep's cases as each is free: with --examples 6 the other two took every case but rank 0's
+    # first on a quiet machine (rank 0 never died); dying at its first case instead, rank 0 could
+    # die while a loaded machine's other ranks were still joining the group (another message)
     def rank(r: int) -> int:
         if r == 0:
-            inject("die", 1)
-        return main(["report", "--examples", "6", "--no-progress", "--out", str(tmp_path / "out")])
+            inject("die", 2)
+        return main(["report", "--examples", "40", "--no-progress", "--out", str(tmp_path / "out")])
 
     run = run_ranks(rank, 3, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": str(TIMEOUT)})
     assert run.codes[0] == -9 and run.values[1:] == [EXIT_RANK_FAILED] * 2, run.output
