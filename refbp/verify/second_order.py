@@ -49,6 +49,7 @@ from ..nn.second_order import SecondOrder, gvp, hvp, jvp, missing_rule
 from ..nn.stack import walk_layers
 from .compare import Comparison, compare
 from .conditioning import allowance
+from .function_properties import unverified_row
 from .inputs import as_tensor
 from .result import CheckResult
 from .second_order_conditioning import product_allowance
@@ -157,6 +158,10 @@ def check_second_order(
                                 excluded=_on_kink(pieces, r, excluded.get(name)), widened=widened.get(name, 0.0)),
                         pieces)
             )  # fmt: skip
+    compared = {row.name for row in rows}
+    for name, g in under_test.items():  # a product no reference could take is unverified, never passed
+        if f"Hv[{name}]" not in compared:
+            rows.append(unverified_row(f"Hv[{name}]", g, tol, _no_reference(net, product)))
     if manual is not None and product == "hessian":  # R{dJ/d(intermediate)}: d/dr of dJ/dz, dJ/da, ...
         by_torch = intermediate_products(net64, X64, y64, v64, noise, R_names)
         widened_R = (
@@ -187,6 +192,15 @@ def check_second_order(
     if manual is not None:
         meta["R"] = {name: t.detach() for name, t in manual.R_delta.items()}
     return CheckResult(rows=rows, J=J, dtype=str(net.dtype).removeprefix("torch."), device=str(net.device), meta=meta)
+
+
+def _no_reference(net: Network, product: str) -> str:
+    """Why no reference took the product: torch cannot differentiate the loss twice (multi_margin's)
+    and, for the Gauss-Newton product, finite differences of the gradient measure the Hessian."""
+    why = f"torch cannot differentiate {net.loss_fn.name} twice"
+    if product == "gauss_newton":
+        why += ", and finite differences of the gradient measure the Hessian, not the Gauss-Newton product"
+    return f"no reference: {why}"
 
 
 def _product_allowance(
