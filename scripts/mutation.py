@@ -626,20 +626,8 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ("xǁBatchNorm1dǁlean_backward__", "n = x.numel() / self.C", N_FLOAT),
     ("xǁBatchNorm1dǁlean_forward__", "y = torch.sub(xa, mu, out=None)", LAYOUT),
     ("xǁBatchNorm1dǁlean_forward__", "y = torch.sub(xa, mu, )", LAYOUT),
-    ("xǁBatchNorm1dǁlean_forward__", "torch.addcmul(shift, xa, scale, out=None)", LAYOUT),
-    ("xǁBatchNorm1dǁlean_forward__", "torch.addcmul(shift, xa, scale, )", LAYOUT),
     ("xǁBatchNorm1dǁlean_backward__", "torch.sub(xa, mu, out=None)", LAYOUT),
     ("xǁBatchNorm1dǁlean_backward__", "torch.sub(xa, mu, ).mul_", LAYOUT),
-    (
-        "xǁBatchNorm1dǁlean_forward__",
-        "torch.addcmul(beta, y, gamma, out=None)",
-        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
-    ),
-    (
-        "xǁBatchNorm1dǁlean_forward__",
-        "torch.addcmul(beta, y, gamma, )",
-        "Memory, not numbers: gamma o xhat + beta in a new tensor instead of in y's storage.",
-    ),
     (
         "xǁBatchNorm1dǁlean_backward__",
         "own = None",
@@ -805,12 +793,6 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ("xǁBatchNorm2dǁto_torch__", "dtype=None if like is None else like.dtype, )  # fmt: skip", ON_CPU),
     ("xǁBatchNorm2dǁto_torch__", "device=None if (like is None) or True else like.device", ON_CPU),
     (
-        "xǁGroupNormǁ_lean_backward__",
-        "g = dJ_dy if (own) and False else dJ_dy.to(acc, copy=True)",
-        "Memory, not numbers: always computing dJ/dxhat and dJ/dx in a copy of dJ/dy gives the same values; "
-        "reusing its storage only spares the training step one (N, C, H, W) tensor.",
-    ),
-    (
         "xǁBatchNorm2dǁtorch_forward__",
         "F.batch_norm(x, mean, var, None, None, False, 1.0, self.eps)",
         "Eval mode (training=False): F.batch_norm only normalises by the statistics it is given and updates "
@@ -890,48 +872,9 @@ EXPLAINED: list[tuple[str, str, str]] = [
     ),
     (
         "xǁGroupNormǁforward__",
-        "y = torch.addcmul(beta, y, gamma, out=None)",
-        "Memory, not numbers: gamma[c] xhat + beta[c] in a new tensor instead of in y's storage.",
-    ),
-    (
-        "xǁGroupNormǁforward__",
-        "y = torch.addcmul(beta, y, gamma, )",
-        "Memory, not numbers: gamma[c] xhat + beta[c] in a new tensor instead of in y's storage.",
-    ),
-    (
-        "xǁGroupNormǁforward__",
         "self._rows(x).forward(x.reshape(N * self.G, -1), ctx, None)",
         "LayerNorm's forward never reads its path (it checks no input and keys nothing by it): None there "
         "gives the same xhat and cache.",
-    ),
-    (
-        "xǁGroupNormǁ_lean_backward__",
-        "own = None",
-        "Memory, not numbers: never reusing dJ/dy's storage computes dJ/dxhat and dJ/dx in a copy of it, the "
-        "same values; reusing it only spares the training step one (N, C, H, W) tensor.",
-    ),
-    (
-        "xǁGroupNormǁ_lean_backward__",
-        "work = torch.sub(rows_x, mu, out=None).mul_(rstd)",
-        LAYOUT,
-    ),
-    ("xǁGroupNormǁ_lean_backward__", "work = torch.sub(rows_x, mu, ).mul_(rstd)", LAYOUT),
-    (
-        "xǁGroupNormǁ_lean_backward__",
-        'gamma = self._per_channel(self.params["gamma"].to(None), x.dim())',
-        "Exact promotion: gamma then stays in the input's dtype, but it only multiplies dJ/dy and dJ/dy o xhat "
-        "in place in their buffers of the statistics' dtype (float32 for half precision, else the input's), "
-        "to which torch converts it exactly first.",
-    ),
-    (
-        "xǁGroupNormǁ_lean_backward__",
-        "m = work.sum(dim=+1, keepdim=True)",
-        "work is (N G, K), two dimensions (a group a row): dim 1 is dim -1.",
-    ),
-    (
-        "xǁGroupNormǁ_lean_backward__",
-        "shift = h.sum(dim=+1, keepdim=True)",
-        "h is (N G, K), two dimensions (a group a row): dim 1 is dim -1.",
     ),
     (
         "xǁGroupNormǁr_backward__",
