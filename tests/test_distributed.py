@@ -8,6 +8,7 @@ refbp report under torchrun: tests/test_distributed_report.py."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import functools
 import json
@@ -15,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from refbp.apps.signals import Terminated
 from refbp.distributed import verify as verify_module
 from refbp.distributed.cases import DataParallelSpec, draw_specs
 from refbp.distributed.data_parallel import data_parallel_gradients, train_step
-from refbp.distributed.launch import RankFailedError, joined, torchrun_launch
+from refbp.distributed.launch import Job, RankFailedError, joined, torchrun_launch
 from refbp.distributed.recipe import RIGHT, World, shard_noise, simulate
 from refbp.distributed.verify import check_on_ranks
 from refbp.testing import assert_gradients_close
@@ -299,21 +301,28 @@ class _StoreThatHoldsItsCheck:
         return bool(self._store.check(keys))
 
 
+@contextlib.contextmanager
+def _job_whose_rank_1_dies(r: int) -> Iterator[Job]:
+    """Rank r's part of a 2-rank job (timeout 4 s, so a silence of 2 s) in which rank 1 is killed
+    (SIGKILL) as soon as it has joined: the block runs on rank 0 alone."""
+    launch = torchrun_launch()
+    assert launch is not None
+    with joined(launch, timeout=4.0) as job:
+        if r == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield job
+
+
 def test_the_heartbeats_verdict_is_not_swallowed_by_a_guard_around_a_store_call(tmp_path: Path) -> None:
     """The heartbeat stops the main thread wherever it stands. Where that is inside a store call
     whose ``except RuntimeError`` guards against a store that cannot answer (the barrier's look
     at who arrived), the verdict must still end the barrier, naming the silent rank. It was a
     RuntimeError, swallowed there: the barrier went on to gloo, which said rank 1's "connection
     closed" (1 CI run of the sharded report)."""
-    timeout = 4.0
 
     def rank(r: int) -> str:
-        launch = torchrun_launch()
-        assert launch is not None
         try:
-            with joined(launch, timeout=timeout) as job:
-                if r == 1:
-                    os.kill(os.getpid(), signal.SIGKILL)
+            with _job_whose_rank_1_dies(r) as job:
                 job.store = _StoreThatHoldsItsCheck(job.store, lambda: job.heart._told)  # type: ignore[assignment]
                 job.barrier("the meeting")
         except RankFailedError as err:
@@ -330,15 +339,10 @@ def test_a_stop_on_its_way_is_not_replaced_by_the_heartbeats_verdict(tmp_path: P
     close together. Where the verdict's interrupt lands while the stop unwinds (here in a
     ``finally``; in 1 CI run at the start of a with-block's __exit__, past the block's edge,
     where it escaped as a traceback), the stop must go on: the rank says "terminated", once."""
-    timeout = 4.0
 
     def rank(r: int) -> str:
-        launch = torchrun_launch()
-        assert launch is not None
         try:
-            with joined(launch, timeout=timeout) as job:
-                if r == 1:
-                    os.kill(os.getpid(), signal.SIGKILL)
+            with _job_whose_rank_1_dies(r) as job:
                 trip, held = job.heart.on_verdict, threading.Event()
                 assert trip is not None
                 job.heart.on_verdict = held.set  # the heartbeat's trip, held back
