@@ -52,7 +52,6 @@ SOFTPLUS_THRESHOLD = 20.0
 derivative there is exactly 1 (sigmoid(20) differs from 1 by 2e-9)."""
 
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_CUBIC = 0.044715
 """The cubic coefficient of GELU's tanh approximation (Hendrycks and Gimpel; torch's value)."""
