@@ -89,45 +89,36 @@ def _point(shape: tuple[int, ...], gen: torch.Generator) -> tuple[Tensor, Tensor
     return x, G
 
 
+@pytest.mark.parametrize(
+    ("layer_type", "module_type", "shape", "seed"),
+    [(BatchNorm1d, torch.nn.BatchNorm1d, (5, 3), 71), (BatchNorm2d, torch.nn.BatchNorm2d, (2, 3, 3, 2), 72)],
+    ids=["1d", "2d"],
+)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_lean_batchnorm1d_step_with_affine_is_torch(training: bool) -> None:
+def test_lean_batchnorm_step_with_affine_is_torch(
+    layer_type: type[BatchNorm1d] | type[BatchNorm2d],
+    module_type: type[torch.nn.BatchNorm1d] | type[torch.nn.BatchNorm2d],
+    shape: tuple[int, ...],
+    seed: int,
+    training: bool,
+) -> None:
     # y = s x + shift per feature (s = gamma rstd): on (N, C) the factors vary along the last dimension
     # only (one addcmul); BatchNorm2d's per-channel factors take the product and the sum.
-    gen = torch.Generator().manual_seed(71)
+    gen = torch.Generator().manual_seed(seed)
     C = 3
-    module = torch.nn.BatchNorm1d(C, eps=0.1, momentum=0.2, dtype=torch.float64)
+    module = module_type(C, eps=0.1, momentum=0.2, dtype=torch.float64)
     gamma, beta = _affine(module, C, gen)
     assert module.running_mean is not None and module.running_var is not None
     with torch.no_grad():
         module.running_mean.copy_(torch.linspace(-1.0, 1.0, C, dtype=torch.float64))
         module.running_var.copy_(torch.linspace(0.5, 2.0, C, dtype=torch.float64))
-    layer = BatchNorm1d(
+    layer = layer_type(
         gamma, beta, C=C, eps=0.1, momentum=0.2,
         running_mean=module.running_mean.clone(), running_var=module.running_var.clone(),
     )  # fmt: skip
     layer.set_training(training)
     module.train(training)
-    x, G = _point((5, C), gen)
-    _assert_step_is_torch(layer, module, x, G)
-
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_lean_batchnorm2d_step_with_affine_is_torch(training: bool) -> None:
-    gen = torch.Generator().manual_seed(72)
-    C = 3
-    module = torch.nn.BatchNorm2d(C, eps=0.1, momentum=0.2, dtype=torch.float64)
-    gamma, beta = _affine(module, C, gen)
-    assert module.running_mean is not None and module.running_var is not None
-    with torch.no_grad():
-        module.running_mean.copy_(torch.linspace(-1.0, 1.0, C, dtype=torch.float64))
-        module.running_var.copy_(torch.linspace(0.5, 2.0, C, dtype=torch.float64))
-    layer = BatchNorm2d(
-        gamma, beta, C=C, eps=0.1, momentum=0.2,
-        running_mean=module.running_mean.clone(), running_var=module.running_var.clone(),
-    )  # fmt: skip
-    layer.set_training(training)
-    module.train(training)
-    x, G = _point((2, C, 3, 2), gen)
+    x, G = _point(shape, gen)
     _assert_step_is_torch(layer, module, x, G)
 
 
