@@ -473,8 +473,12 @@ def _torch_grads(module: torch.nn.Module, x: Tensor, G: Tensor) -> tuple[Tensor,
     y = module(xx)
     y.backward(G)
     assert xx.grad is not None
-    params = {k: p.grad for k, p in (("gamma", module.weight), ("beta", module.bias)) if p is not None}
-    return y.detach(), xx.grad, params  # type: ignore[return-value]
+    params: dict[str, Tensor] = {}
+    for kind, p in (("gamma", module.weight), ("beta", module.bias)):
+        if p is not None:
+            assert isinstance(p, Tensor) and p.grad is not None
+            params[kind] = p.grad
+    return y.detach(), xx.grad, params
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

@@ -14,7 +14,6 @@ GroupNorm); a step must not warn, as torch does when an out= tensor of the wrong
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -26,21 +25,7 @@ from refbp.nn.layer import BackwardContext, ForwardContext, Layer
 from refbp.nn.layernorm import NormStats
 from refbp.nn.norm2d import BatchNorm2d, GroupNorm
 
-
-def _torch_step(module: torch.nn.Module, x: Tensor, G: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """torch's y, dJ/dx and dJ/d(each parameter) of the module (its own copy) for dJ/dy = G."""
-    module = copy.deepcopy(module)
-    xx = x.clone().requires_grad_()
-    y = module(xx)
-    y.backward(G)
-    assert xx.grad is not None
-    params: dict[str, Tensor] = {}
-    for kind in ("gamma", "beta"):
-        p = getattr(module, {"gamma": "weight", "beta": "bias"}[kind])
-        if p is not None:
-            assert isinstance(p, Tensor) and p.grad is not None
-            params[kind] = p.grad
-    return y.detach(), xx.grad, params
+from .test_mutation_kills_layers import _torch_grads
 
 
 def _lean_step(layer: Layer, x: Tensor, G: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -58,7 +43,7 @@ def _lean_step(layer: Layer, x: Tensor, G: Tensor) -> tuple[Tensor, Tensor, dict
 
 
 def _assert_step_is_torch(layer: Layer, module: torch.nn.Module, x: Tensor, G: Tensor) -> None:
-    want_y, want_dx, want_params = _torch_step(module, x, G)
+    want_y, want_dx, want_params = _torch_grads(module, x, G)
     y, dJ_dx, params = _lean_step(layer, x, G)
     assert y.dtype == dJ_dx.dtype == x.dtype and y.shape == dJ_dx.shape == x.shape
     torch.testing.assert_close(y, want_y)
