@@ -16,8 +16,8 @@ nanoGPT's initialisation, B = 8 sequences, a vocabulary of 65 characters, heads 
 
 Time: medians of interleaved repeats in one process, of CPU time (the step's own; wall time is
 recorded too), compilation done in a warm-up, with glibc's allocator as a user has it. Peak
-memory: in a second process with glibc's mmap threshold at 64 KiB (set before Python starts, as
-benchmarks/memory_probe.py does), every tensor of 64 KiB or more is its own mapping, returned to
+memory: in a second process with glibc's mmap threshold at 4 KiB (set before Python starts, as
+benchmarks/memory_probe.py does), every tensor of 4 KiB or more is its own mapping, returned to
 the system when freed, so the resident set follows the live tensors; a step's peak is the
 high-water mark (VmHWM, reset first) minus the resident set just before it, parameters'
 gradients included for both (autograd's are set to None before the step). The two are kept
@@ -49,6 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import environment, interleaved_medians
+from benchmarks.memory import MMAP_THRESHOLD
 from refbp.apps.io import write_atomic
 from refbp.models import GPT
 
@@ -67,9 +68,6 @@ VOCAB = 65
 HEAD_SIZE = 32
 """Heads of 32: n_head = n_embd / 32 (4 and 8 heads)."""
 
-MMAP_THRESHOLD = 64 * 1024
-"""glibc serves every allocation of 64 KiB or more with its own mmap and unmaps it when freed."""
-
 METHODS = ("manual", "autograd", "autograd compiled", "manual compiled")
 
 LIMITS = (
@@ -79,9 +77,11 @@ LIMITS = (
     "",
     "- **Manual time (eager).** The matrix products are the same as autograd's. The difference is in the "
     "elementwise work, where torch runs one fused kernel and refbp several tensor operations: LayerNorm "
-    "accumulates in float64 for float32, as refbp's LayerNorm does, so that its gradients stay exact in short "
-    "rows (4-6x torch's fused float32 kernel), GELU's derivative and the softmax's backward take several "
-    "passes (GELU 2-3x), and attention rebuilds its T x T probabilities in the backward pass (one more scores "
+    "takes 4-5 passes forward and 6-10 backward (since this round a training step computes it in float32, as "
+    "torch does, from mu and rstd, instead of accumulating in float64: 1.32x -> 1.19x at n_embd 128, T 64, "
+    "1.11-1.22x -> 1.10-1.19x at the other sizes, measured side by side), GELU's derivative and the "
+    "softmax's backward take several passes (GELU 1.7x), and attention rebuilds its T x T probabilities in "
+    "the backward pass (one more scores "
     "product and softmax per block) so as not to keep them, while torch's CPU flash attention also skips the "
     "masked half of the scores (attention 1.2-1.3x). Per block that is 1.15-1.3x. These passes are bound by "
     "memory bandwidth and suffer most from other processes and from fresh pages: the first version of this "
@@ -201,7 +201,7 @@ def _warm(methods: dict[str, Callable[[], object]], failures: dict[str, str]) ->
 
 
 def measure_memory(config: dict[str, int], *, compile_: bool) -> dict[str, int]:
-    """Peak bytes of one step of every method that runs (call with the 64 KiB mmap threshold set)."""
+    """Peak bytes of one step of every method that runs (call with the mmap threshold, MMAP_THRESHOLD, set)."""
     methods, reset, failures = steps(config, compile_=compile_)
     _warm(methods, failures)
     return {name: peak_bytes(fn, reset) for name, fn in methods.items()}
@@ -221,7 +221,7 @@ def measure(config: dict[str, int], *, repeats: int, compile_: bool, memory: dic
     row["failures"] = failures
     base_t, base_m = times["autograd"], memory["autograd"]
     row["time_vs_autograd"] = {name: t / base_t for name, t in times.items()}
-    # tensors under 64 KiB (a --quick run) come from the heap, which keeps freed memory: no peak shows
+    # tensors under 4 KiB (a --quick run) come from the heap, which keeps freed memory: no peak shows
     row["memory_vs_autograd"] = {name: m / base_m if base_m > 0 else None for name, m in memory.items()}
     if "autograd compiled" in times:
         row["time_vs_autograd_compiled"] = {name: t / times["autograd compiled"] for name, t in times.items()}
@@ -343,7 +343,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "(`time.process_time`: what the step itself used, which other processes on this shared 2-core machine "
         "do not change; wall times, which they do, are listed below). Peak memory, from a second process: the "
         "resident set's high-water mark during one step above the resident set before it (there, allocations "
-        "of 64 KiB and more are mappings of their own, so that freed tensors leave the resident set at once), "
+        f"of {MMAP_THRESHOLD // 1024} KiB and more are mappings of their own, so that freed tensors leave the "
+        "resident set at once), "
         "parameter gradients included for both. Only ratios taken side by side are meaningful on this "
         "shared machine.",
         "",
@@ -404,7 +405,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
 
 def _memory_in_child(argv: list[str]) -> list[dict[str, int]]:
     """Each configuration's peak bytes per method, from a fresh process with glibc's mmap threshold
-    at 64 KiB (glibc reads it at start-up only, so it cannot be set in this process)."""
+    at MMAP_THRESHOLD (glibc reads it at start-up only, so it cannot be set in this process)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "memory.json"

@@ -378,7 +378,7 @@ def time_layers(names: Sequence[str], sizes: dict[str, int], *, repeats: int, qu
 def probe(modes: Sequence[str], names: Sequence[str], sizes: dict[str, int]) -> list[dict[str, Any]]:
     """In this process: the peak memory of one step of each layer in each mode, in turn, by
     memory_probe.py's method (VmHWM after the step minus VmRSS before it, with glibc's mmap
-    threshold at 64 KiB, set by the parent). One warm-up step first, so that torch's lazy
+    threshold at MMAP_THRESHOLD, set by the parent). One warm-up step first, so that torch's lazy
     initialisation is not counted, then the least of PROBE_STEPS measured steps: a step's
     tensors give the same peak every time, and the allocator's small heaps can only add to it."""
     gc.collect()

@@ -2,7 +2,7 @@
 
     python benchmarks/memory_probe.py MODE BATCH WIDTH      MODE: autograd | manual | manual_full
 
-Prints one JSON line. Method: glibc's mmap threshold is set to 64 KiB before Python starts
+Prints one JSON line. Method: glibc's mmap threshold is set to 4 KiB before Python starts
 (MALLOC_MMAP_THRESHOLD_, by the parent), so every tensor larger than that is its own mmap,
 returned to the OS the moment it is freed. The resident set then follows the live tensors,
 and its high-water mark (VmHWM) minus the resident set just before the step is the step's

@@ -8,6 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from benchmarks.memory import MMAP_THRESHOLD
 from benchmarks.startup import render_startup
 
 __all__ = [
@@ -335,7 +336,8 @@ def layers_section(entry: dict[str, Any]) -> list[str]:
         "benchmarks/layers.py's WARM_ALLOCATOR), so that neither side pays page faults the other does not. "
         "Peak memory: "
         f"benchmarks/memory_probe.py's method (the step's VmHWM above the resident set before it, glibc's "
-        f"mmap threshold at 64 KiB, its heap trimmed at once), the least of 3 steps after one warm-up "
+        f"mmap threshold at {MMAP_THRESHOLD // 1024} KiB, its heap trimmed at once), the least of 3 steps "
+        "after one warm-up "
         f"step, {method}; a manual peak within {entry['memory_resolution_bytes'] // 1024} KiB of autograd's "
         "counts as met (the method's resolution: the same tensors measure up to about 150 KiB apart). A ratio below 1 "
         "means refbp is faster or leaner.",
@@ -418,8 +420,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "",
             "One forward + backward, float32, tanh, width 2048, each in a fresh process. Peak resident "
             "memory above the level just before the step (inputs, parameters and torch are in the "
-            "baseline; gradients are in the peak), with glibc's mmap threshold at 64 KiB so that freed "
-            "tensors leave the resident set at once (benchmarks/memory_probe.py). One activation unit is "
+            f"baseline; gradients are in the peak), with glibc's mmap threshold at {MMAP_THRESHOLD // 1024} KiB "
+            "so that freed tensors leave the resident set at once (benchmarks/memory_probe.py). One activation unit is "
             "one (N, 2048) float32 tensor; the three dJ/dW are 3 x 2048^2 floats (48 MiB) of the peak.",
             "",
             _table(
