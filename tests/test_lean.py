@@ -26,6 +26,7 @@ from refbp.nn.layer import BackwardContext, ForwardContext, Layer, LayerGradient
 from refbp.nn.layernorm import NormStats
 from refbp.nn.layers import BatchNorm1d, BatchNorm2d, Elementwise, GroupNorm, LayerNorm, Linear
 from refbp.nn.network import Network
+from refbp.nn.transformer import RowLayerNorm
 
 DTYPE_ROUNDING = {torch.float32: 64 * 2.0**-23, torch.float64: 64 * 2.0**-52}
 """Lean and full mode compute the same formulas in different orders (and the full mode
@@ -62,6 +63,8 @@ LAYERS: dict[str, Callable[[torch.dtype], tuple[Layer, tuple[int, ...]]]] = {
     "LayerNorm": lambda dt: (LayerNorm(*_params(dt, 0)[:2]), (3, 4, C)),
     "LayerNorm gamma only": lambda dt: (LayerNorm(_params(dt, 0)[0]), (5, C)),
     "LayerNorm no affine": lambda dt: (LayerNorm(d=C), (5, C)),
+    "RowLayerNorm (the GPT's)": lambda dt: (RowLayerNorm(*_params(dt, 0)[:2]), (3, 4, C)),
+    "RowLayerNorm no affine": lambda dt: (RowLayerNorm(None, None, d=C), (5, C)),
     "BatchNorm1d train": lambda dt: (BatchNorm1d(*_params(dt, 1)[:2]), (7, C)),
     "BatchNorm1d eval": lambda dt: (_eval(BatchNorm1d, dt, 1), (7, C)),
     "BatchNorm1d no affine": lambda dt: (BatchNorm1d(C=C), (7, C)),

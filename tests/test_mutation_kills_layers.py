@@ -26,7 +26,7 @@ from refbp.nn.linear import Linear
 from refbp.nn.network import Network
 from refbp.nn.norm2d import BatchNorm2d, GroupNorm
 from refbp.nn.registry import convert_module
-from refbp.nn.transformer import Block, RowLayerNorm, TorchBlock, TorchMLP, gelu_form
+from refbp.nn.transformer import Block, RowLayerNorm, RowStats, TorchBlock, TorchMLP, gelu_form
 from refbp.nn.validation import MAX_SEED, describe
 
 from . import nanogpt_reference
@@ -2519,16 +2519,18 @@ def test_block_seed_must_leave_room_for_its_second_dropout_stream_and_a_new_bloc
 def test_float32_row_layernorm_backward_of_nearly_constant_rows_is_float64_torch_rounded_once(
     affine: tuple[bool, bool],
 ) -> None:
-    # The block's LayerNorm accumulates its backward in float64 (float32 means of dJ/dxhat and dJ/dxhat o xhat
-    # would keep only the first digits of what cancels in a near-constant row) and returns every gradient in the
-    # input's dtype: autograd of F.layer_norm in float64, rounded once.
+    # The block's LayerNorm, as the teaching view and the checks run it, accumulates its backward in float64
+    # (float32 means of dJ/dxhat and dJ/dxhat o xhat would keep only the first digits of what cancels in a
+    # near-constant row) and returns every gradient in the input's dtype: autograd of F.layer_norm in float64,
+    # rounded once. (A training step's lean mode computes in float32, as torch does: tests/test_lean.py.)
     gen = torch.Generator().manual_seed(99)
     d = 5
     x, G = ((1 + 1e-3 * torch.randn(2, 3, d, generator=gen, dtype=torch.float64)).float() for _ in range(2))
     gamma = (torch.rand(d, generator=gen, dtype=torch.float64) + 0.5).float() if affine[0] else None
     beta = torch.randn(d, generator=gen, dtype=torch.float64).float() if affine[1] else None
     layer = RowLayerNorm(gamma, beta, d=d)
-    y, cache = layer.forward(x, ForwardContext(keep_intermediates=False), (1,))
+    y, cache = layer.forward(x, ForwardContext(keep_intermediates=True), (1,))
+    assert isinstance(cache, RowStats)  # mu and rstd in float64
     got = layer.backward(G, x, y, cache, BackwardContext((1,), keep_intermediates=False))
     leaves = {k: v.double().requires_grad_() for k, v in (("gamma", gamma), ("beta", beta)) if v is not None}
     xx = x.double().requires_grad_()
@@ -2540,16 +2542,19 @@ def test_float32_row_layernorm_backward_of_nearly_constant_rows_is_float64_torch
         _close_to_float64(got.params[kind], leaf.grad, torch.float32)
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["teaching", "lean"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_row_layernorm_forward_warns_nothing_and_is_torch_layer_norm(dtype: torch.dtype) -> None:
+def test_row_layernorm_forward_warns_nothing_and_is_torch_layer_norm(dtype: torch.dtype, lean: bool) -> None:
     # Like F.layer_norm, the block's LayerNorm computes its row statistics without a warning (none of torch's
-    # "an output ... was resized" on its out= tensors), and its y is F.layer_norm's.
+    # "an output ... was resized" on its out= tensors), and its y is F.layer_norm's, in either mode; the
+    # statistics are float64 in the teaching mode, the input's dtype in a training step's lean mode.
     gen = torch.Generator().manual_seed(100)
     x = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64).to(dtype)
     gamma, beta = (torch.randn(5, generator=gen, dtype=torch.float64).to(dtype) for _ in range(2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        y, cache = RowLayerNorm(gamma, beta).forward(x, ForwardContext(keep_intermediates=False), (1,))
+        y, cache = RowLayerNorm(gamma, beta).forward(x, ForwardContext(keep_intermediates=not lean), (1,))
         want = F.layer_norm(x.double(), (5,), gamma.double(), beta.double())
     _close_to_float64(y, want, dtype)
-    torch.testing.assert_close(cache.mu, x.double().mean(dim=-1, keepdim=True))
+    assert cache.mu.dtype == (dtype if lean else torch.float64)
+    torch.testing.assert_close(cache.mu, x.double().mean(dim=-1, keepdim=True).to(cache.mu.dtype))
