@@ -78,3 +78,68 @@ def test_tolerances_are_ordered_by_precision_and_combine_takes_the_looser() -> N
     assert both == Tolerance(rtol=1e-6, atol=1e-12)
     with pytest.raises(ValueError, match=r"no tolerance is defined for dtype torch\.int64"):
         tolerance_for(torch.int64)
+
+
+def _record(c: object) -> dict[str, object]:
+    """Every field of a Comparison, the verified mask as a list (NaN-free floats compare with ==)."""
+    fields = dict(vars(c))
+    fields["verified"] = fields["verified"].tolist()
+    return fields
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_finite_fast_path_says_exactly_what_the_general_path_says(seed: int) -> None:
+    # compare() takes a short path when g and r are finite, J is finite and nothing is excluded. An
+    # all-false excluded mask sends the same inputs down the general path: every field must be equal,
+    # for exact and finite-difference references, at, around and far beyond the tolerance.
+    g = torch.Generator().manual_seed(seed)
+    shape = [(1,), (7,), (3, 5), (2, 3, 4)][seed % 4]
+    r = torch.randn(shape, generator=g, dtype=torch.float64) * 10.0 ** float(torch.randint(-3, 4, (), generator=g))
+    if seed % 5 == 0:
+        r.zero_()  # an all-zero reference: allowed = atol
+    tol = Tolerance(rtol=1e-6, atol=1e-9)
+    scale = float(r.abs().max())
+    allowed = tol.allowed(scale)
+    off = torch.randn(shape, generator=g, dtype=torch.float64) * allowed * [0.0, 0.5, 1.0, 3.0][seed % 4]
+    if seed % 7 == 0:
+        off.view(-1)[0] = allowed  # exactly at the bound: verified, not contradicted
+    grad = (r + off).float() if seed % 3 == 0 else r + off
+    error = None
+    if seed % 2:
+        error = torch.rand(shape, generator=g, dtype=torch.float64) * allowed * [0.1, 1.0, 10.0][seed % 3]
+    fast = compare("W1", "ref", grad, r, tol, error=error, widened=1e-12 * (seed % 2))
+    general = compare("W1", "ref", grad, r, tol, error=error, widened=1e-12 * (seed % 2),
+                      excluded=torch.zeros(shape, dtype=torch.bool))  # fmt: skip
+    assert _record(fast) == _record(general)
+
+
+def test_the_fast_path_is_not_taken_for_nan_inf_empty_or_a_nan_loss() -> None:
+    # the general path's notes say why nothing (or not everything) was verified: the short path has none
+    tol = Tolerance(rtol=1e-6, atol=1e-9)
+    r = torch.ones(3, dtype=torch.float64)
+    assert "NaN or inf" in compare("W1", "ref", torch.tensor([1.0, math.nan, 1.0]), r, tol).note
+    assert compare("W1", "ref", r, torch.tensor([1.0, math.inf, 1.0]), tol).n_nonfinite == 1
+    assert "empty" in compare("W1", "ref", torch.ones(0), torch.ones(0, dtype=torch.float64), tol).note
+    assert compare("W1", "ref", r, r, tol, J_finite=False).verdict == "unverified"
+
+
+@pytest.mark.parametrize("finite_error", [False, True], ids=["exact reference", "with error estimates"])
+def test_both_paths_agree_exactly_on_the_bounds(finite_error: bool) -> None:
+    # Entries exactly at each bound, where a < for a <= (or the reverse) changes the verdict: r = 0 and
+    # powers of two make every |g - r|, allowed and FD_ERROR_SAFETY e exact. allowed = atol = 2^-20.
+    tol = Tolerance(rtol=2.0**-10, atol=2.0**-20)
+    a = tol.allowed(0.0)
+    r = torch.zeros(6, dtype=torch.float64)
+    g = torch.tensor([a, a / 2, 2 * a, 3 * a, a, 0.0], dtype=torch.float64)
+    # with estimates: slack = 4 e = 0, a, a, 2a, 2a, 2a, so the bounds a + slack are a, 2a, 2a, 3a, 3a, 3a
+    error = torch.tensor([0.0, a / 4, a / 4, a / 2, a / 2, a / 2], dtype=torch.float64) if finite_error else None
+    fast = compare("W1", "ref", g, r, tol, error=error)
+    general = compare("W1", "ref", g, r, tol, error=error, excluded=torch.zeros(6, dtype=torch.bool))
+    assert _record(fast) == _record(general)
+    assert fast.verified is not None
+    if finite_error:  # entries 0-2 within their bounds (2 at it), with slack <= a; 3 at its bound, slack 2a > a
+        assert fast.verified.tolist() == [True, True, True, False, False, False]
+        assert fast.n_imprecise == 3 and fast.n_mismatched == 0  # slack 2a > allowed a: too imprecise to confirm
+    else:
+        assert fast.verified.tolist() == [True, True, False, False, True, True]
+        assert fast.n_mismatched == 2 and fast.ratio == 3.0
