@@ -526,16 +526,16 @@ class CausalSelfAttention(Layer):
         b_qkv = p(path, "b_qkv") if "b_qkv" in self.params else None
         q, k, v = F.linear(x, p(path, "W_qkv"), b_qkv).split(d, dim=2)  # (B, T, d) each
         q, k, v = (t.reshape(B, T, nh, hs).permute(0, 2, 1, 3) for t in (q, k, v))  # (B, nh, T, hs)
-        q = tap.intermediate(Key("q", path), q)
-        k = tap.intermediate(Key("k", path), k)
-        v = tap.intermediate(Key("v", path), v)
+        q = tap.intermediate(Key.at("q", path), q)
+        k = tap.intermediate(Key.at("k", path), k)
+        v = tap.intermediate(Key.at("v", path), v)
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)
         S = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T)
-        P = tap.intermediate(Key("att", path), F.softmax(S.masked_fill(future, float("-inf")), dim=-1))
+        P = tap.intermediate(Key.at("att", path), F.softmax(S.masked_fill(future, float("-inf")), dim=-1))
         if self.stochastic:
             P = P * noise[path].to(P.dtype) / (1.0 - self.p)
         y = torch.matmul(P, v).permute(0, 2, 1, 3).reshape(B, T, d)  # (B, T, d)
-        y = tap.intermediate(Key("y", path), y)
+        y = tap.intermediate(Key.at("y", path), y)
         return F.linear(y, p(path, "W_o"), p(path, "b_o") if "b_o" in self.params else None)
 
     def to_torch(self) -> torch.nn.Module:

@@ -97,7 +97,7 @@ class Params:
         self.ties = ties or {}
 
     def __call__(self, path: tuple[int, ...], kind: str) -> Tensor:
-        key = Key(kind, path)
+        key = Key.at(kind, path)  # cached: an oracle run asks for every parameter
         return self.values[self.ties.get(key, key)]
 
 

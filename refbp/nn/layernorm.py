@@ -461,7 +461,7 @@ class LayerNorm(Layer):
     ) -> Tensor:
         tap.piecewise(x, self.pieces)
         xhat = tap.centred(
-            Key("xhat", path),
+            Key.at("xhat", path),
             F.layer_norm(x, (self.d,), None, None, self.eps),
             lambda: centred_size(x, x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True), self.eps),
         )

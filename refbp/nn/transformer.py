@@ -605,7 +605,7 @@ class Block(Layer):
         def half(js: tuple[int, ...], h: Tensor) -> Tensor:
             for j in js:
                 h = self.inner[j - 1].torch_forward(h, p, noise, tap, (*path, j))
-                h = tap.intermediate(Key("a", (*path, j)), h)
+                h = tap.intermediate(Key.at("a", (*path, j)), h)
             return h
 
         r = tap.intermediate(Key("resid", path), x + half(ATTENTION_HALF, x))  # (B4)

@@ -173,7 +173,7 @@ def oracle_J_from(
     if first == 1:  # the whole oracle, whatever its shape (a graph network's nodes read several inputs)
         return net.torch_J(x, y, p, noise, tap)
     for l in range(first, len(net.layers) + 1):
-        x = tap.intermediate(Key("a", (l,)), net.layers[l - 1].torch_forward(x, p, noise, tap, (l,)))
+        x = tap.intermediate(Key.at("a", (l,)), net.layers[l - 1].torch_forward(x, p, noise, tap, (l,)))
     J = net.torch_loss(x, y, tap)
     if net.weight_decay:
         decayed = [p(key.layer, key.kind) for key in net.decayed_keys()]
