@@ -26,7 +26,7 @@ from refbp.nn.layer import BackwardContext, ForwardContext, Layer, LayerGradient
 from refbp.nn.layernorm import NormStats
 from refbp.nn.layers import BatchNorm1d, BatchNorm2d, Elementwise, GroupNorm, LayerNorm, Linear
 from refbp.nn.network import Network
-from refbp.nn.transformer import RowLayerNorm
+from refbp.nn.transformer import RowLayerNorm, RowStats
 
 DTYPE_ROUNDING = {torch.float32: 64 * 2.0**-23, torch.float64: 64 * 2.0**-52}
 """Lean and full mode compute the same formulas in different orders (and the full mode
@@ -112,7 +112,8 @@ def test_lean_step_equals_full_mode_to_rounding(name: str, dtype: torch.dtype) -
     x, G = _point(shape, dtype)
     y_full, full, _ = _step(full_layer, x, G, lean=False)
     y_lean, lean, cache = _step(lean_layer, x, G, lean=True)
-    assert isinstance(cache, NormStats)  # mu and rstd, no xhat
+    assert isinstance(cache, (NormStats, RowStats))  # mu and rstd, no xhat ...
+    assert cache.rstd.dtype == dtype  # ... in the input's dtype
     _assert_rounding_close(y_lean, y_full, "y")
     assert lean.dJ_dx is not None and full.dJ_dx is not None
     assert lean.dJ_dx.dtype == dtype

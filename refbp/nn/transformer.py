@@ -57,7 +57,7 @@ from .dropout import Dropout
 from .elementwise import Elementwise
 from .keys import Key
 from .layer import BackwardContext, ForwardContext, Layer, LayerGradients, LayerTangent, Params, SecondContext, Tap
-from .layernorm import LayerNorm, NormStats, accumulation_dtype
+from .layernorm import LayerNorm, accumulation_dtype, lean_dtype
 from .linear import Linear
 from .validation import check_seed, derived_seed, describe
 
@@ -95,8 +95,8 @@ def gelu_form(value: object, *, argument: str = "gelu") -> str:
 # ---- LayerNorm as a transformer keeps it ----------------------------------------------------
 @dataclass
 class RowStats:
-    """What RowLayerNorm's backward needs besides x: mu and rstd, (..., 1) each, in the
-    accumulation dtype."""
+    """What RowLayerNorm's backward needs besides x: mu and rstd, (..., 1) each, in the dtype the
+    layer computes in (the accumulation dtype, or a training step's ``lean_dtype``)."""
 
     mu: Tensor
     rstd: Tensor
@@ -129,12 +129,13 @@ class RowLayerNorm(LayerNorm):
     (it is the residual stream); xhat would be one more (B, T, d) tensor per LayerNorm, in
     float64, where autograd keeps none.
 
-    That is the teaching view's and the checks' path (``keep_intermediates=True``). A training
-    step (``keep_intermediates=False``) runs LayerNorm's lean mode instead, as the standalone
-    LayerNorm does: mu and rstd (NormStats) and the arithmetic in x's dtype, float32 for float32
-    as torch's kernel computes, equal to this path to float32's rounding in ordinary rows
-    (tests/test_lean.py). It took the 4-layer GPT's step from 1.32x to 1.19x autograd's time at
-    n_embd 128, T 64 (1.11-1.22x to 1.10-1.19x at the other sizes of benchmarks/gpt.py).
+    That is the teaching view's and the checks' precision (``keep_intermediates=True``). A
+    training step (``keep_intermediates=False``) runs the same lines in x's dtype (``lean_dtype``:
+    float32 for float32, as torch's kernel computes), as the standalone LayerNorm's lean mode does:
+    equal to the float64 path to float32's rounding in ordinary rows (tests/test_lean.py), the
+    cancellation of near-constant rows left to that rounding. It took the 4-layer GPT's step from
+    1.32x to 1.19x autograd's time at n_embd 128, T 64 (1.11-1.22x to 1.09-1.20x at the other sizes
+    of benchmarks/gpt.py, measured side by side).
 
     Second order, R{.} along V_gamma, V_beta and R{x}, per row (mean(xhat) = 0 shortens R{rstd}):
 
@@ -156,10 +157,10 @@ class RowLayerNorm(LayerNorm):
         return {}  # xhat is not kept (it is rebuilt in the backward pass): the walk shows y only
 
     # the cache is RowStats, not the NormCache of LayerNorm: an override by design
-    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, RowStats | NormStats]:
-        if not ctx.keep_intermediates:  # a training step: LayerNorm's lean mode
-            return self.lean_forward(x)
-        acc, d = accumulation_dtype(x.dtype), self.d
+    def forward(self, x: Tensor, ctx: ForwardContext, path: tuple[int, ...]) -> tuple[Tensor, RowStats]:
+        # float64 for float32 and below in the teaching view and the checks; a training step's in x's dtype
+        acc = accumulation_dtype(x.dtype) if ctx.keep_intermediates else lean_dtype(x.dtype)
+        d = self.d
         rows = x.reshape(-1, d)  # (M, d)
         y = torch.empty_like(rows)  # (M, d)
         mu = torch.empty(rows.shape[0], 1, dtype=acc, device=x.device)  # (M, 1)
@@ -176,11 +177,7 @@ class RowLayerNorm(LayerNorm):
         shape = (*x.shape[:-1], 1)
         return y.view(x.shape), RowStats(mu.view(shape), rstd.view(shape))
 
-    def backward(
-        self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: RowStats | NormStats, ctx: BackwardContext
-    ) -> LayerGradients:
-        if isinstance(cache, NormStats):  # a training step's (lean mode)
-            return self.lean_backward(dJ_dy, x, cache, ctx)
+    def backward(self, dJ_dy: Tensor, x: Tensor, out: Tensor, cache: RowStats, ctx: BackwardContext) -> LayerGradients:
         d, acc = self.d, cache.rstd.dtype  # the accumulation dtype
         rows_x, rows_g = x.reshape(-1, d), dJ_dy.reshape(-1, d)  # (M, d) each
         mu, rstd = cache.mu.reshape(-1, 1), cache.rstd.reshape(-1, 1)  # (M, 1) each
