@@ -79,7 +79,7 @@ LIMITS = (
     "elementwise work, where torch runs one fused kernel and refbp several tensor operations: LayerNorm "
     "takes 4-5 passes forward and 6-10 backward (since this round a training step computes it in float32, as "
     "torch does, from mu and rstd, instead of accumulating in float64: 1.32x -> 1.19x at n_embd 128, T 64, "
-    "1.11-1.22x -> 1.10-1.19x at the other sizes, measured side by side), GELU's derivative and the "
+    "1.11-1.22x -> 1.09-1.20x at the other sizes, measured side by side), GELU's derivative and the "
     "softmax's backward take several passes (GELU 1.7x), and attention rebuilds its T x T probabilities in "
     "the backward pass (one more scores "
     "product and softmax per block) so as not to keep them, while torch's CPU flash attention also skips the "
