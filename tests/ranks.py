@@ -64,6 +64,14 @@ class RankRun:
     output: list[str]
     seconds: float
 
+    def shown(self) -> str:
+        """Every rank's exit code, value and whole output, for an assertion's message (pytest
+        shortens the repr of a list of long strings, which cut the traceback a failure needs)."""
+        return "\n".join(
+            f"--- rank {rank}: exit code {code}, value {value!r}, after {self.seconds:.1f} s ---\n{out}"
+            for rank, (code, value, out) in enumerate(zip(self.codes, self.values, self.output, strict=True))
+        )
+
 
 def free_port() -> int:
     """A TCP port nobody listens on now (the OS picks it)."""

@@ -37,7 +37,7 @@ def test_the_sharded_report_is_the_single_process_report(world_size: int, tmp_pa
     args = ["report", "--examples", "5", "--seed", "3", "--no-progress", "--out"]
     assert main([*args, str(tmp_path / "one")]) == 0
     run = run_ranks(lambda r: main([*args, str(tmp_path / "ranks")]), world_size, tmp_path / "logs")
-    assert run.codes == [0] * world_size and run.values == [0] * world_size, run.output
+    assert run.codes == [0] * world_size and run.values == [0] * world_size, run.shown()
     assert run.output[0].startswith("refbp report: 12/12 cases passed") and run.output[1:] == [""] * (world_size - 1)
     one, shared = _report_files(tmp_path / "one"), _report_files(tmp_path / "ranks")
     assert sorted(shared) == ["REPORT.md", "errors.png", "report.json"]
@@ -51,7 +51,7 @@ def test_the_sharded_report_is_the_single_process_report(world_size: int, tmp_pa
 
 def test_rank_0_shows_the_progress_of_every_rank_and_the_others_stay_quiet(tmp_path: Path) -> None:
     run = run_ranks(lambda r: main(["report", "--examples", "9", "--out", str(tmp_path / "out")]), 3, tmp_path / "logs")
-    assert run.values == [0, 0, 0], run.output
+    assert run.values == [0, 0, 0], run.shown()
     progress = [line for line in run.output[0].splitlines() if line.startswith("refbp report: ") and "cases," in line]
     done = [int(line.split()[2].split("/")[0]) for line in progress]
     assert done == sorted(done) and progress[-1] == "refbp report: 20/20 cases, 0 failed"  # every rank's cases
@@ -72,7 +72,7 @@ def test_a_rank_that_dies_mid_sweep_is_named_and_the_old_report_stays(tmp_path: 
         return main(["report", "--examples", "12", "--no-progress", "--out", str(tmp_path / "out")])
 
     run = run_ranks(rank, 2, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": "4"})
-    assert run.codes[1] == -9 and run.values[0] == EXIT_RANK_FAILED, run.output
+    assert run.codes[1] == -9 and run.values[0] == EXIT_RANK_FAILED, run.shown()
     errors = [line for line in run.output[0].splitlines() if line.startswith("error: ")]
     assert errors == ["error: the sharded sweep: rank 1 gave no sign of life for 2 s (stopped, or died)"], run.output[0]
     assert _report_files(tmp_path / "out") == old  # nothing written, no temporary left
@@ -100,7 +100,7 @@ def _ended_within_the_timeout_of_the_stop(rank_fn: Callable[[int], int], tmp_pat
 
     env = {"REFBP_DISTRIBUTED_TIMEOUT": str(STOP_TIMEOUT)}
     run = run_ranks(rank, 2, tmp_path / "logs", env=env, like_torchrun=True)
-    assert run.values[0] == EXIT_RANK_FAILED, run.output
+    assert run.values[0] == EXIT_RANK_FAILED, run.shown()
     assert "Traceback" not in run.output[0], run.output[0]
     seconds = float(ended.read_text()) - float((tmp_path / "stopped").read_text())
     assert 0 < seconds <= STOP_TIMEOUT + LEAVING, (seconds, run.output[0])
@@ -136,10 +136,10 @@ def test_a_rank_whose_check_raises_is_named_at_once_by_the_others(tmp_path: Path
         )
 
     run = run_ranks(rank, 2, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": str(TIMEOUT)})
-    assert run.codes[1] == 1 and "RuntimeError: a fault injected at case 2" in run.output[1], run.output
+    assert run.codes[1] == 1 and "RuntimeError: a fault injected at case 2" in run.output[1], run.shown()
     assert run.values[0] == EXIT_RANK_FAILED and run.seconds < TIMEOUT / 2, (run.seconds, run.output)
     errors = [line for line in run.output[0].splitlines() if line.startswith("error: ")]
-    assert errors == ["error: the sharded sweep: rank 1 failed: RuntimeError: a fault injected at case 2"], run.output
+    assert errors == ["error: the sharded sweep: rank 1 failed: RuntimeError: a fault injected at case 2"], run.shown()
     assert _report_files(tmp_path / "out") == old
 
 
@@ -155,9 +155,9 @@ def test_a_rank_that_torchrun_terminates_exits_3_with_one_line(tmp_path: Path) -
         )
 
     run = run_ranks(rank, 2, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": str(TIMEOUT)}, like_torchrun=True)
-    assert run.codes[1] == -9 and run.values[0] == EXIT_RANK_FAILED, run.output
+    assert run.codes[1] == -9 and run.values[0] == EXIT_RANK_FAILED, run.shown()
     errors = [line for line in run.output[0].splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith("error: terminated: torchrun stops every rank"), run.output[0]
+    assert len(errors) == 1 and errors[0].startswith("error: terminated: torchrun stops every rank"), run.shown()
     assert not (tmp_path / "out").exists()
 
 
@@ -170,7 +170,7 @@ def test_a_rank_that_hangs_is_named_after_the_timeout_and_the_job_ends(tmp_path:
         return main(["report", "--examples", "6", "--no-progress", "--out", str(tmp_path / "out")])
 
     run = run_ranks(rank, 2, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": "2"}, like_torchrun=True)
-    assert run.values[0] == EXIT_RANK_FAILED and run.codes[1] is not None, run.output
+    assert run.values[0] == EXIT_RANK_FAILED and run.codes[1] is not None, run.shown()
     assert "error: the sharded sweep: rank 1 did not arrive within 2 s (hung, or died)" in run.output[0]
     assert run.seconds < TIMEOUT
     assert _report_files(tmp_path / "out") == old
@@ -187,7 +187,7 @@ def test_when_rank_0_dies_the_others_name_it(tmp_path: Path) -> None:
         return main(["report", "--examples", "40", "--no-progress", "--out", str(tmp_path / "out")])
 
     run = run_ranks(rank, 3, tmp_path / "logs", env={"REFBP_DISTRIBUTED_TIMEOUT": str(TIMEOUT)})
-    assert run.codes[0] == -9 and run.values[1:] == [EXIT_RANK_FAILED] * 2, run.output
+    assert run.codes[0] == -9 and run.values[1:] == [EXIT_RANK_FAILED] * 2, run.shown()
     for output in run.output[1:]:
         errors = [line for line in output.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and re.search(r"rank 0\b.*\(it died or hung\)|rank 0 \(died", errors[0]), output
@@ -213,7 +213,7 @@ def test_an_incomplete_torchrun_environment_is_refused(
 def test_a_bad_timeout_variable_is_said_once_by_rank_0(tmp_path: Path) -> None:
     env = {"REFBP_DISTRIBUTED_TIMEOUT": "soon"}
     run = run_ranks(lambda r: main(["report", "--examples", "1"]), 2, tmp_path, env=env)
-    assert run.values == [2, 2], run.output
+    assert run.values == [2, 2], run.shown()
     assert run.output == ["error: REFBP_DISTRIBUTED_TIMEOUT='soon' is not a number; expected seconds, e.g. 60\n", ""]
 
 
@@ -224,7 +224,7 @@ def _command(args: list[str], rank: int) -> int:
 def test_an_argparse_error_on_ranks_is_said_once_by_rank_0(tmp_path: Path) -> None:
     for args in (["report", "--examples", "many"], ["report", "--no-such-option"], []):
         run = run_ranks(functools.partial(_command, args), 3, tmp_path / "logs")
-        assert run.values == [2, 2, 2], run.output
+        assert run.values == [2, 2, 2], run.shown()
         assert run.output[1:] == ["", ""], run.output  # the other ranks exit 2 without a word
         lines = run.output[0].splitlines()
         if args:
