@@ -26,18 +26,19 @@ import torch
 from refbp.apps.cli import main
 from refbp.apps.distributed_bugs import RECIPES
 from refbp.apps.ranks import EXIT_RANK_FAILED
-from refbp.apps.signals import Terminated
 from refbp.distributed import verify as verify_module
 from refbp.distributed.cases import DataParallelSpec, draw_specs
 from refbp.distributed.data_parallel import data_parallel_gradients, train_step
 from refbp.distributed.launch import Job, RankFailedError, joined, torchrun_launch
 from refbp.distributed.recipe import RIGHT, World, shard_noise, simulate
 from refbp.distributed.verify import check_on_ranks
+from refbp.signals import Terminated
 from refbp.testing import assert_gradients_close
 from refbp.verify.cases import CaseSpec
 from refbp.verify.stacks import StackSpec
 
 from .ranks import LEAVING, run_ranks, torchrun
+from .torchscript_call import ON_CALL, through_torchscript
 
 TIMEOUT = 20.0
 """The process groups' timeout in these tests: no healthy test rank waits a second for another,
@@ -361,3 +362,30 @@ def test_a_stop_on_its_way_is_not_replaced_by_the_heartbeats_verdict(tmp_path: P
     run = run_ranks(rank, 2, tmp_path / "logs")
     assert run.codes[1] == -9, run.output
     assert run.values[0] == "terminated", run.output
+
+
+def test_the_heartbeats_verdict_inside_torchscript_still_names_the_lost_rank(tmp_path: Path) -> None:
+    """The verdict's interrupt may land in Python code that torch's TorchScript interpreter called
+    (a scripted decomposition of a jvp, in a sweep's second-order case); the interpreter hands what
+    the handler raised on as a RuntimeError. The block's edge must still see the verdict: a
+    RankFailedError naming rank 1, not the interpreter's RuntimeError."""
+
+    def rank(r: int) -> str:
+        try:
+            with _job_whose_rank_1_dies(r) as job:
+                trip, held = job.heart.on_verdict, threading.Event()
+                assert trip is not None
+                job.heart.on_verdict = held.set  # the heartbeat's trip, held back
+                assert held.wait(30), "the heartbeat heard nothing of rank 1"
+                ON_CALL[0] = trip  # the trip lands inside the interpreter's call into Python
+                through_torchscript(torch.ones(2))
+        except RankFailedError as err:
+            return f"RankFailedError: {err}"
+        except BaseException as err:
+            return f"{type(err).__name__}: {str(err)[:200]}"
+        return "no error"
+
+    run = run_ranks(rank, 2, tmp_path / "logs")
+    assert run.codes[1] == -9, run.shown()
+    named = "RankFailedError: the job: rank 1 gave no sign of life for 2 s (stopped, or died)"
+    assert run.values[0] == named, run.shown()

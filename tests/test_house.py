@@ -7,7 +7,8 @@ for a dispatcher that imports by a name it looks up, every refbp module its sour
 The floors, from the ground up (STYLE.md, "The house"):
 
     1  refbp.nn          layers, networks, losses: the manual backprop;
-       refbp.version, refbp.progress (the version string, a sweep's progress bar: no refbp imports)
+       refbp.version, refbp.progress, refbp.signals (the version string, a sweep's progress bar,
+       stop signals as exceptions: no refbp imports)
     2  refbp.verify      references, finite differences, comparison, verdicts
     3  refbp.models      the GPT and its specs;  refbp.testing (pytest helpers over verify)
     4  refbp.strategies  hypothesis strategies over models and verify;  refbp.distributed
@@ -30,6 +31,7 @@ FLOORS = {
     "refbp.nn": 1,
     "refbp.version": 1,
     "refbp.progress": 1,
+    "refbp.signals": 1,
     "refbp.verify": 2,
     "refbp.models": 3,
     "refbp.testing": 3,

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from refbp.apps.io import JOURNAL_NAME, LOCK_NAME, locked, recover, write_atomic, write_set
-from refbp.apps.signals import Terminated, deferred_signals, stop_signals_raise
+from refbp.signals import Terminated, deferred_signals, stop_signals_raise
 
 from .processes import child_env, waiting_on
 
@@ -35,7 +35,7 @@ WRITER = textwrap.dedent(
     """
     import os, signal, sys
     from refbp.apps import io
-    from refbp.apps.signals import Terminated, stop_signals_raise
+    from refbp.signals import Terminated, stop_signals_raise
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignores Ctrl-C
     folder, stop_at, signum = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])

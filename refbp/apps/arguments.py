@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from ..nn.validation import check_int
-from .signals import deferred_signals
+from ..signals import deferred_signals
 
 __all__ = [
     "MAX_DRAWS",

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ..distributed.environment import leads
-from .signals import Terminated, stop_signals_raise
+from ..signals import Terminated, stop_signals_raise
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", "SUBCOMMANDS", "UsageError", "main"]
 

@@ -23,7 +23,7 @@ set of one file. What it guarantees (POSIX: Linux, macOS):
    (completed: the new set stands), or, if a target still cannot be replaced, rolls back as in
    2. ``recover(folder)`` does the same without writing.
 4. **Ctrl-C and SIGTERM never split a set.** They are deferred while the journal is committed
-   and the targets replaced (refbp.apps.signals.deferred_signals), and act right after; arriving
+   and the targets replaced (refbp.signals.deferred_signals), and act right after; arriving
    earlier, they unwind through ``finally`` (the command line turns SIGTERM into an exception),
    which deletes the writer's temporaries before the exception leaves ``write_set``.
 5. **Writers take turns.** A writer holds an exclusive ``flock`` on the folder's lock file
@@ -52,7 +52,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .signals import deferred_signals
+from ..signals import deferred_signals
 
 __all__ = ["BACKUP_MARK", "JOURNAL_NAME", "LOCK_NAME", "TEMP_SUFFIX", "locked", "recover", "write_atomic", "write_set"]
 

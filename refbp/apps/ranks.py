@@ -23,7 +23,7 @@ from collections.abc import Callable
 from .. import progress
 from ..distributed.environment import leads
 from ..distributed.launch import RankFailedError, has_joined
-from .signals import Terminated
+from ..signals import Terminated, stops_restored
 
 __all__ = ["EXIT_RANK_FAILED", "EXIT_TERMINATED", "EXIT_USAGE", "on_ranks"]
 
@@ -44,7 +44,8 @@ def on_ranks(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     @functools.wraps(run)
     def wrapped(args: argparse.Namespace) -> int:
         try:
-            return run(args)
+            with stops_restored():  # a stop torch handed on as a RuntimeError is a stop here too
+                return run(args)
         except (ValueError, TypeError):
             if has_joined() or leads():
                 raise

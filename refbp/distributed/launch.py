@@ -39,6 +39,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from ..signals import raise_from_handler, stops_restored
 from .environment import TORCHRUN_VARIABLES, Launch, torchrun_launch
 from .heartbeat import STORE_LOST, Heartbeat
 
@@ -337,12 +338,13 @@ def _interrupted_when_lost(job: Job) -> Iterator[None]:
             # next beat, by when the block has been left, or the guard is done
             job.heart.tell_again()
             return
-        raise _Interrupted(job._failure(job.doing, heard))
+        raise_from_handler(_Interrupted(job._failure(job.doing, heard)))
 
     previous = signal.signal(INTERRUPT_SIGNAL, lost)
     job.heart.on_verdict = functools.partial(_thread.interrupt_main, INTERRUPT_SIGNAL)
     try:
-        yield
+        with stops_restored():  # the verdict as torch's TorchScript interpreter may hand it on
+            yield
     except _Interrupted as interrupted:
         raise interrupted.error from None
     finally:

@@ -5,7 +5,8 @@ SIGTERM (what ``kill``, systemd and CI runners send) kills the process on the sp
 handler is installed. ``stop_signals_raise`` installs one that raises ``Terminated``, so both
 end the same way, and makes sure that neither exception is silently lost. ``deferred_signals``
 holds both back while a few lines must run to the end (the renames that replace a set of
-report files), then lets them act as they would have.
+report files), then lets them act as they would have. ``stops_restored`` gives back a stop that
+a library turned into a RuntimeError on its way (torch's TorchScript interpreter does).
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["DEFERRED", "RESEND_DELAY", "Terminated", "deferred_signals", "stop_signals_raise"]
+__all__ = [
+    "DEFERRED",
+    "RESEND_DELAY",
+    "Terminated",
+    "carried",
+    "deferred_signals",
+    "raise_from_handler",
+    "stop_signals_raise",
+    "stops_restored",
+]
 
 DEFERRED = (signal.SIGINT, signal.SIGTERM)
 """The signals that ask a program to stop: Ctrl-C and ``kill``. SIGKILL cannot be caught; a
@@ -36,8 +46,52 @@ class Terminated(KeyboardInterrupt):
     error, re-raises it. refbp tells the two apart by type (catch ``Terminated`` first)."""
 
 
+_RAISED: list[BaseException] = []
+"""The exception a signal handler raised last (``raise_from_handler``), for ``carried``."""
+
+
+def raise_from_handler(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` from a signal handler, remembered, so that ``carried`` knows it again when a
+    library hands it on as a RuntimeError."""
+    _RAISED[:] = [exc]
+    raise exc
+
+
+def carried(err: BaseException) -> BaseException | None:
+    """The exception a signal handler raised (``raise_from_handler``), when ``err`` is a
+    RuntimeError that carries it in its place; else None.
+
+    A handler runs wherever the main thread is, and that can be Python code called from C++ that
+    does not let Python's exceptions through: torch's TorchScript interpreter (torch.func runs
+    scripted decompositions, layer_norm's backward for a jvp among them) catches the exception
+    and throws a RuntimeError whose text holds its type and message, "Terminated: signal
+    SIGTERM" (1 run in 6 of the suite: a rank stopped by torchrun printed a traceback)."""
+    if not isinstance(err, RuntimeError) or not _RAISED:
+        return None
+    exc = _RAISED[-1]
+    said = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: <EMPTY MESSAGE>"
+    return exc if said in str(err) else None
+
+
+@contextmanager
+def stops_restored() -> Iterator[None]:
+    """Within the block, a RuntimeError that carries a signal handler's exception (``carried``)
+    is raised as that exception again, so that the code which catches stops sees its stop."""
+    try:
+        yield
+    except RuntimeError as err:
+        stop = carried(err)
+        if stop is None:
+            raise
+        raise stop from err
+
+
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated(f"signal {signal.Signals(signum).name}")
+    raise_from_handler(Terminated(f"signal {signal.Signals(signum).name}"))
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise_from_handler(KeyboardInterrupt(f"signal {signal.Signals(signum).name}"))  # Python's own, remembered
 
 
 def _in_main_thread() -> bool:
@@ -47,7 +101,8 @@ def _in_main_thread() -> bool:
 @contextmanager
 def stop_signals_raise() -> Iterator[None]:
     """Within the block SIGTERM raises ``Terminated`` in the main thread, as Ctrl-C raises
-    KeyboardInterrupt, and neither is lost; the previous handler and hook come back after.
+    KeyboardInterrupt, and neither is lost (nor turned into a RuntimeError: ``stops_restored``);
+    the previous handlers and hook come back after.
 
     Python runs a signal handler wherever the main thread happens to be, and where that is a
     garbage-collector callback or a ``__del__`` (hypothesis runs one at every collection) it
@@ -83,14 +138,20 @@ def stop_signals_raise() -> Iterator[None]:
         resend.start()
 
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    own_interrupt = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not a caller's
+    if own_interrupt:
+        signal.signal(signal.SIGINT, _raise_interrupted)
     sys.unraisablehook = hook
     try:
-        yield
+        with stops_restored():
+            yield
     finally:
         with lock:
             active[0] = False
         sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
+        if own_interrupt:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         for resend in resends:  # the stop request has been honoured: send no more
             resend.cancel()
 
