@@ -48,8 +48,10 @@ def linear_map(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
     """y = x W^T + b   (..., d_out), from x (..., d_in), W (d_out, d_in), b (d_out,) or None."""
     if b is None:
         return x @ W.T  # y = x W^T   (..., d_out)
+    if x.dim() == 2:
+        return torch.addmm(b, x, W.T)  # y = x W^T + b   (N, d_out), one fused op
     rows = x.reshape(-1, x.shape[-1])  # (M, d_in): every leading dimension a row (a view of a contiguous x)
-    return torch.addmm(b, rows, W.T).view(*x.shape[:-1], W.shape[0])  # y = x W^T + b, one fused op
+    return torch.addmm(b, rows, W.T).view(*x.shape[:-1], W.shape[0])  # the same op, viewed back   (..., d_out)
 
 
 def weight_gradient(dJ_dy: Tensor, x: Tensor, W: Tensor, weight_decay: float = 0.0) -> Tensor:
