@@ -39,7 +39,8 @@ What limits each target, from profiles taken with torch.profiler on this machine
 the tables above are the measurement, so a target this note calls within reach may still read
 "no" in a noisy run:
 
-- **manual/autograd <= 0.9 at widths <= 128.** Met at width 16, not at width 128. Both steps run
+- **manual/autograd <= 0.9 at widths <= 128.** Met in 2 of the 8 rows at width 16 in this run
+  (0.86-0.97; 4 of 8 the round before, 0.86-0.99), in none at width 128 (0.96-0.98). Both steps run
   the same 9 GEMMs and, but for the activation's derivative, the same elementwise passes (bias
   inside addmm, the activation itself, column sums for dJ/db); refbp's tanh derivative is two
   in-place passes, cheaper here than autograd's fused tanh_backward. What separates the two is
@@ -75,31 +76,39 @@ the tables above are the measurement, so a target this note calls within reach m
   at once, and each cache entry is released after its last use, as autograd frees its saved
   tensors. The full teaching mode keeps every z(i), dJ/dz(i) and dJ/da(i): about 3 more
   activation units per layer, as the table shows.
-- **Full finite differences >= 10x gradcheck.** Met at 1e3 and 1e4 parameters, not at 90 or 1e5.
-  Each entry costs 2 evaluations, as gradcheck's; the error estimate (2 more) is paid only where
-  D(h) alone does not decide. At 90 parameters a check is about 10 ms of fixed cost against
-  gradcheck's 80: a forward and backward pass, the comparisons, and one torch.func.vmap call per
-  tensor, whose own overhead is about 0.15 ms. This round removed the largest fixed cost: the
-  conditioning allowance's probes (5 autograd runs, half of a small check) are now taken only
-  when some entry is not verified without them (3.7x -> 7.7x). At 1e5 the ceiling is arithmetic:
-  moving an entry of W1 or b1 changes every entry of a(2) (an outer product into z(2), then
-  tanh), so each of those 33,306 entries needs 2 evaluations of layer 3's product, 32 x 182^2
-  multiply-adds each: 71 G multiply-adds, against gradcheck's 2 x 105,742 entries x 3 such
-  products, 672 G. No central difference does better than 9.5x on this network before its
+- **Full finite differences >= 10x gradcheck.** Met at 1e3 and 1e4 parameters in one of this
+  round's two runs (14.9x and 11.0x), not in the other (7.6x and 8.9x), an hour apart with the same
+  code: at these sizes gradcheck's and refbp's times each move by up to 2x between runs. Not at
+  90 or 1e5 (5.1-5.3x and 6.7-7.7x). Each entry costs 2 evaluations, as gradcheck's; the error
+  estimate (2 more) is paid only where D(h) alone does not decide. At 90 parameters a check is
+  about 3 ms of fixed cost against gradcheck's 18: a forward and backward pass, the comparisons
+  (this round gave the common row, everything finite and nothing excluded, a short path: 303 ->
+  94 us for a 12k-entry row, 130 -> 31 us for 4 entries, held equal to the general path by
+  tests/test_compare.py), and one torch.func.vmap call per tensor, about 45 us each. At 1e5 the
+  ceiling is arithmetic: moving an entry of W1 or b1 changes every entry of a(2) (an outer product
+  into z(2), then tanh), so each of those 33,306 entries needs 2 evaluations of layer 3's product,
+  32 x 182^2 multiply-adds each: 71 G multiply-adds, against gradcheck's 2 x 105,742 entries x 3
+  such products, 672 G. No central difference does better than 9.5x on this network before its
   activations and loss are counted.
-- **Directional <= 3x fast_mode.** Met up to 1e4 parameters, not at 1e5. The column compares 8
-  directions per tensor with fast_mode's one: 16 evaluations of J per tensor at least against 2.
-  What made the difference this round: the conditioning probes taken only where needed (above),
-  and directions drawn uniform on [-1, 1) instead of Gaussian (torch.randn took a fifth of a
-  directional check at 1e5). At 1e5 what is left is the evaluations themselves: 112 perturbed
-  copies of the layers above each tensor, against fast_mode's 14 forward passes.
-- **The GPT's default check <= 2x fast_mode.** At the target's edge (1.9-2.1x in runs at load
-  about 3). Beside autograd, fd_mode "auto" now takes one direction per tensor and more only
-  where the first decides nothing; before, the budget bought up to 8 for every tensor. The
-  check takes finite differences of all 126 gradients, every intermediate included, where
-  fast_mode checks the 52 parameters; its evaluations of J cost about 5 ms each (float64,
-  batched or not: a batch of 16 copies is no cheaper per copy), so the 252 of them are most of
-  the time. One direction per parameter tensor alone (*fd, parameters*) takes 0.7x fast_mode."""
+- **Directional <= 3x fast_mode.** Met or at the edge at every size in this round's two runs:
+  2.4-2.6x at 90 parameters, 2.9x at 1e3, 3.0-3.1x at 1e4, 2.8-3.3x at 1e5 (4.3x the round
+  before). The column compares 8 directions per tensor with fast_mode's one: 16 evaluations of J
+  per tensor at least against 2. This round: the directions are drawn by uniform_(-1, 1) (the same
+  numbers as before, bitwise) and scaled in place, their max |v| taken as max(amax, -amin)
+  (linalg.vector_norm(ord=inf) took 0.67 ms for 8 x 33k entries, this 49 us), and the +h and -h
+  moves are written into one buffer instead of through two products and a cat: 28.4 -> 23-25 ms
+  a check at 1e5 against fast_mode's 5.7-6.0. What is left there is the evaluations themselves
+  (112 perturbed copies of the layers above each tensor, against fast_mode's 14 forward passes)
+  and drawing the 8 x 105,742 directions (torch's generator, about 3 ms).
+- **The GPT's default check <= 2x fast_mode.** Met: 1.86x (0.49 s) in this run, 1.93-1.94x in
+  others this round (2.00-2.01x the round before). Beside autograd, fd_mode "auto" takes one
+  direction per tensor and more only where the first decides nothing. The check takes finite
+  differences of all 126 gradients, every intermediate included, where fast_mode checks the 52
+  parameters; its 252 evaluations of J (float64) are most of the time. This round cut what came
+  around them: the 378 comparison rows' short path (above; autograd only 0.049 -> 0.029 s) and
+  the keys an oracle run names on every call, built once each (Key.at) instead of about 10,000
+  times a check. One direction per parameter tensor alone (*fd, parameters*) takes 0.73x
+  fast_mode."""
 """Why the targets not met are not met: shown at the end of BENCHMARKS.md."""
 
 
@@ -109,15 +118,14 @@ What limits the layers that miss, from torch.profiler and single-op timings on t
 the allocator held warm: page faults on fresh buffers had moved the ratio of an unchanged layer
 by up to 0.5 between runs.
 
-- **Another machine since the previous run.** This one has AVX512 and torch runs its AVX512
-  kernels here; on the previous runs' machine (also reported as "AMD EPYC") the same steps took
-  1.5-4x longer. Fused kernels gained most: autograd's LSTM step 12.2 -> 3.4 ms (torch runs it
-  as oneDNN's mkldnn_rnn_layer here, one call each way), its Conv2d step 18.7 -> 6.5 ms, its
-  GroupNorm 2.1 -> 0.6 ms; refbp's chains of eager operations, each a pass over memory, gained
-  less. With the same code the LSTM moved 1.49x -> 2.74x, Conv2d 1.25x -> 1.63-1.69x, relu
-  0.79x -> 1.05-1.20x, GroupNorm 1.74x -> 1.70-2.01x, BatchNorm2d train 0.80x -> 0.51x; the target
-  was met by 14 of the 26 layers there and by 12 here (gelu, changed in between, missed on both).
-- **Changed in this round, each measured against the code before it on this machine.** gelu's
+- **This round: 13 of 26 met, every memory target among them.** The same machine as the round
+  before (AVX512; torch runs its AVX512 kernels, and its fused ones, oneDNN's LSTM and
+  convolutions and the norms, gained most over the machine before it: autograd's LSTM step 12.2
+  -> 3.4 ms, its Conv2d 18.7 -> 6.5 ms, its GroupNorm 2.1 -> 0.6 ms, while refbp's chains of eager
+  operations gained less; 14 of 26 met there, 12 here the round before). No layer's code changed
+  this round; the memory probe did (the GRU, below). Run to run the small steps move by about
+  0.1: sigmoid 1.09 -> 0.99 and BatchNorm1d eval 0.98 -> 1.10 with unchanged code.
+- **Changed the round before, each measured against the code before it on this machine.** gelu's
   derivative takes Phi(z) from torch's GELU kernel, 1/2 + (gelu(z) - z / 2) / z in float32 (that
   kernel runs 4-5x faster than torch's erf here; subtracting z / 2 first keeps the quotient
   exact where z / 2 is subnormal, and the 0/0 at z = 0 is set to 1/2: tests/test_lean.py holds
@@ -147,9 +155,13 @@ by up to 0.5 between runs.
   0.2-0.7 ms in which refbp makes one pass more than torch's fused backward (relu: a sign and a
   product against threshold_backward's one pass). refbp's loop itself costs less per call than
   autograd's (9 against 15 us for the same step on 4 x 8 entries).
-- **GRU: memory 1.7-2.2x.** It keeps every step's gates, h_t and h_n (5 units of (T, B, H)), then
-  copies x to time-major order for dJ/dW_ih and dJ/dx back to batch-first order; torch keeps
-  less per step (its peak read 1.9-2.9 MiB across runs)."""
+- **The GRU's memory miss was the probe's.** The peak-memory probe now sets glibc's mmap
+  threshold to 4 KiB (64 KiB before). The recurrent steps allocate per-step tensors of 16-48 KiB
+  (one (B, H) or (B, 3H) a step); under 64 KiB they came from glibc's heap, whose pages stayed
+  resident from the warm-up step, so they counted in the baseline instead of the peak. Autograd's
+  GRU step read 1.6-3.0 MiB there and 5.6-5.7 MiB at 16 KiB and at 4 KiB; refbp's, which
+  allocates its per-step tensors for all steps at once, read 4.4 MiB at all three. Every other
+  layer moved by less than the probe's 256 KiB resolution."""
 
 """Section 6's reading: what limits each layer that misses the target, from profiles on this machine."""
 
