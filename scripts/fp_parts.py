@@ -13,7 +13,10 @@ a worker process runs on a chunk of work and that returns one record per case:
   point exactly on a kink that v moves (a max-pool tie of integer inputs), where H v is
   undefined and the check leaves every entry unverified by design, is "on a kink", neither
   passed nor flagged (a contradicted entry there is still flagged); a network with a layer or
-  loss that has no second-order rule yet is "no rule", never a pass.
+  loss that has no second-order rule yet is "no rule", never a pass; a product that no reference
+  can take (G v through multi_margin, which torch cannot differentiate twice, while differences of
+  the gradient measure H v), which the check leaves unverified and names (meta["no_reference"]),
+  is "no reference", neither passed nor flagged.
 
 A ticket names a case so that a worker can draw it: ("sweep", spec), ("makemore", seed) or
 ("torch", seed) (refbp's fp_cases families).
@@ -180,10 +183,12 @@ def order2_flags(result: CheckResult) -> list[str]:
     on a kink (H v undefined: result.meta["kinks"]), every H v tensor (Hv[...]) some entry of which
     no reference verified, as "Hv[W1] mismatch"."""
     undefined = bool(result.meta.get("kinks"))
+    unreferenced = set(result.meta.get("no_reference", []))  # no route to a reference exists: not a false alarm
     return [
         f"{t.name} {t.verdict}"
         for t in result.tensors
-        if t.verdict == "mismatch" or (t.verdict == "unverified" and t.name.startswith("Hv[") and not undefined)
+        if t.verdict == "mismatch"
+        or (t.verdict == "unverified" and t.name.startswith("Hv[") and not undefined and t.name not in unreferenced)
     ]
 
 
@@ -205,7 +210,7 @@ def order2_chunk(chunk: list[Ticket]) -> list[dict[str, Any]]:
         if missing is not None:
             out.append(record | {"status": "no rule", "missing": missing})
             continue
-        flags, errors, worst, kinks = [], [], None, []
+        flags, errors, worst, kinks, unreferenced = [], [], None, [], []
         for product in PRODUCTS:
             result = None
             for forward in (True, False) if product == "hessian" else (False,):
@@ -221,6 +226,7 @@ def order2_chunk(chunk: list[Ticket]) -> list[dict[str, Any]]:
                 continue
             flags += [f"{product}: {flag}" for flag in order2_flags(result)]
             kinks += result.meta.get("kinks", [])
+            unreferenced += [f"{product}: {name}" for name in result.meta.get("no_reference", [])]
             if flags and not record["message"]:
                 record["message"] = f"{product}: {result.failure_message()}"
             if result.rows:
@@ -229,6 +235,10 @@ def order2_chunk(chunk: list[Ticket]) -> list[dict[str, Any]]:
                     worst = (row.margin, f"{product}: {row.name} vs {row.reference}")
         if worst is not None:
             record |= {"ratio": worst[0], "comparison": worst[1]}
-        status = "flagged" if flags else "error" if errors else "on a kink" if kinks else "passed"
-        out.append(record | {"status": status, "flags": flags, "errors": errors, "kinks": sorted(set(kinks))})
+        status = (
+            "flagged" if flags else "error" if errors else "on a kink" if kinks
+            else "no reference" if unreferenced else "passed"
+        )  # fmt: skip
+        out.append(record | {"status": status, "flags": flags, "errors": errors, "kinks": sorted(set(kinks)),
+                             "no_reference": unreferenced})  # fmt: skip
     return out

@@ -112,7 +112,7 @@ def summarise_functions(chunks: list[dict[str, Any]]) -> dict[str, Any]:
 def summarise_order2(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts by status, the breakdown by group and dtype, coverage, the missing rules, errors."""
     columns = {status.replace(" ", "_"): (lambda r, s=status: r["status"] == s) for status in
-               ("passed", "flagged", "on a kink", "no rule", "error")}  # fmt: skip
+               ("passed", "flagged", "on a kink", "no reference", "no rule", "error")}  # fmt: skip
     checked = [r for r in records if r["status"] in ("passed", "flagged")]
 
     def count(status: str) -> int:
@@ -127,7 +127,7 @@ def summarise_order2(records: list[dict[str, Any]]) -> dict[str, Any]:
             errors.setdefault(e, [0, r["spec"]])[0] += 1
     return {
         "cases": len(records), "checked": len(checked), "flagged": count("flagged"), "no_rule": count("no rule"),
-        "on_a_kink": count("on a kink"), "errors": count("error"),
+        "on_a_kink": count("on a kink"), "no_reference": count("no reference"), "errors": count("error"),
         "worst_ratio_by_dtype": _worst_by_dtype(records, checked),
         "breakdown": _counts(records, "group", columns), "by_dtype": _counts(records, "dtype", columns),
         "coverage": _counts(records, "components", columns), "losses": _counts(records, "loss", columns),
@@ -251,14 +251,15 @@ def _functions(p: dict[str, Any]) -> list[str]:
 
 def _order2(p: dict[str, Any]) -> list[str]:
     worst = ", ".join(f"{dt} {r:.3g}" for dt, r in p["worst_ratio_by_dtype"].items())
-    status = ["passed", "flagged", "on_a_kink", "no_rule", "error"]
+    status = ["passed", "flagged", "on_a_kink", "no_reference", "no_rule", "error"]
     breakdown = [[n, *(b[c] for c in ["cases", *status])] for n, b in p["breakdown"].items()]
     by_dtype = [[n, *(b[c] for c in ["cases", *status])] for n, b in p["by_dtype"].items()]
     md = [
         "## Order 2 (check_second_order)",
         "",
         f"**{p['flagged']} of {p['checked']} checked cases flagged**; {p['no_rule']} of {p['cases']} drawn not "
-        f"checked (no rule yet), {p.get('on_a_kink', 0)} exactly on a kink (H v undefined), {p['errors']} errors "
+        f"checked (no rule yet), {p.get('on_a_kink', 0)} exactly on a kink (H v undefined), "
+        f"{p.get('no_reference', 0)} with a product no reference can take, {p['errors']} errors "
         "(the check raised on a correct network). Each case, in float64 "
         "and float32: refbp's manual H v (with `forward=True`: the tangents R{J}, R{a}) and G v, "
         "`check_second_order(net, X, y, product=..., seed=...)`, against forward-over-reverse, reverse-over-reverse "
@@ -266,13 +267,16 @@ def _order2(p: dict[str, Any]) -> list[str]:
         "reference. On a kink: the point sits exactly on a kink that v moves (a max-pool tie of integer inputs, "
         "relu's 0), where H v is undefined: the check leaves every entry unverified by design and names the kink; "
         "such a case is neither passed nor flagged (a contradicted entry there is flagged). No rule: a layer or loss "
-        "without a second-order rule (NotImplementedError), never a pass. "
+        "without a second-order rule (NotImplementedError), never a pass. No reference: a product that no "
+        "reference can take (G v through multi_margin: torch cannot differentiate it twice, and differences of the "
+        "gradient measure H v, not G v); the check leaves it unverified and names it (never a pass), and the case "
+        "is neither passed nor flagged. "
         f"Largest error/allowed of the checked: {worst}.",
         "",
         *_drawing(p),
-        _table(by_dtype, ["dtype", "cases", "passed", "flagged", "on a kink", "no rule", "error"]),
+        _table(by_dtype, ["dtype", "cases", "passed", "flagged", "on a kink", "no reference", "no rule", "error"]),
         "",
-        _table(breakdown, ["cases", "n", "passed", "flagged", "on a kink", "no rule", "error"]),
+        _table(breakdown, ["cases", "n", "passed", "flagged", "on a kink", "no reference", "no rule", "error"]),
         "",
         "### Coverage (a case counts under every kind it contains; no rule: some layer of it has none)",
         "",
