@@ -247,17 +247,9 @@ def compare(
     contradicted = bad_g | (usable & (diff > allowed + slack))
     imprecise = usable & ~contradicted & (slack > allowed)
     verified = usable & ~contradicted & ~imprecise
-    n_mismatched, n_verified = int(contradicted.sum()), int(verified.sum())
+    n_mismatched = int(contradicted.sum())
     n_excluded = 0 if excluded is None else int((excluded.cpu() & finite_r & ~bad_g).sum()) if J_finite else 0
     n_nonfinite = int((~finite_r & ~bad_g).sum()) if J_finite else 0
-    n_imprecise = int(imprecise.sum())
-    n_unverified = n - n_verified - n_mismatched
-    if n_mismatched:
-        verdict = "mismatch"
-    elif n_verified == 0:
-        verdict = "unverified"
-    else:
-        verdict = "partial" if n_unverified else "ok"
     notes = []
     if n == 0:
         notes.append("the tensor is empty: nothing was compared.")
@@ -275,33 +267,11 @@ def compare(
         bound = slack + allowed
         ratios = torch.where(bound > 0, badness / bound, torch.where(badness > 0, math.inf, 0.0))
         ratio = float(torch.where(judged, ratios, 0.0).max())
-    return Comparison(
-        name=name,
-        reference=reference,
-        shape=shown,
-        expected_shape=expected,
-        max_abs_error=max_abs,
-        max_rel_error=max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf),
-        scale=scale,
-        worst_index=worst,
-        worst_value=None if worst is None else float(g64[worst]),
-        worst_reference=None if worst is None else float(r64[worst]),
-        n_mismatched=n_mismatched,
-        n_elements=n,
-        n_excluded=n_excluded,
-        rtol=tol.rtol,
-        atol=tol.atol,
-        allowed=allowed,
-        verdict=verdict,
-        note=" ".join(notes),
-        n_unverified=n_unverified,
-        n_nonfinite=n_nonfinite,
-        n_imprecise=n_imprecise,
-        widened=widened,
-        directions=directions,
-        ratio=ratio,
-        verified=verified,
-    )
+    return _record(
+        name, reference, shown, g64, r64, tol, widened, directions, scale=scale, allowed=allowed, verified=verified,
+        n_mismatched=n_mismatched, n_imprecise=int(imprecise.sum()), n_excluded=n_excluded, n_nonfinite=n_nonfinite,
+        worst=worst, max_abs=max_abs, ratio=ratio, note=" ".join(notes),
+    )  # fmt: skip
 
 
 def _compare_finite(
@@ -319,7 +289,6 @@ def _compare_finite(
     nothing excluded, so that every entry is judged. The same rules as the general path, written
     without the masks that are all true here (about a third of its tensor operations: a check
     of a small GPT compares 378 rows). tests/test_compare.py holds the two paths equal."""
-    n = int(r64.numel())
     diff = (g64 - r64).abs()  # |g_k - r_k|
     scale = float(r64.abs().max())  # ||r||_inf
     allowed = tol.allowed(scale) + widened
@@ -339,10 +308,43 @@ def _compare_finite(
         n_mismatched, n_imprecise = int(contradicted.sum()), int(imprecise.sum())
         ratios = torch.where(bound > 0, diff / bound, torch.where(diff > 0, math.inf, 0.0))
         ratio = float(ratios.max())
-    n_unverified = n - int(verified.sum()) - n_mismatched
+    return _record(
+        name, reference, shown, g64, r64, tol, widened, directions, scale=scale, allowed=allowed, verified=verified,
+        n_mismatched=n_mismatched, n_imprecise=n_imprecise, n_excluded=0, n_nonfinite=0,
+        worst=worst, max_abs=max_abs, ratio=ratio, note="",
+    )  # fmt: skip
+
+
+def _record(
+    name: str,
+    reference: str,
+    shown: tuple[int, ...],
+    g64: Tensor,
+    r64: Tensor,
+    tol: Tolerance,
+    widened: float,
+    directions: int,
+    *,
+    scale: float,
+    allowed: float,
+    verified: Tensor,
+    n_mismatched: int,
+    n_imprecise: int,
+    n_excluded: int,
+    n_nonfinite: int,
+    worst: tuple[int, ...] | None,
+    max_abs: float,
+    ratio: float,
+    note: str,
+) -> Comparison:
+    """The Comparison both paths of ``compare`` end with: the verdict from the counts (module
+    docstring), the worst entry's values, the normwise relative error."""
+    n = int(r64.numel())
+    n_verified = int(verified.sum())
+    n_unverified = n - n_verified - n_mismatched
     if n_mismatched:
         verdict = "mismatch"
-    elif n_unverified == n:
+    elif n_verified == 0:
         verdict = "unverified"
     else:
         verdict = "partial" if n_unverified else "ok"
@@ -355,18 +357,18 @@ def _compare_finite(
         max_rel_error=max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf),
         scale=scale,
         worst_index=worst,
-        worst_value=float(g64[worst]),
-        worst_reference=float(r64[worst]),
+        worst_value=None if worst is None else float(g64[worst]),
+        worst_reference=None if worst is None else float(r64[worst]),
         n_mismatched=n_mismatched,
         n_elements=n,
-        n_excluded=0,
+        n_excluded=n_excluded,
         rtol=tol.rtol,
         atol=tol.atol,
         allowed=allowed,
         verdict=verdict,
-        note="",
+        note=note,
         n_unverified=n_unverified,
-        n_nonfinite=0,
+        n_nonfinite=n_nonfinite,
         n_imprecise=n_imprecise,
         widened=widened,
         directions=directions,
