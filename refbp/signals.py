@@ -46,14 +46,15 @@ class Terminated(KeyboardInterrupt):
     error, re-raises it. refbp tells the two apart by type (catch ``Terminated`` first)."""
 
 
-_RAISED: list[BaseException] = []
+_last_raised: BaseException | None = None
 """The exception a signal handler raised last (``raise_from_handler``), for ``carried``."""
 
 
 def raise_from_handler(exc: BaseException) -> NoReturn:
     """Raise ``exc`` from a signal handler, remembered, so that ``carried`` knows it again when a
     library hands it on as a RuntimeError."""
-    _RAISED[:] = [exc]
+    global _last_raised
+    _last_raised = exc
     raise exc
 
 
@@ -66,9 +67,9 @@ def carried(err: BaseException) -> BaseException | None:
     scripted decompositions, layer_norm's backward for a jvp among them) catches the exception
     and throws a RuntimeError whose text holds its type and message, "Terminated: signal
     SIGTERM" (1 run in 6 of the suite: a rank stopped by torchrun printed a traceback)."""
-    if not isinstance(err, RuntimeError) or not _RAISED:
+    exc = _last_raised
+    if not isinstance(err, RuntimeError) or exc is None:
         return None
-    exc = _RAISED[-1]
     said = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: <EMPTY MESSAGE>"
     return exc if said in str(err) else None
 
