@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +314,16 @@ def _job_whose_rank_1_dies(r: int) -> Iterator[Job]:
         yield job
 
 
+def _verdict_held_back(job: Job) -> Callable[[], object]:
+    """Hold back the heartbeat's trip until it has heard of rank 1's death, and return the trip,
+    for the test to let it land where it wants."""
+    trip, held = job.heart.on_verdict, threading.Event()
+    assert trip is not None
+    job.heart.on_verdict = held.set  # the heartbeat's trip, held back
+    assert held.wait(30), "the heartbeat heard nothing of rank 1"
+    return trip
+
+
 def test_the_heartbeats_verdict_is_not_swallowed_by_a_guard_around_a_store_call(tmp_path: Path) -> None:
     """The heartbeat stops the main thread wherever it stands. Where that is inside a store call
     whose ``except RuntimeError`` guards against a store that cannot answer (the barrier's look
@@ -344,10 +354,7 @@ def test_a_stop_on_its_way_is_not_replaced_by_the_heartbeats_verdict(tmp_path: P
     def rank(r: int) -> str:
         try:
             with _job_whose_rank_1_dies(r) as job:
-                trip, held = job.heart.on_verdict, threading.Event()
-                assert trip is not None
-                job.heart.on_verdict = held.set  # the heartbeat's trip, held back
-                assert held.wait(30), "the heartbeat heard nothing of rank 1"
+                trip = _verdict_held_back(job)
                 try:
                     raise Terminated("signal SIGTERM")
                 finally:
@@ -373,10 +380,7 @@ def test_the_heartbeats_verdict_inside_torchscript_still_names_the_lost_rank(tmp
     def rank(r: int) -> str:
         try:
             with _job_whose_rank_1_dies(r) as job:
-                trip, held = job.heart.on_verdict, threading.Event()
-                assert trip is not None
-                job.heart.on_verdict = held.set  # the heartbeat's trip, held back
-                assert held.wait(30), "the heartbeat heard nothing of rank 1"
+                trip = _verdict_held_back(job)
                 ON_CALL[0] = trip  # the trip lands inside the interpreter's call into Python
                 through_torchscript(torch.ones(2))
         except RankFailedError as err:
