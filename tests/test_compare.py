@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from refbp.verify.compare import compare
+from refbp.verify.compare import _compare_masked, compare
 from refbp.verify.tolerances import TOLERANCES, Tolerance, combine, tolerance_for
 
 TOL = Tolerance(rtol=1e-3, atol=1e-6)
@@ -87,11 +87,33 @@ def _record(c: object) -> dict[str, object]:
     return fields
 
 
+def _general(
+    g: torch.Tensor, r: torch.Tensor, tol: Tolerance, *, error: torch.Tensor | None = None, widened: float = 0.0
+) -> object:
+    """compare()'s general path (the masks), for inputs that compare() would send down the short one."""
+    g64, r64 = g.to(torch.float64), r.to(torch.float64)
+    return _compare_masked("W1", "ref", g64, r64, tol, None, error, widened, True, 0, tuple(g.shape))
+
+
+def test_an_all_false_excluded_mask_takes_the_short_path_and_says_the_same() -> None:
+    # finite differences hand over their excluded mask even when nothing crossed a boundary (the
+    # common case): that row must read as the one without a mask, which the short path computes
+    tol = Tolerance(rtol=1e-6, atol=1e-9)
+    r = torch.tensor([[1.0, -2.0], [3.0, 0.5]], dtype=torch.float64)
+    g = r + torch.tensor([[0.0, 1e-6], [5e-6, 0.0]], dtype=torch.float64)
+    error = torch.full_like(r, 1e-7)
+    masked = compare("W1", "ref", g, r, tol, excluded=torch.zeros(2, 2, dtype=torch.bool), error=error)
+    assert _record(masked) == _record(compare("W1", "ref", g, r, tol, error=error))
+    assert _record(masked) == _record(_general(g, r, tol, error=error))
+    one_out = compare("W1", "ref", g, r, tol, excluded=torch.tensor([[False, False], [True, False]]), error=error)
+    assert one_out.n_excluded == 1 and one_out.n_unverified == 1  # a mask with a True still leaves it out
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_the_finite_fast_path_says_exactly_what_the_general_path_says(seed: int) -> None:
-    # compare() takes a short path when g and r are finite, J is finite and nothing is excluded. An
-    # all-false excluded mask sends the same inputs down the general path: every field must be equal,
-    # for exact and finite-difference references, at, around and far beyond the tolerance.
+    # compare() takes a short path when g and r are finite, J is finite and nothing is excluded. The
+    # same inputs down the general path must give every field equal, for exact and finite-difference
+    # references, at, around and far beyond the tolerance.
     g = torch.Generator().manual_seed(seed)
     shape = [(1,), (7,), (3, 5), (2, 3, 4)][seed % 4]
     r = torch.randn(shape, generator=g, dtype=torch.float64) * 10.0 ** float(torch.randint(-3, 4, (), generator=g))
@@ -108,8 +130,7 @@ def test_the_finite_fast_path_says_exactly_what_the_general_path_says(seed: int)
     if seed % 2:
         error = torch.rand(shape, generator=g, dtype=torch.float64) * allowed * [0.1, 1.0, 10.0][seed % 3]
     fast = compare("W1", "ref", grad, r, tol, error=error, widened=1e-12 * (seed % 2))
-    general = compare("W1", "ref", grad, r, tol, error=error, widened=1e-12 * (seed % 2),
-                      excluded=torch.zeros(shape, dtype=torch.bool))  # fmt: skip
+    general = _general(grad, r, tol, error=error, widened=1e-12 * (seed % 2))
     assert _record(fast) == _record(general)
 
 
@@ -134,7 +155,7 @@ def test_both_paths_agree_exactly_on_the_bounds(finite_error: bool) -> None:
     # with estimates: slack = 4 e = 0, a, a, 2a, 2a, 2a, so the bounds a + slack are a, 2a, 2a, 3a, 3a, 3a
     error = torch.tensor([0.0, a / 4, a / 4, a / 2, a / 2, a / 2], dtype=torch.float64) if finite_error else None
     fast = compare("W1", "ref", g, r, tol, error=error)
-    general = compare("W1", "ref", g, r, tol, error=error, excluded=torch.zeros(6, dtype=torch.bool))
+    general = _general(g, r, tol, error=error)
     assert _record(fast) == _record(general)
     assert fast.verified is not None
     if finite_error:  # entries 0-2 within their bounds (2 at it), with slack <= a; 3 at its bound, slack 2a > a
