@@ -363,11 +363,14 @@ def time_layers(names: Sequence[str], sizes: dict[str, int], *, repeats: int, qu
     for name in names:
         case = make_case(name, **sizes)
         inner = _inner(case, REPEAT_SECONDS[quick])
-        t = interleaved_medians({"manual": manual_step(case), "autograd": autograd_step(case)}, repeats=repeats,
-                                inner=inner)  # fmt: skip
+        methods = {"manual": manual_step(case), "autograd": autograd_step(case)}
+        if name in recurrent.MODULES:  # the products every BPTT must do: a floor the fused kernels need not respect
+            methods["floor"] = recurrent.gemm_floor(case.module, case.X)
+        t = interleaved_medians(methods, repeats=repeats, inner=inner)
         rows.append({
             "layer": name, "sizes": case.sizes, "repeats": repeats, "inner": inner,
             "t_manual": t["manual"], "t_autograd": t["autograd"], "time_ratio": t["manual"] / t["autograd"],
+            **({"t_floor": t["floor"], "floor_ratio": t["floor"] / t["autograd"]} if "floor" in t else {}),
         })  # fmt: skip
         print(f"  time {name}: manual/autograd {rows[-1]['time_ratio']:.2f} "
               f"({1e3 * t['manual']:.3f} / {1e3 * t['autograd']:.3f} ms)", file=sys.stderr, flush=True)  # fmt: skip

@@ -45,6 +45,7 @@ __all__ = [
     "QUICK_SIZES",
     "LSTMCase",
     "autograd_step",
+    "gemm_floor",
     "main",
     "make_case",
     "manual_step",
@@ -112,6 +113,45 @@ def autograd_step(case: LSTMCase) -> Callable[[], dict[str, Tensor]]:
         grads = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
         assert X.grad is not None
         return {**grads, "input": X.grad}
+
+    return step
+
+
+def gemm_floor(module: torch.nn.Module, X: Tensor) -> Callable[[], Tensor]:
+    """A lower bound for any eager training step of a one-layer ``module`` (RNN, LSTM or GRU,
+    batch_first) on X (B, T, d): the matrix products backpropagation through time must do,
+    through torch.mm into preallocated outputs, and nothing else. With g gates (1, 4, 3) of
+    H units each:
+
+        x_t W_ih^T for every step at once     (B T, d) @ (d, g H)
+        h_(t-1) W_hh^T, step by step          T x (B, H) @ (H, g H)      each step needs h_(t-1)
+        da_t W_hh, step by step               T x (B, g H) @ (g H, H)    each step needs da_(t+1)
+        dJ/dW_hh = sum_t da_t^T h_(t-1)       (g H, B T) @ (B T, H)
+        dJ/dW_ih = sum_t da_t^T x_t           (g H, B T) @ (B T, d)
+        dJ/dx = da W_ih                       (B T, g H) @ (g H, d)
+
+    The products run on stand-in values (the shapes decide their cost). torch's fused CPU
+    kernels for these modules (oneDNN's LSTM) run their own products and need not stay above it."""
+    params = dict(module.named_parameters())
+    W_ih, W_hh = params["weight_ih_l0"].detach(), params["weight_hh_l0"].detach()  # (g H, d), (g H, H)
+    B, T, d = X.shape
+    gH, H = W_hh.shape
+    x = X.detach().reshape(B * T, d)  # (B T, d)
+    gates = torch.empty(T, B, gH, dtype=X.dtype)  # a_t, then da_t: products only
+    h = torch.randn(T + 1, B, H, dtype=X.dtype)  # h_t stand-ins   (T + 1, B, H)
+    dh = torch.empty(B, H, dtype=X.dtype)
+    dW_hh, dW_ih, dx = torch.empty_like(W_hh), torch.empty_like(W_ih), torch.empty(B * T, d, dtype=X.dtype)
+
+    def step() -> Tensor:
+        torch.mm(x, W_ih.T, out=gates.view(T * B, gH))  # x_t W_ih^T, every step
+        for t in range(T):
+            gates[t].addmm_(h[t], W_hh.T)  # + h_(t-1) W_hh^T
+        for t in range(T - 1, -1, -1):
+            torch.mm(gates[t], W_hh, out=dh)  # da_t W_hh
+        da = gates.view(T * B, gH)
+        torch.mm(da.T, h[:-1].reshape(T * B, H), out=dW_hh)
+        torch.mm(da.T, x, out=dW_ih)
+        return torch.mm(da, W_ih, out=dx)
 
     return step
 

@@ -294,10 +294,11 @@ def _time_table(rows: list[dict[str, Any]]) -> str:
         body.append([
             r["batch"], r["width"], r["dtype"], r["activation"], f"{1e3 * r['t_manual']:.3f}",
             f"{1e3 * r['t_autograd']:.3f}", f"{1e3 * r['t_gemm']:.3f}", f"{r['manual/autograd']:.2f}",
-            f"{r['manual_full/autograd']:.2f}", f"{r['manual/gemm']:.2f}", f"{r['autograd/gemm']:.2f}", goal,
+            f"{r['manual_full/autograd']:.2f}", f"{r['manual/gemm']:.2f}", f"{r['autograd/gemm']:.2f}",
+            f"{r['floor/autograd']:.2f}" if "floor/autograd" in r else "-", goal,
         ])  # fmt: skip
     headers = ["N", "width", "dtype", "act", "manual ms", "autograd ms", "GEMM ms", "manual/autograd",
-               "full/autograd", "manual/GEMM", "autograd/GEMM", "target"]  # fmt: skip
+               "full/autograd", "manual/GEMM", "autograd/GEMM", "floor/autograd", "target"]  # fmt: skip
     return _table(body, headers)
 
 
@@ -323,11 +324,12 @@ def layers_section(entry: dict[str, Any]) -> list[str]:
             f"{r['peak_autograd_bytes'] / 2**20:.2f}", f"**{_ratio(r['memory_ratio'])}**",
             "n/a" if r["time_met"] is None else _mark(r["time_met"]),
             "n/a" if r["memory_met"] is None else _mark(r["memory_met"]),
+            f"{r['floor_ratio']:.2f}" if "floor_ratio" in r else "-",
         ]
         for r in entry["rows"]
     ]  # fmt: skip
     headers = ["layer", "sizes", "manual ms", "autograd ms", "time ratio", "manual MiB", "autograd MiB",
-               "memory ratio", "time met", "memory met"]  # fmt: skip
+               "memory ratio", "time met", "memory met", "floor/autograd"]  # fmt: skip
     env = entry["environment"]
     method = "each (layer, mode) in a fresh process" if entry["fresh_process"] else "one process per mode (--quick)"
     lines = [
@@ -352,7 +354,10 @@ def layers_section(entry: dict[str, Any]) -> list[str]:
         "after one warm-up "
         f"step, {method}; a manual peak within {entry['memory_resolution_bytes'] // 1024} KiB of autograd's "
         "counts as met (the method's resolution: the same tensors measure up to about 150 KiB apart). A ratio below 1 "
-        "means refbp is faster or leaner.",
+        "means refbp is faster or leaner. *floor/autograd* (the recurrent layers): the matrix products that any "
+        "backpropagation through time must do, alone, through torch.mm into preallocated outputs "
+        "(benchmarks/recurrent.py's gemm_floor), timed in the same turns: above 1, no eager step that runs them "
+        "reaches autograd's time.",
         "",
         _table(body, headers),
     ]
@@ -422,7 +427,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "the training step (input checks included); *full*: `net.backward(net.forward(X), y)`, every intermediate "
             "kept. *autograd*: the same network in `torch.nn.functional`, `J.backward()`, X requiring grad "
             "so that dJ/dX is computed too. *GEMM*: the 9 bare matrix products of backprop (3 forward, "
-            "3 for dJ/dW, 3 for dJ/da down to dJ/dX) into preallocated outputs: the floor on this machine.",
+            "3 for dJ/dW, 3 for dJ/da down to dJ/dX) into preallocated outputs. *floor*: those products with "
+            "the forward activations between them, applied in place (`time_backprop.floor_step`): work that "
+            "every training step of this network does, autograd's included, so a lower bound for any of them; "
+            "where floor/autograd is above 0.9, the 0.9 target is below it.",
             *_measured_apart(doc.get("time_cpu_run")),
             "",
             _time_table(doc["time_cpu"]),
@@ -544,13 +552,25 @@ def _small_width_summary(rows: list[dict[str, Any]]) -> list[str]:
     if not parts:
         return []
     small = [r for r in rows if r["width"] <= 128]
-    floor_bound = [r for r in small if r["autograd/gemm"] < 1 / 0.9]
-    return [
-        f"In this run, {'; '.join(parts)}. In {len(floor_bound)} of these {len(small)} rows autograd is within "
+    gemm_bound = [r for r in small if r["autograd/gemm"] < 1 / 0.9]
+    lines = [
+        f"In this run, {'; '.join(parts)}. In {len(gemm_bound)} of these {len(small)} rows autograd is within "
         "1/0.9 = 1.11x of the bare GEMMs, so that no step doing the same 9 products, in refbp or elsewhere, "
-        "can reach 0.9 of autograd's time there.",
-        "",
+        "can reach 0.9 of autograd's time there."
     ]
+    with_floor = [r for r in small if "floor/autograd" in r]
+    if with_floor:
+        floor_bound = [r for r in with_floor if r["floor/autograd"] > 0.9]
+        at_128 = [r["floor/autograd"] for r in with_floor if r["width"] == 128]
+        lines[0] += (
+            f" With the forward activations counted (the floor column), {len(floor_bound)} of {len(with_floor)} "
+            "rows have the target below the floor"
+            + (f"; at width 128 the floor is {min(at_128):.2f}-{max(at_128):.2f} of autograd's time, so 0.9 "
+               f"leaves at most {max(0.0, 0.9 - min(at_128)):.2f} of it for everything else a step does "
+               "(biases, f', dJ/db, the loss)" if at_128 else "")
+            + "."
+        )  # fmt: skip
+    return [*lines, ""]
 
 
 def _measured_apart(run: dict[str, Any] | None) -> list[str]:

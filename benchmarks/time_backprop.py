@@ -15,7 +15,7 @@ from refbp.verify.reference import TORCH_ACTIVATIONS
 
 from .common import benchmark_network, interleaved_medians
 
-__all__ = ["FULL_GRID", "QUICK_GRID", "WORK_PER_REPEAT", "time_grid"]
+__all__ = ["FULL_GRID", "IN_PLACE_ACTIVATIONS", "QUICK_GRID", "WORK_PER_REPEAT", "floor_step", "time_grid"]
 
 FULL_GRID: dict[str, list[Any]] = {
     "batch": [256, 1024],
@@ -87,6 +87,44 @@ def bare_gemms(net: refbp.MLP, X: Tensor) -> Callable[[], object]:
     return gemms
 
 
+IN_PLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
+    "identity": None,
+    "tanh": torch.tanh_,
+    "relu": torch.relu_,
+    "sigmoid": torch.sigmoid_,
+}
+"""The activations of the grid, applied in place: the cheapest way to compute a(i) from z(i)."""
+
+
+def floor_step(net: refbp.MLP, X: Tensor) -> Callable[[], object]:
+    """A lower bound for any training step of ``net``: the 9 bare GEMMs of ``bare_gemms`` with
+    the forward activations between them, applied in place, f(z(i)) into z(i). Every step,
+    autograd's included, computes at least these: the products for dJ/dW and dJ/dX, and a(i)
+    by the same torch function. What it leaves out (biases, f', dJ/db, the loss, any
+    bookkeeping) only adds. Where 0.9 x autograd's time is below this floor, no step that
+    does the same products reaches 0.9 of autograd's time there."""
+    N = X.shape[0]
+    Z = [torch.empty(N, W.shape[0], dtype=X.dtype, device=X.device) for W in net.weights]  # (N, d_i)
+    G = [torch.empty_like(W) for W in net.weights]  # (d_i, d_{i-1})
+    D = [torch.empty(N, W.shape[1], dtype=X.dtype, device=X.device) for W in net.weights]  # (N, d_{i-1})
+    activations = [IN_PLACE_ACTIVATIONS[name] for name in net.activations]
+
+    def step() -> list[Tensor]:
+        a = X
+        for W, z, f in zip(net.weights, Z, activations, strict=True):
+            torch.mm(a, W.T, out=z)  # (1) without bias
+            if f is not None:
+                f(z)  # (2) a(i) = f(z(i)), in place
+            a = z
+        for i in range(net.L - 1, -1, -1):
+            a_prev = X if i == 0 else Z[i - 1]
+            torch.mm(Z[i].T, a_prev, out=G[i])  # (6)
+            torch.mm(Z[i], net.weights[i], out=D[i])  # (8)
+        return Z  # a(1) .. a(L)
+
+    return step
+
+
 def time_grid(
     grid: dict[str, list[Any]], *, repeats: int, device: str = "cpu", work_per_repeat: float = WORK_PER_REPEAT
 ) -> list[dict[str, Any]]:
@@ -103,6 +141,7 @@ def time_grid(
                         "manual_full": manual_full(net, X, y),
                         "autograd": autograd_step(net, X, y),
                         "gemm": bare_gemms(net, X),
+                        "floor": floor_step(net, X),
                     }
                     inner = max(1, int(work_per_repeat // (9 * batch * width * width)))
                     if target.type == "cuda":
@@ -117,6 +156,7 @@ def time_grid(
                         "manual_full/autograd": t["manual_full"] / t["autograd"],
                         "manual/gemm": t["manual"] / t["gemm"],
                         "autograd/gemm": t["autograd"] / t["gemm"],
+                        "floor/autograd": t["floor"] / t["autograd"],
                     })  # fmt: skip
                     print(f"  time {device} N={batch} w={width} {rows[-1]['dtype']} {activation}: "
                           f"manual/autograd {rows[-1]['manual/autograd']:.2f}, "

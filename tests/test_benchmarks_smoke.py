@@ -31,9 +31,21 @@ def test_every_timed_method_computes_the_same_gradients_as_autograd() -> None:
     assert isinstance(J, torch.Tensor) and float(J.detach()) > 0.0
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_the_floor_step_runs_the_forward_pass_that_every_step_runs(activation: str) -> None:
+    # the floor is a lower bound only if it does work every step must do: a(i) = f(z(i)) by torch's
+    # own function between the products. With zero biases its a(L) is the network's output.
+    net, X, _ = benchmark_network(6, batch=8, activation=activation, dtype=torch.float64)
+    for b in net.biases:
+        b.zero_()
+    a = time_backprop.floor_step(net, X)()
+    torch.testing.assert_close(a[-1], net.forward(X).y_hat, rtol=0, atol=1e-12)
+    assert any(bool((z < 0).any()) for z in a[:-1]) == (activation == "tanh")  # relu's a(i) >= 0
+
+
 def test_time_grid_rows_have_their_ratios() -> None:
     rows = time_backprop.time_grid(TINY_GRID, repeats=1, work_per_repeat=1e4)
-    assert {"manual/autograd", "manual/gemm", "autograd/gemm", "manual_full/autograd"} <= set(rows[0])
+    assert {"manual/autograd", "manual/gemm", "autograd/gemm", "manual_full/autograd", "floor/autograd"} <= set(rows[0])
 
 
 def test_quick_run_writes_markdown_and_json_with_every_section(tmp_path: Path) -> None:
@@ -83,3 +95,14 @@ def test_layers_only_merges_item_6_into_the_existing_report(tmp_path: Path) -> N
     assert doc["layers"]["quick"] and doc["layers"]["command"].endswith("--layers-only --quick --out " + str(tmp_path))
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## 1." in text and "## 6. Each layer" in text
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_the_recurrent_floor_runs_the_products_of_bptt_at_the_modules_shapes(kind: str) -> None:
+    # each product's shapes come from the module's own weights: a W_ih or W_hh taken the wrong way
+    # round (or a gate count that is not the module's) fails in torch.mm
+    from benchmarks import recurrent
+
+    case = recurrent.make_case({"B": 3, "T": 4, "d": 5, "H": 6}, kind=kind)
+    dx = recurrent.gemm_floor(case.module, case.X)()
+    assert dx.shape == (3 * 4, 5)
