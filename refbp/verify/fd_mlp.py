@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +92,28 @@ class _Network64:
         self.J = J_data + 0.5 * self.weight_decay * self.wd_base
         self._batched_loss = torch.func.vmap(self._loss_one)
 
+    # The base point column by column, contiguous, made on first use: full mode moves one column
+    # of z(l) per copy and gathers that column from each of these.
+    @cached_property
+    def z_cols(self) -> list[Tensor]:
+        """z_cols[i][j]: column j of z(i)   (d_i, N)."""
+        return [t.T.contiguous() for t in self.z]
+
+    @cached_property
+    def a_cols(self) -> list[Tensor]:
+        """a_cols[i][j]: column j of a(i)   (d_i, N)."""
+        return [t.T.contiguous() for t in self.a]
+
+    @cached_property
+    def W_cols(self) -> list[Tensor]:
+        """W_cols[i][j]: column j of W(i+1)   (d_i, d_(i+1))."""
+        return [W.T.contiguous() for W in self.Ws]
+
+    @cached_property
+    def region_cols(self) -> list[Tensor | None]:
+        """region_cols[i][j]: the piece of f_i each entry of column j of z(i) sits in   (d_i, N)."""
+        return [None if r is None else r.T.contiguous() for r in self.regions]
+
     def _loss_one(self, y_hat: Tensor) -> tuple[Tensor, Tensor]:
         watcher = PieceWatcher(self.loss_base)
         return self.net.torch_loss(y_hat, self.y, watcher), watcher.crossed
@@ -131,18 +154,18 @@ class _Network64:
         (change of that column) W(layer+1)[:, j]^T: no matrix product is needed at layer+1."""
         P, N = z_col.shape
         crossed = torch.zeros(P, dtype=torch.bool)
-        region = self.regions[layer]
+        region = self.region_cols[layer]
         if region is not None:
-            crossed = self.crossed_at(layer, z_col, region.T[j])
+            crossed = self.crossed_at(layer, z_col, region[j])
         a_col = self.fs[layer - 1](z_col)  # (P, N) column j of a(layer), one per copy
         if layer == self.L:  # the output itself: copy y_hat and replace column j
             y_hat = self.a[layer].expand(P, N, -1).clone()  # (P, N, d_L)
             y_hat[torch.arange(P), :, j] = a_col
             out = self.loss(y_hat)
             return _Evaluated(out.J, out.crossed | crossed)
-        change = a_col - self.a[layer].T[j]  # (P, N)
-        W_col = self.Ws[layer].T[j]  # (P, d_{layer+1}) column j of W(layer+1), one per copy
-        Z = self.z[layer + 1] + change.unsqueeze(2) * W_col.unsqueeze(1)  # (P, N, d_{layer+1})
+        change = a_col - self.a_cols[layer][j]  # (P, N)
+        W_col = self.W_cols[layer][j]  # (P, d_{layer+1}) column j of W(layer+1), one per copy
+        Z = torch.addcmul(self.z[layer + 1], change.unsqueeze(2), W_col.unsqueeze(1))  # (P, N, d_{layer+1})
         above = self.run_from(layer + 1, Z=Z)
         return _Evaluated(above.J, above.crossed | crossed)
 
@@ -269,12 +292,12 @@ def _entry_evaluator(net64: _Network64, kind: str, layer: int, base: Tensor) -> 
     def evaluate(entries: Tensor, steps_p: Tensor) -> tuple[Tensor, Tensor]:  # (P,) flat indices, (P,) moves
         if kind == "W":  # W(l)[j, k]: by (1), column j of z(l) moves by step * a(l-1)[:, k]
             j, k = entries // width, entries % width
-            z_col = net64.z[layer].T[j] + steps_p.unsqueeze(1) * net64.a[layer - 1].T[k]  # (P, N)
+            z_col = torch.addcmul(net64.z_cols[layer][j], steps_p.unsqueeze(1), net64.a_cols[layer - 1][k])  # (P, N)
             ev = net64.run_from_column(layer, j, z_col)
             w = base.reshape(-1)[entries]  # ||W + delta||^2 - ||W||^2 = 2 w delta + delta^2
             return ev.J + _decay(net64, 2 * w * steps_p + steps_p * steps_p), ev.crossed
         if kind == "b":  # b(l)[j]: by (1), column j of z(l) moves by the step itself
-            z_col = net64.z[layer].T[entries] + steps_p.unsqueeze(1)  # (P, N)
+            z_col = net64.z_cols[layer][entries] + steps_p.unsqueeze(1)  # (P, N)
             ev = net64.run_from_column(layer, entries, z_col)
             return ev.J + _decay(net64, torch.zeros_like(steps_p)), ev.crossed
         # entry (n, k) of X, z(l) or a(l): only row n of that tensor moves
