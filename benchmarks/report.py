@@ -39,24 +39,23 @@ What limits each target, from profiles taken with torch.profiler on this machine
 the tables above are the measurement, so a target this note calls within reach may still read
 "no" in a noisy run:
 
-- **manual/autograd <= 0.9 at widths <= 128.** Met in 3 of the 8 rows at width 16 in this run
-  (0.86-0.98; 2 of 8 the round before), in none at width 128 (0.91-0.99). Both steps run the
-  same 9 GEMMs and the same forward activations, and, but for the activation's derivative, the
-  same elementwise passes (bias inside addmm, column sums for dJ/db); refbp's tanh derivative is
-  two in-place passes, cheaper here than autograd's fused tanh_backward. What separates the two
-  is what each pays besides: autograd its graph and engine, refbp its Python loop over the layers
-  and the input checks autograd does not make (X and y finite, shapes, dtypes, the cache's
-  provenance). At width 16 a step takes 0.1-0.4 ms and that bookkeeping decides (earlier rounds
-  removed what profiles showed: contexts, messages and sorted names built at every step; what is
-  left is the input checks' two sums and their .item(), and about 15 us of Python a layer). At
-  width 128 the item's *floor* column measures what any step must do: the 9 products with the
-  forward activations between them, in place, into preallocated outputs, nothing else (no bias,
-  no f', no dJ/db, no loss, no Python around it). It reads 0.79-0.93 of autograd's time at width
-  128. In 4 of those 8 rows the floor alone is above 0.9 of autograd's time (0.90-0.93): there
-  the target is out of reach for any implementation that computes the same products and
-  activations, refbp's or another. In the other 4 it leaves 0.01-0.11 of autograd's time for the
-  derivative's passes, the column sums, the loss and the loop, which take 0.07-0.12 of it in
-  refbp's step and 0.11-0.21 in autograd's.
+- **manual/autograd <= 0.9 at widths <= 128.** In this round's two full runs: 2-3 of the 8 rows
+  at width 16 (0.86-0.98), none at width 128 (0.91-0.99). Both steps run the same 9 GEMMs and the
+  same forward activations, and, but for the activation's derivative, the same elementwise passes
+  (bias inside addmm, column sums for dJ/db); refbp's tanh derivative is two in-place passes,
+  cheaper here than autograd's fused tanh_backward. What separates the two is what each pays
+  besides: autograd its graph and engine, refbp its Python loop over the layers and the input
+  checks autograd does not make (X and y finite, shapes, dtypes, the cache's provenance). At
+  width 16 a step takes 0.1-0.4 ms and that bookkeeping decides (earlier rounds removed what
+  profiles showed: contexts, messages and sorted names built at every step; what is left is the
+  input checks' two sums and their .item(), and about 15 us of Python a layer). At width 128 the
+  item's *floor* column measures what any step must do: the 9 products with the forward
+  activations between them, in place, into preallocated outputs, and nothing else (no bias, no
+  f', no dJ/db, no loss, no Python around it). It read 0.79-0.93 of autograd's time at width 128
+  in the two runs, above 0.9 in 3 and 4 of those 8 rows: there the target is out of reach for any
+  implementation that computes the same products and activations, refbp's or another. In the
+  other rows it leaves 0.01-0.11 of autograd's time for the derivative's passes, the column sums,
+  the loss and the loop, which take 0.06-0.13 of it in refbp's step and 0.11-0.21 in autograd's.
 - **manual/GEMM <= 1.05 at widths >= 512.** Met or within noise at width 2048; not at 512,
   where autograd/GEMM is itself 1.04-1.14: torch.tanh costs about 3.5 ns per float32 element
   here (4 ms per (1024, 512) tensor, 6% of the GEMM time by itself), so no implementation that
@@ -66,36 +65,39 @@ the tables above are the measurement, so a target this note calls within reach m
   at once, and each cache entry is released after its last use, as autograd frees its saved
   tensors. The full teaching mode keeps every z(i), dJ/dz(i) and dJ/da(i): about 3 more
   activation units per layer, as the table shows.
-- **Full finite differences >= 10x gradcheck.** This run: 5.8x at 90 parameters, 7.7x at 1e3,
-  8.2x at 1e4, 8.3x at 1e5 (the round before, two runs an hour apart: 5.1-5.3x, 7.6x and 14.9x,
-  8.9x and 11.0x, 6.7-7.7x: at 1e3 and 1e4 both sides' times move by up to 2x between runs).
-  Each entry costs 2 evaluations, as gradcheck's; the error estimate (2 more) is paid only where
-  D(h) alone does not decide. At 90 parameters a check is about 3 ms of fixed cost against
-  gradcheck's 17-18: a forward and backward pass, one torch.func.vmap call per tensor (about
-  45 us) and the comparisons. This round every finite-difference row takes the comparison's short
-  path (its excluded mask, all false when nothing crossed a piece boundary, had sent each down the
-  masked path): 110 -> 72 us a row, 3.26 -> 3.0 ms a check at 90 parameters; a check makes about
-  1,200 tensor operations there, 170 per tensor, most of them a few microseconds of dispatch on
-  tiny tensors. At 1e5 the ceiling is arithmetic: moving an entry of W1 or b1 changes every entry
-  of a(2) (an outer product into z(2), then tanh), so each of those 33,306 entries needs 2
-  evaluations of layer 3's product, 32 x 182^2 multiply-adds each: 71 G multiply-adds, against
-  gradcheck's 2 x 105,742 entries x 3 such products, 672 G. No central difference does better than
-  9.5x on this network before its activations and loss are counted; torch.tanh, which both sides
-  call, costs 3.8 ns per float64 element here (torch.sigmoid 0.5), a third of refbp's time at 1e4.
-- **Directional <= 3x fast_mode.** Met at every size in this run: 2.3x at 90 parameters, 2.5x at
-  1e3 and 1e4, 2.7x at 1e5 (2.4-3.3x in the round before's runs). The column compares 8
-  directions per tensor with fast_mode's one: 16 evaluations of J per tensor at least against 2.
-  The round before drew the directions by uniform_(-1, 1) and scaled them in place, and wrote the
-  +h and -h moves into one buffer (28.4 -> 23-25 ms a check at 1e5); this round's comparison rows
-  (above) took the rest. What is left is the evaluations themselves (112 perturbed copies of the
-  layers above each tensor, against fast_mode's 14 forward passes) and drawing the 8 x 105,742
-  directions (torch's generator, about 3 ms).
-- **The GPT's default check <= 2x fast_mode.** Met: 1.81x (0.46 s) in this run (1.86-1.94x the
-  round before). Beside autograd, fd_mode "auto" takes one direction per tensor and more only
-  where the first decides nothing. The check takes finite differences of all 126 gradients, every
-  intermediate included, where fast_mode checks the 52 parameters; its 252 evaluations of J
-  (float64) are most of the time. One direction per parameter tensor alone (*fd, parameters*)
-  takes 0.73x fast_mode."""
+- **Full finite differences >= 10x gradcheck.** This round's runs (two full runs and the GPT
+  check's own run of this table, within 40 minutes, the same code but for the change below): 5.2-5.8x
+  at 90 parameters, 7.6-13.6x at 1e3, 6.1-9.7x at 1e4, 7.8-8.5x at 1e5. gradcheck's times move
+  by 2% between runs, refbp's by up to 1.6x at 1e4 (0.16-0.25 s): its batches of perturbed copies
+  are memory-bound, and other tenants of this machine move them. Each entry costs 2 evaluations,
+  as gradcheck's; the error estimate (2 more) is paid only where D(h) alone does not decide.
+  This round: every finite-difference row takes the comparison's short path (its excluded mask,
+  all false when nothing crossed a piece boundary, had sent each down the masked path: 110 -> 72
+  us a row, 3.26 -> 3.0 ms a check at 90 parameters), and full mode gathers the moved columns
+  from contiguous copies and moves z(l+1) by one addcmul (75 -> 36 us a call at 1e5). At 90
+  parameters a check is about 3 ms of fixed cost against gradcheck's 17-18: a forward and
+  backward pass, one torch.func.vmap call per tensor (about 45 us) and the comparisons, about
+  1,200 tensor operations, 170 per tensor, most of them a few microseconds of dispatch on tiny
+  tensors. At 1e3 and 1e4 the profile is arithmetic: torch.tanh (which both sides call, 1-4 ns
+  per float64 element here against torch.sigmoid's 0.5), the loss over every perturbed copy and
+  the products take three quarters of a check. At 1e5 the ceiling is arithmetic too: moving an
+  entry of W1 or b1 changes every entry of a(2) (an outer product into z(2), then tanh), so each
+  of those 33,306 entries needs 2 evaluations of layer 3's product, 32 x 182^2 multiply-adds each:
+  71 G multiply-adds, against gradcheck's 2 x 105,742 entries x 3 such products, 672 G: 9.5x at
+  equal efficiency, before the activations and the loss are counted.
+- **Directional <= 3x fast_mode.** At the edge: 2.3x at 90 parameters, 2.3-2.7x at 1e3, 2.5-3.0x
+  at 1e4, 2.7-3.4x at 1e5 in this round's runs, where fast_mode's own time at 1e5 read 6.6-8.2 ms
+  and refbp's 22-23 ms (2.4-3.3x the round before). The column compares 8 directions per tensor
+  with fast_mode's one: 16 evaluations of J per tensor at least against 2. What is left is the
+  evaluations themselves (112 perturbed copies of the layers above each tensor, against
+  fast_mode's 14 forward passes) and drawing the 8 x 105,742 directions (torch's generator, about
+  3 ms).
+- **The GPT's default check <= 2x fast_mode.** Met: 1.81-1.88x (0.46-0.49 s) in this round's
+  runs (1.86-1.94x the round before). Beside autograd, fd_mode "auto" takes one direction per
+  tensor and more only where the first decides nothing. The check takes finite differences of all
+  126 gradients, every intermediate included, where fast_mode checks the 52 parameters; its 252
+  evaluations of J (float64) are most of the time. One direction per parameter tensor alone
+  (*fd, parameters*) takes 0.73x fast_mode."""
 """Why the targets not met are not met: shown at the end of BENCHMARKS.md."""
 
 
@@ -105,13 +107,13 @@ What limits the layers that miss, from torch.profiler and single-op timings on t
 the allocator held warm: page faults on fresh buffers had moved the ratio of an unchanged layer
 by up to 0.5 between runs.
 
-- **This round: 15 of 26 met, every memory target among them.** No layer's code changed; the
-  same machine as the round before (AVX512: torch runs its AVX512 kernels, and its fused ones,
-  oneDNN's LSTM and convolutions and the norms, gained most over the machine before it). The two
-  more met are BatchNorm1d eval (1.10 -> 0.98) and BatchNorm2d eval (1.12 -> 0.90), steps of
-  0.3-0.7 ms that move by about 0.1 from run to run with unchanged code (GroupNorm 2.11 -> 1.57
-  here: autograd's step read 0.57 ms then, 0.75 now). The recurrent layers now carry a measured
-  floor (below).
+- **This round: 14 and 15 of 26 met in two full runs, every memory target among them.** No
+  layer's code changed; the same machine as the round before (AVX512: torch runs its AVX512
+  kernels, and its fused ones, oneDNN's LSTM and convolutions and the norms, gained most over the
+  machine before it). The short steps move by 0.1-0.35 from run to run with unchanged code:
+  BatchNorm2d eval 0.90 and 1.25, BatchNorm1d eval 0.98 and 1.03, Softmax 1.11 and 0.99, GroupNorm
+  1.57 and 1.85 (autograd's step 0.57-0.75 ms). The recurrent layers now carry a measured floor
+  (below).
 - **Changed the round before, each measured against the code before it on this machine.** gelu's
   derivative takes Phi(z) from torch's GELU kernel, 1/2 + (gelu(z) - z / 2) / z in float32 (that
   kernel runs 4-5x faster than torch's erf here; subtracting z / 2 first keeps the quotient
@@ -120,7 +122,7 @@ by up to 0.5 between runs.
   than exp: the step 2.9-3.1x -> 1.70x, and its chunks' temporaries are freed before the next
   chunk's: memory 0.93x -> 0.82x. LogSoftmax's backward takes exp(y) as exp2(y log2 e): 1.68x ->
   1.09-1.15x.
-- **LayerNorm, BatchNorm1d train, GroupNorm: time 1.3-1.6x, memory level.** A training step
+- **LayerNorm, BatchNorm1d train, GroupNorm: time 1.3-1.9x, memory level.** A training step
   keeps mu and rstd per row, feature or group (NormStats) in the input's dtype, as torch's
   kernels and llm.c do, and the backward rebuilds xhat from x in one work buffer (the full
   teaching mode keeps its float64 path; tests/test_lean.py holds the two equal to the dtype's
@@ -133,14 +135,15 @@ by up to 0.5 between runs.
 - **Conv2d: 1.6x at stride 1, 1.85x at stride 2.** dJ/dx is a transposed convolution
   (conv_transpose2d), slower than the forward convolution at stride 2, and dJ/dW nine batched
   products; torch's convolution_backward computes both in one mkldnn call.
-- **LSTM: 2.7x, below its floor.** Bound by its matrix products: x W_ih^T, T products with
+- **LSTM: 2.6-2.7x, below its floor.** Bound by its matrix products: x W_ih^T, T products with
   W_hh each way, dJ/dW_hh, dJ/dW_ih and dJ/dx, 603 M floating-point operations, through torch.mm,
   whose MKL kernels reach 94-111 GFLOP/s on this AMD CPU in one thread. The table's
-  *floor/autograd* times those products alone, on preallocated outputs, in the same turns: 1.80x
-  autograd's whole step (RNN 0.61x, GRU 0.56x), which oneDNN's fused LSTM does in 3.4 ms (177
-  GFLOP/s) with products of its own. No eager step that runs them reaches 1.0 here; refbp's takes
-  1.5x its floor. Linear, whose products both sides run through MKL, is level.
-- **relu, Softmax, LogSoftmax, Conv1d: 1.05-1.15x.** Steps of
+  *floor/autograd* times those products alone, on preallocated outputs, in the same turns: 1.76x
+  and 1.80x autograd's whole step in the two runs (RNN 0.60x, GRU 0.55x), which oneDNN's fused
+  LSTM does in 3.4-3.5 ms (177 GFLOP/s) with products of its own. No eager step that runs them
+  reaches 1.0 here; refbp's takes 1.5x its floor. Linear, whose products both sides run through
+  MKL, is level.
+- **relu, sigmoid, Softmax, LogSoftmax, the eval-mode norms, Conv1d: 0.9-1.25x.** Steps of
   0.2-0.7 ms in which refbp makes one pass more than torch's fused backward (relu: a sign and a
   product against threshold_backward's one pass). refbp's loop itself costs less per call than
   autograd's (9 against 15 us for the same step on 4 x 8 entries).
