@@ -96,7 +96,7 @@ IN_PLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
 """The activations of the grid, applied in place: the cheapest way to compute a(i) from z(i)."""
 
 
-def floor_step(net: refbp.MLP, X: Tensor) -> Callable[[], object]:
+def floor_step(net: refbp.MLP, X: Tensor) -> Callable[[], list[Tensor]]:
     """A lower bound for any training step of ``net``: the 9 bare GEMMs of ``bare_gemms`` with
     the forward activations between them, applied in place, f(z(i)) into z(i). Every step,
     autograd's included, computes at least these: the products for dJ/dW and dJ/dX, and a(i)
