@@ -66,27 +66,6 @@ def autograd_step(net: refbp.MLP, X: Tensor, y: Tensor) -> Callable[[], object]:
     return step
 
 
-def bare_gemms(net: refbp.MLP, X: Tensor) -> Callable[[], object]:
-    """The floor: the 3L matrix products of backprop and nothing else, into preallocated
-    outputs. Forward a(i-1) W(i)^T; backward dJ/dz(i)^T a(i-1) and dJ/dz(i) W(i) (down to dJ/dX)."""
-    N = X.shape[0]
-    Z = [torch.empty(N, W.shape[0], dtype=X.dtype, device=X.device) for W in net.weights]  # (N, d_i)
-    G = [torch.empty_like(W) for W in net.weights]  # (d_i, d_{i-1})
-    D = [torch.empty(N, W.shape[1], dtype=X.dtype, device=X.device) for W in net.weights]  # (N, d_{i-1})
-
-    def gemms() -> None:
-        a = X
-        for W, z in zip(net.weights, Z, strict=True):
-            torch.mm(a, W.T, out=z)  # (1) without bias or activation
-            a = z
-        for i in range(net.L - 1, -1, -1):
-            a_prev = X if i == 0 else Z[i - 1]
-            torch.mm(Z[i].T, a_prev, out=G[i])  # (6) (d_i, N) @ (N, d_{i-1})
-            torch.mm(Z[i], net.weights[i], out=D[i])  # (8) (N, d_i) @ (d_i, d_{i-1})
-
-    return gemms
-
-
 IN_PLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
     "identity": None,
     "tanh": torch.tanh_,
@@ -96,33 +75,41 @@ IN_PLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
 """The activations of the grid, applied in place: the cheapest way to compute a(i) from z(i)."""
 
 
-def floor_step(net: refbp.MLP, X: Tensor) -> Callable[[], list[Tensor]]:
-    """A lower bound for any training step of ``net``: the 9 bare GEMMs of ``bare_gemms`` with
-    the forward activations between them, applied in place, f(z(i)) into z(i). Every step,
-    autograd's included, computes at least these: the products for dJ/dW and dJ/dX, and a(i)
-    by the same torch function. What it leaves out (biases, f', dJ/db, the loss, any
-    bookkeeping) only adds. Where 0.9 x autograd's time is below this floor, no step that
-    does the same products reaches 0.9 of autograd's time there."""
+def bare_gemms(net: refbp.MLP, X: Tensor, *, activations: bool = False) -> Callable[[], list[Tensor]]:
+    """The 3L matrix products of backprop and nothing else, into preallocated outputs. Forward
+    a(i-1) W(i)^T; backward dJ/dz(i)^T a(i-1) and dJ/dz(i) W(i) (down to dJ/dX). With
+    ``activations``, the forward activations between them too, applied in place (``floor_step``).
+    The step returns its z(i) (its a(i) with ``activations``)."""
     N = X.shape[0]
     Z = [torch.empty(N, W.shape[0], dtype=X.dtype, device=X.device) for W in net.weights]  # (N, d_i)
     G = [torch.empty_like(W) for W in net.weights]  # (d_i, d_{i-1})
     D = [torch.empty(N, W.shape[1], dtype=X.dtype, device=X.device) for W in net.weights]  # (N, d_{i-1})
-    activations = [IN_PLACE_ACTIVATIONS[name] for name in net.activations]
+    fs = [IN_PLACE_ACTIVATIONS[name] if activations else None for name in net.activations]
 
-    def step() -> list[Tensor]:
+    def gemms() -> list[Tensor]:
         a = X
-        for W, z, f in zip(net.weights, Z, activations, strict=True):
+        for W, z, f in zip(net.weights, Z, fs, strict=True):
             torch.mm(a, W.T, out=z)  # (1) without bias
             if f is not None:
                 f(z)  # (2) a(i) = f(z(i)), in place
             a = z
         for i in range(net.L - 1, -1, -1):
             a_prev = X if i == 0 else Z[i - 1]
-            torch.mm(Z[i].T, a_prev, out=G[i])  # (6)
-            torch.mm(Z[i], net.weights[i], out=D[i])  # (8)
-        return Z  # a(1) .. a(L)
+            torch.mm(Z[i].T, a_prev, out=G[i])  # (6) (d_i, N) @ (N, d_{i-1})
+            torch.mm(Z[i], net.weights[i], out=D[i])  # (8) (N, d_i) @ (d_i, d_{i-1})
+        return Z
 
-    return step
+    return gemms
+
+
+def floor_step(net: refbp.MLP, X: Tensor) -> Callable[[], list[Tensor]]:
+    """A lower bound for any training step of ``net``: ``bare_gemms`` with the forward
+    activations between the products, f(z(i)) into z(i). Every step, autograd's included,
+    computes at least these: the products for dJ/dW and dJ/dX, and a(i) by the same torch
+    function. What it leaves out (biases, f', dJ/db, the loss, any bookkeeping) only adds. Where
+    0.9 x autograd's time is below this floor, no step that does the same products reaches 0.9 of
+    autograd's time there. The step returns a(1) .. a(L)."""
+    return bare_gemms(net, X, activations=True)
 
 
 def time_grid(
